@@ -1,0 +1,48 @@
+# pgwarden: the two commands of the README (make run, make test) and their helpers.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+CONFIG ?= config/pgwarden.yaml
+
+.PHONY: run test services install install-dev lint clean bench
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install services
+	$(VENV)/bin/pgwarden run --config $(CONFIG)
+
+# Start PostgreSQL and Redis when they are not already answering on 127.0.0.1.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect 15 main start
+	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
+	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+	@for i in $$(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.2; done
+
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+	  (cd tests/node && (test -d node_modules/pg || npm install --no-audit --no-fund --silent)) || \
+	  echo "node-postgres not installed: the node tests will be skipped"; fi
+
+lint: install-dev
+	$(VENV)/bin/lint-imports
+
+test: install-dev services node-deps lint
+	$(VENV)/bin/python -m pytest -q tests
+
+bench: install-dev services
+	$(PY) bench/pgbench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

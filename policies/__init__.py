@@ -1,0 +1,1 @@
+"""Policy model, strict YAML loading and validation, and evaluation for an identity."""

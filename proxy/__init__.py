@@ -1,0 +1,1 @@
+"""pgwarden data plane and process: wire protocol, sessions, pools, routing, CLI."""

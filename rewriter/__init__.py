@@ -1,0 +1,1 @@
+"""SQL analysis and rewriting with sqlglot, verified by PostgreSQL's own parser (pglast); pure functions."""
