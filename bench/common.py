@@ -1,0 +1,367 @@
+"""Benchmark plumbing shared by bench scripts: throwaway PostgreSQL, PgBouncer, pgwarden, pgbench runs."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+HOST = "127.0.0.1"
+RUN_AS = "postgres"  # initdb refuses root; the cluster and PgBouncer run as this user when we are root
+
+# Everything started here registers its own teardown; closed on normal exit, errors, Ctrl-C and SIGTERM.
+CLEANUP = contextlib.ExitStack()
+
+
+def pg_bindir() -> Path:
+    """The PostgreSQL server binaries directory (`pg_config --bindir`)."""
+    try:
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
+        return Path(out.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return Path("/usr/lib/postgresql/15/bin")
+
+
+BINDIR = pg_bindir()
+
+
+@dataclass(frozen=True)
+class Target:
+    """Somewhere pgbench can connect to: a name for the report and libpq connection settings."""
+
+    name: str
+    port: int
+    user: str = "postgres"
+    dbname: str = "postgres"
+    host: str = HOST
+    password: str | None = None
+
+    def libpq_args(self) -> list[str]:
+        return ["-h", self.host, "-p", str(self.port), "-U", self.user]
+
+    def env(self) -> dict[str, str]:
+        extra = {"PGPASSWORD": self.password} if self.password else {}
+        return {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGSSLMODE": "disable", **extra}
+
+
+@dataclass(frozen=True)
+class Load:
+    """One pgbench run's workload: the built-in select-only script (-S) unless `script` is given."""
+
+    mode: str = "simple"
+    clients: int = 10
+    jobs: int = 2
+    duration: int = 15
+    script: Path | None = None
+    defines: tuple[str, ...] = ()  # pgbench -D NAME=VALUE for custom scripts
+
+    def pgbench_args(self) -> list[str]:
+        workload = ["-f", str(self.script)] if self.script else ["-S"]
+        defines = [arg for d in self.defines for arg in ("-D", d)]
+        return [*workload, *defines, "-M", self.mode, "-c", str(self.clients),
+                "-j", str(self.jobs), "-T", str(self.duration), "-n"]
+
+
+@dataclass
+class Result:
+    """What one pgbench run measured; `tps` is None when pgbench produced no numbers."""
+
+    target: str
+    mode: str
+    tps: float | None = None
+    latency_ms: float | None = None
+    transactions: int = 0
+    failed: int = 0
+    aborted_clients: int = 0
+    returncode: int | None = None
+    error: str = ""
+    loadavg_1m: float = field(default_factory=lambda: os.getloadavg()[0])
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit so CLEANUP runs; atexit covers the rest."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
+    atexit.register(CLEANUP.close)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def as_run_user(cmd: list[str]) -> list[str]:
+    """Prefix `cmd` with runuser when we are root (initdb and pg_ctl refuse root)."""
+    return ["runuser", "-u", RUN_AS, "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def make_workdir() -> Path:
+    """A temp dir the run user owns, removed at exit."""
+    workdir = Path(tempfile.mkdtemp(prefix="pgwarden-bench-"))
+    if os.geteuid() == 0:
+        shutil.chown(workdir, RUN_AS, RUN_AS)
+    CLEANUP.callback(shutil.rmtree, workdir, ignore_errors=True)
+    return workdir
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout:.0f}s")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def spawn(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen:
+    """Start a long-running process in its own session (Ctrl-C reaches us, we stop it)."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    CLEANUP.callback(stop_process, proc)
+    return proc
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def psql(target: Target, *args: str, timeout: float = 60.0) -> str:
+    """Run psql with `args` (-c SQL, -f FILE); raises CalledProcessError carrying psql's stderr."""
+    cmd = [str(BINDIR / "psql"), "-X", "-At", "-v", "ON_ERROR_STOP=1", *target.libpq_args(),
+           "-d", target.dbname, *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=target.env())
+    if out.returncode != 0:
+        raise subprocess.CalledProcessError(out.returncode, cmd, out.stdout, out.stderr)
+    return out.stdout.strip()
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------------
+
+# 2 cores, 24 GiB. fsync/full_page_writes/synchronous_commit off: nothing here needs to survive a crash,
+# and the select-only benchmark writes nothing anyway.
+PG_SETTINGS = {
+    "listen_addresses": f"'{HOST}'",
+    "max_connections": "200",
+    "shared_buffers": "'256MB'",
+    "effective_cache_size": "'8GB'",
+    "fsync": "off",
+    "full_page_writes": "off",
+    "synchronous_commit": "off",
+    "max_wal_size": "'4GB'",
+    "jit": "off",
+}
+
+
+def start_cluster(workdir: Path) -> Target:
+    """initdb + pg_ctl start of a trust-auth cluster on a free port, stopped and removed at exit."""
+    data, port = workdir / "pgdata", free_port()
+    subprocess.run(as_run_user([str(BINDIR / "initdb"), "-D", str(data), "-U", "postgres",
+                                "-A", "trust", "-E", "UTF8", "--no-sync"]),
+                   cwd=workdir, check=True, capture_output=True)
+    settings = {**PG_SETTINGS, "port": str(port), "unix_socket_directories": f"'{workdir}'"}
+    with open(data / "postgresql.conf", "a") as conf:
+        conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+    (data / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+    pg_ctl = [str(BINDIR / "pg_ctl"), "-D", str(data), "-l", str(workdir / "postgres.log")]
+    CLEANUP.callback(subprocess.run, as_run_user([*pg_ctl, "-m", "fast", "-w", "stop"]),
+                     cwd=workdir, capture_output=True)
+    subprocess.run(as_run_user([*pg_ctl, "-w", "-t", "60", "start"]), cwd=workdir, check=True,
+                   capture_output=True, start_new_session=True)
+    return Target("direct", port)
+
+
+def pgbench_init(target: Target, scale: int) -> None:
+    subprocess.run([str(BINDIR / "pgbench"), "-i", "-q", "-s", str(scale), *target.libpq_args(),
+                    target.dbname], check=True, capture_output=True, env=target.env())
+
+
+# --- PgBouncer ---------------------------------------------------------------------------------------
+
+
+def pgbouncer_ini(workdir: Path, backend: Target, port: int, pool_size: int) -> str:
+    return f"""[databases]
+* = host={backend.host} port={backend.port}
+
+[pgbouncer]
+listen_addr = {HOST}
+listen_port = {port}
+unix_socket_dir = {workdir}
+auth_type = trust
+auth_file = {workdir / "userlist.txt"}
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = 200
+log_connections = 0
+log_disconnections = 0
+logfile = {workdir / "pgbouncer.log"}
+pidfile = {workdir / "pgbouncer.pid"}
+"""
+
+
+def start_pgbouncer(workdir: Path, backend: Target, pool_size: int, users: list[str]) -> Target:
+    """PgBouncer in transaction mode in front of `backend`; raises RuntimeError if it does not serve."""
+    binary, port = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", free_port()
+    ini = workdir / "pgbouncer.ini"
+    ini.write_text(pgbouncer_ini(workdir, backend, port, pool_size))
+    (workdir / "userlist.txt").write_text("".join(f'"{user}" ""\n' for user in users))
+    as_user = ["-u", RUN_AS] if os.geteuid() == 0 else []  # PgBouncer refuses to run as root
+    proc = spawn([binary, *as_user, str(ini)], workdir / "pgbouncer.out", workdir)
+    try:
+        wait_for_port(port, 20, proc)
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"PgBouncer did not start ({exc}):\n{tail(workdir / 'pgbouncer.log')}")
+    return Target("pgbouncer", port)
+
+
+def pgbouncer_available() -> bool:
+    return shutil.which("pgbouncer") is not None or Path("/usr/sbin/pgbouncer").exists()
+
+
+# --- pgwarden ----------------------------------------------------------------------------------------
+
+
+def absolute_paths(config: dict, base: Path) -> dict:
+    """Resolve the path-valued keys of a pgwarden config (policies, audit.path) against `base`."""
+    config = dict(config)
+    if isinstance(config.get("policies"), str):
+        config["policies"] = str(base / config["policies"])
+    if isinstance(config.get("audit"), dict) and isinstance(config["audit"].get("path"), str):
+        config["audit"] = {**config["audit"], "path": str(base / config["audit"]["path"])}
+    return config
+
+
+def pgwarden_config(backend: Target, pool_size: int, overlay_file: Path | None) -> dict:
+    """The bench's pgwarden config; keys from `overlay_file` (e.g. auth users, policies) win,
+    except where pgwarden listens and which backend it uses, which the bench decides."""
+    config: dict = {"auth": {"method": "trust"}, "backend_auth": {"user": "postgres"},
+                    "pool": {"mode": "transaction", "size": pool_size}}
+    if overlay_file is not None:
+        overlay = yaml.safe_load(overlay_file.read_text()) or {}
+        config.update(absolute_paths(overlay, overlay_file.resolve().parent))
+    return {**config,
+            "listen": {"host": HOST, "port": free_port()},
+            "http": {"host": HOST, "port": free_port()},
+            "primary": {"host": backend.host, "port": backend.port}}
+
+
+def start_pgwarden(workdir: Path, config: dict) -> tuple[Target, subprocess.Popen]:
+    """`python -m proxy run --config FILE` from the repository; raises RuntimeError if it does not serve."""
+    path, log = workdir / "pgwarden.yaml", workdir / "pgwarden.log"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    python = str(VENV_PYTHON if VENV_PYTHON.exists() else sys.executable)
+    proc = spawn([python, "-m", "proxy", "run", "--config", str(path)], log, ROOT)
+    try:
+        wait_for_port(config["listen"]["port"], 30, proc)
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"pgwarden did not start ({exc}):\n{tail(log)}")
+    return Target("pgwarden", config["listen"]["port"]), proc
+
+
+# --- pgbench -----------------------------------------------------------------------------------------
+
+_NUMBERS = {
+    "tps": (re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.M), float),
+    "latency_ms": (re.compile(r"^latency average = ([\d.]+) ms", re.M), float),
+    "transactions": (re.compile(r"^number of transactions actually processed: (\d+)", re.M), int),
+    "failed": (re.compile(r"^number of failed transactions: (\d+)", re.M), int),
+}
+_ABORTED = re.compile(r"client \d+ (?:script \d+ )?aborted")
+_ERROR_LINE = re.compile(r"^pgbench: error: .*$", re.M)
+
+
+def parse_pgbench(result: Result, stdout: str, stderr: str) -> Result:
+    """Fill `result` from pgbench's report (PostgreSQL 15 wording) and its error lines."""
+    for name, (pattern, kind) in _NUMBERS.items():
+        match = pattern.search(stdout)
+        if match:
+            setattr(result, name, kind(match.group(1)))
+    result.aborted_clients = len(_ABORTED.findall(stderr))
+    errors = _ERROR_LINE.findall(stderr)
+    if errors:
+        result.error = errors[0][len("pgbench: error: "):][:300]
+    return result
+
+
+def run_pgbench(target: Target, load: Load) -> Result:
+    """One pgbench run of `load` against `target`; killed if it outlives its duration by 60 s."""
+    result = Result(target.name, load.mode)
+    cmd = [str(BINDIR / "pgbench"), *load.pgbench_args(), *target.libpq_args(), target.dbname]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=target.env(),
+                             timeout=load.duration + 60)
+    except subprocess.TimeoutExpired:
+        result.error = f"pgbench did not finish within {load.duration + 60}s; killed"
+        return result
+    result.returncode = out.returncode
+    return parse_pgbench(result, out.stdout, out.stderr)
+
+
+# --- the machine -------------------------------------------------------------------------------------
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).splitlines()[0].strip()
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def _cpuinfo_field(name: str) -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return "unknown"
+
+
+def machine_info() -> dict:
+    """What the numbers depend on: cores, CPU, memory, versions, the pgwarden commit."""
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "nproc": _first_line(["nproc"]),
+        "cpu": _cpuinfo_field("model name"),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": os.uname().release,
+        "postgresql": _first_line([str(BINDIR / "postgres"), "--version"]),
+        "pgbench": _first_line([str(BINDIR / "pgbench"), "--version"]),
+        "pgbouncer": _first_line(["pgbouncer", "--version"]) if pgbouncer_available() else "absent",
+        "python": sys.version.split()[0],
+        "pgwarden_commit": _first_line(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"]),
+    }
