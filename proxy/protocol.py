@@ -276,19 +276,24 @@ def decode_target(msg: bytes) -> tuple[str, str]:
 def bind_params(msg: bytes) -> list[bytes | None]:
     """The parameter values of a Bind, as raw bytes (None for NULL)."""
     _, _, pos = decode_bind_names(msg)
-    (nfmt,) = _I16.unpack_from(msg, pos)
-    pos += 2 + 2 * nfmt
-    (nparams,) = _I16.unpack_from(msg, pos)
-    pos += 2
-    values: list[bytes | None] = []
-    for _ in range(nparams):
-        (size,) = struct.unpack_from("!i", msg, pos)
-        pos += 4
-        if size < 0:
-            values.append(None)
-        else:
+    try:
+        (nfmt,) = _I16.unpack_from(msg, pos)
+        pos += 2 + 2 * nfmt
+        (nparams,) = _I16.unpack_from(msg, pos)
+        pos += 2
+        values: list[bytes | None] = []
+        for _ in range(nparams):
+            (size,) = struct.unpack_from("!i", msg, pos)
+            pos += 4
+            if size < 0:
+                values.append(None)
+                continue
+            if pos + size > len(msg):
+                raise ProtocolError("Bind parameter value runs past the end of the message")
             values.append(msg[pos:pos + size])
             pos += size
+    except struct.error as exc:
+        raise ProtocolError("Bind message is truncated") from exc
     return values
 
 
@@ -403,7 +408,9 @@ def replace_detail(msg: bytes, detail: str | None) -> bytes:
     pos, end = 5, len(msg) - 1
     parts: list[bytes] = []
     while pos < end and msg[pos] != 0:
-        nul = msg.index(b"\x00", pos + 1)
+        nul = msg.find(b"\x00", pos + 1)
+        if nul < 0:
+            raise ProtocolError("ErrorResponse field is not NUL-terminated")
         if msg[pos] != ord("D"):
             parts.append(msg[pos:nul + 1])
         pos = nul + 1

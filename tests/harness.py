@@ -106,12 +106,12 @@ class ProxyProcess:
             raise RuntimeError(f"pgwarden did not start:\n{self.logs()}")
         return self
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
     def reload(self) -> None:
-        self.signal(signal.SIGHUP)
+        self.send_signal(signal.SIGHUP)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.proc is None:
