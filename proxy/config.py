@@ -1,0 +1,274 @@
+"""The proxy config: an immutable, validated snapshot of the YAML file (reload swaps the whole snapshot)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `.errors` holds one line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenTLS(_Strict):
+    """TLS offered to clients: disable (answer SSLRequest 'N'), allow, or require."""
+
+    mode: Literal["disable", "allow", "require"] = "disable"
+    cert: Path | None = None
+    key: Path | None = None
+
+    @model_validator(mode="after")
+    def _files(self) -> "ListenTLS":
+        if self.mode != "disable" and (self.cert is None or self.key is None):
+            raise ValueError(f"tls mode {self.mode!r} needs both `cert` and `key` files")
+        return self
+
+
+class Listen(_Strict):
+    """pgwarden's own listener for clients."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(6432, ge=1, le=65535)
+    tls: ListenTLS = ListenTLS()
+    max_message_size: int = Field(64 * 1024 * 1024, ge=1024)
+    startup_timeout: float = Field(10.0, gt=0)
+
+
+class Http(_Strict):
+    """The HTTP listener for /healthz (and, later, /metrics and /readyz)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9187, ge=0, le=65535)  # 0 disables it
+
+
+class BackendTLS(_Strict):
+    """TLS to the backend, with libpq's sslmode meanings."""
+
+    mode: Literal["disable", "prefer", "require", "verify-full"] = "disable"
+    ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _ca(self) -> "BackendTLS":
+        if self.mode == "verify-full" and self.ca is None:
+            raise ValueError("tls mode 'verify-full' needs a `ca` file")
+        return self
+
+
+class Primary(_Strict):
+    """The primary PostgreSQL server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(5432, ge=1, le=65535)
+    tls: BackendTLS = BackendTLS()
+
+
+class UserEntry(_Strict):
+    """A client login: exactly one of password, password_env, scram_verifier."""
+
+    password: str | None = None
+    password_env: str | None = None
+    scram_verifier: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "UserEntry":
+        given = [k for k in ("password", "password_env", "scram_verifier") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `password`, `password_env`, `scram_verifier`")
+        if self.scram_verifier and not self.scram_verifier.startswith("SCRAM-SHA-256$"):
+            raise ValueError("`scram_verifier` must look like 'SCRAM-SHA-256$<iter>:<salt>$<stored>:<server>'")
+        return self
+
+    def secret(self) -> str | None:
+        """The plain password, reading `password_env` now (None when only a verifier is stored)."""
+        if self.password_env:
+            return os.environ.get(self.password_env)
+        return self.password
+
+
+class Auth(_Strict):
+    """How clients authenticate to pgwarden."""
+
+    method: Literal["trust", "md5", "scram-sha-256"] = "scram-sha-256"
+    users: dict[str, UserEntry] = {}
+
+
+class BackendAuth(_Strict):
+    """The role pgwarden logs into backends as (omit `user` to use the client's)."""
+
+    user: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+
+    def secret(self) -> str | None:
+        if self.password_env:
+            return os.environ.get(self.password_env)
+        return self.password
+
+
+class Pool(_Strict):
+    """Backend pools, one per (database, backend user). Times are in seconds."""
+
+    mode: Literal["session", "transaction"] = "transaction"
+    size: int = Field(20, ge=1, le=10_000)
+    min_idle: int = Field(0, ge=0)
+    max_client_connections: int = Field(1000, ge=1)
+    connect_timeout: float = Field(5.0, gt=0)
+    idle_timeout: float = Field(600.0, gt=0)
+    max_lifetime: float = Field(3600.0, gt=0)
+    query_wait_timeout: float = Field(30.0, gt=0)
+    prepared_statements_per_backend: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _min_idle(self) -> "Pool":
+        if self.min_idle > self.size:
+            raise ValueError(f"min_idle ({self.min_idle}) cannot exceed size ({self.size})")
+        return self
+
+
+class Log(_Strict):
+    """Logging: level and format (text for people, json for log pipelines)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+# Keys of the contract (DESIGN.md "Interfaces") whose features this version does not have yet:
+# they are rejected, never ignored (an ignored `policies` key would be a security hole).
+NOT_YET = {
+    "policies": "policy enforcement",
+    "audit": "the audit trail",
+    "slow_query": "the slow-query log",
+    "cache": "result caching",
+}
+
+
+class Config(_Strict):
+    """The whole proxy config."""
+
+    listen: Listen = Listen()
+    http: Http = Http()
+    primary: Primary = Primary()
+    replicas: list[dict[str, Any]] = []
+    auth: Auth = Auth()
+    backend_auth: BackendAuth = BackendAuth()
+    pool: Pool = Pool()
+    log: Log = Log()
+    shutdown_timeout: float = Field(30.0, ge=0)
+    policies: Any = None
+    audit: Any = None
+    slow_query: Any = None
+    cache: Any = None
+    source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _not_yet(self) -> "Config":
+        for key, feature in NOT_YET.items():
+            if getattr(self, key) is not None:
+                raise ValueError(f"`{key}`: {feature} is not available in this version of "
+                                 f"pgwarden; remove the `{key}` key (it is never silently ignored)")
+        if self.replicas:
+            raise ValueError("`replicas`: read routing to replicas is not available in this "
+                             "version of pgwarden; remove the `replicas` entries")
+        return self
+
+
+_PATH_FIELDS = (("listen", "tls", "cert"), ("listen", "tls", "key"), ("primary", "tls", "ca"))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the config must be a mapping of keys (listen, primary, ...)"])
+    return parse_config(data, path, text)
+
+
+def parse_config(data: dict, path: Path, text: str = "") -> Config:
+    """Validate already-parsed config data; relative paths are resolved against the file's folder."""
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err, path, text) for err in exc.errors()]) from exc
+    return _resolve_paths(config, path.parent.resolve()).model_copy(update={"source": path})
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    updates: dict[str, Any] = {}
+    for section, sub, key in _PATH_FIELDS:
+        value = getattr(getattr(getattr(config, section), sub), key)
+        if value is not None and not value.is_absolute():
+            tls = getattr(getattr(config, section), sub).model_copy(update={key: base / value})
+            updates[section] = getattr(config, section).model_copy(update={sub: tls})
+            config = config.model_copy(update=updates)
+    return config
+
+
+def _describe(err: dict, path: Path, text: str) -> str:
+    loc = [str(part) for part in err["loc"]]
+    dotted = ".".join(loc) or "(top level)"
+    line = _line_of(text, loc)
+    where = f"{path}:{line}" if line else str(path)
+    if err["type"] == "extra_forbidden":
+        return f"{where}: {dotted}: unknown key `{loc[-1]}`{_suggest(loc)}"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {dotted}: {message}"
+
+
+def _suggest(loc: list[str]) -> str:
+    model: Any = Config
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            break
+        model = field.annotation
+    fields = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(loc[-1], fields, n=1)
+    if close:
+        return f" (did you mean `{close[0]}`?)"
+    return f" (allowed keys: {', '.join(f for f in fields if f != 'source')})" if fields else ""
+
+
+def _line_of(text: str, loc: list[str]) -> int | None:
+    """The 1-based line where the last key of `loc` is written, best effort."""
+    if not text:
+        return None
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == part), None)
+            if match is None:
+                return line
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

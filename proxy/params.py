@@ -1,0 +1,145 @@
+"""Session state a client sets (SET, RESET, DISCARD): tracked so it can be re-applied on another backend."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import pglast.parser
+
+# First words of statements that may change session state; anything else is not parsed here.
+_WATCHED = frozenset({"set", "reset", "discard", "listen", "prepare"})
+_LEADING = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]*)", re.S)
+_NOT_FORWARDED = frozenset({"user", "database", "replication", "options"})
+_CHARACTERISTICS = ("default_transaction_isolation", "default_transaction_read_only",
+                    "default_transaction_deferrable")
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What one statement does to session state.
+
+    kind: 'set' (name, text to replay), 'reset' (name), 'reset_all', 'discard_all',
+    'listen', 'prepare', 'identity' (SET ROLE / SESSION AUTHORIZATION), 'local' (no lasting effect).
+    """
+
+    kind: str
+    name: str = ""
+    text: str = ""
+
+
+def first_word(sql: str) -> str:
+    """The first keyword, lower-cased, after whitespace and comments.
+
+    >>> first_word("  /* hi */ SET x = 1")
+    'set'
+    """
+    match = _LEADING.match(sql)
+    return match.group(1).lower() if match else ""
+
+
+def effects(sql: str) -> list[Effect]:
+    """The session-state effects of a query string; [] when it has none (the common, cheap case).
+
+    >>> effects("SET TimeZone TO 'UTC'")
+    [Effect(kind='set', name='timezone', text="SET TimeZone TO 'UTC'")]
+    >>> effects("select 1")
+    []
+    """
+    if first_word(sql) not in _WATCHED and ";" not in sql.rstrip().rstrip(";"):
+        return []
+    try:
+        stmts = json.loads(pglast.parser.parse_sql_json(sql))["stmts"]
+    except Exception:  # pglast raises its own ParseError; PostgreSQL will report it to the client
+        return []
+    out = []
+    for raw in stmts:
+        start = raw.get("stmt_location", 0)
+        text = sql[start:start + raw["stmt_len"]] if raw.get("stmt_len") else sql[start:]
+        effect = _effect(raw["stmt"], text.strip().rstrip(";").strip())
+        if effect is not None:
+            out.append(effect)
+    return out
+
+
+def _effect(stmt: dict, text: str) -> Effect | None:
+    (kind, node), = stmt.items()
+    if kind == "ListenStmt":
+        return Effect("listen", node.get("conditionname", ""))
+    if kind == "PrepareStmt":
+        return Effect("prepare", node.get("name", ""))
+    if kind == "DiscardStmt":
+        return Effect("discard_all") if node.get("target") == "DISCARD_ALL" else Effect("local")
+    if kind != "VariableSetStmt":
+        return None
+    name = node.get("name", "").lower()
+    if node.get("is_local"):
+        return Effect("local", name)
+    if name in ("role", "session_authorization", "session authorization"):
+        return Effect("identity", name)
+    set_kind = node["kind"]
+    if set_kind == "VAR_RESET_ALL":
+        return Effect("reset_all")
+    if set_kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
+        return Effect("reset", name)
+    if name.startswith("transaction") and set_kind == "VAR_SET_MULTI":
+        return Effect("local", name)  # SET TRANSACTION ...: this transaction only
+    return Effect("set", name, text)
+
+
+def startup_settings(params: dict[str, str]) -> dict[str, str]:
+    """The client's startup parameters as SET statements, by lower-cased name.
+
+    >>> startup_settings({"user": "u", "application_name": "it's", "options": "-c search_path=s1"})
+    {'application_name': "SET application_name TO 'it''s'", 'search_path': "SET search_path TO 's1'"}
+    """
+    pairs = [(k, v) for k, v in params.items() if k not in _NOT_FORWARDED]
+    pairs += _options(params.get("options", ""))
+    return {k.lower(): f"SET {_ident(k)} TO {_literal(v)}" for k, v in pairs}
+
+
+def _options(options: str) -> list[tuple[str, str]]:
+    out = []
+    words = options.replace("\\ ", "\0").split()
+    for i, word in enumerate(words):
+        word = word.replace("\0", " ")
+        if word == "-c" and i + 1 < len(words):
+            word = "--" + words[i + 1].replace("\0", " ")
+        if word.startswith("--") and "=" in word:
+            key, value = word[2:].split("=", 1)
+            out.append((key.replace("-", "_"), value))
+    return out
+
+
+def _ident(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name) else '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def apply(settings: dict[str, str], effect: Effect) -> None:
+    """Record a successful statement's effect in a settings map (name -> SET text)."""
+    if effect.kind == "set":
+        settings[effect.name] = effect.text
+    elif effect.kind == "reset":
+        settings.pop(effect.name, None)
+    elif effect.kind in ("reset_all", "discard_all"):
+        settings.clear()
+
+
+def replay(client: dict[str, str], backend: dict[str, str]) -> str:
+    """SQL that turns a backend's settings into the client's ('' when they already match).
+
+    >>> replay({"a": "SET a TO '1'"}, {"b": "SET b TO '2'"})
+    "RESET b; SET a TO '1'"
+    """
+    stmts = []
+    for name in backend:
+        if name not in client:
+            stmts += [f"RESET {n}" for n in _CHARACTERISTICS] if name == "session characteristics" \
+                else [f"RESET {_ident(name)}"]
+    stmts += [text for name, text in client.items() if backend.get(name) != text]
+    return "; ".join(stmts)

@@ -1,0 +1,172 @@
+"""Tracks requests in flight on a backend and the responses the proxy answers or hides itself (sans-IO)."""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+from proxy.protocol import ProtocolError
+
+FORWARD, SWALLOW, SYNTH = 0, 1, 2
+_Z, _E = ord("Z"), ord("E")
+_SYNC_LIKE = frozenset(b"SQF")  # requests answered by ReadyForQuery
+_DONE = {  # which backend message completes a request, by the request's type byte
+    ord("P"): frozenset(b"1"), ord("B"): frozenset(b"2"), ord("D"): frozenset(b"Tn"),
+    ord("E"): frozenset(b"CIs"), ord("C"): frozenset(b"3"),
+    ord("S"): frozenset(b"Z"), ord("Q"): frozenset(b"Z"), ord("F"): frozenset(b"Z"),
+}
+_unpack = struct.Struct("!I").unpack_from
+
+
+class Tracker:
+    """The ordered requests sent to one backend, and how each response must reach the client.
+
+    The common case costs one header walk per backend chunk and returns the chunk
+    untouched. Only while a *fixup* is in flight (a response to hide because the
+    proxy injected the request, one to answer because the proxy did not forward
+    the request, or a request whose failure must be known) is each message checked
+    against the queue.
+
+    >>> t = Tracker()
+    >>> t.request(ord("P"), SWALLOW); t.request(ord("B")); t.request(ord("S"))
+    >>> t.feed(b"1\\0\\0\\0\\x04" + b"2\\0\\0\\0\\x04" + b"Z\\0\\0\\0\\x05I")
+    b'2\\x00\\x00\\x00\\x04Z\\x00\\x00\\x00\\x05I'
+    >>> t.idle, chr(t.status)
+    (True, 'I')
+    """
+
+    __slots__ = ("queue", "fixups", "status", "failed", "_skip", "_head", "_dropping")
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[int, int, object]] = deque()
+        self.fixups = 0          # entries in the queue that need per-message attention
+        self.status = ord("I")   # transaction status of the last ReadyForQuery
+        self.failed: list[object] = []  # tags of watched requests that ended in an error
+        self._skip = 0           # bytes of the current message still to come
+        self._head = b""         # an incomplete header kept for the next chunk
+        self._dropping = False   # whether the current (split) message is being hidden
+
+    @property
+    def idle(self) -> bool:
+        """Every request sent has been answered."""
+        return not self.queue
+
+    def request(self, code: int, action: int = FORWARD, tag: object = None) -> None:
+        """A request was sent to the backend; `tag` asks to be told (in `failed`) if it fails."""
+        self.queue.append((code, action, tag))
+        if action != FORWARD or tag is not None:
+            self.fixups += 1
+
+    def synthetic(self, response: bytes) -> bytes:
+        """The proxy answers a request itself: bytes to send the client now, or b'' if queued."""
+        if not self.queue:
+            return response
+        self.queue.append((SYNTH, SYNTH, response))
+        self.fixups += 1
+        return b""
+
+    def reset(self) -> None:
+        self.queue.clear()
+        self.fixups = 0
+        self.failed.clear()
+        self._skip, self._head, self._dropping = 0, b"", False
+
+    def feed(self, data: bytes) -> bytes:
+        """Take a chunk from the backend; return what the client must receive, in order."""
+        if self._head:
+            data, self._head = self._head + data, b""
+        n, pos, mark = len(data), 0, 0
+        out: list[bytes] | None = None
+        if self._skip:
+            pos = min(self._skip, n)
+            self._skip -= pos
+            if self._dropping:
+                out, mark = [], pos
+            if not self._skip and self.fixups and self.queue and self.queue[0][0] == SYNTH:
+                out = out if out is not None else []
+                out.append(data[mark:pos])
+                mark = pos
+                self._emit(out)
+        while pos < n:
+            kind = data[pos]
+            if n - pos < 5 or (kind == _Z and n - pos < 6):
+                self._head = data[pos:]
+                n = pos
+                break
+            (length,) = _unpack(data, pos + 1)
+            if length < 4:
+                raise ProtocolError(f"backend sent an invalid message length {length}")
+            end = pos + 1 + length
+            if self.fixups:
+                drop = self._attend(kind, data, pos)
+            else:
+                drop = False
+                if kind == _Z:
+                    self._ready(data[pos + 5])
+            if drop:
+                out = out if out is not None else []
+                out.append(data[mark:pos])
+                mark = min(end, n)
+            if end > n:
+                self._skip, self._dropping = end - n, drop
+                break
+            pos = end
+            if self.fixups and self.queue and self.queue[0][0] == SYNTH:
+                out = out if out is not None else []
+                out.append(data[mark:pos])
+                mark = pos
+                self._emit(out)
+        if out is None:
+            return data if n == len(data) else data[:n]
+        out.append(data[mark:n])
+        return b"".join(out)
+
+    def _ready(self, status: int) -> bool:
+        """ReadyForQuery: answers the oldest sync-like request; True if that one is hidden."""
+        self.status = status
+        queue = self.queue
+        while queue:
+            code, action, tag = queue.popleft()
+            if action != FORWARD or tag is not None:
+                self.fixups -= 1
+            if code in _SYNC_LIKE:
+                return action == SWALLOW
+        return False
+
+    def _attend(self, kind: int, data: bytes, pos: int) -> bool:
+        """Match one backend message against the queue; True if the client must not see it."""
+        queue = self.queue
+        if kind == _Z:
+            return self._ready(data[pos + 5])
+        if not queue:
+            return False
+        code, action, tag = queue[0]
+        if code in _SYNC_LIKE:  # inside a simple query (or before a Sync): only Z ends it
+            return action == SWALLOW
+        if kind == _E:
+            self._fail_until_sync()
+            return False
+        if kind in _DONE.get(code, ()):
+            queue.popleft()
+            if action != FORWARD or tag is not None:
+                self.fixups -= 1
+            return action == SWALLOW
+        return False
+
+    def _fail_until_sync(self) -> None:
+        """An extended-protocol error: the backend skips every request up to the next Sync."""
+        queue = self.queue
+        while queue and queue[0][0] not in _SYNC_LIKE:
+            code, action, tag = queue.popleft()
+            if action != FORWARD or tag is not None:
+                self.fixups -= 1
+            if tag is not None and action != SYNTH:
+                self.failed.append(tag)
+
+    def _emit(self, out: list[bytes]) -> list[bytes]:
+        """Append the proxy's own answers now at the head of the queue."""
+        queue = self.queue
+        while queue and queue[0][0] == SYNTH:
+            out.append(queue.popleft()[2])  # type: ignore[arg-type]
+            self.fixups -= 1
+        return out

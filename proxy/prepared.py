@@ -1,0 +1,79 @@
+"""Prepared statements under transaction pooling: proxy-wide names keyed by statement text, a per-backend LRU."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from proxy import protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One distinct (query text, parameter types): its proxy-wide name and the Parse that creates it."""
+
+    name: str
+    parse: bytes
+
+
+class Registry:
+    """Proxy-wide statements by (query, parameter types); the name is a digest, so it is stable.
+
+    >>> r = Registry(); a = r.get("select $1", b"\\x00\\x00")
+    >>> a.name == r.get("select $1", b"\\x00\\x00").name, a.name.startswith("pgw_")
+    (True, True)
+    """
+
+    def __init__(self, cap: int = 50_000) -> None:
+        self._cache: OrderedDict[tuple[str, bytes], Statement] = OrderedDict()
+        self._cap = cap
+
+    def get(self, query: str, param_types: bytes) -> Statement:
+        key = (query, param_types)
+        stmt = self._cache.get(key)
+        if stmt is None:
+            digest = hashlib.blake2b(query.encode() + b"\x00" + param_types, digest_size=10)
+            name = "pgw_" + digest.hexdigest()
+            stmt = Statement(name, protocol.parse(name, query, param_types))
+            self._cache[key] = stmt
+            if len(self._cache) > self._cap:
+                self._cache.popitem(last=False)
+        return stmt
+
+
+class BackendStatements:
+    """The proxy statements prepared on one backend, least recently used first.
+
+    >>> s = BackendStatements(cap=1); s.add("a"), s.add("b"), "a" in s
+    (None, 'a', False)
+    """
+
+    __slots__ = ("_names", "_cap")
+
+    def __init__(self, cap: int) -> None:
+        self._names: OrderedDict[str, None] = OrderedDict()
+        self._cap = cap
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._names
+
+    def touch(self, name: str) -> bool:
+        """True if prepared here (and mark it recently used)."""
+        if name in self._names:
+            self._names.move_to_end(name)
+            return True
+        return False
+
+    def add(self, name: str) -> str | None:
+        """Record a new statement; return the one evicted to stay under the cap, if any."""
+        self._names[name] = None
+        if len(self._names) > self._cap:
+            return self._names.popitem(last=False)[0]
+        return None
+
+    def discard(self, name: str) -> None:
+        self._names.pop(name, None)
+
+    def clear(self) -> None:
+        self._names.clear()

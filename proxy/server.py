@@ -1,0 +1,195 @@
+"""The pgwarden process: listeners, pools and signals, with explicit startup, main loop and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import time
+
+from proxy import protocol
+from proxy.backend import Target
+from proxy.config import Config, ConfigError, load_config
+from proxy.http import HttpServer
+from proxy.janitor import Janitor
+from proxy.pool import Pool
+from proxy.prepared import Registry
+from proxy.session import READY, Session
+
+log = logging.getLogger("pgwarden.server")
+
+
+class Server:
+    """Owns the config snapshot, the pools and the sessions; sessions ask it for pools and keys."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.sessions: dict[int, Session] = {}
+        self.statements = Registry()
+        self.draining = False
+        self.started = time.time()
+        self.tls_context = _listen_tls(config)
+        self._backend_tls = _backend_tls(config)
+        self._listener: asyncio.AbstractServer | None = None
+        self._http = HttpServer(self)
+        self._janitor = Janitor(self)
+        self._stop = asyncio.Event()
+
+    # --- what sessions ask of the server ----------------------------------------------------
+
+    def issue_key(self, session: Session) -> tuple[int, int]:
+        """A proxy-wide BackendKeyData for a new client (never a backend's own key)."""
+        while True:
+            pid = secrets.randbelow(2**31 - 1) + 1
+            if pid not in self.sessions:
+                self.sessions[pid] = session
+                return pid, secrets.randbits(32)
+
+    def forget(self, session: Session) -> None:
+        if self.sessions.get(session.pid) is session:
+            del self.sessions[session.pid]
+
+    def client_count(self) -> int:
+        return len(self.sessions)
+
+    def pool_for(self, database: str, client_user: str) -> Pool:
+        config = self.config
+        user = config.backend_auth.user or client_user
+        pool = self.pools.get((database, user))
+        if pool is None:
+            pool = Pool(f"{database}/{user}", self._target(database, client_user), config.pool)
+            self.pools[(database, user)] = pool
+        return pool
+
+    def _target(self, database: str, client_user: str) -> Target:
+        config = self.config
+        password = config.backend_auth.secret()
+        if config.backend_auth.user is None and password is None:
+            entry = config.auth.users.get(client_user)
+            password = entry.secret() if entry else None
+        return Target(config.primary.host, config.primary.port, database,
+                      config.backend_auth.user or client_user, password,
+                      config.primary.tls.mode, self._backend_tls, config.pool.connect_timeout)
+
+    def cancel(self, pid: int, secret: int) -> None:
+        """Forward a client's CancelRequest to the backend serving it now; ignore it otherwise."""
+        session = self.sessions.get(pid)
+        if session is None or not secrets.compare_digest(
+                session.secret.to_bytes(4, "big"), secret.to_bytes(4, "big")):
+            log.info("cancel request for unknown key pid=%s ignored", pid)
+            return
+        backend = session.backend
+        if backend is None or session.pool is None:
+            log.info("cancel request for client %s ignored: it has no query running", session.peer)
+            return
+        target = session.pool.target
+        asyncio.get_running_loop().create_task(_send_cancel(target, backend.pid, backend.secret))
+
+    # --- startup, main loop, shutdown -------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        listen = self.config.listen
+        self._listener = await loop.create_server(
+            lambda: Session(self), listen.host, listen.port, reuse_address=True, backlog=1024)
+        await self._http.start()
+        self._janitor.start()
+        for sig, handler in ((signal.SIGHUP, self.reload), (signal.SIGTERM, self._stop.set),
+                             (signal.SIGINT, self._stop.set)):
+            loop.add_signal_handler(sig, handler)
+        log.info("pgwarden listening on %s:%s (%s pooling, backend %s:%s)", listen.host, listen.port,
+                 self.config.pool.mode, self.config.primary.host, self.config.primary.port)
+
+    async def run(self) -> None:
+        await self.start()
+        await self._stop.wait()
+        await self.shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> bool:
+        """SIGHUP: load the config file again; a bad file is reported and the running config kept."""
+        source = self.config.source
+        try:
+            new = load_config(source)  # type: ignore[arg-type]
+            tls_context, backend_tls = _listen_tls(new), _backend_tls(new)
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("reload of %s failed; keeping the running config:\n%s", source, exc)
+            return False
+        if (new.listen.host, new.listen.port) != (self.config.listen.host, self.config.listen.port):
+            log.warning("reload: a new listen address takes effect only after a restart")
+        self.config, self.tls_context, self._backend_tls = new, tls_context, backend_tls
+        for (database, user), pool in self.pools.items():
+            pool.settings = new.pool
+            pool.target = self._target(database, user)
+        log.info("reloaded %s", source)
+        return True
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let transactions finish up to shutdown_timeout, then close everything."""
+        self.draining = True
+        if self._listener is not None:
+            self._listener.close()
+        log.info("shutting down: %d clients, waiting up to %gs for their transactions",
+                 len(self.sessions), self.config.shutdown_timeout)
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        while self.sessions and time.monotonic() < deadline:
+            for session in list(self.sessions.values()):
+                if _between_transactions(session):
+                    session.fatal("57P01", "terminating connection: pgwarden is shutting down")
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions.values()):
+            session.fatal("57P01", "terminating connection: pgwarden shutdown timeout reached")
+        self._janitor.stop()
+        await self._http.stop()
+        for pool in self.pools.values():
+            pool.close_all()
+        await asyncio.sleep(0.05)
+        log.info("pgwarden stopped")
+
+
+def _between_transactions(session: Session) -> bool:
+    if session.state != READY:
+        return True
+    backend = session.backend
+    return backend is None or (backend.tracker.idle and backend.tracker.status == ord("I"))
+
+
+def _listen_tls(config: Config):
+    tls = config.listen.tls
+    if tls.mode == "disable":
+        return None
+    from proxy.tls import server_context
+    return server_context(str(tls.cert), str(tls.key))
+
+
+def _backend_tls(config: Config):
+    tls = config.primary.tls
+    if tls.mode == "disable":
+        return None
+    from proxy.tls import backend_context
+    return backend_context(tls.mode, str(tls.ca) if tls.ca else None)
+
+
+async def _send_cancel(target: Target, pid: int, secret: int) -> None:
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(target.host, target.port), target.connect_timeout)
+        writer.write(protocol.cancel_request(pid, secret))
+        await writer.drain()
+        writer.close()
+    except (OSError, asyncio.TimeoutError) as exc:
+        log.warning("could not forward a cancel request to %s:%s: %s", target.host, target.port, exc)
+
+
+def serve(config: Config) -> None:
+    """Run the proxy until SIGTERM/SIGINT, on uvloop."""
+    import uvloop
+
+    async def main() -> None:
+        await Server(config).run()
+
+    uvloop.run(main())

@@ -1,0 +1,547 @@
+"""One client connection: startup, TLS and authentication, then relaying its messages to a pooled backend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import TYPE_CHECKING
+
+from proxy import params, protocol
+from proxy.auth import AuthFailed, ClientAuth, Credential
+from proxy.backend import Backend, BackendError
+from proxy.pipeline import SWALLOW
+from proxy.pool import Pool, PoolTimeout
+from proxy.prepared import Statement
+
+if TYPE_CHECKING:
+    from proxy.server import Server
+
+log = logging.getLogger("pgwarden.session")
+
+STARTUP, TLS, AUTH, LOGIN, READY, CLOSED = "startup", "tls", "auth", "login", "ready", "closed"
+_Q, _P, _B, _D, _E, _C, _S, _F, _H, _X = (ord(c) for c in "QPBDECSFHX")
+_I = ord("I")
+_REQUESTS = frozenset(b"PBDECSF")       # answered by the backend, tracked in order
+_PASSED = frozenset(b"dcfH")            # COPY data/done/fail and Flush: no answer of their own
+_STATEFUL_HEADS = frozenset({b"set", b"res", b"dis", b"lis", b"pre", b"dea"})
+_DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(all|\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$",
+                         re.I | re.S)
+
+
+def _maybe_stateful(msg: bytes, start: int) -> bool:
+    """Cheap byte test: could this statement change session state? (False for plain SELECT/DML.)"""
+    i, end = start, len(msg) - 1
+    while i < end and msg[i] in b" \t\r\n":
+        i += 1
+    if i >= end:
+        return False
+    return (msg[i:i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-("
+            or msg.find(b";", i, end - 1) >= 0)
+
+
+class Session(asyncio.Protocol):
+    """A client of pgwarden. Its `state` says where it is; `backend` is set while one serves it."""
+
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+        self.config = server.config
+        self.transport: asyncio.Transport | None = None
+        self.state = STARTUP
+        self.peer = "?"
+        self.tls = False
+        self.user = self.database = ""
+        self.pid, self.secret = server.issue_key(self)
+        self.pool: Pool | None = None
+        self.backend: Backend | None = None
+        self.tx_mode = True
+        self.statements: dict[str, Statement] = {}
+        self.settings: dict[str, str] = {}
+        self.dirty = False
+        self.skipping = False       # after an error the proxy raised mid-pipeline: skip to Sync
+        self.reason = ""
+        self._startup = protocol.StartupFramer()
+        self._framer = protocol.Framer(self.config.listen.max_message_size)
+        self._pending: list[tuple[int, bytes]] = []
+        self._acquiring = False
+        self._auth: ClientAuth | None = None
+        self._client_params: dict[str, str] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- connection lifecycle ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if self.server.client_count() > self.config.pool.max_client_connections:
+            self.fatal("53300", "sorry, too many clients already: pgwarden accepts at most "
+                       f"{self.config.pool.max_client_connections} client connections",
+                       hint="raise pool.max_client_connections or use fewer connections")
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.config.listen.startup_timeout, self._startup_expired)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state != CLOSED:
+            self.reason = self.reason or (f"connection error: {exc}" if exc else "client disconnected")
+        self.state = CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+        log.info("client %s user=%s db=%s disconnected: %s", self.peer, self.user or "-",
+                 self.database or "-", self.reason)
+        self.server.forget(self)
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            self._give_back(backend)
+
+    def close(self, reason: str) -> None:
+        if self.state != CLOSED:
+            self.reason = self.reason or reason
+            self.state = CLOSED
+            if self.transport is not None:
+                self.transport.close()
+
+    def fatal(self, sqlstate: str, message: str, hint: str | None = None) -> None:
+        """Send a FATAL ErrorResponse and close this client only."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(protocol.error_response(sqlstate, message, severity="FATAL", hint=hint))
+        self.close(f"{sqlstate} {message}")
+
+    def _startup_expired(self) -> None:
+        if self.state != READY:
+            self.fatal("08P01", f"client did not complete startup within "
+                       f"listen.startup_timeout ({self.config.listen.startup_timeout:g}s)")
+
+    def pause_writing(self) -> None:
+        if self.backend is not None and self.backend.transport is not None:
+            self.backend.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.backend is not None and self.backend.transport is not None:
+            self.backend.transport.resume_reading()
+
+    def backend_pause(self, paused: bool) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            (self.transport.pause_reading if paused else self.transport.resume_reading)()
+
+    # --- bytes from the client --------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == READY:
+            self._relay(data)
+            return
+        try:
+            if self.state == STARTUP:
+                self._startup_bytes(data)
+            elif self.state == AUTH:
+                self._auth_bytes(data)
+            elif self.state == LOGIN:
+                self._framer.feed(data)
+        except protocol.ProtocolError as exc:
+            self.fatal(exc.sqlstate, str(exc))
+        except AuthFailed as exc:
+            self.fatal(exc.sqlstate, exc.message, hint=getattr(exc, "hint", None))
+
+    def _startup_bytes(self, data: bytes) -> None:
+        self._startup.feed(data)
+        while self.state == STARTUP and (packet := self._startup.next_packet()) is not None:
+            if isinstance(packet, protocol.SSLRequest):
+                self._answer_ssl()
+            elif isinstance(packet, protocol.GSSENCRequest):
+                self.transport.write(b"N")
+            elif isinstance(packet, protocol.CancelRequest):
+                self.server.cancel(packet.pid, packet.secret)
+                self.close("cancel request handled")
+            else:
+                self._begin_auth(packet)
+
+    def _answer_ssl(self) -> None:
+        if self.tls or self.server.tls_context is None:
+            self.transport.write(b"N")
+            return
+        if self._startup.take_rest():
+            raise protocol.ProtocolError("client sent data before the TLS handshake")
+        self.transport.write(b"S")
+        self.state = TLS
+        asyncio.get_running_loop().create_task(self._start_tls())
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.transport = await loop.start_tls(
+                self.transport, self, self.server.tls_context, server_side=True,
+                ssl_handshake_timeout=self.config.listen.startup_timeout)
+        except Exception as exc:  # a failed handshake closes only this client
+            self.close(f"TLS handshake failed: {exc}")
+            return
+        self.tls = True
+        self.state = STARTUP
+
+    def _begin_auth(self, packet: protocol.StartupMessage) -> None:
+        config = self.config
+        if config.listen.tls.mode == "require" and not self.tls:
+            self.fatal("28000", "pgwarden requires TLS for every client (listen.tls.mode = require)",
+                       hint="connect with sslmode=require")
+            return
+        unsupported = [k for k in packet.params if k.startswith("_pq_.")]
+        if packet.version & 0xFFFF or unsupported:
+            self.transport.write(protocol.negotiate_protocol_version(0, unsupported))
+        user = packet.params.get("user", "")
+        if not user:
+            self.fatal("28000", "no PostgreSQL user name specified in startup packet")
+            return
+        self.user, self.database = user, packet.params.get("database") or user
+        self._client_params = {k: v for k, v in packet.params.items() if not k.startswith("_pq_.")}
+        entry = config.auth.users.get(user)
+        if config.auth.method == "trust" and config.auth.users and entry is None:
+            self.fatal("28000", f'role "{user}" is not known to pgwarden',
+                       hint="add the user under auth.users in the pgwarden config")
+            return
+        credential = Credential(entry.secret(), entry.scram_verifier) if entry else None
+        self._auth = ClientAuth(config.auth.method, user, credential)
+        self.transport.write(self._auth.start())
+        self._framer.feed(self._startup.take_rest())
+        self.state = AUTH
+        if self._auth.done:
+            self._login()
+
+    def _auth_bytes(self, data: bytes) -> None:
+        self._framer.feed(data)
+        for kind, msg in self._framer.messages():
+            if kind != ord("p"):
+                raise protocol.ProtocolError(f"expected a password message, got {chr(kind)!r}")
+            reply = self._auth.receive(msg)  # type: ignore[union-attr]
+            if reply:
+                self.transport.write(reply)
+            if self._auth.done:  # type: ignore[union-attr]
+                self._login()
+                return
+
+    def _login(self) -> None:
+        self.state = LOGIN
+        asyncio.get_running_loop().create_task(self._login_async())
+
+    async def _login_async(self) -> None:
+        try:
+            pool = self.server.pool_for(self.database, self.user)
+            server_params = await pool.login_params()
+        except BackendError as exc:
+            self._forward_fatal(exc)
+            return
+        except PoolTimeout as exc:
+            self.fatal("53300", str(exc), hint="raise pool.size or pool.query_wait_timeout")
+            return
+        if self.state == CLOSED:
+            return
+        self.pool = pool
+        self.tx_mode = self.config.pool.mode == "transaction"
+        self.settings = params.startup_settings(self._client_params)
+        shown = {**server_params, **{k: v for k, v in self._client_params.items() if k in server_params}}
+        out = [protocol.parameter_status(k, v) for k, v in shown.items()]
+        out.append(protocol.backend_key_data(self.pid, self.secret))
+        out.append(protocol.ready_for_query(b"I"))
+        self.transport.write(b"".join(out))
+        self.state = READY
+        if self._timer is not None:
+            self._timer.cancel()
+        log.info("client %s logged in as user=%s db=%s (%s pooling)", self.peer, self.user,
+                 self.database, self.config.pool.mode)
+        if self._framer.pending():
+            self._relay(b"")
+
+    def _forward_fatal(self, exc: BackendError) -> None:
+        fields = exc.fields
+        self.fatal(exc.sqlstate, fields.get("message", "backend error"), hint=fields.get("hint"))
+
+    # --- relaying (the hot path) ------------------------------------------------------------
+
+    def _relay(self, data: bytes) -> None:
+        framer = self._framer
+        if data:
+            framer.feed(data)
+        try:
+            msgs = framer.messages()
+        except protocol.ProtocolError as exc:
+            self.fatal(exc.sqlstate, str(exc))
+            return
+        if not msgs:
+            return
+        if self.backend is None:
+            if self._acquiring:
+                self._pending += msgs
+                return
+            if msgs[0][0] == _X:
+                self.close("client sent Terminate")
+                return
+            backend = self.pool.take_idle()  # type: ignore[union-attr]
+            if backend is None:
+                self._pending = msgs
+                self._acquire()
+                return
+            self._link(backend)
+        self._forward(msgs)
+
+    def _acquire(self) -> None:
+        self._acquiring = True
+        self.transport.pause_reading()
+        asyncio.get_running_loop().create_task(self._acquire_async())
+
+    async def _acquire_async(self) -> None:
+        try:
+            backend = await self.pool.acquire()  # type: ignore[union-attr]
+        except (PoolTimeout, BackendError) as exc:
+            self._acquiring = False
+            self._refuse_pending(getattr(exc, "sqlstate", "53300"), str(exc))
+            return
+        self._acquiring = False
+        if self.state == CLOSED:
+            self.pool.release(backend)  # type: ignore[union-attr]
+            return
+        self._link(backend)
+        msgs, self._pending = self._pending, []
+        self._forward(msgs)
+        if self.state != CLOSED:
+            self.transport.resume_reading()
+
+    def _refuse_pending(self, sqlstate: str, message: str) -> None:
+        """No backend came: answer the waiting requests with an error, or close if we cannot."""
+        msgs, self._pending = self._pending, []
+        syncs = sum(1 for kind, _ in msgs if kind in (_Q, _S, _F))
+        if not syncs:
+            self.fatal(sqlstate, message)
+            return
+        out = [protocol.error_response(sqlstate, message, hint="raise pool.size or "
+                                       "pool.query_wait_timeout, or hold transactions shorter")]
+        out += [protocol.ready_for_query(b"I")] * syncs
+        self.transport.write(b"".join(out))
+        self.transport.resume_reading()
+
+    def _link(self, backend: Backend) -> None:
+        backend.client = self
+        self.backend = backend
+        sql = params.replay(self.settings, backend.settings)
+        if sql:
+            backend.tracker.request(_Q, SWALLOW)
+            backend.write(protocol.query(sql))
+            backend.settings = dict(self.settings)
+
+    def _forward(self, msgs: list[tuple[int, bytes]]) -> None:
+        backend = self.backend
+        tracker = backend.tracker  # type: ignore[union-attr]
+        out: list[bytes] = []
+        for kind, msg in msgs:
+            if self.skipping:
+                if kind == _S:
+                    self.skipping = False
+                    self.reply(protocol.ready_for_query(bytes([tracker.status])))
+                continue
+            if kind == _Q:
+                self._query(msg, out)
+            elif kind in _REQUESTS:
+                if self.tx_mode and kind in (_P, _B, _D, _C):
+                    self._extended_tx(kind, msg, out)
+                else:
+                    if kind == _P:
+                        self.dirty = True
+                    tracker.request(kind)
+                    out.append(msg)
+            elif kind in _PASSED:
+                out.append(msg)
+            elif kind == _X:
+                if out:
+                    backend.write(b"".join(out))  # type: ignore[union-attr]
+                self.close("client sent Terminate")
+                return
+            else:
+                self.fatal("08P01", f"invalid frontend message type {chr(kind)!r}")
+                return
+        if out:
+            backend.write(b"".join(out))  # type: ignore[union-attr]
+        self._maybe_release()
+
+    def reply(self, data: bytes) -> None:
+        """Send the client an answer the proxy made itself, in order with the backend's answers."""
+        now = self.backend.tracker.synthetic(data) if self.backend is not None else data
+        if now:
+            self.transport.write(now)
+
+    def refuse(self, sqlstate: str, message: str, hint: str | None, simple: bool) -> None:
+        """An ErrorResponse for one statement; the connection stays usable."""
+        self.reply(protocol.error_response(sqlstate, message, hint=hint))
+        if simple:
+            status = self.backend.tracker.status if self.backend is not None else _I
+            self.reply(protocol.ready_for_query(bytes([status])))
+        else:
+            self.skipping = True
+
+    # --- statements that touch session state --------------------------------------------------
+
+    def _query(self, msg: bytes, out: list[bytes]) -> None:
+        if not self.tx_mode:
+            self.dirty = True
+        elif _maybe_stateful(msg, 5) and not self._session_statement(protocol.decode_query(msg), True):
+            return
+        self.backend.tracker.request(_Q)  # type: ignore[union-attr]
+        out.append(msg)
+
+    def _session_statement(self, sql: str, simple: bool) -> bool:
+        """Track or refuse what a statement does to session state; False if it was refused/answered."""
+        if simple and (match := _DEALLOCATE.match(sql)):
+            self._deallocate(match.group(1))
+            return False
+        effects = params.effects(sql)
+        refusal = self._refusal(effects)
+        if refusal:
+            self.refuse("0A000", refusal[0], refusal[1], simple)
+            return False
+        backend = self.backend
+        for effect in effects:
+            params.apply(self.settings, effect)
+            params.apply(backend.settings, effect)  # type: ignore[union-attr]
+            if effect.kind == "discard_all":
+                self.statements.clear()
+                backend.statements.clear()  # type: ignore[union-attr]
+        return True
+
+    def _refusal(self, effects: list[params.Effect]) -> tuple[str, str] | None:
+        in_tx = self.backend is not None and self.backend.tracker.status != _I
+        for effect in effects:
+            if effect.kind in ("listen", "prepare", "identity"):
+                what = {"listen": "LISTEN", "prepare": "SQL PREPARE",
+                        "identity": f"SET {effect.name.upper()}"}[effect.kind]
+                return (f"{what} is not supported in transaction pooling mode: its effect would "
+                        "outlive this transaction on a backend that other clients share",
+                        "use pool.mode: session for this application, or protocol-level "
+                        "prepared statements (every driver's default) instead of SQL PREPARE")
+            if effect.kind in ("set", "reset", "reset_all") and in_tx:
+                return ("a session-level SET inside a transaction block cannot be tracked in "
+                        "transaction pooling mode (it would be undone by ROLLBACK)",
+                        "use SET LOCAL for this transaction, or run the SET outside a transaction")
+        return None
+
+    def _deallocate(self, name: str) -> None:
+        if name.lower() == "all":
+            self.statements.clear()
+            tag = "DEALLOCATE ALL"
+        else:
+            name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+            if self.statements.pop(name, None) is None:
+                self.refuse("26000", f'prepared statement "{name}" does not exist', None, True)
+                return
+            tag = "DEALLOCATE"
+        status = self.backend.tracker.status if self.backend is not None else _I
+        self.reply(protocol.command_complete(tag) + protocol.ready_for_query(bytes([status])))
+
+    def _extended_tx(self, kind: int, msg: bytes, out: list[bytes]) -> None:
+        """Parse/Bind/Describe/Close under transaction pooling: client names -> proxy-wide names."""
+        backend = self.backend
+        tracker = backend.tracker  # type: ignore[union-attr]
+        if kind == _P:
+            parsed = protocol.decode_parse(msg)
+            if _maybe_stateful(msg, 6 + len(parsed.name.encode())) and \
+                    not self._session_statement(parsed.query, False):
+                return
+            if not parsed.name:
+                tracker.request(_P)
+                out.append(msg)
+                return
+            stmt = self.server.statements.get(parsed.query, parsed.param_types)
+            self.statements[parsed.name] = stmt
+            if backend.statements.touch(stmt.name):  # type: ignore[union-attr]
+                self.reply(protocol.PARSE_COMPLETE)
+            else:
+                self._prepare_on_backend(stmt, out, 0)
+            return
+        if kind == _B:
+            _, name, _ = protocol.decode_bind_names(msg)
+            stmt = self.statements.get(name) if name else None
+            if stmt is not None:
+                self._ensure_prepared(stmt, out)
+                msg = protocol.rename_bind(msg, stmt.name)
+        else:
+            which, name = protocol.decode_target(msg)
+            if which == "S" and name:
+                if kind == _C:
+                    self.statements.pop(name, None)
+                    self.reply(protocol.CLOSE_COMPLETE)
+                    return
+                stmt = self.statements.get(name)
+                if stmt is not None:
+                    self._ensure_prepared(stmt, out)
+                    msg = protocol.target(b"D", "S", stmt.name)
+        tracker.request(kind)
+        out.append(msg)
+
+    def _ensure_prepared(self, stmt: Statement, out: list[bytes]) -> None:
+        if not self.backend.statements.touch(stmt.name):  # type: ignore[union-attr]
+            self._prepare_on_backend(stmt, out, SWALLOW)
+
+    def _prepare_on_backend(self, stmt: Statement, out: list[bytes], action: int) -> None:
+        backend = self.backend
+        evicted = backend.statements.add(stmt.name)  # type: ignore[union-attr]
+        if evicted is not None:
+            out.append(protocol.target(b"C", "S", evicted))
+            backend.tracker.request(_C, SWALLOW)  # type: ignore[union-attr]
+        out.append(stmt.parse)
+        backend.tracker.request(_P, action, tag=stmt.name)  # type: ignore[union-attr]
+
+    # --- bytes from the backend -------------------------------------------------------------
+
+    def backend_data(self, backend: Backend, data: bytes) -> None:
+        tracker = backend.tracker
+        try:
+            out = tracker.feed(data)
+        except protocol.ProtocolError as exc:
+            log.warning("backend pid=%s sent invalid data: %s", backend.pid, exc)
+            backend.close()
+            return
+        if out:
+            self.transport.write(out)
+        if tracker.failed:
+            for name in tracker.failed:
+                backend.statements.discard(name)  # type: ignore[arg-type]
+            tracker.failed.clear()
+        if not tracker.queue:
+            self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        backend = self.backend
+        if backend is None or backend.tracker.queue or backend.tracker.status != _I:
+            return
+        if self.tx_mode:
+            self.backend = None
+            self.pool.release(backend)  # type: ignore[union-attr]
+        if self.server.draining:
+            self.fatal("57P01", "terminating connection: pgwarden is shutting down")
+
+    def backend_lost(self, backend: Backend) -> None:
+        self.backend = None
+        self.pool.release(backend, reusable=False)  # type: ignore[union-attr]
+        self.fatal("08006", "the backend connection was lost (PostgreSQL closed it)",
+                   hint="check the PostgreSQL log; reconnect to get a new backend")
+
+    def _give_back(self, backend: Backend) -> None:
+        """The client left: return its backend clean, or close it when it cannot be made clean."""
+        pool = self.pool
+        if backend.closed or not backend.tracker.idle or pool is None:
+            log.info("closing backend pid=%s: client left with a request in flight", backend.pid)
+            if pool is not None:
+                pool.release(backend, reusable=False)
+            else:
+                backend.close()
+            return
+        reset = ["ROLLBACK"] if backend.tracker.status != _I else []
+        if not self.tx_mode and self.dirty:
+            reset.append("DISCARD ALL")
+        if not reset:
+            pool.release(backend)
+            return
+
+        def done(ok: bool) -> None:
+            if "DISCARD ALL" in reset:
+                backend.settings.clear()
+                backend.statements.clear()
+            pool.release(backend, reusable=ok)
+
+        backend.clean(reset, done)
