@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; everything started was stopped", file=sys.stderr)
         return 130
+    except subprocess.CalledProcessError as exc:
+        print(f"{' '.join(map(str, exc.cmd))} failed:\n{exc.stderr}", file=sys.stderr)
+        return 1
     machine = report["machine"]
     print(f"\n{machine['nproc']} cores, {machine['cpu']}, {machine['memory_gib']} GiB; "
           f"{machine['postgresql']}; {machine['pgbouncer']}; pgwarden {machine['pgwarden_commit']}\n")
