@@ -103,8 +103,11 @@ class Pool:
 
     def release(self, backend: Backend, reusable: bool = True) -> None:
         """Give a backend back: to the first waiting client, to the idle list, or closed."""
-        self.active.discard(backend)
         backend.client = None
+        if backend.cancels and reusable and not backend.closed:
+            backend.held_for_cancel = True  # lent again only once the cancel has landed
+            return
+        self.active.discard(backend)
         backend.last_used = time.monotonic()
         if not reusable or backend.closed or self._expired(backend):
             backend.close()

@@ -9,7 +9,7 @@ import signal
 import time
 
 from proxy import protocol
-from proxy.backend import Target
+from proxy.backend import Backend, Target
 from proxy.config import Config, ConfigError, load_config
 from proxy.http import HttpServer
 from proxy.janitor import Janitor
@@ -84,8 +84,8 @@ class Server:
         if backend is None or session.pool is None:
             log.info("cancel request for client %s ignored: it has no query running", session.peer)
             return
-        target = session.pool.target
-        asyncio.get_running_loop().create_task(_send_cancel(target, backend.pid, backend.secret))
+        backend.cancels += 1
+        asyncio.get_running_loop().create_task(_send_cancel(session.pool, backend))
 
     # --- startup, main loop, shutdown -------------------------------------------------------
 
@@ -174,15 +174,27 @@ def _backend_tls(config: Config):
     return backend_context(tls.mode, str(tls.ca) if tls.ca else None)
 
 
-async def _send_cancel(target: Target, pid: int, secret: int) -> None:
+async def _send_cancel(pool: Pool, backend: Backend) -> None:
+    """Send a CancelRequest and wait until PostgreSQL has acted on it (it then closes the socket).
+
+    Until then the backend is not lent to another client, so a late cancel can never
+    stop another client's query (PgBouncer leaves that race open).
+    """
+    target = pool.target
     try:
-        _, writer = await asyncio.wait_for(
+        reader, writer = await asyncio.wait_for(
             asyncio.open_connection(target.host, target.port), target.connect_timeout)
-        writer.write(protocol.cancel_request(pid, secret))
+        writer.write(protocol.cancel_request(backend.pid, backend.secret))
         await writer.drain()
+        await asyncio.wait_for(reader.read(), target.connect_timeout)
         writer.close()
     except (OSError, asyncio.TimeoutError) as exc:
         log.warning("could not forward a cancel request to %s:%s: %s", target.host, target.port, exc)
+    finally:
+        backend.cancels -= 1
+        if not backend.cancels and backend.held_for_cancel:
+            backend.held_for_cancel = False
+            pool.release(backend)
 
 
 def serve(config: Config) -> None:

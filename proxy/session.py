@@ -24,7 +24,7 @@ _Q, _P, _B, _D, _E, _C, _S, _F, _H, _X = (ord(c) for c in "QPBDECSFHX")
 _I = ord("I")
 _REQUESTS = frozenset(b"PBDECSF")       # answered by the backend, tracked in order
 _PASSED = frozenset(b"dcfH")            # COPY data/done/fail and Flush: no answer of their own
-_STATEFUL_HEADS = frozenset({b"set", b"res", b"dis", b"lis", b"pre", b"dea"})
+_STATEFUL_HEADS = frozenset({b"set", b"res", b"dis", b"lis", b"pre", b"dea", b"rol", b"abo"})
 _DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(all|\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$",
                          re.I | re.S)
 
@@ -59,6 +59,8 @@ class Session(asyncio.Protocol):
         self.settings: dict[str, str] = {}
         self.dirty = False
         self.skipping = False       # after an error the proxy raised mid-pipeline: skip to Sync
+        self._snapshot: tuple[dict, dict] | None = None  # settings before a SET in this transaction
+        self._rolling_back = False  # the client asked to end this transaction with ROLLBACK
         self.reason = ""
         self._startup = protocol.StartupFramer()
         self._framer = protocol.Framer(self.config.listen.max_message_size)
@@ -396,6 +398,10 @@ class Session(asyncio.Protocol):
             self.refuse("0A000", refusal[0], refusal[1], simple)
             return False
         backend = self.backend
+        if params.first_word(sql) in ("rollback", "abort") and "to" not in sql.lower().split()[1:3]:
+            self._rolling_back = True
+        if effects and self._snapshot is None and backend.tracker.status != _I:  # type: ignore[union-attr]
+            self._snapshot = (dict(self.settings), dict(backend.settings))  # type: ignore[union-attr]
         for effect in effects:
             params.apply(self.settings, effect)
             params.apply(backend.settings, effect)  # type: ignore[union-attr]
@@ -405,7 +411,6 @@ class Session(asyncio.Protocol):
         return True
 
     def _refusal(self, effects: list[params.Effect]) -> tuple[str, str] | None:
-        in_tx = self.backend is not None and self.backend.tracker.status != _I
         for effect in effects:
             if effect.kind in ("listen", "prepare", "identity"):
                 what = {"listen": "LISTEN", "prepare": "SQL PREPARE",
@@ -414,10 +419,6 @@ class Session(asyncio.Protocol):
                         "outlive this transaction on a backend that other clients share",
                         "use pool.mode: session for this application, or protocol-level "
                         "prepared statements (every driver's default) instead of SQL PREPARE")
-            if effect.kind in ("set", "reset", "reset_all") and in_tx:
-                return ("a session-level SET inside a transaction block cannot be tracked in "
-                        "transaction pooling mode (it would be undone by ROLLBACK)",
-                        "use SET LOCAL for this transaction, or run the SET outside a transaction")
         return None
 
     def _deallocate(self, name: str) -> None:
@@ -490,6 +491,7 @@ class Session(asyncio.Protocol):
 
     def backend_data(self, backend: Backend, data: bytes) -> None:
         tracker = backend.tracker
+        before = tracker.status
         try:
             out = tracker.feed(data)
         except protocol.ProtocolError as exc:
@@ -502,8 +504,16 @@ class Session(asyncio.Protocol):
             for name in tracker.failed:
                 backend.statements.discard(name)  # type: ignore[arg-type]
             tracker.failed.clear()
+        if self._snapshot is not None and tracker.status == _I:
+            self._transaction_ended(backend, rolled_back=before == ord("E") or self._rolling_back)
         if not tracker.queue:
             self._maybe_release()
+
+    def _transaction_ended(self, backend: Backend, rolled_back: bool) -> None:
+        """SETs made inside a transaction last only if it committed (PostgreSQL's own rule)."""
+        if rolled_back:
+            self.settings, backend.settings = self._snapshot  # type: ignore[misc]
+        self._snapshot, self._rolling_back = None, False
 
     def _maybe_release(self) -> None:
         backend = self.backend
