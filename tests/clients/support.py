@@ -1,0 +1,56 @@
+"""Helpers for the real-client suites: direct PostgreSQL access for setup, scratch databases."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
+
+from tests.harness import PG_HOST, PG_PORT
+
+
+def direct_dsn(dbname: str = "postgres") -> str:
+    """A DSN for PostgreSQL itself (not the proxy), for setup and cleanup."""
+    return f"host={PG_HOST} port={PG_PORT} user=postgres dbname={dbname} sslmode=disable"
+
+
+def pool_mode(proxy) -> str:
+    """`transaction` or `session`: the pooling mode of a proxy fixture."""
+    return proxy.config["pool"]["mode"]
+
+
+def direct_execute(sql: str, dbname: str = "postgres") -> None:
+    """Run one statement straight on PostgreSQL, in autocommit."""
+    with psycopg.connect(direct_dsn(dbname), autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@contextlib.contextmanager
+def scratch_database(name: str) -> Iterator[str]:
+    """A fresh database created directly on PostgreSQL, dropped (with its sessions) afterwards."""
+    direct_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    direct_execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        direct_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class DirectPostgres:
+    """Stands in for a proxy fixture but points at PostgreSQL itself (PGWARDEN_CLIENTS_DIRECT=1)."""
+
+    host, port = PG_HOST, PG_PORT
+
+    def __init__(self, mode: str) -> None:
+        self.config = {"pool": {"mode": mode, "size": 10}}
+
+    def dsn(self, user: str = "postgres", dbname: str = "postgres", **extra) -> str:
+        parts = {"host": self.host, "port": self.port, "user": user, "dbname": dbname,
+                 "sslmode": "disable", **extra}
+        return " ".join(f"{k}={v}" for k, v in parts.items())
+
+    def url(self, user: str = "postgres", dbname: str = "postgres", password: str = "",
+            scheme: str = "postgresql") -> str:
+        auth = f"{user}:{password}" if password else user
+        return f"{scheme}://{auth}@{self.host}:{self.port}/{dbname}"

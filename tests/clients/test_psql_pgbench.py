@@ -1,0 +1,152 @@
+"""psql (-c, \\copy in and out) and pgbench (init, simple/extended/prepared) through pgwarden."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.clients.support import direct_dsn, direct_execute, pool_mode, scratch_database
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(shutil.which("psql") is None or shutil.which("pgbench") is None,
+                       reason="psql and pgbench are not installed"),
+]
+
+TABLE = "pgw_psql_copy"
+ENV = {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGSSLMODE": "disable", "PGOPTIONS": ""}
+
+
+def psql(proxy, *args: str, dbname: str = "postgres", check: bool = True) -> subprocess.CompletedProcess:
+    """Run psql through the proxy without a psqlrc, unaligned and tuples-only."""
+    cmd = ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", proxy.host, "-p", str(proxy.port),
+           "-U", "postgres", "-d", dbname, *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=60)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def copy_table():
+    direct_execute(f"DROP TABLE IF EXISTS {TABLE}")
+    direct_execute(f"CREATE TABLE {TABLE} (id int PRIMARY KEY, name text, note text, amount numeric)")
+    yield TABLE
+    direct_execute(f"DROP TABLE IF EXISTS {TABLE}")
+
+
+def test_psql_c_returns_results(proxy):
+    out = psql(proxy, "-c", "SELECT 1 + 1, 'héllo', NULL::int IS NULL",
+               "-c", "SELECT string_agg(g::text, ',') FROM generate_series(1, 5) g").stdout
+    assert out.splitlines() == ["2|héllo|t", "1,2,3,4,5"]
+    # A multi-statement string: psql 15 prints every result.
+    out = psql(proxy, "-c", "SELECT 'a'; SELECT current_database(); SELECT 40 + 2").stdout
+    assert out.splitlines() == ["a", "postgres", "42"]
+
+
+def test_psql_error_then_usable(proxy):
+    result = psql(proxy, "-c", "SELECT 1/0", check=False)
+    assert result.returncode != 0
+    assert "division by zero" in result.stderr
+    # Same session: the error is reported and the following command still runs.
+    result = psql(proxy, "-v", "ON_ERROR_STOP=0", "-c", "SELECT 1/0", "-c", "SELECT 'after'", check=False)
+    assert "division by zero" in result.stderr
+    assert result.stdout.splitlines() == ["after"]
+
+
+def _rows(n: int) -> list[list[str | None]]:
+    """Rows with the awkward CSV cases: commas, quotes, newlines, unicode, empty strings, NULLs."""
+    notes = ['plain', 'comma, inside', 'quote " inside', 'line\nbreak', 'ünïcødé ✓', '', None]
+    return [[str(i), f"name-{i}", notes[i % len(notes)], f"{i}.{i % 100:02d}"] for i in range(1, n + 1)]
+
+
+def _csv_field(value: str) -> str:
+    """One CSV field, quoted when it must be."""
+    if any(c in value for c in ',"\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def test_psql_copy_in_and_out_round_trip(proxy, copy_table, tmp_path):
+    rows = _rows(20_000)
+    src = tmp_path / "in.csv"
+    # NULL is spelled \N so that empty strings stay empty strings.
+    src.write_text("".join(
+        ",".join("\\N" if v is None else _csv_field(v) for v in r) + "\n" for r in rows))
+    out = psql(proxy, "-c", f"\\copy {copy_table} FROM '{src}' WITH (FORMAT csv, NULL '\\N')").stdout
+    assert out.strip() == "COPY 20000"
+
+    with psycopg.connect(direct_dsn()) as conn:
+        stored = conn.execute(f"SELECT id, name, note, amount::text FROM {copy_table} ORDER BY id").fetchall()
+    assert [[str(i), n, note, a] for i, n, note, a in stored] == rows
+
+    dst = tmp_path / "out.csv"
+    out = psql(proxy, "-c", f"\\copy (SELECT * FROM {copy_table} ORDER BY id) TO '{dst}' "
+                            "WITH (FORMAT csv, NULL '\\N')").stdout
+    assert out.strip() == "COPY 20000"
+    assert dst.read_text() == src.read_text()
+
+    # \copy ... TO STDOUT goes through the same CopyOut path, printed by psql.
+    out = psql(proxy, "-c", f"\\copy (SELECT id, name FROM {copy_table} WHERE id <= 3 ORDER BY id) TO STDOUT").stdout
+    assert out.splitlines() == ["1\tname-1", "2\tname-2", "3\tname-3"]
+
+
+def test_psql_copy_error_keeps_table_unchanged(proxy, copy_table, tmp_path):
+    src = tmp_path / "bad.csv"
+    src.write_text("1,a,x,1.5\n2,b,y,not-a-number\n")
+    result = psql(proxy, "-c", f"\\copy {copy_table} FROM '{src}' WITH (FORMAT csv)", check=False)
+    assert result.returncode != 0
+    assert "invalid input syntax for type numeric" in result.stderr
+    with psycopg.connect(direct_dsn()) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {copy_table}").fetchone() == (0,)
+
+
+@pytest.fixture(scope="module")
+def bench_db(proxy):
+    """A scratch database initialised by `pgbench -i` through the proxy."""
+    name = f"pgw_pgbench_{pool_mode(proxy)}"
+    with scratch_database(name):
+        result = subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-h", proxy.host, "-p", str(proxy.port),
+                                 "-U", "postgres", name], capture_output=True, text=True, env=ENV, timeout=60)
+        assert result.returncode == 0, result.stderr
+        with psycopg.connect(direct_dsn(name)) as conn:
+            assert conn.execute("SELECT count(*) FROM pgbench_accounts").fetchone() == (100_000,)
+            assert conn.execute("SELECT count(*) FROM pgbench_tellers").fetchone() == (10,)
+        yield name
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])
+def test_pgbench(proxy, bench_db, protocol):
+    before = _balances(bench_db)
+    result = subprocess.run(["pgbench", "-M", protocol, "-c", "20", "-j", "2", "-T", "3",
+                             "-h", proxy.host, "-p", str(proxy.port), "-U", "postgres", bench_db],
+                            capture_output=True, text=True, env=ENV, timeout=60)
+    out = result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"query mode: {protocol}" in out
+    assert "number of clients: 20" in out
+    processed = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+    failed = int(re.search(r"number of failed transactions: (\d+)", out).group(1))
+    assert failed == 0
+    assert processed > 20
+    # Every TPC-B transaction wrote one history row (pgbench truncates it before a run) and moved
+    # its delta into one account, one teller and one branch: nothing lost, nothing half-applied.
+    with psycopg.connect(direct_dsn(bench_db)) as conn:
+        history, delta = conn.execute("SELECT count(*), coalesce(sum(delta), 0) FROM pgbench_history").fetchone()
+    assert history == processed
+    after = _balances(bench_db)
+    assert [a - b for a, b in zip(after, before)] == [delta] * 3
+
+
+def _balances(dbname: str) -> tuple[int, int, int]:
+    """Sums of account, branch and teller balances."""
+    with psycopg.connect(direct_dsn(dbname)) as conn:
+        return conn.execute(
+            "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(bbalance) FROM pgbench_branches),"
+            " (SELECT sum(tbalance) FROM pgbench_tellers)").fetchone()
