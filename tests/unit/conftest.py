@@ -1,0 +1,40 @@
+"""Fixtures of the auth and TLS tests: test certificates and one throwaway PostgreSQL with TLS."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.certs import Certs, make_certs
+from tests.harness import free_port
+from tests.pgcluster import PgCluster
+
+# Roles of the cluster: name -> (password, how PostgreSQL stores it).
+ROLES = {"md5_user": ("md5-secret", "md5"), "scram_user": ("scram-secret", "scram-sha-256"),
+         "clear_user": ("clear-secret", "scram-sha-256")}
+
+
+@pytest.fixture(scope="session")
+def certs() -> Certs:
+    return make_certs(Path(tempfile.mkdtemp(prefix="pgwarden-certs-")))
+
+
+@pytest.fixture(scope="session")
+def other_certs() -> Certs:
+    """Certificates of an unrelated CA, for checks that must fail."""
+    return make_certs(Path(tempfile.mkdtemp(prefix="pgwarden-other-certs-")))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(certs) -> PgCluster:
+    """A cluster with ssl=on whose pg_hba says md5 (so SCRAM-stored roles use SCRAM) and cleartext
+    for clear_user; the roles of ROLES exist."""
+    cluster = PgCluster(None, free_port(), auth="md5", ssl_certs=certs).start()
+    try:
+        for name, (password, encryption) in ROLES.items():
+            cluster.create_role(name, password, encryption)
+        yield cluster
+    finally:
+        cluster.stop()
