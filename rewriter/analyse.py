@@ -1,0 +1,174 @@
+"""Walk pglast's JSON parse tree of one statement: relation references (CTE-aware), calls, writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+WRITE_ROLES = {"InsertStmt": "insert", "UpdateStmt": "update", "DeleteStmt": "delete", "MergeStmt": "merge"}
+WRITE_FIELDS = {
+    "InsertStmt": ("selectStmt", "onConflictClause", "returningClause"),
+    "UpdateStmt": ("targetList", "fromClause", "whereClause", "returningClause"),
+    "DeleteStmt": ("usingClause", "whereClause", "returningClause"),
+    "MergeStmt": ("sourceRelation", "joinCondition", "mergeWhenClauses", "returningClause"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RelRef:
+    """One relation reference: the RangeVar's fields, and how the statement uses it.
+
+    `role` is select, insert, update, delete or merge; `owner` is the fields of the
+    writing statement for a write target; `sampled` is set under TABLESAMPLE.
+    """
+
+    rv: dict
+    role: str
+    owner: dict | None = None
+    sampled: bool = False
+
+    @property
+    def ref_name(self) -> str:
+        """The name the statement uses for it: its alias, else the relation name."""
+        alias = self.rv.get("alias")
+        return alias["aliasname"] if alias else self.rv["relname"]
+
+
+@dataclass
+class Found:
+    """Everything the walk found in one statement (filled in place by `collect`)."""
+
+    refs: list[RelRef] = field(default_factory=list)
+    functions: list[tuple[str, ...]] = field(default_factory=list)
+    operators: list[tuple[str, ...]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    locking: bool = False
+
+
+def node_type(node: object) -> tuple[str, dict] | None:
+    """("Type", fields) for a typed JSON node, None for lists, scalars and plain structs."""
+    if isinstance(node, dict) and len(node) == 1:
+        (key, value), = node.items()
+        if key[:1].isupper() and isinstance(value, dict):
+            return key, value
+    return None
+
+
+def returning(fields: dict) -> list:
+    """The RETURNING items (ResTarget nodes) of a writing statement."""
+    return (fields.get("returningClause") or {}).get("exprs", [])
+
+
+def names(nodes: list | None) -> tuple[str, ...]:
+    """The svals of a list of String nodes (function and operator names)."""
+    return tuple(n["String"]["sval"] for n in nodes or () if "String" in n)
+
+
+def collect(node: object, scope: frozenset[str], found: Found) -> None:
+    """Walk `node`, CTE names in `scope` shadowing unqualified relation names."""
+    if isinstance(node, list):
+        for item in node:
+            collect(item, scope, found)
+        return
+    typed = node_type(node)
+    if typed is None:
+        if isinstance(node, dict):
+            for value in node.values():
+                collect(value, scope, found)
+        return
+    kind, fields = typed
+    handler = HANDLERS.get(kind)
+    if handler is not None:
+        handler(fields, scope, found)
+        return
+    for value in fields.values():
+        collect(value, scope, found)
+
+
+def with_scope(fields: dict, scope: frozenset[str], found: Found) -> frozenset[str]:
+    """Walk a statement's WITH list; return the scope its body sees.
+
+    A CTE body sees the CTEs before it (all of them, itself included, under RECURSIVE).
+    """
+    clause = fields.get("withClause")
+    if not clause:
+        return scope
+    ctes = [c["CommonTableExpr"] for c in clause["ctes"]]
+    recursive = bool(clause.get("recursive"))
+    all_names = frozenset(c["ctename"] for c in ctes)
+    for i, cte in enumerate(ctes):
+        seen = all_names if recursive else frozenset(c["ctename"] for c in ctes[:i])
+        collect(cte["ctequery"], scope | seen, found)
+        if cte.get("search_clause") or cte.get("cycle_clause"):
+            collect([cte.get("search_clause"), cte.get("cycle_clause")], scope | seen, found)
+    return scope | all_names
+
+
+def _range_var(fields: dict, scope: frozenset[str], found: Found, sampled: bool = False) -> None:
+    if "schemaname" not in fields and "catalogname" not in fields and fields["relname"] in scope:
+        return
+    if "catalogname" in fields:
+        found.problems.append("a three-part relation name")
+    found.refs.append(RelRef(fields, "select", sampled=sampled))
+
+
+def _select(fields: dict, scope: frozenset[str], found: Found) -> None:
+    if fields.get("intoClause"):
+        found.problems.append("SELECT INTO (it creates a table)")
+    if fields.get("lockingClause"):
+        found.locking = True
+    inner = with_scope(fields, scope, found)
+    for key, value in fields.items():
+        if key not in ("withClause", "intoClause", "lockingClause"):
+            collect(value, inner, found)
+
+
+def _write(kind: str):
+    def handle(fields: dict, scope: frozenset[str], found: Found) -> None:
+        inner = with_scope(fields, scope, found)
+        found.refs.append(RelRef(fields["relation"], WRITE_ROLES[kind], fields))
+        for key in WRITE_FIELDS[kind]:
+            collect(fields.get(key), inner, found)
+    return handle
+
+
+def _sample(fields: dict, scope: frozenset[str], found: Found) -> None:
+    typed = node_type(fields["relation"])
+    if typed and typed[0] == "RangeVar":
+        _range_var(typed[1], scope, found, sampled=True)
+    else:
+        collect(fields["relation"], scope, found)
+    collect([fields.get("method"), fields.get("args"), fields.get("repeatable")], scope, found)
+
+
+def _func(fields: dict, scope: frozenset[str], found: Found) -> None:
+    found.functions.append(names(fields["funcname"]))
+    for key, value in fields.items():
+        if key != "funcname":
+            collect(value, scope, found)
+
+
+def _a_expr(fields: dict, scope: frozenset[str], found: Found) -> None:
+    op = names(fields.get("name"))
+    if len(op) > 1:
+        found.operators.append(op)
+    collect([fields.get("lexpr"), fields.get("rexpr")], scope, found)
+
+
+def _unexpected(what: str):
+    def handle(fields: dict, scope: frozenset[str], found: Found) -> None:
+        found.problems.append(what)
+    return handle
+
+
+HANDLERS = {
+    "RangeVar": lambda f, s, found: _range_var(f, s, found),
+    "SelectStmt": _select,
+    "InsertStmt": _write("InsertStmt"),
+    "UpdateStmt": _write("UpdateStmt"),
+    "DeleteStmt": _write("DeleteStmt"),
+    "MergeStmt": _write("MergeStmt"),
+    "RangeTableSample": _sample,
+    "FuncCall": _func,
+    "A_Expr": _a_expr,
+    "IntoClause": _unexpected("a clause that creates a table"),
+}

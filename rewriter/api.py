@@ -1,0 +1,109 @@
+"""The rewriter's entry point: rewrite(sql, ctx) -> Allow | Rewrite | Deny, failing closed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pglast import parser
+
+from .checks import PASS_THROUGH, QUERIES, WRAPPED, Checked, check_calls, check_copy, check_ref, check_setting
+from .classify import INNER_QUERY, statement_kind, statements, walk_statement
+from .context import Context
+from .copy import copy_to_query
+from .inserts import guard_inserts
+from .reads import substitute_reads
+from .refuse import Refused
+from .result import Allow, Deny, Result, Rewrite
+from .splice import Edit, ParamCheck, SpliceError, Tokens, apply, scan
+from .verify import verify
+from .write_masks import mask_write_columns
+from .writes import guard_conflicts, guard_updates
+
+# The rewrites, in order; each maps a checked statement to text edits and parameter checks.
+RULES = (substitute_reads, guard_updates, guard_inserts, guard_conflicts, mask_write_columns, copy_to_query)
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """One statement's edits, parameter checks, and the protected tables and masks they apply."""
+
+    checked: Checked
+    edits: tuple[Edit, ...] = ()
+    checks: tuple[ParamCheck, ...] = ()
+
+
+def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
+    """Classify one statement and apply every policy check to it (Refused when any fails)."""
+    if kind in PASS_THROUGH:
+        check_setting(kind, fields)
+        return Checked(kind, fields)
+    inner = fields.get(INNER_QUERY.get(kind, ""))
+    if kind in WRAPPED and inner is not None and next(iter(inner)) not in WRAPPED[kind]:
+        raise Refused(f"{statement_kind(kind, fields)} of {next(iter(inner))} is refused",
+                      "Only bypass roles may run DDL.", "statements")
+    if kind not in QUERIES and kind not in WRAPPED and kind != "CallStmt":
+        what = statement_kind(kind, fields)
+        raise Refused(f"{what} statements ({kind}) are refused for non-bypass roles",
+                      "DDL, TRUNCATE, GRANT, DO and other administration are for bypass roles only.",
+                      "statements")
+    found = walk_statement(kind, fields)
+    check_calls(found, ctx)
+    refs = tuple(check_ref(ref, ctx) for ref in found.refs)
+    if kind == "CopyStmt":
+        check_copy(fields, refs)
+    return Checked(kind, fields, found, refs)
+
+
+def judge(checked: Checked, ctx: Context, toks: Tokens) -> Judged:
+    """Run the rules over a checked statement."""
+    out = [item for rule in RULES for item in rule(checked, ctx, toks)]
+    checks = tuple(i for i in out if isinstance(i, ParamCheck))
+    if checks and checked.kind == "PrepareStmt":
+        raise Refused("PREPARE of an INSERT whose tenant value is a parameter is refused",
+                      "Use the extended protocol (Parse/Bind), or give the tenant as a literal.", "tenancy.column")
+    return Judged(checked, tuple(i for i in out if isinstance(i, Edit)), checks)
+
+
+def needs_rules(checked: Checked) -> bool:
+    """True when some reference is protected (only then are the client's tokens needed)."""
+    return any(r.protected for r in checked.refs)
+
+
+def summary(judged: list[Judged]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The protected tables touched and the "schema.table.column" masks applied."""
+    refs = [r for j in judged for r in j.checked.refs if r.protected]
+    tables = tuple(dict.fromkeys(r.name for r in refs))
+    masked = tuple(dict.fromkeys(f"{r.name}.{col}" for r in refs for col in r.rule.masks))
+    return tables, masked
+
+
+def rewrite(sql: str, ctx: Context) -> Result:
+    """What to send the backend for a client's message, for a non-bypass session.
+
+    >>> rewrite("SAVEPOINT s1", Context({}, {}, None))
+    Allow(sql='SAVEPOINT s1')
+    >>> rewrite("TRUNCATE orders", Context({}, {}, None)).rule
+    'statements'
+    """
+    try:
+        parsed = statements(sql)
+    except parser.ParseError as exc:
+        return Deny(f"statement refused: it could not be parsed ({exc})",
+                    "Check the SQL syntax (PostgreSQL's own parser rejected it).", "parse")
+    try:
+        checked = [check_statement(kind, fields, ctx) for kind, fields in parsed]
+        if not any(needs_rules(c) for c in checked):
+            return Allow(sql)
+        toks = scan(sql)
+        judged = [judge(c, ctx, toks) for c in checked]
+        edits = [e for j in judged for e in j.edits]
+        new = apply(sql.encode(), edits).decode()
+        verify(sql, new, ctx, judged)
+    except Refused as refused:
+        return refused.deny
+    except (SpliceError, KeyError, ValueError, StopIteration, IndexError) as exc:
+        return Deny(f"statement refused: pgwarden could not rewrite it safely ({type(exc).__name__}: {exc})",
+                    "Simplify the statement, or report it to the pgwarden maintainers.", "rewrite")
+    tables, masked = summary(judged)
+    checks = tuple(dict.fromkeys((c.number, c.value) for j in judged for c in j.checks))
+    return Rewrite(new, tables, masked, checks)

@@ -1,0 +1,120 @@
+"""Fail-closed checks of one statement: its kind, settings, relations, functions and operators."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .analyse import Found, RelRef
+from .context import Context, TableRule
+from .refuse import Refused
+from .resolve import function_allowed, resolve_relation, table_rule
+
+# Statements that touch no table data: forwarded as written once classified.
+PASS_THROUGH = frozenset({
+    "TransactionStmt", "FetchStmt", "ClosePortalStmt", "ListenStmt", "UnlistenStmt",
+    "NotifyStmt", "DiscardStmt", "DeallocateStmt", "ConstraintsSetStmt", "VariableShowStmt",
+    "VariableSetStmt", "ExecuteStmt",
+})
+QUERIES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+# Wrapping statements and the inner statement kinds each may hold.
+WRAPPED = {
+    "ExplainStmt": QUERIES,
+    "DeclareCursorStmt": frozenset({"SelectStmt"}),
+    "PrepareStmt": QUERIES,
+    "CopyStmt": QUERIES,
+}
+DENIED_SETTINGS = frozenset({
+    "role", "session_authorization", "session_replication_role", "allow_system_table_mods",
+    "ignore_system_indexes", "zero_damaged_pages", "ignore_checksum_failure", "ignore_invalid_pages",
+    "dynamic_library_path", "session_preload_libraries", "local_preload_libraries", "jit_provider",
+    "lc_messages", "allow_in_place_tablespaces", "compute_query_id",
+})
+DENIED_SETTING_PREFIXES = ("log_", "debug_", "trace_", "track_", "wal_", "pgwarden.")
+ROLE_ACTION = {"select": "select", "insert": "insert", "update": "update", "delete": "delete",
+               "copy_to": "select", "copy_from": "insert"}
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A relation reference with the name PostgreSQL would read and the rule that governs it."""
+
+    ref: RelRef
+    name: str
+    rule: TableRule | None
+
+    @property
+    def protected(self) -> bool:
+        return self.rule is not None and self.rule.protected
+
+
+@dataclass
+class Checked:
+    """A statement that passed every check: what edits are built from."""
+
+    kind: str
+    fields: dict
+    found: Found = field(default_factory=Found)
+    refs: tuple[Resolved, ...] = ()
+
+
+def check_setting(kind: str, fields: dict) -> None:
+    """Refuse RESET ALL, SET ROLE / SESSION AUTHORIZATION and settings that administer the server.
+
+    >>> check_setting("VariableSetStmt", {"kind": "VAR_SET_VALUE", "name": "TimeZone"})
+    """
+    if kind != "VariableSetStmt":
+        return
+    name = (fields.get("name") or "").lower()
+    if fields.get("kind") == "VAR_RESET_ALL":
+        raise Refused("RESET ALL is refused: it would also reset settings pgwarden relies on",
+                      "Reset the settings you changed one by one.", "statements")
+    if name.startswith("pgwarden."):
+        raise Refused(f"SET {name} reached the rewriter: pgwarden answers it itself",
+                      "Set the tenant as policies' tenancy.sources describe.", "tenancy.sources")
+    if name in DENIED_SETTINGS or name.startswith(DENIED_SETTING_PREFIXES):
+        raise Refused(f"changing setting {name} is refused for non-bypass roles",
+                      "Only bypass roles may change role, authorization or server settings.", "statements")
+
+
+def check_ref(ref: RelRef, ctx: Context) -> Resolved:
+    """Resolve one reference and apply the policy to it (Refused when not allowed)."""
+    name = resolve_relation(ref.rv.get("schemaname"), ref.rv["relname"], ctx)
+    if ref.role == "merge":
+        for action in ("insert", "update", "delete"):
+            rule = table_rule(name, action, ctx)
+        if rule is not None and rule.protected:
+            raise Refused(f'MERGE into "{name}" is refused: it is tenant-scoped or masked',
+                          "Use INSERT ... ON CONFLICT, UPDATE or DELETE instead.", f"tables.{name}")
+        return Resolved(ref, name, rule)
+    rule = table_rule(name, ROLE_ACTION[ref.role], ctx)
+    if ref.owner is not None and (ref.owner.get("onConflictClause") or {}).get("action") == "ONCONFLICT_UPDATE":
+        table_rule(name, "update", ctx)
+    return Resolved(ref, name, rule)
+
+
+def check_calls(found: Found, ctx: Context) -> None:
+    """Refuse calls of functions not known to be safe and schema-qualified operators."""
+    for parts in found.functions:
+        if not function_allowed(parts, ctx):
+            shown = ".".join(parts)
+            raise Refused(f"function {shown}() is refused: it is not a safe built-in nor listed in functions.allow",
+                          f"Ask for {shown} to be added to functions.allow, or avoid it.", "functions.allow")
+    for op in found.operators:
+        if op[0] != "pg_catalog":
+            raise Refused(f"operator {'.'.join(op)} is refused: only pg_catalog operators may be named",
+                          "Use the built-in operator.", "functions.allow")
+    if found.problems:
+        raise Refused(f"statement refused: it contains {found.problems[0]}",
+                      "Only bypass roles may run DDL or this construct.", "statements")
+
+
+def check_copy(fields: dict, refs: tuple[Resolved, ...]) -> None:
+    """COPY only to/from the client, and never FROM into a tenant-scoped table."""
+    if fields.get("filename") or fields.get("is_program"):
+        raise Refused("COPY to or from a server file or program is refused",
+                      "Use COPY ... TO STDOUT / FROM STDIN.", "statements")
+    for r in refs:
+        if r.ref.role == "copy_from" and r.rule is not None and r.rule.tenant_column:
+            raise Refused(f'COPY FROM into tenant-scoped table "{r.name}" is refused: its rows cannot be checked',
+                          "Use INSERT (pgwarden sets the tenant column), or a bypass role for bulk loads.",
+                          f"tables.{r.name}")

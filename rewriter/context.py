@@ -1,0 +1,72 @@
+"""What the rewriter is told about one session: its table rules, the live schema, its tenant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+MASK_KINDS = frozenset({"redact", "null", "email", "partial", "hash", "year", "round", "constant"})
+ACTIONS = frozenset({"select", "insert", "update", "delete"})
+
+
+@dataclass(frozen=True, slots=True)
+class MaskSpec:
+    """One column mask: `kind` from MASK_KINDS, `options` as sorted (name, value) pairs.
+
+    Options per kind: partial(keep_first, keep_last), hash(salt: the resolved salt),
+    round(digits), constant(value); the others take none.
+    """
+
+    kind: str
+    options: tuple[tuple[str, object], ...] = ()
+
+    def option(self, name: str, default: object = None) -> object:
+        return dict(self.options).get(name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class TableRule:
+    """The policy for one table (or view) as it applies to this session's identity.
+
+    `name` is "schema.table"; `tenant_column` None means a shared table; `actions` is
+    the subset of select/insert/update/delete granted; `masks` maps column -> MaskSpec
+    for the masks that apply to this identity's roles.
+    """
+
+    name: str
+    tenant_column: str | None
+    actions: frozenset[str]
+    masks: Mapping[str, MaskSpec] = field(default_factory=dict)
+
+    @property
+    def protected(self) -> bool:
+        """True when reads of this table go through a substituted subquery."""
+        return self.tenant_column is not None or bool(self.masks)
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A live column: `type` is PostgreSQL's `format_type(atttypid, atttypmod)` text."""
+
+    name: str
+    type: str
+
+
+Schema = Mapping[str, tuple[Column, ...]]
+""""schema.relation" -> its columns in table order; views are included by name."""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """A non-bypass session: what it may touch and as which tenant.
+
+    `denied_relations` adds "schema.relation" names to the rewriter's own list of
+    sensitive catalogs; `search_path` is the session's, without "$user".
+    """
+
+    tables: Mapping[str, TableRule]
+    schema: Schema
+    tenant: str | None
+    allowed_functions: frozenset[str] = frozenset()
+    search_path: tuple[str, ...] = ("public",)
+    denied_relations: frozenset[str] = frozenset()

@@ -1,0 +1,33 @@
+"""COPY rule: `COPY t TO` of a protected table becomes `COPY (SELECT ... FROM P(t)) TO`."""
+
+from __future__ import annotations
+
+from .checks import Checked
+from .context import Context
+from .masks import projection, quote_ident
+from .splice import Edit, ParamCheck, Tokens, matching_close, name_end
+
+OPEN_PAREN = "ASCII_40"
+
+
+def copy_to_query(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
+    """`COPY orders (id, total) TO STDOUT` -> `COPY (SELECT "id", "total" FROM P(orders) AS "orders") TO STDOUT`.
+
+    >>> from .splice import scan
+    >>> copy_to_query(Checked("CopyStmt", {}), None, scan("COPY t TO STDOUT"))
+    []
+    """
+    out: list[Edit | ParamCheck] = []
+    for r in c.refs:
+        if r.ref.role != "copy_to" or not r.protected:
+            continue
+        i = toks.at(r.ref.rv["location"])
+        j = name_end(toks, i)
+        end = toks.ends[j - 1]
+        attlist = r.ref.owner.get("attlist") or []
+        if attlist and j < len(toks.names) and toks.names[j] == OPEN_PAREN:
+            end = toks.ends[matching_close(toks, j)]
+        cols = ", ".join(quote_ident(a["String"]["sval"]) for a in attlist) or "*"
+        source = projection(r.rule, ctx.schema[r.name], ctx.tenant)
+        out.append(Edit(toks.starts[i], end, f"(SELECT {cols} FROM {source} AS {quote_ident(r.ref.rv['relname'])})"))
+    return out

@@ -1,0 +1,129 @@
+"""INSERT rules: the tenant column is filled in, or every value the client gives for it is checked."""
+
+from __future__ import annotations
+
+from .analyse import node_type
+from .checks import Checked, Resolved
+from .context import Context
+from .masks import quote_ident, quote_literal
+from .refuse import Refused
+from .splice import COMMA, Edit, ParamCheck, Tokens, clause_end, matching_close, name_end
+from .writes import qualify, tenant_targets, tenant_value
+
+OPEN_PAREN = "ASCII_40"
+TARGET_LIST_STOPS = frozenset({"FROM", "WHERE", "GROUP_P", "HAVING", "WINDOW", "ORDER", "LIMIT",
+                               "OFFSET", "FETCH", "FOR", "INTO", "UNION", "INTERSECT", "EXCEPT",
+                               "ON", "RETURNING"})
+SOURCE_START = frozenset({"VALUES", "SELECT", "DEFAULT", "OVERRIDING", "WITH", OPEN_PAREN})
+
+
+def _cannot(why: str, r: Resolved) -> Refused:
+    return Refused(f'INSERT into tenant-scoped "{r.name}" is refused: {why}',
+                   f"Name the columns and give {r.rule.tenant_column} as a literal or parameter, "
+                   "or use INSERT ... VALUES / a simple INSERT ... SELECT.", f"tables.{r.name}")
+
+
+def source_rows(owner: dict) -> tuple[str, list[list[dict]]]:
+    """("default" | "values" | "select", rows of value expressions) of an INSERT's source."""
+    source = owner.get("selectStmt")
+    if source is None:
+        return "default", []
+    sel = source["SelectStmt"]
+    if sel.get("valuesLists"):
+        return "values", [row["List"]["items"] for row in sel["valuesLists"]]
+    if sel.get("op") == "SETOP_NONE" and sel.get("targetList"):
+        return "select", [[t["ResTarget"]["val"] for t in sel["targetList"]]]
+    return "other", []
+
+
+def _is_star(expr: dict) -> bool:
+    fields = (expr.get("ColumnRef") or {}).get("fields", [])
+    return bool(fields) and "A_Star" in fields[-1]
+
+
+def given_columns(owner: dict, rows: list[list[dict]], table: list[str], r: Resolved) -> list[str]:
+    """The columns the client supplies values for (its list, else the table's first N)."""
+    if owner.get("cols"):
+        return [t["ResTarget"]["name"] for t in owner["cols"]]
+    if not rows or any(_is_star(e) for e in rows[0]):
+        raise _cannot("its columns cannot be counted", r)
+    return table[:len(rows[0])]
+
+
+def target_list_end(toks: Tokens, i: int) -> int:
+    """Index just past a SELECT's target list starting at token `i` (`IS DISTINCT FROM` is not FROM)."""
+    j = i
+    while True:
+        j = clause_end(toks, j, TARGET_LIST_STOPS)
+        if j < len(toks.names) and toks.names[j] == "FROM" and toks.names[j - 1] == "DISTINCT":
+            j += 1
+            continue
+        return j
+
+
+def _value_edits(toks: Tokens, v: int, rows: int, tenant: str, r: Resolved) -> list[Edit]:
+    edits, i = [], v + 1
+    while i < len(toks.names) and toks.names[i] == OPEN_PAREN:
+        close = matching_close(toks, i)
+        edits.append(Edit(toks.starts[close], toks.starts[close], f", {quote_literal(tenant)}"))
+        if close + 1 >= len(toks.names) or toks.names[close + 1] != COMMA:
+            break
+        i = close + 2
+    if len(edits) != rows:
+        raise _cannot("its VALUES rows could not be located", r)
+    return edits
+
+
+def add_tenant(r: Resolved, ctx: Context, toks: Tokens, shape: str, rows: list, given: list[str]) -> list[Edit]:
+    """Edits that add the tenant column and its value to an INSERT that leaves it out."""
+    column, tenant = r.rule.tenant_column, ctx.tenant
+    after_name = name_end(toks, toks.at(r.ref.rv["location"]))
+    if shape == "default":
+        d = clause_end(toks, after_name, frozenset({"DEFAULT"}))
+        return [Edit(toks.starts[d], toks.ends[d + 1], f"({quote_ident(column)}) VALUES ({quote_literal(tenant)})")]
+    src = clause_end(toks, after_name, SOURCE_START)
+    if src >= len(toks.names):
+        raise _cannot("its source could not be located", r)
+    if r.ref.owner.get("cols"):
+        if toks.names[src] != OPEN_PAREN:
+            raise _cannot("its column list could not be located", r)
+        close = matching_close(toks, src)
+        edits = [Edit(toks.starts[close], toks.starts[close], f", {quote_ident(column)}")]
+        src = clause_end(toks, close + 1, SOURCE_START - {OPEN_PAREN})
+    else:
+        cols = ", ".join(quote_ident(c) for c in [*given, column])
+        edits = [Edit(toks.ends[src - 1], toks.ends[src - 1], f" ({cols})")]
+    if shape == "values":
+        return edits + _value_edits(toks, clause_end(toks, src, frozenset({"VALUES"})), len(rows), tenant, r)
+    sel = clause_end(toks, src, frozenset({"SELECT"}))
+    if sel >= len(toks.names) or toks.names[sel] != "SELECT":
+        raise _cannot("its SELECT could not be located", r)
+    end = target_list_end(toks, sel + 1)
+    return edits + [Edit(toks.ends[end - 1], toks.ends[end - 1], f", {quote_literal(tenant)}")]
+
+
+def guard_inserts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
+    """INSERT into a tenant-scoped table: add the tenant column, or check the client's values for it.
+
+    `INSERT INTO orders (id, total) VALUES ($1, $2)` ->
+    `INSERT INTO "public"."orders" (id, total, "tenant_id") VALUES ($1, $2, 'acme')`;
+    `INSERT INTO orders (id, tenant_id) VALUES ($1, $2)` -> ParamCheck(2, 'acme').
+    >>> from .splice import scan
+    >>> guard_inserts(Checked("SelectStmt", {}), None, scan("SELECT 1"))
+    []
+    """
+    out: list[Edit | ParamCheck] = []
+    for r in tenant_targets(c, "insert"):
+        shape, rows = source_rows(r.ref.owner)
+        if shape == "other":
+            raise _cannot("its source is neither VALUES nor a simple SELECT", r)
+        table = [col.name for col in ctx.schema[r.name]]
+        given = given_columns(r.ref.owner, rows, table, r) if shape != "default" else []
+        out.append(qualify(toks, r))
+        if r.rule.tenant_column in given:
+            k = given.index(r.rule.tenant_column)
+            for row in rows:
+                out += tenant_value(row[k], r.rule.tenant_column, ctx.tenant)
+        else:
+            out += add_tenant(r, ctx, toks, shape, rows, given)
+    return out

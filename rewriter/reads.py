@@ -1,0 +1,49 @@
+"""Read rules: every protected relation a statement reads becomes its protected projection."""
+
+from __future__ import annotations
+
+from .checks import Checked, Resolved
+from .context import Context
+from .masks import projection, quote_ident
+from .refuse import Refused
+from .splice import Edit, ParamCheck, Tokens, relation_span
+
+
+def substituted(r: Resolved, ctx: Context) -> str:
+    """The text that replaces a protected relation name: P(t), aliased as the client named it.
+
+    >>> from .analyse import RelRef
+    >>> from .context import Column, TableRule
+    >>> rule = TableRule("public.t", "tid", frozenset({"select"}))
+    >>> ctx = Context({"public.t": rule}, {"public.t": (Column("tid", "text"),)}, "a")
+    >>> substituted(Resolved(RelRef({"relname": "t"}, "select"), "public.t", rule), ctx)
+    '(SELECT "tid" FROM "public"."t" WHERE "tid" = \\'a\\') AS "t"'
+    """
+    text = projection(r.rule, ctx.schema[r.name], ctx.tenant)
+    return text if r.ref.rv.get("alias") else f"{text} AS {quote_ident(r.ref.rv['relname'])}"
+
+
+def substitute_reads(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
+    """Replace each protected relation read by P(t), keeping the client's alias.
+
+    `SELECT * FROM orders o` -> `SELECT * FROM (SELECT ... FROM "public"."orders" WHERE ...) o`;
+    `ONLY orders` -> `(...) AS "orders"`.
+    >>> from .analyse import RelRef
+    >>> from .context import Column, TableRule
+    >>> from .splice import scan
+    >>> rule = TableRule("public.t", "tid", frozenset({"select"}))
+    >>> ctx = Context({"public.t": rule}, {"public.t": (Column("tid", "text"),)}, "a")
+    >>> ref = Resolved(RelRef({"relname": "t", "location": 14, "inh": True}, "select"), "public.t", rule)
+    >>> substitute_reads(Checked("SelectStmt", {}, refs=(ref,)), ctx, scan("SELECT 1 FROM t"))[0].start
+    14
+    """
+    edits: list[Edit | ParamCheck] = []
+    for r in c.refs:
+        if r.ref.role != "select" or not r.protected:
+            continue
+        if r.ref.sampled:
+            raise Refused(f'TABLESAMPLE on protected table "{r.name}" is refused',
+                          "Sample with a WHERE clause (e.g. random() < 0.1) instead.", f"tables.{r.name}")
+        start, end = relation_span(toks, r.ref.rv)
+        edits.append(Edit(start, end, substituted(r, ctx)))
+    return edits

@@ -1,0 +1,5 @@
+"""Placeholder replaced below."""
+
+
+def verify(original, new, ctx, judged):
+    return None

@@ -1,0 +1,122 @@
+"""Masks in writing statements: masked columns of the target read in SET, WHERE, ON CONFLICT, RETURNING."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from .analyse import node_type, returning
+from .checks import Checked, Resolved
+from .context import Context
+from .masks import mask_expr, quote_ident
+from .refuse import Refused
+from .splice import Edit, ParamCheck, Tokens, name_end
+
+STAR = "ASCII_42"
+
+
+def _fields(colref: dict) -> list[str]:
+    return [f["String"]["sval"] if "String" in f else "*" for f in colref["fields"]]
+
+
+def expression_roots(r: Resolved) -> list[object]:
+    """The parts of a writing statement evaluated against the target's rows (RETURNING aside)."""
+    owner = r.ref.owner
+    if r.ref.role == "update":
+        return [t["ResTarget"].get("val") for t in owner.get("targetList", [])] + [owner.get("whereClause")]
+    if r.ref.role == "delete":
+        return [owner.get("whereClause")]
+    clause = owner.get("onConflictClause") or {}
+    return [t["ResTarget"].get("val") for t in clause.get("targetList", [])] + [clause.get("whereClause")]
+
+
+def column_refs(node: object, nested: list[dict]) -> Iterator[dict]:
+    """ColumnRef fields under `node`, not descending into subqueries (collected into `nested`)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from column_refs(item, nested)
+        return
+    if not isinstance(node, dict):
+        return
+    typed = node_type(node)
+    if typed and typed[0] == "ColumnRef":
+        yield typed[1]
+    elif typed and typed[0] == "SelectStmt":
+        nested.append(typed[1])
+    else:
+        for value in (typed[1] if typed else node).values():
+            yield from column_refs(value, nested)
+
+
+def _refused(r: Resolved, what: str) -> Refused:
+    return Refused(f'{what} of masked table "{r.name}" is refused: it would reveal masked values',
+                   "Name the columns you need; masked columns read as their masked value.", f"tables.{r.name}.masks")
+
+
+def _star_text(r: Resolved, ctx: Context) -> str:
+    ref = quote_ident(r.ref.ref_name)
+    items = []
+    for col in ctx.schema[r.name]:
+        q = f"{ref}.{quote_ident(col.name)}"
+        spec = r.rule.masks.get(col.name)
+        items.append(q if spec is None else f"{mask_expr(spec, q, col)} AS {quote_ident(col.name)}")
+    return ", ".join(items)
+
+
+def mask_ref(r: Resolved, ctx: Context, toks: Tokens, ref: dict, named: bool) -> Edit | None:
+    """The edit masking one column reference of the target, or None when it reads no masked value."""
+    parts, me, columns = _fields(ref), r.ref.ref_name, {c.name: c for c in ctx.schema[r.name]}
+    i = toks.at(ref["location"])
+    if parts[-1] == "*":
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] != me):
+            return None
+        if r.ref.owner.get("fromClause") or r.ref.owner.get("usingClause") or named:
+            raise _refused(r, "`*` here")
+        end = next(j for j in range(i, len(toks.names)) if toks.names[j] == STAR)
+        return Edit(toks.starts[i], toks.ends[end], _star_text(r, ctx))
+    if parts == [me] and me not in columns:
+        raise _refused(r, "a whole-row reference")
+    col = parts[-1]
+    if col not in r.rule.masks or (len(parts) == 2 and parts[0] != me):
+        return None
+    if len(parts) > 2:
+        raise _refused(r, "a schema-qualified column reference")
+    text = mask_expr(r.rule.masks[col], f"{quote_ident(me)}.{quote_ident(col)}", columns[col])
+    return Edit(toks.starts[i], toks.ends[name_end(toks, i) - 1], text + ("" if named else f" AS {quote_ident(col)}"))
+
+
+def check_nested(r: Resolved, nested: list[dict]) -> None:
+    """Refuse a subquery of a write that could read the target's masked columns by correlation."""
+    for sub in nested:
+        inner: list[dict] = []
+        for ref in column_refs(sub, inner):
+            parts = _fields(ref)
+            if parts[-1] in r.rule.masks and (len(parts) == 1 or parts[-2] == r.ref.ref_name):
+                raise _refused(r, "a subquery naming a masked column")
+        check_nested(r, inner)
+
+
+def mask_write_columns(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
+    """Replace each read of a masked target column in a write by its masked value.
+
+    `UPDATE customers SET name = $1 WHERE id = $2 RETURNING ssn` ->
+    `... RETURNING CAST('****' AS text) AS "ssn"`; `RETURNING *` lists the columns, masked.
+    >>> from .splice import scan
+    >>> mask_write_columns(Checked("SelectStmt", {}), None, scan("SELECT 1"))
+    []
+    """
+    out: list[Edit | ParamCheck] = []
+    for r in c.refs:
+        if r.ref.role not in ("insert", "update", "delete") or r.rule is None or not r.rule.masks:
+            continue
+        nested: list[dict] = []
+        for ref in column_refs(expression_roots(r), nested):
+            edit = mask_ref(r, ctx, toks, ref, True)
+            out += [edit] if edit else []
+        for item in returning(r.ref.owner):
+            res = item["ResTarget"]
+            bare = "ColumnRef" in (res.get("val") or {}) and not res.get("name")
+            for ref in column_refs(res.get("val"), nested):
+                edit = mask_ref(r, ctx, toks, ref, not bare)
+                out += [edit] if edit else []
+        check_nested(r, nested)
+    return out

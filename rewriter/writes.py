@@ -1,0 +1,121 @@
+"""Write rules: tenant predicates for UPDATE/DELETE/ON CONFLICT, tenant values for INSERT."""
+
+from __future__ import annotations
+
+from .analyse import node_type
+from .checks import Checked, Resolved
+from .context import Context
+from .masks import quote_qualified, tenant_predicate
+from .refuse import Refused
+from .splice import Edit, ParamCheck, Tokens, clause_end, name_end
+
+
+def tenant_targets(c: Checked, role: str) -> list[Resolved]:
+    """Write targets of `role` that are tenant-scoped."""
+    return [r for r in c.refs if r.ref.role == role and r.rule is not None and r.rule.tenant_column]
+
+
+def qualify(toks: Tokens, r: Resolved) -> Edit:
+    """The target's name, schema-qualified and quoted (ONLY and the alias stay as written)."""
+    i = toks.at(r.ref.rv["location"])
+    return Edit(toks.starts[i], toks.ends[name_end(toks, i) - 1], quote_qualified(r.name))
+
+
+def where_edits(toks: Tokens, i: int, predicate: str) -> list[Edit]:
+    """AND `predicate` into the WHERE clause found at depth 0 from token `i` (or add one).
+
+    >>> from .splice import scan, apply
+    >>> t = scan("UPDATE t SET a = 1 WHERE a OR b RETURNING a")
+    >>> apply(b"UPDATE t SET a = 1 WHERE a OR b RETURNING a", where_edits(t, 1, "p")).decode()
+    'UPDATE t SET a = 1 WHERE (a OR b) AND p RETURNING a'
+    """
+    w = clause_end(toks, i, frozenset({"WHERE", "RETURNING"}))
+    if w < len(toks.names) and toks.names[w] == "WHERE":
+        if toks.names[w + 1] == "CURRENT_P":
+            raise Refused("WHERE CURRENT OF on a tenant-scoped table is refused",
+                          "Update by key instead of by cursor position.", "tables")
+        end = clause_end(toks, w + 1, frozenset({"RETURNING"}))
+        return [Edit(toks.starts[w + 1], toks.starts[w + 1], "("),
+                Edit(toks.ends[end - 1], toks.ends[end - 1], f") AND {predicate}")]
+    return [Edit(toks.ends[w - 1], toks.ends[w - 1], f" WHERE {predicate}")]
+
+
+def tenant_value(expr: dict, column: str, tenant: str) -> list[ParamCheck]:
+    """Accept a value for the tenant column only if it is the session's tenant or a parameter.
+
+    >>> tenant_value({"ParamRef": {"number": 2}}, "tid", "acme")
+    [ParamCheck(number=2, value='acme')]
+    """
+    typed = node_type(expr)
+    while typed and typed[0] == "TypeCast":
+        typed = node_type(typed[1]["arg"])
+    if typed and typed[0] == "ParamRef":
+        return [ParamCheck(typed[1]["number"], tenant)]
+    if typed and typed[0] == "A_Const":
+        value = next((v for k, v in typed[1].items() if k in ("sval", "ival", "fval")), None)
+        inner = next(iter(value.values()), 0) if isinstance(value, dict) else None
+        if value is not None and str(inner) == tenant:
+            return []
+    raise Refused(f"setting {column} to anything but the session's tenant is refused",
+                  f"Leave {column} out (pgwarden fills it in) or pass the session's tenant.",
+                  "tenancy.column")
+
+
+def assignment_checks(targets: list, r: Resolved, tenant: str, allow_excluded: bool) -> list[ParamCheck]:
+    """Checks for SET lists that assign the tenant column (UPDATE, ON CONFLICT DO UPDATE)."""
+    column, checks = r.rule.tenant_column, []
+    for t in targets:
+        res = t["ResTarget"]
+        if res.get("name") != column:
+            continue
+        val = res.get("val") or {}
+        if "MultiAssignRef" in val or res.get("indirection"):
+            raise Refused(f"assigning {column} in a multi-column SET is refused",
+                          f"Assign {column} on its own, or leave it out.", "tenancy.column")
+        fields = (val.get("ColumnRef") or {}).get("fields", [])
+        if allow_excluded and [f.get("String", {}).get("sval") for f in fields] == ["excluded", column]:
+            continue
+        checks += tenant_value(val, column, tenant)
+    return checks
+
+
+def guard_updates(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
+    """UPDATE/DELETE of a tenant-scoped table: qualify it and AND the tenant predicate.
+
+    `UPDATE orders SET total = 0 WHERE id = 1 OR true` ->
+    `UPDATE "public"."orders" SET total = 0 WHERE (id = 1 OR true) AND "orders"."tenant_id" = 'acme'`
+    >>> from .splice import scan
+    >>> guard_updates(Checked("SelectStmt", {}), None, scan("SELECT 1"))
+    []
+    """
+    out: list[Edit | ParamCheck] = []
+    for r in tenant_targets(c, "update") + tenant_targets(c, "delete"):
+        if r.ref.role == "update":
+            out += assignment_checks(r.ref.owner.get("targetList", []), r, ctx.tenant, False)
+        i = toks.at(r.ref.rv["location"])
+        out.append(qualify(toks, r))
+        out += where_edits(toks, name_end(toks, i), tenant_predicate(r.ref.ref_name, r.rule.tenant_column, ctx.tenant))
+    return out
+
+
+def guard_conflicts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
+    """ON CONFLICT DO UPDATE of a tenant-scoped table gets the tenant predicate in its WHERE.
+
+    `... DO UPDATE SET name = EXCLUDED.name` -> `... DO UPDATE SET name = EXCLUDED.name WHERE "customers"."tenant_id" = 'acme'`
+    >>> from .splice import scan
+    >>> guard_conflicts(Checked("SelectStmt", {}), None, scan("SELECT 1"))
+    []
+    """
+    out: list[Edit | ParamCheck] = []
+    for r in tenant_targets(c, "insert"):
+        clause = r.ref.owner.get("onConflictClause") or {}
+        if clause.get("action") != "ONCONFLICT_UPDATE":
+            continue
+        out += assignment_checks(clause.get("targetList", []), r, ctx.tenant, True)
+        conflict = clause_end(toks, toks.at(r.ref.rv["location"]), frozenset({"CONFLICT"}))
+        do = clause_end(toks, conflict + 1, frozenset({"DO"}))
+        if do >= len(toks.names) or toks.names[do + 1] != "UPDATE":
+            raise Refused("could not place the tenant predicate in ON CONFLICT DO UPDATE",
+                          "Simplify the statement.", "tables")
+        out += where_edits(toks, do + 2, tenant_predicate(r.ref.ref_name, r.rule.tenant_column, ctx.tenant))
+    return out
