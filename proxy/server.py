@@ -73,19 +73,23 @@ class Server:
                       config.backend_auth.user or client_user, password,
                       config.primary.tls.mode, self._backend_tls, config.pool.connect_timeout)
 
-    def cancel(self, pid: int, secret: int) -> None:
-        """Forward a client's CancelRequest to the backend serving it now; ignore it otherwise."""
+    def cancel(self, pid: int, secret: int) -> asyncio.Task | None:
+        """Forward a client's CancelRequest to the backend serving it now; ignore it otherwise.
+
+        The returned task ends once PostgreSQL has acted on the request, as a direct
+        cancel connection would (clients such as asyncpg wait for that).
+        """
         session = self.sessions.get(pid)
         if session is None or not secrets.compare_digest(
                 session.secret.to_bytes(4, "big"), secret.to_bytes(4, "big")):
             log.info("cancel request for unknown key pid=%s ignored", pid)
-            return
+            return None
         backend = session.backend
         if backend is None or session.pool is None:
             log.info("cancel request for client %s ignored: it has no query running", session.peer)
-            return
+            return None
         backend.cancels += 1
-        asyncio.get_running_loop().create_task(_send_cancel(session.pool, backend))
+        return asyncio.get_running_loop().create_task(_send_cancel(session.pool, backend))
 
     # --- startup, main loop, shutdown -------------------------------------------------------
 

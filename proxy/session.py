@@ -153,8 +153,12 @@ class Session(asyncio.Protocol):
             elif isinstance(packet, protocol.GSSENCRequest):
                 self.transport.write(b"N")
             elif isinstance(packet, protocol.CancelRequest):
-                self.server.cancel(packet.pid, packet.secret)
-                self.close("cancel request handled")
+                task = self.server.cancel(packet.pid, packet.secret)
+                if task is None:
+                    self.close("cancel request ignored")
+                else:
+                    self.state = LOGIN  # nothing more is read from a cancel connection
+                    task.add_done_callback(lambda _: self.close("cancel request forwarded"))
             else:
                 self._begin_auth(packet)
 
