@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -90,6 +91,7 @@ class Result:
     returncode: int | None = None
     error: str = ""
     loadavg_1m: float = field(default_factory=lambda: os.getloadavg()[0])
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds during the run, by process
 
 
 # --- processes -------------------------------------------------------------------------------------
@@ -206,6 +208,11 @@ def start_cluster(workdir: Path) -> Target:
     return Target("direct", port)
 
 
+def postmaster_pid(workdir: Path) -> int:
+    """The pid of the cluster `start_cluster(workdir)` started (first line of postmaster.pid)."""
+    return int((workdir / "pgdata" / "postmaster.pid").read_text().split()[0])
+
+
 def pgbench_init(target: Target, scale: int) -> None:
     subprocess.run([str(BINDIR / "pgbench"), "-i", "-q", "-s", str(scale), *target.libpq_args(),
                     target.dbname], check=True, capture_output=True, env=target.env())
@@ -234,7 +241,8 @@ pidfile = {workdir / "pgbouncer.pid"}
 """
 
 
-def start_pgbouncer(workdir: Path, backend: Target, pool_size: int, users: list[str]) -> Target:
+def start_pgbouncer(workdir: Path, backend: Target, pool_size: int,
+                    users: list[str]) -> tuple[Target, subprocess.Popen]:
     """PgBouncer in transaction mode in front of `backend`; raises RuntimeError if it does not serve."""
     binary, port = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", free_port()
     ini = workdir / "pgbouncer.ini"
@@ -246,7 +254,7 @@ def start_pgbouncer(workdir: Path, backend: Target, pool_size: int, users: list[
         wait_for_port(port, 20, proc)
     except (RuntimeError, TimeoutError) as exc:
         raise RuntimeError(f"PgBouncer did not start ({exc}):\n{tail(workdir / 'pgbouncer.log')}")
-    return Target("pgbouncer", port)
+    return Target("pgbouncer", port), proc
 
 
 def pgbouncer_available() -> bool:
@@ -318,18 +326,79 @@ def parse_pgbench(result: Result, stdout: str, stderr: str) -> Result:
     return result
 
 
-def run_pgbench(target: Target, load: Load) -> Result:
-    """One pgbench run of `load` against `target`; killed if it outlives its duration by 60 s."""
+def run_pgbench(target: Target, load: Load, meter: CpuMeter | None = None) -> Result:
+    """One pgbench run of `load` against `target`, killed if it outlives its duration by 60 s;
+    with a `meter`, also the CPU time each process used meanwhile."""
     result = Result(target.name, load.mode)
     cmd = [str(BINDIR / "pgbench"), *load.pgbench_args(), *target.libpq_args(), target.dbname]
+    before = meter.snapshot() if meter else {}
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, env=target.env(),
                              timeout=load.duration + 60)
     except subprocess.TimeoutExpired:
         result.error = f"pgbench did not finish within {load.duration + 60}s; killed"
         return result
+    if meter:
+        result.cpu_s = meter.used_since(before)
     result.returncode = out.returncode
     return parse_pgbench(result, out.stdout, out.stderr)
+
+
+# --- CPU accounting ----------------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_times() -> dict[int, tuple[int, float, float]]:
+    """pid -> (parent pid, own CPU s, reaped children's CPU s) for every process in /proc."""
+    times = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        utime, stime, cutime, cstime = (int(v) / CLK_TCK for v in fields[11:15])
+        times[int(entry.name)] = (int(fields[1]), utime + stime, cutime + cstime)
+    return times
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / CLK_TCK
+
+
+@dataclass
+class CpuMeter:
+    """CPU time of named processes (each with its children: PostgreSQL's backends), of pgbench,
+    and of everything else on the machine (other people's work competing for the cores)."""
+
+    pids: dict[str, int]
+
+    def snapshot(self) -> dict[str, float]:
+        times = _proc_times()
+        usage = {name: self._tree(times, pid) for name, pid in self.pids.items()}
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)  # pgbench, once it has exited
+        usage["pgbench"] = reaped.ru_utime + reaped.ru_stime
+        return {**usage, "busy": _busy_seconds()}
+
+    @staticmethod
+    def _tree(times: dict[int, tuple[int, float, float]], root: int) -> float:
+        _, own, reaped = times.get(root, (0, 0.0, 0.0))
+        children = sum(o + r for ppid, o, r in times.values() if ppid == root)
+        return own + reaped + children
+
+    def used_since(self, before: dict[str, float]) -> dict[str, float]:
+        """Seconds used by each since `before`; "other" is the machine's busy time none of them used."""
+        now = self.snapshot()
+        used = {name: round(now[name] - before[name], 3) for name in now}
+        busy = used.pop("busy")
+        used["other"] = round(max(0.0, busy - sum(used.values())), 3)
+        return used
 
 
 # --- the machine -------------------------------------------------------------------------------------

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import mean
+
+import yaml
 
 import common
 from common import Load, Result, Target
@@ -55,100 +58,119 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def start_targets(args: argparse.Namespace, workdir: Path) -> tuple[list[Target], dict[str, str], dict]:
-    """Cluster, then PgBouncer and pgwarden as asked; returns the live targets, the skipped ones with
-    the reason, and the running processes by target name."""
+    """Cluster, then PgBouncer and pgwarden as asked; returns the targets that answer SELECT 1,
+    the skipped ones with the reason, and the proxy processes by target name."""
     direct = common.start_cluster(workdir)
     print(f"PostgreSQL on {common.HOST}:{direct.port}; pgbench -i -s {args.scale} ...", flush=True)
     common.pgbench_init(direct, args.scale)
     if args.init_sql:
         common.psql(direct, "-f", str(args.init_sql.resolve()))
-    live, skipped, procs = [direct], {}, {}
-    if "pgbouncer" in args.targets:
+    proxies, skipped, procs = start_proxies(args, workdir, direct)
+    measured = [replace(t, user=args.user) for t in [direct, *proxies] if t.name in args.targets]
+    return [t for t in measured if answers(t, skipped)], skipped, procs
+
+
+def start_proxies(args: argparse.Namespace, workdir: Path, direct: Target):
+    """PgBouncer and pgwarden if asked for; one that does not start is skipped with the reason."""
+    starters = {
+        "pgbouncer": lambda: start_pgbouncer(args, workdir, direct),
+        "pgwarden": lambda: common.start_pgwarden(
+            workdir, common.pgwarden_config(direct, args.pool_size, args.target_config)),
+    }
+    proxies, skipped, procs = [], {}, {}
+    for name, start in starters.items():
+        if name not in args.targets:
+            continue
         try:
-            live.append(start_pgbouncer(args, workdir, direct))
-        except RuntimeError as exc:
-            skipped["pgbouncer"] = str(exc)
-    if "pgwarden" in args.targets:
-        try:
-            config = common.pgwarden_config(direct, args.pool_size, args.target_config)
-            target, procs["pgwarden"] = common.start_pgwarden(workdir, config)
-            live.append(target)
+            target, procs[name] = start()
+            proxies.append(target)
         except (RuntimeError, OSError) as exc:
-            skipped["pgwarden"] = str(exc)
-    measured = [t for t in live if t.name in args.targets]
-    reachable = [t for t in measured if probe(t, args.user, skipped) is None]
-    return [with_user(t, args.user) for t in reachable], skipped, procs
+            skipped[name] = str(exc)
+    return proxies, skipped, procs
 
 
-def start_pgbouncer(args: argparse.Namespace, workdir: Path, direct: Target) -> Target:
+def start_pgbouncer(args: argparse.Namespace, workdir: Path, direct: Target):
     if not common.pgbouncer_available():
         raise RuntimeError("pgbouncer binary not found; install it with: apt-get install -y pgbouncer")
     users = sorted({"postgres", args.user})
     return common.start_pgbouncer(workdir, direct, args.pool_size, users)
 
 
-def with_user(target: Target, user: str) -> Target:
-    return Target(target.name, target.port, user=user, dbname=target.dbname, host=target.host)
-
-
-def probe(target: Target, user: str, skipped: dict[str, str]) -> str | None:
-    """SELECT 1 as `user` through `target`; on failure record why in `skipped` and return the reason."""
+def answers(target: Target, skipped: dict[str, str]) -> bool:
+    """SELECT 1 through `target`; on failure record why in `skipped`."""
     try:
-        common.psql(with_user(target, user), "-c", "SELECT 1", timeout=20)
-        return None
+        common.psql(target, "-c", "SELECT 1", timeout=20)
+        return True
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        reason = f"SELECT 1 failed: {(getattr(exc, 'stderr', '') or str(exc)).strip()[:300]}"
-        skipped[target.name] = reason
-        return reason
+        skipped[target.name] = f"SELECT 1 failed: {(getattr(exc, 'stderr', '') or str(exc)).strip()[:300]}"
+        return False
 
 
-def run_rounds(args: argparse.Namespace, targets: list[Target], procs: dict) -> list[Result]:
+def run_rounds(args: argparse.Namespace, targets: list[Target], procs: dict,
+               meter: common.CpuMeter) -> list[Result]:
     """Every mode against every target, `args.rounds` times; the target order rotates each round."""
     results = []
     for rnd in range(args.rounds):
         order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
         for mode in args.modes:
             for target in order:
-                result = run_one(args, target, mode, procs.get(target.name))
+                result = run_one(args, target, mode, procs.get(target.name), meter)
                 print(f"[round {rnd + 1}/{args.rounds}] {progress_line(result)}", flush=True)
                 results.append(result)
     return results
 
 
-def run_one(args: argparse.Namespace, target: Target, mode: str, proc) -> Result:
+def run_one(args: argparse.Namespace, target: Target, mode: str, proc: subprocess.Popen | None,
+            meter: common.CpuMeter) -> Result:
     if proc is not None and proc.poll() is not None:
         return Result(target.name, mode, error=f"{target.name} exited with status {proc.returncode}")
     load = Load(mode, args.clients, args.jobs, args.duration, args.script, tuple(args.define))
-    return common.run_pgbench(target, load)
+    return common.run_pgbench(target, load, meter)
 
 
 def progress_line(r: Result) -> str:
     tps = f"{r.tps:10.1f}" if r.tps is not None else "       n/a"
     lat = f"{r.latency_ms:7.3f}" if r.latency_ms is not None else "    n/a"
+    cpu = " ".join(f"{name} {seconds:.1f}" for name, seconds in r.cpu_s.items())
     err = f"  error: {r.error}" if r.error else ""
     return (f"{r.mode:<9} {r.target:<10} tps {tps}  latency {lat} ms  failed {r.failed}"
-            f"  aborted clients {r.aborted_clients}  load {r.loadavg_1m:.2f}{err}")
+            f"  aborted clients {r.aborted_clients}  CPU s: {cpu}{err}")
 
 
-def summarize(results: list[Result], modes: list[str], names: list[str]) -> list[dict]:
-    """One row per (mode, target): means over rounds, totals of failures, ratio to PgBouncer's TPS."""
+def summarize(results: list[Result], modes: list[str], names: list[str], cpu_capacity_s: float) -> list[dict]:
+    """One row per (mode, target), in that order; `cpu_capacity_s` = cores x seconds of one run."""
     rows = []
     for mode in modes:
         by_target = {name: [r for r in results if r.mode == mode and r.target == name] for name in names}
         tps = {name: mean_of([r.tps for r in runs]) if complete(runs) else None
                for name, runs in by_target.items()}
         for name, runs in by_target.items():
-            rows.append({
-                "mode": mode, "target": name, "tps": mean_of([r.tps for r in runs]),
-                "complete": complete(runs),
-                "tps_rounds": [r.tps for r in runs],
-                "latency_ms": mean_of([r.latency_ms for r in runs]),
-                "failed": sum(r.failed for r in runs),
-                "aborted_clients": sum(r.aborted_clients for r in runs),
-                "vs_pgbouncer": ratio(tps[name], tps.get("pgbouncer")),
-                "errors": sorted({r.error for r in runs if r.error}),
-            })
+            row = summary_row(mode, name, runs, cpu_capacity_s)
+            rows.append({**row, "vs_pgbouncer": ratio(tps[name], tps.get("pgbouncer"))})
     return rows
+
+
+def summary_row(mode: str, name: str, runs: list[Result], cpu_capacity_s: float) -> dict:
+    """Means over rounds, totals of failures, CPU per transaction of the proxy and of PostgreSQL."""
+    return {
+        "mode": mode, "target": name, "tps": mean_of([r.tps for r in runs]),
+        "complete": complete(runs),
+        "tps_rounds": [r.tps for r in runs],
+        "latency_ms": mean_of([r.latency_ms for r in runs]),
+        "failed": sum(r.failed for r in runs),
+        "aborted_clients": sum(r.aborted_clients for r in runs),
+        "proxy_cpu_us_per_txn": mean_of([per_txn(r, name) for r in runs]) if name != "direct" else None,
+        "postgres_cpu_us_per_txn": mean_of([per_txn(r, "postgres") for r in runs]),
+        "other_cpu_pct": mean_of([100 * r.cpu_s["other"] / cpu_capacity_s for r in runs if r.cpu_s]),
+        "errors": sorted({r.error for r in runs if r.error}),
+    }
+
+
+def per_txn(r: Result, process: str) -> float | None:
+    """Microseconds of `process`'s CPU per transaction in run `r`."""
+    if process not in r.cpu_s or not r.transactions:
+        return None
+    return 1e6 * r.cpu_s[process] / r.transactions
 
 
 def complete(runs: list[Result]) -> bool:
@@ -172,14 +194,15 @@ def fmt(value: float | None, spec: str) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| mode | target | TPS (mean) | TPS per round | latency ms (mean) | failed | aborted clients "
-             "| TPS / PgBouncer |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+             "| TPS / PgBouncer | proxy CPU µs/txn | PostgreSQL CPU µs/txn | others' CPU % |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         rounds = ", ".join(fmt(t, ".0f") for t in row["tps_rounds"])
         mark = "" if row["complete"] else " †"
         lines.append(f"| {row['mode']} | {row['target']} | {fmt(row['tps'], '.0f')}{mark} | {rounds} "
                      f"| {fmt(row['latency_ms'], '.3f')} | {row['failed']} | {row['aborted_clients']} "
-                     f"| {fmt(row['vs_pgbouncer'], '.2f')} |")
+                     f"| {fmt(row['vs_pgbouncer'], '.2f')} | {fmt(row['proxy_cpu_us_per_txn'], '.1f')} "
+                     f"| {fmt(row['postgres_cpu_us_per_txn'], '.1f')} | {fmt(row['other_cpu_pct'], '.0f')} |")
     return "\n".join(lines)
 
 
@@ -207,7 +230,8 @@ def settings(args: argparse.Namespace) -> dict:
             "modes": args.modes, "rounds": args.rounds, "pool_size": args.pool_size,
             "scale": args.scale, "warmup_s": args.warmup, "user": args.user,
             "script": str(args.script) if args.script else "builtin select-only (-S)",
-            "defines": args.define, "postgresql": common.PG_SETTINGS}
+            "defines": args.define, "postgresql": common.PG_SETTINGS,
+            "target_config": yaml.safe_load(args.target_config.read_text()) if args.target_config else None}
 
 
 def benchmark(args: argparse.Namespace) -> dict:
@@ -217,12 +241,14 @@ def benchmark(args: argparse.Namespace) -> dict:
     for name, reason in skipped.items():
         print(f"{name} not measured: {reason}", file=sys.stderr, flush=True)
     names = [t.name for t in targets]
+    meter = common.CpuMeter({"postgres": common.postmaster_pid(workdir),
+                             **{name: proc.pid for name, proc in procs.items()}})
     if args.warmup and targets:
         common.run_pgbench(targets[0], Load("simple", args.clients, args.jobs, args.warmup,
                                             args.script, tuple(args.define)))
     started = time.time()
-    results = run_rounds(args, targets, procs) if targets else []
-    rows = summarize(results, args.modes, names)
+    results = run_rounds(args, targets, procs, meter) if targets else []
+    rows = summarize(results, args.modes, names, (os.cpu_count() or 1) * args.duration)
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "elapsed_s": round(time.time() - started, 1), "machine": common.machine_info(),
             "settings": settings(args), "skipped": skipped, "summary": rows,
