@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
-import threading
 
 import psycopg
 import pytest
@@ -13,6 +11,7 @@ from proxy import protocol as p
 from proxy.auth import (AuthFailed, BackendAuth, ClientAuth, Credential, parse_scram_verifier,
                         scram_verifier)
 from tests.pgcluster import login
+from tests.unit.authserver import AuthServer
 from tests.unit.conftest import ROLES
 
 PASSWORD = "s3cret pässword"
@@ -236,58 +235,6 @@ def test_scram_verifier_format():
 
 
 # --- libpq (psycopg) against ClientAuth -------------------------------------------------------
-
-
-class AuthServer:
-    """A listener that authenticates clients with ClientAuth, then reports ReadyForQuery."""
-
-    def __init__(self, method: str, users: dict[str, Credential]) -> None:
-        self.method, self.users = method, users
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.done: list[bool] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(10)
-                self._handle(conn)
-
-    def _handle(self, conn: socket.socket) -> None:
-        startup = p.StartupFramer()
-        while (packet := startup.next_packet()) is None or not isinstance(packet, p.StartupMessage):
-            if packet is not None:  # SSLRequest or GSSENCRequest: not here
-                conn.sendall(b"N")
-            startup.feed(conn.recv(4096))
-        user = packet.params["user"]
-        auth = ClientAuth(self.method, user, self.users.get(user))
-        framer = p.Framer()
-        framer.feed(startup.take_rest())
-        try:
-            conn.sendall(auth.start())
-            while not auth.done:
-                for _, msg in framer.messages():
-                    conn.sendall(auth.receive(msg))
-                if not auth.done:
-                    framer.feed(conn.recv(4096))
-        except AuthFailed as exc:
-            conn.sendall(p.error_response(exc.sqlstate, exc.message, severity="FATAL", hint=exc.hint))
-            self.done.append(False)
-            return
-        conn.sendall(p.parameter_status("server_version", "15.0")
-                     + p.parameter_status("client_encoding", "UTF8")
-                     + p.parameter_status("standard_conforming_strings", "on")
-                     + p.backend_key_data(1, 2) + p.ready_for_query())
-        self.done.append(True)
-        conn.recv(4096)  # Terminate
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def psycopg_connect(port: int, user: str, password: str) -> None:
