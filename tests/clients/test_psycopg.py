@@ -1,0 +1,272 @@
+"""psycopg 3 through pgwarden: prepared statements, binary, pipeline, COPY, NOTIFY, cancel, SET tracking."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from tests.clients.support import direct_execute, pool_mode
+from tests.harness import ProxyProcess
+
+pytestmark = pytest.mark.timeout(60)
+
+TABLE = "pgw_psycopg_items"
+
+
+def connect(proxy, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(proxy.dsn(connect_timeout=10), **kwargs)
+
+
+@pytest.fixture
+def items():
+    direct_execute(f"DROP TABLE IF EXISTS {TABLE}")
+    direct_execute(f"CREATE TABLE {TABLE} (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2),"
+                   " tags text[], data bytea, at timestamptz)")
+    yield TABLE
+    direct_execute(f"DROP TABLE IF EXISTS {TABLE}")
+
+
+def test_simple_queries_and_parameters(proxy):
+    with connect(proxy, autocommit=True) as conn:
+        assert conn.execute("SELECT 1, 'two', 3.5::numeric, NULL").fetchone() == (1, "two", Decimal("3.5"), None)
+        rows = conn.execute("SELECT g, g * %s FROM generate_series(1, %s) g", (10, 1000)).fetchall()
+        assert len(rows) == 1000 and rows[999] == (1000, 10000)
+        assert conn.execute("SELECT %s::text || %s", ("é", "✓")).fetchone() == ("é✓",)
+        assert conn.info.parameter_status("server_encoding") == "UTF8"
+        assert conn.info.parameter_status("integer_datetimes") == "on"
+        with pytest.raises(errors.UndefinedTable):
+            conn.execute("SELECT * FROM pgw_psycopg_no_such_table")
+        assert conn.execute("SELECT 'still usable'").fetchone() == ("still usable",)
+
+
+def test_transactions_commit_and_rollback(proxy, items):
+    with connect(proxy) as writer, connect(proxy, autocommit=True) as reader:
+        writer.execute(f"INSERT INTO {items} (id, name) VALUES (1, 'kept')")
+        # Not committed yet: invisible elsewhere.
+        assert reader.execute(f"SELECT count(*) FROM {items}").fetchone() == (0,)
+        writer.commit()
+        assert reader.execute(f"SELECT name FROM {items}").fetchall() == [("kept",)]
+
+        writer.execute(f"INSERT INTO {items} (id, name) VALUES (2, 'dropped')")
+        writer.execute(f"UPDATE {items} SET name = 'changed' WHERE id = 1")
+        writer.rollback()
+        assert reader.execute(f"SELECT id, name FROM {items}").fetchall() == [(1, "kept")]
+
+        # An error aborts the transaction until rollback; the connection then works again.
+        with pytest.raises(errors.UniqueViolation):
+            writer.execute(f"INSERT INTO {items} (id, name) VALUES (1, 'duplicate')")
+        with pytest.raises(errors.InFailedSqlTransaction):
+            writer.execute("SELECT 1")
+        writer.rollback()
+        with writer.transaction():
+            writer.execute(f"INSERT INTO {items} (id, name) VALUES (3, 'block')")
+            with pytest.raises(errors.DivisionByZero), writer.transaction():  # a savepoint
+                writer.execute(f"INSERT INTO {items} (id, name) VALUES (4, 'savepoint')")
+                writer.execute("SELECT 1/0")
+        assert reader.execute(f"SELECT id FROM {items} ORDER BY id").fetchall() == [(1,), (3,)]
+
+
+def test_server_side_prepared_explicit(proxy, items):
+    with connect(proxy, autocommit=True) as conn:
+        for i in range(20):
+            conn.execute(f"INSERT INTO {items} (id, name, price) VALUES (%s, %s, %s)",
+                         (i, f"n{i}", Decimal(i) / 4), prepare=True)
+        rows = [conn.execute(f"SELECT name, price FROM {items} WHERE id = %s", (i,), prepare=True).fetchone()
+                for i in range(20)]
+        assert rows == [(f"n{i}", Decimal(i) / 4) for i in range(20)]
+        prepared = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
+        # Whatever the proxy names them on the backend, the client's statements exist there.
+        assert prepared >= 1
+
+
+QUERIES = [
+    ("SELECT %s::int + 1, 'q0'", lambda i: (i + 1, "q0")),
+    ("SELECT %s::int * 2, 'q1'", lambda i: (i * 2, "q1")),
+    ("SELECT (%s::int)::text || '!', 'q2'", lambda i: (f"{i}!", "q2")),
+]
+
+
+def _prepared_worker(proxy, worker: int) -> list[str]:
+    """Each connection runs the queries in its own order, so `_pg3_0` means different text on each."""
+    problems = []
+    order = QUERIES[worker % 3:] + QUERIES[:worker % 3]
+    with connect(proxy, autocommit=worker % 2 == 0) as conn:
+        for round_ in range(8):  # > prepare_threshold (5): psycopg switches to named statements
+            for sql, expected in order:
+                value = worker * 100 + round_
+                got = conn.execute(sql, (value,)).fetchone()
+                if got != expected(value):
+                    problems.append(f"worker {worker}: {sql!r} with {value} gave {got}")
+            if not conn.autocommit:
+                conn.commit()
+    return problems
+
+
+def test_default_prepare_threshold_across_many_connections(proxy):
+    """Where PgBouncer breaks in transaction mode: same statement names, different texts, shared backends."""
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        results = list(pool.map(lambda w: _prepared_worker(proxy, w), range(30)))
+    assert [p for r in results for p in r] == []
+
+
+def test_binary_results(proxy, items):
+    at = dt.datetime(2024, 2, 29, 12, 30, 15, 123456, tzinfo=dt.timezone.utc)
+    with connect(proxy, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {items} VALUES (%b, %b, %b, %b, %b, %b)",
+                     (7, "binary ✓", Decimal("12.34"), ["a", "b,c", None], b"\x00\xff\x10", at))
+        with conn.cursor(binary=True) as cur:
+            cur.execute(f"SELECT id, name, price, tags, data, at FROM {items} WHERE id = %s", (7,))
+            assert cur.pgresult.fformat(0) == 1  # the backend really answered in binary
+            assert cur.fetchone() == (7, "binary ✓", Decimal("12.34"), ["a", "b,c", None], b"\x00\xff\x10", at)
+        got = conn.execute("SELECT %s::int8, %s::float8, %s::bool", (2**40, 0.5, True), binary=True).fetchone()
+        assert got == (2**40, 0.5, True)
+
+
+def test_pipeline_mode(proxy, items):
+    with connect(proxy) as conn:
+        with conn.pipeline():
+            cur = conn.cursor()
+            for i in range(10):
+                cur.execute(f"INSERT INTO {items} (id, name) VALUES (%s, %s)", (i, f"p{i}"))
+            c1 = conn.execute(f"SELECT count(*) FROM {items}")
+            c2 = conn.execute(f"UPDATE {items} SET name = upper(name) WHERE id < %s RETURNING id", (3,))
+            c3 = conn.execute("SELECT %s::int * 2", (21,))
+        assert c1.fetchone() == (10,)
+        assert sorted(c2.fetchall()) == [(0,), (1,), (2,)]
+        assert c3.fetchone() == (42,)
+        conn.commit()
+
+        # An error inside a pipeline aborts what follows up to the next sync, and nothing more.
+        with pytest.raises(errors.UniqueViolation), conn.pipeline():
+            conn.execute(f"INSERT INTO {items} (id, name) VALUES (100, 'x')")
+            conn.execute(f"INSERT INTO {items} (id, name) VALUES (0, 'duplicate')")
+            conn.execute(f"INSERT INTO {items} (id, name) VALUES (101, 'y')")
+        conn.rollback()
+        with conn.pipeline():
+            names = conn.execute(f"SELECT string_agg(name, ',' ORDER BY id) FROM {items}")
+        assert names.fetchone() == ("P0,P1,P2,p3,p4,p5,p6,p7,p8,p9",)
+
+
+def test_copy_in_and_out(proxy, items):
+    rows = [(i, f"row {i}\twith tab", Decimal(i) / 100, [f"t{i}", "x"], bytes([i % 256, 0]), None)
+            for i in range(5000)]
+    with connect(proxy) as conn:
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {items} (id, name, price, tags, data, at) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            assert cur.rowcount == 5000
+        conn.commit()
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY (SELECT id, name, price, tags, data, at FROM {items} ORDER BY id) TO STDOUT") as copy:
+                copy.set_types(["int4", "text", "numeric", "text[]", "bytea", "timestamptz"])
+                assert list(copy.rows()) == rows
+            # Binary COPY both ways.
+            with cur.copy(f"COPY (SELECT id, name FROM {items} WHERE id < 3 ORDER BY id) TO STDOUT (FORMAT BINARY)") as copy:
+                copy.set_types(["int4", "text"])
+                assert list(copy.rows()) == [(0, "row 0\twith tab"), (1, "row 1\twith tab"), (2, "row 2\twith tab")]
+            cur.execute(f"DELETE FROM {items}")
+            with cur.copy(f"COPY {items} (id, name) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["int4", "text"])
+                copy.write_row((1, "binary"))
+        conn.commit()
+        assert conn.execute(f"SELECT id, name FROM {items}").fetchall() == [(1, "binary")]
+        # A failing COPY FROM leaves nothing behind and the connection usable.
+        with pytest.raises(errors.UniqueViolation):
+            with conn.cursor().copy(f"COPY {items} (id, name) FROM STDIN") as copy:
+                copy.write_row((2, "fine"))
+                copy.write_row((1, "duplicate"))
+        conn.rollback()
+        assert conn.execute(f"SELECT count(*) FROM {items}").fetchone() == (1,)
+
+
+def test_listen_notify(proxy):
+    if pool_mode(proxy) != "session":
+        pytest.skip("LISTEN needs a dedicated backend: session mode only")
+    with connect(proxy, autocommit=True) as listener, connect(proxy, autocommit=True) as sender:
+        listener.execute("LISTEN pgw_channel")
+        sender.execute("NOTIFY pgw_channel, 'hello'")
+        sender.execute("SELECT pg_notify('pgw_channel', %s)", ("second ✓",))
+        got = []
+        for note in listener.notifies(timeout=5, stop_after=2):
+            got.append((note.channel, note.payload, note.pid))
+        assert [(c, p) for c, p, _ in got] == [("pgw_channel", "hello"), ("pgw_channel", "second ✓")]
+        listener.execute("UNLISTEN pgw_channel")
+        sender.execute("NOTIFY pgw_channel, 'unheard'")
+        assert list(listener.notifies(timeout=0.5)) == []
+
+
+@pytest.mark.parametrize("method", ["cancel", "cancel_safe"])
+def test_cancel(proxy, method):
+    with connect(proxy) as conn:
+        timer = threading.Timer(0.5, getattr(conn, method))
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(errors.QueryCanceled) as exc:
+            conn.execute("SELECT pg_sleep(10)")
+        timer.join()
+        assert time.monotonic() - start < 5
+        assert exc.value.sqlstate == "57014"
+        conn.rollback()
+        assert conn.execute("SELECT 'after cancel'").fetchone() == ("after cancel",)
+        conn.commit()
+    # A cancel that arrives when nothing runs must not hit a later query.
+    with connect(proxy, autocommit=True) as conn:
+        getattr(conn, method)()
+        time.sleep(0.2)
+        assert conn.execute("SELECT pg_sleep(0.3)::text, 'not cancelled'").fetchone() == ("", "not cancelled")
+
+
+def _set_worker(proxy, worker: int) -> tuple[list[str], set[int]]:
+    """SET session state once, then check it in many short transactions interleaved with other clients."""
+    problems, pids = [], set()
+    zone = ["UTC", "Asia/Tokyo", "America/New_York", "Europe/Paris"][worker % 4]
+    name = f"pgw-client-{worker}"
+    with connect(proxy, autocommit=worker % 2 == 0) as conn:
+        conn.execute(f"SET application_name = '{name}'")
+        conn.execute(f"SET TimeZone = '{zone}'")
+        if not conn.autocommit:
+            conn.commit()
+        for _ in range(15):
+            row = conn.execute("SELECT current_setting('application_name'), current_setting('TimeZone'),"
+                               " pg_backend_pid(), pg_sleep(0.005)").fetchone()
+            if row[:2] != (name, zone):
+                problems.append(f"worker {worker} expected {(name, zone)}, saw {row[:2]}")
+            if conn.info.parameter_status("application_name") != name:
+                problems.append(f"worker {worker}: ParameterStatus application_name is "
+                                f"{conn.info.parameter_status('application_name')!r}")
+            pids.add(row[2])
+            if not conn.autocommit:
+                conn.commit()
+    return problems, pids
+
+
+def test_set_survives_transaction_pooling(tx_proxy):
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        results = list(pool.map(lambda w: _set_worker(tx_proxy, w), range(25)))
+    assert [p for problems, _ in results for p in problems] == []
+    if isinstance(tx_proxy, ProxyProcess):
+        # 25 clients on 10 backends: clients really moved between backends, so the SETs were re-applied.
+        assert any(len(pids) > 1 for _, pids in results)
+        assert len(set().union(*(pids for _, pids in results))) <= 10
+
+
+def test_set_in_rolled_back_transaction_does_not_stick(tx_proxy):
+    with connect(tx_proxy) as conn:
+        conn.execute("SET application_name = 'committed'")
+        conn.commit()
+        conn.execute("SET application_name = 'rolled-back'")
+        conn.rollback()
+        for _ in range(5):
+            assert conn.execute("SHOW application_name").fetchone() == ("committed",)
+            conn.commit()
+        conn.execute("RESET application_name")
+        conn.commit()
+        assert conn.execute("SHOW application_name").fetchone() == ("",)
