@@ -216,16 +216,27 @@ def test_decode_query_inverts_query(text):
     assert p.decode_query(p.query(text)) == text
 
 
-DECODERS = [p.decode_query, p.decode_parse, p.decode_bind_names, p.decode_target, p.decode_fields]
+DECODERS = [p.decode_query, p.decode_parse, p.decode_bind_names, p.decode_target, p.decode_fields,
+            p.bind_params, lambda msg: p.replace_detail(msg, "d")]
 
 
-@pytest.mark.parametrize("decode", DECODERS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("decode", DECODERS, ids=lambda f: f.__name__.strip("<>"))
 @given(st.binary(max_size=120))
 def test_decoders_raise_only_protocol_errors_on_arbitrary_bytes(decode, body):
     try:
         decode(p.message(body[:1] or b"X", body[1:]))
     except p.ProtocolError:
         pass
+
+
+@given(st.binary(max_size=80))
+def test_bind_params_raises_only_protocol_errors_past_the_names(rest):
+    msg = p.message(b"B", b"\x00\x00" + rest)  # empty portal and statement: straight to the counts
+    try:
+        values = p.bind_params(msg)
+    except p.ProtocolError:
+        return
+    assert sum(len(v) for v in values if v is not None) <= len(rest)
 
 
 def test_bind_params_on_a_truncated_bind_raises_protocol_error():
