@@ -173,16 +173,20 @@ class Config(_Strict):
     cache: Any = None
     source: Path | None = Field(None, exclude=True)
 
-    @model_validator(mode="after")
-    def _not_yet(self) -> "Config":
-        for key, feature in NOT_YET.items():
-            if getattr(self, key) is not None:
-                raise ValueError(f"`{key}`: {feature} is not available in this version of "
-                                 f"pgwarden; remove the `{key}` key (it is never silently ignored)")
-        if self.replicas:
-            raise ValueError("`replicas`: read routing to replicas is not available in this "
-                             "version of pgwarden; remove the `replicas` entries")
-        return self
+
+
+def _not_yet(data: dict, path: Path, text: str) -> list[str]:
+    """Errors for contract keys whose features this version lacks (checked even when others fail)."""
+    errors = []
+    for key, feature in NOT_YET.items():
+        if data.get(key) is not None:
+            errors.append(f"{path}:{_line_of(text, [key]) or '?'}: {key}: {feature} is not available "
+                          f"in this version of pgwarden; remove the `{key}` key (it is never "
+                          "silently ignored)")
+    if data.get("replicas"):
+        errors.append(f"{path}:{_line_of(text, ['replicas']) or '?'}: replicas: read routing to "
+                      "replicas is not available in this version of pgwarden; remove the entries")
+    return errors
 
 
 _PATH_FIELDS = (("listen", "tls", "cert"), ("listen", "tls", "key"), ("primary", "tls", "ca"))
@@ -208,10 +212,13 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(data: dict, path: Path, text: str = "") -> Config:
     """Validate already-parsed config data; relative paths are resolved against the file's folder."""
+    errors = _not_yet(data, path, text)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_describe(err, path, text) for err in exc.errors()]) from exc
+        errors += [_describe(err, path, text) for err in exc.errors()]
+    if errors:
+        raise ConfigError(errors)
     return _resolve_paths(config, path.parent.resolve()).model_copy(update={"source": path})
 
 
