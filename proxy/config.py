@@ -26,9 +26,12 @@ class _Strict(BaseModel):
 class ListenTLS(_Strict):
     """TLS offered to clients: disable (answer SSLRequest 'N'), allow, or require."""
 
-    mode: Literal["disable", "allow", "require"] = "disable"
-    cert: Path | None = None
-    key: Path | None = None
+    mode: Literal["disable", "allow", "require"] = Field("disable",
+        description="`disable`: answer SSLRequest with 'N'; `allow`: TLS for clients that ask; `require`: refuse clients that do not use TLS.")
+    cert: Path | None = Field(None,
+        description="PEM certificate chain presented to clients (path relative to the config file).")
+    key: Path | None = Field(None,
+        description="PEM private key of `cert`.")
 
     @model_validator(mode="after")
     def _files(self) -> "ListenTLS":
@@ -40,25 +43,34 @@ class ListenTLS(_Strict):
 class Listen(_Strict):
     """pgwarden's own listener for clients."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(6432, ge=1, le=65535)
-    tls: ListenTLS = ListenTLS()
-    max_message_size: int = Field(64 * 1024 * 1024, ge=1024)
-    startup_timeout: float = Field(10.0, gt=0)
+    host: str = Field("127.0.0.1",
+        description="Address to listen on for clients.")
+    port: int = Field(6432, ge=1, le=65535,
+        description="TCP port for clients.")
+    tls: ListenTLS = Field(ListenTLS(),
+        description="TLS towards clients (see listen.tls.*).")
+    max_message_size: int = Field(64 * 1024 * 1024, ge=1024,
+        description="Largest protocol message a client may send, in bytes; a larger one closes that client with SQLSTATE 54000.")
+    startup_timeout: float = Field(10.0, gt=0,
+        description="Seconds a client has to finish startup and authentication.")
 
 
 class Http(_Strict):
     """The HTTP listener for /healthz (and, later, /metrics and /readyz)."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(9187, ge=0, le=65535)  # 0 disables it
+    host: str = Field("127.0.0.1",
+        description="Address of the HTTP listener (/healthz).")
+    port: int = Field(9187, ge=0, le=65535,
+        description="Port of the HTTP listener; 0 disables it.")
 
 
 class BackendTLS(_Strict):
     """TLS to the backend, with libpq's sslmode meanings."""
 
-    mode: Literal["disable", "prefer", "require", "verify-full"] = "disable"
-    ca: Path | None = None
+    mode: Literal["disable", "prefer", "require", "verify-full"] = Field("disable",
+        description="libpq sslmode meanings: `disable`, `prefer` (TLS when offered), `require` (TLS, certificate not checked), `verify-full` (TLS, chain and host name checked against `ca`).")
+    ca: Path | None = Field(None,
+        description="PEM CA bundle for `verify-full`.")
 
     @model_validator(mode="after")
     def _ca(self) -> "BackendTLS":
@@ -70,17 +82,23 @@ class BackendTLS(_Strict):
 class Primary(_Strict):
     """The primary PostgreSQL server."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(5432, ge=1, le=65535)
-    tls: BackendTLS = BackendTLS()
+    host: str = Field("127.0.0.1",
+        description="Host of the primary PostgreSQL.")
+    port: int = Field(5432, ge=1, le=65535,
+        description="Port of the primary PostgreSQL.")
+    tls: BackendTLS = Field(BackendTLS(),
+        description="TLS towards the backend (see primary.tls.*).")
 
 
 class UserEntry(_Strict):
     """A client login: exactly one of password, password_env, scram_verifier."""
 
-    password: str | None = None
-    password_env: str | None = None
-    scram_verifier: str | None = None
+    password: str | None = Field(None,
+        description="The user's password, in the config file.")
+    password_env: str | None = Field(None,
+        description="Name of an environment variable holding the password (read at start and on reload).")
+    scram_verifier: str | None = Field(None,
+        description="A stored SCRAM-SHA-256 verifier (`pgwarden passwd` prints one); works with `scram-sha-256` only.")
 
     @model_validator(mode="after")
     def _one(self) -> "UserEntry":
@@ -101,16 +119,21 @@ class UserEntry(_Strict):
 class Auth(_Strict):
     """How clients authenticate to pgwarden."""
 
-    method: Literal["trust", "md5", "scram-sha-256"] = "scram-sha-256"
-    users: dict[str, UserEntry] = {}
+    method: Literal["trust", "md5", "scram-sha-256"] = Field("scram-sha-256",
+        description="How clients prove who they are: `trust`, `md5` or `scram-sha-256`.")
+    users: dict[str, UserEntry] = Field({},
+        description="Logins pgwarden accepts, by user name. With `trust` and no users, every user name is accepted.")
 
 
 class BackendAuth(_Strict):
     """The role pgwarden logs into backends as (omit `user` to use the client's)."""
 
-    user: str | None = None
-    password: str | None = None
-    password_env: str | None = None
+    user: str | None = Field(None,
+        description="Role pgwarden logs into PostgreSQL as; omit it to log in as the client's user.")
+    password: str | None = Field(None,
+        description="Password of that role (for md5 or SCRAM backends).")
+    password_env: str | None = Field(None,
+        description="Environment variable holding that password.")
 
     def secret(self) -> str | None:
         if self.password_env:
@@ -121,15 +144,24 @@ class BackendAuth(_Strict):
 class Pool(_Strict):
     """Backend pools, one per (database, backend user). Times are in seconds."""
 
-    mode: Literal["session", "transaction"] = "transaction"
-    size: int = Field(20, ge=1, le=10_000)
-    min_idle: int = Field(0, ge=0)
-    max_client_connections: int = Field(1000, ge=1)
-    connect_timeout: float = Field(5.0, gt=0)
-    idle_timeout: float = Field(600.0, gt=0)
-    max_lifetime: float = Field(3600.0, gt=0)
-    query_wait_timeout: float = Field(30.0, gt=0)
-    prepared_statements_per_backend: int = Field(1000, ge=1)
+    mode: Literal["session", "transaction"] = Field("transaction",
+        description="`transaction`: a backend is lent for one transaction (released when ReadyForQuery says idle); `session`: for the client's whole connection.")
+    size: int = Field(20, ge=1, le=10_000,
+        description="Most backends per (database, backend user).")
+    min_idle: int = Field(0, ge=0,
+        description="Idle backends kept open per pool once it exists.")
+    max_client_connections: int = Field(1000, ge=1,
+        description="Most client connections pgwarden accepts; more get SQLSTATE 53300.")
+    connect_timeout: float = Field(5.0, gt=0,
+        description="Seconds to connect and log in to a backend.")
+    idle_timeout: float = Field(600.0, gt=0,
+        description="Seconds an idle backend is kept (beyond min_idle) before it is closed.")
+    max_lifetime: float = Field(3600.0, gt=0,
+        description="Seconds after which a backend is closed once it is idle.")
+    query_wait_timeout: float = Field(30.0, gt=0,
+        description="Seconds a client waits for a backend before it gets SQLSTATE 53300.")
+    prepared_statements_per_backend: int = Field(1000, ge=1,
+        description="Prepared statements kept per backend in transaction mode (least recently used are closed).")
 
     @model_validator(mode="after")
     def _min_idle(self) -> "Pool":
@@ -141,8 +173,10 @@ class Pool(_Strict):
 class Log(_Strict):
     """Logging: level and format (text for people, json for log pipelines)."""
 
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = Field("info",
+        description="`debug`, `info`, `warning` or `error`.")
+    format: Literal["text", "json"] = Field("text",
+        description="`text` for people, `json` for log pipelines.")
 
 
 # Keys of the contract (DESIGN.md "Interfaces") whose features this version does not have yet:
@@ -158,21 +192,22 @@ NOT_YET = {
 class Config(_Strict):
     """The whole proxy config."""
 
-    listen: Listen = Listen()
-    http: Http = Http()
-    primary: Primary = Primary()
-    replicas: list[dict[str, Any]] = []
-    auth: Auth = Auth()
-    backend_auth: BackendAuth = BackendAuth()
-    pool: Pool = Pool()
-    log: Log = Log()
-    shutdown_timeout: float = Field(30.0, ge=0)
-    policies: Any = None
-    audit: Any = None
-    slow_query: Any = None
-    cache: Any = None
+    listen: Listen = Field(Listen(), description="Where clients connect.")
+    http: Http = Field(Http(), description="The operators' HTTP endpoint.")
+    primary: Primary = Field(Primary(), description="The primary PostgreSQL server.")
+    replicas: list[dict[str, Any]] = Field([], description=(
+        "Read replicas `[{host:, port:}]`. Not available yet: a non-empty list is rejected."))
+    auth: Auth = Field(Auth(), description="How clients authenticate to pgwarden.")
+    backend_auth: BackendAuth = Field(BackendAuth(), description="How pgwarden logs in to PostgreSQL.")
+    pool: Pool = Field(Pool(), description="Connection pooling.")
+    log: Log = Field(Log(), description="Logging to standard error.")
+    shutdown_timeout: float = Field(30.0, ge=0, description=(
+        "Seconds SIGTERM waits for open transactions before closing every client."))
+    policies: Any = Field(None, description="Policy file or folder. Not available yet: rejected.")
+    audit: Any = Field(None, description="Audit trail. Not available yet: rejected.")
+    slow_query: Any = Field(None, description="Slow-query log. Not available yet: rejected.")
+    cache: Any = Field(None, description="Result cache. Not available yet: rejected.")
     source: Path | None = Field(None, exclude=True)
-
 
 
 def _not_yet(data: dict, path: Path, text: str) -> list[str]:

@@ -1,0 +1,51 @@
+"""The config model: defaults, validation, and the generated reference in docs/configuration.md."""
+
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, load_config, parse_config
+from proxy.configdoc import reference
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_docs_reference_is_generated_from_the_model():
+    text = (ROOT / "docs/configuration.md").read_text()
+    assert reference() in text, "run: python -m proxy.configdoc docs/configuration.md"
+
+
+def test_example_config_is_valid():
+    config = load_config(ROOT / "config/pgwarden.yaml")
+    assert config.pool.mode == "transaction" and config.listen.port == 6432
+
+
+def test_paths_are_relative_to_the_config_file(tmp_path):
+    config = parse_config({"listen": {"tls": {"mode": "allow", "cert": "c.pem", "key": "k.pem"}}},
+                          tmp_path / "pgwarden.yaml")
+    assert config.listen.tls.cert == tmp_path.resolve() / "c.pem"
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"pool": {"size": 0}}, "pool.size"),
+    ({"pool": {"min_idle": 5, "size": 2}}, "min_idle (5) cannot exceed size (2)"),
+    ({"auth": {"users": {"a": {}}}}, "exactly one of"),
+    ({"auth": {"users": {"a": {"password": "x", "password_env": "Y"}}}}, "exactly one of"),
+    ({"listen": {"tls": {"mode": "require"}}}, "needs both `cert` and `key`"),
+    ({"primary": {"tls": {"mode": "verify-full"}}}, "needs a `ca` file"),
+    ({"replicas": [{"host": "r1"}]}, "read routing to replicas is not available"),
+    ({"cache": {"redis": "redis://"}}, "result caching is not available"),
+    ({"poool": {}}, "did you mean `pool`"),
+])
+def test_invalid_configs_are_refused_with_a_sentence(tmp_path, data, fragment):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, tmp_path / "c.yaml")
+    assert fragment in str(info.value)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("listen:\n  port: 1\n bad indent: [\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"{path}:3" in str(info.value) and "not valid YAML" in str(info.value)
