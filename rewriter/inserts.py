@@ -41,12 +41,14 @@ def _is_star(expr: dict) -> bool:
     return bool(fields) and "A_Star" in fields[-1]
 
 
-def given_columns(owner: dict, rows: list[list[dict]], table: list[str], r: Resolved) -> list[str]:
-    """The columns the client supplies values for (its list, else the table's first N)."""
+def given_columns(owner: dict, rows: list[list[dict]], table: list[str]) -> list[str] | None:
+    """The columns the client supplies values for (its list, else the table's first N); None if uncountable."""
     if owner.get("cols"):
         return [t["ResTarget"]["name"] for t in owner["cols"]]
-    if not rows or any(_is_star(e) for e in rows[0]):
-        raise _cannot("its columns cannot be counted", r)
+    if not rows:
+        return []
+    if any(_is_star(e) for e in rows[0]):
+        return None
     return table[:len(rows[0])]
 
 
@@ -118,7 +120,9 @@ def guard_inserts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCh
         if shape == "other":
             raise _cannot("its source is neither VALUES nor a simple SELECT", r)
         table = [col.name for col in ctx.schema[r.name]]
-        given = given_columns(r.ref.owner, rows, table, r) if shape != "default" else []
+        given = given_columns(r.ref.owner, rows, table)
+        if given is None:
+            raise _cannot("its columns cannot be counted", r)
         out.append(qualify(toks, r))
         if r.rule.tenant_column in given:
             k = given.index(r.rule.tenant_column)

@@ -112,8 +112,8 @@ def tenant_predicate(ref: str | None, column: str, tenant: str) -> str:
     return f"{target} = {quote_literal(tenant)}"
 
 
-def projection(rule: TableRule, columns: tuple[Column, ...], tenant: str | None) -> str:
-    """P(t): the protected projection of a table, in parentheses, without an alias.
+def projection(rule: TableRule, columns: tuple[Column, ...], tenant: str | None, only: bool = False) -> str:
+    """P(t): the protected projection of a table, in parentheses, without an alias (`only`: FROM ONLY).
 
     >>> from .context import TableRule
     >>> rule = TableRule("public.c", "tenant_id", frozenset({"select"}), {"ssn": MaskSpec("redact")})
@@ -130,4 +130,5 @@ def projection(rule: TableRule, columns: tuple[Column, ...], tenant: str | None)
         if tenant is None:
             raise ValueError("a tenant-scoped table needs a tenant")
         where = f" WHERE {tenant_predicate(None, rule.tenant_column, tenant)}"
-    return f"(SELECT {', '.join(items)} FROM {quote_qualified(rule.name)}{where})"
+    source = ("ONLY " if only else "") + quote_qualified(rule.name)
+    return f"(SELECT {', '.join(items)} FROM {source}{where})"

@@ -16,10 +16,10 @@ def substituted(r: Resolved, ctx: Context) -> str:
     >>> from .context import Column, TableRule
     >>> rule = TableRule("public.t", "tid", frozenset({"select"}))
     >>> ctx = Context({"public.t": rule}, {"public.t": (Column("tid", "text"),)}, "a")
-    >>> substituted(Resolved(RelRef({"relname": "t"}, "select"), "public.t", rule), ctx)
+    >>> substituted(Resolved(RelRef({"relname": "t", "inh": True}, "select"), "public.t", rule), ctx)
     '(SELECT "tid" FROM "public"."t" WHERE "tid" = \\'a\\') AS "t"'
     """
-    text = projection(r.rule, ctx.schema[r.name], ctx.tenant)
+    text = projection(r.rule, ctx.schema[r.name], ctx.tenant, only=not r.ref.rv.get("inh"))
     return text if r.ref.rv.get("alias") else f"{text} AS {quote_ident(r.ref.rv['relname'])}"
 
 
@@ -27,7 +27,7 @@ def substitute_reads(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Para
     """Replace each protected relation read by P(t), keeping the client's alias.
 
     `SELECT * FROM orders o` -> `SELECT * FROM (SELECT ... FROM "public"."orders" WHERE ...) o`;
-    `ONLY orders` -> `(...) AS "orders"`.
+    `ONLY orders` -> `(... FROM ONLY ...) AS "orders"`; `TABLE orders` -> `SELECT * FROM (...) AS "orders"`.
     >>> from .analyse import RelRef
     >>> from .context import Column, TableRule
     >>> from .splice import scan
@@ -45,5 +45,9 @@ def substitute_reads(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Para
             raise Refused(f'TABLESAMPLE on protected table "{r.name}" is refused',
                           "Sample with a WHERE clause (e.g. random() < 0.1) instead.", f"tables.{r.name}")
         start, end = relation_span(toks, r.ref.rv)
-        edits.append(Edit(start, end, substituted(r, ctx)))
+        i = toks.at(start)
+        if i > 0 and toks.names[i - 1] == "TABLE":  # `TABLE t` is `SELECT * FROM t`
+            edits.append(Edit(toks.starts[i - 1], end, f"SELECT * FROM {substituted(r, ctx)}"))
+        else:
+            edits.append(Edit(start, end, substituted(r, ctx)))
     return edits
