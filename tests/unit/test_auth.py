@@ -6,6 +6,8 @@ import hashlib
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy import protocol as p
 from proxy.auth import (AuthFailed, BackendAuth, ClientAuth, Credential, parse_scram_verifier,
@@ -294,3 +296,47 @@ def test_client_auth_accepts_a_verifier_made_by_postgresql(pg_cluster):
     with pytest.raises(AuthFailed):
         exchange(ClientAuth("scram-sha-256", "scram_user", Credential(scram_verifier=stored)),
                  BackendAuth("scram_user", "wrong"))
+
+
+# --- fuzzing: whatever the peer sends, only AuthFailed comes out ---------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["md5", "scram-sha-256"]), st.lists(st.binary(max_size=80), max_size=3))
+def test_client_auth_raises_only_auth_failed_on_arbitrary_messages(method, payloads):
+    server = ClientAuth(method, "alice", Credential(password=PASSWORD))
+    server.start()
+    try:
+        for payload in payloads:
+            server.receive(p.password_message(payload))
+    except AuthFailed:
+        pass
+
+
+SASL_PREFIX = p.cstr("SCRAM-SHA-256")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), st.text(max_size=120))
+def test_client_auth_raises_only_auth_failed_on_arbitrary_scram_text(first, final):
+    server = ClientAuth("scram-sha-256", "alice", Credential(password=PASSWORD))
+    server.start()
+    data = ("n,,n=," + first).encode("utf-8", "surrogatepass")
+    try:
+        server.receive(p.password_message(SASL_PREFIX + len(data).to_bytes(4, "big") + data))
+        server.receive(p.password_message(final.encode("utf-8", "surrogatepass")))
+    except AuthFailed:
+        pass
+    assert not server.done
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 3, 5, 10, 11, 12, 7]), st.binary(max_size=60)),
+                max_size=4))
+def test_backend_auth_raises_only_auth_failed_on_arbitrary_requests(requests):
+    client = BackendAuth("app", "pw")
+    try:
+        for code, data in requests:
+            client.receive(p.auth_request(code, data))
+    except AuthFailed:
+        pass
