@@ -72,6 +72,8 @@ def collect(node: object, scope: frozenset[str], found: Found) -> None:
     typed = node_type(node)
     if typed is None:
         if isinstance(node, dict):
+            if "relname" in node:  # a relation in a place no handler knows: fail closed
+                found.problems.append("a relation reference pgwarden cannot place")
             for value in node.values():
                 collect(value, scope, found)
         return
@@ -171,4 +173,5 @@ HANDLERS = {
     "FuncCall": _func,
     "A_Expr": _a_expr,
     "IntoClause": _unexpected("a clause that creates a table"),
+    "CallStmt": lambda f, s, found: _func(f["funccall"], s, found),
 }

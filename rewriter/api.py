@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from pglast import parser
 
-from .checks import PASS_THROUGH, QUERIES, WRAPPED, Checked, check_calls, check_copy, check_ref, check_setting
+from .checks import (PASS_THROUGH, QUERIES, WRAPPED, Checked, check_calls, check_copy_ends, check_copy_from,
+                     check_ref, check_setting)
 from .classify import INNER_QUERY, statement_kind, statements, walk_statement
 from .context import Context
 from .copy import copy_to_query
@@ -17,10 +18,10 @@ from .result import Allow, Deny, Result, Rewrite
 from .splice import Edit, ParamCheck, SpliceError, Tokens, apply, scan
 from .verify import verify
 from .write_masks import mask_write_columns
-from .writes import guard_conflicts, guard_updates
+from .writes import guard_conflicts, guard_updates, qualify_targets
 
 # The rewrites, in order; each maps a checked statement to text edits and parameter checks.
-RULES = (substitute_reads, guard_updates, guard_inserts, guard_conflicts, mask_write_columns, copy_to_query)
+RULES = (substitute_reads, qualify_targets, guard_updates, guard_inserts, guard_conflicts, mask_write_columns, copy_to_query)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +47,12 @@ def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
         raise Refused(f"{what} statements ({kind}) are refused for non-bypass roles",
                       "DDL, TRUNCATE, GRANT, DO and other administration are for bypass roles only.",
                       "statements")
+    if kind == "CopyStmt":
+        check_copy_ends(fields)
     found = walk_statement(kind, fields)
     check_calls(found, ctx)
     refs = tuple(check_ref(ref, ctx) for ref in found.refs)
-    if kind == "CopyStmt":
-        check_copy(fields, refs)
+    check_copy_from(refs)
     return Checked(kind, fields, found, refs)
 
 

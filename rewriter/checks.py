@@ -108,11 +108,15 @@ def check_calls(found: Found, ctx: Context) -> None:
                       "Only bypass roles may run DDL or this construct.", "statements")
 
 
-def check_copy(fields: dict, refs: tuple[Resolved, ...]) -> None:
-    """COPY only to/from the client, and never FROM into a tenant-scoped table."""
+def check_copy_ends(fields: dict) -> None:
+    """COPY only to or from the client, never a server file or program."""
     if fields.get("filename") or fields.get("is_program"):
         raise Refused("COPY to or from a server file or program is refused",
                       "Use COPY ... TO STDOUT / FROM STDIN.", "statements")
+
+
+def check_copy_from(refs: tuple[Resolved, ...]) -> None:
+    """Never COPY FROM into a tenant-scoped table: its rows cannot be checked."""
     for r in refs:
         if r.ref.role == "copy_from" and r.rule is not None and r.rule.tenant_column:
             raise Refused(f'COPY FROM into tenant-scoped table "{r.name}" is refused: its rows cannot be checked',

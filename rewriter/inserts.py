@@ -8,7 +8,7 @@ from .context import Context
 from .masks import quote_ident, quote_literal
 from .refuse import Refused
 from .splice import COMMA, Edit, ParamCheck, Tokens, clause_end, matching_close, name_end
-from .writes import qualify, tenant_targets, tenant_value
+from .writes import tenant_targets, tenant_value
 
 OPEN_PAREN = "ASCII_40"
 TARGET_LIST_STOPS = frozenset({"FROM", "WHERE", "GROUP_P", "HAVING", "WINDOW", "ORDER", "LIMIT",
@@ -108,7 +108,7 @@ def guard_inserts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCh
     """INSERT into a tenant-scoped table: add the tenant column, or check the client's values for it.
 
     `INSERT INTO orders (id, total) VALUES ($1, $2)` ->
-    `INSERT INTO "public"."orders" (id, total, "tenant_id") VALUES ($1, $2, 'acme')`;
+    `INSERT INTO orders (id, total, "tenant_id") VALUES ($1, $2, 'acme')`;
     `INSERT INTO orders (id, tenant_id) VALUES ($1, $2)` -> ParamCheck(2, 'acme').
     >>> from .splice import scan
     >>> guard_inserts(Checked("SelectStmt", {}), None, scan("SELECT 1"))
@@ -123,7 +123,6 @@ def guard_inserts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCh
         given = given_columns(r.ref.owner, rows, table)
         if given is None:
             raise _cannot("its columns cannot be counted", r)
-        out.append(qualify(toks, r))
         if r.rule.tenant_column in given:
             k = given.index(r.rule.tenant_column)
             for row in rows:

@@ -21,6 +21,17 @@ def qualify(toks: Tokens, r: Resolved) -> Edit:
     return Edit(toks.starts[i], toks.ends[name_end(toks, i) - 1], quote_qualified(r.name))
 
 
+def qualify_targets(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
+    """Name each protected write target schema-qualified and quoted, so search_path cannot redirect it.
+
+    `UPDATE orders o SET ...` -> `UPDATE "public"."orders" o SET ...`
+    >>> from .splice import scan
+    >>> qualify_targets(Checked("SelectStmt", {}), None, scan("SELECT 1"))
+    []
+    """
+    return [qualify(toks, r) for r in c.refs if r.ref.role in ("insert", "update", "delete") and r.protected]
+
+
 def where_edits(toks: Tokens, i: int, predicate: str) -> list[Edit]:
     """AND `predicate` into the WHERE clause found at depth 0 from token `i` (or add one).
 
@@ -80,10 +91,10 @@ def assignment_checks(targets: list, r: Resolved, tenant: str, allow_excluded: b
 
 
 def guard_updates(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
-    """UPDATE/DELETE of a tenant-scoped table: qualify it and AND the tenant predicate.
+    """UPDATE/DELETE of a tenant-scoped table: AND the tenant predicate into its WHERE.
 
     `UPDATE orders SET total = 0 WHERE id = 1 OR true` ->
-    `UPDATE "public"."orders" SET total = 0 WHERE (id = 1 OR true) AND "orders"."tenant_id" = 'acme'`
+    `UPDATE orders SET total = 0 WHERE (id = 1 OR true) AND "orders"."tenant_id" = 'acme'`
     >>> from .splice import scan
     >>> guard_updates(Checked("SelectStmt", {}), None, scan("SELECT 1"))
     []
@@ -93,7 +104,6 @@ def guard_updates(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCh
         if r.ref.role == "update":
             out += assignment_checks(r.ref.owner.get("targetList", []), r, ctx.tenant, False)
         i = toks.at(r.ref.rv["location"])
-        out.append(qualify(toks, r))
         out += where_edits(toks, name_end(toks, i), tenant_predicate(r.ref.ref_name, r.rule.tenant_column, ctx.tenant))
     return out
 
