@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+import asyncpg
 import psycopg
 import pytest
 
 from proxy.auth import scram_verifier
 from proxy.tls import backend_context
 from tests.certs import Certs, make_certs
-from tests.harness import ProxyProcess, base_config, free_port
+from tests.harness import ROOT, ProxyProcess, base_config, free_port
 from tests.pgcluster import PgCluster, login
 
 PASSWORDS = {"alice": "alice-pw", "envy": "envy-pw", "verified": "verified-pw"}
@@ -90,6 +93,53 @@ def test_configured_users_log_in_with_psql_and_psycopg(request, which, user, req
         assert conn.execute("SELECT 40 + 2").fetchone() == (42,)
     seen = login(proxy.host, proxy.port, user, PASSWORDS[user])
     assert seen.ok and seen.auth_requests == requests
+
+
+async def asyncpg_login(proxy: ProxyProcess, user: str, password: str) -> str:
+    conn = await asyncpg.connect(host=proxy.host, port=proxy.port, user=user, password=password,
+                                 database="postgres", ssl=False, timeout=10)
+    try:
+        return await conn.fetchval("SELECT current_user")
+    finally:
+        await conn.close()
+
+
+def test_asyncpg_logs_in_and_gets_sqlstates(password_proxy):
+    """asyncpg has its own SCRAM and md5 code (not libpq) and reports the SQLSTATE of a refusal."""
+    assert asyncio.run(asyncpg_login(password_proxy, "alice", "alice-pw")) == "postgres"
+    with pytest.raises(asyncpg.InvalidPasswordError, match='failed for user "alice"') as err:
+        asyncio.run(asyncpg_login(password_proxy, "alice", "not-it"))
+    assert err.value.sqlstate == "28P01"
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError) as err:
+        asyncio.run(asyncpg_login(password_proxy, "mallory", "x"))
+    assert err.value.sqlstate == "28000"
+
+
+NODE_DIR = ROOT / "tests" / "node"
+NODE_LOGIN = """
+const { Client } = require('pg');
+const c = new Client({host: process.env.H, port: +process.env.P, user: process.env.U,
+                      password: process.env.W, database: 'postgres', ssl: false});
+c.connect().then(() => c.query('SELECT current_user AS u'))
+  .then(r => { console.log(r.rows[0].u); return c.end(); })
+  .catch(e => { console.log('ERROR ' + e.code + ' ' + e.message); process.exit(1); });
+"""
+
+
+@pytest.mark.skipif(not (NODE_DIR / "node_modules" / "pg").exists() or not shutil.which("node"),
+                    reason="node-postgres is not installed (make node-deps)")
+def test_node_postgres_logs_in(password_proxy):
+    """node-postgres sends the SCRAM user name '*' where libpq sends none."""
+    def node(user: str, password: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "H": password_proxy.host, "P": str(password_proxy.port), "U": user,
+               "W": password}
+        return subprocess.run(["node", "-e", NODE_LOGIN], cwd=NODE_DIR, env=env,
+                              capture_output=True, text=True, timeout=30)
+
+    ok = node("alice", "alice-pw")
+    assert ok.returncode == 0 and ok.stdout.strip() == "postgres", ok.stdout + ok.stderr
+    refused = node("alice", "not-it")
+    assert refused.stdout.startswith("ERROR 28P01 password authentication failed"), refused.stdout
 
 
 def test_wrong_password_is_fatal_28P01(password_proxy):

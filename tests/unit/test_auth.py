@@ -261,7 +261,8 @@ def test_libpq_authenticates_against_client_auth(method, credential):
 # --- BackendAuth against a real PostgreSQL ---------------------------------------------------
 
 
-@pytest.mark.parametrize("role, code", [("md5_user", 5), ("scram_user", 10), ("clear_user", 3)])
+@pytest.mark.parametrize("role, code", [("md5_user", 5), ("scram_user", 10), ("clear_user", 3),
+                                        ("unicode_user", 10)])
 def test_backend_auth_logs_into_postgresql(pg_cluster, role, code):
     password = ROLES[role][0]
     result = login(pg_cluster.host, pg_cluster.port, role, password)
@@ -280,6 +281,12 @@ def test_no_backend_password_is_refused_before_postgresql_sees_one(pg_cluster):
     with pytest.raises(AuthFailed) as err:
         login(pg_cluster.host, pg_cluster.port, "scram_user", None)
     assert err.value.sqlstate == "28P01"
+
+
+def test_scram_password_is_saslprepped_as_postgresql_does(pg_cluster):
+    """PostgreSQL stored SASLprep("pässwörd<NBSP>ü"), which equals SASLprep("pässwörd ü")."""
+    assert login(pg_cluster.host, pg_cluster.port, "unicode_user", "pässwörd ü").ok
+    assert not login(pg_cluster.host, pg_cluster.port, "unicode_user", "passwörd ü").ok
 
 
 def test_postgresql_accepts_a_verifier_made_by_scram_verifier(pg_cluster):
