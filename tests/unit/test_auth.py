@@ -166,15 +166,30 @@ def test_malformed_sasl_initial_response_is_08P01(msg):
     assert err.value.sqlstate == "08P01"
 
 
+def scram_server() -> ClientAuth:
+    return ClientAuth("scram-sha-256", "alice", Credential(password=PASSWORD))
+
+
 def test_forged_nonce_in_client_final_is_refused():
-    server, client = ClientAuth("scram-sha-256", "alice", Credential(password=PASSWORD)), BackendAuth(
-        "alice", PASSWORD)
-    cont = server.receive(client.receive(server.start()))
-    final = client.receive(cont)[5:].decode()
+    server, client = scram_server(), BackendAuth("alice", PASSWORD)
+    final = client.receive(server.receive(client.receive(server.start())))[5:].decode()
     forged = final.replace("r=", "r=X", 1)
     with pytest.raises(AuthFailed) as err:
         server.receive(p.password_message(forged.encode()))
-    assert err.value.sqlstate in ("08P01", "28P01") and not server.done
+    assert err.value.sqlstate == "08P01" and not server.done
+
+
+def test_a_replayed_client_final_does_not_authenticate_a_new_exchange():
+    server, client = scram_server(), BackendAuth("alice", PASSWORD)
+    first = client.receive(server.start())
+    final = client.receive(server.receive(first))
+    assert server.receive(final).endswith(p.AUTH_OK)
+    replay = scram_server()  # an eavesdropper replays both messages; the server nonce is new
+    replay.start()
+    replay.receive(first)
+    with pytest.raises(AuthFailed):
+        replay.receive(final)
+    assert not replay.done
 
 
 # --- BackendAuth on its own -----------------------------------------------------------------
