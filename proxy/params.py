@@ -29,6 +29,19 @@ class Effect:
     text: str = ""
 
 
+_HEADS = frozenset({"set", "res", "dis", "lis", "pre", "dea", "rol", "abo"})
+
+
+def maybe_stateful(sql: str) -> bool:
+    """Cheap test: could this statement text change session state? (False for plain SELECT/DML.)
+
+    >>> maybe_stateful("SELECT 1;"), maybe_stateful(" set x = 1"), maybe_stateful("select 1; set x=1")
+    (False, True, True)
+    """
+    head = sql.lstrip()[:3].lower()
+    return head in _HEADS or head[:1] in ("/", "-", "(") or ";" in sql.rstrip().rstrip(";")
+
+
 def first_word(sql: str) -> str:
     """The first keyword, lower-cased, after whitespace and comments.
 

@@ -40,6 +40,7 @@ class Pool:
         self.server_params: dict[str, str] | None = None
         self.wait_count = 0
         self.wait_time = 0.0
+        self.now = time.monotonic()  # a coarse clock, advanced by maintain() every second
 
     @property
     def total(self) -> int:
@@ -108,7 +109,7 @@ class Pool:
             backend.held_for_cancel = True  # lent again only once the cancel has landed
             return
         self.active.discard(backend)
-        backend.last_used = time.monotonic()
+        backend.last_used = self.now
         if not reusable or backend.closed or self._expired(backend):
             backend.close()
             self._replace_for_waiter()
@@ -142,7 +143,7 @@ class Pool:
             self.idle.remove(backend)
 
     def _expired(self, backend: Backend) -> bool:
-        return time.monotonic() - backend.created > self.settings.max_lifetime
+        return self.now - backend.created > self.settings.max_lifetime
 
     # --- login and maintenance --------------------------------------------------------------
 
@@ -156,6 +157,7 @@ class Pool:
 
     def maintain(self, now: float, spawn: Callable) -> None:
         """Close idle backends past idle_timeout or max_lifetime; open new ones up to min_idle."""
+        self.now = now
         keep: deque[Backend] = deque()
         for backend in self.idle:
             too_old = now - backend.created > self.settings.max_lifetime

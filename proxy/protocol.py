@@ -147,6 +147,27 @@ class Framer:
         """How many bytes wait for the rest of their message."""
         return len(self._buf)
 
+    def split(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Feed `data` and return every complete message; no copy when `data` is whole messages."""
+        if self._buf or not data:
+            self._buf += data
+            return self.messages()
+        out: list[tuple[int, bytes]] = []
+        pos, n = 0, len(data)
+        while n - pos >= 5:
+            (length,) = _I32.unpack_from(data, pos + 1)
+            if length < 4 or length > self.max_size:
+                self._buf += data[pos:]
+                return out + self.messages()  # raises the precise ProtocolError
+            end = pos + 1 + length
+            if end > n:
+                break
+            out.append((data[pos], data if end - pos == n else data[pos:end]))
+            pos = end
+        if pos < n:
+            self._buf += data[pos:]
+        return out
+
     def messages(self) -> list[tuple[int, bytes]]:
         """Every complete message as (type byte, whole message bytes including the header)."""
         buf = self._buf

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import struct
 from typing import TYPE_CHECKING
 
 from proxy import params, protocol
@@ -24,20 +25,38 @@ _Q, _P, _B, _D, _E, _C, _S, _F, _H, _X = (ord(c) for c in "QPBDECSFHX")
 _I = ord("I")
 _REQUESTS = frozenset(b"PBDECSF")       # answered by the backend, tracked in order
 _PASSED = frozenset(b"dcfH")            # COPY data/done/fail and Flush: no answer of their own
+_NAMED = frozenset(b"PBDC")             # may name a prepared statement
 _STATEFUL_HEADS = frozenset({b"set", b"res", b"dis", b"lis", b"pre", b"dea", b"rol", b"abo"})
 _DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(all|\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$",
                          re.I | re.S)
 
 
-def _maybe_stateful(msg: bytes, start: int) -> bool:
-    """Cheap byte test: could this statement change session state? (False for plain SELECT/DML.)"""
-    i, end = start, len(msg) - 1
-    while i < end and msg[i] in b" \t\r\n":
+def _stateful_text(msg: bytes, start: int, stop: int) -> bool:
+    """Cheap byte test on msg[start:stop]: could this SQL change session state?
+
+    False for plain SELECT/DML, even with a trailing semicolon; True for SET, RESET,
+    DISCARD, LISTEN, PREPARE, DEALLOCATE, ROLLBACK, leading comments and multi-statement text.
+    """
+    i = start
+    while i < stop and msg[i] in b" \t\r\n":
         i += 1
-    if i >= end:
+    if i >= stop:
         return False
-    return (msg[i:i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-("
-            or msg.find(b";", i, end - 1) >= 0)
+    if msg[i:i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-(":
+        return True
+    j = stop - 1
+    while j > i and msg[j] in b" \t\r\n;":
+        j -= 1
+    return msg.find(b";", i, j) >= 0
+
+
+def _names_statement(kind: int, msg: bytes) -> bool:
+    """Does this Parse/Bind/Describe/Close involve a named prepared statement?"""
+    if kind == _P:
+        return msg[5] != 0
+    if kind == _B:
+        return msg[5] != 0 or msg[6] != 0  # a named portal: decode to find the statement
+    return msg[5] == 83 and msg[6] != 0    # Describe/Close 'S' with a name
 
 
 class Session(asyncio.Protocol):
@@ -130,20 +149,28 @@ class Session(asyncio.Protocol):
     # --- bytes from the client --------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.state == READY:
-            self._relay(data)
-            return
         try:
-            if self.state == STARTUP:
-                self._startup_bytes(data)
-            elif self.state == AUTH:
-                self._auth_bytes(data)
-            elif self.state == LOGIN:
-                self._framer.feed(data)
+            if self.state == READY:
+                self._relay(data)
+            else:
+                self._before_ready(data)
         except protocol.ProtocolError as exc:
             self.fatal(exc.sqlstate, str(exc))
         except AuthFailed as exc:
             self.fatal(exc.sqlstate, exc.message, hint=getattr(exc, "hint", None))
+        except (IndexError, ValueError, struct.error) as exc:  # a malformed message's fields
+            self.fatal("08P01", f"invalid message from client: {exc}")
+        except Exception:  # a bug must cost one client, never the proxy
+            log.exception("client %s: internal error", self.peer)
+            self.fatal("XX000", "internal error in pgwarden; the client connection was closed")
+
+    def _before_ready(self, data: bytes) -> None:
+        if self.state == STARTUP:
+            self._startup_bytes(data)
+        elif self.state == AUTH:
+            self._auth_bytes(data)
+        elif self.state == LOGIN:
+            self._framer.feed(data)
 
     def _startup_bytes(self, data: bytes) -> None:
         self._startup.feed(data)
@@ -263,14 +290,7 @@ class Session(asyncio.Protocol):
     # --- relaying (the hot path) ------------------------------------------------------------
 
     def _relay(self, data: bytes) -> None:
-        framer = self._framer
-        if data:
-            framer.feed(data)
-        try:
-            msgs = framer.messages()
-        except protocol.ProtocolError as exc:
-            self.fatal(exc.sqlstate, str(exc))
-            return
+        msgs = self._framer.split(data)
         if not msgs:
             return
         if self.backend is None:
@@ -326,6 +346,8 @@ class Session(asyncio.Protocol):
     def _link(self, backend: Backend) -> None:
         backend.client = self
         self.backend = backend
+        if self.settings == backend.settings:
+            return
         sql = params.replay(self.settings, backend.settings)
         if sql:
             backend.tracker.request(_Q, SWALLOW)
@@ -335,6 +357,7 @@ class Session(asyncio.Protocol):
     def _forward(self, msgs: list[tuple[int, bytes]]) -> None:
         backend = self.backend
         tracker = backend.tracker  # type: ignore[union-attr]
+        tx_mode = self.tx_mode
         out: list[bytes] = []
         for kind, msg in msgs:
             if self.skipping:
@@ -345,13 +368,17 @@ class Session(asyncio.Protocol):
             if kind == _Q:
                 self._query(msg, out)
             elif kind in _REQUESTS:
-                if self.tx_mode and kind in (_P, _B, _D, _C):
+                if tx_mode and kind in _NAMED and _names_statement(kind, msg):
                     self._extended_tx(kind, msg, out)
-                else:
-                    if kind == _P:
+                    continue
+                if kind == _P:
+                    if not tx_mode:
                         self.dirty = True
-                    tracker.request(kind)
-                    out.append(msg)
+                    elif _stateful_text(msg, 6, msg.find(b"\x00", 6)) and \
+                            not self._session_statement(protocol.decode_parse(msg).query, False):
+                        continue
+                tracker.request(kind)
+                out.append(msg)
             elif kind in _PASSED:
                 out.append(msg)
             elif kind == _X:
@@ -386,7 +413,8 @@ class Session(asyncio.Protocol):
     def _query(self, msg: bytes, out: list[bytes]) -> None:
         if not self.tx_mode:
             self.dirty = True
-        elif _maybe_stateful(msg, 5) and not self._session_statement(protocol.decode_query(msg), True):
+        elif _stateful_text(msg, 5, len(msg) - 1) and \
+                not self._session_statement(protocol.decode_query(msg), True):
             return
         self.backend.tracker.request(_Q)  # type: ignore[union-attr]
         out.append(msg)
@@ -444,12 +472,8 @@ class Session(asyncio.Protocol):
         tracker = backend.tracker  # type: ignore[union-attr]
         if kind == _P:
             parsed = protocol.decode_parse(msg)
-            if _maybe_stateful(msg, 6 + len(parsed.name.encode())) and \
+            if params.maybe_stateful(parsed.query) and \
                     not self._session_statement(parsed.query, False):
-                return
-            if not parsed.name:
-                tracker.request(_P)
-                out.append(msg)
                 return
             stmt = self.server.statements.get(parsed.query, parsed.param_types)
             self.statements[parsed.name] = stmt

@@ -5,12 +5,14 @@ from __future__ import annotations
 import ssl
 
 BACKEND_MODES = ("disable", "prefer", "require", "verify-full")
+ALPN = ["postgresql"]  # the protocol name PostgreSQL 17 registered; older servers ignore it
 
 
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     """The context that serves clients' TLS (after their SSLRequest): TLS 1.2 or newer."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(ALPN)
     context.load_cert_chain(cert_file, key_file)
     return context
 
@@ -29,6 +31,7 @@ def backend_context(mode: str, ca_file: str | None) -> ssl.SSLContext | None:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(ALPN)
     if mode == "verify-full":
         if ca_file is None:
             raise ValueError("backend TLS mode 'verify-full' needs a CA file")
