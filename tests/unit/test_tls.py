@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
+import threading
 
 import psycopg
 import pytest
@@ -71,6 +73,20 @@ def test_contexts_refuse_tls_below_1_2(certs):
     assert server_context(str(certs.server_cert), str(certs.server_key)).minimum_version \
         == ssl.TLSVersion.TLSv1_2
     assert backend_context("require", None).minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_server_context_answers_with_postgresql_alpn(certs):
+    """PostgreSQL 17's libpq offers ALPN "postgresql"; the server names it back as PostgreSQL does."""
+    server = server_context(str(certs.server_cert), str(certs.server_key))
+    client = backend_context("verify-full", str(certs.ca_cert))
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, socket.create_connection(listener.getsockname()) as raw:
+        accepted, _ = listener.accept()
+        done = threading.Thread(target=lambda: server.wrap_socket(accepted, server_side=True).close())
+        done.start()
+        with client.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.selected_alpn_protocol() == "postgresql"
+        done.join(10)
 
 
 def test_server_context_needs_a_key_matching_the_certificate(certs, other_certs):
