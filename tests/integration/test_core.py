@@ -238,3 +238,35 @@ def test_check_lists_every_config_error_with_line_and_suggestion(tmp_path):
     assert f"{path}:2: listen.prot: unknown key `prot` (did you mean `port`?)" in err
     assert f"{path}:4: pool.mode:" in err and "'session' or 'transaction'" in err
     assert "`policies`" in err and "never silently ignored" in err
+
+
+DIRECT = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+@pytest.fixture
+def scratch_db():
+    with psycopg.connect(DIRECT, autocommit=True) as conn:
+        conn.execute("drop database if exists pgw_core_pool with (force)")
+        conn.execute("create database pgw_core_pool")
+    yield "pgw_core_pool"
+    with psycopg.connect(DIRECT, autocommit=True) as conn:
+        conn.execute("drop database if exists pgw_core_pool with (force)")
+
+
+def _backends_in(database: str) -> set[int]:
+    with psycopg.connect(DIRECT, autocommit=True) as conn:
+        rows = conn.execute("select pid from pg_stat_activity where datname = %s", (database,))
+        return {pid for (pid,) in rows}
+
+
+def test_min_idle_opens_backends_and_max_lifetime_replaces_them(make_proxy, scratch_db):
+    proxy = make_proxy(pool={"size": 4, "min_idle": 2, "max_lifetime": 2, "idle_timeout": 60})
+    with psycopg.connect(proxy.dsn(dbname=scratch_db), autocommit=True) as conn:
+        first = conn.execute("select pg_backend_pid()").fetchone()[0]
+        time.sleep(1.5)
+        opened = _backends_in(scratch_db)
+        assert first in opened and len(opened) >= 2, "the janitor keeps min_idle backends open"
+        time.sleep(2.5)
+        assert not opened & _backends_in(scratch_db), "backends past max_lifetime are closed"
+        assert len(_backends_in(scratch_db)) >= 2, "and replaced up to min_idle"
+        assert conn.execute("select pg_backend_pid()").fetchone()[0] not in opened

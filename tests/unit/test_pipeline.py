@@ -1,0 +1,114 @@
+"""The Tracker: which backend responses reach the client, in which order, over any chunking."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy import protocol as p
+from proxy.pipeline import FORWARD, SWALLOW, Tracker
+
+PARSE_OK, BIND_OK, CLOSE_OK = p.PARSE_COMPLETE, p.BIND_COMPLETE, p.CLOSE_COMPLETE
+ROW = p.message(b"D", b"\x00\x01\x00\x00\x00\x01x")
+DONE = p.command_complete("SELECT 1")
+READY_I, READY_T = p.ready_for_query(b"I"), p.ready_for_query(b"T")
+ERROR = p.error_response("42601", "syntax error")
+
+
+def feed_all(tracker: Tracker, stream: bytes, cuts: list[int]) -> bytes:
+    out, last = [], 0
+    for cut in sorted(set(c for c in cuts if 0 < c < len(stream))) + [len(stream)]:
+        out.append(tracker.feed(stream[last:cut]))
+        last = cut
+    return b"".join(out)
+
+
+def test_plain_stream_is_forwarded_untouched_and_releases_on_idle():
+    t = Tracker()
+    t.request(ord("Q"))
+    stream = p.message(b"T", b"\x00\x00") + ROW + DONE + READY_I
+    assert t.feed(stream) is stream
+    assert t.idle and t.status == ord("I")
+
+
+def test_injected_parse_is_hidden_and_synthetic_parse_complete_is_in_order():
+    t = Tracker()
+    t.request(ord("P"), SWALLOW, tag="pgw_a")   # injected before the client's Bind
+    t.request(ord("B"))
+    t.request(ord("E"))
+    assert t.synthetic(PARSE_OK) == b""        # the client's Parse, answered by the proxy
+    t.request(ord("B"))
+    t.request(ord("E"))
+    t.request(ord("S"))
+    stream = PARSE_OK + BIND_OK + ROW + DONE + BIND_OK + ROW + DONE + READY_I
+    assert t.feed(stream) == BIND_OK + ROW + DONE + PARSE_OK + BIND_OK + ROW + DONE + READY_I
+    assert t.idle and t.fixups == 0 and t.failed == []
+
+
+def test_an_error_skips_to_sync_and_drops_the_answers_the_backend_will_not_send():
+    t = Tracker()
+    t.request(ord("P"), FORWARD, tag="pgw_bad")
+    t.synthetic(CLOSE_OK)  # would come after the Parse: the backend skips past it
+    t.request(ord("S"))
+    assert t.feed(ERROR + READY_I) == ERROR + READY_I
+    assert t.failed == ["pgw_bad"] and t.idle and t.fixups == 0
+
+
+def test_synthetic_answer_with_nothing_in_flight_is_immediate():
+    assert Tracker().synthetic(CLOSE_OK) == CLOSE_OK
+
+
+def test_swallowed_query_hides_everything_up_to_its_ready():
+    t = Tracker()
+    t.request(ord("Q"), SWALLOW)  # a SET replayed by the proxy
+    t.request(ord("Q"))
+    replay = p.command_complete("SET") + p.parameter_status("TimeZone", "UTC") + READY_I
+    client = p.message(b"T", b"\x00\x00") + ROW + DONE + READY_T
+    assert t.feed(replay + client) == client
+    assert t.status == ord("T")
+
+
+def _scenario():
+    """Requests with actions, and the backend stream answering them."""
+    kinds = st.lists(st.sampled_from(["parse", "parse_hidden", "bind", "close_synth", "exec"]),
+                     max_size=6)
+    return st.tuples(kinds, st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(_scenario(), st.lists(st.integers(min_value=1, max_value=200), max_size=12))
+def test_any_chunking_gives_the_same_output(scenario, cuts):
+    steps, ends_in_error = scenario
+
+    def run(chunks: list[int]) -> tuple[bytes, bool]:
+        t = Tracker()
+        expected_now, stream = b"", b""
+        for step in steps:
+            if step == "parse":
+                t.request(ord("P"))
+                stream += PARSE_OK
+            elif step == "parse_hidden":
+                t.request(ord("P"), SWALLOW, tag="x")
+                stream += PARSE_OK
+            elif step == "bind":
+                t.request(ord("B"))
+                stream += BIND_OK
+            elif step == "close_synth":
+                expected_now += t.synthetic(CLOSE_OK)
+            else:
+                t.request(ord("E"))
+                stream += ROW + DONE
+        if ends_in_error:
+            t.request(ord("E"))
+            stream += ERROR
+        t.request(ord("S"))
+        stream += READY_I
+        return expected_now + feed_all(t, stream, chunks), t.idle
+
+    whole, idle_whole = run([])
+    chunked, idle_chunked = run(cuts)
+    assert chunked == whole and idle_whole and idle_chunked
+    assert whole.endswith(READY_I)
+    if not ends_in_error:  # every hidden ParseComplete gone, every synthetic one present
+        assert whole.count(PARSE_OK) == steps.count("parse")
+        assert whole.count(CLOSE_OK) == steps.count("close_synth")
