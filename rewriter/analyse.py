@@ -39,6 +39,7 @@ class Found:
 
     refs: list[RelRef] = field(default_factory=list)
     functions: list[tuple[str, ...]] = field(default_factory=list)
+    settings: list[object] = field(default_factory=list)  # first arguments of set_config() calls
     operators: list[tuple[str, ...]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     locking: bool = False
@@ -143,7 +144,10 @@ def _sample(fields: dict, scope: frozenset[str], found: Found) -> None:
 
 
 def _func(fields: dict, scope: frozenset[str], found: Found) -> None:
-    found.functions.append(names(fields["funcname"]))
+    name = names(fields["funcname"])
+    found.functions.append(name)
+    if name in (("set_config",), ("pg_catalog", "set_config")):
+        found.settings.append((fields.get("args") or [None])[0])
     for key, value in fields.items():
         if key != "funcname":
             collect(value, scope, found)

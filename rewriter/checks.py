@@ -64,10 +64,14 @@ def check_setting(kind: str, fields: dict) -> None:
     """
     if kind != "VariableSetStmt":
         return
-    name = (fields.get("name") or "").lower()
     if fields.get("kind") == "VAR_RESET_ALL":
         raise Refused("RESET ALL is refused: it would also reset settings pgwarden relies on",
                       "Reset the settings you changed one by one.", "statements")
+    check_setting_name((fields.get("name") or "").lower())
+
+
+def check_setting_name(name: str) -> None:
+    """Refuse changing a setting that is pgwarden's, the role, or the server's administration."""
     if name.startswith("pgwarden."):
         raise Refused(f"SET {name} reached the rewriter: pgwarden answers it itself",
                       "Set the tenant as policies' tenancy.sources describe.", "tenancy.sources")
@@ -93,8 +97,19 @@ def check_ref(ref: RelRef, ctx: Context) -> Resolved:
 
 
 def check_calls(found: Found, ctx: Context) -> None:
-    """Refuse calls of functions not known to be safe and schema-qualified operators."""
+    """Refuse calls of functions not known to be safe and schema-qualified operators.
+
+    set_config() is allowed for the settings SET may change, named by a literal.
+    """
+    for first in found.settings:
+        value = ((first or {}).get("A_Const") or {}).get("sval", {}).get("sval")
+        if value is None:
+            raise Refused("set_config() with a computed setting name is refused",
+                          "Name the setting as a string literal, or use SET.", "functions.allow")
+        check_setting_name(value.lower())
     for parts in found.functions:
+        if parts[-1] == "set_config" and parts[:-1] in ((), ("pg_catalog",)):
+            continue
         if not function_allowed(parts, ctx):
             shown = ".".join(parts)
             raise Refused(f"function {shown}() is refused: it is not a safe built-in nor listed in functions.allow",

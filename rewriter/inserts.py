@@ -52,6 +52,22 @@ def given_columns(owner: dict, rows: list[list[dict]], table: list[str]) -> list
     return table[:len(rows[0])]
 
 
+def value_index(row: list[dict], k: int, ncols: int) -> int | None:
+    """Where column `k`'s value is in a row that may hold `*`s (counted from the nearer end), else None.
+
+    >>> star = {"ColumnRef": {"fields": [{"A_Star": {}}]}}
+    >>> value_index([star, {"A_Const": {}}], 2, 3), value_index([star], 0, 2)
+    (1, None)
+    """
+    stars = [i for i, e in enumerate(row) if _is_star(e)]
+    if not stars:
+        return k if k < len(row) else None
+    if k < stars[0]:
+        return k
+    from_end = len(row) - (ncols - k)
+    return from_end if from_end > stars[-1] else None
+
+
 def target_list_end(toks: Tokens, i: int) -> int:
     """Index just past a SELECT's target list starting at token `i` (`IS DISTINCT FROM` is not FROM)."""
     j = i
@@ -124,9 +140,11 @@ def guard_inserts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCh
         if given is None:
             raise _cannot("its columns cannot be counted", r)
         if r.rule.tenant_column in given:
-            k = given.index(r.rule.tenant_column)
             for row in rows:
-                out += tenant_value(row[k], r.rule.tenant_column, ctx.tenant)
+                i = value_index(row, given.index(r.rule.tenant_column), len(given))
+                if i is None:
+                    raise _cannot("the tenant column's value cannot be located", r)
+                out += tenant_value(row[i], r.rule.tenant_column, ctx.tenant)
         else:
             out += add_tenant(r, ctx, toks, shape, rows, given)
     return out

@@ -17,7 +17,7 @@ SENSITIVE_CATALOGS = frozenset(f"pg_catalog.{n}" for n in (
     "pg_stats_ext_exprs", "pg_statistic_ext_data", "pg_stat_replication",
     "pg_stat_wal_receiver", "pg_stat_subscription", "pg_subscription", "pg_hba_file_rules",
     "pg_ident_file_mappings", "pg_file_settings", "pg_db_role_setting", "pg_replication_slots",
-    "pg_stat_ssl", "pg_stat_gssapi", "pg_backend_memory_contexts", "pg_prepared_xacts",
+    "pg_stat_ssl", "pg_stat_gssapi", "pg_backend_memory_contexts",
     "pg_locks", "pg_foreign_server", "pg_foreign_table", "pg_policy", "pg_policies",
 )) | frozenset({"information_schema.user_mapping_options", "information_schema.user_mappings",
                 "information_schema.foreign_server_options"})
@@ -27,7 +27,7 @@ SENSITIVE_CATALOGS = frozenset(f"pg_catalog.{n}" for n in (
 # function only computes and is allowed; a function outside pg_catalog must be
 # listed in functions.allow.
 DANGEROUS_FUNCTIONS = frozenset({
-    "set_config", "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf",
+    "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf",
     "pg_rotate_logfile", "pg_current_logfile", "pg_promote", "pg_switch_wal",
     "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "ts_stat",
     "ts_rewrite", "pg_import_system_collations", "pg_blocking_pids", "pg_safe_snapshot_blocking_pids",

@@ -15,11 +15,13 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
+from pglast import ast
+
 from .analyse import node_type, returning
 from .checks import Checked, check_calls, check_ref
 from .classify import statements, walk_statement
 from .context import Context
-from .inserts import given_columns, source_rows
+from .inserts import given_columns, source_rows, value_index
 from .masks import mask_expr, projection, quote_ident, tenant_predicate
 from .refuse import Refused
 from .resolve import resolve_relation
@@ -27,7 +29,19 @@ from .splice import Edit
 from .write_masks import column_refs, expression_roots
 from .writes import tenant_value
 
-LOCATIONS = frozenset({"location", "stmt_location", "stmt_len"})
+
+
+def _parse_locations() -> frozenset[str]:
+    """Every field pglast's nodes type as a parse location (byte offsets that move with any edit)."""
+    names = {"stmt_location", "stmt_len"}
+    for cls in vars(ast).values():
+        slots = getattr(cls, "__slots__", None)
+        if isinstance(slots, dict):
+            names.update(k for k, info in slots.items() if getattr(info, "c_type", None) == "ParseLoc")
+    return frozenset(names)
+
+
+LOCATIONS = _parse_locations()
 
 
 def _fail(why: str) -> Refused:
@@ -42,7 +56,7 @@ def strip(node: object) -> object:
     {'A_Const': {'ival': {'ival': 1}}}
     """
     if isinstance(node, dict):
-        return {k: strip(v) for k, v in node.items() if k not in LOCATIONS}
+        return {k: strip(v) for k, v in node.items() if k not in LOCATIONS or not isinstance(v, int)}
     if isinstance(node, list):
         return [strip(v) for v in node]
     return node
@@ -80,7 +94,9 @@ def norm(node: object, side: Side) -> object:
         return [norm(v, side) for v in node]
     typed = node_type(node)
     if typed is None:
-        return {k: norm(v, side) for k, v in node.items() if k not in LOCATIONS} if isinstance(node, dict) else node
+        if isinstance(node, dict):
+            return {k: norm(v, side) for k, v in node.items() if k not in LOCATIONS or not isinstance(v, int)}
+        return node
     kind, fields = typed
     handler = NORMALISERS.get(kind)
     if handler is not None:
@@ -174,19 +190,23 @@ def _strip_tenant_column(out: dict, name: str, column: str, side: Side) -> dict:
             raise _fail("an INSERT without the tenant column")
         return {**out, "cols": cols}
     k = names.index(column)
+    places = [value_index(row, k, len(names)) for row in rows]
+    if None in places:
+        raise _fail("the tenant column's value cannot be located")
     if side.new:
-        for row in rows:
-            if any(c.number not in side.params for c in tenant_value(row[k], column, side.ctx.tenant)):
+        for row, i in zip(rows, places):
+            if any(c.number not in side.params for c in tenant_value(row[i], column, side.ctx.tenant)):
                 raise _fail("a tenant parameter without its check")
     result = {**out, "cols": cols[:k] + cols[k + 1:]}
     sel = dict(out["selectStmt"]["SelectStmt"])
+    kept = [r[:i] + r[i + 1:] for r, i in zip(rows, places)]
     if shape == "values":
-        sel["valuesLists"] = [{"List": {"items": r[:k] + r[k + 1:]}} for r in rows]
-        if all(len(r) == 1 for r in rows) and len(rows) == 1:
+        if kept == [[]]:
             result.pop("selectStmt")
             return result
+        sel["valuesLists"] = [{"List": {"items": r}} for r in kept]
     else:
-        sel["targetList"] = sel["targetList"][:k] + sel["targetList"][k + 1:]
+        sel["targetList"] = [t for j, t in enumerate(sel["targetList"]) if j != places[0]]
     result["selectStmt"] = {"SelectStmt": sel}
     return result
 
