@@ -19,16 +19,18 @@ from tests.certs import Certs
 BINDIR = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
                              check=True).stdout.strip())
 SUPERUSER, SUPERUSER_PASSWORD = "postgres", "cluster-superuser-pw"
-OS_USER = "postgres"  # initdb refuses to run as root
+OS_USER = "postgres"  # initdb refuses to run as root: as root, run the cluster as this user
+RUN_AS = ["runuser", "-u", OS_USER, "--"] if os.geteuid() == 0 else []
 
 
 class PgCluster:
     """initdb + start a cluster on 127.0.0.1:`port` with `auth` for TCP, trust on its own socket.
 
-    `tmpdir` is created (if missing) and given to the postgres OS user; its parents must let that
-    user through (pytest's tmp_path does not: use tempfile.mkdtemp(), or leave tmpdir None).
+    `tmpdir` is created (if missing) and, when we run as root, given to the postgres OS user; its
+    parents must let that user through (pytest's tmp_path does not: use tempfile.mkdtemp(), or leave tmpdir None).
     With `ssl_certs`, the server runs with ssl=on and those certificates. The role
     "clear_user" (when created) logs in with cleartext password auth, every other role with `auth`.
+    `stop()` removes `tmpdir` with everything in it.
     """
 
     def __init__(self, tmpdir: Path | None, port: int, auth: str = "scram-sha-256",
@@ -39,12 +41,11 @@ class PgCluster:
         self.ssl_certs = ssl_certs
         self.data = self.dir / "data"
         self.host = "127.0.0.1"
-        self._uid = pwd.getpwnam(OS_USER).pw_uid
-        self._gid = pwd.getpwnam(OS_USER).pw_gid
+        owner = pwd.getpwnam(OS_USER) if RUN_AS else pwd.getpwuid(os.geteuid())
+        self._uid, self._gid = owner.pw_uid, owner.pw_gid
 
     def _as_postgres(self, *argv: str) -> subprocess.CompletedProcess:
-        result = subprocess.run(["runuser", "-u", OS_USER, "--", *argv], capture_output=True,
-                                text=True, cwd=self.dir)
+        result = subprocess.run([*RUN_AS, *argv], capture_output=True, text=True, cwd=self.dir)
         if result.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
                                f"{self._log_tail()}")
@@ -55,6 +56,14 @@ class PgCluster:
         os.chmod(path, mode)
 
     def start(self) -> "PgCluster":
+        try:
+            self._init_and_start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _init_and_start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._own(self.dir, 0o755)
         pwfile = self.dir / "pwfile"
@@ -66,7 +75,6 @@ class PgCluster:
         self._configure()
         self._as_postgres(str(BINDIR / "pg_ctl"), "-D", str(self.data), "-l",
                           str(self.dir / "postgres.log"), "-w", "-t", "30", "start")
-        return self
 
     def _configure(self) -> None:
         conf = [f"port = {self.port}", "listen_addresses = '127.0.0.1'",
@@ -103,8 +111,8 @@ class PgCluster:
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            subprocess.run(["runuser", "-u", OS_USER, "--", str(BINDIR / "pg_ctl"), "-D",
-                            str(self.data), "-m", "immediate", "-w", "stop"], capture_output=True)
+            subprocess.run([*RUN_AS, str(BINDIR / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                            "-w", "stop"], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _log_tail(self) -> str:
