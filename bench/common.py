@@ -49,14 +49,13 @@ class Target:
     user: str = "postgres"
     dbname: str = "postgres"
     host: str = HOST
-    password: str | None = None
 
     def libpq_args(self) -> list[str]:
         return ["-h", self.host, "-p", str(self.port), "-U", self.user]
 
     def env(self) -> dict[str, str]:
-        extra = {"PGPASSWORD": self.password} if self.password else {}
-        return {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGSSLMODE": "disable", **extra}
+        """Ours plus libpq settings; PGPASSWORD, if set, passes through for password auth."""
+        return {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGSSLMODE": "disable"}
 
 
 @dataclass(frozen=True)
@@ -244,7 +243,9 @@ pidfile = {workdir / "pgbouncer.pid"}
 def start_pgbouncer(workdir: Path, backend: Target, pool_size: int,
                     users: list[str]) -> tuple[Target, subprocess.Popen]:
     """PgBouncer in transaction mode in front of `backend`; raises RuntimeError if it does not serve."""
-    binary, port = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", free_port()
+    binary, port = pgbouncer_binary(), free_port()
+    if binary is None:
+        raise RuntimeError("pgbouncer binary not found; install it with: apt-get install -y pgbouncer")
     ini = workdir / "pgbouncer.ini"
     ini.write_text(pgbouncer_ini(workdir, backend, port, pool_size))
     (workdir / "userlist.txt").write_text("".join(f'"{user}" ""\n' for user in users))
@@ -257,8 +258,10 @@ def start_pgbouncer(workdir: Path, backend: Target, pool_size: int,
     return Target("pgbouncer", port), proc
 
 
-def pgbouncer_available() -> bool:
-    return shutil.which("pgbouncer") is not None or Path("/usr/sbin/pgbouncer").exists()
+def pgbouncer_binary() -> str | None:
+    """PgBouncer's path (Debian puts it in /usr/sbin, not always on PATH), or None if absent."""
+    fallback = Path("/usr/sbin/pgbouncer")
+    return shutil.which("pgbouncer") or (str(fallback) if fallback.exists() else None)
 
 
 # --- pgwarden ----------------------------------------------------------------------------------------
@@ -423,6 +426,7 @@ def _cpuinfo_field(name: str) -> str:
 def machine_info() -> dict:
     """What the numbers depend on: cores, CPU, memory, versions, the pgwarden commit."""
     mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    bouncer = pgbouncer_binary()
     return {
         "nproc": _first_line(["nproc"]),
         "cpu": _cpuinfo_field("model name"),
@@ -430,7 +434,7 @@ def machine_info() -> dict:
         "kernel": os.uname().release,
         "postgresql": _first_line([str(BINDIR / "postgres"), "--version"]),
         "pgbench": _first_line([str(BINDIR / "pgbench"), "--version"]),
-        "pgbouncer": _first_line(["pgbouncer", "--version"]) if pgbouncer_available() else "absent",
+        "pgbouncer": _first_line([bouncer, "--version"]) if bouncer else "absent",
         "python": sys.version.split()[0],
         "pgwarden_commit": _first_line(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"]),
     }

@@ -73,7 +73,8 @@ def start_targets(args: argparse.Namespace, workdir: Path) -> tuple[list[Target]
 def start_proxies(args: argparse.Namespace, workdir: Path, direct: Target):
     """PgBouncer and pgwarden if asked for; one that does not start is skipped with the reason."""
     starters = {
-        "pgbouncer": lambda: start_pgbouncer(args, workdir, direct),
+        "pgbouncer": lambda: common.start_pgbouncer(workdir, direct, args.pool_size,
+                                                    sorted({"postgres", args.user})),
         "pgwarden": lambda: common.start_pgwarden(
             workdir, common.pgwarden_config(direct, args.pool_size, args.target_config)),
     }
@@ -87,13 +88,6 @@ def start_proxies(args: argparse.Namespace, workdir: Path, direct: Target):
         except (RuntimeError, OSError) as exc:
             skipped[name] = str(exc)
     return proxies, skipped, procs
-
-
-def start_pgbouncer(args: argparse.Namespace, workdir: Path, direct: Target):
-    if not common.pgbouncer_available():
-        raise RuntimeError("pgbouncer binary not found; install it with: apt-get install -y pgbouncer")
-    users = sorted({"postgres", args.user})
-    return common.start_pgbouncer(workdir, direct, args.pool_size, users)
 
 
 def answers(target: Target, skipped: dict[str, str]) -> bool:
@@ -206,8 +200,11 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def notes(rows: list[dict], skipped: dict[str, str]) -> str:
-    out = [f"- {name} not measured: {brief(reason)}" for name, reason in skipped.items()]
+def notes(report: dict) -> str:
+    rows = report["summary"]
+    out = [f"- {name} not measured: {brief(reason)}" for name, reason in report["skipped"].items()]
+    out += [f"- {name} exited during the benchmark; its log ends: {brief(log)}"
+            for name, log in report["exited"].items()]
     if not all(row["complete"] for row in rows):
         out.append("- † a run failed or clients aborted: partial TPS, not comparable (no ratio)")
     out += [f"- {row['mode']} / {row['target']}: {error}" for row in rows for error in row["errors"]]
@@ -249,9 +246,11 @@ def benchmark(args: argparse.Namespace) -> dict:
     started = time.time()
     results = run_rounds(args, targets, procs, meter) if targets else []
     rows = summarize(results, args.modes, names, (os.cpu_count() or 1) * args.duration)
+    exited = {name: common.tail(workdir / f"{name}.log", 5) for name, proc in procs.items()
+              if proc.poll() is not None}
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "elapsed_s": round(time.time() - started, 1), "machine": common.machine_info(),
-            "settings": settings(args), "skipped": skipped, "summary": rows,
+            "settings": settings(args), "skipped": skipped, "exited": exited, "summary": rows,
             "runs": [asdict(r) for r in results]}
 
 
@@ -271,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{machine['nproc']} cores, {machine['cpu']}, {machine['memory_gib']} GiB; "
           f"{machine['postgresql']}; {machine['pgbouncer']}; pgwarden {machine['pgwarden_commit']}\n")
     print(markdown_table(report["summary"]))
-    extra = notes(report["summary"], report["skipped"])
+    extra = notes(report)
     if extra:
         print("\n" + extra)
     stamp = report["date"].replace(":", "")
