@@ -182,11 +182,12 @@ class ClientAuth:
             raise _malformed("SASLInitialResponse")
         secret = self._secret
         server = ScramMechanism(SCRAM).make_server(lambda _name: secret)
-        # PostgreSQL ignores the SCRAM user name (the startup packet's user counts) and libpq sends
-        # an empty one ("n=,r=..."), which scramp refuses: give scramp a placeholder name, then put
-        # the client's own message back, since both sides sign the exact text the client sent.
+        # PostgreSQL ignores the SCRAM user name (the startup packet's user counts). libpq sends an
+        # empty one ("n=,r=..."), which scramp refuses, and any name may fail scramp's SASLprep:
+        # give scramp a placeholder name, then put back the client's own message, since both
+        # sides sign the exact text the client sent.
         gs2, bare = _split_client_first(first)
-        placeholder = "n=*" + bare[2:] if bare.startswith("n=,") else bare
+        placeholder = "n=*" + bare[bare.index(","):] if bare.startswith("n=") and "," in bare else bare
         try:
             server.set_client_first(gs2 + placeholder)
             server.client_first_bare = bare

@@ -6,6 +6,7 @@ import hashlib
 
 import psycopg
 import pytest
+from scramp import ScramClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -168,6 +169,26 @@ def test_malformed_sasl_initial_response_is_08P01(msg):
 
 def scram_server() -> ClientAuth:
     return ClientAuth("scram-sha-256", "alice", Credential(password=PASSWORD))
+
+
+def sasl_initial(first: str) -> bytes:
+    data = first.encode()
+    return p.password_message(p.cstr("SCRAM-SHA-256") + len(data).to_bytes(4, "big") + data)
+
+
+@pytest.mark.parametrize("name", ["", "*", "alice", "a=3Db", "\u0007bell"])
+def test_the_scram_user_name_is_ignored_as_postgresql_does(name):
+    """libpq sends an empty name, pgjdbc and node-postgres '*'; the startup packet's user counts."""
+    client = ScramClient(["SCRAM-SHA-256"], "x", PASSWORD)
+    client.get_client_first()  # then make it sign a message that carries `name` instead
+    client.client_first_bare = client.client_first_bare.replace("n=x,", f"n={name},", 1)
+    server = scram_server()
+    server.start()
+    server_first = frames(server.receive(sasl_initial("n,," + client.client_first_bare)))[0]
+    client.set_server_first(server_first[9:].decode())
+    final, ok = frames(server.receive(p.password_message(client.get_client_final().encode())))
+    client.set_server_final(final[9:].decode())  # raises if the server signed something else
+    assert ok == p.AUTH_OK and server.done
 
 
 def test_forged_nonce_in_client_final_is_refused():
