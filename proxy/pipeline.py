@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 
-from proxy.protocol import ProtocolError
+from proxy.protocol import ProtocolError, decode_fields, replace_detail
 
 FORWARD, SWALLOW, SYNTH = 0, 1, 2
 _Z, _E = ord("Z"), ord("E")
@@ -35,13 +35,14 @@ class Tracker:
     (True, 'I')
     """
 
-    __slots__ = ("queue", "fixups", "status", "failed", "_skip", "_head", "_dropping")
+    __slots__ = ("queue", "fixups", "status", "failed", "scrub", "_skip", "_head", "_dropping")
 
     def __init__(self) -> None:
         self.queue: deque[tuple[int, int, object]] = deque()
         self.fixups = 0          # entries in the queue that need per-message attention
         self.status = ord("I")   # transaction status of the last ReadyForQuery
         self.failed: list[object] = []  # tags of watched requests that ended in an error
+        self.scrub: str | None = None   # when set, every ErrorResponse DETAIL is replaced by it
         self._skip = 0           # bytes of the current message still to come
         self._head = b""         # an incomplete header kept for the next chunk
         self._dropping = False   # whether the current (split) message is being hidden
@@ -97,6 +98,10 @@ class Tracker:
             if length < 4:
                 raise ProtocolError(f"backend sent an invalid message length {length}")
             end = pos + 1 + length
+            if kind == _E and self.scrub is not None and end > n:
+                self._head = data[pos:]  # hold an error until it is whole, to scrub it
+                n = pos
+                break
             if self.fixups:
                 drop = self._attend(kind, data, pos)
             else:
@@ -107,6 +112,10 @@ class Tracker:
                 out = out if out is not None else []
                 out.append(data[mark:pos])
                 mark = min(end, n)
+            elif kind == _E and self.scrub is not None:
+                out = out if out is not None else []
+                out += (data[mark:pos], scrub_detail(data[pos:end], self.scrub))
+                mark = end
             if end > n:
                 self._skip, self._dropping = end - n, drop
                 break
@@ -170,3 +179,16 @@ class Tracker:
             out.append(queue.popleft()[2])  # type: ignore[arg-type]
             self.fixups -= 1
         return out
+
+
+def scrub_detail(msg: bytes, text: str) -> bytes:
+    """An ErrorResponse whose DETAIL (which can echo other tenants' values) is replaced by `text`.
+
+    >>> from proxy.protocol import error_response
+    >>> e = error_response("23505", "duplicate key", detail="Key (email)=(bob@x.io) exists.")
+    >>> decode_fields(scrub_detail(e, "hidden"))["detail"]
+    'hidden'
+    """
+    if "detail" not in decode_fields(msg):
+        return msg
+    return replace_detail(msg, text)

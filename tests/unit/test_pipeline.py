@@ -112,3 +112,15 @@ def test_any_chunking_gives_the_same_output(scenario, cuts):
     if not ends_in_error:  # every hidden ParseComplete gone, every synthetic one present
         assert whole.count(PARSE_OK) == steps.count("parse")
         assert whole.count(CLOSE_OK) == steps.count("close_synth")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=120), max_size=6))
+def test_scrubbed_error_detail_never_reaches_the_client_whatever_the_chunking(cuts):
+    t = Tracker()
+    t.scrub = "hidden by pgwarden"
+    t.request(ord("Q"))
+    error = p.error_response("23505", "duplicate key", detail="Key (email)=(bob@other-tenant.io)")
+    out = feed_all(t, error + READY_I, cuts)
+    assert b"bob@other-tenant.io" not in out and b"hidden by pgwarden" in out
+    assert out.endswith(READY_I) and t.idle
