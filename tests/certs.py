@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,3 +74,13 @@ def make_certs(dir: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -
                                                    serialization.PrivateFormat.PKCS8,
                                                    serialization.NoEncryption()))
     return certs
+
+
+@contextlib.contextmanager
+def temporary_certs(hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Iterator[Certs]:
+    """make_certs in a fresh temporary directory, removed afterwards."""
+    dir = Path(tempfile.mkdtemp(prefix="pgwarden-certs-"))
+    try:
+        yield make_certs(dir, hosts)
+    finally:
+        shutil.rmtree(dir, ignore_errors=True)

@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 import subprocess
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +15,7 @@ import pytest
 
 from proxy.auth import scram_verifier
 from proxy.tls import backend_context
-from tests.certs import Certs, make_certs
+from tests.certs import Certs, temporary_certs
 from tests.harness import ROOT, ProxyProcess, base_config, free_port
 from tests.pgcluster import PgCluster, login
 
@@ -33,13 +33,16 @@ def proxy_process(workdir: Path, env: dict | None = None, **overrides) -> ProxyP
 
 
 @pytest.fixture(scope="module")
-def certs() -> Certs:
-    return make_certs(Path(tempfile.mkdtemp(prefix="pgwarden-certs-")))
+def certs() -> Iterator[Certs]:
+    with temporary_certs() as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
-def other_certs() -> Certs:
-    return make_certs(Path(tempfile.mkdtemp(prefix="pgwarden-other-certs-")))
+def other_certs() -> Iterator[Certs]:
+    """Certificates of an unrelated CA, for checks that must fail."""
+    with temporary_certs() as made:
+        yield made
 
 
 def _password_proxy(tmp_path_factory, method: str):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from tests.certs import Certs, make_certs
+from tests.certs import Certs, temporary_certs
 from tests.harness import free_port
 from tests.pgcluster import PgCluster
 
@@ -18,18 +17,20 @@ ROLES = {"md5_user": ("md5-secret", "md5"), "scram_user": ("scram-secret", "scra
 
 
 @pytest.fixture(scope="session")
-def certs() -> Certs:
-    return make_certs(Path(tempfile.mkdtemp(prefix="pgwarden-certs-")))
+def certs() -> Iterator[Certs]:
+    with temporary_certs() as made:
+        yield made
 
 
 @pytest.fixture(scope="session")
-def other_certs() -> Certs:
+def other_certs() -> Iterator[Certs]:
     """Certificates of an unrelated CA, for checks that must fail."""
-    return make_certs(Path(tempfile.mkdtemp(prefix="pgwarden-other-certs-")))
+    with temporary_certs() as made:
+        yield made
 
 
 @pytest.fixture(scope="session")
-def pg_cluster(certs) -> PgCluster:
+def pg_cluster(certs) -> Iterator[PgCluster]:
     """A cluster with ssl=on whose pg_hba says md5 (so SCRAM-stored roles use SCRAM) and cleartext
     for clear_user; the roles of ROLES exist."""
     cluster = PgCluster(None, free_port(), auth="md5", ssl_certs=certs).start()
