@@ -98,6 +98,49 @@ def test_framer_yields_exactly_the_messages_whatever_the_chunking(msgs, cut_at):
     assert framer.pending() == 0
 
 
+@given(st.lists(messages, max_size=20), cuts)
+def test_framer_split_yields_exactly_the_messages_whatever_the_chunking(msgs, cut_at):
+    framer = p.Framer()
+    got: list[tuple[int, bytes]] = []
+    for chunk in chunked(b"".join(msgs), cut_at):
+        got += framer.split(chunk)
+    assert got == [(m[0], m) for m in msgs]
+    assert framer.pending() == 0
+
+
+@given(st.binary(max_size=300), cuts)
+def test_framer_split_agrees_with_messages_on_arbitrary_bytes(data, cut_at):
+    by_split, by_feed = p.Framer(max_size=4096), p.Framer(max_size=4096)
+    split_out: list = []
+    feed_out: list = []
+    split_error = feed_error = None
+    for chunk in chunked(data, cut_at):
+        try:
+            split_out += by_split.split(chunk)
+        except p.ProtocolError as exc:
+            split_error = exc.sqlstate
+            break
+    for chunk in chunked(data, cut_at):
+        try:
+            by_feed.feed(chunk)
+            feed_out += by_feed.messages()
+        except p.ProtocolError as exc:
+            feed_error = exc.sqlstate
+            break
+    assert split_error == feed_error
+    if split_error is None:
+        assert split_out == feed_out and by_split.pending() == by_feed.pending()
+
+
+@given(st.integers(min_value=1024, max_value=2**20), st.integers(min_value=1, max_value=2**20),
+       st.lists(messages, max_size=3))
+def test_framer_split_refuses_oversize_with_54000(max_size, excess, before):
+    framer = p.Framer(max_size=max_size)
+    with pytest.raises(p.ProtocolError) as err:
+        framer.split(b"".join(before) + b"Q" + struct.pack("!I", max_size + excess))
+    assert err.value.sqlstate == "54000"
+
+
 @given(st.lists(messages, min_size=1, max_size=5), st.integers(min_value=1, max_value=40))
 def test_framer_keeps_an_incomplete_message_pending(msgs, missing):
     stream = b"".join(msgs)
