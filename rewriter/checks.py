@@ -106,6 +106,9 @@ def check_calls(found: Found, ctx: Context) -> None:
         if value is None:
             raise Refused("set_config() with a computed setting name is refused",
                           "Name the setting as a string literal, or use SET.", "functions.allow")
+        if value.lower() == "search_path":
+            raise Refused("set_config('search_path', ...) is refused: pgwarden resolves names by the search_path it tracks",
+                          "Use SET search_path, which pgwarden follows.", "functions.allow")
         check_setting_name(value.lower())
     for parts in found.functions:
         if parts[-1] == "set_config" and parts[:-1] in ((), ("pg_catalog",)):
