@@ -105,8 +105,13 @@ class UserEntry(_Strict):
         given = [k for k in ("password", "password_env", "scram_verifier") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("give exactly one of `password`, `password_env`, `scram_verifier`")
-        if self.scram_verifier and not self.scram_verifier.startswith("SCRAM-SHA-256$"):
-            raise ValueError("`scram_verifier` must look like 'SCRAM-SHA-256$<iter>:<salt>$<stored>:<server>'")
+        if self.scram_verifier:
+            from proxy.auth import parse_scram_verifier
+            try:
+                parse_scram_verifier(self.scram_verifier)
+            except ValueError as exc:
+                raise ValueError(f"`scram_verifier` is not a SCRAM-SHA-256 verifier ({exc}); "
+                                 "`pgwarden passwd` prints one") from None
         return self
 
     def secret(self) -> str | None:
