@@ -81,7 +81,8 @@ def _kind_of(kind: str, fields: dict, search_path: tuple[str, ...]) -> Kind:
     reads = tuple(dict.fromkeys(name(r) for r in found.refs if r.role in ("select", "copy_to")))
     writes = tuple(dict.fromkeys(name(r) for r in found.refs if r.role not in ("select", "copy_to")))
     setting = fields.get("name") if kind in ("VariableSetStmt", "VariableShowStmt") else None
-    return Kind(statement_kind(kind, fields), reads, writes, setting)
+    functions = tuple(dict.fromkeys(".".join(f) for f in found.functions))
+    return Kind(statement_kind(kind, fields), reads, writes, setting, (), functions, found.locking)
 
 
 def classify(sql: str, search_path: tuple[str, ...] = ("public",)) -> Kind:
@@ -98,4 +99,6 @@ def classify(sql: str, search_path: tuple[str, ...] = ("public",)) -> Kind:
         return parts[0]
     reads = tuple(dict.fromkeys(r for p in parts for r in p.reads))
     writes = tuple(dict.fromkeys(w for p in parts for w in p.writes))
-    return Kind("multi" if parts else "empty", reads, writes, None, tuple(parts))
+    functions = tuple(dict.fromkeys(f for p in parts for f in p.functions))
+    return Kind("multi" if parts else "empty", reads, writes, None, tuple(parts), functions,
+                any(p.locks for p in parts))

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 MASK_KINDS = frozenset({"redact", "null", "email", "partial", "hash", "year", "round", "constant"})
-ACTIONS = frozenset({"select", "insert", "update", "delete"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +18,10 @@ class MaskSpec:
 
     kind: str
     options: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in MASK_KINDS:
+            raise ValueError(f"unknown mask kind {self.kind!r}")
 
     def option(self, name: str, default: object = None) -> object:
         return dict(self.options).get(name, default)

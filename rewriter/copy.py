@@ -11,11 +11,11 @@ OPEN_PAREN = "ASCII_40"
 
 
 def copy_to_query(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
-    """`COPY orders (id, total) TO STDOUT` -> `COPY (SELECT "id", "total" FROM P(orders) AS "orders") TO STDOUT`.
+    """`COPY t [(cols)] TO` of a protected table -> `COPY (SELECT cols FROM P(t) AS "t") TO`.
 
-    >>> from .splice import scan
-    >>> copy_to_query(Checked("CopyStmt", {}), None, scan("COPY t TO STDOUT"))
-    []
+    >>> from .examples import run_rule
+    >>> print(run_rule(copy_to_query, "COPY orders (id) TO STDOUT"))
+    COPY (SELECT "id" FROM (SELECT "id", "tenant_id", "total" FROM "public"."orders" WHERE "tenant_id" = 'acme') AS "orders") TO STDOUT
     """
     out: list[Edit | ParamCheck] = []
     for r in c.refs:

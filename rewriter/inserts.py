@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .analyse import node_type
 from .checks import Checked, Resolved
 from .context import Context
 from .masks import quote_ident, quote_literal
@@ -123,12 +122,13 @@ def add_tenant(r: Resolved, ctx: Context, toks: Tokens, shape: str, rows: list, 
 def guard_inserts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
     """INSERT into a tenant-scoped table: add the tenant column, or check the client's values for it.
 
-    `INSERT INTO orders (id, total) VALUES ($1, $2)` ->
-    `INSERT INTO orders (id, total, "tenant_id") VALUES ($1, $2, 'acme')`;
-    `INSERT INTO orders (id, tenant_id) VALUES ($1, $2)` -> ParamCheck(2, 'acme').
-    >>> from .splice import scan
-    >>> guard_inserts(Checked("SelectStmt", {}), None, scan("SELECT 1"))
-    []
+    >>> from .examples import run_rule
+    >>> print(run_rule(guard_inserts, "INSERT INTO orders (id, total) VALUES ($1, $2), (3, 4)"))
+    INSERT INTO orders (id, total, "tenant_id") VALUES ($1, $2, 'acme'), (3, 4, 'acme')
+    >>> print(run_rule(guard_inserts, "INSERT INTO orders (id, tenant_id) VALUES ($1, $2)"))
+    INSERT INTO orders (id, tenant_id) VALUES ($1, $2)  -- checks [(2, 'acme')]
+    >>> print(run_rule(guard_inserts, "INSERT INTO orders DEFAULT VALUES"))
+    INSERT INTO orders ("tenant_id") VALUES ('acme')
     """
     out: list[Edit | ParamCheck] = []
     for r in tenant_targets(c, "insert"):

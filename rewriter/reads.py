@@ -26,16 +26,12 @@ def substituted(r: Resolved, ctx: Context) -> str:
 def substitute_reads(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
     """Replace each protected relation read by P(t), keeping the client's alias.
 
-    `SELECT * FROM orders o` -> `SELECT * FROM (SELECT ... FROM "public"."orders" WHERE ...) o`;
     `ONLY orders` -> `(... FROM ONLY ...) AS "orders"`; `TABLE orders` -> `SELECT * FROM (...) AS "orders"`.
-    >>> from .analyse import RelRef
-    >>> from .context import Column, TableRule
-    >>> from .splice import scan
-    >>> rule = TableRule("public.t", "tid", frozenset({"select"}))
-    >>> ctx = Context({"public.t": rule}, {"public.t": (Column("tid", "text"),)}, "a")
-    >>> ref = Resolved(RelRef({"relname": "t", "location": 14, "inh": True}, "select"), "public.t", rule)
-    >>> substitute_reads(Checked("SelectStmt", {}, refs=(ref,)), ctx, scan("SELECT 1 FROM t"))[0].start
-    14
+    >>> from .examples import run_rule
+    >>> print(run_rule(substitute_reads, "SELECT o.total FROM orders o WHERE o.id = $1"))
+    SELECT o.total FROM (SELECT "id", "tenant_id", "total" FROM "public"."orders" WHERE "tenant_id" = 'acme') o WHERE o.id = $1
+    >>> print(run_rule(substitute_reads, "SELECT * FROM customers WHERE ssn = '1'"))
+    SELECT * FROM (SELECT "id", "tenant_id", CAST('****' AS text) AS "ssn" FROM "public"."customers" WHERE "tenant_id" = 'acme') AS "customers" WHERE ssn = '1'
     """
     edits: list[Edit | ParamCheck] = []
     for r in c.refs:

@@ -51,6 +51,7 @@ class Kind:
     "invalid" when it does not parse.
     `reads`/`writes`: relations as resolved by name only (search_path's first schema,
     pg_catalog for catalog names). `setting`: the name a SET/RESET/SHOW acts on.
+    `functions`: every function called, as written; `locks`: a FOR UPDATE/SHARE clause.
     """
 
     kind: str
@@ -58,9 +59,15 @@ class Kind:
     writes: tuple[str, ...] = ()
     setting: str | None = None
     parts: tuple["Kind", ...] = ()
+    functions: tuple[str, ...] = ()
+    locks: bool = False
 
     @property
     def read_only(self) -> bool:
-        """True when no part writes table data or does anything but read."""
-        kinds = {p.kind for p in self.parts} if self.parts else {self.kind}
-        return not self.writes and kinds <= {"select", "show", "explain", "copy_to", "fetch"}
+        """True when only reads are involved: no writes, no row locks, only read kinds.
+
+        (Functions with side effects, e.g. nextval(), are the caller's to judge from `functions`.)
+        """
+        parts = self.parts or (self,)
+        return not self.writes and not any(p.locks for p in parts) and \
+            all(p.kind in ("select", "show", "explain", "copy_to", "fetch") for p in parts)

@@ -40,10 +40,6 @@ class Tokens:
             raise SpliceError(f"no token starts at byte {offset}")
         return i
 
-    def after(self, offset: int) -> int:
-        """Index of the first token starting at or after byte `offset`."""
-        return bisect_left(self.starts, offset)
-
 
 def scan(sql: str) -> Tokens:
     """Tokens of `sql` with byte offsets (pglast's scanner counts characters).
@@ -99,12 +95,6 @@ def clause_end(toks: Tokens, i: int, stops: frozenset[str]) -> int:
             return j
         depth += (name in OPEN) - (name in CLOSE)
     return len(toks.names)
-
-
-def find_at_depth0(toks: Tokens, i: int, names: frozenset[str]) -> int | None:
-    """Index of the first depth-0 token in `names` from `i` within the statement, else None."""
-    j = clause_end(toks, i, names)
-    return j if j < len(toks.names) and toks.names[j] in names else None
 
 
 def apply(text: bytes, edits: list[Edit]) -> bytes:

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pglast import ast
 
 from .analyse import node_type, returning
-from .checks import Checked, check_calls, check_ref
+from .checks import check_calls, check_ref
 from .classify import statements, walk_statement
 from .context import Context
 from .inserts import given_columns, source_rows, value_index

@@ -98,11 +98,10 @@ def check_nested(r: Resolved, nested: list[dict]) -> None:
 def mask_write_columns(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
     """Replace each read of a masked target column in a write by its masked value.
 
-    `UPDATE customers SET name = $1 WHERE id = $2 RETURNING ssn` ->
-    `... RETURNING CAST('****' AS text) AS "ssn"`; `RETURNING *` lists the columns, masked.
-    >>> from .splice import scan
-    >>> mask_write_columns(Checked("SelectStmt", {}), None, scan("SELECT 1"))
-    []
+    `RETURNING *` lists the columns, masked.
+    >>> from .examples import run_rule
+    >>> print(run_rule(mask_write_columns, "UPDATE customers SET id = 2 WHERE ssn = '1' RETURNING ssn"))
+    UPDATE customers SET id = 2 WHERE CAST('****' AS text) = '1' RETURNING CAST('****' AS text) AS "ssn"
     """
     out: list[Edit | ParamCheck] = []
     for r in c.refs:

@@ -24,10 +24,9 @@ def qualify(toks: Tokens, r: Resolved) -> Edit:
 def qualify_targets(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
     """Name each protected write target schema-qualified and quoted, so search_path cannot redirect it.
 
-    `UPDATE orders o SET ...` -> `UPDATE "public"."orders" o SET ...`
-    >>> from .splice import scan
-    >>> qualify_targets(Checked("SelectStmt", {}), None, scan("SELECT 1"))
-    []
+    >>> from .examples import run_rule
+    >>> print(run_rule(qualify_targets, "UPDATE orders o SET total = 0"))
+    UPDATE "public"."orders" o SET total = 0
     """
     return [qualify(toks, r) for r in c.refs if r.ref.role in ("insert", "update", "delete") and r.protected]
 
@@ -93,11 +92,11 @@ def assignment_checks(targets: list, r: Resolved, tenant: str, allow_excluded: b
 def guard_updates(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
     """UPDATE/DELETE of a tenant-scoped table: AND the tenant predicate into its WHERE.
 
-    `UPDATE orders SET total = 0 WHERE id = 1 OR true` ->
-    `UPDATE orders SET total = 0 WHERE (id = 1 OR true) AND "orders"."tenant_id" = 'acme'`
-    >>> from .splice import scan
-    >>> guard_updates(Checked("SelectStmt", {}), None, scan("SELECT 1"))
-    []
+    >>> from .examples import run_rule
+    >>> print(run_rule(guard_updates, "UPDATE orders SET total = 0 WHERE id = 1 OR true"))
+    UPDATE orders SET total = 0 WHERE (id = 1 OR true) AND "orders"."tenant_id" = 'acme'
+    >>> print(run_rule(guard_updates, "DELETE FROM orders o RETURNING o.id"))
+    DELETE FROM orders o WHERE "o"."tenant_id" = 'acme' RETURNING o.id
     """
     out: list[Edit | ParamCheck] = []
     for r in tenant_targets(c, "update") + tenant_targets(c, "delete"):
@@ -111,10 +110,9 @@ def guard_updates(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCh
 def guard_conflicts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
     """ON CONFLICT DO UPDATE of a tenant-scoped table gets the tenant predicate in its WHERE.
 
-    `... DO UPDATE SET name = EXCLUDED.name` -> `... DO UPDATE SET name = EXCLUDED.name WHERE "customers"."tenant_id" = 'acme'`
-    >>> from .splice import scan
-    >>> guard_conflicts(Checked("SelectStmt", {}), None, scan("SELECT 1"))
-    []
+    >>> from .examples import run_rule
+    >>> print(run_rule(guard_conflicts, "INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET total = 0"))
+    INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET total = 0 WHERE "orders"."tenant_id" = 'acme'
     """
     out: list[Edit | ParamCheck] = []
     for r in tenant_targets(c, "insert"):
