@@ -35,13 +35,14 @@ class Tracker:
     (True, 'I')
     """
 
-    __slots__ = ("queue", "fixups", "status", "failed", "scrub", "_skip", "_head", "_dropping")
+    __slots__ = ("queue", "fixups", "status", "failed", "done", "scrub", "_skip", "_head", "_dropping")
 
     def __init__(self) -> None:
         self.queue: deque[tuple[int, int, object]] = deque()
         self.fixups = 0          # entries in the queue that need per-message attention
         self.status = ord("I")   # transaction status of the last ReadyForQuery
         self.failed: list[object] = []  # tags of watched requests that ended in an error
+        self.done: list[object] = []    # tags of watched requests that succeeded
         self.scrub: str | None = None   # when set, every ErrorResponse DETAIL is replaced by it
         self._skip = 0           # bytes of the current message still to come
         self._head = b""         # an incomplete header kept for the next chunk
@@ -70,6 +71,7 @@ class Tracker:
         self.queue.clear()
         self.fixups = 0
         self.failed.clear()
+        self.done.clear()
         self._skip, self._head, self._dropping = 0, b"", False
 
     def feed(self, data: bytes) -> bytes:
@@ -159,6 +161,8 @@ class Tracker:
             queue.popleft()
             if action != FORWARD or tag is not None:
                 self.fixups -= 1
+            if tag is not None:
+                self.done.append(tag)
             return action == SWALLOW
         return False
 

@@ -9,12 +9,17 @@ from dataclasses import dataclass
 from proxy import protocol
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Statement:
-    """One distinct (query text, parameter types): its proxy-wide name and the Parse that creates it."""
+    """One distinct (query text, parameter types): its proxy-wide name and the Parse that creates it.
+
+    `verified` once a backend has accepted the Parse: a client's later Parse of the same
+    text can then be answered without borrowing a backend.
+    """
 
     name: str
     parse: bytes
+    verified: bool = False
 
 
 class Registry:
@@ -28,6 +33,9 @@ class Registry:
     def __init__(self, cap: int = 50_000) -> None:
         self._cache: OrderedDict[tuple[str, bytes], Statement] = OrderedDict()
         self._cap = cap
+
+    def peek(self, query: str, param_types: bytes) -> Statement | None:
+        return self._cache.get((query, param_types))
 
     def get(self, query: str, param_types: bytes) -> Statement:
         key = (query, param_types)

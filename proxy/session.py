@@ -300,6 +300,8 @@ class Session(asyncio.Protocol):
             if msgs[0][0] == _X:
                 self.close("client sent Terminate")
                 return
+            if self.tx_mode and self._answer_without_backend(msgs):
+                return
             backend = self.pool.take_idle()  # type: ignore[union-attr]
             if backend is None:
                 self._pending = msgs
@@ -307,6 +309,36 @@ class Session(asyncio.Protocol):
                 return
             self._link(backend)
         self._forward(msgs)
+
+    def _answer_without_backend(self, msgs: list[tuple[int, bytes]]) -> bool:
+        """Parse of statements some backend already accepted, Close, Sync: answered here.
+
+        A client outside a transaction that only prepares (pgbench -M prepared does so
+        synchronously for each of its clients) need not wait for a backend.
+        """
+        statements = []
+        for kind, msg in msgs:
+            if kind == _P and msg[5] != 0:
+                parsed = protocol.decode_parse(msg)
+                stmt = self.server.statements.peek(parsed.query, parsed.param_types)
+                if stmt is None or not stmt.verified or params.maybe_stateful(parsed.query):
+                    return False
+                statements.append((parsed.name, stmt))
+            elif not (kind in (_S, _H) or (kind == _C and msg[5] == 83 and msg[6] != 0)):
+                return False
+        out, parsed_names = [], iter(statements)
+        for kind, msg in msgs:
+            if kind == _P:
+                name, stmt = next(parsed_names)
+                self.statements[name] = stmt
+                out.append(protocol.PARSE_COMPLETE)
+            elif kind == _C:
+                self.statements.pop(protocol.decode_target(msg)[1], None)
+                out.append(protocol.CLOSE_COMPLETE)
+            elif kind == _S:
+                out.append(protocol.ready_for_query(b"I"))
+        self.transport.write(b"".join(out))
+        return True
 
     def _acquire(self) -> None:
         self._acquiring = True
@@ -513,7 +545,7 @@ class Session(asyncio.Protocol):
             out.append(protocol.target(b"C", "S", evicted))
             backend.tracker.request(_C, SWALLOW)  # type: ignore[union-attr]
         out.append(stmt.parse)
-        backend.tracker.request(_P, action, tag=stmt.name)  # type: ignore[union-attr]
+        backend.tracker.request(_P, action, tag=stmt)  # type: ignore[union-attr]
 
     # --- bytes from the backend -------------------------------------------------------------
 
@@ -529,9 +561,13 @@ class Session(asyncio.Protocol):
         if out:
             self.transport.write(out)
         if tracker.failed:
-            for name in tracker.failed:
-                backend.statements.discard(name)  # type: ignore[arg-type]
+            for stmt in tracker.failed:
+                backend.statements.discard(stmt.name)  # type: ignore[attr-defined]
             tracker.failed.clear()
+        if tracker.done:
+            for stmt in tracker.done:
+                stmt.verified = True  # type: ignore[attr-defined]
+            tracker.done.clear()
         if self._snapshot is not None and tracker.status == _I:
             self._transaction_ended(backend, rolled_back=before == ord("E") or self._rolling_back)
         if not tracker.queue:
