@@ -39,7 +39,7 @@ class Found:
 
     refs: list[RelRef] = field(default_factory=list)
     functions: list[tuple[str, ...]] = field(default_factory=list)
-    settings: list[object] = field(default_factory=list)  # first arguments of set_config() calls
+    settings: list[list] = field(default_factory=list)  # arguments of set_config() calls
     operators: list[tuple[str, ...]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     locking: bool = False
@@ -147,7 +147,7 @@ def _func(fields: dict, scope: frozenset[str], found: Found) -> None:
     name = names(fields["funcname"])
     found.functions.append(name)
     if name in (("set_config",), ("pg_catalog", "set_config")):
-        found.settings.append((fields.get("args") or [None])[0])
+        found.settings.append(fields.get("args") or [])
     for key, value in fields.items():
         if key != "funcname":
             collect(value, scope, found)

@@ -27,9 +27,22 @@ DENIED_SETTINGS = frozenset({
     "role", "session_authorization", "session_replication_role", "allow_system_table_mods",
     "ignore_system_indexes", "zero_damaged_pages", "ignore_checksum_failure", "ignore_invalid_pages",
     "dynamic_library_path", "session_preload_libraries", "local_preload_libraries", "jit_provider",
-    "lc_messages", "allow_in_place_tablespaces", "compute_query_id",
+    "lc_messages", "allow_in_place_tablespaces", "compute_query_id", "lo_compat_privileges",
+    "backslash_quote",
 })
 DENIED_SETTING_PREFIXES = ("log_", "debug_", "trace_", "track_", "wal_", "pgwarden.")
+# Settings that change how the backend reads the client's text: a value other than
+# these would let PostgreSQL read a statement differently from pgwarden's parser.
+# (Client-only encodings such as SJIS or BIG5 can hide a quote or backslash in a
+# multibyte character; `standard_conforming_strings = off` makes `\'` escape a quote.)
+TEXT_SETTINGS = {
+    "standard_conforming_strings": lambda v: v in ("on", "true", "yes", "1", "t"),
+    "client_encoding": lambda v: v.replace("-", "").replace("_", "") not in CLIENT_ONLY_ENCODINGS,
+}
+CLIENT_ONLY_ENCODINGS = frozenset({"sjis", "shiftjis", "shiftjis2004", "big5", "gbk", "gb18030", "uhc",
+                                   "johab", "win932", "win936", "win949", "win950", "cp932", "cp936",
+                                   "cp949", "cp950", "mskanji", "tcvn", "tcvn5712", "windows932",
+                                   "windows936", "windows949", "windows950", "sjis2004"})
 ROLE_ACTION = {"select": "select", "insert": "insert", "update": "update", "delete": "delete",
                "copy_to": "select", "copy_from": "insert"}
 
@@ -67,11 +80,32 @@ def check_setting(kind: str, fields: dict) -> None:
     if fields.get("kind") == "VAR_RESET_ALL":
         raise Refused("RESET ALL is refused: it would also reset settings pgwarden relies on",
                       "Reset the settings you changed one by one.", "statements")
-    check_setting_name((fields.get("name") or "").lower())
+    args = fields.get("args") or []
+    value = constant_text(args[0]) if fields.get("kind") == "VAR_SET_VALUE" and len(args) == 1 else ""
+    check_setting_name((fields.get("name") or "").lower(), value)
 
 
-def check_setting_name(name: str) -> None:
-    """Refuse changing a setting that is pgwarden's, the role, or the server's administration."""
+def constant_text(node: object) -> str | None:
+    """The text of a literal (string, number or boolean), lower-cased; None for anything else."""
+    const = (node or {}).get("A_Const") if isinstance(node, dict) else None
+    if not const:
+        return None
+    for key in ("sval", "ival", "fval", "boolval"):
+        if key in const:
+            value = const[key]
+            return str(next(iter(value.values()), 0) if isinstance(value, dict) else value).lower()
+    return None
+
+
+def check_setting_name(name: str, value: str | None) -> None:
+    """Refuse changing a setting that is pgwarden's, the role's, the server's, or how text is read.
+
+    `value` is the new value's text ("" for DEFAULT/RESET, None when not a literal).
+    """
+    if name in TEXT_SETTINGS and value != "" and (value is None or not TEXT_SETTINGS[name](value)):
+        shown = "a value that is not a literal" if value is None else repr(value)
+        raise Refused(f"setting {name} to {shown} is refused: PostgreSQL would then read statements "
+                      "differently from pgwarden", f"Keep {name} at its default (UTF8 / on).", "statements")
     if name.startswith("pgwarden."):
         raise Refused(f"SET {name} reached the rewriter: pgwarden answers it itself",
                       "Set the tenant as policies' tenancy.sources describe.", "tenancy.sources")
@@ -101,15 +135,15 @@ def check_calls(found: Found, ctx: Context) -> None:
 
     set_config() is allowed for the settings SET may change, named by a literal.
     """
-    for first in found.settings:
-        value = ((first or {}).get("A_Const") or {}).get("sval", {}).get("sval")
-        if value is None:
+    for args in found.settings:
+        name = constant_text(args[0]) if args else None
+        if name is None:
             raise Refused("set_config() with a computed setting name is refused",
                           "Name the setting as a string literal, or use SET.", "functions.allow")
-        if value.lower() == "search_path":
+        if name == "search_path":
             raise Refused("set_config('search_path', ...) is refused: pgwarden resolves names by the search_path it tracks",
                           "Use SET search_path, which pgwarden follows.", "functions.allow")
-        check_setting_name(value.lower())
+        check_setting_name(name, constant_text(args[1]) if len(args) > 1 else None)
     for parts in found.functions:
         if parts[-1] == "set_config" and parts[:-1] in ((), ("pg_catalog",)):
             continue

@@ -29,10 +29,13 @@ def quote_qualified(name: str) -> str:
 
 
 def quote_literal(value: object) -> str:
-    """A SQL literal for a str/int/float/bool/None value (strings as standard-conforming '...').
+    r"""A SQL literal for a str/int/float/bool/None value; E'...' when it holds a backslash,
+    so it reads the same whatever standard_conforming_strings says.
 
     >>> quote_literal("o'k"), quote_literal(None), quote_literal(2)
     ("'o''k'", 'NULL', '2')
+    >>> print(quote_literal("a\\b"))
+    E'a\\b'
     """
     if value is None:
         return "NULL"
@@ -43,6 +46,8 @@ def quote_literal(value: object) -> str:
     text = str(value)
     if "\x00" in text:
         raise ValueError("literal with a NUL byte")
+    if "\\" in text:
+        return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
     return "'" + text.replace("'", "''") + "'"
 
 

@@ -65,10 +65,13 @@ def _star_text(r: Resolved, ctx: Context) -> str:
 def mask_ref(r: Resolved, ctx: Context, toks: Tokens, ref: dict, named: bool) -> Edit | None:
     """The edit masking one column reference of the target, or None when it reads no masked value."""
     parts, me, columns = _fields(ref), r.ref.ref_name, {c.name: c for c in ctx.schema[r.name]}
+    target = {me, "old", "new"} if r.ref.role == "update" else {me}  # RETURNING old./new. (PostgreSQL 18)
     i = toks.at(ref["location"])
     if parts[-1] == "*":
-        if len(parts) > 2 or (len(parts) == 2 and parts[0] != me):
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] not in target):
             return None
+        if len(parts) == 2 and parts[0] != me:
+            raise _refused(r, "old.* / new.*")
         if r.ref.owner.get("fromClause") or r.ref.owner.get("usingClause") or named:
             raise _refused(r, "`*` here")
         end = next(j for j in range(i, len(toks.names)) if toks.names[j] == STAR)
@@ -76,11 +79,12 @@ def mask_ref(r: Resolved, ctx: Context, toks: Tokens, ref: dict, named: bool) ->
     if parts == [me] and me not in columns:
         raise _refused(r, "a whole-row reference")
     col = parts[-1]
-    if col not in r.rule.masks or (len(parts) == 2 and parts[0] != me):
+    if col not in r.rule.masks or (len(parts) == 2 and parts[0] not in target):
         return None
     if len(parts) > 2:
         raise _refused(r, "a schema-qualified column reference")
-    text = mask_expr(r.rule.masks[col], f"{quote_ident(me)}.{quote_ident(col)}", columns[col])
+    qualifier = quote_ident(parts[0] if len(parts) == 2 and parts[0] != me else me)
+    text = mask_expr(r.rule.masks[col], f"{qualifier}.{quote_ident(col)}", columns[col])
     return Edit(toks.starts[i], toks.ends[name_end(toks, i) - 1], text + ("" if named else f" AS {quote_ident(col)}"))
 
 
@@ -111,6 +115,8 @@ def mask_write_columns(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Pa
         for ref in column_refs(expression_roots(r), nested):
             edit = mask_ref(r, ctx, toks, ref, True)
             out += [edit] if edit else []
+        if (r.ref.owner.get("returningClause") or {}).get("options"):
+            raise _refused(r, "RETURNING WITH (OLD/NEW AS ...)")
         for item in returning(r.ref.owner):
             res = item["ResTarget"]
             bare = "ColumnRef" in (res.get("val") or {}) and not res.get("name")
