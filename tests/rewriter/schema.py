@@ -81,5 +81,9 @@ def context(tenant: str | None = "acme", masks: str = "app") -> Context:
 
 def session(name: str) -> Context:
     """The Context a fixture's `-- session:` line names ("" is the default)."""
+    if name == "sharedwrites":  # countries granted every action
+        ctx = context()
+        tables = {**ctx.tables, "public.countries": TableRule("public.countries", None, ALL)}
+        return Context(tables, ctx.schema, ctx.tenant, ctx.allowed_functions)
     return {"": context(), "notenant": context(None), "nomasks": context(masks="none"),
             "allmasks": context(masks="all")}[name]
