@@ -82,7 +82,19 @@ def _kind_of(kind: str, fields: dict, search_path: tuple[str, ...]) -> Kind:
     writes = tuple(dict.fromkeys(name(r) for r in found.refs if r.role not in ("select", "copy_to")))
     setting = fields.get("name") if kind in ("VariableSetStmt", "VariableShowStmt") else None
     functions = tuple(dict.fromkeys(".".join(f) for f in found.functions))
-    return Kind(statement_kind(kind, fields), reads, writes, setting, (), functions, found.locking)
+    values = tuple(setting_values(fields.get("args") or [])) if kind == "VariableSetStmt" else ()
+    return Kind(statement_kind(kind, fields), reads, writes, setting, (), functions, found.locking, values)
+
+
+def setting_values(args: list) -> list[str]:
+    """The literal values of a SET, as text (identifiers and strings alike, case kept)."""
+    out = []
+    for arg in args:
+        const = arg.get("A_Const") or {}
+        value = next((v for k, v in const.items() if k in ("sval", "ival", "fval", "boolval")), None)
+        if isinstance(value, dict):
+            out.append(str(next(iter(value.values()), 0)))
+    return out
 
 
 def classify(sql: str, search_path: tuple[str, ...] = ("public",)) -> Kind:

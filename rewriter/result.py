@@ -50,7 +50,8 @@ class Kind:
     lock, truncate, do, grant, ddl, other; "multi" for several statements (see `parts`);
     "invalid" when it does not parse.
     `reads`/`writes`: relations as resolved by name only (search_path's first schema,
-    pg_catalog for catalog names). `setting`: the name a SET/RESET/SHOW acts on.
+    pg_catalog for catalog names). `setting`: the name a SET/RESET/SHOW acts on, and
+    `values` the literal values a SET gives it (e.g. the schemas of `SET search_path`).
     `functions`: every function called, as written; `locks`: a FOR UPDATE/SHARE clause.
     """
 
@@ -61,6 +62,7 @@ class Kind:
     parts: tuple["Kind", ...] = ()
     functions: tuple[str, ...] = ()
     locks: bool = False
+    values: tuple[str, ...] = ()
 
     @property
     def read_only(self) -> bool:

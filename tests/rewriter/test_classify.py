@@ -58,6 +58,8 @@ def test_multi_statement_parts_and_read_only() -> None:
     assert not classify("EXPLAIN ANALYZE DELETE FROM t").read_only
 
 
-def test_setting_names() -> None:
+def test_setting_names_and_values() -> None:
     assert classify("SET LOCAL statement_timeout = 5").setting == "statement_timeout"
+    kind = classify('SET search_path TO app, "Public", \'x y\'')
+    assert (kind.setting, kind.values) == ("search_path", ("app", "Public", "x y"))
     assert classify("SHOW pgwarden.tenant").setting == "pgwarden.tenant"
