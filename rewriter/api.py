@@ -15,7 +15,7 @@ from .inserts import guard_inserts
 from .reads import substitute_reads
 from .refuse import Refused
 from .result import Allow, Deny, Result, Rewrite
-from .splice import Edit, ParamCheck, SpliceError, Tokens, apply, scan
+from .splice import Edit, ParamCheck, Tokens, apply, scan
 from .verify import verify
 from .write_masks import mask_write_columns
 from .writes import guard_conflicts, guard_updates, qualify_targets
@@ -26,7 +26,7 @@ RULES = (substitute_reads, qualify_targets, guard_updates, guard_inserts, guard_
 
 @dataclass(frozen=True, slots=True)
 class Judged:
-    """One statement's edits, parameter checks, and the protected tables and masks they apply."""
+    """One checked statement with the edits and parameter checks the rules made for it."""
 
     checked: Checked
     edits: tuple[Edit, ...] = ()
@@ -89,7 +89,7 @@ def rewrite(sql: str, ctx: Context) -> Result:
     """
     try:
         parsed = statements(sql)
-    except parser.ParseError as exc:
+    except (parser.ParseError, ValueError) as exc:
         return Deny(f"statement refused: it could not be parsed ({exc})",
                     "Check the SQL syntax (PostgreSQL's own parser rejected it).", "parse")
     try:
@@ -103,7 +103,7 @@ def rewrite(sql: str, ctx: Context) -> Result:
         verify(sql, new, ctx, judged)
     except Refused as refused:
         return refused.deny
-    except (SpliceError, KeyError, ValueError, StopIteration, IndexError) as exc:
+    except Exception as exc:  # noqa: BLE001 - fail closed: any surprise refuses the statement
         return Deny(f"statement refused: pgwarden could not rewrite it safely ({type(exc).__name__}: {exc})",
                     "Simplify the statement, or report it to the pgwarden maintainers.", "rewrite")
     tables, masked = summary(judged)

@@ -10,6 +10,7 @@ from pglast import parser
 OPEN = frozenset({"ASCII_40", "ASCII_91"})    # ( [
 CLOSE = frozenset({"ASCII_41", "ASCII_93"})   # ) ]
 DOT, COMMA, SEMI = "ASCII_46", "ASCII_44", "ASCII_59"
+COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 
 
 class SpliceError(Exception):
@@ -42,12 +43,12 @@ class Tokens:
 
 
 def scan(sql: str) -> Tokens:
-    """Tokens of `sql` with byte offsets (pglast's scanner counts characters).
+    """Syntax tokens of `sql` (comments left out) with byte offsets (pglast's scanner counts characters).
 
-    >>> scan("SELECT 'é', x").starts
+    >>> scan("SELECT 'é', x -- note").starts
     (0, 7, 11, 13)
     """
-    toks = parser.scan(sql)
+    toks = [t for t in parser.scan(sql) if t.name not in COMMENTS]
     if sql.isascii():
         byte = list(range(len(sql) + 1))
     else:

@@ -12,7 +12,7 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rewriter import Allow, Rewrite, rewrite
+from rewriter import Allow, Deny, Rewrite, rewrite
 from rewriter.analyse import node_type
 from rewriter.classify import statements
 
@@ -117,3 +117,24 @@ def test_isolation_oracle(databases, sql: str) -> None:
     result = rewrite(sql, context(masks="none"))
     assert isinstance(result, (Rewrite, Allow)), (sql, result)
     assert _rows(all_tenants, result.sql) == _rows(acme_only, sql), (sql, result.sql)
+
+
+CORPUS_LIKE = [
+    "SELECT o.id FROM orders o WHERE o.total > $1 ORDER BY 1",
+    "UPDATE customers SET name = $1 WHERE id = $2 RETURNING ssn",
+    "INSERT INTO orders (id, total) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET total = EXCLUDED.total",
+    "WITH x AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM x, customers c",
+    "COPY (SELECT * FROM customers) TO STDOUT",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(CORPUS_LIKE), st.integers(0, 200), st.integers(0, 12), st.text(max_size=6))
+def test_mangled_statements_never_raise(sql: str, at: int, cut: int, insert: str) -> None:
+    """Fail closed, never crash: any text gets Allow, Rewrite or Deny (and a Rewrite still verifies)."""
+    at = min(at, len(sql))
+    mangled = sql[:at] + insert + sql[at + cut:]
+    result = rewrite(mangled, context())
+    assert isinstance(result, (Allow, Rewrite, Deny))
+    if isinstance(result, Rewrite):
+        statements(result.sql)
