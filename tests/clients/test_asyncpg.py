@@ -10,7 +10,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.clients.support import direct_execute, pool_mode
+from tests.clients.support import direct_execute, xfail_in_transaction_mode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,9 +29,17 @@ LOST_RESULT = (
     "no BindComplete, DataRow or CommandComplete, so fetchval returns None")
 
 
-def xfail_in_transaction_mode(request, proxy, reason: str) -> None:
-    if pool_mode(proxy) == "transaction":
-        request.applymarker(pytest.mark.xfail(strict=False, reason=reason))
+@pytest.fixture
+def orders():
+    direct_execute(f"DROP TABLE IF EXISTS {TABLE}")
+    direct_execute(f"CREATE TABLE {TABLE} (id int PRIMARY KEY, customer text NOT NULL, total numeric(12,2),"
+                   " placed timestamptz, items int[], meta jsonb)")
+    yield TABLE
+    direct_execute(f"DROP TABLE IF EXISTS {TABLE}")
+
+
+async def connect(proxy, **kwargs) -> asyncpg.Connection:
+    return await asyncpg.connect(proxy.url(), timeout=10, **kwargs)
 
 
 def test_type_introspection_on_a_reused_backend(proxy, request):

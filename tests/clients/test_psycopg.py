@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from tests.clients.support import direct_execute, pool_mode
+from tests.clients.support import direct_execute, pool_mode, xfail_in_transaction_mode
 from tests.harness import ProxyProcess
 
 pytestmark = pytest.mark.timeout(60)
@@ -270,3 +271,61 @@ def test_set_in_rolled_back_transaction_does_not_stick(tx_proxy):
         conn.execute("RESET application_name")
         conn.commit()
         assert conn.execute("SHOW application_name").fetchone() == ("",)
+
+
+def _refused_or_done(conn: psycopg.Connection, sql: str, params: tuple = ()) -> bool:
+    """Run `sql`; False if the proxy refused it (with a message, leaving the connection usable)."""
+    try:
+        conn.execute(sql, params)
+        return True
+    except psycopg.Error as exc:
+        assert str(exc).strip()
+        assert conn.execute("SELECT 'usable'").fetchone() == ("usable",)
+        return False
+
+
+def _probe_new_clients(proxy, sql: str) -> set[tuple]:
+    """What more new clients than the pool has backends, all at once, see for `sql`."""
+    def probe(_: int) -> tuple:
+        with connect(proxy, autocommit=True) as conn:
+            return conn.execute(f"SELECT {sql}, pg_sleep(0.05)::text").fetchone()[:-1]
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        return set(pool.map(probe, range(12)))
+
+
+def test_set_does_not_reach_the_next_clients(proxy):
+    with connect(proxy, autocommit=True) as conn:
+        conn.execute("SET pgw.flag = 'left-behind'")
+        conn.execute("SET TimeZone = 'Asia/Tokyo'")
+    # A placeholder setting reset by DISCARD/RESET reads as '' rather than NULL.
+    seen = _probe_new_clients(proxy, "current_setting('pgw.flag', true), current_setting('TimeZone')")
+    assert seen <= {(None, "Etc/UTC"), ("", "Etc/UTC")}
+
+
+def test_temp_table_does_not_reach_the_next_clients(proxy, request):
+    xfail_in_transaction_mode(request, proxy, (
+        "transaction mode: CREATE TEMP TABLE in autocommit is neither refused nor cleaned up; after the "
+        "client disconnects, every new client landing on that backend sees to_regclass('pgw_psycopg_temp') "
+        "= 'pgw_psycopg_temp'"))
+    with connect(proxy, autocommit=True) as conn:
+        if _refused_or_done(conn, "CREATE TEMP TABLE pgw_psycopg_temp (x int)"):
+            conn.execute("INSERT INTO pgw_psycopg_temp VALUES (1)")
+            assert conn.execute("SELECT x FROM pgw_psycopg_temp").fetchall() == [(1,)]
+    assert _probe_new_clients(proxy, "to_regclass('pgw_psycopg_temp')") == {(None,)}
+
+
+def test_advisory_lock_is_released_when_the_client_leaves(proxy, pg, request):
+    xfail_in_transaction_mode(request, proxy, (
+        "transaction mode: a session-level pg_try_advisory_lock(k) is neither refused nor released; after "
+        "the client disconnects the pooled backend still holds it (pg_locks) and a direct "
+        "pg_try_advisory_lock(k) returns false"))
+    key = 917_000_000 + os.getpid()
+    with connect(proxy, autocommit=True) as conn:
+        if _refused_or_done(conn, "SELECT pg_try_advisory_lock(%s)", (key,)):
+            # While the client holds it, nobody else gets it.
+            assert pg.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone() == (False,)
+    time.sleep(0.2)
+    # Once the client has gone, PostgreSQL itself sees the lock free.
+    assert pg.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone() == (True,)
+    pg.execute("SELECT pg_advisory_unlock(%s)", (key,))
