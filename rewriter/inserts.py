@@ -68,8 +68,20 @@ def value_index(row: list[dict], k: int, ncols: int) -> int | None:
 
 
 def target_list_end(toks: Tokens, i: int) -> int:
-    """Index just past a SELECT's target list starting at token `i` (`IS DISTINCT FROM` is not FROM)."""
-    j = i
+    """Index just past the target list of the SELECT keyword at token `i`.
+
+    `DISTINCT ON (...)` / `ALL` before the list and `IS DISTINCT FROM` inside it are skipped.
+    >>> from .splice import scan
+    >>> target_list_end(scan("SELECT DISTINCT ON (a) a, b IS DISTINCT FROM c FROM t"), 0)
+    13
+    """
+    j = i + 1
+    if toks.names[j:j + 1] == ("ALL",):
+        j += 1
+    elif toks.names[j:j + 1] == ("DISTINCT",):
+        j += 1
+        if toks.names[j:j + 2] == ("ON", OPEN_PAREN):
+            j = matching_close(toks, j + 1) + 1
     while True:
         j = clause_end(toks, j, TARGET_LIST_STOPS)
         if j < len(toks.names) and toks.names[j] == "FROM" and toks.names[j - 1] == "DISTINCT":
@@ -115,7 +127,7 @@ def add_tenant(r: Resolved, ctx: Context, toks: Tokens, shape: str, rows: list, 
     sel = clause_end(toks, src, frozenset({"SELECT"}))
     if sel >= len(toks.names) or toks.names[sel] != "SELECT":
         raise _cannot("its SELECT could not be located", r)
-    end = target_list_end(toks, sel + 1)
+    end = target_list_end(toks, sel)
     return edits + [Edit(toks.ends[end - 1], toks.ends[end - 1], f", {quote_literal(tenant)}")]
 
 
