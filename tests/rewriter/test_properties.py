@@ -138,3 +138,42 @@ def test_mangled_statements_never_raise(sql: str, at: int, cut: int, insert: str
     assert isinstance(result, (Allow, Rewrite, Deny))
     if isinstance(result, Rewrite):
         statements(result.sql)
+
+
+@st.composite
+def write(draw) -> str:
+    """An UPDATE, DELETE or upsert of a tenant table, aimed at every tenant's rows."""
+    alias = draw(st.sampled_from(["", " o", " AS o"]))
+    ref = "o" if alias else "orders"
+    cond = draw(st.sampled_from([
+        "", f" WHERE {ref}.id = 20", f" WHERE {ref}.id > 0 OR true", f" WHERE {ref}.tenant_id = 'globex'",
+        f" WHERE {ref}.customer_id IN (SELECT id FROM customers)", f" WHERE NOT ({ref}.id = 10)"]))
+    ret = draw(st.sampled_from(["", " RETURNING *", f" RETURNING {ref}.id"]))
+    kind = draw(st.sampled_from(["update", "delete", "delete_using", "upsert"]))
+    if kind == "update":
+        return f"UPDATE orders{alias} SET total = 0, note = 'hit'{cond}{ret}"
+    if kind == "delete":
+        return f"DELETE FROM orders{alias}{cond}{ret}"
+    if kind == "delete_using":
+        return f"DELETE FROM orders{alias} USING customers c WHERE c.id = {ref}.customer_id{ret}"
+    row = draw(st.sampled_from([20, 21, 10, 500]))
+    where = draw(st.sampled_from(["", f" WHERE {ref}.total >= 0 OR true"]))
+    return (f"INSERT INTO orders{' AS o' if alias else ''} (id, total) VALUES ({row}, 1) "
+            f"ON CONFLICT (id) DO UPDATE SET total = 0, note = 'hit'{where}{ret}")
+
+
+OTHERS = "SELECT * FROM orders WHERE tenant_id <> 'acme' UNION ALL SELECT id, tenant_id, id, 0, name FROM customers WHERE tenant_id <> 'acme' ORDER BY 1"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(write())
+def test_writes_never_touch_another_tenants_rows(databases, sql: str) -> None:
+    conn = databases[0]
+    result = rewrite(sql, context(masks="none"))
+    assert isinstance(result, Rewrite), (sql, result)
+    with conn.cursor() as cur:
+        before = cur.execute(OTHERS).fetchall()
+        cur.execute(result.sql)
+        after = cur.execute(OTHERS).fetchall()
+    conn.rollback()
+    assert after == before, (sql, result.sql)
