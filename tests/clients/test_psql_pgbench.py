@@ -122,17 +122,10 @@ def bench_db(proxy):
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])
-def test_pgbench(proxy, bench_db, protocol, request):
+def test_pgbench(proxy, bench_db, protocol):
     # Session pooling gives each client a backend for its whole life: more clients than backends
     # would wait by design, so session mode runs as many clients as the pool has backends.
     clients = 20 if pool_mode(proxy) == "transaction" else proxy.config["pool"]["size"]
-    if pool_mode(proxy) == "transaction" and protocol == "prepared":
-        request.applymarker(pytest.mark.xfail(strict=False, reason=(
-            "pgbench -M prepared -c 20 -j 2 stalls in transaction mode: each pgbench thread prepares a "
-            "client's statements synchronously (Parse+Sync) while its other clients hold backends inside "
-            "open transactions; pgwarden takes a backend for that Parse+Sync even for a statement text it "
-            "already knows, the 11th waits 30s and gets 'pool ... is exhausted', then 'prepared statement "
-            "\"P_0\" does not exist' (works with -j 20)")))
     before = _balances(bench_db)
     # Generous against -T 3; a stalled run is killed rather than left to the pool's 30 s wait.
     result = subprocess.run(["pgbench", "-M", protocol, "-c", str(clients), "-j", "2", "-T", "3",
