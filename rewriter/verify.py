@@ -26,9 +26,8 @@ from .masks import mask_expr, projection, quote_ident, tenant_predicate
 from .refuse import Refused
 from .resolve import resolve_relation
 from .splice import Edit
-from .write_masks import column_refs, expression_roots
+from .write_masks import column_refs, expression_roots, fields_of, target_read
 from .writes import tenant_value
-
 
 
 def _parse_locations() -> frozenset[str]:
@@ -261,9 +260,9 @@ def recheck(kind: str, fields: dict, ctx: Context) -> None:
         if ref.role in ("insert", "update", "delete") and r.rule is not None and r.rule.masks:
             nested: list[dict] = []
             roots = [expression_roots(r), [i["ResTarget"].get("val") for i in returning(ref.owner)]]
+            columns = {c.name: c for c in ctx.schema[r.name]}
             for col in column_refs(roots, nested):
-                parts = [f["String"]["sval"] if "String" in f else "*" for f in col["fields"]]
-                if parts[-1] in r.rule.masks or parts[-1] == "*" or parts == [ref.ref_name]:
+                if target_read(fields_of(col), r, columns) is not None:
                     raise _fail(f'a masked column of "{r.name}" is read unmasked')
 
 

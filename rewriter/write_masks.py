@@ -14,7 +14,7 @@ from .splice import Edit, ParamCheck, Tokens, name_end
 STAR = "ASCII_42"
 
 
-def _fields(colref: dict) -> list[str]:
+def fields_of(colref: dict) -> list[str]:
     return [f["String"]["sval"] if "String" in f else "*" for f in colref["fields"]]
 
 
@@ -62,28 +62,43 @@ def _star_text(r: Resolved, ctx: Context) -> str:
     return ", ".join(items)
 
 
+def target_read(parts: list[str], r: Resolved, columns: dict) -> str | None:
+    """What a column reference (its name parts) reads of a masked write target.
+
+    "column" (a masked column), "star" (`*` / `t.*`), "row" (the whole row), or None.
+    `old.`/`new.` (PostgreSQL 18 RETURNING) name the target of an UPDATE too; `excluded.` never does.
+    """
+    me = r.ref.ref_name
+    target = {me, "old", "new"} if r.ref.role == "update" else {me}
+    if parts[-1] == "*":
+        return "star" if len(parts) == 1 or (len(parts) == 2 and parts[0] in target) else None
+    if len(parts) == 1 and parts[0] in target and parts[0] not in columns:
+        return "row"
+    if parts[-1] in r.rule.masks and (len(parts) != 2 or parts[0] in target):
+        return "column"
+    return None
+
+
 def mask_ref(r: Resolved, ctx: Context, toks: Tokens, ref: dict, named: bool) -> Edit | None:
     """The edit masking one column reference of the target, or None when it reads no masked value."""
-    parts, me, columns = _fields(ref), r.ref.ref_name, {c.name: c for c in ctx.schema[r.name]}
-    target = {me, "old", "new"} if r.ref.role == "update" else {me}  # RETURNING old./new. (PostgreSQL 18)
+    parts, me, columns = fields_of(ref), r.ref.ref_name, {c.name: c for c in ctx.schema[r.name]}
+    read = target_read(parts, r, columns)
+    if read is None:
+        return None
+    if read == "row":
+        raise _refused(r, "a whole-row reference")
     i = toks.at(ref["location"])
-    if parts[-1] == "*":
-        if len(parts) > 2 or (len(parts) == 2 and parts[0] not in target):
-            return None
-        if len(parts) == 2 and parts[0] != me:
+    if read == "star":
+        if parts[0] != me and len(parts) == 2:
             raise _refused(r, "old.* / new.*")
         if r.ref.owner.get("fromClause") or r.ref.owner.get("usingClause") or named:
             raise _refused(r, "`*` here")
         end = next(j for j in range(i, len(toks.names)) if toks.names[j] == STAR)
         return Edit(toks.starts[i], toks.ends[end], _star_text(r, ctx))
-    if parts == [me] and me not in columns:
-        raise _refused(r, "a whole-row reference")
-    col = parts[-1]
-    if col not in r.rule.masks or (len(parts) == 2 and parts[0] not in target):
-        return None
     if len(parts) > 2:
         raise _refused(r, "a schema-qualified column reference")
-    qualifier = quote_ident(parts[0] if len(parts) == 2 and parts[0] != me else me)
+    col = parts[-1]
+    qualifier = quote_ident(parts[0] if len(parts) == 2 else me)
     text = mask_expr(r.rule.masks[col], f"{qualifier}.{quote_ident(col)}", columns[col])
     return Edit(toks.starts[i], toks.ends[name_end(toks, i) - 1], text + ("" if named else f" AS {quote_ident(col)}"))
 
@@ -93,8 +108,8 @@ def check_nested(r: Resolved, nested: list[dict]) -> None:
     for sub in nested:
         inner: list[dict] = []
         for ref in column_refs(sub, inner):
-            parts = _fields(ref)
-            if parts[-1] in r.rule.masks and (len(parts) == 1 or parts[-2] == r.ref.ref_name):
+            parts = fields_of(ref)
+            if parts[-1] in r.rule.masks and (len(parts) == 1 or parts[-2] in (r.ref.ref_name, "old", "new")):
                 raise _refused(r, "a subquery naming a masked column")
         check_nested(r, inner)
 
