@@ -166,7 +166,12 @@ def _unexpected(what: str):
     return handle
 
 
+def _leaf(fields: dict, scope: frozenset[str], found: Found) -> None:
+    """Constants and parameters hold no relation and no call: nothing to walk."""
+
+
 HANDLERS = {
+    "A_Const": _leaf, "ParamRef": _leaf, "String": _leaf, "Integer": _leaf, "Float": _leaf,
     "RangeVar": lambda f, s, found: _range_var(f, s, found),
     "SelectStmt": _select,
     "InsertStmt": _write("InsertStmt"),
