@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import threading
 import time
@@ -329,3 +330,80 @@ def test_advisory_lock_is_released_when_the_client_leaves(proxy, pg, request):
     # Once the client has gone, PostgreSQL itself sees the lock free.
     assert pg.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone() == (True,)
     pg.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def test_startup_parameters_apply_on_every_backend(tx_proxy):
+    """application_name and `options` given at connect time hold in every transaction, on any backend."""
+    def worker(n: int) -> list[tuple]:
+        dsn = tx_proxy.dsn(connect_timeout=10, application_name=f"pgw-start-{n}",
+                           options=f"'-c statement_timeout={1000 + n} -c search_path=pgw_s{n}'")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return [conn.execute("SELECT current_setting('application_name'), setting, current_setting('search_path'),"
+                                 " pg_sleep(0.005)::text FROM pg_settings WHERE name = 'statement_timeout'"
+                                 ).fetchone()[:3] for _ in range(10)]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(worker, range(20)))
+    for n, rows in enumerate(results):
+        assert set(rows) == {(f"pgw-start-{n}", f"{1000 + n}", f"pgw_s{n}")}
+
+
+def test_abandoned_transaction_is_rolled_back(proxy, items, pg):
+    conn = connect(proxy)
+    conn.execute(f"INSERT INTO {items} (id, name) VALUES (1, 'never committed')")
+    conn.close()  # the client leaves in the middle of its transaction
+    time.sleep(0.2)
+    assert pg.execute(f"SELECT count(*) FROM {items}").fetchone() == (0,)
+
+    def probe(_: int) -> tuple:
+        with connect(proxy, autocommit=True) as c:
+            return c.execute(f"SELECT count(*), txid_current_if_assigned() IS NULL, pg_sleep(0.05)::text"
+                             f" FROM {items}").fetchone()[:2]
+
+    # On whichever backend they land, new clients are outside any transaction and see no row.
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        assert set(pool.map(probe, range(12))) == {(0, True)}
+
+
+def test_cancel_reaches_only_its_own_query(tx_proxy):
+    """A client's cancel must never hit another client's query on the backend it used before."""
+    with connect(tx_proxy, autocommit=True) as idle:
+        idle.execute("SELECT 1")
+
+        def sleeper(_: int) -> str:
+            with connect(tx_proxy, autocommit=True) as c:
+                try:
+                    c.execute("SELECT pg_sleep(1)")
+                    return "completed"
+                except errors.QueryCanceled:
+                    return "cancelled"
+
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            futures = [pool.submit(sleeper, i) for i in range(10)]
+            time.sleep(0.4)
+            idle.cancel()  # `idle` runs nothing: no query anywhere may be cancelled
+            assert [f.result() for f in futures] == ["completed"] * 10
+        assert idle.execute("SELECT 'idle still fine'").fetchone() == ("idle still fine",)
+
+
+def test_large_values_and_results(proxy):
+    big = "x" * 5_000_000 + "✓"
+    with connect(proxy, autocommit=True) as conn:
+        assert conn.execute("SELECT length(%s::text), md5(%s::text)", (big, big)).fetchone() == (
+            len(big), hashlib.md5(big.encode()).hexdigest())
+        assert conn.execute("SELECT %s::text", (big,)).fetchone()[0] == big
+        rows = conn.execute("SELECT g, repeat('y', 100) FROM generate_series(1, 200000) g").fetchall()
+        assert len(rows) == 200_000 and rows[-1] == (200_000, "y" * 100)
+
+
+def test_server_side_cursor(proxy, items):
+    with connect(proxy) as conn:
+        conn.execute(f"INSERT INTO {items} (id, name) SELECT g, 'n' || g FROM generate_series(1, 1000) g")
+        conn.commit()
+        with conn.cursor(name="pgw_cursor") as cur:  # DECLARE ... CURSOR inside a transaction
+            cur.itersize = 100
+            cur.execute(f"SELECT id, name FROM {items} ORDER BY id")
+            first = cur.fetchmany(10)
+            rest = list(cur)
+        assert first[0] == (1, "n1") and len(first) + len(rest) == 1000 and rest[-1] == (1000, "n1000")
+        conn.commit()
