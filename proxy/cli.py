@@ -39,9 +39,33 @@ def _load(path: str):
         return None
 
 
+def _router(config, quiet: bool = False):
+    """The policy router of a config (None without policies); prints errors and returns False if bad."""
+    if config.policies is None:
+        return None
+    from proxy.router import PolicyLoadError, load_router
+    try:
+        return load_router(config.policies)
+    except PolicyLoadError as exc:
+        if not quiet:
+            print(f"pgwarden: the policy has {len(exc.errors)} error(s):", file=sys.stderr)
+            for line in exc.errors:
+                print(f"  {line}", file=sys.stderr)
+        return False
+
+
+async def _with_live_schema(config, router, database: str) -> None:
+    from proxy.schema import load_schema
+    from proxy.server import _backend_tls
+    user = config.backend_auth.user or "postgres"
+    schema, path = await load_schema(config.primary.host, config.primary.port, user,
+                                     config.backend_auth.secret(), database, _backend_tls(config))
+    router.add_schema(database, schema, path)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    if config is None:
+    if config is None or _router(config) is False:
         return 1
     _setup_logging(config.log.level, config.log.format)
     from proxy.server import serve
@@ -59,7 +83,65 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    print(f"{args.config}: ok")
+    router = _router(config)
+    if router is False:
+        return 1
+    if args.live and router is not None:
+        import asyncio
+        try:
+            asyncio.run(_with_live_schema(config, router, args.database))
+        except (OSError, Exception) as exc:  # asyncpg raises its own errors for a refused login
+            print(f"pgwarden: cannot read the live schema of {args.database!r}: {exc}", file=sys.stderr)
+            return 1
+        problems = router.problems(args.database)
+        if problems:
+            print(f"pgwarden: the policy does not match database {args.database!r}:", file=sys.stderr)
+            for line in problems:
+                print(f"  {line}", file=sys.stderr)
+            return 1
+    print(f"{args.config}: ok" + (f" (policy {config.policies})" if router else "")
+          + (f", matches database {args.database!r}" if args.live and router else ""))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from proxy.router import Forward, Refuse, SetTenant
+    config = _load(args.config)
+    if config is None:
+        return 1
+    router = _router(config)
+    if not router:
+        print("pgwarden: explain needs a config with `policies`", file=sys.stderr)
+        return 1
+    asyncio.run(_with_live_schema(config, router, args.database))
+    ident = router.identity(args.user)
+    tenant = args.tenant if args.tenant is not None else ident.tenant
+    decision = router.decide(ident, tenant, args.database, args.sql)
+    roles = ", ".join(sorted(ident.roles)) or "(none)"
+    print(f"user {args.user}: roles {roles}{'; bypass' if ident.bypass else ''}; tenant {tenant}")
+    if isinstance(decision, Refuse):
+        print(f"deny ({decision.sqlstate}, rule {decision.rule}): {decision.message}")
+        print(f"hint: {decision.hint}")
+        return 2
+    if isinstance(decision, SetTenant):
+        print(f"set tenant: {decision.tenant}; sends: {decision.sql}")
+    elif isinstance(decision, Forward) and decision.sql is not None:
+        print("rewrite: " + ", ".join(decision.tables) + (
+            f"; masks {', '.join(decision.masked)}" if decision.masked else ""))
+        for number, value in decision.param_checks:
+            print(f"check at Bind: ${number} must equal {value!r}")
+        print(decision.sql)
+    else:
+        print("allow: sent unchanged")
+        print(args.sql)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from policies.schema import json_schema
+    print(json.dumps(json_schema(), indent=2))
     return 0
 
 
@@ -77,9 +159,20 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the proxy in the foreground")
     run.add_argument("--config", required=True, help="the proxy config file (YAML)")
     run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check", help="validate the config; exit 1 listing every error")
+    check = sub.add_parser("check", help="validate the config and policies; exit 1 listing every error")
     check.add_argument("--config", required=True)
+    check.add_argument("--live", action="store_true", help="also check the policy against the database")
+    check.add_argument("--database", default="postgres", help="the database for --live (postgres)")
     check.set_defaults(func=cmd_check)
+    explain = sub.add_parser("explain", help="what pgwarden would do with a statement for a user")
+    explain.add_argument("--config", required=True)
+    explain.add_argument("--user", required=True)
+    explain.add_argument("--tenant", help="the session's tenant (default: the user's from the policy)")
+    explain.add_argument("--database", default="postgres")
+    explain.add_argument("sql")
+    explain.set_defaults(func=cmd_explain)
+    schema = sub.add_parser("schema", help="print the policy format as JSON Schema (for editors)")
+    schema.set_defaults(func=cmd_schema)
     passwd = sub.add_parser("passwd", help="print a SCRAM verifier for a password read from stdin")
     passwd.set_defaults(func=cmd_passwd)
     args = parser.parse_args(argv)

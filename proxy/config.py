@@ -187,7 +187,6 @@ class Log(_Strict):
 # Keys of the contract (DESIGN.md "Interfaces") whose features this version does not have yet:
 # they are rejected, never ignored (an ignored `policies` key would be a security hole).
 NOT_YET = {
-    "policies": "policy enforcement",
     "audit": "the audit trail",
     "slow_query": "the slow-query log",
     "cache": "result caching",
@@ -208,7 +207,9 @@ class Config(_Strict):
     log: Log = Field(Log(), description="Logging to standard error.")
     shutdown_timeout: float = Field(30.0, ge=0, description=(
         "Seconds SIGTERM waits for open transactions before closing every client."))
-    policies: Any = Field(None, description="Policy file or folder. Not available yet: rejected.")
+    policies: Path | None = Field(None, description=(
+        "Policy file, or folder of `*.yaml` policy files (docs/policies.md). Without it, "
+        "pgwarden pools and relays but enforces no policy."))
     audit: Any = Field(None, description="Audit trail. Not available yet: rejected.")
     slow_query: Any = Field(None, description="Slow-query log. Not available yet: rejected.")
     cache: Any = Field(None, description="Result cache. Not available yet: rejected.")
@@ -259,7 +260,10 @@ def parse_config(data: dict, path: Path, text: str = "") -> Config:
         errors += [_describe(err, path, text) for err in exc.errors()]
     if errors:
         raise ConfigError(errors)
-    return _resolve_paths(config, path.parent.resolve()).model_copy(update={"source": path})
+    config = _resolve_paths(config, path.parent.resolve())
+    if config.policies is not None and not config.policies.is_absolute():
+        config = config.model_copy(update={"policies": path.parent.resolve() / config.policies})
+    return config.model_copy(update={"source": path})
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:

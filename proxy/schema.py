@@ -23,18 +23,24 @@ order by n.nspname, c.relname, a.attnum
 """
 
 
+Schema = dict[str, tuple[Column, ...]]
+
+
 async def load_schema(host: str, port: int, user: str, password: str | None, database: str,
                       tls: ssl.SSLContext | None = None, timeout: float = 10.0
-                      ) -> dict[str, tuple[Column, ...]]:
-    """{"schema.relation": columns in table order} for every user table, view and partition."""
+                      ) -> tuple[Schema, tuple[str, ...]]:
+    """Every user table, view and partition ({"schema.relation": columns in table order}),
+    and the search_path a backend of this role starts with."""
     conn = await asyncpg.connect(host=host, port=port, user=user, password=password,
                                  database=database, ssl=tls or False, timeout=timeout,
                                  statement_cache_size=0)
     try:
         rows = await conn.fetch(_COLUMNS, timeout=timeout)
+        path = await conn.fetchval("select current_setting('search_path')", timeout=timeout)
     finally:
         await conn.close()
     schema: dict[str, list[Column]] = {}
     for nsp, rel, col, typ in rows:
         schema.setdefault(f"{nsp}.{rel}", []).append(Column(col, typ))
-    return {name: tuple(cols) for name, cols in schema.items()}
+    search_path = tuple(p.strip().strip('"') for p in path.split(",") if p.strip())
+    return {name: tuple(cols) for name, cols in schema.items()}, search_path

@@ -15,7 +15,9 @@ from proxy.http import HttpServer
 from proxy.janitor import Janitor
 from proxy.pool import Pool
 from proxy.prepared import Registry
-from proxy.session import READY, Session
+from proxy.router import PolicyLoadError, Router, load_router
+from proxy.schema import load_schema
+from proxy.session import CLOSED, READY, Session
 
 log = logging.getLogger("pgwarden.server")
 
@@ -32,6 +34,8 @@ class Server:
         self.started = time.time()
         self.tls_context = _listen_tls(config)
         self._backend_tls = _backend_tls(config)
+        self.router: Router | None = None     # set when a policy is loaded
+        self._schema_loads: dict[str, asyncio.Task] = {}
         self._listener: asyncio.AbstractServer | None = None
         self._http = HttpServer(self)
         self._janitor = Janitor(self)
@@ -91,10 +95,58 @@ class Server:
         backend.cancels += 1
         return asyncio.get_running_loop().create_task(_send_cancel(session.pool, backend))
 
+    # --- policies and the live schema -------------------------------------------------------
+
+    def load_policies(self, config: Config) -> Router | None:
+        """A router for the config's policy (None without one); raises PolicyLoadError on a bad file."""
+        if config.policies is None:
+            return None
+        old = self.router
+        return load_router(config.policies, old.schemas if old else {},
+                           old.search_paths if old else {})
+
+    async def ensure_schema(self, session: Session, database: str) -> bool:
+        """Load a database's live schema once, before its first policed statement."""
+        router = self.router
+        if router is None or session.ident is None or database in router.schemas:
+            return True
+        task = self._schema_loads.get(database)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load_schema(database))
+            self._schema_loads[database] = task
+        try:
+            await asyncio.shield(task)
+        except Exception as exc:
+            self._schema_loads.pop(database, None)
+            session.fatal("08006", f"pgwarden could not read the schema of database {database!r}: "
+                          f"{exc}", hint="check that backend_auth's role can connect and read "
+                          "the catalogs")
+            return False
+        return session.state != CLOSED
+
+    async def _load_schema(self, database: str) -> None:
+        target = self._target(database, self.config.backend_auth.user or "postgres")
+        schema, search_path = await load_schema(target.host, target.port, target.user,
+                                                target.password, database, target.tls_context)
+        router = self.router
+        if router is not None:
+            router.add_schema(database, schema, search_path)
+        self._schema_loads.pop(database, None)
+
+    def refresh_schemas(self) -> None:
+        """Read every known database's schema again (after a reload or DDL by a bypass role)."""
+        if self.router is None:
+            return
+        for database in list(self.router.schemas):
+            if database not in self._schema_loads:
+                self._schema_loads[database] = asyncio.get_running_loop().create_task(
+                    self._load_schema(database))
+
     # --- startup, main loop, shutdown -------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.router = self.load_policies(self.config)
         listen = self.config.listen
         self._listener = await loop.create_server(
             lambda: Session(self), listen.host, listen.port, reuse_address=True, backlog=1024)
@@ -120,12 +172,15 @@ class Server:
         try:
             new = load_config(source)  # type: ignore[arg-type]
             tls_context, backend_tls = _listen_tls(new), _backend_tls(new)
-        except (ConfigError, OSError, ValueError) as exc:
+            router = self.load_policies(new)
+        except (ConfigError, PolicyLoadError, OSError, ValueError) as exc:
             log.error("reload of %s failed; keeping the running config:\n%s", source, exc)
             return False
         if (new.listen.host, new.listen.port) != (self.config.listen.host, self.config.listen.port):
             log.warning("reload: a new listen address takes effect only after a restart")
         self.config, self.tls_context, self._backend_tls = new, tls_context, backend_tls
+        self.router = router
+        self.refresh_schemas()
         for (database, user), pool in self.pools.items():
             pool.settings = new.pool
             pool.target = self._target(database, user)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from proxy import params, protocol
 from proxy.auth import AuthFailed, ClientAuth, Credential
 from proxy.backend import Backend, BackendError
+from proxy.guard import HIDDEN_DETAIL, Guarded
 from proxy.pipeline import SWALLOW
 from proxy.pool import Pool, PoolTimeout
 from proxy.prepared import Statement
@@ -59,7 +60,7 @@ def _names_statement(kind: int, msg: bytes) -> bool:
     return msg[5] == 83 and msg[6] != 0    # Describe/Close 'S' with a name
 
 
-class Session(asyncio.Protocol):
+class Session(Guarded, asyncio.Protocol):
     """A client of pgwarden. Its `state` says where it is; `backend` is set while one serves it."""
 
     def __init__(self, server: "Server") -> None:
@@ -270,6 +271,8 @@ class Session(asyncio.Protocol):
         self.pool = pool
         self.tx_mode = self.config.pool.mode == "transaction"
         self.settings = params.startup_settings(self._client_params)
+        if not self.guard_login() or not await self.server.ensure_schema(self, self.database):
+            return
         shown = {**server_params, **{k: v for k, v in self._client_params.items() if k in server_params}}
         out = [protocol.parameter_status(k, v) for k, v in shown.items()]
         out.append(protocol.backend_key_data(self.pid, self.secret))
@@ -377,6 +380,7 @@ class Session(asyncio.Protocol):
 
     def _link(self, backend: Backend) -> None:
         backend.client = self
+        backend.tracker.scrub = HIDDEN_DETAIL if self.ident is not None else None
         self.backend = backend
         if self.settings == backend.settings:
             return
@@ -392,21 +396,26 @@ class Session(asyncio.Protocol):
         tx_mode = self.tx_mode
         out: list[bytes] = []
         for kind, msg in msgs:
-            if self.skipping:
+            if self.skipping:  # after a refusal, as PostgreSQL after an error: up to Sync
                 if kind == _S:
                     self.skipping = False
-                    self.reply(protocol.ready_for_query(bytes([tracker.status])))
+                    tracker.request(_S)  # the backend's ReadyForQuery ends the pipeline
+                    out.append(msg)
                 continue
             if kind == _Q:
                 self._query(msg, out)
             elif kind in _REQUESTS:
+                if self.ident is not None and kind in _NAMED:
+                    msg = self._guard_extended(kind, msg, out)  # type: ignore[assignment]
+                    if msg is None:
+                        continue
                 if tx_mode and kind in _NAMED and _names_statement(kind, msg):
                     self._extended_tx(kind, msg, out)
                     continue
                 if kind == _P:
-                    if not tx_mode:
-                        self.dirty = True
-                    elif _stateful_text(msg, 6, msg.find(b"\x00", 6)) and \
+                    self.dirty = True
+                    if (tx_mode or self.ident is not None) and \
+                            _stateful_text(msg, 6, msg.find(b"\x00", 6)) and \
                             not self._session_statement(protocol.decode_parse(msg).query, False):
                         continue
                 tracker.request(kind)
@@ -443,21 +452,26 @@ class Session(asyncio.Protocol):
     # --- statements that touch session state --------------------------------------------------
 
     def _query(self, msg: bytes, out: list[bytes]) -> None:
-        if not self.tx_mode:
-            self.dirty = True
-        elif _stateful_text(msg, 5, len(msg) - 1) and \
-                not self._session_statement(protocol.decode_query(msg), True):
+        if self.ident is not None:
+            guarded = self.guard_text(protocol.decode_query(msg), simple=True)
+            if guarded is None:
+                return
+            if guarded[1].sql is not None:
+                msg = protocol.query(guarded[0])
+        self.dirty = True
+        if (self.tx_mode or self.ident is not None) and _stateful_text(msg, 5, len(msg) - 1) \
+                and not self._session_statement(protocol.decode_query(msg), True):
             return
         self.backend.tracker.request(_Q)  # type: ignore[union-attr]
         out.append(msg)
 
     def _session_statement(self, sql: str, simple: bool) -> bool:
         """Track or refuse what a statement does to session state; False if it was refused/answered."""
-        if simple and (match := _DEALLOCATE.match(sql)):
+        if self.tx_mode and simple and (match := _DEALLOCATE.match(sql)):
             self._deallocate(match.group(1))
             return False
         effects = params.effects(sql)
-        refusal = self._refusal(effects)
+        refusal = self._refusal(effects) if self.tx_mode else None
         if refusal:
             self.refuse("0A000", refusal[0], refusal[1], simple)
             return False
@@ -497,6 +511,32 @@ class Session(asyncio.Protocol):
             tag = "DEALLOCATE"
         status = self.backend.tracker.status if self.backend is not None else _I
         self.reply(protocol.command_complete(tag) + protocol.ready_for_query(bytes([status])))
+
+    def _guard_extended(self, kind: int, msg: bytes, out: list[bytes]) -> bytes | None:
+        """Parse rewritten under the policy; a stale named statement prepared again; Bind checked."""
+        if kind == _P:
+            return self.guard_parse(msg)
+        if kind == _B:
+            name = protocol.decode_bind_names(msg)[1]
+        elif msg[5] == 83:  # Describe or Close of a statement
+            name = protocol.decode_target(msg)[1]
+        else:
+            return msg
+        if kind == _C:
+            self.guarded.pop(name, None)
+            return msg
+        fresh = self.stale_statement(name)
+        if fresh is None:
+            return None
+        if fresh and self.tx_mode:
+            parsed = protocol.decode_parse(fresh)
+            self.statements[name] = self.server.statements.get(parsed.query, parsed.param_types)
+        elif fresh:
+            tracker = self.backend.tracker  # type: ignore[union-attr]
+            out += (protocol.target(b"C", "S", name), fresh)
+            tracker.request(_C, SWALLOW)
+            tracker.request(_P, SWALLOW)
+        return msg if kind != _B or self.guard_bind(msg) else None
 
     def _extended_tx(self, kind: int, msg: bytes, out: list[bytes]) -> None:
         """Parse/Bind/Describe/Close under transaction pooling: client names -> proxy-wide names."""
@@ -568,6 +608,8 @@ class Session(asyncio.Protocol):
             for stmt in tracker.done:
                 stmt.verified = True  # type: ignore[attr-defined]
             tracker.done.clear()
+        if self.local_tenant is not None and tracker.status == _I:
+            self.local_tenant = None
         if self._snapshot is not None and tracker.status == _I:
             self._transaction_ended(backend, rolled_back=before == ord("E") or self._rolling_back)
         if not tracker.queue:

@@ -1,0 +1,159 @@
+"""Loading policies: one file or every *.yaml in a folder, validated strictly and merged into one Policy."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from policies.model import (MASK_OPTIONS, Functions, PolicyFile, Role, Table, Tenancy,
+                            _split_name, normal_name)
+from policies.source import Document, SourceError, format_errors, load_yaml
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The merged, validated policy that is running. Immutable; a reload builds a new one."""
+
+    version: str                      # a digest of every file's bytes: keys caches
+    files: tuple[Path, ...]
+    mode: str
+    tenancy: Tenancy
+    roles: dict[str, Role]
+    tables: dict[str, Table]          # by normalised "schema.table"
+    functions: frozenset[str]
+    user_roles: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def tenant_column(self, table: str) -> str | None:
+        """The table's tenant column (None for a shared table)."""
+        spec = self.tables[table]
+        if "tenant_column" in spec.model_fields_set:
+            return spec.tenant_column
+        return self.tenancy.column
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Load and merge the policy at `path`; raise SourceError listing every problem."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+        if not files:
+            raise SourceError([f"{path}: no *.yaml policy files in this folder"])
+    elif path.exists():
+        files = [path]
+    else:
+        raise SourceError([f"{path}: no such policy file or folder"])
+    errors: list[str] = []
+    parsed: list[tuple[Document, PolicyFile]] = []
+    for file in files:
+        try:
+            doc = load_yaml(file)
+        except SourceError as exc:
+            errors += exc.errors
+            continue
+        if not isinstance(doc.data, dict):
+            errors.append(f"{file}:1: a policy file is a mapping (version, roles, tables, ...)")
+            continue
+        try:
+            parsed.append((doc, PolicyFile.model_validate(doc.data)))
+        except ValidationError as exc:
+            errors += format_errors(exc, doc, _allowed_keys)
+    if errors:
+        raise SourceError(errors)
+    policy = _merge(parsed, errors)
+    errors += _cross_check(policy, parsed)
+    if errors:
+        raise SourceError(errors)
+    return policy
+
+
+def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Policy:
+    roles: dict[str, Role] = {}
+    tables: dict[str, Table] = {}
+    seen: dict[tuple[str, str], str] = {}
+    tenancy: Tenancy | None = None
+    functions: set[str] = set()
+    digest = hashlib.sha256()
+    for doc, pf in parsed:
+        digest.update(doc.path.read_bytes())
+        for kind, items, target in (("role", pf.roles, roles), ("table", pf.tables, tables)):
+            for name, spec in items.items():
+                key = normal_name(name) if kind == "table" else name
+                where = doc.where((kind + "s", name))
+                if (kind, key) in seen:
+                    errors.append(f"{where}: {kind}s.{name}: already defined at {seen[(kind, key)]};"
+                                  " define it in one file only")
+                    continue
+                seen[(kind, key)] = where
+                target[key] = spec
+        if pf.tenancy is not None:
+            if tenancy is not None and tenancy != pf.tenancy:
+                errors.append(f"{doc.where(('tenancy',))}: tenancy: already defined at "
+                              f"{seen[('tenancy', '')]}; define it in one file only")
+            tenancy = pf.tenancy
+            seen.setdefault(("tenancy", ""), doc.where(("tenancy",)))
+        functions |= {normal_name(f) if "." in f else f"public.{f.lower()}" for f in pf.functions.allow}
+    user_roles: dict[str, set[str]] = {}
+    for role, spec in roles.items():
+        for user in spec.users:
+            user_roles.setdefault(user, set()).add(role)
+    mode = "enforce" if any(pf.mode == "enforce" for _, pf in parsed) else "monitor"
+    return Policy(digest.hexdigest()[:16], tuple(doc.path for doc, _ in parsed), mode,
+                  tenancy or Tenancy(), roles, tables, frozenset(functions),
+                  {u: frozenset(r) for u, r in user_roles.items()})
+
+
+def _cross_check(policy: Policy, parsed: list[tuple[Document, PolicyFile]]) -> list[str]:
+    """Names that must refer to something defined: roles in grants and masks; qualified tables."""
+    errors = []
+    roles = set(policy.roles) | {"*"}
+    for doc, pf in parsed:
+        for name, table in pf.tables.items():
+            parts = _split_name(name)
+            if parts is None or len(parts) != 2:
+                errors.append(f"{doc.where(('tables', name))}: tables.{name}: a table name must be "
+                              f"schema-qualified, like public.{name}")
+            for role in table.grants:
+                if role not in roles:
+                    errors.append(f"{doc.where(('tables', name, 'grants', role))}: tables.{name}.grants:"
+                                  f" role `{role}` is not defined under `roles`")
+            for column, mask in table.masks.items():
+                for i, role in enumerate(mask.roles):
+                    if role not in policy.roles:
+                        errors.append(f"{doc.where(('tables', name, 'masks', column, 'roles', i))}: "
+                                      f"tables.{name}.masks.{column}: role `{role}` is not defined "
+                                      "under `roles`")
+    return errors
+
+
+_TOP = ["version", "tenancy", "roles", "tables", "functions", "default", "mode"]
+_SOURCE_KEYS = {"users": ["users"], "setting": ["setting", "trusted_users"],
+                "signed_setting": ["signed_setting", "key_env"]}
+
+
+def _allowed_keys(loc: tuple, data: Any) -> list[str]:
+    """The keys the format allows at `loc` (for 'did you mean' suggestions)."""
+    try:
+        if loc == ():
+            return _TOP
+        if loc == ("tenancy",):
+            return list(Tenancy.model_fields)
+        if loc[:2] == ("tenancy", "sources") and len(loc) == 3:
+            item = data["tenancy"]["sources"][loc[2]]
+            kind = next((k for k in _SOURCE_KEYS if k in item), None)
+            return _SOURCE_KEYS[kind] if kind else sorted({k for v in _SOURCE_KEYS.values() for k in v})
+        if loc[0] == "roles" and len(loc) == 2:
+            return list(Role.model_fields)
+        if loc[0] == "tables" and len(loc) == 2:
+            return list(Table.model_fields)
+        if loc[0] == "tables" and len(loc) == 4 and loc[2] == "masks":
+            kind = data["tables"][loc[1]]["masks"][loc[3]].get("mask")
+            return ["mask", "roles", *MASK_OPTIONS.get(kind, ())]
+        if loc == ("functions",):
+            return list(Functions.model_fields)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        pass
+    return []

@@ -1,0 +1,182 @@
+"""The policy file format, version 1 (POLICY_FORMAT.md), as strict pydantic models."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+ACTIONS = ("select", "insert", "update", "delete")
+Action = Literal["select", "insert", "update", "delete"]
+_NAME = re.compile(r'^(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")$')
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Mask(_Strict):
+    roles: list[str] = Field(description="Roles that see the masked value; everyone else sees the column.")
+
+
+class RedactMask(_Mask):
+    """A fixed placeholder: '****' for text, NULL for other types."""
+
+    mask: Literal["redact"]
+
+
+class NullMask(_Mask):
+    """NULL."""
+
+    mask: Literal["null"]
+
+
+class EmailMask(_Mask):
+    """'****@domain': keeps the domain."""
+
+    mask: Literal["email"]
+
+
+class PartialMask(_Mask):
+    """Keeps keep_first and/or keep_last characters; the rest become '*'."""
+
+    mask: Literal["partial"]
+    keep_first: int = Field(0, ge=0)
+    keep_last: int = Field(0, ge=0)
+
+
+class HashMask(_Mask):
+    """Hex SHA-256 of the value with a salt: equal values stay joinable, none is revealed."""
+
+    mask: Literal["hash"]
+    salt_env: str | None = Field(None, description="Environment variable holding the salt.")
+
+
+class YearMask(_Mask):
+    """A date or timestamp truncated to January 1st of its year."""
+
+    mask: Literal["year"]
+
+
+class RoundMask(_Mask):
+    """A number rounded to `digits`."""
+
+    mask: Literal["round"]
+    digits: int = 0
+
+
+class ConstantMask(_Mask):
+    """A fixed `value`."""
+
+    mask: Literal["constant"]
+    value: str | int | float | bool | None
+
+
+def _mask_kind(value: object) -> str | None:
+    return value.get("mask") if isinstance(value, dict) else getattr(value, "mask", None)
+
+
+Mask = Annotated[Union[
+    Annotated[RedactMask, Tag("redact")], Annotated[NullMask, Tag("null")],
+    Annotated[EmailMask, Tag("email")], Annotated[PartialMask, Tag("partial")],
+    Annotated[HashMask, Tag("hash")], Annotated[YearMask, Tag("year")],
+    Annotated[RoundMask, Tag("round")], Annotated[ConstantMask, Tag("constant")],
+], Discriminator(_mask_kind, custom_error_type="mask_kind", custom_error_message=(
+    "unknown mask kind: use one of redact, null, email, partial, hash, year, round, constant"))]
+
+MASK_OPTIONS = {"partial": ("keep_first", "keep_last"), "hash": ("salt_env",), "round": ("digits",),
+                "constant": ("value",)}
+
+
+class Table(_Strict):
+    """One table or view: who may do what with it, and which columns are masked for whom."""
+
+    tenant_column: str | None = Field("", description=(
+        "The tenant column; null for a shared table; omitted: tenancy.column."))
+    grants: dict[str, list[Action]] = Field({}, description='Actions per role ("*" = every role).')
+    masks: dict[str, Mask] = Field({}, description="Masked columns.")
+
+
+class UsersSource(_Strict):
+    """A fixed map from login user to tenant."""
+
+    users: dict[str, str]
+
+
+class SettingSource(_Strict):
+    """`SET <setting> = 'tenant'`, honoured for trusted_users only."""
+
+    setting: str
+    trusted_users: list[str] = []
+
+
+class SignedSource(_Strict):
+    """`SET <signed_setting> = '<tenant>.<expiry>.<sig>'`, an HMAC-SHA256 token under key_env."""
+
+    signed_setting: str
+    key_env: str
+
+
+def _source_kind(value: object) -> str | None:
+    if isinstance(value, dict):
+        return next((k for k in ("users", "setting", "signed_setting") if k in value), None)
+    return {UsersSource: "users", SettingSource: "setting", SignedSource: "signed_setting"}.get(
+        type(value))
+
+
+Source = Annotated[Union[
+    Annotated[UsersSource, Tag("users")], Annotated[SettingSource, Tag("setting")],
+    Annotated[SignedSource, Tag("signed_setting")],
+], Discriminator(_source_kind, custom_error_type="source_kind", custom_error_message=(
+    "a tenant source needs one of `users`, `setting` or `signed_setting`"))]
+
+
+class Tenancy(_Strict):
+    """How rows belong to tenants and how a session gets its tenant."""
+
+    column: str = "tenant_id"
+    sources: list[Source] = []
+
+
+class Role(_Strict):
+    """A role: the login users that have it; `bypass` roles are not rewritten (still audited)."""
+
+    users: list[str] = []
+    bypass: bool = False
+
+
+class Functions(_Strict):
+    """User-defined functions that may be called (schema-qualified)."""
+
+    allow: list[str] = []
+
+
+class PolicyFile(_Strict):
+    """One policy file."""
+
+    version: Literal[1] = Field(description="The format version: 1.")
+    tenancy: Tenancy | None = None
+    roles: dict[str, Role] = {}
+    tables: dict[str, Table] = {}
+    functions: Functions = Functions()
+    default: Literal["deny"] = "deny"
+    mode: Literal["enforce", "monitor"] = "enforce"
+
+
+def _split_name(name: str) -> list[str] | None:
+    """Split `schema.table` respecting double quotes; None if malformed."""
+    parts = re.findall(r'"(?:[^"]|"")+"|[^.]+', name)
+    if ".".join(parts) != name or not all(_NAME.match(p) for p in parts):
+        return None
+    return parts
+
+
+def normal_name(name: str) -> str:
+    """Fold unquoted identifiers to lower case and drop quotes: `Public."Orders"` -> `public.Orders`.
+
+    >>> normal_name('Public."Orders"')
+    'public.Orders'
+    """
+    parts = _split_name(name) or [name]
+    return ".".join(p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in parts)

@@ -1,0 +1,163 @@
+"""A client session under policy: each statement decided by the router, its tenant and search path, Bind checks."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+
+import pglast.parser
+
+from proxy import protocol
+from proxy.router import Forward, Identity, Refuse, Router, SetTenant
+
+log = logging.getLogger("pgwarden.guard")
+
+HIDDEN_DETAIL = "detail hidden by pgwarden: it can show other tenants' data"
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A client's statement as the client wrote it, and the policy and tenant it was rewritten under."""
+
+    query: str
+    param_types: bytes
+    checks: tuple[tuple[int, str], ...]
+    router: Router
+    tenant: str | None
+
+
+@functools.lru_cache(maxsize=1024)
+def set_value(text: str) -> str | None:
+    """The string value of a tracked `SET name TO 'value'` text (None if not a single string).
+
+    >>> set_value("SET pgwarden.tenant TO 'acme'")
+    'acme'
+    """
+    try:
+        (raw,) = json.loads(pglast.parser.parse_sql_json(text))["stmts"]
+        args = raw["stmt"]["VariableSetStmt"].get("args") or []
+        return args[0]["A_Const"]["sval"]["sval"] if len(args) == 1 else None
+    except Exception:
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def search_path_of(text: str) -> tuple[str, ...] | None:
+    """The schemas of a tracked `SET search_path ...` text.
+
+    >>> search_path_of("SET search_path TO app, public")
+    ('app', 'public')
+    """
+    try:
+        (raw,) = json.loads(pglast.parser.parse_sql_json(text))["stmts"]
+        args = raw["stmt"]["VariableSetStmt"].get("args") or []
+    except Exception:
+        return None
+    out = []
+    for arg in args:
+        const = arg.get("A_Const", {})
+        if "sval" in const:
+            out += [s.strip() for s in const["sval"]["sval"].split(",") if s.strip()]
+        elif "String" in arg:
+            out.append(arg["String"]["sval"])
+    return tuple(out)
+
+
+class Guarded:
+    """Mixin for Session: what policy enforcement adds to a client connection.
+
+    `ident` is None when no policy is loaded or the user is a bypass role: then every
+    statement goes through untouched and none of this costs anything.
+    """
+
+    ident: Identity | None = None
+    local_tenant: str | None = None  # SET LOCAL: this transaction only
+    guarded: dict[str, Prepared]  # by the client's statement name ("" = unnamed)
+
+    def guard_login(self) -> bool:
+        """Bind the session to its identity; False (and the client closed) when it may not log in."""
+        router = self.server.router
+        self.guarded = {}
+        if router is None:
+            return True
+        if any(k.startswith("pgwarden.") for k in self._client_params):
+            self.fatal("42501", "pgwarden settings cannot be given as startup parameters",
+                       hint="SET them after connecting")
+            return False
+        ident = router.identity(self.user)
+        self.ident = None if ident.bypass else ident
+        return True
+
+    def tenant(self) -> str | None:
+        if self.local_tenant is not None:
+            return self.local_tenant
+        router = self.server.router
+        text = self.settings.get(router.tenant_setting) if router and router.tenant_setting else None
+        if text is not None:
+            return set_value(text)
+        return self.ident.tenant if self.ident is not None else None
+
+    def search_path(self) -> tuple[str, ...] | None:
+        text = self.settings.get("search_path")
+        return search_path_of(text) if text else None
+
+    def guard_text(self, sql: str, simple: bool) -> tuple[str, Forward] | None:
+        """The text to send for a client's statement, or None when it was refused (already answered)."""
+        router = self.server.router
+        decision = router.decide(self.ident, self.tenant(), self.database, sql, self.search_path())
+        if isinstance(decision, Forward):
+            return (sql if decision.sql is None else decision.sql), decision
+        if isinstance(decision, Refuse):
+            log.info("refused for user=%s tenant=%s (%s): %s", self.user, self.tenant(),
+                     decision.rule, decision.message)
+            self.refuse(decision.sqlstate, decision.message, decision.hint, simple)
+            return None
+        assert isinstance(decision, SetTenant)
+        if decision.local:
+            self.local_tenant = decision.tenant if decision.tenant is not None else (
+                self.ident.tenant if self.ident else None)
+        return decision.sql, Forward(decision.sql)
+
+    def guard_parse(self, msg: bytes) -> bytes | None:
+        """A Parse with the policy applied (rewritten text), or None when refused."""
+        parsed = protocol.decode_parse(msg)
+        guarded = self.guard_text(parsed.query, simple=False)
+        if guarded is None:
+            return None
+        text, decision = guarded
+        self.guarded[parsed.name] = Prepared(parsed.query, parsed.param_types, decision.param_checks,
+                                             self.server.router, self.tenant())
+        if text == parsed.query:
+            return msg
+        return protocol.parse(parsed.name, text, parsed.param_types)
+
+    def stale_statement(self, name: str) -> bytes | None:
+        """A named statement prepared under another policy version or tenant: its new Parse.
+
+        Returns the Parse to send again (rewritten now), b"" when it is current or unknown,
+        None when the statement is now refused (the refusal is sent).
+        """
+        prepared = self.guarded.get(name)
+        if prepared is None or (prepared.router is self.server.router
+                                and prepared.tenant == self.tenant()):
+            return b""
+        return self.guard_parse(protocol.parse(name, prepared.query, prepared.param_types))
+
+    def guard_bind(self, msg: bytes) -> bool:
+        """Check tenant-column parameters at Bind; False (refused) when one names another tenant."""
+        prepared = self.guarded.get(protocol.decode_bind_names(msg)[1])
+        if prepared is None or not prepared.checks:
+            return True
+        values = protocol.bind_params(msg)
+        for number, expected in prepared.checks:
+            value = values[number - 1] if number <= len(values) else None
+            if value != expected.encode():
+                shown = "NULL" if value is None else repr(value.decode("utf-8", "replace"))
+                self.refuse("42501", f"INSERT refused: parameter ${number} sets the tenant column "
+                            f"to {shown}, but this session's tenant is {expected!r}",
+                            "omit the tenant column (pgwarden fills it in) or pass the session's "
+                            "own tenant", simple=False)
+                return False
+        return True

@@ -1,0 +1,313 @@
+"""Where policies and the rewriter meet: a session's identity, and a decision for each statement it sends."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pglast.parser
+
+from policies import evaluate
+from rewriter import api as rewriter
+from rewriter.context import Column, Context, MaskSpec, TableRule
+from rewriter.result import Allow, Deny, Rewrite
+
+log = logging.getLogger("pgwarden.router")
+
+CACHE_SIZE = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a session is under the policy: fixed at login."""
+
+    user: str
+    roles: frozenset[str]
+    bypass: bool
+    tenant: str | None          # from the `users` tenant source, if any
+    may_set_tenant: bool        # listed in the `setting` source's trusted_users
+
+
+# --- decisions (the session carries them out; the router does no I/O) -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send `sql` (None: the client's own text, unchanged)."""
+
+    sql: str | None = None
+    param_checks: tuple[tuple[int, str], ...] = ()
+    tables: tuple[str, ...] = ()
+    masked: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Answer ErrorResponse(sqlstate, message, hint); nothing is run."""
+
+    sqlstate: str
+    message: str
+    hint: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetTenant:
+    """The session's tenant changes (None: back to its login tenant); forward `sql` for the reply."""
+
+    tenant: str | None
+    local: bool
+    sql: str
+
+
+ORIGINAL = Forward()
+Decision = Forward | Refuse | SetTenant
+
+
+class PolicyLoadError(Exception):
+    """The policy files cannot be used; `.errors` lists file:line: sentence for each problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def load_router(path: Path, schemas: dict | None = None, search_paths: dict | None = None) -> "Router":
+    """Load the policy at `path` (a file or a folder) into a new Router; PolicyLoadError if it is bad."""
+    from policies.load import load_policy
+    from policies.source import SourceError
+    try:
+        policy = load_policy(path)
+    except SourceError as exc:
+        raise PolicyLoadError(list(exc.errors)) from exc
+    return Router(policy, Path(path), dict(schemas or {}), dict(search_paths or {}))
+
+
+class Router:
+    """An immutable pairing of one policy version with the live schemas; reload builds a new one."""
+
+    def __init__(self, policy, source: Path, schemas: dict[str, dict[str, tuple[Column, ...]]],
+                 search_paths: dict[str, tuple[str, ...]] | None = None) -> None:
+        self.policy = policy
+        self.source = source
+        self.schemas = schemas
+        self.search_paths = search_paths or {}
+        self.monitor = policy.mode == "monitor"
+        self.tenant_setting, self._signed, self._key = _tenant_settings(policy)
+        self._cache: dict[tuple, Decision] = {}
+        self._contexts: dict[tuple, Context] = {}
+
+    def add_schema(self, database: str, schema: dict[str, tuple[Column, ...]],
+                   search_path: tuple[str, ...]) -> None:
+        """A database's live schema, read (again) by the control plane."""
+        self.schemas[database] = schema
+        self.search_paths[database] = search_path
+        self._cache.clear()
+        self._contexts.clear()
+        for problem in self.problems(database):
+            log.error("%s", problem)
+
+    def problems(self, database: str) -> list[str]:
+        """Tables and masked columns the policy names that the live schema lacks."""
+        schema = self.schemas.get(database, {})
+        out = []
+        for table, columns in evaluate.masked_columns(self.policy).items():
+            if table not in schema:
+                out.append(f"{self.source}: tables.{table}: no such table or view in database "
+                           f"{database!r}; fix the name or create it")
+                continue
+            present = {c.name for c in schema[table]}
+            out += [f"{self.source}: tables.{table}.masks.{col}: no such column in {table}"
+                    for col in columns if col not in present]
+        for table in evaluate.tables(self.policy):
+            if table not in schema and table not in evaluate.masked_columns(self.policy):
+                out.append(f"{self.source}: tables.{table}: no such table or view in database "
+                           f"{database!r}; fix the name or create it")
+        return out
+
+    # --- identity ---------------------------------------------------------------------------
+
+    def identity(self, user: str) -> Identity:
+        policy = self.policy
+        return Identity(user, frozenset(evaluate.roles_of(policy, user)),
+                        evaluate.is_bypass(policy, user), evaluate.tenant_from_users(policy, user),
+                        user in _trusted_users(policy))
+
+    # --- statements -------------------------------------------------------------------------
+
+    def decide(self, ident: Identity, tenant: str | None, database: str, sql: str,
+               search_path: tuple[str, ...] | None = None) -> Decision:
+        """What to do with one statement text (a Query, or a Parse's text)."""
+        if ident.bypass:
+            return ORIGINAL
+        key = (sql, ident.user, tenant, database, search_path)
+        decision = self._cache.get(key)
+        if decision is None:
+            decision = self._decide(ident, tenant, database, sql, search_path)
+            if not isinstance(decision, SetTenant):
+                if len(self._cache) >= CACHE_SIZE:
+                    self._cache.clear()
+                self._cache[key] = decision
+        return decision
+
+    def _decide(self, ident: Identity, tenant: str | None, database: str, sql: str,
+                search_path: tuple[str, ...] | None) -> Decision:
+        tenant_stmt = self._tenant_statement(ident, sql, tenant)
+        if tenant_stmt is not None:
+            return tenant_stmt
+        ctx = self._context(ident, tenant, database, search_path)
+        started = time.perf_counter()
+        result = rewriter.rewrite(sql, ctx)
+        elapsed = time.perf_counter() - started
+        decision = self._from_result(result)
+        if self.monitor and not (isinstance(decision, Forward) and decision.sql is None):
+            log.warning("monitor mode: would %s for user=%s tenant=%s: %s",
+                        _describe(decision), ident.user, tenant, sql[:500])
+            return ORIGINAL
+        if elapsed > 0.05:
+            log.info("rewrite took %.1f ms: %s", elapsed * 1000, sql[:200])
+        return decision
+
+    def _from_result(self, result) -> Decision:
+        if isinstance(result, Allow):
+            return ORIGINAL
+        if isinstance(result, Rewrite):
+            return Forward(result.sql, result.param_checks, result.tables, result.masked)
+        assert isinstance(result, Deny)
+        hint = f"{result.hint} (policy {self.source}, rule `{result.rule}`)"
+        return Refuse(result.sqlstate, result.message, hint, result.rule)
+
+    def _context(self, ident: Identity, tenant: str | None, database: str,
+                 search_path: tuple[str, ...] | None) -> Context:
+        key = (ident.user, tenant, database, search_path)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            path = search_path or self.search_paths.get(database) or ("public",)
+            ctx = Context(_table_rules(self.policy, ident.user), self.schemas.get(database, {}),
+                          tenant, frozenset(evaluate.allowed_functions(self.policy)),
+                          tuple(s.replace("$user", ident.user) for s in path if s))
+            self._contexts[key] = ctx
+        return ctx
+
+    # --- SET / RESET of the tenant settings -------------------------------------------------
+
+    def _tenant_statement(self, ident: Identity, sql: str, tenant: str | None) -> Decision | None:
+        """SET/RESET of pgwarden's tenant settings: honoured, or refused; None for other SQL."""
+        if "pgwarden." not in sql.lower():
+            return None
+        shown = _single_show(sql)
+        if shown is not None and shown == self.tenant_setting:
+            value = "NULL" if tenant is None else "'" + tenant.replace("'", "''") + "'"
+            return Forward(f'SELECT CAST({value} AS text) AS "{shown}"')
+        stmt = _single_variable_set(sql)
+        if stmt is None:
+            return None
+        name, value, local, reset = stmt
+        if name == self.tenant_setting:
+            if not ident.may_set_tenant:
+                return Refuse("42501", f'user "{ident.user}" may not set {name}',
+                              f"only the setting source's trusted_users may (policy {self.source},"
+                              " rule `tenancy.sources`); use a signed token instead", "tenancy.sources")
+            if reset:
+                return SetTenant(None, local, sql)
+            if value is None:
+                return Refuse("22023", f"{name} must be set to a string", "SET it to the tenant id",
+                              "tenancy.sources")
+            return SetTenant(value, local, sql)
+        if name == self._signed:
+            if reset:
+                return SetTenant(None, local, f"RESET {self.tenant_setting or 'pgwarden.tenant'}")
+            return self._token(value or "", local)
+        return None
+
+    def _token(self, token: str, local: bool) -> Decision:
+        key = os.environ.get(self._key or "", "").encode()
+        if not key:
+            return Refuse("42501", "signed tenant tokens are not accepted: the key is not set",
+                          f"set the environment variable {self._key} for pgwarden", "tenancy.sources")
+        try:
+            tenant = evaluate.verify_tenant_token(token, key, time.time())
+        except evaluate.TokenError as exc:
+            return Refuse("42501", f"tenant token refused: {exc}; the tenant is unchanged",
+                          "get a fresh token signed with the current key", "tenancy.sources")
+        name = self.tenant_setting or "pgwarden.tenant"
+        quoted = tenant.replace("'", "''")
+        return SetTenant(tenant, local, f"SET {'LOCAL ' if local else ''}{name} TO '{quoted}'")
+
+
+def _describe(decision: Decision) -> str:
+    if isinstance(decision, Refuse):
+        return f"refuse ({decision.rule}: {decision.message})"
+    if isinstance(decision, Forward):
+        return f"rewrite to: {decision.sql}"
+    return "change the tenant"
+
+
+def _single_show(sql: str) -> str | None:
+    """The setting name of a lone SHOW statement, else None."""
+    try:
+        stmts = json.loads(pglast.parser.parse_sql_json(sql))["stmts"]
+    except Exception:
+        return None
+    if len(stmts) != 1 or "VariableShowStmt" not in stmts[0]["stmt"]:
+        return None
+    return stmts[0]["stmt"]["VariableShowStmt"]["name"].lower()
+
+
+def _single_variable_set(sql: str) -> tuple[str, str | None, bool, bool] | None:
+    """(name, string value, is_local, is_reset) of a lone SET/RESET statement, else None."""
+    try:
+        stmts = json.loads(pglast.parser.parse_sql_json(sql))["stmts"]
+    except Exception:
+        return None
+    if len(stmts) != 1 or "VariableSetStmt" not in stmts[0]["stmt"]:
+        return None
+    node = stmts[0]["stmt"]["VariableSetStmt"]
+    args = node.get("args") or []
+    value = None
+    if len(args) == 1 and "sval" in args[0].get("A_Const", {}):
+        value = args[0]["A_Const"]["sval"]["sval"]
+    reset = node["kind"] in ("VAR_RESET", "VAR_SET_DEFAULT")
+    return node.get("name", "").lower(), value, bool(node.get("is_local")), reset
+
+
+def _tenant_settings(policy) -> tuple[str | None, str | None, str | None]:
+    setting = signed = key = None
+    for source in evaluate.tenant_sources(policy):
+        if source.get("setting"):
+            setting = source["setting"].lower()
+        if source.get("signed_setting"):
+            signed, key = source["signed_setting"].lower(), source.get("key_env")
+    if signed and not setting:
+        setting = "pgwarden.tenant"  # where a verified token's tenant is kept
+    return setting, signed, key
+
+
+def _trusted_users(policy) -> frozenset[str]:
+    users: set[str] = set()
+    for source in evaluate.tenant_sources(policy):
+        if source.get("setting"):
+            users |= set(source.get("trusted_users") or ())
+    return frozenset(users)
+
+
+def _table_rules(policy, user: str) -> dict[str, TableRule]:
+    rules = {}
+    for name, tenant_column in evaluate.tables(policy).items():
+        masks = {col: MaskSpec(spec.kind, tuple(sorted(_mask_options(spec).items())))
+                 for col, spec in evaluate.masks_for(policy, user, name).items()}
+        rules[name] = TableRule(name, tenant_column, frozenset(
+            evaluate.allowed_actions(policy, user, name)), masks)
+    return rules
+
+
+def _mask_options(spec) -> dict[str, object]:
+    options = {k: v for k, v in spec.options.items() if v is not None}
+    salt_env = options.pop("salt_env", None)
+    if spec.kind == "hash":
+        options["salt"] = os.environ.get(salt_env, "") if salt_env else ""
+    return options

@@ -1,0 +1,97 @@
+"""A shop database with two tenants, a policy for it, and pgwarden in front with that policy."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.harness import ProxyProcess, base_config
+
+DIRECT = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+DB = "pgw_policy"
+TOKEN_KEY = "test-tenant-key-0123456789"
+
+SCHEMA = """
+create table customers (id int primary key, tenant_id text not null, name text,
+                        email text unique, ssn text, phone text, born date);
+create table orders (id int primary key, tenant_id text not null, customer_id int,
+                     total numeric(10,2));
+create table countries (code text primary key, name text);
+create table secrets (id int, tenant_id text, secret text);
+insert into customers values
+  (1, 'acme', 'Ann', 'ann@acme.io', '111-11-1111', '555-0101', '1980-05-17'),
+  (2, 'acme', 'Bob', 'bob@acme.io', '222-22-2222', '555-0102', '1990-01-02'),
+  (3, 'globex', 'Gus', 'gus@globex.io', '333-33-3333', '555-0103', '1975-12-31');
+insert into orders values (10, 'acme', 1, 100.00), (11, 'acme', 2, 50.50), (12, 'globex', 3, 999.99);
+insert into countries values ('us', 'United States'), ('fr', 'France');
+insert into secrets values (1, 'acme', 's3cr3t');
+"""
+
+POLICY = """
+version: 1
+tenancy:
+  column: tenant_id
+  sources:
+    - users: {acme_app: acme, globex_app: globex}
+    - setting: pgwarden.tenant
+      trusted_users: [saas_backend]
+    - signed_setting: pgwarden.tenant_token
+      key_env: PGWARDEN_TEST_TENANT_KEY
+roles:
+  app: {users: [acme_app, globex_app, saas_backend, token_user]}
+  analyst: {users: [alice]}
+  admin: {users: [postgres], bypass: true}
+tables:
+  public.customers:
+    grants: {app: [select, insert, update, delete], analyst: [select]}
+    masks:
+      email: {mask: email, roles: [analyst]}
+      ssn: {mask: redact, roles: [analyst, app]}
+      phone: {mask: partial, keep_last: 4, roles: [analyst]}
+  public.orders:
+    grants: {app: [select, insert, update, delete], analyst: [select]}
+  public.countries:
+    tenant_column: null
+    grants: {"*": [select]}
+default: deny
+"""
+
+
+def reset_data() -> None:
+    with psycopg.connect(DIRECT.replace("dbname=postgres", f"dbname={DB}"), autocommit=True) as c:
+        c.execute("drop table if exists customers, orders, countries, secrets")
+        c.execute(SCHEMA)
+
+
+@pytest.fixture(scope="session")
+def shop_db():
+    with psycopg.connect(DIRECT, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {DB} with (force)")
+        conn.execute(f"create database {DB}")
+    reset_data()
+    yield DB
+    with psycopg.connect(DIRECT, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {DB} with (force)")
+
+
+def policy_proxy(workdir: Path, mode: str, policy: str = POLICY, **overrides) -> ProxyProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "policies").mkdir(exist_ok=True)
+    (workdir / "policies" / "shop.yaml").write_text(textwrap.dedent(policy))
+    config = base_config(pool={"mode": mode, "size": 5}, policies="policies", **overrides)
+    return ProxyProcess(config, workdir, env={"PGWARDEN_TEST_TENANT_KEY": TOKEN_KEY}).start()
+
+
+@pytest.fixture(scope="module", params=["transaction", "session"])
+def guarded(request, shop_db, tmp_path_factory):
+    """pgwarden with the shop policy, in each pooling mode."""
+    proxy = policy_proxy(tmp_path_factory.mktemp(f"policy-{request.param}"), request.param)
+    yield proxy
+    proxy.stop()
+
+
+def connect(proxy: ProxyProcess, user: str, **kw) -> psycopg.Connection:
+    return psycopg.connect(proxy.dsn(user=user, dbname=DB), autocommit=True, **kw)
