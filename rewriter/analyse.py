@@ -43,6 +43,8 @@ class Found:
     operators: list[tuple[str, ...]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     locking: bool = False
+    qualified_columns: list[dict] = field(default_factory=list)  # ColumnRefs of schema.table.column
+    aliases: list[str] = field(default_factory=list)  # names of CTEs, subqueries, functions, joins
 
 
 def node_type(node: object) -> tuple[str, dict] | None:
@@ -98,6 +100,7 @@ def with_scope(fields: dict, scope: frozenset[str], found: Found) -> frozenset[s
     ctes = [c["CommonTableExpr"] for c in clause["ctes"]]
     recursive = bool(clause.get("recursive"))
     all_names = frozenset(c["ctename"] for c in ctes)
+    found.aliases += all_names
     for i, cte in enumerate(ctes):
         seen = all_names if recursive else frozenset(c["ctename"] for c in ctes[:i])
         collect(cte["ctequery"], scope | seen, found)
@@ -166,11 +169,24 @@ def _unexpected(what: str):
     return handle
 
 
+def _column_ref(fields: dict, scope: frozenset[str], found: Found) -> None:
+    if len(fields["fields"]) >= 3:
+        found.qualified_columns.append(fields)
+
+
+def _aliased(fields: dict, scope: frozenset[str], found: Found) -> None:
+    found.aliases += [fields[k]["aliasname"] for k in ("alias", "join_using_alias") if fields.get(k)]
+    for key, value in fields.items():
+        collect(value, scope, found)
+
+
 def _leaf(fields: dict, scope: frozenset[str], found: Found) -> None:
     """Constants and parameters hold no relation and no call: nothing to walk."""
 
 
 HANDLERS = {
+    "ColumnRef": _column_ref, "RangeSubselect": _aliased, "RangeFunction": _aliased, "JoinExpr": _aliased,
+    "RangeTableFunc": _aliased, "JsonTable": _aliased,
     "A_Const": _leaf, "ParamRef": _leaf, "String": _leaf, "Integer": _leaf, "Float": _leaf,
     "RangeVar": lambda f, s, found: _range_var(f, s, found),
     "SelectStmt": _select,

@@ -12,7 +12,7 @@ from .classify import INNER_QUERY, statement_kind, statements, walk_statement
 from .context import Context
 from .copy import copy_to_query
 from .inserts import guard_inserts
-from .reads import substitute_reads
+from .reads import requalify_columns, substitute_reads
 from .refuse import Refused
 from .result import Allow, Deny, Result, Rewrite
 from .splice import Edit, ParamCheck, Tokens, apply, scan
@@ -21,7 +21,7 @@ from .write_masks import mask_write_columns
 from .writes import guard_conflicts, guard_updates, qualify_targets
 
 # The rewrites, in order; each maps a checked statement to text edits and parameter checks.
-RULES = (substitute_reads, qualify_targets, guard_updates, guard_inserts, guard_conflicts, mask_write_columns, copy_to_query)
+RULES = (substitute_reads, requalify_columns, qualify_targets, guard_updates, guard_inserts, guard_conflicts, mask_write_columns, copy_to_query)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .checks import Checked, Resolved
 from .context import Context
 from .masks import projection, quote_ident
+from .write_masks import fields_of
 from .refuse import Refused
 from .splice import Edit, ParamCheck, Tokens, relation_span
 
@@ -46,4 +47,29 @@ def substitute_reads(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Para
             edits.append(Edit(toks.starts[i - 1], end, f"SELECT * FROM {substituted(r, ctx)}"))
         else:
             edits.append(Edit(start, end, substituted(r, ctx)))
+    return edits
+
+
+def requalify_columns(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
+    """`public.orders.id` names a table that is now a projection aliased "orders": shorten it.
+
+    Only when nothing else in the statement is named like the table (so the reference
+    cannot come to mean another item).
+    >>> from .examples import run_rule
+    >>> print(run_rule(requalify_columns, "SELECT public.orders.id FROM public.orders"))
+    SELECT "orders".id FROM public.orders
+    """
+    substituted = {r.name for r in c.refs if r.ref.role == "select" and r.protected and not r.ref.rv.get("alias")}
+    edits: list[Edit | ParamCheck] = []
+    for ref in c.found.qualified_columns:
+        parts = fields_of(ref)
+        name = ".".join(parts[:2])
+        if len(parts) != 3 or name not in substituted:
+            continue
+        rel = parts[1]
+        if rel in c.found.aliases or any(r.ref.ref_name == rel and r.name != name for r in c.refs):
+            raise Refused(f"the column reference {'.'.join(parts)} is ambiguous once {name} is protected",
+                          f"Give {name} an alias and qualify the column with it.", f"tables.{name}")
+        i = toks.at(ref["location"])
+        edits.append(Edit(toks.starts[i], toks.ends[i + 2], quote_ident(rel), "requalify"))
     return edits

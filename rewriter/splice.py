@@ -19,11 +19,16 @@ class SpliceError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Edit:
-    """Replace text[start:end] (UTF-8 byte offsets) by `text`; start == end inserts."""
+    """Replace text[start:end] (UTF-8 byte offsets) by `text`; start == end inserts.
+
+    `kind` names edits verify() must recognise: "mask" (a masked column reference),
+    "requalify" (a schema-qualified column reference of a substituted table).
+    """
 
     start: int
     end: int
     text: str
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)

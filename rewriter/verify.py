@@ -87,6 +87,7 @@ class Side:
     masks: dict[str, str]         # rewritten side: canonical mask expression -> column
     starred: bool                 # a RETURNING * was expanded: RETURNING lists are not compared
     params: frozenset[int]        # parameter numbers the Rewrite checks at Bind
+    requalified: frozenset[int]   # client side: locations of schema.table.column refs we shortened
 
 
 def norm(node: object, side: Side) -> object:
@@ -142,6 +143,8 @@ def _range_subselect(fields: dict, side: Side) -> object:
 def _column_ref(fields: dict, side: Side) -> object:
     if not side.new and fields["location"] in side.masked_refs:
         return {"Masked": fields["fields"][-1]["String"]["sval"]}
+    if not side.new and fields["location"] in side.requalified:
+        return {"ColumnRef": strip({**fields, "fields": fields["fields"][1:]})}
     return None
 
 
@@ -275,7 +278,8 @@ def sides(original: bytes, ctx: Context, judged: list) -> tuple[Side, Side]:
     edits: list[Edit] = [e for j in judged for e in j.edits]
     substituted = frozenset(r.ref.rv["location"] for j in judged for r in j.checked.refs
                             if r.protected and r.ref.role in ("select", "copy_to"))
-    masked_refs = frozenset(e.start for e in edits if e.end > e.start and e.text.startswith("CAST("))
+    masked_refs = frozenset(e.start for e in edits if e.kind == "mask")
+    requalified = frozenset(e.start for e in edits if e.kind == "requalify")
     starred = any(e.end > e.start and original[e.start:e.end].endswith(b"*") for e in edits)
     masks = {}
     for j in judged:
@@ -286,8 +290,8 @@ def sides(original: bytes, ctx: Context, judged: list) -> tuple[Side, Side]:
                     text = mask_expr(spec, f"{quote_ident(r.ref.ref_name)}.{quote_ident(col)}", columns[col])
                     masks[fragment_tree(f"SELECT {text}")] = col
     params = frozenset(c.number for j in judged for c in j.checks)
-    return (Side(ctx, False, substituted, masked_refs, {}, starred, params),
-            Side(ctx, True, frozenset(), frozenset(), masks, starred, params))
+    return (Side(ctx, False, substituted, masked_refs, {}, starred, params, requalified),
+            Side(ctx, True, frozenset(), frozenset(), masks, starred, params, frozenset()))
 
 
 def verify(original: str, new: str, ctx: Context, judged: list) -> None:

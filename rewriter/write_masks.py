@@ -100,7 +100,8 @@ def mask_ref(r: Resolved, ctx: Context, toks: Tokens, ref: dict, named: bool) ->
     col = parts[-1]
     qualifier = quote_ident(parts[0] if len(parts) == 2 else me)
     text = mask_expr(r.rule.masks[col], f"{qualifier}.{quote_ident(col)}", columns[col])
-    return Edit(toks.starts[i], toks.ends[name_end(toks, i) - 1], text + ("" if named else f" AS {quote_ident(col)}"))
+    return Edit(toks.starts[i], toks.ends[name_end(toks, i) - 1], text + ("" if named else f" AS {quote_ident(col)}"),
+                "mask")
 
 
 def check_nested(r: Resolved, nested: list[dict]) -> None:
