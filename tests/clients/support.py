@@ -27,6 +27,12 @@ def xfail_in_transaction_mode(request, proxy, reason: str) -> None:
         request.applymarker(pytest.mark.xfail(strict=False, reason=reason))
 
 
+def skip_if_direct(proxy) -> None:
+    """Skip a check of pgwarden's own behaviour when the suites run straight against PostgreSQL."""
+    if isinstance(proxy, DirectPostgres):
+        pytest.skip("checks pgwarden's own behaviour; PGWARDEN_CLIENTS_DIRECT aims at PostgreSQL")
+
+
 def direct_execute(sql: str, dbname: str = "postgres") -> None:
     """Run one statement straight on PostgreSQL, in autocommit."""
     with psycopg.connect(direct_dsn(dbname), autocommit=True) as conn:
