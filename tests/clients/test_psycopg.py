@@ -278,6 +278,32 @@ def test_set_survives_transaction_pooling(tx_proxy):
     assert len(set().union(*(pids for _, pids in results))) <= 10
 
 
+def _set_config_worker(proxy, worker: int) -> list[str]:
+    """TimeZone changed by set_config() (as Django does), by a multi-statement SET, or not at all."""
+    zone = {0: "Asia/Tokyo", 1: "America/Lima", 2: "Etc/UTC"}[worker % 3]
+    problems = []
+    with connect(proxy, autocommit=True) as conn:
+        if worker % 3 == 0:
+            conn.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
+        elif worker % 3 == 1:
+            psycopg.ClientCursor(conn).execute(f"SET TimeZone = '{zone}'; SELECT 1")  # simple query, two statements
+        for _ in range(10):
+            seen = conn.execute("SELECT current_setting('TimeZone'), pg_sleep(0.01)::text").fetchone()[0]
+            if seen != zone:
+                problems.append(f"worker {worker} expected {zone}, saw {seen}")
+    return problems
+
+
+def test_set_config_and_multi_statement_set_under_transaction_pooling(tx_proxy, request):
+    request.applymarker(pytest.mark.xfail(strict=False, reason=(
+        "transaction mode: SELECT set_config('TimeZone', 'Asia/Tokyo', false) is neither tracked nor reset: "
+        "the client sees Etc/UTC again once it lands on another backend, and clients that never changed "
+        "TimeZone see Asia/Tokyo on the backend it was run on (SET in a multi-statement simple query is fine)")))
+    with ThreadPoolExecutor(max_workers=21) as pool:
+        results = list(pool.map(lambda w: _set_config_worker(tx_proxy, w), range(21)))
+    assert [p for r in results for p in r] == []
+
+
 def test_set_in_rolled_back_transaction_does_not_stick(tx_proxy):
     with connect(tx_proxy) as conn:
         conn.execute("SET application_name = 'committed'")
