@@ -26,6 +26,15 @@ class Policy:
     tables: dict[str, Table]          # by normalised "schema.table"
     functions: frozenset[str]
     user_roles: dict[str, frozenset[str]] = field(default_factory=dict)
+    origins: dict[str, Path] = field(default_factory=dict)  # "tables.public.t", "roles.app" -> file
+
+    def file_of(self, rule: str) -> str:
+        """The file that defines a rule like `tables.public.t.masks.c` (or every file, if none does)."""
+        parts = rule.split(".")
+        for end in range(len(parts), 0, -1):
+            if ".".join(parts[:end]) in self.origins:
+                return str(self.origins[".".join(parts[:end])])
+        return ", ".join(str(f) for f in self.files)
 
     def tenant_column(self, table: str) -> str | None:
         """The table's tenant column (None for a shared table)."""
@@ -76,6 +85,7 @@ def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Poli
     seen: dict[tuple[str, str], str] = {}
     tenancy: Tenancy | None = None
     functions: set[str] = set()
+    origins: dict[str, Path] = {}
     digest = hashlib.sha256()
     for doc, pf in parsed:
         digest.update(doc.path.read_bytes())
@@ -88,12 +98,14 @@ def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Poli
                                   " define it in one file only")
                     continue
                 seen[(kind, key)] = where
+                origins[f"{kind}s.{key}"] = doc.path
                 target[key] = spec
         if pf.tenancy is not None:
             if tenancy is not None and tenancy != pf.tenancy:
                 errors.append(f"{doc.where(('tenancy',))}: tenancy: already defined at "
                               f"{seen[('tenancy', '')]}; define it in one file only")
             tenancy = pf.tenancy
+            origins["tenancy"] = doc.path
             seen.setdefault(("tenancy", ""), doc.where(("tenancy",)))
         functions |= {normal_name(f) if "." in f else f"public.{f.lower()}" for f in pf.functions.allow}
     user_roles: dict[str, set[str]] = {}
@@ -103,7 +115,7 @@ def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Poli
     mode = "enforce" if any(pf.mode == "enforce" for _, pf in parsed) else "monitor"
     return Policy(digest.hexdigest()[:16], tuple(doc.path for doc, _ in parsed), mode,
                   tenancy or Tenancy(), roles, tables, frozenset(functions),
-                  {u: frozenset(r) for u, r in user_roles.items()})
+                  {u: frozenset(r) for u, r in user_roles.items()}, origins)
 
 
 def _cross_check(policy: Policy, parsed: list[tuple[Document, PolicyFile]]) -> list[str]:

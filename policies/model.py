@@ -120,14 +120,15 @@ class SignedSource(_Strict):
 
 def _source_kind(value: object) -> str | None:
     if isinstance(value, dict):
-        return next((k for k in ("users", "setting", "signed_setting") if k in value), None)
-    return {UsersSource: "users", SettingSource: "setting", SignedSource: "signed_setting"}.get(
-        type(value))
+        kind = next((k for k in ("users", "setting", "signed_setting") if k in value), None)
+        return f"{kind} source" if kind else None
+    return {UsersSource: "users source", SettingSource: "setting source",
+            SignedSource: "signed_setting source"}.get(type(value))
 
 
 Source = Annotated[Union[
-    Annotated[UsersSource, Tag("users")], Annotated[SettingSource, Tag("setting")],
-    Annotated[SignedSource, Tag("signed_setting")],
+    Annotated[UsersSource, Tag("users source")], Annotated[SettingSource, Tag("setting source")],
+    Annotated[SignedSource, Tag("signed_setting source")],
 ], Discriminator(_source_kind, custom_error_type="source_kind", custom_error_message=(
     "a tenant source needs one of `users`, `setting` or `signed_setting`"))]
 

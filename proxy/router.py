@@ -178,7 +178,7 @@ class Router:
         if isinstance(result, Rewrite):
             return Forward(result.sql, result.param_checks, result.tables, result.masked)
         assert isinstance(result, Deny)
-        hint = f"{result.hint} (policy {self.source}, rule `{result.rule}`)"
+        hint = f"{result.hint} (policy file {self.policy.file_of(result.rule)}, rule `{result.rule}`)"
         return Refuse(result.sqlstate, result.message, hint, result.rule)
 
     def _context(self, ident: Identity, tenant: str | None, database: str,
@@ -210,8 +210,9 @@ class Router:
         if name == self.tenant_setting:
             if not ident.may_set_tenant:
                 return Refuse("42501", f'user "{ident.user}" may not set {name}',
-                              f"only the setting source's trusted_users may (policy {self.source},"
-                              " rule `tenancy.sources`); use a signed token instead", "tenancy.sources")
+                              "only the setting source's trusted_users may (policy file "
+                              f"{self.policy.file_of('tenancy')}, rule `tenancy.sources`); use a "
+                              "signed token instead", "tenancy.sources")
             if reset:
                 return SetTenant(None, local, sql)
             if value is None:
