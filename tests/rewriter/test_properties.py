@@ -62,7 +62,17 @@ def select(draw) -> str:
     target = draw(st.sampled_from(["*", f"{ref}.{cols[0]}", "count(*)", f"{ref}.*"]))
     where = draw(st.none() | condition(ref, cols))
     sql = f"SELECT {target} FROM {from_text}" + (f" WHERE {where}" if where else "")
-    if draw(st.booleans()):
+    shape = draw(st.sampled_from(["plain", "union", "table", "lateral", "in_cte"]))
+    if shape == "union":
+        sql = f"SELECT id FROM {draw(st.sampled_from(sorted(PROTECTED)))} UNION ALL SELECT id FROM orders o2"
+    elif shape == "table":
+        sql = f"TABLE {draw(st.sampled_from(sorted(COLUMNS)))}"
+    elif shape == "lateral":
+        sql = ("SELECT c.id, l.total FROM customers c, LATERAL (SELECT o.total FROM orders o "
+               "WHERE o.customer_id = c.id) l")
+    elif shape == "in_cte":
+        sql = f"WITH q AS ({sql}) SELECT count(*) FROM q"
+    if shape in ("plain", "union", "lateral") and draw(st.booleans()):
         table = draw(st.sampled_from(sorted(PROTECTED)))
         sql = f"WITH {table} AS (SELECT * FROM {table} WHERE id > 1) " + sql
     return sql
