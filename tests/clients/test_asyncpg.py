@@ -10,7 +10,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.clients.support import direct_execute, xfail_in_transaction_mode
+from tests.clients.support import direct_execute, pool_mode, xfail_in_transaction_mode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -179,6 +179,36 @@ def test_timeout_cancels_query(proxy):
         conn = await connect(proxy)
         try:
             assert await conn.fetchval("SELECT $1::int * 3", 7) == 21
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def test_cursors_and_listeners(proxy):
+    async def main():
+        conn = await connect(proxy)
+        try:
+            async with conn.transaction():
+                # Execute with a row limit: the backend suspends the portal between batches.
+                rows = [r[0] async for r in conn.cursor("SELECT g FROM generate_series(1, 1000) g", prefetch=50)]
+                assert rows == list(range(1, 1001))
+                cur = await conn.cursor("SELECT g FROM generate_series(1, 100) g")
+                assert [r[0] for r in await cur.fetch(3)] == [1, 2, 3]
+                assert await cur.forward(10) == 10
+                assert (await cur.fetchrow())[0] == 14
+            # What asyncpg's pool runs when a connection is released.
+            await conn.reset()
+            assert await conn.fetchval("SELECT 'after reset'") == "after reset"
+            if pool_mode(proxy) == "session":
+                received: asyncio.Queue = asyncio.Queue()
+                await conn.add_listener("pgw_asyncpg_channel", lambda *args: received.put_nowait(args[3]))
+                other = await connect(proxy)
+                try:
+                    await other.execute("NOTIFY pgw_asyncpg_channel, 'ping ✓'")
+                finally:
+                    await other.close()
+                assert await asyncio.wait_for(received.get(), 5) == "ping ✓"
         finally:
             await conn.close()
 

@@ -155,6 +155,34 @@ def test_pipeline_mode(proxy, items):
         assert names.fetchone() == ("P0,P1,P2,p3,p4,p5,p6,p7,p8,p9",)
 
 
+def _pipeline_worker(proxy, n: int) -> list:
+    """Autocommit pipelines (a Sync after each statement, so any backend per statement) and executemany."""
+    wrong = []
+    with connect(proxy, autocommit=True) as conn:
+        for round_ in range(4):
+            with conn.pipeline() as pipeline:
+                curs = [conn.execute("SELECT %s::int + %s::int", (n, i), prepare=i % 2 == 0) for i in range(20)]
+                pipeline.sync()
+                curs += [conn.execute("SELECT %s::text || 'x'", (str(i),)) for i in range(10)]
+            got = [cur.fetchone()[0] for cur in curs]
+            if got != [n + i for i in range(20)] + [f"{i}x" for i in range(10)]:
+                wrong.append((n, round_, got))
+        cur = conn.cursor()
+        cur.executemany("SELECT %s::int * 2", [(i,) for i in range(50)], returning=True)
+        results = [cur.fetchone()[0]]
+        while cur.nextset():
+            results.append(cur.fetchone()[0])
+        if results != [i * 2 for i in range(50)]:
+            wrong.append((n, "executemany", results))
+    return wrong
+
+
+def test_autocommit_pipelines_and_executemany_many_clients(proxy):
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda n: _pipeline_worker(proxy, n), range(20)))
+    assert [w for r in results for w in r] == []
+
+
 def test_copy_in_and_out(proxy, items):
     rows = [(i, f"row {i}\twith tab", Decimal(i) / 100, [f"t{i}", "x"], bytes([i % 256, 0]), None)
             for i in range(5000)]
