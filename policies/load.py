@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from policies.model import (MASK_OPTIONS, Functions, PolicyFile, Role, Table, Tenancy,
                             _split_name, normal_name)
-from policies.source import Document, SourceError, format_errors, load_yaml
+from policies.source import Document, SourceError, format_errors, load_yaml, suggest
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def load_policy(path: str | Path) -> Policy:
     else:
         raise SourceError([f"{path}: no such policy file or folder"])
     errors: list[str] = []
-    parsed: list[tuple[Document, PolicyFile]] = []
+    docs: list[Document] = []
     for file in files:
         try:
             doc = load_yaml(file)
@@ -66,14 +66,17 @@ def load_policy(path: str | Path) -> Policy:
         if not isinstance(doc.data, dict):
             errors.append(f"{file}:1: a policy file is a mapping (version, roles, tables, ...)")
             continue
+        docs.append(doc)
+    parsed: list[tuple[Document, PolicyFile]] = []
+    for doc in docs:
         try:
             parsed.append((doc, PolicyFile.model_validate(doc.data)))
         except ValidationError as exc:
             errors += format_errors(exc, doc, _allowed_keys)
+    errors += _cross_check(docs)
     if errors:
         raise SourceError(errors)
     policy = _merge(parsed, errors)
-    errors += _cross_check(policy, parsed)
     if errors:
         raise SourceError(errors)
     return policy
@@ -118,26 +121,34 @@ def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Poli
                   {u: frozenset(r) for u, r in user_roles.items()}, origins)
 
 
-def _cross_check(policy: Policy, parsed: list[tuple[Document, PolicyFile]]) -> list[str]:
-    """Names that must refer to something defined: roles in grants and masks; qualified tables."""
+def _cross_check(docs: list[Document]) -> list[str]:
+    """Names that must refer to something defined (roles in grants and masks; qualified tables),
+    checked on every file that is valid YAML, so they are reported with the other errors."""
+    roles = {r for doc in docs if isinstance(doc.data.get("roles"), dict) for r in doc.data["roles"]}
     errors = []
-    roles = set(policy.roles) | {"*"}
-    for doc, pf in parsed:
-        for name, table in pf.tables.items():
-            parts = _split_name(name)
+    for doc in docs:
+        tables = doc.data.get("tables")
+        for name, table in (tables.items() if isinstance(tables, dict) else ()):
+            parts = _split_name(str(name))
             if parts is None or len(parts) != 2:
                 errors.append(f"{doc.where(('tables', name))}: tables.{name}: a table name must be "
                               f"schema-qualified, like public.{name}")
-            for role in table.grants:
-                if role not in roles:
-                    errors.append(f"{doc.where(('tables', name, 'grants', role))}: tables.{name}.grants:"
-                                  f" role `{role}` is not defined under `roles`")
-            for column, mask in table.masks.items():
-                for i, role in enumerate(mask.roles):
-                    if role not in policy.roles:
+            if not isinstance(table, dict):
+                continue
+            grants = table.get("grants")
+            for role in (grants if isinstance(grants, dict) else ()):
+                if role != "*" and role not in roles:
+                    errors.append(f"{doc.where(('tables', name, 'grants', role))}: tables.{name}."
+                                  f"grants: role `{role}` is not defined under `roles`"
+                                  f"{suggest(str(role), sorted(roles))}")
+            masks = table.get("masks")
+            for column, mask in (masks.items() if isinstance(masks, dict) else ()):
+                mask_roles = mask.get("roles") if isinstance(mask, dict) else None
+                for i, role in enumerate(mask_roles if isinstance(mask_roles, list) else ()):
+                    if role not in roles:
                         errors.append(f"{doc.where(('tables', name, 'masks', column, 'roles', i))}: "
                                       f"tables.{name}.masks.{column}: role `{role}` is not defined "
-                                      "under `roles`")
+                                      f"under `roles`{suggest(str(role), sorted(roles))}")
     return errors
 
 
