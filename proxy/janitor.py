@@ -1,4 +1,4 @@
-"""Periodic maintenance: idle and old backends closed, min_idle backends opened, once a second."""
+"""Periodic maintenance, once a second: pools kept within their limits, policy files watched."""
 
 from __future__ import annotations
 
@@ -39,6 +39,12 @@ class Janitor:
         while True:
             await asyncio.sleep(self.interval)
             now = time.monotonic()
+            try:
+                if self.server.policy_files_changed():
+                    log.info("policy files changed on disk: reloading")
+                    self.server.reload()
+            except OSError as exc:
+                log.warning("cannot read the policy files: %s", exc)
             for pool in list(self.server.pools.values()):
                 try:
                     pool.maintain(now, self._spawn)

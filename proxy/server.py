@@ -36,6 +36,7 @@ class Server:
         self._backend_tls = _backend_tls(config)
         self.router: Router | None = None     # set when a policy is loaded
         self._schema_loads: dict[str, asyncio.Task] = {}
+        self._policy_stamp: tuple | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._http = HttpServer(self)
         self._janitor = Janitor(self)
@@ -105,6 +106,17 @@ class Server:
         return load_router(config.policies, old.schemas if old else {},
                            old.search_paths if old else {})
 
+    def policy_files_changed(self) -> bool:
+        """True (once per change) when a policy file was added, removed or modified on disk."""
+        path = self.config.policies
+        if path is None:
+            return False
+        files = sorted(path.glob("*.y*ml")) if path.is_dir() else [path]
+        stamp = tuple((str(f), f.stat().st_mtime_ns) for f in files if f.exists())
+        changed = self._policy_stamp is not None and stamp != self._policy_stamp
+        self._policy_stamp = stamp
+        return changed
+
     async def ensure_schema(self, session: Session, database: str) -> bool:
         """Load a database's live schema once, before its first policed statement."""
         router = self.router
@@ -147,6 +159,7 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.router = self.load_policies(self.config)
+        self.policy_files_changed()  # the baseline for the janitor's watch
         listen = self.config.listen
         self._listener = await loop.create_server(
             lambda: Session(self), listen.host, listen.port, reuse_address=True, backlog=1024)
@@ -180,6 +193,7 @@ class Server:
             log.warning("reload: a new listen address takes effect only after a restart")
         self.config, self.tls_context, self._backend_tls = new, tls_context, backend_tls
         self.router = router
+        self.policy_files_changed()
         self.refresh_schemas()
         for (database, user), pool in self.pools.items():
             pool.settings = new.pool
