@@ -117,6 +117,37 @@ def test_default_prepare_threshold_across_many_connections(proxy):
     assert [p for r in results for p in r] == []
 
 
+def _encoding_worker(proxy, n: int) -> list:
+    """A client with its own client_encoding; unprepared statements (the named ones are tested below)."""
+    encoding = ["LATIN1", "UTF8", "WIN1252"][n % 3]
+    wrong = []
+    with psycopg.connect(proxy.dsn(connect_timeout=10, client_encoding=encoding), autocommit=True,
+                         prepare_threshold=None) as conn:
+        for _ in range(10):
+            row = conn.execute("SELECT 'café', %s::text, current_setting('client_encoding'), pg_sleep(0.01)::text",
+                               ("naïve",)).fetchone()[:3]
+            if row != ("café", "naïve", encoding):
+                wrong.append((n, row))
+    return wrong
+
+
+def test_client_encodings_across_backends(proxy):
+    with ThreadPoolExecutor(max_workers=21) as pool:
+        results = list(pool.map(lambda n: _encoding_worker(proxy, n), range(21)))
+    assert [w for r in results for w in r] == []
+
+
+def test_named_statement_in_latin1(proxy, request):
+    xfail_in_transaction_mode(request, proxy, (
+        "transaction mode, client_encoding=LATIN1: the first named Parse whose text has a non-ASCII "
+        "character (psycopg's 6th execution of \"SELECT 'café', %s::text\", or prepare=True) gets "
+        "ProtocolViolation 08P01 'string is not valid UTF-8' and pgwarden closes the connection"))
+    with psycopg.connect(proxy.dsn(connect_timeout=10, client_encoding="LATIN1"), autocommit=True) as conn:
+        for _ in range(8):  # past prepare_threshold: psycopg switches to a named statement
+            assert conn.execute("SELECT 'café', %s::text", ("naïve",)).fetchone() == ("café", "naïve")
+        assert conn.execute("SELECT 'crème'", prepare=True).fetchone() == ("crème",)
+
+
 def test_binary_results(proxy, items):
     at = dt.datetime(2024, 2, 29, 12, 30, 15, 123456, tzinfo=dt.timezone.utc)
     with connect(proxy, autocommit=True) as conn:
