@@ -5,12 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 WRITE_ROLES = {"InsertStmt": "insert", "UpdateStmt": "update", "DeleteStmt": "delete", "MergeStmt": "merge"}
-WRITE_FIELDS = {
-    "InsertStmt": ("selectStmt", "onConflictClause", "returningClause"),
-    "UpdateStmt": ("targetList", "fromClause", "whereClause", "returningClause"),
-    "DeleteStmt": ("usingClause", "whereClause", "returningClause"),
-    "MergeStmt": ("sourceRelation", "joinCondition", "mergeWhenClauses", "returningClause"),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +126,9 @@ def _write(kind: str):
     def handle(fields: dict, scope: frozenset[str], found: Found) -> None:
         inner = with_scope(fields, scope, found)
         found.refs.append(RelRef(fields["relation"], WRITE_ROLES[kind], fields))
-        for key in WRITE_FIELDS[kind]:
-            collect(fields.get(key), inner, found)
+        for key, value in fields.items():  # every field but the target: nothing goes unwalked
+            if key not in ("relation", "withClause"):
+                collect(value, inner, found)
     return handle
 
 

@@ -37,12 +37,16 @@ def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
     """Classify one statement and apply every policy check to it (Refused when any fails)."""
     if kind in PASS_THROUGH:
         check_setting(kind, fields)
+        found = walk_statement(kind, fields)
+        if found.refs or found.functions or found.problems:
+            raise Refused(f"{statement_kind(kind, fields)} statement refused: it unexpectedly names relations or calls",
+                          "Send such expressions in a SELECT.", "statements")
         return Checked(kind, fields)
     inner = fields.get(INNER_QUERY.get(kind, ""))
     if kind in WRAPPED and inner is not None and next(iter(inner)) not in WRAPPED[kind]:
         raise Refused(f"{statement_kind(kind, fields)} of {next(iter(inner))} is refused",
                       "Only bypass roles may run DDL.", "statements")
-    if kind not in QUERIES and kind not in WRAPPED and kind != "CallStmt":
+    if kind not in QUERIES and kind not in WRAPPED and kind not in ("CallStmt", "ExecuteStmt"):
         what = statement_kind(kind, fields)
         raise Refused(f"{what} statements ({kind}) are refused for non-bypass roles",
                       "DDL, TRUNCATE, GRANT, DO and other administration are for bypass roles only.",

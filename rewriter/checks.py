@@ -13,7 +13,7 @@ from .resolve import function_allowed, resolve_relation, table_rule
 PASS_THROUGH = frozenset({
     "TransactionStmt", "FetchStmt", "ClosePortalStmt", "ListenStmt", "UnlistenStmt",
     "NotifyStmt", "DiscardStmt", "DeallocateStmt", "ConstraintsSetStmt", "VariableShowStmt",
-    "VariableSetStmt", "ExecuteStmt",
+    "VariableSetStmt",
 })
 QUERIES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 # Wrapping statements and the inner statement kinds each may hold.

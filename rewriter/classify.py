@@ -63,12 +63,13 @@ def statements(sql: str) -> list[tuple[str, dict]]:
 
 
 def walk_statement(kind: str, fields: dict) -> Found:
-    """Relations, calls and writes of one statement (including a wrapped inner query)."""
+    """Relations, calls and writes of one statement: every field is walked (a COPY's table aside,
+    which becomes a reference of its own; SET CONSTRAINTS names constraints, not relations)."""
     found = Found()
     if kind in ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CallStmt"):
         collect({kind: fields}, frozenset(), found)
-    elif kind in INNER_QUERY and fields.get(INNER_QUERY[kind]):
-        collect(fields[INNER_QUERY[kind]], frozenset(), found)
+    elif kind != "ConstraintsSetStmt":
+        collect({k: v for k, v in fields.items() if k != "relation"}, frozenset(), found)
     if kind == "CopyStmt" and fields.get("relation"):
         role = "copy_from" if fields.get("is_from") else "copy_to"
         found.refs.append(RelRef(fields["relation"], role, fields))
