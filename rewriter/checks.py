@@ -18,7 +18,7 @@ PASS_THROUGH = frozenset({
 QUERIES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 # Wrapping statements and the inner statement kinds each may hold.
 WRAPPED = {
-    "ExplainStmt": QUERIES,
+    "ExplainStmt": QUERIES | {"ExecuteStmt"},
     "DeclareCursorStmt": frozenset({"SelectStmt"}),
     "PrepareStmt": QUERIES,
     "CopyStmt": QUERIES,
