@@ -48,7 +48,7 @@ class Kind:
     savepoint, two_phase, set, reset, show, listen, unlisten, notify, fetch, close,
     declare, explain, prepare, execute, deallocate, discard, set_constraints, call,
     lock, truncate, do, grant, ddl, other; "multi" for several statements (see `parts`);
-    "invalid" when it does not parse.
+    "empty" for no statement; "invalid" when it does not parse.
     `reads`/`writes`: relations as resolved by name only (search_path's first schema,
     pg_catalog for catalog names). `setting`: the name a SET/RESET/SHOW acts on, and
     `values` the literal values a SET gives it (e.g. the schemas of `SET search_path`).
