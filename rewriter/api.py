@@ -60,6 +60,25 @@ def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
     return Checked(kind, fields, found, refs)
 
 
+def changes_name_resolution(kind: str, fields: dict) -> bool:
+    """SET/RESET search_path or DISCARD ALL: later statements would resolve names differently."""
+    if kind == "VariableSetStmt":
+        return (fields.get("name") or "").lower() == "search_path"
+    return kind == "DiscardStmt" and fields.get("target") == "DISCARD_ALL"
+
+
+def check_message(checked: list[Checked]) -> None:
+    """Refuse a message that changes search_path and, in the same breath, names relations or calls.
+
+    pgwarden resolves every statement of a message with the search_path the session had
+    before it; the router follows a SET search_path only once its message has run.
+    """
+    if len(checked) > 1 and any(changes_name_resolution(c.kind, c.fields) for c in checked) \
+            and any(c.found.refs or c.found.functions for c in checked):
+        raise Refused("a message that changes search_path and also uses tables or functions is refused",
+                      "Send SET search_path (or DISCARD ALL) in a message of its own.", "statements")
+
+
 def judge(checked: Checked, ctx: Context, toks: Tokens) -> Judged:
     """Run the rules over a checked statement."""
     out = [item for rule in RULES for item in rule(checked, ctx, toks)]
@@ -98,6 +117,7 @@ def rewrite(sql: str, ctx: Context) -> Result:
                     "Check the SQL syntax (PostgreSQL's own parser rejected it).", "parse")
     try:
         checked = [check_statement(kind, fields, ctx) for kind, fields in parsed]
+        check_message(checked)
         if not any(needs_rules(c) for c in checked):
             return Allow(sql)
         toks = scan(sql)
