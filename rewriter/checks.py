@@ -127,7 +127,19 @@ def check_ref(ref: RelRef, ctx: Context) -> Resolved:
     rule = table_rule(name, ROLE_ACTION[ref.role], ctx)
     if ref.owner is not None and (ref.owner.get("onConflictClause") or {}).get("action") == "ONCONFLICT_UPDATE":
         table_rule(name, "update", ctx)
+    if reads_target(ref):
+        table_rule(name, "select", ctx)
     return Resolved(ref, name, rule)
+
+
+def reads_target(ref: RelRef) -> bool:
+    """True when a write also reads its target's rows (WHERE, FROM/USING, RETURNING, ON CONFLICT):
+    as in PostgreSQL, that needs the select grant too."""
+    owner = ref.owner or {}
+    if ref.role in ("update", "delete"):
+        return any(owner.get(k) for k in ("whereClause", "fromClause", "usingClause", "returningClause"))
+    return ref.role == "insert" and (bool(owner.get("returningClause"))
+                                     or (owner.get("onConflictClause") or {}).get("action") == "ONCONFLICT_UPDATE")
 
 
 def check_calls(found: Found, ctx: Context) -> None:

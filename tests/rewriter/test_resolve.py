@@ -44,3 +44,14 @@ def test_tenant_literal_is_quoted() -> None:
     result = rewrite("SELECT id FROM orders", ctx)
     assert isinstance(result, Rewrite)
     assert "WHERE \"tenant_id\" = E'o''brien\\\\'" in result.sql
+
+
+def test_writes_that_read_rows_need_select_as_in_postgresql() -> None:
+    rules = {"app.orders": TableRule("app.orders", "tenant_id", frozenset({"update", "insert"}))}
+    ctx = Context(rules, {"app.orders": COLS}, "acme", search_path=("app",))
+    assert isinstance(rewrite("UPDATE orders SET id = 1", ctx), Rewrite)
+    assert isinstance(rewrite("INSERT INTO orders (id) VALUES (1) ON CONFLICT DO NOTHING", ctx), Rewrite)
+    for sql in ("UPDATE orders SET id = 1 WHERE id = 2", "UPDATE orders SET id = 1 RETURNING id",
+                "INSERT INTO orders (id) VALUES (1) RETURNING id"):
+        denied = rewrite(sql, ctx)
+        assert isinstance(denied, Deny) and denied.rule == "tables.app.orders.grants", sql
