@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.clients.support import DirectPostgres, direct_dsn
+from tests.clients.support import DirectPostgres, direct_dsn, pool_mode
 
 
 @pytest.fixture
@@ -16,6 +16,18 @@ def pg() -> Iterator[psycopg.Connection]:
     """An autocommit psycopg connection straight to PostgreSQL (bypassing the proxy)."""
     with psycopg.connect(direct_dsn(), autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def fresh_proxy(proxy, make_proxy):
+    """A pgwarden of its own in the current `proxy` mode: for tests whose failure could leave state behind."""
+    return make_proxy(pool={"mode": pool_mode(proxy), "size": 10})
+
+
+@pytest.fixture
+def fresh_tx_proxy(make_proxy):
+    """A transaction-mode pgwarden of its own (pool size 10)."""
+    return make_proxy(pool={"mode": "transaction", "size": 10})
 
 
 if os.environ.get("PGWARDEN_CLIENTS_DIRECT"):
@@ -27,3 +39,7 @@ if os.environ.get("PGWARDEN_CLIENTS_DIRECT"):
     @pytest.fixture(scope="module")
     def tx_proxy() -> DirectPostgres:
         return DirectPostgres("transaction")
+
+    @pytest.fixture
+    def make_proxy():
+        return lambda config=None, env=None, **overrides: DirectPostgres(overrides["pool"]["mode"])

@@ -42,13 +42,13 @@ async def connect(proxy, **kwargs) -> asyncpg.Connection:
     return await asyncpg.connect(proxy.url(), timeout=10, **kwargs)
 
 
-def test_type_introspection_on_a_reused_backend(proxy, request):
+def test_type_introspection_on_a_reused_backend(fresh_proxy, request):
     """asyncpg introspects array types with extra statements; successive clients share backends."""
-    xfail_in_transaction_mode(request, proxy, OUT_OF_ORDER)
+    xfail_in_transaction_mode(request, fresh_proxy, OUT_OF_ORDER)
 
     async def main():
         for i in range(4):
-            conn = await connect(proxy)
+            conn = await connect(fresh_proxy)
             try:
                 assert await conn.fetchval("SELECT 1 + $1::int", i) == i + 1
                 assert await conn.fetchval("SELECT $1::int[]", [i, None]) == [i, None]
@@ -58,11 +58,11 @@ def test_type_introspection_on_a_reused_backend(proxy, request):
     asyncio.run(main())
 
 
-def test_prepared_statement_after_a_failed_parse(proxy, request):
-    xfail_in_transaction_mode(request, proxy, LOST_RESULT)
+def test_prepared_statement_after_a_failed_parse(fresh_proxy, request):
+    xfail_in_transaction_mode(request, fresh_proxy, LOST_RESULT)
 
     async def main():
-        conn = await connect(proxy)
+        conn = await connect(fresh_proxy)
         try:
             stmt = await conn.prepare("SELECT $1::int * 10")
             for i in range(3):
@@ -75,11 +75,11 @@ def test_prepared_statement_after_a_failed_parse(proxy, request):
     asyncio.run(main())
 
 
-def test_defaults_prepared_statements_and_cache(proxy, orders, request):
-    xfail_in_transaction_mode(request, proxy, f"{OUT_OF_ORDER}; or {LOST_RESULT}")
+def test_defaults_prepared_statements_and_cache(fresh_proxy, orders, request):
+    xfail_in_transaction_mode(request, fresh_proxy, f"{OUT_OF_ORDER}; or {LOST_RESULT}")
 
     async def main():
-        conn = await connect(proxy)
+        conn = await connect(fresh_proxy)
         try:
             assert await conn.fetchval("SELECT 1 + $1::int", 41) == 42
             row = await conn.fetchrow("SELECT $1::text AS t, $2::numeric AS n, $3::int[] AS a, $4::timestamptz AS ts",
@@ -121,11 +121,11 @@ def test_defaults_prepared_statements_and_cache(proxy, orders, request):
     asyncio.run(main())
 
 
-def test_executemany_and_copy(proxy, orders, request):
-    xfail_in_transaction_mode(request, proxy, OUT_OF_ORDER)
+def test_executemany_and_copy(fresh_proxy, orders, request):
+    xfail_in_transaction_mode(request, fresh_proxy, OUT_OF_ORDER)
 
     async def main():
-        conn = await connect(proxy)
+        conn = await connect(fresh_proxy)
         try:
             await conn.executemany(f"INSERT INTO {orders} (id, customer, total, items) VALUES ($1, $2, $3, $4)",
                                    [(i, f"m{i}", Decimal(i) / 10, [i, i + 1]) for i in range(500)])

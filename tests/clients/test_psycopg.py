@@ -87,6 +87,29 @@ def test_server_side_prepared_explicit(proxy, items):
         assert prepared >= 1
 
 
+@pytest.mark.parametrize("reset", ["DEALLOCATE ALL", "DISCARD ALL"])
+def test_statements_survive_deallocate_all(fresh_proxy, reset, request):
+    if reset == "DEALLOCATE ALL":
+        xfail_in_transaction_mode(request, fresh_proxy, (
+            "transaction mode: a client's DEALLOCATE ALL reaches the backend and drops pgwarden's proxy-wide "
+            "statements there while pgwarden still counts them as prepared; that client and every later "
+            "client running the same text on that backend get 26000 'prepared statement \"pgw_<hash>\" "
+            "does not exist', for good"))
+    query = f"SELECT %s::int + {len(reset)}, 'deallocate test'"
+    with connect(fresh_proxy, autocommit=True, prepare_threshold=0) as conn:
+        assert conn.execute(query, (1,)).fetchone()[0] == 1 + len(reset)
+        conn.execute(reset)  # psycopg forgets its own statements and prepares them again
+        for i in range(3):
+            assert conn.execute(query, (i,)).fetchone()[0] == i + len(reset)
+
+    def other(i: int) -> int:
+        with connect(fresh_proxy, autocommit=True, prepare_threshold=0) as c:
+            return c.execute(query, (i,)).fetchone()[0]
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        assert list(pool.map(other, range(12))) == [i + len(reset) for i in range(12)]
+
+
 QUERIES = [
     ("SELECT %s::int + 1, 'q0'", lambda i: (i + 1, "q0")),
     ("SELECT %s::int * 2, 'q1'", lambda i: (i * 2, "q1")),
@@ -353,13 +376,13 @@ def _set_config_worker(proxy, worker: int) -> list[str]:
     return problems
 
 
-def test_set_config_and_multi_statement_set_under_transaction_pooling(tx_proxy, request):
+def test_set_config_and_multi_statement_set_under_transaction_pooling(fresh_tx_proxy, request):
     request.applymarker(pytest.mark.xfail(strict=False, reason=(
         "transaction mode: SELECT set_config('TimeZone', 'Asia/Tokyo', false) is neither tracked nor reset: "
         "the client sees Etc/UTC again once it lands on another backend, and clients that never changed "
         "TimeZone see Asia/Tokyo on the backend it was run on (SET in a multi-statement simple query is fine)")))
     with ThreadPoolExecutor(max_workers=21) as pool:
-        results = list(pool.map(lambda w: _set_config_worker(tx_proxy, w), range(21)))
+        results = list(pool.map(lambda w: _set_config_worker(fresh_tx_proxy, w), range(21)))
     assert [p for r in results for p in r] == []
 
 
@@ -407,25 +430,25 @@ def test_set_does_not_reach_the_next_clients(proxy):
     assert seen <= {(None, "Etc/UTC"), ("", "Etc/UTC")}
 
 
-def test_temp_table_does_not_reach_the_next_clients(proxy, request):
-    xfail_in_transaction_mode(request, proxy, (
+def test_temp_table_does_not_reach_the_next_clients(fresh_proxy, request):
+    xfail_in_transaction_mode(request, fresh_proxy, (
         "transaction mode: CREATE TEMP TABLE in autocommit is neither refused nor cleaned up; after the "
         "client disconnects, every new client landing on that backend sees to_regclass('pgw_psycopg_temp') "
         "= 'pgw_psycopg_temp'"))
-    with connect(proxy, autocommit=True) as conn:
+    with connect(fresh_proxy, autocommit=True) as conn:
         if _refused_or_done(conn, "CREATE TEMP TABLE pgw_psycopg_temp (x int)"):
             conn.execute("INSERT INTO pgw_psycopg_temp VALUES (1)")
             assert conn.execute("SELECT x FROM pgw_psycopg_temp").fetchall() == [(1,)]
-    assert _probe_new_clients(proxy, "to_regclass('pgw_psycopg_temp')") == {(None,)}
+    assert _probe_new_clients(fresh_proxy, "to_regclass('pgw_psycopg_temp')") == {(None,)}
 
 
-def test_advisory_lock_is_released_when_the_client_leaves(proxy, pg, request):
-    xfail_in_transaction_mode(request, proxy, (
+def test_advisory_lock_is_released_when_the_client_leaves(fresh_proxy, pg, request):
+    xfail_in_transaction_mode(request, fresh_proxy, (
         "transaction mode: a session-level pg_try_advisory_lock(k) is neither refused nor released; after "
         "the client disconnects the pooled backend still holds it (pg_locks) and a direct "
         "pg_try_advisory_lock(k) returns false"))
     key = 917_000_000 + os.getpid()
-    with connect(proxy, autocommit=True) as conn:
+    with connect(fresh_proxy, autocommit=True) as conn:
         if _refused_or_done(conn, "SELECT pg_try_advisory_lock(%s)", (key,)):
             # While the client holds it, nobody else gets it.
             assert pg.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone() == (False,)
