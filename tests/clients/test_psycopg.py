@@ -110,6 +110,24 @@ def test_statements_survive_deallocate_all(fresh_proxy, reset, request):
         assert list(pool.map(other, range(12))) == [i + len(reset) for i in range(12)]
 
 
+def test_new_clients_see_a_changed_table_shape(fresh_proxy, items, pg, request):
+    xfail_in_transaction_mode(request, fresh_proxy, (
+        "transaction mode: after ALTER TABLE ADD COLUMN, every new client preparing 'SELECT * FROM t WHERE "
+        "id = $1' (a statement it never prepared) gets 0A000 'cached plan must not change result type': "
+        "pgwarden reuses the statement an earlier client left on the backend, with its old result type"))
+    query = f"SELECT * FROM {items} WHERE id = %s"
+    pg.execute(f"INSERT INTO {items} (id, name) VALUES (1, 'one')")
+    with connect(fresh_proxy, autocommit=True, prepare_threshold=0) as conn:
+        assert conn.execute(query, (1,)).fetchone()[:2] == (1, "one")
+    pg.execute(f"ALTER TABLE {items} ADD COLUMN added text DEFAULT 'new'")
+    for _ in range(3):
+        with connect(fresh_proxy, autocommit=True, prepare_threshold=0) as conn:
+            cur = conn.execute(query, (1,))
+            row = cur.fetchone()
+            assert [c.name for c in cur.description][-1] == "added"
+            assert row[:2] == (1, "one") and row[-1] == "new"
+
+
 QUERIES = [
     ("SELECT %s::int + 1, 'q0'", lambda i: (i + 1, "q0")),
     ("SELECT %s::int * 2, 'q1'", lambda i: (i * 2, "q1")),
@@ -510,6 +528,42 @@ def test_cancel_reaches_only_its_own_query(tx_proxy):
             idle.cancel()  # `idle` runs nothing: no query anywhere may be cancelled
             assert [f.result() for f in futures] == ["completed"] * 10
         assert idle.execute("SELECT 'idle still fine'").fetchone() == ("idle still fine",)
+
+
+def test_cancel_under_load(tx_proxy):
+    """With every backend busy and shared, each cancel stops its own query at once and nothing else."""
+    stop = threading.Event()
+
+    def busy(_: int) -> tuple[int, list[str]]:
+        done, failures = 0, []
+        with connect(tx_proxy, autocommit=True) as conn:
+            while not stop.is_set():
+                try:
+                    conn.execute("SELECT pg_sleep(0.01)")
+                    done += 1
+                except psycopg.Error as exc:
+                    failures.append(repr(exc))
+        return done, failures
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        workers = [pool.submit(busy, i) for i in range(12)]
+        try:
+            with connect(tx_proxy) as conn:
+                for _ in range(4):
+                    conn.execute("SELECT 1")
+                    conn.commit()
+                    timer = threading.Timer(0.3, conn.cancel)
+                    timer.start()
+                    start = time.monotonic()
+                    with pytest.raises(errors.QueryCanceled):
+                        conn.execute("SELECT pg_sleep(5)")
+                    assert time.monotonic() - start < 2
+                    conn.rollback()
+        finally:
+            stop.set()
+        results = [w.result() for w in workers]
+    assert [f for _, failures in results for f in failures] == []
+    assert all(done > 0 for done, _ in results)
 
 
 def test_large_values_and_results(proxy):
