@@ -21,7 +21,8 @@ from .write_masks import mask_write_columns
 from .writes import guard_conflicts, guard_updates, qualify_targets
 
 # The rewrites, in order; each maps a checked statement to text edits and parameter checks.
-RULES = (substitute_reads, requalify_columns, qualify_targets, guard_updates, guard_inserts, guard_conflicts, mask_write_columns, copy_to_query)
+RULES = (substitute_reads, requalify_columns, qualify_targets, guard_updates, guard_inserts, guard_conflicts,
+         mask_write_columns, copy_to_query)
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,8 +153,8 @@ def check_calls(found: Found, ctx: Context) -> None:
             raise Refused("set_config() with a computed setting name is refused",
                           "Name the setting as a string literal, or use SET.", "functions.allow")
         if name == "search_path":
-            raise Refused("set_config('search_path', ...) is refused: pgwarden resolves names by the search_path it tracks",
-                          "Use SET search_path, which pgwarden follows.", "functions.allow")
+            raise Refused("set_config('search_path', ...) is refused: pgwarden resolves names by the "
+                          "search_path it tracks", "Use SET search_path, which pgwarden follows.", "functions.allow")
         check_setting_name(name, constant_text(args[1]) if len(args) > 1 else None)
     for parts in found.functions:
         if parts[-1] == "set_config" and parts[:-1] in ((), ("pg_catalog",)):

@@ -232,7 +232,8 @@ def _write(kind: str):
                 clause = out.get("onConflictClause")
                 if side.new and clause and clause.get("action") == "ONCONFLICT_UPDATE":
                     where = _strip_predicate(clause.get("whereClause"), ref, rule.tenant_column, side)
-                    out["onConflictClause"] = {k: v for k, v in {**clause, "whereClause": where}.items() if v is not None}
+                    clause = {**clause, "whereClause": where}
+                    out["onConflictClause"] = {k: v for k, v in clause.items() if v is not None}
         return {kind: norm({k: v for k, v in out.items() if v is not None}, side)}
     return handle
 
@@ -251,8 +252,8 @@ def _copy(fields: dict, side: Side) -> object:
 
 NORMALISERS = {
     "RangeVar": _range_var, "RangeSubselect": _range_subselect, "ColumnRef": _column_ref,
-    "TypeCast": _type_cast, "ResTarget": _res_target, "InsertStmt": _write("InsertStmt"), "UpdateStmt": _write("UpdateStmt"),
-    "DeleteStmt": _write("DeleteStmt"), "CopyStmt": _copy,
+    "TypeCast": _type_cast, "ResTarget": _res_target, "InsertStmt": _write("InsertStmt"),
+    "UpdateStmt": _write("UpdateStmt"), "DeleteStmt": _write("DeleteStmt"), "CopyStmt": _copy,
 }
 
 

@@ -172,7 +172,8 @@ def write(draw) -> str:
             f"ON CONFLICT (id) DO UPDATE SET total = 0, note = 'hit'{where}{ret}")
 
 
-OTHERS = "SELECT * FROM orders WHERE tenant_id <> 'acme' UNION ALL SELECT id, tenant_id, id, 0, name FROM customers WHERE tenant_id <> 'acme' ORDER BY 1"
+OTHERS = ("SELECT * FROM orders WHERE tenant_id <> 'acme' "
+          "UNION ALL SELECT id, tenant_id, id, 0, name FROM customers WHERE tenant_id <> 'acme' ORDER BY 1")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
