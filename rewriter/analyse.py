@@ -69,8 +69,8 @@ def collect(node: object, scope: frozenset[str], found: Found) -> None:
     typed = node_type(node)
     if typed is None:
         if isinstance(node, dict):
-            if "relname" in node:  # a relation in a place no handler knows: fail closed
-                found.problems.append("a relation reference pgwarden cannot place")
+            if "relname" in node or "funcname" in node:  # in a place no handler knows: fail closed
+                found.problems.append("a relation or call pgwarden cannot place")
             for value in node.values():
                 collect(value, scope, found)
         return
