@@ -1,4 +1,4 @@
-"""psql (-c, \\copy in and out) and pgbench (init, simple/extended/prepared) through pgwarden."""
+"""psql (-c, \\copy in and out, killed mid-query) and pgbench (init, simple/extended/prepared) through pgwarden."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -64,6 +66,24 @@ def _rows(n: int) -> list[list[str | None]]:
     """Rows with the awkward CSV cases: commas, quotes, newlines, unicode, empty strings, NULLs."""
     notes = ['plain', 'comma, inside', 'quote " inside', 'line\nbreak', 'ünïcødé ✓', '', None]
     return [[str(i), f"name-{i}", notes[i % len(notes)], f"{i}.{i % 100:02d}"] for i in range(1, n + 1)]
+
+
+def test_clients_killed_mid_query_leave_nothing_behind(proxy):
+    """psql processes killed while their queries run: the next clients get their own answers only."""
+    killed = [subprocess.Popen(["psql", "-X", "-At", "-h", proxy.host, "-p", str(proxy.port), "-U", "postgres",
+                                "-c", f"SELECT pg_sleep(1), 'from killed {i}' FROM generate_series(1, 3)"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV) for i in range(10)]
+    time.sleep(0.7)
+    for process in killed:
+        process.kill()
+        process.wait()
+
+    def mine(i: int) -> list[str]:
+        with psycopg.connect(proxy.dsn(connect_timeout=10), autocommit=True) as conn:
+            return [conn.execute("SELECT %s::text", (f"mine {i}",)).fetchone()[0] for _ in range(5)]
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        assert list(pool.map(mine, range(10))) == [[f"mine {i}"] * 5 for i in range(10)]
 
 
 def _csv_field(value: str) -> str:
