@@ -74,6 +74,26 @@ def test_transactions_commit_and_rollback(proxy, items):
         assert reader.execute(f"SELECT id FROM {items} ORDER BY id").fetchall() == [(1,), (3,)]
 
 
+def test_implicit_transactions_are_atomic(proxy, items):
+    with connect(proxy, autocommit=True) as conn:
+        # executemany in autocommit: one implicit transaction for the batch.
+        with pytest.raises(errors.UniqueViolation):
+            conn.cursor().executemany(f"INSERT INTO {items} (id, name) VALUES (%s, 'x')", [(1,), (2,), (1,), (3,)])
+        assert conn.execute(f"SELECT count(*) FROM {items}").fetchone() == (0,)
+        # A multi-statement simple query is one implicit transaction too.
+        with pytest.raises(errors.UniqueViolation):
+            psycopg.ClientCursor(conn).execute(
+                f"INSERT INTO {items} (id, name) VALUES (10, 'a'); INSERT INTO {items} (id, name) VALUES (10, 'b');"
+                f" INSERT INTO {items} (id, name) VALUES (11, 'c')")
+        assert conn.execute(f"SELECT count(*) FROM {items}").fetchone() == (0,)
+        # A BEGIN inside a multi-statement string leaves the transaction open: the backend stays with us.
+        psycopg.ClientCursor(conn).execute(f"BEGIN; INSERT INTO {items} (id, name) VALUES (20, 'open')")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert conn.execute(f"SELECT count(*) FROM {items}").fetchone() == (1,)
+        conn.execute("ROLLBACK")
+        assert conn.execute(f"SELECT count(*) FROM {items}").fetchone() == (0,)
+
+
 def test_server_side_prepared_explicit(proxy, items):
     with connect(proxy, autocommit=True) as conn:
         for i in range(20):
