@@ -14,7 +14,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from tests.clients.support import direct_execute, pool_mode, skip_if_direct, xfail_in_transaction_mode
+from tests.clients.support import (DirectPostgres, direct_execute, pool_mode, skip_if_direct,
+                                   xfail_in_transaction_mode)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -146,6 +147,22 @@ def test_new_clients_see_a_changed_table_shape(fresh_proxy, items, pg, request):
             row = cur.fetchone()
             assert [c.name for c in cur.description][-1] == "added"
             assert row[:2] == (1, "one") and row[-1] == "new"
+
+
+def test_sql_prepare(proxy):
+    with connect(proxy, autocommit=True) as conn:
+        if pool_mode(proxy) == "transaction" and not isinstance(proxy, DirectPostgres):
+            # Its effect would outlive the transaction on a shared backend: refused, clearly.
+            with pytest.raises(errors.FeatureNotSupported) as exc:
+                conn.execute("PREPARE pgw_sql_prep (int) AS SELECT $1 * 2")
+            assert "PREPARE" in exc.value.diag.message_primary
+            assert conn.execute("SELECT 'usable'").fetchone() == ("usable",)
+            return
+        conn.execute("PREPARE pgw_sql_prep (int) AS SELECT $1 * 2")
+        assert [conn.execute("EXECUTE pgw_sql_prep (%s)" % i).fetchone()[0] for i in range(3)] == [0, 2, 4]
+        conn.execute("DEALLOCATE pgw_sql_prep")
+        with pytest.raises(errors.InvalidSqlStatementName):
+            conn.execute("EXECUTE pgw_sql_prep (1)")
 
 
 QUERIES = [
