@@ -168,6 +168,36 @@ def test_pgbench(proxy, bench_db, protocol):
     assert [a - b for a, b in zip(after, before)] == [delta] * 3
 
 
+PIPELINE_SCRIPT = """\\set a random(1, 1000)
+\\startpipeline
+SELECT :a + 1;
+BEGIN;
+INSERT INTO pgw_pgbench_pipeline (client, a) VALUES (:client_id, :a);
+UPDATE pgw_pgbench_pipeline SET a = a + 1 WHERE client = :client_id AND a = :a;
+COMMIT;
+SELECT :a * 2;
+\\endpipeline
+"""
+
+
+@pytest.mark.parametrize("protocol", ["extended", "prepared"])
+def test_pgbench_pipeline_script(proxy, bench_db, protocol, tmp_path):
+    """A custom script sent in pipeline mode: several Syncs in flight, a transaction among them."""
+    direct_execute("DROP TABLE IF EXISTS pgw_pgbench_pipeline", bench_db)
+    direct_execute("CREATE TABLE pgw_pgbench_pipeline (client int, a int)", bench_db)
+    script = tmp_path / "pipeline.sql"
+    script.write_text(PIPELINE_SCRIPT)
+    result = subprocess.run(["pgbench", "-n", "-M", protocol, "-f", str(script), "-c", "10", "-j", "2", "-t", "100",
+                             "-h", proxy.host, "-p", str(proxy.port), "-U", "postgres", bench_db],
+                            capture_output=True, text=True, env=ENV, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "number of transactions actually processed: 1000/1000" in result.stdout
+    assert "number of failed transactions: 0" in result.stdout
+    with psycopg.connect(direct_dsn(bench_db)) as conn:
+        rows = conn.execute("SELECT count(*), count(DISTINCT client) FROM pgw_pgbench_pipeline").fetchone()
+    assert rows == (1000, 10)
+
+
 def _balances(dbname: str) -> tuple[int, int, int]:
     """Sums of account, branch and teller balances."""
     with psycopg.connect(direct_dsn(dbname)) as conn:
