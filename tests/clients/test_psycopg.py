@@ -165,6 +165,31 @@ def test_sql_prepare(proxy):
             conn.execute("EXECUTE pgw_sql_prep (1)")
 
 
+def _unnamed_worker(proxy, worker: int) -> list:
+    """libpq's PQprepare(conn, "", ...) then PQexecPrepared(conn, "", ...): two Sync cycles."""
+    wrong = []
+    with connect(proxy, autocommit=True) as conn:
+        for k in range(10):
+            prepared = conn.pgconn.prepare(b"", f"SELECT $1::int + {worker * 100}".encode())
+            assert prepared.status == psycopg.pq.ExecStatus.COMMAND_OK, prepared.error_message
+            result = conn.pgconn.exec_prepared(b"", [str(k).encode()])
+            got = result.get_value(0, 0) if result.status == psycopg.pq.ExecStatus.TUPLES_OK else result.error_message
+            if got != str(worker * 100 + k).encode():
+                wrong.append((worker, k, got))
+    return wrong
+
+
+def test_unnamed_statement_prepared_then_executed(proxy, request):
+    xfail_in_transaction_mode(request, proxy, (
+        "transaction mode: an unnamed statement prepared in one Sync cycle (PQprepare with name '') and "
+        "executed in the next (PQexecPrepared '') runs on whatever backend comes next: the client gets "
+        "the result of ANOTHER client's statement (SELECT $1 + 1700 instead of its own SELECT $1 + 0) or "
+        "26000 'unnamed prepared statement does not exist'"))
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        results = list(pool.map(lambda w: _unnamed_worker(proxy, w), range(25)))
+    assert [w for r in results for w in r] == []
+
+
 QUERIES = [
     ("SELECT %s::int + 1, 'q0'", lambda i: (i + 1, "q0")),
     ("SELECT %s::int * 2, 'q1'", lambda i: (i * 2, "q1")),
