@@ -251,6 +251,27 @@ def test_named_statement_in_latin1(proxy, request):
         assert conn.execute("SELECT 'crème'", prepare=True).fetchone() == ("crème",)
 
 
+def _evicting_worker(proxy, worker: int) -> list:
+    """prepared_max=3 with 8 statements: psycopg closes (protocol Close) and re-prepares names all along."""
+    wrong = []
+    with connect(proxy, autocommit=worker % 2 == 0, prepare_threshold=0) as conn:
+        conn.prepared_max = 3
+        for round_ in range(3):
+            for q in range(8):
+                got = conn.execute(f"SELECT %s::int + {q}", (worker,)).fetchone()[0]
+                if got != worker + q:
+                    wrong.append((worker, round_, q, got))
+            if not conn.autocommit:
+                conn.commit()
+    return wrong
+
+
+def test_prepared_statement_cache_eviction(proxy):
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(lambda w: _evicting_worker(proxy, w), range(12)))
+    assert [w for r in results for w in r] == []
+
+
 def test_binary_results(proxy, items):
     at = dt.datetime(2024, 2, 29, 12, 30, 15, 123456, tzinfo=dt.timezone.utc)
     with connect(proxy, autocommit=True) as conn:
