@@ -48,6 +48,28 @@ def test_simple_queries_and_parameters(proxy):
         assert conn.execute("SELECT 'still usable'").fetchone() == ("still usable",)
 
 
+def test_notices_and_error_fields(proxy, items):
+    with connect(proxy, autocommit=True) as conn:
+        notices: list[tuple[str, str]] = []
+        conn.add_notice_handler(lambda d: notices.append((d.severity_nonlocalized, d.message_primary)))
+        conn.execute("DO $$ BEGIN RAISE NOTICE 'first %', 1; RAISE WARNING 'second'; END $$")
+        assert notices == [("NOTICE", "first 1"), ("WARNING", "second")]
+
+        conn.execute(f"INSERT INTO {items} (id, name) VALUES (1, 'one')")
+        with pytest.raises(errors.UniqueViolation) as exc:
+            conn.execute(f"INSERT INTO {items} (id, name) VALUES (%s, %s)", (1, "again"))
+        diag = exc.value.diag
+        assert (diag.sqlstate, diag.table_name, diag.constraint_name) == ("23505", items, f"{items}_pkey")
+        assert diag.message_detail == "Key (id)=(1) already exists."
+        with pytest.raises(errors.SyntaxError) as exc:
+            conn.execute("SELECT 1 FROM WHERE")
+        assert exc.value.diag.statement_position == "15"
+        with pytest.raises(errors.RaiseException) as exc:
+            conn.execute("DO $$ BEGIN RAISE EXCEPTION 'custom' USING DETAIL = 'why', HINT = 'fix it'; END $$")
+        assert (exc.value.diag.message_primary, exc.value.diag.message_detail,
+                exc.value.diag.message_hint) == ("custom", "why", "fix it")
+
+
 def test_transactions_commit_and_rollback(proxy, items):
     with connect(proxy) as writer, connect(proxy, autocommit=True) as reader:
         writer.execute(f"INSERT INTO {items} (id, name) VALUES (1, 'kept')")
