@@ -391,6 +391,14 @@ def test_copy_in_and_out(proxy, items):
                 copy.write_row((1, "duplicate"))
         conn.rollback()
         assert conn.execute(f"SELECT count(*) FROM {items}").fetchone() == (1,)
+        conn.commit()
+        # The client gives up in the middle (CopyFail), in autocommit this time.
+        conn.autocommit = True
+        with pytest.raises(RuntimeError), conn.cursor().copy(f"COPY {items} (id, name) FROM STDIN") as copy:
+            copy.write_row((3, "abandoned"))
+            raise RuntimeError("client gives up")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute(f"SELECT count(*) FROM {items}").fetchone() == (1,)
 
 
 def test_listen_notify(proxy):
