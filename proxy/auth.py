@@ -160,7 +160,7 @@ class ClientAuth:
             raise _malformed("md5 password message")
         assert self.credential is not None and self.credential.password is not None
         expected = md5_password(self.user, self.credential.password, self._salt)
-        if not compare_digest(answer.encode(), expected.encode()):
+        if not compare_digest(answer.encode("utf-8", "surrogateescape"), expected.encode()):
             raise self._wrong_password()
         self.done = True
         return AUTH_OK

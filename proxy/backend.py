@@ -69,6 +69,7 @@ class Backend(asyncio.Protocol):
         self.pid = self.secret = 0
         self.created = self.last_used = time.monotonic()
         self.closed = False
+        self.dirty = False              # holds state beyond a transaction (temp table, lock, ...)
         self.cancels = 0                # cancel requests for this backend still on their way
         self.held_for_cancel = False    # released by a client while a cancel was on its way
         self.on_idle_lost = None  # set by the pool: called when an idle backend dies

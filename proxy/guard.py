@@ -10,10 +10,12 @@ from dataclasses import dataclass
 import pglast.parser
 
 from proxy import protocol
+from proxy.pipeline import SWALLOW
 from proxy.router import Forward, Identity, Refuse, Router, SetTenant
 
 log = logging.getLogger("pgwarden.guard")
 
+_B, _C, _P = ord("B"), ord("C"), ord("P")
 HIDDEN_DETAIL = "detail hidden by pgwarden: it can show other tenants' data"
 
 
@@ -161,3 +163,29 @@ class Guarded:
                             "own tenant", simple=False)
                 return False
         return True
+
+    def _guard_extended(self, kind: int, msg: bytes, out: list[bytes]) -> bytes | None:
+        """Parse rewritten under the policy; a stale named statement prepared again; Bind checked."""
+        if kind == _P:
+            return self.guard_parse(msg)
+        if kind == _B:
+            name = protocol.decode_bind_names(msg)[1]
+        elif msg[5] == 83:  # Describe or Close of a statement
+            name = protocol.decode_target(msg)[1]
+        else:
+            return msg
+        if kind == _C:
+            self.guarded.pop(name, None)
+            return msg
+        fresh = self.stale_statement(name)
+        if fresh is None:
+            return None
+        if fresh and self.tx_mode:
+            parsed = protocol.decode_parse(fresh)
+            self.statements[name] = self.server.statements.get(parsed.query, parsed.param_types)
+        elif fresh:
+            tracker = self.backend.tracker  # type: ignore[union-attr]
+            out += (protocol.target(b"C", "S", name), fresh)
+            tracker.request(_C, SWALLOW)
+            tracker.request(_P, SWALLOW)
+        return msg if kind != _B or self.guard_bind(msg) else None

@@ -29,7 +29,7 @@ class Effect:
     text: str = ""
 
 
-_HEADS = frozenset({"set", "res", "dis", "lis", "pre", "dea", "rol", "abo"})
+_HEADS = frozenset({"set", "res", "dis", "lis", "pre", "dea", "rol", "abo", "cre", "dec"})
 
 
 def maybe_stateful(sql: str) -> bool:
@@ -39,7 +39,24 @@ def maybe_stateful(sql: str) -> bool:
     (False, True, True)
     """
     head = sql.lstrip()[:3].lower()
-    return head in _HEADS or head[:1] in ("/", "-", "(") or ";" in sql.rstrip().rstrip(";")
+    return (head in _HEADS or head[:1] in ("/", "-", "(") or ";" in sql.rstrip().rstrip(";")
+            or "dvisory_lock" in sql)
+
+
+_LEAVES_STATE = re.compile(r"\bcreate\s+(?:global\s+|local\s+)?temp(?:orary)?\b|"
+                          r"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(|\bwith\s+hold\b", re.I)
+
+
+def leaves_state(sql: str) -> bool:
+    """Does this statement leave state on the backend beyond its transaction?
+
+    Temporary tables, session-level advisory locks and WITH HOLD cursors do: under
+    transaction pooling such a backend is reset (DISCARD ALL) before anyone else gets it.
+
+    >>> leaves_state("CREATE TEMP TABLE t (x int)"), leaves_state("select pg_advisory_xact_lock(1)")
+    (True, False)
+    """
+    return _LEAVES_STATE.search(sql) is not None
 
 
 def first_word(sql: str) -> str:
@@ -131,6 +148,22 @@ def _ident(name: str) -> str:
 
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+# Reported by PostgreSQL but not settable by a client (or not to be replayed).
+_READ_ONLY_REPORTED = frozenset({"server_version", "server_encoding", "integer_datetimes",
+                                 "is_superuser", "session_authorization", "in_hot_standby"})
+
+
+def reported_setting(name: str, value: str) -> str | None:
+    """The SET that reproduces a ParameterStatus the backend sent (None for read-only ones).
+
+    >>> reported_setting("TimeZone", "Asia/Tokyo")
+    "SET TimeZone TO 'Asia/Tokyo'"
+    """
+    if name.lower() in _READ_ONLY_REPORTED:
+        return None
+    return f"SET {_ident(name)} TO {_literal(value)}"
 
 
 def apply(settings: dict[str, str], effect: Effect) -> None:

@@ -8,7 +8,7 @@ from collections import deque
 from proxy.protocol import ProtocolError, decode_fields, replace_detail
 
 FORWARD, SWALLOW, SYNTH = 0, 1, 2
-_Z, _E = ord("Z"), ord("E")
+_Z, _E, _S = ord("Z"), ord("E"), ord("S")
 _SYNC_LIKE = frozenset(b"SQF")  # requests answered by ReadyForQuery
 _DONE = {  # which backend message completes a request, by the request's type byte
     ord("P"): frozenset(b"1"), ord("B"): frozenset(b"2"), ord("D"): frozenset(b"Tn"),
@@ -21,11 +21,11 @@ _unpack = struct.Struct("!I").unpack_from
 class Tracker:
     """The ordered requests sent to one backend, and how each response must reach the client.
 
-    The common case costs one header walk per backend chunk and returns the chunk
-    untouched. Only while a *fixup* is in flight (a response to hide because the
-    proxy injected the request, one to answer because the proxy did not forward
-    the request, or a request whose failure must be known) is each message checked
-    against the queue.
+    Each backend message is matched against the oldest request in flight, so the
+    queue is exact even when a client sends Flush instead of Sync. The chunk is
+    returned untouched (no copy) unless a response must be hidden (the proxy
+    injected its request), inserted (the proxy answered a request itself) or
+    scrubbed.
 
     >>> t = Tracker()
     >>> t.request(ord("P"), SWALLOW); t.request(ord("B")); t.request(ord("S"))
@@ -35,14 +35,17 @@ class Tracker:
     (True, 'I')
     """
 
-    __slots__ = ("queue", "fixups", "status", "failed", "done", "scrub", "_skip", "_head", "_dropping")
+    __slots__ = ("queue", "fixups", "status", "synced", "failed", "done", "reported", "scrub",
+                 "_skip", "_head", "_dropping")
 
     def __init__(self) -> None:
         self.queue: deque[tuple[int, int, object]] = deque()
         self.fixups = 0          # entries in the queue that need per-message attention
         self.status = ord("I")   # transaction status of the last ReadyForQuery
+        self.synced = True       # no extended-protocol message sent since the last ReadyForQuery
         self.failed: list[object] = []  # tags of watched requests that ended in an error
         self.done: list[object] = []    # tags of watched requests that succeeded
+        self.reported: list[bytes] = [] # ParameterStatus messages seen (a setting changed)
         self.scrub: str | None = None   # when set, every ErrorResponse DETAIL is replaced by it
         self._skip = 0           # bytes of the current message still to come
         self._head = b""         # an incomplete header kept for the next chunk
@@ -50,12 +53,19 @@ class Tracker:
 
     @property
     def idle(self) -> bool:
-        """Every request sent has been answered."""
-        return not self.queue
+        """Every request sent has been answered, the last by ReadyForQuery.
+
+        Between an extended-protocol message and the ReadyForQuery of its Sync the
+        backend is not idle even when every answer has arrived (a Flush): it may hold
+        an implicit transaction, or be skipping messages after an error.
+        """
+        return not self.queue and self.synced
 
     def request(self, code: int, action: int = FORWARD, tag: object = None) -> None:
         """A request was sent to the backend; `tag` asks to be told (in `failed`) if it fails."""
         self.queue.append((code, action, tag))
+        if code not in _SYNC_LIKE:
+            self.synced = False
         if action != FORWARD or tag is not None:
             self.fixups += 1
 
@@ -72,6 +82,8 @@ class Tracker:
         self.fixups = 0
         self.failed.clear()
         self.done.clear()
+        self.reported.clear()
+        self.synced = True
         self._skip, self._head, self._dropping = 0, b"", False
 
     def feed(self, data: bytes) -> bytes:
@@ -100,16 +112,13 @@ class Tracker:
             if length < 4:
                 raise ProtocolError(f"backend sent an invalid message length {length}")
             end = pos + 1 + length
-            if kind == _E and self.scrub is not None and end > n:
-                self._head = data[pos:]  # hold an error until it is whole, to scrub it
+            if end > n and (kind == _S or (kind == _E and self.scrub is not None)):
+                self._head = data[pos:]  # hold it until it is whole, to read or scrub it
                 n = pos
                 break
-            if self.fixups:
-                drop = self._attend(kind, data, pos)
-            else:
-                drop = False
-                if kind == _Z:
-                    self._ready(data[pos + 5])
+            if kind == _S:
+                self.reported.append(data[pos:end])
+            drop = self._attend(kind, data, pos)
             if drop:
                 out = out if out is not None else []
                 out.append(data[mark:pos])
@@ -136,13 +145,17 @@ class Tracker:
         """ReadyForQuery: answers the oldest sync-like request; True if that one is hidden."""
         self.status = status
         queue = self.queue
+        hidden = False
         while queue:
             code, action, tag = queue.popleft()
             if action != FORWARD or tag is not None:
                 self.fixups -= 1
             if code in _SYNC_LIKE:
-                return action == SWALLOW
-        return False
+                hidden = action == SWALLOW
+                break
+        if not any(code not in _SYNC_LIKE and code != SYNTH for code, _, _ in queue):
+            self.synced = True
+        return hidden
 
     def _attend(self, kind: int, data: bytes, pos: int) -> bool:
         """Match one backend message against the queue; True if the client must not see it."""

@@ -41,7 +41,8 @@ class Registry:
         key = (query, param_types)
         stmt = self._cache.get(key)
         if stmt is None:
-            digest = hashlib.blake2b(query.encode() + b"\x00" + param_types, digest_size=10)
+            digest = hashlib.blake2b(query.encode("utf-8", "surrogateescape") + b"\x00" + param_types,
+                                     digest_size=10)
             name = "pgw_" + digest.hexdigest()
             stmt = Statement(name, protocol.parse(name, query, param_types))
             self._cache[key] = stmt

@@ -237,18 +237,19 @@ def message(kind: bytes, payload: bytes = b"") -> bytes:
 
 
 def cstr(text: str) -> bytes:
-    return text.encode("utf-8") + b"\x00"
+    return text.encode("utf-8", "surrogateescape") + b"\x00"
 
 
 def read_cstr(body: bytes, pos: int) -> tuple[str, int]:
-    """Decode the NUL-terminated string at `pos`; return it and the position after it."""
+    """Decode the NUL-terminated string at `pos`; return it and the position after it.
+
+    Text in another client_encoding (LATIN1, ...) survives a decode/encode round trip
+    unchanged (undecodable bytes become surrogates, and `cstr` restores them).
+    """
     end = body.find(b"\x00", pos)
     if end < 0:
         raise ProtocolError("string is not NUL-terminated")
-    try:
-        return body[pos:end].decode("utf-8"), end + 1
-    except UnicodeDecodeError as exc:
-        raise ProtocolError("string is not valid UTF-8") from exc
+    return body[pos:end].decode("utf-8", "surrogateescape"), end + 1
 
 
 # --- decoders of client messages (msg = whole message bytes, header included) ------------------

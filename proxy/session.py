@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import struct
 from typing import TYPE_CHECKING
 
@@ -12,6 +11,7 @@ from proxy import params, protocol
 from proxy.auth import AuthFailed, ClientAuth, Credential
 from proxy.backend import Backend, BackendError
 from proxy.guard import HIDDEN_DETAIL, Guarded
+from proxy.pooled import Pooled, _names_statement
 from proxy.pipeline import SWALLOW
 from proxy.pool import Pool, PoolTimeout
 from proxy.prepared import Statement
@@ -27,11 +27,8 @@ _I = ord("I")
 _REQUESTS = frozenset(b"PBDECSF")       # answered by the backend, tracked in order
 _PASSED = frozenset(b"dcfH")            # COPY data/done/fail and Flush: no answer of their own
 _NAMED = frozenset(b"PBDC")             # may name a prepared statement
-_STATEFUL_HEADS = frozenset({b"set", b"res", b"dis", b"lis", b"pre", b"dea", b"rol", b"abo"})
-_DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(all|\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$",
-                         re.I | re.S)
-
-
+_STATEFUL_HEADS = frozenset({b"set", b"res", b"dis", b"lis", b"pre", b"dea", b"rol", b"abo",
+                             b"cre", b"dec"})
 def _stateful_text(msg: bytes, start: int, stop: int) -> bool:
     """Cheap byte test on msg[start:stop]: could this SQL change session state?
 
@@ -43,7 +40,7 @@ def _stateful_text(msg: bytes, start: int, stop: int) -> bool:
         i += 1
     if i >= stop:
         return False
-    if msg[i:i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-(":
+    if msg[i:i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-(" or b"dvisory_lock" in msg:
         return True
     j = stop - 1
     while j > i and msg[j] in b" \t\r\n;":
@@ -51,16 +48,7 @@ def _stateful_text(msg: bytes, start: int, stop: int) -> bool:
     return msg.find(b";", i, j) >= 0
 
 
-def _names_statement(kind: int, msg: bytes) -> bool:
-    """Does this Parse/Bind/Describe/Close involve a named prepared statement?"""
-    if kind == _P:
-        return msg[5] != 0
-    if kind == _B:
-        return msg[5] != 0 or msg[6] != 0  # a named portal: decode to find the statement
-    return msg[5] == 83 and msg[6] != 0    # Describe/Close 'S' with a name
-
-
-class Session(Guarded, asyncio.Protocol):
+class Session(Guarded, Pooled, asyncio.Protocol):
     """A client of pgwarden. Its `state` says where it is; `backend` is set while one serves it."""
 
     def __init__(self, server: "Server") -> None:
@@ -77,7 +65,8 @@ class Session(Guarded, asyncio.Protocol):
         self.tx_mode = True
         self.statements: dict[str, Statement] = {}
         self.settings: dict[str, str] = {}
-        self.dirty = False
+        self.dirty = False          # session mode: ran anything, so DISCARD ALL on release
+        self.pinned = False         # transaction mode: keeps its backend (it holds session state)
         self.skipping = False       # after an error the proxy raised mid-pipeline: skip to Sync
         self._snapshot: tuple[dict, dict] | None = None  # settings before a SET in this transaction
         self._rolling_back = False  # the client asked to end this transaction with ROLLBACK
@@ -313,36 +302,6 @@ class Session(Guarded, asyncio.Protocol):
             self._link(backend)
         self._forward(msgs)
 
-    def _answer_without_backend(self, msgs: list[tuple[int, bytes]]) -> bool:
-        """Parse of statements some backend already accepted, Close, Sync: answered here.
-
-        A client outside a transaction that only prepares (pgbench -M prepared does so
-        synchronously for each of its clients) need not wait for a backend.
-        """
-        statements = []
-        for kind, msg in msgs:
-            if kind == _P and msg[5] != 0:
-                parsed = protocol.decode_parse(msg)
-                stmt = self.server.statements.peek(parsed.query, parsed.param_types)
-                if stmt is None or not stmt.verified or params.maybe_stateful(parsed.query):
-                    return False
-                statements.append((parsed.name, stmt))
-            elif not (kind in (_S, _H) or (kind == _C and msg[5] == 83 and msg[6] != 0)):
-                return False
-        out, parsed_names = [], iter(statements)
-        for kind, msg in msgs:
-            if kind == _P:
-                name, stmt = next(parsed_names)
-                self.statements[name] = stmt
-                out.append(protocol.PARSE_COMPLETE)
-            elif kind == _C:
-                self.statements.pop(protocol.decode_target(msg)[1], None)
-                out.append(protocol.CLOSE_COMPLETE)
-            elif kind == _S:
-                out.append(protocol.ready_for_query(b"I"))
-        self.transport.write(b"".join(out))
-        return True
-
     def _acquire(self) -> None:
         self._acquiring = True
         self.transport.pause_reading()
@@ -415,9 +374,10 @@ class Session(Guarded, asyncio.Protocol):
                 if kind == _P:
                     self.dirty = True
                     if (tx_mode or self.ident is not None) and \
-                            _stateful_text(msg, 6, msg.find(b"\x00", 6)) and \
-                            not self._session_statement(protocol.decode_parse(msg).query, False):
-                        continue
+                            _stateful_text(msg, 6, msg.find(b"\x00", 6)):
+                        msg = self._stateful_parse(msg, out)  # type: ignore[assignment]
+                        if msg is None:
+                            continue
                 tracker.request(kind)
                 out.append(msg)
             elif kind in _PASSED:
@@ -465,128 +425,6 @@ class Session(Guarded, asyncio.Protocol):
         self.backend.tracker.request(_Q)  # type: ignore[union-attr]
         out.append(msg)
 
-    def _session_statement(self, sql: str, simple: bool) -> bool:
-        """Track or refuse what a statement does to session state; False if it was refused/answered."""
-        if self.tx_mode and simple and (match := _DEALLOCATE.match(sql)):
-            self._deallocate(match.group(1))
-            return False
-        effects = params.effects(sql)
-        refusal = self._refusal(effects) if self.tx_mode else None
-        if refusal:
-            self.refuse("0A000", refusal[0], refusal[1], simple)
-            return False
-        backend = self.backend
-        if params.first_word(sql) in ("rollback", "abort") and "to" not in sql.lower().split()[1:3]:
-            self._rolling_back = True
-        if effects and self._snapshot is None and backend.tracker.status != _I:  # type: ignore[union-attr]
-            self._snapshot = (dict(self.settings), dict(backend.settings))  # type: ignore[union-attr]
-        for effect in effects:
-            params.apply(self.settings, effect)
-            params.apply(backend.settings, effect)  # type: ignore[union-attr]
-            if effect.kind == "discard_all":
-                self.statements.clear()
-                backend.statements.clear()  # type: ignore[union-attr]
-        return True
-
-    def _refusal(self, effects: list[params.Effect]) -> tuple[str, str] | None:
-        for effect in effects:
-            if effect.kind in ("listen", "prepare", "identity"):
-                what = {"listen": "LISTEN", "prepare": "SQL PREPARE",
-                        "identity": f"SET {effect.name.upper()}"}[effect.kind]
-                return (f"{what} is not supported in transaction pooling mode: its effect would "
-                        "outlive this transaction on a backend that other clients share",
-                        "use pool.mode: session for this application, or protocol-level "
-                        "prepared statements (every driver's default) instead of SQL PREPARE")
-        return None
-
-    def _deallocate(self, name: str) -> None:
-        if name.lower() == "all":
-            self.statements.clear()
-            tag = "DEALLOCATE ALL"
-        else:
-            name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
-            if self.statements.pop(name, None) is None:
-                self.refuse("26000", f'prepared statement "{name}" does not exist', None, True)
-                return
-            tag = "DEALLOCATE"
-        status = self.backend.tracker.status if self.backend is not None else _I
-        self.reply(protocol.command_complete(tag) + protocol.ready_for_query(bytes([status])))
-
-    def _guard_extended(self, kind: int, msg: bytes, out: list[bytes]) -> bytes | None:
-        """Parse rewritten under the policy; a stale named statement prepared again; Bind checked."""
-        if kind == _P:
-            return self.guard_parse(msg)
-        if kind == _B:
-            name = protocol.decode_bind_names(msg)[1]
-        elif msg[5] == 83:  # Describe or Close of a statement
-            name = protocol.decode_target(msg)[1]
-        else:
-            return msg
-        if kind == _C:
-            self.guarded.pop(name, None)
-            return msg
-        fresh = self.stale_statement(name)
-        if fresh is None:
-            return None
-        if fresh and self.tx_mode:
-            parsed = protocol.decode_parse(fresh)
-            self.statements[name] = self.server.statements.get(parsed.query, parsed.param_types)
-        elif fresh:
-            tracker = self.backend.tracker  # type: ignore[union-attr]
-            out += (protocol.target(b"C", "S", name), fresh)
-            tracker.request(_C, SWALLOW)
-            tracker.request(_P, SWALLOW)
-        return msg if kind != _B or self.guard_bind(msg) else None
-
-    def _extended_tx(self, kind: int, msg: bytes, out: list[bytes]) -> None:
-        """Parse/Bind/Describe/Close under transaction pooling: client names -> proxy-wide names."""
-        backend = self.backend
-        tracker = backend.tracker  # type: ignore[union-attr]
-        if kind == _P:
-            parsed = protocol.decode_parse(msg)
-            if params.maybe_stateful(parsed.query) and \
-                    not self._session_statement(parsed.query, False):
-                return
-            stmt = self.server.statements.get(parsed.query, parsed.param_types)
-            self.statements[parsed.name] = stmt
-            if backend.statements.touch(stmt.name):  # type: ignore[union-attr]
-                self.reply(protocol.PARSE_COMPLETE)
-            else:
-                self._prepare_on_backend(stmt, out, 0)
-            return
-        if kind == _B:
-            _, name, _ = protocol.decode_bind_names(msg)
-            stmt = self.statements.get(name) if name else None
-            if stmt is not None:
-                self._ensure_prepared(stmt, out)
-                msg = protocol.rename_bind(msg, stmt.name)
-        else:
-            which, name = protocol.decode_target(msg)
-            if which == "S" and name:
-                if kind == _C:
-                    self.statements.pop(name, None)
-                    self.reply(protocol.CLOSE_COMPLETE)
-                    return
-                stmt = self.statements.get(name)
-                if stmt is not None:
-                    self._ensure_prepared(stmt, out)
-                    msg = protocol.target(b"D", "S", stmt.name)
-        tracker.request(kind)
-        out.append(msg)
-
-    def _ensure_prepared(self, stmt: Statement, out: list[bytes]) -> None:
-        if not self.backend.statements.touch(stmt.name):  # type: ignore[union-attr]
-            self._prepare_on_backend(stmt, out, SWALLOW)
-
-    def _prepare_on_backend(self, stmt: Statement, out: list[bytes], action: int) -> None:
-        backend = self.backend
-        evicted = backend.statements.add(stmt.name)  # type: ignore[union-attr]
-        if evicted is not None:
-            out.append(protocol.target(b"C", "S", evicted))
-            backend.tracker.request(_C, SWALLOW)  # type: ignore[union-attr]
-        out.append(stmt.parse)
-        backend.tracker.request(_P, action, tag=stmt)  # type: ignore[union-attr]
-
     # --- bytes from the backend -------------------------------------------------------------
 
     def backend_data(self, backend: Backend, data: bytes) -> None:
@@ -608,24 +446,20 @@ class Session(Guarded, asyncio.Protocol):
             for stmt in tracker.done:
                 stmt.verified = True  # type: ignore[attr-defined]
             tracker.done.clear()
+        if tracker.reported:
+            self._reported(backend, tracker.reported)
         if self.local_tenant is not None and tracker.status == _I:
             self.local_tenant = None
         if self._snapshot is not None and tracker.status == _I:
             self._transaction_ended(backend, rolled_back=before == ord("E") or self._rolling_back)
-        if not tracker.queue:
+        if tracker.idle:
             self._maybe_release()
-
-    def _transaction_ended(self, backend: Backend, rolled_back: bool) -> None:
-        """SETs made inside a transaction last only if it committed (PostgreSQL's own rule)."""
-        if rolled_back:
-            self.settings, backend.settings = self._snapshot  # type: ignore[misc]
-        self._snapshot, self._rolling_back = None, False
 
     def _maybe_release(self) -> None:
         backend = self.backend
-        if backend is None or backend.tracker.queue or backend.tracker.status != _I:
+        if backend is None or not backend.tracker.idle or backend.tracker.status != _I:
             return
-        if self.tx_mode:
+        if self.tx_mode and not self.pinned:
             self.backend = None
             self.pool.release(backend)  # type: ignore[union-attr]
         if self.server.draining:
@@ -648,16 +482,22 @@ class Session(Guarded, asyncio.Protocol):
                 backend.close()
             return
         reset = ["ROLLBACK"] if backend.tracker.status != _I else []
-        if not self.tx_mode and self.dirty:
-            reset.append("DISCARD ALL")
-        if not reset:
+        if not reset and not backend.dirty and (self.tx_mode or not self.dirty):
             pool.release(backend)
             return
+        self._reset(backend, reset)
+
+    def _reset(self, backend: Backend, first: list[str]) -> None:
+        """Return a backend through `first` statements and DISCARD ALL when it holds session state."""
+        pool = self.pool
+        discard = backend.dirty or not self.tx_mode
+        statements = first + (["DISCARD ALL"] if discard else [])
 
         def done(ok: bool) -> None:
-            if "DISCARD ALL" in reset:
+            if discard:
                 backend.settings.clear()
                 backend.statements.clear()
-            pool.release(backend, reusable=ok)
+                backend.dirty = False
+            pool.release(backend, reusable=ok)  # type: ignore[union-attr]
 
-        backend.clean(reset, done)
+        backend.clean(statements, done)

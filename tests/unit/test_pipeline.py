@@ -124,3 +124,25 @@ def test_scrubbed_error_detail_never_reaches_the_client_whatever_the_chunking(cu
     out = feed_all(t, error + READY_I, cuts)
     assert b"bob@other-tenant.io" not in out and b"hidden by pgwarden" in out
     assert out.endswith(READY_I) and t.idle
+
+
+def test_answers_to_a_flush_do_not_make_the_backend_idle_until_sync():
+    t = Tracker()
+    for code in b"PDH"[:2]:
+        t.request(code)
+    assert t.feed(PARSE_OK + p.message(b"t", b"\x00\x00") + p.message(b"n")) is not None
+    assert not t.queue and not t.idle, "Parse/Describe/Flush answered, but no Sync yet"
+    t.request(ord("S"))
+    t.feed(READY_I)
+    assert t.idle
+
+
+def test_an_error_after_flush_keeps_the_backend_until_the_sync():
+    t = Tracker()
+    t.request(ord("P"), FORWARD, tag="x")
+    t.request(ord("D"))
+    t.feed(ERROR)
+    assert not t.idle and t.failed == ["x"]
+    t.request(ord("S"))
+    t.feed(READY_I)
+    assert t.idle

@@ -1,0 +1,221 @@
+"""What transaction pooling adds to a client session: statement names, session state, pinning."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from proxy import params, protocol
+from proxy.backend import Backend
+from proxy.pipeline import SWALLOW
+from proxy.prepared import Statement
+
+log = logging.getLogger("pgwarden.session")
+
+_P, _B, _D, _C, _S, _H, _Q = (ord(c) for c in "PBDCSHQ")
+_I = ord("I")
+
+_DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(all|\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$",
+                         re.I | re.S)
+
+
+_SESSION_MODE = "use pool.mode: session for this application"
+_TX_REFUSED = {  # statements whose effect transaction pooling cannot keep: (what, hint)
+    "listen": ("LISTEN", f"{_SESSION_MODE}: notifications need a backend of their own"),
+    "prepare": ("SQL PREPARE", "use protocol-level prepared statements (every driver's "
+                f"default; pgwarden keeps them under transaction pooling), or {_SESSION_MODE}"),
+    "identity": ("SET {name}", f"{_SESSION_MODE}, or connect as the role you need"),
+}
+
+
+
+def _names_statement(kind: int, msg: bytes) -> bool:
+    """Does this Parse/Bind/Describe/Close involve a named prepared statement?"""
+    if kind == _P:
+        return msg[5] != 0
+    if kind == _B:
+        return msg[5] != 0 or msg[6] != 0  # a named portal: decode to find the statement
+    return msg[5] == 83 and msg[6] != 0    # Describe/Close 'S' with a name
+
+
+
+
+class Pooled:
+    """Mixin for Session: the statements and settings a client keeps while its backends change.
+
+    Under transaction pooling each client statement name maps to a proxy-wide
+    statement (keyed by its text) prepared lazily on whichever backend serves the
+    client; SET/RESET are tracked and replayed; what cannot survive a change of
+    backend is refused, or pins the client to its backend.
+    """
+
+    def _answer_without_backend(self, msgs: list[tuple[int, bytes]]) -> bool:
+        """Parse of statements some backend already accepted, Close, Sync: answered here.
+
+        A client outside a transaction that only prepares (pgbench -M prepared does so
+        synchronously for each of its clients) need not wait for a backend.
+        """
+        statements = []
+        for kind, msg in msgs:
+            if kind == _P and msg[5] != 0:
+                parsed = protocol.decode_parse(msg)
+                stmt = self.server.statements.peek(parsed.query, parsed.param_types)
+                if stmt is None or not stmt.verified or params.maybe_stateful(parsed.query):
+                    return False
+                statements.append((parsed.name, stmt))
+            elif not (kind in (_S, _H) or (kind == _C and msg[5] == 83 and msg[6] != 0)):
+                return False
+        out, parsed_names = [], iter(statements)
+        for kind, msg in msgs:
+            if kind == _P:
+                name, stmt = next(parsed_names)
+                self.statements[name] = stmt
+                out.append(protocol.PARSE_COMPLETE)
+            elif kind == _C:
+                self.statements.pop(protocol.decode_target(msg)[1], None)
+                out.append(protocol.CLOSE_COMPLETE)
+            elif kind == _S:
+                out.append(protocol.ready_for_query(b"I"))
+        self.transport.write(b"".join(out))
+        return True
+
+    def _session_statement(self, sql: str, simple: bool) -> bool:
+        """Track or refuse what a statement does to session state; False if it was refused/answered."""
+        if self.tx_mode and simple and (match := _DEALLOCATE.match(sql)):
+            self._deallocate(match.group(1))
+            return False
+        effects = params.effects(sql)
+        refusal = self._refusal(effects) if self.tx_mode else None
+        if refusal:
+            self.refuse("0A000", refusal[0], refusal[1], simple)
+            return False
+        backend = self.backend
+        if params.first_word(sql) in ("rollback", "abort") and "to" not in sql.lower().split()[1:3]:
+            self._rolling_back = True
+        if self.tx_mode and params.leaves_state(sql) and not self.pinned:
+            backend.dirty = self.pinned = True  # type: ignore[union-attr]
+            log.info("client %s pinned to backend pid=%s for the rest of its session: it created "
+                     "a temporary table, took a session advisory lock or a WITH HOLD cursor",
+                     self.peer, backend.pid)  # type: ignore[union-attr]
+        if effects and self._snapshot is None and backend.tracker.status != _I:  # type: ignore[union-attr]
+            self._snapshot = (dict(self.settings), dict(backend.settings))  # type: ignore[union-attr]
+        for effect in effects:
+            params.apply(self.settings, effect)
+            params.apply(backend.settings, effect)  # type: ignore[union-attr]
+            if effect.kind == "discard_all":
+                self.statements.clear()
+                backend.statements.clear()  # type: ignore[union-attr]
+        return True
+
+    def _stateful_parse(self, msg: bytes, out: list[bytes]) -> bytes | None:
+        """A Parse that may change session state: tracked, refused (None) or renamed.
+
+        DEALLOCATE under transaction pooling names the proxy-wide statement (prepared
+        here first if needed); DEALLOCATE ALL runs as written and this backend's
+        statements are forgotten, so they are prepared again when next used.
+        """
+        parsed = protocol.decode_parse(msg)
+        if self.tx_mode and (match := _DEALLOCATE.match(parsed.query)):
+            backend = self.backend
+            target = match.group(1)
+            if target.lower() == "all":
+                self.statements.clear()
+                backend.statements.clear()  # type: ignore[union-attr]
+                return msg
+            stmt = self.statements.pop(target[1:-1].replace('""', '"') if target.startswith('"')
+                                       else target.lower(), None)
+            if stmt is None:
+                return msg  # PostgreSQL answers that it does not exist
+            self._ensure_prepared(stmt, out)
+            backend.statements.discard(stmt.name)  # type: ignore[union-attr]
+            return protocol.parse(parsed.name, f'DEALLOCATE "{stmt.name}"', parsed.param_types)
+        return msg if self._session_statement(parsed.query, False) else None
+
+    def _refusal(self, effects: list[params.Effect]) -> tuple[str, str] | None:
+        for effect in effects:
+            if effect.kind in _TX_REFUSED:
+                what, hint = _TX_REFUSED[effect.kind]
+                what = what.format(name=effect.name.upper())
+                return (f"{what} is not supported in transaction pooling mode: its effect would "
+                        "outlive this transaction on a backend that other clients share", hint)
+        return None
+
+    def _deallocate(self, name: str) -> None:
+        if name.lower() == "all":
+            self.statements.clear()
+            tag = "DEALLOCATE ALL"
+        else:
+            name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+            if self.statements.pop(name, None) is None:
+                self.refuse("26000", f'prepared statement "{name}" does not exist', None, True)
+                return
+            tag = "DEALLOCATE"
+        status = self.backend.tracker.status if self.backend is not None else _I
+        self.reply(protocol.command_complete(tag) + protocol.ready_for_query(bytes([status])))
+
+    def _extended_tx(self, kind: int, msg: bytes, out: list[bytes]) -> None:
+        """Parse/Bind/Describe/Close under transaction pooling: client names -> proxy-wide names."""
+        backend = self.backend
+        tracker = backend.tracker  # type: ignore[union-attr]
+        if kind == _P:
+            parsed = protocol.decode_parse(msg)
+            if params.maybe_stateful(parsed.query):
+                msg = self._stateful_parse(msg, out)  # type: ignore[assignment]
+                if msg is None:
+                    return
+                parsed = protocol.decode_parse(msg)
+            stmt = self.server.statements.get(parsed.query, parsed.param_types)
+            self.statements[parsed.name] = stmt
+            if backend.statements.touch(stmt.name):  # type: ignore[union-attr]
+                self.reply(protocol.PARSE_COMPLETE)
+            else:
+                self._prepare_on_backend(stmt, out, 0)
+            return
+        if kind == _B:
+            _, name, _ = protocol.decode_bind_names(msg)
+            stmt = self.statements.get(name) if name else None
+            if stmt is not None:
+                self._ensure_prepared(stmt, out)
+                msg = protocol.rename_bind(msg, stmt.name)
+        else:
+            which, name = protocol.decode_target(msg)
+            if which == "S" and name:
+                if kind == _C:
+                    self.statements.pop(name, None)
+                    self.reply(protocol.CLOSE_COMPLETE)
+                    return
+                stmt = self.statements.get(name)
+                if stmt is not None:
+                    self._ensure_prepared(stmt, out)
+                    msg = protocol.target(b"D", "S", stmt.name)
+        tracker.request(kind)
+        out.append(msg)
+
+    def _ensure_prepared(self, stmt: Statement, out: list[bytes]) -> None:
+        if not self.backend.statements.touch(stmt.name):  # type: ignore[union-attr]
+            self._prepare_on_backend(stmt, out, SWALLOW)
+
+    def _prepare_on_backend(self, stmt: Statement, out: list[bytes], action: int) -> None:
+        backend = self.backend
+        evicted = backend.statements.add(stmt.name)  # type: ignore[union-attr]
+        if evicted is not None:
+            out.append(protocol.target(b"C", "S", evicted))
+            backend.tracker.request(_C, SWALLOW)  # type: ignore[union-attr]
+        out.append(stmt.parse)
+        backend.tracker.request(_P, action, tag=stmt)  # type: ignore[union-attr]
+
+    def _reported(self, backend: Backend, messages: list[bytes]) -> None:
+        """The backend says a setting changed (however: SET, set_config(), ROLLBACK): track it."""
+        if self.tx_mode or self.ident is not None:
+            for msg in messages:
+                name, pos = protocol.read_cstr(msg, 5)
+                text = params.reported_setting(name, protocol.read_cstr(msg, pos)[0])
+                if text is not None:
+                    self.settings[name.lower()] = backend.settings[name.lower()] = text
+        messages.clear()
+
+    def _transaction_ended(self, backend: Backend, rolled_back: bool) -> None:
+        """SETs made inside a transaction last only if it committed (PostgreSQL's own rule)."""
+        if rolled_back:
+            self.settings, backend.settings = self._snapshot  # type: ignore[misc]
+        self._snapshot, self._rolling_back = None, False
