@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from tests.clients.support import (DirectPostgres, direct_execute, pool_mode, skip_if_direct,
+from tests.clients.support import (DirectPostgres, direct_execute, pool_mode, scratch_database, skip_if_direct,
                                    xfail_in_transaction_mode)
 
 pytestmark = pytest.mark.timeout(60)
@@ -677,6 +677,23 @@ def test_cancel_under_load(tx_proxy):
         results = [w.result() for w in workers]
     assert [f for _, failures in results for f in failures] == []
     assert all(done > 0 for done, _ in results)
+
+
+def test_backends_terminated_while_idle_are_replaced(proxy, pg):
+    """An operator kills pgwarden's idle backends: the next clients never notice."""
+    def work(i: int) -> list[int]:
+        with psycopg.connect(proxy.dsn(dbname=dbname, connect_timeout=10), autocommit=True) as conn:
+            return [conn.execute("SELECT %s::int, pg_sleep(0.02)::text", (i,)).fetchone()[0] for _ in range(3)]
+
+    with scratch_database(f"pgw_terminate_{pool_mode(proxy)}") as dbname:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            assert list(pool.map(work, range(10))) == [[i] * 3 for i in range(10)]
+        killed = pg.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                            (dbname,)).fetchone()[0]
+        assert killed > 0 or isinstance(proxy, DirectPostgres)
+        time.sleep(0.3)
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            assert list(pool.map(work, range(10))) == [[i] * 3 for i in range(10)]
 
 
 def test_large_values_and_results(proxy):
