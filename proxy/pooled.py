@@ -85,9 +85,9 @@ class Pooled:
             self._deallocate(match.group(1))
             return False
         effects = params.effects(sql)
-        refusal = self._refusal(effects) if self.tx_mode else None
+        refusal = self._refusal(effects)
         if refusal:
-            self.refuse("0A000", refusal[0], refusal[1], simple)
+            self.refuse(*refusal, simple=simple)
             return False
         backend = self.backend
         if params.first_word(sql) in ("rollback", "abort") and "to" not in sql.lower().split()[1:3]:
@@ -131,13 +131,19 @@ class Pooled:
             return protocol.parse(parsed.name, f'DEALLOCATE "{stmt.name}"', parsed.param_types)
         return msg if self._session_statement(parsed.query, False) else None
 
-    def _refusal(self, effects: list[params.Effect]) -> tuple[str, str] | None:
+    def _refusal(self, effects: list[params.Effect]) -> tuple[str, str, str] | None:
+        """(SQLSTATE, message, hint) for a statement whose effect cannot be kept, else None."""
         for effect in effects:
-            if effect.kind in _TX_REFUSED:
+            if self.ident is not None and effect.kind == "local" and effect.name == "search_path":
+                return ("42501", "SET LOCAL search_path is refused: pgwarden resolves table names "
+                        "with the session's search_path", "use SET search_path (pgwarden tracks "
+                        "it), or schema-qualified names")
+            if self.tx_mode and effect.kind in _TX_REFUSED:
                 what, hint = _TX_REFUSED[effect.kind]
                 what = what.format(name=effect.name.upper())
-                return (f"{what} is not supported in transaction pooling mode: its effect would "
-                        "outlive this transaction on a backend that other clients share", hint)
+                return ("0A000", f"{what} is not supported in transaction pooling mode: its "
+                        "effect would outlive this transaction on a backend that other clients "
+                        "share", hint)
         return None
 
     def _deallocate(self, name: str) -> None:

@@ -157,3 +157,13 @@ def test_asyncpg_as_a_tenant_with_default_statement_cache(guarded):
     async def main() -> None:
         await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(8))), 60)
     asyncio.run(main())
+
+
+def test_search_path_is_tracked_and_set_local_of_it_refused(guarded):
+    with connect(guarded, "acme_app") as conn:
+        conn.execute("set search_path = pg_catalog, public")
+        assert rows(conn, "select count(*) from customers") == [(2,)]
+        with conn.transaction():
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+                conn.execute("set local search_path = pg_catalog")
+            assert "SET LOCAL search_path" in str(info.value)
