@@ -197,6 +197,17 @@ class Pooled:
         tracker.request(kind)
         out.append(msg)
 
+    def _restore_unnamed(self, out: list[bytes]) -> None:
+        """Prepare the client's unnamed statement again on a backend that never saw it.
+
+        A client may Parse the unnamed statement in one Sync cycle and Bind it in the
+        next; under transaction pooling that next cycle can land on another backend,
+        whose unnamed statement is someone else's.
+        """
+        out.append(self._unnamed)  # type: ignore[arg-type]
+        self.backend.tracker.request(_P, SWALLOW)  # type: ignore[union-attr]
+        self._unnamed_here = True
+
     def _ensure_prepared(self, stmt: Statement, out: list[bytes]) -> None:
         if not self.backend.statements.touch(stmt.name):  # type: ignore[union-attr]
             self._prepare_on_backend(stmt, out, SWALLOW)

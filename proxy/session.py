@@ -74,6 +74,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         self._startup = protocol.StartupFramer()
         self._framer = protocol.Framer(self.config.listen.max_message_size)
         self._pending: list[tuple[int, bytes]] = []
+        self._unnamed: bytes | None = None  # the client's last unnamed Parse (transaction mode)
+        self._unnamed_here = False          # ... and whether the linked backend has it
         self._acquiring = False
         self._auth: ClientAuth | None = None
         self._client_params: dict[str, str] = {}
@@ -339,6 +341,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
 
     def _link(self, backend: Backend) -> None:
         backend.client = self
+        self._unnamed_here = False
         backend.tracker.scrub = HIDDEN_DETAIL if self.ident is not None else None
         self.backend = backend
         if self.settings == backend.settings:
@@ -371,6 +374,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                 if tx_mode and kind in _NAMED and _names_statement(kind, msg):
                     self._extended_tx(kind, msg, out)
                     continue
+                if tx_mode and kind in (_B, _D) and not self._unnamed_here and self._unnamed:
+                    self._restore_unnamed(out)
                 if kind == _P:
                     self.dirty = True
                     if (tx_mode or self.ident is not None) and \
@@ -378,6 +383,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                         msg = self._stateful_parse(msg, out)  # type: ignore[assignment]
                         if msg is None:
                             continue
+                    if tx_mode:
+                        self._unnamed, self._unnamed_here = msg, True
                 tracker.request(kind)
                 out.append(msg)
             elif kind in _PASSED:
