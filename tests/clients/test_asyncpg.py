@@ -10,23 +10,11 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.clients.support import direct_execute, pool_mode, xfail_in_transaction_mode
+from tests.clients.support import direct_execute, pool_mode
 
 pytestmark = pytest.mark.timeout(60)
 
 TABLE = "pgw_asyncpg_orders"
-
-# Both were seen through a sniffing relay between asyncpg and pgwarden.
-OUT_OF_ORDER = (
-    "transaction mode: asyncpg sends Parse/Describe/Flush for a statement, then before any Sync "
-    "Parse/Describe/Flush for its type-introspection statement; when the backend already has that "
-    "text prepared (from an earlier client) pgwarden answers 't', 'T' and only then '1' (ParseComplete "
-    "last), and asyncpg raises InternalClientError 'cannot switch to state 12; another operation (2) "
-    "is in progress'")
-LOST_RESULT = (
-    "transaction mode: after a Parse that fails (Parse/Describe/Flush -> ErrorResponse 42P01, then "
-    "Sync -> 'Z'), the next Bind/Execute/Sync of a valid prepared statement is answered with 'Z' alone: "
-    "no BindComplete, DataRow or CommandComplete, so fetchval returns None")
 
 
 @pytest.fixture
@@ -42,9 +30,8 @@ async def connect(proxy, **kwargs) -> asyncpg.Connection:
     return await asyncpg.connect(proxy.url(), timeout=10, **kwargs)
 
 
-def test_type_introspection_on_a_reused_backend(fresh_proxy, request):
-    """asyncpg introspects array types with extra statements; successive clients share backends."""
-    xfail_in_transaction_mode(request, fresh_proxy, OUT_OF_ORDER)
+def test_type_introspection_on_a_reused_backend(fresh_proxy):
+    """asyncpg introspects array types with extra statements; successive clients share fresh backends."""
 
     async def main():
         for i in range(4):
@@ -58,11 +45,9 @@ def test_type_introspection_on_a_reused_backend(fresh_proxy, request):
     asyncio.run(main())
 
 
-def test_prepared_statement_after_a_failed_parse(fresh_proxy, request):
-    xfail_in_transaction_mode(request, fresh_proxy, LOST_RESULT)
-
+def test_prepared_statement_after_a_failed_parse(proxy):
     async def main():
-        conn = await connect(fresh_proxy)
+        conn = await connect(proxy)
         try:
             stmt = await conn.prepare("SELECT $1::int * 10")
             for i in range(3):
@@ -75,11 +60,9 @@ def test_prepared_statement_after_a_failed_parse(fresh_proxy, request):
     asyncio.run(main())
 
 
-def test_defaults_prepared_statements_and_cache(fresh_proxy, orders, request):
-    xfail_in_transaction_mode(request, fresh_proxy, f"{OUT_OF_ORDER}; or {LOST_RESULT}")
-
+def test_defaults_prepared_statements_and_cache(proxy, orders):
     async def main():
-        conn = await connect(fresh_proxy)
+        conn = await connect(proxy)
         try:
             assert await conn.fetchval("SELECT 1 + $1::int", 41) == 42
             row = await conn.fetchrow("SELECT $1::text AS t, $2::numeric AS n, $3::int[] AS a, $4::timestamptz AS ts",
@@ -121,11 +104,9 @@ def test_defaults_prepared_statements_and_cache(fresh_proxy, orders, request):
     asyncio.run(main())
 
 
-def test_executemany_and_copy(fresh_proxy, orders, request):
-    xfail_in_transaction_mode(request, fresh_proxy, OUT_OF_ORDER)
-
+def test_executemany_and_copy(proxy, orders):
     async def main():
-        conn = await connect(fresh_proxy)
+        conn = await connect(proxy)
         try:
             await conn.executemany(f"INSERT INTO {orders} (id, customer, total, items) VALUES ($1, $2, $3, $4)",
                                    [(i, f"m{i}", Decimal(i) / 10, [i, i + 1]) for i in range(500)])

@@ -131,13 +131,7 @@ def test_server_side_prepared_explicit(proxy, items):
 
 
 @pytest.mark.parametrize("reset", ["DEALLOCATE ALL", "DISCARD ALL"])
-def test_statements_survive_deallocate_all(fresh_proxy, reset, request):
-    if reset == "DEALLOCATE ALL":
-        xfail_in_transaction_mode(request, fresh_proxy, (
-            "transaction mode: a client's DEALLOCATE ALL reaches the backend and drops pgwarden's proxy-wide "
-            "statements there while pgwarden still counts them as prepared; that client and every later "
-            "client running the same text on that backend get 26000 'prepared statement \"pgw_<hash>\" "
-            "does not exist', for good"))
+def test_statements_survive_deallocate_all(fresh_proxy, reset):
     query = f"SELECT %s::int + {len(reset)}, 'deallocate test'"
     with connect(fresh_proxy, autocommit=True, prepare_threshold=0) as conn:
         assert conn.execute(query, (1,)).fetchone()[0] == 1 + len(reset)
@@ -201,12 +195,7 @@ def _unnamed_worker(proxy, worker: int) -> list:
     return wrong
 
 
-def test_unnamed_statement_prepared_then_executed(proxy, request):
-    xfail_in_transaction_mode(request, proxy, (
-        "transaction mode: an unnamed statement prepared in one Sync cycle (PQprepare with name '') and "
-        "executed in the next (PQexecPrepared '') runs on whatever backend comes next: the client gets "
-        "the result of ANOTHER client's statement (SELECT $1 + 1700 instead of its own SELECT $1 + 0) or "
-        "26000 'unnamed prepared statement does not exist'"))
+def test_unnamed_statement_prepared_then_executed(proxy):
     with ThreadPoolExecutor(max_workers=25) as pool:
         results = list(pool.map(lambda w: _unnamed_worker(proxy, w), range(25)))
     assert [w for r in results for w in r] == []
@@ -262,11 +251,7 @@ def test_client_encodings_across_backends(proxy):
     assert [w for r in results for w in r] == []
 
 
-def test_named_statement_in_latin1(proxy, request):
-    xfail_in_transaction_mode(request, proxy, (
-        "transaction mode, client_encoding=LATIN1: the first named Parse whose text has a non-ASCII "
-        "character (psycopg's 6th execution of \"SELECT 'café', %s::text\", or prepare=True) gets "
-        "ProtocolViolation 08P01 'string is not valid UTF-8' and pgwarden closes the connection"))
+def test_named_statement_in_latin1(proxy):
     with psycopg.connect(proxy.dsn(connect_timeout=10, client_encoding="LATIN1"), autocommit=True) as conn:
         for _ in range(8):  # past prepare_threshold: psycopg switches to a named statement
             assert conn.execute("SELECT 'café', %s::text", ("naïve",)).fetchone() == ("café", "naïve")
@@ -424,9 +409,6 @@ def test_listen_is_refused_in_transaction_mode(tx_proxy):
         assert conn.execute("SELECT 'usable'").fetchone() == ("usable",)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the 0A000 refusal of LISTEN in transaction mode carries the hint written for SQL PREPARE: "
-    "'... or protocol-level prepared statements (every driver's default) instead of SQL PREPARE'"))
 def test_listen_refusal_hint_is_about_listen(tx_proxy):
     skip_if_direct(tx_proxy)
     with connect(tx_proxy, autocommit=True) as conn:
@@ -507,11 +489,7 @@ def _set_config_worker(proxy, worker: int) -> list[str]:
     return problems
 
 
-def test_set_config_and_multi_statement_set_under_transaction_pooling(fresh_tx_proxy, request):
-    request.applymarker(pytest.mark.xfail(strict=False, reason=(
-        "transaction mode: SELECT set_config('TimeZone', 'Asia/Tokyo', false) is neither tracked nor reset: "
-        "the client sees Etc/UTC again once it lands on another backend, and clients that never changed "
-        "TimeZone see Asia/Tokyo on the backend it was run on (SET in a multi-statement simple query is fine)")))
+def test_set_config_and_multi_statement_set_under_transaction_pooling(fresh_tx_proxy):
     with ThreadPoolExecutor(max_workers=21) as pool:
         results = list(pool.map(lambda w: _set_config_worker(fresh_tx_proxy, w), range(21)))
     assert [p for r in results for p in r] == []
@@ -561,11 +539,7 @@ def test_set_does_not_reach_the_next_clients(proxy):
     assert seen <= {(None, "Etc/UTC"), ("", "Etc/UTC")}
 
 
-def test_temp_table_does_not_reach_the_next_clients(fresh_proxy, request):
-    xfail_in_transaction_mode(request, fresh_proxy, (
-        "transaction mode: CREATE TEMP TABLE in autocommit is neither refused nor cleaned up; after the "
-        "client disconnects, every new client landing on that backend sees to_regclass('pgw_psycopg_temp') "
-        "= 'pgw_psycopg_temp'"))
+def test_temp_table_does_not_reach_the_next_clients(fresh_proxy):
     with connect(fresh_proxy, autocommit=True) as conn:
         if _refused_or_done(conn, "CREATE TEMP TABLE pgw_psycopg_temp (x int)"):
             conn.execute("INSERT INTO pgw_psycopg_temp VALUES (1)")
@@ -573,11 +547,7 @@ def test_temp_table_does_not_reach_the_next_clients(fresh_proxy, request):
     assert _probe_new_clients(fresh_proxy, "to_regclass('pgw_psycopg_temp')") == {(None,)}
 
 
-def test_advisory_lock_is_released_when_the_client_leaves(fresh_proxy, pg, request):
-    xfail_in_transaction_mode(request, fresh_proxy, (
-        "transaction mode: a session-level pg_try_advisory_lock(k) is neither refused nor released; after "
-        "the client disconnects the pooled backend still holds it (pg_locks) and a direct "
-        "pg_try_advisory_lock(k) returns false"))
+def test_advisory_lock_is_released_when_the_client_leaves(fresh_proxy, pg):
     key = 917_000_000 + os.getpid()
     with connect(fresh_proxy, autocommit=True) as conn:
         if _refused_or_done(conn, "SELECT pg_try_advisory_lock(%s)", (key,)):
