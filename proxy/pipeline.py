@@ -35,8 +35,8 @@ class Tracker:
     (True, 'I')
     """
 
-    __slots__ = ("queue", "fixups", "status", "synced", "failed", "done", "reported", "scrub",
-                 "_skip", "_head", "_dropping")
+    __slots__ = ("queue", "fixups", "status", "synced", "failed", "done", "reported", "errors",
+                 "scrub", "_skip", "_head", "_dropping")
 
     def __init__(self) -> None:
         self.queue: deque[tuple[int, int, object]] = deque()
@@ -46,6 +46,7 @@ class Tracker:
         self.failed: list[object] = []  # tags of watched requests that ended in an error
         self.done: list[object] = []    # tags of watched requests that succeeded
         self.reported: list[bytes] = [] # ParameterStatus messages seen (a setting changed)
+        self.errors: list[bytes] = []   # ErrorResponse messages seen
         self.scrub: str | None = None   # when set, every ErrorResponse DETAIL is replaced by it
         self._skip = 0           # bytes of the current message still to come
         self._head = b""         # an incomplete header kept for the next chunk
@@ -83,6 +84,7 @@ class Tracker:
         self.failed.clear()
         self.done.clear()
         self.reported.clear()
+        self.errors.clear()
         self.synced = True
         self._skip, self._head, self._dropping = 0, b"", False
 
@@ -112,12 +114,14 @@ class Tracker:
             if length < 4:
                 raise ProtocolError(f"backend sent an invalid message length {length}")
             end = pos + 1 + length
-            if end > n and (kind == _S or (kind == _E and self.scrub is not None)):
+            if end > n and kind in (_S, _E):
                 self._head = data[pos:]  # hold it until it is whole, to read or scrub it
                 n = pos
                 break
             if kind == _S:
                 self.reported.append(data[pos:end])
+            elif kind == _E:
+                self.errors.append(data[pos:end])
             drop = self._attend(kind, data, pos)
             if drop:
                 out = out if out is not None else []

@@ -49,6 +49,8 @@ class Pooled:
     backend is refused, or pins the client to its backend.
     """
 
+    unchecked: set  # statements whose client Parse pgwarden answered without a backend
+
     def _answer_without_backend(self, msgs: list[tuple[int, bytes]]) -> bool:
         """Parse of statements some backend already accepted, Close, Sync: answered here.
 
@@ -70,6 +72,7 @@ class Pooled:
             if kind == _P:
                 name, stmt = next(parsed_names)
                 self.statements[name] = stmt
+                self.unchecked.add(stmt)  # prepared afresh where it is first used
                 out.append(protocol.PARSE_COMPLETE)
             elif kind == _C:
                 self.statements.pop(protocol.decode_target(msg)[1], None)
@@ -172,10 +175,13 @@ class Pooled:
                 parsed = protocol.decode_parse(msg)
             stmt = self.server.statements.get(parsed.query, parsed.param_types)
             self.statements[parsed.name] = stmt
-            if backend.statements.touch(stmt.name):  # type: ignore[union-attr]
-                self.reply(protocol.PARSE_COMPLETE)
-            else:
-                self._prepare_on_backend(stmt, out, 0)
+            if stmt.name in backend.statements:  # type: ignore[union-attr]
+                # The client's Parse is real: prepared again, so it sees today's table shapes
+                # and errors (the Close and the new Parse ride in the same write).
+                out.append(protocol.target(b"C", "S", stmt.name))
+                tracker.request(_C, SWALLOW)
+                backend.statements.discard(stmt.name)  # type: ignore[union-attr]
+            self._prepare_on_backend(stmt, out, 0)
             return
         if kind == _B:
             _, name, _ = protocol.decode_bind_names(msg)
@@ -209,7 +215,14 @@ class Pooled:
         self._unnamed_here = True
 
     def _ensure_prepared(self, stmt: Statement, out: list[bytes]) -> None:
-        if not self.backend.statements.touch(stmt.name):  # type: ignore[union-attr]
+        backend = self.backend
+        if stmt in self.unchecked:  # answered without a backend: prepare it for real now
+            self.unchecked.discard(stmt)
+            if stmt.name in backend.statements:  # type: ignore[union-attr]
+                out.append(protocol.target(b"C", "S", stmt.name))
+                backend.tracker.request(_C, SWALLOW)  # type: ignore[union-attr]
+                backend.statements.discard(stmt.name)  # type: ignore[union-attr]
+        if not backend.statements.touch(stmt.name):  # type: ignore[union-attr]
             self._prepare_on_backend(stmt, out, SWALLOW)
 
     def _prepare_on_backend(self, stmt: Statement, out: list[bytes], action: int) -> None:
@@ -230,6 +243,13 @@ class Pooled:
                 if text is not None:
                     self.settings[name.lower()] = backend.settings[name.lower()] = text
         messages.clear()
+
+    def _backend_errors(self, backend: Backend, errors: list[bytes]) -> None:
+        """After a table changed shape, the statements on this backend are stale: reset it."""
+        for msg in errors:
+            if self.tx_mode and b"C0A000\x00" in msg and b"cached plan must not change" in msg:
+                backend.dirty = True  # DISCARD ALL before the next client; prepared again then
+        errors.clear()
 
     def _transaction_ended(self, backend: Backend, rolled_back: bool) -> None:
         """SETs made inside a transaction last only if it committed (PostgreSQL's own rule)."""

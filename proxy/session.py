@@ -64,6 +64,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         self.backend: Backend | None = None
         self.tx_mode = True
         self.statements: dict[str, Statement] = {}
+        self.unchecked: set[Statement] = set()
         self.settings: dict[str, str] = {}
         self.dirty = False          # session mode: ran anything, so DISCARD ALL on release
         self.pinned = False         # transaction mode: keeps its backend (it holds session state)
@@ -455,6 +456,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             tracker.done.clear()
         if tracker.reported:
             self._reported(backend, tracker.reported)
+        if tracker.errors:
+            self._backend_errors(backend, tracker.errors)
         if self.local_tenant is not None and tracker.status == _I:
             self.local_tenant = None
         if self._snapshot is not None and tracker.status == _I:
@@ -468,7 +471,10 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             return
         if self.tx_mode and not self.pinned:
             self.backend = None
-            self.pool.release(backend)  # type: ignore[union-attr]
+            if backend.dirty:
+                self._reset(backend, [])
+            else:
+                self.pool.release(backend)  # type: ignore[union-attr]
         if self.server.draining:
             self.fatal("57P01", "terminating connection: pgwarden is shutting down")
 
