@@ -495,6 +495,44 @@ def test_set_config_and_multi_statement_set_under_transaction_pooling(fresh_tx_p
     assert [p for r in results for p in r] == []
 
 
+@pytest.fixture
+def probe_role():
+    direct_execute("DROP ROLE IF EXISTS pgw_probe_role")
+    direct_execute("CREATE ROLE pgw_probe_role")
+    yield "pgw_probe_role"
+    direct_execute("DROP ROLE IF EXISTS pgw_probe_role")
+
+
+def _set_config_unreported_worker(proxy, setting: str, value: str, worker: int) -> list:
+    """Even workers change `setting` with set_config(); odd ones never touch it."""
+    wrong = []
+    with connect(proxy, autocommit=True) as conn:
+        default = conn.execute("SELECT current_setting(%s)", (setting,)).fetchone()[0]
+        if worker % 2 == 0 and not _refused_or_done(conn, "SELECT set_config(%s, %s, false)", (setting, value)):
+            return wrong
+        for _ in range(10):
+            seen = conn.execute("SELECT current_setting(%s), pg_sleep(0.01)::text", (setting,)).fetchone()[0]
+            if seen != (value if worker % 2 == 0 else default):
+                wrong.append((worker, seen))
+    return wrong
+
+
+@pytest.mark.parametrize(("setting", "value"), [("search_path", "pgw_elsewhere, public"),
+                                                ("statement_timeout", "1234ms"), ("work_mem", "7MB"),
+                                                ("role", "pgw_probe_role")])
+def test_set_config_of_unreported_settings(fresh_proxy, probe_role, setting, value, request):
+    """Settings PostgreSQL does not report in ParameterStatus, changed with set_config(): kept or refused."""
+    xfail_in_transaction_mode(request, fresh_proxy, (
+        "transaction mode: SELECT set_config(s, v, false) for a setting without ParameterStatus (search_path, "
+        "statement_timeout, work_mem, role) is neither refused nor tracked nor reset: the client loses it on "
+        "the next backend and clients that never changed it inherit it on that backend (for role and "
+        "search_path: another client's identity and name resolution); SET ROLE is refused, set_config('role') "
+        "is not"))
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda w: _set_config_unreported_worker(fresh_proxy, setting, value, w), range(20)))
+    assert [w for r in results for w in r] == []
+
+
 def test_set_in_rolled_back_transaction_does_not_stick(tx_proxy):
     with connect(tx_proxy) as conn:
         conn.execute("SET application_name = 'committed'")
