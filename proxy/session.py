@@ -295,7 +295,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             if msgs[0][0] == _X:
                 self.close("client sent Terminate")
                 return
-            if self.tx_mode and self._answer_without_backend(msgs):
+            if self.tx_mode and self.ident is None and self._answer_without_backend(msgs):
                 return
             backend = self.pool.take_idle()  # type: ignore[union-attr]
             if backend is None:

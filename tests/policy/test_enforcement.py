@@ -167,3 +167,22 @@ def test_search_path_is_tracked_and_set_local_of_it_refused(guarded):
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
                 conn.execute("set local search_path = pg_catalog")
             assert "SET LOCAL search_path" in str(info.value)
+
+
+def test_a_statement_prepared_by_a_bypass_role_is_not_reused_unrewritten(guarded):
+    """The proxy-wide statement cache is keyed by text: a tenant's Parse of the same text
+    must still be rewritten, however the Parse is answered."""
+    query = "select count(*) from customers where id > $1"
+
+    async def run():
+        admin = await asyncpg.connect(guarded.url(user="postgres", dbname=DB))
+        tenant = await asyncpg.connect(guarded.url(user="acme_app", dbname=DB))
+        try:
+            assert await admin.fetchval(query, 0) == 3
+            stmt = await tenant.prepare(query)
+            assert await stmt.fetchval(0) == 2
+            assert await tenant.fetchval(query, 0) == 2
+        finally:
+            await admin.close()
+            await tenant.close()
+    asyncio.run(run())
