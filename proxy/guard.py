@@ -90,6 +90,13 @@ class Guarded:
             return False
         ident = router.identity(self.user)
         self.ident = None if ident.bypass else ident
+        if self.ident is not None:
+            for text in self.settings.values():  # startup parameters are SETs under the policy too
+                decision = router.decide(ident, ident.tenant, self.database, text)
+                if isinstance(decision, Refuse):
+                    self.fatal("42501", f"startup parameter refused: {decision.message}",
+                               hint=decision.hint)
+                    return False
         return True
 
     def tenant(self) -> str | None:

@@ -368,6 +368,11 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             if kind == _Q:
                 self._query(msg, out)
             elif kind in _REQUESTS:
+                if kind == _F and self.ident is not None:
+                    self.refuse("42501", "FunctionCall messages are refused: they call functions "
+                                "by OID, outside any statement the policy can check",
+                                "call the function in a SELECT", simple=True)
+                    continue
                 if self.ident is not None and kind in _NAMED:
                     msg = self._guard_extended(kind, msg, out)  # type: ignore[assignment]
                     if msg is None:

@@ -186,3 +186,13 @@ def test_a_statement_prepared_by_a_bypass_role_is_not_reused_unrewritten(guarded
             await admin.close()
             await tenant.close()
     asyncio.run(run())
+
+
+def test_startup_parameters_cannot_change_identity_or_parsing(guarded):
+    for options in ("-c role=postgres", "-c session_authorization=postgres",
+                    "-c standard_conforming_strings=off"):
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(guarded.dsn(user="acme_app", dbname=DB, options=f"'{options}'"))
+        assert "startup parameter refused" in str(info.value), options
+    with psycopg.connect(guarded.dsn(user="acme_app", dbname=DB, options="'-c TimeZone=UTC'")) as conn:
+        assert conn.execute("select count(*) from customers").fetchone() == (2,)
