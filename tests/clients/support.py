@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from tests.harness import PG_HOST, PG_PORT
+
+
+def unique(name: str) -> str:
+    """`name` made unique to this test run, so that concurrent runs of the suites never collide."""
+    return f"{name}_{os.getpid()}"
 
 
 def direct_dsn(dbname: str = "postgres") -> str:

@@ -10,11 +10,11 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.clients.support import direct_execute, pool_mode
+from tests.clients.support import direct_execute, pool_mode, unique
 
 pytestmark = pytest.mark.timeout(60)
 
-TABLE = "pgw_asyncpg_orders"
+TABLE = unique("pgw_asyncpg_orders")
 
 
 @pytest.fixture
@@ -183,10 +183,11 @@ def test_cursors_and_listeners(proxy):
             assert await conn.fetchval("SELECT 'after reset'") == "after reset"
             if pool_mode(proxy) == "session":
                 received: asyncio.Queue = asyncio.Queue()
-                await conn.add_listener("pgw_asyncpg_channel", lambda *args: received.put_nowait(args[3]))
+                channel = unique("pgw_asyncpg_channel")
+                await conn.add_listener(channel, lambda *args: received.put_nowait(args[3]))
                 other = await connect(proxy)
                 try:
-                    await other.execute("NOTIFY pgw_asyncpg_channel, 'ping ✓'")
+                    await other.execute(f"NOTIFY {channel}, 'ping ✓'")
                 finally:
                     await other.close()
                 assert await asyncio.wait_for(received.get(), 5) == "ping ✓"

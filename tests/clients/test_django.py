@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.clients.support import pool_mode, scratch_database
+from tests.clients.support import pool_mode, scratch_database, unique
 from tests.harness import ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,7 +41,7 @@ EXPECTED = {
 @pytest.mark.parametrize("binding", ["client-side", "server-side"])
 def test_django_orm(proxy, binding):
     # A database of its own, created and dropped directly on PostgreSQL, so migrations start clean.
-    with scratch_database(f"pgw_django_{pool_mode(proxy)}") as dbname:
+    with scratch_database(unique(f"pgw_django_{pool_mode(proxy)}")) as dbname:
         args = [sys.executable, "-m", "tests.django_app.scenario", proxy.host, str(proxy.port), dbname]
         if binding == "server-side":
             args.append("--server-side-binding")

@@ -8,11 +8,11 @@ import subprocess
 
 import pytest
 
-from tests.clients.support import direct_execute
+from tests.clients.support import direct_execute, unique
 from tests.harness import ROOT
 
 NODE_DIR = ROOT / "tests" / "node"
-TABLE = "pgw_node_items"
+TABLE = unique("pgw_node_items")
 
 pytestmark = [
     pytest.mark.timeout(60),

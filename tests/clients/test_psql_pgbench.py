@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from tests.clients.support import direct_dsn, direct_execute, pool_mode, scratch_database
+from tests.clients.support import direct_dsn, direct_execute, pool_mode, scratch_database, unique
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -20,7 +20,7 @@ pytestmark = [
                        reason="psql and pgbench are not installed"),
 ]
 
-TABLE = "pgw_psql_copy"
+TABLE = unique("pgw_psql_copy")
 ENV = {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGSSLMODE": "disable", "PGOPTIONS": ""}
 
 
@@ -129,7 +129,7 @@ def test_psql_copy_error_keeps_table_unchanged(proxy, copy_table, tmp_path):
 @pytest.fixture(scope="module")
 def bench_db(proxy):
     """A scratch database initialised by `pgbench -i` through the proxy."""
-    name = f"pgw_pgbench_{pool_mode(proxy)}"
+    name = unique(f"pgw_pgbench_{pool_mode(proxy)}")
     with scratch_database(name):
         result = subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-h", proxy.host, "-p", str(proxy.port),
                                  "-U", "postgres", name], capture_output=True, text=True, env=ENV, timeout=60)

@@ -15,11 +15,13 @@ import pytest
 from psycopg import errors
 
 from tests.clients.support import (DirectPostgres, direct_execute, pool_mode, scratch_database, skip_if_direct,
-                                   xfail_in_transaction_mode)
+                                   unique, xfail_in_transaction_mode)
 
 pytestmark = pytest.mark.timeout(60)
 
-TABLE = "pgw_psycopg_items"
+TABLE = unique("pgw_psycopg_items")
+CHANNEL = unique("pgw_channel")
+ROLE = unique("pgw_probe_role")
 
 
 def connect(proxy, **kwargs) -> psycopg.Connection:
@@ -390,13 +392,13 @@ def test_listen_notify(proxy):
     if pool_mode(proxy) != "session":
         pytest.skip("LISTEN needs a dedicated backend: session mode only (refusal tested below)")
     with connect(proxy, autocommit=True) as listener, connect(proxy, autocommit=True) as sender:
-        listener.execute("LISTEN pgw_channel")
-        sender.execute("NOTIFY pgw_channel, 'hello'")
-        sender.execute("SELECT pg_notify('pgw_channel', %s)", ("second ✓",))
+        listener.execute(f"LISTEN {CHANNEL}")
+        sender.execute(f"NOTIFY {CHANNEL}, 'hello'")
+        sender.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "second ✓"))
         got = [(n.channel, n.payload) for n in listener.notifies(timeout=5, stop_after=2)]
-        assert got == [("pgw_channel", "hello"), ("pgw_channel", "second ✓")]
-        listener.execute("UNLISTEN pgw_channel")
-        sender.execute("NOTIFY pgw_channel, 'unheard'")
+        assert got == [(CHANNEL, "hello"), (CHANNEL, "second ✓")]
+        listener.execute(f"UNLISTEN {CHANNEL}")
+        sender.execute(f"NOTIFY {CHANNEL}, 'unheard'")
         assert list(listener.notifies(timeout=0.5)) == []
 
 
@@ -497,10 +499,10 @@ def test_set_config_and_multi_statement_set_under_transaction_pooling(fresh_tx_p
 
 @pytest.fixture
 def probe_role():
-    direct_execute("DROP ROLE IF EXISTS pgw_probe_role")
-    direct_execute("CREATE ROLE pgw_probe_role")
-    yield "pgw_probe_role"
-    direct_execute("DROP ROLE IF EXISTS pgw_probe_role")
+    direct_execute(f"DROP ROLE IF EXISTS {ROLE}")
+    direct_execute(f"CREATE ROLE {ROLE}")
+    yield ROLE
+    direct_execute(f"DROP ROLE IF EXISTS {ROLE}")
 
 
 def _set_config_unreported_worker(proxy, setting: str, value: str, worker: int) -> list:
@@ -519,7 +521,7 @@ def _set_config_unreported_worker(proxy, setting: str, value: str, worker: int) 
 
 @pytest.mark.parametrize(("setting", "value"), [("search_path", "pgw_elsewhere, public"),
                                                 ("statement_timeout", "1234ms"), ("work_mem", "7MB"),
-                                                ("role", "pgw_probe_role")])
+                                                ("role", ROLE)])
 def test_set_config_of_unreported_settings(fresh_proxy, probe_role, setting, value, request):
     """Settings PostgreSQL does not report in ParameterStatus, changed with set_config(): kept or refused."""
     xfail_in_transaction_mode(request, fresh_proxy, (
@@ -693,7 +695,7 @@ def test_backends_terminated_while_idle_are_replaced(proxy, pg):
         with psycopg.connect(proxy.dsn(dbname=dbname, connect_timeout=10), autocommit=True) as conn:
             return [conn.execute("SELECT %s::int, pg_sleep(0.02)::text", (i,)).fetchone()[0] for _ in range(3)]
 
-    with scratch_database(f"pgw_terminate_{pool_mode(proxy)}") as dbname:
+    with scratch_database(unique(f"pgw_terminate_{pool_mode(proxy)}")) as dbname:
         with ThreadPoolExecutor(max_workers=10) as pool:
             assert list(pool.map(work, range(10))) == [[i] * 3 for i in range(10)]
         killed = pg.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",

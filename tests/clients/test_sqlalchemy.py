@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, joinedload, mapped_column, relationship, selectinload
 
-from tests.clients.support import direct_execute
+from tests.clients.support import direct_execute, unique
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -20,8 +20,11 @@ class Base(DeclarativeBase):
     pass
 
 
+AUTHOR, BOOK = unique("pgw_sa_author"), unique("pgw_sa_book")
+
+
 class Author(Base):
-    __tablename__ = "pgw_sa_author"
+    __tablename__ = AUTHOR
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     books: Mapped[list[Book]] = relationship(back_populates="author", cascade="all, delete-orphan",
@@ -29,11 +32,11 @@ class Author(Base):
 
 
 class Book(Base):
-    __tablename__ = "pgw_sa_book"
+    __tablename__ = BOOK
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(200))
     price: Mapped[Decimal] = mapped_column(Numeric(8, 2))
-    author_id: Mapped[int] = mapped_column(ForeignKey("pgw_sa_author.id"))
+    author_id: Mapped[int] = mapped_column(ForeignKey(f"{AUTHOR}.id"))
     author: Mapped[Author] = relationship(back_populates="books")
 
 
@@ -50,7 +53,7 @@ def _library() -> list[Author]:
 @pytest.fixture
 def no_tables():
     """The test creates the tables through the proxy; they are dropped directly afterwards."""
-    drop = "DROP TABLE IF EXISTS pgw_sa_book, pgw_sa_author"
+    drop = f"DROP TABLE IF EXISTS {BOOK}, {AUTHOR}"
     direct_execute(drop)
     yield
     direct_execute(drop)
@@ -113,7 +116,7 @@ def test_sync_psycopg_orm(proxy, no_tables):
                 for name in ["Lem", "Le Guin", "Kept"]:
                     assert session.scalars(select(Author).where(Author.name == name)).one().name == name
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM pgw_sa_book WHERE price < :p"), {"p": 10}).scalar() == 2
+            assert conn.execute(text(f"SELECT count(*) FROM {BOOK} WHERE price < :p"), {"p": 10}).scalar() == 2
     finally:
         engine.dispose()
 
