@@ -61,6 +61,24 @@ def test_psql_error_then_usable(proxy):
     assert result.stdout.splitlines() == ["after"]
 
 
+def test_psql_script_with_savepoints_and_gexec(proxy, copy_table, tmp_path):
+    """A psql script: ON_ERROR_ROLLBACK wraps each statement in a savepoint; \\gexec runs generated SQL."""
+    script = tmp_path / "script.sql"
+    script.write_text(f"""\\set ON_ERROR_ROLLBACK on
+BEGIN;
+INSERT INTO {copy_table} (id, name) VALUES (1, 'first');
+INSERT INTO {copy_table} (id, name) VALUES (1, 'duplicate');
+INSERT INTO {copy_table} (id, name) VALUES (2, 'second');
+COMMIT;
+SELECT format('INSERT INTO {copy_table} (id, name) VALUES (%s, %L)', g, 'gen ' || g) FROM generate_series(3, 5) g
+\\gexec
+SELECT string_agg(id || ':' || name, ',' ORDER BY id) FROM {copy_table};
+""")
+    result = psql(proxy, "-v", "ON_ERROR_STOP=0", "-f", str(script), check=False)
+    assert "duplicate key value violates unique constraint" in result.stderr
+    assert result.stdout.splitlines()[-1] == "1:first,2:second,3:gen 3,4:gen 4,5:gen 5"
+
+
 def _rows(n: int) -> list[list[str | None]]:
     """Rows with the awkward CSV cases: commas, quotes, newlines, unicode, empty strings, NULLs."""
     notes = ['plain', 'comma, inside', 'quote " inside', 'line\nbreak', 'ünïcødé ✓', '', None]
