@@ -40,23 +40,34 @@ def maybe_stateful(sql: str) -> bool:
     """
     head = sql.lstrip()[:3].lower()
     return (head in _HEADS or head[:1] in ("/", "-", "(") or ";" in sql.rstrip().rstrip(";")
-            or "dvisory_lock" in sql)
+            or "dvisory_lock" in sql or "set_config" in sql)
 
 
 _LEAVES_STATE = re.compile(r"\bcreate\s+(?:global\s+|local\s+)?temp(?:orary)?\b|"
                           r"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(|\bwith\s+hold\b", re.I)
 
 
+_SET_CONFIG = re.compile(r"\bset_config\s*\(\s*(?:'([^']*)'|)", re.I)
+# Settings PostgreSQL reports with ParameterStatus whenever they change: tracked that way.
+REPORTED = frozenset({"application_name", "client_encoding", "datestyle", "intervalstyle",
+                      "timezone", "standard_conforming_strings", "default_transaction_read_only"})
+
+
 def leaves_state(sql: str) -> bool:
     """Does this statement leave state on the backend beyond its transaction?
 
-    Temporary tables, session-level advisory locks and WITH HOLD cursors do: under
-    transaction pooling such a backend is reset (DISCARD ALL) before anyone else gets it.
+    Temporary tables, session-level advisory locks, WITH HOLD cursors and set_config()
+    of a setting PostgreSQL does not report do: under transaction pooling such a client
+    keeps its backend, which is reset (DISCARD ALL) before anyone else gets it.
 
     >>> leaves_state("CREATE TEMP TABLE t (x int)"), leaves_state("select pg_advisory_xact_lock(1)")
     (True, False)
+    >>> leaves_state("SELECT set_config('TimeZone', $1, false)"), leaves_state("select set_config($1, $2, false)")
+    (False, True)
     """
-    return _LEAVES_STATE.search(sql) is not None
+    if _LEAVES_STATE.search(sql) is not None:
+        return True
+    return any(not name or name.lower() not in REPORTED for name in _SET_CONFIG.findall(sql))
 
 
 def first_word(sql: str) -> str:

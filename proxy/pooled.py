@@ -98,7 +98,8 @@ class Pooled:
         if self.tx_mode and params.leaves_state(sql) and not self.pinned:
             backend.dirty = self.pinned = True  # type: ignore[union-attr]
             log.info("client %s pinned to backend pid=%s for the rest of its session: it created "
-                     "a temporary table, took a session advisory lock or a WITH HOLD cursor",
+                     "a temporary table, took a session advisory lock, a WITH HOLD cursor or "
+                     "called set_config() on a setting that cannot be tracked",
                      self.peer, backend.pid)  # type: ignore[union-attr]
         if effects and self._snapshot is None and backend.tracker.status != _I:  # type: ignore[union-attr]
             self._snapshot = (dict(self.settings), dict(backend.settings))  # type: ignore[union-attr]
@@ -186,6 +187,9 @@ class Pooled:
         if kind == _B:
             _, name, _ = protocol.decode_bind_names(msg)
             stmt = self.statements.get(name) if name else None
+            if name and stmt is None:
+                self._no_such_statement(name)
+                return
             if stmt is not None:
                 self._ensure_prepared(stmt, out)
                 msg = protocol.rename_bind(msg, stmt.name)
@@ -197,11 +201,18 @@ class Pooled:
                     self.reply(protocol.CLOSE_COMPLETE)
                     return
                 stmt = self.statements.get(name)
-                if stmt is not None:
-                    self._ensure_prepared(stmt, out)
-                    msg = protocol.target(b"D", "S", stmt.name)
+                if stmt is None:
+                    self._no_such_statement(name)
+                    return
+                self._ensure_prepared(stmt, out)
+                msg = protocol.target(b"D", "S", stmt.name)
         tracker.request(kind)
         out.append(msg)
+
+    def _no_such_statement(self, name: str) -> None:
+        """A statement name this client never prepared: PostgreSQL's own error, and the name
+        never reaches the backend (where it could be another client's statement)."""
+        self.refuse("26000", f'prepared statement "{name}" does not exist', None, simple=False)
 
     def _restore_unnamed(self, out: list[bytes]) -> None:
         """Prepare the client's unnamed statement again on a backend that never saw it.

@@ -40,7 +40,8 @@ def _stateful_text(msg: bytes, start: int, stop: int) -> bool:
         i += 1
     if i >= stop:
         return False
-    if msg[i:i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-(" or b"dvisory_lock" in msg:
+    if msg[i:i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-(" or b"dvisory_lock" in msg \
+            or b"set_config" in msg:
         return True
     j = stop - 1
     while j > i and msg[j] in b" \t\r\n;":
@@ -380,7 +381,12 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                 if tx_mode and kind in _NAMED and _names_statement(kind, msg):
                     self._extended_tx(kind, msg, out)
                     continue
-                if tx_mode and kind in (_B, _D) and not self._unnamed_here and self._unnamed:
+                if tx_mode and (kind == _B or (kind == _D and msg[5] == 83)) and \
+                        not self._unnamed_here:  # the unnamed statement, not a portal
+                    if self._unnamed is None:  # the backend's unnamed statement is not this client's
+                        self.refuse("26000", "unnamed prepared statement does not exist", None,
+                                    simple=False)
+                        continue
                     self._restore_unnamed(out)
                 if kind == _P:
                     self.dirty = True
