@@ -48,3 +48,13 @@ def test_django_orm(proxy, binding):
         result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=100)
         assert result.returncode == 0, result.stderr[-3000:]
         assert json.loads(result.stdout) == EXPECTED
+
+
+def test_django_local_time_zone_from_many_threads(proxy):
+    """USE_TZ off, TIME_ZONE Asia/Tokyo: Django sets it with set_config() on each connection; every
+    write and read, from 12 threads, must use it whatever backend the statement lands on."""
+    with scratch_database(unique(f"pgw_django_tz_{pool_mode(proxy)}")) as dbname:
+        result = subprocess.run([sys.executable, "-m", "tests.django_app.scenario", proxy.host, str(proxy.port),
+                                 dbname, "--local-time"], cwd=ROOT, capture_output=True, text=True, timeout=100)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads(result.stdout) == {"round_trips": True, "books": 60, "stored_as_tokyo_time": 60}

@@ -1,6 +1,6 @@
 """Runs the Django ORM through pgwarden in a fresh process and prints what it observed as JSON.
 
-Usage: python -m tests.django_app.scenario HOST PORT DBNAME [--server-side-binding]
+Usage: python -m tests.django_app.scenario HOST PORT DBNAME [--server-side-binding] [--local-time]
 """
 
 from __future__ import annotations
@@ -99,12 +99,51 @@ def run() -> dict:
     return seen
 
 
+LOCAL_TIME_ZONE = "Asia/Tokyo"
+
+
+def run_local_time() -> dict:
+    """USE_TZ off: naive datetimes are Tokyo time, written and read by many threads (one connection each)."""
+    import datetime as dt
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.core.management import call_command
+    from django.db import connection, connections
+
+    from tests.django_app.models import Author, Book
+
+    call_command("migrate", "django_app", verbosity=0, interactive=False)
+    author = Author.objects.create(name="Clock")
+
+    def worker(n: int) -> bool:
+        try:
+            ok = True
+            for i in range(5):
+                published = dt.datetime(2024, 1, 1, 12, n, i)
+                book = Book.objects.create(title=f"t{n}-{i}", price=Decimal(1), author=author, published=published)
+                ok &= Book.objects.get(pk=book.pk).published == published
+            return ok
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        round_trips = all(pool.map(worker, range(12)))
+    with connection.cursor() as cur:
+        # An unambiguous instant: 12:xx in Tokyo is 03:xx UTC.
+        cur.execute("SELECT count(*) FROM pgw_dj_book WHERE published >= '2024-01-01 03:00:00+00'"
+                    " AND published < '2024-01-01 04:00:00+00'")
+        in_utc = cur.fetchone()[0]
+    return {"round_trips": round_trips, "books": Book.objects.count(), "stored_as_tokyo_time": in_utc}
+
+
 def main(argv: list[str]) -> None:
     from tests.django_app.settings import configure
 
     host, port, dbname = argv[:3]
-    configure(host, int(port), dbname, server_side_binding="--server-side-binding" in argv)
-    print(json.dumps(run(), default=str))
+    local_time = "--local-time" in argv
+    configure(host, int(port), dbname, server_side_binding="--server-side-binding" in argv,
+              local_time_zone=LOCAL_TIME_ZONE if local_time else None)
+    print(json.dumps(run_local_time() if local_time else run(), default=str))
 
 
 if __name__ == "__main__":

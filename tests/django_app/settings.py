@@ -6,11 +6,13 @@ import django
 from django.conf import settings
 
 
-def configure(host: str, port: int, dbname: str, server_side_binding: bool = False) -> None:
+def configure(host: str, port: int, dbname: str, server_side_binding: bool = False,
+              local_time_zone: str | None = None) -> None:
+    """`local_time_zone`: USE_TZ off and that TIME_ZONE, which Django applies with set_config() per connection."""
     settings.configure(
         DEBUG=False,
-        USE_TZ=True,
-        TIME_ZONE="UTC",
+        USE_TZ=local_time_zone is None,
+        TIME_ZONE=local_time_zone or "UTC",
         SECRET_KEY="pgwarden-tests",
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "tests.django_app"],
