@@ -27,12 +27,6 @@ def pool_mode(proxy) -> str:
     return proxy.config["pool"]["mode"]
 
 
-def xfail_in_transaction_mode(request, proxy, reason: str) -> None:
-    """Mark the running test as a known proxy bug, but only when it runs under transaction pooling."""
-    if pool_mode(proxy) == "transaction":
-        request.applymarker(pytest.mark.xfail(strict=False, reason=reason))
-
-
 def skip_if_direct(proxy) -> None:
     """Skip a check of pgwarden's own behaviour when the suites run straight against PostgreSQL."""
     if isinstance(proxy, DirectPostgres):

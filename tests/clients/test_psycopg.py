@@ -15,7 +15,7 @@ import pytest
 from psycopg import errors
 
 from tests.clients.support import (DirectPostgres, direct_execute, pool_mode, scratch_database, skip_if_direct,
-                                   unique, xfail_in_transaction_mode)
+                                   unique)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -149,11 +149,8 @@ def test_statements_survive_deallocate_all(fresh_proxy, reset):
         assert list(pool.map(other, range(12))) == [i + len(reset) for i in range(12)]
 
 
-def test_new_clients_see_a_changed_table_shape(fresh_proxy, items, pg, request):
-    xfail_in_transaction_mode(request, fresh_proxy, (
-        "transaction mode: after ALTER TABLE ADD COLUMN, every new client preparing 'SELECT * FROM t WHERE "
-        "id = $1' (a statement it never prepared) gets 0A000 'cached plan must not change result type': "
-        "pgwarden reuses the statement an earlier client left on the backend, with its old result type"))
+def test_new_clients_see_a_changed_table_shape(fresh_proxy, items, pg):
+    """After ALTER TABLE, a client preparing a statement gets the new shape, not a plan an earlier client left."""
     query = f"SELECT * FROM {items} WHERE id = %s"
     pg.execute(f"INSERT INTO {items} (id, name) VALUES (1, 'one')")
     with connect(fresh_proxy, autocommit=True, prepare_threshold=0) as conn:
@@ -522,14 +519,8 @@ def _set_config_unreported_worker(proxy, setting: str, value: str, worker: int) 
 @pytest.mark.parametrize(("setting", "value"), [("search_path", "pgw_elsewhere, public"),
                                                 ("statement_timeout", "1234ms"), ("work_mem", "7MB"),
                                                 ("role", ROLE)])
-def test_set_config_of_unreported_settings(fresh_proxy, probe_role, setting, value, request):
+def test_set_config_of_unreported_settings(fresh_proxy, probe_role, setting, value):
     """Settings PostgreSQL does not report in ParameterStatus, changed with set_config(): kept or refused."""
-    xfail_in_transaction_mode(request, fresh_proxy, (
-        "transaction mode: SELECT set_config(s, v, false) for a setting without ParameterStatus (search_path, "
-        "statement_timeout, work_mem, role) is neither refused nor tracked nor reset: the client loses it on "
-        "the next backend and clients that never changed it inherit it on that backend (for role and "
-        "search_path: another client's identity and name resolution); SET ROLE is refused, set_config('role') "
-        "is not"))
     with ThreadPoolExecutor(max_workers=20) as pool:
         results = list(pool.map(lambda w: _set_config_unreported_worker(fresh_proxy, setting, value, w), range(20)))
     assert [w for r in results for w in r] == []
