@@ -200,6 +200,17 @@ def test_unnamed_statement_prepared_then_executed(proxy):
     assert [w for r in results for w in r] == []
 
 
+def test_statement_names_are_private_to_their_client(proxy):
+    """Another client's statement name is unknown here (26000), never a way to run its SQL."""
+    with connect(proxy, autocommit=True) as owner, connect(proxy, autocommit=True) as other:
+        assert owner.pgconn.prepare(b"pgw_private", b"SELECT 'owner only'").status == psycopg.pq.ExecStatus.COMMAND_OK
+        for result in (other.pgconn.exec_prepared(b"pgw_private", []), other.pgconn.describe_prepared(b"pgw_private")):
+            assert result.status == psycopg.pq.ExecStatus.FATAL_ERROR
+            assert result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"26000"
+        assert owner.pgconn.exec_prepared(b"pgw_private", []).get_value(0, 0) == b"owner only"
+        assert other.execute("SELECT 'other still usable'").fetchone() == ("other still usable",)
+
+
 QUERIES = [
     ("SELECT %s::int + 1, 'q0'", lambda i: (i + 1, "q0")),
     ("SELECT %s::int * 2, 'q1'", lambda i: (i * 2, "q1")),
