@@ -21,6 +21,9 @@ create table orders (id int primary key, tenant_id text not null, customer_id in
                      total numeric(10,2));
 create table countries (code text primary key, name text);
 create table secrets (id int, tenant_id text, secret text);
+"""
+
+DATA = """
 insert into customers values
   (1, 'acme', 'Ann', 'ann@acme.io', '111-11-1111', '555-0101', '1980-05-17'),
   (2, 'acme', 'Bob', 'bob@acme.io', '222-22-2222', '555-0102', '1990-01-02'),
@@ -61,9 +64,10 @@ default: deny
 
 
 def reset_data() -> None:
+    """The shop's rows as they started (tables and other objects stay)."""
     with psycopg.connect(DIRECT.replace("dbname=postgres", f"dbname={DB}"), autocommit=True) as c:
-        c.execute("drop table if exists customers, orders, countries, secrets")
-        c.execute(SCHEMA)
+        c.execute("truncate customers, orders, countries, secrets")
+        c.execute(DATA)
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +75,8 @@ def shop_db():
     with psycopg.connect(DIRECT, autocommit=True) as conn:
         conn.execute(f"drop database if exists {DB} with (force)")
         conn.execute(f"create database {DB}")
+    with psycopg.connect(DIRECT.replace("dbname=postgres", f"dbname={DB}"), autocommit=True) as c:
+        c.execute(SCHEMA)
     reset_data()
     yield DB
     with psycopg.connect(DIRECT, autocommit=True) as conn:
