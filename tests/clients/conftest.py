@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.clients.support import DirectPostgres, direct_dsn, pool_mode
+from tests.clients.support import DirectPostgres, direct_dsn, direct_execute, pool_mode, unique
+
+ITEMS = unique("pgw_psycopg_items")
 
 
 @pytest.fixture
@@ -16,6 +18,16 @@ def pg() -> Iterator[psycopg.Connection]:
     """An autocommit psycopg connection straight to PostgreSQL (bypassing the proxy)."""
     with psycopg.connect(direct_dsn(), autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def items() -> Iterator[str]:
+    """A scratch table for the psycopg suites, created and dropped directly on PostgreSQL."""
+    direct_execute(f"DROP TABLE IF EXISTS {ITEMS}")
+    direct_execute(f"CREATE TABLE {ITEMS} (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2),"
+                   " tags text[], data bytea, at timestamptz)")
+    yield ITEMS
+    direct_execute(f"DROP TABLE IF EXISTS {ITEMS}")
 
 
 @pytest.fixture

@@ -33,6 +33,11 @@ def skip_if_direct(proxy) -> None:
         pytest.skip("checks pgwarden's own behaviour; PGWARDEN_CLIENTS_DIRECT aims at PostgreSQL")
 
 
+def connect(proxy, **kwargs) -> psycopg.Connection:
+    """A psycopg connection through a proxy fixture."""
+    return psycopg.connect(proxy.dsn(connect_timeout=10), **kwargs)
+
+
 def direct_execute(sql: str, dbname: str = "postgres") -> None:
     """Run one statement straight on PostgreSQL, in autocommit."""
     with psycopg.connect(direct_dsn(dbname), autocommit=True) as conn:
