@@ -116,9 +116,13 @@ class Guarded:
         """The text to send for a client's statement, or None when it was refused (already answered)."""
         router = self.server.router
         decision = router.decide(self.ident, self.tenant(), self.database, sql, self.search_path())
+        counted = self.server.metrics.simple if simple else self.server.metrics.extended
         if isinstance(decision, Forward):
+            counted["allowed" if decision.sql is None else "rewritten"].inc()
             return (sql if decision.sql is None else decision.sql), decision
+        counted["refused"].inc()
         if isinstance(decision, Refuse):
+            self.server.metrics.refusals.labels(decision.rule).inc()
             log.info("refused for user=%s tenant=%s (%s): %s", self.user, self.tenant(),
                      decision.rule, decision.message)
             self.refuse(decision.sqlstate, decision.message, decision.hint, simple)

@@ -257,7 +257,10 @@ class Pooled:
 
     def _backend_errors(self, backend: Backend, errors: list[bytes]) -> None:
         """After a table changed shape, the statements on this backend are stale: reset it."""
+        counter = self.server.metrics.backend_errors
         for msg in errors:
+            at = msg.find(b"\x00C", 4)
+            counter.labels(msg[at + 2:at + 4].decode("ascii", "replace") if at >= 0 else "??").inc()
             if self.tx_mode and b"C0A000\x00" in msg and b"cached plan must not change" in msg:
                 backend.dirty = True  # DISCARD ALL before the next client; prepared again then
         errors.clear()

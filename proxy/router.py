@@ -100,6 +100,8 @@ class Router:
         self.tenant_setting, self._signed, self._key = _tenant_settings(policy)
         self._cache: dict[tuple, Decision] = {}
         self._contexts: dict[tuple, Context] = {}
+        self.hits = self.misses = 0
+        self.observe = None  # called with the seconds each uncached decision took
 
     def add_schema(self, database: str, schema: dict[str, tuple[Column, ...]],
                    search_path: tuple[str, ...]) -> None:
@@ -146,7 +148,10 @@ class Router:
             return ORIGINAL
         key = (sql, ident.user, tenant, database, search_path)
         decision = self._cache.get(key)
-        if decision is None:
+        if decision is not None:
+            self.hits += 1
+        else:
+            self.misses += 1
             decision = self._decide(ident, tenant, database, sql, search_path)
             if not isinstance(decision, SetTenant):
                 if len(self._cache) >= CACHE_SIZE:
@@ -163,6 +168,8 @@ class Router:
         started = time.perf_counter()
         result = rewriter.rewrite(sql, ctx)
         elapsed = time.perf_counter() - started
+        if self.observe is not None:
+            self.observe(elapsed)
         decision = self._from_result(result)
         if self.monitor and not (isinstance(decision, Forward) and decision.sql is None):
             log.warning("monitor mode: would %s for user=%s tenant=%s: %s",

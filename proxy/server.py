@@ -13,6 +13,7 @@ from proxy.backend import Backend, Target
 from proxy.config import Config, ConfigError, load_config
 from proxy.http import HttpServer
 from proxy.janitor import Janitor
+from proxy.metrics import Metrics
 from proxy.pool import Pool
 from proxy.prepared import Registry
 from proxy.router import PolicyLoadError, Router, load_router
@@ -38,6 +39,7 @@ class Server:
         self._schema_loads: dict[str, asyncio.Task] = {}
         self._policy_stamp: tuple | None = None
         self._listener: asyncio.AbstractServer | None = None
+        self.metrics = Metrics(self)
         self._http = HttpServer(self)
         self._janitor = Janitor(self)
         self._stop = asyncio.Event()
@@ -103,8 +105,10 @@ class Server:
         if config.policies is None:
             return None
         old = self.router
-        return load_router(config.policies, old.schemas if old else {},
-                           old.search_paths if old else {})
+        router = load_router(config.policies, old.schemas if old else {},
+                             old.search_paths if old else {})
+        router.observe = self.metrics.rewrite_seconds.observe
+        return router
 
     def policy_files_changed(self) -> bool:
         """True (once per change) when a policy file was added, removed or modified on disk."""

@@ -119,6 +119,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
 
     def fatal(self, sqlstate: str, message: str, hint: str | None = None) -> None:
         """Send a FATAL ErrorResponse and close this client only."""
+        if self.state != READY and self.state != CLOSED:
+            self.server.metrics.logins.labels("refused").inc()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(protocol.error_response(sqlstate, message, severity="FATAL", hint=hint))
         self.close(f"{sqlstate} {message}")
@@ -200,9 +202,11 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                 self.transport, self, self.server.tls_context, server_side=True,
                 ssl_handshake_timeout=self.config.listen.startup_timeout)
         except Exception as exc:  # a failed handshake closes only this client
+            self.server.metrics.tls_handshakes.labels("failed").inc()
             self.close(f"TLS handshake failed: {exc}")
             return
         self.tls = True
+        self.server.metrics.tls_handshakes.labels("ok").inc()
         self.state = STARTUP
 
     def _begin_auth(self, packet: protocol.StartupMessage) -> None:
@@ -274,6 +278,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         self.state = READY
         if self._timer is not None:
             self._timer.cancel()
+        self.server.metrics.logins.labels("ok").inc()
         log.info("client %s logged in as user=%s db=%s (%s pooling)", self.peer, self.user,
                  self.database, self.config.pool.mode)
         if self._framer.pending():

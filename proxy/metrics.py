@@ -1,0 +1,90 @@
+"""Prometheus metrics: counters bumped on rare events, gauges read from the pools and sessions at scrape time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from proxy.server import Server
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _StateCollector:
+    """Connections and pools, read from the server when Prometheus scrapes (no per-event cost)."""
+
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+
+    def collect(self):
+        server = self.server
+        clients = GaugeMetricFamily("pgwarden_client_connections", "Client connections by state",
+                                    labels=["state"])
+        counts: dict[str, int] = {}
+        for session in list(server.sessions.values()):
+            state = session.state if session.backend is None else "active"
+            counts[state] = counts.get(state, 0) + 1
+        for state, n in sorted(counts.items()):
+            clients.add_metric([state], n)
+        yield clients
+        backends = GaugeMetricFamily("pgwarden_backend_connections",
+                                     "Backend connections by pool and state", labels=["pool", "state"])
+        waiting = GaugeMetricFamily("pgwarden_pool_waiting_clients", "Clients waiting for a backend",
+                                    labels=["pool"])
+        waits = GaugeMetricFamily("pgwarden_pool_waits", "Clients that had to wait, since start",
+                                  labels=["pool"])
+        wait_s = GaugeMetricFamily("pgwarden_pool_wait_seconds", "Total seconds clients waited",
+                                   labels=["pool"])
+        for pool in list(server.pools.values()):
+            for state, n in (("idle", len(pool.idle)), ("active", len(pool.active)),
+                             ("connecting", pool.connecting)):
+                backends.add_metric([pool.name, state], n)
+            waiting.add_metric([pool.name], len(pool.waiters))
+            waits.add_metric([pool.name], pool.wait_count)
+            wait_s.add_metric([pool.name], pool.wait_time)
+        yield from (backends, waiting, waits, wait_s)
+        up = GaugeMetricFamily("pgwarden_up", "1 while the proxy runs; 0 while draining")
+        up.add_metric([], 0 if server.draining else 1)
+        yield up
+        policy = GaugeMetricFamily("pgwarden_policy_loaded", "1 when a policy is enforced")
+        policy.add_metric([], 1 if server.router is not None else 0)
+        yield policy
+        cache = GaugeMetricFamily("pgwarden_rewrite_cache_lookups",
+                                  "Rewrite cache lookups of the running policy", labels=["result"])
+        router = server.router
+        cache.add_metric(["hit"], router.hits if router else 0)
+        cache.add_metric(["miss"], router.misses if router else 0)
+        yield cache
+
+
+class Metrics:
+    """Every metric pgwarden exports, on a private registry. Labels never carry SQL text."""
+
+    def __init__(self, server: "Server") -> None:
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.statements = Counter("pgwarden_statements", "Statements by protocol and decision",
+                                  ["protocol", "decision"], registry=reg)
+        self.refusals = Counter("pgwarden_refusals", "Refused statements by policy rule",
+                                ["rule"], registry=reg)
+        self.backend_errors = Counter("pgwarden_backend_errors",
+                                      "ErrorResponses from backends by SQLSTATE class", ["class"],
+                                      registry=reg)
+        self.rewrite_seconds = Histogram("pgwarden_rewrite_seconds",
+                                         "Time to decide a statement not in the rewrite cache",
+                                         buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.05),
+                                         registry=reg)
+        self.logins = Counter("pgwarden_logins", "Client logins by outcome", ["outcome"], registry=reg)
+        self.tls_handshakes = Counter("pgwarden_tls_handshakes", "TLS handshakes with clients",
+                                      ["outcome"], registry=reg)
+        self.disconnects = Counter("pgwarden_disconnects", "Client disconnects by reason class",
+                                   ["reason"], registry=reg)
+        reg.register(_StateCollector(server))
+        self.simple = {d: self.statements.labels("simple", d) for d in ("allowed", "rewritten", "refused")}
+        self.extended = {d: self.statements.labels("extended", d) for d in ("allowed", "rewritten", "refused")}
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

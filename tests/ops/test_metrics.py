@@ -1,0 +1,70 @@
+"""/metrics (parsed with prometheus_client's own parser) and /readyz, through a real pgwarden."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness import free_port
+from tests.policy.conftest import DB, connect, policy_proxy, shop_db  # noqa: F401 (fixture)
+
+
+def scrape(proxy) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_follow_traffic_refusals_and_pools(shop_db, tmp_path):
+    proxy = policy_proxy(tmp_path / "m", "transaction")
+    try:
+        before = scrape(proxy)
+        with connect(proxy, "acme_app") as conn:
+            conn.execute("select count(*) from customers")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("select * from secrets")
+            with pytest.raises(psycopg.errors.UndefinedColumn):
+                conn.execute("select nope from countries")
+            during = scrape(proxy)
+        after = scrape(proxy)
+        assert sum(value(after, "pgwarden_statements_total", protocol=p, decision="rewritten")
+                   for p in ("simple", "extended")) >= 1
+        assert value(after, "pgwarden_refusals_total", rule="tables.public.secrets") == \
+            value(before, "pgwarden_refusals_total", rule="tables.public.secrets") + 1
+        assert value(after, "pgwarden_backend_errors_total", **{"class": "42"}) >= 1
+        assert value(after, "pgwarden_logins_total", outcome="ok") >= 1
+        assert value(during, "pgwarden_client_connections", state="ready") >= 1
+        pool = f"{DB}/postgres"
+        assert value(after, "pgwarden_backend_connections", pool=pool, state="idle") >= 1
+        assert value(after, "pgwarden_policy_loaded") == 1
+        assert value(after, "pgwarden_rewrite_seconds_count") >= 1
+        assert value(after, "pgwarden_rewrite_cache_lookups", result="miss") >= 1
+    finally:
+        proxy.stop()
+
+
+def _readyz(proxy) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/readyz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_readyz_reports_each_check(make_proxy):
+    ok = make_proxy()
+    status, body = _readyz(ok)
+    assert status == 200 and body["ready"] and body["checks"]["primary_reachable"]
+    down = make_proxy(primary={"host": "127.0.0.1", "port": free_port()})
+    status, body = _readyz(down)
+    assert status == 503 and body["checks"]["primary_reachable"] is False and body["checks"]["accepting"]
