@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.harness import PG_HOST, PG_PORT
+from tests.harness import PG_HOST, PG_PORT, ProxyProcess
 
 
 def unique(name: str) -> str:
@@ -55,20 +56,9 @@ def scratch_database(name: str) -> Iterator[str]:
         direct_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-class DirectPostgres:
-    """Stands in for a proxy fixture but points at PostgreSQL itself (PGWARDEN_CLIENTS_DIRECT=1)."""
-
-    host, port = PG_HOST, PG_PORT
+class DirectPostgres(ProxyProcess):
+    """Stands in for a proxy fixture but points at PostgreSQL itself (PGWARDEN_CLIENTS_DIRECT=1); never started."""
 
     def __init__(self, mode: str) -> None:
-        self.config = {"pool": {"mode": mode, "size": 10}}
-
-    def dsn(self, user: str = "postgres", dbname: str = "postgres", **extra) -> str:
-        parts = {"host": self.host, "port": self.port, "user": user, "dbname": dbname,
-                 "sslmode": "disable", **extra}
-        return " ".join(f"{k}={v}" for k, v in parts.items())
-
-    def url(self, user: str = "postgres", dbname: str = "postgres", password: str = "",
-            scheme: str = "postgresql") -> str:
-        auth = f"{user}:{password}" if password else user
-        return f"{scheme}://{auth}@{self.host}:{self.port}/{dbname}"
+        super().__init__({"listen": {"host": PG_HOST, "port": PG_PORT}, "pool": {"mode": mode, "size": 10}},
+                         Path(os.devnull))
