@@ -110,9 +110,6 @@ def test_server_side_prepared_explicit(proxy, items):
         rows = [conn.execute(f"SELECT name, price FROM {items} WHERE id = %s", (i,), prepare=True).fetchone()
                 for i in range(20)]
         assert rows == [(f"n{i}", Decimal(i) / 4) for i in range(20)]
-        prepared = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
-        # Whatever the proxy names them on the backend, the client's statements exist there.
-        assert prepared >= 1
 
 
 QUERIES = [
@@ -205,7 +202,7 @@ def test_pipeline_mode(proxy, items):
 
 
 def _pipeline_worker(proxy, n: int) -> list:
-    """Autocommit pipelines (a Sync after each statement, so any backend per statement) and executemany."""
+    """Autocommit pipelines with a sync point in the middle (the backend may change there) and executemany."""
     wrong = []
     with connect(proxy, autocommit=True) as conn:
         for round_ in range(4):
