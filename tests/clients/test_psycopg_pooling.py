@@ -329,3 +329,22 @@ def test_backends_terminated_while_idle_are_replaced(proxy, pg):
         time.sleep(0.3)
         with ThreadPoolExecutor(max_workers=10) as pool:
             assert list(pool.map(work, range(10))) == [[i] * 3 for i in range(10)]
+
+
+def test_databases_never_share_backends(proxy):
+    """Clients of two databases at once: each statement runs in the client's own database."""
+    def work(dbname: str, n: int) -> list:
+        wrong = []
+        with psycopg.connect(proxy.dsn(dbname=dbname, connect_timeout=10), autocommit=n % 2 == 0) as conn:
+            for _ in range(8):  # past prepare_threshold: named statements in both databases
+                got = conn.execute("SELECT current_database(), %s::int, pg_sleep(0.005)::text", (n,)).fetchone()[:2]
+                if got != (dbname, n):
+                    wrong.append((dbname, n, got))
+                if not conn.autocommit:
+                    conn.commit()
+        return wrong
+
+    with scratch_database(unique("pgw_db_a")) as a, scratch_database(unique("pgw_db_b")) as b:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            results = list(pool.map(lambda n: work(a if n % 2 else b, n), range(20)))
+    assert [w for r in results for w in r] == []
