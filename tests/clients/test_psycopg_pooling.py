@@ -348,3 +348,44 @@ def test_databases_never_share_backends(proxy):
         with ThreadPoolExecutor(max_workers=20) as pool:
             results = list(pool.map(lambda n: work(a if n % 2 else b, n), range(20)))
     assert [w for r in results for w in r] == []
+
+
+def _many_statements_worker(proxy, n: int) -> list:
+    wrong = []
+    with connect(proxy, autocommit=True, prepare_threshold=0) as conn:
+        for round_ in range(3):
+            for q in range(20):
+                got = conn.execute(f"SELECT %s::int * 100 + {q}", (n,)).fetchone()[0]
+                if got != n * 100 + q:
+                    wrong.append((n, round_, q, got))
+    return wrong
+
+
+def test_backend_statement_limit_evicts_and_reprepares(make_proxy):
+    """Far more statements than a backend may keep: pgwarden closes old ones and prepares them again."""
+    proxy = make_proxy(pool={"mode": "transaction", "size": 4, "prepared_statements_per_backend": 5})
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda n: _many_statements_worker(proxy, n), range(8)))
+    assert [w for r in results for w in r] == []
+
+
+def test_waiting_for_a_backend(make_proxy):
+    """Clients beyond the pool wait for a backend, get one as soon as it is free, or 53300 after the timeout."""
+    proxy = make_proxy(pool={"mode": "transaction", "size": 2, "query_wait_timeout": 1.5})
+    skip_if_direct(proxy)
+    with connect(proxy) as first, connect(proxy) as second, connect(proxy, autocommit=True) as third:
+        first.execute("SELECT 1")  # both backends now held by open transactions
+        second.execute("SELECT 1")
+        start = time.monotonic()
+        with pytest.raises(errors.TooManyConnections):
+            third.execute("SELECT 'waited too long'")
+        assert 1.0 < time.monotonic() - start < 5
+        assert third.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(lambda: third.execute("SELECT 'got one'").fetchone())
+            time.sleep(0.3)
+            assert not waiting.done()
+            first.commit()
+            assert waiting.result(timeout=2) == ("got one",)
+        second.commit()
