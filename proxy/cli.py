@@ -139,6 +139,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from proxy.audit import verify_files
+    key = os.environ.get(args.key_env, "").encode() or None
+    result = verify_files([Path(f) for f in args.files], key)
+    if result.problem:
+        print(f"pgwarden: audit chain broken after {result.records} good records: {result.problem}",
+              file=sys.stderr)
+        return 1
+    print(f"ok: {result.records} records, chain intact ({'HMAC-SHA256' if key else 'SHA-256'})")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from policies.schema import json_schema
     print(json.dumps(json_schema(), indent=2))
@@ -171,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--database", default="postgres")
     explain.add_argument("sql")
     explain.set_defaults(func=cmd_explain)
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="audit", required=True)
+    verify = audit.add_parser("verify", help="check the audit files' hash chain (oldest first)")
+    verify.add_argument("files", nargs="+")
+    verify.add_argument("--key-env", default="PGWARDEN_AUDIT_KEY",
+                        help="environment variable holding the HMAC key (as audit.hmac_key_env)")
+    verify.set_defaults(func=cmd_audit_verify)
     schema = sub.add_parser("schema", help="print the policy format as JSON Schema (for editors)")
     schema.set_defaults(func=cmd_schema)
     passwd = sub.add_parser("passwd", help="print a SCRAM verifier for a password read from stdin")

@@ -10,6 +10,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from proxy.audit import AuditConfig
+
 
 class ConfigError(Exception):
     """A config file that cannot be used; `.errors` holds one line per problem."""
@@ -187,7 +189,6 @@ class Log(_Strict):
 # Keys of the contract (DESIGN.md "Interfaces") whose features this version does not have yet:
 # they are rejected, never ignored (an ignored `policies` key would be a security hole).
 NOT_YET = {
-    "audit": "the audit trail",
     "slow_query": "the slow-query log",
     "cache": "result caching",
 }
@@ -210,7 +211,9 @@ class Config(_Strict):
     policies: Path | None = Field(None, description=(
         "Policy file, or folder of `*.yaml` policy files (docs/policies.md). Without it, "
         "pgwarden pools and relays but enforces no policy."))
-    audit: Any = Field(None, description="Audit trail. Not available yet: rejected.")
+    audit: AuditConfig | None = Field(None, description=(
+        "The audit trail (docs/operations.md): one HMAC-chained record per statement, login, "
+        "logout, refusal and reload. Omit it for no audit trail."))
     slow_query: Any = Field(None, description="Slow-query log. Not available yet: rejected.")
     cache: Any = Field(None, description="Result cache. Not available yet: rejected.")
     source: Path | None = Field(None, exclude=True)
@@ -263,6 +266,9 @@ def parse_config(data: dict, path: Path, text: str = "") -> Config:
     config = _resolve_paths(config, path.parent.resolve())
     if config.policies is not None and not config.policies.is_absolute():
         config = config.model_copy(update={"policies": path.parent.resolve() / config.policies})
+    if config.audit is not None and not config.audit.path.is_absolute():
+        audit = config.audit.model_copy(update={"path": path.parent.resolve() / config.audit.path})
+        config = config.model_copy(update={"audit": audit})
     return config.model_copy(update={"source": path})
 
 

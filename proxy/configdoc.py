@@ -35,6 +35,11 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
             continue
         key = f"{prefix}{name}"
         annotation = field.annotation
+        models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if models:  # an optional section: document its keys
+            rows.append(f"| `{key}` | section |  | {field.description or ''} |")
+            rows += _rows(models[0], key + ".")
+            continue
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows += _rows(annotation, key + ".")
             continue

@@ -119,10 +119,13 @@ class Guarded:
         counted = self.server.metrics.simple if simple else self.server.metrics.extended
         if isinstance(decision, Forward):
             counted["allowed" if decision.sql is None else "rewritten"].inc()
+            if not self.audited(sql, simple, decision):
+                return None
             return (sql if decision.sql is None else decision.sql), decision
         counted["refused"].inc()
         if isinstance(decision, Refuse):
             self.server.metrics.refusals.labels(decision.rule).inc()
+            self.audited(sql, simple, decision)
             log.info("refused for user=%s tenant=%s (%s): %s", self.user, self.tenant(),
                      decision.rule, decision.message)
             self.refuse(decision.sqlstate, decision.message, decision.hint, simple)
@@ -132,6 +135,40 @@ class Guarded:
             self.local_tenant = decision.tenant if decision.tenant is not None else (
                 self.ident.tenant if self.ident else None)
         return decision.sql, Forward(decision.sql)
+
+    def audited(self, sql: str, simple: bool, decision: Forward | Refuse | None = None) -> bool:
+        """Record a statement in the audit trail; False (and the statement refused) when the
+        trail cannot take it and `audit.on_failure` is block."""
+        audit = self.server.audit
+        if audit is None:
+            return True
+        ident = self.ident
+        record = {"event": "statement", "session": self.pid, "client": self.peer, "user": self.user,
+                  "database": self.database, "protocol": "simple" if simple else "extended",
+                  "roles": sorted(ident.roles) if ident else [], "bypass": ident is None,
+                  "tenant": self.tenant() if ident else None, "sql": sql, "route": "primary"}
+        if isinstance(decision, Refuse):
+            record.update(decision="refused", rule=decision.rule, sqlstate=decision.sqlstate,
+                          reason=decision.message)
+        elif isinstance(decision, Forward) and decision.sql is not None:
+            record.update(decision="rewritten", tables=list(decision.tables),
+                          masked=list(decision.masked), rewritten=decision.sql)
+        else:
+            record["decision"] = "allowed"
+        if audit.offer(record):
+            return True
+        if not isinstance(decision, Refuse):
+            self.refuse("58030", "the statement was not run: the audit trail cannot record it "
+                        "(its sink is failing or its queue is full)",
+                        "check the audit file's disk and permissions (audit.path), or set "
+                        "audit.on_failure: drop", simple)
+        return False
+
+    def audit_event(self, event: str, **fields) -> None:
+        """A login or logout record (never refused: the session is starting or over)."""
+        if self.server.audit is not None:
+            self.server.audit.offer({"event": event, "session": self.pid, "client": self.peer,
+                                     "user": self.user, "database": self.database, **fields})
 
     def guard_parse(self, msg: bytes) -> bytes | None:
         """A Parse with the policy applied (rewritten text), or None when refused."""

@@ -58,6 +58,18 @@ class _StateCollector:
         cache.add_metric(["hit"], router.hits if router else 0)
         cache.add_metric(["miss"], router.misses if router else 0)
         yield cache
+        audit = server.audit
+        if audit is not None:
+            stats = audit.stats
+            for name, help_text in (("queued", "Audit records waiting to be written"),
+                                    ("written", "Audit records written since start"),
+                                    ("dropped", "Audit records dropped (on_failure: drop)")):
+                family = GaugeMetricFamily(f"pgwarden_audit_{name}", help_text)
+                family.add_metric([], stats[name])
+                yield family
+            failing = GaugeMetricFamily("pgwarden_audit_sink_failing", "1 while the sink fails")
+            failing.add_metric([], 1 if stats["failures"] else 0)
+            yield failing
 
 
 class Metrics:

@@ -9,6 +9,7 @@ import signal
 import time
 
 from proxy import protocol
+from proxy.audit import Audit
 from proxy.backend import Backend, Target
 from proxy.config import Config, ConfigError, load_config
 from proxy.http import HttpServer
@@ -40,6 +41,7 @@ class Server:
         self._policy_stamp: tuple | None = None
         self._listener: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self)
+        self.audit: Audit | None = Audit(config.audit) if config.audit else None
         self._http = HttpServer(self)
         self._janitor = Janitor(self)
         self._stop = asyncio.Event()
@@ -164,6 +166,8 @@ class Server:
         loop = asyncio.get_running_loop()
         self.router = self.load_policies(self.config)
         self.policy_files_changed()  # the baseline for the janitor's watch
+        if self.audit is not None:
+            await self.audit.start()
         listen = self.config.listen
         self._listener = await loop.create_server(
             lambda: Session(self), listen.host, listen.port, reuse_address=True, backlog=1024)
@@ -203,6 +207,9 @@ class Server:
             pool.settings = new.pool
             pool.target = self._target(database, user)
         log.info("reloaded %s", source)
+        if self.audit is not None:
+            self.audit.offer({"event": "reload", "config": str(source),
+                              "policy_version": router.policy.version if router else None})
         return True
 
     async def shutdown(self) -> None:
@@ -224,6 +231,8 @@ class Server:
         await self._http.stop()
         for pool in self.pools.values():
             pool.close_all()
+        if self.audit is not None:
+            await self.audit.stop()
         await asyncio.sleep(0.05)
         log.info("pgwarden stopped")
 

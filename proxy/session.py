@@ -106,6 +106,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         log.info("client %s user=%s db=%s disconnected: %s", self.peer, self.user or "-",
                  self.database or "-", self.reason)
         self.server.forget(self)
+        if self.pool is not None:
+            self.audit_event("logout", reason=self.reason)
         backend, self.backend = self.backend, None
         if backend is not None:
             self._give_back(backend)
@@ -279,6 +281,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self.server.metrics.logins.labels("ok").inc()
+        self.audit_event("login", roles=sorted(self.ident.roles) if self.ident else [],
+                         tenant=self.tenant(), tls=self.tls)
         log.info("client %s logged in as user=%s db=%s (%s pooling)", self.peer, self.user,
                  self.database, self.config.pool.mode)
         if self._framer.pending():
@@ -383,6 +387,9 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                     msg = self._guard_extended(kind, msg, out)  # type: ignore[assignment]
                     if msg is None:
                         continue
+                elif kind == _P and self.server.audit is not None and \
+                        not self.audited(protocol.decode_parse(msg).query, False):
+                    continue
                 if tx_mode and kind in _NAMED and _names_statement(kind, msg):
                     self._extended_tx(kind, msg, out)
                     continue
@@ -442,6 +449,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                 return
             if guarded[1].sql is not None:
                 msg = protocol.query(guarded[0])
+        elif self.server.audit is not None and not self.audited(protocol.decode_query(msg), True):
+            return
         self.dirty = True
         if (self.tx_mode or self.ident is not None) and _stateful_text(msg, 5, len(msg) - 1) \
                 and not self._session_statement(protocol.decode_query(msg), True):

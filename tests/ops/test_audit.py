@@ -1,0 +1,111 @@
+"""The audit trail through a real pgwarden: what is recorded, tamper evidence, and no silent loss."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+
+from tests.harness import ROOT
+from tests.policy.conftest import DB, connect, policy_proxy, shop_db  # noqa: F401 (fixture)
+
+KEY_ENV = {"PGWARDEN_AUDIT_KEY": "audit-test-key"}
+
+
+def records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def verify(*paths) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy", "audit", "verify", *map(str, paths)],
+                          cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, **KEY_ENV})
+
+
+@pytest.fixture
+def audited(shop_db, tmp_path):
+    proxy = policy_proxy(tmp_path / "a", "transaction",
+                         audit={"path": "audit.jsonl", "hmac_key_env": "PGWARDEN_AUDIT_KEY"})
+    proxy.env.update(KEY_ENV)
+    proxy.stop()
+    proxy.start()
+    yield proxy, tmp_path / "a" / "audit.jsonl"
+    proxy.stop()
+
+
+def test_every_kind_of_event_is_recorded_redacted_and_chained(audited):
+    proxy, path = audited
+    with connect(proxy, "acme_app") as conn:
+        conn.execute("select name from customers where email = 'ann@acme.io'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select * from secrets")
+    with connect(proxy, "postgres") as conn:
+        conn.execute("select 42")
+    proxy.stop()
+    got = records(path)
+    events = [r["event"] for r in got]
+    assert events.count("login") == 2 and events.count("logout") == 2
+    rewritten = next(r for r in got if r.get("decision") == "rewritten")
+    assert rewritten["user"] == "acme_app" and rewritten["tenant"] == "acme"
+    assert rewritten["tables"] == ["public.customers"] and "public.customers.ssn" in rewritten["masked"]
+    assert "ann@acme.io" not in rewritten["sql"] and "?" in rewritten["sql"]
+    assert len(rewritten["rewritten_sha256"]) == 64
+    refused = next(r for r in got if r.get("decision") == "refused")
+    assert refused["rule"] == "tables.public.secrets" and refused["sqlstate"] == "42501"
+    bypass = next(r for r in got if r.get("user") == "postgres" and r["event"] == "statement")
+    assert bypass["bypass"] is True and bypass["decision"] == "allowed"
+    assert [r["seq"] for r in got] == list(range(1, len(got) + 1))
+    result = verify(path)
+    assert result.returncode == 0 and f"{len(got)} records" in result.stdout
+
+
+def test_verify_names_an_edited_a_deleted_and_a_reordered_record(audited, tmp_path):
+    proxy, path = audited
+    with connect(proxy, "acme_app") as conn:
+        for i in range(5):
+            conn.execute(f"select {i}")
+    proxy.stop()
+    lines = path.read_text().splitlines()
+    assert len(lines) >= 7
+    cases = {
+        "edited": lines[:3] + [lines[3].replace('"acme_app"', '"globex_app"')] + lines[4:],
+        "deleted": lines[:3] + lines[4:],
+        "reordered": lines[:3] + [lines[4], lines[3]] + lines[5:],
+        "truncated": lines[:-1] + [lines[-1][:20]],
+    }
+    for name, broken in cases.items():
+        damaged = tmp_path / f"{name}.jsonl"
+        damaged.write_text("\n".join(broken) + "\n")
+        result = verify(damaged)
+        assert result.returncode == 1, name
+        assert f"{damaged}:4" in result.stderr or (name == "truncated" and f"{damaged}:{len(lines)}" in result.stderr), \
+            (name, result.stderr)
+
+
+def test_an_unwritable_sink_refuses_statements_in_block_mode(shop_db, tmp_path):
+    proxy = policy_proxy(tmp_path / "b", "transaction", audit={"path": "/proc/pgwarden-no/audit.jsonl"})
+    try:
+        with connect(proxy, "acme_app") as conn:
+            with pytest.raises(psycopg.errors.IoError) as info:
+                conn.execute("select count(*) from customers")
+            assert "audit" in str(info.value) and info.value.diag.message_hint
+        assert "audit sink unavailable" in proxy.logs()
+    finally:
+        proxy.stop()
+
+
+def test_drop_mode_runs_statements_and_counts_the_loss(shop_db, tmp_path):
+    proxy = policy_proxy(tmp_path / "d", "transaction",
+                         audit={"path": "/proc/pgwarden-no/audit.jsonl", "on_failure": "drop"})
+    try:
+        with connect(proxy, "acme_app") as conn:
+            assert conn.execute("select count(*) from customers").fetchone() == (2,)
+        import urllib.request
+        text = urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=5).read().decode()
+        dropped = [line for line in text.splitlines() if line.startswith("pgwarden_audit_dropped ")]
+        assert dropped and float(dropped[0].split()[1]) >= 1
+    finally:
+        proxy.stop()
