@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import psycopg
 import pytest
 
 from tests.harness import ROOT
-from tests.policy.conftest import DB, connect, policy_proxy, shop_db  # noqa: F401 (fixture)
+from tests.policy.conftest import connect, policy_proxy, shop_db  # noqa: F401 (fixture)
 
 KEY_ENV = {"PGWARDEN_AUDIT_KEY": "audit-test-key"}
 
