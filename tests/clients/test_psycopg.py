@@ -33,6 +33,22 @@ def test_simple_queries_and_parameters(proxy):
         assert conn.execute("SELECT 'still usable'").fetchone() == ("still usable",)
 
 
+@pytest.mark.skipif(psycopg.pq.version() < 180000, reason="max_protocol_version needs libpq 18")
+@pytest.mark.xfail(strict=False, reason=(
+    "a client asking for protocol 3.2 (libpq 18, max_protocol_version=3.2 or latest) cannot connect: "
+    "pgwarden's NegotiateProtocolVersion carries 0 where PostgreSQL sends 196608 (3.0), and libpq says "
+    "'received invalid protocol negotiation message: server requested downgrade to pre-3.0 protocol version'"))
+def test_protocol_version_negotiation(proxy):
+    """libpq 18 asking for protocol 3.2 is answered with 3.0, as PostgreSQL 15 does, and everything works."""
+    with psycopg.connect(proxy.dsn(connect_timeout=10, max_protocol_version="3.2"), autocommit=True) as conn:
+        assert conn.execute("SELECT %s::int + 1", (41,)).fetchone() == (42,)
+        timer = threading.Timer(0.3, conn.cancel_safe)
+        timer.start()
+        with pytest.raises(errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(5)")
+        assert conn.execute("SELECT 'after cancel'").fetchone() == ("after cancel",)
+
+
 def test_notices_and_error_fields(proxy, items):
     with connect(proxy, autocommit=True) as conn:
         notices: list[tuple[str, str]] = []
