@@ -215,6 +215,16 @@ def test_pgbench_pipeline_script(proxy, bench_db, protocol, tmp_path):
     assert rows == (1000, 10)
 
 
+def test_pgbench_connection_per_transaction(proxy, bench_db):
+    """pgbench -C: 500 logins and logouts, each client reconnecting for every select-only transaction."""
+    result = subprocess.run(["pgbench", "-n", "-C", "-S", "-c", "10", "-j", "2", "-t", "50",
+                             "-h", proxy.host, "-p", str(proxy.port), "-U", "postgres", bench_db],
+                            capture_output=True, text=True, env=ENV, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "number of transactions actually processed: 500/500" in result.stdout
+    assert "number of failed transactions: 0" in result.stdout
+
+
 def _balances(dbname: str) -> tuple[int, int, int]:
     """Sums of account, branch and teller balances."""
     with psycopg.connect(direct_dsn(dbname)) as conn:
