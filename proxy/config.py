@@ -194,6 +194,12 @@ NOT_YET = {
 }
 
 
+class Admin(_Strict):
+    """The admin console: `psql -p 6432 pgwarden` as one of these users (authenticated as usual)."""
+
+    users: list[str] = Field([], description="Users allowed on the admin console (database `pgwarden`).")
+
+
 class Config(_Strict):
     """The whole proxy config."""
 
@@ -206,6 +212,7 @@ class Config(_Strict):
     backend_auth: BackendAuth = Field(BackendAuth(), description="How pgwarden logs in to PostgreSQL.")
     pool: Pool = Field(Pool(), description="Connection pooling.")
     log: Log = Field(Log(), description="Logging to standard error.")
+    admin: Admin = Field(Admin(), description="The admin console.")
     shutdown_timeout: float = Field(30.0, ge=0, description=(
         "Seconds SIGTERM waits for open transactions before closing every client."))
     policies: Path | None = Field(None, description=(

@@ -41,6 +41,8 @@ class Pool:
         self.wait_count = 0
         self.wait_time = 0.0
         self.now = time.monotonic()  # a coarse clock, advanced by maintain() every second
+        self.paused = False          # PAUSE from the admin console: no backend is lent
+        self._resumed = asyncio.Event()
 
     @property
     def total(self) -> int:
@@ -50,7 +52,7 @@ class Pool:
 
     def take_idle(self) -> Backend | None:
         """An idle backend, right now, or None (the hot path: no await, no task)."""
-        while self.idle:
+        while self.idle and not self.paused:
             backend = self.idle.pop()
             if backend.closed or self._expired(backend):
                 backend.close()
@@ -61,6 +63,9 @@ class Pool:
 
     async def acquire(self) -> Backend:
         """A backend: idle, newly connected, or handed over by a releasing client within the wait limit."""
+        while self.paused:
+            self._resumed.clear()
+            await self._resumed.wait()
         backend = self.take_idle()
         if backend is not None:
             return backend
@@ -101,6 +106,11 @@ class Pool:
         backend.on_idle_lost = self._idle_lost
         if self.server_params is None:
             self.server_params = dict(backend.params)
+
+    def resume(self) -> None:
+        """RESUME: lend backends again, first to the clients that waited."""
+        self.paused = False
+        self._resumed.set()
 
     def release(self, backend: Backend, reusable: bool = True) -> None:
         """Give a backend back: to the first waiting client, to the idle list, or closed."""

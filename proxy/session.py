@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from typing import TYPE_CHECKING
 
 from proxy import params, protocol
+from proxy.admin import DATABASE as ADMIN_DATABASE, PARAMETERS as ADMIN_PARAMETERS, AdminConsole
 from proxy.auth import AuthFailed, ClientAuth, Credential
 from proxy.backend import Backend, BackendError
 from proxy.guard import HIDDEN_DETAIL, Guarded
@@ -62,6 +64,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         self.user = self.database = ""
         self.pid, self.secret = server.issue_key(self)
         self.pool: Pool | None = None
+        self.console: AdminConsole | None = None
+        self.since = time.monotonic()
         self.backend: Backend | None = None
         self.tx_mode = True
         self.statements: dict[str, Statement] = {}
@@ -252,6 +256,9 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                 return
 
     def _login(self) -> None:
+        if self.database == ADMIN_DATABASE:
+            self._admin_login()
+            return
         self.state = LOGIN
         asyncio.get_running_loop().create_task(self._login_async())
 
@@ -288,6 +295,31 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         if self._framer.pending():
             self._relay(b"")
 
+    def _admin_login(self) -> None:
+        if self.user not in self.config.admin.users:
+            self.fatal("42501", f'user "{self.user}" may not use the admin console',
+                       hint="list the user under admin.users in the pgwarden config")
+            return
+        self.console = AdminConsole(self.server)
+        out = [protocol.parameter_status(k, v) for k, v in ADMIN_PARAMETERS.items()]
+        self.transport.write(b"".join(out) + protocol.backend_key_data(self.pid, self.secret)
+                             + protocol.ready_for_query(b"I"))
+        self.state = READY
+        if self._timer is not None:
+            self._timer.cancel()
+        log.info("client %s opened the admin console as %s", self.peer, self.user)
+
+    def _admin(self, msgs: list[tuple[int, bytes]]) -> None:
+        for kind, msg in msgs:
+            if kind == _Q:
+                self.transport.write(self.console.handle(protocol.decode_query(msg)))
+            elif kind == _X:
+                self.close("client sent Terminate")
+                return
+            else:
+                self.fatal("0A000", "the admin console answers simple queries only")
+                return
+
     def _forward_fatal(self, exc: BackendError) -> None:
         fields = exc.fields
         self.fatal(exc.sqlstate, fields.get("message", "backend error"), hint=fields.get("hint"))
@@ -297,6 +329,9 @@ class Session(Guarded, Pooled, asyncio.Protocol):
     def _relay(self, data: bytes) -> None:
         msgs = self._framer.split(data)
         if not msgs:
+            return
+        if self.console is not None:
+            self._admin(msgs)
             return
         if self.backend is None:
             if self._acquiring:

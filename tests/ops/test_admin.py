@@ -1,0 +1,84 @@
+"""The admin console through psql, as an operator uses it; anyone not in admin.users is refused."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+ENV = {"PGSSLMODE": "disable", "PATH": "/usr/bin:/bin"}
+
+
+def admin(proxy, command: str, user: str = "ops") -> subprocess.CompletedProcess:
+    return subprocess.run(["psql", "-h", proxy.host, "-p", str(proxy.port), "-U", user, "-X", "-A",
+                           "-F", "|", "pgwarden", "-c", command],
+                          capture_output=True, text=True, env=ENV, timeout=20)
+
+
+@pytest.fixture
+def console(make_proxy):
+    proxy = make_proxy(admin={"users": ["ops"]}, pool={"size": 2})
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("select 1")
+    return proxy
+
+
+def rows(result: subprocess.CompletedProcess) -> list[list[str]]:
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    return [line.split("|") for line in lines[1:-1]]  # header ... (n rows)
+
+
+def test_show_commands_report_the_running_state(console):
+    pools = rows(admin(console, "SHOW POOLS"))
+    assert pools[0][:2] == ["postgres", "postgres"] and pools[0][5] == "1"  # one idle backend
+    clients = rows(admin(console, "SHOW CLIENTS"))
+    assert any(c[1] == "ops" and c[2] == "pgwarden" for c in clients)
+    servers = rows(admin(console, "SHOW SERVERS"))
+    assert servers and servers[0][1] == "postgres/postgres" and servers[0][2] == "idle"
+    stats = dict(rows(admin(console, "SHOW STATS")))
+    assert float(stats["uptime_s"]) > 0 and stats["pools"] == "1"
+    config = dict(rows(admin(console, "SHOW CONFIG")))
+    assert config["pool.size"] == "2" and config["pool.mode"] == "transaction"
+    assert rows(admin(console, "SHOW POLICY")) == [["no policy loaded"]]
+    assert "SHOW POOLS" in admin(console, "SHOW HELP").stdout
+
+
+def test_unknown_command_and_non_admin_are_refused(console):
+    bad = admin(console, "SHOW EVERYTHING")
+    assert "unknown admin command" in bad.stderr and "SHOW HELP" in bad.stderr
+    refused = admin(console, "SHOW POOLS", user="mallory")
+    assert refused.returncode != 0 and 'may not use the admin console' in refused.stderr
+
+
+def test_pause_holds_new_transactions_until_resume(console):
+    assert admin(console, "PAUSE").stdout.strip() == "PAUSE"
+    done: list[float] = []
+
+    def query() -> None:
+        with psycopg.connect(console.dsn(), autocommit=True) as conn:
+            conn.execute("select 1")
+            done.append(time.monotonic())
+
+    worker = threading.Thread(target=query)
+    worker.start()
+    time.sleep(1.0)
+    assert not done, "a paused pool lends no backend"
+    resumed = time.monotonic()
+    assert admin(console, "RESUME").stdout.strip() == "RESUME"
+    worker.join(10)
+    assert done and done[0] >= resumed
+
+
+def test_reload_kill_and_shutdown(console):
+    assert admin(console, "RELOAD").stdout.strip() == "RELOAD"
+    conn = psycopg.connect(console.dsn(), autocommit=True)
+    conn.execute("select 1")
+    assert admin(console, "KILL postgres").stdout.strip() == "KILL 1"
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("select 1")
+    assert admin(console, "SHUTDOWN").stdout.strip() == "SHUTDOWN"
+    assert console.proc.wait(15) == 0
