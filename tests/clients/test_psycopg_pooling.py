@@ -389,3 +389,27 @@ def test_waiting_for_a_backend(make_proxy):
             first.commit()
             assert waiting.result(timeout=2) == ("got one",)
         second.commit()
+
+
+def test_with_hold_cursor_across_commits(proxy, items):
+    """A WITH HOLD cursor outlives its transaction: the client must keep that backend until it closes it."""
+    with connect(proxy) as writer:
+        writer.execute(f"INSERT INTO {items} (id, name) SELECT g, 'h' || g FROM generate_series(1, 300) g")
+        writer.commit()
+
+    def reader(n: int) -> list[int]:
+        with connect(proxy) as conn:
+            with conn.cursor(name=f"pgw_hold_{n}", withhold=True) as cur:
+                cur.execute(f"SELECT id FROM {items} WHERE id %% 3 = %s ORDER BY id", (n % 3,))
+                conn.commit()  # the cursor stays open
+                ids = []
+                while batch := cur.fetchmany(17):
+                    ids += [r[0] for r in batch]
+                    conn.execute("SELECT pg_sleep(0.002)")
+                    conn.commit()
+            conn.commit()
+            return ids
+
+    with ThreadPoolExecutor(max_workers=15) as pool:
+        results = list(pool.map(reader, range(15)))
+    assert results == [[i for i in range(1, 301) if i % 3 == n % 3] for n in range(15)]
