@@ -43,6 +43,7 @@ class AdminConsole:
             "show pools": self.pools, "show clients": self.clients, "show servers": self.servers,
             "show backends": self.servers, "show stats": self.stats, "show config": self.config,
             "show policy": self.policy, "show help": self.help, "reload": self.reload,
+            "show queries": self.queries,
             "pause": self.pause, "resume": self.resume, "kill": self.kill, "shutdown": self.shutdown,
         }
 
@@ -64,6 +65,7 @@ class AdminConsole:
         rows = [["SHOW POOLS", "backends and waiting clients per pool"],
                 ["SHOW CLIENTS", "client connections"], ["SHOW SERVERS", "backend connections"],
                 ["SHOW STATS", "counters since start"], ["SHOW CONFIG", "the running config"],
+                ["SHOW QUERIES", "statements by fingerprint: calls, total, mean, p95 time"],
                 ["SHOW POLICY", "the running policy"], ["RELOAD", "re-read config and policies"],
                 ["PAUSE", "stop lending backends (transactions in flight finish)"],
                 ["RESUME", "lend backends again"], ["KILL db", "close a database's clients and backends"],
@@ -100,6 +102,11 @@ class AdminConsole:
                                  "yes" if b.dirty else "no"])
         return _table(["backend_pid", "pool", "state", "client_id", "age_s", "prepared", "dirty"],
                       rows, "SHOW")
+
+    def queries(self, _: str) -> bytes:
+        self.server.stats.flush()
+        return _table(["fingerprint", "calls", "total_ms", "mean_ms", "p95_ms", "max_ms", "query"],
+                      self.server.stats.rows(), "SHOW")
 
     def stats(self, _: str) -> bytes:
         server, router = self.server, self.server.router

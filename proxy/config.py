@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from proxy.audit import AuditConfig
+from proxy.stats import SlowQueryConfig
 
 
 class ConfigError(Exception):
@@ -189,7 +190,6 @@ class Log(_Strict):
 # Keys of the contract (DESIGN.md "Interfaces") whose features this version does not have yet:
 # they are rejected, never ignored (an ignored `policies` key would be a security hole).
 NOT_YET = {
-    "slow_query": "the slow-query log",
     "cache": "result caching",
 }
 
@@ -221,7 +221,8 @@ class Config(_Strict):
     audit: AuditConfig | None = Field(None, description=(
         "The audit trail (docs/operations.md): one HMAC-chained record per statement, login, "
         "logout, refusal and reload. Omit it for no audit trail."))
-    slow_query: Any = Field(None, description="Slow-query log. Not available yet: rejected.")
+    slow_query: SlowQueryConfig | None = Field(None, description=(
+        "Log statements slower than a threshold (with fingerprint, redacted text, duration)."))
     cache: Any = Field(None, description="Result cache. Not available yet: rejected.")
     source: Path | None = Field(None, exclude=True)
 
@@ -273,6 +274,10 @@ def parse_config(data: dict, path: Path, text: str = "") -> Config:
     config = _resolve_paths(config, path.parent.resolve())
     if config.policies is not None and not config.policies.is_absolute():
         config = config.model_copy(update={"policies": path.parent.resolve() / config.policies})
+    slow = config.slow_query
+    if slow is not None and slow.path is not None and not slow.path.is_absolute():
+        config = config.model_copy(update={"slow_query": slow.model_copy(
+            update={"path": path.parent.resolve() / slow.path})})
     if config.audit is not None and not config.audit.path.is_absolute():
         audit = config.audit.model_copy(update={"path": path.parent.resolve() / config.audit.path})
         config = config.model_copy(update={"audit": audit})

@@ -39,6 +39,7 @@ class Janitor:
         while True:
             await asyncio.sleep(self.interval)
             now = time.monotonic()
+            self.server.stats.flush()
             try:
                 if self.server.policy_files_changed():
                     log.info("policy files changed on disk: reloading")

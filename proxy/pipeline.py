@@ -35,14 +35,15 @@ class Tracker:
     (True, 'I')
     """
 
-    __slots__ = ("queue", "fixups", "status", "synced", "failed", "done", "reported", "errors",
-                 "scrub", "_skip", "_head", "_dropping")
+    __slots__ = ("queue", "fixups", "status", "synced", "answered", "failed", "done", "reported",
+                 "errors", "scrub", "_skip", "_head", "_dropping")
 
     def __init__(self) -> None:
         self.queue: deque[tuple[int, int, object]] = deque()
         self.fixups = 0          # entries in the queue that need per-message attention
         self.status = ord("I")   # transaction status of the last ReadyForQuery
         self.synced = True       # no extended-protocol message sent since the last ReadyForQuery
+        self.answered = 0        # client Query/Sync/FunctionCall answered (for timing)
         self.failed: list[object] = []  # tags of watched requests that ended in an error
         self.done: list[object] = []    # tags of watched requests that succeeded
         self.reported: list[bytes] = [] # ParameterStatus messages seen (a setting changed)
@@ -156,6 +157,8 @@ class Tracker:
                 self.fixups -= 1
             if code in _SYNC_LIKE:
                 hidden = action == SWALLOW
+                if not hidden:
+                    self.answered += 1
                 break
         if not any(code not in _SYNC_LIKE and code != SYNTH for code, _, _ in queue):
             self.synced = True

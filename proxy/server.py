@@ -20,6 +20,7 @@ from proxy.prepared import Registry
 from proxy.router import PolicyLoadError, Router, load_router
 from proxy.schema import load_schema
 from proxy.session import CLOSED, READY, Session
+from proxy.stats import QueryStats
 
 log = logging.getLogger("pgwarden.server")
 
@@ -41,6 +42,7 @@ class Server:
         self._policy_stamp: tuple | None = None
         self._listener: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self)
+        self.stats = QueryStats(config.slow_query)
         self.audit: Audit | None = Audit(config.audit) if config.audit else None
         self._http = HttpServer(self)
         self._janitor = Janitor(self)
@@ -200,6 +202,7 @@ class Server:
         if (new.listen.host, new.listen.port) != (self.config.listen.host, self.config.listen.port):
             log.warning("reload: a new listen address takes effect only after a restart")
         self.config, self.tls_context, self._backend_tls = new, tls_context, backend_tls
+        self.stats.slow = new.slow_query
         self.router = router
         self.policy_files_changed()
         self.refresh_schemas()

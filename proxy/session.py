@@ -6,6 +6,7 @@ import asyncio
 import logging
 import struct
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from proxy import params, protocol
@@ -80,6 +81,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         self._startup = protocol.StartupFramer()
         self._framer = protocol.Framer(self.config.listen.max_message_size)
         self._pending: list[tuple[int, bytes]] = []
+        self._timings: deque[tuple[float, bytes]] = deque()  # Query/Sync sent, for timing
+        self._last_parse = b""
         self._unnamed: bytes | None = None  # the client's last unnamed Parse (transaction mode)
         self._unnamed_here = False          # ... and whether the linked backend has it
         self._acquiring = False
@@ -444,6 +447,10 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                             continue
                     if tx_mode:
                         self._unnamed, self._unnamed_here = msg, True
+                if kind == _S or kind == _F:
+                    self._timings.append((time.perf_counter(), self._last_parse))
+                elif kind == _P:
+                    self._last_parse = msg
                 tracker.request(kind)
                 out.append(msg)
             elif kind in _PASSED:
@@ -478,6 +485,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
     # --- statements that touch session state --------------------------------------------------
 
     def _query(self, msg: bytes, out: list[bytes]) -> None:
+        self._timings.append((time.perf_counter(), msg))
         if self.ident is not None:
             guarded = self.guard_text(protocol.decode_query(msg), simple=True)
             if guarded is None:
@@ -514,6 +522,9 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             for stmt in tracker.done:
                 stmt.verified = True  # type: ignore[attr-defined]
             tracker.done.clear()
+        if tracker.answered:
+            self._timed(tracker.answered)
+            tracker.answered = 0
         if tracker.reported:
             self._reported(backend, tracker.reported)
         if tracker.errors:
@@ -524,6 +535,15 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             self._transaction_ended(backend, rolled_back=before == ord("E") or self._rolling_back)
         if tracker.idle:
             self._maybe_release()
+
+    def _timed(self, answered: int) -> None:
+        """Statements answered: their durations go to the query statistics and slow log."""
+        now, stats, timings = time.perf_counter(), self.server.stats, self._timings
+        for _ in range(min(answered, len(timings))):
+            started, msg = timings.popleft()
+            if msg:
+                sql = protocol.decode_query(msg) if msg[0] == _Q else protocol.decode_parse(msg).query
+                stats.observe(sql, now - started, f"{self.user}@{self.database}")
 
     def _maybe_release(self) -> None:
         backend = self.backend

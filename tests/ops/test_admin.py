@@ -82,3 +82,17 @@ def test_reload_kill_and_shutdown(console):
         conn.execute("select 1")
     assert admin(console, "SHUTDOWN").stdout.strip() == "SHUTDOWN"
     assert console.proc.wait(15) == 0
+
+
+def test_slow_statements_are_logged_and_show_queries_ranks_by_time(make_proxy, tmp_path):
+    proxy = make_proxy(admin={"users": ["ops"]}, slow_query={"threshold_ms": 50, "path": "slow.jsonl"})
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("select pg_sleep(0.12), 'secret-literal'")
+        for i in range(5):
+            conn.execute("select %s::int", (i,))
+    time.sleep(1.5)  # the janitor aggregates once a second
+    slow = (proxy.workdir / "slow.jsonl").read_text().splitlines()
+    assert len(slow) == 1 and "pg_sleep" in slow[0] and "secret-literal" not in slow[0]
+    queries = rows(admin(proxy, "SHOW QUERIES"))
+    assert "pg_sleep" in queries[0][-1] and float(queries[0][2]) >= 120
+    assert any(q[1] == "5" for q in queries), queries
