@@ -154,6 +154,18 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from proxy.audit_report import report
+    text = report([Path(f) for f in args.files], args.start, args.end, args.format)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from policies.schema import json_schema
     print(json.dumps(json_schema(), indent=2))
@@ -192,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--key-env", default="PGWARDEN_AUDIT_KEY",
                         help="environment variable holding the HMAC key (as audit.hmac_key_env)")
     verify.set_defaults(func=cmd_audit_verify)
+    rep = audit.add_parser("report", help="a compliance report of the audit files")
+    rep.add_argument("files", nargs="+")
+    rep.add_argument("--from", dest="start", help="ISO date/time (UTC), inclusive")
+    rep.add_argument("--to", dest="end", help="ISO date/time (UTC), exclusive")
+    rep.add_argument("--format", choices=["html", "md", "csv"], default="html")
+    rep.add_argument("--out", help="write to this file instead of standard output")
+    rep.set_defaults(func=cmd_audit_report)
     schema = sub.add_parser("schema", help="print the policy format as JSON Schema (for editors)")
     schema.set_defaults(func=cmd_schema)
     passwd = sub.add_parser("passwd", help="print a SCRAM verifier for a password read from stdin")

@@ -108,3 +108,33 @@ def test_drop_mode_runs_statements_and_counts_the_loss(shop_db, tmp_path):
         assert dropped and float(dropped[0].split()[1]) >= 1
     finally:
         proxy.stop()
+
+
+def test_report_renders_every_section_from_real_records(audited, tmp_path):
+    proxy, path = audited
+    with connect(proxy, "acme_app") as conn:
+        conn.execute("select name from customers")
+        conn.execute("insert into orders (id, customer_id, total) values (77, 1, 1)")
+        conn.execute("delete from orders where id = 77")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select * from secrets")
+    with connect(proxy, "postgres") as conn:
+        conn.execute("select count(*) from secrets")
+    proxy.stop()
+    out = tmp_path / "report.html"
+    result = subprocess.run([sys.executable, "-m", "proxy", "audit", "report", str(path), "--format", "html",
+                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    for section in ("Access by role and tenant", "Writes", "Refusals", "Bypass-role activity",
+                    "Top statements", "<svg", "Refusals by rule", "public.customers.ssn",
+                    "tables.public.secrets"):
+        assert section in page, section
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    md = subprocess.run([sys.executable, "-m", "proxy", "audit", "report", str(path), "--format", "md"],
+                        cwd=ROOT, capture_output=True, text=True).stdout
+    assert "## Writes" in md and "delete from orders where id = ?" in md
+    csv_text = subprocess.run([sys.executable, "-m", "proxy", "audit", "report", str(path), "--format", "csv",
+                               "--from", "2000-01-01", "--to", "2000-01-02"], cwd=ROOT, capture_output=True,
+                              text=True).stdout
+    assert csv_text == ""  # nothing in that period
