@@ -77,11 +77,13 @@ class Guarded:
     ident: Identity | None = None
     local_tenant: str | None = None  # SET LOCAL: this transaction only
     guarded: dict[str, Prepared]  # by the client's statement name ("" = unnamed)
+    _parses: dict[bytes, tuple]    # a client's Parse -> the policed Parse built for it
 
     def guard_login(self) -> bool:
         """Bind the session to its identity; False (and the client closed) when it may not log in."""
         router = self.server.router
         self.guarded = {}
+        self._parses = {}
         if router is None:
             return True
         if any(k.startswith("pgwarden.") for k in self._client_params):
@@ -171,7 +173,28 @@ class Guarded:
                                      "user": self.user, "database": self.database, **fields})
 
     def guard_parse(self, msg: bytes) -> bytes | None:
-        """A Parse with the policy applied (rewritten text), or None when refused."""
+        """A Parse with the policy applied (rewritten text), or None when refused.
+
+        A client that sends the same Parse again (unnamed statements, every time) under the
+        same policy, tenant and search_path gets the Parse built the first time.
+        """
+        router, tenant, path = self.server.router, self.tenant(), self.search_path()
+        hit = self._parses.get(msg)
+        if hit is not None and hit[0] is router and hit[1] == tenant and hit[2] == path \
+                and self.server.audit is None:
+            prepared, out = hit[3], hit[4]
+            self.guarded[protocol.decode_parse(msg).name if msg[5] else ""] = prepared
+            self.server.metrics.extended["rewritten" if out is not msg else "allowed"].inc()
+            return out
+        out = self._guard_parse(msg)
+        if out is not None:
+            if len(self._parses) > 256:
+                self._parses.clear()
+            name = protocol.decode_parse(msg).name if msg[5] else ""
+            self._parses[msg] = (router, tenant, path, self.guarded[name], out)
+        return out
+
+    def _guard_parse(self, msg: bytes) -> bytes | None:
         parsed = protocol.decode_parse(msg)
         guarded = self.guard_text(parsed.query, simple=False)
         if guarded is None:
@@ -193,7 +216,7 @@ class Guarded:
         if prepared is None or (prepared.router is self.server.router
                                 and prepared.tenant == self.tenant()):
             return b""
-        return self.guard_parse(protocol.parse(name, prepared.query, prepared.param_types))
+        return self._guard_parse(protocol.parse(name, prepared.query, prepared.param_types))
 
     def guard_bind(self, msg: bytes) -> bool:
         """Check tenant-column parameters at Bind; False (refused) when one names another tenant."""
