@@ -1,1 +1,1 @@
-"""End-to-end suites: real clients (psql, pgbench, psycopg, asyncpg, SQLAlchemy, Django, node-postgres) through pgwarden."""
+"""End-to-end suites: real clients (psql, pgbench, psycopg, asyncpg, SQLAlchemy, Django, node-postgres) via pgwarden."""

@@ -116,7 +116,8 @@ def test_executemany_and_copy(proxy, orders):
             status = await conn.copy_records_to_table(
                 orders, records=records, columns=["id", "customer", "total", "placed", "items"])
             assert status == "COPY 3000"
-            got = await conn.fetch(f"SELECT id, customer, total, placed, items FROM {orders} WHERE id >= 1000 ORDER BY id")
+            got = await conn.fetch(
+                f"SELECT id, customer, total, placed, items FROM {orders} WHERE id >= 1000 ORDER BY id")
             assert [tuple(r) for r in got] == records
             # COPY out, to a file-like sink.
             chunks: list[bytes] = []

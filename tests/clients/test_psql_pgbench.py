@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from tests.clients.support import direct_dsn, direct_execute, pool_mode, scratch_database, unique
+from tests.clients.support import direct_dsn, direct_execute, pool_mode, scratch_database, skip_if_direct, unique
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -223,6 +223,23 @@ def test_pgbench_connection_per_transaction(proxy, bench_db):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "number of transactions actually processed: 500/500" in result.stdout
     assert "number of failed transactions: 0" in result.stdout
+
+
+def test_pgbench_through_reloads(proxy, make_proxy, bench_db):
+    """SIGHUP twice while 10 pgbench clients run TPC-B: no connection dropped, no transaction failed."""
+    skip_if_direct(proxy)
+    own = make_proxy(pool={"mode": pool_mode(proxy), "size": 10})
+    bench = subprocess.Popen(["pgbench", "-n", "-M", "extended", "-c", "10", "-j", "2", "-T", "3",
+                              "-h", own.host, "-p", str(own.port), "-U", "postgres", bench_db],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    for _ in range(2):
+        time.sleep(1)
+        own.reload()
+    out, err = bench.communicate(timeout=30)
+    assert bench.returncode == 0, out + err
+    processed = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+    assert processed > 10
+    assert "number of failed transactions: 0" in out
 
 
 def _balances(dbname: str) -> tuple[int, int, int]:

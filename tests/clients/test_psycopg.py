@@ -260,7 +260,8 @@ def test_copy_in_and_out(proxy, items):
                 copy.set_types(["int4", "text", "numeric", "text[]", "bytea", "timestamptz"])
                 assert list(copy.rows()) == rows
             # Binary COPY both ways.
-            with cur.copy(f"COPY (SELECT id, name FROM {items} WHERE id < 3 ORDER BY id) TO STDOUT (FORMAT BINARY)") as copy:
+            query = f"SELECT id, name FROM {items} WHERE id < 3 ORDER BY id"
+            with cur.copy(f"COPY ({query}) TO STDOUT (FORMAT BINARY)") as copy:
                 copy.set_types(["int4", "text"])
                 assert list(copy.rows()) == [(0, "row 0\twith tab"), (1, "row 1\twith tab"), (2, "row 2\twith tab")]
             cur.execute(f"DELETE FROM {items}")
