@@ -100,6 +100,7 @@ class Router:
         self.tenant_setting, self._signed, self._key = _tenant_settings(policy)
         self._cache: dict[tuple, Decision] = {}
         self._contexts: dict[tuple, Context] = {}
+        self._shapes: dict[tuple, Decision] = {}
         self.hits = self.misses = 0
         self.observe = None  # called with the seconds each uncached decision took
 
@@ -109,6 +110,7 @@ class Router:
         self.schemas[database] = schema
         self.search_paths[database] = search_path
         self._cache.clear()
+        self._shapes.clear()
         self._contexts.clear()
         for problem in self.problems(database):
             log.error("%s", problem)
@@ -152,12 +154,49 @@ class Router:
             self.hits += 1
         else:
             self.misses += 1
-            decision = self._decide(ident, tenant, database, sql, search_path)
+            decision = self._by_shape(ident, tenant, database, sql, search_path) or \
+                self._decide(ident, tenant, database, sql, search_path)
             if not isinstance(decision, SetTenant):
                 if len(self._cache) >= CACHE_SIZE:
                     self._cache.clear()
                 self._cache[key] = decision
         return decision
+
+    def _by_shape(self, ident: Identity, tenant: str | None, database: str, sql: str,
+                  search_path: tuple[str, ...] | None) -> Decision | None:
+        """The decision for `sql` from the one made for its shape (literals as parameters).
+
+        Simple-protocol clients (psycopg2, pgbench -M simple) send each value inside the
+        text; deciding the shape once and putting the literals back keeps them off the
+        cold path. None when the shape does not settle it (then the text is decided itself).
+        """
+        if "pgwarden." in sql:
+            return None
+        shape = _shape(sql)
+        if shape is None:
+            return None
+        text, base, literals = shape
+        key = (text, ident.user, tenant, database, search_path)
+        decision = self._shapes.get(key)
+        if decision is None:
+            decision = self._decide(ident, tenant, database, text, search_path)
+            if len(self._shapes) >= CACHE_SIZE:
+                self._shapes.clear()
+            self._shapes[key] = decision
+        if not isinstance(decision, Forward):
+            return None  # refused in shape: judge the text itself, with its literals
+        if decision.sql is None:
+            return ORIGINAL
+        checks = []
+        for number, expected in decision.param_checks:
+            if number < base:
+                checks.append((number, expected))
+            elif _string_value(literals[number - base]) != expected:
+                return None  # a literal names the tenant column: the text itself decides
+        restored = _restore(decision.sql, base, literals)
+        if restored is None:
+            return None
+        return Forward(restored, tuple(checks), decision.tables, decision.masked)
 
     def _decide(self, ident: Identity, tenant: str | None, database: str, sql: str,
                 search_path: tuple[str, ...] | None) -> Decision:
@@ -245,6 +284,55 @@ class Router:
         name = self.tenant_setting or "pgwarden.tenant"
         quoted = tenant.replace("'", "''")
         return SetTenant(tenant, local, f"SET {'LOCAL ' if local else ''}{name} TO '{quoted}'")
+
+
+_LITERALS = frozenset({"SCONST", "ICONST", "FCONST"})
+
+
+def _shape(sql: str) -> tuple[str, int, list[str]] | None:
+    """`sql` with its plain literals replaced by parameters numbered from `base`, and the literals.
+
+    >>> _shape("select * from t where a = 'x' and b > 2")
+    ('select * from t where a = $1001 and b > $1002', 1001, ["'x'", '2'])
+    """
+    try:
+        tokens = pglast.parser.scan(sql)
+    except Exception:
+        return None
+    params = [int(sql[t.start + 1:t.end + 1]) for t in tokens if t.name == "PARAM"]
+    base = max(params + [1000]) + 1
+    out, literals, last = [], [], 0
+    for t in tokens:
+        if t.name in _LITERALS and (t.name != "SCONST" or sql[t.start] == "'"):
+            out += (sql[last:t.start], f"${base + len(literals)}")
+            literals.append(sql[t.start:t.end + 1])
+            last = t.end + 1
+    if not literals:
+        return None
+    out.append(sql[last:])
+    return "".join(out), base, literals
+
+
+def _restore(text: str, base: int, literals: list[str]) -> str | None:
+    """Put the literals back where the parameters from `base` stand (None if one is unknown)."""
+    try:
+        tokens = pglast.parser.scan(text)
+    except Exception:
+        return None
+    out, last = [], 0
+    for t in tokens:
+        if t.name == "PARAM" and (n := int(text[t.start + 1:t.end + 1])) >= base:
+            if n - base >= len(literals):
+                return None
+            out += (text[last:t.start], literals[n - base])
+            last = t.end + 1
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _string_value(literal: str) -> str | None:
+    """The value of a plain '...' literal (None for numbers)."""
+    return literal[1:-1].replace("''", "'") if literal.startswith("'") else None
 
 
 def _describe(decision: Decision) -> str:
