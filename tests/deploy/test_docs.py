@@ -18,3 +18,15 @@ def test_mkdocs_builds_strictly(tmp_path):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "policies" / "index.html").exists()
+
+
+def test_grafana_dashboard_queries_metrics_pgwarden_exports():
+    import json
+    import re
+    dashboard = json.loads((ROOT / "docs/grafana/pgwarden.json").read_text())
+    exported = set(re.findall(r"`(pgwarden_\w+)`", (ROOT / "docs/operations.md").read_text()))
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for name in re.findall(r"pgwarden_\w+", target["expr"]):
+                base = re.sub(r"_(bucket|total)$", "", name)
+                assert name in exported or base in exported or base + "_total" in exported, name
