@@ -52,6 +52,17 @@ def _stateful_text(msg: bytes, start: int, stop: int) -> bool:
     return msg.find(b";", i, j) >= 0
 
 
+def _reason_class(reason: str) -> str:
+    """A bounded label for a disconnect reason."""
+    if "Terminate" in reason:
+        return "terminate"
+    if "shutting down" in reason or "shutdown" in reason:
+        return "shutdown"
+    if reason[:5].isalnum() and reason[5:6] == " ":
+        return "error"  # "<SQLSTATE> message": pgwarden closed it with a FATAL
+    return "network"
+
+
 class Session(Guarded, Pooled, asyncio.Protocol):
     """A client of pgwarden. Its `state` says where it is; `backend` is set while one serves it."""
 
@@ -113,6 +124,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         log.info("client %s user=%s db=%s disconnected: %s", self.peer, self.user or "-",
                  self.database or "-", self.reason)
         self.server.forget(self)
+        self.server.metrics.disconnects.labels(_reason_class(self.reason)).inc()
         if self.pool is not None:
             self.audit_event("logout", reason=self.reason)
         backend, self.backend = self.backend, None
