@@ -11,7 +11,7 @@ import pytest
 from psycopg import errors
 
 from tests.clients.support import (DirectPostgres, connect, direct_execute, pool_mode, scratch_database,
-                                   skip_if_direct, unique)
+                                   skip_if_direct, unique, xfail_in_transaction_mode)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -194,6 +194,41 @@ def test_set_config_of_unreported_settings(fresh_proxy, probe_role, setting, val
     with ThreadPoolExecutor(max_workers=20) as pool:
         results = list(pool.map(lambda w: _set_config_unreported_worker(fresh_proxy, setting, value, w), range(20)))
     assert [w for r in results for w in r] == []
+
+
+CHARACTERISTICS = [  # what a client runs, and what its transactions must then be
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", ("serializable", "off")),
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", ("read committed", "on")),
+    ("SET default_transaction_read_only = on", ("read committed", "on")),
+    ("SET default_transaction_isolation = 'repeatable read'", ("repeatable read", "off")),
+    (None, ("read committed", "off")),
+]
+
+
+def _characteristics_worker(proxy, n: int) -> list:
+    statement, expected = CHARACTERISTICS[n % len(CHARACTERISTICS)]
+    wrong = []
+    with connect(proxy, autocommit=True) as conn:
+        if statement:
+            conn.execute(statement)
+        for _ in range(8):
+            with conn.transaction():
+                seen = conn.execute("SELECT current_setting('transaction_isolation'),"
+                                    " current_setting('transaction_read_only'), pg_sleep(0.01)::text").fetchone()[:2]
+            if seen != expected:
+                wrong.append((statement, expected, seen))
+    return wrong
+
+
+def test_session_characteristics_under_pooling(fresh_proxy, request):
+    xfail_in_transaction_mode(request, fresh_proxy, (
+        "transaction mode, clients mixing SET SESSION CHARACTERISTICS AS TRANSACTION ... and SET "
+        "default_transaction_*: a client that ran '... READ ONLY' sees serializable transactions left by one "
+        "that ran '... ISOLATION LEVEL SERIALIZABLE', and a client that ran 'SET default_transaction_read_only "
+        "= on' gets read-write transactions after one that ran '... READ ONLY' (each alone is fine)"))
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda n: _characteristics_worker(fresh_proxy, n), range(20)))
+    assert {w for r in results for w in r} == set()
 
 
 def test_set_in_rolled_back_transaction_does_not_stick(tx_proxy):
