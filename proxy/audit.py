@@ -36,6 +36,8 @@ class AuditConfig(BaseModel):
     on_failure: Literal["block", "drop"] = Field("block", description=(
         "`block`: refuse statements while records cannot be queued; `drop`: run them, count the loss."))
     queue_size: int = Field(10_000, ge=10, description="Records held in memory before on_failure applies.")
+    redis_stream: str | None = Field(None, description="Also XADD every record to this Redis Stream.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="The Redis of `redis_stream`.")
 
 
 class AuditUnavailable(Exception):
@@ -85,6 +87,7 @@ class Audit:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._redis = None
 
     # --- the hot path: non-blocking -----------------------------------------------------
 
@@ -119,6 +122,9 @@ class Audit:
             self.failures += 1
             self.last_error = f"{self.config.path}: {exc.strerror or exc}"
             log.error("audit sink unavailable at start: %s", self.last_error)
+        if self.config.redis_stream:
+            import redis.asyncio
+            self._redis = redis.asyncio.from_url(self.config.redis_url)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -130,6 +136,8 @@ class Audit:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._redis is not None:
+            await self._redis.aclose()
 
     def _open(self) -> None:
         self._file = open(self.config.path, "a", encoding="utf-8")
@@ -155,8 +163,10 @@ class Audit:
                 await self._wake.wait()
                 continue
             try:
-                self._write_batch()
+                lines = self._write_batch()
                 self.failures = 0
+                if self._redis is not None:
+                    await self._to_stream(lines)
             except OSError as exc:
                 self.failures += 1
                 self.last_error = f"{self.config.path}: {exc.strerror or exc}"
@@ -167,6 +177,18 @@ class Audit:
                 await asyncio.sleep(1)
                 self._reopen()
 
+    async def _to_stream(self, lines: list[str]) -> None:
+        """The records just written, also to the Redis Stream (a failure there is logged, not fatal:
+        the file holds them)."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for line in lines:
+                    pipe.xadd(self.config.redis_stream, {"record": line})
+                await pipe.execute()
+        except Exception as exc:  # redis raises its own ConnectionError family
+            self.last_error = f"redis stream {self.config.redis_stream}: {exc}"
+            log.error("audit: %s", self.last_error)
+
     def _reopen(self) -> None:
         try:
             if self._file is not None:
@@ -175,7 +197,7 @@ class Audit:
         except OSError:
             self._file = None
 
-    def _write_batch(self) -> None:
+    def _write_batch(self) -> list[str]:
         if self._file is None:
             raise OSError("the audit file is not open")
         lines, seq, prev = [], self._seq, self._prev
@@ -192,6 +214,7 @@ class Audit:
         self._seq, self._prev, self.written = seq, prev, self.written + len(batch)
         if self._file.tell() > self.config.rotate_bytes:
             self._rotate()
+        return lines
 
     def _finish(self, raw: dict, seq: int) -> dict:
         record = {"seq": seq, **raw}

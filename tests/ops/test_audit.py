@@ -138,3 +138,21 @@ def test_report_renders_every_section_from_real_records(audited, tmp_path):
                                "--from", "2000-01-01", "--to", "2000-01-02"], cwd=ROOT, capture_output=True,
                               text=True).stdout
     assert csv_text == ""  # nothing in that period
+
+
+def test_records_also_go_to_a_redis_stream(shop_db, tmp_path):
+    import redis
+    stream = f"pgwarden-test-{tmp_path.name}"
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    client.delete(stream)
+    proxy = policy_proxy(tmp_path / "r", "transaction",
+                         audit={"path": "audit.jsonl", "redis_stream": stream})
+    try:
+        with connect(proxy, "acme_app") as conn:
+            conn.execute("select count(*) from customers")
+    finally:
+        proxy.stop()
+    entries = [json.loads(fields[b"record"]) for _, fields in client.xrange(stream)]
+    client.delete(stream)
+    assert [e["event"] for e in entries] == [r["event"] for r in records(tmp_path / "r" / "audit.jsonl")]
+    assert any(e.get("decision") == "rewritten" for e in entries)
