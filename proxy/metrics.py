@@ -90,6 +90,10 @@ class Metrics:
                                          "Time to decide a statement not in the rewrite cache",
                                          buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.05),
                                          registry=reg)
+        self.statement_seconds = Histogram(
+            "pgwarden_statement_seconds", "Statement latency: forwarded to ReadyForQuery",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=reg)
         self.logins = Counter("pgwarden_logins", "Client logins by outcome", ["outcome"], registry=reg)
         self.tls_handshakes = Counter("pgwarden_tls_handshakes", "TLS handshakes with clients",
                                       ["outcome"], registry=reg)

@@ -42,7 +42,7 @@ class Server:
         self._policy_stamp: tuple | None = None
         self._listener: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self)
-        self.stats = QueryStats(config.slow_query)
+        self.stats = QueryStats(config.slow_query, self.metrics.statement_seconds.observe)
         self.audit: Audit | None = Audit(config.audit) if config.audit else None
         self._http = HttpServer(self)
         self._janitor = Janitor(self)

@@ -30,8 +30,9 @@ class SlowQueryConfig(BaseModel):
 class QueryStats:
     """The hot path appends (text, seconds, rows); `flush` (once a second) fingerprints and counts."""
 
-    def __init__(self, slow: SlowQueryConfig | None) -> None:
+    def __init__(self, slow: SlowQueryConfig | None, latency=None) -> None:
         self.slow = slow
+        self.latency = latency  # a histogram's observe, fed at flush time
         self.pending: deque[tuple[str, float, str]] = deque(maxlen=MAX_PENDING)
         self.by_fingerprint: dict[str, dict] = {}
         self._fingerprints: dict[str, str] = {}
@@ -43,6 +44,8 @@ class QueryStats:
         """Aggregate what was observed; write slow statements out."""
         while self.pending:
             sql, seconds, where = self.pending.popleft()
+            if self.latency is not None:
+                self.latency(seconds)
             fp = self._fingerprint(sql)
             entry = self.by_fingerprint.get(fp)
             if entry is None:

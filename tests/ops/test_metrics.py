@@ -48,6 +48,9 @@ def test_metrics_follow_traffic_refusals_and_pools(shop_db, tmp_path):
         assert value(after, "pgwarden_backend_connections", pool=pool, state="idle") >= 1
         assert value(after, "pgwarden_policy_loaded") == 1
         assert value(after, "pgwarden_rewrite_seconds_count") >= 1
+        import time
+        time.sleep(1.2)  # statement latencies are aggregated once a second
+        assert value(scrape(proxy), "pgwarden_statement_seconds_count") >= 2
         assert value(after, "pgwarden_rewrite_cache_lookups", result="miss") >= 1
     finally:
         proxy.stop()
