@@ -12,14 +12,18 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pglast.parser
 from pydantic import BaseModel, ConfigDict, Field
 
+from proxy.audit_sinks import FileSink, RedisSink, SinkError
+
 log = logging.getLogger("pgwarden.audit")
 GENESIS = "0" * 64
+BATCH = 1000
 
 
 class AuditConfig(BaseModel):
@@ -29,6 +33,13 @@ class AuditConfig(BaseModel):
 
     path: Path = Field(Path("audit.jsonl"), description="JSON Lines file (relative to the config file).")
     rotate_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Rotate the file past this size.")
+    rotate_seconds: float | None = Field(None, gt=0, description=(
+        "Also rotate the file once it has been open this long (and holds a record)."))
+    redis_stream: str | None = Field(None, description=(
+        "Also append every record to this Redis Stream (XADD; fields `seq` and `record`)."))
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="The Redis for `redis_stream`.")
+    redis_maxlen: int | None = Field(None, ge=1000, description=(
+        "Trim the stream to about this many entries (XADD MAXLEN ~); omitted: never trimmed."))
     hmac_key_env: str | None = Field(None, description=(
         "Environment variable with the HMAC-SHA256 chain key; without it the chain is plain "
         "SHA-256 (detects edits, not forgeries by someone who can rewrite the whole file)."))
@@ -36,231 +47,433 @@ class AuditConfig(BaseModel):
     on_failure: Literal["block", "drop"] = Field("block", description=(
         "`block`: refuse statements while records cannot be queued; `drop`: run them, count the loss."))
     queue_size: int = Field(10_000, ge=10, description="Records held in memory before on_failure applies.")
-    redis_stream: str | None = Field(None, description="Also XADD every record to this Redis Stream.")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="The Redis of `redis_stream`.")
+    block_timeout: float = Field(5.0, ge=0, description=(
+        "How long `block` lets a statement wait for room before refusing it."))
+    fsync: bool = Field(False, description=(
+        "fsync after every batch (else on rotation and stop; a batch is always flushed to the OS)."))
+
+
+class AuditError(Exception):
+    """The audit trail cannot start as configured (the message says what to fix)."""
 
 
 class AuditUnavailable(Exception):
     """The trail cannot take a record and on_failure is block: the statement must not run."""
 
 
-_LITERAL = re.compile(r"'(?:[^']|'')*'|\$([A-Za-z_]\w*)?\$.*?\$\1\$|\b\d+(?:\.\d+)?\b", re.S)
+# --- redaction and fingerprints -----------------------------------------------------------------
+
+_VALUES = frozenset({"SCONST", "ICONST", "FCONST", "BCONST", "XCONST", "USCONST"})
+_COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+_CONSERVATIVE = re.compile(r"""
+      \$([A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$.*?(?:\$\1\$|\Z)   # dollar-quoted, even unterminated
+    | '(?:[^']|'')*(?:'|\Z)                                      # quoted, even unterminated
+    | /\*.*?(?:\*/|\Z) | --[^\n]*                                 # comments
+    | (?<![\w$])(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?              # numbers (not $1 or t1)
+    """, re.S | re.X)
 
 
+@lru_cache(maxsize=4096)
 def redact(sql: str) -> str:
-    """The statement with every literal replaced by `?` (PostgreSQL's own scanner finds them).
+    """The statement with every literal replaced by `?` and comments removed; PostgreSQL's own
+    scanner finds them. Never raises: text it cannot scan loses every quoted string and number.
 
-    >>> redact("select * from t where email = 'bob@x.io' and id > 42")
-    'select * from t where email = ? and id > ?'
+    >>> redact("select * from t where email = 'bob@x.io' and id > 42 -- by ann")
+    'select * from t where email = ? and id > ? '
+    >>> redact("select 'unterminated")
+    'select ?'
     """
     try:
         tokens = pglast.parser.scan(sql)
-    except Exception:  # unscannable text: remove anything that looks like a value
-        return _LITERAL.sub("?", sql)
+    except Exception:  # any scanner error: fall back to removing everything that could be a value
+        return _CONSERVATIVE.sub(lambda m: " " if m.group(0)[:2] in ("/*", "--") else "?", sql)
     out, last = [], 0
     for tok in tokens:
-        if tok.name in ("SCONST", "ICONST", "FCONST", "BCONST", "XCONST", "USCONST"):
+        if tok.name in _VALUES:
             out += (sql[last:tok.start], "?")
-            last = tok.end + 1
+        elif tok.name in _COMMENTS:
+            out += (sql[last:tok.start], " ")
+        else:
+            continue
+        last = tok.end + 1
     out.append(sql[last:])
     return "".join(out)
 
 
+@lru_cache(maxsize=4096)
+def fingerprint(sql: str) -> str:
+    """16 hex digits naming the statement's shape (libpg_query's fingerprint: literals, names of
+    parameters and formatting do not count). Unparseable text: a hash of its redacted, lower-cased,
+    whitespace-collapsed form.
+
+    >>> fingerprint("SELECT a FROM t WHERE b = 1") == fingerprint("select a from t where b = 2")
+    True
+    """
+    try:
+        return pglast.parser.fingerprint(sql)
+    except Exception:  # not parseable: identity by the redacted text
+        shape = " ".join(redact(sql).lower().split())
+        return hashlib.sha256(shape.encode()).hexdigest()[:16]
+
+
+def statement_kind(sql: str) -> str:
+    """The statement's first keyword, lower case (`select`, `with`, `insert`, ...), or `""`.
+
+    >>> statement_kind("/* app */ INSERT INTO t VALUES (1)")
+    'insert'
+    """
+    match = re.match(r"(?:\s|/\*.*?\*/|--[^\n]*\n)*([A-Za-z]+)", sql, re.S)
+    return match.group(1).lower() if match else ""
+
+
+def redact_params(params: list[Any] | tuple[Any, ...] | None) -> list[str | None] | None:
+    """Parameter values as `?` (NULL stays null, so the count and the NULLs remain visible)."""
+    return None if params is None else [None if p is None else "?" for p in params]
+
+
+def statement_record(*, log_parameters: bool = False, **fields: Any) -> dict:
+    """A statement record: `sql` redacted and `params` hidden unless log_parameters, `kind`
+    filled from the text, `rewritten` replaced by its SHA-256.
+
+    >>> r = statement_record(sql="select 1 from t where a = 'x'", params=["s3cret"], user="ann")
+    >>> r["sql"], r["params"], r["kind"], r["event"]
+    ('select ? from t where a = ?', ['?'], 'select', 'statement')
+    """
+    record: dict[str, Any] = {"event": "statement", **fields}
+    sql = record.get("sql")
+    if sql is not None:
+        record.setdefault("kind", statement_kind(sql))
+    return _finish_fields(record, log_parameters)
+
+
+def _finish_fields(record: dict, log_parameters: bool) -> dict:
+    """Apply redaction and hashing once (records built by `statement_record` are marked done)."""
+    if record.pop("_finished", False):
+        return record
+    if not log_parameters:
+        if record.get("sql") is not None:
+            record["sql"] = redact(record["sql"])
+        if "params" in record:
+            record["params"] = redact_params(record["params"])
+    rewritten = record.pop("rewritten", None)
+    if rewritten:
+        record["rewritten_sha256"] = hashlib.sha256(rewritten.encode()).hexdigest()
+    record["_finished"] = True
+    return record
+
+
+# --- the chain ----------------------------------------------------------------------------------
+
+def canonical(record: dict) -> str:
+    """The one JSON text of a record that the chain covers (sorted keys, no spaces)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def chain_value(prev: str, record: dict, key: bytes | None) -> str:
-    """The chain value of a record: HMAC (or SHA-256 without key) of the previous one and the record."""
-    body = prev.encode() + json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    """HMAC-SHA256 (SHA-256 without key) of the previous chain value and the record without `chain`."""
+    body = prev.encode() + canonical(record).encode()
     return hmac.new(key, body, hashlib.sha256).hexdigest() if key else hashlib.sha256(body).hexdigest()
 
 
-class Audit:
-    """A bounded queue of records and the task that redacts, chains and writes them."""
+def _iso(stamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp)) + f".{int(stamp * 1000) % 1000:03d}Z"
 
-    def __init__(self, config: AuditConfig) -> None:
+
+# --- the trail ----------------------------------------------------------------------------------
+
+class Audit:
+    """A bounded queue of records and the task that redacts, chains and writes them to the sinks.
+
+    The hot path only appends to a deque (`offer`). The writer takes up to BATCH records, and in a
+    thread redacts, numbers, chains and serialises them, then appends them to the file (in a
+    thread) and the Redis Stream. Records leave memory only once every sink has them.
+    """
+
+    def __init__(self, config: AuditConfig, base_dir: Path | None = None) -> None:
         self.config = config
-        key = os.environ.get(config.hmac_key_env or "", "")
-        self.key = key.encode() if key else None
+        self.path = config.path if base_dir is None or config.path.is_absolute() else base_dir / config.path
         self.queue: deque[dict] = deque()
-        self.written = self.dropped = self.failures = 0
+        self.written = self.dropped = self.failures = self.failures_total = 0
         self.last_error = ""
-        self._seq, self._prev = 0, GENESIS
-        self._file = None
+        self.key: bytes | None = None
+        self._file = FileSink(self.path, config.rotate_bytes, config.rotate_seconds, config.fsync)
+        self._redis = RedisSink(config.redis_url, config.redis_stream, config.redis_maxlen) \
+            if config.redis_stream else None
+        self._formed: list[tuple[int, str]] = []   # chained lines not yet in every sink
+        self._seq, self._prev, self._resumed = 0, GENESIS, False
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
-        self._redis = None
+        self._dropped_logged = 0.0
 
-    # --- the hot path: non-blocking -----------------------------------------------------
+    # --- the hot path ---------------------------------------------------------------------------
 
     def offer(self, record: dict) -> bool:
-        """Queue a record; False when it cannot be taken and the statement must be refused."""
-        if len(self.queue) >= self.config.queue_size or (self.failures and not self._file):
-            if self.config.on_failure == "drop":
-                self.dropped += 1
-                return True
-            return False
-        record["time"] = time.time()
+        """Queue a record without waiting. True: queued, or (on_failure drop) dropped and counted.
+        False: no room, or the sink is failing; the caller must `await put` or refuse."""
+        held = len(self.queue) + len(self._formed)
+        block = self.config.on_failure == "block"
+        if held >= self.config.queue_size or (block and self.failures):
+            if block:
+                return False
+            self._drop()
+            return True
+        if "time" not in record:
+            record["time"] = time.time()
         self.queue.append(record)
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
         return True
 
+    async def put(self, record: dict) -> None:
+        """Queue a record, waiting up to block_timeout for room; AuditUnavailable when there is none."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.block_timeout
+        while not self.offer(record):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AuditUnavailable(
+                    f"the audit trail could not take the record within {self.config.block_timeout:g}s: "
+                    + (self.last_error or f"its queue is full ({self.config.queue_size} records)"))
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), min(remaining, 0.5))
+            except asyncio.TimeoutError:
+                pass
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._dropped_logged >= 10:
+            self._dropped_logged = now
+            log.error("audit: dropping records (on_failure: drop); %d dropped so far; %s",
+                      self.dropped, self.last_error or "the queue is full")
+
     def writable(self) -> bool:
-        return self._file is not None and len(self.queue) < self.config.queue_size
+        """For /readyz: started, sinks healthy, room in the queue."""
+        held = len(self.queue) + len(self._formed)
+        return self._task is not None and not self.failures and held < self.config.queue_size
 
     @property
     def stats(self) -> dict:
-        return {"queued": len(self.queue), "written": self.written, "dropped": self.dropped,
-                "failures": self.failures, "last_error": self.last_error}
+        return {"queued": len(self.queue) + len(self._formed), "written": self.written,
+                "dropped": self.dropped, "failures": self.failures,
+                "failures_total": self.failures_total, "last_error": self.last_error}
 
-    # --- the writer ---------------------------------------------------------------------
+    # --- start and stop -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Open the file and continue its chain; a file that cannot be opened is retried."""
+    async def start(self, *, strict: bool = False) -> None:
+        """Open the sinks, continue the chain where the files stop, start the writer.
+
+        A missing HMAC key raises AuditError. A file or Redis that cannot be opened raises
+        AuditError when strict; otherwise it is logged ("audit sink unavailable at start"), the
+        trail counts as failing (on_failure applies) and the writer retries every second.
+        """
+        self.key = self._load_key()
         try:
-            self._resume_chain()
-            self._open()
-        except OSError as exc:
-            self.failures += 1
-            self.last_error = f"{self.config.path}: {exc.strerror or exc}"
-            log.error("audit sink unavailable at start: %s", self.last_error)
-        if self.config.redis_stream:
-            import redis.asyncio
-            self._redis = redis.asyncio.from_url(self.config.redis_url)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+            await self._open_sinks()
+        except SinkError as exc:
+            message = self._describe(exc)
+            if strict:
+                raise AuditError(f"audit sink unavailable: {message}") from exc
+            log.error("audit sink unavailable at start: %s", message)
+            self._failed(message)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
+
+    def _load_key(self) -> bytes | None:
+        name = self.config.hmac_key_env
+        if name is None:
+            return None
+        value = os.environ.get(name, "")
+        if not value:
+            raise AuditError(f"audit.hmac_key_env names {name}, but that environment variable is not "
+                             f"set (or empty): set it to the chain key, or remove audit.hmac_key_env")
+        return value.encode()
 
     async def stop(self) -> None:
-        """Write every queued record (a clean stop loses none), then close."""
+        """Write every queued record, then close the sinks. If a sink still fails after
+        block_timeout, the records left are written to the process log (never silently lost)."""
         self._stopping = True
         self._wake.set()
         if self._task is not None:
             await self._task
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+            self._task = None
+        try:
+            await asyncio.to_thread(self._file.close)
+        except OSError as exc:
+            log.error("audit: closing %s: %s", self.path, exc)
         if self._redis is not None:
-            await self._redis.aclose()
+            await self._redis.close()
 
-    def _open(self) -> None:
-        self._file = open(self.config.path, "a", encoding="utf-8")
-
-    def _resume_chain(self) -> None:
-        path = self.config.path
-        if path.exists() and path.stat().st_size:
-            with open(path, "rb") as f:
-                f.seek(max(0, path.stat().st_size - 65536))
-                last = f.read().splitlines()[-1]
-            try:
-                record = json.loads(last)
-                self._seq, self._prev = record["seq"], record["chain"]
-            except (ValueError, KeyError):
-                log.error("audit: the last line of %s is damaged; the chain restarts after it", path)
+    # --- the writer -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        stop_deadline: float | None = None
+        backoff = 0.05
         while True:
-            if not self.queue:
+            if not self._formed and not self.queue and not self.failures:
                 if self._stopping:
                     return
-                self._wake.clear()
-                await self._wake.wait()
+                await self._idle()
                 continue
             try:
-                lines = self._write_batch()
-                self.failures = 0
-                if self._redis is not None:
-                    await self._to_stream(lines)
+                await self._open_sinks()
+                if not self._formed and self.queue:
+                    batch = [self.queue.popleft() for _ in range(min(len(self.queue), BATCH))]
+                    self._formed = await asyncio.to_thread(self._form, batch)
+                await self._deliver()
+                backoff = 0.05
+            except SinkError as exc:
+                self._failed(self._describe(exc))
+                if self._stopping:
+                    stop_deadline = stop_deadline or time.monotonic() + self.config.block_timeout
+                    if time.monotonic() >= stop_deadline:
+                        await self._spill()
+                        return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    async def _idle(self) -> None:
+        """Wait for records; wake every second to rotate a file that is old enough."""
+        self._wake.clear()
+        timeout = 1.0 if self.config.rotate_seconds else None
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        if self._file.due():
+            try:
+                await asyncio.to_thread(self._file.rotate)
             except OSError as exc:
-                self.failures += 1
-                self.last_error = f"{self.config.path}: {exc.strerror or exc}"
-                log.error("audit sink failing (%s); %d records held", self.last_error, len(self.queue))
-                if self._stopping and self.failures > 3:
-                    log.error("audit: %d records could not be written at shutdown", len(self.queue))
-                    return
-                await asyncio.sleep(1)
-                self._reopen()
+                self._failed(self._describe(exc))
 
-    async def _to_stream(self, lines: list[str]) -> None:
-        """The records just written, also to the Redis Stream (a failure there is logged, not fatal:
-        the file holds them)."""
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for line in lines:
-                    pipe.xadd(self.config.redis_stream, {"record": line})
-                await pipe.execute()
-        except Exception as exc:  # redis raises its own ConnectionError family
-            self.last_error = f"redis stream {self.config.redis_stream}: {exc}"
-            log.error("audit: %s", self.last_error)
+    async def _open_sinks(self) -> None:
+        """Open what is closed; the chain resumes from the files before the first record."""
+        if not self._file.is_open:
+            if not self._resumed:
+                tail = await asyncio.to_thread(self._file.tail)
+                if tail is not None:
+                    self._seq, self._prev = tail
+                self._file.last_seq = self._seq
+            await asyncio.to_thread(self._file.open)
+            self._resumed = True
+        if self._redis is not None and (self._redis.client is None or self.failures):
+            await self._redis.open()
+            if not self._redis.last_seq:
+                self._redis.last_seq = self._seq
+        if self.failures and not self._formed:
+            self._recovered()
 
-    def _reopen(self) -> None:
-        try:
-            if self._file is not None:
-                self._file.close()
-            self._open()
-        except OSError:
-            self._file = None
-
-    def _write_batch(self) -> list[str]:
-        if self._file is None:
-            raise OSError("the audit file is not open")
-        lines, seq, prev = [], self._seq, self._prev
-        batch = [self.queue[i] for i in range(min(len(self.queue), 500))]
+    def _form(self, batch: list[dict]) -> list[tuple[int, str]]:
+        """Redact, number, time-stamp and chain a batch (runs in a thread; the writer's only)."""
+        out = []
+        seq, prev = self._seq, self._prev
         for raw in batch:
             seq += 1
-            record = self._finish(raw, seq)
+            record = _finish_fields(raw, self.config.log_parameters)
+            record.pop("_finished")
+            stamp = record["time"]
+            record = {**record, "seq": seq, "time": _iso(stamp) if isinstance(stamp, float) else stamp}
             prev = record["chain"] = chain_value(prev, record, self.key)
-            lines.append(json.dumps(record, sort_keys=True, separators=(",", ":")))
-        self._file.write("\n".join(lines) + "\n")
-        self._file.flush()
-        for _ in batch:
-            self.queue.popleft()
-        self._seq, self._prev, self.written = seq, prev, self.written + len(batch)
-        if self._file.tell() > self.config.rotate_bytes:
-            self._rotate()
-        return lines
+            out.append((seq, canonical(record)))
+        self._seq, self._prev = seq, prev
+        return out
 
-    def _finish(self, raw: dict, seq: int) -> dict:
-        record = {"seq": seq, **raw}
-        record["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(raw["time"])) + \
-            f".{int(raw['time'] * 1000) % 1000:03d}Z"
-        sql = raw.get("sql")
-        if sql is not None and not self.config.log_parameters:
-            record["sql"] = redact(sql)
-        rewritten = record.pop("rewritten", None)
-        if rewritten:
-            record["rewritten_sha256"] = hashlib.sha256(rewritten.encode()).hexdigest()
-        return record
+    async def _deliver(self) -> None:
+        """Give every sink the formed records it does not have yet; then they leave memory."""
+        if not self._formed:
+            return
+        last = self._formed[-1][0]
+        if self._file.last_seq < last:
+            lines = [line for seq, line in self._formed if seq > self._file.last_seq]
+            await asyncio.to_thread(self._file.write, lines, last)
+        if self._redis is not None and self._redis.last_seq < last:
+            await self._redis.write([(s, line) for s, line in self._formed if s > self._redis.last_seq])
+        self.written += len(self._formed)
+        self._formed = []
+        if self.failures:
+            self._recovered()
+        self._room.set()
 
-    def _rotate(self) -> None:
-        path = self.config.path
-        self._file.close()
-        os.replace(path, path.with_name(f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{self._seq}"))
-        self._open()
+    def _failed(self, message: str) -> None:
+        if not self.failures:
+            log.error("audit sink failing: %s; %d records held", message, len(self.queue) + len(self._formed))
+        self.failures += 1
+        self.failures_total += 1
+        self.last_error = message
+
+    def _recovered(self) -> None:
+        log.warning("audit sink recovered after %d failures", self.failures)
+        self.failures = 0
+        self._room.set()
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, OSError) and exc.strerror:
+            return f"{exc.filename or self.path}: {exc.strerror}"
+        where = self._redis.url if self._redis is not None and not isinstance(exc, OSError) else self.path
+        return f"{where}: {exc}"
+
+    async def _spill(self) -> None:
+        """At stop with a dead sink: every record not written goes to the process log."""
+        rest = self._formed + self._form([self.queue.popleft() for _ in range(len(self.queue))])
+        log.error("audit: %d records could not be written to the sinks at shutdown (%s); "
+                  "they follow, one per line", len(rest), self.last_error)
+        for _, line in rest:
+            log.error("audit record not written: %s", line)
+        self._formed = []
 
 
-@dataclass
-class Verified:
-    """What `verify_files` found: records checked, and the first problem (file:line: what)."""
+# --- verification -------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class VerifyResult:
+    """What `verify_files` found: records checked, the first problem (file:line: what), and the
+    seq the chain was checked from (1 unless older files were not given)."""
+
+    ok: bool
     records: int
-    problem: str | None
+    first_problem: str | None
+    first_seq: int | None = None
+
+    @property
+    def problem(self) -> str | None:
+        return self.first_problem
 
 
-def verify_files(paths: list[Path], key: bytes | None) -> Verified:
-    """Check the chain across files given oldest first: any edit, deletion or reordering shows."""
-    prev, expected_seq, count = None, None, 0
-    for path in paths:
+def _first_seq(path: Path) -> float:
+    try:
         with open(path, encoding="utf-8") as f:
+            return int(json.loads(f.readline())["seq"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def verify_files(paths: list[Path], key: bytes | None) -> VerifyResult:
+    """Check the chain across files (put in chain order by their first record): an edited,
+    deleted, reordered or truncated record, or a missing file, is named by file and line."""
+    prev: str | None = None
+    expected: int | None = None
+    first: int | None = None
+    count = 0
+    for path in sorted(paths, key=_first_seq):
+        with open(path, encoding="utf-8", errors="replace") as f:
             for number, line in enumerate(f, 1):
                 where = f"{path}:{number}"
                 try:
                     record = json.loads(line)
-                    seq, chain = record.pop("seq"), record.pop("chain")
-                except (ValueError, KeyError):
-                    return Verified(count, f"{where}: not an audit record (truncated or edited)")
-                if expected_seq is not None and seq != expected_seq:
-                    return Verified(count, f"{where}: record {seq} where {expected_seq} was expected "
-                                           "(a record is missing or out of order)")
+                    seq, chain = int(record.pop("seq")), record.pop("chain")
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    return VerifyResult(False, count, f"{where}: not an audit record (truncated or edited)", first)
+                if expected is not None and seq != expected:
+                    what = (f"records {expected} to {seq - 1} are missing" if seq > expected
+                            else f"record {seq} is out of order or repeated")
+                    return VerifyResult(False, count, f"{where}: record {seq} where {expected} was expected "
+                                                      f"({what})", first)
                 if prev is not None or seq == 1:
                     if chain_value(prev or GENESIS, {"seq": seq, **record}, key) != chain:
-                        return Verified(count, f"{where}: record {seq} does not match the chain "
-                                               "(edited, or written with another key)")
-                prev, expected_seq, count = chain, seq + 1, count + 1
-    return Verified(count, None)
+                        return VerifyResult(False, count, f"{where}: record {seq} does not match the chain "
+                                                          "(edited, or written with another key)", first)
+                first = seq if first is None else first
+                prev, expected, count = chain, seq + 1, count + 1
+    return VerifyResult(True, count, None, first)

@@ -42,7 +42,8 @@ class Server:
         self._policy_stamp: tuple | None = None
         self._listener: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self)
-        self.stats = QueryStats(config.slow_query, self.metrics.statement_seconds.observe)
+        self.stats = QueryStats(config.slow_query, self.metrics.statement_seconds.observe,
+                                self._explain)
         self.audit: Audit | None = Audit(config.audit) if config.audit else None
         self._http = HttpServer(self)
         self._janitor = Janitor(self)
@@ -152,6 +153,18 @@ class Server:
         if router is not None:
             router.add_schema(database, schema, search_path)
         self._schema_loads.pop(database, None)
+
+    async def _explain(self, sql: str, database: str) -> str:
+        """EXPLAIN (FORMAT JSON) of a slow statement, on a control-plane connection."""
+        import asyncpg
+        target = self._target(database, self.config.backend_auth.user or "postgres")
+        conn = await asyncpg.connect(host=target.host, port=target.port, user=target.user,
+                                     password=target.password, database=database,
+                                     ssl=target.tls_context or False, timeout=5, statement_cache_size=0)
+        try:
+            return await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", timeout=5)
+        finally:
+            await conn.close()
 
     def refresh_schemas(self) -> None:
         """Read every known database's schema again (after a reload or DDL by a bypass role)."""

@@ -25,14 +25,19 @@ class SlowQueryConfig(BaseModel):
 
     threshold_ms: float = Field(200.0, gt=0, description="Statements slower than this are logged.")
     path: Path | None = Field(None, description="JSON Lines file for slow statements; omitted: the log.")
+    explain: bool = Field(False, description=(
+        "Also log the plan of slow SELECTs: EXPLAIN (FORMAT JSON) on a separate control-plane "
+        "connection (no ANALYZE: nothing is run again)."))
 
 
 class QueryStats:
     """The hot path appends (text, seconds, rows); `flush` (once a second) fingerprints and counts."""
 
-    def __init__(self, slow: SlowQueryConfig | None, latency=None) -> None:
+    def __init__(self, slow: SlowQueryConfig | None, latency=None, explainer=None) -> None:
         self.slow = slow
         self.latency = latency  # a histogram's observe, fed at flush time
+        self.explainer = explainer  # async (sql, database) -> plan JSON text
+        self._tasks: set = set()
         self.pending: deque[tuple[str, float, str]] = deque(maxlen=MAX_PENDING)
         self.by_fingerprint: dict[str, dict] = {}
         self._fingerprints: dict[str, str] = {}
@@ -58,7 +63,7 @@ class QueryStats:
             entry["max_s"] = max(entry["max_s"], seconds)
             entry["recent"].append(seconds)
             if self.slow is not None and seconds * 1000 >= self.slow.threshold_ms:
-                self._slow(fp, entry["query"], seconds, where)
+                self._slow(fp, entry["query"], seconds, where, sql)
 
     def _fingerprint(self, sql: str) -> str:
         fp = self._fingerprints.get(sql)
@@ -76,10 +81,31 @@ class QueryStats:
         least = min(self.by_fingerprint, key=lambda k: self.by_fingerprint[k]["calls"])
         del self.by_fingerprint[least]
 
-    def _slow(self, fp: str, query: str, seconds: float, where: str) -> None:
+    def _slow(self, fp: str, query: str, seconds: float, where: str, sql: str = "") -> None:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "fingerprint": fp,
                   "duration_ms": round(seconds * 1000, 3), "where": where, "route": "primary",
                   "query": query}
+        if self.slow is not None and self.slow.explain and self.explainer is not None \
+                and sql.lstrip()[:6].lower() in ("select", "with ", "with\n", "table "):
+            self._explain(record, sql, where.rsplit("@", 1)[-1])
+            return
+        self._write(record)
+
+    def _explain(self, record: dict, sql: str, database: str) -> None:
+        import asyncio
+
+        async def run() -> None:
+            try:
+                record["plan"] = json.loads(await self.explainer(sql, database))
+            except Exception as exc:  # the plan is a courtesy: its failure is recorded, not raised
+                record["plan_error"] = str(exc)[:300]
+            self._write(record)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _write(self, record: dict) -> None:
         if self.slow is not None and self.slow.path is not None:
             try:
                 with open(self.slow.path, "a", encoding="utf-8") as f:

@@ -96,3 +96,15 @@ def test_slow_statements_are_logged_and_show_queries_ranks_by_time(make_proxy, t
     queries = rows(admin(proxy, "SHOW QUERIES"))
     assert "pg_sleep" in queries[0][-1] and float(queries[0][2]) >= 120
     assert any(q[1] == "5" for q in queries), queries
+
+
+def test_slow_selects_get_their_plan_when_explain_is_on(make_proxy):
+    proxy = make_proxy(slow_query={"threshold_ms": 50, "path": "slow.jsonl", "explain": True})
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("select pg_sleep(0.1) from pg_class limit 1")
+    deadline = time.monotonic() + 5
+    path = proxy.workdir / "slow.jsonl"
+    while time.monotonic() < deadline and not (path.exists() and path.read_text().strip()):
+        time.sleep(0.2)
+    record = __import__("json").loads(path.read_text().splitlines()[0])
+    assert record["plan"][0]["Plan"]["Node Type"] in ("Limit", "Result")
