@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -231,15 +232,31 @@ def test_session_characteristics_under_pooling(fresh_proxy, request):
     assert {w for r in results for w in r} == set()
 
 
-def test_set_in_rolled_back_transaction_does_not_stick(tx_proxy):
-    with connect(tx_proxy) as conn:
-        conn.execute("SET application_name = 'committed'")
-        conn.commit()
-        conn.execute("SET application_name = 'rolled-back'")
-        conn.rollback()
-        for _ in range(5):
-            assert conn.execute("SHOW application_name").fetchone() == ("committed",)
+def _busy_neighbours(proxy, stop: threading.Event) -> None:
+    """Other clients keep the backends moving while one client is being checked."""
+    with connect(proxy, autocommit=True) as conn:
+        while not stop.is_set():
+            conn.execute("SELECT pg_sleep(0.005)")
+
+
+def test_set_in_rolled_back_transaction_and_set_local_do_not_stick(tx_proxy):
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=12) as pool, connect(tx_proxy) as conn:
+        for _ in range(12):
+            pool.submit(_busy_neighbours, tx_proxy, stop)
+        try:
+            conn.execute("SET application_name = 'committed'")
             conn.commit()
+            conn.execute("SET application_name = 'rolled-back'")
+            conn.rollback()
+            conn.execute("SET LOCAL application_name = 'local'")
+            assert conn.execute("SHOW application_name").fetchone() == ("local",)
+            conn.commit()
+            for _ in range(5):
+                assert conn.execute("SHOW application_name").fetchone() == ("committed",)
+                conn.commit()
+        finally:
+            stop.set()
         conn.execute("RESET application_name")
         conn.commit()
         assert conn.execute("SHOW application_name").fetchone() == ("",)
