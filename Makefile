@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 CONFIG ?= config/pgwarden.yaml
 
-.PHONY: run test services install install-dev lint clean bench
+.PHONY: run run-local test services install install-dev lint clean bench node-deps
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,7 +19,12 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-run: install services
+# The demo: a throwaway PostgreSQL with two tenants and sample policies, pgwarden in front.
+run: install
+	$(VENV)/bin/pgwarden demo
+
+# The proxy with config/pgwarden.yaml in front of the local PostgreSQL.
+run-local: install services
 	$(VENV)/bin/pgwarden run --config $(CONFIG)
 
 # Start PostgreSQL and Redis when they are not already answering on 127.0.0.1.

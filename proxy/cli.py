@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.set_defaults(func=cmd_audit_report)
     schema = sub.add_parser("schema", help="print the policy format as JSON Schema (for editors)")
     schema.set_defaults(func=cmd_schema)
+    from proxy.demo import add_command as add_demo
+    add_demo(sub)
     passwd = sub.add_parser("passwd", help="print a SCRAM verifier for a password read from stdin")
     passwd.set_defaults(func=cmd_passwd)
     args = parser.parse_args(argv)
