@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -77,6 +78,23 @@ SELECT string_agg(id || ':' || name, ',' ORDER BY id) FROM {copy_table};
     result = psql(proxy, "-v", "ON_ERROR_STOP=0", "-f", str(script), check=False)
     assert "duplicate key value violates unique constraint" in result.stderr
     assert result.stdout.splitlines()[-1] == "1:first,2:second,3:gen 3,4:gen 4,5:gen 5"
+
+
+def test_psql_large_objects(proxy, tmp_path):
+    """\\lo_import and \\lo_export: libpq's large-object calls travel as fastpath FunctionCall messages."""
+    blob = os.urandom(300_000)
+    (tmp_path / "in.bin").write_bytes(blob)
+    script = tmp_path / "lo.sql"
+    script.write_text(f"""BEGIN;
+\\lo_import {tmp_path / "in.bin"}
+SELECT md5(lo_get(:LASTOID));
+\\lo_export :LASTOID {tmp_path / "out.bin"}
+\\lo_unlink :LASTOID
+COMMIT;
+""")
+    out = psql(proxy, "-f", str(script)).stdout
+    assert hashlib.md5(blob).hexdigest() in out.splitlines()
+    assert (tmp_path / "out.bin").read_bytes() == blob
 
 
 def _rows(n: int) -> list[list[str | None]]:
