@@ -89,15 +89,20 @@ def redact(sql: str) -> str:
         return _CONSERVATIVE.sub(lambda m: " " if m.group(0)[:2] in ("/*", "--") else "?", sql)
     out, last = [], 0
     for tok in tokens:
-        if tok.name in _VALUES:
-            out += (sql[last:tok.start], "?")
-        elif tok.name in _COMMENTS:
-            out += (sql[last:tok.start], " ")
-        else:
+        if tok.name not in _VALUES and tok.name not in _COMMENTS:
             continue
+        out.append(sql[last:tok.start])
+        if tok.name in _VALUES:
+            out.append("?")
+        elif _glued("".join(out[-2:])[-1:], sql[tok.end + 1:tok.end + 2]):
+            out.append(" ")  # a comment removed between two tokens: keep them apart
         last = tok.end + 1
     out.append(sql[last:])
     return "".join(out)
+
+
+def _glued(before: str, after: str) -> bool:
+    return bool(before and after) and not before.isspace() and not after.isspace()
 
 
 @lru_cache(maxsize=4096)
@@ -211,11 +216,9 @@ class Audit:
 
     def offer(self, record: dict) -> bool:
         """Queue a record without waiting. True: queued, or (on_failure drop) dropped and counted.
-        False: no room, or the sink is failing; the caller must `await put` or refuse."""
-        held = len(self.queue) + len(self._formed)
-        block = self.config.on_failure == "block"
-        if held >= self.config.queue_size or (block and self.failures):
-            if block:
+        False: no room, or a sink is failing; the caller must `await put` or refuse."""
+        if self.failures or len(self.queue) + len(self._formed) >= self.config.queue_size:
+            if self.config.on_failure == "block":
                 return False
             self._drop()
             return True
@@ -362,8 +365,8 @@ class Audit:
             await self._redis.open()
             if not self._redis.last_seq:
                 self._redis.last_seq = self._seq
-        if self.failures and not self._formed:
-            self._recovered()
+        if self.failures and not self._formed and not self.queue:
+            self._recovered()  # a probe while nothing waits: the sinks are back
 
     def _form(self, batch: list[dict]) -> list[tuple[int, str]]:
         """Redact, number, time-stamp and chain a batch (runs in a thread; the writer's only)."""
@@ -371,8 +374,11 @@ class Audit:
         seq, prev = self._seq, self._prev
         for raw in batch:
             seq += 1
-            record = _finish_fields(raw, self.config.log_parameters)
-            record.pop("_finished")
+            try:
+                record = _finish_fields(raw, self.config.log_parameters)
+            except Exception as exc:  # a caller's bad value must not stop the trail: record that
+                record = {"event": "unrecordable", "error": repr(exc), "time": raw.get("time", time.time())}
+            record.pop("_finished", None)
             stamp = record["time"]
             record = {**record, "seq": seq, "time": _iso(stamp) if isinstance(stamp, float) else stamp}
             prev = record["chain"] = chain_value(prev, record, self.key)

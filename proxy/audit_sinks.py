@@ -77,10 +77,14 @@ class FileSink:
         if self._file is None:
             self.open()
         assert self._file is not None
-        self._file.write(("\n".join(lines) + "\n").encode())
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
+        try:
+            self._file.write(("\n".join(lines) + "\n").encode())
+            self._file.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
+        except OSError:
+            self._abandon()
+            raise
         self.last_seq = last_seq
         if self.due():
             self.rotate()
@@ -101,6 +105,14 @@ class FileSink:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         os.replace(self.path, self.path.with_name(f"{self.path.name}.{stamp}.{self.last_seq:012d}"))
         self.open()
+
+    def _abandon(self) -> None:
+        """Drop a handle that failed; the next write reopens (and ends any half-written line)."""
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        self._file = None
 
     def close(self) -> None:
         if self._file is not None:
