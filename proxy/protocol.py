@@ -392,8 +392,9 @@ def command_complete(tag: str) -> bytes:
     return message(b"C", cstr(tag))
 
 
-def negotiate_protocol_version(newest_minor: int, unsupported: list[str]) -> bytes:
-    return message(b"v", _I32.pack(newest_minor) + _I32.pack(len(unsupported))
+def negotiate_protocol_version(newest: int, unsupported: list[str]) -> bytes:
+    """The newest protocol version we speak (as PostgreSQL sends it: 3.0 is 196608)."""
+    return message(b"v", _I32.pack(newest) + _I32.pack(len(unsupported))
                    + b"".join(cstr(o) for o in unsupported))
 
 

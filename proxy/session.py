@@ -238,7 +238,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             return
         unsupported = [k for k in packet.params if k.startswith("_pq_.")]
         if packet.version & 0xFFFF or unsupported:
-            self.transport.write(protocol.negotiate_protocol_version(0, unsupported))
+            self.transport.write(protocol.negotiate_protocol_version(protocol.PROTOCOL_3_0, unsupported))
         user = packet.params.get("user", "")
         if not user:
             self.fatal("28000", "no PostgreSQL user name specified in startup packet")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.policy.conftest import DATA, DB, SCHEMA, connect
+from tests.policy.conftest import DATA, DB, SCHEMA, connect, reset_data
 
 COPY_DB = f"{DB}_acme"
 DIRECT = "host=127.0.0.1 port=5432 user=postgres dbname={}"
@@ -26,6 +26,7 @@ FILTERS = {"customers": ["c.id > 1", "c.name like 'A%'", "c.ssn = '****'", "c.em
 @pytest.fixture(scope="module")
 def acme_copy(shop_db):
     """The shop with only acme's rows, ssn masked as role app sees it."""
+    reset_data()  # the shop as it started, whatever tests ran before
     with psycopg.connect(DIRECT.format("postgres"), autocommit=True) as conn:
         conn.execute(f"drop database if exists {COPY_DB} with (force)")
         conn.execute(f"create database {COPY_DB}")
