@@ -10,7 +10,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.clients.support import direct_execute, pool_mode, unique
+from tests.clients.support import direct_execute, pool_mode, unique, xfail_in_transaction_mode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -138,6 +138,38 @@ def test_executemany_and_copy(proxy, orders):
             await conn.close()
 
     asyncio.run(main())
+
+
+def test_cached_statements_after_a_column_is_added(fresh_proxy, request):
+    """Two connections cache `SELECT *`; a column is added; both see the new shape (asyncpg re-prepares)."""
+    xfail_in_transaction_mode(request, fresh_proxy, (
+        "transaction mode: after ALTER TABLE ADD COLUMN, the first asyncpg connection to rerun its cached "
+        "'SELECT * ... WHERE id = $1' gets 0A000 and re-prepares, as on PostgreSQL; a second connection that "
+        "cached the same text then gets 3-column DataRows for its 2-column statement without the 0A000 "
+        "PostgreSQL would give it, and asyncpg raises ProtocolError 'the number of columns in the result row "
+        "(3) is different from what was described (2)', on every retry"))
+    table = unique("pgw_asyncpg_shape")
+    direct_execute(f"DROP TABLE IF EXISTS {table}")
+    direct_execute(f"CREATE TABLE {table} (id int PRIMARY KEY, customer text)")
+    direct_execute(f"INSERT INTO {table} VALUES (1, 'c')")
+
+    async def main():
+        first, second = await connect(fresh_proxy), await connect(fresh_proxy)
+        try:
+            query = f"SELECT * FROM {table} WHERE id = $1"
+            for conn in (first, second):
+                assert tuple(await conn.fetchrow(query, 1)) == (1, "c")
+            direct_execute(f"ALTER TABLE {table} ADD COLUMN note text DEFAULT 'added'")
+            for conn in (first, second, first, second):
+                assert tuple(await conn.fetchrow(query, 1)) == (1, "c", "added")
+        finally:
+            await first.close()
+            await second.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        direct_execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def test_timeout_cancels_query(proxy):
