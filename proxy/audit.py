@@ -315,11 +315,12 @@ class Audit:
         stop_deadline: float | None = None
         backoff = 0.05
         while True:
-            if not self._formed and not self.queue and not self.failures:
+            if not self._formed and not self.queue:
                 if self._stopping:
                     return
-                await self._idle()
-                continue
+                if not self.failures:  # failing: fall through and probe the sinks
+                    await self._idle()
+                    continue
             try:
                 await self._open_sinks()
                 if not self._formed and self.queue:
