@@ -26,11 +26,8 @@ def verify(*paths) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def audited(shop_db, tmp_path):
-    proxy = policy_proxy(tmp_path / "a", "transaction",
+    proxy = policy_proxy(tmp_path / "a", "transaction", env=KEY_ENV,
                          audit={"path": "audit.jsonl", "hmac_key_env": "PGWARDEN_AUDIT_KEY"})
-    proxy.env.update(KEY_ENV)
-    proxy.stop()
-    proxy.start()
     yield proxy, tmp_path / "a" / "audit.jsonl"
     proxy.stop()
 

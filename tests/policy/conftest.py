@@ -83,12 +83,13 @@ def shop_db():
         conn.execute(f"drop database if exists {DB} with (force)")
 
 
-def policy_proxy(workdir: Path, mode: str, policy: str = POLICY, **overrides) -> ProxyProcess:
+def policy_proxy(workdir: Path, mode: str, policy: str = POLICY, env: dict | None = None,
+                 **overrides) -> ProxyProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "policies").mkdir(exist_ok=True)
     (workdir / "policies" / "shop.yaml").write_text(textwrap.dedent(policy))
     config = base_config(pool={"mode": mode, "size": 5}, policies="policies", **overrides)
-    return ProxyProcess(config, workdir, env={"PGWARDEN_TEST_TENANT_KEY": TOKEN_KEY}).start()
+    return ProxyProcess(config, workdir, env={"PGWARDEN_TEST_TENANT_KEY": TOKEN_KEY, **(env or {})}).start()
 
 
 @pytest.fixture(scope="module", params=["transaction", "session"])
