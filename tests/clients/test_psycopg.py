@@ -34,10 +34,6 @@ def test_simple_queries_and_parameters(proxy):
 
 
 @pytest.mark.skipif(psycopg.pq.version() < 180000, reason="max_protocol_version needs libpq 18")
-@pytest.mark.xfail(strict=False, reason=(
-    "a client asking for protocol 3.2 (libpq 18, max_protocol_version=3.2 or latest) cannot connect: "
-    "pgwarden's NegotiateProtocolVersion carries 0 where PostgreSQL sends 196608 (3.0), and libpq says "
-    "'received invalid protocol negotiation message: server requested downgrade to pre-3.0 protocol version'"))
 def test_protocol_version_negotiation(proxy):
     """libpq 18 asking for protocol 3.2 is answered with 3.0, as PostgreSQL 15 does, and everything works."""
     with psycopg.connect(proxy.dsn(connect_timeout=10, max_protocol_version="3.2"), autocommit=True) as conn:
