@@ -1,0 +1,68 @@
+"""A second shop database for the bypass suite: globex's rows stored first, plus views, partitions, functions."""
+
+from __future__ import annotations
+
+import psycopg
+
+from tests.policy.conftest import POLICY, SCHEMA
+
+DB = "pgw_bypass"
+DIRECT = "host=127.0.0.1 port=5432 user=postgres dbname={}"
+
+EXTRA_SCHEMA = """
+alter table customers add constraint name_not_x check (name <> 'x');
+create view v_customers as select id, tenant_id, name, ssn from customers;
+create view v_unlisted as select id, tenant_id, name, ssn from customers;
+create table events (id int, tenant_id text not null, body text) partition by list (tenant_id);
+create table events_acme partition of events for values in ('acme');
+create table events_globex partition of events for values in ('globex');
+create function all_customers() returns setof customers language sql security definer
+  as 'select * from public.customers';
+create function order_total(n numeric) returns numeric language sql immutable as 'select n * 2';
+create schema evil;
+create table evil.customers (id int, tenant_id text, name text, email text, ssn text, phone text, born date);
+insert into evil.customers values (3, 'globex', 'Gus', 'gus@globex.io', '333-33-3333', '555-0103', null);
+"""
+
+# globex first: a predicate evaluated before the tenant filter would meet Gus first
+DATA = """
+insert into customers values
+  (3, 'globex', 'Gus', 'gus@globex.io', '333-33-3333', '555-0103', '1975-12-31'),
+  (1, 'acme', 'Ann', 'ann@acme.io', '111-11-1111', '555-0101', '1980-05-17'),
+  (2, 'acme', 'Bob', 'bob@acme.io', '222-22-2222', '555-0102', '1990-01-02');
+insert into orders values (12, 'globex', 3, 999.99), (10, 'acme', 1, 100.00), (11, 'acme', 2, 50.50);
+insert into countries values ('us', 'United States'), ('fr', 'France');
+insert into secrets values (1, 'globex', 's3cr3t');
+insert into events values (1, 'globex', 'globex-event'), (2, 'acme', 'acme-event');
+analyze;
+"""
+
+POLICY_EXTRA = """
+  public.v_customers:
+    grants: {app: [select]}
+    masks:
+      ssn: {mask: redact, roles: [app]}
+  public.events:
+    grants: {app: [select]}
+functions:
+  allow: [public.order_total]
+"""
+
+# the shop policy's tables come last before `default:`, so the extra tables and `functions:` follow them
+BYPASS_POLICY = POLICY.replace("\ndefault: deny", POLICY_EXTRA.rstrip() + "\ndefault: deny")
+
+
+def create() -> str:
+    with psycopg.connect(DIRECT.format("postgres"), autocommit=True) as conn:
+        conn.execute(f"drop database if exists {DB} with (force)")
+        conn.execute(f"create database {DB}")
+    with psycopg.connect(DIRECT.format(DB), autocommit=True) as conn:
+        conn.execute(SCHEMA)
+        conn.execute(EXTRA_SCHEMA)
+        conn.execute(DATA)
+    return DB
+
+
+def drop() -> None:
+    with psycopg.connect(DIRECT.format("postgres"), autocommit=True) as conn:
+        conn.execute(f"drop database if exists {DB} with (force)")
