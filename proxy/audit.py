@@ -66,11 +66,16 @@ class AuditUnavailable(Exception):
 _VALUES = frozenset({"SCONST", "ICONST", "FCONST", "BCONST", "XCONST", "USCONST"})
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 _CONSERVATIVE = re.compile(r"""
-      \$([A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$.*?(?:\$\1\$|\Z)   # dollar-quoted, even unterminated
-    | '(?:[^']|'')*(?:'|\Z)                                      # quoted, even unterminated
-    | /\*.*?(?:\*/|\Z) | --[^\n]*                                 # comments
-    | (?<![\w$])(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?              # numbers (not $1 or t1)
+      (?P<param>\$\d+)                                                # $1: kept
+    | \$([A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$.*?(?:\$\2\$|\Z)      # dollar-quoted, even unterminated
+    | '(?:[^']|'')*(?:'|\Z)                                           # quoted, even unterminated
+    | (?P<comment>/\*.*?(?:\*/|\Z)|--[^\n]*)
+    | (?<!\w)(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?                      # numbers (not in t1)
     """, re.S | re.X)
+
+
+def _conservative(match: re.Match) -> str:
+    return match["param"] or (" " if match["comment"] else "?")
 
 
 @lru_cache(maxsize=4096)
@@ -86,7 +91,7 @@ def redact(sql: str) -> str:
     try:
         tokens = pglast.parser.scan(sql)
     except Exception:  # any scanner error: fall back to removing everything that could be a value
-        return _CONSERVATIVE.sub(lambda m: " " if m.group(0)[:2] in ("/*", "--") else "?", sql)
+        return _CONSERVATIVE.sub(_conservative, sql)
     out, last = [], 0
     for tok in tokens:
         if tok.name not in _VALUES and tok.name not in _COMMENTS:
