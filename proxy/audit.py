@@ -1,4 +1,4 @@
-"""The audit trail: one record per statement, login, logout, refusal and reload, HMAC-chained, written off the hot path."""
+"""The audit trail: records of statements, logins, logouts, refusals, reloads; HMAC-chained, written off the hot path."""
 
 from __future__ import annotations
 
@@ -476,7 +476,8 @@ def verify_files(paths: list[Path], key: bytes | None) -> VerifyResult:
                     record = json.loads(line)
                     seq, chain = int(record.pop("seq")), record.pop("chain")
                 except (ValueError, KeyError, TypeError, AttributeError):
-                    return VerifyResult(False, count, f"{where}: not an audit record (truncated or edited)", first)
+                    return VerifyResult(False, count, f"{where}: not an audit record (truncated or edited)",
+                                        first)
                 if expected is not None and seq != expected:
                     what = (f"records {expected} to {seq - 1} are missing" if seq > expected
                             else f"record {seq} is out of order or repeated")

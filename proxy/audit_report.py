@@ -106,14 +106,18 @@ def _bars(pairs: list[tuple[str, int]], title: str, width: int = 600) -> str:
 def _rows(summary: dict) -> dict[str, tuple[list[str], list[list]]]:
     return {
         "Access by role and tenant": (["roles", "tenant", "user", "statements", "tables", "masked columns"], [
-            [roles, tenant, user, e["statements"], ", ".join(sorted(e["tables"])), ", ".join(sorted(e["masked"]))]
+            [roles, tenant, user, e["statements"], ", ".join(sorted(e["tables"])),
+             ", ".join(sorted(e["masked"]))]
             for (roles, tenant, user), e in summary["access"]]),
-        "Writes": (["user", "tenant", "statement", "count"], [[u, t, s, n] for (u, t, s), n in summary["writes"]]),
+        "Writes": (["user", "tenant", "statement", "count"],
+                   [[u, t, s, n] for (u, t, s), n in summary["writes"]]),
         "Refusals": (["user", "tenant", "rule", "reason", "count"],
                      [[u, t, r, why, n] for (u, t, r, why), n in summary["refusals"]]),
-        "Bypass-role activity": (["user", "statement", "count"], [[u, s, n] for (u, s), n in summary["bypass"]]),
+        "Bypass-role activity": (["user", "statement", "count"],
+                                 [[u, s, n] for (u, s), n in summary["bypass"]]),
         "Top statements": (["statement", "count"], [[s, n] for s, n in summary["top"]]),
-        "Logins and logouts": (["user", "event", "count"], [[u, e, n] for (u, e), n in summary["logins"].items()]),
+        "Logins and logouts": (["user", "event", "count"],
+                               [[u, e, n] for (u, e), n in summary["logins"].items()]),
     }
 
 
@@ -131,7 +135,8 @@ def _columns(unit: str, points: list[tuple[str, int]], width: int = 640, height:
         for i, (label, n) in enumerate(points))
     axis = (f'<text x="0" y="28" font-size="10">{top}</text><text x="0" y="{20 + plot}" font-size="10">0</text>'
             f'<text x="40" y="{height - 4}" font-size="10">{html.escape(points[0][0])}</text>'
-            f'<text x="{width}" y="{height - 4}" font-size="10" text-anchor="end">{html.escape(points[-1][0])}</text>')
+            f'<text x="{width}" y="{height - 4}" font-size="10" text-anchor="end">'
+            f'{html.escape(points[-1][0])}</text>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
             f'aria-label="{html.escape(title)}"><text x="0" y="12" font-size="13" font-weight="bold">'
             f'{html.escape(title)}</text>{cols}{axis}</svg>')

@@ -1,4 +1,4 @@
-"""The slow-query log: statements over a threshold, with fingerprint, redacted text and (optionally) their plan."""
+"""The slow-query log: statements over a threshold, with fingerprint, redacted text and optionally their plan."""
 
 from __future__ import annotations
 

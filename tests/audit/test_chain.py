@@ -1,4 +1,4 @@
-"""The HMAC chain: verify catches edited, deleted, reordered and truncated records, across rotated files and restarts."""
+"""The HMAC chain: verify names edited, deleted, reordered and truncated records, across rotation and restarts."""
 
 from __future__ import annotations
 

@@ -47,8 +47,10 @@ def test_statement_record_hides_parameters_unless_asked():
 
 SECRET = "Zq9"
 literal = st.one_of(
-    st.builds(lambda s: f"'{SECRET}{s}'", st.text(alphabet="ab c'\\$\n", max_size=8).map(lambda s: s.replace("'", "''"))),
-    st.builds(lambda s: f"$q${SECRET}{s}$q$", st.text(alphabet="ab'$ \n", max_size=8).filter(lambda s: "$q$" not in s)),
+    st.builds(lambda s: f"'{SECRET}{s}'", st.text(alphabet="ab c'\\$\n", max_size=8).map(
+        lambda s: s.replace("'", "''"))),
+    st.builds(lambda s: f"$q${SECRET}{s}$q$", st.text(alphabet="ab'$ \n", max_size=8).filter(
+        lambda s: "$q" not in s)),
     st.builds(lambda s: f"E'{SECRET}{s}'", st.sampled_from(["", "\\'", "\\n", "''"])),
     st.just("90210"), st.just("3.14159e2"),
 )
