@@ -1,4 +1,4 @@
-"""The audit trail: records of statements, logins, logouts, refusals, reloads; HMAC-chained, written off the hot path."""
+"""The audit trail: HMAC-chained records of statements and sessions, written off the hot path."""
 
 from __future__ import annotations
 
@@ -181,8 +181,12 @@ def canonical(record: dict) -> str:
 
 def chain_value(prev: str, record: dict, key: bytes | None) -> str:
     """HMAC-SHA256 (SHA-256 without key) of the previous chain value and the record without `chain`."""
-    body = prev.encode() + canonical(record).encode()
-    return hmac.new(key, body, hashlib.sha256).hexdigest() if key else hashlib.sha256(body).hexdigest()
+    return _chain(prev, canonical(record), key)
+
+
+def _chain(prev: str, body: str, key: bytes | None) -> str:
+    data = prev.encode() + body.encode()
+    return hmac.new(key, data, hashlib.sha256).hexdigest() if key else hashlib.sha256(data).hexdigest()
 
 
 def _iso(stamp: float) -> str:
@@ -387,8 +391,9 @@ class Audit:
             record.pop("_finished", None)
             stamp = record["time"]
             record = {**record, "seq": seq, "time": _iso(stamp) if isinstance(stamp, float) else stamp}
-            prev = record["chain"] = chain_value(prev, record, self.key)
-            out.append((seq, canonical(record)))
+            body = canonical(record)
+            prev = _chain(prev, body, self.key)
+            out.append((seq, f'{body[:-1]},"chain":"{prev}"}}'))  # `chain` last: verify re-sorts
         self._seq, self._prev = seq, prev
         return out
 
