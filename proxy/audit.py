@@ -484,8 +484,9 @@ def verify_files(paths: list[Path], key: bytes | None) -> VerifyResult:
                     return VerifyResult(False, count, f"{where}: not an audit record (truncated or edited)",
                                         first)
                 if expected is not None and seq != expected:
-                    what = (f"records {expected} to {seq - 1} are missing" if seq > expected
-                            else f"record {seq} is out of order or repeated")
+                    what = (f"record {seq} is out of order or repeated" if seq < expected
+                            else f"record {expected} is missing" if seq == expected + 1
+                            else f"records {expected} to {seq - 1} are missing")
                     return VerifyResult(False, count, f"{where}: record {seq} where {expected} was expected "
                                                       f"({what})", first)
                 if prev is not None or seq == 1:
