@@ -142,9 +142,22 @@ class SlowLog:
                                      "application_name": "pgwarden-explain"})
             plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql)
             self.explained += 1
-            return json.loads(plan) if isinstance(plan, str) else plan
+            return redact_plan(json.loads(plan) if isinstance(plan, str) else plan)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def redact_plan(node: Any) -> Any:
+    """The plan with literals removed from its expressions (`Index Cond`, `Filter`, `Output`, ...).
+
+    >>> redact_plan([{"Plan": {"Index Cond": "(email = 'ann@x.io'::text)", "Plan Rows": 1}}])
+    [{'Plan': {'Index Cond': '(email = ?::text)', 'Plan Rows': 1}}]
+    """
+    if isinstance(node, dict):
+        return {k: redact_plan(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [redact_plan(v) for v in node]
+    return redact(node) if isinstance(node, str) else node
 
 
 def _append(path: Path, line: str) -> None:
