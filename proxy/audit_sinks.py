@@ -35,8 +35,8 @@ def last_record(path: Path) -> tuple[int, str] | None:
 
 
 class FileSink:
-    """Appends batches of lines; rotates past `rotate_bytes` or `rotate_seconds`. Its methods block:
-    the writer calls them in a thread."""
+    """Appends batches of lines; rotates past `rotate_bytes`, or `rotate_seconds` after the file's
+    first record. Its methods block: the writer calls them in a thread."""
 
     def __init__(self, path: Path, rotate_bytes: int, rotate_seconds: float | None, fsync: bool) -> None:
         self.path = path
@@ -77,6 +77,8 @@ class FileSink:
         if self._file is None:
             self.open()
         assert self._file is not None
+        if not self._file.tell():
+            self._opened = time.monotonic()  # a file's age counts from its first record
         try:
             self._file.write(("\n".join(lines) + "\n").encode())
             self._file.flush()

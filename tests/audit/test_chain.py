@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.audit import AuditError, verify_files
+from proxy.audit import Audit, AuditConfig, AuditError, verify_files
 from proxy.audit_sinks import rotated_files
 from tests.audit.trail import KEY_ENV, numbered, write_trail
 from tests.harness import ROOT
@@ -123,3 +124,22 @@ def test_the_cli_verifies_and_names_the_break(trail):
     bad = subprocess.run([sys.executable, "-m", "proxy", "audit", "verify", *map(str, trail)],
                          cwd=ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and f"{path}:{line}" in bad.stderr
+
+
+def test_rotation_by_age_happens_while_idle_and_keeps_the_chain(tmp_path):
+    path = tmp_path / "audit.jsonl"
+
+    async def body() -> None:
+        audit = Audit(AuditConfig(path=path, rotate_seconds=0.3))
+        await audit.start()
+        for r in numbered(3):
+            audit.offer(r)
+        await asyncio.sleep(1.5)  # no traffic: the writer's idle tick rotates the old file
+        assert len(rotated_files(path)) == 1
+        for r in numbered(2, 3):
+            audit.offer(r)
+        await audit.stop()
+    asyncio.run(body())
+    files = [*rotated_files(path), path]
+    assert [len(p.read_text().splitlines()) for p in files] == [3, 2]
+    assert verify_files(files, None).records == 5
