@@ -485,7 +485,7 @@ def verify_files(paths: list[Path], key: bytes | None) -> VerifyResult:
                                         first)
                 if expected is not None and seq != expected:
                     what = (f"record {seq} is out of order or repeated" if seq < expected
-                            else f"record {expected} is missing" if seq == expected + 1
+                            else f"record {expected} is missing or moved" if seq == expected + 1
                             else f"records {expected} to {seq - 1} are missing")
                     return VerifyResult(False, count, f"{where}: record {seq} where {expected} was expected "
                                                       f"({what})", first)
