@@ -16,6 +16,7 @@ from typing import Any
 
 from proxy.audit import statement_kind
 
+REFUSALS = ("refused", "monitor-would-refuse")  # monitor mode: the statement ran, the policy would refuse it
 WRITES = frozenset({"insert", "update", "delete", "merge", "copy", "truncate"})
 
 
@@ -74,16 +75,18 @@ def summarize(records: list[dict]) -> dict:
         "access": sorted(access.items()),
         "writes": Counter((r.get("user"), r.get("tenant") or "-", r.get("sql", "")[:120]) for r in statements
                           if r.get("decision") != "refused" and _kind(r) in WRITES).most_common(50),
-        "refusals": Counter((r.get("user"), r.get("tenant") or "-", r.get("rule"), r.get("reason", "")[:160])
+        "refusals": Counter((r.get("user"), r.get("tenant") or "-", r["decision"], r.get("rule"),
+                             r.get("reason", "")[:160])
                             for r in statements
-                            if r.get("decision") == "refused").most_common(50),
+                            if r.get("decision") in REFUSALS).most_common(50),
         "bypass": Counter((r.get("user"), r.get("sql", "")[:120]) for r in statements
                           if r.get("bypass")).most_common(20),
         "top": Counter(r.get("sql", "")[:160] for r in statements).most_common(20),
         "logins": Counter((r.get("user"), r.get("event")) for r in records
                           if r.get("event") in ("login", "logout")),
         "activity": activity,
-        "refusals_by_rule": Counter(r.get("rule") for r in statements if r.get("decision") == "refused"),
+        "refusals_by_rule": Counter(f"{r.get('rule')}{' (monitor)' if r['decision'] != 'refused' else ''}"
+                                    for r in statements if r.get("decision") in REFUSALS),
     }
 
 
@@ -111,8 +114,8 @@ def _rows(summary: dict) -> dict[str, tuple[list[str], list[list]]]:
             for (roles, tenant, user), e in summary["access"]]),
         "Writes": (["user", "tenant", "statement", "count"],
                    [[u, t, s, n] for (u, t, s), n in summary["writes"]]),
-        "Refusals": (["user", "tenant", "rule", "reason", "count"],
-                     [[u, t, r, why, n] for (u, t, r, why), n in summary["refusals"]]),
+        "Refusals": (["user", "tenant", "decision", "rule", "reason", "count"],
+                     [[u, t, d, r, why, n] for (u, t, d, r, why), n in summary["refusals"]]),
         "Bypass-role activity": (["user", "statement", "count"],
                                  [[u, s, n] for (u, s), n in summary["bypass"]]),
         "Top statements": (["statement", "count"], [[s, n] for s, n in summary["top"]]),

@@ -35,19 +35,21 @@ def test_html_has_every_section_two_svg_charts_and_no_network(trail):
     assert "ann@acme.io" not in page and "x@y.z" not in page  # the trail holds redacted text only
     refusals = re.search(r'aria-label="Refusals by rule">(.*?)</svg>', page).group(1)
     assert "tables.public.secrets" in refusals and ">7<" in refusals and ">1<" in refusals
+    assert "tables.public.payroll (monitor)" in refusals
 
 
 def test_markdown_lists_access_masks_writes_refusals_and_bypass(trail):
     md = render_report(trail, None, None, "md")
     access = md.split("## Access by role and tenant")[1].split("##")[0]
     assert "| app | acme | acme_app | 20 | public.customers | public.customers.ssn |" in access
-    assert "| analyst | - | analyst | 1 | public.orders | public.customers.email |" in access
+    assert "| analyst | - | analyst | 2 | public.orders, public.payroll | public.customers.email |" in access
     writes = md.split("## Writes")[1].split("##")[0]
     assert "| globex_app | globex | insert into orders (id, customer_id, total) values (?, ?, ?) | 20 |" in writes
     assert "| postgres | - | update customers set email = ? where id = ? | 1 |" in writes
     refusals = md.split("## Refusals")[1].split("##")[0]
-    assert "| acme_app | acme | tables.public.secrets | table public.secrets is not granted to role app | 7 |" \
-        in refusals
+    assert "| acme_app | acme | refused | tables.public.secrets | table public.secrets is not granted to role app " \
+        "| 7 |" in refusals
+    assert "| analyst | - | monitor-would-refuse | tables.public.payroll |" in refusals
     bypass = md.split("## Bypass-role activity")[1].split("##")[0]
     assert "postgres" in bypass and "acme_app" not in bypass
 

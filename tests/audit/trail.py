@@ -60,6 +60,10 @@ def sample(base: float | None = None) -> list[dict]:
         rule="functions", reason="function pg_read_file is not known to be safe",
         sql="select pg_read_file('/etc/passwd')", sqlstate="42501"))
     out.append(statement_record(
+        time=base + 1950, **session, user="analyst", roles=["analyst"], tenant=None,
+        decision="monitor-would-refuse", rule="tables.public.payroll", tables=["public.payroll"],
+        reason="table public.payroll is not granted to role analyst", sql="select * from payroll", rows=12))
+    out.append(statement_record(
         time=base + 2000, **session, user="postgres", roles=[], bypass=True, decision="allowed",
         sql="update customers set email = 'x@y.z' where id = 7", rows=1, duration_ms=0.5, sqlstate="00000"))
     out.append({"event": "login", "time": base, "user": "acme_app", **session})
