@@ -30,7 +30,8 @@ FROMS = {
                   CUSTOMER_COLS),
 }
 PREFIXES = {
-    "cte": "with big as (select c.* from customers c where exists (select 1 from orders o where o.customer_id = c.id)) ",
+    "cte": "with big as (select c.* from customers c "
+           "where exists (select 1 from orders o where o.customer_id = c.id)) ",
     "cte-shadow": "with customers as (select * from public.customers where id > 2) ",
     "cte-recursive": "with recursive r(n) as (select 0 union all select n + 1 from r where n < 3) ",
 }
