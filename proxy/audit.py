@@ -280,7 +280,7 @@ class Audit:
 
         A missing HMAC key raises AuditError. A file or Redis that cannot be opened raises
         AuditError when strict; otherwise it is logged ("audit sink unavailable at start"), the
-        trail counts as failing (on_failure applies) and the writer retries every second.
+        trail counts as failing (on_failure applies) and the writer retries (backing off to 1 s).
         """
         self.key = self._load_key()
         try:

@@ -42,13 +42,14 @@ def test_markdown_lists_access_masks_writes_refusals_and_bypass(trail):
     md = render_report(trail, None, None, "md")
     access = md.split("## Access by role and tenant")[1].split("##")[0]
     assert "| app | acme | acme_app | 20 | public.customers | public.customers.ssn |" in access
-    assert "| analyst | - | analyst | 2 | public.orders, public.payroll | public.customers.email |" in access
+    assert "| analyst | - | analyst | 2 | public.orders, public.payroll | public.customers.email |" \
+        in access
     writes = md.split("## Writes")[1].split("##")[0]
     assert "| globex_app | globex | insert into orders (id, customer_id, total) values (?, ?, ?) | 20 |" in writes
     assert "| postgres | - | update customers set email = ? where id = ? | 1 |" in writes
     refusals = md.split("## Refusals")[1].split("##")[0]
-    assert "| acme_app | acme | refused | tables.public.secrets | table public.secrets is not granted to role app " \
-        "| 7 |" in refusals
+    secrets = "| acme_app | acme | refused | tables.public.secrets | table public.secrets is not granted to role app |"
+    assert f"{secrets} 7 |" in refusals
     assert "| analyst | - | monitor-would-refuse | tables.public.payroll |" in refusals
     bypass = md.split("## Bypass-role activity")[1].split("##")[0]
     assert "postgres" in bypass and "acme_app" not in bypass
