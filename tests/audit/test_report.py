@@ -48,7 +48,8 @@ def test_markdown_lists_access_masks_writes_refusals_and_bypass(trail):
     assert "| globex_app | globex | insert into orders (id, customer_id, total) values (?, ?, ?) | 20 |" in writes
     assert "| postgres | - | update customers set email = ? where id = ? | 1 |" in writes
     refusals = md.split("## Refusals")[1].split("##")[0]
-    secrets = "| acme_app | acme | refused | tables.public.secrets | table public.secrets is not granted to role app |"
+    secrets = ("| acme_app | acme | refused | tables.public.secrets "
+               "| table public.secrets is not granted to role app |")
     assert f"{secrets} 7 |" in refusals
     assert "| analyst | - | monitor-would-refuse | tables.public.payroll |" in refusals
     bypass = md.split("## Bypass-role activity")[1].split("##")[0]
