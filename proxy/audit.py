@@ -337,7 +337,9 @@ class Audit:
                     self._formed = await asyncio.to_thread(self._form, batch)
                 await self._deliver()
                 backoff = 0.05
-            except SinkError as exc:
+            except Exception as exc:  # a sink error, or a bug: either way the proxy keeps running
+                if not isinstance(exc, SinkError):
+                    log.exception("audit writer error")
                 self._failed(self._describe(exc))
                 if self._stopping:
                     stop_deadline = stop_deadline or time.monotonic() + self.config.block_timeout
@@ -390,7 +392,7 @@ class Audit:
                 record = {"event": "unrecordable", "error": repr(exc), "time": raw.get("time", time.time())}
             record.pop("_finished", None)
             stamp = record["time"]
-            record = {**record, "seq": seq, "time": _iso(stamp) if isinstance(stamp, float) else stamp}
+            record = {**record, "seq": seq, "time": _iso(stamp) if isinstance(stamp, (int, float)) else stamp}
             body = canonical(record)
             prev = _chain(prev, body, self.key)
             out.append((seq, f'{body[:-1]},"chain":"{prev}"}}'))  # `chain` last: verify re-sorts

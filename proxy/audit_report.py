@@ -29,7 +29,7 @@ def load(paths: list[Path], start: datetime | None, end: datetime | None) -> lis
                 try:
                     record = json.loads(line)
                     when = datetime.fromisoformat(record["time"].replace("Z", "+00:00"))
-                except (ValueError, KeyError):
+                except (ValueError, KeyError, TypeError, AttributeError):  # not a record: skipped
                     continue
                 if (start is None or when >= start) and (end is None or when < end):
                     record["_when"] = when
