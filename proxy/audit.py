@@ -34,7 +34,7 @@ class AuditConfig(BaseModel):
     path: Path = Field(Path("audit.jsonl"), description="JSON Lines file (relative to the config file).")
     rotate_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Rotate the file past this size.")
     rotate_seconds: float | None = Field(None, gt=0, description=(
-        "Also rotate the file once it has been open this long (and holds a record)."))
+        "Also rotate the file once its first record is this many seconds old."))
     redis_stream: str | None = Field(None, description=(
         "Also append every record to this Redis Stream (XADD; fields `seq` and `record`)."))
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="The Redis for `redis_stream`.")
