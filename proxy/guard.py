@@ -77,6 +77,7 @@ class Guarded:
     ident: Identity | None = None
     local_tenant: str | None = None  # SET LOCAL: this transaction only
     guarded: dict[str, Prepared]  # by the client's statement name ("" = unnamed)
+    _audit_statements: dict[str, tuple]  # statement name -> (text, decision), for Bind records
     _parses: dict[bytes, tuple]    # a client's Parse -> the policed Parse built for it
 
     def guard_login(self) -> bool:
@@ -84,6 +85,7 @@ class Guarded:
         router = self.server.router
         self.guarded = {}
         self._parses = {}
+        self._audit_statements = {}
         if router is None:
             return True
         if any(k.startswith("pgwarden.") for k in self._client_params):
@@ -114,14 +116,14 @@ class Guarded:
         text = self.settings.get("search_path")
         return search_path_of(text) if text else None
 
-    def guard_text(self, sql: str, simple: bool) -> tuple[str, Forward] | None:
+    def guard_text(self, sql: str, simple: bool, name: str | None = None) -> tuple[str, Forward] | None:
         """The text to send for a client's statement, or None when it was refused (already answered)."""
         router = self.server.router
         decision = router.decide(self.ident, self.tenant(), self.database, sql, self.search_path())
         counted = self.server.metrics.simple if simple else self.server.metrics.extended
         if isinstance(decision, Forward):
             counted["allowed" if decision.sql is None else "rewritten"].inc()
-            if not self.audited(sql, simple, decision):
+            if not self.audited(sql, simple, decision, name):
                 return None
             return (sql if decision.sql is None else decision.sql), decision
         counted["refused"].inc()
@@ -138,11 +140,19 @@ class Guarded:
                 self.ident.tenant if self.ident else None)
         return decision.sql, Forward(decision.sql)
 
-    def audited(self, sql: str, simple: bool, decision: Forward | Refuse | None = None) -> bool:
+    def audited(self, sql: str, simple: bool, decision: Forward | Refuse | None = None,
+                name: str | None = None) -> bool:
         """Record a statement in the audit trail; False (and the statement refused) when the
-        trail cannot take it and `audit.on_failure` is block."""
+        trail cannot take it and `audit.on_failure` is block.
+
+        A Parse (`name` given) that is not refused is recorded at each Bind instead: one
+        record per execution, as for simple queries.
+        """
         audit = self.server.audit
         if audit is None:
+            return True
+        if name is not None and not isinstance(decision, Refuse):
+            self._audit_statements[name] = (sql, decision)
             return True
         ident = self.ident
         record = {"event": "statement", "session": self.pid, "client": self.peer, "user": self.user,
@@ -165,6 +175,12 @@ class Guarded:
                         "check the audit file's disk and permissions (audit.path), or set "
                         "audit.on_failure: drop", simple)
         return False
+
+    def audit_bind(self, msg: bytes) -> bool:
+        """A Bind is an execution: recorded with what its statement was prepared from."""
+        name = protocol.decode_bind_names(msg)[1]
+        sql, decision = self._audit_statements.get(name, (f"(prepared statement {name!r})", None))
+        return self.audited(sql, False, decision)
 
     def audit_event(self, event: str, **fields) -> None:
         """A login or logout record (never refused: the session is starting or over)."""
@@ -196,7 +212,7 @@ class Guarded:
 
     def _guard_parse(self, msg: bytes) -> bytes | None:
         parsed = protocol.decode_parse(msg)
-        guarded = self.guard_text(parsed.query, simple=False)
+        guarded = self.guard_text(parsed.query, simple=False, name=parsed.name)
         if guarded is None:
             return None
         text, decision = guarded

@@ -12,8 +12,6 @@ import pglast.parser
 _WATCHED = frozenset({"set", "reset", "discard", "listen", "prepare"})
 _LEADING = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]*)", re.S)
 _NOT_FORWARDED = frozenset({"user", "database", "replication", "options"})
-_CHARACTERISTICS = ("default_transaction_isolation", "default_transaction_read_only",
-                    "default_transaction_deferrable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +96,28 @@ def effects(sql: str) -> list[Effect]:
     for raw in stmts:
         start = raw.get("stmt_location", 0)
         text = sql[start:start + raw["stmt_len"]] if raw.get("stmt_len") else sql[start:]
-        effect = _effect(raw["stmt"], text.strip().rstrip(";").strip())
-        if effect is not None:
-            out.append(effect)
+        out += _effects(raw["stmt"], text.strip().rstrip(";").strip())
     return out
 
 
-def _effect(stmt: dict, text: str) -> Effect | None:
+def _effects(stmt: dict, text: str) -> list[Effect]:
+    """A statement's effects; SET SESSION CHARACTERISTICS is the three defaults it sets."""
     (kind, node), = stmt.items()
+    if kind == "VariableSetStmt" and node.get("name", "").lower() == "session characteristics":
+        return [Effect("set", f"default_{d['DefElem']['defname']}", _characteristic(d["DefElem"]))
+                for d in node.get("args") or []]
+    effect = _effect(kind, node, text)
+    return [effect] if effect is not None else []
+
+
+def _characteristic(elem: dict) -> str:
+    """`SET default_transaction_x TO '...'` for one element of SET SESSION CHARACTERISTICS."""
+    const = elem["arg"]["A_Const"]
+    value = const["sval"]["sval"] if "sval" in const else ("on" if const.get("ival", {}).get("ival") else "off")
+    return f"SET default_{elem['defname']} TO {_literal(value)}"
+
+
+def _effect(kind: str, node: dict, text: str) -> Effect | None:
     if kind == "ListenStmt":
         return Effect("listen", node.get("conditionname", ""))
     if kind == "PrepareStmt":
@@ -196,7 +208,6 @@ def replay(client: dict[str, str], backend: dict[str, str]) -> str:
     stmts = []
     for name in backend:
         if name not in client:
-            stmts += [f"RESET {n}" for n in _CHARACTERISTICS] if name == "session characteristics" \
-                else [f"RESET {_ident(name)}"]
+            stmts.append(f"RESET {_ident(name)}")
     stmts += [text for name, text in client.items() if backend.get(name) != text]
     return "; ".join(stmts)

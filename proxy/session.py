@@ -437,8 +437,10 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                     msg = self._guard_extended(kind, msg, out)  # type: ignore[assignment]
                     if msg is None:
                         continue
-                elif kind == _P and self.server.audit is not None and \
-                        not self.audited(protocol.decode_parse(msg).query, False):
+                elif kind == _P and self.server.audit is not None:
+                    parsed = protocol.decode_parse(msg)
+                    self.audited(parsed.query, False, None, parsed.name)
+                if kind == _B and self.server.audit is not None and not self.audit_bind(msg):
                     continue
                 if tx_mode and kind in _NAMED and _names_statement(kind, msg):
                     self._extended_tx(kind, msg, out)

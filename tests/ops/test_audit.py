@@ -153,3 +153,24 @@ def test_records_also_go_to_a_redis_stream(shop_db, tmp_path):
     client.delete(stream)
     assert [e["event"] for e in entries] == [r["event"] for r in records(tmp_path / "r" / "audit.jsonl")]
     assert any(e.get("decision") == "rewritten" for e in entries)
+
+
+def test_each_execution_of_a_prepared_statement_is_a_record(audited):
+    import asyncio
+
+    import asyncpg
+    proxy, path = audited
+
+    async def run() -> None:
+        conn = await asyncpg.connect(proxy.url(user="acme_app", dbname="pgw_policy"))
+        try:
+            stmt = await conn.prepare("select count(*) from customers where id > $1")
+            for i in range(3):
+                await stmt.fetchval(i)
+        finally:
+            await conn.close()
+    asyncio.run(run())
+    proxy.stop()
+    executions = [r for r in records(path) if r.get("event") == "statement"
+                  and "customers where id > $1" in r.get("sql", "")]
+    assert len(executions) == 3 and all(r["decision"] == "rewritten" for r in executions)
