@@ -19,6 +19,14 @@ create table events_globex partition of events for values in ('globex');
 create function all_customers() returns setof customers language sql security definer
   as 'select * from public.customers';
 create function order_total(n numeric) returns numeric language sql immutable as 'select n * 2';
+-- not in functions.allow, and named like built-ins: PostgreSQL picks them for varchar arguments
+create function public.upper(varchar) returns text language sql security definer
+  as $$ select string_agg(name || ':' || ssn, ',') from public.customers $$;
+create function public.length(varchar) returns int language sql security definer
+  as $$ select count(*)::int from public.customers $$;
+create function public.leak_op(int, int) returns text language sql security definer
+  as $$ select string_agg(name || ':' || ssn, ',') from public.customers $$;
+create operator public.=== (leftarg = int, rightarg = int, function = public.leak_op);
 create schema evil;
 create table evil.customers (id int, tenant_id text, name text, email text, ssn text, phone text, born date);
 insert into evil.customers values (3, 'globex', 'Gus', 'gus@globex.io', '333-33-3333', '555-0103', null);
