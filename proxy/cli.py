@@ -68,9 +68,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None or _router(config) is False:
         return 1
     _setup_logging(config.log.level, config.log.format)
+    from proxy.audit import AuditError
     from proxy.server import serve
     try:
         serve(config)
+    except AuditError as exc:
+        print(f"pgwarden: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"pgwarden: cannot listen on {config.listen.host}:{config.listen.port}: "
               f"{exc.strerror or exc} (is another pgwarden or PgBouncer running there? "

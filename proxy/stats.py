@@ -12,6 +12,7 @@ import pglast.parser
 from pydantic import BaseModel, ConfigDict, Field
 
 from proxy.audit import redact
+from proxy.slowlog import redact_plan
 
 log = logging.getLogger("pgwarden.slow")
 MAX_FINGERPRINTS = 5000
@@ -96,7 +97,7 @@ class QueryStats:
 
         async def run() -> None:
             try:
-                record["plan"] = json.loads(await self.explainer(sql, database))
+                record["plan"] = redact_plan(json.loads(await self.explainer(sql, database)))
             except Exception as exc:  # the plan is a courtesy: its failure is recorded, not raised
                 record["plan_error"] = str(exc)[:300]
             self._write(record)
