@@ -27,6 +27,10 @@ create function public.length(varchar) returns int language sql security definer
 create function public.leak_op(int, int) returns text language sql security definer
   as $$ select string_agg(name || ':' || ssn, ',') from public.customers $$;
 create operator public.=== (leftarg = int, rightarg = int, function = public.leak_op);
+-- a common pattern: a trigger announcing new rows on one channel for every tenant
+create function notify_order() returns trigger language plpgsql
+  as $$ begin perform pg_notify('orders_changed', row_to_json(new)::text); return new; end $$;
+create trigger orders_notify after insert on orders for each row execute function notify_order();
 create schema evil;
 create table evil.customers (id int, tenant_id text, name text, email text, ssn text, phone text, born date);
 insert into evil.customers values (3, 'globex', 'Gus', 'gus@globex.io', '333-33-3333', '555-0103', null);

@@ -783,6 +783,26 @@ def test_catalogs_with_other_sessions_data_or_secrets_are_refused(extended):
         _run_clean(conn, "select * from pg_views where viewname = 'v_customers'")
 
 
+def test_listen_never_delivers_another_tenants_rows(extended, request):
+    """A trigger's pg_notify carries globex's new order; acme must not receive it."""
+    if extended.config["pool"]["mode"] == "session":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "BYPASS (session pooling): acme_app runs `LISTEN orders_changed` and receives globex's new order "
+            "'{\"id\":500,\"tenant_id\":\"globex\",...,\"total\":777.77}' sent by a trigger's pg_notify; "
+            "notification channels are not tenant-scoped (transaction pooling refuses LISTEN)")))
+    with _connect_extended(extended) as conn:
+        try:
+            conn.execute("listen orders_changed")
+        except (psycopg.errors.FeatureNotSupported, psycopg.errors.InsufficientPrivilege):
+            return
+        with _connect_extended(extended, "globex_app") as globex:
+            globex.execute("insert into orders (id, customer_id, total) values (500, 3, 777.77)")
+            globex.execute("delete from orders where id = 500")
+        conn.execute("select 1")
+        payloads = [n.payload for n in conn.notifies(timeout=1, stop_after=1)]
+        _assert_clean(payloads)
+
+
 def test_a_same_named_table_on_the_search_path_is_never_read(extended):
     with _connect_extended(extended) as conn:
         conn.execute("set search_path = evil, public")
