@@ -803,6 +803,22 @@ def test_listen_never_delivers_another_tenants_rows(extended, request):
         _assert_clean(payloads)
 
 
+def test_two_roles_of_one_tenant_never_share_a_rewrite(extended):
+    """acme_app and acme_analyst send the same texts, alternately, on shared backends: the analyst's masks hold."""
+    sqls = ["select id, email, phone from customers order by id", "select email from customers where id = 1",
+            "select id, email, phone from customers where id = %s"]
+    with _connect_extended(extended) as app, _connect_extended(extended, "acme_analyst") as analyst:
+        for _ in range(3):
+            for sql in sqls:
+                params = (1,) if "%s" in sql else None
+                for prepare in (False, True):
+                    seen = app.execute(sql, params, prepare=prepare).fetchall()
+                    assert "ann@acme.io" in repr(seen)
+                    masked = analyst.execute(sql, params, prepare=prepare).fetchall()
+                    assert "ann@acme.io" not in repr(masked) and "555-0101" not in repr(masked), masked
+                    assert "****@acme.io" in repr(masked)
+
+
 def test_a_same_named_table_on_the_search_path_is_never_read(extended):
     with _connect_extended(extended) as conn:
         conn.execute("set search_path = evil, public")
