@@ -72,6 +72,9 @@ READ_ATTACKS = {
     "backslash-string": "select 'a\\', (select string_agg(ssn, ',') from public.customers) --'",
     "backslash-union": "select * from countries where code = 'us\\' union select name, ssn from customers --'",
     "comments": "select * from /* hi */ customers -- where false\n where true",
+    "line-comment-hides-union": "select * from countries where code = 'us' -- ' union select name, ssn from customers",
+    "escape-string-hides-union": "select * from countries where code = E'us\\' "
+                                 "union select name, ssn from customers --'",
     "nested-comment": "select * from countries /* /* */, customers /* */ */",
     "no-spaces": "select*from customers/**/where/**/true",
     "mask-where": "select id from customers where ssn like '1%' or ssn like '3%'",
@@ -514,6 +517,8 @@ def test_cursors_and_copy_show_only_the_tenant_masked(guarded):
             data = b"".join(bytes(chunk) for chunk in copy)
         assert data.count(b"\n") == 2 and b"Ann" in data and b"****" in data
         _assert_clean(data.decode())
+        with conn.cursor().copy("copy customers (ssn, id) to stdout") as copy:
+            assert b"".join(bytes(chunk) for chunk in copy) == b"****\t1\n****\t2\n"
         with conn.cursor().copy("copy (select name, ssn from customers where true or tenant_id = 'globex') "
                                 "to stdout (format csv)") as copy:
             assert b"".join(bytes(chunk) for chunk in copy) == b"Ann,****\nBob,****\n"
@@ -817,6 +822,17 @@ def test_two_roles_of_one_tenant_never_share_a_rewrite(extended):
                     masked = analyst.execute(sql, params, prepare=prepare).fetchall()
                     assert "ann@acme.io" not in repr(masked) and "555-0101" not in repr(masked), masked
                     assert "****@acme.io" in repr(masked)
+
+
+def test_the_analysts_masks_cannot_be_inferred(extended):
+    with _connect_extended(extended, "acme_analyst") as conn:
+        one = lambda sql: conn.execute(sql).fetchall()  # noqa: E731
+        assert one("select email, phone from customers where id = 1") == [("****@acme.io", "****0101")]
+        assert one("select count(*) from customers where email like 'ann%' or phone = '555-0101'") == [(0,)]
+        assert one("select count(*) from customers where email = '****@acme.io'") == [(2,)]
+        assert one("select distinct md5(email) from customers") == [(hashlib.md5(b"****@acme.io").hexdigest(),)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("update customers set name = email where id = 1")
 
 
 def test_a_same_named_table_on_the_search_path_is_never_read(extended):
