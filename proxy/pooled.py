@@ -50,6 +50,7 @@ class Pooled:
     """
 
     unchecked: set  # statements whose client Parse pgwarden answered without a backend
+    last_bound: Statement | None = None  # the statement of this client's last Bind
 
     def _answer_without_backend(self, msgs: list[tuple[int, bytes]]) -> bool:
         """Parse of statements some backend already accepted, Close, Sync: answered here.
@@ -62,7 +63,7 @@ class Pooled:
             if kind == _P and msg[5] != 0:
                 parsed = protocol.decode_parse(msg)
                 stmt = self.server.statements.peek(parsed.query, parsed.param_types)
-                if stmt is None or not stmt.verified or params.maybe_stateful(parsed.query):
+                if stmt is None or not stmt.verified or stmt.stale or params.maybe_stateful(parsed.query):
                     return False
                 statements.append((parsed.name, stmt))
             elif not (kind in (_S, _H) or (kind == _C and msg[5] == 83 and msg[6] != 0)):
@@ -130,7 +131,8 @@ class Pooled:
                                        else target.lower(), None)
             if stmt is None:
                 return msg  # PostgreSQL answers that it does not exist
-            self._ensure_prepared(stmt, out)
+            if not self._ensure_prepared(stmt, out):
+                return None
             backend.statements.discard(stmt.name)  # type: ignore[union-attr]
             return protocol.parse(parsed.name, f'DEALLOCATE "{stmt.name}"', parsed.param_types)
         return msg if self._session_statement(parsed.query, False) else None
@@ -191,7 +193,9 @@ class Pooled:
                 self._no_such_statement(name)
                 return
             if stmt is not None:
-                self._ensure_prepared(stmt, out)
+                if not self._ensure_prepared(stmt, out):
+                    return
+                self.last_bound = stmt
                 msg = protocol.rename_bind(msg, stmt.name)
         else:
             which, name = protocol.decode_target(msg)
@@ -204,7 +208,8 @@ class Pooled:
                 if stmt is None:
                     self._no_such_statement(name)
                     return
-                self._ensure_prepared(stmt, out)
+                if not self._ensure_prepared(stmt, out):
+                    return
                 msg = protocol.target(b"D", "S", stmt.name)
         tracker.request(kind)
         out.append(msg)
@@ -225,8 +230,16 @@ class Pooled:
         self.backend.tracker.request(_P, SWALLOW)  # type: ignore[union-attr]
         self._unnamed_here = True
 
-    def _ensure_prepared(self, stmt: Statement, out: list[bytes]) -> None:
+    def _ensure_prepared(self, stmt: Statement, out: list[bytes]) -> bool:
+        """Make the statement exist on this backend; False (refused) when it went stale."""
         backend = self.backend
+        if stmt.stale and not backend.statements.touch(stmt.name):  # type: ignore[union-attr]
+            # Prepared again it would answer in a shape this client was not told about:
+            # PostgreSQL's own error, so the client prepares it again (as drivers do).
+            self.reply(protocol.error_response("0A000", "cached plan must not change result type",
+                                               routine="RevalidateCachedQuery"))
+            self.skipping = True
+            return False
         if stmt in self.unchecked:  # answered without a backend: prepare it for real now
             self.unchecked.discard(stmt)
             if stmt.name in backend.statements:  # type: ignore[union-attr]
@@ -235,6 +248,7 @@ class Pooled:
                 backend.statements.discard(stmt.name)  # type: ignore[union-attr]
         if not backend.statements.touch(stmt.name):  # type: ignore[union-attr]
             self._prepare_on_backend(stmt, out, SWALLOW)
+        return True
 
     def _prepare_on_backend(self, stmt: Statement, out: list[bytes], action: int) -> None:
         backend = self.backend
@@ -263,6 +277,8 @@ class Pooled:
             counter.labels(msg[at + 2:at + 4].decode("ascii", "replace") if at >= 0 else "??").inc()
             if self.tx_mode and b"C0A000\x00" in msg and b"cached plan must not change" in msg:
                 backend.dirty = True  # DISCARD ALL before the next client; prepared again then
+                if self.last_bound is not None:
+                    self.last_bound.stale = True  # the next Parse of its text gets a new name
         errors.clear()
 
     def _transaction_ended(self, backend: Backend, rolled_back: bool) -> None:

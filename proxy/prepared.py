@@ -20,6 +20,8 @@ class Statement:
     name: str
     parse: bytes
     verified: bool = False
+    stale: bool = False  # its plan no longer matches the table (PostgreSQL said so): never re-created
+    generation: int = 0
 
 
 class Registry:
@@ -40,11 +42,12 @@ class Registry:
     def get(self, query: str, param_types: bytes) -> Statement:
         key = (query, param_types)
         stmt = self._cache.get(key)
-        if stmt is None:
+        if stmt is None or stmt.stale:  # a table changed shape: a new name for the new shape
+            generation = stmt.generation + 1 if stmt is not None else 0
             digest = hashlib.blake2b(query.encode("utf-8", "surrogateescape") + b"\x00" + param_types,
                                      digest_size=10)
-            name = "pgw_" + digest.hexdigest()
-            stmt = Statement(name, protocol.parse(name, query, param_types))
+            name = "pgw_" + digest.hexdigest() + (f"_{generation}" if generation else "")
+            stmt = Statement(name, protocol.parse(name, query, param_types), generation=generation)
             self._cache[key] = stmt
             if len(self._cache) > self._cap:
                 self._cache.popitem(last=False)

@@ -399,7 +399,7 @@ def negotiate_protocol_version(newest: int, unsupported: list[str]) -> bytes:
 
 
 _FIELD_CODES = {"severity": b"S", "severity_nl": b"V", "sqlstate": b"C", "message": b"M",
-                "detail": b"D", "hint": b"H", "position": b"P", "where": b"W"}
+                "detail": b"D", "hint": b"H", "position": b"P", "where": b"W", "routine": b"R"}
 _CODE_FIELDS = {v[0]: k for k, v in _FIELD_CODES.items()} | {
     ord("s"): "schema", ord("t"): "table", ord("c"): "column", ord("d"): "datatype",
     ord("n"): "constraint", ord("F"): "file", ord("L"): "line", ord("R"): "routine",
@@ -407,10 +407,14 @@ _CODE_FIELDS = {v[0]: k for k, v in _FIELD_CODES.items()} | {
 
 
 def error_response(sqlstate: str, text: str, *, severity: str = "ERROR",
-                   detail: str | None = None, hint: str | None = None, kind: bytes = b"E") -> bytes:
-    """An ErrorResponse (or, with kind=b'N', a NoticeResponse) the proxy originates."""
+                   detail: str | None = None, hint: str | None = None, kind: bytes = b"E",
+                   routine: str | None = None) -> bytes:
+    """An ErrorResponse (or, with kind=b'N', a NoticeResponse) the proxy originates.
+
+    `routine` names the PostgreSQL function that would have raised it, for clients that
+    key their recovery on it (asyncpg re-prepares on RevalidateCachedQuery)."""
     fields = {"severity": severity, "severity_nl": severity, "sqlstate": sqlstate,
-              "message": text, "detail": detail, "hint": hint}
+              "message": text, "detail": detail, "hint": hint, "routine": routine}
     body = b"".join(_FIELD_CODES[k] + cstr(v) for k, v in fields.items() if v is not None)
     return message(kind, body + b"\x00")
 

@@ -12,7 +12,7 @@ import pytest
 from psycopg import errors
 
 from tests.clients.support import (DirectPostgres, connect, direct_execute, pool_mode, scratch_database,
-                                   skip_if_direct, unique, xfail_in_transaction_mode)
+                                   skip_if_direct, unique)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -222,11 +222,6 @@ def _characteristics_worker(proxy, n: int) -> list:
 
 
 def test_session_characteristics_under_pooling(fresh_proxy, request):
-    xfail_in_transaction_mode(request, fresh_proxy, (
-        "transaction mode, clients mixing SET SESSION CHARACTERISTICS AS TRANSACTION ... and SET "
-        "default_transaction_*: a client that ran '... READ ONLY' sees serializable transactions left by one "
-        "that ran '... ISOLATION LEVEL SERIALIZABLE', and a client that ran 'SET default_transaction_read_only "
-        "= on' gets read-write transactions after one that ran '... READ ONLY' (each alone is fine)"))
     with ThreadPoolExecutor(max_workers=20) as pool:
         results = list(pool.map(lambda n: _characteristics_worker(fresh_proxy, n), range(20)))
     assert {w for r in results for w in r} == set()
