@@ -105,6 +105,10 @@ READ_ATTACKS = {
     "mask-in-subquery": "select * from customers where ssn in (select ssn from public.customers)",
     "mask-xml": "select xmlelement(name x, c.ssn) from customers c",
     "mask-grouping-sets": "select ssn from customers group by grouping sets ((ssn), ())",
+    "cte-in-a-later-subquery": "select * from customers c, (with customers as (select 1 as id) "
+                               "select * from customers) a",
+    "cte-in-exists": "select * from customers where exists (with customers as (select 1) select 1 from customers)",
+    "cte-quoted-other-case": 'with "Customers" as (select 1 as id) select * from customers',
     "materialized-cte": "with c as materialized (select * from customers) select * from c",
     "cursor-text-function": "select * from customers where name in (select name from customers)",
     "pg-settings-tenant": "select name, setting from pg_settings where name like 'pgwarden%'",
@@ -326,6 +330,12 @@ WRITE_ATTACKS = {
     "update-inheritance-star": "update orders * set total = 0 where id = 12",
     "update-from-cte": "with c as (select * from public.customers) update orders set total = 0 "
                        "from c where c.id = orders.customer_id and c.id = 3",
+    "cte-shadows-delete-target": "with orders as (select 1) delete from orders",
+    "cte-shadows-update-target": "with orders as (select 1) update orders set total = 0",
+    "cte-shadows-upsert-target": "with orders as (select 1) insert into orders (id, customer_id, total) "
+                                 "values (12, 3, 1) on conflict (id) do update set total = 0",
+    "cte-later-in-subquery": "update orders set total = 0 where exists "
+                             "(with orders as (select 12 as id) select 1 from orders)",
     "insert-reads-globex": "insert into orders (id, customer_id, total) "
                            "values (78, 3, (select total from orders where id = 12)) returning total",
 }
@@ -374,6 +384,10 @@ TENANT_WRITES = {
     "update-unicode": "update orders set tenant_id = U&'\\0067lobex' where id = 10",
     "update-multi-column": "update orders set (tenant_id, total) = ('globex', 1) where id = 10",
     "update-multi-subquery": "update orders set (tenant_id, total) = (select 'globex', 1) where id = 10",
+    "cte-shadows-insert-target": "with orders as (select 1 as x) insert into orders "
+                                 "(id, tenant_id, customer_id, total) values (66, 'globex', 3, 1)",
+    "insert-select-with-cte": "insert into orders (id, tenant_id, customer_id, total) "
+                              "with orders as (select 1) select 67, 'globex', 3, 1",
     "update-cte": "with x as (update orders set tenant_id = 'globex' where id = 11 returning *) select * from x",
     "multi-statement-write-then-refused": "delete from orders where id = 10; select pg_read_file('x')",
     "multi-statement-write-then-secrets": "select 1; delete from orders where true; select * from secrets",
