@@ -921,3 +921,16 @@ def test_another_clients_cursors_and_prepared_statements_are_out_of_reach(guarde
                 with pytest.raises(psycopg.Error):
                     conn.execute("fetch all from gh")
         assert globex.execute("fetch all from gh").fetchall() == [("Gus", "****", "gus@globex.io")]
+
+
+@pytest.mark.parametrize("user", ["acme_app", "alice", "token_user"])
+def test_tenant_settings_over_the_extended_protocol_are_judged_too(guarded, user):
+    """The same SETs as a Parse/Bind/Execute (psycopg prepare=True) are refused and change nothing."""
+    with connect(guarded, user) as conn:
+        before = conn.execute("show pgwarden.tenant").fetchone()
+        for sql in ["set pgwarden.tenant = 'globex'", "set pgwarden.tenant_token = 'globex.9999999999.AAAA'",
+                    "select set_config('pgwarden.tenant', 'globex', false)"]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql, prepare=True)
+        assert conn.execute("show pgwarden.tenant", prepare=True).fetchone() == before
+        _run_clean(conn, "select name from customers", prepare=True)
