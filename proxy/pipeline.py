@@ -7,7 +7,7 @@ from collections import deque
 
 from proxy.protocol import ProtocolError, decode_fields, replace_detail
 
-FORWARD, SWALLOW, SYNTH = 0, 1, 2
+FORWARD, SWALLOW, SYNTH, ABORT = 0, 1, 2, 3  # ABORT: hide its answers but ReadyForQuery
 _Z, _E, _S = ord("Z"), ord("E"), ord("S")
 _SYNC_LIKE = frozenset(b"SQF")  # requests answered by ReadyForQuery
 _DONE = {  # which backend message completes a request, by the request's type byte
@@ -173,10 +173,10 @@ class Tracker:
             return False
         code, action, tag = queue[0]
         if code in _SYNC_LIKE:  # inside a simple query (or before a Sync): only Z ends it
-            return action == SWALLOW
+            return action != FORWARD
         if kind == _E:
             self._fail_until_sync()
-            return False
+            return action == ABORT
         if kind in _DONE.get(code, ()):
             queue.popleft()
             if action != FORWARD or tag is not None:

@@ -144,6 +144,10 @@ class Pooled:
                 return ("42501", "SET LOCAL search_path is refused: pgwarden resolves table names "
                         "with the session's search_path", "use SET search_path (pgwarden tracks "
                         "it), or schema-qualified names")
+            if self.ident is not None and effect.kind == "listen":
+                return ("42501", "LISTEN is refused under a policy: notification channels are not "
+                        "tenant-scoped, so one tenant could receive another's payloads",
+                        "use a bypass role for LISTEN, or deliver events through a tenant-scoped table")
             if self.tx_mode and effect.kind in _TX_REFUSED:
                 what, hint = _TX_REFUSED[effect.kind]
                 what = what.format(name=effect.name.upper())

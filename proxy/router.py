@@ -253,6 +253,12 @@ class Router:
         if stmt is None:
             return None
         name, value, local, reset = stmt
+        if ident.tenant is not None and name in (self.tenant_setting, self._signed):
+            return Refuse("42501", f'user "{ident.user}" has a fixed tenant ({ident.tenant}) from '
+                          f"tenancy.sources.users; {name} cannot change it",
+                          "the first tenant source that matches wins: connect as a user without a "
+                          f"fixed tenant to switch tenants (policy file {self.policy.file_of('tenancy')})",
+                          "tenancy.sources")
         if name == self.tenant_setting:
             if not ident.may_set_tenant:
                 return Refuse("42501", f'user "{ident.user}" may not set {name}',

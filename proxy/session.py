@@ -15,7 +15,7 @@ from proxy.auth import AuthFailed, ClientAuth, Credential
 from proxy.backend import Backend, BackendError
 from proxy.guard import HIDDEN_DETAIL, Guarded
 from proxy.pooled import Pooled, _names_statement
-from proxy.pipeline import SWALLOW
+from proxy.pipeline import ABORT, SWALLOW
 from proxy.pool import Pool, PoolTimeout
 from proxy.prepared import Statement
 
@@ -27,6 +27,7 @@ log = logging.getLogger("pgwarden.session")
 STARTUP, TLS, AUTH, LOGIN, READY, CLOSED = "startup", "tls", "auth", "login", "ready", "closed"
 _Q, _P, _B, _D, _E, _C, _S, _F, _H, _X = (ord(c) for c in "QPBDECSFHX")
 _I = ord("I")
+_ABORT_SQL = "pgwarden refused the statement before this one"  # fails to parse, on purpose
 _REQUESTS = frozenset(b"PBDECSF")       # answered by the backend, tracked in order
 _PASSED = frozenset(b"dcfH")            # COPY data/done/fail and Flush: no answer of their own
 _NAMED = frozenset(b"PBDC")             # may name a prepared statement
@@ -92,6 +93,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         self._startup = protocol.StartupFramer()
         self._framer = protocol.Framer(self.config.listen.max_message_size)
         self._pending: list[tuple[int, bytes]] = []
+        self._out: list[bytes] | None = None  # the batch `_forward` is building for the backend
         self._timings: deque[tuple[float, bytes]] = deque()  # Query/Sync sent, for timing
         self._last_parse = b""
         self._unnamed: bytes | None = None  # the client's last unnamed Parse (transaction mode)
@@ -418,6 +420,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         tracker = backend.tracker  # type: ignore[union-attr]
         tx_mode = self.tx_mode
         out: list[bytes] = []
+        self._out = out
         for kind, msg in msgs:
             if self.skipping:  # after a refusal, as PostgreSQL after an error: up to Sync
                 if kind == _S:
@@ -470,13 +473,16 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             elif kind in _PASSED:
                 out.append(msg)
             elif kind == _X:
+                self._out = None
                 if out:
                     backend.write(b"".join(out))  # type: ignore[union-attr]
                 self.close("client sent Terminate")
                 return
             else:
+                self._out = None
                 self.fatal("08P01", f"invalid frontend message type {chr(kind)!r}")
                 return
+        self._out = None
         if out:
             backend.write(b"".join(out))  # type: ignore[union-attr]
         self._maybe_release()
@@ -488,13 +494,34 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             self.transport.write(now)
 
     def refuse(self, sqlstate: str, message: str, hint: str | None, simple: bool) -> None:
-        """An ErrorResponse for one statement; the connection stays usable."""
+        """An ErrorResponse for one statement; the connection stays usable.
+
+        The backend is made to fail too (a statement that cannot parse, its error hidden), so
+        an open transaction or extended-protocol pipeline is aborted exactly as PostgreSQL
+        aborts it on an error: nothing sent before the refusal commits behind the client's back.
+        """
         self.reply(protocol.error_response(sqlstate, message, hint=hint))
+        backend = self.backend
+        if backend is None:
+            if simple:
+                self.reply(protocol.ready_for_query(b"I"))
+            else:
+                self.skipping = True
+            return
         if simple:
-            status = self.backend.tracker.status if self.backend is not None else _I
-            self.reply(protocol.ready_for_query(bytes([status])))
+            backend.tracker.request(_Q, ABORT)
+            self._send(protocol.query(_ABORT_SQL))
         else:
+            backend.tracker.request(_P, ABORT)
+            self._send(protocol.parse("", _ABORT_SQL))
             self.skipping = True
+
+    def _send(self, msg: bytes) -> None:
+        """To the backend, in order with the batch `_forward` is building."""
+        if self._out is not None:
+            self._out.append(msg)
+        else:
+            self.backend.write(msg)  # type: ignore[union-attr]
 
     # --- statements that touch session state --------------------------------------------------
 
