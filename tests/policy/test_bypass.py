@@ -484,10 +484,6 @@ def test_asyncpg_prepared_statements_rebound_to_another_tenant(guarded):
     reset_data()
 
 
-@pytest.mark.xfail(strict=True, reason="ATOMICITY (not an isolation leak): asyncpg executemany('insert into orders "
-                   "(id, tenant_id, customer_id, total) values ($1, $2, 1, 1)', [(92, 'acme'), (93, 'globex')]) is "
-                   "refused at the second Bind, yet row 92 stays committed: the pipeline's implicit transaction is "
-                   "not rolled back, so a refused batch half-runs")
 def test_asyncpg_executemany_with_a_refused_row_runs_nothing(guarded):
     reset_data()
 
@@ -621,9 +617,6 @@ def test_tampered_tenant_tokens_leave_the_tenant_unchanged(guarded):
         assert conn.execute("show pgwarden.tenant").fetchone() == ("acme",)
 
 
-@pytest.mark.xfail(strict=True, reason="BYPASS: acme_app, mapped to tenant acme by tenancy.sources.users (the first "
-                   "source, 'first match wins'), runs SET pgwarden.tenant_token = '<valid globex token>' and then "
-                   "`select name from customers` returns globex's row ('Gus')")
 def test_a_user_mapped_to_a_tenant_cannot_switch_with_a_token(guarded):
     with connect(guarded, "acme_app") as conn:
         try:
@@ -804,11 +797,6 @@ def test_catalogs_with_other_sessions_data_or_secrets_are_refused(extended):
 
 def test_listen_never_delivers_another_tenants_rows(extended, request):
     """A trigger's pg_notify carries globex's new order; acme must not receive it."""
-    if extended.config["pool"]["mode"] == "session":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "BYPASS (session pooling): acme_app runs `LISTEN orders_changed` and receives globex's new order "
-            "'{\"id\":500,\"tenant_id\":\"globex\",...,\"total\":777.77}' sent by a trigger's pg_notify; "
-            "notification channels are not tenant-scoped (transaction pooling refuses LISTEN)")))
     with _connect_extended(extended) as conn:
         try:
             conn.execute("listen orders_changed")
