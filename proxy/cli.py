@@ -143,33 +143,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
-
-    from proxy.audit import verify_files
-    key = os.environ.get(args.key_env, "").encode() or None
-    result = verify_files([Path(f) for f in args.files], key)
-    if result.problem:
-        print(f"pgwarden: audit chain broken after {result.records} good records: {result.problem}",
-              file=sys.stderr)
-        return 1
-    print(f"ok: {result.records} records, chain intact ({'HMAC-SHA256' if key else 'SHA-256'})")
-    return 0
-
-
-def cmd_audit_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from proxy.audit_report import report
-    text = report([Path(f) for f in args.files], args.start, args.end, args.format)
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
 def cmd_schema(args: argparse.Namespace) -> int:
     from policies.schema import json_schema
     print(json.dumps(json_schema(), indent=2))
@@ -202,19 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--database", default="postgres")
     explain.add_argument("sql")
     explain.set_defaults(func=cmd_explain)
-    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="audit", required=True)
-    verify = audit.add_parser("verify", help="check the audit files' hash chain (oldest first)")
-    verify.add_argument("files", nargs="+")
-    verify.add_argument("--key-env", default="PGWARDEN_AUDIT_KEY",
-                        help="environment variable holding the HMAC key (as audit.hmac_key_env)")
-    verify.set_defaults(func=cmd_audit_verify)
-    rep = audit.add_parser("report", help="a compliance report of the audit files")
-    rep.add_argument("files", nargs="+")
-    rep.add_argument("--from", dest="start", help="ISO date/time (UTC), inclusive")
-    rep.add_argument("--to", dest="end", help="ISO date/time (UTC), exclusive")
-    rep.add_argument("--format", choices=["html", "md", "csv"], default="html")
-    rep.add_argument("--out", help="write to this file instead of standard output")
-    rep.set_defaults(func=cmd_audit_report)
+    from proxy.audit_report import add_audit_commands
+    add_audit_commands(sub)
     schema = sub.add_parser("schema", help="print the policy format as JSON Schema (for editors)")
     schema.set_defaults(func=cmd_schema)
     from proxy.demo import add_command as add_demo

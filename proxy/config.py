@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from proxy.audit import AuditConfig
-from proxy.stats import SlowQueryConfig
+from proxy.slowlog import SlowQueryConfig
 
 
 class ConfigError(Exception):

@@ -20,6 +20,7 @@ from proxy.prepared import Registry
 from proxy.router import PolicyLoadError, Router, load_router
 from proxy.schema import load_schema
 from proxy.session import CLOSED, READY, Session
+from proxy.slowlog import SlowLog
 from proxy.stats import QueryStats
 
 log = logging.getLogger("pgwarden.server")
@@ -42,8 +43,9 @@ class Server:
         self._policy_stamp: tuple | None = None
         self._listener: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self)
-        self.stats = QueryStats(config.slow_query, self.metrics.statement_seconds.observe,
-                                self._explain)
+        self.stats = QueryStats(self.metrics.statement_seconds.observe)
+        self.slowlog = SlowLog(config.slow_query, explain_dsn=self._control_dsn()) \
+            if config.slow_query else None
         self.audit: Audit | None = Audit(config.audit) if config.audit else None
         self._http = HttpServer(self)
         self._janitor = Janitor(self)
@@ -154,17 +156,11 @@ class Server:
             router.add_schema(database, schema, search_path)
         self._schema_loads.pop(database, None)
 
-    async def _explain(self, sql: str, database: str) -> str:
-        """EXPLAIN (FORMAT JSON) of a slow statement, on a control-plane connection."""
-        import asyncpg
-        target = self._target(database, self.config.backend_auth.user or "postgres")
-        conn = await asyncpg.connect(host=target.host, port=target.port, user=target.user,
-                                     password=target.password, database=database,
-                                     ssl=target.tls_context or False, timeout=5, statement_cache_size=0)
-        try:
-            return await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", timeout=5)
-        finally:
-            await conn.close()
+    def _control_dsn(self) -> dict:
+        """asyncpg connection arguments for control-plane work (EXPLAIN of slow statements)."""
+        target = self._target("postgres", self.config.backend_auth.user or "postgres")
+        return {"host": target.host, "port": target.port, "user": target.user,
+                "password": target.password, "ssl": target.tls_context or False}
 
     def refresh_schemas(self) -> None:
         """Read every known database's schema again (after a reload or DDL by a bypass role)."""
@@ -183,6 +179,8 @@ class Server:
         self.policy_files_changed()  # the baseline for the janitor's watch
         if self.audit is not None:
             await self.audit.start()
+        if self.slowlog is not None:
+            await self.slowlog.start()
         listen = self.config.listen
         self._listener = await loop.create_server(
             lambda: Session(self), listen.host, listen.port, reuse_address=True, backlog=1024)
@@ -215,7 +213,6 @@ class Server:
         if (new.listen.host, new.listen.port) != (self.config.listen.host, self.config.listen.port):
             log.warning("reload: a new listen address takes effect only after a restart")
         self.config, self.tls_context, self._backend_tls = new, tls_context, backend_tls
-        self.stats.slow = new.slow_query
         self.router = router
         self.policy_files_changed()
         self.refresh_schemas()
@@ -249,6 +246,8 @@ class Server:
             pool.close_all()
         if self.audit is not None:
             await self.audit.stop()
+        if self.slowlog is not None:
+            await self.slowlog.stop()
         await asyncio.sleep(0.05)
         log.info("pgwarden stopped")
 

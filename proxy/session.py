@@ -579,12 +579,14 @@ class Session(Guarded, Pooled, asyncio.Protocol):
 
     def _timed(self, answered: int) -> None:
         """Statements answered: their durations go to the query statistics and slow log."""
-        now, stats, timings = time.perf_counter(), self.server.stats, self._timings
+        now, server, timings = time.perf_counter(), self.server, self._timings
         for _ in range(min(answered, len(timings))):
             started, msg = timings.popleft()
             if msg:
                 sql = protocol.decode_query(msg) if msg[0] == _Q else protocol.decode_parse(msg).query
-                stats.observe(sql, now - started, f"{self.user}@{self.database}")
+                server.stats.observe(sql, now - started)
+                if server.slowlog is not None:
+                    server.slowlog.observe(sql, now - started, "primary", None, self.database)
 
     def _maybe_release(self) -> None:
         backend = self.backend
