@@ -795,7 +795,7 @@ def test_catalogs_with_other_sessions_data_or_secrets_are_refused(extended):
         _run_clean(conn, "select * from pg_views where viewname = 'v_customers'")
 
 
-def test_listen_never_delivers_another_tenants_rows(extended, request):
+def test_listen_never_delivers_another_tenants_rows(extended):
     """A trigger's pg_notify carries globex's new order; acme must not receive it."""
     with _connect_extended(extended) as conn:
         try:
