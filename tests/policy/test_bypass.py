@@ -922,3 +922,20 @@ def test_tenant_settings_over_the_extended_protocol_are_judged_too(guarded, user
                 conn.execute(sql, prepare=True)
         assert conn.execute("show pgwarden.tenant", prepare=True).fetchone() == before
         _run_clean(conn, "select name from customers", prepare=True)
+
+
+def test_a_refusal_inside_a_transaction_aborts_it_like_an_error(guarded):
+    """BEGIN; an allowed write; a refused statement; COMMIT -- nothing of the transaction stays."""
+    reset_data()
+    with connect(guarded, "acme_app") as conn:
+        conn.execute("begin")
+        conn.execute("insert into orders (id, customer_id, total) values (95, 1, 1)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select * from secrets")
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("select 1")
+        conn.execute("commit")
+        assert conn.execute("select count(*) from orders where id = 95").fetchone() == (0,)
+    with psycopg.connect(DIRECT) as direct:
+        assert direct.execute("select count(*) from orders where id = 95").fetchone() == (0,)
+    reset_data()
