@@ -11,6 +11,33 @@ from policies.load import Policy
 from policies.model import ACTIONS, MASK_OPTIONS
 
 
+# pg_catalog / information_schema relations refused to non-bypass roles, schema-qualified.
+# Everything else in the catalogs stays readable so ORMs and tools can introspect.
+# Left readable on purpose: pg_prepared_statements, pg_cursors, pg_settings (this session's
+# own), pg_roles/pg_user (password column always '********'), pg_available_extensions.
+SENSITIVE_CATALOG_RELATIONS = frozenset(
+    {f"pg_catalog.{name}" for name in (
+        # other sessions' statements, clients and locks
+        "pg_stat_activity", "pg_stat_statements", "pg_stat_statements_info", "pg_locks",
+        "pg_stat_ssl", "pg_stat_gssapi", "pg_backend_memory_contexts",
+        # secrets: password hashes, foreign-server passwords, per-role settings
+        "pg_authid", "pg_shadow", "pg_user_mapping", "pg_user_mappings", "pg_db_role_setting",
+        # large objects are not owned by a tenant: every tenant's bytes
+        "pg_largeobject", "pg_largeobject_metadata",
+        # planner statistics: sample values and most-common values from every tenant's rows
+        "pg_stats", "pg_statistic", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic_ext_data",
+        # server files: authentication rules, ident maps, configuration lines
+        "pg_hba_file_rules", "pg_ident_file_mappings", "pg_file_settings", "pg_config",
+        # replication: connection strings (with passwords) and standby addresses
+        "pg_stat_replication", "pg_replication_slots", "pg_stat_wal_receiver",
+        "pg_subscription", "pg_stat_subscription",
+    )}
+    | {f"information_schema.{name}" for name in (
+        # foreign-server options and user mappings carry connection strings and passwords
+        "user_mappings", "user_mapping_options", "foreign_server_options",
+    )})
+
+
 class TokenError(Exception):
     """A signed tenant token that is malformed, forged or expired (the message says which)."""
 
@@ -80,6 +107,38 @@ def tenant_from_users(policy: Policy, user: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class SettingSource:
+    """`SET <name> = 'tenant'`, honoured only for `trusted_users` (setting names fold to lower case)."""
+
+    name: str
+    trusted_users: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSettingSource:
+    """`SET <name> = '<token>'` from any user, verified with the key in environment variable `key_env`."""
+
+    name: str
+    key_env: str
+
+
+def setting_source(policy: Policy) -> SettingSource | None:
+    """The policy's first `setting` tenant source, if it has one."""
+    for source in policy.tenancy.sources:
+        if getattr(source, "setting", None):
+            return SettingSource(source.setting.lower(), frozenset(source.trusted_users))
+    return None
+
+
+def signed_setting_source(policy: Policy) -> SignedSettingSource | None:
+    """The policy's first `signed_setting` tenant source, if it has one."""
+    for source in policy.tenancy.sources:
+        if getattr(source, "signed_setting", None):
+            return SignedSettingSource(source.signed_setting.lower(), source.key_env)
+    return None
+
+
 def _sign(body: bytes, key: bytes) -> str:
     return base64.urlsafe_b64encode(hmac.new(key, body, hashlib.sha256).digest()).rstrip(b"=").decode()
 
@@ -94,22 +153,28 @@ def make_tenant_token(tenant: str, expiry: int, key: bytes) -> str:
 
 
 def verify_tenant_token(token: str, key: bytes, now: float) -> str:
-    """The tenant of a valid, unexpired token; TokenError saying what is wrong otherwise."""
+    """The tenant of a valid, unexpired token; TokenError saying what is wrong otherwise.
+
+    The signature is checked before the expiry, so an expired-token answer is only given
+    for tokens this key signed.
+    """
+    body, _, sig = token.rpartition(".")
+    tenant, _, expiry_text = body.rpartition(".")
+    if not tenant or not expiry_text.isascii() or not expiry_text.isdigit() or not sig:
+        raise TokenError("malformed token: expected <tenant>.<expiry seconds>.<signature>")
     try:
-        body, sig = token.rsplit(".", 1)
-        tenant, expiry_text = body.rsplit(".", 1)
-        expiry = int(expiry_text)
-    except ValueError:
-        raise TokenError("malformed token: expected <tenant>.<expiry>.<signature>") from None
-    if not tenant:
-        raise TokenError("malformed token: the tenant is empty")
-    if not hmac.compare_digest(_sign(body.encode(), key), sig):
+        signed = body.encode()
+    except UnicodeEncodeError:
+        raise TokenError("malformed token: it is not valid text") from None
+    if not hmac.compare_digest(_sign(signed, key).encode(), sig.encode("utf-8", "replace")):
         raise TokenError("bad signature")
-    if expiry <= now:
-        raise TokenError(f"expired at {expiry} (Unix time)")
+    if int(expiry_text) <= now:
+        raise TokenError(f"expired at {expiry_text} (Unix time)")
     return tenant
 
 
-__all__ = ["ACTIONS", "MaskRule", "TokenError", "allowed_actions", "allowed_functions", "is_bypass",
-           "make_tenant_token", "masked_columns", "masks_for", "roles_of", "tables",
+__all__ = ["ACTIONS", "MaskRule", "SENSITIVE_CATALOG_RELATIONS", "SettingSource",
+           "SignedSettingSource", "TokenError", "allowed_actions", "allowed_functions", "is_bypass",
+           "make_tenant_token", "masked_columns", "masks_for", "roles_of", "setting_source",
+           "signed_setting_source", "tables",
            "tenant_from_users", "tenant_sources", "verify_tenant_token"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 ACTIONS = ("select", "insert", "update", "delete")
 Action = Literal["select", "insert", "update", "delete"]
@@ -17,7 +17,8 @@ class _Strict(BaseModel):
 
 
 class _Mask(_Strict):
-    roles: list[str] = Field(description="Roles that see the masked value; everyone else sees the column.")
+    roles: list[str] = Field(min_length=1, description=(
+        "Roles that see the masked value; everyone else sees the column."))
 
 
 class RedactMask(_Mask):
@@ -44,6 +45,12 @@ class PartialMask(_Mask):
     mask: Literal["partial"]
     keep_first: int = Field(0, ge=0)
     keep_last: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> PartialMask:
+        if self.keep_first == 0 and self.keep_last == 0:
+            raise ValueError("a partial mask keeps nothing: set keep_first or keep_last (or use redact)")
+        return self
 
 
 class HashMask(_Mask):

@@ -1,14 +1,16 @@
-"""Strict YAML reading with the line of every key, and validation errors as `file:line: sentence`."""
+"""Strict YAML reading with the line of every key, and validation errors as `file:line: path: sentence`."""
 
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 
 class SourceError(Exception):
@@ -24,7 +26,8 @@ class Document:
     """Parsed YAML as plain data, with the 1-based line of every mapping key and list item."""
 
     path: Path
-    data: Any
+    text: str
+    data: Any = None
     lines: dict[tuple, int] = field(default_factory=dict)
 
     def line(self, loc: tuple) -> int:
@@ -35,6 +38,7 @@ class Document:
         return 1
 
     def where(self, loc: tuple) -> str:
+        """`file:line` of `loc`, for the start of an error line."""
         return f"{self.path}:{self.line(loc)}"
 
 
@@ -42,43 +46,64 @@ def load_yaml(path: str | Path) -> Document:
     """Read one YAML file; duplicate keys and syntax errors become SourceError with lines."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SourceError([f"{path}: cannot read it: {exc.strerror}"]) from exc
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError([f"{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}"]) from exc
+    return parse_yaml(text, path)
+
+
+def parse_yaml(text: str, path: str | Path) -> Document:
+    """Parse YAML `text` (read from `path`, which errors name) into a Document."""
+    doc = Document(Path(path), text)
+    errors: list[str] = []
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc.data = _plain(node, (), doc, errors, frozenset()) if node is not None else {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise SourceError([f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}"]) from exc
-    doc = Document(path, None)
-    errors: list[str] = []
-    doc.data = _plain(node, (), doc, errors) if node is not None else {}
+        where = f"{doc.path}:{mark.line + 1}" if mark else str(doc.path)
+        problem = getattr(exc, "problem", None) or exc
+        raise SourceError([f"{where}: not valid YAML: {problem}; fix the syntax on this line"]) from exc
     if errors:
         raise SourceError(errors)
     return doc
 
 
-def _plain(node: yaml.Node, loc: tuple, doc: Document, errors: list[str]) -> Any:
+def _plain(node: yaml.Node, loc: tuple, doc: Document, errors: list[str], above: frozenset) -> Any:
+    """The plain value of `node`, recording lines; `above` holds the nodes enclosing it."""
+    if id(node) in above:
+        errors.append(f"{doc.path}:{node.start_mark.line + 1}: {_dotted(loc)}: an alias refers to "
+                      "a mapping or list that contains it; write the value out")
+        return None
+    above = above | {id(node)}
     if isinstance(node, yaml.MappingNode):
-        out: dict = {}
-        for key_node, value_node in node.value:
-            key = _scalar(key_node)
-            line = key_node.start_mark.line + 1
-            if key in out:
-                errors.append(f"{doc.path}:{line}: {'.'.join(map(str, loc + (key,)))}: defined twice "
-                              f"(first at line {doc.lines[loc + (key,)]}); keep one")
-                continue
-            doc.lines[loc + (key,)] = line
-            out[key] = _plain(value_node, loc + (key,), doc, errors)
-        return out
+        return _mapping(node, loc, doc, errors, above)
     if isinstance(node, yaml.SequenceNode):
         items = []
         for i, item in enumerate(node.value):
             doc.lines[loc + (i,)] = item.start_mark.line + 1
-            items.append(_plain(item, loc + (i,), doc, errors))
+            items.append(_plain(item, loc + (i,), doc, errors, above))
         return items
     return _scalar(node)
+
+
+def _mapping(node: yaml.MappingNode, loc: tuple, doc: Document, errors: list[str],
+             above: frozenset) -> dict:
+    out: dict = {}
+    for key_node, value_node in node.value:
+        line = key_node.start_mark.line + 1
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            errors.append(f"{doc.path}:{line}: {_dotted(loc)}: merge keys (<<) are not accepted; "
+                          "write the keys out so reviewers see them")
+            continue
+        key = _scalar(key_node)
+        if key in out:
+            errors.append(f"{doc.path}:{line}: {_dotted(loc + (key,))}: defined twice (first at "
+                          f"line {doc.lines[loc + (key,)]}); keep one")
+            continue
+        doc.lines[loc + (key,)] = line
+        out[key] = _plain(value_node, loc + (key,), doc, errors, above)
+    return out
 
 
 _LOADER = yaml.SafeLoader("")
@@ -91,6 +116,10 @@ def _scalar(node: yaml.Node) -> Any:
     return yaml.safe_dump(_LOADER.construct_object(node, deep=True)).strip()
 
 
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
 def format_errors(exc: ValidationError, doc: Document,
                   allowed_at: Callable[[tuple, Any], list[str]] | None = None) -> list[str]:
     """One `file:line: dotted.path: sentence` per pydantic error; unknown keys get a suggestion.
@@ -99,22 +128,43 @@ def format_errors(exc: ValidationError, doc: Document,
     """
     out = []
     for err in exc.errors():
-        loc = _written(tuple(err["loc"]), doc)
+        loc = _written(tuple(err["loc"]), doc, err["type"] in ("missing", "extra_forbidden"))
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             allowed = allowed_at(loc[:-1], doc.data) if allowed_at else []
             out.append(f"{doc.where(loc)}: {dotted}: unknown key `{loc[-1]}`{suggest(str(loc[-1]), allowed)}")
         else:
-            message = err["msg"].removeprefix("Value error, ")
-            out.append(f"{doc.where(loc)}: {dotted}: {message}")
+            out.append(f"{doc.where(loc)}: {dotted}: {sentence(err)}")
     return out
 
 
-def _written(loc: tuple, doc: Document) -> tuple:
-    """`loc` without the parts pydantic adds (union tags): only what the file itself spells."""
+_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "string": "text",
+          "list": "a list", "dict": "a mapping (key: value)", "model": "a mapping (key: value)"}
+
+
+def sentence(err: dict) -> str:
+    """A pydantic error as a sentence that says what to write instead."""
+    kind, ctx, given = err["type"], err.get("ctx", {}), err.get("input")
+    base = kind.removesuffix("_type").removesuffix("_parsing")
+    if kind == "missing":
+        return "this key is required: add it"
+    if kind == "literal_error":
+        return f"`{given}` is not allowed here; write {ctx['expected']}"
+    if kind == "too_short":
+        return f"list at least {ctx['min_length']} item(s) here"
+    if kind == "greater_than_equal":
+        return f"must be {ctx['ge']} or more, not {given}"
+    if base in _KINDS and kind != base:
+        return f"must be {_KINDS[base]}, not `{given}`"
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _written(loc: tuple, doc: Document, keep_last: bool) -> tuple:
+    """`loc` without the parts pydantic adds (union tags): only what the file spells, plus
+    the last part when it names a key that is missing or unknown."""
     kept: tuple = ()
     for i, part in enumerate(loc):
-        if kept + (part,) in doc.lines or i == len(loc) - 1:
+        if kept + (part,) in doc.lines or (keep_last and i == len(loc) - 1):
             kept += (part,)
     return kept
 
@@ -124,4 +174,4 @@ def suggest(word: str, allowed: list[str]) -> str:
     close = difflib.get_close_matches(word, allowed, n=1, cutoff=0.6)
     if close:
         return f" (did you mean `{close[0]}`?)"
-    return f" (allowed: {', '.join(allowed)})" if allowed else ""
+    return f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""

@@ -69,7 +69,7 @@ def test_a_good_policy_evaluates_per_identity(tmp_path):
 
 
 @pytest.mark.parametrize("bad, line, fragment", [
-    ("version: 2\n", 1, "version: Input should be 1"),
+    ("version: 2\n", 1, "version: `2` is not allowed here; write 1"),
     ("version: 1\nroles:\n  app: {users: [a], bypas: true}\n", 3, "unknown key `bypas` (did you mean `bypass`?)"),
     ("version: 1\ntables:\n  public.t:\n    grants: {ghost: [select]}\n", 4, "role `ghost` is not defined"),
     ("version: 1\nroles: {app: {}}\ntables:\n  public.t:\n    grants: {app: [selct]}\n", 5, "tables.public.t.grants.app.0"),
@@ -80,7 +80,7 @@ def test_a_good_policy_evaluates_per_identity(tmp_path):
     ("version: 1\nroles: {app: {}}\ntables:\n  public.t:\n    masks:\n      c: {mask: partial, keep_lst: 2, roles: [app]}\n",
      6, "did you mean `keep_last`"),
     ("version: 1\nroles: {app: {}}\ntables:\n  t:\n    grants: {app: [select]}\n", 4, "must be schema-qualified, like public.t"),
-    ("version: 1\ndefault: allow\n", 2, "default: Input should be 'deny'"),
+    ("version: 1\ndefault: allow\n", 2, "default: `allow` is not allowed here; write 'deny'"),
     ("version: 1\nroles:\n  app: {}\n  app: {}\n", 4, "defined twice (first at line 3)"),
     ("version: 1\nroles:\n  app: {users: [a}\n", 3, "not valid YAML"),
     ("version: 1\ntenancy:\n  sources:\n    - {setting: x, trusted: [a]}\n", 4, "did you mean `trusted_users`"),
