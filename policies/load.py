@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Mapping
 
 from pydantic import ValidationError
 
-from policies.model import (MASK_OPTIONS, Functions, PolicyFile, Role, Table, Tenancy,
-                            _split_name, normal_name)
+from policies.model import PolicyFile, Role, Table, Tenancy, _split_name, normal_name
 from policies.source import Document, SourceError, format_errors, load_yaml, suggest
 
 
@@ -22,11 +23,11 @@ class Policy:
     files: tuple[Path, ...]
     mode: str
     tenancy: Tenancy
-    roles: dict[str, Role]
-    tables: dict[str, Table]          # by normalised "schema.table"
+    roles: Mapping[str, Role]
+    tables: Mapping[str, Table]       # by normalised "schema.table"
     functions: frozenset[str]
-    user_roles: dict[str, frozenset[str]] = field(default_factory=dict)
-    origins: dict[str, Path] = field(default_factory=dict)  # "tables.public.t", "roles.app" -> file
+    user_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    origins: Mapping[str, Path] = field(default_factory=dict)  # "tables.public.t", "roles.app" -> file
 
     def file_of(self, rule: str) -> str:
         """The file that defines a rule like `tables.public.t.masks.c` (or every file, if none does)."""
@@ -55,31 +56,44 @@ def load_policy(path: str | Path) -> Policy:
         files = [path]
     else:
         raise SourceError([f"{path}: no such policy file or folder"])
-    errors: list[str] = []
-    docs: list[Document] = []
-    for file in files:
-        try:
-            doc = load_yaml(file)
-        except SourceError as exc:
-            errors += exc.errors
-            continue
-        if not isinstance(doc.data, dict):
-            errors.append(f"{file}:1: a policy file is a mapping (version, roles, tables, ...)")
-            continue
-        docs.append(doc)
+    docs, errors = _read(files)
+    roles = {r for doc in docs if isinstance(doc.data.get("roles"), dict) for r in doc.data["roles"]}
     parsed: list[tuple[Document, PolicyFile]] = []
     for doc in docs:
+        found = _cross_check(doc, roles)
         try:
             parsed.append((doc, PolicyFile.model_validate(doc.data)))
         except ValidationError as exc:
-            errors += format_errors(exc, doc, _allowed_keys)
-    errors += _cross_check(docs)
+            found += format_errors(exc, doc, model=PolicyFile)
+        errors += sorted(found, key=_line_number)
     if errors:
         raise SourceError(errors)
     policy = _merge(parsed, errors)
     if errors:
         raise SourceError(errors)
     return policy
+
+
+def _read(files: list[Path]) -> tuple[list[Document], list[str]]:
+    """The files that are YAML mappings, and the errors of those that are not."""
+    docs, errors = [], []
+    for file in files:
+        try:
+            doc = load_yaml(file)
+        except SourceError as exc:
+            errors += exc.errors
+            continue
+        if isinstance(doc.data, dict):
+            docs.append(doc)
+        else:
+            errors.append(f"{file}:1: (top level): a policy file is a mapping of keys "
+                          "(version, tenancy, roles, tables, ...); start with `version: 1`")
+    return docs, errors
+
+
+def _line_number(error: str) -> int:
+    match = re.match(r"^.*?:(\d+): ", error)
+    return int(match.group(1)) if match else 0
 
 
 def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Policy:
@@ -91,7 +105,8 @@ def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Poli
     origins: dict[str, Path] = {}
     digest = hashlib.sha256()
     for doc, pf in parsed:
-        digest.update(doc.path.read_bytes())
+        body = doc.text.encode()
+        digest.update(f"{doc.path.name}\0{len(body)}\0".encode() + body)
         for kind, items, target in (("role", pf.roles, roles), ("table", pf.tables, tables)):
             for name, spec in items.items():
                 key = normal_name(name) if kind == "table" else name
@@ -117,66 +132,39 @@ def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Poli
             user_roles.setdefault(user, set()).add(role)
     mode = "enforce" if any(pf.mode == "enforce" for _, pf in parsed) else "monitor"
     return Policy(digest.hexdigest()[:16], tuple(doc.path for doc, _ in parsed), mode,
-                  tenancy or Tenancy(), roles, tables, frozenset(functions),
-                  {u: frozenset(r) for u, r in user_roles.items()}, origins)
+                  tenancy or Tenancy(), MappingProxyType(roles), MappingProxyType(tables),
+                  frozenset(functions),
+                  MappingProxyType({u: frozenset(r) for u, r in user_roles.items()}),
+                  MappingProxyType(origins))
 
 
-def _cross_check(docs: list[Document]) -> list[str]:
+def _cross_check(doc: Document, roles: set[str]) -> list[str]:
     """Names that must refer to something defined (roles in grants and masks; qualified tables),
     checked on every file that is valid YAML, so they are reported with the other errors."""
-    roles = {r for doc in docs if isinstance(doc.data.get("roles"), dict) for r in doc.data["roles"]}
     errors = []
-    for doc in docs:
-        tables = doc.data.get("tables")
-        for name, table in (tables.items() if isinstance(tables, dict) else ()):
-            parts = _split_name(str(name))
-            if parts is None or len(parts) != 2:
-                errors.append(f"{doc.where(('tables', name))}: tables.{name}: a table name must be "
-                              f"schema-qualified, like public.{name}")
-            if not isinstance(table, dict):
-                continue
-            grants = table.get("grants")
-            for role in (grants if isinstance(grants, dict) else ()):
+    if isinstance(doc.data.get("roles"), dict) and "*" in doc.data["roles"]:
+        errors.append(f"{doc.where(('roles', '*'))}: roles.*: `*` means every role in grants and "
+                      "masks; give this role a name")
+    tables = doc.data.get("tables")
+    for name, table in (tables.items() if isinstance(tables, dict) else ()):
+        parts = _split_name(str(name))
+        if parts is None or len(parts) != 2:
+            errors.append(f"{doc.where(('tables', name))}: tables.{name}: a table name must be "
+                          f"schema-qualified, like public.{str(name).split('.')[-1]}")
+        if not isinstance(table, dict):
+            continue
+        grants = table.get("grants")
+        for role in (grants if isinstance(grants, dict) else ()):
+            if role != "*" and role not in roles:
+                errors.append(f"{doc.where(('tables', name, 'grants', role))}: tables.{name}."
+                              f"grants: role `{role}` is not defined under `roles`"
+                              f"{suggest(str(role), sorted(roles))}")
+        masks = table.get("masks")
+        for column, mask in (masks.items() if isinstance(masks, dict) else ()):
+            mask_roles = mask.get("roles") if isinstance(mask, dict) else None
+            for i, role in enumerate(mask_roles if isinstance(mask_roles, list) else ()):
                 if role != "*" and role not in roles:
-                    errors.append(f"{doc.where(('tables', name, 'grants', role))}: tables.{name}."
-                                  f"grants: role `{role}` is not defined under `roles`"
-                                  f"{suggest(str(role), sorted(roles))}")
-            masks = table.get("masks")
-            for column, mask in (masks.items() if isinstance(masks, dict) else ()):
-                mask_roles = mask.get("roles") if isinstance(mask, dict) else None
-                for i, role in enumerate(mask_roles if isinstance(mask_roles, list) else ()):
-                    if role not in roles:
-                        errors.append(f"{doc.where(('tables', name, 'masks', column, 'roles', i))}: "
-                                      f"tables.{name}.masks.{column}: role `{role}` is not defined "
-                                      f"under `roles`{suggest(str(role), sorted(roles))}")
+                    errors.append(f"{doc.where(('tables', name, 'masks', column, 'roles', i))}: "
+                                  f"tables.{name}.masks.{column}: role `{role}` is not defined "
+                                  f"under `roles`{suggest(str(role), sorted(roles))}")
     return errors
-
-
-_TOP = ["version", "tenancy", "roles", "tables", "functions", "default", "mode"]
-_SOURCE_KEYS = {"users": ["users"], "setting": ["setting", "trusted_users"],
-                "signed_setting": ["signed_setting", "key_env"]}
-
-
-def _allowed_keys(loc: tuple, data: Any) -> list[str]:
-    """The keys the format allows at `loc` (for 'did you mean' suggestions)."""
-    try:
-        if loc == ():
-            return _TOP
-        if loc == ("tenancy",):
-            return list(Tenancy.model_fields)
-        if loc[:2] == ("tenancy", "sources") and len(loc) == 3:
-            item = data["tenancy"]["sources"][loc[2]]
-            kind = next((k for k in _SOURCE_KEYS if k in item), None)
-            return _SOURCE_KEYS[kind] if kind else sorted({k for v in _SOURCE_KEYS.values() for k in v})
-        if loc[0] == "roles" and len(loc) == 2:
-            return list(Role.model_fields)
-        if loc[0] == "tables" and len(loc) == 2:
-            return list(Table.model_fields)
-        if loc[0] == "tables" and len(loc) == 4 and loc[2] == "masks":
-            kind = data["tables"][loc[1]]["masks"][loc[3]].get("mask")
-            return ["mask", "roles", *MASK_OPTIONS.get(kind, ())]
-        if loc == ("functions",):
-            return list(Functions.model_fields)
-    except (KeyError, IndexError, TypeError, AttributeError):
-        pass
-    return []

@@ -120,22 +120,73 @@ def _dotted(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
-def format_errors(exc: ValidationError, doc: Document,
-                  allowed_at: Callable[[tuple, Any], list[str]] | None = None) -> list[str]:
-    """One `file:line: dotted.path: sentence` per pydantic error; unknown keys get a suggestion.
+def format_errors(exc: ValidationError, doc: Document, file: str | Path | None = None,
+                  model: type[BaseModel] | None = None) -> list[str]:
+    """One `FILE:LINE: dotted.path: sentence` per pydantic error in validating `doc.data`.
 
-    `allowed_at(loc, data)` names the keys allowed where an unknown key was found.
+    `file` starts each line (default: the document's path). Given the root `model`, an
+    unknown key gets the closest key the model allows at that place (`did you mean`).
     """
     out = []
     for err in exc.errors():
         loc = _written(tuple(err["loc"]), doc, err["type"] in ("missing", "extra_forbidden"))
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        head = f"{file or doc.path}:{doc.line(loc)}: {_dotted(loc)}: "
         if err["type"] == "extra_forbidden":
-            allowed = allowed_at(loc[:-1], doc.data) if allowed_at else []
-            out.append(f"{doc.where(loc)}: {dotted}: unknown key `{loc[-1]}`{suggest(str(loc[-1]), allowed)}")
+            allowed = _fields_at(model, tuple(err["loc"][:-1])) if model else []
+            out.append(f"{head}unknown key `{loc[-1]}`{suggest(str(loc[-1]), allowed)}")
         else:
-            out.append(f"{doc.where(loc)}: {dotted}: {sentence(err)}")
+            out.append(head + sentence(err))
     return out
+
+
+def _fields_at(model: Any, loc: tuple) -> list[str]:
+    """The keys allowed by the model that pydantic's `loc` leads to from `model` ([] if none)."""
+    for part in loc:
+        model = _follow(model, part)
+        if model is None:
+            return []
+    fields = getattr(_unwrap(model), "model_fields", None)
+    return [f.alias or name for name, f in fields.items()] if fields else []
+
+
+def _follow(tp: Any, part: Any) -> Any:
+    """The type one step (a field, a mapping key, a list index or a union tag) inside `tp`."""
+    tp = _unwrap(tp)
+    fields = getattr(tp, "model_fields", None)
+    if fields is not None:
+        return next((f.annotation for name, f in fields.items() if part in (name, f.alias)), None)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is dict:
+        return args[1]
+    if origin in (list, tuple, set, frozenset):
+        return args[0]
+    return next((m for m in _members(tp) if part in _tags(m)), None)
+
+
+def _unwrap(tp: Any) -> Any:
+    """`tp` without Annotated and without `| None`."""
+    while True:
+        if typing.get_origin(tp) is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        members = _members(tp)
+        if len(members) == 2 and type(None) in members:
+            tp = next(m for m in members if m is not type(None))
+            continue
+        return tp
+
+
+def _members(tp: Any) -> tuple:
+    """The members of a union type (also inside Annotated); () for other types."""
+    if typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+
+
+def _tags(member: Any) -> set:
+    """The names pydantic may put in a location for a union member (its Tag, its class name)."""
+    tags = {getattr(m, "tag", None) for m in getattr(member, "__metadata__", ())}
+    return tags | {getattr(_unwrap(member), "__name__", None)}
 
 
 _KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "string": "text",
