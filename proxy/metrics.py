@@ -6,12 +6,24 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from proxy.server import Server
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OTHER_TENANT = "other"
 disable_created_metrics()  # no *_created series: they double the output and say little
+
+
+class MetricsConfig(BaseModel):
+    """`metrics:` in the config: per-tenant series are off unless asked for, and capped."""
+
+    model_config = ConfigDict(extra="forbid")
+    per_tenant: bool = Field(False, description=(
+        "Also count statements by tenant (pgwarden_tenant_statements_total)."))
+    max_tenants: int = Field(100, ge=1, description=(
+        "Tenants with their own label; later ones share the label `other`."))
 
 
 class _StateCollector:
@@ -76,7 +88,8 @@ class _StateCollector:
 class Metrics:
     """Every metric pgwarden exports, on a private registry. Labels never carry SQL text."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: "Server", config: MetricsConfig | None = None) -> None:
+        self.config = config or MetricsConfig()
         self.registry = CollectorRegistry()
         reg = self.registry
         self.statements = Counter("pgwarden_statements", "Statements by protocol and decision",
@@ -102,6 +115,26 @@ class Metrics:
         reg.register(_StateCollector(server))
         self.simple = {d: self.statements.labels("simple", d) for d in ("allowed", "rewritten", "refused")}
         self.extended = {d: self.statements.labels("extended", d) for d in ("allowed", "rewritten", "refused")}
+        self.tenant_statements = Counter(
+            "pgwarden_tenant_statements", "Statements by tenant and decision (metrics.per_tenant)",
+            ["tenant", "decision"], registry=reg) if self.config.per_tenant else None
+        self._tenants: set[str] = set()
+
+    def statement(self, protocol: str, decision: str, tenant: str | None = None) -> None:
+        """Count one statement; by tenant too when metrics.per_tenant is on."""
+        children = self.simple if protocol == "simple" else self.extended
+        children[decision].inc()
+        if self.tenant_statements is not None and tenant is not None:
+            self.tenant_statements.labels(self.tenant_label(tenant), decision).inc()
+
+    def tenant_label(self, tenant: str) -> str:
+        """The tenant itself for the first `max_tenants` tenants seen, then "other"."""
+        if tenant in self._tenants:
+            return tenant
+        if len(self._tenants) < self.config.max_tenants:
+            self._tenants.add(tenant)
+            return tenant
+        return OTHER_TENANT
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

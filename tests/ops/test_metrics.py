@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -10,6 +12,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.config import Config
+from proxy.metrics import Metrics, MetricsConfig
+from proxy.server import Server
 from tests.harness import free_port
 from tests.policy.conftest import DB, connect, policy_proxy, shop_db  # noqa: F401 (fixture)
 
@@ -48,7 +53,6 @@ def test_metrics_follow_traffic_refusals_and_pools(shop_db, tmp_path):
         assert value(after, "pgwarden_backend_connections", pool=pool, state="idle") >= 1
         assert value(after, "pgwarden_policy_loaded") == 1
         assert value(after, "pgwarden_rewrite_seconds_count") >= 1
-        import time
         time.sleep(1.2)  # statement latencies are aggregated once a second
         assert value(scrape(proxy), "pgwarden_statement_seconds_count") >= 2
         assert value(after, "pgwarden_rewrite_cache_lookups", result="miss") >= 1
@@ -71,3 +75,24 @@ def test_readyz_reports_each_check(make_proxy):
     down = make_proxy(primary={"host": "127.0.0.1", "port": free_port()})
     status, body = _readyz(down)
     assert status == 503 and body["checks"]["primary_reachable"] is False and body["checks"]["accepting"]
+
+
+def test_per_tenant_series_are_capped_and_off_by_default():
+    async def build() -> Server:
+        return Server(Config())
+
+    server = asyncio.run(build())
+    default = Metrics(server)
+    default.statement("simple", "allowed", tenant="acme")
+    assert b"pgwarden_tenant_statements" not in default.exposition()
+    capped = Metrics(server, MetricsConfig(per_tenant=True, max_tenants=2))
+    for tenant in ("acme", "globex", "initech", "umbrella", "acme"):
+        capped.statement("extended", "rewritten", tenant=tenant)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(capped.exposition().decode())
+               for s in family.samples}
+    assert value(samples, "pgwarden_tenant_statements_total", tenant="acme", decision="rewritten") == 2
+    assert value(samples, "pgwarden_tenant_statements_total", tenant="other", decision="rewritten") == 2
+    assert value(samples, "pgwarden_statements_total", protocol="extended", decision="rewritten") == 5
+    tenants = {labels for (name, labels) in samples if name == "pgwarden_tenant_statements_total"}
+    assert len(tenants) == 3  # acme, globex, other: never more than max_tenants + 1
