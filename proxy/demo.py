@@ -7,30 +7,44 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-SHOP = """
+ACME = ["Ann Archer", "Bob Baker", "Cy Cole", "Dee Dunn", "Eve Ellis", "Fay Ford", "Gil Gray",
+        "Ida Irwin", "Jo Jones", "Kai King"]
+GLOBEX = ["Gus Grant", "Hal Hart", "Ivy Ives", "Jed Jax", "Kim Kerr", "Lou Lane", "Max Moss",
+          "Ned Nash", "Oz Owen", "Pam Pike"]
+SCHEMA = """
 create table customers (id int primary key, tenant_id text not null, name text, email text,
                         ssn text, phone text, born date);
 create table orders (id int primary key, tenant_id text not null, customer_id int, total numeric(10,2));
 create table products (id int primary key, name text, price numeric(10,2));
-insert into customers values
-  (1, 'acme', 'Ann Archer', 'ann@acme.io', '111-11-1111', '555-0101', '1980-05-17'),
-  (2, 'acme', 'Bob Baker', 'bob@acme.io', '222-22-2222', '555-0102', '1990-01-02'),
-  (3, 'acme', 'Cy Cole', 'cy@acme.io', '333-33-3333', '555-0103', '1985-07-07'),
-  (4, 'globex', 'Gus Grant', 'gus@globex.io', '444-44-4444', '555-0201', '1975-12-31'),
-  (5, 'globex', 'Hal Hart', 'hal@globex.io', '555-55-5555', '555-0202', '1969-03-03');
-insert into orders values (10, 'acme', 1, 120.00), (11, 'acme', 2, 35.50), (12, 'acme', 3, 9.99),
-  (20, 'globex', 4, 999.00), (21, 'globex', 5, 15.00);
-insert into products values (1, 'anvil', 49.00), (2, 'rocket skates', 199.00);
+insert into products values (1, 'anvil', 49.00), (2, 'rocket skates', 199.00), (3, 'giant magnet', 75.50),
+  (4, 'portable hole', 12.00), (5, 'earthquake pills', 3.25);
 create table secrets (id int, note text);
 insert into secrets values (1, 'the launch codes');
 """
+
+
+def shop_sql() -> str:
+    """The demo shop: ten customers and ten orders for each of acme and globex, five shared products."""
+    customers, orders = [], []
+    for n, (tenant, name) in enumerate([("acme", x) for x in ACME] + [("globex", x) for x in GLOBEX], 1):
+        row = n if tenant == "acme" else n - 10
+        area = "01" if tenant == "acme" else "02"
+        customers.append(f"({n}, '{tenant}', '{name}', '{name.split()[0].lower()}@{tenant}.io', "
+                         f"'{n:03d}-{n:02d}-{1000 + n * 7}', '555-{area}{row:02d}', "
+                         f"'{1960 + n * 2}-{n % 12 + 1:02d}-{n + 7:02d}')")
+        orders.append(f"({100 + n}, '{tenant}', {n}, {n * 17 % 250 + 9.99:.2f})")
+    return (SCHEMA + "insert into customers values\n  " + ",\n  ".join(customers) + ";\n"
+            + "insert into orders values " + ", ".join(orders) + ";\n")
+
 
 POLICY = """\
 version: 1
@@ -41,7 +55,7 @@ tenancy:
 roles:
   app: {users: [acme_app, globex_app]}
   analyst: {users: [alice]}
-  admin: {users: [postgres], bypass: true}
+  admin: {users: [%(admin)s], bypass: true}
 tables:
   public.customers:
     grants: {app: [select, insert, update, delete], analyst: [select]}
@@ -123,94 +137,181 @@ class Cluster:
             raise DemoError(f"PostgreSQL did not start: see {self.workdir / 'postgres.log'}")
 
     def psql(self, sql: str, dbname: str = "postgres") -> None:
-        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
-                        str(self.port), "-U", "postgres", "-d", dbname, "-c", sql],
-                       check=True, capture_output=True)
+        _psql(f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}", sql)
+
+    def target(self) -> dict:
+        """Where pgwarden connects: host, port, user, password, the demo database."""
+        return {"host": "127.0.0.1", "port": self.port, "user": "postgres", "password": None,
+                "dbname": "shop"}
 
     def stop(self) -> None:
         subprocess.run(_as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast",
                                   "-w", "stop"]), capture_output=True, cwd=self.workdir)
 
 
-def _config(workdir: Path, pg_port: int, port: int, http_port: int):
+class External:
+    """A PostgreSQL the user named with --database-url: the demo gets its own database there, dropped at exit."""
+
+    DBNAME = "pgwarden_demo"
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
+            raise DemoError(f"--database-url must look like postgresql://user:password@host:5432/db, "
+                            f"not {url!r}")
+        self.url, self.parts = url, parts
+
+    def start(self) -> None:
+        if shutil.which("psql") is None:
+            raise DemoError("psql not found: install the PostgreSQL client (apt-get install postgresql-client)")
+        self.psql(f"drop database if exists {self.DBNAME}")
+
+    def psql(self, sql: str, dbname: str | None = None) -> None:
+        url = self.url if dbname is None else self.parts._replace(path=f"/{dbname}").geturl()
+        _psql(url, sql)
+
+    def target(self) -> dict:
+        return {"host": self.parts.hostname, "port": self.parts.port or 5432,
+                "user": unquote(self.parts.username or "postgres"),
+                "password": unquote(self.parts.password) if self.parts.password else None,
+                "dbname": self.DBNAME}
+
+    def stop(self) -> None:
+        try:
+            self.psql(f"drop database if exists {self.DBNAME} with (force)")
+        except DemoError as exc:
+            print(f"pgwarden demo: could not drop database {self.DBNAME}: {exc}", file=sys.stderr)
+
+
+def _psql(conninfo: str, sql: str) -> None:
+    result = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql],
+                            capture_output=True, text=True, env={**os.environ, "PGCONNECT_TIMEOUT": "5"})
+    if result.returncode:
+        lines = result.stderr.strip().splitlines() or ["psql failed"]
+        raise DemoError(f"{lines[0]} (check the server, user and password)")
+
+
+def _config(workdir: Path, target: dict, port: int, http_port: int):
     from proxy.config import parse_config
     (workdir / "policies").mkdir()
-    (workdir / "policies" / "shop.yaml").write_text(POLICY)
+    (workdir / "policies" / "shop.yaml").write_text(POLICY % {"admin": target["user"]})
+    backend = {"user": target["user"]} | ({"password": target["password"]} if target["password"] else {})
     data = {"listen": {"host": "127.0.0.1", "port": port},
             "http": {"host": "127.0.0.1", "port": http_port},
-            "primary": {"host": "127.0.0.1", "port": pg_port}, "auth": {"method": "trust"},
-            "backend_auth": {"user": "postgres"}, "pool": {"mode": "transaction", "size": 10},
+            "primary": {"host": target["host"], "port": target["port"]}, "auth": {"method": "trust"},
+            "backend_auth": backend, "pool": {"mode": "transaction", "size": 10},
             "policies": "policies", "admin": {"users": ["admin"]}}
     return parse_config(data, workdir / "pgwarden.yaml")
 
 
-def _banner(port: int, http_port: int) -> str:
-    line = f'psql "host=127.0.0.1 port={port} dbname=shop user='
+def _banner(port: int, http_port: int, dbname: str, admin: str) -> str:
+    line = f'psql "host=127.0.0.1 port={port} dbname={dbname} user='
     return f"""
-pgwarden demo is running: a throwaway PostgreSQL with a two-tenant shop, behind pgwarden.
+pgwarden demo is running: a PostgreSQL with a two-tenant shop, behind pgwarden.
 
   tenant acme:        {line}acme_app"
   tenant globex:      {line}globex_app"
   analyst (masked):   {line}alice"
-  admin (bypass):     {line}postgres"
+  admin (bypass):     {line}{admin}"
   admin console:      psql "host=127.0.0.1 port={port} dbname=pgwarden user=admin" -c "SHOW POOLS"
   metrics:            curl -s http://127.0.0.1:{http_port}/metrics
 
-Try, as acme_app and then as globex_app:   select id, name, ssn from customers;
-As alice (emails, phones, birth dates masked): select name, email, phone, born from customers;
+Isolation, as acme_app and then as globex_app:  select id, name, ssn from customers;
+Masks, as alice (acme's analyst):              select name, email, phone, born from customers;
 Refused, with a hint naming the policy rule:   select * from secrets;
 
 Ctrl-C stops pgwarden and PostgreSQL and removes everything the demo created.
 """.rstrip()
 
 
-def run(port: int, http_port: int) -> int:
+def _serve(config, banner: str, started: float) -> None:
+    """Run pgwarden on this thread's new event loop until SIGINT or SIGTERM."""
+    import uvloop
+
+    from proxy.cli import _setup_logging
+    from proxy.server import Server
+    _setup_logging("warning", "text")
+
+    async def main() -> None:
+        server = Server(config)
+        await server.start()
+        print(banner, flush=True)
+        print(f"(ready in {time.monotonic() - started:.1f} s)", flush=True)
+        await server._stop.wait()
+        await server.shutdown()
+
+    uvloop.run(main())
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run(port: int, http_port: int, database_url: str | None = None) -> int:
     """Start everything, serve until SIGINT/SIGTERM, clean up; return the exit status."""
     if not _port_free(port):
         raise DemoError(f"port {port} is in use (another pgwarden or PgBouncer?): use --port")
     if http_port and not _port_free(http_port):
         raise DemoError(f"port {http_port} is in use: use --http-port")
+    signal.signal(signal.SIGTERM, _interrupt)  # until pgwarden's own handlers take over
+    started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="pgwarden-demo-"))
-    cluster = Cluster(workdir)
     try:
-        started = time.monotonic()
-        cluster.start()
-        cluster.psql("create database shop")
-        cluster.psql("create role acme_app login; create role globex_app login; create role alice login")
-        cluster.psql(SHOP, "shop")
-        config = _config(workdir, cluster.port, port, http_port)
-        import uvloop
-
-        from proxy.cli import _setup_logging
-        from proxy.server import Server
-        _setup_logging("warning", "text")
-
-        async def main() -> None:
-            server = Server(config)
-            await server.start()
-            print(_banner(port, http_port), flush=True)
-            print(f"(ready in {time.monotonic() - started:.1f} s)", flush=True)
-            await server._stop.wait()
-            await server.shutdown()
-
-        uvloop.run(main())
-        return 0
+        db = External(database_url) if database_url else _local_cluster(workdir)
+        db.start()
+        try:
+            target = db.target()
+            db.psql(f"create database {target['dbname']}")
+            db.psql(shop_sql(), target["dbname"])
+            config = _config(workdir, target, port, http_port)
+            _serve(config, _banner(port, http_port, target["dbname"], target["user"]), started)
+            return 0
+        finally:
+            db.stop()
     finally:
-        cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _local_cluster(workdir: Path) -> Cluster | External:
+    """The throwaway local cluster; without server binaries, $DATABASE_URL when it is set."""
+    try:
+        return Cluster(workdir)
+    except DemoError as exc:
+        if os.environ.get("DATABASE_URL"):
+            return External(os.environ["DATABASE_URL"])
+        raise DemoError(f"{exc}; or give a server with --database-url (or set DATABASE_URL)") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
-        return run(args.port, args.http_port)
+        return run(args.port, args.http_port, args.database_url)
     except DemoError as exc:
         print(f"pgwarden demo: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=6432, help="where pgwarden listens (6432)")
+    parser.add_argument("--http-port", type=int, default=9187, help="metrics and health (9187)")
+    parser.add_argument("--database-url", help="use this PostgreSQL instead of a throwaway local one "
+                                               "($DATABASE_URL when no initdb is found); the demo creates and drops "
+                                               "database pgwarden_demo there")
 
 
 def add_command(sub) -> None:
     demo = sub.add_parser("demo", help="a throwaway PostgreSQL with sample tenants and policies, "
                                        "pgwarden in front; Ctrl-C removes it all")
-    demo.add_argument("--port", type=int, default=6432)
-    demo.add_argument("--http-port", type=int, default=9187)
+    add_arguments(demo)
     demo.set_defaults(func=cmd_demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pgwarden demo", description=__doc__)
+    add_arguments(parser)
+    return cmd_demo(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
