@@ -31,6 +31,10 @@ SENSITIVE_CATALOG_RELATIONS = frozenset(
         # replication: connection strings (with passwords) and standby addresses
         "pg_stat_replication", "pg_replication_slots", "pg_stat_wal_receiver",
         "pg_subscription", "pg_stat_subscription",
+        # foreign servers and tables: options hold hosts, databases and other connection details
+        "pg_foreign_server", "pg_foreign_table",
+        # row-level security policies: their expressions can name tenants and sensitive values
+        "pg_policy", "pg_policies",
     )}
     | {f"information_schema.{name}" for name in (
         # foreign-server options and user mappings carry connection strings and passwords
