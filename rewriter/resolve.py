@@ -40,6 +40,8 @@ DANGEROUS_FUNCTIONS = frozenset({
     "pg_backup_stop", "pg_start_backup", "pg_stop_backup", "pg_create_restore_point",
     "pg_wal_replay_pause", "pg_wal_replay_resume", "pg_nextoid", "pg_stop_making_pinned_objects",
     "pg_sequence_last_value", "pg_export_snapshot", "pg_notification_queue_usage",
+    "setval", "pg_notify", "brin_desummarize_range", "brin_summarize_new_values",
+    "brin_summarize_range", "gin_clean_pending_list",
 })
 DANGEROUS_PREFIXES = (
     "pg_read_", "pg_ls_", "lo_", "dblink", "pg_file_", "pg_stat_get_", "pg_stat_reset",
