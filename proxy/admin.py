@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from proxy import protocol
+from proxy.stats import COLUMNS
 
 if TYPE_CHECKING:
     from proxy.server import Server
@@ -105,8 +106,7 @@ class AdminConsole:
 
     def queries(self, _: str) -> bytes:
         self.server.stats.flush()
-        return _table(["fingerprint", "calls", "total_ms", "mean_ms", "p95_ms", "max_ms", "query"],
-                      self.server.stats.rows(), "SHOW")
+        return _table(COLUMNS, self.server.stats.rows(), "SHOW")
 
     def stats(self, _: str) -> bytes:
         server, router = self.server, self.server.router
