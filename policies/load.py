@@ -125,7 +125,7 @@ def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Poli
             tenancy = pf.tenancy
             origins["tenancy"] = doc.path
             seen.setdefault(("tenancy", ""), doc.where(("tenancy",)))
-        functions |= {normal_name(f) if "." in f else f"public.{f.lower()}" for f in pf.functions.allow}
+        functions |= set(pf.functions.allow)
     user_roles: dict[str, set[str]] = {}
     for role, spec in roles.items():
         for user in spec.users:

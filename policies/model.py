@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
+                      model_validator)
 
 ACTIONS = ("select", "insert", "update", "delete")
 Action = Literal["select", "insert", "update", "delete"]
@@ -96,13 +97,44 @@ MASK_OPTIONS = {"partial": ("keep_first", "keep_last"), "hash": ("salt_env",), "
                 "constant": ("value",)}
 
 
+def _column(name: str) -> str:
+    """A column name as PostgreSQL reads it: unquoted names fold to lower case."""
+    if not _NAME.match(name):
+        raise ValueError(f"`{name}` is not a column name; write it as in SQL (quote it with \"...\" "
+                         "if it has capitals or other characters)")
+    return normal_name(name)
+
+
+def _function(name: str) -> str:
+    """A function name as PostgreSQL reads it; it must name its schema."""
+    parts = _split_name(name)
+    if parts is None or len(parts) != 2:
+        raise ValueError(f"a function name must be schema-qualified, like public.{name.split('.')[-1]}")
+    return normal_name(name)
+
+
+Column = Annotated[str, AfterValidator(_column)]
+
+
 class Table(_Strict):
     """One table or view: who may do what with it, and which columns are masked for whom."""
 
-    tenant_column: str | None = Field("", description=(
+    tenant_column: Column | None = Field("", description=(
         "The tenant column; null for a shared table; omitted: tenancy.column."))
     grants: dict[str, list[Action]] = Field({}, description='Actions per role ("*" = every role).')
-    masks: dict[str, Mask] = Field({}, description="Masked columns.")
+    masks: dict[Column, Mask] = Field({}, description="Masked columns.")
+
+    @field_validator("masks", mode="before")
+    @classmethod
+    def _one_mask_per_column(cls, masks: object) -> object:
+        seen: dict[str, str] = {}
+        for name in masks if isinstance(masks, dict) else ():
+            folded = normal_name(str(name))
+            if folded in seen:
+                raise ValueError(f"`{seen[folded]}` and `{name}` are the same column (unquoted "
+                                 "names fold to lower case); keep one")
+            seen[folded] = str(name)
+        return masks
 
 
 class UsersSource(_Strict):
@@ -143,7 +175,7 @@ Source = Annotated[Union[
 class Tenancy(_Strict):
     """How rows belong to tenants and how a session gets its tenant."""
 
-    column: str = "tenant_id"
+    column: Column = "tenant_id"
     sources: list[Source] = []
 
 
@@ -157,7 +189,7 @@ class Role(_Strict):
 class Functions(_Strict):
     """User-defined functions that may be called (schema-qualified)."""
 
-    allow: list[str] = []
+    allow: list[Annotated[str, AfterValidator(_function)]] = []
 
 
 class PolicyFile(_Strict):
