@@ -62,6 +62,7 @@ class HttpServer:
             return ("200 OK" if ready else "503 Service Unavailable"), JSON, _json(
                 {"ready": ready, "checks": checks})
         if path == "/metrics":
+            server.metrics.primary_up.set(1 if await self._primary_reachable() else 0)
             return "200 OK", CONTENT_TYPE, server.metrics.exposition()
         return "404 Not Found", JSON, _json({"error": f"no such endpoint {path}",
                                              "endpoints": ["/healthz", "/readyz", "/metrics"]})

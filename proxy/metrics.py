@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
+                               generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -112,6 +113,8 @@ class Metrics:
                                       ["outcome"], registry=reg)
         self.disconnects = Counter("pgwarden_disconnects", "Client disconnects by reason class",
                                    ["reason"], registry=reg)
+        self.primary_up = Gauge("pgwarden_primary_up", "1 when a TCP connect to the primary succeeds "
+                                "(checked at scrape, at most every 2 s)", registry=reg)
         reg.register(_StateCollector(server))
         self.simple = {d: self.statements.labels("simple", d) for d in ("allowed", "rewritten", "refused")}
         self.extended = {d: self.statements.labels("extended", d) for d in ("allowed", "rewritten", "refused")}

@@ -75,6 +75,7 @@ def test_readyz_reports_each_check(make_proxy):
     down = make_proxy(primary={"host": "127.0.0.1", "port": free_port()})
     status, body = _readyz(down)
     assert status == 503 and body["checks"]["primary_reachable"] is False and body["checks"]["accepting"]
+    assert value(scrape(down), "pgwarden_primary_up") == 0 and value(scrape(ok), "pgwarden_primary_up") == 1
 
 
 def test_per_tenant_series_are_capped_and_off_by_default():
