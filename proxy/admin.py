@@ -19,6 +19,8 @@ PARAMETERS = {"server_version": "15.0 (pgwarden admin console)", "server_encodin
               "client_encoding": "UTF8", "DateStyle": "ISO, MDY", "integer_datetimes": "on",
               "standard_conforming_strings": "on", "TimeZone": "UTC"}
 _TEXT_OID = 25
+HINT = ("commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW QUERIES, SHOW CONFIG, "
+        "SHOW POLICY, SHOW HELP, RELOAD, PAUSE, RESUME, KILL db, SHUTDOWN")
 _COMMAND = re.compile(r"\s*(show\s+\w+|reload|pause|resume|kill\s+\S+|shutdown)\s*;?\s*$", re.I)
 
 
@@ -56,7 +58,7 @@ class AdminConsole:
         command = self.commands.get(name)
         if command is None:
             body = protocol.error_response("42601", f"unknown admin command: {sql.strip()[:80]!r}",
-                                           hint="SHOW HELP lists the commands")
+                                           hint=HINT)
         else:
             argument = match.group(1).split(None, 1)[1] if name == "kill" else ""
             body = command(argument)
@@ -66,7 +68,8 @@ class AdminConsole:
         rows = [["SHOW POOLS", "backends and waiting clients per pool"],
                 ["SHOW CLIENTS", "client connections"], ["SHOW SERVERS", "backend connections"],
                 ["SHOW STATS", "counters since start"], ["SHOW CONFIG", "the running config"],
-                ["SHOW QUERIES", "statements by fingerprint: calls, total, mean, p95 time"],
+                ["SHOW QUERIES", "statements by fingerprint: calls, time (total, mean, p95, max), rows, "
+                 "refusals, cache hits"],
                 ["SHOW POLICY", "the running policy"], ["RELOAD", "re-read config and policies"],
                 ["PAUSE", "stop lending backends (transactions in flight finish)"],
                 ["RESUME", "lend backends again"], ["KILL db", "close a database's clients and backends"],
