@@ -65,9 +65,9 @@ def load_policy(path: str | Path) -> Policy:
             parsed.append((doc, PolicyFile.model_validate(doc.data)))
         except ValidationError as exc:
             found += format_errors(exc, doc, model=PolicyFile)
-        errors += sorted(found, key=_line_number)
+        errors += found
     if errors:
-        raise SourceError(errors)
+        raise SourceError(sorted(errors, key=lambda e: (_file_index(e, files), _line_number(e))))
     policy = _merge(parsed, errors)
     if errors:
         raise SourceError(errors)
@@ -89,6 +89,10 @@ def _read(files: list[Path]) -> tuple[list[Document], list[str]]:
             errors.append(f"{file}:1: (top level): a policy file is a mapping of keys "
                           "(version, tenancy, roles, tables, ...); start with `version: 1`")
     return docs, errors
+
+
+def _file_index(error: str, files: list[Path]) -> int:
+    return next((i for i, file in enumerate(files) if error.startswith(f"{file}:")), len(files))
 
 
 def _line_number(error: str) -> int:

@@ -29,9 +29,14 @@ class RedactMask(_Mask):
 
 
 class NullMask(_Mask):
-    """NULL."""
+    """NULL. (`mask: null` unquoted is YAML's null, read as this kind.)"""
 
     mask: Literal["null"]
+
+    @field_validator("mask", mode="before")
+    @classmethod
+    def _yaml_null(cls, kind: object) -> object:
+        return "null" if kind is None else kind
 
 
 class EmailMask(_Mask):
@@ -82,7 +87,9 @@ class ConstantMask(_Mask):
 
 
 def _mask_kind(value: object) -> str | None:
-    return value.get("mask") if isinstance(value, dict) else getattr(value, "mask", None)
+    if isinstance(value, dict):
+        return "null" if "mask" in value and value["mask"] is None else value.get("mask")
+    return getattr(value, "mask", None)
 
 
 Mask = Annotated[Union[
