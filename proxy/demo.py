@@ -150,7 +150,7 @@ class Cluster:
 
 
 class External:
-    """A PostgreSQL the user named with --database-url: the demo gets its own database there, dropped at exit."""
+    """A PostgreSQL named by --database-url: the demo gets its own database there, dropped at exit."""
 
     DBNAME = "pgwarden_demo"
 
@@ -163,7 +163,8 @@ class External:
 
     def start(self) -> None:
         if shutil.which("psql") is None:
-            raise DemoError("psql not found: install the PostgreSQL client (apt-get install postgresql-client)")
+            raise DemoError("psql not found: install the PostgreSQL client "
+                            "(apt-get install postgresql-client)")
         self.psql(f"drop database if exists {self.DBNAME}")
 
     def psql(self, sql: str, dbname: str | None = None) -> None:
@@ -296,8 +297,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=6432, help="where pgwarden listens (6432)")
     parser.add_argument("--http-port", type=int, default=9187, help="metrics and health (9187)")
     parser.add_argument("--database-url", help="use this PostgreSQL instead of a throwaway local one "
-                                               "($DATABASE_URL when no initdb is found); the demo creates and drops "
-                                               "database pgwarden_demo there")
+                        "($DATABASE_URL when no initdb is found); the demo creates and drops "
+                        "database pgwarden_demo there")
 
 
 def add_command(sub) -> None:

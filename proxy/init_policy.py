@@ -1,4 +1,4 @@
-"""`pgwarden init --from DATABASE_URL`: read a live schema and write a starter policy for a human to finish."""
+"""`pgwarden init --from DATABASE_URL`: a starter policy from a live schema, for a human to finish."""
 
 from __future__ import annotations
 

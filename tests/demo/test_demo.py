@@ -1,4 +1,4 @@
-"""`pgwarden demo`: it starts fast, its printed psql lines show isolation and masks, SIGINT/SIGTERM leave nothing."""
+"""`pgwarden demo`: it starts fast, its psql lines show isolation and masks, SIGINT/SIGTERM leave nothing."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _psql(line: str, sql: str) -> str:
 
 
 def _demo_processes() -> list[str]:
-    """Command lines of running processes that belong to a demo (its cluster lives in /tmp/pgwarden-demo-*)."""
+    """Command lines of running processes of a demo (its cluster lives in /tmp/pgwarden-demo-*)."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
@@ -104,7 +104,8 @@ def test_a_port_in_use_is_one_clear_line():
         result = subprocess.run([sys.executable, "-m", "proxy.demo", "--port", str(port)],
                                 cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
-    assert result.stderr.strip() == f"pgwarden demo: port {port} is in use (another pgwarden or PgBouncer?): use --port"
+    assert result.stderr.strip() == (f"pgwarden demo: port {port} is in use "
+                                     "(another pgwarden or PgBouncer?): use --port")
 
 
 def test_a_bad_database_url_is_one_clear_line():

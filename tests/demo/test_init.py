@@ -1,4 +1,4 @@
-"""`pgwarden init`: a starter policy from a scratch schema loads, passes `pgwarden check --live` and suggests the masks."""
+"""`pgwarden init`: a scratch schema's starter policy loads, passes `check --live`, suggests the masks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""docs/quickstart.md: every `$ pgwarden ...` and `$ psql ...` line that can run against the demo prints what the page shows."""
+"""docs/quickstart.md: each `$ pgwarden`/`$ psql` line runnable against the demo prints what the page shows."""
 
 from __future__ import annotations
 
