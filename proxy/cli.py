@@ -181,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     schema.set_defaults(func=cmd_schema)
     from proxy.demo import add_command as add_demo
     add_demo(sub)
+    from proxy import init_policy
+    init = sub.add_parser("init", help="write a starter policy from a live database's schema")
+    init_policy.add_arguments(init)
+    init.set_defaults(func=init_policy.cmd_init)
     passwd = sub.add_parser("passwd", help="print a SCRAM verifier for a password read from stdin")
     passwd.set_defaults(func=cmd_passwd)
     args = parser.parse_args(argv)
