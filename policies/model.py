@@ -63,7 +63,8 @@ class HashMask(_Mask):
     """Hex SHA-256 of the value with a salt: equal values stay joinable, none is revealed."""
 
     mask: Literal["hash"]
-    salt_env: str | None = Field(None, description="Environment variable holding the salt.")
+    salt_env: str = Field(description=(
+        "Environment variable holding the salt (unsalted, short values are found by brute force)."))
 
 
 class YearMask(_Mask):

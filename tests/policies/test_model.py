@@ -96,3 +96,9 @@ def test_every_error_of_every_file_is_reported_at_once_in_line_order(tmp_path):
 def test_a_missing_path_or_empty_folder_is_one_error(tmp_path):
     assert errors_of(tmp_path) == [f"{tmp_path}: no *.yaml policy files in this folder"]
     assert errors_of(tmp_path / "nope.yaml") == [f"{tmp_path / 'nope.yaml'}: no such policy file or folder"]
+
+
+def test_a_hash_mask_needs_a_salt(tmp_path):
+    errors = errors_of(mask_file(tmp_path, "hash", {}))
+    assert any(e.startswith(f"{tmp_path / 'm.yaml'}:6: tables.public.t.masks.c.salt_env: this key is "
+                            "required") for e in errors), errors
