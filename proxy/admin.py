@@ -144,11 +144,13 @@ class AdminConsole:
         return protocol.command_complete("RELOAD")
 
     def pause(self, _: str) -> bytes:
+        self.server.paused = True  # Server.pool_for starts new pools paused too
         for pool in self.server.pools.values():
             pool.paused = True
         return protocol.command_complete("PAUSE")
 
     def resume(self, _: str) -> bytes:
+        self.server.paused = False
         for pool in self.server.pools.values():
             pool.resume()
         return protocol.command_complete("RESUME")
