@@ -84,8 +84,8 @@ def test_file_errors(tmp_path, text, line, fragment):
 
 
 def test_every_error_of_every_file_is_reported_at_once_in_line_order(tmp_path):
-    (tmp_path / "a.yaml").write_text("version: 1\nroles: {app: {}}\ntables:\n  t: {grants: {ghost: [select]}}\n"
-                                     "mode: later\n")
+    (tmp_path / "a.yaml").write_text("version: 1\nroles: {app: {}}\ntables:\n"
+                                     "  t: {grants: {ghost: [select]}}\nmode: later\n")
     (tmp_path / "b.yaml").write_text("version: 1\nroles:\n  app: {users: [a}\n")
     (tmp_path / "c.yaml").write_text("version: 2\nroles: {x: {bypas: true}}\n")
     errors = errors_of(tmp_path)
@@ -102,3 +102,18 @@ def test_a_hash_mask_needs_a_salt(tmp_path):
     errors = errors_of(mask_file(tmp_path, "hash", {}))
     assert any(e.startswith(f"{tmp_path / 'm.yaml'}:6: tables.public.t.masks.c.salt_env: this key is "
                             "required") for e in errors), errors
+
+
+def test_files_merge_and_disagreeing_tenancy_names_both_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("version: 1\ntenancy: {column: org}\nroles: {app: {}}\n"
+                                     "functions: {allow: [public.f]}\nmode: monitor\n")
+    (tmp_path / "b.yaml").write_text("version: 1\ntables:\n  public.t: {grants: {app: [select]}}\n"
+                                     "functions: {allow: [public.g]}\nmode: monitor\n")
+    policy = load_policy(tmp_path)
+    assert (policy.mode, policy.tenant_column("public.t")) == ("monitor", "org")
+    assert policy.functions == {"public.f", "public.g"} and policy.files == (tmp_path / "a.yaml",
+                                                                             tmp_path / "b.yaml")
+    (tmp_path / "c.yaml").write_text("version: 1\ntenancy: {column: tenant}\n")
+    errors = errors_of(tmp_path)
+    assert errors == [f"{tmp_path / 'c.yaml'}:2: tenancy: already defined at {tmp_path / 'a.yaml'}:2; "
+                      "define it in one file only"]
