@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from proxy.audit import AuditConfig
+from proxy.metrics import MetricsConfig
 from proxy.slowlog import SlowQueryConfig
 
 
@@ -213,6 +214,8 @@ class Config(_Strict):
     pool: Pool = Field(Pool(), description="Connection pooling.")
     log: Log = Field(Log(), description="Logging to standard error.")
     admin: Admin = Field(Admin(), description="The admin console.")
+    metrics: MetricsConfig = Field(MetricsConfig(), description=(
+        "Prometheus metrics: per-tenant statement counts and their cap."))
     shutdown_timeout: float = Field(30.0, ge=0, description=(
         "Seconds SIGTERM waits for open transactions before closing every client."))
     policies: Path | None = Field(None, description=(

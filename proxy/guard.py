@@ -120,13 +120,15 @@ class Guarded:
         """The text to send for a client's statement, or None when it was refused (already answered)."""
         router = self.server.router
         decision = router.decide(self.ident, self.tenant(), self.database, sql, self.search_path())
-        counted = self.server.metrics.simple if simple else self.server.metrics.extended
+        metrics, protocol_name = self.server.metrics, "simple" if simple else "extended"
         if isinstance(decision, Forward):
-            counted["allowed" if decision.sql is None else "rewritten"].inc()
+            metrics.statement(protocol_name, "allowed" if decision.sql is None else "rewritten",
+                              tenant=self.tenant())
             if not self.audited(sql, simple, decision, name):
                 return None
             return (sql if decision.sql is None else decision.sql), decision
-        counted["refused"].inc()
+        metrics.statement(protocol_name, "refused", tenant=self.tenant())
+        self.server.stats.refusal(sql)
         if isinstance(decision, Refuse):
             self.server.metrics.refusals.labels(decision.rule).inc()
             self.audited(sql, simple, decision)
@@ -200,7 +202,8 @@ class Guarded:
                 and self.server.audit is None:
             prepared, out = hit[3], hit[4]
             self.guarded[protocol.decode_parse(msg).name if msg[5] else ""] = prepared
-            self.server.metrics.extended["rewritten" if out is not msg else "allowed"].inc()
+            self.server.metrics.statement("extended", "rewritten" if out is not msg else "allowed",
+                                          tenant=tenant)
             return out
         out = self._guard_parse(msg)
         if out is not None:

@@ -42,7 +42,8 @@ class Server:
         self._schema_loads: dict[str, asyncio.Task] = {}
         self._policy_stamp: tuple | None = None
         self._listener: asyncio.AbstractServer | None = None
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(self, config.metrics)
+        self.paused = False  # PAUSE from the admin console, for pools created meanwhile too
         self.stats = QueryStats(self.metrics.statement_seconds.observe)
         self.slowlog = SlowLog(config.slow_query, explain_dsn=self._control_dsn()) \
             if config.slow_query else None
@@ -74,6 +75,7 @@ class Server:
         pool = self.pools.get((database, user))
         if pool is None:
             pool = Pool(f"{database}/{user}", self._target(database, client_user), config.pool)
+            pool.paused = self.paused
             self.pools[(database, user)] = pool
         return pool
 
