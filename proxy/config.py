@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from policies.source import Document, SourceError, format_errors, load_yaml
 from proxy.audit import AuditConfig
 from proxy.metrics import MetricsConfig
 from proxy.slowlog import SlowQueryConfig
@@ -230,117 +229,68 @@ class Config(_Strict):
     source: Path | None = Field(None, exclude=True)
 
 
-def _not_yet(data: dict, path: Path, text: str) -> list[str]:
+def _not_yet(data: dict, doc: Document) -> list[str]:
     """Errors for contract keys whose features this version lacks (checked even when others fail)."""
     errors = []
     for key, feature in NOT_YET.items():
         if data.get(key) is not None:
-            errors.append(f"{path}:{_line_of(text, [key]) or '?'}: {key}: {feature} is not available "
-                          f"in this version of pgwarden; remove the `{key}` key (it is never "
-                          "silently ignored)")
+            errors.append(f"{doc.where((key,))}: {key}: {feature} is not available in this version "
+                          f"of pgwarden; remove the `{key}` key (it is never silently ignored)")
     if data.get("replicas"):
-        errors.append(f"{path}:{_line_of(text, ['replicas']) or '?'}: replicas: read routing to "
-                      "replicas is not available in this version of pgwarden; remove the entries")
+        errors.append(f"{doc.where(('replicas',))}: replicas: read routing to replicas is not "
+                      "available in this version of pgwarden; remove the entries")
     return errors
 
 
-_PATH_FIELDS = (("listen", "tls", "cert"), ("listen", "tls", "key"), ("primary", "tls", "ca"))
-
-
 def load_config(path: str | Path) -> Config:
-    """Read and validate a config file; raise ConfigError listing every problem."""
-    path = Path(path)
+    """Read and validate a config file; raise ConfigError listing every problem (with lines)."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from exc
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the config must be a mapping of keys (listen, primary, ...)"])
-    return parse_config(data, path, text)
+        doc = load_yaml(path)
+    except SourceError as exc:
+        raise ConfigError(exc.errors) from exc
+    if not isinstance(doc.data, dict):
+        raise ConfigError([f"{doc.path}: the config must be a mapping of keys (listen, primary, ...)"])
+    return parse_config(doc.data, doc.path, doc)
 
 
-def parse_config(data: dict, path: Path, text: str = "") -> Config:
+def parse_config(data: dict, path: Path, doc: Document | None = None) -> Config:
     """Validate already-parsed config data; relative paths are resolved against the file's folder."""
-    errors = _not_yet(data, path, text)
+    doc = doc or Document(Path(path), "", data, _paths(data))
+    errors = _not_yet(data, doc)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        errors += [_describe(err, path, text) for err in exc.errors()]
+        errors += format_errors(exc, doc, model=Config)
     if errors:
         raise ConfigError(errors)
-    config = _resolve_paths(config, path.parent.resolve())
-    if config.policies is not None and not config.policies.is_absolute():
-        config = config.model_copy(update={"policies": path.parent.resolve() / config.policies})
-    slow = config.slow_query
-    if slow is not None and slow.path is not None and not slow.path.is_absolute():
-        config = config.model_copy(update={"slow_query": slow.model_copy(
-            update={"path": path.parent.resolve() / slow.path})})
-    if config.audit is not None and not config.audit.path.is_absolute():
-        audit = config.audit.model_copy(update={"path": path.parent.resolve() / config.audit.path})
-        config = config.model_copy(update={"audit": audit})
-    return config.model_copy(update={"source": path})
+    return _resolve_paths(config, Path(path).parent.resolve()).model_copy(update={"source": Path(path)})
+
+
+def _paths(value: Any, loc: tuple = ()) -> dict[tuple, int]:
+    """Every key path of in-memory config data (no file: line 1), so errors keep their path."""
+    out: dict[tuple, int] = {}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, sub in items:
+        out[loc + (key,)] = 1
+        out |= _paths(sub, loc + (key,))
+    return out
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
-    updates: dict[str, Any] = {}
-    for section, sub, key in _PATH_FIELDS:
-        value = getattr(getattr(getattr(config, section), sub), key)
-        if value is not None and not value.is_absolute():
-            tls = getattr(getattr(config, section), sub).model_copy(update={key: base / value})
-            updates[section] = getattr(config, section).model_copy(update={sub: tls})
-            config = config.model_copy(update=updates)
+    """Every path-valued key made absolute against the config file's folder."""
+    def absolute(model, key: str):
+        value = getattr(model, key)
+        if value is None or value.is_absolute():
+            return model
+        return model.model_copy(update={key: base / value})
+
+    listen_tls = absolute(absolute(config.listen.tls, "cert"), "key")
+    updates: dict[str, Any] = {
+        "listen": config.listen.model_copy(update={"tls": listen_tls}),
+        "primary": config.primary.model_copy(update={"tls": absolute(config.primary.tls, "ca")}),
+    }
+    config = absolute(config.model_copy(update=updates), "policies")
+    for section in ("audit", "slow_query"):
+        if getattr(config, section) is not None:
+            config = config.model_copy(update={section: absolute(getattr(config, section), "path")})
     return config
-
-
-def _describe(err: dict, path: Path, text: str) -> str:
-    loc = [str(part) for part in err["loc"]]
-    dotted = ".".join(loc) or "(top level)"
-    line = _line_of(text, loc)
-    where = f"{path}:{line}" if line else str(path)
-    if err["type"] == "extra_forbidden":
-        return f"{where}: {dotted}: unknown key `{loc[-1]}`{_suggest(loc)}"
-    message = err["msg"].removeprefix("Value error, ")
-    return f"{where}: {dotted}: {message}"
-
-
-def _suggest(loc: list[str]) -> str:
-    model: Any = Config
-    for part in loc[:-1]:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            break
-        model = field.annotation
-    fields = list(getattr(model, "model_fields", {}))
-    close = difflib.get_close_matches(loc[-1], fields, n=1)
-    if close:
-        return f" (did you mean `{close[0]}`?)"
-    return f" (allowed keys: {', '.join(f for f in fields if f != 'source')})" if fields else ""
-
-
-def _line_of(text: str, loc: list[str]) -> int | None:
-    """The 1-based line where the last key of `loc` is written, best effort."""
-    if not text:
-        return None
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-    line = None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if k.value == part), None)
-            if match is None:
-                return line
-            line, node = match[0].start_mark.line + 1, match[1]
-        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
-            node = node.value[int(part)]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line

@@ -20,6 +20,7 @@ _DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(all|\"(?:[^\"]|\"\")+
 
 
 _SESSION_MODE = "use pool.mode: session for this application"
+_PREPARE_FIRST = "prepare it on this connection first (a Parse message); names are per connection"
 _TX_REFUSED = {  # statements whose effect transaction pooling cannot keep: (what, hint)
     "listen": ("LISTEN", f"{_SESSION_MODE}: notifications need a backend of their own"),
     "prepare": ("SQL PREPARE", "use protocol-level prepared statements (every driver's "
@@ -163,7 +164,7 @@ class Pooled:
         else:
             name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
             if self.statements.pop(name, None) is None:
-                self.refuse("26000", f'prepared statement "{name}" does not exist', None, True)
+                self.refuse("26000", f'prepared statement "{name}" does not exist', _PREPARE_FIRST, True)
                 return
             tag = "DEALLOCATE"
         status = self.backend.tracker.status if self.backend is not None else _I
@@ -221,7 +222,8 @@ class Pooled:
     def _no_such_statement(self, name: str) -> None:
         """A statement name this client never prepared: PostgreSQL's own error, and the name
         never reaches the backend (where it could be another client's statement)."""
-        self.refuse("26000", f'prepared statement "{name}" does not exist', None, simple=False)
+        self.refuse("26000", f'prepared statement "{name}" does not exist', _PREPARE_FIRST,
+                    simple=False)
 
     def _restore_unnamed(self, out: list[bytes]) -> None:
         """Prepare the client's unnamed statement again on a backend that never saw it.

@@ -191,46 +191,6 @@ class Framer:
         return out
 
 
-class ReadyScanner:
-    """Follows message boundaries in a backend byte stream without copying it.
-
-    `scan(data)` returns the transaction status byte of the last ReadyForQuery
-    in `data` (or 0) and how many ReadyForQuery messages it holds, and whether an
-    ErrorResponse was seen; a message may span chunks.
-    """
-
-    __slots__ = ("_skip", "_head")
-
-    def __init__(self) -> None:
-        self._skip = 0          # bytes of the current message still to come
-        self._head = b""        # an incomplete header carried to the next chunk
-
-    def scan(self, data: bytes) -> tuple[int, int, bool]:
-        if self._head:
-            data = self._head + data
-            self._head = b""
-        n = len(data)
-        pos = self._skip
-        status = ready = 0
-        error = False
-        unpack = _I32.unpack_from
-        while pos < n:
-            if n - pos < 6:
-                self._head = data[pos:]
-                self._skip = 0
-                return status, ready, error
-            kind = data[pos]
-            (length,) = unpack(data, pos + 1)
-            if kind == 90:  # 'Z'
-                status = data[pos + 5]
-                ready += 1
-            elif kind == 69:  # 'E'
-                error = True
-            pos += 1 + length
-        self._skip = pos - n
-        return status, ready, error
-
-
 def message(kind: bytes, payload: bytes = b"") -> bytes:
     """One typed message: kind byte, int32 length, payload."""
     return kind + _I32.pack(len(payload) + 4) + payload
@@ -355,7 +315,6 @@ def target(kind: bytes, which: str, name: str) -> bytes:
 
 
 SYNC = message(b"S")
-FLUSH = message(b"H")
 TERMINATE = message(b"X")
 PARSE_COMPLETE = message(b"1")
 BIND_COMPLETE = message(b"2")

@@ -17,6 +17,7 @@ from proxy.guard import HIDDEN_DETAIL, Guarded
 from proxy.pooled import Pooled, _names_statement
 from proxy.pipeline import ABORT, SWALLOW
 from proxy.pool import Pool, PoolTimeout
+from proxy.stats import statement_text
 from proxy.prepared import Statement
 
 if TYPE_CHECKING:
@@ -451,8 +452,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                 if tx_mode and (kind == _B or (kind == _D and msg[5] == 83)) and \
                         not self._unnamed_here:  # the unnamed statement, not a portal
                     if self._unnamed is None:  # the backend's unnamed statement is not this client's
-                        self.refuse("26000", "unnamed prepared statement does not exist", None,
-                                    simple=False)
+                        self.refuse("26000", "unnamed prepared statement does not exist",
+                                    "send a Parse before the Bind on this connection", simple=False)
                         continue
                     self._restore_unnamed(out)
                 if kind == _P:
@@ -582,11 +583,12 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         now, server, timings = time.perf_counter(), self.server, self._timings
         for _ in range(min(answered, len(timings))):
             started, msg = timings.popleft()
-            if msg:
-                sql = protocol.decode_query(msg) if msg[0] == _Q else protocol.decode_parse(msg).query
-                server.stats.observe(sql, now - started)
-                if server.slowlog is not None:
-                    server.slowlog.observe(sql, now - started, "primary", None, self.database)
+            if msg:  # the raw message: its text is decoded off the hot path, when aggregated
+                seconds = now - started
+                server.stats.observe(msg, seconds)
+                slowlog = server.slowlog
+                if slowlog is not None and seconds >= slowlog.threshold_s:
+                    slowlog.observe(statement_text(msg), seconds, "primary", None, self.database)
 
     def _maybe_release(self) -> None:
         backend = self.backend

@@ -6,12 +6,18 @@ from collections import deque
 
 import pglast.parser
 
+from proxy import protocol
 from proxy.audit import redact
 
 MAX_FINGERPRINTS = 5000
 MAX_PENDING = 50_000
 COLUMNS = ["fingerprint", "calls", "total_ms", "mean_ms", "p95_ms", "max_ms", "rows", "refusals",
            "cache_hits", "query"]
+
+
+def statement_text(msg: bytes) -> str:
+    """The SQL of a Query or Parse message."""
+    return protocol.decode_query(msg) if msg[0] == ord("Q") else protocol.decode_parse(msg).query
 
 
 class QueryStats:
@@ -26,8 +32,9 @@ class QueryStats:
         self.by_fingerprint: dict[str, dict] = {}
         self._fingerprints: dict[str, str] = {}
 
-    def observe(self, sql: str, seconds: float, rows: int = 0, cached: bool = False) -> None:
-        """A statement answered: its duration, rows returned or affected, rewrite-cache hit."""
+    def observe(self, sql: str | bytes, seconds: float, rows: int = 0, cached: bool = False) -> None:
+        """A statement answered (its text, or the Query/Parse message carrying it): its duration,
+        rows returned or affected, rewrite-cache hit."""
         self.pending.append((sql, seconds, rows, cached))
 
     def refusal(self, sql: str) -> None:
@@ -38,7 +45,7 @@ class QueryStats:
         """Aggregate what was observed."""
         while self.pending:
             sql, seconds, rows, cached = self.pending.popleft()
-            entry = self._entry(sql)
+            entry = self._entry(sql if isinstance(sql, str) else statement_text(sql))
             if seconds is None:
                 entry["refusals"] += 1
                 continue

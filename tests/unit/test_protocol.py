@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy import protocol as p
@@ -181,37 +181,35 @@ def test_framer_raises_only_protocol_errors_on_arbitrary_bytes(data, cut_at):
         pass
 
 
-# --- ReadyScanner ------------------------------------------------------------------------------
+# --- the backend stream scanner (proxy.pipeline.Tracker) -------------------------------------------
 
 ready = st.sampled_from(b"ITE").map(lambda s: p.ready_for_query(bytes([s])))
 error = st.builds(lambda t: p.error_response("42000", t), ctext)
 other = st.builds(lambda k, body: p.message(bytes([k]), body),
-                  st.sampled_from(b"TDCSK12nIst"), st.binary(max_size=30))
+                  st.sampled_from(b"TDCK12nIst"), st.binary(max_size=30))
 
 
 @given(st.lists(st.one_of(ready, error, other), max_size=25), cuts)
-def test_ready_scanner_counts_ready_for_query_over_any_chunking(msgs, cut_at):
-    scanner = p.ReadyScanner()
-    count, last_status, saw_error = 0, 0, False
-    for chunk in chunked(b"".join(msgs), cut_at):
-        status, n, err = scanner.scan(chunk)
-        count += n
-        saw_error |= err
-        if n:
-            last_status = status
-        else:
-            assert status == 0
+def test_backend_stream_is_forwarded_whole_and_ready_status_tracked_over_any_chunking(msgs, cut_at):
+    from proxy.pipeline import Tracker
+    tracker = Tracker()
+    stream = b"".join(msgs)
+    out = b"".join(tracker.feed(chunk) for chunk in chunked(stream, cut_at))
     zs = [m for m in msgs if m[0] == ord("Z")]
-    assert count == len(zs)
-    assert last_status == (zs[-1][5] if zs else 0)
-    assert saw_error == any(m[0] == ord("E") for m in msgs)
+    assert out == stream
+    assert tracker.status == (zs[-1][5] if zs else ord("I"))
+    assert len(tracker.errors) == sum(1 for m in msgs if m[0] == ord("E"))
 
 
 @given(st.binary(max_size=300), cuts)
-def test_ready_scanner_never_raises_on_arbitrary_bytes(data, cut_at):
-    scanner = p.ReadyScanner()
-    for chunk in chunked(data, cut_at):
-        scanner.scan(chunk)
+def test_backend_stream_scanner_raises_only_protocol_error(data, cut_at):
+    from proxy.pipeline import Tracker
+    tracker = Tracker()
+    try:
+        for chunk in chunked(data, cut_at):
+            tracker.feed(chunk)
+    except p.ProtocolError:
+        pass
 
 
 # --- client message decoders -------------------------------------------------------------------
