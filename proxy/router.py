@@ -235,7 +235,8 @@ class Router:
             path = search_path or self.search_paths.get(database) or ("public",)
             ctx = Context(_table_rules(self.policy, ident.user), self.schemas.get(database, {}),
                           tenant, frozenset(evaluate.allowed_functions(self.policy)),
-                          tuple(s.replace("$user", ident.user) for s in path if s))
+                          tuple(s.replace("$user", ident.user) for s in path if s),
+                          evaluate.SENSITIVE_CATALOG_RELATIONS)
             self._contexts[key] = ctx
         return ctx
 
