@@ -17,10 +17,22 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_HOST, PG_PORT = "127.0.0.1", int(os.environ.get("PGWARDEN_TEST_PG_PORT", "5432"))
 
 
+# Ports come from below the kernel's ephemeral range (32768-60999 here), so no
+# outgoing connection to PostgreSQL or Redis can take one between the moment a
+# test picks it and the moment pgwarden binds it; a port is never handed out
+# twice in one run, and the start is random per process so runs do not collide.
+_PORTS = iter(range(20000 + (os.getpid() * 7919) % 9000, 32000))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for port in _PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free test port left below the ephemeral range")
 
 
 def base_config(**overrides) -> dict:
