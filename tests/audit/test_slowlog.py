@@ -9,9 +9,10 @@ import time
 
 import asyncpg
 
+from tests.harness import PG_PORT
 from proxy.slowlog import SlowLog, SlowQueryConfig
 
-DSN = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+DSN = {"host": "127.0.0.1", "port": PG_PORT, "user": "postgres"}
 
 
 async def timed(conn: asyncpg.Connection, sql: str, *args) -> tuple[float, int]:

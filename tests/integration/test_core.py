@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from proxy import protocol
-from tests.harness import ROOT, base_config
+from tests.harness import PG_PORT, ROOT, base_config
 
 
 def _raw(proxy, payload: bytes = b"", timeout: float = 5.0) -> bytes:
@@ -176,7 +176,7 @@ def _locked_row_is_free(dsn_direct: str) -> bool:
 
 @pytest.fixture
 def lock_table():
-    direct = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    direct = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname=postgres"
     with psycopg.connect(direct, autocommit=True) as conn:
         conn.execute("drop table if exists pgw_core_lock")
         conn.execute("create table pgw_core_lock (k int primary key, v int)")
@@ -240,7 +240,7 @@ def test_check_lists_every_config_error_with_line_and_suggestion(tmp_path):
     assert f"{path}:5: cache: result caching is not available" in err and "never silently ignored" in err
 
 
-DIRECT = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname=postgres"
 
 
 @pytest.fixture

@@ -5,9 +5,10 @@ from __future__ import annotations
 import psycopg
 
 from tests.policy.conftest import POLICY, SCHEMA
+from tests.harness import PG_PORT
 
 DB = "pgw_bypass"
-DIRECT = "host=127.0.0.1 port=5432 user=postgres dbname={}"
+DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname={{}}"
 
 EXTRA_SCHEMA = """
 alter table customers add constraint name_not_x check (name <> 'x');

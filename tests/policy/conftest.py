@@ -8,9 +8,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.harness import ProxyProcess, base_config
+from tests.harness import PG_PORT, ProxyProcess, base_config
 
-DIRECT = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname=postgres"
 DB = "pgw_policy"
 TOKEN_KEY = "test-tenant-key-0123456789"
 

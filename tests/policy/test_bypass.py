@@ -19,8 +19,9 @@ import pytest
 
 from tests.policy import bypass_shop
 from tests.policy.conftest import DB, TOKEN_KEY, connect, policy_proxy, reset_data
+from tests.harness import PG_PORT
 
-DIRECT = f"host=127.0.0.1 port=5432 user=postgres dbname={DB}"
+DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname={DB}"
 LEAKS = ("Gus", "gus@globex.io", "333-33-3333", "555-0103", "999.99", "globex",
          "111-11-1111", "222-22-2222", "s3cr3t", "globex-event")
 

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from tests.policy.conftest import DB, TOKEN_KEY, connect, reset_data
+from tests.harness import PG_PORT
 
 
 def rows(conn, sql, params=None):
@@ -67,7 +68,7 @@ def test_writes_are_confined_to_the_tenant(guarded):
         conn.execute("insert into orders (id, tenant_id, total) values (%s, %s, 5)", (23, "acme"))
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("update orders set tenant_id = 'globex' where id = 10")
-    with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={DB}") as direct:
+    with psycopg.connect(f"host=127.0.0.1 port={PG_PORT} user=postgres dbname={DB}") as direct:
         assert rows(direct, "select id, tenant_id, total from orders where tenant_id = 'globex'") == \
             [(12, "globex", 999.99)] or rows(direct, "select id from orders where tenant_id = 'globex'") == [(12,)]
         assert rows(direct, "select tenant_id from orders where id in (20, 23) order by id") == \

@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.policy.conftest import SCHEMA, policy_proxy
 from tests.policy.oracle_queries import queries
+from tests.harness import PG_PORT
 
 FULL_DB, COPY_DB = "pgw_policy_oracle", "pgw_policy_acme"
-DIRECT = "host=127.0.0.1 port=5432 user=postgres dbname={}"
+DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname={{}}"
 EXAMPLES = int(os.environ.get("PGWARDEN_ORACLE_EXAMPLES", 200))
 TENANTS = ("acme", "globex", "initech")
 NAMES = ("Ann", "Bob", "Cyd", "France", "Abe", "Bea", None)

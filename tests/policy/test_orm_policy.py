@@ -13,10 +13,10 @@ from sqlalchemy import ForeignKey, Numeric, String, create_engine, delete, func,
 from sqlalchemy.orm import (DeclarativeBase, Mapped, Session, joinedload, mapped_column, relationship,
                             selectinload)
 
-from tests.harness import ROOT
+from tests.harness import PG_PORT, ROOT
 from tests.policy.conftest import DB, reset_data
 
-DIRECT = f"host=127.0.0.1 port=5432 user=postgres dbname={DB}"
+DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname={DB}"
 
 
 class Base(DeclarativeBase):

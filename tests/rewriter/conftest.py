@@ -6,8 +6,9 @@ import psycopg
 import pytest
 
 from .schema import DDL, ROWS
+from tests.harness import PG_PORT
 
-DSN = "host=127.0.0.1 port=5432 user=postgres dbname={}"
+DSN = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname={{}}"
 DATABASES = {"pgwarden_rw_all": ("acme", "globex", "shared"), "pgwarden_rw_acme": ("acme", "shared")}
 
 
