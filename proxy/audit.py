@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 import pglast.parser
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,7 +24,8 @@ from proxy.audit_sinks import FileSink, RedisSink, SinkError
 
 log = logging.getLogger("pgwarden.audit")
 GENESIS = "0" * 64
-BATCH = 1000
+BATCH = 2000    # records formed and written at a time
+LINGER = 0.01   # seconds the writer waits for a batch to gather before forming it
 
 
 class AuditConfig(BaseModel):
@@ -175,8 +177,15 @@ def _finish_fields(record: dict, log_parameters: bool) -> dict:
 # --- the chain ----------------------------------------------------------------------------------
 
 def canonical(record: dict) -> str:
-    """The one JSON text of a record that the chain covers (sorted keys, no spaces)."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """The one JSON text of a record that the chain covers (sorted keys, no spaces, UTF-8).
+
+    orjson writes it; values orjson refuses (integers past 64 bits, lone surrogates) fall back to
+    the standard library, the same way at write and at verify.
+    """
+    try:
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=str).decode()
+    except (orjson.JSONEncodeError, UnicodeError):  # ASCII-escaped: lone surrogates stay writable
+        return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def chain_value(prev: str, record: dict, key: bytes | None) -> str:
@@ -186,11 +195,18 @@ def chain_value(prev: str, record: dict, key: bytes | None) -> str:
 
 def _chain(prev: str, body: str, key: bytes | None) -> str:
     data = prev.encode() + body.encode()
-    return hmac.new(key, data, hashlib.sha256).hexdigest() if key else hashlib.sha256(data).hexdigest()
+    return hmac.digest(key, data, "sha256").hex() if key else hashlib.sha256(data).hexdigest()
+
+
+@lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def _iso(stamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp)) + f".{int(stamp * 1000) % 1000:03d}Z"
+    """UTC time with milliseconds (`2026-11-28T09:30:00.123Z`); the seconds part is cached."""
+    millis = int(stamp * 1000)
+    return f"{_second(millis // 1000)}.{millis % 1000:03d}Z"
 
 
 # --- the trail ----------------------------------------------------------------------------------
@@ -198,9 +214,10 @@ def _iso(stamp: float) -> str:
 class Audit:
     """A bounded queue of records and the task that redacts, chains and writes them to the sinks.
 
-    The hot path only appends to a deque (`offer`). The writer takes up to BATCH records, and in a
-    thread redacts, numbers, chains and serialises them, then appends them to the file (in a
-    thread) and the Redis Stream. Records leave memory only once every sink has them.
+    `offer` only appends to a deque. The writer takes up to BATCH records, redacts, numbers,
+    chains and serialises them, then appends them to the file and the Redis Stream. Records
+    leave memory only once every sink has them. The proxy runs this in its writer process
+    (proxy/audit_process.py), so file calls block that process, never the proxy.
     """
 
     def __init__(self, config: AuditConfig, base_dir: Path | None = None) -> None:
@@ -237,6 +254,15 @@ class Audit:
         if not self._wake.is_set():
             self._wake.set()
         return True
+
+    def accept(self, record: dict) -> None:
+        """Queue a record that was already accepted (by the proxy, for the writer process): never
+        refused; the caller bounds what it hands over."""
+        if "time" not in record:
+            record["time"] = time.time()
+        self.queue.append(record)
+        if not self._wake.is_set():
+            self._wake.set()
 
     async def put(self, record: dict) -> None:
         """Queue a record, waiting up to block_timeout for room; AuditUnavailable when there is none."""
@@ -312,7 +338,7 @@ class Audit:
             await self._task
             self._task = None
         try:
-            await asyncio.to_thread(self._file.close)
+            self._file.close()
         except OSError as exc:
             log.error("audit: closing %s: %s", self.path, exc)
         if self._redis is not None:
@@ -333,8 +359,10 @@ class Audit:
             try:
                 await self._open_sinks()
                 if not self._formed and self.queue:
+                    if len(self.queue) < BATCH and not self._stopping and not self.failures:
+                        await asyncio.sleep(LINGER)  # let a batch gather: one write per many records
                     batch = [self.queue.popleft() for _ in range(min(len(self.queue), BATCH))]
-                    self._formed = await asyncio.to_thread(self._form, batch)
+                    self._formed = self._form(batch)
                 await self._deliver()
                 backoff = 0.05
             except Exception as exc:  # a sink error, or a bug: either way the proxy keeps running
@@ -359,7 +387,7 @@ class Audit:
             pass
         if self._file.due():
             try:
-                await asyncio.to_thread(self._file.rotate)
+                self._file.rotate()
             except OSError as exc:
                 self._failed(self._describe(exc))
 
@@ -367,11 +395,11 @@ class Audit:
         """Open what is closed; the chain resumes from the files before the first record."""
         if not self._file.is_open:
             if not self._resumed:
-                tail = await asyncio.to_thread(self._file.tail)
+                tail = self._file.tail()
                 if tail is not None:
                     self._seq, self._prev = tail
                 self._file.last_seq = self._seq
-            await asyncio.to_thread(self._file.open)
+            self._file.open()
             self._resumed = True
         if self._redis is not None and (self._redis.client is None or self.failures):
             await self._redis.open()
@@ -381,7 +409,7 @@ class Audit:
             self._recovered()  # a probe while nothing waits: the sinks are back
 
     def _form(self, batch: list[dict]) -> list[tuple[int, str]]:
-        """Redact, number, time-stamp and chain a batch (runs in a thread; the writer's only)."""
+        """Redact, number, time-stamp and chain a batch."""
         out = []
         seq, prev = self._seq, self._prev
         for raw in batch:
@@ -406,7 +434,7 @@ class Audit:
         last = self._formed[-1][0]
         if self._file.last_seq < last:
             lines = [line for seq, line in self._formed if seq > self._file.last_seq]
-            await asyncio.to_thread(self._file.write, lines, last)
+            self._file.write(lines, last)
         if self._redis is not None and self._redis.last_seq < last:
             await self._redis.write([(s, line) for s, line in self._formed if s > self._redis.last_seq])
         self.written += len(self._formed)

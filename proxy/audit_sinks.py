@@ -36,7 +36,7 @@ def last_record(path: Path) -> tuple[int, str] | None:
 
 class FileSink:
     """Appends batches of lines; rotates past `rotate_bytes`, or `rotate_seconds` after the file's
-    first record. Its methods block: the writer calls them in a thread."""
+    first record. Its methods block: the writer runs in its own process (proxy/audit_process.py)."""
 
     def __init__(self, path: Path, rotate_bytes: int, rotate_seconds: float | None, fsync: bool) -> None:
         self.path = path

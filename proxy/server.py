@@ -9,7 +9,7 @@ import signal
 import time
 
 from proxy import protocol
-from proxy.audit import Audit
+from proxy.audit_process import AuditProcess
 from proxy.backend import Backend, Target
 from proxy.config import Config, ConfigError, load_config
 from proxy.http import HttpServer
@@ -47,7 +47,8 @@ class Server:
         self.stats = QueryStats(self.metrics.statement_seconds.observe)
         self.slowlog = SlowLog(config.slow_query, explain_dsn=self._control_dsn()) \
             if config.slow_query else None
-        self.audit: Audit | None = Audit(config.audit) if config.audit else None
+        self.audit: AuditProcess | None = AuditProcess(
+            config.audit, config.log.format, config.log.level) if config.audit else None
         self._http = HttpServer(self)
         self._janitor = Janitor(self)
         self._stop = asyncio.Event()

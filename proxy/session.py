@@ -100,6 +100,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         self._unnamed: bytes | None = None  # the client's last unnamed Parse (transaction mode)
         self._unnamed_here = False          # ... and whether the linked backend has it
         self._acquiring = False
+        self._held: list[tuple[int, bytes]] | None = None  # messages waiting for the audit trail
         self._auth: ClientAuth | None = None
         self._client_params: dict[str, str] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -351,6 +352,13 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         if self.console is not None:
             self._admin(msgs)
             return
+        audit = self.server.audit
+        if self._held is not None or (audit is not None and not audit.accepting()):
+            self._hold(msgs)
+            return
+        self._dispatch(msgs)
+
+    def _dispatch(self, msgs: list[tuple[int, bytes]]) -> None:
         if self.backend is None:
             if self._acquiring:
                 self._pending += msgs
@@ -367,6 +375,26 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                 return
             self._link(backend)
         self._forward(msgs)
+
+    def _hold(self, msgs: list[tuple[int, bytes]]) -> None:
+        """The audit trail cannot take records (on_failure: block): hold the client's messages,
+        reading paused, until it can or block_timeout passes; a statement it still cannot take
+        is then refused (58030)."""
+        if self._held is None:
+            self._held = []
+            self.transport.pause_reading()
+            asyncio.get_running_loop().create_task(self._release_held())
+        self._held += msgs
+
+    async def _release_held(self) -> None:
+        audit = self.server.audit
+        await audit.room(audit.config.block_timeout)  # type: ignore[union-attr]
+        msgs, self._held = self._held or [], None
+        if self.state == CLOSED:
+            return
+        self._dispatch(msgs)
+        if self.state != CLOSED and not self._acquiring:
+            self.transport.resume_reading()
 
     def _acquire(self) -> None:
         self._acquiring = True

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.audit import Audit, AuditConfig, AuditError, verify_files
+from proxy.audit import Audit, AuditConfig, AuditError, statement_record, verify_files
 from proxy.audit_sinks import rotated_files
 from tests.audit.trail import KEY_ENV, numbered, write_trail
 from tests.harness import ROOT
@@ -143,3 +143,13 @@ def test_rotation_by_age_happens_while_idle_and_keeps_the_chain(tmp_path):
     files = [*rotated_files(path), path]
     assert [len(p.read_text().splitlines()) for p in files] == [3, 2]
     assert verify_files(files, None).records == 5
+
+
+def test_text_with_undecodable_bytes_is_written_and_verifies(tmp_path):
+    """A LATIN1 client's byte that is not UTF-8 arrives as a lone surrogate: the record is kept
+    (ASCII-escaped) and the chain still verifies."""
+    path = tmp_path / "audit.jsonl"
+    write_trail(path, [statement_record(sql="select 1 -- caf\udce9", user="u", log_parameters=True),
+                       *numbered(2)])
+    assert len(path.read_text().splitlines()) == 3 and "\\udce9" in path.read_text()
+    assert verify_files([path], None).ok
