@@ -80,16 +80,65 @@ def _conservative(match: re.Match) -> str:
     return match["param"] or (" " if match["comment"] else "?")
 
 
+# Plain text (no backslashes, block comments, dollar quotes, U&, E'' B'' X'' N'' prefixes or
+# numbers run into letters) lexes the same under one regular expression as under PostgreSQL's
+# scanner, at a third of the cost; anything else takes the scanner. A test holds the two equal.
+_PLAIN = re.compile(r"""
+      (?P<keep>"[^"]*"|\$\d+)                                   # identifiers, parameters: kept
+    | (?P<str>'(?:[^']|'')*(?:'|\Z))(?P<cont>(?=\s*(?:--[^\n]*\n\s*)*'))?  # strings (and 'a'\n'b')
+    | (?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(?P<glued>[A-Za-z_]?)
+    | (?P<comment>--[^\n]*)
+    | (?P<odd>\$)                                               # not plain: the scanner decides
+    """, re.X)
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _plain(match: re.Match) -> str:
+    if match["keep"]:
+        return match["keep"]
+    if match["odd"]:
+        raise _NotPlain
+    if match["comment"]:
+        return ""
+    at = match.start()
+    before = match.string[at - 1] if at else " "
+    if match["str"]:
+        if before in "eEbBxXnN" or match["cont"] is not None:  # E'', B'', X'', N''; 'a' 'b'
+            raise _NotPlain
+        return "?"
+    if before.isalnum() or before in "_$":  # digits ending a name: t1, t1e5, U0."id", anon_1.id
+        if match["num"].partition(".")[2]:
+            raise _NotPlain  # t1.5: a name and a number
+        return match[0]
+    if match["glued"]:
+        raise _NotPlain
+    return "?"
+
+
 @lru_cache(maxsize=4096)
 def redact(sql: str) -> str:
     """The statement with every literal replaced by `?` and comments removed; PostgreSQL's own
-    scanner finds them. Never raises: text it cannot scan loses every quoted string and number.
+    scanner finds them (plain text takes an equivalent regular expression). Never raises: text
+    the scanner cannot scan loses every quoted string and number.
 
     >>> redact("select * from t where email = 'bob@x.io' and id > 42 -- by ann")
     'select * from t where email = ? and id > ? '
     >>> redact("select 'unterminated")
     'select ?'
     """
+    if "\\" not in sql and "/*" not in sql and "U&" not in sql and "u&" not in sql:
+        try:
+            return _PLAIN.sub(_plain, sql)
+        except _NotPlain:
+            pass
+    return scanned(sql)
+
+
+def scanned(sql: str) -> str:
+    """`redact` by PostgreSQL's scanner alone."""
     try:
         tokens = pglast.parser.scan(sql)
     except Exception:  # any scanner error: fall back to removing everything that could be a value

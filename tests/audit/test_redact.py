@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+from pathlib import Path
+
 import pglast.parser
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.audit import fingerprint, redact, statement_record
+from proxy.audit import fingerprint, redact, scanned, statement_record
 
 VALUE_TOKENS = {"SCONST", "ICONST", "FCONST", "BCONST", "XCONST", "USCONST"}
 
@@ -75,3 +79,20 @@ def test_redact_never_raises_and_leaves_no_quoted_literal(sql):
         assert "'" not in out.replace("''", "") or '"' in out  # quotes left only inside identifiers
         return
     assert not [t for t in tokens if t.name in VALUE_TOKENS], out
+
+
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "orm_statements.jsonl.gz"
+
+
+@pytest.mark.skipif(not CORPUS.exists(), reason="the ORM corpus is not next to this checkout")
+def test_the_fast_path_agrees_with_the_scanner_on_every_orm_statement():
+    sqls = [json.loads(line)["sql"] for line in gzip.open(CORPUS, "rt")]
+    assert [s for s in sqls if redact.__wrapped__(s) != scanned(s)] == []
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(piece | st.sampled_from(["t1", "x2y", "1e5", "e'a'", "a$b", "0x1F", "t.5", "--'x'\n",
+                                          '"a--b"', "'a' 'b'", "1.", ".5", "N'x'", "\n"]),
+                max_size=12).map(" ".join))
+def test_the_fast_path_agrees_with_the_scanner(sql):
+    assert redact.__wrapped__(sql) == scanned(sql)
