@@ -8,7 +8,7 @@ from collections import deque
 from proxy.protocol import ProtocolError, decode_fields, replace_detail
 
 FORWARD, SWALLOW, SYNTH, ABORT = 0, 1, 2, 3  # ABORT: hide its answers but ReadyForQuery
-_Z, _E, _S = ord("Z"), ord("E"), ord("S")
+_Z, _E, _S, _C = ord("Z"), ord("E"), ord("S"), ord("C")
 _SYNC_LIKE = frozenset(b"SQF")  # requests answered by ReadyForQuery
 _DONE = {  # which backend message completes a request, by the request's type byte
     ord("P"): frozenset(b"1"), ord("B"): frozenset(b"2"), ord("D"): frozenset(b"Tn"),
@@ -16,6 +16,17 @@ _DONE = {  # which backend message completes a request, by the request's type by
     ord("S"): frozenset(b"Z"), ord("Q"): frozenset(b"Z"), ord("F"): frozenset(b"Z"),
 }
 _unpack = struct.Struct("!I").unpack_from
+
+
+def _tag_rows(data: bytes, start: int, end: int) -> int:
+    """The row count at the end of a CommandComplete tag (`SELECT 5`, `INSERT 0 1`), else 0.
+
+    >>> _tag_rows(b"C\\0\\0\\0\\x0dINSERT 0 12\\0", 5, 16)
+    12
+    """
+    space = data.rfind(b" ", start, end)
+    digits = data[space + 1:end]
+    return int(digits) if space >= 0 and digits.isdigit() else 0
 
 
 class Tracker:
@@ -35,8 +46,8 @@ class Tracker:
     (True, 'I')
     """
 
-    __slots__ = ("queue", "fixups", "status", "synced", "answered", "failed", "done", "reported",
-                 "errors", "scrub", "_skip", "_head", "_dropping")
+    __slots__ = ("queue", "fixups", "status", "synced", "answered", "rows", "failed", "done", "reported",
+                 "errors", "scrub", "_skip", "_head", "_dropping", "_rows")
 
     def __init__(self) -> None:
         self.queue: deque[tuple[int, int, object]] = deque()
@@ -44,6 +55,8 @@ class Tracker:
         self.status = ord("I")   # transaction status of the last ReadyForQuery
         self.synced = True       # no extended-protocol message sent since the last ReadyForQuery
         self.answered = 0        # client Query/Sync/FunctionCall answered (for timing)
+        self.rows: list[int] = []  # ... and the rows each returned or changed (CommandComplete)
+        self._rows = 0           # rows counted since the last ReadyForQuery
         self.failed: list[object] = []  # tags of watched requests that ended in an error
         self.done: list[object] = []    # tags of watched requests that succeeded
         self.reported: list[bytes] = [] # ParameterStatus messages seen (a setting changed)
@@ -115,11 +128,13 @@ class Tracker:
             if length < 4:
                 raise ProtocolError(f"backend sent an invalid message length {length}")
             end = pos + 1 + length
-            if end > n and kind in (_S, _E):
+            if end > n and kind in (_S, _E, _C):
                 self._head = data[pos:]  # hold it until it is whole, to read or scrub it
                 n = pos
                 break
-            if kind == _S:
+            if kind == _C:
+                self._rows += _tag_rows(data, pos + 5, end - 1)
+            elif kind == _S:
                 self.reported.append(data[pos:end])
             elif kind == _E:
                 self.errors.append(data[pos:end])
@@ -159,7 +174,9 @@ class Tracker:
                 hidden = action == SWALLOW
                 if not hidden:
                     self.answered += 1
+                    self.rows.append(self._rows)
                 break
+        self._rows = 0
         if not any(code not in _SYNC_LIKE and code != SYNTH for code, _, _ in queue):
             self.synced = True
         return hidden

@@ -97,6 +97,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         self._out: list[bytes] | None = None  # the batch `_forward` is building for the backend
         self._timings: deque[tuple[float, bytes]] = deque()  # Query/Sync sent, for timing
         self._last_parse = b""
+        self._named_parses: dict[bytes, bytes] = {}  # statement name -> its Parse, for timing
         self._unnamed: bytes | None = None  # the client's last unnamed Parse (transaction mode)
         self._unnamed_here = False          # ... and whether the linked backend has it
         self._acquiring = False
@@ -465,6 +466,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                                 "by OID, outside any statement the policy can check",
                                 "call the function in a SELECT", simple=True)
                     continue
+                if kind == _P or kind == _B:
+                    self._note_statement(kind, msg)
                 if self.ident is not None and kind in _NAMED:
                     msg = self._guard_extended(kind, msg, out)  # type: ignore[assignment]
                     if msg is None:
@@ -495,8 +498,6 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                         self._unnamed, self._unnamed_here = msg, True
                 if kind == _S or kind == _F:
                     self._timings.append((time.perf_counter(), self._last_parse))
-                elif kind == _P:
-                    self._last_parse = msg
                 tracker.request(kind)
                 out.append(msg)
             elif kind in _PASSED:
@@ -515,6 +516,21 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         if out:
             backend.write(b"".join(out))  # type: ignore[union-attr]
         self._maybe_release()
+
+    def _note_statement(self, kind: int, msg: bytes) -> None:
+        """Which Parse the next Sync is timed under: the last one, or the one of the statement
+        a Bind names (a client's statement names are few; Close leaves a stale entry at most)."""
+        end = msg.index(b"\0", 5)
+        if kind == _P:
+            self._last_parse = msg
+            if end > 5:
+                if len(self._named_parses) >= 10_000:
+                    self._named_parses.clear()
+                self._named_parses[msg[5:end]] = msg
+            return
+        name = msg[end + 1:msg.index(b"\0", end + 1)]
+        if name:
+            self._last_parse = self._named_parses.get(name, b"")
 
     def reply(self, data: bytes) -> None:
         """Send the client an answer the proxy made itself, in order with the backend's answers."""
@@ -593,8 +609,9 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                 stmt.verified = True  # type: ignore[attr-defined]
             tracker.done.clear()
         if tracker.answered:
-            self._timed(tracker.answered)
+            self._timed(tracker.answered, tracker.rows)
             tracker.answered = 0
+            tracker.rows.clear()
         if tracker.reported:
             self._reported(backend, tracker.reported)
         if tracker.errors:
@@ -606,17 +623,17 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         if tracker.idle:
             self._maybe_release()
 
-    def _timed(self, answered: int) -> None:
-        """Statements answered: their durations go to the query statistics and slow log."""
+    def _timed(self, answered: int, rows: list[int]) -> None:
+        """Statements answered: their durations and rows go to the query statistics and slow log."""
         now, server, timings = time.perf_counter(), self.server, self._timings
-        for _ in range(min(answered, len(timings))):
+        for i in range(min(answered, len(timings))):
             started, msg = timings.popleft()
             if msg:  # the raw message: its text is decoded off the hot path, when aggregated
                 seconds = now - started
-                server.stats.observe(msg, seconds)
+                server.stats.observe(msg, seconds, rows[i])
                 slowlog = server.slowlog
                 if slowlog is not None and seconds >= slowlog.threshold_s:
-                    slowlog.observe(statement_text(msg), seconds, "primary", None, self.database)
+                    slowlog.observe(statement_text(msg), seconds, "primary", rows[i], self.database)
 
     def _maybe_release(self) -> None:
         backend = self.backend

@@ -90,12 +90,19 @@ def test_slow_statements_are_logged_and_show_queries_ranks_by_time(make_proxy, t
         conn.execute("select pg_sleep(0.12), 'secret-literal'")
         for i in range(5):
             conn.execute("select %s::int", (i,))
+        conn.execute("select generate_series(1, 7)", prepare=True)
+        conn.execute("create temp table rowcount (a int)")
+        conn.execute("insert into rowcount select generate_series(1, 3)")
     time.sleep(1.5)  # the janitor aggregates once a second
     slow = (proxy.workdir / "slow.jsonl").read_text().splitlines()
     assert len(slow) == 1 and "pg_sleep" in slow[0] and "secret-literal" not in slow[0]
+    assert __import__("json").loads(slow[0])["rows"] == 1
     queries = rows(admin(proxy, "SHOW QUERIES"))
     assert "pg_sleep" in queries[0][-1] and float(queries[0][2]) >= 120
-    assert any(q[1] == "5" for q in queries), queries
+    assert any(q[1] == "5" and q[6] == "5" for q in queries), queries  # 5 calls, a row each
+    by_text = {q[-1]: q for q in queries}
+    assert by_text["select generate_series(?, ?)"][6] == "7", queries  # a named prepared statement
+    assert by_text["insert into rowcount select generate_series(?, ?)"][6] == "3", queries
 
 
 def test_slow_selects_get_their_plan_when_explain_is_on(make_proxy):
