@@ -67,6 +67,17 @@ def search_path_of(text: str) -> tuple[str, ...] | None:
     return tuple(out)
 
 
+def unknown_tenant(decision: Refuse, setting: str | None) -> Refuse:
+    """A refusal for want of a tenant, told as what it is: the tenant was lost, not never set."""
+    if not decision.message.endswith("this session has no tenant"):
+        return decision
+    return Refuse(decision.sqlstate, decision.message.replace(
+        "this session has no tenant", "this session's tenant is unknown: a statement that "
+        "changed it, or a SAVEPOINT, RELEASE or ROLLBACK TO, failed or ran in a batch that "
+        "failed, so pgwarden cannot tell what PostgreSQL kept"),
+        f"SET {setting or 'pgwarden.tenant'} again (outside a failed transaction)", decision.rule)
+
+
 class Guarded:
     """Mixin for Session: what policy enforcement adds to a client connection.
 
@@ -76,6 +87,7 @@ class Guarded:
 
     ident: Identity | None = None
     local_tenant: str | None = None  # SET LOCAL: this transaction only
+    tenant_unknown = False  # a tenant change or savepoint failed: what PostgreSQL kept is unknown
     guarded: dict[str, Prepared]  # by the client's statement name ("" = unnamed)
     _audit_statements: dict[str, tuple]  # statement name -> (text, decision), for Bind records
     _parses: dict[bytes, tuple]    # a client's Parse -> the policed Parse built for it
@@ -106,6 +118,8 @@ class Guarded:
     def tenant(self) -> str | None:
         if self.local_tenant is not None:
             return self.local_tenant
+        if self.tenant_unknown:
+            return None
         router = self.server.router
         text = self.settings.get(router.tenant_setting) if router and router.tenant_setting else None
         if text is not None:
@@ -129,6 +143,8 @@ class Guarded:
             return (sql if decision.sql is None else decision.sql), decision
         metrics.statement(protocol_name, "refused", tenant=self.tenant())
         self.server.stats.refusal(sql)
+        if isinstance(decision, Refuse) and self.tenant_unknown and self.local_tenant is None:
+            decision = unknown_tenant(decision, router.tenant_setting)
         if isinstance(decision, Refuse):
             self.server.metrics.refusals.labels(decision.rule).inc()
             self.audited(sql, simple, decision)

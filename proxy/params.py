@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import pglast.parser
 
 # First words of statements that may change session state; anything else is not parsed here.
-_WATCHED = frozenset({"set", "reset", "discard", "listen", "prepare"})
+_WATCHED = frozenset({"set", "reset", "discard", "listen", "prepare", "savepoint", "release",
+                      "rollback", "abort"})
 _LEADING = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]*)", re.S)
 _NOT_FORWARDED = frozenset({"user", "database", "replication", "options"})
 
@@ -19,7 +20,9 @@ class Effect:
     """What one statement does to session state.
 
     kind: 'set' (name, text to replay), 'reset' (name), 'reset_all', 'discard_all',
-    'listen', 'prepare', 'identity' (SET ROLE / SESSION AUTHORIZATION), 'local' (no lasting effect).
+    'listen', 'prepare', 'identity' (SET ROLE / SESSION AUTHORIZATION), 'local' (no lasting effect);
+    and what transaction control does to them: 'savepoint', 'release', 'rollback_to' (name: the
+    savepoint's), 'rollback' (ROLLBACK or ABORT of the whole transaction).
     """
 
     kind: str
@@ -27,7 +30,7 @@ class Effect:
     text: str = ""
 
 
-_HEADS = frozenset({"set", "res", "dis", "lis", "pre", "dea", "rol", "abo", "cre", "dec"})
+_HEADS = frozenset({"set", "res", "dis", "lis", "pre", "dea", "rol", "abo", "cre", "dec", "sav", "rel"})
 
 
 def maybe_stateful(sql: str) -> bool:
@@ -85,6 +88,8 @@ def effects(sql: str) -> list[Effect]:
     [Effect(kind='set', name='timezone', text="SET TimeZone TO 'UTC'")]
     >>> effects("select 1")
     []
+    >>> effects('SAVEPOINT "A"; ROLLBACK TO a; RELEASE a')
+    [Effect(kind='savepoint', name='A', text=''), Effect(kind='rollback_to', name='a', text=''), Effect(kind='release', name='a', text='')]
     """
     if first_word(sql) not in _WATCHED and ";" not in sql.rstrip().rstrip(";"):
         return []
@@ -117,7 +122,14 @@ def _characteristic(elem: dict) -> str:
     return f"SET default_{elem['defname']} TO {_literal(value)}"
 
 
+_TRANSACTION = {"TRANS_STMT_SAVEPOINT": "savepoint", "TRANS_STMT_RELEASE": "release",
+                "TRANS_STMT_ROLLBACK_TO": "rollback_to", "TRANS_STMT_ROLLBACK": "rollback"}
+
+
 def _effect(kind: str, node: dict, text: str) -> Effect | None:
+    if kind == "TransactionStmt":
+        control = _TRANSACTION.get(node.get("kind", ""))
+        return Effect(control, node.get("savepoint_name", "")) if control else None
     if kind == "ListenStmt":
         return Effect("listen", node.get("conditionname", ""))
     if kind == "PrepareStmt":

@@ -47,7 +47,7 @@ class Tracker:
     """
 
     __slots__ = ("queue", "fixups", "status", "synced", "answered", "rows", "failed", "done", "reported",
-                 "errors", "scrub", "_skip", "_head", "_dropping", "_rows")
+                 "errors", "scrub", "ends", "_failing", "_skip", "_head", "_dropping", "_rows")
 
     def __init__(self) -> None:
         self.queue: deque[tuple[int, int, object]] = deque()
@@ -62,6 +62,9 @@ class Tracker:
         self.reported: list[bytes] = [] # ParameterStatus messages seen (a setting changed)
         self.errors: list[bytes] = []   # ErrorResponse messages seen
         self.scrub: str | None = None   # when set, every ErrorResponse DETAIL is replaced by it
+        self.ends: list[tuple[object, bool, int]] = []  # each ReadyForQuery: (tag of its Query
+        #   or Sync, whether an error came since the one before, transaction status)
+        self._failing = False    # an ErrorResponse came since the last ReadyForQuery
         self._skip = 0           # bytes of the current message still to come
         self._head = b""         # an incomplete header kept for the next chunk
         self._dropping = False   # whether the current (split) message is being hidden
@@ -99,6 +102,8 @@ class Tracker:
         self.done.clear()
         self.reported.clear()
         self.errors.clear()
+        self.ends.clear()
+        self._failing = False
         self.synced = True
         self._skip, self._head, self._dropping = 0, b"", False
 
@@ -138,6 +143,7 @@ class Tracker:
                 self.reported.append(data[pos:end])
             elif kind == _E:
                 self.errors.append(data[pos:end])
+                self._failing = True
             drop = self._attend(kind, data, pos)
             if drop:
                 out = out if out is not None else []
@@ -175,8 +181,10 @@ class Tracker:
                 if not hidden:
                     self.answered += 1
                     self.rows.append(self._rows)
+                    self.ends.append((tag, self._failing, status))
                 break
         self._rows = 0
+        self._failing = False
         if not any(code not in _SYNC_LIKE and code != SYNTH for code, _, _ in queue):
             self.synced = True
         return hidden

@@ -33,7 +33,7 @@ _REQUESTS = frozenset(b"PBDECSF")       # answered by the backend, tracked in or
 _PASSED = frozenset(b"dcfH")            # COPY data/done/fail and Flush: no answer of their own
 _NAMED = frozenset(b"PBDC")             # may name a prepared statement
 _STATEFUL_HEADS = frozenset({b"set", b"res", b"dis", b"lis", b"pre", b"dea", b"rol", b"abo",
-                             b"cre", b"dec"})
+                             b"cre", b"dec", b"sav", b"rel"})
 def _stateful_text(msg: bytes, start: int, stop: int) -> bool:
     """Cheap byte test on msg[start:stop]: could this SQL change session state?
 
@@ -88,7 +88,8 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         self.dirty = False          # session mode: ran anything, so DISCARD ALL on release
         self.pinned = False         # transaction mode: keeps its backend (it holds session state)
         self.skipping = False       # after an error the proxy raised mid-pipeline: skip to Sync
-        self._snapshot: tuple[dict, dict] | None = None  # settings before a SET in this transaction
+        self._snapshot = None       # state before this transaction's first SET or SAVEPOINT
+        self._frames = ()           # savepoints of the open transaction, with the state each restores
         self._rolling_back = False  # the client asked to end this transaction with ROLLBACK
         self.reason = ""
         self._startup = protocol.StartupFramer()
@@ -455,7 +456,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             if self.skipping:  # after a refusal, as PostgreSQL after an error: up to Sync
                 if kind == _S:
                     self.skipping = False
-                    tracker.request(_S)  # the backend's ReadyForQuery ends the pipeline
+                    tracker.request(_S, tag=self._watch())  # its ReadyForQuery ends the pipeline
                     out.append(msg)
                 continue
             if kind == _Q:
@@ -498,7 +499,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                         self._unnamed, self._unnamed_here = msg, True
                 if kind == _S or kind == _F:
                     self._timings.append((time.perf_counter(), self._last_parse))
-                tracker.request(kind)
+                tracker.request(kind, tag=self._watch() if kind == _S else None)
                 out.append(msg)
             elif kind in _PASSED:
                 out.append(msg)
@@ -584,14 +585,20 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         if (self.tx_mode or self.ident is not None) and _stateful_text(msg, 5, len(msg) - 1) \
                 and not self._session_statement(protocol.decode_query(msg), True):
             return
-        self.backend.tracker.request(_Q)  # type: ignore[union-attr]
+        self.backend.tracker.request(_Q, tag=self._watch())  # type: ignore[union-attr]
         out.append(msg)
+
+    def _watch(self) -> object:
+        """The tag for a Query or Sync: whether it carries a tenant change to verify."""
+        if self._watched:
+            self._watched = False
+            return True
+        return None
 
     # --- bytes from the backend -------------------------------------------------------------
 
     def backend_data(self, backend: Backend, data: bytes) -> None:
         tracker = backend.tracker
-        before = tracker.status
         try:
             out = tracker.feed(data)
         except protocol.ProtocolError as exc:
@@ -616,10 +623,10 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             self._reported(backend, tracker.reported)
         if tracker.errors:
             self._backend_errors(backend, tracker.errors)
-        if self.local_tenant is not None and tracker.status == _I:
-            self.local_tenant = None
-        if self._snapshot is not None and tracker.status == _I:
-            self._transaction_ended(backend, rolled_back=before == ord("E") or self._rolling_back)
+        if tracker.ends:
+            for tag, failed, status in tracker.ends:
+                self._cycle_ended(tag, failed, status)
+            tracker.ends.clear()
         if tracker.idle:
             self._maybe_release()
 

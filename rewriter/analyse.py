@@ -118,7 +118,9 @@ def _select(fields: dict, scope: frozenset[str], found: Found) -> None:
         found.locking = True
     inner = with_scope(fields, scope, found)
     for key, value in fields.items():
-        if key not in ("withClause", "intoClause", "lockingClause"):
+        if key in ("larg", "rarg") and isinstance(value, dict) and node_type(value) is None:
+            _select(value, inner, found)  # a set operation's branch (unwrapped): its own WITH scope
+        elif key not in ("withClause", "intoClause", "lockingClause"):
             collect(value, inner, found)
 
 

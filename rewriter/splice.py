@@ -64,17 +64,34 @@ def scan(sql: str) -> Tokens:
                   tuple(t.name for t in toks))
 
 
+def part_end(toks: Tokens, i: int) -> int:
+    """Index just past the name part at token `i`, with its UESCAPE clause if it has one.
+
+    >>> t = scan('x U&"d!0061ta" UESCAPE $$!$$ y'); part_end(t, 1), part_end(t, 4)
+    (4, 5)
+    """
+    j = i + 1
+    if toks.names[i] == "UIDENT" and j + 1 < len(toks.names) and toks.names[j] == "UESCAPE" \
+            and toks.names[j + 1] == "SCONST":
+        j += 2
+    return j
+
+
 def name_end(toks: Tokens, i: int) -> int:
     """Index just past a dotted name starting at token `i` (`a`, `a.b`, `a.b.c`).
 
+    A part written `U&"..." UESCAPE 'c'` ends after its escape character.
+
     >>> t = scan('x "s".t y'); name_end(t, 1)
     4
+    >>> t = scan('x U&"s" UESCAPE $$!$$.U&"t" UESCAPE $$!$$ y'); name_end(t, 1), t.names[8]
+    (8, 'IDENT')
     """
-    j = i + 1
+    j = part_end(toks, i)
     while j + 1 < len(toks.names) and toks.names[j] == DOT and toks.names[j + 1] not in OPEN | CLOSE:
         if toks.names[j + 1] == "ASCII_42":  # a.* : the star is not part of the name
             break
-        j += 2
+        j = part_end(toks, j + 1)
     return j
 
 

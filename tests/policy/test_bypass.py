@@ -659,8 +659,6 @@ def test_another_clients_tenant_setting_is_not_readable(guarded):
                 _run_clean(conn, READ_ATTACKS["pg-settings-tenant"])
 
 
-@pytest.mark.xfail(strict=True, reason="OVER-REFUSAL: select * from U&\"cust!006fmers\" UESCAPE '!' is refused "
-                   "(its rewrite does not verify: the spliced text no longer parses at UESCAPE)")
 def test_unicode_identifier_with_uescape_is_filtered_not_refused(guarded):
     with connect(guarded, "acme_app") as conn:
         rows = conn.execute("select id from U&\"cust!006fmers\" UESCAPE '!' order by id").fetchall()
@@ -882,10 +880,6 @@ def test_a_rolled_back_tenant_switch_is_undone(guarded):
         assert conn.execute("show pgwarden.tenant").fetchone() == ("acme",)
 
 
-@pytest.mark.xfail(strict=True, reason="BYPASS (tenant state diverges from PostgreSQL's): saas_backend runs "
-                   "SET pgwarden.tenant = 'acme'; BEGIN; SAVEPOINT a; SET pgwarden.tenant = 'globex'; "
-                   "ROLLBACK TO SAVEPOINT a; COMMIT -- PostgreSQL undoes the SET, pgwarden keeps globex, so the "
-                   "session the application believes is acme's reads globex's rows ('Gus')")
 def test_a_tenant_switch_rolled_back_to_a_savepoint_is_undone(guarded):
     with connect(guarded, "saas_backend") as conn:
         conn.execute("set pgwarden.tenant = 'acme'")
@@ -895,6 +889,74 @@ def test_a_tenant_switch_rolled_back_to_a_savepoint_is_undone(guarded):
             conn.execute("rollback to savepoint a")
         assert conn.execute("show pgwarden.tenant").fetchone() == ("acme",)
         assert conn.execute("select name from customers order by id").fetchall() == [("Ann",), ("Bob",)]
+
+
+def test_savepoints_keep_or_undo_a_tenant_switch_as_postgresql_does(guarded):
+    """RELEASE keeps a SET; ROLLBACK TO uses the newest savepoint of a name and keeps it; SET LOCAL too."""
+    tenant = lambda conn: conn.execute("show pgwarden.tenant").fetchone()[0]  # noqa: E731
+    with connect(guarded, "saas_backend") as conn:
+        conn.execute("set pgwarden.tenant = 'acme'")
+        with conn.transaction():
+            conn.execute("savepoint a")
+            conn.execute("set pgwarden.tenant = 'globex'")
+            conn.execute("release savepoint a")
+            assert conn.execute("select name from customers").fetchall() == [("Gus",)]
+        assert tenant(conn) == "globex"
+        conn.execute("set pgwarden.tenant = 'acme'")
+        with conn.transaction():
+            conn.execute("savepoint a")
+            conn.execute("set pgwarden.tenant = 'globex'")
+            conn.execute("savepoint a")
+            conn.execute("set pgwarden.tenant = 'acme'")
+            conn.execute("rollback to savepoint a")
+            assert tenant(conn) == "globex"
+            conn.execute("set local pgwarden.tenant = 'acme'")
+            conn.execute("rollback to a")
+            assert tenant(conn) == "globex"
+            conn.execute("release a")
+            conn.execute("rollback to a")
+            assert conn.execute("select name from customers order by id").fetchall() == [("Ann",), ("Bob",)]
+        assert tenant(conn) == "acme"
+        conn.execute("begin; savepoint b")  # one Query: both apply
+        conn.execute("set pgwarden.tenant = 'globex'")
+        conn.execute("rollback to b; commit")
+        assert tenant(conn) == "acme"
+
+
+def test_a_tenant_switch_rolled_back_in_one_pipeline_is_undone(guarded):
+    """BEGIN, SET and ROLLBACK sent together (extended protocol, one Sync) before any answer."""
+    with connect(guarded, "saas_backend") as conn:
+        conn.execute("set pgwarden.tenant = 'acme'")
+        with conn.pipeline():
+            conn.execute("begin")
+            conn.execute("set pgwarden.tenant = 'globex'")
+            conn.execute("rollback")
+        assert conn.execute("show pgwarden.tenant").fetchone() == ("acme",)
+        assert conn.execute("select name from customers order by id").fetchall() == [("Ann",), ("Bob",)]
+
+
+def test_a_failed_savepoint_command_leaves_the_tenant_unknown_until_set_again(guarded):
+    """pgwarden cannot tell what PostgreSQL kept after such a failure: it refuses, never guesses."""
+    with connect(guarded, "saas_backend") as conn:
+        conn.execute("set pgwarden.tenant = 'acme'")
+        conn.execute("begin")
+        conn.execute("savepoint a")
+        conn.execute("set pgwarden.tenant = 'globex'")
+        with pytest.raises(psycopg.errors.InvalidSavepointSpecification):
+            conn.execute("release savepoint nosuch")
+        conn.execute("rollback to savepoint a")  # PostgreSQL: acme again; pgwarden: unknown
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            conn.execute("select name from customers")
+        assert "tenant is unknown" in str(refused.value) and refused.value.diag.message_hint
+        conn.execute("rollback")
+        assert conn.execute("show pgwarden.tenant").fetchone() == (None,)
+        assert conn.execute("select 1").fetchone() == (1,)  # what needs no tenant still runs
+        conn.execute("set pgwarden.tenant = 'acme'")
+        assert conn.execute("select name from customers order by id").fetchall() == [("Ann",), ("Bob",)]
+        with pytest.raises(psycopg.errors.NoActiveSqlTransaction):
+            conn.execute("rollback to savepoint a")  # outside a transaction: fails, and so unknown
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select name from customers")
 
 
 def test_another_clients_cursors_and_prepared_statements_are_out_of_reach(guarded):

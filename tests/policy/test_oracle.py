@@ -124,10 +124,6 @@ WRONG_RESULTS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="WRONG RESULT (no leak): in `(with customers as (select 1 as id) select id "
-                   "from customers) union all (select id from customers)` pgwarden ignores the CTE declared inside "
-                   "the parenthesized branch and substitutes the table there too, so acme gets its customer ids "
-                   "twice instead of 1 followed by its ids")
 @pytest.mark.parametrize("name", sorted(WRONG_RESULTS))
 def test_fixed_examples_agree_with_the_copy(oracle_dbs, tmp_path_factory, name):
     proxy = policy_proxy(tmp_path_factory.mktemp("oracle-fixed"), "transaction")
