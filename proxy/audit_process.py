@@ -74,13 +74,15 @@ class AuditProcess:
 
     # --- the hot path ---------------------------------------------------------------------------
 
-    def offer(self, record: dict) -> bool:
+    def offer(self, record: dict, force: bool = False) -> bool:
         """Queue a record without waiting; False (block) or dropped-and-counted (drop) when the
-        trail is failing or holds queue_size records."""
-        if self._failing() or len(self.queue) >= self.config.queue_size:
+        trail is failing or holds queue_size records. `force`: the statement ran (or was
+        refused) already, so its record is kept whatever the state; the queue may then hold
+        more than queue_size by the statements in flight."""
+        if not force and (self._failing() or len(self.queue) >= self.config.queue_size):
             if self.config.on_failure == "block":
                 return False
-            self._drop()
+            self.drop()
             return True
         if "time" not in record:
             record["time"] = time.time()
@@ -105,7 +107,8 @@ class AuditProcess:
     def _failing(self) -> bool:
         return bool(self._dead or self._child["failures"])
 
-    def _drop(self) -> None:
+    def drop(self) -> None:
+        """Count (and now and then log) a record not kept (on_failure: drop)."""
         self.dropped += 1
         now = time.monotonic()
         if now - self._dropped_logged >= 10:

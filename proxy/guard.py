@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 import pglast.parser
@@ -90,6 +91,7 @@ class Guarded:
     tenant_unknown = False  # a tenant change or savepoint failed: what PostgreSQL kept is unknown
     guarded: dict[str, Prepared]  # by the client's statement name ("" = unnamed)
     _audit_statements: dict[str, tuple]  # statement name -> (text, decision), for Bind records
+    _audit_cycle: list[dict]  # records of Binds whose Sync has not been sent yet
     _parses: dict[bytes, tuple]    # a client's Parse -> the policed Parse built for it
 
     def guard_login(self) -> bool:
@@ -98,6 +100,7 @@ class Guarded:
         self.guarded = {}
         self._parses = {}
         self._audit_statements = {}
+        self._audit_cycle = []
         if router is None:
             return True
         if any(k.startswith("pgwarden.") for k in self._client_params):
@@ -172,8 +175,18 @@ class Guarded:
         if name is not None and not isinstance(decision, Refuse):
             self._audit_statements[name] = (sql, decision)
             return True
+        if not isinstance(decision, Refuse) and not audit.accepting():
+            if audit.config.on_failure == "drop":
+                audit.drop()
+                return True
+            self.refuse("58030", "the statement was not run: the audit trail cannot record it "
+                        "(its sink is failing or its queue is full)",
+                        "check the audit file's disk and permissions (audit.path), or set "
+                        "audit.on_failure: drop", simple)
+            return False
         ident = self.ident
-        record = {"event": "statement", "session": self.pid, "client": self.peer, "user": self.user,
+        record = {"event": "statement", "time": time.time(), "session": self.pid, "client": self.peer,
+                  "user": self.user,
                   "database": self.database, "protocol": "simple" if simple else "extended",
                   "roles": sorted(ident.roles) if ident else [], "bypass": ident is None,
                   "tenant": self.tenant() if ident else None, "sql": sql, "route": "primary"}
@@ -185,14 +198,43 @@ class Guarded:
                           masked=list(decision.masked), rewritten=decision.sql)
         else:
             record["decision"] = "allowed"
-        if audit.offer(record):
-            return True
-        if not isinstance(decision, Refuse):
-            self.refuse("58030", "the statement was not run: the audit trail cannot record it "
-                        "(its sink is failing or its queue is full)",
-                        "check the audit file's disk and permissions (audit.path), or set "
-                        "audit.on_failure: drop", simple)
-        return False
+        if isinstance(decision, Refuse):
+            audit.offer(record, force=True)  # never ran: recorded now
+        elif simple:  # recorded when its round trip ends, with duration, rows and SQLSTATE
+            entry = self._timings[-1]
+            entry[2] = (entry[2] or []) + [record]
+        else:
+            self._audit_cycle.append(record)
+        return True
+
+    def _take_cycle(self) -> list[dict] | None:
+        """The records of the executions a Sync ends (None: none)."""
+        cycle = self._audit_cycle
+        if not cycle:
+            return None
+        self._audit_cycle = []
+        return cycle
+
+    def audit_done(self, records: list[dict], seconds: float, rows: int, error: bytes | None) -> None:
+        """A round trip ended: its statements' records get its duration, rows and SQLSTATE (of
+        its first error; 42501 when a refusal aborted it) and go to the trail."""
+        sqlstate = "00000" if error is None else "42501" if not error else \
+            protocol.decode_fields(error).get("sqlstate", "XX000")
+        audit = self.server.audit
+        for record in records:
+            record.update(duration_ms=round(seconds * 1000, 3), rows=rows, sqlstate=sqlstate)
+            audit.offer(record, force=True)  # type: ignore[union-attr]
+
+    def audit_unfinished(self, timings) -> None:
+        """The session ended before these round trips did: their records go out as unfinished."""
+        audit = self.server.audit
+        if audit is None:
+            return
+        pending = [r for entry in timings for r in entry[2] or ()] + self._audit_cycle
+        for record in pending:
+            record.update(completed=False, duration_ms=None, rows=None, sqlstate=None)
+            audit.offer(record, force=True)
+        self._audit_cycle = []
 
     def audit_bind(self, msg: bytes) -> bool:
         """A Bind is an execution: recorded with what its statement was prepared from."""
@@ -204,7 +246,8 @@ class Guarded:
         """A login or logout record (never refused: the session is starting or over)."""
         if self.server.audit is not None:
             self.server.audit.offer({"event": event, "session": self.pid, "client": self.peer,
-                                     "user": self.user, "database": self.database, **fields})
+                                     "user": self.user, "database": self.database, **fields},
+                                    force=True)  # it happened: kept even while the trail is failing
 
     def guard_parse(self, msg: bytes) -> bytes | None:
         """A Parse with the policy applied (rewritten text), or None when refused.

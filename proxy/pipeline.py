@@ -47,7 +47,7 @@ class Tracker:
     """
 
     __slots__ = ("queue", "fixups", "status", "synced", "answered", "rows", "failed", "done", "reported",
-                 "errors", "scrub", "ends", "_failing", "_skip", "_head", "_dropping", "_rows")
+                 "errors", "scrub", "ends", "_failing", "_skip", "_head", "_dropping", "_rows", "_error")
 
     def __init__(self) -> None:
         self.queue: deque[tuple[int, int, object]] = deque()
@@ -55,8 +55,10 @@ class Tracker:
         self.status = ord("I")   # transaction status of the last ReadyForQuery
         self.synced = True       # no extended-protocol message sent since the last ReadyForQuery
         self.answered = 0        # client Query/Sync/FunctionCall answered (for timing)
-        self.rows: list[int] = []  # ... and the rows each returned or changed (CommandComplete)
+        self.rows: list[tuple[int, bytes | None]] = []  # ... and for each: the rows returned or
+                                 # changed (CommandComplete) and its first ErrorResponse (b"": hidden)
         self._rows = 0           # rows counted since the last ReadyForQuery
+        self._error: bytes | None = None  # the first ErrorResponse since then
         self.failed: list[object] = []  # tags of watched requests that ended in an error
         self.done: list[object] = []    # tags of watched requests that succeeded
         self.reported: list[bytes] = [] # ParameterStatus messages seen (a setting changed)
@@ -145,6 +147,8 @@ class Tracker:
                 self.errors.append(data[pos:end])
                 self._failing = True
             drop = self._attend(kind, data, pos)
+            if kind == _E and self._error is None:
+                self._error = b"" if drop else data[pos:end]  # hidden: a pgwarden refusal's abort
             if drop:
                 out = out if out is not None else []
                 out.append(data[mark:pos])
@@ -180,10 +184,10 @@ class Tracker:
                 hidden = action == SWALLOW
                 if not hidden:
                     self.answered += 1
-                    self.rows.append(self._rows)
+                    self.rows.append((self._rows, self._error))
                     self.ends.append((tag, self._failing, status))
                 break
-        self._rows = 0
+        self._rows, self._error = 0, None
         self._failing = False
         if not any(code not in _SYNC_LIKE and code != SYNTH for code, _, _ in queue):
             self.synced = True

@@ -225,7 +225,7 @@ class Server:
         log.info("reloaded %s", source)
         if self.audit is not None:
             self.audit.offer({"event": "reload", "config": str(source),
-                              "policy_version": router.policy.version if router else None})
+                              "policy_version": router.policy.version if router else None}, force=True)
         return True
 
     async def shutdown(self) -> None:

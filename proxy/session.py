@@ -96,7 +96,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         self._framer = protocol.Framer(self.config.listen.max_message_size)
         self._pending: list[tuple[int, bytes]] = []
         self._out: list[bytes] | None = None  # the batch `_forward` is building for the backend
-        self._timings: deque[tuple[float, bytes]] = deque()  # Query/Sync sent, for timing
+        self._timings: deque[list] = deque()  # [sent at, Query/Parse, audit records] per Query/Sync
         self._last_parse = b""
         self._named_parses: dict[bytes, bytes] = {}  # statement name -> its Parse, for timing
         self._unnamed: bytes | None = None  # the client's last unnamed Parse (transaction mode)
@@ -132,6 +132,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         self.server.forget(self)
         self.server.metrics.disconnects.labels(_reason_class(self.reason)).inc()
         if self.pool is not None:
+            self.audit_unfinished(self._timings)
             self.audit_event("logout", reason=self.reason)
         backend, self.backend = self.backend, None
         if backend is not None:
@@ -456,6 +457,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             if self.skipping:  # after a refusal, as PostgreSQL after an error: up to Sync
                 if kind == _S:
                     self.skipping = False
+                    self._timings.append([time.perf_counter(), b"", self._take_cycle()])
                     tracker.request(_S, tag=self._watch())  # its ReadyForQuery ends the pipeline
                     out.append(msg)
                 continue
@@ -498,7 +500,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                     if tx_mode:
                         self._unnamed, self._unnamed_here = msg, True
                 if kind == _S or kind == _F:
-                    self._timings.append((time.perf_counter(), self._last_parse))
+                    self._timings.append([time.perf_counter(), self._last_parse, self._take_cycle()])
                 tracker.request(kind, tag=self._watch() if kind == _S else None)
                 out.append(msg)
             elif kind in _PASSED:
@@ -572,7 +574,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
     # --- statements that touch session state --------------------------------------------------
 
     def _query(self, msg: bytes, out: list[bytes]) -> None:
-        self._timings.append((time.perf_counter(), msg))
+        self._timings.append([time.perf_counter(), msg, None])
         if self.ident is not None:
             guarded = self.guard_text(protocol.decode_query(msg), simple=True)
             if guarded is None:
@@ -630,17 +632,20 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         if tracker.idle:
             self._maybe_release()
 
-    def _timed(self, answered: int, rows: list[int]) -> None:
-        """Statements answered: their durations and rows go to the query statistics and slow log."""
+    def _timed(self, answered: int, results: list[tuple[int, bytes | None]]) -> None:
+        """Round trips answered: their durations and rows go to the query statistics, the slow
+        log and the audit records of the statements they ran."""
         now, server, timings = time.perf_counter(), self.server, self._timings
         for i in range(min(answered, len(timings))):
-            started, msg = timings.popleft()
+            started, msg, records = timings.popleft()
+            seconds, (rows, error) = now - started, results[i]
             if msg:  # the raw message: its text is decoded off the hot path, when aggregated
-                seconds = now - started
-                server.stats.observe(msg, seconds, rows[i])
+                server.stats.observe(msg, seconds, rows)
                 slowlog = server.slowlog
                 if slowlog is not None and seconds >= slowlog.threshold_s:
-                    slowlog.observe(statement_text(msg), seconds, "primary", rows[i], self.database)
+                    slowlog.observe(statement_text(msg), seconds, "primary", rows, self.database)
+            if records:
+                self.audit_done(records, seconds, rows, error)
 
     def _maybe_release(self) -> None:
         backend = self.backend

@@ -174,3 +174,57 @@ def test_each_execution_of_a_prepared_statement_is_a_record(audited):
     executions = [r for r in records(path) if r.get("event") == "statement"
                   and "customers where id > $1" in r.get("sql", "")]
     assert len(executions) == 3 and all(r["decision"] == "rewritten" for r in executions)
+
+
+def test_statement_records_carry_duration_rows_and_sqlstate(audited):
+    proxy, path = audited
+    with connect(proxy, "postgres") as conn:  # without parameters psycopg sends simple Queries
+        conn.execute("select generate_series(1, 4)")
+        conn.execute("select pg_sleep(0.05)")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1 / 0")
+        conn.execute("select generate_series(1, %s)", (6,), prepare=True)
+        conn.execute("select generate_series(1, %s)", (2,), prepare=True)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1 / %s", (0,))
+    proxy.stop()
+    got = [(r["protocol"], r["sql"], r["rows"], r["sqlstate"]) for r in records(path)
+           if r["event"] == "statement"]
+    assert got == [("simple", "select generate_series(?, ?)", 4, "00000"),
+                   ("simple", "select pg_sleep(?)", 1, "00000"),
+                   ("simple", "select ? / ?", 0, "22012"),
+                   ("extended", "select generate_series(?, $1)", 6, "00000"),
+                   ("extended", "select generate_series(?, $1)", 2, "00000"),
+                   ("extended", "select ? / $1", 0, "22012")]
+    slept = next(r for r in records(path) if r.get("sql") == "select pg_sleep(?)")
+    assert 50 <= slept["duration_ms"] < 5000
+    assert verify(path).returncode == 0
+
+
+def test_a_refused_statement_is_recorded_once_with_its_rule(audited):
+    proxy, path = audited
+    with connect(proxy, "acme_app") as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select * from secrets")
+        assert conn.execute("select count(*) from customers").fetchone() == (2,)
+    proxy.stop()
+    got = [r for r in records(path) if r["event"] == "statement"]
+    assert [(r["decision"], r["sqlstate"]) for r in got] == [("refused", "42501"), ("rewritten", "00000")]
+    assert got[1]["rows"] == 1
+
+
+def test_a_statement_cut_short_by_a_disconnect_is_recorded_as_unfinished(audited):
+    import signal
+    import time
+    proxy, path = audited
+    psql = subprocess.Popen(["psql", "-h", proxy.host, "-p", str(proxy.port), "-U", "postgres", "-X", "-q",
+                             "-c", "select pg_sleep(3)", "postgres"],
+                            env={"PGSSLMODE": "disable", "PATH": "/usr/bin:/bin"})
+    time.sleep(1.0)
+    psql.send_signal(signal.SIGKILL)
+    psql.wait()
+    time.sleep(0.3)
+    proxy.stop()
+    slept = [r for r in records(path) if r.get("sql") == "select pg_sleep(?)"]
+    assert len(slept) == 1 and slept[0]["completed"] is False and slept[0]["sqlstate"] is None
+    assert verify(path).returncode == 0
