@@ -75,16 +75,21 @@ def check_routines(found: Found, ctx: Context, rewritten: bool) -> None:
     check_field_calls(found, ctx)
 
 
+# Built-ins whose arguments pgwarden checks: called as (x).f their argument escapes the check.
+ARGUMENT_CHECKED = frozenset({"current_setting", "set_config"})
+
+
 def check_field_calls(found: Found, ctx: Context) -> None:
-    """`(expr).f` calls f(expr) when f is no column: refuse it for refused functions."""
-    if not found.field_names:
+    """`(expr).f` calls f(expr) when f is no column: refuse it for refused functions and for
+    built-ins whose arguments are checked (`('primary_conninfo'::text).current_setting`)."""
+    refused = [n for n in dict.fromkeys(found.field_names)
+               if shadowing_functions(n, ctx) or n in ARGUMENT_CHECKED
+               or (n in BUILTIN_FUNCTIONS and dangerous(n))]
+    if not refused:
         return
     columns = live_column_names(ctx)
-    for name in dict.fromkeys(found.field_names):
-        if name in columns:
-            continue
-        refused = shadowing_functions(name, ctx) or (name in BUILTIN_FUNCTIONS and dangerous(name))
-        if refused:
+    for name in refused:
+        if name not in columns:
             raise Refused(f'"(...).{name}" is refused: it is no column pgwarden knows, so PostgreSQL would '
-                          f"call function {name}(), which is not allowed for your role",
-                          f"Select a column, or call an allowed function as {name}(...).", "functions.allow")
+                          f"call function {name}(), which your role may not call this way",
+                          f"Select a column, or call the function as {name}(...).", "functions.allow")

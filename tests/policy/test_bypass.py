@@ -785,7 +785,8 @@ def test_secret_server_settings_are_refused(extended):
                     "select setting from pg_show_all_settings() where name = 'ssl_passphrase_command'", "show all",
                     "SHOW Archive_Command", "select current_setting(name) from customers",
                     "select setting from pg_settings", "select setting from pg_settings where name = 'TimeZone' "
-                    "or name = 'primary_conninfo'", "select * from pg_file_settings"]:
+                    "or name = 'primary_conninfo'", "select * from pg_file_settings",
+                    "select ('primary_conninfo'::text).current_setting"]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
                 conn.execute(sql)
             assert info.value.diag.message_hint, sql

@@ -55,6 +55,8 @@ def test_operators_looked_up_by_name_are_collected(sql, ops):
     ("select * from orders", ["public.="]),  # pgwarden's own tenant filter would use it
     ("select ('x'::varchar).upper", ["upper"]),
     ("select ('x'::text).pg_read_file", ["pg_read_file"]),
+    ("select ('primary_conninfo'::text).current_setting", ["current_setting"]),
+    ("select (c.v).current_setting from (select 'archive_command'::text as v) c", ["current_setting"]),
 ])
 def test_calls_that_may_run_a_user_routine_are_refused(sql, words):
     result = rewrite(sql, ctx())
