@@ -59,10 +59,10 @@ def check_routines(found: Found, ctx: Context, rewritten: bool) -> None:
     for parts in found.functions:
         if len(parts) == 1 and (shadows := shadowing_functions(parts[0], ctx)):
             name = parts[0]
+            builtin = f"Call pg_catalog.{name}(...) for the built-in, or ask" if name in BUILTIN_FUNCTIONS else "Ask"
             raise Refused(f"function {name}() is refused: the database defines {', '.join(shadows)}, which "
-                          "PostgreSQL may call instead of the built-in, and functions.allow does not list it",
-                          f"Call pg_catalog.{name}(...) for the built-in, or ask for {shadows[0]} to be added "
-                          "to functions.allow.", "functions.allow")
+                          "PostgreSQL may pick for this call, and functions.allow does not list it",
+                          f"{builtin} for {', '.join(shadows)} to be added to functions.allow.", "functions.allow")
     symbols = dict.fromkeys(found.bare_operators + list(REWRITER_OPERATORS if rewritten else ()))
     for symbol in symbols:
         if shadows := shadowing_operators(symbol, ctx):
