@@ -58,9 +58,9 @@ async def _with_live_schema(config, router, database: str) -> None:
     from proxy.schema import load_schema
     from proxy.server import _backend_tls
     user = config.backend_auth.user or "postgres"
-    schema, path = await load_schema(config.primary.host, config.primary.port, user,
-                                     config.backend_auth.secret(), database, _backend_tls(config))
-    router.add_schema(database, schema, path)
+    schema, path, routines = await load_schema(config.primary.host, config.primary.port, user,
+                                               config.backend_auth.secret(), database, _backend_tls(config))
+    router.add_schema(database, schema, path, routines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

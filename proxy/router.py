@@ -13,7 +13,7 @@ import pglast.parser
 
 from policies import evaluate
 from rewriter import api as rewriter
-from rewriter.context import Column, Context, MaskSpec, TableRule
+from rewriter.context import Column, Context, MaskSpec, TableRule, UserRoutines
 from rewriter.result import Allow, Deny, Rewrite
 
 log = logging.getLogger("pgwarden.router")
@@ -76,7 +76,8 @@ class PolicyLoadError(Exception):
         self.errors = errors
 
 
-def load_router(path: Path, schemas: dict | None = None, search_paths: dict | None = None) -> "Router":
+def load_router(path: Path, schemas: dict | None = None, search_paths: dict | None = None,
+                routines: dict | None = None) -> "Router":
     """Load the policy at `path` (a file or a folder) into a new Router; PolicyLoadError if it is bad."""
     from policies.load import load_policy
     from policies.source import SourceError
@@ -84,18 +85,20 @@ def load_router(path: Path, schemas: dict | None = None, search_paths: dict | No
         policy = load_policy(path)
     except SourceError as exc:
         raise PolicyLoadError(list(exc.errors)) from exc
-    return Router(policy, Path(path), dict(schemas or {}), dict(search_paths or {}))
+    return Router(policy, Path(path), dict(schemas or {}), dict(search_paths or {}), dict(routines or {}))
 
 
 class Router:
     """An immutable pairing of one policy version with the live schemas; reload builds a new one."""
 
     def __init__(self, policy, source: Path, schemas: dict[str, dict[str, tuple[Column, ...]]],
-                 search_paths: dict[str, tuple[str, ...]] | None = None) -> None:
+                 search_paths: dict[str, tuple[str, ...]] | None = None,
+                 routines: dict[str, UserRoutines] | None = None) -> None:
         self.policy = policy
         self.source = source
         self.schemas = schemas
         self.search_paths = search_paths or {}
+        self.routines = routines or {}
         self.monitor = policy.mode == "monitor"
         self.tenant_setting, self._signed, self._key = _tenant_settings(policy)
         self._cache: dict[tuple, Decision] = {}
@@ -105,10 +108,11 @@ class Router:
         self.observe = None  # called with the seconds each uncached decision took
 
     def add_schema(self, database: str, schema: dict[str, tuple[Column, ...]],
-                   search_path: tuple[str, ...]) -> None:
-        """A database's live schema, read (again) by the control plane."""
+                   search_path: tuple[str, ...], routines: UserRoutines | None = None) -> None:
+        """A database's live schema, read (again) by the control plane, with its own functions and operators."""
         self.schemas[database] = schema
         self.search_paths[database] = search_path
+        self.routines[database] = routines or UserRoutines()
         self._cache.clear()
         self._shapes.clear()
         self._contexts.clear()
@@ -236,7 +240,7 @@ class Router:
             ctx = Context(_table_rules(self.policy, ident.user), self.schemas.get(database, {}),
                           tenant, frozenset(evaluate.allowed_functions(self.policy)),
                           tuple(s.replace("$user", ident.user) for s in path if s),
-                          evaluate.SENSITIVE_CATALOG_RELATIONS)
+                          evaluate.SENSITIVE_CATALOG_RELATIONS, self.routines.get(database, UserRoutines()))
             self._contexts[key] = ctx
         return ctx
 

@@ -1,4 +1,5 @@
-"""The live schema, read through the control plane (asyncpg): columns of every user table and view."""
+"""The live schema, read through the control plane (asyncpg): columns of every user table and view,
+and the functions and operators defined outside the system schemas."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import ssl
 
 import asyncpg
 
-from rewriter.context import Column
+from rewriter.context import Column, UserRoutines
 
 log = logging.getLogger("pgwarden.schema")
 
@@ -22,25 +23,56 @@ where c.relkind in ('r', 'p', 'v', 'm', 'f')
 order by n.nspname, c.relname, a.attnum
 """
 
+# Functions and operators outside pg_catalog and information_schema: an unqualified call or
+# operator may resolve to one of them (PostgreSQL picks the best match on the search_path).
+_SYSTEM = """n.nspname not in ('pg_catalog', 'information_schema')
+  and n.nspname not like 'pg_toast%' and n.nspname not like 'pg_temp_%'"""
+_FUNCTIONS = f"""
+select distinct n.nspname, p.proname
+from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+where {_SYSTEM}
+"""
+_OPERATORS = f"""
+select n.nspname, o.oprname, fn.nspname, f.proname
+from pg_operator o join pg_namespace n on n.oid = o.oprnamespace
+left join pg_proc f on f.oid = o.oprcode left join pg_namespace fn on fn.oid = f.pronamespace
+where {_SYSTEM}
+"""
 
 Schema = dict[str, tuple[Column, ...]]
 
 
 async def load_schema(host: str, port: int, user: str, password: str | None, database: str,
                       tls: ssl.SSLContext | None = None, timeout: float = 10.0
-                      ) -> tuple[Schema, tuple[str, ...]]:
+                      ) -> tuple[Schema, tuple[str, ...], UserRoutines]:
     """Every user table, view and partition ({"schema.relation": columns in table order}),
-    and the search_path a backend of this role starts with."""
+    the search_path a backend of this role starts with, and the user-defined functions and operators."""
     conn = await asyncpg.connect(host=host, port=port, user=user, password=password,
                                  database=database, ssl=tls or False, timeout=timeout,
                                  statement_cache_size=0)
     try:
         rows = await conn.fetch(_COLUMNS, timeout=timeout)
         path = await conn.fetchval("select current_setting('search_path')", timeout=timeout)
+        functions = await conn.fetch(_FUNCTIONS, timeout=timeout)
+        operators = await conn.fetch(_OPERATORS, timeout=timeout)
     finally:
         await conn.close()
     schema: dict[str, list[Column]] = {}
     for nsp, rel, col, typ in rows:
         schema.setdefault(f"{nsp}.{rel}", []).append(Column(col, typ))
     search_path = tuple(p.strip().strip('"') for p in path.split(",") if p.strip())
-    return {name: tuple(cols) for name, cols in schema.items()}, search_path
+    return {name: tuple(cols) for name, cols in schema.items()}, search_path, routines(functions, operators)
+
+
+def routines(functions: list, operators: list) -> UserRoutines:
+    """UserRoutines from rows (schema, name) and (schema, symbol, function schema, function name).
+
+    >>> r = routines([("public", "upper")], [("public", "===", "public", "leak_op"), ("s", "@@", None, None)])
+    >>> sorted(r.functions), dict(r.operators)
+    (['public.upper'], {'public.===': frozenset({'public.leak_op'}), 's.@@': frozenset({''})})
+    """
+    ops: dict[str, set[str]] = {}
+    for nsp, symbol, fnsp, fname in operators:
+        ops.setdefault(f"{nsp}.{symbol}", set()).add(f"{fnsp}.{fname}" if fname else "")
+    return UserRoutines(frozenset(f"{nsp}.{name}" for nsp, name in functions),
+                        {key: frozenset(funcs) for key, funcs in ops.items()})

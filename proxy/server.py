@@ -116,7 +116,7 @@ class Server:
             return None
         old = self.router
         router = load_router(config.policies, old.schemas if old else {},
-                             old.search_paths if old else {})
+                             old.search_paths if old else {}, old.routines if old else {})
         router.observe = self.metrics.rewrite_seconds.observe
         return router
 
@@ -152,11 +152,11 @@ class Server:
 
     async def _load_schema(self, database: str) -> None:
         target = self._target(database, self.config.backend_auth.user or "postgres")
-        schema, search_path = await load_schema(target.host, target.port, target.user,
-                                                target.password, database, target.tls_context)
+        schema, search_path, routines = await load_schema(target.host, target.port, target.user,
+                                                          target.password, database, target.tls_context)
         router = self.router
         if router is not None:
-            router.add_schema(database, schema, search_path)
+            router.add_schema(database, schema, search_path, routines)
         self._schema_loads.pop(database, None)
 
     def _control_dsn(self) -> dict:

@@ -14,8 +14,8 @@ and built from the live schema by masks.py.
 
 from .api import rewrite
 from .classify import classify
-from .context import Column, Context, MaskSpec, Schema, TableRule
+from .context import Column, Context, MaskSpec, Schema, TableRule, UserRoutines
 from .result import Allow, Deny, Kind, Result, Rewrite
 
-__all__ = ["rewrite", "classify", "Column", "Context", "MaskSpec", "Schema", "TableRule",
+__all__ = ["rewrite", "classify", "Column", "Context", "MaskSpec", "Schema", "TableRule", "UserRoutines",
            "Allow", "Deny", "Kind", "Result", "Rewrite"]

@@ -34,7 +34,10 @@ class Found:
     refs: list[RelRef] = field(default_factory=list)
     functions: list[tuple[str, ...]] = field(default_factory=list)
     settings: list[list] = field(default_factory=list)  # arguments of set_config() calls
-    operators: list[tuple[str, ...]] = field(default_factory=list)
+    operators: list[tuple[str, ...]] = field(default_factory=list)  # schema-qualified: OPERATOR(s.op)
+    bare_operators: list[str] = field(default_factory=list)  # looked up by search_path, implicit ones too
+    setting_reads: list[list] = field(default_factory=list)  # arguments of current_setting() calls
+    field_names: list[str] = field(default_factory=list)  # x.name and (expr).name: a column or a function
     problems: list[str] = field(default_factory=list)
     locking: bool = False
     qualified_columns: list[dict] = field(default_factory=list)  # ColumnRefs of schema.table.column
@@ -148,16 +151,62 @@ def _func(fields: dict, scope: frozenset[str], found: Found) -> None:
     found.functions.append(name)
     if name in (("set_config",), ("pg_catalog", "set_config")):
         found.settings.append(fields.get("args") or [])
+    if name in (("current_setting",), ("pg_catalog", "current_setting")):
+        found.setting_reads.append(fields.get("args") or [])
     for key, value in fields.items():
         if key != "funcname":
             collect(value, scope, found)
 
 
-def _a_expr(fields: dict, scope: frozenset[str], found: Found) -> None:
-    op = names(fields.get("name"))
+# BETWEEN is not an operator: PostgreSQL expands it into comparisons it looks up by name.
+BETWEEN_OPERATORS = ("<=", ">=", "<", ">")
+
+
+def _operator(op: tuple[str, ...], found: Found) -> None:
     if len(op) > 1:
         found.operators.append(op)
+    elif op:
+        found.bare_operators.append(op[0])
+
+
+def _a_expr(fields: dict, scope: frozenset[str], found: Found) -> None:
+    if fields.get("kind", "").startswith(("AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN")):
+        found.bare_operators += BETWEEN_OPERATORS
+    else:
+        _operator(names(fields.get("name")), found)
     collect([fields.get("lexpr"), fields.get("rexpr")], scope, found)
+
+
+def _sort_by(fields: dict, scope: frozenset[str], found: Found) -> None:
+    _operator(names(fields.get("useOp")), found)
+    collect(fields.get("node"), scope, found)
+
+
+def _sub_link(fields: dict, scope: frozenset[str], found: Found) -> None:
+    """x IN (SELECT ...) compares with "=", looked up by name like any operator."""
+    if fields.get("subLinkType") in ("ANY_SUBLINK", "ALL_SUBLINK", "ROWCOMPARE_SUBLINK"):
+        _operator(names(fields.get("operName")) or ("=",), found)
+    collect([fields.get("testexpr"), fields.get("subselect")], scope, found)
+
+
+def _case(fields: dict, scope: frozenset[str], found: Found) -> None:
+    """CASE x WHEN y compares x = y."""
+    if fields.get("arg"):
+        found.bare_operators.append("=")
+    for value in fields.values():
+        collect(value, scope, found)
+
+
+def _join(fields: dict, scope: frozenset[str], found: Found) -> None:
+    """JOIN ... USING and NATURAL JOIN compare the shared columns with "="."""
+    if fields.get("usingClause") or fields.get("isNatural"):
+        found.bare_operators.append("=")
+    _aliased(fields, scope, found)
+
+
+def _indirection(fields: dict, scope: frozenset[str], found: Found) -> None:
+    found.field_names += names(fields.get("indirection"))
+    collect([fields.get("arg"), fields.get("indirection")], scope, found)
 
 
 def _unexpected(what: str):
@@ -169,6 +218,8 @@ def _unexpected(what: str):
 def _column_ref(fields: dict, scope: frozenset[str], found: Found) -> None:
     if len(fields["fields"]) >= 3:
         found.qualified_columns.append(fields)
+    if len(fields["fields"]) >= 2:
+        found.field_names += names(fields["fields"][-1:])
 
 
 def _aliased(fields: dict, scope: frozenset[str], found: Found) -> None:
@@ -182,8 +233,9 @@ def _leaf(fields: dict, scope: frozenset[str], found: Found) -> None:
 
 
 HANDLERS = {
-    "ColumnRef": _column_ref, "RangeSubselect": _aliased, "RangeFunction": _aliased, "JoinExpr": _aliased,
+    "ColumnRef": _column_ref, "RangeSubselect": _aliased, "RangeFunction": _aliased, "JoinExpr": _join,
     "RangeTableFunc": _aliased, "JsonTable": _aliased,
+    "SortBy": _sort_by, "SubLink": _sub_link, "CaseExpr": _case, "A_Indirection": _indirection,
     "A_Const": _leaf, "ParamRef": _leaf, "String": _leaf, "Integer": _leaf, "Float": _leaf,
     "RangeVar": lambda f, s, found: _range_var(f, s, found),
     "SelectStmt": _select,

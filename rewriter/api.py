@@ -15,6 +15,8 @@ from .inserts import guard_inserts
 from .reads import requalify_columns, substitute_reads
 from .refuse import Refused
 from .result import Allow, Deny, Result, Rewrite
+from .routines import check_routines
+from .secret_settings import check_setting_reads, check_settings_view, check_show
 from .splice import Edit, ParamCheck, Tokens, apply, scan
 from .verify import verify
 from .write_masks import mask_write_columns
@@ -38,6 +40,7 @@ def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
     """Classify one statement and apply every policy check to it (Refused when any fails)."""
     if kind in PASS_THROUGH:
         check_setting(kind, fields)
+        check_show(kind, fields)
         found = walk_statement(kind, fields)
         if found.refs or found.functions or found.problems:
             raise Refused(f"{statement_kind(kind, fields)} statement refused: it unexpectedly names relations or calls",
@@ -56,7 +59,10 @@ def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
         check_copy_ends(fields)
     found = walk_statement(kind, fields)
     check_calls(found, ctx)
+    check_setting_reads(found.setting_reads)
     refs = tuple(check_ref(ref, ctx) for ref in found.refs)
+    check_routines(found, ctx, any(r.protected for r in refs))
+    check_settings_view(kind, fields, refs)
     check_copy_from(refs)
     return Checked(kind, fields, found, refs)
 

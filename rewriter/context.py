@@ -60,11 +60,24 @@ Schema = Mapping[str, tuple[Column, ...]]
 
 
 @dataclass(frozen=True, slots=True)
+class UserRoutines:
+    """Functions and operators the live database defines outside pg_catalog and information_schema.
+
+    `functions` holds "schema.name"; `operators` maps "schema.symbol" to the "schema.name"
+    of the functions that implement it ("" for a shell operator without one).
+    """
+
+    functions: frozenset[str] = frozenset()
+    operators: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Context:
     """A non-bypass session: what it may touch and as which tenant.
 
     `denied_relations` adds "schema.relation" names to the rewriter's own list of
-    sensitive catalogs; `search_path` is the session's, without "$user".
+    sensitive catalogs; `search_path` is the session's, without "$user";
+    `routines` are the live database's own functions and operators (none offline).
     """
 
     tables: Mapping[str, TableRule]
@@ -73,3 +86,4 @@ class Context:
     allowed_functions: frozenset[str] = frozenset()
     search_path: tuple[str, ...] = ("public",)
     denied_relations: frozenset[str] = frozenset()
+    routines: UserRoutines = UserRoutines()

@@ -34,6 +34,7 @@ DANGEROUS_FUNCTIONS = frozenset({
     "pg_isolation_test_session_is_blocked", "pg_stat_file", "pg_log_backend_memory_contexts",
     "pg_get_backend_memory_contexts", "pg_stat_statements", "pg_stat_statements_reset",
     "pg_get_keywords", "pg_hba_file_rules", "pg_ident_file_mappings", "pg_show_all_file_settings",
+    "pg_show_all_settings",
     "pg_show_replication_origin_status", "pg_control_system", "pg_control_checkpoint",
     "pg_control_recovery", "pg_control_init", "pg_walfile_name", "pg_walfile_name_offset",
     "pg_prepared_xact", "pg_lock_status", "pg_get_shmem_allocations", "pg_backup_start",

@@ -735,43 +735,64 @@ def test_security_definer_functions_are_refused_unless_allowed(extended):
             [(200,), (101,)]
 
 
-@pytest.mark.xfail(strict=True, reason="BYPASS: `select upper('x'::varchar)` runs public.upper(varchar), a SECURITY "
-                   "DEFINER function not in functions.allow, because pgwarden takes any call named upper for the "
-                   "built-in; PostgreSQL prefers the exact varchar match and returns every tenant's names and real "
-                   "SSNs ('Gus:333-33-3333,Ann:111-11-1111,...'); likewise `select length(email::varchar) from "
-                   "customers` runs public.length(varchar), which counts every tenant's rows")
+def _refused(conn, sql: str, *words: str) -> None:
+    """`sql` is refused (42501) with a hint, and the message names each of `words`."""
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+        conn.execute(sql)
+    assert info.value.diag.message_hint, sql
+    assert all(w in info.value.diag.message_primary for w in words), (sql, info.value.diag.message_primary)
+
+
 def test_a_user_function_named_like_a_built_in_is_refused(extended):
     with _connect_extended(extended) as conn:
         for sql in ["select upper('x'::varchar)", "select upper(name::varchar) from customers",
-                    "select upper(cast('x' as character varying))"]:
+                    "select upper(cast('x' as character varying))", "select upper('x')"]:
             _run_clean(conn, sql)
+            _refused(conn, sql, "public.upper")
         # the built-in gives 11 for each acme email; public.length(varchar) counts every tenant's rows (3)
         assert _run_clean(conn, "select length(email::varchar) from customers") in ([], [(11,), (11,)])
+        _refused(conn, "select length(email::varchar) from customers", "public.length")
+        # field notation calls the function too: (x).upper is upper(x)
+        _refused(conn, "select (name::varchar).upper from customers", "upper")
+        _refused(conn, "select ('PG_VERSION'::text).pg_read_file", "pg_read_file")
+        # the built-in, named in pg_catalog, and a listed function stay usable
+        assert conn.execute("select pg_catalog.upper(name::varchar) from customers order by id").fetchall() == \
+            [("ANN",), ("BOB",)]
+        assert conn.execute("select lower('X'), c.name from customers c order by c.id").fetchall() == \
+            [("x", "Ann"), ("x", "Bob")]
+        assert conn.execute("select order_total(total) from orders order by id").fetchall() == [(200,), (101,)]
 
 
-@pytest.mark.xfail(strict=True, reason="BYPASS: `select 1 === 2` runs the user-defined operator public.=== (its "
-                   "function public.leak_op is SECURITY DEFINER, not in functions.allow) and returns every tenant's "
-                   "names and real SSNs; only the spelled-out OPERATOR(public.===) form is refused")
 def test_a_user_defined_operator_is_refused(extended):
     with _connect_extended(extended) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select 1 operator(public.===) 2")
         _run_clean(conn, "select 1 === 2")
         _run_clean(conn, "select id from customers where (id === 1) is not null")
+        _refused(conn, "select 1 === 2", "public.===", "public.leak_op")
+        _refused(conn, "select id from customers where (id === 1) is not null", "===")
+        # built-in operators, spelled plainly or in pg_catalog, are untouched
+        assert conn.execute("select id from customers where id = 1 and name operator(pg_catalog.=) 'Ann' "
+                            "and id between 0 and 5").fetchall() == [(1,)]
 
 
-@pytest.mark.xfail(strict=True, reason="BYPASS (latent; empty on this server): `show primary_conninfo`, "
-                   "`select current_setting('primary_conninfo')`, `select setting from pg_settings where name = "
-                   "'primary_conninfo'`, `select * from pg_show_all_settings()` and `show all` answer for a tenant; "
-                   "pgwarden's backend logs in as a superuser, so a standby's replication password or an "
-                   "ssl_passphrase_command would be shown")
 def test_secret_server_settings_are_refused(extended):
     with _connect_extended(extended) as conn:
         for sql in ["show primary_conninfo", "select current_setting('primary_conninfo')",
                     "select setting from pg_settings where name = 'primary_conninfo'",
-                    "select setting from pg_show_all_settings() where name = 'ssl_passphrase_command'", "show all"]:
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    "select setting from pg_show_all_settings() where name = 'ssl_passphrase_command'", "show all",
+                    "SHOW Archive_Command", "select current_setting(name) from customers",
+                    "select setting from pg_settings", "select setting from pg_settings where name = 'TimeZone' "
+                    "or name = 'primary_conninfo'", "select * from pg_file_settings",
+                    "select ('primary_conninfo'::text).current_setting"]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
                 conn.execute(sql)
+            assert info.value.diag.message_hint, sql
+        # what ORMs and drivers ask for stays answered
+        assert conn.execute("show transaction_isolation").fetchone() == ("read committed",)
+        assert conn.execute("select current_setting('server_version_num')").fetchone()[0].isdigit()
+        assert conn.execute("select cast(setting as integer) from pg_settings "
+                            "where name = 'max_prepared_transactions'").fetchone()[0] >= 0
 
 
 def test_catalogs_with_other_sessions_data_or_secrets_are_refused(extended):
