@@ -207,35 +207,6 @@ class Guarded:
             self._audit_cycle.append(record)
         return True
 
-    def _take_cycle(self) -> list[dict] | None:
-        """The records of the executions a Sync ends (None: none)."""
-        cycle = self._audit_cycle
-        if not cycle:
-            return None
-        self._audit_cycle = []
-        return cycle
-
-    def audit_done(self, records: list[dict], seconds: float, rows: int, error: bytes | None) -> None:
-        """A round trip ended: its statements' records get its duration, rows and SQLSTATE (of
-        its first error; 42501 when a refusal aborted it) and go to the trail."""
-        sqlstate = "00000" if error is None else "42501" if not error else \
-            protocol.decode_fields(error).get("sqlstate", "XX000")
-        audit = self.server.audit
-        for record in records:
-            record.update(duration_ms=round(seconds * 1000, 3), rows=rows, sqlstate=sqlstate)
-            audit.offer(record, force=True)  # type: ignore[union-attr]
-
-    def audit_unfinished(self, timings) -> None:
-        """The session ended before these round trips did: their records go out as unfinished."""
-        audit = self.server.audit
-        if audit is None:
-            return
-        pending = [r for entry in timings for r in entry[2] or ()] + self._audit_cycle
-        for record in pending:
-            record.update(completed=False, duration_ms=None, rows=None, sqlstate=None)
-            audit.offer(record, force=True)
-        self._audit_cycle = []
-
     def audit_bind(self, msg: bytes) -> bool:
         """A Bind is an execution: recorded with what its statement was prepared from."""
         name = protocol.decode_bind_names(msg)[1]

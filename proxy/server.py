@@ -40,6 +40,7 @@ class Server:
         self._backend_tls = _backend_tls(config)
         self.router: Router | None = None     # set when a policy is loaded
         self._schema_loads: dict[str, asyncio.Task] = {}
+        self._schema_again: set[str] = set()  # databases to read again once the read under way ends
         self._policy_stamp: tuple | None = None
         self._listener: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self, config.metrics)
@@ -142,6 +143,7 @@ class Server:
             self._schema_loads[database] = task
         try:
             await asyncio.shield(task)
+            self._schema_loads.pop(database, None)
         except Exception as exc:
             self._schema_loads.pop(database, None)
             session.fatal("08006", f"pgwarden could not read the schema of database {database!r}: "
@@ -157,7 +159,6 @@ class Server:
         router = self.router
         if router is not None:
             router.add_schema(database, schema, search_path, routines)
-        self._schema_loads.pop(database, None)
 
     def _control_dsn(self) -> dict:
         """asyncpg connection arguments for control-plane work (EXPLAIN of slow statements)."""
@@ -165,14 +166,31 @@ class Server:
         return {"host": target.host, "port": target.port, "user": target.user,
                 "password": target.password, "ssl": target.tls_context or False}
 
-    def refresh_schemas(self) -> None:
-        """Read every known database's schema again (after a reload or DDL by a bypass role)."""
+    def refresh_schemas(self, database: str | None = None) -> None:
+        """Read the known databases' schemas again (all after a reload; one after DDL a bypass
+        role ran through pgwarden). A read already under way is followed by another, so DDL
+        that committed while it ran is not missed."""
         if self.router is None:
             return
-        for database in list(self.router.schemas):
-            if database not in self._schema_loads:
-                self._schema_loads[database] = asyncio.get_running_loop().create_task(
-                    self._load_schema(database))
+        for name in [database] if database is not None else list(self.router.schemas):
+            if name not in self.router.schemas:
+                continue  # never read: it will be read before its first policed statement
+            if name in self._schema_loads:
+                self._schema_again.add(name)
+            else:
+                self._schema_loads[name] = asyncio.get_running_loop().create_task(self._reread(name))
+
+    async def _reread(self, database: str) -> None:
+        again = True
+        while again:
+            self._schema_again.discard(database)
+            try:
+                await self._load_schema(database)
+            except Exception as exc:  # the schema read before stays in force
+                log.error("reading the schema of %s again failed (%s); the one read before stays "
+                          "in force", database, exc)
+            again = database in self._schema_again
+        self._schema_loads.pop(database, None)
 
     # --- startup, main loop, shutdown -------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import struct
 import time
 from collections import deque
@@ -13,11 +14,11 @@ from proxy import params, protocol
 from proxy.admin import DATABASE as ADMIN_DATABASE, PARAMETERS as ADMIN_PARAMETERS, AdminConsole
 from proxy.auth import AuthFailed, ClientAuth, Credential
 from proxy.backend import Backend, BackendError
+from proxy.accounting import Accounted
 from proxy.guard import HIDDEN_DETAIL, Guarded
 from proxy.pooled import Pooled, _names_statement
 from proxy.pipeline import ABORT, SWALLOW
 from proxy.pool import Pool, PoolTimeout
-from proxy.stats import statement_text
 from proxy.prepared import Statement
 
 if TYPE_CHECKING:
@@ -34,6 +35,9 @@ _PASSED = frozenset(b"dcfH")            # COPY data/done/fail and Flush: no answ
 _NAMED = frozenset(b"PBDC")             # may name a prepared statement
 _STATEFUL_HEADS = frozenset({b"set", b"res", b"dis", b"lis", b"pre", b"dea", b"rol", b"abo",
                              b"cre", b"dec", b"sav", b"rel"})
+_DDL = re.compile(rb"(?i)\b(?:create|alter|drop|comment)\b")  # may change what the policy checks
+
+
 def _stateful_text(msg: bytes, start: int, stop: int) -> bool:
     """Cheap byte test on msg[start:stop]: could this SQL change session state?
 
@@ -65,7 +69,7 @@ def _reason_class(reason: str) -> str:
     return "network"
 
 
-class Session(Guarded, Pooled, asyncio.Protocol):
+class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
     """A client of pgwarden. Its `state` says where it is; `backend` is set while one serves it."""
 
     def __init__(self, server: "Server") -> None:
@@ -103,6 +107,7 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         self._unnamed_here = False          # ... and whether the linked backend has it
         self._acquiring = False
         self._held: list[tuple[int, bytes]] | None = None  # messages waiting for the audit trail
+        self._ddl_sent = False  # a bypass role sent DDL: read the schema again when it is over
         self._auth: ClientAuth | None = None
         self._client_params: dict[str, str] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -475,9 +480,12 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                     msg = self._guard_extended(kind, msg, out)  # type: ignore[assignment]
                     if msg is None:
                         continue
-                elif kind == _P and self.server.audit is not None:
-                    parsed = protocol.decode_parse(msg)
-                    self.audited(parsed.query, False, None, parsed.name)
+                elif kind == _P:
+                    if self.server.router is not None and _DDL.search(msg):
+                        self._ddl_sent = True
+                    if self.server.audit is not None:
+                        parsed = protocol.decode_parse(msg)
+                        self.audited(parsed.query, False, None, parsed.name)
                 if kind == _B and self.server.audit is not None and not self.audit_bind(msg):
                     continue
                 if tx_mode and kind in _NAMED and _names_statement(kind, msg):
@@ -519,21 +527,6 @@ class Session(Guarded, Pooled, asyncio.Protocol):
         if out:
             backend.write(b"".join(out))  # type: ignore[union-attr]
         self._maybe_release()
-
-    def _note_statement(self, kind: int, msg: bytes) -> None:
-        """Which Parse the next Sync is timed under: the last one, or the one of the statement
-        a Bind names (a client's statement names are few; Close leaves a stale entry at most)."""
-        end = msg.index(b"\0", 5)
-        if kind == _P:
-            self._last_parse = msg
-            if end > 5:
-                if len(self._named_parses) >= 10_000:
-                    self._named_parses.clear()
-                self._named_parses[msg[5:end]] = msg
-            return
-        name = msg[end + 1:msg.index(b"\0", end + 1)]
-        if name:
-            self._last_parse = self._named_parses.get(name, b"")
 
     def reply(self, data: bytes) -> None:
         """Send the client an answer the proxy made itself, in order with the backend's answers."""
@@ -581,8 +574,11 @@ class Session(Guarded, Pooled, asyncio.Protocol):
                 return
             if guarded[1].sql is not None:
                 msg = protocol.query(guarded[0])
-        elif self.server.audit is not None and not self.audited(protocol.decode_query(msg), True):
-            return
+        else:
+            if self.server.router is not None and _DDL.search(msg):
+                self._ddl_sent = True
+            if self.server.audit is not None and not self.audited(protocol.decode_query(msg), True):
+                return
         self.dirty = True
         if (self.tx_mode or self.ident is not None) and _stateful_text(msg, 5, len(msg) - 1) \
                 and not self._session_statement(protocol.decode_query(msg), True):
@@ -629,23 +625,11 @@ class Session(Guarded, Pooled, asyncio.Protocol):
             for tag, failed, status in tracker.ends:
                 self._cycle_ended(tag, failed, status)
             tracker.ends.clear()
+        if self._ddl_sent and tracker.status == _I:  # a bypass role's DDL committed (or not)
+            self._ddl_sent = False
+            self.server.refresh_schemas(self.database)
         if tracker.idle:
             self._maybe_release()
-
-    def _timed(self, answered: int, results: list[tuple[int, bytes | None]]) -> None:
-        """Round trips answered: their durations and rows go to the query statistics, the slow
-        log and the audit records of the statements they ran."""
-        now, server, timings = time.perf_counter(), self.server, self._timings
-        for i in range(min(answered, len(timings))):
-            started, msg, records = timings.popleft()
-            seconds, (rows, error) = now - started, results[i]
-            if msg:  # the raw message: its text is decoded off the hot path, when aggregated
-                server.stats.observe(msg, seconds, rows)
-                slowlog = server.slowlog
-                if slowlog is not None and seconds >= slowlog.threshold_s:
-                    slowlog.observe(statement_text(msg), seconds, "primary", rows, self.database)
-            if records:
-                self.audit_done(records, seconds, rows, error)
 
     def _maybe_release(self) -> None:
         backend = self.backend

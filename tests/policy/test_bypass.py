@@ -763,6 +763,26 @@ def test_a_user_function_named_like_a_built_in_is_refused(extended):
         assert conn.execute("select order_total(total) from orders order by id").fetchall() == [(200,), (101,)]
 
 
+def test_a_function_a_bypass_role_creates_through_pgwarden_is_known_at_once(extended):
+    """DDL a bypass role runs through pgwarden makes it read the schema again when it commits."""
+    with _connect_extended(extended, user="postgres") as admin, _connect_extended(extended) as conn:
+        assert conn.execute("select lower('X')").fetchone() == ("x",)
+        admin.execute("create function public.lower(varchar) returns text language sql security definer "
+                      "as $$ select string_agg(name || ':' || ssn, ',') from customers $$")
+        try:
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    conn.execute("select lower('X')")
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    assert "public.lower" in exc.diag.message_primary
+                    break
+                assert time.monotonic() < deadline, "the new function was not learnt within 5 s"
+                time.sleep(0.05)
+        finally:
+            admin.execute("drop function public.lower(varchar)")
+
+
 def test_a_user_defined_operator_is_refused(extended):
     with _connect_extended(extended) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
