@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -83,6 +84,11 @@ class AuditProcess:
             if self.config.on_failure == "block":
                 return False
             self.drop()
+            return True
+        if len(self.queue) >= 2 * self.config.queue_size:  # a long outage: never unbounded
+            self.dropped += 1
+            log.error("audit record not written (the trail holds %d records): %s",
+                      len(self.queue), encode_batch([record]).decode().strip())
             return True
         if "time" not in record:
             record["time"] = time.time()
@@ -160,15 +166,20 @@ class AuditProcess:
         self._stopping = True
         self._wake.set()
         if self._sender is not None:
-            await self._sender
+            try:
+                await asyncio.wait_for(asyncio.shield(self._sender), self.config.block_timeout + 10)
+            except (asyncio.TimeoutError, Exception):  # a writer that no longer reads: give up on it
+                self._sender.cancel()
             self._sender = None
+        if self.queue:
+            log.error("audit: %d records could not be handed to the writer at shutdown (%s); "
+                      "they follow, one per line", len(self.queue),
+                      self._dead or "it stopped reading")
+            for record in self.queue:
+                log.error("audit record not written: %s", encode_batch([record]).decode().strip())
+            self.queue.clear()
         proc = self._proc
         if proc is None:
-            if self.queue:
-                log.error("audit: %d records could not be handed to the writer at shutdown (%s); "
-                          "they follow, one per line", len(self.queue), self._dead)
-                for record in self.queue:
-                    log.error("audit record not written: %s", encode_batch([record]).decode().strip())
             return
         assert proc.stdin is not None
         proc.stdin.close()
@@ -204,7 +215,7 @@ class AuditProcess:
                 self._proc.stdin.write(encode_batch(batch))
                 self.sent += len(batch)
                 await self._proc.stdin.drain()
-            except (ConnectionError, AssertionError, OSError):
+            except (ConnectionError, AssertionError, OSError, RuntimeError):  # the child went away
                 self.queue.extendleft(reversed(batch))  # not delivered: keep them for the next child
                 await asyncio.sleep(0.05)
 
@@ -264,26 +275,37 @@ async def _child(config: AuditConfig, strict: bool) -> int:
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader(limit=1 << 30)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
-    ticker = loop.create_task(_tick(status))
-    while line := await stdin.readline():
-        for record in decode_batch(line):
-            if config.on_failure == "drop":
-                audit.offer(record)
-            else:
-                audit.accept(record)
-            received += 1
-        while audit.stats["queued"] >= config.queue_size:  # back-pressure: stop reading the pipe
-            await asyncio.sleep(0.02)
-    ticker.cancel()
-    await audit.stop()
-    status()
+    ticker = loop.create_task(_tick(status, stdin, os.getppid()))
+    try:
+        while line := await stdin.readline():
+            if not line.endswith(b"\n"):  # the proxy died in the middle of a write
+                log.error("audit: the proxy's last batch was cut short (%d bytes); the records in it "
+                          "are missing from the trail", len(line))
+                break
+            for record in decode_batch(line):
+                received += 1
+                if audit.stats["queued"] >= 2 * config.queue_size:  # sinks down for long: spill
+                    audit.dropped += 1
+                    log.error("audit record not written (the writer holds too many): %s",
+                              json.dumps(record, default=str))
+                elif config.on_failure == "drop":
+                    audit.offer(record)
+                else:
+                    audit.accept(record)
+    finally:
+        ticker.cancel()
+        await audit.stop()
+        status()
     return 0
 
 
-async def _tick(status) -> None:
+async def _tick(status, stdin: asyncio.StreamReader, parent: int) -> None:
     while True:
         await asyncio.sleep(STATUS_EVERY)
         status()
+        if os.getppid() != parent:  # the proxy is gone without closing the pipe: finish
+            stdin.feed_eof()
+            return
 
 
 def main(argv: list[str]) -> int:

@@ -29,6 +29,7 @@ class Prepared:
     checks: tuple[tuple[int, str], ...]
     router: Router
     tenant: str | None
+    generation: int = 0  # the router's schema generation it was rewritten under
 
 
 @functools.lru_cache(maxsize=1024)
@@ -229,7 +230,7 @@ class Guarded:
         router, tenant, path = self.server.router, self.tenant(), self.search_path()
         hit = self._parses.get(msg)
         if hit is not None and hit[0] is router and hit[1] == tenant and hit[2] == path \
-                and self.server.audit is None:
+                and hit[5] == router.generation and self.server.audit is None:  # type: ignore[union-attr]
             prepared, out = hit[3], hit[4]
             self.guarded[protocol.decode_parse(msg).name if msg[5] else ""] = prepared
             self.server.metrics.statement("extended", "rewritten" if out is not msg else "allowed",
@@ -240,7 +241,8 @@ class Guarded:
             if len(self._parses) > 256:
                 self._parses.clear()
             name = protocol.decode_parse(msg).name if msg[5] else ""
-            self._parses[msg] = (router, tenant, path, self.guarded[name], out)
+            self._parses[msg] = (router, tenant, path, self.guarded[name], out,
+                                 router.generation)  # type: ignore[union-attr]
         return out
 
     def _guard_parse(self, msg: bytes) -> bytes | None:
@@ -249,8 +251,9 @@ class Guarded:
         if guarded is None:
             return None
         text, decision = guarded
+        router = self.server.router
         self.guarded[parsed.name] = Prepared(parsed.query, parsed.param_types, decision.param_checks,
-                                             self.server.router, self.tenant())
+                                             router, self.tenant(), router.generation)  # type: ignore[union-attr]
         if text == parsed.query:
             return msg
         return protocol.parse(parsed.name, text, parsed.param_types)
@@ -262,8 +265,9 @@ class Guarded:
         None when the statement is now refused (the refusal is sent).
         """
         prepared = self.guarded.get(name)
-        if prepared is None or (prepared.router is self.server.router
-                                and prepared.tenant == self.tenant()):
+        router = self.server.router
+        if prepared is None or (prepared.router is router and prepared.tenant == self.tenant()
+                                and prepared.generation == router.generation):  # type: ignore[union-attr]
             return b""
         return self._guard_parse(protocol.parse(name, prepared.query, prepared.param_types))
 

@@ -97,6 +97,7 @@ class Router:
         self.policy = policy
         self.source = source
         self.schemas = schemas
+        self.generation = 0  # bumped when a schema is read again: sessions' cached decisions expire
         self.search_paths = search_paths or {}
         self.routines = routines or {}
         self.monitor = policy.mode == "monitor"
@@ -113,6 +114,7 @@ class Router:
         self.schemas[database] = schema
         self.search_paths[database] = search_path
         self.routines[database] = routines or UserRoutines()
+        self.generation += 1
         self._cache.clear()
         self._shapes.clear()
         self._contexts.clear()

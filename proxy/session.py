@@ -38,6 +38,12 @@ _STATEFUL_HEADS = frozenset({b"set", b"res", b"dis", b"lis", b"pre", b"dea", b"r
 _DDL = re.compile(rb"(?i)\b(?:create|alter|drop|comment)\b")  # may change what the policy checks
 
 
+def sends_ddl(msg: bytes) -> bool:
+    """Could this Query or Parse change the schema (so the policy's view of it)? A cheap test
+    on the text after the message header (the length bytes can look like a letter)."""
+    return _DDL.search(msg[5:]) is not None
+
+
 def _stateful_text(msg: bytes, start: int, stop: int) -> bool:
     """Cheap byte test on msg[start:stop]: could this SQL change session state?
 
@@ -178,11 +184,12 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
     # --- bytes from the client --------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self._safely(self._relay if self.state == READY else self._before_ready, data)
+
+    def _safely(self, handle, arg) -> None:
+        """Run a handler of client input; bad input or a bug costs this client, never the proxy."""
         try:
-            if self.state == READY:
-                self._relay(data)
-            else:
-                self._before_ready(data)
+            handle(arg)
         except protocol.ProtocolError as exc:
             self.fatal(exc.sqlstate, str(exc))
         except AuthFailed as exc:
@@ -361,7 +368,8 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
             self._admin(msgs)
             return
         audit = self.server.audit
-        if self._held is not None or (audit is not None and not audit.accepting()):
+        if self._held is not None or (audit is not None and not audit.accepting()
+                                      and audit.config.on_failure == "block"):
             self._hold(msgs)
             return
         self._dispatch(msgs)
@@ -400,7 +408,7 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         msgs, self._held = self._held or [], None
         if self.state == CLOSED:
             return
-        self._dispatch(msgs)
+        self._safely(self._dispatch, msgs)
         if self.state != CLOSED and not self._acquiring:
             self.transport.resume_reading()
 
@@ -422,7 +430,7 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
             return
         self._link(backend)
         msgs, self._pending = self._pending, []
-        self._forward(msgs)
+        self._safely(self._forward, msgs)
         if self.state != CLOSED:
             self.transport.resume_reading()
 
@@ -470,6 +478,7 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
                 self._query(msg, out)
             elif kind in _REQUESTS:
                 if kind == _F and self.ident is not None:
+                    self._timings.append([time.perf_counter(), b"", None])  # its ReadyForQuery
                     self.refuse("42501", "FunctionCall messages are refused: they call functions "
                                 "by OID, outside any statement the policy can check",
                                 "call the function in a SELECT", simple=True)
@@ -481,7 +490,7 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
                     if msg is None:
                         continue
                 elif kind == _P:
-                    if self.server.router is not None and _DDL.search(msg):
+                    if self.server.router is not None and sends_ddl(msg):
                         self._ddl_sent = True
                     if self.server.audit is not None:
                         parsed = protocol.decode_parse(msg)
@@ -567,7 +576,7 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
     # --- statements that touch session state --------------------------------------------------
 
     def _query(self, msg: bytes, out: list[bytes]) -> None:
-        self._timings.append([time.perf_counter(), msg, None])
+        self._timings.append([time.perf_counter(), msg, self._take_cycle()])  # Binds before it too
         if self.ident is not None:
             guarded = self.guard_text(protocol.decode_query(msg), simple=True)
             if guarded is None:
@@ -575,7 +584,7 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
             if guarded[1].sql is not None:
                 msg = protocol.query(guarded[0])
         else:
-            if self.server.router is not None and _DDL.search(msg):
+            if self.server.router is not None and sends_ddl(msg):
                 self._ddl_sent = True
             if self.server.audit is not None and not self.audited(protocol.decode_query(msg), True):
                 return

@@ -98,7 +98,9 @@ def test_drop_mode_runs_statements_and_counts_the_loss(shop_db, tmp_path):
                          audit={"path": "/proc/pgwarden-no/audit.jsonl", "on_failure": "drop"})
     try:
         with connect(proxy, "acme_app") as conn:
+            started = __import__("time").monotonic()
             assert conn.execute("select count(*) from customers").fetchone() == (2,)
+            assert __import__("time").monotonic() - started < 2  # drop mode never holds statements
         import urllib.request
         text = urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=5).read().decode()
         dropped = [line for line in text.splitlines() if line.startswith("pgwarden_audit_dropped ")]

@@ -117,3 +117,41 @@ def test_statements_wait_for_a_failing_trail_then_are_refused(shop_db, tmp_path)
             assert "audit trail cannot record it" in str(info.value)
     finally:
         proxy.stop()
+
+
+def test_a_failing_sink_never_hangs_the_stop_nor_leaves_the_writer_behind(tmp_path):
+    """Records the trail cannot write are spilled to the log at stop; stop ends; the child exits."""
+    import asyncio
+    from proxy.audit import AuditConfig
+    from proxy.audit_process import AuditProcess
+
+    async def run() -> tuple[float, int | None]:
+        trail = AuditProcess(AuditConfig(path="/proc/pgwarden-no/audit.jsonl", queue_size=10,
+                                         block_timeout=0.3))
+        await trail.start()
+        child = trail._proc.pid
+        for i in range(3000):  # refusals, logins, finished statements: kept whatever the state
+            trail.offer({"event": "statement", "sql": f"select {i}"}, force=True)
+        started = time.monotonic()
+        await trail.stop()
+        return time.monotonic() - started, child
+
+    took, child = asyncio.run(run())
+    assert took < 15
+    assert wait_gone(child, 5)
+
+
+def test_a_batch_cut_short_loses_only_itself(tmp_path):
+    """The proxy died in the middle of a write: the writer keeps every whole batch before it."""
+    import subprocess
+    import sys
+    from proxy.audit import AuditConfig
+    from proxy.audit_process import encode_batch
+    from tests.harness import ROOT
+    path = tmp_path / "audit.jsonl"
+    config = AuditConfig(path=path).model_dump_json()
+    whole = encode_batch([{"event": "statement", "sql": f"select {i}"} for i in range(500)])
+    writer = subprocess.run([sys.executable, "-m", "proxy.audit_process", config, "text", "info", "lenient"],
+                            input=whole + whole[:10], capture_output=True, cwd=ROOT, timeout=30)
+    assert writer.returncode == 0, writer.stderr
+    assert len(path.read_text().splitlines()) == 500 and b"cut short" in writer.stderr

@@ -767,6 +767,9 @@ def test_a_function_a_bypass_role_creates_through_pgwarden_is_known_at_once(exte
     """DDL a bypass role runs through pgwarden makes it read the schema again when it commits."""
     with _connect_extended(extended, user="postgres") as admin, _connect_extended(extended) as conn:
         assert conn.execute("select lower('X')").fetchone() == ("x",)
+        prepared = "select lower(name::varchar) from customers where id = %s"
+        for _ in range(2):  # prepared, and its Parse cached in this session
+            assert conn.execute(prepared, (1,), prepare=True).fetchone() == ("ann",)
         admin.execute("create function public.lower(varchar) returns text language sql security definer "
                       "as $$ select string_agg(name || ':' || ssn, ',') from customers $$")
         try:
@@ -779,6 +782,12 @@ def test_a_function_a_bypass_role_creates_through_pgwarden_is_known_at_once(exte
                     break
                 assert time.monotonic() < deadline, "the new function was not learnt within 5 s"
                 time.sleep(0.05)
+            # what this session prepared before is judged again, not run from its cache
+            _refused(conn, "select lower(name::varchar) from customers where id = 1", "public.lower")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(prepared, (1,), prepare=True)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(prepared, (1,), prepare=False)
         finally:
             admin.execute("drop function public.lower(varchar)")
 
