@@ -91,7 +91,7 @@ class Guarded:
     local_tenant: str | None = None  # SET LOCAL: this transaction only
     tenant_unknown = False  # a tenant change or savepoint failed: what PostgreSQL kept is unknown
     guarded: dict[str, Prepared]  # by the client's statement name ("" = unnamed)
-    _audit_statements: dict[str, tuple]  # statement name -> (text, decision), for Bind records
+    _audit_statements: dict[bytes, tuple]  # statement name -> (text, decision), for Bind records
     _audit_cycle: list[dict]  # records of Binds whose Sync has not been sent yet
     _parses: dict[bytes, tuple]    # a client's Parse -> the policed Parse built for it
 
@@ -174,7 +174,7 @@ class Guarded:
         if audit is None:
             return True
         if name is not None and not isinstance(decision, Refuse):
-            self._audit_statements[name] = (sql, decision)
+            self._audit_statements[protocol.cstr(name)[:-1]] = (sql, decision)  # keyed as a Bind names it
             return True
         if not isinstance(decision, Refuse) and not audit.accepting():
             if audit.config.on_failure == "drop":
@@ -210,8 +210,11 @@ class Guarded:
 
     def audit_bind(self, msg: bytes) -> bool:
         """A Bind is an execution: recorded with what its statement was prepared from."""
-        name = protocol.decode_bind_names(msg)[1]
-        sql, decision = self._audit_statements.get(name, (f"(prepared statement {name!r})", None))
+        end = msg.index(b"\0", 5)  # after the portal name: the statement name, as raw bytes
+        name = msg[end + 1:msg.index(b"\0", end + 1)]
+        hit = self._audit_statements.get(name)
+        sql, decision = hit if hit is not None else (f"(prepared statement {name.decode(errors='replace')!r})",
+                                                     None)
         return self.audited(sql, False, decision)
 
     def audit_event(self, event: str, **fields) -> None:
