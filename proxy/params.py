@@ -10,7 +10,7 @@ import pglast.parser
 
 # First words of statements that may change session state; anything else is not parsed here.
 _WATCHED = frozenset({"set", "reset", "discard", "listen", "prepare", "savepoint", "release",
-                      "rollback", "abort"})
+                      "rollback", "abort", "begin", "start", "commit", "end"})
 _LEADING = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]*)", re.S)
 _NOT_FORWARDED = frozenset({"user", "database", "replication", "options"})
 
@@ -22,7 +22,8 @@ class Effect:
     kind: 'set' (name, text to replay), 'reset' (name), 'reset_all', 'discard_all',
     'listen', 'prepare', 'identity' (SET ROLE / SESSION AUTHORIZATION), 'local' (no lasting effect);
     and what transaction control does to them: 'savepoint', 'release', 'rollback_to' (name: the
-    savepoint's), 'rollback' (ROLLBACK or ABORT of the whole transaction).
+    savepoint's), 'begin' (BEGIN, START TRANSACTION), 'commit' (COMMIT, END, PREPARE TRANSACTION)
+    and 'rollback' (ROLLBACK, ABORT) of the whole transaction, name 'chain' for AND CHAIN.
     """
 
     kind: str
@@ -30,7 +31,8 @@ class Effect:
     text: str = ""
 
 
-_HEADS = frozenset({"set", "res", "dis", "lis", "pre", "dea", "rol", "abo", "cre", "dec", "sav", "rel"})
+_HEADS = frozenset({"set", "res", "dis", "lis", "pre", "dea", "rol", "abo", "cre", "dec", "sav", "rel",
+                    "beg", "sta", "com", "end"})
 
 
 def maybe_stateful(sql: str) -> bool:
@@ -93,6 +95,9 @@ def effects(sql: str) -> list[Effect]:
     """
     if first_word(sql) not in _WATCHED and ";" not in sql.rstrip().rstrip(";"):
         return []
+    plain = _PLAIN.get(sql.strip().rstrip(";").strip().lower())
+    if plain is not None:  # BEGIN / COMMIT / ROLLBACK, in every transaction: no parse
+        return [plain]
     try:
         stmts = json.loads(pglast.parser.parse_sql_json(sql))["stmts"]
     except Exception:  # pglast raises its own ParseError; PostgreSQL will report it to the client
@@ -123,12 +128,22 @@ def _characteristic(elem: dict) -> str:
 
 
 _TRANSACTION = {"TRANS_STMT_SAVEPOINT": "savepoint", "TRANS_STMT_RELEASE": "release",
-                "TRANS_STMT_ROLLBACK_TO": "rollback_to", "TRANS_STMT_ROLLBACK": "rollback"}
+                "TRANS_STMT_ROLLBACK_TO": "rollback_to", "TRANS_STMT_ROLLBACK": "rollback",
+                "TRANS_STMT_BEGIN": "begin", "TRANS_STMT_START": "begin", "TRANS_STMT_COMMIT": "commit",
+                "TRANS_STMT_PREPARE": "commit"}  # PREPARE TRANSACTION keeps the SETs, as COMMIT does
+_PLAIN = {text: Effect(kind) for kind, words in [("begin", ["begin", "begin transaction", "begin work",
+                                                            "start transaction"]),
+                                                 ("commit", ["commit", "end", "commit transaction", "commit work"]),
+                                                 ("rollback", ["rollback", "abort", "rollback transaction",
+                                                               "rollback work"])]
+          for text in words}
 
 
 def _effect(kind: str, node: dict, text: str) -> Effect | None:
     if kind == "TransactionStmt":
         control = _TRANSACTION.get(node.get("kind", ""))
+        if control in ("commit", "rollback"):
+            return Effect(control, "chain" if node.get("chain") else "")
         return Effect(control, node.get("savepoint_name", "")) if control else None
     if kind == "ListenStmt":
         return Effect("listen", node.get("conditionname", ""))

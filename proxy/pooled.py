@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import re
 
-from proxy import params, protocol, savepoints
+from proxy import params, protocol
 from proxy.backend import Backend
 from proxy.pipeline import SWALLOW
 from proxy.prepared import Statement
+from proxy.txstate import CONTROL, TxState
 
 log = logging.getLogger("pgwarden.session")
 
 _P, _B, _D, _C, _S, _H, _Q = (ord(c) for c in "PBDCSHQ")
-_I, _E = ord("I"), ord("E")
-_CONTROL = frozenset({"savepoint", "release", "rollback_to", "rollback"})
+_I = ord("I")
 
 _DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(all|\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$",
                          re.I | re.S)
@@ -42,7 +42,7 @@ def _names_statement(kind: int, msg: bytes) -> bool:
 
 
 
-class Pooled:
+class Pooled(TxState):
     """Mixin for Session: the statements and settings a client keeps while its backends change.
 
     Under transaction pooling each client statement name maps to a proxy-wide
@@ -53,10 +53,6 @@ class Pooled:
 
     unchecked: set  # statements whose client Parse pgwarden answered without a backend
     last_bound: Statement | None = None  # the statement of this client's last Bind
-    _frames: savepoints.Frames = ()  # the open transaction's savepoints
-    _snapshot: savepoints.State | None = None  # before this transaction's first change of state
-    _status = _I                      # transaction status of the last ReadyForQuery
-    _watched = False                  # the next Query or Sync carries a tenant change: watch it
 
     def _answer_without_backend(self, msgs: list[tuple[int, bytes]]) -> bool:
         """Parse of statements some backend already accepted, Close, Sync: answered here.
@@ -106,11 +102,10 @@ class Pooled:
                      "a temporary table, took a session advisory lock, a WITH HOLD cursor or "
                      "called set_config() on a setting that cannot be tracked",
                      self.peer, backend.pid)  # type: ignore[union-attr]
-        if effects and self._snapshot is None:  # settled at the next ReadyForQuery
-            self._snapshot = self._state()
         for effect in effects:
-            if effect.kind in _CONTROL:
-                self._savepoint(effect)
+            self._changing(effect)
+            if effect.kind in CONTROL:
+                self._control(effect)
                 continue
             params.apply(self.settings, effect)
             params.apply(backend.settings, effect)  # type: ignore[union-attr]
@@ -119,52 +114,10 @@ class Pooled:
                 backend.statements.clear()  # type: ignore[union-attr]
             if self.ident is not None and (effect.kind in ("reset_all", "discard_all") or
                                            effect.name == self.server.router.tenant_setting):
-                self._watched = True  # a tenant change: known now, unless it fails
+                self._watch_tenant()  # a tenant change: known now, unless it fails
                 if effect.kind != "local":
                     self.tenant_unknown = False
         return True
-
-    def _state(self) -> savepoints.State:
-        """What a rollback would restore, as of now."""
-        return savepoints.State(dict(self.settings), dict(self.backend.settings),  # type: ignore[union-attr]
-                                self.local_tenant, self.tenant_unknown)
-
-    def _restore(self, state: savepoints.State) -> None:
-        self.settings, self.backend.settings = dict(state.settings), dict(state.backend)  # type: ignore[union-attr]
-        self.local_tenant, self.tenant_unknown = state.local_tenant, state.unknown
-
-    def _savepoint(self, effect: params.Effect) -> None:
-        """SAVEPOINT, RELEASE, ROLLBACK TO: the savepoint stack and the state it restores.
-
-        Applied when sent (later statements are decided under it); the Query or Sync that
-        carries it is watched, and if it fails the tenant becomes unknown (`_cycle_ended`).
-        """
-        self._watched = self.ident is not None
-        if effect.kind == "rollback":
-            self._rolling_back = True
-        elif effect.kind == "savepoint":
-            self._frames = savepoints.savepoint(self._frames, effect.name, self._state())
-        elif effect.kind == "release":
-            self._frames = savepoints.release(self._frames, effect.name) or self._frames
-        else:
-            self._frames, state = savepoints.rollback_to(self._frames, effect.name)
-            if state is None:  # PostgreSQL will refuse it, or knows a savepoint pgwarden lost
-                self._lose_tenant()
-            else:
-                self._restore(state)
-
-    def _lose_tenant(self) -> None:
-        """pgwarden cannot tell what PostgreSQL kept: the tenant is unknown until SET again,
-        and so is every state a rollback in this transaction would restore."""
-        if self.ident is None:
-            return
-        if not self.tenant_unknown:
-            log.warning("client %s: tenant unknown after a failed tenant change or savepoint "
-                        "command; tenant-scoped statements are refused until it is SET again", self.peer)
-        self.local_tenant, self.tenant_unknown = None, True
-        self._frames = savepoints.poison(self._frames)
-        if self._snapshot is not None:
-            self._snapshot = self._snapshot.poisoned()
 
     def _stateful_parse(self, msg: bytes, out: list[bytes]) -> bytes | None:
         """A Parse that may change session state: tracked, refused (None) or renamed.
@@ -339,17 +292,3 @@ class Pooled:
                 if self.last_bound is not None:
                     self.last_bound.stale = True  # the next Parse of its text gets a new name
         errors.clear()
-
-    def _cycle_ended(self, tag: object, failed: bool, status: int) -> None:
-        """A ReadyForQuery: a watched Query or Sync that failed loses the tenant; at the end of
-        a transaction its SETs last only if it committed (PostgreSQL's own rule), SET LOCAL and
-        savepoints end."""
-        if failed and tag is not None:
-            self._lose_tenant()
-        if status == _I:
-            if self._snapshot is not None:
-                if failed or self._rolling_back or self._status == _E:
-                    self._restore(self._snapshot)
-                self._snapshot = None
-            self._rolling_back, self._frames, self.local_tenant = False, (), None
-        self._status = status

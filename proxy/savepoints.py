@@ -82,3 +82,70 @@ def poison(frames: Frames) -> Frames:
     State(settings={}, backend={}, local_tenant=None, unknown=True)
     """
     return tuple((name, state.poisoned()) for name, state in frames)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """A transaction pgwarden ended when its COMMIT (or its Sync) was sent, which only the answer
+    proves: the state a rollback restores, and the counts of changes and losses at that moment."""
+
+    state: State
+    changes: int
+    losses: int
+
+
+@dataclass(slots=True)
+class Cycle:
+    """What the answer to one Query or Sync must settle (its tag in the Tracker).
+
+    watched: it carries a tenant change, or a rollback that undid one: if it fails, what
+    PostgreSQL kept is unknown. ended: a COMMIT or ROLLBACK was sent in it; commit: the first
+    of them was a COMMIT of a transaction that changed state (a rollback if that transaction had
+    already failed). implicit: it ends an implicit transaction that changed state (rolled back
+    if the cycle fails). begin: the count of changes when a BEGIN was sent in it (an error
+    before the BEGIN skips it: the changes sent after ran outside any transaction block).
+    """
+
+    watched: bool = False
+    ended: bool = False
+    commit: Ending | None = None
+    implicit: Ending | None = None
+    begin: int | None = None
+
+
+def _restored(ending: Ending, losses: int) -> State:
+    """The state an ending restores; unknown if the tenant was lost since it was sent."""
+    return ending.state if ending.losses == losses else ending.state.poisoned()
+
+
+def settle(cycle: Cycle, failed: bool, aborted: bool, changes: int, losses: int) -> tuple[State | None, bool]:
+    """The answer to a cycle: (the state to restore or None, whether the tenant becomes unknown).
+
+    failed: an error came in it; aborted: the ReadyForQuery before it said the transaction had
+    failed (so its COMMIT was a rollback); changes, losses: the counts now. A state is restored
+    only when nothing that changes state was sent since; otherwise pgwarden cannot place what
+    PostgreSQL did among what was sent after, and the tenant is unknown until SET again.
+
+    >>> acme, globex = State({"t": "acme"}, {}), State({"t": "globex"}, {})
+    >>> settle(Cycle(commit=Ending(acme, 3, 0)), False, True, 3, 0)
+    (State(settings={'t': 'acme'}, backend={}, local_tenant=None, unknown=False), False)
+    >>> settle(Cycle(commit=Ending(acme, 3, 0)), False, True, 4, 0)
+    (None, True)
+    >>> settle(Cycle(commit=Ending(acme, 3, 0)), False, False, 4, 0)  # it committed
+    (None, False)
+    >>> settle(Cycle(implicit=Ending(acme, 2, 0)), True, False, 2, 1)[0].unknown
+    True
+    >>> settle(Cycle(begin=5), True, False, 5, 0), settle(Cycle(begin=5), True, False, 6, 0)
+    ((None, False), (None, True))
+    """
+    if not failed:
+        if cycle.commit is None or not aborted:
+            return None, False
+        if cycle.commit.changes != changes:
+            return None, True
+        return _restored(cycle.commit, losses), False
+    implicit = cycle.implicit
+    state = _restored(implicit, losses) if implicit is not None and implicit.changes == changes else None
+    lost = (cycle.watched or cycle.commit is not None or (implicit is not None and state is None)
+            or (cycle.begin is not None and cycle.begin != changes))
+    return state, lost

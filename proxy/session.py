@@ -34,7 +34,7 @@ _REQUESTS = frozenset(b"PBDECSF")       # answered by the backend, tracked in or
 _PASSED = frozenset(b"dcfH")            # COPY data/done/fail and Flush: no answer of their own
 _NAMED = frozenset(b"PBDC")             # may name a prepared statement
 _STATEFUL_HEADS = frozenset({b"set", b"res", b"dis", b"lis", b"pre", b"dea", b"rol", b"abo",
-                             b"cre", b"dec", b"sav", b"rel"})
+                             b"cre", b"dec", b"sav", b"rel", b"beg", b"sta", b"com", b"end"})
 _DDL = re.compile(rb"(?i)\b(?:create|alter|drop|comment)\b")  # may change what the policy checks
 
 
@@ -48,7 +48,7 @@ def _stateful_text(msg: bytes, start: int, stop: int) -> bool:
     """Cheap byte test on msg[start:stop]: could this SQL change session state?
 
     False for plain SELECT/DML, even with a trailing semicolon; True for SET, RESET,
-    DISCARD, LISTEN, PREPARE, DEALLOCATE, ROLLBACK, leading comments and multi-statement text.
+    DISCARD, LISTEN, PREPARE, DEALLOCATE, BEGIN, COMMIT, ROLLBACK, leading comments and multi-statement text.
     """
     i = start
     while i < stop and msg[i] in b" \t\r\n":
@@ -100,7 +100,6 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         self.skipping = False       # after an error the proxy raised mid-pipeline: skip to Sync
         self._snapshot = None       # state before this transaction's first SET or SAVEPOINT
         self._frames = ()           # savepoints of the open transaction, with the state each restores
-        self._rolling_back = False  # the client asked to end this transaction with ROLLBACK
         self.reason = ""
         self._startup = protocol.StartupFramer()
         self._framer = protocol.Framer(self.config.listen.max_message_size)
@@ -594,13 +593,6 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
             return
         self.backend.tracker.request(_Q, tag=self._watch())  # type: ignore[union-attr]
         out.append(msg)
-
-    def _watch(self) -> object:
-        """The tag for a Query or Sync: whether it carries a tenant change to verify."""
-        if self._watched:
-            self._watched = False
-            return True
-        return None
 
     # --- bytes from the backend -------------------------------------------------------------
 

@@ -985,6 +985,74 @@ def test_a_tenant_switch_rolled_back_in_one_pipeline_is_undone(guarded):
         assert conn.execute("select name from customers order by id").fetchall() == [("Ann",), ("Bob",)]
 
 
+def _tenant_and_rows(conn: psycopg.Connection) -> tuple:
+    return (conn.execute("show pgwarden.tenant").fetchone()[0],
+            conn.execute("select name from customers order by id").fetchall())
+
+
+ACME_ROWS, GLOBEX_ROWS = [("Ann",), ("Bob",)], [("Gus",)]
+
+
+def test_a_set_pipelined_after_a_rollback_outlives_it(guarded):
+    """ROLLBACK undoes what its transaction SET when it is sent, not what the pipeline SETs after it."""
+    with connect(guarded, "token_user") as conn:
+        conn.execute(f"set pgwarden.tenant_token = '{_token('acme')}'")
+        globex = _token("globex")
+        with conn.pipeline():
+            conn.execute("begin")
+            conn.execute(f"set pgwarden.tenant_token = '{globex}'")
+            conn.execute("rollback")
+            conn.execute(f"set pgwarden.tenant_token = '{globex}'")
+        assert _tenant_and_rows(conn) == ("globex", GLOBEX_ROWS)
+
+
+def test_a_commit_is_not_undone_by_a_rollback_pipelined_after_it(guarded):
+    """Two transactions in one pipeline, each with its Sync: the first commits, the second rolls back."""
+    with connect(guarded, "token_user") as conn:
+        conn.execute(f"set pgwarden.tenant_token = '{_token('acme')}'")
+        with conn.pipeline() as pipeline:
+            conn.execute("begin")
+            conn.execute(f"set pgwarden.tenant_token = '{_token('globex')}'")
+            conn.execute("commit")
+            pipeline.sync()
+            conn.execute("begin")
+            conn.execute(f"set pgwarden.tenant_token = '{_token('acme')}'")
+            conn.execute("rollback")
+        assert _tenant_and_rows(conn) == ("globex", GLOBEX_ROWS)
+        with conn.pipeline():  # COMMIT AND CHAIN keeps the SET; ROLLBACK AND CHAIN undoes the next
+            conn.execute("begin")
+            conn.execute(f"set pgwarden.tenant_token = '{_token('acme')}'")
+            conn.execute("commit and chain")
+            conn.execute(f"set pgwarden.tenant_token = '{_token('globex')}'")
+            conn.execute("rollback and chain")
+            conn.execute("commit")
+        assert _tenant_and_rows(conn) == ("acme", ACME_ROWS)
+
+
+def test_a_commit_of_a_failed_transaction_undoes_its_sets(guarded):
+    """PostgreSQL turns that COMMIT into a ROLLBACK; with a SET pipelined behind it, pgwarden refuses."""
+    with connect(guarded, "token_user") as conn:
+        conn.execute(f"set pgwarden.tenant_token = '{_token('acme')}'")
+        conn.execute("begin")
+        conn.execute(f"set pgwarden.tenant_token = '{_token('globex')}'")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1/0")
+        conn.execute("commit")
+        assert _tenant_and_rows(conn) == ("acme", ACME_ROWS)
+        conn.execute("begin")
+        conn.execute(f"set pgwarden.tenant_token = '{_token('globex')}'")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1/0")
+        with conn.pipeline():  # the COMMIT's answer comes after the next SET was sent
+            conn.execute("commit")
+            conn.execute(f"set pgwarden.tenant_token = '{_token('globex')}'")
+        # pgwarden learns the COMMIT was a rollback too late to place it: unknown, never acme
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select name from customers")
+        conn.execute(f"set pgwarden.tenant_token = '{_token('globex')}'")
+        assert _tenant_and_rows(conn) == ("globex", GLOBEX_ROWS)
+
+
 def test_a_failed_savepoint_command_leaves_the_tenant_unknown_until_set_again(guarded):
     """pgwarden cannot tell what PostgreSQL kept after such a failure: it refuses, never guesses."""
     with connect(guarded, "saas_backend") as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from proxy import params, protocol as p, savepoints as sp
 from proxy.pipeline import Tracker
+from proxy.txstate import CONTROL, TxState
 
 ACME, GLOBEX = sp.State({"t": "acme"}, {}), sp.State({"t": "globex"}, {})
 
@@ -38,7 +39,7 @@ def test_transaction_control_is_an_effect_in_statement_order():
     got = params.effects("SAVEPOINT a; SET x TO '1'; ROLLBACK TO SAVEPOINT a; RELEASE \"A\"; ABORT")
     assert [(e.kind, e.name) for e in got] == [("savepoint", "a"), ("set", "x"), ("rollback_to", "a"),
                                                 ("release", "A"), ("rollback", "")]
-    assert params.effects("COMMIT") == [] and params.maybe_stateful("savepoint a")
+    assert params.effects("COMMIT") == [params.Effect("commit")] and params.maybe_stateful("savepoint a")
     assert params.maybe_stateful("release savepoint a")
 
 
@@ -51,3 +52,110 @@ def test_each_ready_for_query_is_recorded_with_its_tag_and_whether_it_failed():
     t.feed(p.command_complete("SAVEPOINT") + p.ready_for_query(b"T") + error + p.ready_for_query(b"E")
            + error + p.ready_for_query(b"E"))
     assert t.ends == [(True, False, ord("T")), (None, True, ord("E")), (True, True, ord("E"))]
+
+
+def test_transaction_control_effects_with_and_chain():
+    got = params.effects("BEGIN; SET x TO '1'; COMMIT AND CHAIN; ROLLBACK AND CHAIN; END; ABORT")
+    assert [(e.kind, e.name) for e in got] == [("begin", ""), ("set", "x"), ("commit", "chain"),
+                                                ("rollback", "chain"), ("commit", ""), ("rollback", "")]
+    assert params.effects("start transaction read only") == [params.Effect("begin")]
+    assert params.effects("prepare transaction 'g'") == [params.Effect("commit")]
+    assert params.effects("commit prepared 'g'") == []  # outside any transaction: no session state
+    assert params.effects(" Rollback ;") == [params.Effect("rollback")]
+    assert all(params.maybe_stateful(s) for s in ["begin", "start transaction", "commit", "end"])
+
+
+def test_a_commit_answered_after_its_transaction_failed_restores_only_if_nothing_came_after():
+    cycle = sp.Cycle(commit=sp.Ending(ACME, 3, 0))
+    assert sp.settle(cycle, False, True, 3, 0) == (ACME, False)     # it was a rollback
+    assert sp.settle(cycle, False, False, 3, 0) == (None, False)    # it committed
+    assert sp.settle(cycle, False, True, 4, 0) == (None, True)      # a SET was sent after it
+    assert sp.settle(cycle, True, False, 3, 0) == (None, True)      # failed: did it run?
+    assert sp.settle(cycle, False, True, 3, 1)[0].unknown           # lost since: stays unknown
+
+
+def test_a_failed_implicit_transaction_is_undone_and_a_failed_begin_placed():
+    cycle = sp.Cycle(implicit=sp.Ending(ACME, 2, 0))
+    assert sp.settle(cycle, False, False, 2, 0) == (None, False)
+    assert sp.settle(cycle, True, False, 2, 0) == (ACME, False)
+    assert sp.settle(cycle, True, False, 3, 0) == (None, True)
+    watched = sp.Cycle(watched=True, implicit=sp.Ending(ACME, 2, 0))
+    assert sp.settle(watched, True, False, 2, 0) == (ACME, True)
+    assert sp.settle(sp.Cycle(begin=1), True, False, 1, 0) == (None, False)
+    assert sp.settle(sp.Cycle(begin=1), True, False, 2, 0) == (None, True)
+
+
+class _Backend:
+    def __init__(self) -> None:
+        self.settings: dict = {}
+        self.tracker = Tracker()
+
+
+class _Session(TxState):
+    """TxState with what Pooled gives it: settings applied as `_session_statement` does."""
+
+    ident, peer, local_tenant, tenant_unknown = "token_user", "test", None, False
+
+    def __init__(self, tenant: str) -> None:
+        self.backend = _Backend()
+        self.settings = {"t": tenant}
+        self.tags: list = []
+
+    def send(self, sql: str) -> None:
+        for effect in params.effects(sql):
+            self._changing(effect)
+            if effect.kind in CONTROL:
+                self._control(effect)
+            else:
+                params.apply(self.settings, effect)
+                self._watch_tenant()
+
+    def sync(self) -> None:
+        self.tags.append(self._watch())
+
+    def answer(self, failed: bool, status: str) -> None:
+        self._cycle_ended(self.tags.pop(0), failed, ord(status))
+
+
+def test_rollback_applies_when_sent_so_a_later_set_stays():
+    s = _Session("acme")
+    for sql in ["begin", "set t = globex", "rollback", "set t = globex"]:
+        s.send(sql)
+    assert s.settings["t"] == "set t = globex"
+    s.sync()
+    s.answer(False, "I")
+    assert s.settings["t"] == "set t = globex" and not s.tenant_unknown
+
+
+def test_a_rollback_pipelined_after_a_commit_leaves_the_commit():
+    s = _Session("acme")
+    for sql in ["begin", "set t = globex", "commit"]:
+        s.send(sql)
+    s.sync()
+    for sql in ["begin", "set t = acme", "rollback"]:
+        s.send(sql)
+    s.sync()
+    s.answer(False, "I")
+    s.answer(False, "I")
+    assert s.settings["t"] == "set t = globex" and not s.tenant_unknown
+
+
+def test_a_commit_of_a_failed_transaction_restores_its_start():
+    s = _Session("acme")
+    s.send("begin; set t = globex")
+    s.sync()
+    s.answer(False, "T")
+    s.sync()            # select 1/0
+    s.answer(True, "E")
+    s.send("commit")
+    s.sync()
+    s.answer(False, "I")
+    assert s.settings == {"t": "acme"} and not s.tenant_unknown
+
+
+def test_a_block_pgwarden_did_not_see_begin_loses_the_tenant_after_a_change():
+    s = _Session("acme")
+    s.send("set t = globex")  # in a transaction opened by a BEGIN pgwarden did not see
+    s.sync()
+    s.answer(False, "T")
+    assert s.tenant_unknown and s._block
