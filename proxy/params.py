@@ -35,6 +35,11 @@ _HEADS = frozenset({"set", "res", "dis", "lis", "pre", "dea", "rol", "abo", "cre
                     "beg", "sta", "com", "end"})
 
 
+def plain_transaction_control(sql: str) -> bool:
+    """BEGIN, COMMIT, END, ROLLBACK ... as written, nothing else (`_PLAIN`)."""
+    return sql.strip().rstrip(";").strip().lower() in _PLAIN
+
+
 def maybe_stateful(sql: str) -> bool:
     """Cheap test: could this statement text change session state? (False for plain SELECT/DML.)
 

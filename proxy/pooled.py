@@ -65,8 +65,10 @@ class Pooled(TxState):
             if kind == _P and msg[5] != 0:
                 parsed = protocol.decode_parse(msg)
                 stmt = self.server.statements.peek(parsed.query, parsed.param_types)
-                if stmt is None or not stmt.verified or stmt.stale or params.maybe_stateful(parsed.query):
-                    return False
+                if stmt is None or not stmt.verified or stmt.stale or (
+                        params.maybe_stateful(parsed.query)
+                        and not params.plain_transaction_control(parsed.query)):
+                    return False  # (preparing BEGIN or COMMIT changes nothing: answered here)
                 statements.append((parsed.name, stmt))
             elif not (kind in (_S, _H) or (kind == _C and msg[5] == 83 and msg[6] != 0)):
                 return False
