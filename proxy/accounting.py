@@ -40,13 +40,13 @@ class Accounted:
         if name:
             self._last_parse = self._named_parses.get(name, b"")
 
-    def _timed(self, answered: int, results: list[tuple[int, bytes | None]]) -> None:
-        """Round trips answered: their durations and rows go to the query statistics, the slow
-        log and the audit records of the statements they ran."""
+    def _timed(self, results: list[tuple[int, bytes | None]]) -> None:
+        """Round trips answered (rows, first error): their durations and rows go to the query
+        statistics, the slow log and the audit records of the statements they ran."""
         now, server, timings = time.perf_counter(), self.server, self._timings
-        for i in range(min(answered, len(timings))):
+        for rows, error in results[:len(timings)]:
             started, msg, records = timings.popleft()
-            seconds, (rows, error) = now - started, results[i]
+            seconds = now - started
             if msg:  # the raw message: its text is decoded off the hot path, when aggregated
                 server.stats.observe(msg, seconds, rows)
                 slowlog = server.slowlog

@@ -297,11 +297,7 @@ class Audit:
                 return False
             self._drop()
             return True
-        if "time" not in record:
-            record["time"] = time.time()
-        self.queue.append(record)
-        if not self._wake.is_set():
-            self._wake.set()
+        self.accept(record)
         return True
 
     def accept(self, record: dict) -> None:

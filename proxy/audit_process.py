@@ -80,7 +80,7 @@ class AuditProcess:
         trail is failing or holds queue_size records. `force`: the statement ran (or was
         refused) already, so its record is kept whatever the state; the queue may then hold
         more than queue_size by the statements in flight."""
-        if not force and (self._failing() or len(self.queue) >= self.config.queue_size):
+        if not force and not self.accepting():
             if self.config.on_failure == "block":
                 return False
             self.drop()

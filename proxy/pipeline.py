@@ -46,17 +46,16 @@ class Tracker:
     (True, 'I')
     """
 
-    __slots__ = ("queue", "fixups", "status", "synced", "answered", "rows", "failed", "done", "reported",
-                 "errors", "scrub", "ends", "_failing", "_skip", "_head", "_dropping", "_rows", "_error")
+    __slots__ = ("queue", "fixups", "status", "synced", "rows", "failed", "done", "reported",
+                 "errors", "scrub", "ends", "_skip", "_head", "_dropping", "_rows", "_error")
 
     def __init__(self) -> None:
         self.queue: deque[tuple[int, int, object]] = deque()
         self.fixups = 0          # entries in the queue that need per-message attention
         self.status = ord("I")   # transaction status of the last ReadyForQuery
         self.synced = True       # no extended-protocol message sent since the last ReadyForQuery
-        self.answered = 0        # client Query/Sync/FunctionCall answered (for timing)
-        self.rows: list[tuple[int, bytes | None]] = []  # ... and for each: the rows returned or
-                                 # changed (CommandComplete) and its first ErrorResponse (b"": hidden)
+        self.rows: list[tuple[int, bytes | None]] = []  # each client Query/Sync/FunctionCall
+        #   answered: the rows returned or changed (CommandComplete), its first ErrorResponse (b"": hidden)
         self._rows = 0           # rows counted since the last ReadyForQuery
         self._error: bytes | None = None  # the first ErrorResponse since then
         self.failed: list[object] = []  # tags of watched requests that ended in an error
@@ -66,7 +65,6 @@ class Tracker:
         self.scrub: str | None = None   # when set, every ErrorResponse DETAIL is replaced by it
         self.ends: list[tuple[object, bool, int]] = []  # each ReadyForQuery: (tag of its Query
         #   or Sync, whether an error came since the one before, transaction status)
-        self._failing = False    # an ErrorResponse came since the last ReadyForQuery
         self._skip = 0           # bytes of the current message still to come
         self._head = b""         # an incomplete header kept for the next chunk
         self._dropping = False   # whether the current (split) message is being hidden
@@ -105,7 +103,8 @@ class Tracker:
         self.reported.clear()
         self.errors.clear()
         self.ends.clear()
-        self._failing = False
+        self.rows.clear()
+        self._rows, self._error = 0, None
         self.synced = True
         self._skip, self._head, self._dropping = 0, b"", False
 
@@ -145,7 +144,6 @@ class Tracker:
                 self.reported.append(data[pos:end])
             elif kind == _E:
                 self.errors.append(data[pos:end])
-                self._failing = True
             drop = self._attend(kind, data, pos)
             if kind == _E and self._error is None:
                 self._error = b"" if drop else data[pos:end]  # hidden: a pgwarden refusal's abort
@@ -183,12 +181,10 @@ class Tracker:
             if code in _SYNC_LIKE:
                 hidden = action == SWALLOW
                 if not hidden:
-                    self.answered += 1
                     self.rows.append((self._rows, self._error))
-                    self.ends.append((tag, self._failing, status))
+                    self.ends.append((tag, self._error is not None, status))
                 break
         self._rows, self._error = 0, None
-        self._failing = False
         if not any(code not in _SYNC_LIKE and code != SYNTH for code, _, _ in queue):
             self.synced = True
         return hidden

@@ -614,9 +614,8 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
             for stmt in tracker.done:
                 stmt.verified = True  # type: ignore[attr-defined]
             tracker.done.clear()
-        if tracker.answered:
-            self._timed(tracker.answered, tracker.rows)
-            tracker.answered = 0
+        if tracker.rows:
+            self._timed(tracker.rows)
             tracker.rows.clear()
         if tracker.reported:
             self._reported(backend, tracker.reported)
