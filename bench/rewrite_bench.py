@@ -26,7 +26,7 @@ from rewriter.classify import statements, walk_statement  # noqa: E402
 from rewriter.pg_names import BUILTIN_FUNCTIONS  # noqa: E402
 from rewriter.verify import fragment_tree  # noqa: E402
 
-CORPUS = Path("/work/shared/data/orm_statements.jsonl.gz")
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "orm_statements.jsonl.gz"
 ALL = frozenset({"select", "insert", "update", "delete"})
 COLUMNS = (Column("id", "integer"), Column("tenant_id", "text"), Column("secret", "text"))
 
