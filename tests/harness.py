@@ -15,6 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_HOST, PG_PORT = "127.0.0.1", int(os.environ.get("PGWARDEN_TEST_PG_PORT", "5432"))
+REDIS_URL = os.environ.get("PGWARDEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 # Ports come from below the kernel's ephemeral range (32768-60999 here), so no

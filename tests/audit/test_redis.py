@@ -1,4 +1,4 @@
-"""The Redis Stream sink, against the real Redis on 127.0.0.1:6379."""
+"""The Redis Stream sink, against a real Redis (tests.services provides one)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import redis
 
 from proxy.audit import Audit, AuditConfig, verify_files
 from tests.audit.trail import numbered, write_trail
+from tests.harness import REDIS_URL
 
 
 @pytest.fixture
 def stream():
     name = f"pgwarden-test-audit-{uuid.uuid4().hex}"
-    client = redis.Redis(host="127.0.0.1", port=6379)
+    client = redis.Redis.from_url(REDIS_URL)
     yield client, name
     client.delete(name)
     client.close()
@@ -25,7 +26,7 @@ def stream():
 def test_records_go_to_the_file_and_the_stream_alike(tmp_path, stream):
     client, name = stream
     path = tmp_path / "audit.jsonl"
-    write_trail(path, numbered(30), redis_stream=name)
+    write_trail(path, numbered(30), redis_stream=name, redis_url=REDIS_URL)
     entries = client.xrange(name)
     assert [int(fields[b"seq"]) for _, fields in entries] == list(range(1, 31))
     from_stream = [fields[b"record"].decode() for _, fields in entries]
@@ -51,7 +52,7 @@ def test_an_unreachable_redis_blocks_statements_and_the_file_waits_for_it(tmp_pa
 def test_a_restart_continues_the_stream_where_the_file_stops(tmp_path, stream):
     client, name = stream
     path = tmp_path / "audit.jsonl"
-    write_trail(path, numbered(4), redis_stream=name)
-    write_trail(path, numbered(3, 4), redis_stream=name)
+    write_trail(path, numbered(4), redis_stream=name, redis_url=REDIS_URL)
+    write_trail(path, numbered(3, 4), redis_stream=name, redis_url=REDIS_URL)
     seqs = [json.loads(fields[b"record"])["seq"] for _, fields in client.xrange(name)]
     assert seqs == list(range(1, 8))

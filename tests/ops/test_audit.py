@@ -9,7 +9,7 @@ import sys
 import psycopg
 import pytest
 
-from tests.harness import ROOT
+from tests.harness import REDIS_URL, ROOT
 from tests.policy.conftest import connect, policy_proxy, shop_db  # noqa: F401 (fixture)
 
 KEY_ENV = {"PGWARDEN_AUDIT_KEY": "audit-test-key"}
@@ -142,10 +142,10 @@ def test_report_renders_every_section_from_real_records(audited, tmp_path):
 def test_records_also_go_to_a_redis_stream(shop_db, tmp_path):
     import redis
     stream = f"pgwarden-test-{tmp_path.name}"
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(REDIS_URL)
     client.delete(stream)
     proxy = policy_proxy(tmp_path / "r", "transaction",
-                         audit={"path": "audit.jsonl", "redis_stream": stream})
+                         audit={"path": "audit.jsonl", "redis_stream": stream, "redis_url": REDIS_URL})
     try:
         with connect(proxy, "acme_app") as conn:
             conn.execute("select count(*) from customers")
