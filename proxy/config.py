@@ -187,7 +187,7 @@ class Log(_Strict):
         description="`text` for people, `json` for log pipelines.")
 
 
-# Keys of the contract (DESIGN.md "Interfaces") whose features this version does not have yet:
+# Keys of the config contract (docs/architecture.md, "Decisions") whose features this version does not have yet:
 # they are rejected, never ignored (an ignored `policies` key would be a security hole).
 NOT_YET = {
     "cache": "result caching",

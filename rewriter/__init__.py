@@ -7,7 +7,7 @@ result is re-parsed and verified (verify.py) before it is returned.
 
 sqlglot is deliberately not used for analysis or generation: on the ORM corpus it
 fails or falls back on 15% of statements and its generator changes meaning in
-places (DESIGN.md, decision 4), whereas analysing with the grammar PostgreSQL uses
+places (docs/architecture.md, decision 4), whereas analysing with the grammar PostgreSQL uses
 leaves no room for "the proxy read it differently" — the new fragments are small
 and built from the live schema by masks.py.
 """

@@ -1,4 +1,4 @@
-"""The session of DESIGN.md's "Rewrites by example" (tenant acme, ssn redacted), for docstring examples."""
+"""The session of the rewrites by example in docs/architecture.md (tenant acme, ssn redacted), for docstring examples."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Property tests: generated SELECTs over the test schema are rewritten, verified, and isolate tenants.
 
-Isolation oracle (DESIGN.md, Tests): the rows a rewritten query returns from a
+Isolation oracle (docs/architecture.md, decision 4): the rows a rewritten query returns from a
 database holding every tenant equal the rows the client's query returns from a
 database holding only the session tenant's rows.
 """
