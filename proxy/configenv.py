@@ -70,7 +70,10 @@ def apply(doc: Document, environ: Mapping[str, str]) -> tuple[EnvDocument, list[
             continue
         out.variables[override.path] = override.variable
         for end in range(1, len(override.path) + 1):
-            out.lines.setdefault(override.path[:end], doc.line(override.path[:end]))
+            prefix = override.path[:end]
+            if prefix not in doc.lines:  # a section the variable created: its errors name the variable too
+                out.variables.setdefault(prefix, override.variable)
+                out.lines[prefix] = doc.line(prefix)
     return out, errors
 
 
