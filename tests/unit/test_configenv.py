@@ -92,3 +92,10 @@ def test_only_the_double_underscore_prefix_is_read():
 ])
 def test_values_are_text_unless_a_flow_list_or_mapping(text, parsed):
     assert value(text) == parsed
+
+
+def test_a_missing_primary_is_not_blamed_on_another_variable_of_its_section(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, monkeypatch, {"PGWARDEN__PRIMARY__PORT": "5433"}, "listen: {port: 6432}\n")
+    (line,) = info.value.errors
+    assert line.startswith(f"{tmp_path / 'pgwarden.yaml'}:1: primary.host: no primary PostgreSQL")
