@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -95,3 +96,23 @@ def test_run_from_the_image_config_and_variables_alone_serves_on_every_interface
         log.close()
     first = json.loads((tmp_path / "pgwarden.log").read_text().splitlines()[0])  # the image logs JSON
     assert f"listening on 0.0.0.0:{port}" in first["message"] and f"backend {PG_HOST}:{PG_PORT}" in first["message"]
+
+
+def test_variables_still_win_after_a_reload_rereads_the_file(tmp_path):
+    """SIGHUP re-reads the file and sets the same PGWARDEN__* variables over it again."""
+    from tests.harness import ProxyProcess, base_config
+    dead = free_port()  # nothing listens there
+    config = base_config(primary={"host": PG_HOST, "port": dead}, pool={"mode": "transaction", "size": 4})
+    env = {"PGWARDEN__PRIMARY__PORT": str(PG_PORT)}
+    with ProxyProcess(config, tmp_path, env=env) as proxy:
+        with psycopg.connect(proxy.dsn(), connect_timeout=10) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        proxy.write_config({**config, "pool": {"mode": "transaction", "size": 3}})
+        proxy.reload()
+        deadline = time.monotonic() + 10
+        while "reloaded" not in proxy.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "reloaded" in proxy.logs(), proxy.logs()
+        # a database no pool has yet: its backends are opened at the reloaded config's primary
+        with psycopg.connect(proxy.dsn(dbname="template1"), connect_timeout=10) as conn:
+            assert conn.execute("show port").fetchone() == (str(PG_PORT),)
