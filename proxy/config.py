@@ -252,9 +252,9 @@ def _no_primary(data: dict, doc: Document) -> list[str]:
         return []
     loc = ("primary", "host")  # an empty PGWARDEN__PRIMARY__HOST is named; another variable is not to blame
     where = doc.where(loc) if loc in getattr(doc, "variables", {}) else f"{doc.path}:{doc.line(loc)}"
-    return [f"{where}: primary.host: no primary PostgreSQL is given; set "
-            f"`primary: {{host: ..., port: ...}}` in {doc.path} (in a container, mount your config "
-            "there) or set the environment variables PGWARDEN__PRIMARY__HOST and PGWARDEN__PRIMARY__PORT"]
+    return [(f"{where}: primary.host: no primary PostgreSQL is given; set "
+             f"`primary: {{host: ..., port: ...}}` in {doc.path} (in a container, mount your config "
+             "there) or set the environment variables PGWARDEN__PRIMARY__HOST and PGWARDEN__PRIMARY__PORT")]
 
 
 def load_config(path: str | Path) -> Config:

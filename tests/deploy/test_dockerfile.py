@@ -45,7 +45,7 @@ def test_the_health_check_asks_readyz_not_healthz():
 
 def _copies(stage: int) -> list[str]:
     """The sources of the COPY lines (without --from) of build stage `stage` (0 = first)."""
-    stages = re.split(r"^FROM ", DOCKERFILE, flags=re.M)[1:]
+    stages = re.split(r"^FROM ", DOCKERFILE, flags=re.MULTILINE)[1:]
     return [src for line in stages[stage].splitlines() if line.startswith("COPY ") and "--from" not in line
             for src in line.split()[1:-1]]
 
