@@ -130,7 +130,7 @@ def format_errors(exc: ValidationError, doc: Document, file: str | Path | None =
     out = []
     for err in exc.errors():
         loc = _written(tuple(err["loc"]), doc, err["type"] in ("missing", "extra_forbidden"))
-        head = f"{file or doc.path}:{doc.line(loc)}: {_dotted(loc)}: "
+        head = f"{doc.where(loc) if file is None else f'{file}:{doc.line(loc)}'}: {_dotted(loc)}: "
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(model, tuple(err["loc"][:-1])) if model else []
             out.append(f"{head}unknown key `{loc[-1]}`{suggest(str(loc[-1]), allowed)}")

@@ -33,6 +33,9 @@ def _load(path: str):
     try:
         return load_config(path)
     except ConfigError as exc:
+        if len(exc.errors) == 1:  # one problem, one line (a container's log shows it whole)
+            print(f"pgwarden: {exc.errors[0]}", file=sys.stderr)
+            return None
         print(f"pgwarden: the config has {len(exc.errors)} error(s):", file=sys.stderr)
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from policies.source import Document, SourceError, format_errors, load_yaml
 from proxy.audit import AuditConfig
+from proxy.configenv import apply as apply_environment
 from proxy.metrics import MetricsConfig
 from proxy.slowlog import SlowQueryConfig
 
@@ -85,8 +86,8 @@ class BackendTLS(_Strict):
 class Primary(_Strict):
     """The primary PostgreSQL server."""
 
-    host: str = Field("127.0.0.1",
-        description="Host of the primary PostgreSQL.")
+    host: str = Field(...,
+        description="Host of the primary PostgreSQL (required: in the file or as PGWARDEN__PRIMARY__HOST).")
     port: int = Field(5432, ge=1, le=65535,
         description="Port of the primary PostgreSQL.")
     tls: BackendTLS = Field(BackendTLS(),
@@ -205,7 +206,7 @@ class Config(_Strict):
 
     listen: Listen = Field(Listen(), description="Where clients connect.")
     http: Http = Field(Http(), description="The operators' HTTP endpoint.")
-    primary: Primary = Field(Primary(), description="The primary PostgreSQL server.")
+    primary: Primary = Field(..., description="The primary PostgreSQL server.")
     replicas: list[dict[str, Any]] = Field([], description=(
         "Read replicas `[{host:, port:}]`. Not available yet: a non-empty list is rejected."))
     auth: Auth = Field(Auth(), description="How clients authenticate to pgwarden.")
@@ -242,21 +243,42 @@ def _not_yet(data: dict, doc: Document) -> list[str]:
     return errors
 
 
+def _no_primary(data: dict, doc: Document) -> list[str]:
+    """The one error of a config that does not say where PostgreSQL is (file nor environment)."""
+    primary = data.get("primary")
+    if primary is not None and not isinstance(primary, dict):
+        return []  # not a mapping: the model's own error says so
+    if (primary or {}).get("host") not in (None, ""):
+        return []
+    loc = ("primary", "host")  # an empty PGWARDEN__PRIMARY__HOST is named; another variable is not to blame
+    where = doc.where(loc) if loc in getattr(doc, "variables", {}) else f"{doc.path}:{doc.line(loc)}"
+    return [(f"{where}: primary.host: no primary PostgreSQL is given; set "
+             f"`primary: {{host: ..., port: ...}}` in {doc.path} (in a container, mount your config "
+             "there) or set the environment variables PGWARDEN__PRIMARY__HOST and PGWARDEN__PRIMARY__PORT")]
+
+
 def load_config(path: str | Path) -> Config:
-    """Read and validate a config file; raise ConfigError listing every problem (with lines)."""
+    """Read a config file, set PGWARDEN__* environment variables over it (proxy/configenv.py) and
+    validate the result; raise ConfigError listing every problem (with lines or variable names)."""
     try:
         doc = load_yaml(path)
     except SourceError as exc:
         raise ConfigError(exc.errors) from exc
     if not isinstance(doc.data, dict):
         raise ConfigError([f"{doc.path}: the config must be a mapping of keys (listen, primary, ...)"])
+    doc, errors = apply_environment(doc, os.environ)
+    if errors:
+        raise ConfigError(errors)
     return parse_config(doc.data, doc.path, doc)
 
 
 def parse_config(data: dict, path: Path, doc: Document | None = None) -> Config:
     """Validate already-parsed config data; relative paths are resolved against the file's folder."""
     doc = doc or Document(Path(path), "", data, _paths(data))
-    errors = _not_yet(data, doc)
+    missing = _no_primary(data, doc)
+    errors = _not_yet(data, doc) + missing
+    if missing:  # validate the rest as if it were given
+        data = {**data, "primary": {**(data.get("primary") or {}), "host": "-"}}
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

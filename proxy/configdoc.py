@@ -44,7 +44,7 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
             rows += _rows(annotation, key + ".")
             continue
         default = field.get_default()
-        shown = "" if default is None else f"`{default}`"
+        shown = "required" if field.is_required() else "" if default is None else f"`{default}`"
         rows.append(f"| `{key}` | {_type(annotation)} | {shown} | {field.description or ''} |")
     return rows
 

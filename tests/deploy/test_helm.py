@@ -1,7 +1,8 @@
-"""The Helm chart in deploy/helm/pgwarden renders to the objects operators rely on (helm template, else a minimal renderer)."""
+"""The Helm chart in deploy/helm/pgwarden renders to the objects operators rely on (real Helm when installed, else a minimal renderer)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,7 +13,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy/helm/pgwarden"
-VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
+# The chart's defaults plus the one value an install must give (deploy/README.md): the primary.
+VALUES = {**DEFAULTS, "config": {**DEFAULTS["config"], "primary": {"host": "postgres.db.svc", "port": 5432}}}
 TAG = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
 
 
@@ -73,6 +76,10 @@ def render_minimal(text: str, values: dict, release: str = "demo") -> str:
                 i += 1
             elif body == "end":
                 return "".join(out), i + 1
+            elif m := re.fullmatch(r'\$\w+ := required "([^"]*)" (\S+)', body):
+                if _lookup(m.group(2), scope) in (None, ""):
+                    raise RenderError(m.group(1))
+                i += 1
             elif body.startswith("if "):
                 inner, j = block(i + 1, scope)
                 out.append(inner if _lookup(body[3:].strip(), scope) else "")
@@ -107,19 +114,41 @@ def render_minimal(text: str, values: dict, release: str = "demo") -> str:
     return rendered
 
 
+class RenderError(Exception):
+    """The chart refused these values (a `required` value is missing)."""
+
+
 def _helm() -> str | None:
     return shutil.which("helm")
 
 
+def _helm_sdk():
+    """Helm's own Go SDK through ctypes (`pip install helm-python-sdk`), or None."""
+    try:
+        import helm_python
+    except ImportError:
+        return None
+    return helm_python
+
+
 def render(values: dict) -> list[dict]:
-    """Every object the chart renders with these values (helm template when helm is installed)."""
-    helm = _helm()
+    """Every object the chart renders with these values: the helm binary, else Helm's SDK, else the minimal renderer."""
+    helm, sdk = _helm(), _helm_sdk()
     if helm:
-        values_file = Path("/tmp") / "pgwarden-test-values.yaml"
+        values_file = Path("/tmp") / f"pgwarden-test-values-{os.getpid()}.yaml"
         values_file.write_text(yaml.safe_dump(values))
-        out = subprocess.run([helm, "template", "demo", str(CHART), "-f", str(values_file)],
-                             capture_output=True, text=True, check=True).stdout
-        return [d for d in yaml.safe_load_all(out) if d]
+        result = subprocess.run([helm, "template", "demo", str(CHART), "-f", str(values_file)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RenderError(result.stderr)
+        return [d for d in yaml.safe_load_all(result.stdout) if d]
+    if sdk is not None:
+        try:
+            with sdk.Chart.load(str(CHART)) as chart:
+                manifests = chart.render(values, name="demo", namespace="default")
+        except sdk.HelmError as exc:
+            raise RenderError(str(exc)) from exc
+        return [d for text in manifests.values() for d in yaml.safe_load_all(text) if d]
     docs = []
     for template in sorted((CHART / "templates").glob("*.yaml")):
         docs += [d for d in yaml.safe_load_all(render_minimal(template.read_text(), values)) if d]
@@ -193,11 +222,63 @@ def test_secret_carries_the_env_vars_the_config_names():
     assert named <= set(secret["stringData"])
 
 
-def test_redis_is_an_optional_dependency_off_by_default():
+def test_the_chart_depends_on_no_other_chart():
+    """Stock `helm install` refuses a chart whose declared dependency is not vendored in charts/."""
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    (redis,) = [d for d in chart["dependencies"] if d["name"] == "redis"]
-    assert redis["condition"] == "redis.enabled" and VALUES["redis"]["enabled"] is False
-    assert "not available yet" in (CHART / "values.yaml").read_text()
+    assert not chart.get("dependencies") and not (CHART / "charts").exists()
+    assert "redis" not in DEFAULTS and not (CHART / "requirements.yaml").exists()
+
+
+def test_the_primary_is_required_and_reaches_the_config():
+    with pytest.raises(RenderError, match="config.primary.host is required"):
+        render(DEFAULTS)
+    values = {**VALUES, "config": {**VALUES["config"], "primary": {"host": "db.prod.svc", "port": 6543}}}
+    maps = {m["metadata"]["name"]: m for m in by_kind(render(values))["ConfigMap"]}
+    config = yaml.safe_load(maps["demo-pgwarden"]["data"]["pgwarden.yaml"])
+    assert config["primary"] == {"host": "db.prod.svc", "port": 6543}
+    assert config["listen"]["host"] == "0.0.0.0" and config["http"]["host"] == "0.0.0.0"
+
+
+def test_extra_environment_variables_reach_the_container():
+    env = [{"name": "PGWARDEN__POOL__SIZE", "value": "40"},
+           {"name": "PGWARDEN_BACKEND_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}}]
+    (deployment,) = by_kind(render({**VALUES, "env": env}))["Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["env"] == env
+    (default,) = by_kind(render(VALUES))["Deployment"]
+    assert "env" not in default["spec"]["template"]["spec"]["containers"][0]
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: none, cluster: {server: "https://127.0.0.1:1"}}]
+contexts: [{name: none, context: {cluster: none, user: none}}]
+current-context: none
+users: [{name: none, user: {token: none}}]
+"""
+
+
+def test_helm_install_dry_run_succeeds_offline():
+    """What `helm install demo deploy/helm/pgwarden --set config.primary.host=... --dry-run=client` does."""
+    sdk = _helm_sdk()
+    if sdk is None:
+        pytest.skip("Helm's SDK is not installed (pip install helm-python-sdk)")
+    config = sdk.Config(kubeconfig_content=KUBECONFIG, namespace="default", storage_driver="memory")
+    try:
+        release = config.install(str(CHART), "demo", {"config": {"primary": {"host": "db"}}}, dry_run="client")
+    finally:
+        config.close()
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(release["manifest"]) if d)
+    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler",
+                     "PodDisruptionBudget", "Secret", "Service"]
+
+
+def test_helm_lint_finds_no_error_or_warning():
+    sdk = _helm_sdk()
+    if sdk is None:
+        pytest.skip("Helm's SDK is not installed (pip install helm-python-sdk)")
+    result = sdk.lint(str(CHART), values={"config": {"primary": {"host": "db"}}})
+    problems = [m for m in result["messages"] if m["severity"] >= 2]  # 1 is INFO (e.g. "icon is recommended")
+    assert not result["errors"] and not problems, result
 
 
 def test_minimal_renderer_trims_and_indents_like_helm():

@@ -80,7 +80,7 @@ def test_readyz_reports_each_check(make_proxy):
 
 def test_per_tenant_series_are_capped_and_off_by_default():
     async def build() -> Server:
-        return Server(Config())
+        return Server(Config(primary={"host": "127.0.0.1"}))
 
     server = asyncio.run(build())
     default = Metrics(server)

@@ -21,7 +21,8 @@ def test_example_config_is_valid():
 
 
 def test_paths_are_relative_to_the_config_file(tmp_path):
-    config = parse_config({"listen": {"tls": {"mode": "allow", "cert": "c.pem", "key": "k.pem"}}},
+    config = parse_config({"listen": {"tls": {"mode": "allow", "cert": "c.pem", "key": "k.pem"}},
+                           "primary": {"host": "db"}},
                           tmp_path / "pgwarden.yaml")
     assert config.listen.tls.cert == tmp_path.resolve() / "c.pem"
 
