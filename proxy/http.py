@@ -8,6 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from proxy import protocol
 from proxy.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -79,19 +80,45 @@ class HttpServer:
         return checks
 
     async def _primary_reachable(self) -> bool:
-        """A TCP connect to the primary within 1 s, remembered for 2 s."""
+        """The primary answers as PostgreSQL within 1 s (see `postgres_answers`), remembered for 2 s."""
         now = time.monotonic()
         if now - self._primary_checked < 2:
             return self._primary_ok
         primary = self.server.config.primary
+        user = self.server.config.backend_auth.user or "pgwarden"
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(primary.host, primary.port), 1)
-            writer.close()
-            self._primary_ok = True
-        except (OSError, asyncio.TimeoutError):
+            self._primary_ok = await asyncio.wait_for(postgres_answers(primary.host, primary.port, user), 1)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
             self._primary_ok = False
         self._primary_checked = now
         return self._primary_ok
+
+
+# SQLSTATE classes that mean "this PostgreSQL does not take connections now": 57 (starting
+# up, shutting down, in recovery without hot standby), 53 (too many connections), 08.
+_NOT_SERVING = ("57", "53", "08")
+
+
+async def postgres_answers(host: str, port: int, user: str) -> bool:
+    """Does host:port answer a startup packet as a PostgreSQL that takes logins?
+
+    An open port is not enough (a load balancer, a port-forward, a server still starting
+    up). An authentication request counts, and so does a login error such as a wrong user
+    or a pg_hba.conf refusal (the server is up); "the database system is starting up" and
+    "too many connections" do not.
+    """
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(protocol.startup_message({"user": user, "database": "postgres"}))
+        header = await reader.readexactly(5)
+        if header[:1] == b"R":
+            return True
+        if header[:1] != b"E":
+            return False
+        body = await reader.readexactly(int.from_bytes(header[1:5], "big") - 4)
+        return protocol.decode_fields(header + body).get("sqlstate", "")[:2] not in _NOT_SERVING
+    finally:
+        writer.close()
 
 
 def _json(body: dict) -> bytes:

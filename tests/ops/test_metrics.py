@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import psycopg
@@ -15,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.config import Config
 from proxy.metrics import Metrics, MetricsConfig
 from proxy.server import Server
-from tests.harness import free_port
+from tests.harness import REDIS_URL, free_port
 from tests.policy.conftest import DB, connect, policy_proxy, shop_db  # noqa: F401 (fixture)
 
 
@@ -76,6 +77,14 @@ def test_readyz_reports_each_check(make_proxy):
     status, body = _readyz(down)
     assert status == 503 and body["checks"]["primary_reachable"] is False and body["checks"]["accepting"]
     assert value(scrape(down), "pgwarden_primary_up") == 0 and value(scrape(ok), "pgwarden_primary_up") == 1
+
+
+def test_readyz_wants_postgresql_not_just_an_open_port(make_proxy):
+    """A port that accepts TCP but is not PostgreSQL (here: the tests' Redis) is not a ready primary."""
+    redis_port = urllib.parse.urlsplit(REDIS_URL).port
+    not_postgres = make_proxy(primary={"host": "127.0.0.1", "port": redis_port})
+    status, body = _readyz(not_postgres)
+    assert status == 503 and body["checks"]["primary_reachable"] is False
 
 
 def test_per_tenant_series_are_capped_and_off_by_default():
