@@ -83,8 +83,8 @@ def check_named_calls(found: Found, ctx: Context) -> None:
 
 
 def check_columns(found: Found, refs: tuple[Resolved, ...], ctx: Context) -> None:
-    """Refuse reading or writing a column whose type is unsafe: by name, by `*`, as a whole row, or
-    by an INSERT or COPY without a column list."""
+    """Refuse reading or writing a column whose type is unsafe: by name, by `*`, as a whole row, by
+    COPY TO without a column list, or by any new row (a domain's CHECK runs on an omitted column's default)."""
     for ref in refs:
         rel = ctx.implicit.relations.get(ref.name)
         if rel is None:
@@ -94,10 +94,12 @@ def check_columns(found: Found, refs: tuple[Resolved, ...], ctx: Context) -> Non
         for col, risk in rel.columns.items():
             if col in named:
                 _refuse(f'column "{col}" of {ref.name}', risk)
-            if found.star or (ref.ref.role == "insert" and not owner.get("cols")) or \
-                    (ref.ref.role.startswith("copy") and not owner.get("attlist")):
-                _refuse(f'every column of {ref.name} (with "*", NATURAL JOIN or no column list), including '
-                        f'"{col}",', risk)
+        col, risk = next(iter(rel.columns.items()), ("", rel.row))
+        if col and ref.ref.role in ("insert", "merge", "copy_from"):
+            _refuse(f'a new row of {ref.name} (its column "{col}" is filled, by default if need be)', risk)
+        if col and (found.star or (ref.ref.role == "copy_to" and not owner.get("attlist"))):
+            _refuse(f'every column of {ref.name} (with "*", NATURAL JOIN or no column list), including "{col}",',
+                    risk)
         if rel.row is not None and named & {ref.ref.ref_name, ref.ref.rv["relname"]}:
             _refuse(f"a whole row of {ref.name}", rel.row)
 

@@ -27,8 +27,9 @@ def _unallowed(routines, allowed: frozenset[str]) -> Risk | None:
     bad = [r for r in routines if not routine_allowed(r, allowed)]
     if not bad:
         return None
-    shown = ", ".join(f"{r.role} {r.qualified}()" if r.role else f"{r.qualified}()" for r in bad)
-    return Risk(f"PostgreSQL calls {shown} for it, which is no safe built-in and not in functions.allow",
+    shown = ", ".join(f"{r.qualified}() as its {r.role}" if r.role else f"{r.qualified}()" for r in bad)
+    return Risk(f"PostgreSQL would call {shown} without the statement naming it, and that is no safe built-in "
+                "nor listed in functions.allow",
                 tuple(dict.fromkeys(r.qualified for r in bad)))
 
 
@@ -44,7 +45,7 @@ def cast_routines(facts: CatalogFacts, allowed: frozenset[str]) -> tuple[dict[in
         if routine_allowed(cast.routine, allowed):
             continue
         context = {"e": "explicit", "a": "assignment", "i": "implicit"}.get(cast.context, cast.context)
-        role = f"{context} cast from {cast.source_name} to {cast.target_name}:"
+        role = f"{context} cast from {cast.source_name} to {cast.target_name}"
         routine = Routine(cast.routine.oid, cast.routine.schema, cast.routine.name, role)
         if cast.source >= FIRST_USER_OID:
             direct.setdefault(cast.source, []).append(routine)
