@@ -61,9 +61,11 @@ where c.fn <> 0
 
 # Casts made after initdb or calling a function made after it.
 _CASTS = f"""
-select c.castsource::int, c.casttarget::int, format_type(c.castsource, null), format_type(c.casttarget, null),
+select c.castsource::int, c.casttarget::int, sn.nspname || '.' || s.typname, tn.nspname || '.' || t.typname,
        c.castcontext::text, p.oid::int, n.nspname, p.proname
 from pg_cast c join pg_proc p on p.oid = c.castfunc join pg_namespace n on n.oid = p.pronamespace
+join pg_type s on s.oid = c.castsource join pg_namespace sn on sn.oid = s.typnamespace
+join pg_type t on t.oid = c.casttarget join pg_namespace tn on tn.oid = t.typnamespace
 where c.oid >= {U} or p.oid >= {U}
 """
 

@@ -101,7 +101,9 @@ def implicit_risks(facts: CatalogFacts, allowed: frozenset[str]) -> ImplicitRisk
             everywhere = Risk(f"the default {name} operator class calls {routine.qualified}(), which is no "
                               "safe built-in and not in functions.allow", (routine.qualified,))
     risky = type_risks(facts, allowed, direct)
-    name_of = lambda oid: facts.types[oid].name if oid in facts.types else str(oid)  # noqa: E731
+    names = {oid: name for c in facts.casts for oid, name in ((c.source, c.source_name), (c.target, c.target_name))}
+    names |= {oid: t.name for oid, t in facts.types.items()}
+    name_of = lambda oid: names.get(oid, str(oid))  # noqa: E731
     relations = {}
     for rel, cols in facts.columns.items():
         bad = {col: Risk(f"its type {name_of(typ)} is unsafe: {risky[typ].why}", risky[typ].functions)
