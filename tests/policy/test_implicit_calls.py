@@ -7,6 +7,10 @@ row into `marks`; the test checks `marks` over a direct connection after each at
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import asyncpg
 import psycopg
 import pytest
 
@@ -211,3 +215,40 @@ def test_built_in_casts_enums_and_safe_domains_still_work(proxy):
         conn.execute("update plain set ds = 'z' where id = 9")
         conn.execute("delete from plain")
     assert _marks() == []
+
+
+def test_extended_protocol_parameters_of_unsafe_types_are_refused(proxy):
+    async def attempt() -> None:
+        conn = await asyncpg.connect(host=proxy.host, port=proxy.port, user="acme_app", database=DB, ssl=False)
+        try:
+            for sql, args in [("select $1::text::tref", ("x",)), ("insert into holder (id, d) values ($1, $2)", (5, "x")),
+                              ("select id from holder where d = $1", ("x",)), ("select $1::dchk", ("x",)),
+                              ("select id from holder order by s limit $1", (1,))]:
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.fetch(sql, *args)
+            assert await conn.fetchval("select $1::dsafe", "fine") == "fine"
+        finally:
+            await conn.close()
+    asyncio.run(attempt())
+    assert _marks() == []
+
+
+def test_a_cast_a_bypass_role_creates_through_pgwarden_is_known_at_once(proxy):
+    with _connect(proxy, user="postgres") as admin, _connect(proxy) as conn:
+        admin.execute("create type tlate as (v text)")
+        admin.execute("create function tlate_leak(text) returns tlate language sql security definer as $$ "
+                      "insert into marks values ('tlate'); select row('x')::tlate $$")
+        admin.execute("create cast (text as tlate) with function tlate_leak(text)")
+        try:
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    conn.execute("select ('x'::text)::tlate")
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    assert "public.tlate_leak" in exc.diag.message_primary
+                    break
+                assert time.monotonic() < deadline, "the new cast was not learnt within 5 s"
+                time.sleep(0.05)
+        finally:
+            admin.execute("drop type tlate cascade")
+            admin.execute("truncate marks")
