@@ -15,8 +15,8 @@ from policies import evaluate
 from rewriter import api as rewriter
 from rewriter.catalog import ImplicitRisks
 from rewriter.context import Column, Context, MaskSpec, TableRule, UserRoutines
-from rewriter.risks import implicit_risks
 from rewriter.result import Allow, Deny, Rewrite
+from rewriter.risks import implicit_risks
 
 log = logging.getLogger("pgwarden.router")
 

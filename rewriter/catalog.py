@@ -3,8 +3,8 @@ operator classes): the live catalog's facts, and the unsafe names they make."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 # PostgreSQL's FirstNormalObjectId: every object initdb creates has a lower OID.
 FIRST_USER_OID = 16384

@@ -3,10 +3,19 @@ functions.allow does not list, without the statement naming it (computed once pe
 
 from __future__ import annotations
 
-from .catalog import FIRST_USER_OID, CastFacts, CatalogFacts, ImplicitRisks, RelationRisk, Risk, Routine, TypeFacts
+from .catalog import (
+    FIRST_USER_OID,
+    CastFacts,
+    CatalogFacts,
+    ImplicitRisks,
+    RelationRisk,
+    Risk,
+    Routine,
+    TypeFacts,
+)
 from .resolve import dangerous
 
-__all__ = ["implicit_risks", "routine_allowed", "CastFacts", "TypeFacts"]
+__all__ = ["CastFacts", "TypeFacts", "implicit_risks", "routine_allowed"]
 
 
 def routine_allowed(routine: Routine, allowed: frozenset[str]) -> bool:
@@ -103,7 +112,7 @@ def implicit_risks(facts: CatalogFacts, allowed: frozenset[str]) -> ImplicitRisk
     risky = type_risks(facts, allowed, direct)
     names = {oid: name for c in facts.casts for oid, name in ((c.source, c.source_name), (c.target, c.target_name))}
     names |= {oid: t.name for oid, t in facts.types.items()}
-    name_of = lambda oid: names.get(oid, str(oid))  # noqa: E731
+    name_of = lambda oid: names.get(oid, str(oid))
     relations = {}
     for rel, cols in facts.columns.items():
         bad = {col: Risk(f"its type {name_of(typ)} is unsafe: {risky[typ].why}", risky[typ].functions)

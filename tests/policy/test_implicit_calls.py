@@ -175,14 +175,12 @@ def test_implicit_calls_are_refused_and_never_run(proxy, name, prepare):
 
 
 def test_a_refusal_names_the_function_to_review(proxy):
-    with _connect(proxy) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
-            conn.execute("select ('x'::text)::tref")
+    with _connect(proxy) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+        conn.execute("select ('x'::text)::tref")
     assert "public.tref_leak" in info.value.diag.message_primary
     assert "public.tref_leak" in info.value.diag.message_hint
-    with _connect(proxy) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
-            conn.execute("select 'x'::dchk_outer")
+    with _connect(proxy) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+        conn.execute("select 'x'::dchk_outer")
     assert "public.chk" in info.value.diag.message_primary
 
 
