@@ -33,10 +33,16 @@ select distinct n.nspname, p.proname
 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
 where {_SYSTEM}
 """
+# An operator's function, and the planner's restriction and join estimators when they are not built-ins.
 _OPERATORS = f"""
 select n.nspname, o.oprname, fn.nspname, f.proname
 from pg_operator o join pg_namespace n on n.oid = o.oprnamespace
 left join pg_proc f on f.oid = o.oprcode left join pg_namespace fn on fn.oid = f.pronamespace
+where {_SYSTEM}
+union all
+select n.nspname, o.oprname, fn.nspname, f.proname
+from pg_operator o join pg_namespace n on n.oid = o.oprnamespace
+join pg_proc f on f.oid in (o.oprrest, o.oprjoin) and f.oid >= 16384 join pg_namespace fn on fn.oid = f.pronamespace
 where {_SYSTEM}
 """
 

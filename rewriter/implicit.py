@@ -84,16 +84,21 @@ def check_named_calls(found: Found, ctx: Context) -> None:
 
 def check_columns(found: Found, refs: tuple[Resolved, ...], ctx: Context) -> None:
     """Refuse reading or writing a column whose type is unsafe: by name, by `*`, as a whole row, by
-    COPY TO without a column list, or by any new row (a domain's CHECK runs on an omitted column's default)."""
+    COPY TO without a column list, by any new row (a domain's CHECK runs on an omitted column's default),
+    and any use of a relation whose tenant column or a masked column has such a type."""
     for ref in refs:
         rel = ctx.implicit.relations.get(ref.name)
         if rel is None:
             continue
         owner = ref.ref.owner or {}
         named = set(found.column_names)
+        rule = ref.rule
+        added = set(rule.masks) | {rule.tenant_column} if rule is not None else set()
         for col, risk in rel.columns.items():
             if col in named:
                 _refuse(f'column "{col}" of {ref.name}', risk)
+            if col in added:  # pgwarden's own filter or mask would pass it through those functions
+                _refuse(f'{ref.name} (its tenant column or masked column "{col}")', risk)
         col, risk = next(iter(rel.columns.items()), ("", rel.row))
         if col and ref.ref.role in ("insert", "merge", "copy_from"):
             _refuse(f'a new row of {ref.name} (its column "{col}" is filled, by default if need be)', risk)

@@ -6,7 +6,7 @@ import pytest
 
 from rewriter.api import rewrite
 from rewriter.catalog import CastFacts, CatalogFacts, Routine, TypeFacts
-from rewriter.context import Column, Context, TableRule
+from rewriter.context import Column, Context, MaskSpec, TableRule
 from rewriter.result import Deny
 from rewriter.risks import implicit_risks
 
@@ -116,3 +116,14 @@ def test_an_unallowed_implicit_cast_between_built_ins_refuses_every_statement():
 def test_a_built_in_types_default_operator_class_with_a_user_function_refuses_every_statement():
     facts = CatalogFacts(builtin_opclasses=(("text btree", LEAK),))
     assert isinstance(rewrite("select 1", ctx(facts=facts)), Deny)
+
+
+def test_a_masked_or_tenant_column_of_an_unsafe_type_refuses_the_relation():
+    masked = dict(TABLES, **{"public.holder": TableRule("public.holder", None, frozenset({"select"}),
+                                                        {"d": MaskSpec("redact")})})
+    context = Context(masked, SCHEMA, None, implicit=implicit_risks(FACTS, frozenset()))
+    result = rewrite("select id from holder", context)
+    assert isinstance(result, Deny) and "masked column" in result.message
+    tenant = dict(TABLES, **{"public.holder": TableRule("public.holder", "s", frozenset({"select"}))})
+    result = rewrite("select id from holder", Context(tenant, SCHEMA, "acme", implicit=implicit_risks(FACTS, frozenset())))
+    assert isinstance(result, Deny) and '"s"' in result.message
