@@ -109,11 +109,11 @@ def check_columns(found: Found, refs: tuple[Resolved, ...], ctx: Context) -> Non
             _refuse(f"a whole row of {ref.name}", rel.row)
 
 
-def check_implicit(found: Found, refs: tuple[Resolved, ...], ctx: Context) -> None:
-    """Every check of this module, for one statement (its analysis is cached per text)."""
+def check_implicit_names(found: Found, ctx: Context) -> None:
+    """The checks of types and calls a statement names (run before the checks of named calls, so a
+    function-style cast is refused as a cast); its analysis is cached per statement text."""
     if ctx.implicit.everywhere is not None:
         _refuse("every statement in this database", ctx.implicit.everywhere)
     for parts in found.type_names:
         check_type(parts, ctx)
     check_named_calls(found, ctx)
-    check_columns(found, refs, ctx)

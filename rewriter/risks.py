@@ -36,7 +36,11 @@ def _unallowed(routines, allowed: frozenset[str]) -> Risk | None:
     bad = [r for r in routines if not routine_allowed(r, allowed)]
     if not bad:
         return None
-    shown = ", ".join(f"{r.qualified}() as its {r.role}" if r.role else f"{r.qualified}()" for r in bad)
+    by_role: dict[str, list[str]] = {}
+    for r in bad:
+        by_role.setdefault(r.role, []).append(f"{r.qualified}()")
+    shown = "; ".join(f"{', '.join(dict.fromkeys(fns))}" + (f" as its {role}" if role else "")
+                      for role, fns in by_role.items())
     return Risk(f"PostgreSQL would call {shown} without the statement naming it, and that is no safe built-in "
                 "nor listed in functions.allow",
                 tuple(dict.fromkeys(r.qualified for r in bad)))

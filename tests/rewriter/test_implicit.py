@@ -43,7 +43,7 @@ def ctx(allowed: frozenset[str] = frozenset(), facts: CatalogFacts = FACTS) -> C
     ("select ('x'::text)::tref", "public.tref"),
     ("select cast(name as public.tref) from t", "public.tref"),
     ("select tref 'x'", "public.tref"),
-    ("select tref('x'::text)", "tref"),
+    ("select tref('x'::text)", "a cast to public.tref"),
     ("select ('x'::text).tref", "public.tref"),
     ("select 'x'::text::tref[]", "public.tref"),
     ("select '{x}'::text[]::_tref", "public._tref"),
