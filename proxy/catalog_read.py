@@ -19,7 +19,9 @@ from pg_type t join pg_namespace n on n.oid = t.typnamespace
 where t.oid >= {U}
 """
 
-# The functions PostgreSQL calls for a user type: (type, role, function oid, schema, name).
+# The functions PostgreSQL calls for a user type: (type, type name, role, function oid, schema, name).
+# Default operator classes count for btree and hash only (ORDER BY, GROUP BY, DISTINCT, comparisons);
+# a default GiST or GIN class (btree_gist for built-in types, PostGIS) is used by the indexes an owner builds.
 _TYPE_ROUTINES = f"""
 with calls(typ, role, fn) as (
     select t.oid, f.role, f.fn from pg_type t cross join lateral (values
@@ -52,7 +54,7 @@ with calls(typ, role, fn) as (
     join (select amprocfamily, amproc::oid from pg_amproc
           union all select a.amopfamily, o.oprcode from pg_amop a join pg_operator o on o.oid = a.amopopr)
          f(family, fn) on f.family = oc.opcfamily
-    where oc.opcdefault and (oc.opcintype >= {U} or f.fn >= {U})
+    where oc.opcdefault and am.amname in ('btree', 'hash') and (oc.opcintype >= {U} or f.fn >= {U})
 )
 select c.typ::int, format_type(c.typ, null), c.role, p.oid::int, n.nspname, p.proname
 from calls c join pg_proc p on p.oid = c.fn join pg_namespace n on n.oid = p.pronamespace
