@@ -123,6 +123,19 @@ REFUSED = {
     "record-in": ("select record_in('(x)', 'public.tref'::regtype, -1)", "record_in"),
     "prepare-typed": ("prepare p(tref) as select 1", "tref"),
     "using": ("select 1 from holder join holder h2 using (s)", '"s"'),
+    "natural": ("select 1 from holder natural join plain", "holder"),
+    "table": ("table holder", "holder"),
+    "field-of-column": ("select (a).v from holder", '"a"'),
+    "count-distinct-row": ("select count(distinct holder) from holder", "whole row"),
+    "window": ("select id, rank() over (order by s) from holder", '"s"'),
+    "union-literal": ("select i from holder union select 'x'", '"i"'),
+    "insert-select": ("insert into holder (id) select 50", "holder"),
+    "cte": ("with x as (select ('x'::text)::tref as r) select 1 from x", "tref"),
+    "lateral": ("select * from customers c, lateral (select cast(c.name as tref)) x", "tref"),
+    "explain-analyze": ("explain analyze select 'x'::dchk", "dchk"),
+    "xmltable": ("select * from xmltable('/r' passing '<r/>' columns a dchk path '.')", "dchk"),
+    "whole-row-table": ("select null::holder", "holder"),
+    "three-part": (f"select 'x'::text::{DB}.public.tref", "tref"),
 }
 
 
