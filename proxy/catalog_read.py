@@ -9,13 +9,14 @@ U = FIRST_USER_OID
 
 # Every type created after initdb, with the types it is built on.
 _TYPES = f"""
-select t.oid::int, n.nspname, t.typname, t.typelem::int, array(
+select t.oid::int, n.nspname, t.typname, t.typelem::int, coalesce(rel.relkind in ('r', 'p', 'v', 'm', 'f'), false),
+  array(
     select x::int from unnest(array[t.typelem, t.typbasetype]) x where x <> 0
     union select r.rngsubtype::int from pg_range r where r.rngtypid = t.oid
     union select r.rngtypid::int from pg_range r where r.rngmultitypid = t.oid
     union select a.atttypid::int from pg_attribute a
           where t.typrelid <> 0 and a.attrelid = t.typrelid and a.attnum > 0 and not a.attisdropped)
-from pg_type t join pg_namespace n on n.oid = t.typnamespace
+from pg_type t join pg_namespace n on n.oid = t.typnamespace left join pg_class rel on rel.oid = t.typrelid
 where t.oid >= {U}
 """
 
@@ -102,7 +103,7 @@ async def read_catalog(conn, timeout: float) -> CatalogFacts:
 def catalog_facts(types, routines, casts, columns, signatures, builtin_types) -> CatalogFacts:
     """CatalogFacts from the rows of the queries above (plain tuples work too).
 
-    >>> f = catalog_facts([(20000, "public", "tref", 0, [])], [(20000, "tref", "input function", 20001, "public",
+    >>> f = catalog_facts([(20000, "public", "tref", 0, False, [])], [(20000, "tref", "input function", 20001, "public",
     ...     "tin"),
     ...     (25, "text", "default btree operator class function", 20002, "public", "cmp")], [], [("public.t", "r", 20000)],
     ...     [("public.f", [20000, 25])], ["text"])
@@ -116,8 +117,8 @@ def catalog_facts(types, routines, casts, columns, signatures, builtin_types) ->
             own.setdefault(typ, []).append(Routine(oid, nsp, name, role))
         else:  # a built-in type's default operator class with a user function
             builtin_opclasses.append((f"{type_name} {role.split()[1]}", Routine(oid, nsp, name)))
-    facts_types = {oid: TypeFacts(oid, f"{nsp}.{name}", elem, tuple(parts or ()), tuple(own.get(oid, ())))
-                   for oid, nsp, name, elem, parts in types}
+    facts_types = {oid: TypeFacts(oid, f"{nsp}.{name}", elem, tuple(parts or ()), tuple(own.get(oid, ())), rel)
+                   for oid, nsp, name, elem, rel, parts in types}
     cols: dict[str, list[tuple[str, int]]] = {}
     for rel, col, typ in columns:
         cols.setdefault(rel, []).append((col, typ))

@@ -33,6 +33,7 @@ class TypeFacts:
     element: int = 0
     parts: tuple[int, ...] = ()  # element, domain base, range subtype, multirange's range, attributes
     routines: tuple[Routine, ...] = ()
+    relation: bool = False  # the row type of a table, view or foreign table of the same name
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,13 +117,13 @@ def implicit_risks(facts: CatalogFacts, allowed: frozenset[str]) -> ImplicitRisk
     names = {oid: name for c in facts.casts for oid, name in ((c.source, c.source_name), (c.target, c.target_name))}
     names |= {oid: t.name for oid, t in facts.types.items()}
     name_of = lambda oid: names.get(oid, str(oid))
-    relations = {}
+    rows = {facts.types[oid].name: r for oid, r in risky.items() if facts.types[oid].relation}
+    relations = {rel: RelationRisk({}, row) for rel, row in rows.items()}
     for rel, cols in facts.columns.items():
         bad = {col: Risk(f"its type {name_of(typ)} is unsafe: {risky[typ].why}", risky[typ].functions)
                for col, typ in cols if typ in risky}
-        row = next((r for oid, r in risky.items() if facts.types[oid].name == rel), None)
-        if bad or row:
-            relations[rel] = RelationRisk(bad, row or next(iter(bad.values())))
+        if bad:
+            relations[rel] = RelationRisk(bad, rows.get(rel) or next(iter(bad.values())))
     functions = {}
     for fn, types in facts.signatures.items():
         if fn in allowed and (hit := next((t for t in sorted(types) if t in risky), None)) is not None:

@@ -72,6 +72,12 @@ insert into holder (id, tenant_id, m, ds, da) values (1, 'acme', 'happy', 'ok', 
                                                     (2, 'globex', 'sad', 'gus', 'gus');
 create view v_holder as select id, tenant_id, s from holder;
 create table plain (id int primary key, tenant_id text not null, m mood, ds dsafe, da dallowed);
+-- a cast from a table's row type: `r::json` runs it (any whole-row reference is refused)
+create table rowcast (id int, tenant_id text not null, v text);
+insert into rowcast values (1, 'acme', 'a'), (2, 'globex', 'g');
+create function rowcast_json(r rowcast) returns json language sql security definer
+  as $$ insert into marks values ('rowcast'); select to_json(string_agg(name || ':' || ssn, ',')) from customers $$;
+create cast (rowcast as json) with function rowcast_json(rowcast);
 truncate marks;
 """
 
@@ -82,6 +88,8 @@ HOLDER = """
     grants: {app: [select]}
   public.plain:
     grants: {app: [select, insert, update, delete]}
+  public.rowcast:
+    grants: {app: [select]}
 functions:
   allow: [public.harmless]
 """
@@ -135,6 +143,8 @@ REFUSED = {
     "explain-analyze": ("explain analyze select 'x'::dchk", "dchk"),
     "xmltable": ("select * from xmltable('/r' passing '<r/>' columns a dchk path '.')", "dchk"),
     "whole-row-table": ("select null::holder", "holder"),
+    "row-cast-to-json": ("select to_json(r) from rowcast r", "whole row of public.rowcast"),
+    "row-cast-explicit": ("select r::json from rowcast r", "rowcast"),
     "three-part": (f"select 'x'::text::{DB}.public.tref", "tref"),
 }
 
@@ -215,6 +225,7 @@ def test_built_in_casts_enums_and_safe_domains_still_work(proxy):
         assert conn.execute("select name::text from customers order by id").fetchall() == [("Ann",), ("Bob",)]
         assert conn.execute("select id, m, ds, da from holder order by m, ds").fetchall() == \
             [(1, "happy", "ok", "ok")]
+        assert conn.execute("select id, v from rowcast").fetchall() == [(1, "a")]
         assert conn.execute("select 'sad'::mood, 'fine'::dsafe, 'yes'::dallowed").fetchone() == \
             ("sad", "fine", "yes")
         conn.execute("update holder set ds = 'ok', da = 'ok' where id = 1 and m = 'happy'")
