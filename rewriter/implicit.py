@@ -69,12 +69,18 @@ def check_named_calls(found: Found, ctx: Context) -> None:
         for fn in candidates:
             if (risk := risks.functions.get(fn)) is not None:
                 _refuse(f"function {fn}()", risk)
-    columns = None
-    for name in dict.fromkeys(found.field_names):
-        if resolve_type((name,), ctx) in risks.types.keys() | risks.cast_targets.keys():
-            columns = live_column_names(ctx) if columns is None else columns
-            if name not in columns:
-                check_type((name,), ctx, "a field-notation cast to type")
+    unsafe = risks.types.keys() | risks.cast_targets.keys()
+    fields = [n for n in dict.fromkeys(found.field_names) if resolve_type((n,), ctx) in unsafe]
+    columns = live_column_names(ctx) if fields else frozenset()
+    for name in fields:
+        if name not in columns:  # (x).name is a column, else a call or a cast
+            check_type((name,), ctx, "a field-notation cast to type")
+    check_operators(found, ctx)
+
+
+def check_operators(found: Found, ctx: Context) -> None:
+    """Operators whose allowed function takes or returns an unsafe type."""
+    risks = ctx.implicit
     for symbol in dict.fromkeys(found.bare_operators):
         for schema in search_order(ctx.search_path):
             for fn in sorted(ctx.routines.operators.get(f"{schema}.{symbol}", ())):

@@ -6,7 +6,7 @@ import pytest
 
 from rewriter.api import rewrite
 from rewriter.catalog import CastFacts, CatalogFacts, Routine, TypeFacts
-from rewriter.context import Column, Context, MaskSpec, TableRule
+from rewriter.context import Column, Context, MaskSpec, TableRule, UserRoutines
 from rewriter.result import Deny
 from rewriter.risks import implicit_risks
 
@@ -127,3 +127,12 @@ def test_a_masked_or_tenant_column_of_an_unsafe_type_refuses_the_relation():
     tenant = dict(TABLES, **{"public.holder": TableRule("public.holder", "s", frozenset({"select"}))})
     result = rewrite("select id from holder", Context(tenant, SCHEMA, "acme", implicit=implicit_risks(FACTS, frozenset())))
     assert isinstance(result, Deny) and '"s"' in result.message
+
+
+def test_an_operator_whose_allowed_function_takes_an_unsafe_type_is_refused():
+    allowed = frozenset({"public.uses_dchk"})
+    context = Context(TABLES, SCHEMA, None, allowed, routines=UserRoutines(
+        frozenset({"public.uses_dchk"}), {"public.===": frozenset({"public.uses_dchk"})}),
+        implicit=implicit_risks(FACTS, allowed))
+    result = rewrite("select 'x' === 'y'", context)
+    assert isinstance(result, Deny) and "operator ===" in result.message and "public.dchk" in result.message
