@@ -253,6 +253,11 @@ class Guarded:
         guarded = self.guard_text(parsed.query, simple=False, name=parsed.name)
         if guarded is None:
             return None
+        refused = self.server.router.parameter_types(self.ident, self.database, parsed.param_types)
+        if refused is not None:
+            self.server.metrics.refusals.labels(refused.rule).inc()
+            self.refuse(refused.sqlstate, refused.message, refused.hint, False)
+            return None
         text, decision = guarded
         router = self.server.router
         self.guarded[parsed.name] = Prepared(parsed.query, parsed.param_types, decision.param_checks,

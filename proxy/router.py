@@ -13,8 +13,10 @@ import pglast.parser
 
 from policies import evaluate
 from rewriter import api as rewriter
+from rewriter.catalog import ImplicitRisks
 from rewriter.context import Column, Context, MaskSpec, TableRule, UserRoutines
 from rewriter.result import Allow, Deny, Rewrite
+from rewriter.risks import implicit_risks
 
 log = logging.getLogger("pgwarden.router")
 
@@ -105,6 +107,7 @@ class Router:
         self._cache: dict[tuple, Decision] = {}
         self._contexts: dict[tuple, Context] = {}
         self._shapes: dict[tuple, Decision] = {}
+        self._risks: dict[str, ImplicitRisks] = {}
         self.hits = self.misses = 0
         self.observe = None  # called with the seconds each uncached decision took
 
@@ -118,6 +121,7 @@ class Router:
         self._cache.clear()
         self._shapes.clear()
         self._contexts.clear()
+        self._risks.pop(database, None)
         for problem in self.problems(database):
             log.error("%s", problem)
 
@@ -242,9 +246,35 @@ class Router:
             ctx = Context(_table_rules(self.policy, ident.user), self.schemas.get(database, {}),
                           tenant, frozenset(evaluate.allowed_functions(self.policy)),
                           tuple(s.replace("$user", ident.user) for s in path if s),
-                          evaluate.SENSITIVE_CATALOG_RELATIONS, self.routines.get(database, UserRoutines()))
+                          evaluate.SENSITIVE_CATALOG_RELATIONS, self.routines.get(database, UserRoutines()),
+                          self.implicit(database))
             self._contexts[key] = ctx
         return ctx
+
+    def implicit(self, database: str) -> ImplicitRisks:
+        """What PostgreSQL would call unnamed in `database` that functions.allow does not cover (once per read)."""
+        risks = self._risks.get(database)
+        if risks is None:
+            catalog = self.routines.get(database, UserRoutines()).catalog
+            risks = self._risks[database] = implicit_risks(catalog, frozenset(evaluate.allowed_functions(self.policy)))
+        return risks
+
+    def parameter_types(self, ident: Identity, database: str, param_types: bytes) -> Refuse | None:
+        """A Parse that declares a parameter of an unsafe type: PostgreSQL would run the type's
+        input or receive function on each value bound to it."""
+        if ident.bypass or len(param_types) <= 2:
+            return None
+        risks = self.implicit(database)
+        count = int.from_bytes(param_types[:2], "big")
+        oids = [int.from_bytes(param_types[2 + 4 * i:6 + 4 * i], "big") for i in range(count)]
+        name = next((risks.type_oids[oid] for oid in oids if oid in risks.type_oids), None)
+        if name is None:
+            return None
+        risk = risks.types[name]
+        return Refuse("42501", f"Parse refused: a parameter is declared of type {name}: {risk.why}",
+                      f"Review {', '.join(risk.functions)} and add them to functions.allow (policy file "
+                      f"{self.policy.file_of('functions.allow')}, rule `functions.allow`), or declare the "
+                      "parameter without that type.", "functions.allow")
 
     # --- SET / RESET of the tenant settings -------------------------------------------------
 

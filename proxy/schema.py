@@ -1,5 +1,5 @@
 """The live schema, read through the control plane (asyncpg): columns of every user table and view,
-and the functions and operators defined outside the system schemas."""
+the functions and operators defined outside the system schemas, and what PostgreSQL calls unnamed."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import ssl
 
 import asyncpg
 
+from proxy.catalog_read import read_catalog
 from rewriter.context import Column, UserRoutines
 
 log = logging.getLogger("pgwarden.schema")
@@ -32,10 +33,16 @@ select distinct n.nspname, p.proname
 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
 where {_SYSTEM}
 """
+# An operator's function, and the planner's restriction and join estimators when they are not built-ins.
 _OPERATORS = f"""
 select n.nspname, o.oprname, fn.nspname, f.proname
 from pg_operator o join pg_namespace n on n.oid = o.oprnamespace
 left join pg_proc f on f.oid = o.oprcode left join pg_namespace fn on fn.oid = f.pronamespace
+where {_SYSTEM}
+union all
+select n.nspname, o.oprname, fn.nspname, f.proname
+from pg_operator o join pg_namespace n on n.oid = o.oprnamespace
+join pg_proc f on f.oid in (o.oprrest, o.oprjoin) and f.oid >= 16384 join pg_namespace fn on fn.oid = f.pronamespace
 where {_SYSTEM}
 """
 
@@ -55,13 +62,16 @@ async def load_schema(host: str, port: int, user: str, password: str | None, dat
         path = await conn.fetchval("select current_setting('search_path')", timeout=timeout)
         functions = await conn.fetch(_FUNCTIONS, timeout=timeout)
         operators = await conn.fetch(_OPERATORS, timeout=timeout)
+        catalog = await read_catalog(conn, timeout)
     finally:
         await conn.close()
     schema: dict[str, list[Column]] = {}
     for nsp, rel, col, typ in rows:
         schema.setdefault(f"{nsp}.{rel}", []).append(Column(col, typ))
     search_path = tuple(p.strip().strip('"') for p in path.split(",") if p.strip())
-    return {name: tuple(cols) for name, cols in schema.items()}, search_path, routines(functions, operators)
+    found = routines(functions, operators)
+    return ({name: tuple(cols) for name, cols in schema.items()}, search_path,
+            UserRoutines(found.functions, found.operators, catalog))
 
 
 def routines(functions: list, operators: list) -> UserRoutines:

@@ -42,6 +42,9 @@ class Found:
     locking: bool = False
     qualified_columns: list[dict] = field(default_factory=list)  # ColumnRefs of schema.table.column
     aliases: list[str] = field(default_factory=list)  # names of CTEs, subqueries, functions, joins
+    type_names: list[tuple[str, ...]] = field(default_factory=list)  # casts, typed literals, column definitions
+    column_names: list[str] = field(default_factory=list)  # columns read or written by name (or whole rows)
+    star: bool = False  # `*`, `t.*` or NATURAL JOIN: every column of a relation
 
 
 def node_type(node: object) -> tuple[str, dict] | None:
@@ -74,6 +77,8 @@ def collect(node: object, scope: frozenset[str], found: Found) -> None:
         if isinstance(node, dict):
             if "relname" in node or "funcname" in node:  # in a place no handler knows: fail closed
                 found.problems.append("a relation or call pgwarden cannot place")
+            if "names" in node and "typemod" in node:  # a TypeName held in a field of its own
+                found.type_names.append(names(node["names"]))
             for value in node.values():
                 collect(value, scope, found)
         return
@@ -201,6 +206,8 @@ def _join(fields: dict, scope: frozenset[str], found: Found) -> None:
     """JOIN ... USING and NATURAL JOIN compare the shared columns with "="."""
     if fields.get("usingClause") or fields.get("isNatural"):
         found.bare_operators.append("=")
+    found.column_names += names(fields.get("usingClause"))
+    found.star = found.star or bool(fields.get("isNatural"))
     _aliased(fields, scope, found)
 
 
@@ -216,6 +223,10 @@ def _unexpected(what: str):
 
 
 def _column_ref(fields: dict, scope: frozenset[str], found: Found) -> None:
+    last = fields["fields"][-1]
+    if "A_Star" in last:
+        found.star = True
+    found.column_names += names([last])
     if len(fields["fields"]) >= 3:
         found.qualified_columns.append(fields)
     if len(fields["fields"]) >= 2:
@@ -226,6 +237,21 @@ def _aliased(fields: dict, scope: frozenset[str], found: Found) -> None:
     found.aliases += [fields[k]["aliasname"] for k in ("alias", "join_using_alias") if fields.get(k)]
     for key, value in fields.items():
         collect(value, scope, found)
+
+
+def _named(key: str):
+    """A node naming a column it writes or compares (ResTarget of INSERT/UPDATE, IndexElem), walked on."""
+    def handle(fields: dict, scope: frozenset[str], found: Found) -> None:
+        if fields.get(key):
+            found.column_names.append(fields[key])
+        for value in fields.values():
+            collect(value, scope, found)
+    return handle
+
+
+def _type_name(fields: dict, scope: frozenset[str], found: Found) -> None:
+    found.type_names.append(names(fields.get("names")))
+    collect(fields.get("typmods"), scope, found)
 
 
 def _leaf(fields: dict, scope: frozenset[str], found: Found) -> None:
@@ -245,6 +271,7 @@ HANDLERS = {
     "MergeStmt": _write("MergeStmt"),
     "RangeTableSample": _sample,
     "FuncCall": _func,
+    "ResTarget": _named("name"), "IndexElem": _named("name"), "TypeName": _type_name,
     "A_Expr": _a_expr,
     "IntoClause": _unexpected("a clause that creates a table"),
     "CallStmt": lambda f, s, found: _func(f["funccall"], s, found),

@@ -11,6 +11,7 @@ from .checks import (PASS_THROUGH, QUERIES, WRAPPED, Checked, check_calls, check
 from .classify import INNER_QUERY, statement_kind, statements, walk_statement
 from .context import Context
 from .copy import copy_to_query
+from .implicit import check_columns, check_implicit_names
 from .inserts import guard_inserts
 from .reads import requalify_columns, substitute_reads
 from .refuse import Refused
@@ -58,10 +59,12 @@ def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
     if kind == "CopyStmt":
         check_copy_ends(fields)
     found = walk_statement(kind, fields)
+    check_implicit_names(found, ctx)
     check_calls(found, ctx)
     check_setting_reads(found.setting_reads)
     refs = tuple(check_ref(ref, ctx) for ref in found.refs)
     check_routines(found, ctx, any(r.protected for r in refs))
+    check_columns(found, refs, ctx)
     check_settings_view(kind, fields, refs)
     check_copy_from(refs)
     return Checked(kind, fields, found, refs)

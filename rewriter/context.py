@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from .catalog import CatalogFacts, ImplicitRisks
+
 MASK_KINDS = frozenset({"redact", "null", "email", "partial", "hash", "year", "round", "constant"})
 
 
@@ -64,11 +66,13 @@ class UserRoutines:
     """Functions and operators the live database defines outside pg_catalog and information_schema.
 
     `functions` holds "schema.name"; `operators` maps "schema.symbol" to the "schema.name"
-    of the functions that implement it ("" for a shell operator without one).
+    of the functions that implement it ("" for a shell operator without one); `catalog` holds
+    what PostgreSQL calls without a name (casts, type functions, domain checks, operator classes).
     """
 
     functions: frozenset[str] = frozenset()
     operators: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    catalog: CatalogFacts = CatalogFacts()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +81,8 @@ class Context:
 
     `denied_relations` adds "schema.relation" names to the rewriter's own list of
     sensitive catalogs; `search_path` is the session's, without "$user";
-    `routines` are the live database's own functions and operators (none offline).
+    `routines` are the live database's own functions and operators (none offline);
+    `implicit` the types, casts, columns and functions that would call unallowed functions unnamed.
     """
 
     tables: Mapping[str, TableRule]
@@ -87,3 +92,4 @@ class Context:
     search_path: tuple[str, ...] = ("public",)
     denied_relations: frozenset[str] = frozenset()
     routines: UserRoutines = UserRoutines()
+    implicit: ImplicitRisks = ImplicitRisks()
