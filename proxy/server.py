@@ -83,15 +83,17 @@ class Server:
         return auth.user or client_user
 
     def pool_for(self, database: str, client_user: str, policed: bool = False) -> Pool:
+        """The pool of a client's backends: policed sessions never share one with bypass roles."""
         user = self.backend_user(client_user, policed)
-        pool = self.pools.get((database, user))
+        auth = self.config.backend_auth
+        shared = policed and (auth.policed is None or auth.policed.user == auth.user)
+        key = (database, f"{user} (policed)" if shared else user)
+        pool = self.pools.get(key)
         if pool is None:
-            pool = Pool(f"{database}/{user}", self._target(database, client_user, policed),
+            pool = Pool(f"{database}/{key[1]}", self._target(database, client_user, policed),
                         self.config.pool, policed)
             pool.paused = self.paused
-            self.pools[(database, user)] = pool
-        elif policed and not pool.policed:
-            pool.policed = True  # a bypass role's pool now serves policed sessions too: check it
+            self.pools[key] = pool
         return pool
 
     def _target(self, database: str, client_user: str, policed: bool = False) -> Target:
@@ -212,10 +214,8 @@ class Server:
         """Check again the roles serving policed sessions of `database` (after DDL or a reload);
         a role now unfit has its policed clients closed and its backends dropped."""
         for key in [k for k in self.role_checks if k[0] == database]:
-            pool = self.pools.get(key)
             self.role_checks.pop(key, None)
-            if pool is None or not pool.policed:
-                continue
+        for pool in [p for p in self.pools.values() if p.policed and p.target.database == database]:
             reason = await self._check_role(pool.target)
             if reason is None:
                 continue
@@ -304,8 +304,9 @@ class Server:
         self.router = router
         self.policy_files_changed()
         self.refresh_schemas()
-        for (database, user), pool in self.pools.items():
+        for (database, _), pool in self.pools.items():
             pool.settings = new.pool
+            user = pool.target.user
             if self.backend_user(user, pool.policed) == user:
                 pool.target = self._target(database, user, pool.policed)
         log.info("reloaded %s", source)
