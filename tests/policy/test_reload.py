@@ -7,7 +7,13 @@ import time
 import psycopg
 import pytest
 
-from tests.policy.conftest import POLICY, connect, policy_proxy
+from tests import policed_role
+from tests.policy.conftest import DB, DIRECT, POLICY, connect, policy_proxy
+
+
+def _direct(sql: str) -> None:
+    with psycopg.connect(DIRECT.replace("dbname=postgres", f"dbname={DB}"), autocommit=True) as conn:
+        conn.execute(sql)
 
 
 def _wait_for(predicate, timeout: float = 8.0) -> bool:
@@ -52,6 +58,10 @@ def test_monitor_mode_runs_the_original_and_logs_what_enforce_would_do(shop_db, 
     proxy = policy_proxy(tmp_path / "m", "transaction", policy=POLICY + "mode: monitor\n")
     try:
         with connect(proxy, "acme_app") as conn:
+            # the original runs, as the policed role: PostgreSQL itself refuses what it has no grant for
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                conn.execute("select count(*) from secrets")
+            _direct(f"grant select on secrets to {policed_role.ROLE}")
             assert conn.execute("select count(*) from secrets").fetchone() == (1,)
             assert conn.execute("select count(*) from customers").fetchone() == (3,)
         log = proxy.logs()
