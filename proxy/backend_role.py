@@ -45,14 +45,18 @@ def unfit(facts: RoleFacts, database: str) -> str | None:
 
     >>> unfit(RoleFacts("app_policed", False, False), "shop") is None
     True
-    >>> unfit(RoleFacts("postgres", True, True, (), ("public.orders",)), "shop")
-    'backend role "postgres" is a superuser, has BYPASSRLS and owns public.orders (or is a member of the role owning it) in database "shop"'
+    >>> unfit(RoleFacts("postgres", True, True, ("pg_super",), ("public.orders",)), "shop")
+    'backend role "postgres" is a superuser and has BYPASSRLS in database "shop"'
+    >>> unfit(RoleFacts("app", False, False, (), ("public.orders",)), "shop")
+    'backend role "app" owns public.orders (or is a member of the role owning it) in database "shop"'
     """
     reasons = []
     if facts.superuser:
         reasons.append("is a superuser")
     if facts.bypassrls:
         reasons.append("has BYPASSRLS")
+    if facts.superuser:  # a superuser is a member of every role: nothing more to say
+        facts = RoleFacts(facts.role, True, facts.bypassrls)
     if facts.powerful_roles:
         reasons.append("is a member of superuser or BYPASSRLS role(s) " + ", ".join(facts.powerful_roles))
     if facts.owned:

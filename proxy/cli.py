@@ -79,7 +79,7 @@ async def _policed_role_problems(config, database: str) -> list[str]:
     facts = await read_facts(config.primary.host, config.primary.port, user, password, database,
                              _backend_tls(config))
     reason = unfit(facts, database)
-    return [] if reason is None else [f"policed sessions would be refused: {reason}; {HINT}"]
+    return [] if reason is None else [f"{reason}; {HINT}"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -118,13 +118,19 @@ def cmd_check(args: argparse.Namespace) -> int:
             return 1
         problems = router.problems(args.database)
         try:
-            problems += asyncio.run(_policed_role_problems(config, args.database))
+            unfit = asyncio.run(_policed_role_problems(config, args.database))
         except (OSError, Exception) as exc:  # asyncpg raises its own errors for a refused login
-            problems.append(f"cannot check the role policed sessions log in as: {exc}")
+            unfit = [f"cannot check the role policed sessions log in as: {exc}"]
+        if unfit:
+            print(f"pgwarden: policed sessions of database {args.database!r} would be refused:",
+                  file=sys.stderr)
+            for line in unfit:
+                print(f"  {line}", file=sys.stderr)
         if problems:
             print(f"pgwarden: the policy does not match database {args.database!r}:", file=sys.stderr)
             for line in problems:
                 print(f"  {line}", file=sys.stderr)
+        if problems or unfit:
             return 1
     print(f"{args.config}: ok" + (f" (policy {config.policies})" if router else "")
           + (f", matches database {args.database!r}" if args.live and router else ""))
