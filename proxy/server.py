@@ -49,7 +49,8 @@ class Server:
         self.metrics = Metrics(self, config.metrics)
         self.paused = False  # PAUSE from the admin console, for pools created meanwhile too
         self.stats = QueryStats(self.metrics.statement_seconds.observe)
-        self.slowlog = SlowLog(config.slow_query, explain_dsn=self._control_dsn()) \
+        self.slowlog = SlowLog(config.slow_query, explain_dsn=self._control_dsn(),
+                               policed_dsn=self._control_dsn(policed=True)) \
             if config.slow_query else None
         self.audit: AuditProcess | None = AuditProcess(
             config.audit, config.log.format, config.log.level) if config.audit else None
@@ -227,9 +228,9 @@ class Server:
                 backend.close()
             pool.idle.clear()
 
-    def _control_dsn(self) -> dict:
+    def _control_dsn(self, policed: bool = False) -> dict:
         """asyncpg connection arguments for control-plane work (EXPLAIN of slow statements)."""
-        target = self._target("postgres", self.config.backend_auth.user or "postgres")
+        target = self._target("postgres", self.config.backend_auth.user or "postgres", policed)
         return {"host": target.host, "port": target.port, "user": target.user,
                 "password": target.password, "ssl": target.tls_context or False}
 

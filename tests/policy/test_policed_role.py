@@ -215,3 +215,22 @@ def test_check_live_accepts_the_least_privilege_role(shop_db, tmp_path):
     proxy.stop()
     result = _check(proxy)
     assert result.returncode == 0, result.stderr
+
+
+def test_slow_policed_statements_are_explained_as_the_policed_role(shop_db, tmp_path):
+    """The slow log's EXPLAIN plans the client's own text (planning folds immutable functions):
+    for a policed session it connects as the policed role, never as backend_auth.user."""
+    proxy = policy_proxy(tmp_path, "transaction", slow_query={"threshold_ms": 100, "explain": True})
+    try:
+        with connect(proxy, "acme_app") as conn:
+            conn.execute("select pg_sleep(0.3), count(*) from countries")
+        deadline, users = time.monotonic() + 10, []
+        with psycopg.connect(DIRECT.format("postgres"), autocommit=True) as direct:
+            while time.monotonic() < deadline and not users:
+                users = direct.execute("select usename from pg_stat_activity "
+                                       "where application_name = 'pgwarden-explain'").fetchall()
+                time.sleep(0.1)
+        assert users == [(policed_role.ROLE,)]
+        assert '"plan"' in proxy.logs() or "Plan" in proxy.logs()
+    finally:
+        proxy.stop()
