@@ -91,6 +91,47 @@ def test_policed_sessions_run_as_the_policed_role_with_asyncpg(guarded):
     assert asyncio.run(run()) == ((policed_role.ROLE, "off"), ["Ann", "Bob"])
 
 
+ESCALATIONS = ["set role postgres", "SET ROLE \"postgres\"", "set local role postgres",
+               "set session authorization postgres", "set session authorization default",
+               "reset role", "reset session authorization", "reset all",
+               "select set_config('role', 'postgres', false)",
+               "select pg_catalog.set_config('session_authorization', 'postgres', false)",
+               "set role pg_read_all_data", "set role pg_execute_server_program"]
+
+
+@pytest.mark.parametrize("prepare", [False, True])
+def test_no_statement_turns_a_policed_session_into_another_role(guarded, prepare):
+    with connect(guarded, "acme_app") as conn:
+        for sql in ESCALATIONS:
+            try:
+                conn.execute(sql, prepare=prepare)
+            except psycopg.Error:
+                pass
+            assert conn.execute(WHO, prepare=prepare).fetchone() == (policed_role.ROLE, "off"), sql
+        conn.execute("begin")
+        for sql in ESCALATIONS[:3]:
+            with pytest.raises(psycopg.Error):
+                conn.execute(sql, prepare=prepare)
+            conn.execute("rollback")
+            conn.execute("begin")
+        assert conn.execute(WHO).fetchone() == (policed_role.ROLE, "off")
+        conn.execute("rollback")
+
+
+def test_policed_and_bypass_sessions_never_share_a_backend(guarded):
+    """Interleaved on the same proxy, each statement runs as its own session's role."""
+    with connect(guarded, "acme_app") as acme, connect(guarded, "postgres") as admin, \
+            connect(guarded, "nobody_in_the_policy") as nobody:
+        for _ in range(10):
+            assert acme.execute(WHO).fetchone() == (policed_role.ROLE, "off")
+            assert admin.execute(WHO).fetchone() == ("postgres", "on")
+            assert nobody.execute(WHO).fetchone() == (policed_role.ROLE, "off")
+        pids = {c.execute("select pg_backend_pid()").fetchone()[0] for c in (acme, nobody)}
+        assert admin.execute("select pg_backend_pid()").fetchone()[0] not in pids
+        assert admin.execute("select count(*) from pg_stat_activity where usename = %s and pid = any(%s)",
+                             (policed_role.ROLE, list(pids))).fetchone() == (len(pids),)
+
+
 def test_postgresql_itself_refuses_what_the_policy_does_not_grant(guarded):
     """Defence in depth: directly, the policed role cannot read what the policy refuses."""
     with psycopg.connect(DIRECT.format(DB).replace("user=postgres", f"user={policed_role.ROLE}"),
