@@ -168,6 +168,10 @@ class Server:
                 return False
         pool = session.pool
         assert pool is not None
+        if not pool.policed:  # a reload made this user policed while it logged in as bypass
+            session.fatal("57P01", "the policy changed while this client logged in: it is now "
+                          "policed, and was given a bypass role's backend", hint="connect again")
+            return False
         reason = superuser_reason(pool.target.user, pool.server_params or {})
         if reason is None:
             key = (database, pool.target.user)
