@@ -9,7 +9,7 @@ import asyncpg
 
 HINT = ("set backend_auth.policed.user to a role that is not a superuser, has no BYPASSRLS and owns "
         "no table, with only the grants the policy needs: `pgwarden init --policy FILE --role NAME` "
-        "writes the SQL that creates it")
+        "writes the SQL that creates it; reload pgwarden (SIGHUP) once the role is fixed")
 
 # Run as the role itself (current_user): its attributes, the superuser or BYPASSRLS roles it can
 # become with SET ROLE, and the relations outside the system schemas owned by it or a role it is

@@ -163,8 +163,8 @@ class Server:
                 await self._once(self._schema_loads, database, lambda: self._load_schema(database))
             except Exception as exc:
                 session.fatal("08006", f"pgwarden could not read the schema of database {database!r}: "
-                              f"{exc}", hint="check that backend_auth's role can connect and read "
-                              "the catalogs")
+                              f"{exc}", hint="check that the role policed sessions log in as "
+                              "(backend_auth.policed, else backend_auth) can connect")
                 return False
         pool = session.pool
         assert pool is not None

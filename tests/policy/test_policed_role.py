@@ -275,3 +275,27 @@ def test_slow_policed_statements_are_explained_as_the_policed_role(shop_db, tmp_
         assert '"plan"' in proxy.logs() or "Plan" in proxy.logs()
     finally:
         proxy.stop()
+
+
+def test_a_fixed_role_serves_again_after_a_reload(shop_db, tmp_path):
+    role = _role("pgw_fixed")
+    _direct(f"alter table secrets owner to {role}")
+    proxy = policy_proxy(tmp_path, "session", backend_auth={"user": "postgres", "policed": {"user": role}})
+    try:
+        assert "owns public.secrets" in _refused(proxy).message
+        _direct("alter table secrets owner to postgres")
+        assert "owns public.secrets" in _refused(proxy).message  # remembered until the next schema read
+        proxy.reload()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with connect(proxy, "acme_app") as conn:
+                    assert conn.execute(WHO).fetchone() == (role, "off")
+                break
+            except psycopg.Error:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        _direct("alter table secrets owner to postgres")
+        proxy.stop()
