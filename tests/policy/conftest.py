@@ -62,6 +62,7 @@ tables:
     grants: {"*": [select]}
 default: deny
 """
+POLICED_ROLE = policed_role.role_for(POLICY)  # the role policed sessions of POLICY log in as
 
 
 def reset_data() -> None:
@@ -90,8 +91,7 @@ def policy_proxy(workdir: Path, mode: str, policy: str = POLICY, env: dict | Non
     granted (in every test database) what `pgwarden init --policy` grants for this policy."""
     workdir.mkdir(parents=True, exist_ok=True)
     if "backend_auth" not in overrides:
-        policed_role.grant(policy)
-        overrides["backend_auth"] = policed_role.backend_auth()
+        overrides["backend_auth"] = policed_role.backend_auth(policed_role.grant(policy))
     (workdir / "policies").mkdir(exist_ok=True)
     (workdir / "policies" / "shop.yaml").write_text(textwrap.dedent(policy))
     config = base_config(pool={"mode": mode, "size": 5}, policies="policies", **overrides)

@@ -14,7 +14,7 @@ import pytest
 
 from tests import policed_role
 from tests.harness import PG_HOST, PG_PORT, ROOT
-from tests.policy.conftest import DB, POLICY, connect, policy_proxy
+from tests.policy.conftest import DB, POLICED_ROLE, POLICY, connect, policy_proxy
 
 DIRECT = f"host={PG_HOST} port={PG_PORT} user=postgres dbname={{}}"
 WHO = "select current_user, current_setting('is_superuser')"
@@ -71,9 +71,9 @@ def _assert_bypass_works(proxy) -> None:
 def test_policed_sessions_run_as_the_policed_role(guarded):
     for user in ("acme_app", "alice", "saas_backend"):
         with connect(guarded, user) as conn:
-            assert conn.execute(WHO).fetchone() == (policed_role.ROLE, "off")
-            assert conn.execute(WHO, prepare=True).fetchone() == (policed_role.ROLE, "off")
-            assert conn.execute("select session_user").fetchone() == (policed_role.ROLE,)
+            assert conn.execute(WHO).fetchone() == (POLICED_ROLE, "off")
+            assert conn.execute(WHO, prepare=True).fetchone() == (POLICED_ROLE, "off")
+            assert conn.execute("select session_user").fetchone() == (POLICED_ROLE,)
             assert conn.info.parameter_status("is_superuser") == "off"
     _assert_bypass_works(guarded)
 
@@ -88,7 +88,7 @@ def test_policed_sessions_run_as_the_policed_role_with_asyncpg(guarded):
             return tuple(row), names
         finally:
             await conn.close()
-    assert asyncio.run(run()) == ((policed_role.ROLE, "off"), ["Ann", "Bob"])
+    assert asyncio.run(run()) == ((POLICED_ROLE, "off"), ["Ann", "Bob"])
 
 
 ESCALATIONS = ["set role postgres", "SET ROLE \"postgres\"", "set local role postgres",
@@ -107,14 +107,14 @@ def test_no_statement_turns_a_policed_session_into_another_role(guarded, prepare
                 conn.execute(sql, prepare=prepare)
             except psycopg.Error:
                 pass
-            assert conn.execute(WHO, prepare=prepare).fetchone() == (policed_role.ROLE, "off"), sql
+            assert conn.execute(WHO, prepare=prepare).fetchone() == (POLICED_ROLE, "off"), sql
         conn.execute("begin")
         for sql in ESCALATIONS[:3]:
             with pytest.raises(psycopg.Error):
                 conn.execute(sql, prepare=prepare)
             conn.execute("rollback")
             conn.execute("begin")
-        assert conn.execute(WHO).fetchone() == (policed_role.ROLE, "off")
+        assert conn.execute(WHO).fetchone() == (POLICED_ROLE, "off")
         conn.execute("rollback")
 
 
@@ -123,18 +123,18 @@ def test_policed_and_bypass_sessions_never_share_a_backend(guarded):
     with connect(guarded, "acme_app") as acme, connect(guarded, "postgres") as admin, \
             connect(guarded, "nobody_in_the_policy") as nobody:
         for _ in range(10):
-            assert acme.execute(WHO).fetchone() == (policed_role.ROLE, "off")
+            assert acme.execute(WHO).fetchone() == (POLICED_ROLE, "off")
             assert admin.execute(WHO).fetchone() == ("postgres", "on")
-            assert nobody.execute(WHO).fetchone() == (policed_role.ROLE, "off")
+            assert nobody.execute(WHO).fetchone() == (POLICED_ROLE, "off")
         pids = {c.execute("select pg_backend_pid()").fetchone()[0] for c in (acme, nobody)}
         assert admin.execute("select pg_backend_pid()").fetchone()[0] not in pids
         assert admin.execute("select count(*) from pg_stat_activity where usename = %s and pid = any(%s)",
-                             (policed_role.ROLE, list(pids))).fetchone() == (len(pids),)
+                             (POLICED_ROLE, list(pids))).fetchone() == (len(pids),)
 
 
 def test_postgresql_itself_refuses_what_the_policy_does_not_grant(guarded):
     """Defence in depth: directly, the policed role cannot read what the policy refuses."""
-    with psycopg.connect(DIRECT.format(DB).replace("user=postgres", f"user={policed_role.ROLE}"),
+    with psycopg.connect(DIRECT.format(DB).replace("user=postgres", f"user={POLICED_ROLE}"),
                          autocommit=True) as conn:
         for sql in ("select * from secrets", "select * from public.secrets", "truncate customers",
                     "create table public.mine (x int)", "set role postgres",
@@ -271,7 +271,7 @@ def test_slow_policed_statements_are_explained_as_the_policed_role(shop_db, tmp_
                 users = direct.execute("select usename from pg_stat_activity "
                                        "where application_name = 'pgwarden-explain'").fetchall()
                 time.sleep(0.1)
-        assert users == [(policed_role.ROLE,)]
+        assert users == [(POLICED_ROLE,)]
         assert '"plan"' in proxy.logs() or "Plan" in proxy.logs()
     finally:
         proxy.stop()
