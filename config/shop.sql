@@ -30,6 +30,8 @@ DO $$ DECLARE s text; BEGIN
     WHERE c.relkind = 'S' AND d.deptype IN ('a', 'i') AND d.refobjid IN (SELECT unnest(ARRAY['public.customers', 'public.orders'])::regclass)
   LOOP EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', s, 'shop_policed'); END LOOP;
 END $$;
+-- PostgreSQL 14 and older let PUBLIC create objects in schema public, and pgwarden
+-- refuses a role that can: REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 -- PostgreSQL lets PUBLIC (so this role too) execute every function; pgwarden refuses
 -- user functions not in functions.allow. Revoking PUBLIC's EXECUTE would also take it
 -- from every other role and break column defaults and checks that call them, so it is

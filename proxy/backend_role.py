@@ -7,13 +7,15 @@ from dataclasses import dataclass
 
 import asyncpg
 
-HINT = ("set backend_auth.policed.user to a role that is not a superuser, has no BYPASSRLS and owns "
-        "no table, with only the grants the policy needs: `pgwarden init --policy FILE --role NAME` "
+HINT = ("set backend_auth.policed.user to a role that is not a superuser, has no BYPASSRLS, owns "
+        "no table and cannot create any, with only the grants the policy needs: `pgwarden init --policy FILE --role NAME` "
         "writes the SQL that creates it; reload pgwarden (SIGHUP) once the role is fixed")
 
 # Run as the role itself (current_user): its attributes, the superuser or BYPASSRLS roles it can
-# become with SET ROLE, and the relations outside the system schemas owned by it or a role it is
-# a member of (owners bypass grants, can ALTER, DROP and GRANT, and are exempt from RLS).
+# become with SET ROLE, the relations outside the system schemas owned by it or a role it is a
+# member of (owners bypass grants, can ALTER, DROP and GRANT, and are exempt from RLS), and the
+# schemas it may create objects in (a table it creates is its own; a function or operator there
+# can shadow a built-in one on the search_path).
 FACTS = """
 select r.rolname, r.rolsuper, r.rolbypassrls,
   array(select m.rolname from pg_roles m
@@ -24,7 +26,10 @@ select r.rolname, r.rolsuper, r.rolbypassrls,
         where c.relkind in ('r', 'p', 'v', 'm', 'f', 'S')
           and n.nspname not in ('pg_catalog', 'information_schema')
           and n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
-          and pg_has_role(r.oid, c.relowner, 'MEMBER') order by 1) as owned
+          and pg_has_role(r.oid, c.relowner, 'MEMBER') order by 1) as owned,
+  array(select quote_ident(n.nspname) from pg_namespace n
+        where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_'
+          and has_schema_privilege(r.oid, n.oid, 'CREATE') order by 1) as creates
 from pg_roles r where r.rolname = current_user
 """
 
@@ -38,6 +43,7 @@ class RoleFacts:
     bypassrls: bool
     powerful_roles: tuple[str, ...] = ()  # superuser or BYPASSRLS roles it is a member of
     owned: tuple[str, ...] = ()           # relations owned by it or a role it is a member of
+    creates_in: tuple[str, ...] = ()      # schemas it has CREATE on
 
 
 def unfit(facts: RoleFacts, database: str) -> str | None:
@@ -56,12 +62,15 @@ def unfit(facts: RoleFacts, database: str) -> str | None:
     if facts.bypassrls:
         reasons.append("has BYPASSRLS")
     if facts.superuser:  # a superuser is a member of every role: nothing more to say
-        facts = RoleFacts(facts.role, True, facts.bypassrls)
+        facts = RoleFacts(facts.role, True, facts.bypassrls)  # nor CREATE, owner of everything
     if facts.powerful_roles:
         reasons.append("is a member of superuser or BYPASSRLS role(s) " + ", ".join(facts.powerful_roles))
     if facts.owned:
         shown = ", ".join(facts.owned[:5]) + (f" and {len(facts.owned) - 5} more" if len(facts.owned) > 5 else "")
         reasons.append(f"owns {shown} (or is a member of the role owning it)")
+    if facts.creates_in:
+        reasons.append("may create objects in schema(s) " + ", ".join(facts.creates_in)
+                       + " (REVOKE CREATE ON SCHEMA ... FROM PUBLIC and from the role)")
     if not reasons:
         return None
     listed = reasons[0] if len(reasons) == 1 else ", ".join(reasons[:-1]) + " and " + reasons[-1]
@@ -92,4 +101,4 @@ async def read_facts(host: str, port: int, user: str, password: str | None, data
     finally:
         await conn.close()
     return RoleFacts(row["rolname"], row["rolsuper"], row["rolbypassrls"],
-                     tuple(row["powerful"]), tuple(row["owned"]))
+                     tuple(row["powerful"]), tuple(row["owned"]), tuple(row["creates"]))

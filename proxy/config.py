@@ -138,7 +138,7 @@ class PolicedAuth(_Strict):
 
     user: str = Field(description=(
         "Role policed sessions log into PostgreSQL as: not a superuser, no BYPASSRLS, owning no "
-        "table, with only the grants the policy needs (`pgwarden init --policy` writes its SQL). "
+        "table and no CREATE on any schema, with only the grants the policy needs (`pgwarden init --policy` writes its SQL). "
         "pgwarden refuses policed sessions when it is not."))
     password: str | None = Field(None,
         description="Password of that role (for md5 or SCRAM backends).")
@@ -164,7 +164,7 @@ class BackendAuth(_Strict):
         "The role policed (non-bypass) sessions log in as, in pools of their own; `user` and "
         "`password` above then serve bypass roles only. Omitted: policed sessions log in as "
         "`user` (or the client's user) too, and are refused when that role is a superuser, has "
-        "BYPASSRLS or owns a table."))
+        "BYPASSRLS, owns a table or may create one."))
 
     def secret(self) -> str | None:
         if self.password_env:

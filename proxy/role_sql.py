@@ -92,7 +92,9 @@ def _literal(text: str) -> str:
 
 
 # PUBLIC's EXECUTE on user functions is left alone (the reasons: docs/security.md)
-REVOKE_NOTE = ("-- PostgreSQL lets PUBLIC (so this role too) execute every function; pgwarden refuses\n"
+REVOKE_NOTE = ("-- PostgreSQL 14 and older let PUBLIC create objects in schema public, and pgwarden\n"
+               "-- refuses a role that can: REVOKE CREATE ON SCHEMA public FROM PUBLIC;\n"
+               "-- PostgreSQL lets PUBLIC (so this role too) execute every function; pgwarden refuses\n"
                "-- user functions not in functions.allow. Revoking PUBLIC's EXECUTE would also take it\n"
                "-- from every other role and break column defaults and checks that call them, so it is\n"
                "-- left to you: REVOKE EXECUTE ON FUNCTION <schema.function> FROM PUBLIC;")

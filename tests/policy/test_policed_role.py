@@ -171,18 +171,21 @@ def test_without_a_policed_role_a_superuser_backend_user_is_refused(shop_db, tmp
 
 
 @pytest.mark.parametrize("case", ["bypassrls", "owner", "owner-through-membership",
-                                  "member-of-superuser"])
+                                  "member-of-superuser", "create-on-public"])
 def test_an_unfit_policed_role_is_refused(shop_db, tmp_path, case):
     role = _role("pgw_unfit", "bypassrls" if case == "bypassrls" else "")
     expected = {"bypassrls": "has BYPASSRLS", "owner": "owns public.secrets",
                 "owner-through-membership": "owns public.secrets",
-                "member-of-superuser": "is a member of superuser or BYPASSRLS role(s) pgw_super"}[case]
+                "member-of-superuser": "is a member of superuser or BYPASSRLS role(s) pgw_super",
+                "create-on-public": "may create objects in schema(s) public"}[case]
     if case == "owner":
         _direct(f"alter table secrets owner to {role}")
     elif case == "owner-through-membership":
         _role("pgw_owners")
         _direct(f"grant pgw_owners to {role}")
         _direct("alter table secrets owner to pgw_owners")
+    elif case == "create-on-public":
+        _direct(f"grant create on schema public to {role}")
     elif case == "member-of-superuser":
         _role("pgw_super", "superuser")
         _direct(f"grant pgw_super to {role}")
@@ -196,6 +199,7 @@ def test_an_unfit_policed_role_is_refused(shop_db, tmp_path, case):
     finally:
         proxy.stop()
         _direct("alter table secrets owner to postgres")
+        _direct(f"revoke create on schema public from {role}")
 
 
 def test_a_role_made_owner_at_run_time_is_cut_off(shop_db, tmp_path):

@@ -85,3 +85,8 @@ def test_unfit(facts, fit):
 def test_many_owned_relations_are_summed_up():
     reason = unfit(RoleFacts("r", False, False, (), tuple(f"public.t{i}" for i in range(9))), "db")
     assert "public.t0, public.t1, public.t2, public.t3, public.t4 and 4 more" in reason
+
+
+def test_create_on_a_schema_is_unfit():
+    reason = unfit(RoleFacts("r", False, False, creates_in=("public",)), "db")
+    assert "may create objects in schema(s) public" in reason
