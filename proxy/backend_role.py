@@ -56,25 +56,29 @@ def unfit(facts: RoleFacts, database: str) -> str | None:
     >>> unfit(RoleFacts("app", False, False, (), ("public.orders",)), "shop")
     'backend role "app" owns public.orders (or is a member of the role owning it) in database "shop"'
     """
-    reasons = []
-    if facts.superuser:
-        reasons.append("is a superuser")
-    if facts.bypassrls:
-        reasons.append("has BYPASSRLS")
-    if facts.superuser:  # a superuser is a member of every role: nothing more to say
-        facts = RoleFacts(facts.role, True, facts.bypassrls)  # nor CREATE, owner of everything
-    if facts.powerful_roles:
-        reasons.append("is a member of superuser or BYPASSRLS role(s) " + ", ".join(facts.powerful_roles))
-    if facts.owned:
-        shown = ", ".join(facts.owned[:5]) + (f" and {len(facts.owned) - 5} more" if len(facts.owned) > 5 else "")
-        reasons.append(f"owns {shown} (or is a member of the role owning it)")
-    if facts.creates_in:
-        reasons.append("may create objects in schema(s) " + ", ".join(facts.creates_in)
-                       + " (REVOKE CREATE ON SCHEMA ... FROM PUBLIC and from the role)")
+    reasons = (["is a superuser"] if facts.superuser else []) + (
+        ["has BYPASSRLS"] if facts.bypassrls else [])
+    if not facts.superuser:  # a superuser is a member and owner of everything: nothing to add
+        reasons += _powers(facts)
     if not reasons:
         return None
     listed = reasons[0] if len(reasons) == 1 else ", ".join(reasons[:-1]) + " and " + reasons[-1]
     return f'backend role "{facts.role}" {listed} in database "{database}"'
+
+
+def _powers(facts: RoleFacts) -> list[str]:
+    """What a role that is not a superuser can still do that a policed role must not."""
+    out = []
+    if facts.powerful_roles:
+        out.append("is a member of superuser or BYPASSRLS role(s) " + ", ".join(facts.powerful_roles))
+    if facts.owned:
+        more = len(facts.owned) - 5
+        out.append(f"owns {', '.join(facts.owned[:5])}{f' and {more} more' if more > 0 else ''} "
+                   "(or is a member of the role owning it)")
+    if facts.creates_in:
+        out.append("may create objects in schema(s) " + ", ".join(facts.creates_in)
+                   + " (REVOKE CREATE ON SCHEMA ... FROM PUBLIC and from the role)")
+    return out
 
 
 def refusal(reason: str) -> str:
