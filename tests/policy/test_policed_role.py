@@ -303,3 +303,16 @@ def test_a_fixed_role_serves_again_after_a_reload(shop_db, tmp_path):
     finally:
         _direct("alter table secrets owner to postgres")
         proxy.stop()
+
+
+@pytest.mark.parametrize("option", ["-c role=postgres", "-c session_authorization=postgres",
+                                    "-crole=pg_read_all_data"])
+def test_startup_options_cannot_change_the_policed_role(guarded, option):
+    try:
+        conn = psycopg.connect(guarded.dsn(user="acme_app", dbname=DB, options=f"'{option}'"),
+                               autocommit=True)
+    except psycopg.OperationalError as exc:
+        assert "refused" in str(exc) or "permission denied" in str(exc), exc
+        return
+    with conn:
+        assert conn.execute(WHO).fetchone() == (POLICED_ROLE, "off")
