@@ -51,7 +51,8 @@ class Accounted:
                 server.stats.observe(msg, seconds, rows)
                 slowlog = server.slowlog
                 if slowlog is not None and seconds >= slowlog.threshold_s:
-                    slowlog.observe(statement_text(msg), seconds, "primary", rows, self.database)
+                    slowlog.observe(statement_text(msg), seconds, "primary", rows, self.database,
+                                    self.ident is not None)
             if records:
                 self.audit_done(records, seconds, rows, error)
 

@@ -60,10 +60,29 @@ def _router(config, quiet: bool = False):
 async def _with_live_schema(config, router, database: str) -> None:
     from proxy.schema import load_schema
     from proxy.server import _backend_tls
-    user = config.backend_auth.user or "postgres"
+    auth = config.backend_auth  # read as the server reads it: as the role policed sessions use
+    user, password = (auth.policed.user, auth.policed.secret()) if auth.policed else \
+        (auth.user or "postgres", auth.secret())
     schema, path, routines = await load_schema(config.primary.host, config.primary.port, user,
-                                               config.backend_auth.secret(), database, _backend_tls(config))
+                                               password, database, _backend_tls(config))
     router.add_schema(database, schema, path, routines)
+
+
+async def _policed_role_problems(config, database: str) -> list[str]:
+    """Why the role policed sessions log in as must not serve them (empty when it may)."""
+    from proxy.backend_role import HINT, read_facts, unfit
+    from proxy.server import _backend_tls
+    auth = config.backend_auth  # every user in no bypass role is policed
+    if auth.policed is not None:
+        user, password = auth.policed.user, auth.policed.secret()
+    elif auth.user is not None:
+        user, password = auth.user, auth.secret()
+    else:
+        return []  # each client logs in as itself: pgwarden checks each such role at its login
+    facts = await read_facts(config.primary.host, config.primary.port, user, password, database,
+                             _backend_tls(config))
+    reason = unfit(facts, database)
+    return [] if reason is None else [f"{reason}; {HINT}"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -101,10 +120,20 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"pgwarden: cannot read the live schema of {args.database!r}: {exc}", file=sys.stderr)
             return 1
         problems = router.problems(args.database)
+        try:
+            unfit = asyncio.run(_policed_role_problems(config, args.database))
+        except (OSError, Exception) as exc:  # asyncpg raises its own errors for a refused login
+            unfit = [f"cannot check the role policed sessions log in as: {exc}"]
+        if unfit:
+            print(f"pgwarden: policed sessions of database {args.database!r} would be refused:",
+                  file=sys.stderr)
+            for line in unfit:
+                print(f"  {line}", file=sys.stderr)
         if problems:
             print(f"pgwarden: the policy does not match database {args.database!r}:", file=sys.stderr)
             for line in problems:
                 print(f"  {line}", file=sys.stderr)
+        if problems or unfit:
             return 1
     print(f"{args.config}: ok" + (f" (policy {config.policies})" if router else "")
           + (f", matches database {args.database!r}" if args.live and router else ""))

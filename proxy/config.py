@@ -134,6 +134,24 @@ class Auth(_Strict):
         description="Logins pgwarden accepts, by user name. With `trust` and no users, every user name is accepted.")
 
 
+class PolicedAuth(_Strict):
+    """The least-privilege role policed (non-bypass) sessions log into backends as."""
+
+    user: str = Field(description=(
+        "Role policed sessions log into PostgreSQL as: not a superuser, no BYPASSRLS, owning no "
+        "table and no CREATE on any schema, with only the grants the policy needs (`pgwarden init --policy` writes its SQL). "
+        "pgwarden refuses policed sessions when it is not."))
+    password: str | None = Field(None,
+        description="Password of that role (for md5 or SCRAM backends).")
+    password_env: str | None = Field(None,
+        description="Environment variable holding that password.")
+
+    def secret(self) -> str | None:
+        if self.password_env:
+            return os.environ.get(self.password_env)
+        return self.password
+
+
 class BackendAuth(_Strict):
     """The role pgwarden logs into backends as (omit `user` to use the client's)."""
 
@@ -143,6 +161,11 @@ class BackendAuth(_Strict):
         description="Password of that role (for md5 or SCRAM backends).")
     password_env: str | None = Field(None,
         description="Environment variable holding that password.")
+    policed: PolicedAuth | None = Field(None, description=(
+        "The role policed (non-bypass) sessions log in as, in pools of their own; `user` and "
+        "`password` above then serve bypass roles only. Omitted: policed sessions log in as "
+        "`user` (or the client's user) too, and are refused when that role is a superuser, has "
+        "BYPASSRLS, owns a table or may create one."))
 
     def secret(self) -> str | None:
         if self.password_env:

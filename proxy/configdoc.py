@@ -43,7 +43,7 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows += _rows(annotation, key + ".")
             continue
-        default = field.get_default()
+        default = None if field.is_required() else field.get_default()
         shown = "required" if field.is_required() else "" if default is None else f"`{default}`"
         rows.append(f"| `{key}` | {_type(annotation)} | {shown} | {field.description or ''} |")
     return rows

@@ -6,6 +6,7 @@ import argparse
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -70,6 +71,9 @@ tables:
     tenant_column: null
     grants: {"*": [select]}
 """
+
+
+POLICED_ROLE = "pgwarden_demo_policed"  # the role policed sessions log in as (not a superuser)
 
 
 class DemoError(Exception):
@@ -180,8 +184,10 @@ class External:
     def stop(self) -> None:
         try:
             self.psql(f"drop database if exists {self.DBNAME} with (force)")
+            self.psql(f"drop role if exists {POLICED_ROLE}")
         except DemoError as exc:
-            print(f"pgwarden demo: could not drop database {self.DBNAME}: {exc}", file=sys.stderr)
+            print(f"pgwarden demo: could not drop database {self.DBNAME} or role {POLICED_ROLE}: "
+                  f"{exc}", file=sys.stderr)
 
 
 def _psql(conninfo: str, sql: str) -> None:
@@ -192,11 +198,25 @@ def _psql(conninfo: str, sql: str) -> None:
         raise DemoError(f"{lines[0]} (check the server, user and password)")
 
 
-def _config(workdir: Path, target: dict, port: int, http_port: int):
-    from proxy.config import parse_config
+def _policed_role(db, workdir: Path, target: dict) -> dict:
+    """Create the least-privilege role policed sessions log in as, from `pgwarden init`'s SQL
+    for the demo policy; its backend_auth.policed entry."""
+    from policies.load import load_policy
+    from proxy.role_sql import role_sql
     (workdir / "policies").mkdir()
     (workdir / "policies" / "shop.yaml").write_text(POLICY % {"admin": target["user"]})
-    backend = {"user": target["user"]} | ({"password": target["password"]} if target["password"] else {})
+    sql = role_sql(load_policy(workdir / "policies"), POLICED_ROLE, target["dbname"])
+    password = secrets.token_urlsafe(18)
+    db.psql(f"DROP ROLE IF EXISTS {POLICED_ROLE}")  # left over by a demo that was killed
+    db.psql(sql.create + f"ALTER ROLE {POLICED_ROLE} PASSWORD '{password}';")
+    db.psql(sql.grants, target["dbname"])
+    return {"user": POLICED_ROLE, "password": password}
+
+
+def _config(workdir: Path, target: dict, port: int, http_port: int, policed: dict):
+    from proxy.config import parse_config
+    backend = {"user": target["user"], "policed": policed} | (
+        {"password": target["password"]} if target["password"] else {})
     data = {"listen": {"host": "127.0.0.1", "port": port},
             "http": {"host": "127.0.0.1", "port": http_port},
             "primary": {"host": target["host"], "port": target["port"]}, "auth": {"method": "trust"},
@@ -220,6 +240,7 @@ pgwarden demo is running: a PostgreSQL with a two-tenant shop, behind pgwarden.
 Isolation, as acme_app and then as globex_app:  select id, name, ssn from customers;
 Masks, as alice (acme's analyst):              select name, email, phone, born from customers;
 Refused, with a hint naming the policy rule:   select * from secrets;
+No superuser rights, as any policed user:      select current_user, current_setting('is_superuser');
 
 Ctrl-C stops pgwarden and PostgreSQL and removes everything the demo created.
 """.rstrip()
@@ -264,7 +285,8 @@ def run(port: int, http_port: int, database_url: str | None = None) -> int:
             target = db.target()
             db.psql(f"create database {target['dbname']}")
             db.psql(shop_sql(), target["dbname"])
-            config = _config(workdir, target, port, http_port)
+            policed = _policed_role(db, workdir, target)
+            config = _config(workdir, target, port, http_port, policed)
             _serve(config, _banner(port, http_port, target["dbname"], target["user"]), started)
             return 0
         finally:

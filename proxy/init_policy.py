@@ -1,4 +1,4 @@
-"""`pgwarden init --from DATABASE_URL`: a starter policy from a live schema, for a human to finish."""
+"""`pgwarden init`: a starter policy from a live schema, and the SQL of the role policed sessions log in as."""
 
 from __future__ import annotations
 
@@ -117,6 +117,12 @@ def _safe(url: str) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if args.policy:
+        return _role(args)
+    if not args.from_url:
+        print("pgwarden init: give --from DATABASE_URL (a starter policy) or --policy FILE "
+              "(the SQL of the role policed sessions log in as)", file=sys.stderr)
+        return 2
     try:
         tables = asyncio.run(introspect(args.from_url))
     except (OSError, Exception) as exc:  # asyncpg raises its own errors for a refused login
@@ -127,17 +133,48 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
-        print(f"wrote {args.out}: review it, then run pgwarden check", file=sys.stderr)
+        print(f"wrote {args.out}: review it, then run pgwarden init --policy {args.out} for the "
+              "role policed sessions log in as, and pgwarden check", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _role(args: argparse.Namespace) -> int:
+    """The SQL creating the least-privilege role, with the grants of the policy at --policy."""
+    from policies.load import load_policy
+    from policies.source import SourceError
+    from proxy.role_sql import role_sql
+    try:
+        policy = load_policy(args.policy)
+    except SourceError as exc:
+        print(f"pgwarden init: the policy has {len(exc.errors)} error(s):", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    text = role_sql(policy, args.role, args.database).text()
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"wrote {args.out}: review it, run it with psql as a superuser, and set "
+              f"backend_auth.policed.user: {args.role}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from", dest="from_url", required=True, metavar="DATABASE_URL",
-                        help="postgresql://user:password@host:port/dbname")
+    parser.add_argument("--from", dest="from_url", metavar="DATABASE_URL",
+                        help="write a starter policy from this database: "
+                             "postgresql://user:password@host:port/dbname")
     parser.add_argument("--tenant-column", default="tenant_id")
-    parser.add_argument("--out", help="write the policy here instead of stdout")
+    parser.add_argument("--policy", metavar="PATH", help="instead, write the SQL that creates the "
+                        "least-privilege role policed sessions log in as, granted what this policy "
+                        "(file or folder) grants its non-bypass roles")
+    parser.add_argument("--role", default="pgwarden_policed",
+                        help="with --policy: the role's name (pgwarden_policed)")
+    parser.add_argument("--database", help="with --policy: the database to GRANT CONNECT on")
+    parser.add_argument("--out", help="write the policy (or SQL) here instead of stdout")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from typing import Callable
 
 from proxy import config as cfg
 from proxy.backend import Backend, BackendError, Target, connect
+from proxy.backend_role import HINT, refusal, superuser_reason
 
 log = logging.getLogger("pgwarden.pool")
 
@@ -29,8 +30,9 @@ class Pool:
     first served, and are handed a backend directly on release.
     """
 
-    def __init__(self, name: str, target: Target, settings: cfg.Pool) -> None:
+    def __init__(self, name: str, target: Target, settings: cfg.Pool, policed: bool = False) -> None:
         self.name = name
+        self.policed = policed  # serves policed sessions: a backend reporting superuser is refused
         self.target = target
         self.settings = settings
         self.idle: deque[Backend] = deque()
@@ -95,11 +97,21 @@ class Pool:
     async def _connect_for_client(self) -> Backend:
         self.connecting += 1
         try:
-            backend = await connect(self.target, self.settings.prepared_statements_per_backend)
+            backend = await self._open()
         finally:
             self.connecting -= 1
         self._adopt(backend)
         self.active.add(backend)
+        return backend
+
+    async def _open(self) -> Backend:
+        """A new backend; for a policed pool, never one whose role is a superuser."""
+        backend = await connect(self.target, self.settings.prepared_statements_per_backend)
+        reason = superuser_reason(self.target.user, backend.params) if self.policed else None
+        if reason is not None:
+            backend.close()
+            log.error("pool %s: %s; policed sessions are refused", self.name, reason)
+            raise BackendError({"sqlstate": "42501", "message": refusal(reason), "hint": HINT})
         return backend
 
     def _adopt(self, backend: Backend) -> None:
@@ -186,7 +198,7 @@ class Pool:
     async def _open_idle(self) -> None:
         self.connecting += 1
         try:
-            backend = await connect(self.target, self.settings.prepared_statements_per_backend)
+            backend = await self._open()
         except BackendError as exc:
             log.warning("pool %s: cannot open an idle backend: %s", self.name, exc)
             return

@@ -11,6 +11,7 @@ import time
 from proxy import protocol
 from proxy.audit_process import AuditProcess
 from proxy.backend import Backend, Target
+from proxy.backend_role import HINT, read_facts, refusal, superuser_reason, unfit
 from proxy.config import Config, ConfigError, load_config
 from proxy.http import HttpServer
 from proxy.janitor import Janitor
@@ -40,13 +41,16 @@ class Server:
         self._backend_tls = _backend_tls(config)
         self.router: Router | None = None     # set when a policy is loaded
         self._schema_loads: dict[str, asyncio.Task] = {}
+        self._role_loads: dict[tuple[str, str], asyncio.Task] = {}
+        self.role_checks: dict[tuple[str, str], str | None] = {}  # (database, role) -> why unfit
         self._schema_again: set[str] = set()  # databases to read again once the read under way ends
         self._policy_stamp: tuple | None = None
         self._listener: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self, config.metrics)
         self.paused = False  # PAUSE from the admin console, for pools created meanwhile too
         self.stats = QueryStats(self.metrics.statement_seconds.observe)
-        self.slowlog = SlowLog(config.slow_query, explain_dsn=self._control_dsn()) \
+        self.slowlog = SlowLog(config.slow_query, explain_dsn=self._control_dsn(),
+                               policed_dsn=self._control_dsn(policed=True)) \
             if config.slow_query else None
         self.audit: AuditProcess | None = AuditProcess(
             config.audit, config.log.format, config.log.level) if config.audit else None
@@ -71,24 +75,40 @@ class Server:
     def client_count(self) -> int:
         return len(self.sessions)
 
-    def pool_for(self, database: str, client_user: str) -> Pool:
-        config = self.config
-        user = config.backend_auth.user or client_user
-        pool = self.pools.get((database, user))
+    def backend_user(self, client_user: str, policed: bool) -> str:
+        """The role a client's backends log in as: backend_auth.policed.user for policed
+        sessions when configured, else backend_auth.user, else the client's own user."""
+        auth = self.config.backend_auth
+        if policed and auth.policed is not None:
+            return auth.policed.user
+        return auth.user or client_user
+
+    def pool_for(self, database: str, client_user: str, policed: bool = False) -> Pool:
+        """The pool of a client's backends: policed sessions never share one with bypass roles."""
+        user = self.backend_user(client_user, policed)
+        auth = self.config.backend_auth
+        shared = policed and (auth.policed is None or auth.policed.user == auth.user)
+        key = (database, f"{user} (policed)" if shared else user)
+        pool = self.pools.get(key)
         if pool is None:
-            pool = Pool(f"{database}/{user}", self._target(database, client_user), config.pool)
+            pool = Pool(f"{database}/{key[1]}", self._target(database, client_user, policed),
+                        self.config.pool, policed)
             pool.paused = self.paused
-            self.pools[(database, user)] = pool
+            self.pools[key] = pool
         return pool
 
-    def _target(self, database: str, client_user: str) -> Target:
+    def _target(self, database: str, client_user: str, policed: bool = False) -> Target:
         config = self.config
-        password = config.backend_auth.secret()
-        if config.backend_auth.user is None and password is None:
-            entry = config.auth.users.get(client_user)
-            password = entry.secret() if entry else None
-        return Target(config.primary.host, config.primary.port, database,
-                      config.backend_auth.user or client_user, password,
+        auth = config.backend_auth
+        user = self.backend_user(client_user, policed)
+        if policed and auth.policed is not None:
+            password = auth.policed.secret()
+        else:
+            password = auth.secret()
+            if auth.user is None and password is None:
+                entry = config.auth.users.get(client_user)
+                password = entry.secret() if entry else None
+        return Target(config.primary.host, config.primary.port, database, user, password,
                       config.primary.tls.mode, self._backend_tls, config.pool.connect_timeout)
 
     def cancel(self, pid: int, secret: int) -> asyncio.Task | None:
@@ -133,36 +153,88 @@ class Server:
         return changed
 
     async def ensure_schema(self, session: Session, database: str) -> bool:
-        """Load a database's live schema once, before its first policed statement."""
+        """Load a database's live schema once, before its first policed statement, and check
+        that the role policed sessions log in as is fit to serve them (closing the client if not)."""
         router = self.router
-        if router is None or session.ident is None or database in router.schemas:
+        if router is None or session.ident is None:
             return True
-        task = self._schema_loads.get(database)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._load_schema(database))
-            self._schema_loads[database] = task
-        try:
-            await asyncio.shield(task)
-            self._schema_loads.pop(database, None)
-        except Exception as exc:
-            self._schema_loads.pop(database, None)
-            session.fatal("08006", f"pgwarden could not read the schema of database {database!r}: "
-                          f"{exc}", hint="check that backend_auth's role can connect and read "
-                          "the catalogs")
+        if database not in router.schemas:
+            try:
+                await self._once(self._schema_loads, database, lambda: self._load_schema(database))
+            except Exception as exc:
+                session.fatal("08006", f"pgwarden could not read the schema of database {database!r}: "
+                              f"{exc}", hint="check that the role policed sessions log in as "
+                              "(backend_auth.policed, else backend_auth) can connect")
+                return False
+        pool = session.pool
+        assert pool is not None
+        if not pool.policed:  # a reload made this user policed while it logged in as bypass
+            session.fatal("57P01", "the policy changed while this client logged in: it is now "
+                          "policed, and was given a bypass role's backend", hint="connect again")
+            return False
+        reason = superuser_reason(pool.target.user, pool.server_params or {})
+        if reason is None:
+            key = (database, pool.target.user)
+            try:
+                reason = await self._once(self._role_loads, key, lambda: self._check_role(pool.target))
+            except Exception as exc:
+                session.fatal("08006", f"pgwarden could not check backend role {pool.target.user!r} "
+                              f"in database {database!r}: {exc}", hint=HINT)
+                return False
+        if reason is not None:
+            log.error("refusing a policed session of %s: %s", session.user, reason)
+            session.fatal("42501", refusal(reason), hint=HINT)
             return False
         return session.state != CLOSED
 
+    async def _once(self, tasks: dict, key, make):
+        """Run make() once for all the sessions that ask for `key` meanwhile; its result."""
+        task = tasks.get(key)
+        if task is None:
+            task = tasks[key] = asyncio.get_running_loop().create_task(make())
+            task.add_done_callback(lambda _: tasks.pop(key, None) if tasks.get(key) is task else None)
+        return await asyncio.shield(task)
+
+    async def _check_role(self, target: Target) -> str | None:
+        """Why `target`'s role must not serve policed sessions of its database (None: it may);
+        remembered until the schema is read again."""
+        key = (target.database, target.user)
+        if key in self.role_checks:
+            return self.role_checks[key]
+        facts = await read_facts(target.host, target.port, target.user, target.password,
+                                 target.database, target.tls_context, target.connect_timeout)
+        reason = self.role_checks[key] = unfit(facts, target.database)
+        return reason
+
     async def _load_schema(self, database: str) -> None:
-        target = self._target(database, self.config.backend_auth.user or "postgres")
+        target = self._target(database, self.config.backend_auth.user or "postgres", policed=True)
         schema, search_path, routines = await load_schema(target.host, target.port, target.user,
                                                           target.password, database, target.tls_context)
         router = self.router
         if router is not None:
             router.add_schema(database, schema, search_path, routines)
+        await self._recheck_roles(database)
 
-    def _control_dsn(self) -> dict:
+    async def _recheck_roles(self, database: str) -> None:
+        """Check again the roles serving policed sessions of `database` (after DDL or a reload);
+        a role now unfit has its policed clients closed and its backends dropped."""
+        for key in [k for k in self.role_checks if k[0] == database]:
+            self.role_checks.pop(key, None)
+        for pool in [p for p in self.pools.values() if p.policed and p.target.database == database]:
+            reason = await self._check_role(pool.target)
+            if reason is None:
+                continue
+            log.error("%s: closing its policed sessions", reason)
+            for session in list(self.sessions.values()):
+                if session.pool is pool and session.ident is not None:
+                    session.fatal("42501", refusal(reason), hint=HINT)
+            for backend in list(pool.idle):
+                backend.close()
+            pool.idle.clear()
+
+    def _control_dsn(self, policed: bool = False) -> dict:
         """asyncpg connection arguments for control-plane work (EXPLAIN of slow statements)."""
-        target = self._target("postgres", self.config.backend_auth.user or "postgres")
+        target = self._target("postgres", self.config.backend_auth.user or "postgres", policed)
         return {"host": target.host, "port": target.port, "user": target.user,
                 "password": target.password, "ssl": target.tls_context or False}
 
@@ -237,9 +309,11 @@ class Server:
         self.router = router
         self.policy_files_changed()
         self.refresh_schemas()
-        for (database, user), pool in self.pools.items():
+        for (database, _), pool in self.pools.items():
             pool.settings = new.pool
-            pool.target = self._target(database, user)
+            user = pool.target.user
+            if self.backend_user(user, pool.policed) == user:
+                pool.target = self._target(database, user, pool.policed)
         log.info("reloaded %s", source)
         if self.audit is not None:
             self.audit.offer({"event": "reload", "config": str(source),

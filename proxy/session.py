@@ -297,7 +297,9 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
 
     async def _login_async(self) -> None:
         try:
-            pool = self.server.pool_for(self.database, self.user)
+            router = self.server.router  # policed sessions get backends of their own role
+            policed = router is not None and not router.identity(self.user).bypass
+            pool = self.server.pool_for(self.database, self.user, policed)
             server_params = await pool.login_params()
         except BackendError as exc:
             self._forward_fatal(exc)
@@ -421,7 +423,8 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
             backend = await self.pool.acquire()  # type: ignore[union-attr]
         except (PoolTimeout, BackendError) as exc:
             self._acquiring = False
-            self._refuse_pending(getattr(exc, "sqlstate", "53300"), str(exc))
+            self._refuse_pending(getattr(exc, "sqlstate", "53300"), str(exc),
+                                 getattr(exc, "fields", {}).get("hint"))
             return
         self._acquiring = False
         if self.state == CLOSED:
@@ -433,14 +436,14 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         if self.state != CLOSED:
             self.transport.resume_reading()
 
-    def _refuse_pending(self, sqlstate: str, message: str) -> None:
+    def _refuse_pending(self, sqlstate: str, message: str, hint: str | None = None) -> None:
         """No backend came: answer the waiting requests with an error, or close if we cannot."""
         msgs, self._pending = self._pending, []
         syncs = sum(1 for kind, _ in msgs if kind in (_Q, _S, _F))
         if not syncs:
-            self.fatal(sqlstate, message)
+            self.fatal(sqlstate, message, hint)
             return
-        out = [protocol.error_response(sqlstate, message, hint="raise pool.size or "
+        out = [protocol.error_response(sqlstate, message, hint=hint or "raise pool.size or "
                                        "pool.query_wait_timeout, or hold transactions shorter")]
         out += [protocol.ready_for_query(b"I")] * syncs
         self.transport.write(b"".join(out))

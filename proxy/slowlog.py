@@ -59,25 +59,28 @@ class SlowLog:
     explains and writes them, so the hot path pays one comparison for a fast statement."""
 
     def __init__(self, cfg: SlowQueryConfig, base_dir: Path | None = None,
-                 explain_dsn: dict[str, Any] | None = None) -> None:
+                 explain_dsn: dict[str, Any] | None = None,
+                 policed_dsn: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
         self.path = None if cfg.path is None else (
             cfg.path if base_dir is None or cfg.path.is_absolute() else base_dir / cfg.path)
         self.threshold_s = cfg.threshold_ms / 1000
         self.explain_dsn = explain_dsn
-        self.pending: deque[tuple[float, str, float, str, int | None, str]] = deque(maxlen=PENDING)
+        self.policed_dsn = policed_dsn  # policed sessions' statements are explained as their role
+        self.pending: deque[tuple[float, str, float, str, int | None, str, bool]] = deque(maxlen=PENDING)
         self.logged = self.explained = 0
         self._explained_at: dict[str, float] = {}
-        self._conns: dict[str, asyncpg.Connection] = {}
+        self._conns: dict[tuple[str, bool], asyncpg.Connection] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
 
-    def observe(self, sql: str, duration_s: float, route: str, rows: int | None, database: str) -> None:
+    def observe(self, sql: str, duration_s: float, route: str, rows: int | None, database: str,
+                policed: bool = False) -> None:
         """Note a finished statement; cheap when under the threshold."""
         if duration_s < self.threshold_s:
             return
-        self.pending.append((time.time(), sql, duration_s, route, rows, database))
+        self.pending.append((time.time(), sql, duration_s, route, rows, database, policed))
         self._wake.set()
 
     async def start(self) -> None:
@@ -104,14 +107,14 @@ class SlowLog:
             await self._wake.wait()
 
     async def _log(self, when: float, sql: str, duration_s: float, route: str, rows: int | None,
-                   database: str) -> None:
+                   database: str, policed: bool = False) -> None:
         fp = fingerprint(sql)
         record: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z",
             "fingerprint": fp, "duration_ms": round(duration_s * 1000, 3), "route": route, "rows": rows,
             "database": database, "query": redact(sql)}
         if self.cfg.explain and self.explain_dsn is not None and self._due(fp) and explainable(sql):
-            record["plan"] = await self._explain(sql, database)
+            record["plan"] = await self._explain(sql, database, policed)
         line = json.dumps(record, default=str)
         self.logged += 1
         if self.path is not None:
@@ -131,13 +134,16 @@ class SlowLog:
         self._explained_at[fp] = now
         return True
 
-    async def _explain(self, sql: str, database: str) -> Any:
-        """The plan as PostgreSQL gives it, or {"error": ...}; EXPLAIN without ANALYZE runs nothing."""
+    async def _explain(self, sql: str, database: str, policed: bool = False) -> Any:
+        """The plan as PostgreSQL gives it, or {"error": ...}; EXPLAIN without ANALYZE runs
+        nothing, but planning folds immutable functions: a policed session's statement (its
+        own text, not the rewrite) is planned as the role policed sessions run as."""
+        dsn = self.policed_dsn if policed and self.policed_dsn is not None else self.explain_dsn
         try:
-            conn = self._conns.get(database)
+            conn = self._conns.get((database, policed))
             if conn is None or conn.is_closed():
-                conn = self._conns[database] = await asyncpg.connect(
-                    **{**(self.explain_dsn or {}), "database": database}, timeout=5,
+                conn = self._conns[(database, policed)] = await asyncpg.connect(
+                    **{**(dsn or {}), "database": database}, timeout=5,
                     server_settings={"statement_timeout": str(int(self.cfg.explain_timeout_ms)),
                                      "application_name": "pgwarden-explain"})
             plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql)

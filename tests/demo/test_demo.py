@@ -73,6 +73,10 @@ def test_demo_isolates_masks_refuses_and_cleans_up(stop):
         assert _psql(psql["admin (bypass)"], "select count(*) from customers").strip() == "20"
         refused = _psql(psql["tenant acme"], "select * from secrets")
         assert "refused" in refused and "HINT:" in refused
+        who = "select current_user, current_setting('is_superuser')"
+        for user in ("tenant acme", "tenant globex", "analyst"):  # policed: the least-privilege role
+            assert _psql(psql[user], who).strip() == "pgwarden_demo_policed|off"
+        assert _psql(psql["admin (bypass)"], who).strip() == "postgres|on"
     finally:
         proc.send_signal(stop)
         assert proc.wait(30) in (0, 130)
@@ -87,11 +91,14 @@ def test_demo_on_a_given_database_url_drops_its_database():
         assert "dbname=pgwarden_demo" in lines[3]
         acme = _psql(_lines(lines)["tenant acme"], "select count(*) from customers")
         assert acme.strip() == "10"
+        who = _psql(_lines(lines)["tenant acme"], "select current_user, current_setting('is_superuser')")
+        assert who.strip() == "pgwarden_demo_policed|off"
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
     left = subprocess.run(["psql", "-X", "-A", "-t", "-h", PG_HOST, "-p", str(PG_PORT), "-U", "postgres",
-                           "-c", "select count(*) from pg_database where datname = 'pgwarden_demo'"],
+                           "-c", "select (select count(*) from pg_database where datname = 'pgwarden_demo')"
+                           " + (select count(*) from pg_roles where rolname = 'pgwarden_demo_policed')"],
                           capture_output=True, text=True)
     assert left.stdout.strip() == "0"
 

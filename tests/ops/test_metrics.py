@@ -17,7 +17,7 @@ from proxy.config import Config
 from proxy.metrics import Metrics, MetricsConfig
 from proxy.server import Server
 from tests.harness import REDIS_URL, free_port
-from tests.policy.conftest import DB, connect, policy_proxy, shop_db  # noqa: F401 (fixture)
+from tests.policy.conftest import DB, POLICED_ROLE, connect, policy_proxy, shop_db  # noqa: F401 (fixture)
 
 
 def scrape(proxy) -> dict[tuple[str, tuple], float]:
@@ -50,7 +50,7 @@ def test_metrics_follow_traffic_refusals_and_pools(shop_db, tmp_path):
         assert value(after, "pgwarden_backend_errors_total", **{"class": "42"}) >= 1
         assert value(after, "pgwarden_logins_total", outcome="ok") >= 1
         assert value(during, "pgwarden_client_connections", state="ready") >= 1
-        pool = f"{DB}/postgres"
+        pool = f"{DB}/{POLICED_ROLE}"  # acme_app's backends log in as the policed role
         assert value(after, "pgwarden_backend_connections", pool=pool, state="idle") >= 1
         assert value(after, "pgwarden_policy_loaded") == 1
         assert value(after, "pgwarden_rewrite_seconds_count") >= 1

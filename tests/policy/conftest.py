@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests import policed_role
 from tests.harness import PG_PORT, ProxyProcess, base_config
 
 DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname=postgres"
@@ -61,6 +62,7 @@ tables:
     grants: {"*": [select]}
 default: deny
 """
+POLICED_ROLE = policed_role.role_for(POLICY)  # the role policed sessions of POLICY log in as
 
 
 def reset_data() -> None:
@@ -85,7 +87,11 @@ def shop_db():
 
 def policy_proxy(workdir: Path, mode: str, policy: str = POLICY, env: dict | None = None,
                  **overrides) -> ProxyProcess:
+    """pgwarden with `policy`; its policed sessions log in as the least-privilege test role,
+    granted (in every test database) what `pgwarden init --policy` grants for this policy."""
     workdir.mkdir(parents=True, exist_ok=True)
+    if "backend_auth" not in overrides:
+        overrides["backend_auth"] = policed_role.backend_auth(policed_role.grant(policy))
     (workdir / "policies").mkdir(exist_ok=True)
     (workdir / "policies" / "shop.yaml").write_text(textwrap.dedent(policy))
     config = base_config(pool={"mode": mode, "size": 5}, policies="policies", **overrides)

@@ -7,7 +7,13 @@ import time
 import psycopg
 import pytest
 
-from tests.policy.conftest import POLICY, connect, policy_proxy
+from tests import policed_role
+from tests.policy.conftest import DB, DIRECT, POLICY, connect, policy_proxy
+
+
+def _direct(sql: str) -> None:
+    with psycopg.connect(DIRECT.replace("dbname=postgres", f"dbname={DB}"), autocommit=True) as conn:
+        conn.execute(sql)
 
 
 def _wait_for(predicate, timeout: float = 8.0) -> bool:
@@ -49,9 +55,14 @@ def test_a_policy_file_change_applies_without_restart_and_a_bad_one_is_kept_out(
 
 
 def test_monitor_mode_runs_the_original_and_logs_what_enforce_would_do(shop_db, tmp_path):
-    proxy = policy_proxy(tmp_path / "m", "transaction", policy=POLICY + "mode: monitor\n")
+    monitor = POLICY + "mode: monitor\n"
+    proxy = policy_proxy(tmp_path / "m", "transaction", policy=monitor)
     try:
         with connect(proxy, "acme_app") as conn:
+            # the original runs, as the policed role: PostgreSQL itself refuses what it has no grant for
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                conn.execute("select count(*) from secrets")
+            _direct(f"grant select on secrets to {policed_role.role_for(monitor)}")
             assert conn.execute("select count(*) from secrets").fetchone() == (1,)
             assert conn.execute("select count(*) from customers").fetchone() == (3,)
         log = proxy.logs()
