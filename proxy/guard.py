@@ -8,11 +8,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-import pglast.parser
-
 from proxy import protocol
 from proxy.pipeline import SWALLOW
 from proxy.router import Forward, Identity, Refuse, Router, SetTenant
+from rewriter import pgparser
 
 log = logging.getLogger("pgwarden.guard")
 
@@ -40,7 +39,7 @@ def set_value(text: str) -> str | None:
     'acme'
     """
     try:
-        (raw,) = json.loads(pglast.parser.parse_sql_json(text))["stmts"]
+        (raw,) = json.loads(pgparser.parse_sql_json(text))["stmts"]
         args = raw["stmt"]["VariableSetStmt"].get("args") or []
         return args[0]["A_Const"]["sval"]["sval"] if len(args) == 1 else None
     except Exception:
@@ -55,7 +54,7 @@ def search_path_of(text: str) -> tuple[str, ...] | None:
     ('app', 'public')
     """
     try:
-        (raw,) = json.loads(pglast.parser.parse_sql_json(text))["stmts"]
+        (raw,) = json.loads(pgparser.parse_sql_json(text))["stmts"]
         args = raw["stmt"]["VariableSetStmt"].get("args") or []
     except Exception:
         return None

@@ -9,10 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pglast.parser
-
 from policies import evaluate
 from rewriter import api as rewriter
+from rewriter import pgparser
 from rewriter.context import Column, Context, MaskSpec, TableRule, UserRoutines
 from rewriter.result import Allow, Deny, Rewrite
 
@@ -309,7 +308,7 @@ def _shape(sql: str) -> tuple[str, int, list[str]] | None:
     ('select * from t where a = $1001 and b > $1002', 1001, ["'x'", '2'])
     """
     try:
-        tokens = pglast.parser.scan(sql)
+        tokens = pgparser.scan(sql)
     except Exception:
         return None
     params = [int(sql[t.start + 1:t.end + 1]) for t in tokens if t.name == "PARAM"]
@@ -329,7 +328,7 @@ def _shape(sql: str) -> tuple[str, int, list[str]] | None:
 def _restore(text: str, base: int, literals: list[str]) -> str | None:
     """Put the literals back where the parameters from `base` stand (None if one is unknown)."""
     try:
-        tokens = pglast.parser.scan(text)
+        tokens = pgparser.scan(text)
     except Exception:
         return None
     out, last = [], 0
@@ -359,7 +358,7 @@ def _describe(decision: Decision) -> str:
 def _single_show(sql: str) -> str | None:
     """The setting name of a lone SHOW statement, else None."""
     try:
-        stmts = json.loads(pglast.parser.parse_sql_json(sql))["stmts"]
+        stmts = json.loads(pgparser.parse_sql_json(sql))["stmts"]
     except Exception:
         return None
     if len(stmts) != 1 or "VariableShowStmt" not in stmts[0]["stmt"]:
@@ -370,7 +369,7 @@ def _single_show(sql: str) -> str | None:
 def _single_variable_set(sql: str) -> tuple[str, str | None, bool, bool] | None:
     """(name, string value, is_local, is_reset) of a lone SET/RESET statement, else None."""
     try:
-        stmts = json.loads(pglast.parser.parse_sql_json(sql))["stmts"]
+        stmts = json.loads(pgparser.parse_sql_json(sql))["stmts"]
     except Exception:
         return None
     if len(stmts) != 1 or "VariableSetStmt" not in stmts[0]["stmt"]:

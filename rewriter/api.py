@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pglast import parser
-
-from .checks import (PASS_THROUGH, QUERIES, WRAPPED, Checked, check_calls, check_copy_ends, check_copy_from,
-                     check_ref, check_setting)
+from .checks import (
+    PASS_THROUGH,
+    QUERIES,
+    WRAPPED,
+    Checked,
+    check_calls,
+    check_copy_ends,
+    check_copy_from,
+    check_ref,
+    check_setting,
+)
 from .classify import INNER_QUERY, statement_kind, statements, walk_statement
 from .context import Context
 from .copy import copy_to_query
 from .inserts import guard_inserts
+from .pgparser import parser
 from .reads import requalify_columns, substitute_reads
 from .refuse import Refused
 from .result import Allow, Deny, Result, Rewrite
