@@ -58,9 +58,9 @@ async def _with_live_schema(config, router, database: str) -> None:
     from proxy.schema import load_schema
     from proxy.server import _backend_tls
     user = config.backend_auth.user or "postgres"
-    schema, path, routines = await load_schema(config.primary.host, config.primary.port, user,
-                                               config.backend_auth.secret(), database, _backend_tls(config))
-    router.add_schema(database, schema, path, routines)
+    live = await load_schema(config.primary.host, config.primary.port, user,
+                             config.backend_auth.secret(), database, _backend_tls(config))
+    router.add_schema(database, live.schema, live.search_path, live.routines, live.server_major)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -102,6 +102,17 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"pgwarden: the policy does not match database {args.database!r}:", file=sys.stderr)
             for line in problems:
                 print(f"  {line}", file=sys.stderr)
+            return 1
+    if args.live and router is not None:
+        from rewriter.pgparser import PARSER_MAJOR
+        from rewriter.server_grammar import SUPPORTED_SERVERS
+        major = router.server_majors[args.database]
+        supported = router.server_supported(args.database)
+        print(f"database {args.database!r}: PostgreSQL {major}, "
+              + ("supported" if supported else "NOT supported: policed sessions are refused")
+              + f" (pgwarden judges with PostgreSQL {PARSER_MAJOR}'s grammar and supports "
+              + f"{min(SUPPORTED_SERVERS)} to {max(SUPPORTED_SERVERS)})", file=sys.stdout if supported else sys.stderr)
+        if not supported:
             return 1
     print(f"{args.config}: ok" + (f" (policy {config.policies})" if router else "")
           + (f", matches database {args.database!r}" if args.live and router else ""))

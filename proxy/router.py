@@ -13,7 +13,9 @@ from policies import evaluate
 from rewriter import api as rewriter
 from rewriter import pgparser
 from rewriter.context import Column, Context, MaskSpec, TableRule, UserRoutines
+from rewriter.pgparser import PARSER_MAJOR
 from rewriter.result import Allow, Deny, Rewrite
+from rewriter.server_grammar import SUPPORTED_SERVERS
 
 log = logging.getLogger("pgwarden.router")
 
@@ -99,6 +101,7 @@ class Router:
         self.generation = 0  # bumped when a schema is read again: sessions' cached decisions expire
         self.search_paths = search_paths or {}
         self.routines = routines or {}
+        self.server_majors: dict[str, int] = {}  # database -> its backend's PostgreSQL major
         self.monitor = policy.mode == "monitor"
         self.tenant_setting, self._signed, self._key = _tenant_settings(policy)
         self._cache: dict[tuple, Decision] = {}
@@ -108,17 +111,28 @@ class Router:
         self.observe = None  # called with the seconds each uncached decision took
 
     def add_schema(self, database: str, schema: dict[str, tuple[Column, ...]],
-                   search_path: tuple[str, ...], routines: UserRoutines | None = None) -> None:
-        """A database's live schema, read (again) by the control plane, with its own functions and operators."""
+                   search_path: tuple[str, ...], routines: UserRoutines | None = None,
+                   server_major: int | None = None) -> None:
+        """A database's live schema, read (again) by the control plane, with its own functions and operators
+        and its backend's PostgreSQL major (None: offline, judged with the parser's own grammar)."""
         self.schemas[database] = schema
         self.search_paths[database] = search_path
         self.routines[database] = routines or UserRoutines()
+        self.server_majors[database] = server_major or PARSER_MAJOR
+        if not self.server_supported(database):
+            log.error("database %r runs PostgreSQL %s: pgwarden supports %s to %s; every statement of a "
+                      "policed session there is refused", database, server_major,
+                      min(SUPPORTED_SERVERS), max(SUPPORTED_SERVERS))
         self.generation += 1
         self._cache.clear()
         self._shapes.clear()
         self._contexts.clear()
         for problem in self.problems(database):
             log.error("%s", problem)
+
+    def server_supported(self, database: str) -> bool:
+        """True when pgwarden can judge statements for this database's backend major."""
+        return self.server_majors.get(database, PARSER_MAJOR) in SUPPORTED_SERVERS
 
     def problems(self, database: str) -> list[str]:
         """Tables and masked columns the policy names that the live schema lacks."""
@@ -241,7 +255,8 @@ class Router:
             ctx = Context(_table_rules(self.policy, ident.user), self.schemas.get(database, {}),
                           tenant, frozenset(evaluate.allowed_functions(self.policy)),
                           tuple(s.replace("$user", ident.user) for s in path if s),
-                          evaluate.SENSITIVE_CATALOG_RELATIONS, self.routines.get(database, UserRoutines()))
+                          evaluate.SENSITIVE_CATALOG_RELATIONS, self.routines.get(database, UserRoutines()),
+                          self.server_majors.get(database, PARSER_MAJOR))
             self._contexts[key] = ctx
         return ctx
 

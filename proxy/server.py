@@ -154,11 +154,11 @@ class Server:
 
     async def _load_schema(self, database: str) -> None:
         target = self._target(database, self.config.backend_auth.user or "postgres")
-        schema, search_path, routines = await load_schema(target.host, target.port, target.user,
-                                                          target.password, database, target.tls_context)
+        live = await load_schema(target.host, target.port, target.user, target.password, database,
+                                 target.tls_context)
         router = self.router
         if router is not None:
-            router.add_schema(database, schema, search_path, routines)
+            router.add_schema(database, live.schema, live.search_path, live.routines, live.server_major)
 
     def _control_dsn(self) -> dict:
         """asyncpg connection arguments for control-plane work (EXPLAIN of slow statements)."""

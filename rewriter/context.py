@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from .pgparser import PARSER_MAJOR
+
 MASK_KINDS = frozenset({"redact", "null", "email", "partial", "hash", "year", "round", "constant"})
 
 
@@ -77,7 +79,9 @@ class Context:
 
     `denied_relations` adds "schema.relation" names to the rewriter's own list of
     sensitive catalogs; `search_path` is the session's, without "$user";
-    `routines` are the live database's own functions and operators (none offline).
+    `routines` are the live database's own functions and operators (none offline);
+    `server_major` is the backend's PostgreSQL major: statements are judged as its grammar
+    reads them (rewriter/server_grammar.py; the parser's own major when unknown, offline).
     """
 
     tables: Mapping[str, TableRule]
@@ -87,3 +91,4 @@ class Context:
     search_path: tuple[str, ...] = ("public",)
     denied_relations: frozenset[str] = frozenset()
     routines: UserRoutines = UserRoutines()
+    server_major: int = PARSER_MAJOR
