@@ -29,7 +29,7 @@ class WordRule:
     """How one word differs on a backend major: `server`/`parser` are kwlist.h categories ("" = not a keyword).
 
     `action` is "quote" (send it as "word"), "keep" (proved to read the same), "refuse",
-    or "quote_after:TOKEN" (quote it after that token, refuse elsewhere).
+    or "quote_unless_after:TOKEN,..." (refuse it right after one of those tokens, quote it elsewhere).
     """
 
     word: str
@@ -54,19 +54,19 @@ def word_rules(server_major: int) -> dict[str, WordRule]:
     >>> word_rules(15)["system_user"]
     WordRule(word='system_user', server='', parser='reserved', action='quote')
     >>> word_rules(17)["recheck"].action, word_rules(16)["json"].action
-    ('keep', 'quote_after:TYPECAST')
+    ('keep', 'quote_unless_after:IS,NOT')
     """
     server, parser = KEYWORDS[server_major], KEYWORDS[pgparser.PARSER_MAJOR]
     same = {p["word"] for p in DIFFERENCES["keywords_proved_same"] if server_major in p["servers"]}
-    after = {p["word"]: p["after"] for p in DIFFERENCES["keyword_positions_proved_same"]
-             if server_major in p["servers"]}
+    positions = {p["word"]: p["refuse_after"] for p in DIFFERENCES["keyword_positions_proved_same"]
+                 if server_major in p["servers"]}
     out = {}
     for word in sorted(set(server) | set(parser)):
         s, p = server.get(word, ""), parser.get(word, "")
         if s == p:
             continue
         action = "quote" if not s else "keep" if word in same else \
-            f"quote_after:{after[word]}" if word in after else "refuse"
+            "quote_unless_after:" + ",".join(positions[word]) if word in positions else "refuse"
         out[word] = WordRule(word, s, p, action)
     return out
 
@@ -122,8 +122,8 @@ def server_text(sql: str, server_major: int) -> str:
         rule = None if quoted else rules.get(text.lower())
         if rule is None or rule.action == "keep":
             continue
-        if rule.action == "refuse" or (rule.action.startswith("quote_after:")
-                                       and before != rule.action.split(":", 1)[1]):
+        if rule.action == "refuse" or (rule.action.startswith("quote_unless_after:")
+                                       and before in rule.action.split(":", 1)[1].split(",")):
             raise _refuse_word(rule.word, rule, server_major)
         out += (sql[last:tok.start], f'"{rule.word}"')
         last = tok.end + 1
