@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from rewriter import pgparser
 from rewriter.api import rewrite
 from rewriter.context import Column, Context, TableRule
+from rewriter.examples import EXAMPLE
 from rewriter.refuse import Refused
 from rewriter.result import Deny, Rewrite
 from rewriter.server_grammar import DIFFERENCES, KEYWORDS, SUPPORTED_SERVERS, server_text, word_rules
@@ -126,3 +128,14 @@ def test_each_form_entry_is_consistent(form):
             assert words & set(word_rules(int(major))), (form["id"], major)
         if how == "differs":
             assert int(major) not in SUPPORTED_SERVERS or form["id"] == "returning-old-new-names"
+
+
+@pytest.mark.parametrize("major", [15, 18])
+def test_returning_old_is_masked_on_every_major(major):
+    """18 reads old.col in RETURNING as the row before the update, 15 as a FROM item named old."""
+    ctx = dataclasses.replace(EXAMPLE, server_major=major)
+    for sql in ["update customers set ssn = ssn where true returning old.ssn",
+                "update customers as old set ssn = ssn returning old.ssn"]:
+        result = rewrite(sql, ctx)
+        assert isinstance(result, Rewrite) and "old.ssn" not in result.sql.lower() and "'****'" in result.sql
+    assert isinstance(rewrite("update customers as old set ssn = ssn returning old", ctx), Deny)
