@@ -31,6 +31,9 @@ create function public.json_table(text) returns setof customers language sql sec
 create function public.leak_step(text, text) returns text language sql security definer
   as $$ select coalesce($1, '') || (select string_agg(tenant_id || ':' || ssn, ',') from customers) $$;
 create aggregate public.json_arrayagg(text) (sfunc = public.leak_step, stype = text);
+create schema system_user;
+create table system_user.countries (code text, name text);
+insert into system_user.countries values ('xx', 'globex-secret');
 """
 
 
@@ -133,6 +136,21 @@ def test_a_whole_row_named_system_user_is_masked_or_refused(proxy, sql):
     with _tenant(proxy) as conn:
         _clean(conn, sql)
         _clean(conn, sql, prepare=True)
+
+
+@pytest.mark.parametrize("setting", ["set search_path to system_user, public", "SET search_path = SYSTEM_USER",
+                                     "set search_path to public, system_user"])
+def test_a_search_path_naming_a_schema_system_user_is_followed(proxy, setting):
+    """15 reads the word as the schema system_user; pgwarden must resolve later names through it."""
+    with _tenant(proxy) as conn:
+        try:
+            conn.execute(setting)
+        except psycopg.errors.InsufficientPrivilege:
+            return  # refused: the search_path is unchanged
+        for sql in ["select * from countries", "select name from countries where code = 'xx'"]:
+            _clean(conn, sql)
+            _clean(conn, sql, prepare=True)
+        conn.execute("reset search_path")
 
 
 def test_json_and_format_stay_usable_as_the_server_reads_them(proxy):

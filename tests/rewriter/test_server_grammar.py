@@ -139,3 +139,8 @@ def test_returning_old_is_masked_on_every_major(major):
         result = rewrite(sql, ctx)
         assert isinstance(result, Rewrite) and "old.ssn" not in result.sql.lower() and "'****'" in result.sql
     assert isinstance(rewrite("update customers as old set ssn = ssn returning old", ctx), Deny)
+
+
+def test_offsets_are_characters_so_non_ascii_text_before_a_word_is_kept():
+    assert server_text("SELECT 'éé€', system_user, \"naïve\" FROM json_table -- ü", 15) == \
+        "SELECT 'éé€', \"system_user\", \"naïve\" FROM \"json_table\" -- ü"
