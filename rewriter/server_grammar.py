@@ -42,7 +42,7 @@ def _load(name: str) -> dict:
     return json.loads((DATA / name).read_text())
 
 
-KEYWORDS: dict[str, dict[str, str]] = {int(v): words for v, words in _load("keywords.json")["versions"].items()}
+KEYWORDS: dict[int, dict[str, str]] = {int(v): words for v, words in _load("keywords.json")["versions"].items()}
 DIFFERENCES = _load("grammar_differences.json")
 SUPPORTED_SERVERS = frozenset(DIFFERENCES["supported_servers"])
 
@@ -118,8 +118,9 @@ def server_text(sql: str, server_major: int) -> str:
         if tok.name in COMMENTS:
             continue
         before, previous = previous, tok.name
-        quoted = text.startswith('"') or tok.name == "UIDENT"
-        rule = None if quoted else rules.get(text.lower())
+        # a keyword, or an unquoted identifier (PostgreSQL folds only ASCII letters of those)
+        word = tok.kind != "NO_KEYWORD" or (tok.name == "IDENT" and not text.startswith('"') and text.isascii())
+        rule = rules.get(text.lower()) if word else None
         if rule is None or rule.action == "keep":
             continue
         if rule.action == "refuse" or (rule.action.startswith("quote_unless_after:")

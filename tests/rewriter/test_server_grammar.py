@@ -144,3 +144,9 @@ def test_returning_old_is_masked_on_every_major(major):
 def test_offsets_are_characters_so_non_ascii_text_before_a_word_is_kept():
     assert server_text("SELECT 'éé€', system_user, \"naïve\" FROM json_table -- ü", 15) == \
         "SELECT 'éé€', \"system_user\", \"naïve\" FROM \"json_table\" -- ü"
+
+
+def test_only_ascii_letters_fold_as_postgresql_folds_them():
+    """The Kelvin sign lowercases to k in Python, not in PostgreSQL: \u212aeep is no keyword."""
+    assert server_text("SELECT \u212aeep, keep FROM t", 15) == 'SELECT \u212aeep, "keep" FROM t'
+    assert server_text("SELECT $1, E'system_user', b'01', x'1f' FROM t", 15) == "SELECT $1, E'system_user', b'01', x'1f' FROM t"
