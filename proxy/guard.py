@@ -118,6 +118,18 @@ class Guarded:
                     return False
         return True
 
+    def guard_version(self, server_params: dict[str, str]) -> bool:
+        """False (and the client closed, FATAL 0A000) when pgwarden cannot judge statements for this
+        database's backend: an unsupported PostgreSQL major, or one other than the control plane read."""
+        router = self.server.router
+        if router is None or self.ident is None:
+            return True
+        problem = router.version_problem(self.database, server_params.get("server_version", ""))
+        if problem is not None:
+            self.fatal("0A000", *problem)
+            return False
+        return True
+
     def tenant(self) -> str | None:
         if self.local_tenant is not None:
             return self.local_tenant

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from rewriter import pgparser
 from rewriter.context import Column, Context, MaskSpec, TableRule, UserRoutines
 from rewriter.pgparser import PARSER_MAJOR
 from rewriter.result import Allow, Deny, Rewrite
-from rewriter.server_grammar import SUPPORTED_SERVERS
+from rewriter.server_grammar import SUPPORTED_SERVERS, unsupported
 
 log = logging.getLogger("pgwarden.router")
 
@@ -133,6 +134,23 @@ class Router:
     def server_supported(self, database: str) -> bool:
         """True when pgwarden can judge statements for this database's backend major."""
         return self.server_majors.get(database, PARSER_MAJOR) in SUPPORTED_SERVERS
+
+    def version_problem(self, database: str, reported: str) -> tuple[str, str] | None:
+        """(message, hint) when policed sessions cannot use this database: its backend's major is not
+        supported, or the server_version a backend reported (ParameterStatus) is another major than
+        the control plane read; None when statements can be judged.
+        """
+        major = self.server_majors.get(database, PARSER_MAJOR)
+        if major not in SUPPORTED_SERVERS:
+            deny = unsupported(major).deny
+            return deny.message, deny.hint
+        digits = re.match(r"\d+", reported or "")
+        if digits is not None and int(digits.group()) != major:
+            return (f"the backend reports PostgreSQL {reported}, but pgwarden read PostgreSQL {major} "
+                    f"for database {database!r}: it cannot tell which grammar runs the statements",
+                    "Point the control plane and the backends of this database at the same PostgreSQL, "
+                    "or reload pgwarden after an upgrade.")
+        return None
 
     def problems(self, database: str) -> list[str]:
         """Tables and masked columns the policy names that the live schema lacks."""

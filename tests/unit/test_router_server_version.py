@@ -47,3 +47,16 @@ def test_an_unsupported_backend_refuses_every_policed_statement(tmp_path):
         assert isinstance(decision, Refuse) and decision.sqlstate == "0A000"
         assert f"PostgreSQL {major}" in decision.message
         assert router.decide(router.identity("postgres"), None, "shop", "select 1") == ORIGINAL  # bypass
+
+
+def test_a_backend_reporting_another_major_than_the_control_plane_read(tmp_path):
+    router = _router(tmp_path, 15)
+    assert router.version_problem("shop", "15.8 (Debian 15.8-1.pgdg120+1)") is None
+    assert router.version_problem("shop", "") is None
+    message, hint = router.version_problem("shop", "16.2")
+    assert "PostgreSQL 16.2" in message and "PostgreSQL 15" in message and hint
+
+
+def test_an_unsupported_backend_is_a_login_problem(tmp_path):
+    message, hint = _router(tmp_path, 14).version_problem("shop", "14.11")
+    assert "PostgreSQL 14" in message and "15 to 18" in message and hint
