@@ -104,7 +104,12 @@ def test_an_unlisted_table_named_system_user_is_refused(proxy, sql, prepare):
 CALLS = ["select json_object()", "SELECT JSON_OBJECT()", "select Json_Object() as x",
          "select json_arrayagg(name) from customers", "select JSON_ARRAYAGG(name) from countries",
          "select merge_action()", "select * from json_table('x')", "select (json_object())",
-         "select c.name from customers c where c.name <> json_object()", "select public.json_object()"]
+         "select c.name from customers c where c.name <> json_object()", "select public.json_object()",
+         "explain analyze select json_object()", "copy (select json_object()) to stdout",
+         "prepare leak as select merge_action()", "update orders set total = 1 where json_object() is not null",
+         "insert into orders (id, tenant_id, customer_id, total) select 99, 'acme', 1, length(json_object())",
+         "select * from countries where exists (select 1 from json_table('x'))",
+         "select json_arrayagg(code) over () from countries", "select x from (values (json_object())) v(x)"]
 
 
 @pytest.mark.parametrize("prepare", [False, True], ids=["simple", "extended"])
@@ -113,6 +118,15 @@ def test_the_databases_own_sql_json_and_merge_names_are_refused(proxy, sql, prep
     with _tenant(proxy) as conn:
         _refused(conn, sql, prepare)
         _clean(conn, sql, prepare)
+
+
+@pytest.mark.parametrize("sql", ["select 1; select json_object()", "select * from countries; table system_user",
+                                 "begin; select merge_action(); commit"])
+def test_a_message_of_several_statements_is_judged_whole(proxy, sql):
+    with _tenant(proxy) as conn:
+        _refused(conn, sql, False)
+        _clean(conn, sql)
+        conn.execute("rollback")
 
 
 def test_update_with_a_target_alias_named_system_user_does_not_copy_the_unmasked_row(proxy):
