@@ -79,7 +79,7 @@ class PolicyLoadError(Exception):
 
 
 def load_router(path: Path, schemas: dict | None = None, search_paths: dict | None = None,
-                routines: dict | None = None) -> "Router":
+                routines: dict | None = None, server_majors: dict | None = None) -> "Router":
     """Load the policy at `path` (a file or a folder) into a new Router; PolicyLoadError if it is bad."""
     from policies.load import load_policy
     from policies.source import SourceError
@@ -87,7 +87,8 @@ def load_router(path: Path, schemas: dict | None = None, search_paths: dict | No
         policy = load_policy(path)
     except SourceError as exc:
         raise PolicyLoadError(list(exc.errors)) from exc
-    return Router(policy, Path(path), dict(schemas or {}), dict(search_paths or {}), dict(routines or {}))
+    return Router(policy, Path(path), dict(schemas or {}), dict(search_paths or {}), dict(routines or {}),
+                  dict(server_majors or {}))
 
 
 class Router:
@@ -95,14 +96,15 @@ class Router:
 
     def __init__(self, policy, source: Path, schemas: dict[str, dict[str, tuple[Column, ...]]],
                  search_paths: dict[str, tuple[str, ...]] | None = None,
-                 routines: dict[str, UserRoutines] | None = None) -> None:
+                 routines: dict[str, UserRoutines] | None = None,
+                 server_majors: dict[str, int] | None = None) -> None:
         self.policy = policy
         self.source = source
         self.schemas = schemas
         self.generation = 0  # bumped when a schema is read again: sessions' cached decisions expire
         self.search_paths = search_paths or {}
         self.routines = routines or {}
-        self.server_majors: dict[str, int] = {}  # database -> its backend's PostgreSQL major
+        self.server_majors = server_majors or {}  # database -> its backend's PostgreSQL major
         self.monitor = policy.mode == "monitor"
         self.tenant_setting, self._signed, self._key = _tenant_settings(policy)
         self._cache: dict[tuple, Decision] = {}

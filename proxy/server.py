@@ -117,7 +117,8 @@ class Server:
             return None
         old = self.router
         router = load_router(config.policies, old.schemas if old else {},
-                             old.search_paths if old else {}, old.routines if old else {})
+                             old.search_paths if old else {}, old.routines if old else {},
+                             old.server_majors if old else {})
         router.observe = self.metrics.rewrite_seconds.observe
         return router
 

@@ -8,8 +8,6 @@ rewriter/server_grammar.py's business.
 
 from __future__ import annotations
 
-import json
-
 import pglast
 from pglast import ast, parse_sql, parser
 from pglast import keywords as pglast_keywords
@@ -18,19 +16,10 @@ from pglast.parser import ParseError, fingerprint, parse_sql_json, scan, split
 PARSER_MAJOR = 18
 """The PostgreSQL major whose grammar pglast (pinned >=8,<9 in pyproject.toml) parses with."""
 
-KEYWORD_KINDS = {"UNRESERVED_KEYWORD": "unreserved", "COL_NAME_KEYWORD": "col_name",
-                 "TYPE_FUNC_NAME_KEYWORD": "type_func_name", "RESERVED_KEYWORD": "reserved"}
-"""A scanned token's `kind` -> the keyword category kwlist.h gives it."""
-
 
 def parser_major() -> int:
     """The major of the grammar pglast was built on (from its libpg_query version string)."""
     return pglast.get_postgresql_version()[0]
-
-
-def statements_json(sql: str) -> list[dict]:
-    """The raw statements of `sql` as libpg_query's JSON (each {"stmt": ..., "stmt_location": ...})."""
-    return json.loads(parse_sql_json(sql)).get("stmts", [])
 
 
 def parser_keywords() -> dict[str, str]:
@@ -42,5 +31,5 @@ def parser_keywords() -> dict[str, str]:
     return out
 
 
-__all__ = ["PARSER_MAJOR", "KEYWORD_KINDS", "ParseError", "ast", "fingerprint", "parse_sql",
-           "parse_sql_json", "parser", "parser_keywords", "parser_major", "scan", "split", "statements_json"]
+__all__ = ["PARSER_MAJOR", "ParseError", "ast", "fingerprint", "parse_sql",
+           "parse_sql_json", "parser", "parser_keywords", "parser_major", "scan", "split"]

@@ -60,3 +60,11 @@ def test_a_backend_reporting_another_major_than_the_control_plane_read(tmp_path)
 def test_an_unsupported_backend_is_a_login_problem(tmp_path):
     message, hint = _router(tmp_path, 14).version_problem("shop", "14.11")
     assert "PostgreSQL 14" in message and "15 to 18" in message and hint
+
+
+def test_a_reload_keeps_each_databases_major(tmp_path):
+    """A reloaded policy keeps the live schemas, so the schema is not read again: the major must come along."""
+    router = _router(tmp_path, 15)
+    reloaded = load_router(router.source, router.schemas, router.search_paths, router.routines, router.server_majors)
+    assert reloaded.server_majors == {"shop": 15}
+    assert isinstance(_decide(reloaded, "select * from system_user"), Refuse)
