@@ -150,3 +150,16 @@ def test_only_ascii_letters_fold_as_postgresql_folds_them():
     """The Kelvin sign lowercases to k in Python, not in PostgreSQL: \u212aeep is no keyword."""
     assert server_text("SELECT \u212aeep, keep FROM t", 15) == 'SELECT \u212aeep, "keep" FROM t'
     assert server_text("SELECT $1, E'system_user', b'01', x'1f' FROM t", 15) == "SELECT $1, E'system_user', b'01', x'1f' FROM t"
+
+
+UNSUPPORTED_ENTRIES = [(major, rule) for major in (13, 14) for rule in word_rules(major).values()]
+
+
+@pytest.mark.parametrize("major,rule", UNSUPPORTED_ENTRIES, ids=[f"{m}-{r.word}" for m, r in UNSUPPORTED_ENTRIES])
+def test_each_differing_word_of_13_and_14_is_classified_and_the_backend_refused(major, rule):
+    """Kept as data (and in docs) though 13 and 14 backends are refused whole."""
+    assert (rule.server or rule.parser) and rule.server != rule.parser
+    assert rule.action == ("quote" if not rule.server else "keep" if rule.word == "recheck" else "refuse")
+    with pytest.raises(Refused) as info:
+        server_text(f"SELECT {rule.word} FROM t", major)
+    assert info.value.deny.sqlstate == "0A000"
