@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-import pglast.parser
 from pydantic import BaseModel, ConfigDict, Field
 
 from proxy.audit_sinks import FileSink, RedisSink, SinkError
+from rewriter import pgparser
 
 log = logging.getLogger("pgwarden.audit")
 GENESIS = "0" * 64
@@ -140,7 +140,7 @@ def redact(sql: str) -> str:
 def scanned(sql: str) -> str:
     """`redact` by PostgreSQL's scanner alone."""
     try:
-        tokens = pglast.parser.scan(sql)
+        tokens = pgparser.scan(sql)
     except Exception:  # any scanner error: fall back to removing everything that could be a value
         return _CONSERVATIVE.sub(_conservative, sql)
     out, last = [], 0
@@ -171,7 +171,7 @@ def fingerprint(sql: str) -> str:
     True
     """
     try:
-        return pglast.parser.fingerprint(sql)
+        return pgparser.fingerprint(sql)
     except Exception:  # not parseable: identity by the redacted text
         shape = " ".join(redact(sql).lower().split())
         return hashlib.sha256(shape.encode()).hexdigest()[:16]

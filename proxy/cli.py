@@ -63,9 +63,9 @@ async def _with_live_schema(config, router, database: str) -> None:
     auth = config.backend_auth  # read as the server reads it: as the role policed sessions use
     user, password = (auth.policed.user, auth.policed.secret()) if auth.policed else \
         (auth.user or "postgres", auth.secret())
-    schema, path, routines = await load_schema(config.primary.host, config.primary.port, user,
-                                               password, database, _backend_tls(config))
-    router.add_schema(database, schema, path, routines)
+    live = await load_schema(config.primary.host, config.primary.port, user, password, database,
+                             _backend_tls(config))
+    router.add_schema(database, live.schema, live.search_path, live.routines, live.server_major)
 
 
 async def _policed_role_problems(config, database: str) -> list[str]:
@@ -134,6 +134,17 @@ def cmd_check(args: argparse.Namespace) -> int:
             for line in problems:
                 print(f"  {line}", file=sys.stderr)
         if problems or unfit:
+            return 1
+    if args.live and router is not None:
+        from rewriter.pgparser import PARSER_MAJOR
+        from rewriter.server_grammar import SUPPORTED_SERVERS
+        major = router.server_majors[args.database]
+        supported = router.server_supported(args.database)
+        print(f"database {args.database!r}: PostgreSQL {major}, "
+              + ("supported" if supported else "NOT supported: policed sessions are refused")
+              + f" (pgwarden judges with PostgreSQL {PARSER_MAJOR}'s grammar and supports "
+              + f"{min(SUPPORTED_SERVERS)} to {max(SUPPORTED_SERVERS)})", file=sys.stdout if supported else sys.stderr)
+        if not supported:
             return 1
     print(f"{args.config}: ok" + (f" (policy {config.policies})" if router else "")
           + (f", matches database {args.database!r}" if args.live and router else ""))

@@ -8,11 +8,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-import pglast.parser
-
 from proxy import protocol
 from proxy.pipeline import SWALLOW
 from proxy.router import Forward, Identity, Refuse, Router, SetTenant
+from rewriter import pgparser
 
 log = logging.getLogger("pgwarden.guard")
 
@@ -40,7 +39,7 @@ def set_value(text: str) -> str | None:
     'acme'
     """
     try:
-        (raw,) = json.loads(pglast.parser.parse_sql_json(text))["stmts"]
+        (raw,) = json.loads(pgparser.parse_sql_json(text))["stmts"]
         args = raw["stmt"]["VariableSetStmt"].get("args") or []
         return args[0]["A_Const"]["sval"]["sval"] if len(args) == 1 else None
     except Exception:
@@ -55,7 +54,7 @@ def search_path_of(text: str) -> tuple[str, ...] | None:
     ('app', 'public')
     """
     try:
-        (raw,) = json.loads(pglast.parser.parse_sql_json(text))["stmts"]
+        (raw,) = json.loads(pgparser.parse_sql_json(text))["stmts"]
         args = raw["stmt"]["VariableSetStmt"].get("args") or []
     except Exception:
         return None
@@ -117,6 +116,18 @@ class Guarded:
                     self.fatal("42501", f"startup parameter refused: {decision.message}",
                                hint=decision.hint)
                     return False
+        return True
+
+    def guard_version(self, server_params: dict[str, str]) -> bool:
+        """False (and the client closed, FATAL 0A000) when pgwarden cannot judge statements for this
+        database's backend: an unsupported PostgreSQL major, or one other than the control plane read."""
+        router = self.server.router
+        if router is None or self.ident is None:
+            return True
+        problem = router.version_problem(self.database, server_params.get("server_version", ""))
+        if problem is not None:
+            self.fatal("0A000", *problem)
+            return False
         return True
 
     def tenant(self) -> str | None:

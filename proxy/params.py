@@ -6,7 +6,7 @@ import json
 import re
 from dataclasses import dataclass
 
-import pglast.parser
+from rewriter import pgparser
 
 # First words of statements that may change session state; anything else is not parsed here.
 _WATCHED = frozenset({"set", "reset", "discard", "listen", "prepare", "savepoint", "release",
@@ -104,7 +104,7 @@ def effects(sql: str) -> list[Effect]:
     if plain is not None:  # BEGIN / COMMIT / ROLLBACK, in every transaction: no parse
         return [plain]
     try:
-        stmts = json.loads(pglast.parser.parse_sql_json(sql))["stmts"]
+        stmts = json.loads(pgparser.parse_sql_json(sql))["stmts"]
     except Exception:  # pglast raises its own ParseError; PostgreSQL will report it to the client
         return []
     out = []

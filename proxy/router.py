@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pglast.parser
-
 from policies import evaluate
 from rewriter import api as rewriter
 from rewriter.catalog import ImplicitRisks
+from rewriter import pgparser
 from rewriter.context import Column, Context, MaskSpec, TableRule, UserRoutines
+from rewriter.pgparser import PARSER_MAJOR
 from rewriter.result import Allow, Deny, Rewrite
 from rewriter.risks import implicit_risks
+from rewriter.server_grammar import SUPPORTED_SERVERS, unsupported
 
 log = logging.getLogger("pgwarden.router")
 
@@ -79,7 +81,7 @@ class PolicyLoadError(Exception):
 
 
 def load_router(path: Path, schemas: dict | None = None, search_paths: dict | None = None,
-                routines: dict | None = None) -> "Router":
+                routines: dict | None = None, server_majors: dict | None = None) -> "Router":
     """Load the policy at `path` (a file or a folder) into a new Router; PolicyLoadError if it is bad."""
     from policies.load import load_policy
     from policies.source import SourceError
@@ -87,7 +89,8 @@ def load_router(path: Path, schemas: dict | None = None, search_paths: dict | No
         policy = load_policy(path)
     except SourceError as exc:
         raise PolicyLoadError(list(exc.errors)) from exc
-    return Router(policy, Path(path), dict(schemas or {}), dict(search_paths or {}), dict(routines or {}))
+    return Router(policy, Path(path), dict(schemas or {}), dict(search_paths or {}), dict(routines or {}),
+                  dict(server_majors or {}))
 
 
 class Router:
@@ -95,13 +98,15 @@ class Router:
 
     def __init__(self, policy, source: Path, schemas: dict[str, dict[str, tuple[Column, ...]]],
                  search_paths: dict[str, tuple[str, ...]] | None = None,
-                 routines: dict[str, UserRoutines] | None = None) -> None:
+                 routines: dict[str, UserRoutines] | None = None,
+                 server_majors: dict[str, int] | None = None) -> None:
         self.policy = policy
         self.source = source
         self.schemas = schemas
         self.generation = 0  # bumped when a schema is read again: sessions' cached decisions expire
         self.search_paths = search_paths or {}
         self.routines = routines or {}
+        self.server_majors = server_majors or {}  # database -> its backend's PostgreSQL major
         self.monitor = policy.mode == "monitor"
         self.tenant_setting, self._signed, self._key = _tenant_settings(policy)
         self._cache: dict[tuple, Decision] = {}
@@ -112,11 +117,18 @@ class Router:
         self.observe = None  # called with the seconds each uncached decision took
 
     def add_schema(self, database: str, schema: dict[str, tuple[Column, ...]],
-                   search_path: tuple[str, ...], routines: UserRoutines | None = None) -> None:
-        """A database's live schema, read (again) by the control plane, with its own functions and operators."""
+                   search_path: tuple[str, ...], routines: UserRoutines | None = None,
+                   server_major: int | None = None) -> None:
+        """A database's live schema, read (again) by the control plane, with its own functions and operators
+        and its backend's PostgreSQL major (None: offline, judged with the parser's own grammar)."""
         self.schemas[database] = schema
         self.search_paths[database] = search_path
         self.routines[database] = routines or UserRoutines()
+        self.server_majors[database] = server_major or PARSER_MAJOR
+        if not self.server_supported(database):
+            log.error("database %r runs PostgreSQL %s: pgwarden supports %s to %s; every statement of a "
+                      "policed session there is refused", database, server_major,
+                      min(SUPPORTED_SERVERS), max(SUPPORTED_SERVERS))
         self.generation += 1
         self._cache.clear()
         self._shapes.clear()
@@ -124,6 +136,27 @@ class Router:
         self._risks.pop(database, None)
         for problem in self.problems(database):
             log.error("%s", problem)
+
+    def server_supported(self, database: str) -> bool:
+        """True when pgwarden can judge statements for this database's backend major."""
+        return self.server_majors.get(database, PARSER_MAJOR) in SUPPORTED_SERVERS
+
+    def version_problem(self, database: str, reported: str) -> tuple[str, str] | None:
+        """(message, hint) when policed sessions cannot use this database: its backend's major is not
+        supported, or the server_version a backend reported (ParameterStatus) is another major than
+        the control plane read; None when statements can be judged.
+        """
+        major = self.server_majors.get(database, PARSER_MAJOR)
+        if major not in SUPPORTED_SERVERS:
+            deny = unsupported(major).deny
+            return deny.message, deny.hint
+        digits = re.match(r"\d+", reported or "")
+        if digits is not None and int(digits.group()) != major:
+            return (f"the backend reports PostgreSQL {reported}, but pgwarden read PostgreSQL {major} "
+                    f"for database {database!r}: it cannot tell which grammar runs the statements",
+                    "Point the control plane and the backends of this database at the same PostgreSQL, "
+                    "or reload pgwarden after an upgrade.")
+        return None
 
     def problems(self, database: str) -> list[str]:
         """Tables and masked columns the policy names that the live schema lacks."""
@@ -247,7 +280,8 @@ class Router:
                           tenant, frozenset(evaluate.allowed_functions(self.policy)),
                           tuple(s.replace("$user", ident.user) for s in path if s),
                           evaluate.SENSITIVE_CATALOG_RELATIONS, self.routines.get(database, UserRoutines()),
-                          self.implicit(database))
+                          self.implicit(database),
+                          self.server_majors.get(database, PARSER_MAJOR))
             self._contexts[key] = ctx
         return ctx
 
@@ -339,7 +373,7 @@ def _shape(sql: str) -> tuple[str, int, list[str]] | None:
     ('select * from t where a = $1001 and b > $1002', 1001, ["'x'", '2'])
     """
     try:
-        tokens = pglast.parser.scan(sql)
+        tokens = pgparser.scan(sql)
     except Exception:
         return None
     params = [int(sql[t.start + 1:t.end + 1]) for t in tokens if t.name == "PARAM"]
@@ -359,7 +393,7 @@ def _shape(sql: str) -> tuple[str, int, list[str]] | None:
 def _restore(text: str, base: int, literals: list[str]) -> str | None:
     """Put the literals back where the parameters from `base` stand (None if one is unknown)."""
     try:
-        tokens = pglast.parser.scan(text)
+        tokens = pgparser.scan(text)
     except Exception:
         return None
     out, last = [], 0
@@ -389,7 +423,7 @@ def _describe(decision: Decision) -> str:
 def _single_show(sql: str) -> str | None:
     """The setting name of a lone SHOW statement, else None."""
     try:
-        stmts = json.loads(pglast.parser.parse_sql_json(sql))["stmts"]
+        stmts = json.loads(pgparser.parse_sql_json(sql))["stmts"]
     except Exception:
         return None
     if len(stmts) != 1 or "VariableShowStmt" not in stmts[0]["stmt"]:
@@ -400,7 +434,7 @@ def _single_show(sql: str) -> str | None:
 def _single_variable_set(sql: str) -> tuple[str, str | None, bool, bool] | None:
     """(name, string value, is_local, is_reset) of a lone SET/RESET statement, else None."""
     try:
-        stmts = json.loads(pglast.parser.parse_sql_json(sql))["stmts"]
+        stmts = json.loads(pgparser.parse_sql_json(sql))["stmts"]
     except Exception:
         return None
     if len(stmts) != 1 or "VariableSetStmt" not in stmts[0]["stmt"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from typing import NamedTuple
 
 import asyncpg
 
@@ -49,11 +50,20 @@ where {_SYSTEM}
 Schema = dict[str, tuple[Column, ...]]
 
 
+class LiveSchema(NamedTuple):
+    """What the control plane read of one database."""
+
+    schema: Schema
+    search_path: tuple[str, ...]
+    routines: UserRoutines
+    server_major: int  # the backend's PostgreSQL major (server_version_num // 10000)
+
+
 async def load_schema(host: str, port: int, user: str, password: str | None, database: str,
-                      tls: ssl.SSLContext | None = None, timeout: float = 10.0
-                      ) -> tuple[Schema, tuple[str, ...], UserRoutines]:
+                      tls: ssl.SSLContext | None = None, timeout: float = 10.0) -> LiveSchema:
     """Every user table, view and partition ({"schema.relation": columns in table order}),
-    the search_path a backend of this role starts with, and the user-defined functions and operators."""
+    the search_path a backend of this role starts with, the user-defined functions and operators,
+    and the backend's PostgreSQL major."""
     conn = await asyncpg.connect(host=host, port=port, user=user, password=password,
                                  database=database, ssl=tls or False, timeout=timeout,
                                  statement_cache_size=0)
@@ -63,6 +73,7 @@ async def load_schema(host: str, port: int, user: str, password: str | None, dat
         functions = await conn.fetch(_FUNCTIONS, timeout=timeout)
         operators = await conn.fetch(_OPERATORS, timeout=timeout)
         catalog = await read_catalog(conn, timeout)
+        version_num = int(await conn.fetchval("select current_setting('server_version_num')", timeout=timeout))
     finally:
         await conn.close()
     schema: dict[str, list[Column]] = {}
@@ -70,8 +81,8 @@ async def load_schema(host: str, port: int, user: str, password: str | None, dat
         schema.setdefault(f"{nsp}.{rel}", []).append(Column(col, typ))
     search_path = tuple(p.strip().strip('"') for p in path.split(",") if p.strip())
     found = routines(functions, operators)
-    return ({name: tuple(cols) for name, cols in schema.items()}, search_path,
-            UserRoutines(found.functions, found.operators, catalog))
+    return LiveSchema({name: tuple(cols) for name, cols in schema.items()}, search_path,
+                      UserRoutines(found.functions, found.operators, catalog), version_num // 10000)
 
 
 def routines(functions: list, operators: list) -> UserRoutines:

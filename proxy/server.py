@@ -137,7 +137,8 @@ class Server:
             return None
         old = self.router
         router = load_router(config.policies, old.schemas if old else {},
-                             old.search_paths if old else {}, old.routines if old else {})
+                             old.search_paths if old else {}, old.routines if old else {},
+                             old.server_majors if old else {})
         router.observe = self.metrics.rewrite_seconds.observe
         return router
 
@@ -208,11 +209,11 @@ class Server:
 
     async def _load_schema(self, database: str) -> None:
         target = self._target(database, self.config.backend_auth.user or "postgres", policed=True)
-        schema, search_path, routines = await load_schema(target.host, target.port, target.user,
-                                                          target.password, database, target.tls_context)
+        live = await load_schema(target.host, target.port, target.user, target.password, database,
+                                 target.tls_context)
         router = self.router
         if router is not None:
-            router.add_schema(database, schema, search_path, routines)
+            router.add_schema(database, live.schema, live.search_path, live.routines, live.server_major)
         await self._recheck_roles(database)
 
     async def _recheck_roles(self, database: str) -> None:

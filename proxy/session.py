@@ -312,7 +312,8 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         self.pool = pool
         self.tx_mode = self.config.pool.mode == "transaction"
         self.settings = params.startup_settings(self._client_params)
-        if not self.guard_login() or not await self.server.ensure_schema(self, self.database):
+        if not self.guard_login() or not await self.server.ensure_schema(self, self.database) \
+                or not self.guard_version(server_params):
             return
         shown = {**server_params, **{k: v for k, v in self._client_params.items() if k in server_params}}
         out = [protocol.parameter_status(k, v) for k, v in shown.items()]

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pglast.parser
-from pglast import ast, parse_sql
 from pydantic import BaseModel, ConfigDict, Field
 
 from proxy.audit import fingerprint, redact
+from rewriter import pgparser
+from rewriter.pgparser import ast, parse_sql
 
 log = logging.getLogger("pgwarden.slow")
 PENDING = 1000
@@ -43,7 +43,7 @@ def explainable(sql: str) -> bool:
     (False, False)
     """
     try:
-        if any(tok.name == "PARAM" for tok in pglast.parser.scan(sql)):
+        if any(tok.name == "PARAM" for tok in pgparser.scan(sql)):
             return False
         statements = parse_sql(sql)
     except Exception:  # not parseable: nothing to explain

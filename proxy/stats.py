@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections import deque
 
-import pglast.parser
-
 from proxy import protocol
 from proxy.audit import redact
+from rewriter import pgparser
 
 MAX_FINGERPRINTS = 5000
 MAX_PENDING = 50_000
@@ -73,7 +72,7 @@ class QueryStats:
         fp = self._fingerprints.get(sql)
         if fp is None:
             try:
-                fp = pglast.parser.fingerprint(sql)
+                fp = pgparser.fingerprint(sql)
             except Exception:  # not parseable: its redacted text is its identity
                 fp = redact(sql)[:200]
             if len(self._fingerprints) > 20_000:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pglast import parser
-
 from .checks import (PASS_THROUGH, QUERIES, WRAPPED, Checked, check_calls, check_copy_ends, check_copy_from,
                      check_ref, check_setting)
 from .classify import INNER_QUERY, statement_kind, statements, walk_statement
@@ -13,11 +11,13 @@ from .context import Context
 from .copy import copy_to_query
 from .implicit import check_columns, check_implicit_names
 from .inserts import guard_inserts
+from .pgparser import parser
 from .reads import requalify_columns, substitute_reads
 from .refuse import Refused
 from .result import Allow, Deny, Result, Rewrite
 from .routines import check_routines
 from .secret_settings import check_setting_reads, check_settings_view, check_show
+from .server_grammar import server_text
 from .splice import Edit, ParamCheck, Tokens, apply, scan
 from .verify import verify
 from .write_masks import mask_write_columns
@@ -115,13 +115,19 @@ def summary(judged: list[Judged]) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def rewrite(sql: str, ctx: Context) -> Result:
     """What to send the backend for a client's message, for a non-bypass session.
 
+    The message is judged, rewritten and sent as the backend's grammar reads it
+    (server_grammar.server_text: on an older backend, words it reads as names are quoted).
+
     >>> rewrite("SAVEPOINT s1", Context({}, {}, None))
     Allow(sql='SAVEPOINT s1')
     >>> rewrite("TRUNCATE orders", Context({}, {}, None)).rule
     'statements'
     """
     try:
+        sql, client = server_text(sql, ctx.server_major), sql
         parsed = statements(sql)
+    except Refused as refused:
+        return refused.deny
     except (parser.ParseError, ValueError) as exc:
         return Deny(f"statement refused: it could not be parsed ({exc})",
                     "Check the SQL syntax (PostgreSQL's own parser rejected it).", "parse")
@@ -129,7 +135,7 @@ def rewrite(sql: str, ctx: Context) -> Result:
         checked = [check_statement(kind, fields, ctx) for kind, fields in parsed]
         check_message(checked)
         if not any(needs_rules(c) for c in checked):
-            return Allow(sql)
+            return Allow(sql) if sql == client else Rewrite(sql)
         toks = scan(sql)
         judged = [judge(c, ctx, toks) for c in checked]
         edits = [e for j in judged for e in j.edits]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pglast import parser
-
 from .analyse import Found, RelRef, collect, node_type
+from .pgparser import parser
 from .resolve import relation_name_only
 from .result import Kind
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .catalog import CatalogFacts, ImplicitRisks
+from .pgparser import PARSER_MAJOR
 
 MASK_KINDS = frozenset({"redact", "null", "email", "partial", "hash", "year", "round", "constant"})
 
@@ -83,6 +84,8 @@ class Context:
     sensitive catalogs; `search_path` is the session's, without "$user";
     `routines` are the live database's own functions and operators (none offline);
     `implicit` the types, casts, columns and functions that would call unallowed functions unnamed.
+    `server_major` is the backend's PostgreSQL major: statements are judged as its grammar
+    reads them (rewriter/server_grammar.py; the parser's own major when unknown, offline).
     """
 
     tables: Mapping[str, TableRule]
@@ -93,3 +96,4 @@ class Context:
     denied_relations: frozenset[str] = frozenset()
     routines: UserRoutines = UserRoutines()
     implicit: ImplicitRisks = ImplicitRisks()
+    server_major: int = PARSER_MAJOR

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass
 
-from pglast import parser
+from .pgparser import parser
 
 OPEN = frozenset({"ASCII_40", "ASCII_91"})    # ( [
 CLOSE = frozenset({"ASCII_41", "ASCII_93"})   # ) ]

@@ -15,14 +15,13 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pglast import ast
-
 from .analyse import node_type, returning
 from .checks import check_calls, check_ref
 from .classify import statements, walk_statement
 from .context import Context
 from .inserts import given_columns, source_rows, value_index
 from .masks import mask_expr, projection, quote_ident, tenant_predicate
+from .pgparser import ast
 from .refuse import Refused
 from .resolve import resolve_relation
 from .splice import Edit
