@@ -7,11 +7,11 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import pglast
 import psycopg
 
 from policies.load import load_policy
 from proxy.role_sql import ATTRIBUTES, role_sql
+from rewriter.pgparser import split
 from tests.harness import PG_HOST, PG_PORT
 
 ROLE = "pgw_policed"  # a prefix: each policy's role is ROLE_<digest of the policy> (role_for)
@@ -65,7 +65,7 @@ def _grant_in(database: str, grants: str, role: str) -> None:
             for kind in ("TABLES", "SEQUENCES", "FUNCTIONS"):
                 conn.execute(f'revoke all on all {kind} in schema "{schema}" from "{role}"')
             conn.execute(f'revoke all on schema "{schema}" from "{role}"')
-        for statement in pglast.split(grants):
+        for statement in split(grants):
             try:
                 conn.execute(statement)
             except _MISSING:
