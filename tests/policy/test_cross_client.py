@@ -145,36 +145,37 @@ def test_names_are_keyed_and_bound_to_the_identity(shared) -> None:
                 assert name != f"pgw_{unkeyed}"
 
 
-def test_another_clients_hold_cursor_or_temp_objects_never_reach_b(shared) -> None:
+PROBE = ("select (select count(*) from pg_cursors), (select count(*) from pg_class where "
+         "relnamespace = pg_my_temp_schema()) + (select count(*) from pg_type where "
+         "typnamespace = pg_my_temp_schema()), current_setting('statement_timeout')")
+
+
+@pytest.mark.parametrize("user, statements", [
+    ("acme_app", ["begin", "declare c cursor with/**/hold for select name from customers", "commit"]),
+    ("acme_app", ["begin", "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT 1", "commit"]),
+    ("postgres", ["create /* x */ temporary table t (x int)"]),
+    ("postgres", ["create table pg_temp.t (x int)"]),
+    ("postgres", ["select 1 as x into temp t"]),
+    ("postgres", ["create type pg_temp.int4 as (a int)"]),
+    ("postgres", ["create temp sequence s"]),
+    ("postgres", ["select \"set_config\"('statement_timeout', '4321', false)"]),
+    ("postgres", ["SELECT SET_CONFIG('statement_timeout', '4321', false)"]),
+])
+def test_another_clients_hold_cursor_or_temp_objects_never_reach_b(shared, user, statements) -> None:
     """State that outlives a transaction keeps A on its backend until A leaves, however it is
     spelled; then the backend is reset. B waits (and times out) or sees nothing of it."""
-    probe = ("select (select count(*) from pg_cursors), (select count(*) from pg_class where "
-             "relnamespace = pg_my_temp_schema()) + (select count(*) from pg_type where "
-             "typnamespace = pg_my_temp_schema()), current_setting('statement_timeout')")
-    variants = [
-        ("acme_app", ["begin", "declare c cursor with/**/hold for select name from customers", "commit"]),
-        ("acme_app", ["begin", "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT 1", "commit"]),
-        ("postgres", ["create /* x */ temporary table t (x int)"]),
-        ("postgres", ["create table pg_temp.t (x int)"]),
-        ("postgres", ["select 1 as x into temp t"]),
-        ("postgres", ["create type pg_temp.int4 as (a int)"]),
-        ("postgres", ["create temp sequence s"]),
-        ("postgres", ["select \"set_config\"('statement_timeout', '4321', false)"]),
-        ("postgres", ["SELECT SET_CONFIG('statement_timeout', '4321', false)"]),
-    ]
-    for user, statements in variants:
-        with connect(shared, user) as a:
-            for sql in statements:
-                a.execute(sql)
-            with connect(shared, "postgres") as b:
-                try:
-                    row = b.execute(probe).fetchone()
-                except psycopg.Error as exc:  # A keeps the backend: B cannot have it
-                    assert exc.sqlstate == "53300", (statements, exc)
-                else:
-                    pytest.fail(f"B shared A's backend after {statements}: {row}")
+    with connect(shared, user) as a:
+        for sql in statements:
+            a.execute(sql)
         with connect(shared, "postgres") as b:
-            assert b.execute(probe).fetchone() == (0, 0, "0"), statements
+            try:
+                row = b.execute(PROBE).fetchone()
+            except psycopg.Error as exc:  # A keeps the backend: B cannot have it
+                assert exc.sqlstate == "53300", exc
+            else:
+                pytest.fail(f"B shared A's backend: {row}")
+    with connect(shared, "postgres") as b:
+        assert b.execute(PROBE).fetchone() == (0, 0, "0")
 
 
 # --- transaction pooling: what a policed client itself may not do ------------------------------
