@@ -162,9 +162,9 @@ def check_calls(found: Found, ctx: Context) -> None:
         if parts[-1] in PER_BACKEND_FUNCTIONS and parts[:-1] in ((), ("pg_catalog",)):
             raise Refused(f"function {parts[-1]}() is refused: it reads what the backend holds for "
                           "its session, which on a pooled backend can be another client's",
-                          "Use INSERT ... RETURNING (or keep the value nextval() returned) instead of "
-                          "lastval()/currval(); pgwarden keeps prepared statements and cursors per client.",
-                          "functions.allow")
+                          "Use INSERT ... RETURNING, or keep the value nextval() returned."
+                          if parts[-1] in ("lastval", "currval") else "Only bypass roles may read it.",
+                          "catalogs")
         if not function_allowed(parts, ctx):
             shown = ".".join(parts)
             raise Refused(f"function {shown}() is refused: it is not a safe built-in nor listed in functions.allow",

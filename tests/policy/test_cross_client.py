@@ -96,7 +96,7 @@ def test_other_clients_statements_cannot_be_executed(shared) -> None:
         assert a.execute(CUSTOMER, (1,), prepare=True).fetchall() == [(1, "Ann", "****")]
         a.execute("update customers set phone = phone where id = %s", (1,), prepare=True)
         names = [name for name, text in proxy_statements(admin) if "acme" in text]
-        assert len(names) == 2, proxy_statements(admin)
+        assert len(names) >= 2, proxy_statements(admin)
         for user in ("globex_app", "alice", "postgres"):
             with connect(shared, user) as b:
                 for name in names:
@@ -113,19 +113,23 @@ def test_other_clients_statements_cannot_be_executed(shared) -> None:
 
 
 def test_other_clients_statements_cannot_be_deallocated(shared) -> None:
+    sql = CUSTOMER + " and 2 = 2"
     with connect(shared, "acme_app") as a, connect(shared, "postgres") as admin:
-        assert a.execute(CUSTOMER + " and 2 = 2", (2,), prepare=True).fetchall() == [(2, "Bob", "****")]
-        (name,) = [n for n, text in proxy_statements(admin) if "acme" in text and "2 = 2" in text]
+        assert a.execute(sql, (2,), prepare=True).fetchall() == [(2, "Bob", "****")]
+        # (one name per schema generation: a schema read again meanwhile prepares it anew)
+        names = [n for n, text in proxy_statements(admin) if "acme" in text and "2 = 2" in text]
+        assert names
         for user in ("globex_app", "postgres"):
             with connect(shared, user) as b:
-                for sql in (f"DEALLOCATE {name}", f'deallocate prepare "{name}"',
-                            f"/* x */ deallocate {name}", f"select 1; deallocate {name}",
-                            "select 1; deallocate all"):
-                    refused(b, sql)
-                    refused(b, sql, prepare=True)
-                b.pgconn.exec_(f"DEALLOCATE {name}".encode())  # simple protocol: answered by pgwarden
-        assert name in [n for n, _ in proxy_statements(admin)]
-        assert a.execute(CUSTOMER + " and 2 = 2", (2,), prepare=True).fetchall() == [(2, "Bob", "****")]
+                for name in names:
+                    for stmt in (f"DEALLOCATE {name}", f'deallocate prepare "{name}"',
+                                 f"/* x */ deallocate {name}", f"select 1; deallocate {name}",
+                                 "select 1; deallocate all"):
+                        refused(b, stmt)
+                        refused(b, stmt, prepare=True)
+                    b.pgconn.exec_(f"DEALLOCATE {name}".encode())  # simple protocol: answered by pgwarden
+        assert set(names) <= {n for n, _ in proxy_statements(admin)}
+        assert a.execute(sql, (2,), prepare=True).fetchall() == [(2, "Bob", "****")]
 
 
 def test_names_are_keyed_and_bound_to_the_identity(shared) -> None:
@@ -138,7 +142,7 @@ def test_names_are_keyed_and_bound_to_the_identity(shared) -> None:
         assert a.execute(sql, ("us",), prepare=True).fetchall() == [("United States",)]
         assert g.execute(sql, ("fr",), prepare=True).fetchall() == [("France",)]
         seen = [(n, t) for n, t in proxy_statements(admin) if "countries" in t and "code" in t]
-        assert len(seen) == 2 and seen[0][1] == seen[1][1], seen
+        assert len(seen) >= 2 and len({text for _, text in seen}) == 1, seen
         for name, text in seen:
             for types in (b"", b"\x00\x00\x00\x19", b"\x00\x01\x00\x00\x00\x19"):
                 unkeyed = hashlib.blake2b(text.encode() + b"\x00" + types, digest_size=10).hexdigest()
