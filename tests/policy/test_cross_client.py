@@ -258,3 +258,18 @@ def test_after_a_client_leaves_the_next_sees_nothing_of_it(one_backend) -> None:
             assert texts == []  # DISCARD ALL before the backend was lent again
         for sql in (f"execute {n}(1)" for n, _ in proxy_statements(b)):
             refused(b, sql)
+
+
+def test_another_clients_portals_are_gone_when_its_transaction_ends(shared) -> None:
+    """Cursors and protocol portals end with A's transaction (WITH HOLD ones keep A on its
+    backend, above): B's FETCH, MOVE, CLOSE and Describe of the name find nothing."""
+    with connect(shared, "acme_app") as a, connect(shared, "globex_app") as b:
+        with a.transaction():
+            a.execute("declare c cursor for select name from customers")
+            assert a.execute("fetch 1 from c").fetchall() == [("Ann",)]
+        for sql in ("fetch all from c", "move next in c", "close c"):
+            with pytest.raises(psycopg.Error) as info:
+                b.execute(sql)
+            assert info.value.sqlstate == "34000", (sql, info.value)
+        described = b.pgconn.describe_portal(b"c")
+        assert described.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"34000"
