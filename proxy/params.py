@@ -38,9 +38,10 @@ class Effect:
 _HEADS = frozenset({"set", "res", "dis", "lis", "pre", "dea", "rol", "abo", "cre", "dec", "sav", "rel",
                     "beg", "sta", "com", "end", "exe", "exp"})
 # Words without which a statement cannot leave state behind (temporary objects, WITH HOLD
-# cursors, session advisory locks, set_config()): a cheap scan before any parse.
-MAY_LEAVE_STATE = re.compile(r"temp|hold|set_config|advisory_lock", re.I)
-MAY_LEAVE_STATE_BYTES = re.compile(rb"temp|hold|set_config|advisory_lock", re.I)
+# cursors, session advisory locks, set_config()): a cheap scan before any parse. U& is an
+# identifier spelled with escapes (U&"set\005fconfig"), which only the parse can read.
+MAY_LEAVE_STATE = re.compile(r"temp|hold|set_config|advisory_lock|u&", re.I)
+MAY_LEAVE_STATE_BYTES = re.compile(rb"temp|hold|set_config|advisory_lock|u&", re.I)
 
 
 def plain_transaction_control(sql: str) -> bool:

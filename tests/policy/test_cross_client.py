@@ -164,6 +164,7 @@ PROBE = ("select (select count(*) from pg_cursors), (select count(*) from pg_cla
     ("postgres", ["create temp sequence s"]),
     ("postgres", ["select \"set_config\"('statement_timeout', '4321', false)"]),
     ("postgres", ["SELECT SET_CONFIG('statement_timeout', '4321', false)"]),
+    ("acme_app", ["select U&\"set\\005fconfig\"('statement_timeout', '4321', false)"]),
 ])
 def test_another_clients_hold_cursor_or_temp_objects_never_reach_b(shared, user, statements) -> None:
     """State that outlives a transaction keeps A on its backend until A leaves, however it is
@@ -265,7 +266,7 @@ def test_another_clients_portals_are_gone_when_its_transaction_ends(shared) -> N
     backend, above): B's FETCH, MOVE, CLOSE and Describe of the name find nothing."""
     with connect(shared, "acme_app") as a, connect(shared, "globex_app") as b:
         with a.transaction():
-            a.execute("declare c cursor for select name from customers")
+            a.execute("declare c cursor for select name from customers order by id")
             assert a.execute("fetch 1 from c").fetchall() == [("Ann",)]
         for sql in ("fetch all from c", "move next in c", "close c"):
             with pytest.raises(psycopg.Error) as info:

@@ -39,6 +39,8 @@ def test_names_are_keyed_per_process_and_bound_to_the_scope() -> None:
     "select pg_advisory_lock(1)", "select pg_catalog.pg_try_advisory_lock_shared(1)",
     "select set_config('statement_timeout', '1', false)", 'select "set_config"($1, $2, false)',
     "SELECT SET_CONFIG('work_mem', '1MB', false)", "select 1; create temp table t (x int)",
+    'select U&"set\\005fconfig"(\'work_mem\', \'1MB\', false)', 'create table U&"pg\\005ftemp".t (x int)',
+    'select U&"pg_advisory\\005flock"(1)',
 ])
 def test_state_that_outlives_the_transaction_is_seen(sql) -> None:
     assert params.leaves_state(sql)
