@@ -14,7 +14,7 @@ from proxy.txstate import CONTROL, TxState
 log = logging.getLogger("pgwarden.session")
 
 _P, _B, _D, _C, _S, _H, _Q = (ord(c) for c in "PBDCSHQ")
-_I = ord("I")
+_I, _E = ord("I"), ord("E")
 
 _DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(all|\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$",
                          re.I | re.S)
@@ -139,7 +139,7 @@ class Pooled(TxState):
         """A policed session's SQL PREPARE / DEALLOCATE: which scopes each name may hold."""
         backend = self.backend
         sure = simple and len(effects) == 1 and backend.tracker.idle \
-            and backend.tracker.status == _I  # type: ignore[union-attr]
+            and backend.tracker.status != _E  # type: ignore[union-attr]  # (not in a failed transaction)
         for effect in effects:
             if effect.kind == "prepare":
                 self.sql_names.prepare(effect.name, self.statement_scope())

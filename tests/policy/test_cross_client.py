@@ -214,6 +214,28 @@ def test_sql_prepare_then_tenant_change_refuses_execute(one_backend) -> None:
         assert c.execute("execute q").fetchall() == [("Gus",)]
 
 
+def test_sql_deallocate_that_failed_is_not_trusted(one_backend) -> None:
+    """A DEALLOCATE in a failed transaction does nothing: the name still holds acme's statement,
+    so after a switch to globex (whose PREPARE of the name fails) EXECUTE is refused."""
+    if one_backend.config["pool"]["mode"] == "transaction":
+        pytest.skip("SQL PREPARE is refused under transaction pooling")
+    with connect(one_backend, "saas_backend") as c:
+        run = c.pgconn.exec_
+        c.execute("set pgwarden.tenant = 'acme'")
+        assert run(b"prepare q2 as select name from customers order by id").status == \
+            psycopg.pq.ExecStatus.COMMAND_OK
+        for sql in (b"begin", b"select 1/0", b"deallocate q2", b"rollback"):
+            run(sql)
+        c.execute("set pgwarden.tenant = 'globex'")
+        assert run(b"prepare q2 as select name from customers order by id").status == \
+            psycopg.pq.ExecStatus.FATAL_ERROR  # q2 exists: acme's
+        assert refused(c, "execute q2") == "42501"
+        for sql in (b"begin", b"deallocate q2", b"commit"):  # in a healthy transaction: done
+            assert run(sql).status == psycopg.pq.ExecStatus.COMMAND_OK, sql
+        run(b"prepare q2 as select name from customers order by id")
+        assert c.execute("execute q2").fetchall() == [("Gus",)]
+
+
 def test_sql_prepare_then_policy_reload_refuses_execute(one_backend, tmp_path) -> None:
     if one_backend.config["pool"]["mode"] == "transaction":
         pytest.skip("SQL PREPARE is refused under transaction pooling")
