@@ -13,13 +13,16 @@ from policies.model import ACTIONS, MASK_OPTIONS
 
 # pg_catalog / information_schema relations refused to non-bypass roles, schema-qualified.
 # Everything else in the catalogs stays readable so ORMs and tools can introspect.
-# Left readable on purpose: pg_prepared_statements, pg_cursors, pg_settings (this session's
-# own), pg_roles/pg_user (password column always '********'), pg_available_extensions.
+# Left readable on purpose: pg_settings (this session's own), pg_roles/pg_user (password
+# column always '********'), pg_available_extensions.
 SENSITIVE_CATALOG_RELATIONS = frozenset(
     {f"pg_catalog.{name}" for name in (
         # other sessions' statements, clients and locks
         "pg_stat_activity", "pg_stat_statements", "pg_stat_statements_info", "pg_locks",
         "pg_stat_ssl", "pg_stat_gssapi", "pg_backend_memory_contexts",
+        # what a pooled backend holds for whichever client it serves (statement texts rewritten
+        # for another tenant, cursors) and every session's prepared transactions
+        "pg_prepared_statements", "pg_cursors", "pg_prepared_xacts",
         # secrets: password hashes, foreign-server passwords, per-role settings
         "pg_authid", "pg_shadow", "pg_user_mapping", "pg_user_mappings", "pg_db_role_setting",
         # large objects are not owned by a tenant: every tenant's bytes

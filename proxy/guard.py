@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from proxy import protocol
 from proxy.pipeline import SWALLOW
 from proxy.router import Forward, Identity, Refuse, Router, SetTenant
+from proxy.sql_names import SqlNames
 from rewriter import pgparser
 
 log = logging.getLogger("pgwarden.guard")
@@ -93,11 +94,13 @@ class Guarded:
     _audit_statements: dict[bytes, tuple]  # statement name -> (text, decision), for Bind records
     _audit_cycle: list[dict]  # records of Binds whose Sync has not been sent yet
     _parses: dict[bytes, tuple]    # a client's Parse -> the policed Parse built for it
+    sql_names: SqlNames  # names PREPAREd in SQL (session pooling), and whom they were rewritten for
 
     def guard_login(self) -> bool:
         """Bind the session to its identity; False (and the client closed) when it may not log in."""
         router = self.server.router
         self.guarded = {}
+        self.sql_names = SqlNames()
         self._parses = {}
         self._audit_statements = {}
         self._audit_cycle = []
@@ -140,6 +143,16 @@ class Guarded:
         if text is not None:
             return set_value(text)
         return self.ident.tenant if self.ident is not None else None
+
+    def statement_scope(self) -> str:
+        """Who a proxy-wide statement is prepared for: "" for bypass sessions (their text is their
+        own); tenant, roles and policy version (load and schema generation) for policed ones."""
+        ident = self.ident
+        if ident is None:
+            return ""
+        router = self.server.router
+        return "\x00".join((repr(self.tenant()), ",".join(sorted(ident.roles)),
+                            f"{router.policy.version}.{router.serial}.{router.generation}"))  # type: ignore[union-attr]
 
     def search_path(self) -> tuple[str, ...] | None:
         text = self.settings.get("search_path")
@@ -290,6 +303,18 @@ class Guarded:
             return b""
         return self._guard_parse(protocol.parse(name, prepared.query, prepared.param_types))
 
+    def stale_refusal(self, name: str) -> tuple[str, str, str] | None:
+        """SQL EXECUTE of a protocol-level statement prepared under another tenant or policy
+        version: (SQLSTATE, message, hint); None when it is current or not one of them."""
+        prepared = self.guarded.get(name)
+        router = self.server.router
+        if prepared is None or (prepared.router is router and prepared.tenant == self.tenant()
+                                and prepared.generation == router.generation):  # type: ignore[union-attr]
+            return None
+        return ("42501", f'EXECUTE {name} is refused: the statement was prepared (rewritten) under '
+                "another tenant or policy version than this session has now",
+                "run it with Bind (pgwarden prepares it again for the current tenant), or prepare it again")
+
     def guard_bind(self, msg: bytes) -> bool:
         """Check tenant-column parameters at Bind; False (refused) when one names another tenant."""
         prepared = self.guarded.get(protocol.decode_bind_names(msg)[1])
@@ -320,12 +345,17 @@ class Guarded:
         if kind == _C:
             self.guarded.pop(name, None)
             return msg
+        refusal = self.sql_names.refusal(name, self.statement_scope()) if name else None
+        if refusal is not None:  # a name PREPAREd in SQL, for another tenant or policy version
+            self.refuse(*refusal, simple=False)
+            return None
         fresh = self.stale_statement(name)
         if fresh is None:
             return None
         if fresh and self.tx_mode:
             parsed = protocol.decode_parse(fresh)
-            self.statements[name] = self.server.statements.get(parsed.query, parsed.param_types)
+            self.statements[name] = self.server.statements.get(parsed.query, parsed.param_types,
+                                                                self.statement_scope())
         elif fresh:
             tracker = self.backend.tracker  # type: ignore[union-attr]
             out += (protocol.target(b"C", "S", name), fresh)

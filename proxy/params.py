@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ from rewriter import pgparser
 
 # First words of statements that may change session state; anything else is not parsed here.
 _WATCHED = frozenset({"set", "reset", "discard", "listen", "prepare", "savepoint", "release",
-                      "rollback", "abort", "begin", "start", "commit", "end"})
+                      "rollback", "abort", "begin", "start", "commit", "end",
+                      "execute", "explain", "create", "deallocate"})
 _LEADING = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]*)", re.S)
 _NOT_FORWARDED = frozenset({"user", "database", "replication", "options"})
 
@@ -20,7 +22,9 @@ class Effect:
     """What one statement does to session state.
 
     kind: 'set' (name, text to replay), 'reset' (name), 'reset_all', 'discard_all',
-    'listen', 'prepare', 'identity' (SET ROLE / SESSION AUTHORIZATION), 'local' (no lasting effect);
+    'listen', 'prepare', 'identity' (SET ROLE / SESSION AUTHORIZATION), 'local' (no lasting effect),
+    'execute' (SQL EXECUTE, also inside EXPLAIN or CREATE TABLE AS: name, the statement's) and
+    'deallocate' (name; '' for ALL);
     and what transaction control does to them: 'savepoint', 'release', 'rollback_to' (name: the
     savepoint's), 'begin' (BEGIN, START TRANSACTION), 'commit' (COMMIT, END, PREPARE TRANSACTION)
     and 'rollback' (ROLLBACK, ABORT) of the whole transaction, name 'chain' for AND CHAIN.
@@ -32,7 +36,12 @@ class Effect:
 
 
 _HEADS = frozenset({"set", "res", "dis", "lis", "pre", "dea", "rol", "abo", "cre", "dec", "sav", "rel",
-                    "beg", "sta", "com", "end"})
+                    "beg", "sta", "com", "end", "exe", "exp"})
+# Words without which a statement cannot leave state behind (temporary objects, WITH HOLD
+# cursors, session advisory locks, set_config()): a cheap scan before any parse. U& is an
+# identifier spelled with escapes (U&"set\005fconfig"), which only the parse can read.
+MAY_LEAVE_STATE = re.compile(r"temp|hold|set_config|advisory_lock|u&", re.I)
+MAY_LEAVE_STATE_BYTES = re.compile(rb"temp|hold|set_config|advisory_lock|u&", re.I)
 
 
 def plain_transaction_control(sql: str) -> bool:
@@ -48,14 +57,12 @@ def maybe_stateful(sql: str) -> bool:
     """
     head = sql.lstrip()[:3].lower()
     return (head in _HEADS or head[:1] in ("/", "-", "(") or ";" in sql.rstrip().rstrip(";")
-            or "dvisory_lock" in sql or "set_config" in sql)
+            or MAY_LEAVE_STATE.search(sql) is not None)
 
 
-_LEAVES_STATE = re.compile(r"\bcreate\s+(?:global\s+|local\s+)?temp(?:orary)?\b|"
-                          r"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(|\bwith\s+hold\b", re.I)
-
-
-_SET_CONFIG = re.compile(r"\bset_config\s*\(\s*(?:'([^']*)'|)", re.I)
+_ADVISORY = frozenset({"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock",
+                       "pg_try_advisory_lock_shared"})
+_CURSOR_OPT_HOLD = 0x0020
 # Settings PostgreSQL reports with ParameterStatus whenever they change: tracked that way.
 REPORTED = frozenset({"application_name", "client_encoding", "datestyle", "intervalstyle",
                       "timezone", "standard_conforming_strings", "default_transaction_read_only"})
@@ -64,18 +71,68 @@ REPORTED = frozenset({"application_name", "client_encoding", "datestyle", "inter
 def leaves_state(sql: str) -> bool:
     """Does this statement leave state on the backend beyond its transaction?
 
-    Temporary tables, session-level advisory locks, WITH HOLD cursors and set_config()
-    of a setting PostgreSQL does not report do: under transaction pooling such a client
-    keeps its backend, which is reset (DISCARD ALL) before anyone else gets it.
+    Temporary objects (TEMP tables, views, sequences; anything created in pg_temp, which
+    shadows even built-in type names), session-level advisory locks, WITH HOLD cursors and
+    set_config() of a setting PostgreSQL does not report do: under transaction pooling such
+    a client keeps its backend, which is reset (DISCARD ALL) before anyone else gets it.
+    Judged on PostgreSQL's parse tree, so comments, quoting and case do not hide them.
 
     >>> leaves_state("CREATE TEMP TABLE t (x int)"), leaves_state("select pg_advisory_xact_lock(1)")
     (True, False)
     >>> leaves_state("SELECT set_config('TimeZone', $1, false)"), leaves_state("select set_config($1, $2, false)")
     (False, True)
+    >>> leaves_state("declare c cursor with/**/hold for select 1"), leaves_state("create table pg_temp.t (x int)")
+    (True, True)
+    >>> leaves_state("select 1 into temporary t"), leaves_state('SELECT "SET_CONFIG"(1)'), leaves_state('SELECT "set_config"(1)')
+    (True, False, True)
+    >>> leaves_state("create temp table t (x int) on commit drop"), leaves_state("select temperature from t")
+    (False, False)
     """
-    if _LEAVES_STATE.search(sql) is not None:
+    return MAY_LEAVE_STATE.search(sql) is not None and _parsed_leaves_state(sql)
+
+
+@functools.lru_cache(maxsize=2048)
+def _parsed_leaves_state(sql: str) -> bool:
+    try:
+        tree = json.loads(pglast.parser.parse_sql_json(sql))
+    except Exception:  # PostgreSQL will refuse it too; if it does not, keep the backend
         return True
-    return any(not name or name.lower() not in REPORTED for name in _SET_CONFIG.findall(sql))
+    return _holds(tree)
+
+
+def _holds(node: object) -> bool:
+    """Walk a parse tree for anything that outlives the transaction (see `leaves_state`)."""
+    if isinstance(node, list):
+        return any(_holds(item) for item in node)
+    if not isinstance(node, dict):
+        return False
+    if node.get("relpersistence") == "t" or str(node.get("schemaname", "")).startswith("pg_temp"):
+        return True
+    string = node.get("String")
+    if isinstance(string, dict) and str(string.get("sval", "")).startswith("pg_temp"):
+        return True
+    cursor = node.get("DeclareCursorStmt")
+    if isinstance(cursor, dict) and int(cursor.get("options", 0)) & _CURSOR_OPT_HOLD:
+        return True
+    call = node.get("FuncCall")
+    if isinstance(call, dict) and _call_holds(call):
+        return True
+    dropped = node.get("oncommit", node.get("onCommit")) == "ONCOMMIT_DROP"  # gone at COMMIT
+    return any(_holds(value) for key, value in node.items()
+               if not (dropped and key in ("relation", "rel")))
+
+
+def _call_holds(call: dict) -> bool:
+    """A session advisory lock, or set_config() of a setting that is not reported."""
+    names = [part.get("String", {}).get("sval", "") for part in call.get("funcname", [])]
+    name = names[-1] if names else ""
+    if name in _ADVISORY:
+        return True
+    if name != "set_config":
+        return False
+    args = call.get("args") or [{}]
+    setting = args[0].get("A_Const", {}).get("sval", {}).get("sval")
+    return setting is None or setting.lower() not in REPORTED
 
 
 def first_word(sql: str) -> str:
@@ -154,6 +211,11 @@ def _effect(kind: str, node: dict, text: str) -> Effect | None:
         return Effect("listen", node.get("conditionname", ""))
     if kind == "PrepareStmt":
         return Effect("prepare", node.get("name", ""))
+    executed = _executed(kind, node)
+    if executed is not None:
+        return Effect("execute", executed)
+    if kind == "DeallocateStmt":
+        return Effect("deallocate", "" if node.get("isall") else node.get("name", ""))
     if kind == "DiscardStmt":
         return Effect("discard_all") if node.get("target") == "DISCARD_ALL" else Effect("local")
     if kind != "VariableSetStmt":
@@ -171,6 +233,13 @@ def _effect(kind: str, node: dict, text: str) -> Effect | None:
     if name.startswith("transaction") and set_kind == "VAR_SET_MULTI":
         return Effect("local", name)  # SET TRANSACTION ...: this transaction only
     return Effect("set", name, text)
+
+
+def _executed(kind: str, node: dict) -> str | None:
+    """The prepared statement a statement runs: EXECUTE, or EXPLAIN / CREATE TABLE AS of one."""
+    while kind in ("ExplainStmt", "CreateTableAsStmt"):
+        ((kind, node),) = (node.get("query") or {"": {}}).items()
+    return node.get("name", "") if kind == "ExecuteStmt" else None
 
 
 def startup_settings(params: dict[str, str]) -> dict[str, str]:

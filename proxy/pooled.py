@@ -14,7 +14,7 @@ from proxy.txstate import CONTROL, TxState
 log = logging.getLogger("pgwarden.session")
 
 _P, _B, _D, _C, _S, _H, _Q = (ord(c) for c in "PBDCSHQ")
-_I = ord("I")
+_I, _E = ord("I"), ord("E")
 
 _DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(all|\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$",
                          re.I | re.S)
@@ -27,6 +27,16 @@ _TX_REFUSED = {  # statements whose effect transaction pooling cannot keep: (wha
     "prepare": ("SQL PREPARE", "use protocol-level prepared statements (every driver's "
                 f"default; pgwarden keeps them under transaction pooling), or {_SESSION_MODE}"),
     "identity": ("SET {name}", f"{_SESSION_MODE}, or connect as the role you need"),
+}
+_SHARED_NAMES = ("the backend is shared, and the prepared statements on it are other clients' "
+                 "(under names they never chose)")
+_TX_NAMED = {  # statements that name a prepared statement pgwarden cannot map: (message, hint)
+    "execute": (f"SQL EXECUTE is not supported in transaction pooling mode: {_SHARED_NAMES}",
+                "use protocol-level prepared statements (Parse/Bind: every driver's default; "
+                f"pgwarden keeps them per client), or {_SESSION_MODE}"),
+    "deallocate": ("DEALLOCATE in a multi-statement query or after a comment is not supported "
+                   f"in transaction pooling mode: {_SHARED_NAMES}",
+                   "send DEALLOCATE name (or DEALLOCATE ALL) as a query of its own"),
 }
 
 
@@ -98,6 +108,8 @@ class Pooled(TxState):
             self.refuse(*refusal, simple=simple)
             return False
         backend = self.backend
+        if self.ident is not None and not self.tx_mode:
+            self._sql_names(effects, simple)
         if self.tx_mode and params.leaves_state(sql) and not self.pinned:
             backend.dirty = self.pinned = True  # type: ignore[union-attr]
             log.info("client %s pinned to backend pid=%s for the rest of its session: it created "
@@ -105,6 +117,8 @@ class Pooled(TxState):
                      "called set_config() on a setting that cannot be tracked",
                      self.peer, backend.pid)  # type: ignore[union-attr]
         for effect in effects:
+            if effect.kind in ("execute", "deallocate"):
+                continue  # no session setting changes
             self._changing(effect)
             if effect.kind in CONTROL:
                 self._control(effect)
@@ -121,6 +135,19 @@ class Pooled(TxState):
                     self.tenant_unknown = False
         return True
 
+    def _sql_names(self, effects: list[params.Effect], simple: bool) -> None:
+        """A policed session's SQL PREPARE / DEALLOCATE: which scopes each name may hold."""
+        backend = self.backend
+        sure = simple and len(effects) == 1 and backend.tracker.idle \
+            and backend.tracker.status != _E  # type: ignore[union-attr]  # (not in a failed transaction)
+        for effect in effects:
+            if effect.kind == "prepare":
+                self.sql_names.prepare(effect.name, self.statement_scope())
+            elif effect.kind == "deallocate":
+                self.sql_names.deallocate(effect.name, sure)
+            elif effect.kind == "discard_all":
+                self.sql_names.deallocate("", sure)
+
     def _stateful_parse(self, msg: bytes, out: list[bytes]) -> bytes | None:
         """A Parse that may change session state: tracked, refused (None) or renamed.
 
@@ -136,10 +163,11 @@ class Pooled(TxState):
                 self.statements.clear()
                 backend.statements.clear()  # type: ignore[union-attr]
                 return msg
-            stmt = self.statements.pop(target[1:-1].replace('""', '"') if target.startswith('"')
-                                       else target.lower(), None)
-            if stmt is None:
-                return msg  # PostgreSQL answers that it does not exist
+            name = target[1:-1].replace('""', '"') if target.startswith('"') else target.lower()
+            stmt = self.statements.pop(name, None)
+            if stmt is None:  # never to the backend, where the name may be another client's
+                self._no_such_statement(name)
+                return None
             if not self._ensure_prepared(stmt, out):
                 return None
             backend.statements.discard(stmt.name)  # type: ignore[union-attr]
@@ -157,6 +185,13 @@ class Pooled(TxState):
                 return ("42501", "LISTEN is refused under a policy: notification channels are not "
                         "tenant-scoped, so one tenant could receive another's payloads",
                         "use a bypass role for LISTEN, or deliver events through a tenant-scoped table")
+            if self.tx_mode and effect.kind in _TX_NAMED:
+                return ("0A000", *_TX_NAMED[effect.kind])
+            if effect.kind == "execute" and self.ident is not None:
+                refusal = self.sql_names.refusal(effect.name, self.statement_scope()) \
+                    or self.stale_refusal(effect.name)
+                if refusal is not None:
+                    return refusal
             if self.tx_mode and effect.kind in _TX_REFUSED:
                 what, hint = _TX_REFUSED[effect.kind]
                 what = what.format(name=effect.name.upper())
@@ -189,7 +224,7 @@ class Pooled(TxState):
                 if msg is None:
                     return
                 parsed = protocol.decode_parse(msg)
-            stmt = self.server.statements.get(parsed.query, parsed.param_types)
+            stmt = self.server.statements.get(parsed.query, parsed.param_types, self.statement_scope())
             self.statements[parsed.name] = stmt
             if stmt.name in backend.statements:  # type: ignore[union-attr]
                 # The client's Parse is real: prepared again, so it sees today's table shapes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -24,29 +25,51 @@ class Statement:
     generation: int = 0
 
 
+def statement_name(secret: bytes, query: str, param_types: bytes, scope: str, generation: int) -> str:
+    """The backend name of a proxy statement: a keyed digest, so nobody can compute it.
+
+    >>> a = statement_name(b"k1", "select 1", b"", "", 0)
+    >>> a.startswith("pgw_"), a == statement_name(b"k2", "select 1", b"", "", 0)
+    (True, False)
+    >>> a == statement_name(b"k1", "select 1", b"", "acme", 0), len(a)
+    (False, 36)
+    """
+    digest = hashlib.blake2b(key=secret, digest_size=16)
+    for part in (query.encode("utf-8", "surrogateescape"), param_types, scope.encode("utf-8", "surrogateescape")):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    return "pgw_" + digest.hexdigest() + (f"_{generation}" if generation else "")
+
+
 class Registry:
-    """Proxy-wide statements by (query, parameter types); the name is a digest, so it is stable.
+    """Proxy-wide statements by (query, parameter types, scope); the name is stable in this process.
+
+    `scope` is who the text was written for (policed sessions: tenant, roles and policy
+    version; "" for bypass sessions, whose text is the client's own): a statement
+    rewritten for one identity is never lent to another, even when the texts match.
+    Names are digests keyed with a secret drawn when the process starts, so a client
+    that sees a statement's text cannot compute its name.
 
     >>> r = Registry(); a = r.get("select $1", b"\\x00\\x00")
     >>> a.name == r.get("select $1", b"\\x00\\x00").name, a.name.startswith("pgw_")
     (True, True)
+    >>> a is r.get("select $1", b"\\x00\\x00", "acme")
+    False
     """
 
-    def __init__(self, cap: int = 50_000) -> None:
-        self._cache: OrderedDict[tuple[str, bytes], Statement] = OrderedDict()
+    def __init__(self, cap: int = 50_000, secret: bytes | None = None) -> None:
+        self._cache: OrderedDict[tuple[str, bytes, str], Statement] = OrderedDict()
         self._cap = cap
+        self._secret = secret if secret is not None else os.urandom(32)
 
-    def peek(self, query: str, param_types: bytes) -> Statement | None:
-        return self._cache.get((query, param_types))
+    def peek(self, query: str, param_types: bytes, scope: str = "") -> Statement | None:
+        return self._cache.get((query, param_types, scope))
 
-    def get(self, query: str, param_types: bytes) -> Statement:
-        key = (query, param_types)
+    def get(self, query: str, param_types: bytes, scope: str = "") -> Statement:
+        key = (query, param_types, scope)
         stmt = self._cache.get(key)
         if stmt is None or stmt.stale:  # a table changed shape: a new name for the new shape
             generation = stmt.generation + 1 if stmt is not None else 0
-            digest = hashlib.blake2b(query.encode("utf-8", "surrogateescape") + b"\x00" + param_types,
-                                     digest_size=10)
-            name = "pgw_" + digest.hexdigest() + (f"_{generation}" if generation else "")
+            name = statement_name(self._secret, query, param_types, scope, generation)
             stmt = Statement(name, protocol.parse(name, query, param_types), generation=generation)
             self._cache[key] = stmt
             if len(self._cache) > self._cap:

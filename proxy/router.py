@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from rewriter.server_grammar import SUPPORTED_SERVERS, unsupported
 log = logging.getLogger("pgwarden.router")
 
 CACHE_SIZE = 20_000
+_SERIALS = itertools.count(1)  # each Router (policy load or reload) gets its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,7 @@ class Router:
         self.source = source
         self.schemas = schemas
         self.generation = 0  # bumped when a schema is read again: sessions' cached decisions expire
+        self.serial = next(_SERIALS)  # which policy load this is: statements rewritten under it say so
         self.search_paths = search_paths or {}
         self.routines = routines or {}
         self.server_majors = server_majors or {}  # database -> its backend's PostgreSQL major

@@ -34,7 +34,8 @@ _REQUESTS = frozenset(b"PBDECSF")       # answered by the backend, tracked in or
 _PASSED = frozenset(b"dcfH")            # COPY data/done/fail and Flush: no answer of their own
 _NAMED = frozenset(b"PBDC")             # may name a prepared statement
 _STATEFUL_HEADS = frozenset({b"set", b"res", b"dis", b"lis", b"pre", b"dea", b"rol", b"abo",
-                             b"cre", b"dec", b"sav", b"rel", b"beg", b"sta", b"com", b"end"})
+                             b"cre", b"dec", b"sav", b"rel", b"beg", b"sta", b"com", b"end",
+                             b"exe", b"exp"})
 _DDL = re.compile(rb"(?i)\b(?:create|alter|drop|comment)\b")  # may change what the policy checks
 
 
@@ -48,15 +49,16 @@ def _stateful_text(msg: bytes, start: int, stop: int) -> bool:
     """Cheap byte test on msg[start:stop]: could this SQL change session state?
 
     False for plain SELECT/DML, even with a trailing semicolon; True for SET, RESET,
-    DISCARD, LISTEN, PREPARE, DEALLOCATE, BEGIN, COMMIT, ROLLBACK, leading comments and multi-statement text.
+    DISCARD, LISTEN, PREPARE, EXECUTE, EXPLAIN, DEALLOCATE, BEGIN, COMMIT, ROLLBACK, leading comments,
+    multi-statement text, and text that may leave state behind (temp, hold, set_config, advisory locks).
     """
     i = start
     while i < stop and msg[i] in b" \t\r\n":
         i += 1
     if i >= stop:
         return False
-    if msg[i:i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-(" or b"dvisory_lock" in msg \
-            or b"set_config" in msg:
+    if msg[i:i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-(" \
+            or params.MAY_LEAVE_STATE_BYTES.search(msg, start, stop) is not None:
         return True
     j = stop - 1
     while j > i and msg[j] in b" \t\r\n;":

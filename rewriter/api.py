@@ -39,6 +39,11 @@ class Judged:
 
 def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
     """Classify one statement and apply every policy check to it (Refused when any fails)."""
+    if kind == "TransactionStmt" and statement_kind(kind, fields) == "two_phase":
+        raise Refused("PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED are refused for "
+                      "non-bypass roles: a prepared transaction's gid is shared by every session "
+                      "(and tenant) of the server", "Use plain COMMIT; leave two-phase commit to a "
+                      "bypass role (a transaction manager).", "statements")
     if kind in PASS_THROUGH:
         check_setting(kind, fields)
         check_show(kind, fields)

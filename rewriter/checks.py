@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from .analyse import Found, RelRef
 from .context import Context, TableRule
 from .refuse import Refused
-from .resolve import function_allowed, resolve_relation, table_rule
+from .resolve import PER_BACKEND_FUNCTIONS, function_allowed, resolve_relation, table_rule
 
 # Statements that touch no table data: forwarded as written once classified.
 PASS_THROUGH = frozenset({
@@ -159,6 +159,12 @@ def check_calls(found: Found, ctx: Context) -> None:
     for parts in found.functions:
         if parts[-1] == "set_config" and parts[:-1] in ((), ("pg_catalog",)):
             continue
+        if parts[-1] in PER_BACKEND_FUNCTIONS and parts[:-1] in ((), ("pg_catalog",)):
+            raise Refused(f"function {parts[-1]}() is refused: it reads what the backend holds for "
+                          "its session, which on a pooled backend can be another client's",
+                          "Use INSERT ... RETURNING, or keep the value nextval() returned."
+                          if parts[-1] in ("lastval", "currval") else "Only bypass roles may read it.",
+                          "catalogs")
         if not function_allowed(parts, ctx):
             shown = ".".join(parts)
             raise Refused(f"function {shown}() is refused: it is not a safe built-in nor listed in functions.allow",

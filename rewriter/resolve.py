@@ -19,6 +19,9 @@ SENSITIVE_CATALOGS = frozenset(f"pg_catalog.{n}" for n in (
     "pg_ident_file_mappings", "pg_file_settings", "pg_db_role_setting", "pg_replication_slots",
     "pg_stat_ssl", "pg_stat_gssapi", "pg_backend_memory_contexts",
     "pg_locks", "pg_foreign_server", "pg_foreign_table", "pg_policy", "pg_policies",
+    # what a pooled backend holds for whichever client it serves: statement texts (rewritten
+    # for another tenant), cursors, and every session's prepared transactions (gids, owners)
+    "pg_prepared_statements", "pg_cursors", "pg_prepared_xacts",
 )) | frozenset({"information_schema.user_mapping_options", "information_schema.user_mappings",
                 "information_schema.foreign_server_options"})
 
@@ -44,6 +47,10 @@ DANGEROUS_FUNCTIONS = frozenset({
     "setval", "pg_notify", "brin_desummarize_range", "brin_summarize_new_values",
     "brin_summarize_range", "gin_clean_pending_list",
 })
+# Built-ins that read what the backend holds for its session: on a pooled backend that is
+# whichever client it served last (its statements, cursors, sequence values).
+PER_BACKEND_FUNCTIONS = frozenset({"pg_prepared_statement", "pg_cursor", "lastval", "currval"})
+DANGEROUS_FUNCTIONS |= PER_BACKEND_FUNCTIONS
 DANGEROUS_PREFIXES = (
     "pg_read_", "pg_ls_", "lo_", "dblink", "pg_file_", "pg_stat_get_", "pg_stat_reset",
     "pg_stat_clear", "pg_logical_", "pg_replication_", "pg_create_", "pg_drop_replication",

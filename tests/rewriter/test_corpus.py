@@ -33,7 +33,7 @@ CORPUS = Path(__file__).resolve().parents[1] / "data" / "orm_statements.jsonl.gz
 ALL = frozenset({"select", "insert", "update", "delete"})
 COLUMNS = (Column("id", "integer"), Column("tenant_id", "text"), Column("secret", "text"))
 POLICY_RULES = {"statements", "functions.allow", "catalogs", "tenancy.column"}
-PASS_KINDS = {"transaction", "savepoint", "two_phase", "fetch", "close", "listen", "unlisten", "notify",
+PASS_KINDS = {"transaction", "savepoint", "fetch", "close", "listen", "unlisten", "notify",
               "discard", "deallocate", "set_constraints", "show"}
 
 
@@ -122,6 +122,13 @@ def test_statements_touching_no_table_data_pass_through(corpus) -> None:
             assert result == Allow(sql), (sql, result)
             checked += 1
     assert checked > 0
+
+
+def test_two_phase_commit_is_refused(corpus) -> None:
+    """A prepared transaction's gid is shared by every session: no policed client may name one."""
+    sqls, _, results, kinds = corpus
+    two_phase = [(sql, result) for sql, result, kind in zip(sqls, results, kinds) if kind.kind == "two_phase"]
+    assert two_phase and all(isinstance(r, Deny) and r.sqlstate == "42501" for _, r in two_phase), two_phase[:3]
 
 
 def test_read_rewrites_parse_like_the_client_statement(corpus) -> None:

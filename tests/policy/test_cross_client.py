@@ -1,0 +1,298 @@
+"""What a pooled backend holds for one client is unreachable to every other client.
+
+One backend (pool size 1) makes sharing certain. Client A prepares statements, opens
+cursors, creates temporary objects and changes settings; client B, another tenant, a
+masked role or a bypass role, tries to list, guess, run, explain or drop them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from tests.harness import ProxyProcess, base_config
+from tests.policy.conftest import DB, DIRECT, POLICY, TOKEN_KEY
+
+REFUSED = ("0A000", "42501", "26000")
+CUSTOMER = "select id, name, ssn from customers where id = %s"
+
+
+def start_proxy(workdir, mode: str) -> ProxyProcess:
+    (workdir / "policies").mkdir(parents=True, exist_ok=True)
+    (workdir / "policies" / "shop.yaml").write_text(POLICY)
+    config = base_config(pool={"mode": mode, "size": 1, "query_wait_timeout": 1.0},
+                         policies="policies")
+    return ProxyProcess(config, workdir, env={"PGWARDEN_TEST_TENANT_KEY": TOKEN_KEY}).start()
+
+
+@pytest.fixture(scope="module", params=["transaction", "session"])
+def one_backend(request, shop_db, tmp_path_factory):
+    proxy = start_proxy(tmp_path_factory.mktemp(f"cross-{request.param}"), request.param)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def shared(shop_db, tmp_path_factory):
+    """Transaction pooling over one backend: every client's transactions run on it."""
+    proxy = start_proxy(tmp_path_factory.mktemp("cross-shared"), "transaction")
+    yield proxy
+    proxy.stop()
+
+
+def connect(proxy: ProxyProcess, user: str) -> psycopg.Connection:
+    return psycopg.connect(proxy.dsn(user=user, dbname=DB), autocommit=True)
+
+
+def refused(conn: psycopg.Connection, sql: str, params=None, **kw) -> str:
+    """Run `sql`, expecting pgwarden's refusal; the SQLSTATE. The connection stays usable."""
+    with pytest.raises(psycopg.Error) as info:
+        rows = conn.execute(sql, params, **kw).fetchall()
+        pytest.fail(f"{sql!r} ran and returned {rows!r}")
+    assert info.value.sqlstate in REFUSED, (sql, info.value.sqlstate, str(info.value))
+    assert conn.execute("select 1").fetchone() == (1,)
+    return info.value.sqlstate
+
+
+def proxy_statements(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """What a bypass client on the shared backend can see: pgwarden's statements there."""
+    return conn.execute("select name, statement from pg_prepared_statements "
+                        "where name like 'pgw_%' order by statement").fetchall()
+
+
+# --- per-backend views and functions, refused to every policed client --------------------------
+
+@pytest.mark.parametrize("sql", [
+    "select name, statement from pg_prepared_statements",
+    "select * from pg_catalog.pg_prepared_statements",
+    "select * from pg_catalog.pg_prepared_statement()",
+    "select name, statement from pg_cursors",
+    "select * from pg_cursor()",
+    "select gid, owner from pg_prepared_xacts",
+    "select * from pg_locks",
+    "with p as (select * from pg_prepared_statements) select count(*) from p",
+    "select (select count(*) from \"pg_prepared_statements\")",
+    "select lastval()",
+    "select currval('customers_seq')",
+    "select pg_catalog.currval('x'::regclass)",
+    "prepare transaction 'acme-1'",
+    "commit prepared 'globex-1'",
+    "rollback prepared 'globex-1'",
+])
+def test_per_backend_state_is_refused_to_policed_clients(one_backend, sql) -> None:
+    for user in ("globex_app", "alice"):
+        with connect(one_backend, user) as b:
+            assert refused(b, sql) == "42501"
+
+
+# --- proxy-wide statement names under transaction pooling -------------------------------------
+
+def test_other_clients_statements_cannot_be_executed(shared) -> None:
+    """A prepares at the protocol level; B (another tenant, a masked analyst, or a bypass role
+    that can list the names) runs them in every form that names a prepared statement."""
+    with connect(shared, "acme_app") as a, connect(shared, "postgres") as admin:
+        assert a.execute(CUSTOMER, (1,), prepare=True).fetchall() == [(1, "Ann", "****")]
+        a.execute("update customers set phone = phone where id = %s", (1,), prepare=True)
+        names = [name for name, text in proxy_statements(admin) if "acme" in text]
+        assert len(names) >= 2, proxy_statements(admin)
+        for user in ("globex_app", "alice", "postgres"):
+            with connect(shared, user) as b:
+                for name in names:
+                    for sql in (f"EXECUTE {name}(1)", f'execute "{name}" (1)',
+                                f"/* hi */ EXECUTE {name}(1)", f"select 1; execute {name}(1)",
+                                f"EXPLAIN EXECUTE {name}(1)", f"explain (analyze, costs off) execute {name}(1)",
+                                f"create temp table stolen as execute {name}(1)",
+                                f"explain analyze create table stolen as execute {name}(1)"):
+                        refused(b, sql)
+                        refused(b, sql, prepare=True)  # as a Parse: the extended protocol
+        assert a.execute(CUSTOMER, (1,), prepare=True).fetchall() == [(1, "Ann", "****")]
+    with psycopg.connect(DIRECT.replace("dbname=postgres", f"dbname={DB}")) as direct:
+        assert direct.execute("select count(*) from pg_class where relname = 'stolen'").fetchone() == (0,)
+
+
+def test_other_clients_statements_cannot_be_deallocated(shared) -> None:
+    sql = CUSTOMER + " and 2 = 2"
+    with connect(shared, "acme_app") as a, connect(shared, "postgres") as admin:
+        assert a.execute(sql, (2,), prepare=True).fetchall() == [(2, "Bob", "****")]
+        # (one name per schema generation: a schema read again meanwhile prepares it anew)
+        names = [n for n, text in proxy_statements(admin) if "acme" in text and "2 = 2" in text]
+        assert names
+        for user in ("globex_app", "postgres"):
+            with connect(shared, user) as b:
+                for name in names:
+                    for stmt in (f"DEALLOCATE {name}", f'deallocate prepare "{name}"',
+                                 f"/* x */ deallocate {name}", f"select 1; deallocate {name}",
+                                 "select 1; deallocate all"):
+                        refused(b, stmt)
+                        refused(b, stmt, prepare=True)
+                    b.pgconn.exec_(f"DEALLOCATE {name}".encode())  # simple protocol: answered by pgwarden
+        assert set(names) <= {n for n, _ in proxy_statements(admin)}
+        assert a.execute(sql, (2,), prepare=True).fetchall() == [(2, "Bob", "****")]
+
+
+def test_names_are_keyed_and_bound_to_the_identity(shared) -> None:
+    """Names are not a digest anyone can compute, and the same text prepared by two tenants
+    (countries has no tenant column: nothing in the text differs) gets two statements."""
+    import hashlib
+    sql = "select name from countries where code = %s"
+    with connect(shared, "acme_app") as a, connect(shared, "globex_app") as g, \
+            connect(shared, "postgres") as admin:
+        assert a.execute(sql, ("us",), prepare=True).fetchall() == [("United States",)]
+        assert g.execute(sql, ("fr",), prepare=True).fetchall() == [("France",)]
+        seen = [(n, t) for n, t in proxy_statements(admin) if "countries" in t and "code" in t]
+        assert len(seen) >= 2 and len({text for _, text in seen}) == 1, seen
+        for name, text in seen:
+            for types in (b"", b"\x00\x00\x00\x19", b"\x00\x01\x00\x00\x00\x19"):
+                unkeyed = hashlib.blake2b(text.encode() + b"\x00" + types, digest_size=10).hexdigest()
+                assert name != f"pgw_{unkeyed}"
+
+
+PROBE = ("select (select count(*) from pg_cursors), (select count(*) from pg_class where "
+         "relnamespace = pg_my_temp_schema()) + (select count(*) from pg_type where "
+         "typnamespace = pg_my_temp_schema()), current_setting('statement_timeout')")
+
+
+@pytest.mark.parametrize("user, statements", [
+    ("acme_app", ["begin", "declare c cursor with/**/hold for select name from customers", "commit"]),
+    ("acme_app", ["begin", "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT 1", "commit"]),
+    ("postgres", ["create /* x */ temporary table t (x int)"]),
+    ("postgres", ["create table pg_temp.t (x int)"]),
+    ("postgres", ["select 1 as x into temp t"]),
+    ("postgres", ["create type pg_temp.int4 as (a int)"]),
+    ("postgres", ["create temp sequence s"]),
+    ("postgres", ["select \"set_config\"('statement_timeout', '4321', false)"]),
+    ("postgres", ["SELECT SET_CONFIG('statement_timeout', '4321', false)"]),
+    ("acme_app", ["select U&\"set\\005fconfig\"('statement_timeout', '4321', false)"]),
+])
+def test_another_clients_hold_cursor_or_temp_objects_never_reach_b(shared, user, statements) -> None:
+    """State that outlives a transaction keeps A on its backend until A leaves, however it is
+    spelled; then the backend is reset. B waits (and times out) or sees nothing of it."""
+    with connect(shared, user) as a:
+        for sql in statements:
+            a.execute(sql)
+        with connect(shared, "postgres") as b:
+            try:
+                row = b.execute(PROBE).fetchone()
+            except psycopg.Error as exc:  # A keeps the backend: B cannot have it
+                assert exc.sqlstate == "53300", exc
+            else:
+                pytest.fail(f"B shared A's backend: {row}")
+    with connect(shared, "postgres") as b:
+        assert b.execute(PROBE).fetchone() == (0, 0, "0")
+
+
+# --- transaction pooling: what a policed client itself may not do ------------------------------
+
+@pytest.mark.parametrize("sql", ["prepare q as select 1", "execute q", "explain execute q"])
+def test_sql_prepared_statements_are_refused_under_transaction_pooling(shared, sql) -> None:
+    with connect(shared, "saas_backend") as c:
+        assert refused(c, sql) == "0A000"
+
+
+# --- a client's own statements under a new tenant or policy ------------------------------------
+
+def test_sql_prepare_then_tenant_change_refuses_execute(one_backend) -> None:
+    if one_backend.config["pool"]["mode"] == "transaction":
+        pytest.skip("SQL PREPARE is refused under transaction pooling")
+    with connect(one_backend, "saas_backend") as c:
+        c.execute("set pgwarden.tenant = 'acme'")
+        prepared = c.pgconn.exec_(b"prepare q as select name from customers order by id")
+        assert prepared.status == psycopg.pq.ExecStatus.COMMAND_OK, prepared.error_message
+        assert c.execute("execute q").fetchall() == [("Ann",), ("Bob",)]
+        c.execute("set pgwarden.tenant = 'globex'")
+        assert refused(c, "execute q") == "42501"
+        assert refused(c, "explain execute q") == "42501"
+        c.pgconn.send_query_prepared(b"q", [])  # Bind of the SQL name, extended protocol
+        result = c.pgconn.get_result()
+        assert result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"42501"
+        while c.pgconn.get_result() is not None:
+            pass
+        c.pgconn.exec_(b"deallocate q")
+        c.pgconn.exec_(b"prepare q as select name from customers order by id")
+        assert c.execute("execute q").fetchall() == [("Gus",)]
+
+
+def test_sql_deallocate_that_failed_is_not_trusted(one_backend) -> None:
+    """A DEALLOCATE in a failed transaction does nothing: the name still holds acme's statement,
+    so after a switch to globex (whose PREPARE of the name fails) EXECUTE is refused."""
+    if one_backend.config["pool"]["mode"] == "transaction":
+        pytest.skip("SQL PREPARE is refused under transaction pooling")
+    with connect(one_backend, "saas_backend") as c:
+        run = c.pgconn.exec_
+        c.execute("set pgwarden.tenant = 'acme'")
+        assert run(b"prepare q2 as select name from customers order by id").status == \
+            psycopg.pq.ExecStatus.COMMAND_OK
+        for sql in (b"begin", b"select 1/0", b"deallocate q2", b"rollback"):
+            run(sql)
+        c.execute("set pgwarden.tenant = 'globex'")
+        assert run(b"prepare q2 as select name from customers order by id").status == \
+            psycopg.pq.ExecStatus.FATAL_ERROR  # q2 exists: acme's
+        assert refused(c, "execute q2") == "42501"
+        for sql in (b"begin", b"deallocate q2", b"commit"):  # in a healthy transaction: done
+            assert run(sql).status == psycopg.pq.ExecStatus.COMMAND_OK, sql
+        run(b"prepare q2 as select name from customers order by id")
+        assert c.execute("execute q2").fetchall() == [("Gus",)]
+
+
+def test_sql_prepare_then_policy_reload_refuses_execute(one_backend, tmp_path) -> None:
+    if one_backend.config["pool"]["mode"] == "transaction":
+        pytest.skip("SQL PREPARE is refused under transaction pooling")
+    policy = one_backend.workdir / "policies" / "shop.yaml"
+    with connect(one_backend, "acme_app") as c:
+        prepared = c.pgconn.exec_(b"prepare q as select name from customers where id = 1")
+        assert prepared.status == psycopg.pq.ExecStatus.COMMAND_OK, prepared.error_message
+        assert c.execute("execute q").fetchall() == [("Ann",)]
+        policy.write_text(POLICY + "\n# reloaded\n")
+        one_backend.reload()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                c.execute("execute q")
+            except psycopg.Error as exc:
+                assert exc.sqlstate == "42501"
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("EXECUTE still ran the statement rewritten under the old policy")
+    policy.write_text(POLICY)
+    one_backend.reload()
+
+
+def test_protocol_statements_are_prepared_again_for_a_new_tenant(one_backend) -> None:
+    sql = "select name from customers where id > %s order by id"
+    with connect(one_backend, "saas_backend") as c:
+        c.execute("set pgwarden.tenant = 'acme'")
+        for _ in range(2):
+            assert c.execute(sql, (0,), prepare=True).fetchall() == [("Ann",), ("Bob",)]
+        c.execute("set pgwarden.tenant = 'globex'")
+        assert c.execute(sql, (0,), prepare=True).fetchall() == [("Gus",)]
+        c.execute("set pgwarden.tenant = 'acme'")
+        assert c.execute(sql, (0,), prepare=True).fetchall() == [("Ann",), ("Bob",)]
+
+
+def test_after_a_client_leaves_the_next_sees_nothing_of_it(one_backend) -> None:
+    with connect(one_backend, "acme_app") as a:
+        assert a.execute(CUSTOMER, (1,), prepare=True).fetchall() == [(1, "Ann", "****")]
+    with connect(one_backend, "postgres") as b:
+        texts = [t for _, t in b.execute("select name, statement from pg_prepared_statements").fetchall()]
+        if one_backend.config["pool"]["mode"] == "session":
+            assert texts == []  # DISCARD ALL before the backend was lent again
+        for sql in (f"execute {n}(1)" for n, _ in proxy_statements(b)):
+            refused(b, sql)
+
+
+def test_another_clients_portals_are_gone_when_its_transaction_ends(shared) -> None:
+    """Cursors and protocol portals end with A's transaction (WITH HOLD ones keep A on its
+    backend, above): B's FETCH, MOVE, CLOSE and Describe of the name find nothing."""
+    with connect(shared, "acme_app") as a, connect(shared, "globex_app") as b:
+        with a.transaction():
+            a.execute("declare c cursor for select name from customers order by id")
+            assert a.execute("fetch 1 from c").fetchall() == [("Ann",)]
+        for sql in ("fetch all from c", "move next in c", "close c"):
+            with pytest.raises(psycopg.Error) as info:
+                b.execute(sql)
+            assert info.value.sqlstate == "34000", (sql, info.value)
+        described = b.pgconn.describe_portal(b"c")
+        assert described.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"34000"
