@@ -94,7 +94,7 @@ def leaves_state(sql: str) -> bool:
 @functools.lru_cache(maxsize=2048)
 def _parsed_leaves_state(sql: str) -> bool:
     try:
-        tree = json.loads(pglast.parser.parse_sql_json(sql))
+        tree = json.loads(pgparser.parse_sql_json(sql))
     except Exception:  # PostgreSQL will refuse it too; if it does not, keep the backend
         return True
     return _holds(tree)

@@ -12,6 +12,7 @@ import time
 import psycopg
 import pytest
 
+from tests import policed_role
 from tests.harness import ProxyProcess, base_config
 from tests.policy.conftest import DB, DIRECT, POLICY, TOKEN_KEY
 
@@ -23,7 +24,8 @@ def start_proxy(workdir, mode: str) -> ProxyProcess:
     (workdir / "policies").mkdir(parents=True, exist_ok=True)
     (workdir / "policies" / "shop.yaml").write_text(POLICY)
     config = base_config(pool={"mode": mode, "size": 1, "query_wait_timeout": 1.0},
-                         policies="policies")
+                         policies="policies",
+                         backend_auth=policed_role.backend_auth(policed_role.grant(POLICY)))
     return ProxyProcess(config, workdir, env={"PGWARDEN_TEST_TENANT_KEY": TOKEN_KEY}).start()
 
 
