@@ -83,12 +83,13 @@ def target_read(parts: list[str], r: Resolved, columns: dict) -> str | None:
     return None
 
 
-def nested_read(parts: list[str], r: Resolved, columns: dict) -> str | None:
+def nested_read(parts: list[str], r: Resolved, columns: dict, unqualified: bool = True) -> str | None:
     """What a reference inside a subquery of a write may read of the masked target, or None.
 
     Fail closed: the subquery's own relations are not resolved, so a name that could be the
     target's (its name or alias, `old`, `new`) is taken to be it. An unqualified `*` expands the
-    subquery's own FROM items only, never an outer row.
+    subquery's own FROM items only, never an outer row. `unqualified` False leaves bare column
+    names alone (in FROM/USING items, which PostgreSQL never lets see the target).
     >>> from .examples import EXAMPLE
     >>> from .analyse import RelRef
     >>> r = Resolved(RelRef({"relname": "customers"}, "delete"), "public.customers", EXAMPLE.tables["public.customers"])
@@ -100,7 +101,7 @@ def nested_read(parts: list[str], r: Resolved, columns: dict) -> str | None:
         return "star" if len(parts) >= 2 and parts[-2] in names else None
     if len(parts) == 1 and parts[0] in names and parts[0] not in columns:
         return "row"
-    if parts[-1] in r.rule.masks and (len(parts) == 1 or parts[-2] in names):
+    if parts[-1] in r.rule.masks and (parts[-2] in names if len(parts) > 1 else unqualified):
         return "column"
     return None
 
@@ -136,15 +137,15 @@ NESTED_READS = {"row": "a whole-row reference to the target inside a subquery",
                 "star": "a `target.*` inside a subquery", "column": "a subquery naming a masked column"}
 
 
-def check_nested(r: Resolved, nested: list[dict], columns: dict) -> None:
+def check_nested(r: Resolved, nested: list, columns: dict, unqualified: bool = True) -> None:
     """Refuse a subquery of a write, at any depth, that could read the target's row or masked columns by correlation."""
     for sub in nested:
         inner: list[dict] = []
         for ref in column_refs(sub, inner):
-            read = nested_read(fields_of(ref), r, columns)
+            read = nested_read(fields_of(ref), r, columns, unqualified)
             if read is not None:
                 raise _refused(r, NESTED_READS[read])
-        check_nested(r, inner, columns)
+        check_nested(r, inner, columns, unqualified)
 
 
 def mask_write_columns(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
@@ -173,7 +174,8 @@ def mask_write_columns(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Pa
             for ref in column_refs(res.get("val"), nested):
                 edit = mask_ref(r, ctx, toks, ref, not bare)
                 out += [edit] if edit else []
-        # PostgreSQL hides the target from FROM/USING items (LATERAL, JOIN ... ON); checked all the same
-        nested += [r.ref.owner.get("fromClause"), r.ref.owner.get("usingClause")]
-        check_nested(r, nested, {col.name: col for col in ctx.schema[r.name]})
+        columns = {col.name: col for col in ctx.schema[r.name]}
+        check_nested(r, nested, columns)
+        # PostgreSQL hides the target from FROM/USING items (LATERAL, JOIN ... ON); refused here all the same
+        check_nested(r, [r.ref.owner.get("fromClause"), r.ref.owner.get("usingClause")], columns, False)
     return out

@@ -189,3 +189,24 @@ def test_ordinary_writes_still_work_and_masked_copies_are_masked(guarded):
     now = stored()
     assert now[0][2] == "100.00" and now[1][2] == "****" and now[0][5] == "****"
     assert [r[4] for r in now] == list(SSNS)
+
+
+def test_a_from_subquery_reading_the_table_is_a_masked_read(guarded):
+    """UPDATE ... FROM items are reads (the protected projection), not the target: allowed, masked."""
+    with connect(guarded, "acme_app") as conn:
+        got = conn.execute("update customers c set name = x.ssn from (select id, ssn from customers) x "
+                           "where x.id = c.id and c.id = 1 returning c.name").fetchall()
+        assert got == [("****",)]
+        assert conn.execute("update customers c set name = x.ssn from (select id, ssn from customers) x "
+                            "where x.id = 3 and c.id = 1 returning c.name").fetchall() == []
+    assert [r[2] for r in stored()] == ["****", "Bob", "Gus"]
+
+
+@pytest.mark.parametrize("sql", [ATTACKS["select-whole-row-text"], INFERENCE["where-column"],
+                                 "update customers set name = ssn where id = 1"])
+def test_the_read_only_analyst_cannot_write_at_all(guarded, sql):
+    with connect(guarded, "alice") as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql)
+        assert conn.execute("select 1").fetchone() == (1,)
+    assert_nothing_stored()
