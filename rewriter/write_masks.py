@@ -47,9 +47,14 @@ def column_refs(node: object, nested: list[dict]) -> Iterator[dict]:
             yield from column_refs(value, nested)
 
 
-def _refused(r: Resolved, what: str) -> Refused:
+def _refused(r: Resolved, what: str,
+             hint: str = "Name the columns you need; masked columns read as their masked value.") -> Refused:
     return Refused(f'{what} of masked table "{r.name}" is refused: it would reveal masked values',
-                   "Name the columns you need; masked columns read as their masked value.", f"tables.{r.name}.masks")
+                   hint, f"tables.{r.name}.masks")
+
+
+NESTED_HINT = ("Name the target's columns outside the subquery (e.g. SET a = t.b, WHERE t.b = ...), "
+               "where masked columns read as their masked value; whole rows of it are never readable in a write.")
 
 
 def _star_text(r: Resolved, ctx: Context) -> str:
@@ -144,7 +149,7 @@ def check_nested(r: Resolved, nested: list, columns: dict, unqualified: bool = T
         for ref in column_refs(sub, inner):
             read = nested_read(fields_of(ref), r, columns, unqualified)
             if read is not None:
-                raise _refused(r, NESTED_READS[read])
+                raise _refused(r, NESTED_READS[read], NESTED_HINT)
         check_nested(r, inner, columns, unqualified)
 
 
