@@ -66,6 +66,8 @@ ATTACKS = {
     # another tenant's row through the write
     "other-tenant-upsert": "insert into customers (id, name) values (3, 'x') on conflict (id) "
                            "do update set name = customers::text returning name",
+    "other-tenant-upsert-column": "insert into customers (id, name) values (3, 'x') on conflict (id) "
+                                  "do update set name = customers.name || customers.ssn returning name, ssn",
     "other-tenant-from": "update customers c set name = d.ssn from customers d where d.id = 3 and c.id = 1 "
                          "returning c.name",
 }
