@@ -25,7 +25,7 @@ from .pgparser import ast
 from .refuse import Refused
 from .resolve import resolve_relation
 from .splice import Edit
-from .write_masks import column_refs, expression_roots, fields_of, target_read
+from .write_masks import check_nested, column_refs, expression_roots, fields_of, target_read
 from .writes import tenant_value
 
 
@@ -271,6 +271,7 @@ def recheck(kind: str, fields: dict, ctx: Context) -> None:
             for col in column_refs(roots, nested):
                 if target_read(fields_of(col), r, columns) is not None:
                     raise _fail(f'a masked column of "{r.name}" is read unmasked')
+            check_nested(r, nested, columns)
 
 
 def sides(original: bytes, ctx: Context, judged: list) -> tuple[Side, Side]:

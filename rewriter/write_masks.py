@@ -47,9 +47,14 @@ def column_refs(node: object, nested: list[dict]) -> Iterator[dict]:
             yield from column_refs(value, nested)
 
 
-def _refused(r: Resolved, what: str) -> Refused:
+def _refused(r: Resolved, what: str,
+             hint: str = "Name the columns you need; masked columns read as their masked value.") -> Refused:
     return Refused(f'{what} of masked table "{r.name}" is refused: it would reveal masked values',
-                   "Name the columns you need; masked columns read as their masked value.", f"tables.{r.name}.masks")
+                   hint, f"tables.{r.name}.masks")
+
+
+NESTED_HINT = ("Name the target's columns outside the subquery (e.g. SET a = t.b, WHERE t.b = ...), "
+               "where masked columns read as their masked value; whole rows of it are never readable in a write.")
 
 
 def _star_text(r: Resolved, ctx: Context) -> str:
@@ -62,19 +67,46 @@ def _star_text(r: Resolved, ctx: Context) -> str:
     return ", ".join(items)
 
 
+def target_names(r: Resolved) -> set[str]:
+    """The names a reference may use for the target's row: its name or alias (`old`/`new` too for UPDATE)."""
+    return {r.ref.ref_name, "old", "new"} if r.ref.role == "update" else {r.ref.ref_name}
+
+
 def target_read(parts: list[str], r: Resolved, columns: dict) -> str | None:
     """What a column reference (its name parts) reads of a masked write target.
 
-    "column" (a masked column), "star" (`*` / `t.*`), "row" (the whole row), or None.
+    "column" (a masked column), "star" (`*`, `t.*`, `schema.t.*`), "row" (the whole row), or None.
     `old.`/`new.` (PostgreSQL 18 RETURNING) name the target of an UPDATE too; `excluded.` never does.
     """
-    me = r.ref.ref_name
-    target = {me, "old", "new"} if r.ref.role == "update" else {me}
+    target = target_names(r)
     if parts[-1] == "*":
-        return "star" if len(parts) == 1 or (len(parts) == 2 and parts[0] in target) else None
+        return "star" if len(parts) == 1 or parts[-2] in target else None
     if len(parts) == 1 and parts[0] in target and parts[0] not in columns:
         return "row"
     if parts[-1] in r.rule.masks and (len(parts) != 2 or parts[0] in target):
+        return "column"
+    return None
+
+
+def nested_read(parts: list[str], r: Resolved, columns: dict, unqualified: bool = True) -> str | None:
+    """What a reference inside a subquery of a write may read of the masked target, or None.
+
+    Fail closed: the subquery's own relations are not resolved, so a name that could be the
+    target's (its name or alias, `old`, `new`) is taken to be it. An unqualified `*` expands the
+    subquery's own FROM items only, never an outer row. `unqualified` False leaves bare column
+    names alone (in FROM/USING items, which PostgreSQL never lets see the target).
+    >>> from .examples import EXAMPLE
+    >>> from .analyse import RelRef
+    >>> r = Resolved(RelRef({"relname": "customers"}, "delete"), "public.customers", EXAMPLE.tables["public.customers"])
+    >>> [nested_read(p, r, {}) for p in (["customers"], ["customers", "*"], ["ssn"], ["*"], ["x", "id"])]
+    ['row', 'star', 'column', None, None]
+    """
+    names = target_names(r) | {"old", "new"}
+    if parts[-1] == "*":
+        return "star" if len(parts) >= 2 and parts[-2] in names else None
+    if len(parts) == 1 and parts[0] in names and parts[0] not in columns:
+        return "row"
+    if parts[-1] in r.rule.masks and (parts[-2] in names if len(parts) > 1 else unqualified):
         return "column"
     return None
 
@@ -89,6 +121,8 @@ def mask_ref(r: Resolved, ctx: Context, toks: Tokens, ref: dict, named: bool) ->
         raise _refused(r, "a whole-row reference")
     i = toks.at(ref["location"])
     if read == "star":
+        if len(parts) > 2:
+            raise _refused(r, "a schema-qualified `*`")
         if parts[0] != me and len(parts) == 2:
             raise _refused(r, "old.* / new.*")
         if r.ref.owner.get("fromClause") or r.ref.owner.get("usingClause") or named:
@@ -104,15 +138,19 @@ def mask_ref(r: Resolved, ctx: Context, toks: Tokens, ref: dict, named: bool) ->
                 "mask")
 
 
-def check_nested(r: Resolved, nested: list[dict]) -> None:
-    """Refuse a subquery of a write that could read the target's masked columns by correlation."""
+NESTED_READS = {"row": "a whole-row reference to the target inside a subquery",
+                "star": "a `target.*` inside a subquery", "column": "a subquery naming a masked column"}
+
+
+def check_nested(r: Resolved, nested: list, columns: dict, unqualified: bool = True) -> None:
+    """Refuse a subquery of a write, at any depth, that could read the target's row or masked columns by correlation."""
     for sub in nested:
         inner: list[dict] = []
         for ref in column_refs(sub, inner):
-            parts = fields_of(ref)
-            if parts[-1] in r.rule.masks and (len(parts) == 1 or parts[-2] in (r.ref.ref_name, "old", "new")):
-                raise _refused(r, "a subquery naming a masked column")
-        check_nested(r, inner)
+            read = nested_read(fields_of(ref), r, columns, unqualified)
+            if read is not None:
+                raise _refused(r, NESTED_READS[read], NESTED_HINT)
+        check_nested(r, inner, columns, unqualified)
 
 
 def mask_write_columns(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
@@ -128,8 +166,10 @@ def mask_write_columns(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Pa
         if r.ref.role not in ("insert", "update", "delete") or r.rule is None or not r.rule.masks:
             continue
         nested: list[dict] = []
+        seen: set[int] = set()  # SET (a, b) = ROW(...) repeats its source once per column
         for ref in column_refs(expression_roots(r), nested):
-            edit = mask_ref(r, ctx, toks, ref, True)
+            edit = None if ref["location"] in seen else mask_ref(r, ctx, toks, ref, True)
+            seen.add(ref["location"])
             out += [edit] if edit else []
         if (r.ref.owner.get("returningClause") or {}).get("options"):
             raise _refused(r, "RETURNING WITH (OLD/NEW AS ...)")
@@ -139,5 +179,8 @@ def mask_write_columns(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Pa
             for ref in column_refs(res.get("val"), nested):
                 edit = mask_ref(r, ctx, toks, ref, not bare)
                 out += [edit] if edit else []
-        check_nested(r, nested)
+        columns = {col.name: col for col in ctx.schema[r.name]}
+        check_nested(r, nested, columns)
+        # PostgreSQL hides the target from FROM/USING items (LATERAL, JOIN ... ON); refused here all the same
+        check_nested(r, [r.ref.owner.get("fromClause"), r.ref.owner.get("usingClause")], columns, False)
     return out

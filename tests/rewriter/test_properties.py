@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -188,3 +189,64 @@ def test_writes_never_touch_another_tenants_rows(databases, sql: str) -> None:
         after = cur.execute(OTHERS).fetchall()
     conn.rollback()
     assert after == before, (sql, result.sql)
+
+
+@st.composite
+def target_read(draw, ref: str) -> str:
+    """A text expression reading the write target's row `ref`: a masked column, the whole row, a field of it."""
+    expr = draw(st.sampled_from([
+        f"{ref}.ssn", "ssn", f"({ref}).ssn", f"({ref}.*).ssn", f"{ref}::text", f"row_to_json({ref})::text",
+        f"to_jsonb({ref}) ->> 'ssn'", f"ROW({ref}.*)::text", f"format('%s', {ref})", f"{ref}.name",
+        f"{ref}.ssn || ''", f"upper({ref}.ssn)"]))
+    for depth in range(draw(st.integers(0, 2))):
+        expr = draw(st.sampled_from([f"(SELECT {expr})", f"(SELECT x FROM (SELECT {expr} AS x) s{depth})"]))
+    return expr
+
+
+@st.composite
+def write_reading_target(draw) -> str:
+    """An UPDATE, DELETE or upsert of customers whose SET, WHERE, ON CONFLICT or RETURNING reads its target."""
+    alias = draw(st.sampled_from(["", " c", " AS c"]))
+    ref = "c" if alias else "customers"
+    expr = draw(target_read(ref))
+    where = draw(st.sampled_from(["", f" WHERE {expr} LIKE '1%'", f" WHERE {expr} LIKE '%111%'",
+                                  f" WHERE {expr} IS NOT NULL"]))
+    ret = draw(st.sampled_from(["", f" RETURNING {expr}", f" RETURNING {ref}.id"]))
+    kind = draw(st.sampled_from(["update", "delete", "upsert"]))
+    if kind == "update":
+        value = draw(st.sampled_from([expr, "'n'"]))
+        return f"UPDATE customers{alias} SET name = {value}{where}{ret}"
+    if kind == "delete":
+        return f"DELETE FROM customers{alias}{where}{ret}"
+    value = draw(st.sampled_from([expr, "EXCLUDED.name"]))
+    return (f"INSERT INTO customers{' AS c' if alias else ''} (id, name) VALUES ({draw(st.sampled_from([1, 3]))}, 'n') "
+            f"ON CONFLICT (id) DO UPDATE SET name = {value}{where}{ret}")
+
+
+def _outcome(conn, sql: str, masked_world: bool) -> tuple:
+    """What running `sql` shows: its rows and count (or error), and the table afterwards (ssn aside)."""
+    with conn.cursor() as cur:
+        try:
+            if masked_world:
+                cur.execute("UPDATE customers SET ssn = '****' WHERE ssn IS NOT NULL")
+            cur.execute(sql.replace("%", "%%"))
+            shown = (cur.rowcount, cur.fetchall() if cur.description else None)
+            stored = cur.execute("SELECT id, tenant_id, name, email, phone FROM customers ORDER BY id").fetchall()
+        except psycopg.Error as exc:
+            shown, stored = (type(exc).__name__,), ()
+    conn.rollback()
+    return shown, stored
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(write_reading_target())
+def test_writes_reading_their_target_behave_as_if_masked_values_were_stored(databases, sql: str) -> None:
+    """Non-interference: a write that is not refused returns, stores and counts the same whether the
+    masked column holds real values or its masked value (so it cannot reveal or infer the real one)."""
+    result = rewrite(sql, context())
+    assert isinstance(result, (Rewrite, Deny)), (sql, result)
+    if isinstance(result, Deny):
+        assert result.rule == "tables.public.customers.masks", (sql, result)
+        return
+    conn = databases[0]
+    assert _outcome(conn, result.sql, False) == _outcome(conn, result.sql, True), (sql, result.sql)
