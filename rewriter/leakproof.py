@@ -140,7 +140,7 @@ class Judge:
             return "an operand pgwarden cannot read"
         if typed[0] in ("ColumnRef", "TypeCast") or typed[0] in LEAVES:
             return self.expr(node)
-        return f"{typed[0]} compared"
+        return self.expr(node) or f"{typed[0]} compared"
 
     def operands(self, node: object) -> str | None:
         items = node["List"]["items"] if isinstance(node, dict) and "List" in node else [node]
@@ -204,6 +204,10 @@ class Judge:
 
     def n_FuncCall(self, fields: dict) -> str | None:
         return f"a call of {'.'.join(names_of(fields.get('funcname')))}()"
+
+    def n_RangeFunction(self, fields: dict) -> str | None:
+        calls = [f for item in fields.get("functions") or () for f in (item.get("List") or {}).get("items", ())]
+        return next(filter(None, (self.expr(c) for c in calls)), None) or "a function in FROM"
 
     def n_JoinExpr(self, fields: dict) -> str | None:
         return self.expr([fields.get("larg"), fields.get("rarg"), fields.get("quals")])
