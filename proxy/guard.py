@@ -12,7 +12,14 @@ import pglast.parser
 
 from proxy import protocol
 from proxy.pipeline import SWALLOW
-from proxy.router import Forward, Identity, Refuse, Router, SetTenant, tenant_parameter_types
+from proxy.router import (
+    Forward,
+    Identity,
+    Refuse,
+    Router,
+    SetTenant,
+    tenant_parameter_types,
+)
 
 log = logging.getLogger("pgwarden.guard")
 

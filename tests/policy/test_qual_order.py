@@ -220,9 +220,8 @@ def test_a_cast_around_the_tenant_value_is_refused(shop, name):
 @pytest.mark.parametrize("prepare", [False, True])
 def test_a_cast_around_a_tenant_parameter_is_refused(shop, sql, prepare):
     params = ("acme", 10) if sql.startswith("update") else (956, "acme")
-    with connect(shop) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(sql, params, prepare=prepare)
+    with connect(shop) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(sql, params, prepare=prepare)
     assert _odd_tenants() == []
 
 
