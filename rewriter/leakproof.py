@@ -138,7 +138,7 @@ class Judge:
         typed = node_type(node)
         if typed is None:
             return "an operand pgwarden cannot read"
-        if typed[0] in ("ColumnRef", "TypeCast") or typed[0] in LEAVES:
+        if typed[0] in ("ColumnRef", "TypeCast", "A_ArrayExpr") or typed[0] in LEAVES:
             return self.expr(node)
         return self.expr(node) or f"{typed[0]} compared"
 
@@ -204,6 +204,14 @@ class Judge:
 
     def n_FuncCall(self, fields: dict) -> str | None:
         return f"a call of {'.'.join(names_of(fields.get('funcname')))}()"
+
+    def n_List(self, fields: dict) -> str | None:
+        """A row of VALUES (or an IN list): each item judged."""
+        return self.expr(fields.get("items"))
+
+    def n_A_ArrayExpr(self, fields: dict) -> str | None:
+        """ARRAY[...] of columns, constants and parameters (`id = ANY(ARRAY[$1, $2])`)."""
+        return next(filter(None, (self.operand(e) for e in fields.get("elements") or ())), None)
 
     def n_RangeFunction(self, fields: dict) -> str | None:
         calls = [f for item in fields.get("functions") or () for f in (item.get("List") or {}).get("items", ())]

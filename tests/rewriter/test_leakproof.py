@@ -42,6 +42,8 @@ LEAK_FREE = [
     "WITH moved AS (DELETE FROM orders WHERE total < 10 RETURNING id) SELECT count(*) FROM moved",
     "COPY (SELECT lower(name) FROM customers WHERE id = 1) TO STDOUT",
     "EXPLAIN SELECT * FROM customers WHERE id = 1",
+    "SELECT * FROM customers WHERE id = ANY(ARRAY[$1, $2::int, 3]) AND name IN ($3::VARCHAR)",
+    "INSERT INTO orders (id, total) SELECT p0::int, p1 FROM (VALUES ($1::int, $2, 0), ($3::int, $4, 1)) AS s(p0, p1, n)",
 ]
 
 LEAKY = [
@@ -93,6 +95,8 @@ LEAKY = [
     ("DECLARE c CURSOR FOR SELECT id FROM customers WHERE name::int = 1", "cast"),
     ("SELECT 1 FROM customers WHERE name COLLATE \"C\" = 'x'", "CollateClause"),
     ("SELECT 1 FROM customers WHERE xmlparse(document name) IS NOT NULL", "XmlExpr"),
+    ("SELECT 1 FROM customers WHERE id = ANY(ARRAY[length(name)])", "length"),
+    ("SELECT * FROM (VALUES (1::int / 0)) v(x) JOIN customers ON id = x", "/"),
 ]
 
 
