@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from proxy import protocol
 from proxy.pipeline import SWALLOW
-from proxy.router import Forward, Identity, Refuse, Router, SetTenant
+from proxy.router import Forward, Identity, Refuse, Router, SetTenant, tenant_parameter_types
 from proxy.sql_names import SqlNames
 from rewriter import pgparser
 
@@ -284,6 +284,11 @@ class Guarded:
             return None
         text, decision = guarded
         router = self.server.router
+        refused = tenant_parameter_types(parsed.param_types, decision.param_checks)
+        if refused is not None:
+            self.server.metrics.refusals.labels(refused.rule).inc()
+            self.refuse(refused.sqlstate, refused.message, refused.hint, False)
+            return None
         self.guarded[parsed.name] = Prepared(parsed.query, parsed.param_types, decision.param_checks,
                                              router, self.tenant(), router.generation)  # type: ignore[union-attr]
         if text == parsed.query:

@@ -366,6 +366,33 @@ class Router:
         return SetTenant(tenant, local, f"SET {'LOCAL ' if local else ''}{name} TO '{quoted}'")
 
 
+# Declared types whose input function reads the tenant value exactly as sent (unspecified,
+# text, varchar, the integers): "char" would keep its first byte, name its first 63.
+TENANT_PARAMETER_TYPES = frozenset({0, 25, 1043, 20, 21, 23})
+
+
+def tenant_parameter_types(param_types: bytes, checks: tuple[tuple[int, str], ...]) -> Refuse | None:
+    """A Parse that declares a tenant-column parameter of a type that could change the value.
+
+    The Bind check compares the bytes sent; PostgreSQL stores what the declared type's
+    input function makes of them ('acme' as "char" is 'a').
+    >>> tenant_parameter_types(bytes([0, 2, 0, 0, 0, 23, 0, 0, 0, 18]), ((2, "acme"),)).sqlstate
+    '42501'
+    >>> tenant_parameter_types(bytes([0, 1, 0, 0, 0, 18]), ((2, "acme"),)) is None
+    True
+    """
+    count = int.from_bytes(param_types[:2], "big") if len(param_types) >= 2 else 0
+    for number, _ in checks:
+        if number > count:
+            continue
+        oid = int.from_bytes(param_types[2 + 4 * (number - 1):6 + 4 * (number - 1)], "big")
+        if oid not in TENANT_PARAMETER_TYPES:
+            return Refuse("42501", f"Parse refused: parameter ${number} sets the tenant column but is declared "
+                          f"of type oid {oid}, whose input could change the value written",
+                          "declare the tenant parameter as text (or leave its type unspecified)", "tenancy.column")
+    return None
+
+
 _LITERALS = frozenset({"SCONST", "ICONST", "FCONST"})
 
 

@@ -117,8 +117,12 @@ def tenant_predicate(ref: str | None, column: str, tenant: str) -> str:
     return f"{target} = {quote_literal(tenant)}"
 
 
-def projection(rule: TableRule, columns: tuple[Column, ...], tenant: str | None, only: bool = False) -> str:
+def projection(rule: TableRule, columns: tuple[Column, ...], tenant: str | None, only: bool = False,
+               fence: bool = False) -> str:
     """P(t): the protected projection of a table, in parentheses, without an alias (`only`: FROM ONLY).
+
+    `fence` adds `OFFSET 0`: PostgreSQL then neither pulls the subquery up nor pushes the
+    statement's conditions into it, so its tenant filter and masks apply first (see leakproof.py).
 
     >>> from .context import TableRule
     >>> rule = TableRule("public.c", "tenant_id", frozenset({"select"}), {"ssn": MaskSpec("redact")})
@@ -136,4 +140,4 @@ def projection(rule: TableRule, columns: tuple[Column, ...], tenant: str | None,
             raise ValueError("a tenant-scoped table needs a tenant")
         where = f" WHERE {tenant_predicate(None, rule.tenant_column, tenant)}"
     source = ("ONLY " if only else "") + quote_qualified(rule.name)
-    return f"(SELECT {', '.join(items)} FROM {source}{where})"
+    return f"(SELECT {', '.join(items)} FROM {source}{where}{' OFFSET 0' if fence else ''})"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from .checks import Checked, Resolved
 from .context import Context
+from .leakproof import first_leak
 from .masks import projection, quote_ident
 from .write_masks import fields_of
 from .refuse import Refused
 from .splice import Edit, ParamCheck, Tokens, relation_span
 
 
-def substituted(r: Resolved, ctx: Context) -> str:
+def substituted(r: Resolved, ctx: Context, fence: bool = False) -> str:
     """The text that replaces a protected relation name: P(t), aliased as the client named it.
 
     >>> from .analyse import RelRef
@@ -20,12 +21,13 @@ def substituted(r: Resolved, ctx: Context) -> str:
     >>> substituted(Resolved(RelRef({"relname": "t", "inh": True}, "select"), "public.t", rule), ctx)
     '(SELECT "tid" FROM "public"."t" WHERE "tid" = \\'a\\') AS "t"'
     """
-    text = projection(r.rule, ctx.schema[r.name], ctx.tenant, only=not r.ref.rv.get("inh"))
+    text = projection(r.rule, ctx.schema[r.name], ctx.tenant, only=not r.ref.rv.get("inh"), fence=fence)
     return text if r.ref.rv.get("alias") else f"{text} AS {quote_ident(r.ref.rv['relname'])}"
 
 
 def substitute_reads(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCheck]:
-    """Replace each protected relation read by P(t), keeping the client's alias.
+    """Replace each protected relation read by P(t), keeping the client's alias; fenced
+    (`OFFSET 0`) when a condition of the statement is not provably leak-free.
 
     `ONLY orders` -> `(... FROM ONLY ...) AS "orders"`; `TABLE orders` -> `SELECT * FROM (...) AS "orders"`.
     >>> from .examples import run_rule
@@ -33,8 +35,11 @@ def substitute_reads(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Para
     SELECT o.total FROM (SELECT "id", "tenant_id", "total" FROM "public"."orders" WHERE "tenant_id" = 'acme') o WHERE o.id = $1
     >>> print(run_rule(substitute_reads, "SELECT * FROM customers WHERE ssn = '1'"))
     SELECT * FROM (SELECT "id", "tenant_id", CAST('****' AS text) AS "ssn" FROM "public"."customers" WHERE "tenant_id" = 'acme') AS "customers" WHERE ssn = '1'
+    >>> print(run_rule(substitute_reads, "SELECT id FROM orders WHERE total::int > 0"))
+    SELECT id FROM (SELECT "id", "tenant_id", "total" FROM "public"."orders" WHERE "tenant_id" = 'acme' OFFSET 0) AS "orders" WHERE total::int > 0
     """
     edits: list[Edit | ParamCheck] = []
+    fence = first_leak(c.kind, c.fields) is not None
     for r in c.refs:
         if r.ref.role != "select" or not r.protected:
             continue
@@ -44,9 +49,9 @@ def substitute_reads(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Para
         start, end = relation_span(toks, r.ref.rv)
         i = toks.at(start)
         if i > 0 and toks.names[i - 1] == "TABLE":  # `TABLE t` is `SELECT * FROM t`
-            edits.append(Edit(toks.starts[i - 1], end, f"SELECT * FROM {substituted(r, ctx)}"))
+            edits.append(Edit(toks.starts[i - 1], end, f"SELECT * FROM {substituted(r, ctx, fence)}"))
         else:
-            edits.append(Edit(start, end, substituted(r, ctx)))
+            edits.append(Edit(start, end, substituted(r, ctx, fence)))
     return edits
 
 

@@ -12,7 +12,7 @@ references they replaced become the same markers on the client's side. Then
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from .analyse import node_type, returning
@@ -20,6 +20,7 @@ from .checks import check_calls, check_ref
 from .classify import statements, walk_statement
 from .context import Context
 from .inserts import given_columns, source_rows, value_index
+from .leakproof import first_leak
 from .masks import mask_expr, projection, quote_ident, tenant_predicate
 from .pgparser import ast
 from .refuse import Refused
@@ -87,6 +88,7 @@ class Side:
     starred: bool                 # a RETURNING * was expanded: RETURNING lists are not compared
     params: frozenset[int]        # parameter numbers the Rewrite checks at Bind
     requalified: frozenset[int]   # client side: locations of schema.table.column refs we shortened
+    fence: bool = False           # the statement is not leak-free: projections fenced, write conditions guarded
 
 
 def norm(node: object, side: Side) -> object:
@@ -133,7 +135,7 @@ def _range_subselect(fields: dict, side: Side) -> object:
     rule = side.ctx.tables.get(name)
     if rule is None or not rule.protected or name not in side.ctx.schema or not fields.get("alias"):
         return None
-    text = projection(rule, side.ctx.schema[name], side.ctx.tenant, only=not rv.get("inh"))
+    text = projection(rule, side.ctx.schema[name], side.ctx.tenant, only=not rv.get("inh"), fence=side.fence)
     if canon(fields["subquery"]) != fragment_tree(f"SELECT * FROM {text} AS x"):
         return None
     return _marker(name, fields["alias"], fields["alias"]["aliasname"], bool(rv.get("inh")))
@@ -164,7 +166,8 @@ def _type_cast(fields: dict, side: Side) -> object:
 
 
 def _strip_predicate(where: dict | None, ref: str, column: str, side: Side) -> dict | None:
-    """The rewritten WHERE without our trailing tenant conjunct (refused when it is missing)."""
+    """The rewritten WHERE without our leading tenant conjunct (and its CASE guard when the
+    statement is fenced); refused when either is missing."""
     pred = fragment_tree(f"SELECT {tenant_predicate(ref, column, side.ctx.tenant)}")
     if where is None:
         raise _fail("a tenant predicate is missing")
@@ -172,9 +175,15 @@ def _strip_predicate(where: dict | None, ref: str, column: str, side: Side) -> d
         return None
     bool_expr = where.get("BoolExpr") or {}
     args = bool_expr.get("args", [])
-    if bool_expr.get("boolop") != "AND_EXPR" or len(args) < 2 or canon(args[-1]) != pred:
-        raise _fail("the tenant predicate is not a top-level conjunct")
-    return args[0] if len(args) == 2 else {"BoolExpr": {**bool_expr, "args": args[:-1]}}
+    if bool_expr.get("boolop") != "AND_EXPR" or len(args) != 2 or canon(args[0]) != pred:
+        raise _fail("the tenant predicate is not the first top-level conjunct")
+    if not side.fence:
+        return args[1]
+    case = (args[1] or {}).get("CaseExpr") or {}
+    whens = [w.get("CaseWhen") or {} for w in case.get("args", [])]
+    if case.get("arg") or case.get("defresult") or len(whens) != 1 or canon(whens[0].get("expr")) != pred:
+        raise _fail("the client's condition is not guarded by the tenant predicate")
+    return whens[0]["result"]
 
 
 def _strip_tenant_column(out: dict, name: str, column: str, side: Side) -> dict:
@@ -305,6 +314,7 @@ def verify(original: str, new: str, ctx: Context, judged: list) -> None:
         raise _fail("the rewritten text has other statements")
     client, ours = sides(original.encode(), ctx, judged)
     for (kind, fields), (_, new_fields) in zip(before, after):
+        ours = replace(ours, fence=first_leak(kind, fields) is not None)
         theirs_n, ours_n = norm({kind: fields}, client), norm({kind: new_fields}, ours)
         recheck(kind, ours_n[kind], ctx)
         if client.starred:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .analyse import node_type
 from .checks import Checked, Resolved
 from .context import Context
+from .leakproof import first_leak
 from .masks import quote_qualified, tenant_predicate
 from .refuse import Refused
 from .splice import Edit, ParamCheck, Tokens, clause_end, name_end
@@ -31,13 +32,18 @@ def qualify_targets(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Param
     return [qualify(toks, r) for r in c.refs if r.ref.role in ("insert", "update", "delete") and r.protected]
 
 
-def where_edits(toks: Tokens, i: int, predicate: str) -> list[Edit]:
-    """AND `predicate` into the WHERE clause found at depth 0 from token `i` (or add one).
+def where_edits(toks: Tokens, i: int, predicate: str, guard: bool = False) -> list[Edit]:
+    """Put `predicate` first in the WHERE clause found at depth 0 from token `i` (or add one).
 
+    With `guard` the client's condition runs only on rows that passed the predicate:
+    `WHERE p AND CASE WHEN p THEN (cond) END` (PostgreSQL orders a scan's conditions by
+    cost, but never evaluates a CASE branch whose WHEN is false; see leakproof.py).
     >>> from .splice import scan, apply
     >>> t = scan("UPDATE t SET a = 1 WHERE a OR b RETURNING a")
     >>> apply(b"UPDATE t SET a = 1 WHERE a OR b RETURNING a", where_edits(t, 1, "p")).decode()
-    'UPDATE t SET a = 1 WHERE (a OR b) AND p RETURNING a'
+    'UPDATE t SET a = 1 WHERE p AND (a OR b) RETURNING a'
+    >>> apply(b"UPDATE t SET a = 1 WHERE a OR b RETURNING a", where_edits(t, 1, "p", True)).decode()
+    'UPDATE t SET a = 1 WHERE p AND CASE WHEN p THEN (a OR b) END RETURNING a'
     """
     w = clause_end(toks, i, frozenset({"WHERE", "RETURNING"}))
     if w < len(toks.names) and toks.names[w] == "WHERE":
@@ -45,8 +51,9 @@ def where_edits(toks: Tokens, i: int, predicate: str) -> list[Edit]:
             raise Refused("WHERE CURRENT OF on a tenant-scoped table is refused",
                           "Update by key instead of by cursor position.", "tables")
         end = clause_end(toks, w + 1, frozenset({"RETURNING"}))
-        return [Edit(toks.starts[w + 1], toks.starts[w + 1], "("),
-                Edit(toks.ends[end - 1], toks.ends[end - 1], f") AND {predicate}")]
+        opening = f"{predicate} AND CASE WHEN {predicate} THEN (" if guard else f"{predicate} AND ("
+        return [Edit(toks.starts[w + 1], toks.starts[w + 1], opening),
+                Edit(toks.ends[end - 1], toks.ends[end - 1], ") END" if guard else ")")]
     return [Edit(toks.ends[w - 1], toks.ends[w - 1], f" WHERE {predicate}")]
 
 
@@ -57,8 +64,9 @@ def tenant_value(expr: dict, column: str, tenant: str) -> list[ParamCheck]:
     [ParamCheck(number=2, value='acme')]
     """
     typed = node_type(expr)
-    while typed and typed[0] == "TypeCast":
-        typed = node_type(typed[1]["arg"])
+    if typed and typed[0] == "TypeCast":  # a cast can change the value: 'acme'::varchar(2) is 'ac'
+        raise Refused(f"a cast around the value of {column} is refused: it could change the value written",
+                      f"Send {column} as a plain literal or parameter, without a cast.", "tenancy.column")
     if typed and typed[0] == "ParamRef":
         return [ParamCheck(typed[1]["number"], tenant)]
     if typed and typed[0] == "A_Const":
@@ -94,16 +102,18 @@ def guard_updates(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCh
 
     >>> from .examples import run_rule
     >>> print(run_rule(guard_updates, "UPDATE orders SET total = 0 WHERE id = 1 OR true"))
-    UPDATE orders SET total = 0 WHERE (id = 1 OR true) AND "orders"."tenant_id" = 'acme'
+    UPDATE orders SET total = 0 WHERE "orders"."tenant_id" = 'acme' AND (id = 1 OR true)
     >>> print(run_rule(guard_updates, "DELETE FROM orders o RETURNING o.id"))
     DELETE FROM orders o WHERE "o"."tenant_id" = 'acme' RETURNING o.id
     """
     out: list[Edit | ParamCheck] = []
+    guard = first_leak(c.kind, c.fields) is not None
     for r in tenant_targets(c, "update") + tenant_targets(c, "delete"):
         if r.ref.role == "update":
             out += assignment_checks(r.ref.owner.get("targetList", []), r, ctx.tenant, False)
         i = toks.at(r.ref.rv["location"])
-        out += where_edits(toks, name_end(toks, i), tenant_predicate(r.ref.ref_name, r.rule.tenant_column, ctx.tenant))
+        out += where_edits(toks, name_end(toks, i), tenant_predicate(r.ref.ref_name, r.rule.tenant_column, ctx.tenant),
+                           guard)
     return out
 
 
@@ -115,6 +125,7 @@ def guard_conflicts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Param
     INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET total = 0 WHERE "orders"."tenant_id" = 'acme'
     """
     out: list[Edit | ParamCheck] = []
+    guard = first_leak(c.kind, c.fields) is not None
     for r in tenant_targets(c, "insert"):
         clause = r.ref.owner.get("onConflictClause") or {}
         if clause.get("action") != "ONCONFLICT_UPDATE":
@@ -125,5 +136,5 @@ def guard_conflicts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Param
         if do >= len(toks.names) or toks.names[do + 1] != "UPDATE":
             raise Refused("could not place the tenant predicate in ON CONFLICT DO UPDATE",
                           "Simplify the statement.", "tables")
-        out += where_edits(toks, do + 2, tenant_predicate(r.ref.ref_name, r.rule.tenant_column, ctx.tenant))
+        out += where_edits(toks, do + 2, tenant_predicate(r.ref.ref_name, r.rule.tenant_column, ctx.tenant), guard)
     return out

@@ -449,7 +449,7 @@ def test_parameters_naming_another_tenant_are_refused(guarded, name, prepare):
     sql, params = PARAM_WRITES[name]
     acme = tuple("acme" if p in ("globex", "GLOBEX") else p for p in params)
     with connect(guarded, "acme_app") as conn:
-        if name in ("plain", "cast", "insert-select", "update") and prepare:
+        if name in ("plain", "insert-select", "update") and prepare:  # a cast is refused whatever its value
             conn.execute(sql, acme, prepare=True)  # the same statement, allowed, then re-bound
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(sql, params, prepare=prepare)

@@ -92,8 +92,9 @@ def undo_projections(result: Rewrite, ctx: Context) -> str:
     for name in result.tables:
         rule = ctx.tables[name]
         for only in (False, True):
-            text = projection(rule, ctx.schema[name], ctx.tenant, only=only)
-            sql = sql.replace(text, ("ONLY " if only else "") + quote_qualified(name))
+            for fence in (False, True):
+                text = projection(rule, ctx.schema[name], ctx.tenant, only=only, fence=fence)
+                sql = sql.replace(text, ("ONLY " if only else "") + quote_qualified(name))
     return sql
 
 
