@@ -8,6 +8,7 @@ from pglast import parser
 
 from .checks import (PASS_THROUGH, QUERIES, WRAPPED, Checked, check_calls, check_copy_ends, check_copy_from,
                      check_ref, check_setting)
+from .complexity import too_complex
 from .classify import INNER_QUERY, statement_kind, statements, walk_statement
 from .context import Context
 from .copy import copy_to_query
@@ -17,6 +18,7 @@ from .reads import requalify_columns, substitute_reads
 from .refuse import Refused
 from .result import Allow, Deny, Result, Rewrite
 from .routines import check_routines
+from .side_channels import check_side_channels
 from .secret_settings import check_setting_reads, check_settings_view, check_show
 from .splice import Edit, ParamCheck, Tokens, apply, scan
 from .verify import verify
@@ -39,6 +41,7 @@ class Judged:
 
 def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
     """Classify one statement and apply every policy check to it (Refused when any fails)."""
+    check_side_channels(kind, fields)
     if kind in PASS_THROUGH:
         check_setting(kind, fields)
         check_show(kind, fields)
@@ -122,6 +125,8 @@ def rewrite(sql: str, ctx: Context) -> Result:
     """
     try:
         parsed = statements(sql)
+    except Refused as refused:
+        return refused.deny
     except (parser.ParseError, ValueError) as exc:
         return Deny(f"statement refused: it could not be parsed ({exc})",
                     "Check the SQL syntax (PostgreSQL's own parser rejected it).", "parse")
@@ -137,6 +142,8 @@ def rewrite(sql: str, ctx: Context) -> Result:
         verify(sql, new, ctx, judged)
     except Refused as refused:
         return refused.deny
+    except RecursionError:  # a walk deeper than Python allows, though within the bounds checked at parse
+        return too_complex("nested too deeply for its rewrite to be checked").deny
     except Exception as exc:  # noqa: BLE001 - fail closed: any surprise refuses the statement
         return Deny(f"statement refused: pgwarden could not rewrite it safely ({type(exc).__name__}: {exc})",
                     "Simplify the statement, or report it to the pgwarden maintainers.", "rewrite")

@@ -8,6 +8,6 @@ from .result import Deny
 class Refused(Exception):
     """Raised anywhere in the analysis; `rewrite()` turns it into the returned Deny."""
 
-    def __init__(self, message: str, hint: str, rule: str) -> None:
+    def __init__(self, message: str, hint: str, rule: str, sqlstate: str = "42501") -> None:
         super().__init__(message)
-        self.deny = Deny(message, hint, rule)
+        self.deny = Deny(message, hint, rule, sqlstate)
