@@ -20,6 +20,8 @@ SENSITIVE_CATALOGS = frozenset(f"pg_catalog.{n}" for n in (
     "pg_ident_file_mappings", "pg_file_settings", "pg_db_role_setting", "pg_replication_slots",
     "pg_stat_ssl", "pg_stat_gssapi", "pg_backend_memory_contexts",
     "pg_locks", "pg_foreign_server", "pg_foreign_table", "pg_policy", "pg_policies",
+    # replication origins and their progress (PostgreSQL revokes both from PUBLIC)
+    "pg_replication_origin", "pg_replication_origin_status",
 )) | frozenset({"information_schema.user_mapping_options", "information_schema.user_mappings",
                 "information_schema.foreign_server_options"})
 
