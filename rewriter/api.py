@@ -6,10 +6,19 @@ from dataclasses import dataclass
 
 from pglast import parser
 
-from .checks import (PASS_THROUGH, QUERIES, WRAPPED, Checked, check_calls, check_copy_ends, check_copy_from,
-                     check_ref, check_setting)
-from .complexity import too_complex
+from .checks import (
+    PASS_THROUGH,
+    QUERIES,
+    WRAPPED,
+    Checked,
+    check_calls,
+    check_copy_ends,
+    check_copy_from,
+    check_ref,
+    check_setting,
+)
 from .classify import INNER_QUERY, statement_kind, statements, walk_statement
+from .complexity import too_complex
 from .context import Context
 from .copy import copy_to_query
 from .implicit import check_columns, check_implicit_names
@@ -18,8 +27,8 @@ from .reads import requalify_columns, substitute_reads
 from .refuse import Refused
 from .result import Allow, Deny, Result, Rewrite
 from .routines import check_routines
-from .side_channels import check_side_channels
 from .secret_settings import check_setting_reads, check_settings_view, check_show
+from .side_channels import check_explain, check_notify
 from .splice import Edit, ParamCheck, Tokens, apply, scan
 from .verify import verify
 from .write_masks import mask_write_columns
@@ -41,7 +50,7 @@ class Judged:
 
 def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
     """Classify one statement and apply every policy check to it (Refused when any fails)."""
-    check_side_channels(kind, fields)
+    check_notify(kind)
     if kind in PASS_THROUGH:
         check_setting(kind, fields)
         check_show(kind, fields)
@@ -70,6 +79,7 @@ def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
     check_columns(found, refs, ctx)
     check_settings_view(kind, fields, refs)
     check_copy_from(refs)
+    check_explain(kind, fields)
     return Checked(kind, fields, found, refs)
 
 

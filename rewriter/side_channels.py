@@ -40,16 +40,21 @@ def _false(arg: dict) -> bool:
     return False
 
 
-def check_side_channels(kind: str, fields: dict) -> None:
-    """Refuse EXPLAIN (any form) and NOTIFY for a policed session."""
-    if kind == "ExplainStmt":
-        if explain_analyzes(fields):
-            raise Refused("EXPLAIN ANALYZE is refused: its actual row counts (rows removed by a filter, "
-                          "index scan rows, conflicting tuples) include other tenants' rows", EXPLAIN_HINT,
-                          "statements")
-        raise Refused("EXPLAIN is refused: its row estimates and plan choices come from planner statistics "
-                      "over every tenant's rows (the data of pg_stats, which is refused too)", EXPLAIN_HINT,
+def check_explain(kind: str, fields: dict) -> None:
+    """Refuse EXPLAIN in any form for a policed session (after its inner statement passed its own checks)."""
+    if kind != "ExplainStmt":
+        return
+    if explain_analyzes(fields):
+        raise Refused("EXPLAIN ANALYZE is refused: its actual row counts (rows removed by a filter, "
+                      "index scan rows, conflicting tuples) include other tenants' rows", EXPLAIN_HINT,
                       "statements")
+    raise Refused("EXPLAIN is refused: its row estimates and plan choices come from planner statistics "
+                  "over every tenant's rows (the data of pg_stats, which is refused too)", EXPLAIN_HINT,
+                  "statements")
+
+
+def check_notify(kind: str) -> None:
+    """Refuse NOTIFY for a policed session (pg_notify() is refused as a dangerous function)."""
     if kind == "NotifyStmt":
         raise Refused("NOTIFY is refused under a policy: notification channels are not tenant-scoped, so a "
                       "payload could reach another tenant's listener", "Deliver events through a tenant-scoped "

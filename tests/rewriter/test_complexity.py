@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 
 import pytest
+from pglast import parser
 
 from rewriter import Deny, classify, rewrite
-from rewriter.complexity import MAX_DEPTH, MAX_NODES, tree_depth
 from rewriter.classify import statements
+from rewriter.complexity import MAX_DEPTH, MAX_NODES, tree_depth
 
 from .schema import context
 
@@ -38,8 +41,6 @@ def _nested(depth: int, fn):
 
 
 def _depth_of(sql: str) -> int:
-    from pglast import parser
-    import json
     try:
         return tree_depth(json.loads(parser.parse_sql_json(sql)))
     except RecursionError:
@@ -74,16 +75,13 @@ def test_the_deepest_statement_within_the_bound_is_judged(shape):
 
 def test_recursion_beyond_pythons_limit_is_refused_as_too_complex():
     """A walk that still overflows (here: little stack left) is 54001, not an internal error."""
-    import sys
     sql = SHAPES["not-chain"](90)
     limit = sys.getrecursionlimit()
 
-    def depth_now(frame=sys._getframe()):
-        d = 0
-        while frame:
-            d, frame = d + 1, frame.f_back
-        return d
-    result = _nested(limit - depth_now() - 150, lambda: rewrite(sql, context()))
+    depth, frame = 0, sys._getframe()
+    while frame:
+        depth, frame = depth + 1, frame.f_back
+    result = _nested(limit - depth - 150, lambda: rewrite(sql, context()))
     assert isinstance(result, Deny) and result.sqlstate == "54001", result
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rewriter import Allow, Deny, Rewrite, rewrite
-from rewriter.locking import locks
 from rewriter.classify import statements
+from rewriter.locking import locks
 from rewriter.side_channels import explain_analyzes
 from rewriter.statistics import statistics_function, statistics_relation
 
