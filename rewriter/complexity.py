@@ -59,6 +59,7 @@ def parse_tree(sql: str) -> dict:
         tree = json.loads(text)
     except RecursionError:
         raise too_complex(f"nested deeper than {MAX_DEPTH} levels") from None
-    if nodes > MAX_DEPTH // 4 and tree_depth(tree) > MAX_DEPTH:
+    # pglast wraps nested lists in {"List": ...}: a tree is at most 2 * nodes + 1 deep.
+    if 2 * nodes + 1 > MAX_DEPTH and tree_depth(tree) > MAX_DEPTH:
         raise too_complex(f"nested deeper than {MAX_DEPTH} levels")
     return tree

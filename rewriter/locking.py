@@ -27,6 +27,8 @@ def locks(select: dict) -> list[dict]:
     ['b']
     """
     out: list[dict] = []
+    if select.get("lockingClause") and (select.get("larg") or select.get("rarg")):
+        return _all_tables({"SelectStmt": select})  # PostgreSQL refuses it; lock all if it did not
     for clause in select.get("lockingClause") or ():
         named = [_typed(rv)[1].get("relname") for rv in _typed(clause)[1].get("lockedRels") or ()]
         for item in select.get("fromClause") or ():

@@ -108,6 +108,7 @@ def test_row_locks_on_a_table_without_the_update_grant_are_refused(guarded, user
             conn.execute("BEGIN")
             err = _refused(conn, sql)
             assert "lock" in err.diag.message_primary or "no tenant" in err.diag.message_primary, sql
+            _refused(conn, sql, prepare=True)  # extended protocol: refused at Parse
             conn.execute("ROLLBACK")
             conn.execute("BEGIN")
             assert conn.execute("SELECT count(*) FROM countries").fetchone() == (2,)

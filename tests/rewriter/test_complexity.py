@@ -101,3 +101,11 @@ def test_a_long_in_list_within_the_bound_is_judged():
 
 def test_statements_reads_a_plain_statement():
     assert statements("select 1")[0][0] == "SelectStmt"
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_depth_is_at_most_twice_the_nodes(shape):
+    """parse_tree skips the depth walk for small trees on this bound (pglast wraps nested lists)."""
+    for n in (1, 2, 5, 40):
+        text = parser.parse_sql_json(SHAPES[shape](n))
+        assert tree_depth(json.loads(text)) <= 2 * text.count('{"') + 1

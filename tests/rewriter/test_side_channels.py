@@ -118,6 +118,7 @@ def test_locks_names_the_tables_postgresql_locks():
     assert locked("select 1 from a where exists (select 1 from b) for update") == ["a"]
     assert locked("select 1 from a, lateral generate_series(1, 2) g for update") == ["a"]
     assert locked("select 1 from a") == []
+    assert locked("(select 1 from a) union (select 1 from b) for update") == ["a", "b"]
 
 
 @pytest.mark.parametrize("sql", [
