@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from .locking import locks
 
 WRITE_ROLES = {"InsertStmt": "insert", "UpdateStmt": "update", "DeleteStmt": "delete", "MergeStmt": "merge"}
 
@@ -12,13 +14,15 @@ class RelRef:
     """One relation reference: the RangeVar's fields, and how the statement uses it.
 
     `role` is select, insert, update, delete or merge; `owner` is the fields of the
-    writing statement for a write target; `sampled` is set under TABLESAMPLE.
+    writing statement for a write target; `sampled` is set under TABLESAMPLE; `locked` when
+    a FOR UPDATE/NO KEY UPDATE/SHARE/KEY SHARE clause locks its rows (see `locks`).
     """
 
     rv: dict
     role: str
     owner: dict | None = None
     sampled: bool = False
+    locked: bool = False
 
     @property
     def ref_name(self) -> str:
@@ -122,14 +126,24 @@ def _range_var(fields: dict, scope: frozenset[str], found: Found, sampled: bool 
 def _select(fields: dict, scope: frozenset[str], found: Found) -> None:
     if fields.get("intoClause"):
         found.problems.append("SELECT INTO (it creates a table)")
-    if fields.get("lockingClause"):
-        found.locking = True
+    start = len(found.refs)
     inner = with_scope(fields, scope, found)
     for key, value in fields.items():
         if key in ("larg", "rarg") and isinstance(value, dict) and node_type(value) is None:
             _select(value, inner, found)  # a set operation's branch (unwrapped): its own WITH scope
         elif key not in ("withClause", "intoClause", "lockingClause"):
             collect(value, inner, found)
+    if fields.get("lockingClause"):
+        found.locking = True
+        mark_locked(found, start, locks(fields))
+
+
+def mark_locked(found: Found, start: int, targets: list[dict]) -> None:
+    """Flag the references found since `start` whose RangeVar is one of `targets` (by identity)."""
+    ids = {id(rv) for rv in targets}
+    for i in range(start, len(found.refs)):
+        if id(found.refs[i].rv) in ids:
+            found.refs[i] = replace(found.refs[i], locked=True)
 
 
 def _write(kind: str):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .checks import (PASS_THROUGH, QUERIES, WRAPPED, Checked, check_calls, check_copy_ends, check_copy_from,
                      check_ref, check_setting)
 from .classify import INNER_QUERY, statement_kind, statements, walk_statement
+from .complexity import too_complex
 from .context import Context
 from .copy import copy_to_query
 from .implicit import check_columns, check_implicit_names
@@ -18,6 +19,7 @@ from .result import Allow, Deny, Result, Rewrite
 from .routines import check_routines
 from .secret_settings import check_setting_reads, check_settings_view, check_show
 from .server_grammar import server_text
+from .side_channels import check_explain, check_notify
 from .splice import Edit, ParamCheck, Tokens, apply, scan
 from .verify import verify
 from .write_masks import mask_write_columns
@@ -44,6 +46,7 @@ def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
                       "non-bypass roles: a prepared transaction's gid is shared by every session "
                       "(and tenant) of the server", "Use plain COMMIT; leave two-phase commit to a "
                       "bypass role (a transaction manager).", "statements")
+    check_notify(kind)
     if kind in PASS_THROUGH:
         check_setting(kind, fields)
         check_show(kind, fields)
@@ -72,6 +75,7 @@ def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
     check_columns(found, refs, ctx)
     check_settings_view(kind, fields, refs)
     check_copy_from(refs)
+    check_explain(kind, fields)
     return Checked(kind, fields, found, refs)
 
 
@@ -148,6 +152,8 @@ def rewrite(sql: str, ctx: Context) -> Result:
         verify(sql, new, ctx, judged)
     except Refused as refused:
         return refused.deny
+    except RecursionError:  # a walk deeper than Python allows, though within the bounds checked at parse
+        return too_complex("nested too deeply for its rewrite to be checked").deny
     except Exception as exc:  # noqa: BLE001 - fail closed: any surprise refuses the statement
         return Deny(f"statement refused: pgwarden could not rewrite it safely ({type(exc).__name__}: {exc})",
                     "Simplify the statement, or report it to the pgwarden maintainers.", "rewrite")

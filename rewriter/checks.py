@@ -8,6 +8,7 @@ from .analyse import Found, RelRef
 from .context import Context, TableRule
 from .refuse import Refused
 from .resolve import PER_BACKEND_FUNCTIONS, function_allowed, resolve_relation, table_rule
+from .statistics import statistics_function
 
 # Statements that touch no table data: forwarded as written once classified.
 PASS_THROUGH = frozenset({
@@ -30,7 +31,8 @@ DENIED_SETTINGS = frozenset({
     "lc_messages", "allow_in_place_tablespaces", "compute_query_id", "lo_compat_privileges",
     "backslash_quote",
 })
-DENIED_SETTING_PREFIXES = ("log_", "debug_", "trace_", "track_", "wal_", "pgwarden.")
+# auto_explain.*: with log_analyze and log_level = notice it sends EXPLAIN ANALYZE of every statement to the client.
+DENIED_SETTING_PREFIXES = ("log_", "debug_", "trace_", "track_", "wal_", "pgwarden.", "auto_explain.")
 # Settings that change how the backend reads the client's text: a value other than
 # these would let PostgreSQL read a statement differently from pgwarden's parser.
 # (Client-only encodings such as SJIS or BIG5 can hide a quote or backslash in a
@@ -125,11 +127,24 @@ def check_ref(ref: RelRef, ctx: Context) -> Resolved:
                           "Use INSERT ... ON CONFLICT, UPDATE or DELETE instead.", f"tables.{name}")
         return Resolved(ref, name, rule)
     rule = table_rule(name, ROLE_ACTION[ref.role], ctx)
+    if ref.locked:  # FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE: PostgreSQL asks for UPDATE privilege
+        check_lock(name, ctx)
     if ref.owner is not None and (ref.owner.get("onConflictClause") or {}).get("action") == "ONCONFLICT_UPDATE":
         table_rule(name, "update", ctx)
     if reads_target(ref):
         table_rule(name, "select", ctx)
     return Resolved(ref, name, rule)
+
+
+def check_lock(name: str, ctx: Context) -> None:
+    """A row-locking clause on `name` needs the update grant, as PostgreSQL's own privilege check would."""
+    try:
+        table_rule(name, "update", ctx)
+    except Refused as refused:
+        raise Refused(f'locking rows of "{name}" (FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE) is refused: '
+                      f"it needs the update grant, and {refused}",
+                      f"Drop the locking clause, lock only tables you may update (FOR UPDATE OF t), "
+                      f"or grant update on {name} to your role.", refused.deny.rule) from None
 
 
 def reads_target(ref: RelRef) -> bool:
@@ -167,6 +182,10 @@ def check_calls(found: Found, ctx: Context) -> None:
                           "catalogs")
         if not function_allowed(parts, ctx):
             shown = ".".join(parts)
+            if statistics_function(parts[-1]) and parts[:-1] in ((), ("pg_catalog",)):
+                raise Refused(f"function {shown}() is refused: it reports statistics or sizes that count every "
+                              "tenant's rows", "Only bypass roles may read statistics; use count(*) over your "
+                              "own rows instead.", "functions.allow")
             raise Refused(f"function {shown}() is refused: it is not a safe built-in nor listed in functions.allow",
                           f"Ask for {shown} to be added to functions.allow, or avoid it.", "functions.allow")
     for op in found.operators:

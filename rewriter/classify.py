@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from .analyse import Found, RelRef, collect, node_type
 from .pgparser import parser
+from .complexity import parse_tree
+from .refuse import Refused
 from .resolve import relation_name_only
 from .result import Kind
 
@@ -50,8 +50,9 @@ def statement_kind(kind: str, fields: dict) -> str:
 
 
 def statements(sql: str) -> list[tuple[str, dict]]:
-    """Each statement of a message as ("Type", fields); raises pglast's ParseError."""
-    tree = json.loads(parser.parse_sql_json(sql))
+    """Each statement of a message as ("Type", fields); raises pglast's ParseError, or Refused (54001)
+    for a statement too complex to judge."""
+    tree = parse_tree(sql)
     out = []
     for raw in tree.get("stmts", ()):
         typed = node_type(raw["stmt"])
@@ -105,7 +106,7 @@ def classify(sql: str, search_path: tuple[str, ...] = ("public",)) -> Kind:
     """
     try:
         parts = [_kind_of(k, f, search_path) for k, f in statements(sql)]
-    except parser.ParseError:
+    except (parser.ParseError, Refused, RecursionError):
         return Kind("invalid")
     if len(parts) == 1:
         return parts[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .context import Context, TableRule
 from .pg_names import BUILTIN_FUNCTIONS, CATALOG_RELATIONS
 from .refuse import Refused
+from .statistics import check_statistics_relation, statistics_function
 
 CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 
@@ -22,6 +23,8 @@ SENSITIVE_CATALOGS = frozenset(f"pg_catalog.{n}" for n in (
     # what a pooled backend holds for whichever client it serves: statement texts (rewritten
     # for another tenant), cursors, and every session's prepared transactions (gids, owners)
     "pg_prepared_statements", "pg_cursors", "pg_prepared_xacts",
+    # replication origins and their progress (PostgreSQL revokes both from PUBLIC)
+    "pg_replication_origin", "pg_replication_origin_status",
 )) | frozenset({"information_schema.user_mapping_options", "information_schema.user_mappings",
                 "information_schema.foreign_server_options"})
 
@@ -115,6 +118,7 @@ def relation_name_only(schema: str | None, relname: str, search_path: tuple[str,
 def table_rule(name: str, action: str, ctx: Context) -> TableRule | None:
     """The rule that lets this session do `action` on relation `name`; None for a readable catalog."""
     schema = name.partition(".")[0]
+    check_statistics_relation(name)
     if name in SENSITIVE_CATALOGS or name in ctx.denied_relations:
         raise Refused(f'reading "{name}" is refused: it exposes other sessions\' data or secrets',
                       "Only bypass roles may read this catalog.", "catalogs")
@@ -168,4 +172,5 @@ def dangerous(name: str) -> bool:
     >>> dangerous("pg_read_binary_file"), dangerous("lo_import"), dangerous("upper")
     (True, True, False)
     """
-    return name in DANGEROUS_FUNCTIONS or name in LARGE_OBJECT_FUNCTIONS or name.startswith(DANGEROUS_PREFIXES)
+    return name in DANGEROUS_FUNCTIONS or name in LARGE_OBJECT_FUNCTIONS or name.startswith(DANGEROUS_PREFIXES) \
+        or statistics_function(name)

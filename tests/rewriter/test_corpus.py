@@ -33,7 +33,9 @@ CORPUS = Path(__file__).resolve().parents[1] / "data" / "orm_statements.jsonl.gz
 ALL = frozenset({"select", "insert", "update", "delete"})
 COLUMNS = (Column("id", "integer"), Column("tenant_id", "text"), Column("secret", "text"))
 POLICY_RULES = {"statements", "functions.allow", "catalogs", "tenancy.column"}
-PASS_KINDS = {"transaction", "savepoint", "fetch", "close", "listen", "unlisten", "notify",
+# NOTIFY is not among them: its channels are not tenant-scoped, so it is refused under a policy
+# (psycopg2's own test suite sends the corpus's NOTIFYs; no ORM generates one).
+PASS_KINDS = {"transaction", "savepoint", "fetch", "close", "listen", "unlisten",
               "discard", "deallocate", "set_constraints", "show"}
 
 
@@ -130,6 +132,16 @@ def test_two_phase_commit_is_refused(corpus) -> None:
     sqls, _, results, kinds = corpus
     two_phase = [(sql, result) for sql, result, kind in zip(sqls, results, kinds) if kind.kind == "two_phase"]
     assert two_phase and all(isinstance(r, Deny) and r.sqlstate == "42501" for _, r in two_phase), two_phase[:3]
+
+
+def test_side_channels_in_the_corpus_are_refused_and_nothing_is_too_complex(corpus) -> None:
+    """NOTIFY and EXPLAIN (Django's QuerySet.explain() in its test suite) are refused; no ORM
+    statement reaches the complexity bounds (54001)."""
+    sqls, _, results, kinds = corpus
+    for sql, result, kind in zip(sqls, results, kinds):
+        if kind.kind in ("notify", "explain"):
+            assert isinstance(result, Deny) and result.message.startswith(("NOTIFY", "EXPLAIN")), (sql, result)
+        assert not (isinstance(result, Deny) and result.sqlstate == "54001"), (sql[:200], result)
 
 
 def test_read_rewrites_parse_like_the_client_statement(corpus) -> None:
