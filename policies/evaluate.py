@@ -23,6 +23,8 @@ SENSITIVE_CATALOG_RELATIONS = frozenset(
         # what a pooled backend holds for whichever client it serves (statement texts rewritten
         # for another tenant, cursors) and every session's prepared transactions
         "pg_prepared_statements", "pg_cursors", "pg_prepared_xacts",
+        # replication origins and their progress (PostgreSQL revokes both from PUBLIC)
+        "pg_replication_origin", "pg_replication_origin_status",
         # secrets: password hashes, foreign-server passwords, per-role settings
         "pg_authid", "pg_shadow", "pg_user_mapping", "pg_user_mappings", "pg_db_role_setting",
         # large objects are not owned by a tenant: every tenant's bytes

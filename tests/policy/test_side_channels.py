@@ -146,8 +146,9 @@ def catalog_statistics(shop_db):
 
 
 # Named like statistics, but schema metadata, this session's own, or refused for another reason.
-READABLE_RELATIONS = {"pg_catalog.pg_statistic_ext", "pg_catalog.pg_prepared_statements"}
-OTHER_REFUSALS = {"pg_catalog.pg_replication_origin_status"}
+READABLE_RELATIONS = {"pg_catalog.pg_statistic_ext"}
+# refused as other sessions' state on a shared backend, or as PostgreSQL itself hides them
+OTHER_REFUSALS = {"pg_catalog.pg_replication_origin_status", "pg_catalog.pg_prepared_statements"}
 READABLE_FUNCTIONS = {"booland_statefunc", "boolor_statefunc", "pg_column_size", "pg_size_bytes", "pg_size_pretty",
                       "pg_get_statisticsobjdef", "pg_get_statisticsobjdef_columns",
                       "pg_get_statisticsobjdef_expressions", "pg_statistics_obj_is_visible", "statement_timestamp",

@@ -7,11 +7,11 @@ import sys
 import time
 
 import pytest
-from pglast import parser
 
 from rewriter import Deny, classify, rewrite
 from rewriter.classify import statements
 from rewriter.complexity import MAX_DEPTH, MAX_NODES, tree_depth
+from rewriter.pgparser import parser
 
 from .schema import context
 
