@@ -189,7 +189,7 @@ class Pooled(TxState):
                 return ("0A000", *_TX_NAMED[effect.kind])
             if effect.kind == "execute" and self.ident is not None:
                 refusal = self.sql_names.refusal(effect.name, self.statement_scope()) \
-                    or self.stale_refusal(effect.name)
+                    or self.stale_refusal(effect.name) or self.execute_refusal(effect.name, effect.args)
                 if refusal is not None:
                     return refusal
             if self.tx_mode and effect.kind in _TX_REFUSED:
