@@ -305,6 +305,9 @@ class Pooled(TxState):
         if evicted is not None:
             out.append(protocol.target(b"C", "S", evicted))
             backend.tracker.request(_C, SWALLOW)  # type: ignore[union-attr]
+        if backend.statements.settle(stmt.name):  # type: ignore[union-attr]
+            out.append(protocol.target(b"C", "S", stmt.name))  # (no error if it is not there)
+            backend.tracker.request(_C, SWALLOW)  # type: ignore[union-attr]
         out.append(stmt.parse)
         backend.tracker.request(_P, action, tag=stmt)  # type: ignore[union-attr]
 

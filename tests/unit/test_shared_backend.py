@@ -7,11 +7,11 @@ import hashlib
 
 import pytest
 
-from proxy import params, prepared, sql_names
+from proxy import held, params, prepared, sql_names
 from proxy.params import Effect
 
 
-@pytest.mark.parametrize("module", [params, prepared, sql_names])
+@pytest.mark.parametrize("module", [held, params, prepared, sql_names])
 def test_docstring_examples(module) -> None:
     assert doctest.testmod(module).failed == 0
 
