@@ -20,7 +20,8 @@ import pytest
 
 from tests import policed_role
 from tests.harness import ProxyProcess, base_config
-from tests.policy.conftest import DB, DIRECT, POLICY as SHOP_POLICY, TOKEN_KEY
+from tests.policy.conftest import DB, DIRECT, TOKEN_KEY
+from tests.policy.conftest import POLICY as SHOP_POLICY
 
 REFUSED = ("0A000", "42501", "26000")
 CUSTOMER = "select id, name, ssn from customers where id = %s"
