@@ -390,7 +390,7 @@ class Guarded:
         fresh = self.stale_statement(name)
         if fresh is None:
             return None
-        if fresh and self.tx_mode:
+        if fresh and self.tx_mode and name:
             parsed = protocol.decode_parse(fresh)
             self.statements[name] = self.server.statements.get(parsed.query, parsed.param_types,
                                                                 self.statement_scope())
@@ -399,4 +399,6 @@ class Guarded:
             out += (protocol.target(b"C", "S", name), fresh)
             tracker.request(_C, SWALLOW)
             tracker.request(_P, SWALLOW)
+            if self.tx_mode:  # the unnamed statement: this backend has it now, rewritten afresh
+                self._unnamed, self._unnamed_here = fresh, True  # type: ignore[attr-defined]
         return msg if kind != _B or self.guard_bind(msg) else None

@@ -139,3 +139,20 @@ def test_sql_prepare_with_a_tenant_parameter_is_refused(guarded, prepare) -> Non
             c.execute("EXECUTE p(914, 'globex')", prepare=False)
         assert info.value.sqlstate in ("26000", "0A000"), info.value
     assert globex_orders() == []
+
+
+@pytest.mark.parametrize("name", ["", "n1"])
+def test_statement_prepared_before_a_tenant_change_runs_for_the_new_tenant(guarded, name) -> None:
+    """A Bind after SET pgwarden.tenant runs the statement rewritten for the new tenant, also the
+    unnamed one under transaction pooling (there the backend kept the old tenant's rewrite)."""
+    w = Wire(guarded.host, guarded.port, "saas_backend", DB)
+    try:
+        w.send(query("set pgwarden.tenant = 'acme'"))
+        assert w.send(parse(name, "SELECT name FROM customers ORDER BY id"), SYNC).errors == []
+        w.send(query("set pgwarden.tenant = 'globex'"))
+        assert w.send(bind(name, []), execute(), SYNC).rows == [["Gus"]]
+        assert w.send(bind(name, []), execute(), SYNC).rows == [["Gus"]]
+        w.send(query("set pgwarden.tenant = 'acme'"))
+        assert w.send(bind(name, []), execute(), SYNC).rows == [["Ann"], ["Bob"]]
+    finally:
+        w.close()
