@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from proxy import protocol
+from proxy.held import Versions
 from proxy.pipeline import SWALLOW
 from proxy.router import Forward, Identity, Refuse, Router, SetTenant, tenant_parameter_types
 from proxy.sql_names import SqlNames
@@ -90,7 +91,7 @@ class Guarded:
     ident: Identity | None = None
     local_tenant: str | None = None  # SET LOCAL: this transaction only
     tenant_unknown = False  # a tenant change or savepoint failed: what PostgreSQL kept is unknown
-    guarded: dict[str, Prepared]  # by the client's statement name ("" = unnamed)
+    versions: Versions[Prepared]  # what each client statement name ("" = unnamed) may hold
     _audit_statements: dict[bytes, tuple]  # statement name -> (text, decision), for Bind records
     _audit_cycle: list[dict]  # records of Binds whose Sync has not been sent yet
     _parses: dict[bytes, tuple]    # a client's Parse -> the policed Parse built for it
@@ -99,7 +100,7 @@ class Guarded:
     def guard_login(self) -> bool:
         """Bind the session to its identity; False (and the client closed) when it may not log in."""
         router = self.server.router
-        self.guarded = {}
+        self.versions = Versions()
         self.sql_names = SqlNames()
         self._parses = {}
         self._audit_statements = {}
@@ -259,7 +260,7 @@ class Guarded:
         if hit is not None and hit[0] is router and hit[1] == tenant and hit[2] == path \
                 and hit[5] == router.generation and self.server.audit is None:  # type: ignore[union-attr]
             prepared, out = hit[3], hit[4]
-            self.guarded[protocol.decode_parse(msg).name if msg[5] else ""] = prepared
+            self.statement_sent(protocol.decode_parse(msg).name if msg[5] else "", prepared)
             self.server.metrics.statement("extended", "rewritten" if out is not msg else "allowed",
                                           tenant=tenant)
             return out
@@ -268,7 +269,7 @@ class Guarded:
             if len(self._parses) > 256:
                 self._parses.clear()
             name = protocol.decode_parse(msg).name if msg[5] else ""
-            self._parses[msg] = (router, tenant, path, self.guarded[name], out,
+            self._parses[msg] = (router, tenant, path, self.versions.latest(name), out,
                                  router.generation)  # type: ignore[union-attr]
         return out
 
@@ -289,11 +290,33 @@ class Guarded:
             self.server.metrics.refusals.labels(refused.rule).inc()
             self.refuse(refused.sqlstate, refused.message, refused.hint, False)
             return None
-        self.guarded[parsed.name] = Prepared(parsed.query, parsed.param_types, decision.param_checks,
-                                             router, self.tenant(), router.generation)  # type: ignore[union-attr]
+        self.statement_sent(parsed.name, Prepared(parsed.query, parsed.param_types, decision.param_checks,
+                                                  router, self.tenant(), router.generation))  # type: ignore[union-attr]
         if text == parsed.query:
             return msg
         return protocol.parse(parsed.name, text, parsed.param_types)
+
+    def statement_sent(self, name: str, prepared: Prepared | None) -> None:
+        """A Parse (a Close: None) of a statement name goes to the backend: until its cycle ends
+        without an error, the name may hold this or what it held before (`held.Versions`)."""
+        sure = self.tx_mode and name != ""  # type: ignore[attr-defined]  # pgwarden's own mapping
+        serial = self.versions.sent(name, prepared, sure)
+        if not sure:
+            self._next_cycle().statements[name] = serial  # type: ignore[attr-defined]
+
+    def _current(self, prepared: Prepared) -> bool:
+        router = self.server.router
+        return prepared.router is router and prepared.tenant == self.tenant() \
+            and prepared.generation == router.generation  # type: ignore[union-attr]
+
+    def _bound(self, name: str) -> list[Prepared]:
+        """What a Bind of `name` sent now may run: the last Parse of it when that was sent in this
+        cycle (the Bind runs only if it succeeded), else every statement the name may hold."""
+        cycle = self._cycle  # type: ignore[attr-defined]
+        if cycle is not None and name in cycle.statements:
+            latest = self.versions.latest(name)
+            return [latest] if latest is not None else []
+        return self.versions.candidates(name)
 
     def stale_statement(self, name: str) -> bytes | None:
         """A named statement prepared under another policy version or tenant: its new Parse.
@@ -301,32 +324,47 @@ class Guarded:
         Returns the Parse to send again (rewritten now), b"" when it is current or unknown,
         None when the statement is now refused (the refusal is sent).
         """
-        prepared = self.guarded.get(name)
-        router = self.server.router
-        if prepared is None or (prepared.router is router and prepared.tenant == self.tenant()
-                                and prepared.generation == router.generation):  # type: ignore[union-attr]
+        if all(self._current(p) for p in self._bound(name)):
             return b""
-        return self._guard_parse(protocol.parse(name, prepared.query, prepared.param_types))
+        latest = self.versions.latest(name)
+        if latest is None:  # closed, but the Close may have been skipped: not run under the old tenant
+            self.refuse(*self.stale_refusal(name), simple=False)  # type: ignore[misc]
+            return None
+        return self._guard_parse(protocol.parse(name, latest.query, latest.param_types))
 
     def stale_refusal(self, name: str) -> tuple[str, str, str] | None:
         """SQL EXECUTE of a protocol-level statement prepared under another tenant or policy
         version: (SQLSTATE, message, hint); None when it is current or not one of them."""
-        prepared = self.guarded.get(name)
-        router = self.server.router
-        if prepared is None or (prepared.router is router and prepared.tenant == self.tenant()
-                                and prepared.generation == router.generation):  # type: ignore[union-attr]
+        if all(self._current(p) for p in self.versions.candidates(name)):
             return None
         return ("42501", f'EXECUTE {name} is refused: the statement was prepared (rewritten) under '
                 "another tenant or policy version than this session has now",
                 "run it with Bind (pgwarden prepares it again for the current tenant), or prepare it again")
 
+    def execute_refusal(self, name: str, args: tuple) -> tuple[str, str, str] | None:
+        """SQL EXECUTE of a protocol-level statement whose tenant value is a parameter: each such
+        argument must be a plain literal equal to the session's tenant, as a Bind's value must be."""
+        for prepared in self.versions.candidates(name):
+            for number, expected in prepared.checks:
+                arg = args[number - 1] if number <= len(args) else None
+                if arg is not None and arg.literal and arg.value == expected:
+                    continue
+                shown = "missing" if arg is None else (
+                    repr(arg.value) if arg.literal and arg.value is not None else
+                    "NULL" if arg.literal else "not a plain literal")
+                return ("42501", f"EXECUTE {name} is refused: argument ${number} sets the tenant "
+                        f"column and is {shown}, but this session's tenant is {expected!r}",
+                        "pass the session's own tenant as a plain string literal, or run the "
+                        "statement with Bind")
+        return None
+
     def guard_bind(self, msg: bytes) -> bool:
         """Check tenant-column parameters at Bind; False (refused) when one names another tenant."""
-        prepared = self.guarded.get(protocol.decode_bind_names(msg)[1])
-        if prepared is None or not prepared.checks:
+        checks = dict.fromkeys(c for p in self._bound(protocol.decode_bind_names(msg)[1]) for c in p.checks)
+        if not checks:
             return True
         values = protocol.bind_params(msg)
-        for number, expected in prepared.checks:
+        for number, expected in checks:
             value = values[number - 1] if number <= len(values) else None
             if value != expected.encode():
                 shown = "NULL" if value is None else repr(value.decode("utf-8", "replace"))
@@ -348,7 +386,7 @@ class Guarded:
         else:
             return msg
         if kind == _C:
-            self.guarded.pop(name, None)
+            self.statement_sent(name, None)
             return msg
         refusal = self.sql_names.refusal(name, self.statement_scope()) if name else None
         if refusal is not None:  # a name PREPAREd in SQL, for another tenant or policy version
@@ -357,7 +395,7 @@ class Guarded:
         fresh = self.stale_statement(name)
         if fresh is None:
             return None
-        if fresh and self.tx_mode:
+        if fresh and self.tx_mode and name:
             parsed = protocol.decode_parse(fresh)
             self.statements[name] = self.server.statements.get(parsed.query, parsed.param_types,
                                                                 self.statement_scope())
@@ -366,4 +404,6 @@ class Guarded:
             out += (protocol.target(b"C", "S", name), fresh)
             tracker.request(_C, SWALLOW)
             tracker.request(_P, SWALLOW)
+            if self.tx_mode:  # the unnamed statement: this backend has it now, rewritten afresh
+                self._unnamed, self._unnamed_here = fresh, True  # type: ignore[attr-defined]
         return msg if kind != _B or self.guard_bind(msg) else None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rewriter import pgparser
 
@@ -17,13 +18,21 @@ _LEADING = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]*)", re.S)
 _NOT_FORWARDED = frozenset({"user", "database", "replication", "options"})
 
 
+class Arg(NamedTuple):
+    """One argument of a SQL EXECUTE: a plain literal's value (None: NULL), or not a literal."""
+
+    literal: bool
+    value: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Effect:
     """What one statement does to session state.
 
     kind: 'set' (name, text to replay), 'reset' (name), 'reset_all', 'discard_all',
     'listen', 'prepare', 'identity' (SET ROLE / SESSION AUTHORIZATION), 'local' (no lasting effect),
-    'execute' (SQL EXECUTE, also inside EXPLAIN or CREATE TABLE AS: name, the statement's) and
+    'execute' (SQL EXECUTE, also inside EXPLAIN or CREATE TABLE AS: name, the statement's;
+    args, its arguments) and
     'deallocate' (name; '' for ALL);
     and what transaction control does to them: 'savepoint', 'release', 'rollback_to' (name: the
     savepoint's), 'begin' (BEGIN, START TRANSACTION), 'commit' (COMMIT, END, PREPARE TRANSACTION)
@@ -33,6 +42,7 @@ class Effect:
     kind: str
     name: str = ""
     text: str = ""
+    args: tuple[Arg, ...] = field(default=(), repr=False)
 
 
 _HEADS = frozenset({"set", "res", "dis", "lis", "pre", "dea", "rol", "abo", "cre", "dec", "sav", "rel",
@@ -213,7 +223,7 @@ def _effect(kind: str, node: dict, text: str) -> Effect | None:
         return Effect("prepare", node.get("name", ""))
     executed = _executed(kind, node)
     if executed is not None:
-        return Effect("execute", executed)
+        return Effect("execute", executed[0], args=executed[1])
     if kind == "DeallocateStmt":
         return Effect("deallocate", "" if node.get("isall") else node.get("name", ""))
     if kind == "DiscardStmt":
@@ -235,11 +245,40 @@ def _effect(kind: str, node: dict, text: str) -> Effect | None:
     return Effect("set", name, text)
 
 
-def _executed(kind: str, node: dict) -> str | None:
-    """The prepared statement a statement runs: EXECUTE, or EXPLAIN / CREATE TABLE AS of one."""
+def _executed(kind: str, node: dict) -> tuple[str, tuple[Arg, ...]] | None:
+    """The prepared statement a statement runs and its arguments: EXECUTE, or EXPLAIN /
+    CREATE TABLE AS of one."""
     while kind in ("ExplainStmt", "CreateTableAsStmt"):
         ((kind, node),) = (node.get("query") or {"": {}}).items()
-    return node.get("name", "") if kind == "ExecuteStmt" else None
+    if kind != "ExecuteStmt":
+        return None
+    return node.get("name", ""), tuple(_argument(p) for p in node.get("params") or [])
+
+
+def execute_args(sql: str) -> tuple[Arg, ...]:
+    """The arguments of the (first) SQL EXECUTE in `sql`.
+
+    >>> [tuple(a) for a in execute_args("EXECUTE s1(904, 'globex', E'x', NULL, 'a' || 'b', 'a'::text, 1.5, -2)")]
+    [(True, '904'), (True, 'globex'), (True, 'x'), (True, None), (False, None), (False, None), (True, '1.5'), (True, '-2')]
+    """
+    return next((e.args for e in effects(sql) if e.kind == "execute"), ())
+
+
+_CONSTANTS = ("sval", "ival", "fval", "bsval", "boolval")  # A_Const value keys
+
+
+def _argument(node: dict) -> Arg:
+    """A plain literal (string, number, boolean, NULL) as PostgreSQL reads it; anything else is not."""
+    const = node.get("A_Const")
+    if not isinstance(const, dict):
+        return Arg(False)
+    if const.get("isnull"):
+        return Arg(True, None)
+    for key in _CONSTANTS:
+        if key in const:
+            value = const[key].get(key, 0 if key == "ival" else False if key == "boolval" else "")
+            return Arg(True, ("true" if value else "false") if key == "boolval" else str(value))
+    return Arg(False)
 
 
 def startup_settings(params: dict[str, str]) -> dict[str, str]:

@@ -189,7 +189,7 @@ class Pooled(TxState):
                 return ("0A000", *_TX_NAMED[effect.kind])
             if effect.kind == "execute" and self.ident is not None:
                 refusal = self.sql_names.refusal(effect.name, self.statement_scope()) \
-                    or self.stale_refusal(effect.name)
+                    or self.stale_refusal(effect.name) or self.execute_refusal(effect.name, effect.args)
                 if refusal is not None:
                     return refusal
             if self.tx_mode and effect.kind in _TX_REFUSED:
@@ -304,6 +304,9 @@ class Pooled(TxState):
         evicted = backend.statements.add(stmt.name)  # type: ignore[union-attr]
         if evicted is not None:
             out.append(protocol.target(b"C", "S", evicted))
+            backend.tracker.request(_C, SWALLOW)  # type: ignore[union-attr]
+        if backend.statements.settle(stmt.name):  # type: ignore[union-attr]
+            out.append(protocol.target(b"C", "S", stmt.name))  # (no error if it is not there)
             backend.tracker.request(_C, SWALLOW)  # type: ignore[union-attr]
         out.append(stmt.parse)
         backend.tracker.request(_P, action, tag=stmt)  # type: ignore[union-attr]

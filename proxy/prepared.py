@@ -78,17 +78,33 @@ class Registry:
 
 
 class BackendStatements:
-    """The proxy statements prepared on one backend, least recently used first.
+    """The proxy statements prepared on one backend, least recently used first; and those it
+    may hold although pgwarden counts them gone (a Close and Parse skipped after an error).
 
     >>> s = BackendStatements(cap=1); s.add("a"), s.add("b"), "a" in s
     (None, 'a', False)
+    >>> s.doubt("b"); "b" in s, s.settle("b"), s.settle("b")
+    (False, True, False)
     """
 
-    __slots__ = ("_names", "_cap")
+    __slots__ = ("_names", "_cap", "_doubts")
 
     def __init__(self, cap: int) -> None:
         self._names: OrderedDict[str, None] = OrderedDict()
         self._cap = cap
+        self._doubts: set[str] = set()
+
+    def doubt(self, name: str) -> None:
+        """Its Parse failed: gone, or (when an error skipped a Close and Parse of it) still there."""
+        self._names.pop(name, None)
+        self._doubts.add(name)
+
+    def settle(self, name: str) -> bool:
+        """True (once) when `name` may still be here: Close it before preparing it again."""
+        if name in self._doubts:
+            self._doubts.discard(name)
+            return True
+        return False
 
     def __contains__(self, name: str) -> bool:
         return name in self._names
@@ -112,3 +128,4 @@ class BackendStatements:
 
     def clear(self) -> None:
         self._names.clear()
+        self._doubts.clear()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +104,8 @@ class Cycle:
     already failed). implicit: it ends an implicit transaction that changed state (rolled back
     if the cycle fails). begin: the count of changes when a BEGIN was sent in it (an error
     before the BEGIN skips it: the changes sent after ran outside any transaction block).
+    statements: for each statement name a policed client's Parse or Close named in it, the
+    serial of the last (`held.Versions`): if the cycle succeeds, that is what the name holds.
     """
 
     watched: bool = False
@@ -111,6 +113,7 @@ class Cycle:
     commit: Ending | None = None
     implicit: Ending | None = None
     begin: int | None = None
+    statements: dict[str, int] = field(default_factory=dict)
 
 
 def _restored(ending: Ending, losses: int) -> State:

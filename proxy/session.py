@@ -614,7 +614,7 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
             self.transport.write(out)
         if tracker.failed:
             for stmt in tracker.failed:
-                backend.statements.discard(stmt.name)  # type: ignore[attr-defined]
+                backend.statements.doubt(stmt.name)  # type: ignore[attr-defined]
             tracker.failed.clear()
         if tracker.done:
             for stmt in tracker.done:

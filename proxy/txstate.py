@@ -135,6 +135,8 @@ class TxState:
         """A ReadyForQuery: settle its Query or Sync; when nothing else is in flight, check the
         transaction block pgwarden assumed against PostgreSQL's status."""
         if isinstance(tag, savepoints.Cycle):
+            if tag.statements and not failed:
+                self.versions.accepted(tag.statements)  # type: ignore[attr-defined]
             state, lost = savepoints.settle(tag, failed, self._status == _E, self._changes, self._losses)
             if state is not None:
                 self._restore(state)

@@ -1,8 +1,14 @@
 """What a pooled backend holds for one client is unreachable to every other client.
 
-One backend (pool size 1) makes sharing certain. Client A prepares statements, opens
-cursors, creates temporary objects and changes settings; client B, another tenant, a
-masked role or a bypass role, tries to list, guess, run, explain or drop them.
+One backend per pool (pool size 1) makes sharing certain: policed sessions share the
+least-privilege role's backend, bypass sessions the other one, and the two never meet.
+Client A prepares statements, opens cursors, creates temporary objects and changes
+settings; client B, another tenant or a masked role (or, among bypass sessions, another
+bypass client), tries to list, guess, run, explain or drop them. Policed clients see
+their shared backend through probe functions the test creates as superuser and the test
+policy allows (pgwarden does not look inside an allowed function): SECURITY INVOKER
+functions that read pg_prepared_statements, pg_cursors, the temporary schema and
+statement_timeout of the backend that runs them.
 """
 
 from __future__ import annotations
@@ -14,10 +20,37 @@ import pytest
 
 from tests import policed_role
 from tests.harness import ProxyProcess, base_config
-from tests.policy.conftest import DB, DIRECT, POLICY, TOKEN_KEY
+from tests.policy.conftest import DB, DIRECT, TOKEN_KEY
+from tests.policy.conftest import POLICY as SHOP_POLICY
 
 REFUSED = ("0A000", "42501", "26000")
 CUSTOMER = "select id, name, ssn from customers where id = %s"
+PROBES = """
+create or replace function public.pgw_probe_statements() returns table (name text, statement text)
+  language sql security invoker as
+  $$ select name, statement from pg_catalog.pg_prepared_statements $$;
+create or replace function public.pgw_probe_backend()
+  returns table (pid int, who text, cursors bigint, temps bigint, timeout text)
+  language sql security invoker as
+  $$ select pg_backend_pid(), current_user::text, (select count(*) from pg_catalog.pg_cursors),
+            (select count(*) from pg_catalog.pg_class where relnamespace = pg_my_temp_schema())
+            + (select count(*) from pg_catalog.pg_type where typnamespace = pg_my_temp_schema()),
+            current_setting('statement_timeout') $$;
+"""
+POLICY = SHOP_POLICY.replace("default: deny", "functions:\n  allow: [public.pgw_probe_statements, "
+                             "public.pgw_probe_backend]\ndefault: deny")
+assert POLICY != SHOP_POLICY
+SHOP = DIRECT.replace("dbname=postgres", f"dbname={DB}")
+
+
+@pytest.fixture(scope="module")
+def probes(shop_db):
+    """The probe functions, created directly as superuser (never through pgwarden)."""
+    with psycopg.connect(SHOP, autocommit=True) as c:
+        c.execute(PROBES)
+    yield
+    with psycopg.connect(SHOP, autocommit=True) as c:
+        c.execute("drop function if exists pgw_probe_statements(), pgw_probe_backend()")
 
 
 def start_proxy(workdir, mode: str) -> ProxyProcess:
@@ -30,14 +63,14 @@ def start_proxy(workdir, mode: str) -> ProxyProcess:
 
 
 @pytest.fixture(scope="module", params=["transaction", "session"])
-def one_backend(request, shop_db, tmp_path_factory):
+def one_backend(request, probes, tmp_path_factory):
     proxy = start_proxy(tmp_path_factory.mktemp(f"cross-{request.param}"), request.param)
     yield proxy
     proxy.stop()
 
 
 @pytest.fixture(scope="module")
-def shared(shop_db, tmp_path_factory):
+def shared(probes, tmp_path_factory):
     """Transaction pooling over one backend: every client's transactions run on it."""
     proxy = start_proxy(tmp_path_factory.mktemp("cross-shared"), "transaction")
     yield proxy
@@ -59,9 +92,19 @@ def refused(conn: psycopg.Connection, sql: str, params=None, **kw) -> str:
 
 
 def proxy_statements(conn: psycopg.Connection) -> list[tuple[str, str]]:
-    """What a bypass client on the shared backend can see: pgwarden's statements there."""
-    return conn.execute("select name, statement from pg_prepared_statements "
+    """pgwarden's statements on the backend serving `conn` (policed or bypass), read by the probe."""
+    return conn.execute("select name, statement from pgw_probe_statements() "
                         "where name like 'pgw_%' order by statement").fetchall()
+
+
+def probe(conn: psycopg.Connection) -> tuple:
+    """(cursors, temporary objects, statement_timeout) of the backend serving `conn`."""
+    return conn.execute("select cursors, temps, timeout from pgw_probe_backend()").fetchone()
+
+
+def backend_of(conn: psycopg.Connection) -> tuple[int, str]:
+    """(pid, role) of the backend serving `conn`."""
+    return conn.execute("select pid, who from pgw_probe_backend()").fetchone()
 
 
 # --- per-backend views and functions, refused to every policed client --------------------------
@@ -91,37 +134,50 @@ def test_per_backend_state_is_refused_to_policed_clients(one_backend, sql) -> No
 
 # --- proxy-wide statement names under transaction pooling -------------------------------------
 
-def test_other_clients_statements_cannot_be_executed(shared) -> None:
-    """A prepares at the protocol level; B (another tenant, a masked analyst, or a bypass role
-    that can list the names) runs them in every form that names a prepared statement."""
-    with connect(shared, "acme_app") as a, connect(shared, "postgres") as admin:
-        assert a.execute(CUSTOMER, (1,), prepare=True).fetchall() == [(1, "Ann", "****")]
+# A prepares, an observer on the same pool lists the names, B runs or drops them. Policed
+# sessions share the least-privilege role's backend; bypass sessions share the other one.
+POLICED_CASE = ("acme_app", "globex_app", ("globex_app", "alice"))
+BYPASS_CASE = ("postgres", "postgres", ("postgres",))
+STEALS = ["EXECUTE {}(1)", 'execute "{}" (1)', "/* hi */ EXECUTE {}(1)", "select 1; execute {}(1)",
+          "EXPLAIN EXECUTE {}(1)", "explain (analyze, costs off) execute {}(1)",
+          "create temp table stolen as execute {}(1)",
+          "explain analyze create table stolen as execute {}(1)"]
+
+
+@pytest.mark.parametrize("owner, observer, thieves", [POLICED_CASE, BYPASS_CASE])
+def test_other_clients_statements_cannot_be_executed(shared, owner, observer, thieves) -> None:
+    """A prepares at the protocol level; B (another tenant, a masked analyst; among bypass
+    sessions another bypass client), who can list the names on the shared backend, runs them
+    in every form that names a prepared statement."""
+    mine = [(1, "Ann", "****")] if owner == "acme_app" else [(1, "Ann", "111-11-1111")]
+    with connect(shared, owner) as a, connect(shared, observer) as seer:
+        assert a.execute(CUSTOMER, (1,), prepare=True).fetchall() == mine
         a.execute("update customers set phone = phone where id = %s", (1,), prepare=True)
-        names = [name for name, text in proxy_statements(admin) if "acme" in text]
-        assert len(names) >= 2, proxy_statements(admin)
-        for user in ("globex_app", "alice", "postgres"):
+        names = [name for name, text in proxy_statements(seer)
+                 if "customers" in text and ("acme" in text) == (owner == "acme_app")]
+        assert len(names) >= 2, proxy_statements(seer)
+        for user in thieves:
             with connect(shared, user) as b:
                 for name in names:
-                    for sql in (f"EXECUTE {name}(1)", f'execute "{name}" (1)',
-                                f"/* hi */ EXECUTE {name}(1)", f"select 1; execute {name}(1)",
-                                f"EXPLAIN EXECUTE {name}(1)", f"explain (analyze, costs off) execute {name}(1)",
-                                f"create temp table stolen as execute {name}(1)",
-                                f"explain analyze create table stolen as execute {name}(1)"):
-                        refused(b, sql)
-                        refused(b, sql, prepare=True)  # as a Parse: the extended protocol
-        assert a.execute(CUSTOMER, (1,), prepare=True).fetchall() == [(1, "Ann", "****")]
-    with psycopg.connect(DIRECT.replace("dbname=postgres", f"dbname={DB}")) as direct:
+                    for sql in STEALS:
+                        refused(b, sql.format(name))
+                        refused(b, sql.format(name), prepare=True)  # as a Parse: the extended protocol
+        assert a.execute(CUSTOMER, (1,), prepare=True).fetchall() == mine
+    with psycopg.connect(SHOP) as direct:
         assert direct.execute("select count(*) from pg_class where relname = 'stolen'").fetchone() == (0,)
 
 
-def test_other_clients_statements_cannot_be_deallocated(shared) -> None:
+@pytest.mark.parametrize("owner, observer, thieves", [POLICED_CASE, BYPASS_CASE])
+def test_other_clients_statements_cannot_be_deallocated(shared, owner, observer, thieves) -> None:
     sql = CUSTOMER + " and 2 = 2"
-    with connect(shared, "acme_app") as a, connect(shared, "postgres") as admin:
-        assert a.execute(sql, (2,), prepare=True).fetchall() == [(2, "Bob", "****")]
+    mine = [(2, "Bob", "****")] if owner == "acme_app" else [(2, "Bob", "222-22-2222")]
+    with connect(shared, owner) as a, connect(shared, observer) as seer:
+        assert a.execute(sql, (2,), prepare=True).fetchall() == mine
         # (one name per schema generation: a schema read again meanwhile prepares it anew)
-        names = [n for n, text in proxy_statements(admin) if "acme" in text and "2 = 2" in text]
+        names = [n for n, text in proxy_statements(seer) if "2 = 2" in text
+                 and ("acme" in text) == (owner == "acme_app")]
         assert names
-        for user in ("globex_app", "postgres"):
+        for user in thieves:
             with connect(shared, user) as b:
                 for name in names:
                     for stmt in (f"DEALLOCATE {name}", f'deallocate prepare "{name}"',
@@ -130,8 +186,8 @@ def test_other_clients_statements_cannot_be_deallocated(shared) -> None:
                         refused(b, stmt)
                         refused(b, stmt, prepare=True)
                     b.pgconn.exec_(f"DEALLOCATE {name}".encode())  # simple protocol: answered by pgwarden
-        assert set(names) <= {n for n, _ in proxy_statements(admin)}
-        assert a.execute(sql, (2,), prepare=True).fetchall() == [(2, "Bob", "****")]
+        assert set(names) <= {n for n, _ in proxy_statements(seer)}
+        assert a.execute(sql, (2,), prepare=True).fetchall() == mine
 
 
 def test_names_are_keyed_and_bound_to_the_identity(shared) -> None:
@@ -139,21 +195,15 @@ def test_names_are_keyed_and_bound_to_the_identity(shared) -> None:
     (countries has no tenant column: nothing in the text differs) gets two statements."""
     import hashlib
     sql = "select name from countries where code = %s"
-    with connect(shared, "acme_app") as a, connect(shared, "globex_app") as g, \
-            connect(shared, "postgres") as admin:
+    with connect(shared, "acme_app") as a, connect(shared, "globex_app") as g:
         assert a.execute(sql, ("us",), prepare=True).fetchall() == [("United States",)]
         assert g.execute(sql, ("fr",), prepare=True).fetchall() == [("France",)]
-        seen = [(n, t) for n, t in proxy_statements(admin) if "countries" in t and "code" in t]
+        seen = [(n, t) for n, t in proxy_statements(g) if "countries" in t and "code" in t]
         assert len(seen) >= 2 and len({text for _, text in seen}) == 1, seen
         for name, text in seen:
             for types in (b"", b"\x00\x00\x00\x19", b"\x00\x01\x00\x00\x00\x19"):
                 unkeyed = hashlib.blake2b(text.encode() + b"\x00" + types, digest_size=10).hexdigest()
                 assert name != f"pgw_{unkeyed}"
-
-
-PROBE = ("select (select count(*) from pg_cursors), (select count(*) from pg_class where "
-         "relnamespace = pg_my_temp_schema()) + (select count(*) from pg_type where "
-         "typnamespace = pg_my_temp_schema()), current_setting('statement_timeout')")
 
 
 @pytest.mark.parametrize("user, statements", [
@@ -170,19 +220,38 @@ PROBE = ("select (select count(*) from pg_cursors), (select count(*) from pg_cla
 ])
 def test_another_clients_hold_cursor_or_temp_objects_never_reach_b(shared, user, statements) -> None:
     """State that outlives a transaction keeps A on its backend until A leaves, however it is
-    spelled; then the backend is reset. B waits (and times out) or sees nothing of it."""
+    spelled; then the backend is reset. B, a client of the same pool (globex_app for a policed
+    A, another bypass client for a bypass A), waits (and times out) or sees nothing of it."""
+    other = "globex_app" if user == "acme_app" else "postgres"
     with connect(shared, user) as a:
         for sql in statements:
             a.execute(sql)
-        with connect(shared, "postgres") as b:
+        with connect(shared, other) as b:
             try:
-                row = b.execute(PROBE).fetchone()
+                row = probe(b)
             except psycopg.Error as exc:  # A keeps the backend: B cannot have it
                 assert exc.sqlstate == "53300", exc
             else:
                 pytest.fail(f"B shared A's backend: {row}")
-    with connect(shared, "postgres") as b:
-        assert b.execute(PROBE).fetchone() == (0, 0, "0")
+    with connect(shared, other) as b:
+        assert probe(b) == (0, 0, "0")
+
+
+@pytest.mark.parametrize("policed", ["acme_app", "globex_app", "alice"])
+def test_policed_and_bypass_clients_never_share_a_backend(one_backend, policed) -> None:
+    """With one backend per pool, a bypass client never gets the backend a policed client used
+    (nor waits for it), in either order and while the other holds its own."""
+    with connect(one_backend, policed) as p:
+        first = backend_of(p)
+    with connect(one_backend, "postgres") as b:
+        bypass = backend_of(b)
+        with connect(one_backend, policed) as p:
+            p.execute("begin")  # holds the policed backend (and, in session mode, it is p's)
+            assert backend_of(p) == first
+            assert backend_of(b) == bypass  # not waiting for the policed backend
+            p.execute("rollback")
+    assert first[1] == policed_role.role_for(POLICY) and bypass[1] == "postgres"
+    assert first[0] != bypass[0]
 
 
 # --- transaction pooling: what a policed client itself may not do ------------------------------
@@ -277,12 +346,16 @@ def test_protocol_statements_are_prepared_again_for_a_new_tenant(one_backend) ->
 def test_after_a_client_leaves_the_next_sees_nothing_of_it(one_backend) -> None:
     with connect(one_backend, "acme_app") as a:
         assert a.execute(CUSTOMER, (1,), prepare=True).fetchall() == [(1, "Ann", "****")]
-    with connect(one_backend, "postgres") as b:
-        texts = [t for _, t in b.execute("select name, statement from pg_prepared_statements").fetchall()]
+        held = a.execute("select statement from pgw_probe_statements()").fetchall()
+        assert any("customers" in t for t, in held), held
+    with connect(one_backend, "globex_app") as b:
+        seen = b.execute("select name, statement from pgw_probe_statements()").fetchall()
         if one_backend.config["pool"]["mode"] == "session":
-            assert texts == []  # DISCARD ALL before the backend was lent again
-        for sql in (f"execute {n}(1)" for n, _ in proxy_statements(b)):
-            refused(b, sql)
+            assert [t for _, t in seen] == []  # DISCARD ALL before the backend was lent again
+        else:
+            assert any("acme" in t for _, t in seen), seen  # still there, under keyed names
+        for name, _ in seen:
+            refused(b, f"execute {name}(1)")
 
 
 def test_another_clients_portals_are_gone_when_its_transaction_ends(shared) -> None:

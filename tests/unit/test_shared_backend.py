@@ -7,11 +7,11 @@ import hashlib
 
 import pytest
 
-from proxy import params, prepared, sql_names
-from proxy.params import Effect
+from proxy import held, params, prepared, sql_names
+from proxy.params import Arg, Effect
 
 
-@pytest.mark.parametrize("module", [params, prepared, sql_names])
+@pytest.mark.parametrize("module", [held, params, prepared, sql_names])
 def test_docstring_examples(module) -> None:
     assert doctest.testmod(module).failed == 0
 
@@ -57,11 +57,13 @@ def test_state_that_ends_with_the_transaction_is_not(sql) -> None:
 
 
 @pytest.mark.parametrize("sql, effect", [
-    ("EXECUTE q(1)", Effect("execute", "q")),
+    ("EXECUTE q(1)", Effect("execute", "q", args=(Arg(True, "1"),))),
     ('execute "Q"', Effect("execute", "Q")),
     ("explain (analyze) execute q", Effect("execute", "q")),
     ("explain analyze create table t as execute q", Effect("execute", "q")),
-    ("create temp table t as execute q(1)", Effect("execute", "q")),
+    ("create temp table t as execute q(1)", Effect("execute", "q", args=(Arg(True, "1"),))),
+    ("execute q('acme', 'a' || 'b', null)", Effect("execute", "q", args=(Arg(True, "acme"), Arg(False),
+                                                                        Arg(True, None)))),
     ("/* x */ deallocate q", Effect("deallocate", "q")),
     ("select 1; deallocate all", Effect("deallocate", "")),
 ])

@@ -1,0 +1,158 @@
+"""A statement name's Bind checks follow what PostgreSQL holds under it, and SQL EXECUTE of a
+protocol-level statement is checked as its Bind is.
+
+A protocol-level INSERT whose tenant value is a parameter ($2) is checked at each Bind.
+Neither a second Parse of the name (PostgreSQL answers 42P05 and keeps the first), nor a
+Parse or Close that PostgreSQL skipped after an error, nor SQL EXECUTE of the name may run
+that INSERT with another tenant's value.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.policy.conftest import DB, DIRECT, connect, reset_data
+from tests.rawwire import SYNC, Wire, bind, close_statement, execute, parse, query
+
+INSERT = ("INSERT INTO orders (id, tenant_id, customer_id, total) VALUES ($1, $2, 11, 1.00) "
+          "RETURNING id, tenant_id")
+HARMLESS = "SELECT $1::text, $2::text"
+FAILS = "SELECT 'not a number'::int"  # PostgreSQL refuses this Parse; pgwarden lets it through
+
+
+@pytest.fixture
+def wire(guarded):
+    reset_data()
+    w = Wire(guarded.host, guarded.port, "acme_app", DB)
+    yield w
+    w.close()
+    assert globex_orders() == [], "acme_app wrote a globex row"
+    reset_data()
+
+
+def globex_orders() -> list[tuple]:
+    with psycopg.connect(DIRECT.replace("dbname=postgres", f"dbname={DB}")) as direct:
+        return direct.execute("select id from orders where tenant_id = 'globex' and id > 900").fetchall()
+
+
+def session_mode(proxy) -> bool:
+    return proxy.config["pool"]["mode"] == "session"
+
+
+def test_bind_is_checked(wire) -> None:
+    assert wire.send(parse("s1", INSERT), SYNC).errors == []
+    assert wire.send(bind("s1", [b"901", b"globex"]), execute(), SYNC).errors == ["42501"]
+    assert wire.send(bind("s1", [b"901", b"acme"]), execute(), SYNC).rows == [["901", "acme"]]
+
+
+@pytest.mark.parametrize("again", [HARMLESS, "SELECT 1", "select $1::int, $2::int, $3::int"])
+def test_parse_of_an_existing_name_keeps_its_checks(guarded, wire, again) -> None:
+    """PostgreSQL refuses the second Parse (42P05) and keeps the INSERT: so do pgwarden's checks.
+    (Under transaction pooling names are pgwarden's: the second Parse replaces the first.)"""
+    assert wire.send(parse("s1", INSERT), SYNC).errors == []
+    assert wire.send(bind("s1", [b"902", b"globex"]), execute(), SYNC).errors == ["42501"]
+    second = wire.send(parse("s1", again), SYNC).errors
+    assert second == (["42P05"] if session_mode(guarded) else [])
+    wire.send(bind("s1", [b"902", b"globex"]), execute(), SYNC)
+    # ... also when the second Parse and the Bind ride in one pipeline, across a Sync
+    wire.send(parse("s1", again), SYNC, bind("s1", [b"903", b"globex"]), execute(), SYNC)
+    assert globex_orders() == []
+
+
+def test_parse_skipped_after_an_error_keeps_the_checks(wire) -> None:
+    """A Parse after an error in its cycle is skipped: the name keeps the INSERT (also the unnamed one)."""
+    for name in ("s2", ""):
+        assert wire.send(parse(name, INSERT), SYNC).errors == []
+        skipped = wire.send(parse("e1", FAILS), parse(name, HARMLESS), SYNC).errors
+        assert skipped and skipped[0] != "42501", skipped  # PostgreSQL's error, not pgwarden's
+        wire.send(bind(name, [b"904", b"globex"]), execute(), SYNC)
+        assert globex_orders() == []
+
+
+def test_close_skipped_after_an_error_keeps_the_checks(guarded, wire) -> None:
+    assert wire.send(parse("s3", INSERT), SYNC).errors == []
+    assert wire.send(parse("e2", FAILS), close_statement("s3"), SYNC).errors
+    wire.send(bind("s3", [b"905", b"globex"]), execute(), SYNC)
+    wire.send(parse("s3", HARMLESS), SYNC)
+    wire.send(bind("s3", [b"906", b"globex"]), execute(), SYNC)
+    assert globex_orders() == []
+    if session_mode(guarded):  # the INSERT is still there, and still checked
+        assert wire.send(bind("s3", [b"907", b"acme"]), execute(), SYNC).rows == [["907", "acme"]]
+
+
+def test_close_then_parse_in_one_cycle_is_the_new_statement(wire) -> None:
+    """What works must keep working: Close and Parse again in one cycle, Bind in the next."""
+    assert wire.send(parse("s4", INSERT), SYNC).errors == []
+    assert wire.send(close_statement("s4"), parse("s4", HARMLESS), SYNC).errors == []
+    assert wire.send(bind("s4", [b"x", b"globex"]), execute(), SYNC).rows == [["x", "globex"]]
+    assert wire.send(parse("", INSERT), bind("", [b"908", b"acme"]), execute(), SYNC,
+                     parse("", HARMLESS), bind("", [b"y", b"globex"]), execute(), SYNC).rows == \
+        [["908", "acme"], ["y", "globex"]]
+
+
+STEALS = ["EXECUTE s5(910, 'globex')", "execute S5 (910, 'globex')", "/* c */ EXECUTE s5(910, 'globex')",
+          "select 1; execute s5(910, 'globex')", "EXPLAIN ANALYZE EXECUTE s5(910, 'globex')",
+          "explain (analyze, costs off) execute s5(910, 'globex')",
+          "CREATE TABLE stolen AS EXECUTE s5(910, 'globex')",
+          "EXECUTE s5(910, $$globex$$)", "EXECUTE s5(910, E'glo\\x62ex')", "EXECUTE s5(910, 'glo' || 'bex')",
+          "EXECUTE s5(910, (select 'globex'))", "EXECUTE s5(910, 'acme'::text)", "EXECUTE s5(910, NULL)",
+          "EXECUTE s5(910)", "EXECUTE s5(910, current_user)"]
+
+
+@pytest.mark.parametrize("sql", STEALS)
+def test_sql_execute_of_a_protocol_statement_is_checked(guarded, wire, sql) -> None:
+    """SQL EXECUTE runs what a Bind would: its tenant argument must be the session's tenant, as a
+    plain literal (under transaction pooling SQL EXECUTE is refused altogether)."""
+    assert wire.send(parse("s5", INSERT), SYNC).errors == []
+    expected = ["42501"] if session_mode(guarded) else ["0A000", "42501"]
+    assert wire.send(query(sql)).errors[:1] in [[e] for e in expected], sql
+    assert wire.send(parse("", sql), bind("", []), execute(), SYNC).errors[:1] in [[e] for e in expected], sql
+    assert globex_orders() == []
+
+
+def test_sql_execute_after_a_refused_reparse_is_checked(guarded, wire) -> None:
+    assert wire.send(parse("s6", INSERT), SYNC).errors == []
+    wire.send(parse("s6", HARMLESS), SYNC)
+    wire.send(query("EXECUTE s6(911, 'globex')"))
+    wire.send(parse("e3", FAILS), close_statement("s6"), SYNC)
+    wire.send(query("EXECUTE s6(912, 'globex')"))
+    if session_mode(guarded):
+        assert wire.send(query("EXECUTE s6(913, 'acme')")).rows == [["913", "acme"]]
+
+
+@pytest.mark.parametrize("prepare", [
+    "PREPARE p AS INSERT INTO orders (id, tenant_id, customer_id, total) VALUES ($1, $2, 11, 1.00)",
+    "prepare p (int, text) as insert into orders (id, tenant_id, customer_id, total) select $1, $2, 11, 1",
+    "PREPARE p AS INSERT INTO orders VALUES ($1, $2, 11, 1.00)",
+    "PREPARE p AS INSERT INTO public.orders (tenant_id, id) VALUES ($2, $1) ON CONFLICT DO NOTHING",
+])
+def test_sql_prepare_with_a_tenant_parameter_is_refused(guarded, prepare) -> None:
+    """A statement PREPAREd in SQL has no Bind to check: one whose tenant value is a parameter is
+    refused, so EXECUTE p(..., 'globex') finds nothing to run."""
+    reset_data()
+    with connect(guarded, "acme_app") as c:
+        with pytest.raises(psycopg.Error) as info:
+            c.execute(prepare, prepare=False)
+        assert info.value.sqlstate in ("42501", "0A000"), info.value
+        with pytest.raises(psycopg.Error) as info:
+            c.execute("EXECUTE p(914, 'globex')", prepare=False)
+        assert info.value.sqlstate in ("26000", "0A000"), info.value
+    assert globex_orders() == []
+
+
+@pytest.mark.parametrize("name", ["", "n1"])
+def test_statement_prepared_before_a_tenant_change_runs_for_the_new_tenant(guarded, name) -> None:
+    """A Bind after SET pgwarden.tenant runs the statement rewritten for the new tenant, also the
+    unnamed one under transaction pooling (there the backend kept the old tenant's rewrite)."""
+    w = Wire(guarded.host, guarded.port, "saas_backend", DB)
+    try:
+        w.send(query("set pgwarden.tenant = 'acme'"))
+        assert w.send(parse(name, "SELECT name FROM customers ORDER BY id"), SYNC).errors == []
+        w.send(query("set pgwarden.tenant = 'globex'"))
+        assert w.send(bind(name, []), execute(), SYNC).rows == [["Gus"]]
+        assert w.send(bind(name, []), execute(), SYNC).rows == [["Gus"]]
+        w.send(query("set pgwarden.tenant = 'acme'"))
+        assert w.send(bind(name, []), execute(), SYNC).rows == [["Ann"], ["Bob"]]
+    finally:
+        w.close()
