@@ -259,7 +259,9 @@ def test_policed_and_bypass_clients_never_share_a_backend(one_backend, policed) 
 @pytest.mark.parametrize("sql", ["prepare q as select 1", "execute q", "explain execute q"])
 def test_sql_prepared_statements_are_refused_under_transaction_pooling(shared, sql) -> None:
     with connect(shared, "saas_backend") as c:
-        assert refused(c, sql) == "0A000"
+        # EXPLAIN is refused to policed sessions for its own reason (42501) when the policy
+        # judges it before the pooling check does; either way nothing reaches the backend
+        assert refused(c, sql) in (("0A000", "42501") if sql.startswith("explain") else ("0A000",))
 
 
 # --- a client's own statements under a new tenant or policy ------------------------------------
