@@ -54,6 +54,26 @@ DANGEROUS_FUNCTIONS = frozenset({
 # whichever client it served last (its statements, cursors, sequence values).
 PER_BACKEND_FUNCTIONS = frozenset({"pg_prepared_statement", "pg_cursor", "lastval", "currval"})
 DANGEROUS_FUNCTIONS |= PER_BACKEND_FUNCTIONS
+# Built-ins whose effect crosses tenants: advisory locks share one key space per database (a
+# tenant sees and blocks another's locks), currtid2() follows any row's update chain by its
+# ctid, setseed() leaves random()'s state to the next client of a pooled backend
+# (DISCARD ALL keeps it). Each maps to why it is refused and what to do instead.
+CROSS_TENANT_FUNCTIONS: dict[str, tuple[str, str]] = {
+    **dict.fromkeys((f"pg{t}_advisory{x}_lock{s}" for t in ("", "_try") for x in ("", "_xact")
+                     for s in ("", "_shared")),
+                    ("advisory locks share one key space across the database, so a tenant would see and "
+                     "block another tenant's locks", "Lock your own rows with SELECT ... FOR UPDATE instead.")),
+    **dict.fromkeys(("pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all"),
+                    ("advisory locks share one key space across the database, so a tenant would see and "
+                     "block another tenant's locks", "Lock your own rows with SELECT ... FOR UPDATE instead.")),
+    **dict.fromkeys(("currtid", "currtid2"),
+                    ("it follows the update chain of any row by its ctid, another tenant's included",
+                     "Select the row again by its key.")),
+    "setseed": ("random()'s seed stays with the pooled backend and would make the next client's random() "
+                "predictable (DISCARD ALL does not reset it)",
+                "Generate reproducible values in the application, or use gen_random_uuid()/random() unseeded."),
+}
+DANGEROUS_FUNCTIONS |= frozenset(CROSS_TENANT_FUNCTIONS)
 DANGEROUS_PREFIXES = (
     "pg_read_", "pg_ls_", "lo_", "dblink", "pg_file_", "pg_stat_get_", "pg_stat_reset",
     "pg_stat_clear", "pg_logical_", "pg_replication_", "pg_create_", "pg_drop_replication",
