@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 from .analyse import Found, RelRef
 from .context import Context, TableRule
 from .refuse import Refused
-from .resolve import CROSS_TENANT_FUNCTIONS, PER_BACKEND_FUNCTIONS, function_allowed, resolve_relation, table_rule
+from .resolve import (
+    CROSS_TENANT_FUNCTIONS,
+    PER_BACKEND_FUNCTIONS,
+    function_allowed,
+    resolve_relation,
+    table_rule,
+)
 from .statistics import statistics_function
 
 # Statements that touch no table data: forwarded as written once classified.

@@ -58,20 +58,25 @@ DANGEROUS_FUNCTIONS |= PER_BACKEND_FUNCTIONS
 # tenant sees and blocks another's locks), currtid2() follows any row's update chain by its
 # ctid, setseed() leaves random()'s state to the next client of a pooled backend
 # (DISCARD ALL keeps it). Each maps to why it is refused and what to do instead.
+ADVISORY_LOCKS = (
+    ("advisory locks share one key space across the database, so a tenant would see and block "
+     "another tenant's locks"),
+    "Lock your own rows with SELECT ... FOR UPDATE instead.",
+)
+ADVISORY_LOCK_FUNCTIONS = frozenset({
+    "pg_advisory_lock", "pg_advisory_lock_shared", "pg_advisory_xact_lock", "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock", "pg_try_advisory_lock_shared", "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared", "pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
+})
+TID_CHAIN = ("it follows the update chain of any row by its ctid, another tenant's included",
+             "Select the row again by its key.")
+SEED = (("random()'s seed stays with the pooled backend and would make the next client's random() "
+         "predictable (DISCARD ALL does not reset it)"),
+        "Generate reproducible values in the application, or use gen_random_uuid()/random() unseeded.")
 CROSS_TENANT_FUNCTIONS: dict[str, tuple[str, str]] = {
-    **dict.fromkeys((f"pg{t}_advisory{x}_lock{s}" for t in ("", "_try") for x in ("", "_xact")
-                     for s in ("", "_shared")),
-                    ("advisory locks share one key space across the database, so a tenant would see and "
-                     "block another tenant's locks", "Lock your own rows with SELECT ... FOR UPDATE instead.")),
-    **dict.fromkeys(("pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all"),
-                    ("advisory locks share one key space across the database, so a tenant would see and "
-                     "block another tenant's locks", "Lock your own rows with SELECT ... FOR UPDATE instead.")),
-    **dict.fromkeys(("currtid", "currtid2"),
-                    ("it follows the update chain of any row by its ctid, another tenant's included",
-                     "Select the row again by its key.")),
-    "setseed": ("random()'s seed stays with the pooled backend and would make the next client's random() "
-                "predictable (DISCARD ALL does not reset it)",
-                "Generate reproducible values in the application, or use gen_random_uuid()/random() unseeded."),
+    **dict.fromkeys(ADVISORY_LOCK_FUNCTIONS, ADVISORY_LOCKS),
+    **dict.fromkeys(("currtid", "currtid2"), TID_CHAIN),
+    "setseed": SEED,
 }
 DANGEROUS_FUNCTIONS |= frozenset(CROSS_TENANT_FUNCTIONS)
 DANGEROUS_PREFIXES = (

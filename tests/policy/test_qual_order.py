@@ -306,9 +306,8 @@ def test_a_subquerys_limit_is_no_error_oracle(shop, name):
     """An error from a correlated LIMIT/OFFSET/ORDER BY that only globex's row triggers must not occur."""
     sql = SUBQUERY_ORACLES[name]
     before = globex_rows()
-    with connect(shop) as conn:
-        with conn.transaction():
-            zero_costs(conn)
-            conn.execute(sql)  # raises ("LIMIT must not be negative", division by zero) if it met Gus
-            raise psycopg.Rollback()
+    with connect(shop) as conn, conn.transaction():
+        zero_costs(conn)
+        conn.execute(sql)  # raises ("LIMIT must not be negative", division by zero) if it met Gus
+        raise psycopg.Rollback()
     assert globex_rows() == before
