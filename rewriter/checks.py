@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 from .analyse import Found, RelRef
 from .context import Context, TableRule
 from .refuse import Refused
-from .resolve import PER_BACKEND_FUNCTIONS, function_allowed, resolve_relation, table_rule
+from .resolve import (
+    CROSS_TENANT_FUNCTIONS,
+    PER_BACKEND_FUNCTIONS,
+    function_allowed,
+    resolve_relation,
+    table_rule,
+)
 from .statistics import statistics_function
 
 # Statements that touch no table data: forwarded as written once classified.
@@ -180,6 +186,9 @@ def check_calls(found: Found, ctx: Context) -> None:
                           "Use INSERT ... RETURNING, or keep the value nextval() returned."
                           if parts[-1] in ("lastval", "currval") else "Only bypass roles may read it.",
                           "catalogs")
+        if parts[-1] in CROSS_TENANT_FUNCTIONS and parts[:-1] in ((), ("pg_catalog",)):
+            why, hint = CROSS_TENANT_FUNCTIONS[parts[-1]]
+            raise Refused(f"function {parts[-1]}() is refused: {why}", hint, "functions.allow")
         if not function_allowed(parts, ctx):
             shown = ".".join(parts)
             if statistics_function(parts[-1]) and parts[:-1] in ((), ("pg_catalog",)):

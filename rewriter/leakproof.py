@@ -14,10 +14,12 @@ Leak-free: comparisons (`= <> != < > <= >=`, IS [NOT] DISTINCT FROM, IN, BETWEEN
 constant or parameter included), AND / OR / NOT, IS [NOT] NULL, IS TRUE and the like,
 LIKE / ILIKE with a constant pattern, boolean columns, EXISTS / IN over subqueries
 that are leak-free themselves. Judged everywhere in the statement (WHERE, JOIN ON,
-HAVING, ON CONFLICT, MERGE, CTEs, subqueries and their select lists), except what
+HAVING, ON CONFLICT, MERGE, CTEs, subqueries and every clause of theirs), except what
 PostgreSQL evaluates only on rows that passed every filter: the outermost select list,
 ORDER BY, GROUP BY, DISTINCT, window and LIMIT clauses, UPDATE's SET list, RETURNING
-(subqueries inside them are still judged).
+(subqueries inside them are still judged). A subquery's own ORDER BY, LIMIT, OFFSET,
+GROUP BY, DISTINCT and window clauses are judged like conditions: a correlated subquery
+runs them once per outer row, before the outer tenant filter.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 AFTER_FILTER = frozenset({"targetList", "sortClause", "groupClause", "distinctClause", "windowClause",
                           "limitCount", "limitOffset", "lockingClause", "returningClause", "returningList",
                           "valuesLists"})
-# Parts of any query that never become a condition (a sort, a limit).
-NEVER_CONDITIONS = frozenset({"sortClause", "limitCount", "limitOffset", "lockingClause", "limitOption", "op"})
+# Parts of a nested query that hold no expression (a correlated subquery's ORDER BY and
+# LIMIT do: they run per outer row, before the outer tenant filter, so they are judged).
+NEVER_CONDITIONS = frozenset({"lockingClause", "limitOption", "op"})
 INNER_QUERY = {"ExplainStmt": "query", "DeclareCursorStmt": "query", "PrepareStmt": "query", "CopyStmt": "query"}
 LEAVES = frozenset({"A_Const", "ParamRef", "SQLValueFunction"})
 RANGE_KEYS = ("relname", "aliasname", "ctename")
@@ -150,6 +153,12 @@ class Judge:
 
     def n_SelectStmt(self, fields: dict) -> str | None:
         return self.expr({k: v for k, v in fields.items() if k not in NEVER_CONDITIONS})
+
+    def n_SortBy(self, fields: dict) -> str | None:
+        """A nested query's sort key: leak-free as a column, constant or parameter, by the default order."""
+        if fields.get("useOp"):
+            return "ORDER BY ... USING"
+        return self.expr(fields.get("node"))
 
     def n_InsertStmt(self, fields: dict) -> str | None:
         """A data-modifying CTE: judged like a statement of its own (PostgreSQL never inlines it)."""

@@ -54,6 +54,31 @@ DANGEROUS_FUNCTIONS = frozenset({
 # whichever client it served last (its statements, cursors, sequence values).
 PER_BACKEND_FUNCTIONS = frozenset({"pg_prepared_statement", "pg_cursor", "lastval", "currval"})
 DANGEROUS_FUNCTIONS |= PER_BACKEND_FUNCTIONS
+# Built-ins whose effect crosses tenants: advisory locks share one key space per database (a
+# tenant sees and blocks another's locks), currtid2() follows any row's update chain by its
+# ctid, setseed() leaves random()'s state to the next client of a pooled backend
+# (DISCARD ALL keeps it). Each maps to why it is refused and what to do instead.
+ADVISORY_LOCKS = (
+    ("advisory locks share one key space across the database, so a tenant would see and block "
+     "another tenant's locks"),
+    "Lock your own rows with SELECT ... FOR UPDATE instead.",
+)
+ADVISORY_LOCK_FUNCTIONS = frozenset({
+    "pg_advisory_lock", "pg_advisory_lock_shared", "pg_advisory_xact_lock", "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock", "pg_try_advisory_lock_shared", "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared", "pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
+})
+TID_CHAIN = ("it follows the update chain of any row by its ctid, another tenant's included",
+             "Select the row again by its key.")
+SEED = (("random()'s seed stays with the pooled backend and would make the next client's random() "
+         "predictable (DISCARD ALL does not reset it)"),
+        "Generate reproducible values in the application, or use gen_random_uuid()/random() unseeded.")
+CROSS_TENANT_FUNCTIONS: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(ADVISORY_LOCK_FUNCTIONS, ADVISORY_LOCKS),
+    **dict.fromkeys(("currtid", "currtid2"), TID_CHAIN),
+    "setseed": SEED,
+}
+DANGEROUS_FUNCTIONS |= frozenset(CROSS_TENANT_FUNCTIONS)
 DANGEROUS_PREFIXES = (
     "pg_read_", "pg_ls_", "lo_", "dblink", "pg_file_", "pg_stat_get_", "pg_stat_reset",
     "pg_stat_clear", "pg_logical_", "pg_replication_", "pg_create_", "pg_drop_replication",

@@ -251,3 +251,74 @@ def test_a_tenant_parameter_declared_of_a_narrowing_type_is_refused(shop, oid):
         assert pg.exec_prepared(b"plain", [b"acme"]).status == psycopg.pq.ExecStatus.COMMAND_OK
         conn.execute("delete from orders where id = 957")
     assert _odd_tenants() == []
+
+
+ZERO_COSTS = ("cpu_operator_cost", "cpu_tuple_cost", "seq_page_cost", "random_page_cost")
+SUBQUERY_DUMPS = {
+    "in-order-by": "select count(*) from customers where id in (select id from orders order by "
+                   "set_config('my.leak', current_setting('my.leak') || customers.name || ';', true) limit 5)",
+    "exists-order-by": "select count(*) from customers c where exists (select 1 from countries order by "
+                       "set_config('my.leak', current_setting('my.leak') || c.email || ';', true))",
+    "union-branch": "select count(*) from customers where id in (select id from orders union "
+                    "(select id from orders order by set_config('my.leak', current_setting('my.leak') "
+                    "|| customers.ssn || ';', true) limit 1))",
+    "join-on": "select count(*) from customers c join orders o on o.id in (select id from orders order by "
+               "set_config('my.leak', current_setting('my.leak') || c.name || ';', true) limit 1)",
+    "update-where": "update orders set total = total where id in (select id from countries order by "
+                    "set_config('my.leak', current_setting('my.leak') || orders.tenant_id || ';', true) limit 1)",
+}
+
+
+def zero_costs(conn) -> None:
+    for name in ZERO_COSTS:
+        conn.execute(f"set local {name} = 0")
+    conn.execute("set local enable_indexscan = off")
+    conn.execute("set local enable_bitmapscan = off")
+    conn.execute("select set_config('my.leak', '', true)")
+
+
+@pytest.mark.parametrize("name", sorted(SUBQUERY_DUMPS))
+def test_a_subquerys_order_by_never_meets_another_tenants_row(shop, name):
+    """A correlated subquery's ORDER BY runs once per outer row: with the planner's costs zeroed it
+    ran before the tenant filter and set_config() collected every tenant's rows."""
+    sql = SUBQUERY_DUMPS[name]
+    with connect(shop) as conn:
+        with conn.transaction():
+            zero_costs(conn)
+            run_clean(conn, sql)
+            value = conn.execute("select current_setting('my.leak')").fetchone()[0]
+        assert_clean(repr(value), sql)
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+GUS = "customers.id = 3 and customers.name >= 'G'"  # globex's row: true only for it
+SUBQUERY_ORACLES = {
+    "limit": f"select id from customers where exists (select 1 from countries limit case when {GUS} "
+             "then -1 else 1 end)",
+    "offset": f"select id from customers where exists (select 1 from countries offset case when {GUS} "
+              "then -1 else 0 end)",
+    "fetch-first": f"select id from customers where exists (select 1 from countries fetch first "
+                   f"(case when {GUS} then -1 else 1 end) rows only)",
+    "order-by-division": f"select id from customers where exists (select 1 from countries order by "
+                         f"1 / case when {GUS} then 0 else 1 end)",
+    "group-by-division": f"select id from customers where exists (select 1 from countries group by "
+                         f"1 / case when {GUS} then 0 else 1 end)",
+    "in-limit": f"select id from customers where id in (select id from orders limit case when {GUS} "
+                "then -1 else 5 end)",
+    "update-limit": "update customers set name = name where id in (select id from orders limit case when "
+                    f"{GUS} then -1 else 5 end)",
+    "update-offset": "update customers set name = name where exists (select 1 from countries offset case when "
+                     f"{GUS} then -1 else 0 end)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SUBQUERY_ORACLES))
+def test_a_subquerys_limit_is_no_error_oracle(shop, name):
+    """An error from a correlated LIMIT/OFFSET/ORDER BY that only globex's row triggers must not occur."""
+    sql = SUBQUERY_ORACLES[name]
+    before = globex_rows()
+    with connect(shop) as conn, conn.transaction():
+        zero_costs(conn)
+        conn.execute(sql)  # raises ("LIMIT must not be negative", division by zero) if it met Gus
+        raise psycopg.Rollback()
+    assert globex_rows() == before

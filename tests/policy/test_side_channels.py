@@ -256,3 +256,35 @@ def test_a_huge_statement_is_refused_without_stalling_other_clients(guarded):
     thread.join()
     assert outcome["sqlstate"] == "54001"
     assert outcome["seconds"] < 3 and max(waits, default=0) < 1.5, (outcome, max(waits, default=0))
+
+
+CROSS_TENANT_CALLS = [
+    "SELECT pg_advisory_lock(777)", "SELECT pg_try_advisory_xact_lock(777)", "select pg_try_advisory_lock(1, 2)",
+    "SELECT pg_catalog.pg_advisory_xact_lock_shared(777)", 'SELECT "pg_try_advisory_lock_shared"(777)',
+    "SELECT pg_advisory_unlock(777)", "SELECT pg_advisory_unlock_all()",
+    "SELECT id FROM customers WHERE pg_try_advisory_xact_lock(id)",
+    "SELECT (777::bigint).pg_try_advisory_lock",
+    "SELECT currtid2('customers', '(0,1)')", "SELECT pg_catalog.currtid2('orders'::text, '(0,3)'::tid)",
+    "SELECT setseed(0.5)", "SELECT pg_catalog.setseed(0.5), random()", "SELECT 1 FROM countries WHERE setseed(0) IS NULL",
+    "SELECT (0.5).setseed",
+]
+
+
+@pytest.mark.parametrize("prepare", [False, True], ids=["simple", "extended"])
+@pytest.mark.parametrize("user", ["acme_app", "alice"])
+def test_calls_whose_effect_crosses_tenants_are_refused(guarded, user, prepare):
+    """Advisory locks (one key space per database), currtid2() (any row's update chain) and
+    setseed() (random()'s state stays with the pooled backend) are refused to policed sessions."""
+    with connect(guarded, user) as conn:
+        for sql in CROSS_TENANT_CALLS:
+            err = _refused(conn, sql, prepare=prepare)
+            assert any(w in err.diag.message_primary for w in ("advisory", "currtid2", "setseed")), sql
+        _usable(conn)
+    with psycopg.connect(DIRECT, autocommit=True) as pg:  # no lock of theirs was taken
+        assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone() == (0,)
+
+
+def test_a_bypass_role_keeps_advisory_locks(guarded):
+    with connect(guarded, "postgres") as conn:
+        assert conn.execute("SELECT pg_try_advisory_xact_lock(777)").fetchone() == (True,)
+        assert conn.execute("SELECT setseed(0.5)").fetchone() == ("",)

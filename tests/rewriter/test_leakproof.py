@@ -44,6 +44,12 @@ LEAK_FREE = [
     "EXPLAIN SELECT * FROM customers WHERE id = 1",
     "SELECT * FROM customers WHERE id = ANY(ARRAY[$1, $2::int, 3]) AND name IN ($3::VARCHAR)",
     "INSERT INTO orders (id, total) SELECT p0::int, p1 FROM (VALUES ($1::int, $2, 0), ($3::int, $4, 1)) AS s(p0, p1, n)",
+    # a subquery's own ORDER BY / LIMIT / OFFSET of columns, constants and parameters
+    ("SELECT * FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id "
+     "ORDER BY o.id DESC NULLS LAST, c.name LIMIT $1 OFFSET 2)"),
+    ("SELECT * FROM customers WHERE id IN (SELECT DISTINCT customer_id FROM orders GROUP BY customer_id "
+     "ORDER BY customer_id FETCH FIRST 3 ROWS WITH TIES)"),
+    "SELECT * FROM customers WHERE id IN (SELECT id FROM orders UNION (SELECT id FROM orders ORDER BY 1 LIMIT ALL))",
 ]
 
 LEAKY = [
@@ -97,6 +103,31 @@ LEAKY = [
     ("SELECT 1 FROM customers WHERE xmlparse(document name) IS NOT NULL", "XmlExpr"),
     ("SELECT 1 FROM customers WHERE id = ANY(ARRAY[length(name)])", "length"),
     ("SELECT * FROM (VALUES (1::int / 0)) v(x) JOIN customers ON id = x", "/"),
+    # a correlated subquery's ORDER BY / LIMIT / OFFSET / FETCH / GROUP BY / DISTINCT / window
+    # run once per outer row, before the outer tenant filter
+    (("SELECT count(*) FROM customers WHERE id IN (SELECT id FROM orders "
+      "ORDER BY set_config('my.leak', current_setting('my.leak') || customers.name, true) LIMIT 5)"), "set_config"),
+    ("SELECT 1 FROM customers WHERE EXISTS (SELECT 1 FROM orders LIMIT CASE WHEN customers.id = 15 THEN -1 END)",
+     "CaseExpr"),
+    ("SELECT 1 FROM customers WHERE EXISTS (SELECT 1 FROM orders OFFSET CASE WHEN customers.id = 15 THEN -1 END)",
+     "CaseExpr"),
+    (("SELECT 1 FROM customers WHERE EXISTS (SELECT 1 FROM orders "
+      "FETCH FIRST (CASE WHEN customers.id = 15 THEN -1 END) ROWS ONLY)"), "CaseExpr"),
+    ("SELECT 1 FROM customers WHERE EXISTS (SELECT 1 FROM orders ORDER BY 1 / customers.id)", "/"),
+    ("SELECT 1 FROM customers WHERE EXISTS (SELECT 1 FROM orders ORDER BY id USING <)", "USING"),
+    ("SELECT 1 FROM customers WHERE EXISTS (SELECT id FROM orders GROUP BY customers.id / 0)", "/"),
+    ("SELECT 1 FROM customers WHERE EXISTS (SELECT DISTINCT ON (customers.id / 0) id FROM orders)", "/"),
+    ("SELECT 1 FROM customers WHERE EXISTS (SELECT id FROM orders WINDOW w AS (ORDER BY customers.id))",
+     "WindowDef"),
+    (("SELECT 1 FROM customers WHERE EXISTS (SELECT id FROM orders UNION "
+      "(SELECT id FROM orders ORDER BY 1 / customers.id LIMIT 1))"), "/"),
+    (("SELECT 1 FROM customers WHERE EXISTS (SELECT id FROM orders UNION SELECT id FROM orders "
+      "ORDER BY 1 LIMIT CASE WHEN customers.id = 1 THEN -1 END)"), "CaseExpr"),
+    (("UPDATE orders SET total = total WHERE id IN (SELECT id FROM countries "
+      "LIMIT CASE WHEN orders.id = 1 THEN -1 END)"), "CaseExpr"),
+    ("DELETE FROM orders WHERE EXISTS (SELECT 1 FROM countries ORDER BY 1 / orders.id)", "/"),
+    ("SELECT 1 FROM customers c JOIN orders o ON o.id IN (SELECT id FROM orders ORDER BY 1 / c.id LIMIT 1)", "/"),
+    ("WITH x AS (SELECT id FROM orders ORDER BY lower(note) LIMIT 1) SELECT * FROM x", "lower"),
 ]
 
 
