@@ -182,6 +182,13 @@ class Guarded:
             self.refuse(decision.sqlstate, decision.message, decision.hint, simple)
             return None
         assert isinstance(decision, SetTenant)
+        if name:  # a named statement: PostgreSQL would run it again at each Bind, without pgwarden seeing a SET
+            self.server.metrics.refusals.labels("tenancy.sources").inc()
+            self.refuse("0A000", "a tenant change cannot be prepared as a named statement: pgwarden applies "
+                        "it when it reads the SET, and a later Bind of the statement would not change "
+                        "the tenant", "send SET pgwarden.tenant as a simple query or an unnamed statement "
+                        "(psycopg: execute(..., prepare=False); asyncpg: execute())", simple)
+            return None
         if decision.local:
             self.local_tenant = decision.tenant if decision.tenant is not None else (
                 self.ident.tenant if self.ident else None)

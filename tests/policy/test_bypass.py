@@ -1122,3 +1122,20 @@ def test_a_refusal_inside_a_transaction_aborts_it_like_an_error(guarded):
     with psycopg.connect(DIRECT) as direct:
         assert direct.execute("select count(*) from orders where id = 95").fetchone() == (0,)
     reset_data()
+
+
+@pytest.mark.parametrize("threshold", [0, 5])
+def test_a_prepared_tenant_switch_never_leaves_the_old_tenant_in_place(guarded, threshold):
+    """psycopg prepares a statement it ran `threshold` times; a Bind of a prepared SET would not
+    change the tenant. Each SET either takes effect or is refused: never the old tenant's rows."""
+    with psycopg.connect(guarded.dsn(user="saas_backend", dbname=DB), autocommit=True,
+                         prepare_threshold=threshold) as conn:
+        for _ in range(8):
+            for tenant in ("acme", "globex"):
+                try:
+                    conn.execute(f"set pgwarden.tenant = '{tenant}'")
+                except psycopg.errors.FeatureNotSupported as refused:
+                    assert refused.diag.message_hint
+                    conn.execute(f"set pgwarden.tenant = '{tenant}'", prepare=False)
+                rows = conn.execute("select tenant_id from customers").fetchall()
+                assert rows and {r[0] for r in rows} == {tenant}, (tenant, rows)
