@@ -106,6 +106,8 @@ def check_columns(found: Found, refs: tuple[Resolved, ...], ctx: Context) -> Non
             if col in added:  # pgwarden's own filter or mask would pass it through those functions
                 _refuse(f'{ref.name} (its tenant column or masked column "{col}")', risk)
         col, risk = next(iter(rel.columns.items()), ("", rel.row))
+        if col and (ref.ref.rv.get("alias") or {}).get("colnames"):  # t AS a(x, y, z) renames its columns
+            _refuse(f'{ref.name} with a column alias list (it may rename its column "{col}")', risk)
         if col and ref.ref.role in ("insert", "merge", "copy_from"):
             _refuse(f'a new row of {ref.name} (its column "{col}" is filled, by default if need be)', risk)
         if col and (found.star or (ref.ref.role == "copy_to" and not owner.get("attlist"))):

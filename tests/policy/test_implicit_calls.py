@@ -146,6 +146,10 @@ REFUSED = {
     "row-cast-to-json": ("select to_json(r) from rowcast r", "whole row of public.rowcast"),
     "row-cast-explicit": ("select r::json from rowcast r", "rowcast"),
     "three-part": (f"select 'x'::text::{DB}.public.tref", "tref"),
+    # a column alias list renames the unsafe column: its new name must not hide it
+    "alias-list": ("select z from holder as h(a1, a2, a3, z) order by z", "column alias list"),
+    "alias-list-lateral": ("select length(x::text) from lateral (select 1) q, holder h(p, q2, r, x)",
+                           "column alias list"),
 }
 
 
