@@ -11,7 +11,7 @@ from typing import Mapping
 
 from pydantic import ValidationError
 
-from policies.model import PolicyFile, Role, Table, Tenancy, _split_name, normal_name
+from policies.model import PolicyFile, Role, Table, Tenancy, normal_name, split_name
 from policies.source import Document, SourceError, format_errors, load_yaml, suggest
 
 
@@ -151,7 +151,7 @@ def _cross_check(doc: Document, roles: set[str]) -> list[str]:
                       "masks; give this role a name")
     tables = doc.data.get("tables")
     for name, table in (tables.items() if isinstance(tables, dict) else ()):
-        parts = _split_name(str(name))
+        parts = split_name(str(name))
         if parts is None or len(parts) != 2:
             errors.append(f"{doc.where(('tables', name))}: tables.{name}: a table name must be "
                           f"schema-qualified, like public.{str(name).split('.')[-1]}")

@@ -115,7 +115,7 @@ def _column(name: str) -> str:
 
 def _function(name: str) -> str:
     """A function name as PostgreSQL reads it; it must name its schema."""
-    parts = _split_name(name)
+    parts = split_name(name)
     if parts is None or len(parts) != 2:
         raise ValueError(f"a function name must be schema-qualified, like public.{name.split('.')[-1]}")
     return normal_name(name)
@@ -212,7 +212,7 @@ class PolicyFile(_Strict):
     mode: Literal["enforce", "monitor"] = "enforce"
 
 
-def _split_name(name: str) -> list[str] | None:
+def split_name(name: str) -> list[str] | None:
     """Split `schema.table` respecting double quotes; None if malformed."""
     parts = re.findall(r'"(?:[^"]|"")+"|[^.]+', name)
     if ".".join(parts) != name or not all(_NAME.match(p) for p in parts):
@@ -226,5 +226,5 @@ def normal_name(name: str) -> str:
     >>> normal_name('Public."Orders"')
     'public.Orders'
     """
-    parts = _split_name(name) or [name]
+    parts = split_name(name) or [name]
     return ".".join(p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in parts)

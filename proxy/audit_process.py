@@ -23,7 +23,6 @@ import signal
 import sys
 import time
 from collections import deque
-from pathlib import Path
 
 import orjson
 
@@ -312,8 +311,8 @@ def main(argv: list[str]) -> int:
     config_json, log_format, log_level, mode = argv
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the proxy decides when the trail stops: by closing stdin
-    from proxy.cli import _setup_logging
-    _setup_logging(log_level, log_format)
+    from proxy.logs import setup_logging
+    setup_logging(log_level, log_format)
     config = AuditConfig.model_validate_json(config_json)
     try:
         import uvloop

@@ -5,28 +5,10 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
 import sys
 
 from proxy.config import ConfigError, load_config
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record), "level": record.levelname.lower(),
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+from proxy.logs import setup_logging
 
 
 def _load(path: str):
@@ -59,19 +41,19 @@ def _router(config, quiet: bool = False):
 
 async def _with_live_schema(config, router, database: str) -> None:
     from proxy.schema import load_schema
-    from proxy.server import _backend_tls
+    from proxy.tls import backend_tls
     auth = config.backend_auth  # read as the server reads it: as the role policed sessions use
     user, password = (auth.policed.user, auth.policed.secret()) if auth.policed else \
         (auth.user or "postgres", auth.secret())
     live = await load_schema(config.primary.host, config.primary.port, user, password, database,
-                             _backend_tls(config))
+                             backend_tls(config.primary.tls))
     router.add_schema(database, live.schema, live.search_path, live.routines, live.server_major)
 
 
 async def _policed_role_problems(config, database: str) -> list[str]:
     """Why the role policed sessions log in as must not serve them (empty when it may)."""
     from proxy.backend_role import HINT, read_facts, unfit
-    from proxy.server import _backend_tls
+    from proxy.tls import backend_tls
     auth = config.backend_auth  # every user in no bypass role is policed
     if auth.policed is not None:
         user, password = auth.policed.user, auth.policed.secret()
@@ -80,7 +62,7 @@ async def _policed_role_problems(config, database: str) -> list[str]:
     else:
         return []  # each client logs in as itself: pgwarden checks each such role at its login
     facts = await read_facts(config.primary.host, config.primary.port, user, password, database,
-                             _backend_tls(config))
+                             backend_tls(config.primary.tls))
     reason = unfit(facts, database)
     return [] if reason is None else [f"{reason}; {HINT}"]
 
@@ -89,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None or _router(config) is False:
         return 1
-    _setup_logging(config.log.level, config.log.format)
+    setup_logging(config.log.level, config.log.format)
     from proxy.audit import AuditError
     from proxy.server import serve
     try:

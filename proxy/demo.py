@@ -250,9 +250,9 @@ def _serve(config, banner: str, started: float) -> None:
     """Run pgwarden on this thread's new event loop until SIGINT or SIGTERM."""
     import uvloop
 
-    from proxy.cli import _setup_logging
+    from proxy.logs import setup_logging
     from proxy.server import Server
-    _setup_logging("warning", "text")
+    setup_logging("warning", "text")
 
     async def main() -> None:
         server = Server(config)

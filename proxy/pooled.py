@@ -41,7 +41,7 @@ _TX_NAMED = {  # statements that name a prepared statement pgwarden cannot map: 
 
 
 
-def _names_statement(kind: int, msg: bytes) -> bool:
+def names_statement(kind: int, msg: bytes) -> bool:
     """Does this Parse/Bind/Describe/Close involve a named prepared statement?"""
     if kind == _P:
         return msg[5] != 0

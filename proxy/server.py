@@ -23,6 +23,7 @@ from proxy.schema import load_schema
 from proxy.session import CLOSED, READY, Session
 from proxy.slowlog import SlowLog
 from proxy.stats import QueryStats
+from proxy.tls import backend_tls, listen_tls
 
 log = logging.getLogger("pgwarden.server")
 
@@ -37,8 +38,8 @@ class Server:
         self.statements = Registry()
         self.draining = False
         self.started = time.time()
-        self.tls_context = _listen_tls(config)
-        self._backend_tls = _backend_tls(config)
+        self.tls_context = listen_tls(config.listen.tls)
+        self._backend_tls = backend_tls(config.primary.tls)
         self.router: Router | None = None     # set when a policy is loaded
         self._schema_loads: dict[str, asyncio.Task] = {}
         self._role_loads: dict[tuple[str, str], asyncio.Task] = {}
@@ -299,14 +300,14 @@ class Server:
         source = self.config.source
         try:
             new = load_config(source)  # type: ignore[arg-type]
-            tls_context, backend_tls = _listen_tls(new), _backend_tls(new)
+            tls_context, backend_context = listen_tls(new.listen.tls), backend_tls(new.primary.tls)
             router = self.load_policies(new)
         except (ConfigError, PolicyLoadError, OSError, ValueError) as exc:
             log.error("reload of %s failed; keeping the running config:\n%s", source, exc)
             return False
         if (new.listen.host, new.listen.port) != (self.config.listen.host, self.config.listen.port):
             log.warning("reload: a new listen address takes effect only after a restart")
-        self.config, self.tls_context, self._backend_tls = new, tls_context, backend_tls
+        self.config, self.tls_context, self._backend_tls = new, tls_context, backend_context
         self.router = router
         self.policy_files_changed()
         self.refresh_schemas()
@@ -353,22 +354,6 @@ def _between_transactions(session: Session) -> bool:
         return True
     backend = session.backend
     return backend is None or (backend.tracker.idle and backend.tracker.status == ord("I"))
-
-
-def _listen_tls(config: Config):
-    tls = config.listen.tls
-    if tls.mode == "disable":
-        return None
-    from proxy.tls import server_context
-    return server_context(str(tls.cert), str(tls.key))
-
-
-def _backend_tls(config: Config):
-    tls = config.primary.tls
-    if tls.mode == "disable":
-        return None
-    from proxy.tls import backend_context
-    return backend_context(tls.mode, str(tls.ca) if tls.ca else None)
 
 
 async def _send_cancel(pool: Pool, backend: Backend) -> None:

@@ -11,14 +11,14 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from proxy import params, protocol
+from proxy.accounting import Accounted
 from proxy.admin import DATABASE as ADMIN_DATABASE, PARAMETERS as ADMIN_PARAMETERS, AdminConsole
 from proxy.auth import AuthFailed, ClientAuth, Credential
 from proxy.backend import Backend, BackendError
-from proxy.accounting import Accounted
 from proxy.guard import HIDDEN_DETAIL, Guarded
-from proxy.pooled import Pooled, _names_statement
 from proxy.pipeline import ABORT, SWALLOW
 from proxy.pool import Pool, PoolTimeout
+from proxy.pooled import Pooled, names_statement
 from proxy.prepared import Statement
 
 if TYPE_CHECKING:
@@ -502,7 +502,7 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
                         self.audited(parsed.query, False, None, parsed.name)
                 if kind == _B and self.server.audit is not None and not self.audit_bind(msg):
                     continue
-                if tx_mode and kind in _NAMED and _names_statement(kind, msg):
+                if tx_mode and kind in _NAMED and names_statement(kind, msg):
                     self._extended_tx(kind, msg, out)
                     continue
                 if tx_mode and (kind == _B or (kind == _D and msg[5] == 83)) and \

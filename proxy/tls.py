@@ -43,3 +43,13 @@ def backend_context(mode: str, ca_file: str | None) -> ssl.SSLContext | None:
     else:
         context.load_verify_locations(ca_file)
     return context
+
+
+def listen_tls(tls) -> ssl.SSLContext | None:
+    """The listener's context for the config's `listen.tls` (None when TLS is off)."""
+    return None if tls.mode == "disable" else server_context(str(tls.cert), str(tls.key))
+
+
+def backend_tls(tls) -> ssl.SSLContext | None:
+    """The context for connections to backends, for the config's `primary.tls` (None when off)."""
+    return None if tls.mode == "disable" else backend_context(tls.mode, str(tls.ca) if tls.ca else None)
