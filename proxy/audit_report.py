@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from proxy.audit import statement_kind
+from proxy.redact import statement_kind
 
 REFUSALS = ("refused", "monitor-would-refuse")  # monitor mode: the statement ran, the policy would refuse it
 WRITES = frozenset({"insert", "update", "delete", "merge", "copy", "truncate"})

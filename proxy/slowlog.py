@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
-from proxy.audit import fingerprint, redact
+from proxy.redact import fingerprint, redact
 from rewriter import pgparser
 from rewriter.pgparser import ast, parse_sql
 

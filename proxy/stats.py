@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 
 from proxy import protocol
-from proxy.audit import redact
+from proxy.redact import redact
 from rewriter import pgparser
 
 MAX_FINGERPRINTS = 5000

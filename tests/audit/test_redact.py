@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.audit import fingerprint, redact, scanned, statement_record
+from proxy.audit import statement_record
+from proxy.redact import fingerprint, redact, scanned
 from rewriter import pgparser
 
 VALUE_TOKENS = {"SCONST", "ICONST", "FCONST", "BCONST", "XCONST", "USCONST"}
@@ -95,3 +96,11 @@ def test_the_fast_path_agrees_with_the_scanner_on_every_orm_statement():
                 max_size=12).map(" ".join))
 def test_the_fast_path_agrees_with_the_scanner(sql):
     assert redact.__wrapped__(sql) == scanned(sql)
+
+
+def test_docstring_examples_of_the_redaction_module():
+    import doctest
+
+    import proxy.redact
+    result = doctest.testmod(proxy.redact)
+    assert result.attempted > 0 and result.failed == 0
