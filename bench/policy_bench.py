@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import common  # noqa: E402
 from common import Load, Target, run_pgbench  # noqa: E402
 
-from proxy.router import Router  # noqa: E402
+from proxy.enforce.router import Router  # noqa: E402
 from rewriter.context import Column  # noqa: E402
 
 TENANTS = 10
@@ -79,7 +79,7 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 def rewrite_costs(tmp: Path, repeat: int) -> dict[str, dict[str, float]]:
     """Router.decide per statement: cold (empty cache) and cached (the proxy's hit path)."""
-    from proxy.router import load_router
+    from proxy.enforce.router import load_router
     (tmp / "policy.yaml").write_text(POLICY)
     schema = {"public.customers": tuple(Column(n, t) for n, t in (
         ("id", "integer"), ("tenant_id", "text"), ("name", "text"), ("email", "text"),

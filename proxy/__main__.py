@@ -1,4 +1,4 @@
 """`python -m proxy` runs the pgwarden command line."""
-from proxy.cli import main
+from proxy.app.cli import main
 
 raise SystemExit(main())

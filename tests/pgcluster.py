@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proxy import protocol
-from proxy.auth import BackendAuth
+from proxy.wire import protocol
+from proxy.wire.auth import BackendAuth
 from tests.certs import Certs
 
 BINDIR = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,

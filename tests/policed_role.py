@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 
 from policies.load import load_policy
-from proxy.role_sql import ATTRIBUTES, role_sql
+from proxy.enforce.role_sql import ATTRIBUTES, role_sql
 from rewriter.pgparser import split
 from tests.harness import PG_HOST, PG_PORT
 

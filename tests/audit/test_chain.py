@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.audit import Audit, AuditConfig, AuditError, statement_record, verify_files
-from proxy.audit_sinks import rotated_files
+from proxy.audit.trail import Audit, AuditConfig, AuditError, statement_record, verify_files
+from proxy.audit.sinks import rotated_files
 from tests.audit.trail import KEY_ENV, numbered, write_trail
 from tests.harness import ROOT
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.audit import Audit, AuditConfig, AuditError, AuditUnavailable, verify_files
+from proxy.audit.trail import Audit, AuditConfig, AuditError, AuditUnavailable, verify_files
 from tests.audit.trail import numbered
 
 UNWRITABLE = Path("/proc/pgwarden-no/audit.jsonl")

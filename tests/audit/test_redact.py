@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.audit import statement_record
-from proxy.redact import fingerprint, redact, scanned
+from proxy.audit.trail import statement_record
+from proxy.audit.redact import fingerprint, redact, scanned
 from rewriter import pgparser
 
 VALUE_TOKENS = {"SCONST", "ICONST", "FCONST", "BCONST", "XCONST", "USCONST"}
@@ -101,6 +101,6 @@ def test_the_fast_path_agrees_with_the_scanner(sql):
 def test_docstring_examples_of_the_redaction_module():
     import doctest
 
-    import proxy.redact
-    result = doctest.testmod(proxy.redact)
+    import proxy.audit.redact
+    result = doctest.testmod(proxy.audit.redact)
     assert result.attempted > 0 and result.failed == 0

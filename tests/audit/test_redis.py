@@ -9,7 +9,7 @@ import uuid
 import pytest
 import redis
 
-from proxy.audit import Audit, AuditConfig, verify_files
+from proxy.audit.trail import Audit, AuditConfig, verify_files
 from tests.audit.trail import numbered, write_trail
 from tests.harness import REDIS_URL
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from proxy.audit_report import add_audit_commands, render_report
+from proxy.audit.report import add_audit_commands, render_report
 from tests.audit.trail import sample, write_trail
 
 BASE = time.mktime((2026, 11, 2, 9, 0, 0, 0, 0, 0)) - time.timezone  # 2026-11-02 09:00 UTC

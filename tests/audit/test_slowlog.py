@@ -10,7 +10,7 @@ import time
 import asyncpg
 
 from tests.harness import PG_PORT
-from proxy.slowlog import SlowLog, SlowQueryConfig
+from proxy.ops.slowlog import SlowLog, SlowQueryConfig
 
 DSN = {"host": "127.0.0.1", "port": PG_PORT, "user": "postgres"}
 

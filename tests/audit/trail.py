@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from proxy.audit import Audit, AuditConfig, statement_record
+from proxy.audit.trail import Audit, AuditConfig, statement_record
 
 KEY_ENV = "PGWARDEN_TEST_AUDIT_KEY"
 

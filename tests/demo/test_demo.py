@@ -38,7 +38,7 @@ def _demo_processes() -> list[str]:
 
 def _start(*flags: str) -> tuple[subprocess.Popen, list[str]]:
     port, http_port = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.demo", "--port", str(port), "--http-port",
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.app.demo", "--port", str(port), "--http-port",
                              str(http_port), *flags], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -108,7 +108,7 @@ def test_a_port_in_use_is_one_clear_line():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "proxy.demo", "--port", str(port)],
+        result = subprocess.run([sys.executable, "-m", "proxy.app.demo", "--port", str(port)],
                                 cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert result.stderr.strip() == (f"pgwarden demo: port {port} is in use "
@@ -116,7 +116,7 @@ def test_a_port_in_use_is_one_clear_line():
 
 
 def test_a_bad_database_url_is_one_clear_line():
-    result = subprocess.run([sys.executable, "-m", "proxy.demo", "--port", str(free_port()),
+    result = subprocess.run([sys.executable, "-m", "proxy.app.demo", "--port", str(free_port()),
                              "--http-port", str(free_port()), "--database-url",
                              "postgresql://nobody@127.0.0.1:1/x"], cwd=ROOT, capture_output=True,
                             text=True, timeout=30)

@@ -38,7 +38,7 @@ def scratch_db():
 
 
 def _init(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.init_policy", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "proxy.app.init_policy", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
 
 
@@ -103,7 +103,7 @@ NOTES_POLICY = """  public.notes:
 @pytest.fixture(scope="module")
 def role_db(tmp_path_factory):
     """The demo's shop and policy (plus a serial-keyed table), and init's SQL for them applied."""
-    from proxy.demo import POLICY, shop_sql
+    from proxy.app.demo import POLICY, shop_sql
     _psql(f"drop database if exists {ROLE_DB} with (force)")
     _psql(f"drop role if exists {ROLE}")
     _psql(f"create database {ROLE_DB}")

@@ -16,13 +16,13 @@ PAGE = ROOT / "docs" / "quickstart.md"
 SKIP = {
     "git clone": "needs the repository URL and the network",
     "cd ": "only changes the shell's directory",
-    "make run": "the test starts the same demo with python -m proxy.demo on free ports",
+    "make run": "the test starts the same demo with python -m proxy.app.demo on free ports",
     "pgwarden demo --port": "starts a second long-running demo",
     "pgwarden demo --database-url": "needs the reader's own PostgreSQL server",
     "pgwarden check --config pgwarden.yaml": "needs the reader's own config and database",
     "pgwarden run": "needs the reader's own config and database",
 }
-MODULES = {"demo": "proxy.demo", "init": "proxy.init_policy"}
+MODULES = {"demo": "proxy.app.demo", "init": "proxy.app.init_policy"}
 
 
 def _commands() -> list[tuple[str, str]]:
@@ -52,7 +52,7 @@ def _normal(text: str, port: int) -> str:
 @pytest.fixture(scope="module")
 def demo():
     port, http_port = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.demo", "--port", str(port), "--http-port",
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.app.demo", "--port", str(port), "--http-port",
                              str(http_port)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     seen = []

@@ -205,7 +205,7 @@ def test_service_exposes_both_ports_and_selects_the_pods():
 
 
 def test_configmap_holds_a_config_pgwarden_accepts_and_the_policy_files(tmp_path):
-    from proxy.config import parse_config
+    from proxy.config.model import parse_config
     policy = "# a policy\nversion: 1\n"
     values = {**VALUES, "policies": {"shop.yaml": policy}}
     maps = {m["metadata"]["name"]: m for m in by_kind(render(values))["ConfigMap"]}

@@ -16,11 +16,11 @@ from tests.policy.conftest import connect, policy_proxy, shop_db  # noqa: F401 (
 
 
 def writer_pid(proxy) -> int:
-    """The audit writer: the proxy's child running proxy.audit_process."""
+    """The audit writer: the proxy's child running proxy.audit.process."""
     for _ in range(100):
         for task in Path(f"/proc/{proxy.proc.pid}/task").iterdir():
             for pid in (task / "children").read_text().split():
-                if b"proxy.audit_process" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                if b"proxy.audit.process" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     return int(pid)
         time.sleep(0.05)
     raise AssertionError("no audit writer process under the proxy")
@@ -57,7 +57,7 @@ def test_a_killed_writer_is_restarted_and_the_chain_continues(audited):
         assert time.monotonic() - started < 5
     assert writer_pid(proxy) != first
     proxy.stop()
-    assert "audit writer process exited with code -9" in proxy.logs()
+    assert "audit writer process exited with code -9" in proxy.config.logs()
     got = records(path)
     assert any("after the restart" in (r.get("sql") or "") or r.get("sql") == "select ?" for r in got)
     result = verify(path)
@@ -99,7 +99,7 @@ def test_a_killed_proxy_leaves_no_writer_behind_and_its_records_written(audited)
 
 @pytest.mark.parametrize("text", ["select 'caf\xe9'", "select 1 -- \udcff undecodable byte"])
 def test_text_the_fast_encoder_refuses_still_reaches_the_trail(text):
-    from proxy.audit_process import decode_batch, encode_batch
+    from proxy.audit.process import decode_batch, encode_batch
     assert decode_batch(encode_batch([{"sql": text, "n": 2 ** 70}])) == [{"sql": text, "n": 2 ** 70}]
 
 
@@ -122,8 +122,8 @@ def test_statements_wait_for_a_failing_trail_then_are_refused(shop_db, tmp_path)
 def test_a_failing_sink_never_hangs_the_stop_nor_leaves_the_writer_behind(tmp_path):
     """Records the trail cannot write are spilled to the log at stop; stop ends; the child exits."""
     import asyncio
-    from proxy.audit import AuditConfig
-    from proxy.audit_process import AuditProcess
+    from proxy.audit.trail import AuditConfig
+    from proxy.audit.process import AuditProcess
 
     async def run() -> tuple[float, int | None]:
         trail = AuditProcess(AuditConfig(path="/proc/pgwarden-no/audit.jsonl", queue_size=10,
@@ -145,13 +145,13 @@ def test_a_batch_cut_short_loses_only_itself(tmp_path):
     """The proxy died in the middle of a write: the writer keeps every whole batch before it."""
     import subprocess
     import sys
-    from proxy.audit import AuditConfig
-    from proxy.audit_process import encode_batch
+    from proxy.audit.trail import AuditConfig
+    from proxy.audit.process import encode_batch
     from tests.harness import ROOT
     path = tmp_path / "audit.jsonl"
     config = AuditConfig(path=path).model_dump_json()
     whole = encode_batch([{"event": "statement", "sql": f"select {i}"} for i in range(500)])
-    writer = subprocess.run([sys.executable, "-m", "proxy.audit_process", config, "text", "info", "lenient"],
+    writer = subprocess.run([sys.executable, "-m", "proxy.audit.process", config, "text", "info", "lenient"],
                             input=whole + whole[:10], capture_output=True, cwd=ROOT, timeout=30)
     assert writer.returncode == 0, writer.stderr
     assert len(path.read_text().splitlines()) == 500 and b"cut short" in writer.stderr

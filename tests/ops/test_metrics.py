@@ -13,9 +13,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config import Config
-from proxy.metrics import Metrics, MetricsConfig
-from proxy.server import Server
+from proxy.config.model import Config
+from proxy.ops.metrics import Metrics, MetricsConfig
+from proxy.app.server import Server
 from tests.harness import REDIS_URL, free_port
 from tests.policy.conftest import DB, POLICED_ROLE, connect, policy_proxy, shop_db  # noqa: F401 (fixture)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from proxy import stats
-from proxy.stats import COLUMNS, QueryStats
+from proxy.ops import stats
+from proxy.ops.stats import COLUMNS, QueryStats
 
 
 def by_query(qs: QueryStats) -> dict[str, dict[str, object]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.schema import routines
+from proxy.enforce.schema import routines
 from rewriter import Allow, Column, Context, Deny, Rewrite, TableRule, UserRoutines, rewrite
 from rewriter.classify import statements, walk_statement
 from rewriter.secret_settings import SECRET_SETTINGS

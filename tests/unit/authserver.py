@@ -6,8 +6,8 @@ import socket
 import ssl
 import threading
 
-from proxy import protocol as p
-from proxy.auth import AuthFailed, ClientAuth, Credential
+from proxy.wire import protocol as p
+from proxy.wire.auth import AuthFailed, ClientAuth, Credential
 
 
 class AuthServer:

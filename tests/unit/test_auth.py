@@ -1,4 +1,4 @@
-"""Tests of proxy/auth.py: both sides driving each other, libpq against ClientAuth, BackendAuth against PostgreSQL."""
+"""Tests of proxy/wire/auth.py: both sides driving each other, libpq against ClientAuth, BackendAuth against PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from scramp import ScramClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import protocol as p
-from proxy.auth import (AuthFailed, BackendAuth, ClientAuth, Credential, parse_scram_verifier,
+from proxy.wire import protocol as p
+from proxy.wire.auth import (AuthFailed, BackendAuth, ClientAuth, Credential, parse_scram_verifier,
                         scram_verifier)
 from tests.pgcluster import login
 from tests.unit.authserver import AuthServer

@@ -8,9 +8,10 @@ import textwrap
 import pytest
 
 from policies.load import load_policy
-from proxy import backend_role, role_sql
-from proxy.backend_role import RoleFacts, unfit
-from proxy.role_sql import table_privileges
+from proxy.pooling import backend_role
+from proxy.enforce import role_sql
+from proxy.pooling.backend_role import RoleFacts, unfit
+from proxy.enforce.role_sql import table_privileges
 
 POLICY = """
 version: 1

@@ -4,15 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, load_config, parse_config
-from proxy.configdoc import reference
+from proxy.config.model import ConfigError, load_config, parse_config
+from proxy.app.configdoc import reference
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_docs_reference_is_generated_from_the_model():
     text = (ROOT / "docs/configuration.md").read_text()
-    assert reference() in text, "run: python -m proxy.configdoc docs/configuration.md"
+    assert reference() in text, "run: python -m proxy.app.configdoc docs/configuration.md"
 
 
 def test_example_config_is_valid():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import ConfigError, load_config
-from proxy.configenv import overrides, value
+from proxy.config.model import ConfigError, load_config
+from proxy.config.environment import overrides, value
 
 FILE = "listen: {host: 127.0.0.1, port: 6432}\nprimary: {host: filehost, port: 5432}\npool: {size: 5}\n"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy import protocol
-from proxy.session import sends_ddl
+from proxy.wire import protocol
+from proxy.session.connection import sends_ddl
 
 
 @pytest.mark.parametrize("pad", range(0, 256))

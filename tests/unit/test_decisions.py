@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import doctest
 
-from proxy import decisions
+from proxy.enforce import decisions
 
 
 def test_docstring_examples() -> None:

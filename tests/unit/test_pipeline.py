@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import protocol as p
-from proxy.pipeline import FORWARD, SWALLOW, Tracker
+from proxy.wire import protocol as p
+from proxy.wire.tracker import FORWARD, SWALLOW, Tracker
 
 PARSE_OK, BIND_OK, CLOSE_OK = p.PARSE_COMPLETE, p.BIND_COMPLETE, p.CLOSE_COMPLETE
 ROW = p.message(b"D", b"\x00\x01\x00\x00\x00\x01x")

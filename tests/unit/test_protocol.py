@@ -1,4 +1,4 @@
-"""Property tests of the sans-IO codec (proxy/protocol.py): round trips, chunking, fuzzing."""
+"""Property tests of the sans-IO codec (proxy/wire/protocol.py): round trips, chunking, fuzzing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import protocol as p
+from proxy.wire import protocol as p
 
 # Text the protocol can carry in a C string: no NUL, no lone surrogates (not UTF-8).
 ctext = st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
@@ -181,7 +181,7 @@ def test_framer_raises_only_protocol_errors_on_arbitrary_bytes(data, cut_at):
         pass
 
 
-# --- the backend stream scanner (proxy.pipeline.Tracker) -------------------------------------------
+# --- the backend stream scanner (proxy.wire.tracker.Tracker) -------------------------------------------
 
 ready = st.sampled_from(b"ITE").map(lambda s: p.ready_for_query(bytes([s])))
 error = st.builds(lambda t: p.error_response("42000", t), ctext)
@@ -191,7 +191,7 @@ other = st.builds(lambda k, body: p.message(bytes([k]), body),
 
 @given(st.lists(st.one_of(ready, error, other), max_size=25), cuts)
 def test_backend_stream_is_forwarded_whole_and_ready_status_tracked_over_any_chunking(msgs, cut_at):
-    from proxy.pipeline import Tracker
+    from proxy.wire.tracker import Tracker
     tracker = Tracker()
     stream = b"".join(msgs)
     out = b"".join(tracker.feed(chunk) for chunk in chunked(stream, cut_at))
@@ -203,7 +203,7 @@ def test_backend_stream_is_forwarded_whole_and_ready_status_tracked_over_any_chu
 
 @given(st.binary(max_size=300), cuts)
 def test_backend_stream_scanner_raises_only_protocol_error(data, cut_at):
-    from proxy.pipeline import Tracker
+    from proxy.wire.tracker import Tracker
     tracker = Tracker()
     try:
         for chunk in chunked(data, cut_at):

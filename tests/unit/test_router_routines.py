@@ -3,8 +3,8 @@ reload, and judges literal-dependent checks (secret settings) on the text, not o
 
 from __future__ import annotations
 
-from proxy.router import ORIGINAL, Refuse, load_router
-from proxy.schema import routines
+from proxy.enforce.router import ORIGINAL, Refuse, load_router
+from proxy.enforce.schema import routines
 from rewriter import Column
 from tests.policy.conftest import POLICY
 

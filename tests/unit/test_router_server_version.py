@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.router import ORIGINAL, Forward, Refuse, load_router
+from proxy.enforce.router import ORIGINAL, Forward, Refuse, load_router
 from tests.policy.conftest import POLICY
 from tests.unit.test_router_routines import SCHEMA
 

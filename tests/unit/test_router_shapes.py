@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from proxy.router import _restore, _shape
+from proxy.enforce.router import _restore, _shape
 
 
 def test_shape_and_restore_round_trip():

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from proxy import params, protocol as p, savepoints as sp
-from proxy.pipeline import Tracker
-from proxy.txstate import CONTROL, TxState
+from proxy.session import params
+
+from proxy.wire import protocol as p
+
+from proxy.session import savepoints as sp
+from proxy.wire.tracker import Tracker
+from proxy.session.txstate import CONTROL, TxState
 
 ACME, GLOBEX = sp.State({"t": "acme"}, {}), sp.State({"t": "globex"}, {})
 

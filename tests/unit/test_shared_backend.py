@@ -10,8 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import held, params, prepared, sql_names
-from proxy.params import Arg, Effect
+from proxy.session import held
+
+from proxy.session import params
+
+from proxy.pooling import prepared
+
+from proxy.session import sql_names
+from proxy.session.params import Arg, Effect
 
 
 @pytest.mark.parametrize("module", [held, params, prepared, sql_names])

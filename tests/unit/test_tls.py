@@ -1,4 +1,4 @@
-"""Tests of proxy/tls.py: contexts against a real PostgreSQL with ssl=on, and libpq against server_context."""
+"""Tests of proxy/wire/tls.py: contexts against a real PostgreSQL with ssl=on, and libpq against server_context."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import threading
 import psycopg
 import pytest
 
-from proxy.auth import Credential
-from proxy.tls import backend_context, server_context
+from proxy.wire.auth import Credential
+from proxy.wire.tls import backend_context, server_context
 from tests.pgcluster import login
 from tests.unit.authserver import AuthServer
 from tests.unit.conftest import ROLES

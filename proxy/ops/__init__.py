@@ -1,0 +1,1 @@
+"""Operations: metrics, query statistics, the slow log, the HTTP endpoints, the admin console and the janitor."""

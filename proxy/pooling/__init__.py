@@ -1,0 +1,1 @@
+"""Backend connections and their pools: connecting, relaying, prepared statement names per backend."""

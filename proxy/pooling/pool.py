@@ -1,0 +1,213 @@
+"""Backend pools, one per (database, backend user): idle backends, waiting clients, limits and lifetimes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Callable
+
+from proxy.config import model as cfg
+from proxy.pooling.backend import Backend, BackendError, Target, connect
+from proxy.pooling.backend_role import HINT, refusal, superuser_reason
+
+log = logging.getLogger("pgwarden.pool")
+
+
+class PoolTimeout(Exception):
+    """A client waited longer than pool.query_wait_timeout for a backend (SQLSTATE 53300)."""
+
+    sqlstate = "53300"
+
+
+class Pool:
+    """Backends for one (database, backend user).
+
+    A backend is in exactly one place: `idle` (a deque, used LIFO so warm
+    connections are reused), `active` (lent to a client) or being connected
+    (counted in `connecting`). Waiting clients queue in `waiters`, first come
+    first served, and are handed a backend directly on release.
+    """
+
+    def __init__(self, name: str, target: Target, settings: cfg.Pool, policed: bool = False) -> None:
+        self.name = name
+        self.policed = policed  # serves policed sessions: a backend reporting superuser is refused
+        self.target = target
+        self.settings = settings
+        self.idle: deque[Backend] = deque()
+        self.active: set[Backend] = set()
+        self.connecting = 0
+        self.waiters: deque[asyncio.Future] = deque()
+        self.server_params: dict[str, str] | None = None
+        self.wait_count = 0
+        self.wait_time = 0.0
+        self.now = time.monotonic()  # a coarse clock, advanced by maintain() every second
+        self.paused = False          # PAUSE from the admin console: no backend is lent
+        self._resumed = asyncio.Event()
+
+    @property
+    def total(self) -> int:
+        return len(self.idle) + len(self.active) + self.connecting
+
+    # --- lending ------------------------------------------------------------------------------
+
+    def take_idle(self) -> Backend | None:
+        """An idle backend, right now, or None (the hot path: no await, no task)."""
+        while self.idle and not self.paused:
+            backend = self.idle.pop()
+            if backend.closed or self._expired(backend):
+                backend.close()
+                continue
+            self.active.add(backend)
+            return backend
+        return None
+
+    async def acquire(self) -> Backend:
+        """A backend: idle, newly connected, or handed over by a releasing client within the wait limit."""
+        while self.paused:
+            self._resumed.clear()
+            await self._resumed.wait()
+        backend = self.take_idle()
+        if backend is not None:
+            return backend
+        if self.total < self.settings.size and not self.waiters:
+            return await self._connect_for_client()
+        return await self._wait()
+
+    async def _wait(self) -> Backend:
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        started = time.monotonic()
+        self.wait_count += 1
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.settings.query_wait_timeout)
+        except asyncio.TimeoutError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(fut.result())  # handed over just as we gave up
+            fut.cancel()
+            raise PoolTimeout(
+                f"pool {self.name!r} is exhausted: waited {self.settings.query_wait_timeout:g}s "
+                f"for one of its {self.settings.size} backends") from None
+        finally:
+            self.wait_time += time.monotonic() - started
+            if fut in self.waiters:
+                self.waiters.remove(fut)
+
+    async def _connect_for_client(self) -> Backend:
+        self.connecting += 1
+        try:
+            backend = await self._open()
+        finally:
+            self.connecting -= 1
+        self._adopt(backend)
+        self.active.add(backend)
+        return backend
+
+    async def _open(self) -> Backend:
+        """A new backend; for a policed pool, never one whose role is a superuser."""
+        backend = await connect(self.target, self.settings.prepared_statements_per_backend)
+        reason = superuser_reason(self.target.user, backend.params) if self.policed else None
+        if reason is not None:
+            backend.close()
+            log.error("pool %s: %s; policed sessions are refused", self.name, reason)
+            raise BackendError({"sqlstate": "42501", "message": refusal(reason), "hint": HINT})
+        return backend
+
+    def _adopt(self, backend: Backend) -> None:
+        backend.on_idle_lost = self._idle_lost
+        if self.server_params is None:
+            self.server_params = dict(backend.params)
+
+    def resume(self) -> None:
+        """RESUME: lend backends again, first to the clients that waited."""
+        self.paused = False
+        self._resumed.set()
+
+    def release(self, backend: Backend, reusable: bool = True) -> None:
+        """Give a backend back: to the first waiting client, to the idle list, or closed."""
+        backend.client = None
+        if backend.cancels and reusable and not backend.closed:
+            backend.held_for_cancel = True  # lent again only once the cancel has landed
+            return
+        self.active.discard(backend)
+        backend.last_used = self.now
+        if not reusable or backend.closed or self._expired(backend):
+            backend.close()
+            self._replace_for_waiter()
+            return
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                self.active.add(backend)
+                fut.set_result(backend)
+                return
+        self.idle.append(backend)
+
+    def _replace_for_waiter(self) -> None:
+        if self.waiters and self.total < self.settings.size:
+            asyncio.get_running_loop().create_task(self._connect_for_waiter())
+
+    async def _connect_for_waiter(self) -> None:
+        try:
+            backend = await self._connect_for_client()
+        except BackendError as exc:
+            log.warning("pool %s: cannot open a backend: %s", self.name, exc)
+            while self.waiters:  # fail the waiters now rather than at their timeout
+                fut = self.waiters.popleft()
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        self.release(backend)
+
+    def _idle_lost(self, backend: Backend) -> None:
+        if backend in self.idle:
+            self.idle.remove(backend)
+
+    def _expired(self, backend: Backend) -> bool:
+        return self.now - backend.created > self.settings.max_lifetime
+
+    # --- login and maintenance --------------------------------------------------------------
+
+    async def login_params(self) -> dict[str, str]:
+        """The backend's ParameterStatus values for a client's login (connecting once if needed)."""
+        if self.server_params is None:
+            backend = await self.acquire()
+            self.release(backend)
+        assert self.server_params is not None
+        return self.server_params
+
+    def maintain(self, now: float, spawn: Callable) -> None:
+        """Close idle backends past idle_timeout or max_lifetime; open new ones up to min_idle."""
+        self.now = now
+        keep: deque[Backend] = deque()
+        for backend in self.idle:
+            too_old = now - backend.created > self.settings.max_lifetime
+            too_idle = (now - backend.last_used > self.settings.idle_timeout
+                        and len(keep) >= self.settings.min_idle)
+            if backend.closed or too_old or too_idle:
+                backend.close()
+            else:
+                keep.append(backend)
+        self.idle = keep
+        missing = min(self.settings.min_idle - len(self.idle) - self.connecting,
+                      self.settings.size - self.total)
+        for _ in range(max(0, missing)):
+            spawn(self._open_idle())
+
+    async def _open_idle(self) -> None:
+        self.connecting += 1
+        try:
+            backend = await self._open()
+        except BackendError as exc:
+            log.warning("pool %s: cannot open an idle backend: %s", self.name, exc)
+            return
+        finally:
+            self.connecting -= 1
+        self._adopt(backend)
+        self.release(backend)
+
+    def close_all(self) -> None:
+        for backend in list(self.idle) + list(self.active):
+            backend.close()
+        self.idle.clear()

@@ -1,0 +1,1 @@
+"""One client session: its declared state, the parts it composes, and the asyncio connection around them."""

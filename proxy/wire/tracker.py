@@ -1,0 +1,243 @@
+"""Tracks requests in flight on a backend and the responses the proxy answers or hides itself (sans-IO)."""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+from proxy.wire.protocol import ProtocolError, decode_fields, replace_detail
+
+FORWARD, SWALLOW, SYNTH, ABORT = 0, 1, 2, 3  # ABORT: hide its answers but ReadyForQuery
+_Z, _E, _S, _C = ord("Z"), ord("E"), ord("S"), ord("C")
+_SYNC_LIKE = frozenset(b"SQF")  # requests answered by ReadyForQuery
+_DONE = {  # which backend message completes a request, by the request's type byte
+    ord("P"): frozenset(b"1"), ord("B"): frozenset(b"2"), ord("D"): frozenset(b"Tn"),
+    ord("E"): frozenset(b"CIs"), ord("C"): frozenset(b"3"),
+    ord("S"): frozenset(b"Z"), ord("Q"): frozenset(b"Z"), ord("F"): frozenset(b"Z"),
+}
+_unpack = struct.Struct("!I").unpack_from
+
+
+def _tag_rows(data: bytes, start: int, end: int) -> int:
+    """The row count at the end of a CommandComplete tag (`SELECT 5`, `INSERT 0 1`), else 0.
+
+    >>> _tag_rows(b"C\\0\\0\\0\\x0dINSERT 0 12\\0", 5, 16)
+    12
+    """
+    space = data.rfind(b" ", start, end)
+    digits = data[space + 1:end]
+    return int(digits) if space >= 0 and digits.isdigit() else 0
+
+
+class Tracker:
+    """The ordered requests sent to one backend, and how each response must reach the client.
+
+    Each backend message is matched against the oldest request in flight, so the
+    queue is exact even when a client sends Flush instead of Sync. The chunk is
+    returned untouched (no copy) unless a response must be hidden (the proxy
+    injected its request), inserted (the proxy answered a request itself) or
+    scrubbed.
+
+    >>> t = Tracker()
+    >>> t.request(ord("P"), SWALLOW); t.request(ord("B")); t.request(ord("S"))
+    >>> t.feed(b"1\\0\\0\\0\\x04" + b"2\\0\\0\\0\\x04" + b"Z\\0\\0\\0\\x05I")
+    b'2\\x00\\x00\\x00\\x04Z\\x00\\x00\\x00\\x05I'
+    >>> t.idle, chr(t.status)
+    (True, 'I')
+    """
+
+    __slots__ = ("queue", "fixups", "status", "synced", "rows", "failed", "done", "reported",
+                 "errors", "scrub", "ends", "_skip", "_head", "_dropping", "_rows", "_error")
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[int, int, object]] = deque()
+        self.fixups = 0          # entries in the queue that need per-message attention
+        self.status = ord("I")   # transaction status of the last ReadyForQuery
+        self.synced = True       # no extended-protocol message sent since the last ReadyForQuery
+        self.rows: list[tuple[int, bytes | None]] = []  # each client Query/Sync/FunctionCall
+        #   answered: the rows returned or changed (CommandComplete), its first ErrorResponse (b"": hidden)
+        self._rows = 0           # rows counted since the last ReadyForQuery
+        self._error: bytes | None = None  # the first ErrorResponse since then
+        self.failed: list[object] = []  # tags of watched requests that ended in an error
+        self.done: list[object] = []    # tags of watched requests that succeeded
+        self.reported: list[bytes] = [] # ParameterStatus messages seen (a setting changed)
+        self.errors: list[bytes] = []   # ErrorResponse messages seen
+        self.scrub: str | None = None   # when set, every ErrorResponse DETAIL is replaced by it
+        self.ends: list[tuple[object, bool, int]] = []  # each ReadyForQuery: (tag of its Query
+        #   or Sync, whether an error came since the one before, transaction status)
+        self._skip = 0           # bytes of the current message still to come
+        self._head = b""         # an incomplete header kept for the next chunk
+        self._dropping = False   # whether the current (split) message is being hidden
+
+    @property
+    def idle(self) -> bool:
+        """Every request sent has been answered, the last by ReadyForQuery.
+
+        Between an extended-protocol message and the ReadyForQuery of its Sync the
+        backend is not idle even when every answer has arrived (a Flush): it may hold
+        an implicit transaction, or be skipping messages after an error.
+        """
+        return not self.queue and self.synced
+
+    def request(self, code: int, action: int = FORWARD, tag: object = None) -> None:
+        """A request was sent to the backend; `tag` asks to be told (in `failed`) if it fails."""
+        self.queue.append((code, action, tag))
+        if code not in _SYNC_LIKE:
+            self.synced = False
+        if action != FORWARD or tag is not None:
+            self.fixups += 1
+
+    def synthetic(self, response: bytes) -> bytes:
+        """The proxy answers a request itself: bytes to send the client now, or b'' if queued."""
+        if not self.queue:
+            return response
+        self.queue.append((SYNTH, SYNTH, response))
+        self.fixups += 1
+        return b""
+
+    def reset(self) -> None:
+        self.queue.clear()
+        self.fixups = 0
+        self.failed.clear()
+        self.done.clear()
+        self.reported.clear()
+        self.errors.clear()
+        self.ends.clear()
+        self.rows.clear()
+        self._rows, self._error = 0, None
+        self.synced = True
+        self._skip, self._head, self._dropping = 0, b"", False
+
+    def feed(self, data: bytes) -> bytes:
+        """Take a chunk from the backend; return what the client must receive, in order."""
+        if self._head:
+            data, self._head = self._head + data, b""
+        n, pos, mark = len(data), 0, 0
+        out: list[bytes] | None = None
+        if self._skip:
+            pos = min(self._skip, n)
+            self._skip -= pos
+            if self._dropping:
+                out, mark = [], pos
+            if not self._skip and self.fixups and self.queue and self.queue[0][0] == SYNTH:
+                out = out if out is not None else []
+                out.append(data[mark:pos])
+                mark = pos
+                self._emit(out)
+        while pos < n:
+            kind = data[pos]
+            if n - pos < 5 or (kind == _Z and n - pos < 6):
+                self._head = data[pos:]
+                n = pos
+                break
+            (length,) = _unpack(data, pos + 1)
+            if length < 4:
+                raise ProtocolError(f"backend sent an invalid message length {length}")
+            end = pos + 1 + length
+            if end > n and kind in (_S, _E, _C):
+                self._head = data[pos:]  # hold it until it is whole, to read or scrub it
+                n = pos
+                break
+            if kind == _C:
+                self._rows += _tag_rows(data, pos + 5, end - 1)
+            elif kind == _S:
+                self.reported.append(data[pos:end])
+            elif kind == _E:
+                self.errors.append(data[pos:end])
+            drop = self._attend(kind, data, pos)
+            if kind == _E and self._error is None:
+                self._error = b"" if drop else data[pos:end]  # hidden: a pgwarden refusal's abort
+            if drop:
+                out = out if out is not None else []
+                out.append(data[mark:pos])
+                mark = min(end, n)
+            elif kind == _E and self.scrub is not None:
+                out = out if out is not None else []
+                out += (data[mark:pos], scrub_detail(data[pos:end], self.scrub))
+                mark = end
+            if end > n:
+                self._skip, self._dropping = end - n, drop
+                break
+            pos = end
+            if self.fixups and self.queue and self.queue[0][0] == SYNTH:
+                out = out if out is not None else []
+                out.append(data[mark:pos])
+                mark = pos
+                self._emit(out)
+        if out is None:
+            return data if n == len(data) else data[:n]
+        out.append(data[mark:n])
+        return b"".join(out)
+
+    def _ready(self, status: int) -> bool:
+        """ReadyForQuery: answers the oldest sync-like request; True if that one is hidden."""
+        self.status = status
+        queue = self.queue
+        hidden = False
+        while queue:
+            code, action, tag = queue.popleft()
+            if action != FORWARD or tag is not None:
+                self.fixups -= 1
+            if code in _SYNC_LIKE:
+                hidden = action == SWALLOW
+                if not hidden:
+                    self.rows.append((self._rows, self._error))
+                    self.ends.append((tag, self._error is not None, status))
+                break
+        self._rows, self._error = 0, None
+        if not any(code not in _SYNC_LIKE and code != SYNTH for code, _, _ in queue):
+            self.synced = True
+        return hidden
+
+    def _attend(self, kind: int, data: bytes, pos: int) -> bool:
+        """Match one backend message against the queue; True if the client must not see it."""
+        queue = self.queue
+        if kind == _Z:
+            return self._ready(data[pos + 5])
+        if not queue:
+            return False
+        code, action, tag = queue[0]
+        if code in _SYNC_LIKE:  # inside a simple query (or before a Sync): only Z ends it
+            return action != FORWARD
+        if kind == _E:
+            self._fail_until_sync()
+            return action == ABORT
+        if kind in _DONE.get(code, ()):
+            queue.popleft()
+            if action != FORWARD or tag is not None:
+                self.fixups -= 1
+            if tag is not None:
+                self.done.append(tag)
+            return action == SWALLOW
+        return False
+
+    def _fail_until_sync(self) -> None:
+        """An extended-protocol error: the backend skips every request up to the next Sync."""
+        queue = self.queue
+        while queue and queue[0][0] not in _SYNC_LIKE:
+            code, action, tag = queue.popleft()
+            if action != FORWARD or tag is not None:
+                self.fixups -= 1
+            if tag is not None and action != SYNTH:
+                self.failed.append(tag)
+
+    def _emit(self, out: list[bytes]) -> list[bytes]:
+        """Append the proxy's own answers now at the head of the queue."""
+        queue = self.queue
+        while queue and queue[0][0] == SYNTH:
+            out.append(queue.popleft()[2])  # type: ignore[arg-type]
+            self.fixups -= 1
+        return out
+
+
+def scrub_detail(msg: bytes, text: str) -> bytes:
+    """An ErrorResponse whose DETAIL (which can echo other tenants' values) is replaced by `text`.
+
+    >>> from proxy.wire.protocol import error_response
+    >>> e = error_response("23505", "duplicate key", detail="Key (email)=(bob@x.io) exists.")
+    >>> decode_fields(scrub_detail(e, "hidden"))["detail"]
+    'hidden'
+    """
+    if "detail" not in decode_fields(msg):
+        return msg
+    return replace_detail(msg, text)
