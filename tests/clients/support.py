@@ -25,7 +25,7 @@ def direct_dsn(dbname: str = "postgres") -> str:
 
 def pool_mode(proxy) -> str:
     """`transaction` or `session`: the pooling mode of a proxy fixture."""
-    return proxy.config.model["pool"]["mode"]
+    return proxy.config["pool"]["mode"]
 
 
 def skip_if_direct(proxy) -> None:

@@ -180,7 +180,7 @@ def bench_db(proxy):
 def test_pgbench(proxy, bench_db, protocol):
     # Session pooling gives each client a backend for its whole life: more clients than backends
     # would wait by design, so session mode runs as many clients as the pool has backends.
-    clients = 20 if pool_mode(proxy) == "transaction" else proxy.config.model["pool"]["size"]
+    clients = 20 if pool_mode(proxy) == "transaction" else proxy.config["pool"]["size"]
     before = _balances(bench_db)
     # Generous against -T 3; a stalled run is killed rather than left to the pool's 30 s wait.
     result = subprocess.run(["pgbench", "-M", protocol, "-c", str(clients), "-j", "2", "-T", "3",

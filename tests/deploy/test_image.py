@@ -114,9 +114,9 @@ def test_variables_still_win_after_a_reload_rereads_the_file(tmp_path):
         proxy.write_config({**config, "pool": {"mode": "transaction", "size": 3}})
         proxy.reload()
         deadline = time.monotonic() + 10
-        while "reloaded" not in proxy.config.logs() and time.monotonic() < deadline:
+        while "reloaded" not in proxy.logs() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert "reloaded" in proxy.config.logs(), proxy.config.logs()
+        assert "reloaded" in proxy.logs(), proxy.logs()
         # a database no pool has yet: its backends are opened at the reloaded config's primary
         with psycopg.connect(proxy.dsn(dbname="template1"), connect_timeout=10) as conn:
             assert conn.execute("show port").fetchone() == (str(PG_PORT),)

@@ -276,7 +276,7 @@ def test_backend_tls_and_password_auth(tmp_path, ssl_cluster, certs, tls, role, 
     env = {"PGWARDEN_TEST_BACKEND_PW": CLUSTER_ROLES[role][0]}
     with backend_proxy(tmp_path, ssl_cluster, tls, auth, env) as proxy:
         result = psql(proxy, "anyone", sql=SSL_QUERY)
-        assert result.returncode == 0, result.stderr + proxy.config.logs()
+        assert result.returncode == 0, result.stderr + proxy.logs()
         assert result.stdout.strip() == f"{role}|{'t' if encrypted else 'f'}"
 
 

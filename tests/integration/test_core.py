@@ -84,7 +84,7 @@ def test_sighup_reloads_and_a_bad_file_keeps_the_running_config(make_proxy):
                        backend_auth={"user": "postgres"})
     with psycopg.connect(proxy.dsn(user="app", password="one")) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
-    config = proxy.config.model
+    config = proxy.config
     config["auth"]["users"]["app"]["password"] = "two"
     proxy.write_config(config)
     proxy.reload()
@@ -94,7 +94,7 @@ def test_sighup_reloads_and_a_bad_file_keeps_the_running_config(make_proxy):
     proxy.config_path.write_text("listen: {port: [not a port]}\npooll: {}\n")
     proxy.reload()
     time.sleep(0.5)
-    assert "keeping the running config" in proxy.config.logs() and "did you mean `pool`" in proxy.config.logs()
+    assert "keeping the running config" in proxy.logs() and "did you mean `pool`" in proxy.logs()
     with psycopg.connect(proxy.dsn(user="app", password="two")) as conn:
         assert conn.execute("select 3").fetchone() == (3,)
 
@@ -115,7 +115,7 @@ def test_sigterm_lets_a_transaction_finish_then_stops(make_proxy):
     assert conn.execute("select count(*) from t").fetchone() == (1,)
     conn.commit()
     assert proxy.proc.wait(10) == 0
-    assert "pgwarden stopped" in proxy.config.logs()
+    assert "pgwarden stopped" in proxy.logs()
     conn.close()
     idle.close()
 

@@ -88,7 +88,7 @@ def test_an_unwritable_sink_refuses_statements_in_block_mode(shop_db, tmp_path):
             with pytest.raises(psycopg.errors.IoError) as info:
                 conn.execute("select count(*) from customers")
             assert "audit" in str(info.value) and info.value.diag.message_hint
-        assert "audit sink unavailable" in proxy.config.logs()
+        assert "audit sink unavailable" in proxy.logs()
     finally:
         proxy.stop()
 

@@ -57,7 +57,7 @@ def test_a_killed_writer_is_restarted_and_the_chain_continues(audited):
         assert time.monotonic() - started < 5
     assert writer_pid(proxy) != first
     proxy.stop()
-    assert "audit writer process exited with code -9" in proxy.config.logs()
+    assert "audit writer process exited with code -9" in proxy.logs()
     got = records(path)
     assert any("after the restart" in (r.get("sql") or "") or r.get("sql") == "select ?" for r in got)
     result = verify(path)

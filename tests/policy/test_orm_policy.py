@@ -42,7 +42,7 @@ class Order(Base):
 
 
 def _refusals(proxy, offset: int) -> list[str]:
-    return [line for line in proxy.config.logs()[offset:].splitlines() if "refused for user=acme_app" in line]
+    return [line for line in proxy.logs()[offset:].splitlines() if "refused for user=acme_app" in line]
 
 
 def _direct(sql: str) -> list[tuple]:

@@ -276,7 +276,7 @@ def test_slow_policed_statements_are_explained_as_the_policed_role(shop_db, tmp_
                                        "where application_name = 'pgwarden-explain'").fetchall()
                 time.sleep(0.1)
         assert users == [(POLICED_ROLE,)]
-        assert '"plan"' in proxy.config.logs() or "Plan" in proxy.config.logs()
+        assert '"plan"' in proxy.logs() or "Plan" in proxy.logs()
     finally:
         proxy.stop()
 

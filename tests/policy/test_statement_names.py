@@ -37,7 +37,7 @@ def globex_orders() -> list[tuple]:
 
 
 def session_mode(proxy) -> bool:
-    return proxy.config.model["pool"]["mode"] == "session"
+    return proxy.config["pool"]["mode"] == "session"
 
 
 def test_bind_is_checked(wire) -> None:
