@@ -39,13 +39,13 @@ def test_a_policy_file_change_applies_without_restart_and_a_bad_one_is_kept_out(
     try:
         assert _can_read_countries(proxy)
         policy_file = tmp_path / "p" / "policies" / "shop.yaml"
-        without = POLICY.replace('    grants: {"*": [select]}\n', '    grants: {admin: [select]}\n')
+        without = POLICY.replace('    grants: {"*": [select]}\n', "    grants: {admin: [select]}\n")
         assert without != POLICY
         policy_file.write_text(without)
         assert _wait_for(lambda: not _can_read_countries(proxy)), "the revoked grant took effect"
         policy_file.write_text(without + "\ntables: [broken\n")
         time.sleep(2)
-        assert "keeping the running config" in proxy.config.logs()
+        assert "keeping the running config" in proxy.logs()
         assert not _can_read_countries(proxy)  # still the last good policy
         policy_file.write_text(POLICY)
         proxy.reload()
@@ -65,7 +65,7 @@ def test_monitor_mode_runs_the_original_and_logs_what_enforce_would_do(shop_db, 
             _direct(f"grant select on secrets to {policed_role.role_for(monitor)}")
             assert conn.execute("select count(*) from secrets").fetchone() == (1,)
             assert conn.execute("select count(*) from customers").fetchone() == (3,)
-        log = proxy.config.logs()
+        log = proxy.logs()
         assert "monitor mode: would refuse" in log and "public.secrets" in log
         assert "monitor mode: would rewrite" in log
     finally:
