@@ -72,8 +72,19 @@ class Load:
     def pgbench_args(self) -> list[str]:
         workload = ["-f", str(self.script)] if self.script else ["-S"]
         defines = [arg for d in self.defines for arg in ("-D", d)]
-        return [*workload, *defines, "-M", self.mode, "-c", str(self.clients),
-                "-j", str(self.jobs), "-T", str(self.duration), "-n"]
+        return [
+            *workload,
+            *defines,
+            "-M",
+            self.mode,
+            "-c",
+            str(self.clients),
+            "-j",
+            str(self.jobs),
+            "-T",
+            str(self.duration),
+            "-n",
+        ]
 
 
 @dataclass
@@ -150,8 +161,9 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 def spawn(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen:
     """Start a long-running process in its own session (Ctrl-C reaches us, we stop it)."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     CLEANUP.callback(stop_process, proc)
     return proc
 
@@ -164,8 +176,7 @@ def tail(path: Path, lines: int = 15) -> str:
 
 def psql(target: Target, *args: str, timeout: float = 60.0) -> str:
     """Run psql with `args` (-c SQL, -f FILE); raises CalledProcessError carrying psql's stderr."""
-    cmd = [str(BINDIR / "psql"), "-X", "-At", "-v", "ON_ERROR_STOP=1", *target.libpq_args(),
-           "-d", target.dbname, *args]
+    cmd = [str(BINDIR / "psql"), "-X", "-At", "-v", "ON_ERROR_STOP=1", *target.libpq_args(), "-d", target.dbname, *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=target.env())
     if out.returncode != 0:
         raise subprocess.CalledProcessError(out.returncode, cmd, out.stdout, out.stderr)
@@ -192,18 +203,29 @@ PG_SETTINGS = {
 def start_cluster(workdir: Path) -> Target:
     """initdb + pg_ctl start of a trust-auth cluster on a free port, stopped and removed at exit."""
     data, port = workdir / "pgdata", free_port()
-    subprocess.run(as_run_user([str(BINDIR / "initdb"), "-D", str(data), "-U", "postgres",
-                                "-A", "trust", "-E", "UTF8", "--no-sync"]),
-                   cwd=workdir, check=True, capture_output=True)
+    subprocess.run(
+        as_run_user(
+            [str(BINDIR / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]
+        ),
+        cwd=workdir,
+        check=True,
+        capture_output=True,
+    )
     settings = {**PG_SETTINGS, "port": str(port), "unix_socket_directories": f"'{workdir}'"}
     with open(data / "postgresql.conf", "a") as conf:
         conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
     (data / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
     pg_ctl = [str(BINDIR / "pg_ctl"), "-D", str(data), "-l", str(workdir / "postgres.log")]
-    CLEANUP.callback(subprocess.run, as_run_user([*pg_ctl, "-m", "fast", "-w", "stop"]),
-                     cwd=workdir, capture_output=True)
-    subprocess.run(as_run_user([*pg_ctl, "-w", "-t", "60", "start"]), cwd=workdir, check=True,
-                   capture_output=True, start_new_session=True)
+    CLEANUP.callback(
+        subprocess.run, as_run_user([*pg_ctl, "-m", "fast", "-w", "stop"]), cwd=workdir, capture_output=True
+    )
+    subprocess.run(
+        as_run_user([*pg_ctl, "-w", "-t", "60", "start"]),
+        cwd=workdir,
+        check=True,
+        capture_output=True,
+        start_new_session=True,
+    )
     return Target("direct", port)
 
 
@@ -213,8 +235,12 @@ def postmaster_pid(workdir: Path) -> int:
 
 
 def pgbench_init(target: Target, scale: int) -> None:
-    subprocess.run([str(BINDIR / "pgbench"), "-i", "-q", "-s", str(scale), *target.libpq_args(),
-                    target.dbname], check=True, capture_output=True, env=target.env())
+    subprocess.run(
+        [str(BINDIR / "pgbench"), "-i", "-q", "-s", str(scale), *target.libpq_args(), target.dbname],
+        check=True,
+        capture_output=True,
+        env=target.env(),
+    )
 
 
 # --- PgBouncer ---------------------------------------------------------------------------------------
@@ -240,8 +266,9 @@ pidfile = {workdir / "pgbouncer.pid"}
 """
 
 
-def start_pgbouncer(workdir: Path, backend: Target, pool_size: int,
-                    users: list[str]) -> tuple[Target, subprocess.Popen]:
+def start_pgbouncer(
+    workdir: Path, backend: Target, pool_size: int, users: list[str]
+) -> tuple[Target, subprocess.Popen]:
     """PgBouncer in transaction mode in front of `backend`; raises RuntimeError if it does not serve."""
     binary, port = pgbouncer_binary(), free_port()
     if binary is None:
@@ -280,15 +307,20 @@ def absolute_paths(config: dict, base: Path) -> dict:
 def pgwarden_config(backend: Target, pool_size: int, overlay_file: Path | None) -> dict:
     """The bench's pgwarden config; keys from `overlay_file` (e.g. auth users, policies) win,
     except where pgwarden listens and which backend it uses, which the bench decides."""
-    config: dict = {"auth": {"method": "trust"}, "backend_auth": {"user": "postgres"},
-                    "pool": {"mode": "transaction", "size": pool_size}}
+    config: dict = {
+        "auth": {"method": "trust"},
+        "backend_auth": {"user": "postgres"},
+        "pool": {"mode": "transaction", "size": pool_size},
+    }
     if overlay_file is not None:
         overlay = yaml.safe_load(overlay_file.read_text()) or {}
         config.update(absolute_paths(overlay, overlay_file.resolve().parent))
-    return {**config,
-            "listen": {"host": HOST, "port": free_port()},
-            "http": {"host": HOST, "port": free_port()},
-            "primary": {"host": backend.host, "port": backend.port}}
+    return {
+        **config,
+        "listen": {"host": HOST, "port": free_port()},
+        "http": {"host": HOST, "port": free_port()},
+        "primary": {"host": backend.host, "port": backend.port},
+    }
 
 
 def start_pgwarden(workdir: Path, config: dict) -> tuple[Target, subprocess.Popen]:
@@ -325,7 +357,7 @@ def parse_pgbench(result: Result, stdout: str, stderr: str) -> Result:
     result.aborted_clients = len(_ABORTED.findall(stderr))
     errors = _ERROR_LINE.findall(stderr)
     if errors:
-        result.error = errors[0][len("pgbench: error: "):][:300]
+        result.error = errors[0][len("pgbench: error: ") :][:300]
     return result
 
 
@@ -336,8 +368,7 @@ def run_pgbench(target: Target, load: Load, meter: CpuMeter | None = None) -> Re
     cmd = [str(BINDIR / "pgbench"), *load.pgbench_args(), *target.libpq_args(), target.dbname]
     before = meter.snapshot() if meter else {}
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, env=target.env(),
-                             timeout=load.duration + 60)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=target.env(), timeout=load.duration + 60)
     except subprocess.TimeoutExpired:
         result.error = f"pgbench did not finish within {load.duration + 60}s; killed"
         return result

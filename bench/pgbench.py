@@ -9,13 +9,12 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from statistics import mean
 
-import yaml
-
 import common
+import yaml
 from common import Load, Result, Target
 
 TARGETS = ("direct", "pgbouncer", "pgwarden")
@@ -30,6 +29,7 @@ def csv_choices(allowed: tuple[str, ...]):
         if unknown or not items:
             raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}; got {text!r}")
         return items
+
     return parse
 
 
@@ -38,21 +38,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=10, help="pgbench -c (default 10)")
     p.add_argument("--jobs", type=int, default=2, help="pgbench -j (default 2)")
     p.add_argument("--duration", type=int, default=15, help="seconds per run, pgbench -T (default 15)")
-    p.add_argument("--modes", type=csv_choices(MODES), default=list(MODES),
-                   help="pgbench -M modes, comma-separated (default simple,extended,prepared)")
-    p.add_argument("--targets", type=csv_choices(TARGETS), default=list(TARGETS),
-                   help="comma-separated subset of direct,pgbouncer,pgwarden (default all)")
+    p.add_argument(
+        "--modes",
+        type=csv_choices(MODES),
+        default=list(MODES),
+        help="pgbench -M modes, comma-separated (default simple,extended,prepared)",
+    )
+    p.add_argument(
+        "--targets",
+        type=csv_choices(TARGETS),
+        default=list(TARGETS),
+        help="comma-separated subset of direct,pgbouncer,pgwarden (default all)",
+    )
     p.add_argument("--rounds", type=int, default=2, help="rounds; target order rotates each round (default 2)")
     p.add_argument("--pool-size", type=int, default=10, help="backend pool size of pgwarden and PgBouncer")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s (default 10)")
     p.add_argument("--warmup", type=int, default=5, help="seconds of unrecorded direct load first (0: none)")
     p.add_argument("--script", type=Path, help="custom pgbench script (-f) instead of the built-in -S")
-    p.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
-                   help="pgbench -D for the custom script; repeatable")
+    p.add_argument(
+        "--define",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="pgbench -D for the custom script; repeatable",
+    )
     p.add_argument("--user", default="postgres", help="user pgbench connects as (default postgres)")
     p.add_argument("--init-sql", type=Path, help="SQL file run as postgres on the cluster after pgbench -i")
-    p.add_argument("--target-config", type=Path,
-                   help="pgwarden config YAML merged over the generated one (auth users, policies, ...)")
+    p.add_argument(
+        "--target-config",
+        type=Path,
+        help="pgwarden config YAML merged over the generated one (auth users, policies, ...)",
+    )
     p.add_argument("--output", type=Path, help="JSON report path (default bench/results/pgbench-<date>.json)")
     return p.parse_args(argv)
 
@@ -73,10 +89,10 @@ def start_targets(args: argparse.Namespace, workdir: Path) -> tuple[list[Target]
 def start_proxies(args: argparse.Namespace, workdir: Path, direct: Target):
     """PgBouncer and pgwarden if asked for; one that does not start is skipped with the reason."""
     starters = {
-        "pgbouncer": lambda: common.start_pgbouncer(workdir, direct, args.pool_size,
-                                                    sorted({"postgres", args.user})),
+        "pgbouncer": lambda: common.start_pgbouncer(workdir, direct, args.pool_size, sorted({"postgres", args.user})),
         "pgwarden": lambda: common.start_pgwarden(
-            workdir, common.pgwarden_config(direct, args.pool_size, args.target_config)),
+            workdir, common.pgwarden_config(direct, args.pool_size, args.target_config)
+        ),
     }
     proxies, skipped, procs = [], {}, {}
     for name, start in starters.items():
@@ -100,12 +116,11 @@ def answers(target: Target, skipped: dict[str, str]) -> bool:
         return False
 
 
-def run_rounds(args: argparse.Namespace, targets: list[Target], procs: dict,
-               meter: common.CpuMeter) -> list[Result]:
+def run_rounds(args: argparse.Namespace, targets: list[Target], procs: dict, meter: common.CpuMeter) -> list[Result]:
     """Every mode against every target, `args.rounds` times; the target order rotates each round."""
     results = []
     for rnd in range(args.rounds):
-        order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+        order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
         for mode in args.modes:
             for target in order:
                 result = run_one(args, target, mode, procs.get(target.name), meter)
@@ -114,8 +129,9 @@ def run_rounds(args: argparse.Namespace, targets: list[Target], procs: dict,
     return results
 
 
-def run_one(args: argparse.Namespace, target: Target, mode: str, proc: subprocess.Popen | None,
-            meter: common.CpuMeter) -> Result:
+def run_one(
+    args: argparse.Namespace, target: Target, mode: str, proc: subprocess.Popen | None, meter: common.CpuMeter
+) -> Result:
     if proc is not None and proc.poll() is not None:
         return Result(target.name, mode, error=f"{target.name} exited with status {proc.returncode}")
     load = Load(mode, args.clients, args.jobs, args.duration, args.script, tuple(args.define))
@@ -127,8 +143,10 @@ def progress_line(r: Result) -> str:
     lat = f"{r.latency_ms:7.3f}" if r.latency_ms is not None else "    n/a"
     cpu = " ".join(f"{name} {seconds:.1f}" for name, seconds in r.cpu_s.items())
     err = f"  error: {r.error}" if r.error else ""
-    return (f"{r.mode:<9} {r.target:<10} tps {tps}  latency {lat} ms  failed {r.failed}"
-            f"  aborted clients {r.aborted_clients}  CPU s: {cpu}{err}")
+    return (
+        f"{r.mode:<9} {r.target:<10} tps {tps}  latency {lat} ms  failed {r.failed}"
+        f"  aborted clients {r.aborted_clients}  CPU s: {cpu}{err}"
+    )
 
 
 def summarize(results: list[Result], modes: list[str], names: list[str], cpu_capacity_s: float) -> list[dict]:
@@ -136,8 +154,7 @@ def summarize(results: list[Result], modes: list[str], names: list[str], cpu_cap
     rows = []
     for mode in modes:
         by_target = {name: [r for r in results if r.mode == mode and r.target == name] for name in names}
-        tps = {name: mean_of([r.tps for r in runs]) if complete(runs) else None
-               for name, runs in by_target.items()}
+        tps = {name: mean_of([r.tps for r in runs]) if complete(runs) else None for name, runs in by_target.items()}
         for name, runs in by_target.items():
             row = summary_row(mode, name, runs, cpu_capacity_s)
             rows.append({**row, "vs_pgbouncer": ratio(tps[name], tps.get("pgbouncer"))})
@@ -147,7 +164,9 @@ def summarize(results: list[Result], modes: list[str], names: list[str], cpu_cap
 def summary_row(mode: str, name: str, runs: list[Result], cpu_capacity_s: float) -> dict:
     """Means over rounds, totals of failures, CPU per transaction of the proxy and of PostgreSQL."""
     return {
-        "mode": mode, "target": name, "tps": mean_of([r.tps for r in runs]),
+        "mode": mode,
+        "target": name,
+        "tps": mean_of([r.tps for r in runs]),
         "complete": complete(runs),
         "tps_rounds": [r.tps for r in runs],
         "latency_ms": mean_of([r.latency_ms for r in runs]),
@@ -169,8 +188,7 @@ def per_txn(r: Result, process: str) -> float | None:
 
 def complete(runs: list[Result]) -> bool:
     """Every round ran to the end with every client: only then is its TPS comparable."""
-    return bool(runs) and all(r.tps is not None and not r.aborted_clients and r.returncode == 0
-                              for r in runs)
+    return bool(runs) and all(r.tps is not None and not r.aborted_clients and r.returncode == 0 for r in runs)
 
 
 def mean_of(values: list[float | None]) -> float | None:
@@ -187,24 +205,29 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| mode | target | TPS (mean) | TPS per round | latency ms (mean) | failed | aborted clients "
-             "| TPS / PgBouncer | proxy CPU µs/txn | PostgreSQL CPU µs/txn | others' CPU % |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| mode | target | TPS (mean) | TPS per round | latency ms (mean) | failed | aborted clients "
+        "| TPS / PgBouncer | proxy CPU µs/txn | PostgreSQL CPU µs/txn | others' CPU % |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for row in rows:
         rounds = ", ".join(fmt(t, ".0f") for t in row["tps_rounds"])
         mark = "" if row["complete"] else " †"
-        lines.append(f"| {row['mode']} | {row['target']} | {fmt(row['tps'], '.0f')}{mark} | {rounds} "
-                     f"| {fmt(row['latency_ms'], '.3f')} | {row['failed']} | {row['aborted_clients']} "
-                     f"| {fmt(row['vs_pgbouncer'], '.2f')} | {fmt(row['proxy_cpu_us_per_txn'], '.1f')} "
-                     f"| {fmt(row['postgres_cpu_us_per_txn'], '.1f')} | {fmt(row['other_cpu_pct'], '.0f')} |")
+        lines.append(
+            f"| {row['mode']} | {row['target']} | {fmt(row['tps'], '.0f')}{mark} | {rounds} "
+            f"| {fmt(row['latency_ms'], '.3f')} | {row['failed']} | {row['aborted_clients']} "
+            f"| {fmt(row['vs_pgbouncer'], '.2f')} | {fmt(row['proxy_cpu_us_per_txn'], '.1f')} "
+            f"| {fmt(row['postgres_cpu_us_per_txn'], '.1f')} | {fmt(row['other_cpu_pct'], '.0f')} |"
+        )
     return "\n".join(lines)
 
 
 def notes(report: dict) -> str:
     rows = report["summary"]
     out = [f"- {name} not measured: {brief(reason)}" for name, reason in report["skipped"].items()]
-    out += [f"- {name} exited during the benchmark; its log ends: {brief(log)}"
-            for name, log in report["exited"].items()]
+    out += [
+        f"- {name} exited during the benchmark; its log ends: {brief(log)}" for name, log in report["exited"].items()
+    ]
     if not all(row["complete"] for row in rows):
         out.append("- † a run failed or clients aborted: partial TPS, not comparable (no ratio)")
     out += [f"- {row['mode']} / {row['target']}: {error}" for row in rows for error in row["errors"]]
@@ -223,12 +246,21 @@ def write_json(path: Path, report: dict) -> None:
 
 
 def settings(args: argparse.Namespace) -> dict:
-    return {"clients": args.clients, "jobs": args.jobs, "duration_s": args.duration,
-            "modes": args.modes, "rounds": args.rounds, "pool_size": args.pool_size,
-            "scale": args.scale, "warmup_s": args.warmup, "user": args.user,
-            "script": str(args.script) if args.script else "builtin select-only (-S)",
-            "defines": args.define, "postgresql": common.PG_SETTINGS,
-            "target_config": yaml.safe_load(args.target_config.read_text()) if args.target_config else None}
+    return {
+        "clients": args.clients,
+        "jobs": args.jobs,
+        "duration_s": args.duration,
+        "modes": args.modes,
+        "rounds": args.rounds,
+        "pool_size": args.pool_size,
+        "scale": args.scale,
+        "warmup_s": args.warmup,
+        "user": args.user,
+        "script": str(args.script) if args.script else "builtin select-only (-S)",
+        "defines": args.define,
+        "postgresql": common.PG_SETTINGS,
+        "target_config": yaml.safe_load(args.target_config.read_text()) if args.target_config else None,
+    }
 
 
 def benchmark(args: argparse.Namespace) -> dict:
@@ -238,20 +270,27 @@ def benchmark(args: argparse.Namespace) -> dict:
     for name, reason in skipped.items():
         print(f"{name} not measured: {reason}", file=sys.stderr, flush=True)
     names = [t.name for t in targets]
-    meter = common.CpuMeter({"postgres": common.postmaster_pid(workdir),
-                             **{name: proc.pid for name, proc in procs.items()}})
+    meter = common.CpuMeter(
+        {"postgres": common.postmaster_pid(workdir), **{name: proc.pid for name, proc in procs.items()}}
+    )
     if args.warmup and targets:
-        common.run_pgbench(targets[0], Load("simple", args.clients, args.jobs, args.warmup,
-                                            args.script, tuple(args.define)))
+        common.run_pgbench(
+            targets[0], Load("simple", args.clients, args.jobs, args.warmup, args.script, tuple(args.define))
+        )
     started = time.time()
     results = run_rounds(args, targets, procs, meter) if targets else []
     rows = summarize(results, args.modes, names, (os.cpu_count() or 1) * args.duration)
-    exited = {name: common.tail(workdir / f"{name}.log", 5) for name, proc in procs.items()
-              if proc.poll() is not None}
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "elapsed_s": round(time.time() - started, 1), "machine": common.machine_info(),
-            "settings": settings(args), "skipped": skipped, "exited": exited, "summary": rows,
-            "runs": [asdict(r) for r in results]}
+    exited = {name: common.tail(workdir / f"{name}.log", 5) for name, proc in procs.items() if proc.poll() is not None}
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "elapsed_s": round(time.time() - started, 1),
+        "machine": common.machine_info(),
+        "settings": settings(args),
+        "skipped": skipped,
+        "exited": exited,
+        "summary": rows,
+        "runs": [asdict(r) for r in results],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,8 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{' '.join(map(str, exc.cmd))} failed:\n{exc.stderr}", file=sys.stderr)
         return 1
     machine = report["machine"]
-    print(f"\n{machine['nproc']} cores, {machine['cpu']}, {machine['memory_gib']} GiB; "
-          f"{machine['postgresql']}; {machine['pgbouncer']}; pgwarden {machine['pgwarden_commit']}\n")
+    print(
+        f"\n{machine['nproc']} cores, {machine['cpu']}, {machine['memory_gib']} GiB; "
+        f"{machine['postgresql']}; {machine['pgbouncer']}; pgwarden {machine['pgwarden_commit']}\n"
+    )
     print(markdown_table(report["summary"]))
     extra = notes(report)
     if extra:

@@ -63,29 +63,44 @@ STATEMENTS = [
     "UPDATE orders SET total = $1 WHERE id = $2",
     "DELETE FROM orders WHERE id = $1",
     "INSERT INTO orders (id, customer_id, total) VALUES ($1, $2, $3) RETURNING id",
-    "INSERT INTO customers (id, name, email) VALUES ($1, $2, $3) "
-    "ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name",
+    "INSERT INTO customers (id, name, email) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name",
     "WITH big AS (SELECT customer_id, sum(total) s FROM orders GROUP BY 1) "
     "SELECT c.name, big.s FROM customers c JOIN big ON big.customer_id = c.id ORDER BY big.s DESC LIMIT 10",
-    "SAVEPOINT s1", "RELEASE SAVEPOINT s1", "BEGIN", "COMMIT", "SELECT 1",
+    "SAVEPOINT s1",
+    "RELEASE SAVEPOINT s1",
+    "BEGIN",
+    "COMMIT",
+    "SELECT 1",
 ]
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
     q = statistics.quantiles(samples, n=100)
-    return {"p50_us": round(q[49] * 1e6, 1), "p95_us": round(q[94] * 1e6, 1),
-            "p99_us": round(q[98] * 1e6, 1)}
+    return {"p50_us": round(q[49] * 1e6, 1), "p95_us": round(q[94] * 1e6, 1), "p99_us": round(q[98] * 1e6, 1)}
 
 
 def rewrite_costs(tmp: Path, repeat: int) -> dict[str, dict[str, float]]:
     """Router.decide per statement: cold (empty cache) and cached (the proxy's hit path)."""
     from proxy.enforce.router import load_router
+
     (tmp / "policy.yaml").write_text(POLICY)
-    schema = {"public.customers": tuple(Column(n, t) for n, t in (
-        ("id", "integer"), ("tenant_id", "text"), ("name", "text"), ("email", "text"),
-        ("ssn", "text"), ("phone", "text"))),
-        "public.orders": tuple(Column(n, t) for n, t in (
-            ("id", "integer"), ("tenant_id", "text"), ("customer_id", "integer"), ("total", "numeric")))}
+    schema = {
+        "public.customers": tuple(
+            Column(n, t)
+            for n, t in (
+                ("id", "integer"),
+                ("tenant_id", "text"),
+                ("name", "text"),
+                ("email", "text"),
+                ("ssn", "text"),
+                ("phone", "text"),
+            )
+        ),
+        "public.orders": tuple(
+            Column(n, t)
+            for n, t in (("id", "integer"), ("tenant_id", "text"), ("customer_id", "integer"), ("total", "numeric"))
+        ),
+    }
     router: Router = load_router(tmp / "policy.yaml")
     router.add_schema("bench", schema, ("public",))
     ident = router.identity("app_t0")
@@ -114,29 +129,39 @@ def pgbench_comparison(workdir: Path, args: argparse.Namespace) -> list[dict]:
     warden, _ = common.start_pgwarden(workdir, common.pgwarden_config(direct, args.pool_size, overlay))
     script = workdir / "tenant.sql"
     script.write_text(SCRIPT)
-    targets = [Target("pgbouncer", bouncer.port, user="app_t0"),
-               Target("pgwarden+policies", warden.port, user="app_t0")]
+    targets = [
+        Target("pgbouncer", bouncer.port, user="app_t0"),
+        Target("pgwarden+policies", warden.port, user="app_t0"),
+    ]
     rows = []
     for round_no in range(args.rounds):
         for mode in args.modes:
-            for target in (targets if round_no % 2 == 0 else targets[::-1]):
-                load = Load(mode=mode, clients=args.clients, jobs=args.jobs,
-                            duration=args.duration, script=script)
+            for target in targets if round_no % 2 == 0 else targets[::-1]:
+                load = Load(mode=mode, clients=args.clients, jobs=args.jobs, duration=args.duration, script=script)
                 result = run_pgbench(target, load)
-                rows.append({"round": round_no, "mode": mode, "target": target.name,
-                             "tps": result.tps, "latency_ms": result.latency_ms,
-                             "failed": result.failed, "error": result.error})
-                print(f"  {mode:9} {target.name:18} tps={result.tps} failed={result.failed} "
-                      f"{result.error}", flush=True)
+                rows.append(
+                    {
+                        "round": round_no,
+                        "mode": mode,
+                        "target": target.name,
+                        "tps": result.tps,
+                        "latency_ms": result.latency_ms,
+                        "failed": result.failed,
+                        "error": result.error,
+                    }
+                )
+                print(f"  {mode:9} {target.name:18} tps={result.tps} failed={result.failed} {result.error}", flush=True)
     return rows
 
 
 def table(rows: list[dict], modes: list[str]) -> str:
     out = ["| mode | PgBouncer TPS | pgwarden + policies TPS | ratio |", "| --- | ---: | ---: | ---: |"]
     for mode in modes:
-        def mean(name: str) -> float:
+
+        def mean(name: str, mode: str = mode) -> float:
             values = [r["tps"] for r in rows if r["mode"] == mode and r["target"] == name and r["tps"]]
             return statistics.mean(values) if values else 0.0
+
         b, w = mean("pgbouncer"), mean("pgwarden+policies")
         out.append(f"| {mode} | {b:.0f} | {w:.0f} | {w / b:.2f} |" if b else f"| {mode} | - | {w:.0f} | - |")
     return "\n".join(out)
@@ -161,10 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(costs, indent=2))
     if not args.skip_pgbench:
         rows = pgbench_comparison(workdir, args)
-        print(textwrap.dedent(f"""
+        print(
+            textwrap.dedent(f"""
             pgbench -f tenant.sql (SELECT ... FROM customers WHERE id = :id as app_t0, tenant t0),
             -c {args.clients} -j {args.jobs} -T {args.duration}, {args.rounds} rounds, pool size {args.pool_size}:
-            """))
+            """)
+        )
         print(table(rows, args.modes))
     return 0
 

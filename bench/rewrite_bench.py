@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rewriter import Column, Context, MaskSpec, TableRule, rewrite  # noqa: E402
-from rewriter.classify import statements, walk_statement  # noqa: E402
-from rewriter.pg_names import BUILTIN_FUNCTIONS  # noqa: E402
-from rewriter.verify import fragment_tree  # noqa: E402
+from rewriter import Column, Context, MaskSpec, TableRule, rewrite
+from rewriter.classify import statements, walk_statement
+from rewriter.pg_names import BUILTIN_FUNCTIONS
+from rewriter.verify import fragment_tree
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "orm_statements.jsonl.gz"
 ALL = frozenset({"select", "insert", "update", "delete"})
@@ -37,18 +37,25 @@ def policy(sqls: list[str]) -> Context:
     for sql in sqls:
         try:
             parsed = statements(sql)
-        except Exception:  # noqa: BLE001 - rewrite() refuses these; they are timed like the rest
+        except Exception:
             continue
         for kind, fields in parsed:
             found = walk_statement(kind, fields)
             rels.update(f"{r.rv.get('schemaname') or 'public'}.{r.rv['relname']}" for r in found.refs)
-            funcs.update(".".join(f) if len(f) == 2 else f"public.{f[0]}" for f in found.functions
-                         if len(f) == 2 or f[0] not in BUILTIN_FUNCTIONS)
+            funcs.update(
+                ".".join(f) if len(f) == 2 else f"public.{f[0]}"
+                for f in found.functions
+                if len(f) == 2 or f[0] not in BUILTIN_FUNCTIONS
+            )
     user = {n for n in rels if not n.startswith(("pg_catalog.", "information_schema."))}
     tenant = {n for n in user if zlib.crc32(n.encode()) % 2 == 0}
-    rules = {n: TableRule(n, "tenant_id" if n in tenant else None, ALL,
-                          {"secret": MaskSpec("redact")} if n in tenant else {}) for n in user}
-    return Context(rules, {n: COLUMNS for n in tenant}, "acme", frozenset(funcs))
+    rules = {
+        n: TableRule(
+            n, "tenant_id" if n in tenant else None, ALL, {"secret": MaskSpec("redact")} if n in tenant else {}
+        )
+        for n in user
+    }
+    return Context(rules, dict.fromkeys(tenant, COLUMNS), "acme", frozenset(funcs))
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -78,8 +85,10 @@ def main() -> None:
     for name in ("Allow", "Rewrite", "Deny", "all"):
         values = timings.get(name, [])
         if values:
-            print(f"{name:<10}{len(values):>8}{percentile(values, 50):>10.0f}{percentile(values, 95):>10.0f}"
-                  f"{percentile(values, 99):>10.0f}{statistics.fmean(values):>10.0f}")
+            print(
+                f"{name:<10}{len(values):>8}{percentile(values, 50):>10.0f}{percentile(values, 95):>10.0f}"
+                f"{percentile(values, 99):>10.0f}{statistics.fmean(values):>10.0f}"
+            )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rewriter.classify import statements  # noqa: E402
-from rewriter.verify import strip  # noqa: E402
+from rewriter.classify import statements
+from rewriter.verify import strip
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "orm_statements.jsonl.gz"
 
@@ -35,7 +35,7 @@ CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "orm_statement
 def postgres_tree(sql: str) -> object | None:
     try:
         return strip([[kind, fields] for kind, fields in statements(sql)])
-    except Exception:  # noqa: BLE001 - any parser error means "PostgreSQL rejects it"
+    except Exception:
         return None
 
 
@@ -45,13 +45,13 @@ def judge(sql: str, original: object) -> str:
 
     try:
         parsed = sqlglot.parse(sql, read="postgres")
-    except Exception:  # noqa: BLE001 - sqlglot raises several error types
+    except Exception:
         return "raises"
     if any(isinstance(e, exp.Command) for e in parsed if e is not None):
         return "command"
     try:
         regenerated = ";\n".join(e.sql(dialect="postgres") for e in parsed if e is not None)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "raises"
     tree = postgres_tree(regenerated)
     if tree is None:
@@ -78,6 +78,7 @@ def main() -> None:
             examples[outcome].append(" ".join(sql.split())[:160])
     judged = len(sqls) - outcomes["postgres rejects"]
     import sqlglot
+
     print(f"sqlglot {sqlglot.__version__}, {len(sqls)} statements, {judged} accepted by PostgreSQL's parser")
     for outcome in ("raises", "command", "unparsable", "changed", "same", "postgres rejects"):
         share = outcomes[outcome] / judged * 100 if judged and outcome != "postgres rejects" else 0.0

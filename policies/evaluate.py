@@ -10,41 +10,74 @@ from dataclasses import dataclass
 from policies.load import Policy
 from policies.model import ACTIONS, MASK_OPTIONS
 
-
 # pg_catalog / information_schema relations refused to non-bypass roles, schema-qualified.
 # Everything else in the catalogs stays readable so ORMs and tools can introspect.
 # Left readable on purpose: pg_settings (this session's own), pg_roles/pg_user (password
 # column always '********'), pg_available_extensions.
 SENSITIVE_CATALOG_RELATIONS = frozenset(
-    {f"pg_catalog.{name}" for name in (
-        # other sessions' statements, clients and locks
-        "pg_stat_activity", "pg_stat_statements", "pg_stat_statements_info", "pg_locks",
-        "pg_stat_ssl", "pg_stat_gssapi", "pg_backend_memory_contexts",
-        # what a pooled backend holds for whichever client it serves (statement texts rewritten
-        # for another tenant, cursors) and every session's prepared transactions
-        "pg_prepared_statements", "pg_cursors", "pg_prepared_xacts",
-        # replication origins and their progress (PostgreSQL revokes both from PUBLIC)
-        "pg_replication_origin", "pg_replication_origin_status",
-        # secrets: password hashes, foreign-server passwords, per-role settings
-        "pg_authid", "pg_shadow", "pg_user_mapping", "pg_user_mappings", "pg_db_role_setting",
-        # large objects are not owned by a tenant: every tenant's bytes
-        "pg_largeobject", "pg_largeobject_metadata",
-        # planner statistics: sample values and most-common values from every tenant's rows
-        "pg_stats", "pg_statistic", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic_ext_data",
-        # server files: authentication rules, ident maps, configuration lines
-        "pg_hba_file_rules", "pg_ident_file_mappings", "pg_file_settings", "pg_config",
-        # replication: connection strings (with passwords) and standby addresses
-        "pg_stat_replication", "pg_replication_slots", "pg_stat_wal_receiver",
-        "pg_subscription", "pg_stat_subscription",
-        # foreign servers and tables: options hold hosts, databases and other connection details
-        "pg_foreign_server", "pg_foreign_table",
-        # row-level security policies: their expressions can name tenants and sensitive values
-        "pg_policy", "pg_policies",
-    )}
-    | {f"information_schema.{name}" for name in (
-        # foreign-server options and user mappings carry connection strings and passwords
-        "user_mappings", "user_mapping_options", "foreign_server_options",
-    )})
+    {
+        f"pg_catalog.{name}"
+        for name in (
+            # other sessions' statements, clients and locks
+            "pg_stat_activity",
+            "pg_stat_statements",
+            "pg_stat_statements_info",
+            "pg_locks",
+            "pg_stat_ssl",
+            "pg_stat_gssapi",
+            "pg_backend_memory_contexts",
+            # what a pooled backend holds for whichever client it serves (statement texts rewritten
+            # for another tenant, cursors) and every session's prepared transactions
+            "pg_prepared_statements",
+            "pg_cursors",
+            "pg_prepared_xacts",
+            # replication origins and their progress (PostgreSQL revokes both from PUBLIC)
+            "pg_replication_origin",
+            "pg_replication_origin_status",
+            # secrets: password hashes, foreign-server passwords, per-role settings
+            "pg_authid",
+            "pg_shadow",
+            "pg_user_mapping",
+            "pg_user_mappings",
+            "pg_db_role_setting",
+            # large objects are not owned by a tenant: every tenant's bytes
+            "pg_largeobject",
+            "pg_largeobject_metadata",
+            # planner statistics: sample values and most-common values from every tenant's rows
+            "pg_stats",
+            "pg_statistic",
+            "pg_stats_ext",
+            "pg_stats_ext_exprs",
+            "pg_statistic_ext_data",
+            # server files: authentication rules, ident maps, configuration lines
+            "pg_hba_file_rules",
+            "pg_ident_file_mappings",
+            "pg_file_settings",
+            "pg_config",
+            # replication: connection strings (with passwords) and standby addresses
+            "pg_stat_replication",
+            "pg_replication_slots",
+            "pg_stat_wal_receiver",
+            "pg_subscription",
+            "pg_stat_subscription",
+            # foreign servers and tables: options hold hosts, databases and other connection details
+            "pg_foreign_server",
+            "pg_foreign_table",
+            # row-level security policies: their expressions can name tenants and sensitive values
+            "pg_policy",
+            "pg_policies",
+        )
+    }
+    | {
+        f"information_schema.{name}"
+        for name in (
+            # foreign-server options and user mappings carry connection strings and passwords
+            "user_mappings",
+            "user_mapping_options",
+            "foreign_server_options",
+        )
+    }
+)
 
 
 class TokenError(Exception):
@@ -84,8 +117,11 @@ def masks_for(policy: Policy, user: str, table: str) -> dict[str, MaskRule]:
     if spec is None or is_bypass(policy, user):
         return {}
     roles = roles_of(policy, user) | {"*"}
-    return {column: MaskRule(mask.mask, {k: getattr(mask, k) for k in MASK_OPTIONS.get(mask.mask, ())})
-            for column, mask in spec.masks.items() if roles & set(mask.roles)}
+    return {
+        column: MaskRule(mask.mask, {k: getattr(mask, k) for k in MASK_OPTIONS.get(mask.mask, ())})
+        for column, mask in spec.masks.items()
+        if roles & set(mask.roles)
+    }
 
 
 def tables(policy: Policy) -> dict[str, str | None]:
@@ -185,8 +221,24 @@ def verify_tenant_token(token: str, key: bytes, now: float) -> str:
     return tenant
 
 
-__all__ = ["ACTIONS", "MaskRule", "SENSITIVE_CATALOG_RELATIONS", "SettingSource",
-           "SignedSettingSource", "TokenError", "allowed_actions", "allowed_functions", "is_bypass",
-           "make_tenant_token", "masked_columns", "masks_for", "roles_of", "setting_source",
-           "signed_setting_source", "tables",
-           "tenant_from_users", "tenant_sources", "verify_tenant_token"]
+__all__ = [
+    "ACTIONS",
+    "SENSITIVE_CATALOG_RELATIONS",
+    "MaskRule",
+    "SettingSource",
+    "SignedSettingSource",
+    "TokenError",
+    "allowed_actions",
+    "allowed_functions",
+    "is_bypass",
+    "make_tenant_token",
+    "masked_columns",
+    "masks_for",
+    "roles_of",
+    "setting_source",
+    "signed_setting_source",
+    "tables",
+    "tenant_from_users",
+    "tenant_sources",
+    "verify_tenant_token",
+]

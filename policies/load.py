@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 
 from pydantic import ValidationError
 
@@ -19,12 +19,12 @@ from policies.source import Document, SourceError, format_errors, load_yaml, sug
 class Policy:
     """The merged, validated policy that is running. Immutable; a reload builds a new one."""
 
-    version: str                      # a digest of every file's bytes: keys caches
+    version: str  # a digest of every file's bytes: keys caches
     files: tuple[Path, ...]
     mode: str
     tenancy: Tenancy
     roles: Mapping[str, Role]
-    tables: Mapping[str, Table]       # by normalised "schema.table"
+    tables: Mapping[str, Table]  # by normalised "schema.table"
     functions: frozenset[str]
     user_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
     origins: Mapping[str, Path] = field(default_factory=dict)  # "tables.public.t", "roles.app" -> file
@@ -86,8 +86,10 @@ def _read(files: list[Path]) -> tuple[list[Document], list[str]]:
         if isinstance(doc.data, dict):
             docs.append(doc)
         else:
-            errors.append(f"{file}:1: (top level): a policy file is a mapping of keys "
-                          "(version, tenancy, roles, tables, ...); start with `version: 1`")
+            errors.append(
+                f"{file}:1: (top level): a policy file is a mapping of keys "
+                "(version, tenancy, roles, tables, ...); start with `version: 1`"
+            )
     return docs, errors
 
 
@@ -116,16 +118,19 @@ def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Poli
                 key = normal_name(name) if kind == "table" else name
                 where = doc.where((kind + "s", name))
                 if (kind, key) in seen:
-                    errors.append(f"{where}: {kind}s.{name}: already defined at {seen[(kind, key)]};"
-                                  " define it in one file only")
+                    errors.append(
+                        f"{where}: {kind}s.{name}: already defined at {seen[(kind, key)]}; define it in one file only"
+                    )
                     continue
                 seen[(kind, key)] = where
                 origins[f"{kind}s.{key}"] = doc.path
                 target[key] = spec
         if pf.tenancy is not None:
             if tenancy is not None and tenancy != pf.tenancy:
-                errors.append(f"{doc.where(('tenancy',))}: tenancy: already defined at "
-                              f"{seen[('tenancy', '')]}; define it in one file only")
+                errors.append(
+                    f"{doc.where(('tenancy',))}: tenancy: already defined at "
+                    f"{seen[('tenancy', '')]}; define it in one file only"
+                )
             tenancy = pf.tenancy
             origins["tenancy"] = doc.path
             seen.setdefault(("tenancy", ""), doc.where(("tenancy",)))
@@ -135,11 +140,17 @@ def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Poli
         for user in spec.users:
             user_roles.setdefault(user, set()).add(role)
     mode = "enforce" if any(pf.mode == "enforce" for _, pf in parsed) else "monitor"
-    return Policy(digest.hexdigest()[:16], tuple(doc.path for doc, _ in parsed), mode,
-                  tenancy or Tenancy(), MappingProxyType(roles), MappingProxyType(tables),
-                  frozenset(functions),
-                  MappingProxyType({u: frozenset(r) for u, r in user_roles.items()}),
-                  MappingProxyType(origins))
+    return Policy(
+        digest.hexdigest()[:16],
+        tuple(doc.path for doc, _ in parsed),
+        mode,
+        tenancy or Tenancy(),
+        MappingProxyType(roles),
+        MappingProxyType(tables),
+        frozenset(functions),
+        MappingProxyType({u: frozenset(r) for u, r in user_roles.items()}),
+        MappingProxyType(origins),
+    )
 
 
 def _cross_check(doc: Document, roles: set[str]) -> list[str]:
@@ -147,28 +158,35 @@ def _cross_check(doc: Document, roles: set[str]) -> list[str]:
     checked on every file that is valid YAML, so they are reported with the other errors."""
     errors = []
     if isinstance(doc.data.get("roles"), dict) and "*" in doc.data["roles"]:
-        errors.append(f"{doc.where(('roles', '*'))}: roles.*: `*` means every role in grants and "
-                      "masks; give this role a name")
+        errors.append(
+            f"{doc.where(('roles', '*'))}: roles.*: `*` means every role in grants and masks; give this role a name"
+        )
     tables = doc.data.get("tables")
-    for name, table in (tables.items() if isinstance(tables, dict) else ()):
+    for name, table in tables.items() if isinstance(tables, dict) else ():
         parts = split_name(str(name))
         if parts is None or len(parts) != 2:
-            errors.append(f"{doc.where(('tables', name))}: tables.{name}: a table name must be "
-                          f"schema-qualified, like public.{str(name).split('.')[-1]}")
+            errors.append(
+                f"{doc.where(('tables', name))}: tables.{name}: a table name must be "
+                f"schema-qualified, like public.{str(name).split('.')[-1]}"
+            )
         if not isinstance(table, dict):
             continue
         grants = table.get("grants")
-        for role in (grants if isinstance(grants, dict) else ()):
+        for role in grants if isinstance(grants, dict) else ():
             if role != "*" and role not in roles:
-                errors.append(f"{doc.where(('tables', name, 'grants', role))}: tables.{name}."
-                              f"grants: role `{role}` is not defined under `roles`"
-                              f"{suggest(str(role), sorted(roles))}")
+                errors.append(
+                    f"{doc.where(('tables', name, 'grants', role))}: tables.{name}."
+                    f"grants: role `{role}` is not defined under `roles`"
+                    f"{suggest(str(role), sorted(roles))}"
+                )
         masks = table.get("masks")
-        for column, mask in (masks.items() if isinstance(masks, dict) else ()):
+        for column, mask in masks.items() if isinstance(masks, dict) else ():
             mask_roles = mask.get("roles") if isinstance(mask, dict) else None
             for i, role in enumerate(mask_roles if isinstance(mask_roles, list) else ()):
                 if role != "*" and role not in roles:
-                    errors.append(f"{doc.where(('tables', name, 'masks', column, 'roles', i))}: "
-                                  f"tables.{name}.masks.{column}: role `{role}` is not defined "
-                                  f"under `roles`{suggest(str(role), sorted(roles))}")
+                    errors.append(
+                        f"{doc.where(('tables', name, 'masks', column, 'roles', i))}: "
+                        f"tables.{name}.masks.{column}: role `{role}` is not defined "
+                        f"under `roles`{suggest(str(role), sorted(roles))}"
+                    )
     return errors

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 ACTIONS = ("select", "insert", "update", "delete")
 Action = Literal["select", "insert", "update", "delete"]
@@ -18,8 +17,9 @@ class _Strict(BaseModel):
 
 
 class _Mask(_Strict):
-    roles: list[str] = Field(min_length=1, description=(
-        "Roles that see the masked value; everyone else sees the column."))
+    roles: list[str] = Field(
+        min_length=1, description=("Roles that see the masked value; everyone else sees the column.")
+    )
 
 
 class RedactMask(_Mask):
@@ -63,8 +63,9 @@ class HashMask(_Mask):
     """Hex SHA-256 of the value with a salt: equal values stay joinable, none is revealed."""
 
     mask: Literal["hash"]
-    salt_env: str = Field(description=(
-        "Environment variable holding the salt (unsalted, short values are found by brute force)."))
+    salt_env: str = Field(
+        description=("Environment variable holding the salt (unsalted, short values are found by brute force).")
+    )
 
 
 class YearMask(_Mask):
@@ -93,23 +94,39 @@ def _mask_kind(value: object) -> str | None:
     return getattr(value, "mask", None)
 
 
-Mask = Annotated[Union[
-    Annotated[RedactMask, Tag("redact")], Annotated[NullMask, Tag("null")],
-    Annotated[EmailMask, Tag("email")], Annotated[PartialMask, Tag("partial")],
-    Annotated[HashMask, Tag("hash")], Annotated[YearMask, Tag("year")],
-    Annotated[RoundMask, Tag("round")], Annotated[ConstantMask, Tag("constant")],
-], Discriminator(_mask_kind, custom_error_type="mask_kind", custom_error_message=(
-    "unknown mask kind: use one of redact, null, email, partial, hash, year, round, constant"))]
+Mask = Annotated[
+    Annotated[RedactMask, Tag("redact")]
+    | Annotated[NullMask, Tag("null")]
+    | Annotated[EmailMask, Tag("email")]
+    | Annotated[PartialMask, Tag("partial")]
+    | Annotated[HashMask, Tag("hash")]
+    | Annotated[YearMask, Tag("year")]
+    | Annotated[RoundMask, Tag("round")]
+    | Annotated[ConstantMask, Tag("constant")],
+    Discriminator(
+        _mask_kind,
+        custom_error_type="mask_kind",
+        custom_error_message=(
+            "unknown mask kind: use one of redact, null, email, partial, hash, year, round, constant"
+        ),
+    ),
+]
 
-MASK_OPTIONS = {"partial": ("keep_first", "keep_last"), "hash": ("salt_env",), "round": ("digits",),
-                "constant": ("value",)}
+MASK_OPTIONS = {
+    "partial": ("keep_first", "keep_last"),
+    "hash": ("salt_env",),
+    "round": ("digits",),
+    "constant": ("value",),
+}
 
 
 def _column(name: str) -> str:
     """A column name as PostgreSQL reads it: unquoted names fold to lower case."""
     if not _NAME.match(name):
-        raise ValueError(f"`{name}` is not a column name; write it as in SQL (quote it with \"...\" "
-                         "if it has capitals or other characters)")
+        raise ValueError(
+            f'`{name}` is not a column name; write it as in SQL (quote it with "..." '
+            "if it has capitals or other characters)"
+        )
     return normal_name(name)
 
 
@@ -127,8 +144,9 @@ Column = Annotated[str, AfterValidator(_column)]
 class Table(_Strict):
     """One table or view: who may do what with it, and which columns are masked for whom."""
 
-    tenant_column: Column | None = Field("", description=(
-        "The tenant column; null for a shared table; omitted: tenancy.column."))
+    tenant_column: Column | None = Field(
+        "", description=("The tenant column; null for a shared table; omitted: tenancy.column.")
+    )
     grants: dict[str, list[Action]] = Field({}, description='Actions per role ("*" = every role).')
     masks: dict[Column, Mask] = Field({}, description="Masked columns.")
 
@@ -139,8 +157,9 @@ class Table(_Strict):
         for name in masks if isinstance(masks, dict) else ():
             folded = normal_name(str(name))
             if folded in seen:
-                raise ValueError(f"`{seen[folded]}` and `{name}` are the same column (unquoted "
-                                 "names fold to lower case); keep one")
+                raise ValueError(
+                    f"`{seen[folded]}` and `{name}` are the same column (unquoted names fold to lower case); keep one"
+                )
             seen[folded] = str(name)
         return masks
 
@@ -169,15 +188,21 @@ def _source_kind(value: object) -> str | None:
     if isinstance(value, dict):
         kind = next((k for k in ("users", "setting", "signed_setting") if k in value), None)
         return f"{kind} source" if kind else None
-    return {UsersSource: "users source", SettingSource: "setting source",
-            SignedSource: "signed_setting source"}.get(type(value))
+    return {UsersSource: "users source", SettingSource: "setting source", SignedSource: "signed_setting source"}.get(
+        type(value)
+    )
 
 
-Source = Annotated[Union[
-    Annotated[UsersSource, Tag("users source")], Annotated[SettingSource, Tag("setting source")],
-    Annotated[SignedSource, Tag("signed_setting source")],
-], Discriminator(_source_kind, custom_error_type="source_kind", custom_error_message=(
-    "a tenant source needs one of `users`, `setting` or `signed_setting`"))]
+Source = Annotated[
+    Annotated[UsersSource, Tag("users source")]
+    | Annotated[SettingSource, Tag("setting source")]
+    | Annotated[SignedSource, Tag("signed_setting source")],
+    Discriminator(
+        _source_kind,
+        custom_error_type="source_kind",
+        custom_error_message=("a tenant source needs one of `users`, `setting` or `signed_setting`"),
+    ),
+]
 
 
 class Tenancy(_Strict):

@@ -72,8 +72,10 @@ def parse_yaml(text: str, path: str | Path) -> Document:
 def _plain(node: yaml.Node, loc: tuple, doc: Document, errors: list[str], above: frozenset) -> Any:
     """The plain value of `node`, recording lines; `above` holds the nodes enclosing it."""
     if id(node) in above:
-        errors.append(f"{doc.path}:{node.start_mark.line + 1}: {_dotted(loc)}: an alias refers to "
-                      "a mapping or list that contains it; write the value out")
+        errors.append(
+            f"{doc.path}:{node.start_mark.line + 1}: {_dotted(loc)}: an alias refers to "
+            "a mapping or list that contains it; write the value out"
+        )
         return None
     above = above | {id(node)}
     if isinstance(node, yaml.MappingNode):
@@ -87,19 +89,22 @@ def _plain(node: yaml.Node, loc: tuple, doc: Document, errors: list[str], above:
     return _scalar(node)
 
 
-def _mapping(node: yaml.MappingNode, loc: tuple, doc: Document, errors: list[str],
-             above: frozenset) -> dict:
+def _mapping(node: yaml.MappingNode, loc: tuple, doc: Document, errors: list[str], above: frozenset) -> dict:
     out: dict = {}
     for key_node, value_node in node.value:
         line = key_node.start_mark.line + 1
         if key_node.tag == "tag:yaml.org,2002:merge":
-            errors.append(f"{doc.path}:{line}: {_dotted(loc)}: merge keys (<<) are not accepted; "
-                          "write the keys out so reviewers see them")
+            errors.append(
+                f"{doc.path}:{line}: {_dotted(loc)}: merge keys (<<) are not accepted; "
+                "write the keys out so reviewers see them"
+            )
             continue
         key = _scalar(key_node)
         if key in out:
-            errors.append(f"{doc.path}:{line}: {_dotted(loc + (key,))}: defined twice (first at "
-                          f"line {doc.lines[loc + (key,)]}); keep one")
+            errors.append(
+                f"{doc.path}:{line}: {_dotted(loc + (key,))}: defined twice (first at "
+                f"line {doc.lines[loc + (key,)]}); keep one"
+            )
             continue
         doc.lines[loc + (key,)] = line
         out[key] = _plain(value_node, loc + (key,), doc, errors, above)
@@ -120,8 +125,9 @@ def _dotted(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
-def format_errors(exc: ValidationError, doc: Document, file: str | Path | None = None,
-                  model: type[BaseModel] | None = None) -> list[str]:
+def format_errors(
+    exc: ValidationError, doc: Document, file: str | Path | None = None, model: type[BaseModel] | None = None
+) -> list[str]:
     """One `FILE:LINE: dotted.path: sentence` per pydantic error in validating `doc.data`.
 
     `file` starts each line (default: the document's path). Given the root `model`, an
@@ -189,8 +195,15 @@ def _tags(member: Any) -> set:
     return tags | {getattr(_unwrap(member), "__name__", None)}
 
 
-_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "string": "text",
-          "list": "a list", "dict": "a mapping (key: value)", "model": "a mapping (key: value)"}
+_KINDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "text",
+    "list": "a list",
+    "dict": "a mapping (key: value)",
+    "model": "a mapping (key: value)",
+}
 
 
 def sentence(err: dict) -> str:

@@ -17,5 +17,18 @@ from .classify import classify
 from .context import Column, Context, MaskSpec, Schema, TableRule, UserRoutines
 from .result import Allow, Deny, Kind, Result, Rewrite
 
-__all__ = ["rewrite", "classify", "Column", "Context", "MaskSpec", "Schema", "TableRule", "UserRoutines",
-           "Allow", "Deny", "Kind", "Result", "Rewrite"]
+__all__ = [
+    "Allow",
+    "Column",
+    "Context",
+    "Deny",
+    "Kind",
+    "MaskSpec",
+    "Result",
+    "Rewrite",
+    "Schema",
+    "TableRule",
+    "UserRoutines",
+    "classify",
+    "rewrite",
+]

@@ -54,7 +54,7 @@ class Found:
 def node_type(node: object) -> tuple[str, dict] | None:
     """("Type", fields) for a typed JSON node, None for lists, scalars and plain structs."""
     if isinstance(node, dict) and len(node) == 1:
-        (key, value), = node.items()
+        ((key, value),) = node.items()
         if key[:1].isupper() and isinstance(value, dict):
             return key, value
     return None
@@ -153,6 +153,7 @@ def _write(kind: str):
         for key, value in fields.items():  # every field but the target: nothing goes unwalked
             if key not in ("relation", "withClause"):
                 collect(value, inner, found)
+
     return handle
 
 
@@ -233,6 +234,7 @@ def _indirection(fields: dict, scope: frozenset[str], found: Found) -> None:
 def _unexpected(what: str):
     def handle(fields: dict, scope: frozenset[str], found: Found) -> None:
         found.problems.append(what)
+
     return handle
 
 
@@ -249,17 +251,19 @@ def _column_ref(fields: dict, scope: frozenset[str], found: Found) -> None:
 
 def _aliased(fields: dict, scope: frozenset[str], found: Found) -> None:
     found.aliases += [fields[k]["aliasname"] for k in ("alias", "join_using_alias") if fields.get(k)]
-    for key, value in fields.items():
+    for value in fields.values():
         collect(value, scope, found)
 
 
 def _named(key: str):
     """A node naming a column it writes or compares (ResTarget of INSERT/UPDATE, IndexElem), walked on."""
+
     def handle(fields: dict, scope: frozenset[str], found: Found) -> None:
         if fields.get(key):
             found.column_names.append(fields[key])
         for value in fields.values():
             collect(value, scope, found)
+
     return handle
 
 
@@ -273,10 +277,21 @@ def _leaf(fields: dict, scope: frozenset[str], found: Found) -> None:
 
 
 HANDLERS = {
-    "ColumnRef": _column_ref, "RangeSubselect": _aliased, "RangeFunction": _aliased, "JoinExpr": _join,
-    "RangeTableFunc": _aliased, "JsonTable": _aliased,
-    "SortBy": _sort_by, "SubLink": _sub_link, "CaseExpr": _case, "A_Indirection": _indirection,
-    "A_Const": _leaf, "ParamRef": _leaf, "String": _leaf, "Integer": _leaf, "Float": _leaf,
+    "ColumnRef": _column_ref,
+    "RangeSubselect": _aliased,
+    "RangeFunction": _aliased,
+    "JoinExpr": _join,
+    "RangeTableFunc": _aliased,
+    "JsonTable": _aliased,
+    "SortBy": _sort_by,
+    "SubLink": _sub_link,
+    "CaseExpr": _case,
+    "A_Indirection": _indirection,
+    "A_Const": _leaf,
+    "ParamRef": _leaf,
+    "String": _leaf,
+    "Integer": _leaf,
+    "Float": _leaf,
     "RangeVar": lambda f, s, found: _range_var(f, s, found),
     "SelectStmt": _select,
     "InsertStmt": _write("InsertStmt"),
@@ -285,7 +300,9 @@ HANDLERS = {
     "MergeStmt": _write("MergeStmt"),
     "RangeTableSample": _sample,
     "FuncCall": _func,
-    "ResTarget": _named("name"), "IndexElem": _named("name"), "TypeName": _type_name,
+    "ResTarget": _named("name"),
+    "IndexElem": _named("name"),
+    "TypeName": _type_name,
     "A_Expr": _a_expr,
     "IntoClause": _unexpected("a clause that creates a table"),
     "CallStmt": lambda f, s, found: _func(f["funccall"], s, found),

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .checks import (PASS_THROUGH, QUERIES, WRAPPED, Checked, check_calls, check_copy_ends, check_copy_from,
-                     check_ref, check_setting)
+from .checks import (
+    PASS_THROUGH,
+    QUERIES,
+    WRAPPED,
+    Checked,
+    check_calls,
+    check_copy_ends,
+    check_copy_from,
+    check_ref,
+    check_setting,
+)
 from .classify import INNER_QUERY, statement_kind, statements, walk_statement
 from .complexity import too_complex
 from .context import Context
@@ -26,8 +35,16 @@ from .write_masks import mask_write_columns
 from .writes import guard_conflicts, guard_updates, qualify_targets
 
 # The rewrites, in order; each maps a checked statement to text edits and parameter checks.
-RULES = (substitute_reads, requalify_columns, qualify_targets, guard_updates, guard_inserts, guard_conflicts,
-         mask_write_columns, copy_to_query)
+RULES = (
+    substitute_reads,
+    requalify_columns,
+    qualify_targets,
+    guard_updates,
+    guard_inserts,
+    guard_conflicts,
+    mask_write_columns,
+    copy_to_query,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,28 +59,39 @@ class Judged:
 def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
     """Classify one statement and apply every policy check to it (Refused when any fails)."""
     if kind == "TransactionStmt" and statement_kind(kind, fields) == "two_phase":
-        raise Refused("PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED are refused for "
-                      "non-bypass roles: a prepared transaction's gid is shared by every session "
-                      "(and tenant) of the server", "Use plain COMMIT; leave two-phase commit to a "
-                      "bypass role (a transaction manager).", "statements")
+        raise Refused(
+            "PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED are refused for "
+            "non-bypass roles: a prepared transaction's gid is shared by every session "
+            "(and tenant) of the server",
+            "Use plain COMMIT; leave two-phase commit to a bypass role (a transaction manager).",
+            "statements",
+        )
     check_notify(kind)
     if kind in PASS_THROUGH:
         check_setting(kind, fields)
         check_show(kind, fields)
         found = walk_statement(kind, fields)
         if found.refs or found.functions or found.problems:
-            raise Refused(f"{statement_kind(kind, fields)} statement refused: it unexpectedly names relations or calls",
-                          "Send such expressions in a SELECT.", "statements")
+            raise Refused(
+                f"{statement_kind(kind, fields)} statement refused: it unexpectedly names relations or calls",
+                "Send such expressions in a SELECT.",
+                "statements",
+            )
         return Checked(kind, fields)
     inner = fields.get(INNER_QUERY.get(kind, ""))
     if kind in WRAPPED and inner is not None and next(iter(inner)) not in WRAPPED[kind]:
-        raise Refused(f"{statement_kind(kind, fields)} of {next(iter(inner))} is refused",
-                      "Only bypass roles may run DDL.", "statements")
+        raise Refused(
+            f"{statement_kind(kind, fields)} of {next(iter(inner))} is refused",
+            "Only bypass roles may run DDL.",
+            "statements",
+        )
     if kind not in QUERIES and kind not in WRAPPED and kind not in ("CallStmt", "ExecuteStmt"):
         what = statement_kind(kind, fields)
-        raise Refused(f"{what} statements ({kind}) are refused for non-bypass roles",
-                      "DDL, TRUNCATE, GRANT, DO and other administration are for bypass roles only.",
-                      "statements")
+        raise Refused(
+            f"{what} statements ({kind}) are refused for non-bypass roles",
+            "DDL, TRUNCATE, GRANT, DO and other administration are for bypass roles only.",
+            "statements",
+        )
     if kind == "CopyStmt":
         check_copy_ends(fields)
     found = walk_statement(kind, fields)
@@ -92,10 +120,16 @@ def check_message(checked: list[Checked]) -> None:
     pgwarden resolves every statement of a message with the search_path the session had
     before it; the router follows a SET search_path only once its message has run.
     """
-    if len(checked) > 1 and any(changes_name_resolution(c.kind, c.fields) for c in checked) \
-            and any(c.found.refs or c.found.functions for c in checked):
-        raise Refused("a message that changes search_path and also uses tables or functions is refused",
-                      "Send SET search_path (or DISCARD ALL) in a message of its own.", "statements")
+    if (
+        len(checked) > 1
+        and any(changes_name_resolution(c.kind, c.fields) for c in checked)
+        and any(c.found.refs or c.found.functions for c in checked)
+    ):
+        raise Refused(
+            "a message that changes search_path and also uses tables or functions is refused",
+            "Send SET search_path (or DISCARD ALL) in a message of its own.",
+            "statements",
+        )
 
 
 def judge(checked: Checked, ctx: Context, toks: Tokens) -> Judged:
@@ -103,8 +137,11 @@ def judge(checked: Checked, ctx: Context, toks: Tokens) -> Judged:
     out = [item for rule in RULES for item in rule(checked, ctx, toks)]
     checks = tuple(i for i in out if isinstance(i, ParamCheck))
     if checks and checked.kind == "PrepareStmt":
-        raise Refused("PREPARE of an INSERT whose tenant value is a parameter is refused",
-                      "Use the extended protocol (Parse/Bind), or give the tenant as a literal.", "tenancy.column")
+        raise Refused(
+            "PREPARE of an INSERT whose tenant value is a parameter is refused",
+            "Use the extended protocol (Parse/Bind), or give the tenant as a literal.",
+            "tenancy.column",
+        )
     return Judged(checked, tuple(i for i in out if isinstance(i, Edit)), checks)
 
 
@@ -138,8 +175,11 @@ def rewrite(sql: str, ctx: Context) -> Result:
     except Refused as refused:
         return refused.deny
     except (parser.ParseError, ValueError) as exc:
-        return Deny(f"statement refused: it could not be parsed ({exc})",
-                    "Check the SQL syntax (PostgreSQL's own parser rejected it).", "parse")
+        return Deny(
+            f"statement refused: it could not be parsed ({exc})",
+            "Check the SQL syntax (PostgreSQL's own parser rejected it).",
+            "parse",
+        )
     try:
         checked = [check_statement(kind, fields, ctx) for kind, fields in parsed]
         check_message(checked)
@@ -154,9 +194,12 @@ def rewrite(sql: str, ctx: Context) -> Result:
         return refused.deny
     except RecursionError:  # a walk deeper than Python allows, though within the bounds checked at parse
         return too_complex("nested too deeply for its rewrite to be checked").deny
-    except Exception as exc:  # noqa: BLE001 - fail closed: any surprise refuses the statement
-        return Deny(f"statement refused: pgwarden could not rewrite it safely ({type(exc).__name__}: {exc})",
-                    "Simplify the statement, or report it to the pgwarden maintainers.", "rewrite")
+    except Exception as exc:
+        return Deny(
+            f"statement refused: pgwarden could not rewrite it safely ({type(exc).__name__}: {exc})",
+            "Simplify the statement, or report it to the pgwarden maintainers.",
+            "rewrite",
+        )
     tables, masked = summary(judged)
     checks = tuple(dict.fromkeys((c.number, c.value) for j in judged for c in j.checks))
     return Rewrite(new, tables, masked, checks)

@@ -17,11 +17,21 @@ from .resolve import (
 from .statistics import statistics_function
 
 # Statements that touch no table data: forwarded as written once classified.
-PASS_THROUGH = frozenset({
-    "TransactionStmt", "FetchStmt", "ClosePortalStmt", "ListenStmt", "UnlistenStmt",
-    "NotifyStmt", "DiscardStmt", "DeallocateStmt", "ConstraintsSetStmt", "VariableShowStmt",
-    "VariableSetStmt",
-})
+PASS_THROUGH = frozenset(
+    {
+        "TransactionStmt",
+        "FetchStmt",
+        "ClosePortalStmt",
+        "ListenStmt",
+        "UnlistenStmt",
+        "NotifyStmt",
+        "DiscardStmt",
+        "DeallocateStmt",
+        "ConstraintsSetStmt",
+        "VariableShowStmt",
+        "VariableSetStmt",
+    }
+)
 QUERIES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 # Wrapping statements and the inner statement kinds each may hold.
 WRAPPED = {
@@ -30,13 +40,27 @@ WRAPPED = {
     "PrepareStmt": QUERIES,
     "CopyStmt": QUERIES,
 }
-DENIED_SETTINGS = frozenset({
-    "role", "session_authorization", "session_replication_role", "allow_system_table_mods",
-    "ignore_system_indexes", "zero_damaged_pages", "ignore_checksum_failure", "ignore_invalid_pages",
-    "dynamic_library_path", "session_preload_libraries", "local_preload_libraries", "jit_provider",
-    "lc_messages", "allow_in_place_tablespaces", "compute_query_id", "lo_compat_privileges",
-    "backslash_quote",
-})
+DENIED_SETTINGS = frozenset(
+    {
+        "role",
+        "session_authorization",
+        "session_replication_role",
+        "allow_system_table_mods",
+        "ignore_system_indexes",
+        "zero_damaged_pages",
+        "ignore_checksum_failure",
+        "ignore_invalid_pages",
+        "dynamic_library_path",
+        "session_preload_libraries",
+        "local_preload_libraries",
+        "jit_provider",
+        "lc_messages",
+        "allow_in_place_tablespaces",
+        "compute_query_id",
+        "lo_compat_privileges",
+        "backslash_quote",
+    }
+)
 # auto_explain.*: with log_analyze and log_level = notice it sends EXPLAIN ANALYZE of every statement to the client.
 DENIED_SETTING_PREFIXES = ("log_", "debug_", "trace_", "track_", "wal_", "pgwarden.", "auto_explain.")
 # Settings that change how the backend reads the client's text: a value other than
@@ -47,12 +71,42 @@ TEXT_SETTINGS = {
     "standard_conforming_strings": lambda v: v in ("on", "true", "yes", "1", "t"),
     "client_encoding": lambda v: v.replace("-", "").replace("_", "") not in CLIENT_ONLY_ENCODINGS,
 }
-CLIENT_ONLY_ENCODINGS = frozenset({"sjis", "shiftjis", "shiftjis2004", "big5", "gbk", "gb18030", "uhc",
-                                   "johab", "win932", "win936", "win949", "win950", "cp932", "cp936",
-                                   "cp949", "cp950", "mskanji", "tcvn", "tcvn5712", "windows932",
-                                   "windows936", "windows949", "windows950", "sjis2004"})
-ROLE_ACTION = {"select": "select", "insert": "insert", "update": "update", "delete": "delete",
-               "copy_to": "select", "copy_from": "insert"}
+CLIENT_ONLY_ENCODINGS = frozenset(
+    {
+        "sjis",
+        "shiftjis",
+        "shiftjis2004",
+        "big5",
+        "gbk",
+        "gb18030",
+        "uhc",
+        "johab",
+        "win932",
+        "win936",
+        "win949",
+        "win950",
+        "cp932",
+        "cp936",
+        "cp949",
+        "cp950",
+        "mskanji",
+        "tcvn",
+        "tcvn5712",
+        "windows932",
+        "windows936",
+        "windows949",
+        "windows950",
+        "sjis2004",
+    }
+)
+ROLE_ACTION = {
+    "select": "select",
+    "insert": "insert",
+    "update": "update",
+    "delete": "delete",
+    "copy_to": "select",
+    "copy_from": "insert",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +140,11 @@ def check_setting(kind: str, fields: dict) -> None:
     if kind != "VariableSetStmt":
         return
     if fields.get("kind") == "VAR_RESET_ALL":
-        raise Refused("RESET ALL is refused: it would also reset settings pgwarden relies on",
-                      "Reset the settings you changed one by one.", "statements")
+        raise Refused(
+            "RESET ALL is refused: it would also reset settings pgwarden relies on",
+            "Reset the settings you changed one by one.",
+            "statements",
+        )
     args = fields.get("args") or []
     value = constant_text(args[0]) if fields.get("kind") == "VAR_SET_VALUE" and len(args) == 1 else ""
     check_setting_name((fields.get("name") or "").lower(), value)
@@ -112,14 +169,23 @@ def check_setting_name(name: str, value: str | None) -> None:
     """
     if name in TEXT_SETTINGS and value != "" and (value is None or not TEXT_SETTINGS[name](value)):
         shown = "a value that is not a literal" if value is None else repr(value)
-        raise Refused(f"setting {name} to {shown} is refused: PostgreSQL would then read statements "
-                      "differently from pgwarden", f"Keep {name} at its default (UTF8 / on).", "statements")
+        raise Refused(
+            f"setting {name} to {shown} is refused: PostgreSQL would then read statements differently from pgwarden",
+            f"Keep {name} at its default (UTF8 / on).",
+            "statements",
+        )
     if name.startswith("pgwarden."):
-        raise Refused(f"SET {name} reached the rewriter: pgwarden answers it itself",
-                      "Set the tenant as policies' tenancy.sources describe.", "tenancy.sources")
+        raise Refused(
+            f"SET {name} reached the rewriter: pgwarden answers it itself",
+            "Set the tenant as policies' tenancy.sources describe.",
+            "tenancy.sources",
+        )
     if name in DENIED_SETTINGS or name.startswith(DENIED_SETTING_PREFIXES):
-        raise Refused(f"changing setting {name} is refused for non-bypass roles",
-                      "Only bypass roles may change role, authorization or server settings.", "statements")
+        raise Refused(
+            f"changing setting {name} is refused for non-bypass roles",
+            "Only bypass roles may change role, authorization or server settings.",
+            "statements",
+        )
 
 
 def check_ref(ref: RelRef, ctx: Context) -> Resolved:
@@ -129,8 +195,11 @@ def check_ref(ref: RelRef, ctx: Context) -> Resolved:
         for action in ("insert", "update", "delete"):
             rule = table_rule(name, action, ctx)
         if rule is not None and rule.protected:
-            raise Refused(f'MERGE into "{name}" is refused: it is tenant-scoped or masked',
-                          "Use INSERT ... ON CONFLICT, UPDATE or DELETE instead.", f"tables.{name}")
+            raise Refused(
+                f'MERGE into "{name}" is refused: it is tenant-scoped or masked',
+                "Use INSERT ... ON CONFLICT, UPDATE or DELETE instead.",
+                f"tables.{name}",
+            )
         return Resolved(ref, name, rule)
     rule = table_rule(name, ROLE_ACTION[ref.role], ctx)
     if ref.locked:  # FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE: PostgreSQL asks for UPDATE privilege
@@ -147,10 +216,13 @@ def check_lock(name: str, ctx: Context) -> None:
     try:
         table_rule(name, "update", ctx)
     except Refused as refused:
-        raise Refused(f'locking rows of "{name}" (FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE) is refused: '
-                      f"it needs the update grant, and {refused}",
-                      f"Drop the locking clause, lock only tables you may update (FOR UPDATE OF t), "
-                      f"or grant update on {name} to your role.", refused.deny.rule) from None
+        raise Refused(
+            f'locking rows of "{name}" (FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE) is refused: '
+            f"it needs the update grant, and {refused}",
+            f"Drop the locking clause, lock only tables you may update (FOR UPDATE OF t), "
+            f"or grant update on {name} to your role.",
+            refused.deny.rule,
+        ) from None
 
 
 def reads_target(ref: RelRef) -> bool:
@@ -159,8 +231,9 @@ def reads_target(ref: RelRef) -> bool:
     owner = ref.owner or {}
     if ref.role in ("update", "delete"):
         return any(owner.get(k) for k in ("whereClause", "fromClause", "usingClause", "returningClause"))
-    return ref.role == "insert" and (bool(owner.get("returningClause"))
-                                     or (owner.get("onConflictClause") or {}).get("action") == "ONCONFLICT_UPDATE")
+    return ref.role == "insert" and (
+        bool(owner.get("returningClause")) or (owner.get("onConflictClause") or {}).get("action") == "ONCONFLICT_UPDATE"
+    )
 
 
 def check_calls(found: Found, ctx: Context) -> None:
@@ -171,52 +244,75 @@ def check_calls(found: Found, ctx: Context) -> None:
     for args in found.settings:
         name = constant_text(args[0]) if args else None
         if name is None:
-            raise Refused("set_config() with a computed setting name is refused",
-                          "Name the setting as a string literal, or use SET.", "functions.allow")
+            raise Refused(
+                "set_config() with a computed setting name is refused",
+                "Name the setting as a string literal, or use SET.",
+                "functions.allow",
+            )
         if name == "search_path":
-            raise Refused("set_config('search_path', ...) is refused: pgwarden resolves names by the "
-                          "search_path it tracks", "Use SET search_path, which pgwarden follows.", "functions.allow")
+            raise Refused(
+                "set_config('search_path', ...) is refused: pgwarden resolves names by the search_path it tracks",
+                "Use SET search_path, which pgwarden follows.",
+                "functions.allow",
+            )
         check_setting_name(name, constant_text(args[1]) if len(args) > 1 else None)
     for parts in found.functions:
         if parts[-1] == "set_config" and parts[:-1] in ((), ("pg_catalog",)):
             continue
         if parts[-1] in PER_BACKEND_FUNCTIONS and parts[:-1] in ((), ("pg_catalog",)):
-            raise Refused(f"function {parts[-1]}() is refused: it reads what the backend holds for "
-                          "its session, which on a pooled backend can be another client's",
-                          "Use INSERT ... RETURNING, or keep the value nextval() returned."
-                          if parts[-1] in ("lastval", "currval") else "Only bypass roles may read it.",
-                          "catalogs")
+            raise Refused(
+                f"function {parts[-1]}() is refused: it reads what the backend holds for "
+                "its session, which on a pooled backend can be another client's",
+                "Use INSERT ... RETURNING, or keep the value nextval() returned."
+                if parts[-1] in ("lastval", "currval")
+                else "Only bypass roles may read it.",
+                "catalogs",
+            )
         if parts[-1] in CROSS_TENANT_FUNCTIONS and parts[:-1] in ((), ("pg_catalog",)):
             why, hint = CROSS_TENANT_FUNCTIONS[parts[-1]]
             raise Refused(f"function {parts[-1]}() is refused: {why}", hint, "functions.allow")
         if not function_allowed(parts, ctx):
             shown = ".".join(parts)
             if statistics_function(parts[-1]) and parts[:-1] in ((), ("pg_catalog",)):
-                raise Refused(f"function {shown}() is refused: it reports statistics or sizes that count every "
-                              "tenant's rows", "Only bypass roles may read statistics; use count(*) over your "
-                              "own rows instead.", "functions.allow")
-            raise Refused(f"function {shown}() is refused: it is not a safe built-in nor listed in functions.allow",
-                          f"Ask for {shown} to be added to functions.allow, or avoid it.", "functions.allow")
+                raise Refused(
+                    f"function {shown}() is refused: it reports statistics or sizes that count every tenant's rows",
+                    "Only bypass roles may read statistics; use count(*) over your own rows instead.",
+                    "functions.allow",
+                )
+            raise Refused(
+                f"function {shown}() is refused: it is not a safe built-in nor listed in functions.allow",
+                f"Ask for {shown} to be added to functions.allow, or avoid it.",
+                "functions.allow",
+            )
     for op in found.operators:
         if op[0] != "pg_catalog":
-            raise Refused(f"operator {'.'.join(op)} is refused: only pg_catalog operators may be named",
-                          "Use the built-in operator.", "functions.allow")
+            raise Refused(
+                f"operator {'.'.join(op)} is refused: only pg_catalog operators may be named",
+                "Use the built-in operator.",
+                "functions.allow",
+            )
     if found.problems:
-        raise Refused(f"statement refused: it contains {found.problems[0]}",
-                      "Only bypass roles may run DDL or this construct.", "statements")
+        raise Refused(
+            f"statement refused: it contains {found.problems[0]}",
+            "Only bypass roles may run DDL or this construct.",
+            "statements",
+        )
 
 
 def check_copy_ends(fields: dict) -> None:
     """COPY only to or from the client, never a server file or program."""
     if fields.get("filename") or fields.get("is_program"):
-        raise Refused("COPY to or from a server file or program is refused",
-                      "Use COPY ... TO STDOUT / FROM STDIN.", "statements")
+        raise Refused(
+            "COPY to or from a server file or program is refused", "Use COPY ... TO STDOUT / FROM STDIN.", "statements"
+        )
 
 
 def check_copy_from(refs: tuple[Resolved, ...]) -> None:
     """Never COPY FROM into a tenant-scoped table: its rows cannot be checked."""
     for r in refs:
         if r.ref.role == "copy_from" and r.rule is not None and r.rule.tenant_column:
-            raise Refused(f'COPY FROM into tenant-scoped table "{r.name}" is refused: its rows cannot be checked',
-                          "Use INSERT (pgwarden sets the tenant column), or a bypass role for bulk loads.",
-                          f"tables.{r.name}")
+            raise Refused(
+                f'COPY FROM into tenant-scoped table "{r.name}" is refused: its rows cannot be checked',
+                "Use INSERT (pgwarden sets the tenant column), or a bypass role for bulk loads.",
+                f"tables.{r.name}",
+            )

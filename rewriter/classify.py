@@ -3,28 +3,46 @@
 from __future__ import annotations
 
 from .analyse import Found, RelRef, collect, node_type
-from .pgparser import parser
 from .complexity import parse_tree
+from .pgparser import parser
 from .refuse import Refused
 from .resolve import relation_name_only
 from .result import Kind
 
 SIMPLE_KINDS = {
-    "SelectStmt": "select", "InsertStmt": "insert", "UpdateStmt": "update", "DeleteStmt": "delete",
-    "MergeStmt": "merge", "VariableShowStmt": "show", "ListenStmt": "listen",
-    "UnlistenStmt": "unlisten", "NotifyStmt": "notify", "ClosePortalStmt": "close",
-    "DeclareCursorStmt": "declare", "ExplainStmt": "explain", "PrepareStmt": "prepare",
-    "ExecuteStmt": "execute", "DeallocateStmt": "deallocate", "DiscardStmt": "discard",
-    "ConstraintsSetStmt": "set_constraints", "CallStmt": "call", "LockStmt": "lock",
-    "TruncateStmt": "truncate", "DoStmt": "do", "GrantStmt": "grant", "GrantRoleStmt": "grant",
-    "CheckPointStmt": "other", "LoadStmt": "other", "VacuumStmt": "other",
-    "ReindexStmt": "other", "ClusterStmt": "other",
+    "SelectStmt": "select",
+    "InsertStmt": "insert",
+    "UpdateStmt": "update",
+    "DeleteStmt": "delete",
+    "MergeStmt": "merge",
+    "VariableShowStmt": "show",
+    "ListenStmt": "listen",
+    "UnlistenStmt": "unlisten",
+    "NotifyStmt": "notify",
+    "ClosePortalStmt": "close",
+    "DeclareCursorStmt": "declare",
+    "ExplainStmt": "explain",
+    "PrepareStmt": "prepare",
+    "ExecuteStmt": "execute",
+    "DeallocateStmt": "deallocate",
+    "DiscardStmt": "discard",
+    "ConstraintsSetStmt": "set_constraints",
+    "CallStmt": "call",
+    "LockStmt": "lock",
+    "TruncateStmt": "truncate",
+    "DoStmt": "do",
+    "GrantStmt": "grant",
+    "GrantRoleStmt": "grant",
+    "CheckPointStmt": "other",
+    "LoadStmt": "other",
+    "VacuumStmt": "other",
+    "ReindexStmt": "other",
+    "ClusterStmt": "other",
 }
 SAVEPOINT_KINDS = {"TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE", "TRANS_STMT_ROLLBACK_TO"}
 TWO_PHASE_KINDS = {"TRANS_STMT_PREPARE", "TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED"}
 # Statements with an inner query: the field that holds it.
-INNER_QUERY = {"ExplainStmt": "query", "DeclareCursorStmt": "query", "PrepareStmt": "query",
-               "CopyStmt": "query"}
+INNER_QUERY = {"ExplainStmt": "query", "DeclareCursorStmt": "query", "PrepareStmt": "query", "CopyStmt": "query"}
 
 
 def statement_kind(kind: str, fields: dict) -> str:
@@ -113,5 +131,6 @@ def classify(sql: str, search_path: tuple[str, ...] = ("public",)) -> Kind:
     reads = tuple(dict.fromkeys(r for p in parts for r in p.reads))
     writes = tuple(dict.fromkeys(w for p in parts for w in p.writes))
     functions = tuple(dict.fromkeys(f for p in parts for f in p.functions))
-    return Kind("multi" if parts else "empty", reads, writes, None, tuple(parts), functions,
-                any(p.locks for p in parts))
+    return Kind(
+        "multi" if parts else "empty", reads, writes, None, tuple(parts), functions, any(p.locks for p in parts)
+    )

@@ -12,21 +12,21 @@ from __future__ import annotations
 import json
 
 from .pgparser import parser
-
 from .refuse import Refused
 
 MAX_NODES = 100_000
 MAX_DEPTH = 300
 # PostgreSQL's own parser gives up on deep nesting with these messages.
 PARSER_LIMITS = ("stack depth limit exceeded", "memory exhausted")
-HINT = ("Split the statement, flatten deeply nested expressions (long IN lists or ORs can be "
-        "= ANY($1) with an array parameter), or run it as a bypass role.")
+HINT = (
+    "Split the statement, flatten deeply nested expressions (long IN lists or ORs can be "
+    "= ANY($1) with an array parameter), or run it as a bypass role."
+)
 
 
 def too_complex(why: str) -> Refused:
     """The refusal of a statement beyond the bounds (SQLSTATE 54001, statement too complex)."""
-    return Refused(f"statement refused: it is too complex for pgwarden to judge ({why})", HINT,
-                   "statements", "54001")
+    return Refused(f"statement refused: it is too complex for pgwarden to judge ({why})", HINT, "statements", "54001")
 
 
 def tree_depth(tree: object) -> int:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from .catalog import CatalogFacts, ImplicitRisks
 from .pgparser import PARSER_MAJOR
@@ -73,7 +73,7 @@ class UserRoutines:
 
     functions: frozenset[str] = frozenset()
     operators: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    catalog: CatalogFacts = CatalogFacts()
+    catalog: CatalogFacts = CatalogFacts()  # noqa: RUF009 (frozen: one shared empty value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,5 +95,5 @@ class Context:
     search_path: tuple[str, ...] = ("public",)
     denied_relations: frozenset[str] = frozenset()
     routines: UserRoutines = UserRoutines()
-    implicit: ImplicitRisks = ImplicitRisks()
+    implicit: ImplicitRisks = ImplicitRisks()  # noqa: RUF009 (frozen: one shared empty value)
     server_major: int = PARSER_MAJOR

@@ -23,6 +23,7 @@ EXAMPLE = Context(
 def run_rule(rule, sql: str, ctx: Context = EXAMPLE) -> str:
     """`sql` with only `rule`'s edits applied, followed by its parameter checks if any."""
     from .api import check_statement
+
     toks = scan(sql)
     out = [item for kind, fields in statements(sql) for item in rule(check_statement(kind, fields, ctx), ctx, toks)]
     text = apply(sql.encode(), [e for e in out if isinstance(e, Edit)]).decode()

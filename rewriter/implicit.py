@@ -12,10 +12,22 @@ from .resolve import search_order
 from .routines import live_column_names
 
 # Built-ins that run the input or receive functions of the type whose OID (or name) they are given.
-TYPE_IO_FUNCTIONS = frozenset({
-    "record_in", "record_recv", "array_in", "array_recv", "range_in", "range_recv", "multirange_in",
-    "multirange_recv", "domain_in", "domain_recv", "pg_input_is_valid", "pg_input_error_info",
-})
+TYPE_IO_FUNCTIONS = frozenset(
+    {
+        "record_in",
+        "record_recv",
+        "array_in",
+        "array_recv",
+        "range_in",
+        "range_recv",
+        "multirange_in",
+        "multirange_recv",
+        "domain_in",
+        "domain_recv",
+        "pg_input_is_valid",
+        "pg_input_error_info",
+    }
+)
 
 
 def resolve_type(parts: tuple[str, ...], ctx: Context) -> str | None:
@@ -38,9 +50,12 @@ def resolve_type(parts: tuple[str, ...], ctx: Context) -> str | None:
 
 
 def _refuse(what: str, risk: Risk) -> None:
-    raise Refused(f"{what} is refused: {risk.why}",
-                  f"Review {', '.join(risk.functions)} and, if they are safe for every tenant, add them to "
-                  "functions.allow; otherwise avoid it.", "functions.allow")
+    raise Refused(
+        f"{what} is refused: {risk.why}",
+        f"Review {', '.join(risk.functions)} and, if they are safe for every tenant, add them to "
+        "functions.allow; otherwise avoid it.",
+        "functions.allow",
+    )
 
 
 def check_type(parts: tuple[str, ...], ctx: Context, how: str = "type") -> None:
@@ -61,11 +76,13 @@ def check_named_calls(found: Found, ctx: Context) -> None:
     for parts in found.functions:
         check_type(parts, ctx, "a function-style cast to type")
         if parts[-1] in TYPE_IO_FUNCTIONS and parts[:-1] in ((), ("pg_catalog",)):
-            raise Refused(f"function {parts[-1]}() is refused: it runs the input or receive function of any "
-                          "type it is given, which pgwarden cannot check",
-                          "Cast the value instead (CAST(x AS type)).", "functions.allow")
-        candidates = [".".join(parts)] if len(parts) > 1 else \
-            [f"{s}.{parts[0]}" for s in search_order(ctx.search_path)]
+            raise Refused(
+                f"function {parts[-1]}() is refused: it runs the input or receive function of any "
+                "type it is given, which pgwarden cannot check",
+                "Cast the value instead (CAST(x AS type)).",
+                "functions.allow",
+            )
+        candidates = [".".join(parts)] if len(parts) > 1 else [f"{s}.{parts[0]}" for s in search_order(ctx.search_path)]
         for fn in candidates:
             if (risk := risks.functions.get(fn)) is not None:
                 _refuse(f"function {fn}()", risk)
@@ -111,8 +128,7 @@ def check_columns(found: Found, refs: tuple[Resolved, ...], ctx: Context) -> Non
         if col and ref.ref.role in ("insert", "merge", "copy_from"):
             _refuse(f'a new row of {ref.name} (its column "{col}" is filled, by default if need be)', risk)
         if col and (found.star or (ref.ref.role == "copy_to" and not owner.get("attlist"))):
-            _refuse(f'every column of {ref.name} (with "*", NATURAL JOIN or no column list), including "{col}",',
-                    risk)
+            _refuse(f'every column of {ref.name} (with "*", NATURAL JOIN or no column list), including "{col}",', risk)
         if rel.row is not None and named & {ref.ref.ref_name, ref.ref.rv["relname"]}:
             _refuse(f"a whole row of {ref.name}", rel.row)
 

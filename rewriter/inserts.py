@@ -10,16 +10,36 @@ from .splice import COMMA, Edit, ParamCheck, Tokens, clause_end, matching_close,
 from .writes import tenant_targets, tenant_value
 
 OPEN_PAREN = "ASCII_40"
-TARGET_LIST_STOPS = frozenset({"FROM", "WHERE", "GROUP_P", "HAVING", "WINDOW", "ORDER", "LIMIT",
-                               "OFFSET", "FETCH", "FOR", "INTO", "UNION", "INTERSECT", "EXCEPT",
-                               "ON", "RETURNING"})
+TARGET_LIST_STOPS = frozenset(
+    {
+        "FROM",
+        "WHERE",
+        "GROUP_P",
+        "HAVING",
+        "WINDOW",
+        "ORDER",
+        "LIMIT",
+        "OFFSET",
+        "FETCH",
+        "FOR",
+        "INTO",
+        "UNION",
+        "INTERSECT",
+        "EXCEPT",
+        "ON",
+        "RETURNING",
+    }
+)
 SOURCE_START = frozenset({"VALUES", "SELECT", "DEFAULT", "OVERRIDING", "WITH", OPEN_PAREN})
 
 
 def _cannot(why: str, r: Resolved) -> Refused:
-    return Refused(f'INSERT into tenant-scoped "{r.name}" is refused: {why}',
-                   f"Name the columns and give {r.rule.tenant_column} as a literal or parameter, "
-                   "or use INSERT ... VALUES / a simple INSERT ... SELECT.", f"tables.{r.name}")
+    return Refused(
+        f'INSERT into tenant-scoped "{r.name}" is refused: {why}',
+        f"Name the columns and give {r.rule.tenant_column} as a literal or parameter, "
+        "or use INSERT ... VALUES / a simple INSERT ... SELECT.",
+        f"tables.{r.name}",
+    )
 
 
 def source_rows(owner: dict) -> tuple[str, list[list[dict]]]:
@@ -48,7 +68,7 @@ def given_columns(owner: dict, rows: list[list[dict]], table: list[str]) -> list
         return []
     if any(_is_star(e) for e in rows[0]):
         return None
-    return table[:len(rows[0])]
+    return table[: len(rows[0])]
 
 
 def value_index(row: list[dict], k: int, ncols: int) -> int | None:
@@ -76,11 +96,11 @@ def target_list_end(toks: Tokens, i: int) -> int:
     13
     """
     j = i + 1
-    if toks.names[j:j + 1] == ("ALL",):
+    if toks.names[j : j + 1] == ("ALL",):
         j += 1
-    elif toks.names[j:j + 1] == ("DISTINCT",):
+    elif toks.names[j : j + 1] == ("DISTINCT",):
         j += 1
-        if toks.names[j:j + 2] == ("ON", OPEN_PAREN):
+        if toks.names[j : j + 2] == ("ON", OPEN_PAREN):
             j = matching_close(toks, j + 1) + 1
     while True:
         j = clause_end(toks, j, TARGET_LIST_STOPS)

@@ -28,9 +28,21 @@ from .analyse import node_type
 
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 # Parts of the outermost query evaluated only on rows that passed every condition.
-AFTER_FILTER = frozenset({"targetList", "sortClause", "groupClause", "distinctClause", "windowClause",
-                          "limitCount", "limitOffset", "lockingClause", "returningClause", "returningList",
-                          "valuesLists"})
+AFTER_FILTER = frozenset(
+    {
+        "targetList",
+        "sortClause",
+        "groupClause",
+        "distinctClause",
+        "windowClause",
+        "limitCount",
+        "limitOffset",
+        "lockingClause",
+        "returningClause",
+        "returningList",
+        "valuesLists",
+    }
+)
 # Parts of a nested query that hold no expression (a correlated subquery's ORDER BY and
 # LIMIT do: they run per outer row, before the outer tenant filter, so they are judged).
 NEVER_CONDITIONS = frozenset({"lockingClause", "limitOption", "op"})
@@ -96,8 +108,12 @@ class Judge:
     def top_write(self, fields: dict) -> str | None:
         conflict = fields.get("onConflictClause") or {}
         rest = {k: v for k, v in fields.items() if k not in ("relation", "selectStmt", "onConflictClause")}
-        found = [self.split(rest), self.after(conflict.get("targetList")), self.expr(conflict.get("whereClause")),
-                 self.after(conflict.get("infer"))]
+        found = [
+            self.split(rest),
+            self.after(conflict.get("targetList")),
+            self.expr(conflict.get("whereClause")),
+            self.after(conflict.get("infer")),
+        ]
         if fields.get("selectStmt"):
             found.insert(0, self.top_select(unwrapped(fields["selectStmt"])))
         return next(filter(None, found), None)
@@ -177,7 +193,9 @@ class Judge:
 
     def n_TypeCast(self, fields: dict) -> str | None:
         typed = node_type(fields.get("arg"))
-        if typed and (typed[0] in ("A_Const", "ParamRef") or (typed[0] == "TypeCast" and not self.n_TypeCast(typed[1]))):
+        if typed and (
+            typed[0] in ("A_Const", "ParamRef") or (typed[0] == "TypeCast" and not self.n_TypeCast(typed[1]))
+        ):
             return None
         return "a cast of a column or expression"
 

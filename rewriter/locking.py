@@ -6,7 +6,7 @@ from __future__ import annotations
 def _typed(node: object) -> tuple[str, dict]:
     """("Type", fields) of a typed JSON node, ("", {}) for anything else."""
     if isinstance(node, dict) and len(node) == 1:
-        (key, value), = node.items()
+        ((key, value),) = node.items()
         if isinstance(value, dict):
             return key, value
     return "", {}
@@ -59,6 +59,7 @@ def _all_tables(node: object) -> list[dict]:
     if kind != "SelectStmt":
         return []
     if fields.get("larg") or fields.get("rarg"):
-        return _all_tables({"SelectStmt": fields.get("larg") or {}}) + \
-            _all_tables({"SelectStmt": fields.get("rarg") or {}})
+        return _all_tables({"SelectStmt": fields.get("larg") or {}}) + _all_tables(
+            {"SelectStmt": fields.get("rarg") or {}}
+        )
     return [rv for item in fields.get("fromClause") or () for rv in _from_item(item, None)]

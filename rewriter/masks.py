@@ -63,9 +63,11 @@ def is_text(type_: str) -> bool:
 def _partial(v: str, first: int, last: int) -> str:
     s = f"CAST({v} AS text)"
     n = f"pg_catalog.length({s})"
-    return (f"CASE WHEN {n} <= {first + last} THEN pg_catalog.repeat('*', {n}) "
-            f"ELSE pg_catalog.left({s}, {first}) || pg_catalog.repeat('*', {n} - {first + last}) "
-            f"|| pg_catalog.right({s}, {last}) END")
+    return (
+        f"CASE WHEN {n} <= {first + last} THEN pg_catalog.repeat('*', {n}) "
+        f"ELSE pg_catalog.left({s}, {first}) || pg_catalog.repeat('*', {n} - {first + last}) "
+        f"|| pg_catalog.right({s}, {last}) END"
+    )
 
 
 def mask_value(spec: MaskSpec, v: str, column: Column) -> str:
@@ -117,8 +119,9 @@ def tenant_predicate(ref: str | None, column: str, tenant: str) -> str:
     return f"{target} = {quote_literal(tenant)}"
 
 
-def projection(rule: TableRule, columns: tuple[Column, ...], tenant: str | None, only: bool = False,
-               fence: bool = False) -> str:
+def projection(
+    rule: TableRule, columns: tuple[Column, ...], tenant: str | None, only: bool = False, fence: bool = False
+) -> str:
     """P(t): the protected projection of a table, in parentheses, without an alias (`only`: FROM ONLY).
 
     `fence` adds `OFFSET 0`: PostgreSQL then neither pulls the subquery up nor pushes the

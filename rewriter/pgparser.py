@@ -25,11 +25,26 @@ def parser_major() -> int:
 def parser_keywords() -> dict[str, str]:
     """word -> category ("unreserved", "col_name", "type_func_name", "reserved") of the parser's grammar."""
     out: dict[str, str] = {}
-    for name, category in (("UNRESERVED_KEYWORDS", "unreserved"), ("COL_NAME_KEYWORDS", "col_name"),
-                           ("TYPE_FUNC_NAME_KEYWORDS", "type_func_name"), ("RESERVED_KEYWORDS", "reserved")):
-        out.update({word: category for word in getattr(pglast_keywords, name)})
+    for name, category in (
+        ("UNRESERVED_KEYWORDS", "unreserved"),
+        ("COL_NAME_KEYWORDS", "col_name"),
+        ("TYPE_FUNC_NAME_KEYWORDS", "type_func_name"),
+        ("RESERVED_KEYWORDS", "reserved"),
+    ):
+        out.update(dict.fromkeys(getattr(pglast_keywords, name), category))
     return out
 
 
-__all__ = ["PARSER_MAJOR", "ParseError", "ast", "fingerprint", "parse_sql",
-           "parse_sql_json", "parser", "parser_keywords", "parser_major", "scan", "split"]
+__all__ = [
+    "PARSER_MAJOR",
+    "ParseError",
+    "ast",
+    "fingerprint",
+    "parse_sql",
+    "parse_sql_json",
+    "parser",
+    "parser_keywords",
+    "parser_major",
+    "scan",
+    "split",
+]

@@ -6,9 +6,9 @@ from .checks import Checked, Resolved
 from .context import Context
 from .leakproof import first_leak
 from .masks import projection, quote_ident
-from .write_masks import fields_of
 from .refuse import Refused
 from .splice import Edit, ParamCheck, Tokens, relation_span
+from .write_masks import fields_of
 
 
 def substituted(r: Resolved, ctx: Context, fence: bool = False) -> str:
@@ -44,8 +44,11 @@ def substitute_reads(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Para
         if r.ref.role != "select" or not r.protected:
             continue
         if r.ref.sampled:
-            raise Refused(f'TABLESAMPLE on protected table "{r.name}" is refused',
-                          "Sample with a WHERE clause (e.g. random() < 0.1) instead.", f"tables.{r.name}")
+            raise Refused(
+                f'TABLESAMPLE on protected table "{r.name}" is refused',
+                "Sample with a WHERE clause (e.g. random() < 0.1) instead.",
+                f"tables.{r.name}",
+            )
         start, end = relation_span(toks, r.ref.rv)
         i = toks.at(start)
         if i > 0 and toks.names[i - 1] == "TABLE":  # `TABLE t` is `SELECT * FROM t`
@@ -73,8 +76,11 @@ def requalify_columns(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Par
             continue
         rel = parts[1]
         if rel in c.found.aliases or any(r.ref.ref_name == rel and r.name != name for r in c.refs):
-            raise Refused(f"the column reference {'.'.join(parts)} is ambiguous once {name} is protected",
-                          f"Give {name} an alias and qualify the column with it.", f"tables.{name}")
+            raise Refused(
+                f"the column reference {'.'.join(parts)} is ambiguous once {name} is protected",
+                f"Give {name} an alias and qualify the column with it.",
+                f"tables.{name}",
+            )
         i = toks.at(ref["location"])
         edits.append(Edit(toks.starts[i], toks.ends[i + 2], quote_ident(rel), "requalify"))
     return edits

@@ -59,7 +59,7 @@ class Kind:
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     setting: str | None = None
-    parts: tuple["Kind", ...] = ()
+    parts: tuple[Kind, ...] = ()
     functions: tuple[str, ...] = ()
     locks: bool = False
     values: tuple[str, ...] = ()
@@ -71,5 +71,8 @@ class Kind:
         (Functions with side effects, e.g. nextval(), are the caller's to judge from `functions`.)
         """
         parts = self.parts or (self,)
-        return not self.writes and not any(p.locks for p in parts) and \
-            all(p.kind in ("select", "show", "explain", "copy_to", "fetch") for p in parts)
+        return (
+            not self.writes
+            and not any(p.locks for p in parts)
+            and all(p.kind in ("select", "show", "explain", "copy_to", "fetch") for p in parts)
+        )

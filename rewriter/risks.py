@@ -39,15 +39,19 @@ def _unallowed(routines, allowed: frozenset[str]) -> Risk | None:
     by_role: dict[str, list[str]] = {}
     for r in bad:
         by_role.setdefault(r.role, []).append(f"{r.qualified}()")
-    shown = "; ".join(f"{', '.join(dict.fromkeys(fns))}" + (f" as its {role}" if role else "")
-                      for role, fns in by_role.items())
-    return Risk(f"PostgreSQL would call {shown} without the statement naming it, and that is no safe built-in "
-                "nor listed in functions.allow",
-                tuple(dict.fromkeys(r.qualified for r in bad)))
+    shown = "; ".join(
+        f"{', '.join(dict.fromkeys(fns))}" + (f" as its {role}" if role else "") for role, fns in by_role.items()
+    )
+    return Risk(
+        f"PostgreSQL would call {shown} without the statement naming it, and that is no safe built-in "
+        "nor listed in functions.allow",
+        tuple(dict.fromkeys(r.qualified for r in bad)),
+    )
 
 
-def cast_routines(facts: CatalogFacts, allowed: frozenset[str]) -> tuple[dict[int, list[Routine]], dict[int, Risk],
-                                                                         Risk | None]:
+def cast_routines(
+    facts: CatalogFacts, allowed: frozenset[str]
+) -> tuple[dict[int, list[Routine]], dict[int, Risk], Risk | None]:
     """Unallowed cast functions that make a user type unsafe in any use (it is their source, or the
     target of an assignment or implicit cast), explicit-only targets, and casts between built-ins
     that PostgreSQL may apply anywhere (a superuser made them: no statement is safe)."""
@@ -111,24 +115,38 @@ def implicit_risks(facts: CatalogFacts, allowed: frozenset[str]) -> ImplicitRisk
             targets[oid] = targets[t.element]
     for name, routine in facts.builtin_opclasses:
         if everywhere is None and not routine_allowed(routine, allowed):
-            everywhere = Risk(f"the default {name} operator class calls {routine.qualified}(), which is no "
-                              "safe built-in and not in functions.allow", (routine.qualified,))
+            everywhere = Risk(
+                f"the default {name} operator class calls {routine.qualified}(), which is no "
+                "safe built-in and not in functions.allow",
+                (routine.qualified,),
+            )
     risky = type_risks(facts, allowed, direct)
     names = {oid: name for c in facts.casts for oid, name in ((c.source, c.source_name), (c.target, c.target_name))}
     names |= {oid: t.name for oid, t in facts.types.items()}
-    name_of = lambda oid: names.get(oid, str(oid))
+
+    def name_of(oid):
+        return names.get(oid, str(oid))
+
     rows = {facts.types[oid].name: r for oid, r in risky.items() if facts.types[oid].relation}
     relations = {rel: RelationRisk({}, row) for rel, row in rows.items()}
     for rel, cols in facts.columns.items():
-        bad = {col: Risk(f"its type {name_of(typ)} is unsafe: {risky[typ].why}", risky[typ].functions)
-               for col, typ in cols if typ in risky}
+        bad = {
+            col: Risk(f"its type {name_of(typ)} is unsafe: {risky[typ].why}", risky[typ].functions)
+            for col, typ in cols
+            if typ in risky
+        }
         if bad:
             relations[rel] = RelationRisk(bad, rows.get(rel) or next(iter(bad.values())))
     functions = {}
     for fn, types in facts.signatures.items():
         if fn in allowed and (hit := next((t for t in sorted(types) if t in risky), None)) is not None:
-            functions[fn] = Risk(f"it takes or returns type {name_of(hit)}, and {risky[hit].why}",
-                                 risky[hit].functions)
-    return ImplicitRisks({name_of(o): r for o, r in risky.items()}, {name_of(o): r for o, r in targets.items()},
-                         relations, functions, {o: name_of(o) for o in risky},
-                         frozenset(t.name for t in facts.types.values()) | facts.builtin_types, everywhere)
+            functions[fn] = Risk(f"it takes or returns type {name_of(hit)}, and {risky[hit].why}", risky[hit].functions)
+    return ImplicitRisks(
+        {name_of(o): r for o, r in risky.items()},
+        {name_of(o): r for o, r in targets.items()},
+        relations,
+        functions,
+        {o: name_of(o) for o in risky},
+        frozenset(t.name for t in facts.types.values()) | facts.builtin_types,
+        everywhere,
+    )

@@ -60,18 +60,24 @@ def check_routines(found: Found, ctx: Context, rewritten: bool) -> None:
         if len(parts) == 1 and (shadows := shadowing_functions(parts[0], ctx)):
             name = parts[0]
             builtin = f"Call pg_catalog.{name}(...) for the built-in, or ask" if name in BUILTIN_FUNCTIONS else "Ask"
-            raise Refused(f"function {name}() is refused: the database defines {', '.join(shadows)}, which "
-                          "PostgreSQL may pick for this call, and functions.allow does not list it",
-                          f"{builtin} for {', '.join(shadows)} to be added to functions.allow.", "functions.allow")
+            raise Refused(
+                f"function {name}() is refused: the database defines {', '.join(shadows)}, which "
+                "PostgreSQL may pick for this call, and functions.allow does not list it",
+                f"{builtin} for {', '.join(shadows)} to be added to functions.allow.",
+                "functions.allow",
+            )
     symbols = dict.fromkeys(found.bare_operators + list(REWRITER_OPERATORS if rewritten else ()))
     for symbol in symbols:
         if shadows := shadowing_operators(symbol, ctx):
             op, func = shadows[0]
             via = f"function {func}" if func else "no function (a shell operator)"
-            raise Refused(f"operator {symbol} is refused: the database defines operator {op} (with {via}), "
-                          "which PostgreSQL may use instead of the built-in, and functions.allow does not list it",
-                          f"Write OPERATOR(pg_catalog.{symbol}) for the built-in, or ask for "
-                          f"{func or op} to be added to functions.allow.", "functions.allow")
+            raise Refused(
+                f"operator {symbol} is refused: the database defines operator {op} (with {via}), "
+                "which PostgreSQL may use instead of the built-in, and functions.allow does not list it",
+                f"Write OPERATOR(pg_catalog.{symbol}) for the built-in, or ask for "
+                f"{func or op} to be added to functions.allow.",
+                "functions.allow",
+            )
     check_field_calls(found, ctx)
 
 
@@ -82,14 +88,19 @@ ARGUMENT_CHECKED = frozenset({"current_setting", "set_config"})
 def check_field_calls(found: Found, ctx: Context) -> None:
     """`(expr).f` calls f(expr) when f is no column: refuse it for refused functions and for
     built-ins whose arguments are checked (`('primary_conninfo'::text).current_setting`)."""
-    refused = [n for n in dict.fromkeys(found.field_names)
-               if shadowing_functions(n, ctx) or n in ARGUMENT_CHECKED
-               or (n in BUILTIN_FUNCTIONS and dangerous(n))]
+    refused = [
+        n
+        for n in dict.fromkeys(found.field_names)
+        if shadowing_functions(n, ctx) or n in ARGUMENT_CHECKED or (n in BUILTIN_FUNCTIONS and dangerous(n))
+    ]
     if not refused:
         return
     columns = live_column_names(ctx)
     for name in refused:
         if name not in columns:
-            raise Refused(f'"(...).{name}" is refused: it is no column pgwarden knows, so PostgreSQL would '
-                          f"call function {name}(), which your role may not call this way",
-                          f"Select a column, or call the function as {name}(...).", "functions.allow")
+            raise Refused(
+                f'"(...).{name}" is refused: it is no column pgwarden knows, so PostgreSQL would '
+                f"call function {name}(), which your role may not call this way",
+                f"Select a column, or call the function as {name}(...).",
+                "functions.allow",
+            )

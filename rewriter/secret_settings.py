@@ -8,19 +8,45 @@ from .refuse import Refused
 
 # PostgreSQL 15 hides these from roles without pg_read_all_settings (GUC_SUPERUSER_ONLY);
 # pgwarden's backend role usually is a superuser, so pgwarden hides them itself.
-SUPERUSER_ONLY_SETTINGS = frozenset({
-    "config_file", "data_directory", "dynamic_library_path", "external_pid_file", "hba_file", "ident_file",
-    "jit_provider", "krb_server_keyfile", "log_directory", "log_filename", "primary_conninfo",
-    "session_preload_libraries", "shared_preload_libraries", "ssl_ciphers", "ssl_dh_params_file",
-    "ssl_ecdh_curve", "ssl_max_protocol_version", "ssl_min_protocol_version", "ssl_passphrase_command",
-    "unix_socket_directories", "local_preload_libraries",
-})
+SUPERUSER_ONLY_SETTINGS = frozenset(
+    {
+        "config_file",
+        "data_directory",
+        "dynamic_library_path",
+        "external_pid_file",
+        "hba_file",
+        "ident_file",
+        "jit_provider",
+        "krb_server_keyfile",
+        "log_directory",
+        "log_filename",
+        "primary_conninfo",
+        "session_preload_libraries",
+        "shared_preload_libraries",
+        "ssl_ciphers",
+        "ssl_dh_params_file",
+        "ssl_ecdh_curve",
+        "ssl_max_protocol_version",
+        "ssl_min_protocol_version",
+        "ssl_passphrase_command",
+        "unix_socket_directories",
+        "local_preload_libraries",
+    }
+)
 # Readable by every PostgreSQL role, yet often written with credentials inside (an
 # `aws s3 cp` with keys, PGPASSWORD=..., a conninfo) or naming the server's private key.
-COMMAND_AND_KEY_SETTINGS = frozenset({
-    "archive_command", "archive_library", "archive_cleanup_command", "restore_command", "recovery_end_command",
-    "primary_slot_name", "ssl_key_file", "ssl_passphrase_command_supports_reload",
-})
+COMMAND_AND_KEY_SETTINGS = frozenset(
+    {
+        "archive_command",
+        "archive_library",
+        "archive_cleanup_command",
+        "restore_command",
+        "recovery_end_command",
+        "primary_slot_name",
+        "ssl_key_file",
+        "ssl_passphrase_command_supports_reload",
+    }
+)
 SECRET_SETTINGS = SUPERUSER_ONLY_SETTINGS | COMMAND_AND_KEY_SETTINGS
 SETTINGS_VIEW = "pg_catalog.pg_settings"
 HINT = "Ask for the settings you need by name: SHOW name, current_setting('name') or pg_settings WHERE name = '...'."
@@ -46,8 +72,11 @@ def check_show(kind: str, fields: dict) -> None:
     if name.lower() == "all":
         raise Refused("SHOW ALL is refused: it would list server settings that can carry secrets", HINT, "catalogs")
     if secret(name):
-        raise Refused(f"SHOW {name} is refused: the setting can carry secrets (passwords, commands, key files)",
-                      "Read only settings that carry no secrets.", "catalogs")
+        raise Refused(
+            f"SHOW {name} is refused: the setting can carry secrets (passwords, commands, key files)",
+            "Read only settings that carry no secrets.",
+            "catalogs",
+        )
 
 
 def check_setting_reads(setting_reads: list[list]) -> None:
@@ -55,11 +84,18 @@ def check_setting_reads(setting_reads: list[list]) -> None:
     for args in setting_reads:
         name = constant_text(args[0]) if args else None
         if name is None:
-            raise Refused("current_setting() with a computed setting name is refused: it could read a "
-                          "setting that carries secrets", "Name the setting as a string literal.", "catalogs")
+            raise Refused(
+                "current_setting() with a computed setting name is refused: it could read a "
+                "setting that carries secrets",
+                "Name the setting as a string literal.",
+                "catalogs",
+            )
         if secret(name):
-            raise Refused(f"current_setting('{name}') is refused: the setting can carry secrets "
-                          "(passwords, commands, key files)", "Read only settings that carry no secrets.", "catalogs")
+            raise Refused(
+                f"current_setting('{name}') is refused: the setting can carry secrets (passwords, commands, key files)",
+                "Read only settings that carry no secrets.",
+                "catalogs",
+            )
 
 
 def check_settings_view(kind: str, fields: dict, refs: tuple[Resolved, ...]) -> None:
@@ -72,10 +108,13 @@ def check_settings_view(kind: str, fields: dict, refs: tuple[Resolved, ...]) -> 
     _filtered_views({kind: fields}, filtered)
     for r in views:
         if id(r.ref.rv) not in filtered:
-            raise Refused("reading pg_settings is refused unless the statement keeps only settings named by "
-                          "literals that carry no secrets (passwords, commands, key files)",
-                          "Select from pg_settings alone with WHERE name = '...' (or name IN ('...', ...)) "
-                          "and nothing else in the WHERE.", "catalogs")
+            raise Refused(
+                "reading pg_settings is refused unless the statement keeps only settings named by "
+                "literals that carry no secrets (passwords, commands, key files)",
+                "Select from pg_settings alone with WHERE name = '...' (or name IN ('...', ...)) "
+                "and nothing else in the WHERE.",
+                "catalogs",
+            )
 
 
 def _filtered_views(node: object, out: set[int]) -> None:

@@ -58,15 +58,25 @@ def word_rules(server_major: int) -> dict[str, WordRule]:
     """
     server, parser = KEYWORDS[server_major], KEYWORDS[pgparser.PARSER_MAJOR]
     same = {p["word"] for p in DIFFERENCES["keywords_proved_same"] if server_major in p["servers"]}
-    positions = {p["word"]: p["refuse_after"] for p in DIFFERENCES["keyword_positions_proved_same"]
-                 if server_major in p["servers"]}
+    positions = {
+        p["word"]: p["refuse_after"]
+        for p in DIFFERENCES["keyword_positions_proved_same"]
+        if server_major in p["servers"]
+    }
     out = {}
     for word in sorted(set(server) | set(parser)):
         s, p = server.get(word, ""), parser.get(word, "")
         if s == p:
             continue
-        action = "quote" if not s else "keep" if word in same else \
-            "quote_unless_after:" + ",".join(positions[word]) if word in positions else "refuse"
+        action = (
+            "quote"
+            if not s
+            else "keep"
+            if word in same
+            else "quote_unless_after:" + ",".join(positions[word])
+            if word in positions
+            else "refuse"
+        )
         out[word] = WordRule(word, s, p, action)
     return out
 
@@ -75,12 +85,16 @@ def unsupported(server_major: int) -> Refused:
     """The refusal for every policed statement on a backend whose major pgwarden does not judge."""
     majors = sorted(SUPPORTED_SERVERS)
     newer = server_major > pgparser.PARSER_MAJOR
-    return Refused(f"pgwarden cannot enforce policies on PostgreSQL {server_major}: it judges statements with "
-                   f"PostgreSQL {pgparser.PARSER_MAJOR}'s grammar and supports backends of PostgreSQL "
-                   f"{majors[0]} to {majors[-1]}" + ("; this backend is newer than its parser" if newer else ""),
-                   "Connect through pgwarden to a supported PostgreSQL major"
-                   + (" or upgrade pgwarden" if newer else " (upgrade the database)")
-                   + "; bypass roles are not affected.", "server_version", sqlstate="0A000")
+    return Refused(
+        f"pgwarden cannot enforce policies on PostgreSQL {server_major}: it judges statements with "
+        f"PostgreSQL {pgparser.PARSER_MAJOR}'s grammar and supports backends of PostgreSQL "
+        f"{majors[0]} to {majors[-1]}" + ("; this backend is newer than its parser" if newer else ""),
+        "Connect through pgwarden to a supported PostgreSQL major"
+        + (" or upgrade pgwarden" if newer else " (upgrade the database)")
+        + "; bypass roles are not affected.",
+        "server_version",
+        sqlstate="0A000",
+    )
 
 
 def _reading(category: str) -> str:
@@ -88,12 +102,14 @@ def _reading(category: str) -> str:
 
 
 def _refuse_word(word: str, rule: WordRule, server_major: int) -> Refused:
-    return Refused(f"statement refused: PostgreSQL {server_major} reads the word {word} as {_reading(rule.server)}, "
-                   f"pgwarden's parser (PostgreSQL {pgparser.PARSER_MAJOR}) as {_reading(rule.parser)}; "
-                   "the two readings may differ",
-                   f'Write it as a quoted name ("{word}") if you mean a column, table or function; '
-                   f"the {word.upper()} syntax of PostgreSQL {server_major} is not supported through pgwarden.",
-                   "server_version")
+    return Refused(
+        f"statement refused: PostgreSQL {server_major} reads the word {word} as {_reading(rule.server)}, "
+        f"pgwarden's parser (PostgreSQL {pgparser.PARSER_MAJOR}) as {_reading(rule.parser)}; "
+        "the two readings may differ",
+        f'Write it as a quoted name ("{word}") if you mean a column, table or function; '
+        f"the {word.upper()} syntax of PostgreSQL {server_major} is not supported through pgwarden.",
+        "server_version",
+    )
 
 
 def server_text(sql: str, server_major: int) -> str:
@@ -114,7 +130,7 @@ def server_text(sql: str, server_major: int) -> str:
     rules = word_rules(server_major)
     out, last, previous = [], 0, ""
     for tok in pgparser.scan(sql):
-        text = sql[tok.start:tok.end + 1]
+        text = sql[tok.start : tok.end + 1]
         if tok.name in COMMENTS:
             continue
         before, previous = previous, tok.name
@@ -123,10 +139,11 @@ def server_text(sql: str, server_major: int) -> str:
         rule = rules.get(text.lower()) if word else None
         if rule is None or rule.action == "keep":
             continue
-        if rule.action == "refuse" or (rule.action.startswith("quote_unless_after:")
-                                       and before in rule.action.split(":", 1)[1].split(",")):
+        if rule.action == "refuse" or (
+            rule.action.startswith("quote_unless_after:") and before in rule.action.split(":", 1)[1].split(",")
+        ):
             raise _refuse_word(rule.word, rule, server_major)
-        out += (sql[last:tok.start], f'"{rule.word}"')
+        out += (sql[last : tok.start], f'"{rule.word}"')
         last = tok.end + 1
     out.append(sql[last:])
     return "".join(out)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from .refuse import Refused
 
-EXPLAIN_HINT = ("Run EXPLAIN as a bypass role (an operator's connection, or pgwarden's slow_query.explain), "
-                "or on a database that holds one tenant's data.")
+EXPLAIN_HINT = (
+    "Run EXPLAIN as a bypass role (an operator's connection, or pgwarden's slow_query.explain), "
+    "or on a database that holds one tenant's data."
+)
 
 
 def explain_analyzes(fields: dict) -> bool:
@@ -45,17 +47,26 @@ def check_explain(kind: str, fields: dict) -> None:
     if kind != "ExplainStmt":
         return
     if explain_analyzes(fields):
-        raise Refused("EXPLAIN ANALYZE is refused: its actual row counts (rows removed by a filter, "
-                      "index scan rows, conflicting tuples) include other tenants' rows", EXPLAIN_HINT,
-                      "statements")
-    raise Refused("EXPLAIN is refused: its row estimates and plan choices come from planner statistics "
-                  "over every tenant's rows (the data of pg_stats, which is refused too)", EXPLAIN_HINT,
-                  "statements")
+        raise Refused(
+            "EXPLAIN ANALYZE is refused: its actual row counts (rows removed by a filter, "
+            "index scan rows, conflicting tuples) include other tenants' rows",
+            EXPLAIN_HINT,
+            "statements",
+        )
+    raise Refused(
+        "EXPLAIN is refused: its row estimates and plan choices come from planner statistics "
+        "over every tenant's rows (the data of pg_stats, which is refused too)",
+        EXPLAIN_HINT,
+        "statements",
+    )
 
 
 def check_notify(kind: str) -> None:
     """Refuse NOTIFY for a policed session (pg_notify() is refused as a dangerous function)."""
     if kind == "NotifyStmt":
-        raise Refused("NOTIFY is refused under a policy: notification channels are not tenant-scoped, so a "
-                      "payload could reach another tenant's listener", "Deliver events through a tenant-scoped "
-                      "table, or send NOTIFY as a bypass role.", "statements")
+        raise Refused(
+            "NOTIFY is refused under a policy: notification channels are not tenant-scoped, so a "
+            "payload could reach another tenant's listener",
+            "Deliver events through a tenant-scoped table, or send NOTIFY as a bypass role.",
+            "statements",
+        )

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from .pgparser import parser
 
-OPEN = frozenset({"ASCII_40", "ASCII_91"})    # ( [
-CLOSE = frozenset({"ASCII_41", "ASCII_93"})   # ) ]
+OPEN = frozenset({"ASCII_40", "ASCII_91"})  # ( [
+CLOSE = frozenset({"ASCII_41", "ASCII_93"})  # ) ]
 DOT, COMMA, SEMI = "ASCII_46", "ASCII_44", "ASCII_59"
 COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 
@@ -60,8 +60,7 @@ def scan(sql: str) -> Tokens:
         byte = [0]
         for ch in sql:
             byte.append(byte[-1] + len(ch.encode()))
-    return Tokens(tuple(byte[t.start] for t in toks), tuple(byte[t.end + 1] for t in toks),
-                  tuple(t.name for t in toks))
+    return Tokens(tuple(byte[t.start] for t in toks), tuple(byte[t.end + 1] for t in toks), tuple(t.name for t in toks))
 
 
 def part_end(toks: Tokens, i: int) -> int:
@@ -71,8 +70,12 @@ def part_end(toks: Tokens, i: int) -> int:
     (4, 5)
     """
     j = i + 1
-    if toks.names[i] == "UIDENT" and j + 1 < len(toks.names) and toks.names[j] == "UESCAPE" \
-            and toks.names[j + 1] == "SCONST":
+    if (
+        toks.names[i] == "UIDENT"
+        and j + 1 < len(toks.names)
+        and toks.names[j] == "UESCAPE"
+        and toks.names[j + 1] == "SCONST"
+    ):
         j += 2
     return j
 
@@ -131,7 +134,7 @@ def apply(text: bytes, edits: list[Edit]) -> bytes:
     for _, e in ordered:
         if e.start < pos:
             raise SpliceError("overlapping edits")
-        out += [text[pos:e.start], e.text.encode()]
+        out += [text[pos : e.start], e.text.encode()]
         pos = e.end
     out.append(text[pos:])
     return b"".join(out)
@@ -157,7 +160,12 @@ def relation_span(toks: Tokens, rv: dict) -> tuple[int, int]:
     if not rv.get("inh") and i > 0:
         if toks.names[i - 1] == "ONLY":
             start = toks.starts[i - 1]
-        elif i > 1 and toks.names[i - 1] == "ASCII_40" and toks.names[i - 2] == "ONLY" \
-                and j < len(toks.names) and toks.names[j] == "ASCII_41":
+        elif (
+            i > 1
+            and toks.names[i - 1] == "ASCII_40"
+            and toks.names[i - 2] == "ONLY"
+            and j < len(toks.names)
+            and toks.names[j] == "ASCII_41"
+        ):
             start, end = toks.starts[i - 2], toks.ends[j]
     return start, end

@@ -20,8 +20,16 @@ from .refuse import Refused
 
 STATISTICS_PREFIXES = ("pg_stat_", "pg_statio_", "pg_stats")
 STATISTICS_RELATIONS = frozenset({"pg_statistic", "pg_statistic_ext_data"})
-SIZE_FUNCTIONS = frozenset({"pg_relation_size", "pg_total_relation_size", "pg_table_size", "pg_indexes_size",
-                            "pg_database_size", "pg_tablespace_size"})
+SIZE_FUNCTIONS = frozenset(
+    {
+        "pg_relation_size",
+        "pg_total_relation_size",
+        "pg_table_size",
+        "pg_indexes_size",
+        "pg_database_size",
+        "pg_tablespace_size",
+    }
+)
 
 
 def statistics_relation(name: str) -> bool:
@@ -47,7 +55,9 @@ def statistics_function(name: str) -> bool:
 def check_statistics_relation(name: str) -> None:
     """Refuse reading a statistics relation (see the module docstring)."""
     if statistics_relation(name):
-        raise Refused(f'reading "{name}" is refused: its statistics count every tenant\'s rows (and in transaction '
-                      "pooling, a previous client's not yet reported counts)",
-                      "Only bypass roles may read statistics views; use count(*) over your own rows instead.",
-                      "catalogs")
+        raise Refused(
+            f'reading "{name}" is refused: its statistics count every tenant\'s rows (and in transaction '
+            "pooling, a previous client's not yet reported counts)",
+            "Only bypass roles may read statistics views; use count(*) over your own rows instead.",
+            "catalogs",
+        )

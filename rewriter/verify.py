@@ -46,8 +46,11 @@ LEAVES = frozenset({"A_Const", "ParamRef", "String", "Integer", "Float", "Boolea
 
 
 def _fail(why: str) -> Refused:
-    return Refused(f"statement refused: its rewrite did not verify ({why})",
-                   "Simplify the statement, or report it to the pgwarden maintainers.", "verify")
+    return Refused(
+        f"statement refused: its rewrite did not verify ({why})",
+        "Simplify the statement, or report it to the pgwarden maintainers.",
+        "verify",
+    )
 
 
 def strip(node: object) -> object:
@@ -66,9 +69,12 @@ def strip(node: object) -> object:
 @lru_cache(maxsize=4096)
 def fragment_tree(select_sql: str) -> str:
     """The stripped first target (or FROM item) of `select_sql`, as canonical JSON."""
-    (_, fields), = statements(select_sql)
-    node = fields["fromClause"][0]["RangeSubselect"]["subquery"] if "fromClause" in fields \
+    ((_, fields),) = statements(select_sql)
+    node = (
+        fields["fromClause"][0]["RangeSubselect"]["subquery"]
+        if "fromClause" in fields
         else fields["targetList"][0]["ResTarget"]["val"]
+    )
     return json.dumps(strip(node), sort_keys=True)
 
 
@@ -82,13 +88,13 @@ class Side:
 
     ctx: Context
     new: bool
-    substituted: frozenset[int]   # client side: locations of RangeVars we substituted
-    masked_refs: frozenset[int]   # client side: locations of ColumnRefs we masked
-    masks: dict[str, str]         # rewritten side: canonical mask expression -> column
-    starred: bool                 # a RETURNING * was expanded: RETURNING lists are not compared
-    params: frozenset[int]        # parameter numbers the Rewrite checks at Bind
-    requalified: frozenset[int]   # client side: locations of schema.table.column refs we shortened
-    fence: bool = False           # the statement is not leak-free: projections fenced, write conditions guarded
+    substituted: frozenset[int]  # client side: locations of RangeVars we substituted
+    masked_refs: frozenset[int]  # client side: locations of ColumnRefs we masked
+    masks: dict[str, str]  # rewritten side: canonical mask expression -> column
+    starred: bool  # a RETURNING * was expanded: RETURNING lists are not compared
+    params: frozenset[int]  # parameter numbers the Rewrite checks at Bind
+    requalified: frozenset[int]  # client side: locations of schema.table.column refs we shortened
+    fence: bool = False  # the statement is not leak-free: projections fenced, write conditions guarded
 
 
 def norm(node: object, side: Side) -> object:
@@ -127,8 +133,7 @@ def _range_subselect(fields: dict, side: Side) -> object:
     sub = node_type(fields.get("subquery"))
     from_ = sub[1].get("fromClause", []) if sub and sub[0] == "SelectStmt" else []
     inner = node_type(from_[0]) if len(from_) == 1 else None
-    if not side.new or fields.get("lateral") or inner is None or inner[0] != "RangeVar" \
-            or "schemaname" not in inner[1]:
+    if not side.new or fields.get("lateral") or inner is None or inner[0] != "RangeVar" or "schemaname" not in inner[1]:
         return None
     rv = inner[1]
     name = f"{rv['schemaname']}.{rv['relname']}"
@@ -211,9 +216,9 @@ def _strip_tenant_column(out: dict, name: str, column: str, side: Side) -> dict:
         for row, i in zip(rows, places):
             if any(c.number not in side.params for c in tenant_value(row[i], column, side.ctx.tenant)):
                 raise _fail("a tenant parameter without its check")
-    result = {**out, "cols": cols[:k] + cols[k + 1:]}
+    result = {**out, "cols": cols[:k] + cols[k + 1 :]}
     sel = dict(out["selectStmt"]["SelectStmt"])
-    kept = [r[:i] + r[i + 1:] for r, i in zip(rows, places)]
+    kept = [r[:i] + r[i + 1 :] for r, i in zip(rows, places)]
     if shape == "values":
         if kept == [[]]:
             result.pop("selectStmt")
@@ -243,6 +248,7 @@ def _write(kind: str):
                     clause = {**clause, "whereClause": where}
                     out["onConflictClause"] = {k: v for k, v in clause.items() if v is not None}
         return {kind: norm({k: v for k, v in out.items() if v is not None}, side)}
+
     return handle
 
 
@@ -252,16 +258,22 @@ def _copy(fields: dict, side: Side) -> object:
         return None
     name = resolve_relation(rv.get("schemaname"), rv["relname"], side.ctx)
     cols = ", ".join(quote_ident(a["String"]["sval"]) for a in fields.get("attlist") or []) or "*"
-    (_, query), = statements(f"SELECT {cols} FROM x")
+    ((_, query),) = statements(f"SELECT {cols} FROM x")
     query = {**strip(query), "fromClause": [_marker(name, None, rv["relname"], True)]}
     rest = {k: v for k, v in fields.items() if k not in ("relation", "attlist")}
     return {"CopyStmt": {**norm(rest, side), "query": {"SelectStmt": query}}}
 
 
 NORMALISERS = {
-    "RangeVar": _range_var, "RangeSubselect": _range_subselect, "ColumnRef": _column_ref,
-    "TypeCast": _type_cast, "ResTarget": _res_target, "InsertStmt": _write("InsertStmt"),
-    "UpdateStmt": _write("UpdateStmt"), "DeleteStmt": _write("DeleteStmt"), "CopyStmt": _copy,
+    "RangeVar": _range_var,
+    "RangeSubselect": _range_subselect,
+    "ColumnRef": _column_ref,
+    "TypeCast": _type_cast,
+    "ResTarget": _res_target,
+    "InsertStmt": _write("InsertStmt"),
+    "UpdateStmt": _write("UpdateStmt"),
+    "DeleteStmt": _write("DeleteStmt"),
+    "CopyStmt": _copy,
 }
 
 
@@ -286,11 +298,15 @@ def recheck(kind: str, fields: dict, ctx: Context) -> None:
 def sides(original: bytes, ctx: Context, judged: list) -> tuple[Side, Side]:
     """The client-side and rewritten-side normalisation settings for one message."""
     edits: list[Edit] = [e for j in judged for e in j.edits]
-    substituted = frozenset(r.ref.rv["location"] for j in judged for r in j.checked.refs
-                            if r.protected and r.ref.role in ("select", "copy_to"))
+    substituted = frozenset(
+        r.ref.rv["location"]
+        for j in judged
+        for r in j.checked.refs
+        if r.protected and r.ref.role in ("select", "copy_to")
+    )
     masked_refs = frozenset(e.start for e in edits if e.kind == "mask")
     requalified = frozenset(e.start for e in edits if e.kind == "requalify")
-    starred = any(e.end > e.start and original[e.start:e.end].endswith(b"*") for e in edits)
+    starred = any(e.end > e.start and original[e.start : e.end].endswith(b"*") for e in edits)
     masks = {}
     for j in judged:
         for r in j.checked.refs:
@@ -300,15 +316,17 @@ def sides(original: bytes, ctx: Context, judged: list) -> tuple[Side, Side]:
                     text = mask_expr(spec, f"{quote_ident(r.ref.ref_name)}.{quote_ident(col)}", columns[col])
                     masks[fragment_tree(f"SELECT {text}")] = col
     params = frozenset(c.number for j in judged for c in j.checks)
-    return (Side(ctx, False, substituted, masked_refs, {}, starred, params, requalified),
-            Side(ctx, True, frozenset(), frozenset(), masks, starred, params, frozenset()))
+    return (
+        Side(ctx, False, substituted, masked_refs, {}, starred, params, requalified),
+        Side(ctx, True, frozenset(), frozenset(), masks, starred, params, frozenset()),
+    )
 
 
 def verify(original: str, new: str, ctx: Context, judged: list) -> None:
     """Refuse (raise Refused) unless `new` is `original` with exactly our edits, and safe."""
     try:
         before, after = statements(original), statements(new)
-    except Exception as exc:  # noqa: BLE001 - any parse failure of our own output refuses
+    except Exception as exc:
         raise _fail(f"the rewritten text does not parse: {exc}") from None
     if [k for k, _ in before] != [k for k, _ in after]:
         raise _fail("the rewritten text has other statements")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from .analyse import node_type, returning
 from .checks import Checked, Resolved
@@ -47,14 +47,18 @@ def column_refs(node: object, nested: list[dict]) -> Iterator[dict]:
             yield from column_refs(value, nested)
 
 
-def _refused(r: Resolved, what: str,
-             hint: str = "Name the columns you need; masked columns read as their masked value.") -> Refused:
-    return Refused(f'{what} of masked table "{r.name}" is refused: it would reveal masked values',
-                   hint, f"tables.{r.name}.masks")
+def _refused(
+    r: Resolved, what: str, hint: str = "Name the columns you need; masked columns read as their masked value."
+) -> Refused:
+    return Refused(
+        f'{what} of masked table "{r.name}" is refused: it would reveal masked values', hint, f"tables.{r.name}.masks"
+    )
 
 
-NESTED_HINT = ("Name the target's columns outside the subquery (e.g. SET a = t.b, WHERE t.b = ...), "
-               "where masked columns read as their masked value; whole rows of it are never readable in a write.")
+NESTED_HINT = (
+    "Name the target's columns outside the subquery (e.g. SET a = t.b, WHERE t.b = ...), "
+    "where masked columns read as their masked value; whole rows of it are never readable in a write."
+)
 
 
 def _star_text(r: Resolved, ctx: Context) -> str:
@@ -134,12 +138,16 @@ def mask_ref(r: Resolved, ctx: Context, toks: Tokens, ref: dict, named: bool) ->
     col = parts[-1]
     qualifier = quote_ident(parts[0] if len(parts) == 2 else me)
     text = mask_expr(r.rule.masks[col], f"{qualifier}.{quote_ident(col)}", columns[col])
-    return Edit(toks.starts[i], toks.ends[name_end(toks, i) - 1], text + ("" if named else f" AS {quote_ident(col)}"),
-                "mask")
+    return Edit(
+        toks.starts[i], toks.ends[name_end(toks, i) - 1], text + ("" if named else f" AS {quote_ident(col)}"), "mask"
+    )
 
 
-NESTED_READS = {"row": "a whole-row reference to the target inside a subquery",
-                "star": "a `target.*` inside a subquery", "column": "a subquery naming a masked column"}
+NESTED_READS = {
+    "row": "a whole-row reference to the target inside a subquery",
+    "star": "a `target.*` inside a subquery",
+    "column": "a subquery naming a masked column",
+}
 
 
 def check_nested(r: Resolved, nested: list, columns: dict, unqualified: bool = True) -> None:

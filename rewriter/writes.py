@@ -48,12 +48,17 @@ def where_edits(toks: Tokens, i: int, predicate: str, guard: bool = False) -> li
     w = clause_end(toks, i, frozenset({"WHERE", "RETURNING"}))
     if w < len(toks.names) and toks.names[w] == "WHERE":
         if toks.names[w + 1] == "CURRENT_P":
-            raise Refused("WHERE CURRENT OF on a tenant-scoped table is refused",
-                          "Update by key instead of by cursor position.", "tables")
+            raise Refused(
+                "WHERE CURRENT OF on a tenant-scoped table is refused",
+                "Update by key instead of by cursor position.",
+                "tables",
+            )
         end = clause_end(toks, w + 1, frozenset({"RETURNING"}))
         opening = f"{predicate} AND CASE WHEN {predicate} THEN (" if guard else f"{predicate} AND ("
-        return [Edit(toks.starts[w + 1], toks.starts[w + 1], opening),
-                Edit(toks.ends[end - 1], toks.ends[end - 1], ") END" if guard else ")")]
+        return [
+            Edit(toks.starts[w + 1], toks.starts[w + 1], opening),
+            Edit(toks.ends[end - 1], toks.ends[end - 1], ") END" if guard else ")"),
+        ]
     return [Edit(toks.ends[w - 1], toks.ends[w - 1], f" WHERE {predicate}")]
 
 
@@ -65,8 +70,11 @@ def tenant_value(expr: dict, column: str, tenant: str) -> list[ParamCheck]:
     """
     typed = node_type(expr)
     if typed and typed[0] == "TypeCast":  # a cast can change the value: 'acme'::varchar(2) is 'ac'
-        raise Refused(f"a cast around the value of {column} is refused: it could change the value written",
-                      f"Send {column} as a plain literal or parameter, without a cast.", "tenancy.column")
+        raise Refused(
+            f"a cast around the value of {column} is refused: it could change the value written",
+            f"Send {column} as a plain literal or parameter, without a cast.",
+            "tenancy.column",
+        )
     if typed and typed[0] == "ParamRef":
         return [ParamCheck(typed[1]["number"], tenant)]
     if typed and typed[0] == "A_Const":
@@ -74,9 +82,11 @@ def tenant_value(expr: dict, column: str, tenant: str) -> list[ParamCheck]:
         inner = next(iter(value.values()), 0) if isinstance(value, dict) else None
         if value is not None and str(inner) == tenant:
             return []
-    raise Refused(f"setting {column} to anything but the session's tenant is refused",
-                  f"Leave {column} out (pgwarden fills it in) or pass the session's tenant.",
-                  "tenancy.column")
+    raise Refused(
+        f"setting {column} to anything but the session's tenant is refused",
+        f"Leave {column} out (pgwarden fills it in) or pass the session's tenant.",
+        "tenancy.column",
+    )
 
 
 def assignment_checks(targets: list, r: Resolved, tenant: str, allow_excluded: bool) -> list[ParamCheck]:
@@ -88,8 +98,11 @@ def assignment_checks(targets: list, r: Resolved, tenant: str, allow_excluded: b
             continue
         val = res.get("val") or {}
         if "MultiAssignRef" in val or res.get("indirection"):
-            raise Refused(f"assigning {column} in a multi-column SET is refused",
-                          f"Assign {column} on its own, or leave it out.", "tenancy.column")
+            raise Refused(
+                f"assigning {column} in a multi-column SET is refused",
+                f"Assign {column} on its own, or leave it out.",
+                "tenancy.column",
+            )
         fields = (val.get("ColumnRef") or {}).get("fields", [])
         if allow_excluded and [f.get("String", {}).get("sval") for f in fields] == ["excluded", column]:
             continue
@@ -112,8 +125,9 @@ def guard_updates(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCh
         if r.ref.role == "update":
             out += assignment_checks(r.ref.owner.get("targetList", []), r, ctx.tenant, False)
         i = toks.at(r.ref.rv["location"])
-        out += where_edits(toks, name_end(toks, i), tenant_predicate(r.ref.ref_name, r.rule.tenant_column, ctx.tenant),
-                           guard)
+        out += where_edits(
+            toks, name_end(toks, i), tenant_predicate(r.ref.ref_name, r.rule.tenant_column, ctx.tenant), guard
+        )
     return out
 
 
@@ -134,7 +148,8 @@ def guard_conflicts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Param
         conflict = clause_end(toks, toks.at(r.ref.rv["location"]), frozenset({"CONFLICT"}))
         do = clause_end(toks, conflict + 1, frozenset({"DO"}))
         if do >= len(toks.names) or toks.names[do + 1] != "UPDATE":
-            raise Refused("could not place the tenant predicate in ON CONFLICT DO UPDATE",
-                          "Simplify the statement.", "tables")
+            raise Refused(
+                "could not place the tenant predicate in ON CONFLICT DO UPDATE", "Simplify the statement.", "tables"
+            )
         out += where_edits(toks, do + 2, tenant_predicate(r.ref.ref_name, r.rule.tenant_column, ctx.tenant), guard)
     return out

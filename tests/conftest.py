@@ -23,8 +23,7 @@ def make_proxy(tmp_path):
 
 
 def _module_proxy(tmp_path_factory, mode: str):
-    proxy = ProxyProcess(base_config(pool={"mode": mode, "size": 10}),
-                         tmp_path_factory.mktemp(f"pgwarden-{mode}"))
+    proxy = ProxyProcess(base_config(pool={"mode": mode, "size": 10}), tmp_path_factory.mktemp(f"pgwarden-{mode}"))
     proxy.start()
     return proxy
 

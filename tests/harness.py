@@ -91,12 +91,12 @@ class ProxyProcess:
         return self.config["http"]["port"]
 
     def dsn(self, user: str = "postgres", dbname: str = "postgres", **extra) -> str:
-        parts = {"host": self.host, "port": self.port, "user": user, "dbname": dbname,
-                 "sslmode": "disable", **extra}
+        parts = {"host": self.host, "port": self.port, "user": user, "dbname": dbname, "sslmode": "disable", **extra}
         return " ".join(f"{k}={v}" for k, v in parts.items())
 
-    def url(self, user: str = "postgres", dbname: str = "postgres", password: str = "",
-            scheme: str = "postgresql") -> str:
+    def url(
+        self, user: str = "postgres", dbname: str = "postgres", password: str = "", scheme: str = "postgresql"
+    ) -> str:
         auth = f"{user}:{password}" if password else user
         return f"{scheme}://{auth}@{self.host}:{self.port}/{dbname}"
 
@@ -105,13 +105,17 @@ class ProxyProcess:
             self.config = copy.deepcopy(config)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
-    def start(self, timeout: float = 20.0) -> "ProxyProcess":
+    def start(self, timeout: float = 20.0) -> ProxyProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.write_config()
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", "run", "--config", str(self.config_path)],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_for_port(self.host, self.port, timeout, self.proc)
         except Exception:
@@ -143,7 +147,7 @@ class ProxyProcess:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def __enter__(self) -> "ProxyProcess":
+    def __enter__(self) -> ProxyProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -16,8 +16,12 @@ from tests.harness import PG_HOST, PG_PORT
 
 ROLE = "pgw_policed"  # a prefix: each policy's role is ROLE_<digest of the policy> (role_for)
 DIRECT = f"host={PG_HOST} port={PG_PORT} user=postgres dbname={{}}"
-_MISSING = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction,
-            psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedObject)
+_MISSING = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.InvalidSchemaName,
+    psycopg.errors.UndefinedObject,
+)
 
 
 def role_for(policy_text: str) -> str:
@@ -49,8 +53,9 @@ def grant(policy_text: str, databases: list[str] | None = None, role: str | None
         path.write_text(textwrap.dedent(policy_text))
         policy = load_policy(path)
     with psycopg.connect(DIRECT.format("postgres"), autocommit=True) as conn:
-        names = databases or [r[0] for r in conn.execute(
-            "select datname from pg_database where not datistemplate and datallowconn")]
+        names = databases or [
+            r[0] for r in conn.execute("select datname from pg_database where not datistemplate and datallowconn")
+        ]
     for database in names:
         _grant_in(database, role_sql(policy, role, database).grants, role)
     return role
@@ -58,9 +63,13 @@ def grant(policy_text: str, databases: list[str] | None = None, role: str | None
 
 def _grant_in(database: str, grants: str, role: str) -> None:
     with psycopg.connect(DIRECT.format(database), autocommit=True) as conn:
-        schemas = [r[0] for r in conn.execute(
-            "select nspname from pg_namespace where nspname not in ('pg_catalog', 'information_schema') "
-            "and nspname !~ '^pg_'")]
+        schemas = [
+            r[0]
+            for r in conn.execute(
+                "select nspname from pg_namespace where nspname not in ('pg_catalog', 'information_schema') "
+                "and nspname !~ '^pg_'"
+            )
+        ]
         for schema in schemas:
             for kind in ("TABLES", "SEQUENCES", "FUNCTIONS"):
                 conn.execute(f'revoke all on all {kind} in schema "{schema}" from "{role}"')

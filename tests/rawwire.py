@@ -30,8 +30,9 @@ def _cstr(text: str) -> bytes:
 
 
 def parse(name: str, query: str, types: tuple[int, ...] = ()) -> bytes:
-    return _msg(b"P", _cstr(name) + _cstr(query) + struct.pack("!h", len(types))
-                + b"".join(struct.pack("!I", t) for t in types))
+    return _msg(
+        b"P", _cstr(name) + _cstr(query) + struct.pack("!h", len(types)) + b"".join(struct.pack("!I", t) for t in types)
+    )
 
 
 def bind(statement: str, values: list[bytes | None], portal: str = "") -> bytes:
@@ -61,8 +62,7 @@ class Wire:
 
     def __init__(self, host: str, port: int, user: str, database: str) -> None:
         self.sock = socket.create_connection((host, port), timeout=10)
-        body = struct.pack("!I", 196608) + _cstr("user") + _cstr(user) + _cstr("database") \
-            + _cstr(database) + b"\0"
+        body = struct.pack("!I", 196608) + _cstr("user") + _cstr(user) + _cstr("database") + _cstr(database) + b"\0"
         self.sock.sendall(struct.pack("!I", len(body) + 4) + body)
         self.buf = b""
         self.replies(1)
@@ -100,15 +100,15 @@ class Wire:
                 raise EOFError("the server closed the connection")
             self.buf += data
         size = struct.unpack("!I", self.buf[1:5])[0]
-        message, self.buf = self.buf[:1 + size], self.buf[1 + size:]
+        message, self.buf = self.buf[: 1 + size], self.buf[1 + size :]
         return message[:1].decode(), message[5:]
 
 
 def _row(body: bytes) -> list[str | None]:
     (count,), pos, row = struct.unpack("!h", body[:2]), 2, []
     for _ in range(count):
-        (size,) = struct.unpack("!i", body[pos:pos + 4])
+        (size,) = struct.unpack("!i", body[pos : pos + 4])
         pos += 4
-        row.append(None if size < 0 else body[pos:pos + size].decode())
+        row.append(None if size < 0 else body[pos : pos + size].decode())
         pos += max(size, 0)
     return row

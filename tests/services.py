@@ -49,9 +49,25 @@ def pg_answers(port: int) -> bool:
     if psql is None:
         return _connects(port)
     env = {**os.environ, "PGCONNECT_TIMEOUT": "3", "PGPASSWORD": ""}
-    result = subprocess.run([psql, "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "postgres",
-                             "-w", "-tAc", "select rolsuper from pg_roles where rolname = current_user"],
-                            capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [
+            psql,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-w",
+            "-tAc",
+            "select rolsuper from pg_roles where rolname = current_user",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     return result.returncode == 0 and result.stdout.strip() == "t"
 
 
@@ -83,9 +99,11 @@ def _pg_bindir() -> Path:
     for path in candidates:
         if (path / "initdb").exists() and (path / "pg_ctl").exists():
             return path
-    raise Missing("PostgreSQL does not answer on 127.0.0.1 with trust auth for `postgres`, and no "
-                  "server binaries (initdb, pg_ctl) were found to start a throwaway one: install "
-                  "PostgreSQL's server package (apt-get install postgresql) or put its bin folder on PATH")
+    raise Missing(
+        "PostgreSQL does not answer on 127.0.0.1 with trust auth for `postgres`, and no "
+        "server binaries (initdb, pg_ctl) were found to start a throwaway one: install "
+        "PostgreSQL's server package (apt-get install postgresql) or put its bin folder on PATH"
+    )
 
 
 def start_postgres() -> tuple[int, Started]:
@@ -96,16 +114,24 @@ def start_postgres() -> tuple[int, Started]:
         try:
             owner = pwd.getpwnam("postgres")
         except KeyError:
-            raise Missing("running as root needs a `postgres` OS user to own the throwaway cluster "
-                          "(useradd postgres), or run make test as another user") from None
+            raise Missing(
+                "running as root needs a `postgres` OS user to own the throwaway cluster "
+                "(useradd postgres), or run make test as another user"
+            ) from None
         os.chown(folder, owner.pw_uid, owner.pw_gid)
         run_as = ["runuser", "-u", "postgres", "--"]
     port, data = _free_port(), folder / "data"
-    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off"
-    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-                    str(folder / "log"), "-w", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
     stop = [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]
     return port, Started(f"PostgreSQL on 127.0.0.1:{port}", stop, folder)
 
@@ -113,12 +139,34 @@ def start_postgres() -> tuple[int, Started]:
 def start_redis() -> tuple[str, Started]:
     binary = shutil.which("redis-server")
     if binary is None:
-        raise Missing("Redis does not answer and redis-server is not installed: "
-                      "apt-get install redis-server (the audit trail's Redis sink is tested against it)")
+        raise Missing(
+            "Redis does not answer and redis-server is not installed: "
+            "apt-get install redis-server (the audit trail's Redis sink is tested against it)"
+        )
     folder, port = Path(tempfile.mkdtemp(prefix="pgwarden-test-redis-")), _free_port()
-    subprocess.run([binary, "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                    "--appendonly", "no", "--dir", str(folder), "--pidfile", str(folder / "pid"),
-                    "--logfile", str(folder / "log")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            binary,
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+            "--pidfile",
+            str(folder / "pid"),
+            "--logfile",
+            str(folder / "log"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(50):
         if redis_answers(url):

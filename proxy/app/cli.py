@@ -7,8 +7,8 @@ import getpass
 import json
 import sys
 
-from proxy.config.model import ConfigError, load_config
 from proxy.config.logs import setup_logging
+from proxy.config.model import ConfigError, load_config
 
 
 def _load(path: str):
@@ -29,6 +29,7 @@ def _router(config, quiet: bool = False):
     if config.policies is None:
         return None
     from proxy.enforce.router import PolicyLoadError, load_router
+
     try:
         return load_router(config.policies)
     except PolicyLoadError as exc:
@@ -42,11 +43,14 @@ def _router(config, quiet: bool = False):
 async def _with_live_schema(config, router, database: str) -> None:
     from proxy.enforce.schema import load_schema
     from proxy.wire.tls import backend_tls
+
     auth = config.backend_auth  # read as the server reads it: as the role policed sessions use
-    user, password = (auth.policed.user, auth.policed.secret()) if auth.policed else \
-        (auth.user or "postgres", auth.secret())
-    live = await load_schema(config.primary.host, config.primary.port, user, password, database,
-                             backend_tls(config.primary.tls))
+    user, password = (
+        (auth.policed.user, auth.policed.secret()) if auth.policed else (auth.user or "postgres", auth.secret())
+    )
+    live = await load_schema(
+        config.primary.host, config.primary.port, user, password, database, backend_tls(config.primary.tls)
+    )
     router.add_schema(database, live.schema, live.search_path, live.routines, live.server_major)
 
 
@@ -54,6 +58,7 @@ async def _policed_role_problems(config, database: str) -> list[str]:
     """Why the role policed sessions log in as must not serve them (empty when it may)."""
     from proxy.pooling.backend_role import HINT, read_facts, unfit
     from proxy.wire.tls import backend_tls
+
     auth = config.backend_auth  # every user in no bypass role is policed
     if auth.policed is not None:
         user, password = auth.policed.user, auth.policed.secret()
@@ -61,8 +66,9 @@ async def _policed_role_problems(config, database: str) -> list[str]:
         user, password = auth.user, auth.secret()
     else:
         return []  # each client logs in as itself: pgwarden checks each such role at its login
-    facts = await read_facts(config.primary.host, config.primary.port, user, password, database,
-                             backend_tls(config.primary.tls))
+    facts = await read_facts(
+        config.primary.host, config.primary.port, user, password, database, backend_tls(config.primary.tls)
+    )
     reason = unfit(facts, database)
     return [] if reason is None else [f"{reason}; {HINT}"]
 
@@ -72,17 +78,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None or _router(config) is False:
         return 1
     setup_logging(config.log.level, config.log.format)
-    from proxy.audit.trail import AuditError
     from proxy.app.server import serve
+    from proxy.audit.trail import AuditError
+
     try:
         serve(config)
     except AuditError as exc:
         print(f"pgwarden: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"pgwarden: cannot listen on {config.listen.host}:{config.listen.port}: "
-              f"{exc.strerror or exc} (is another pgwarden or PgBouncer running there? "
-              f"change listen.port)", file=sys.stderr)
+        print(
+            f"pgwarden: cannot listen on {config.listen.host}:{config.listen.port}: "
+            f"{exc.strerror or exc} (is another pgwarden or PgBouncer running there? "
+            f"change listen.port)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -96,6 +106,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     if args.live and router is not None:
         import asyncio
+
         try:
             asyncio.run(_with_live_schema(config, router, args.database))
         except (OSError, Exception) as exc:  # asyncpg raises its own errors for a refused login
@@ -107,8 +118,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         except (OSError, Exception) as exc:  # asyncpg raises its own errors for a refused login
             unfit = [f"cannot check the role policed sessions log in as: {exc}"]
         if unfit:
-            print(f"pgwarden: policed sessions of database {args.database!r} would be refused:",
-                  file=sys.stderr)
+            print(f"pgwarden: policed sessions of database {args.database!r} would be refused:", file=sys.stderr)
             for line in unfit:
                 print(f"  {line}", file=sys.stderr)
         if problems:
@@ -120,16 +130,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.live and router is not None:
         from rewriter.pgparser import PARSER_MAJOR
         from rewriter.server_grammar import SUPPORTED_SERVERS
+
         major = router.server_majors[args.database]
         supported = router.server_supported(args.database)
-        print(f"database {args.database!r}: PostgreSQL {major}, "
-              + ("supported" if supported else "NOT supported: policed sessions are refused")
-              + f" (pgwarden judges with PostgreSQL {PARSER_MAJOR}'s grammar and supports "
-              + f"{min(SUPPORTED_SERVERS)} to {max(SUPPORTED_SERVERS)})", file=sys.stdout if supported else sys.stderr)
+        print(
+            f"database {args.database!r}: PostgreSQL {major}, "
+            + ("supported" if supported else "NOT supported: policed sessions are refused")
+            + f" (pgwarden judges with PostgreSQL {PARSER_MAJOR}'s grammar and supports "
+            + f"{min(SUPPORTED_SERVERS)} to {max(SUPPORTED_SERVERS)})",
+            file=sys.stdout if supported else sys.stderr,
+        )
         if not supported:
             return 1
-    print(f"{args.config}: ok" + (f" (policy {config.policies})" if router else "")
-          + (f", matches database {args.database!r}" if args.live and router else ""))
+    print(
+        f"{args.config}: ok"
+        + (f" (policy {config.policies})" if router else "")
+        + (f", matches database {args.database!r}" if args.live and router else "")
+    )
     return 0
 
 
@@ -137,6 +154,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import asyncio
 
     from proxy.enforce.router import Forward, Refuse, SetTenant
+
     config = _load(args.config)
     if config is None:
         return 1
@@ -157,8 +175,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if isinstance(decision, SetTenant):
         print(f"set tenant: {decision.tenant}; sends: {decision.sql}")
     elif isinstance(decision, Forward) and decision.sql is not None:
-        print("rewrite: " + ", ".join(decision.tables) + (
-            f"; masks {', '.join(decision.masked)}" if decision.masked else ""))
+        print(
+            "rewrite: "
+            + ", ".join(decision.tables)
+            + (f"; masks {', '.join(decision.masked)}" if decision.masked else "")
+        )
         for number, value in decision.param_checks:
             print(f"check at Bind: ${number} must equal {value!r}")
         print(decision.sql)
@@ -170,20 +191,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from policies.schema import json_schema
+
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
     from proxy.wire.auth import scram_verifier
+
     password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass()
     print(scram_verifier(password))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pgwarden", description=(
-        "A transparent PostgreSQL proxy that enforces data policy."))
+    parser = argparse.ArgumentParser(
+        prog="pgwarden", description=("A transparent PostgreSQL proxy that enforces data policy.")
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the proxy in the foreground")
     run.add_argument("--config", required=True, help="the proxy config file (YAML)")
@@ -201,12 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("sql")
     explain.set_defaults(func=cmd_explain)
     from proxy.audit.report import add_audit_commands
+
     add_audit_commands(sub)
     schema = sub.add_parser("schema", help="print the policy format as JSON Schema (for editors)")
     schema.set_defaults(func=cmd_schema)
     from proxy.app.demo import add_command as add_demo
+
     add_demo(sub)
     from proxy.app import init_policy
+
     init = sub.add_parser("init", help="write a starter policy from a live database's schema")
     init_policy.add_arguments(init)
     init.set_defaults(func=init_policy.cmd_init)

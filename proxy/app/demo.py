@@ -17,10 +17,30 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-ACME = ["Ann Archer", "Bob Baker", "Cy Cole", "Dee Dunn", "Eve Ellis", "Fay Ford", "Gil Gray",
-        "Ida Irwin", "Jo Jones", "Kai King"]
-GLOBEX = ["Gus Grant", "Hal Hart", "Ivy Ives", "Jed Jax", "Kim Kerr", "Lou Lane", "Max Moss",
-          "Ned Nash", "Oz Owen", "Pam Pike"]
+ACME = [
+    "Ann Archer",
+    "Bob Baker",
+    "Cy Cole",
+    "Dee Dunn",
+    "Eve Ellis",
+    "Fay Ford",
+    "Gil Gray",
+    "Ida Irwin",
+    "Jo Jones",
+    "Kai King",
+]
+GLOBEX = [
+    "Gus Grant",
+    "Hal Hart",
+    "Ivy Ives",
+    "Jed Jax",
+    "Kim Kerr",
+    "Lou Lane",
+    "Max Moss",
+    "Ned Nash",
+    "Oz Owen",
+    "Pam Pike",
+]
 SCHEMA = """
 create table customers (id int primary key, tenant_id text not null, name text, email text,
                         ssn text, phone text, born date);
@@ -39,12 +59,21 @@ def shop_sql() -> str:
     for n, (tenant, name) in enumerate([("acme", x) for x in ACME] + [("globex", x) for x in GLOBEX], 1):
         row = n if tenant == "acme" else n - 10
         area = "01" if tenant == "acme" else "02"
-        customers.append(f"({n}, '{tenant}', '{name}', '{name.split()[0].lower()}@{tenant}.io', "
-                         f"'{n:03d}-{n:02d}-{1000 + n * 7}', '555-{area}{row:02d}', "
-                         f"'{1960 + n * 2}-{n % 12 + 1:02d}-{n + 7:02d}')")
+        customers.append(
+            f"({n}, '{tenant}', '{name}', '{name.split()[0].lower()}@{tenant}.io', "
+            f"'{n:03d}-{n:02d}-{1000 + n * 7}', '555-{area}{row:02d}', "
+            f"'{1960 + n * 2}-{n % 12 + 1:02d}-{n + 7:02d}')"
+        )
         orders.append(f"({100 + n}, '{tenant}', {n}, {n * 17 % 250 + 9.99:.2f})")
-    return (SCHEMA + "insert into customers values\n  " + ",\n  ".join(customers) + ";\n"
-            + "insert into orders values " + ", ".join(orders) + ";\n")
+    return (
+        SCHEMA
+        + "insert into customers values\n  "
+        + ",\n  ".join(customers)
+        + ";\n"
+        + "insert into orders values "
+        + ", ".join(orders)
+        + ";\n"
+    )
 
 
 POLICY = """\
@@ -83,16 +112,19 @@ class DemoError(Exception):
 def _bindir() -> Path:
     candidates = [Path(p).parent for p in (shutil.which("initdb"),) if p]
     try:
-        candidates.append(Path(subprocess.run(["pg_config", "--bindir"], capture_output=True,
-                                              text=True, check=True).stdout.strip()))
+        candidates.append(
+            Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
+        )
     except (OSError, subprocess.CalledProcessError):
         pass
     candidates += sorted((Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")), reverse=True)
     for path in candidates:
         if (path / "initdb").exists() and (path / "pg_ctl").exists():
             return path
-    raise DemoError("no PostgreSQL server binaries found (initdb, pg_ctl): install PostgreSQL "
-                    "(apt-get install postgresql) or put its bin folder on PATH")
+    raise DemoError(
+        "no PostgreSQL server binaries found (initdb, pg_ctl): install PostgreSQL "
+        "(apt-get install postgresql) or put its bin folder on PATH"
+    )
 
 
 def _port_free(port: int) -> bool:
@@ -113,8 +145,10 @@ def _as_owner(cmd: list[str]) -> list[str]:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        raise DemoError("running as root needs a `postgres` user to own the demo cluster: "
-                        "create one (useradd postgres) or run as another user") from None
+        raise DemoError(
+            "running as root needs a `postgres` user to own the demo cluster: "
+            "create one (useradd postgres) or run as another user"
+        ) from None
     return ["runuser", "-u", "postgres", "--", *cmd]
 
 
@@ -128,15 +162,43 @@ class Cluster:
     def start(self) -> None:
         if os.geteuid() == 0:
             shutil.chown(self.workdir, "postgres")
-        run = dict(capture_output=True, text=True, cwd=self.workdir)
-        init = subprocess.run(_as_owner([str(self.bindir / "initdb"), "-D", str(self.data), "-U",
-                                         "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]), **run)
+        run = {"capture_output": True, "text": True, "cwd": self.workdir}
+        init = subprocess.run(
+            _as_owner(
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ]
+            ),
+            **run,
+        )
         if init.returncode:
             raise DemoError(f"initdb failed: {init.stderr.strip().splitlines()[-1:]}")
         options = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        start = subprocess.run(_as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w",
-                                          "-l", str(self.workdir / "postgres.log"), "-o", options,
-                                          "start"]), **run)
+        start = subprocess.run(
+            _as_owner(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-w",
+                    "-l",
+                    str(self.workdir / "postgres.log"),
+                    "-o",
+                    options,
+                    "start",
+                ]
+            ),
+            **run,
+        )
         if start.returncode:
             raise DemoError(f"PostgreSQL did not start: see {self.workdir / 'postgres.log'}")
 
@@ -145,12 +207,14 @@ class Cluster:
 
     def target(self) -> dict:
         """Where pgwarden connects: host, port, user, password, the demo database."""
-        return {"host": "127.0.0.1", "port": self.port, "user": "postgres", "password": None,
-                "dbname": "shop"}
+        return {"host": "127.0.0.1", "port": self.port, "user": "postgres", "password": None, "dbname": "shop"}
 
     def stop(self) -> None:
-        subprocess.run(_as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast",
-                                  "-w", "stop"]), capture_output=True, cwd=self.workdir)
+        subprocess.run(
+            _as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]),
+            capture_output=True,
+            cwd=self.workdir,
+        )
 
 
 class External:
@@ -161,14 +225,12 @@ class External:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
-            raise DemoError(f"--database-url must look like postgresql://user:password@host:5432/db, "
-                            f"not {url!r}")
+            raise DemoError(f"--database-url must look like postgresql://user:password@host:5432/db, not {url!r}")
         self.url, self.parts = url, parts
 
     def start(self) -> None:
         if shutil.which("psql") is None:
-            raise DemoError("psql not found: install the PostgreSQL client "
-                            "(apt-get install postgresql-client)")
+            raise DemoError("psql not found: install the PostgreSQL client (apt-get install postgresql-client)")
         self.psql(f"drop database if exists {self.DBNAME}")
 
     def psql(self, sql: str, dbname: str | None = None) -> None:
@@ -176,23 +238,31 @@ class External:
         _psql(url, sql)
 
     def target(self) -> dict:
-        return {"host": self.parts.hostname, "port": self.parts.port or 5432,
-                "user": unquote(self.parts.username or "postgres"),
-                "password": unquote(self.parts.password) if self.parts.password else None,
-                "dbname": self.DBNAME}
+        return {
+            "host": self.parts.hostname,
+            "port": self.parts.port or 5432,
+            "user": unquote(self.parts.username or "postgres"),
+            "password": unquote(self.parts.password) if self.parts.password else None,
+            "dbname": self.DBNAME,
+        }
 
     def stop(self) -> None:
         try:
             self.psql(f"drop database if exists {self.DBNAME} with (force)")
             self.psql(f"drop role if exists {POLICED_ROLE}")
         except DemoError as exc:
-            print(f"pgwarden demo: could not drop database {self.DBNAME} or role {POLICED_ROLE}: "
-                  f"{exc}", file=sys.stderr)
+            print(
+                f"pgwarden demo: could not drop database {self.DBNAME} or role {POLICED_ROLE}: {exc}", file=sys.stderr
+            )
 
 
 def _psql(conninfo: str, sql: str) -> None:
-    result = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql],
-                            capture_output=True, text=True, env={**os.environ, "PGCONNECT_TIMEOUT": "5"})
+    result = subprocess.run(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PGCONNECT_TIMEOUT": "5"},
+    )
     if result.returncode:
         lines = result.stderr.strip().splitlines() or ["psql failed"]
         raise DemoError(f"{lines[0]} (check the server, user and password)")
@@ -203,6 +273,7 @@ def _policed_role(db, workdir: Path, target: dict) -> dict:
     for the demo policy; its backend_auth.policed entry."""
     from policies.load import load_policy
     from proxy.enforce.role_sql import role_sql
+
     (workdir / "policies").mkdir()
     (workdir / "policies" / "shop.yaml").write_text(POLICY % {"admin": target["user"]})
     sql = role_sql(load_policy(workdir / "policies"), POLICED_ROLE, target["dbname"])
@@ -215,13 +286,20 @@ def _policed_role(db, workdir: Path, target: dict) -> dict:
 
 def _config(workdir: Path, target: dict, port: int, http_port: int, policed: dict):
     from proxy.config.model import parse_config
+
     backend = {"user": target["user"], "policed": policed} | (
-        {"password": target["password"]} if target["password"] else {})
-    data = {"listen": {"host": "127.0.0.1", "port": port},
-            "http": {"host": "127.0.0.1", "port": http_port},
-            "primary": {"host": target["host"], "port": target["port"]}, "auth": {"method": "trust"},
-            "backend_auth": backend, "pool": {"mode": "transaction", "size": 10},
-            "policies": "policies", "admin": {"users": ["admin"]}}
+        {"password": target["password"]} if target["password"] else {}
+    )
+    data = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "primary": {"host": target["host"], "port": target["port"]},
+        "auth": {"method": "trust"},
+        "backend_auth": backend,
+        "pool": {"mode": "transaction", "size": 10},
+        "policies": "policies",
+        "admin": {"users": ["admin"]},
+    }
     return parse_config(data, workdir / "pgwarden.yaml")
 
 
@@ -250,8 +328,9 @@ def _serve(config, banner: str, started: float) -> None:
     """Run pgwarden on this thread's new event loop until SIGINT or SIGTERM."""
     import uvloop
 
-    from proxy.config.logs import setup_logging
     from proxy.app.server import Server
+    from proxy.config.logs import setup_logging
+
     setup_logging("warning", "text")
 
     async def main() -> None:
@@ -318,14 +397,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=6432, help="where pgwarden listens (6432)")
     parser.add_argument("--http-port", type=int, default=9187, help="metrics and health (9187)")
-    parser.add_argument("--database-url", help="use this PostgreSQL instead of a throwaway local one "
-                        "($DATABASE_URL when no initdb is found); the demo creates and drops "
-                        "database pgwarden_demo there")
+    parser.add_argument(
+        "--database-url",
+        help="use this PostgreSQL instead of a throwaway local one "
+        "($DATABASE_URL when no initdb is found); the demo creates and drops "
+        "database pgwarden_demo there",
+    )
 
 
 def add_command(sub) -> None:
-    demo = sub.add_parser("demo", help="a throwaway PostgreSQL with sample tenants and policies, "
-                                       "pgwarden in front; Ctrl-C removes it all")
+    demo = sub.add_parser(
+        "demo", help="a throwaway PostgreSQL with sample tenants and policies, pgwarden in front; Ctrl-C removes it all"
+    )
     add_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 

@@ -11,17 +11,22 @@ from dataclasses import dataclass, field
 # (mask YAML, name pattern, value pattern): the first row whose name or sampled value matches wins.
 PII = [
     ("{mask: email, roles: [analyst]}", r"e_?mail", r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$", "an email"),
-    ("{mask: redact, roles: [analyst, app]}", r"ssn|social_sec|national_id|tax_id",
-     r"^\d{3}-\d{2}-\d{4}$", "a social security number"),
-    ("{mask: partial, keep_last: 4, roles: [analyst]}", r"card|cc_num|pan$", r"^(\d[ -]?){13,19}$",
-     "a card number"),
-    ("{mask: partial, keep_first: 4, roles: [analyst]}", r"iban", r"^[A-Z]{2}\d{2}[A-Z0-9 ]{11,30}$",
-     "an IBAN"),
-    ("{mask: partial, keep_last: 4, roles: [analyst]}", r"phone|mobile|fax|msisdn",
-     r"^\+?[\d ()./-]{7,20}$", "a phone number"),
+    (
+        "{mask: redact, roles: [analyst, app]}",
+        r"ssn|social_sec|national_id|tax_id",
+        r"^\d{3}-\d{2}-\d{4}$",
+        "a social security number",
+    ),
+    ("{mask: partial, keep_last: 4, roles: [analyst]}", r"card|cc_num|pan$", r"^(\d[ -]?){13,19}$", "a card number"),
+    ("{mask: partial, keep_first: 4, roles: [analyst]}", r"iban", r"^[A-Z]{2}\d{2}[A-Z0-9 ]{11,30}$", "an IBAN"),
+    (
+        "{mask: partial, keep_last: 4, roles: [analyst]}",
+        r"phone|mobile|fax|msisdn",
+        r"^\+?[\d ()./-]{7,20}$",
+        "a phone number",
+    ),
     ("{mask: year, roles: [analyst]}", r"birth|born|dob", None, "a birth date"),
-    ("{mask: redact, roles: [analyst]}", r"(^|_)ip(_|$)|ip_?addr",
-     r"^\d{1,3}(\.\d{1,3}){3}$", "an IP address"),
+    ("{mask: redact, roles: [analyst]}", r"(^|_)ip(_|$)|ip_?addr", r"^\d{1,3}(\.\d{1,3}){3}$", "an IP address"),
     ("{mask: redact, roles: [analyst]}", r"address|street|postcode|zip", None, "a postal address"),
 ]
 DATE_TYPES = {"date", "timestamp without time zone", "timestamp with time zone"}
@@ -66,6 +71,7 @@ def suggest(column: str, data_type: str, values: list[str]) -> tuple[str, str] |
 async def introspect(url: str, sample: int = 20) -> list[Table]:
     """Tables, their columns and suggested masks, from a few sampled rows of each table."""
     import asyncpg
+
     conn = await asyncpg.connect(url)
     try:
         tables: dict[tuple[str, str], Table] = {}
@@ -73,8 +79,7 @@ async def introspect(url: str, sample: int = 20) -> list[Table]:
             key = (row["table_schema"], row["table_name"])
             tables.setdefault(key, Table(*key)).columns[row["column_name"]] = row["data_type"]
         for table in tables.values():
-            rows = await conn.fetch(f"select * from {_ident(table.schema)}.{_ident(table.name)} "
-                                    f"limit {sample}")
+            rows = await conn.fetch(f"select * from {_ident(table.schema)}.{_ident(table.name)} limit {sample}")
             for column, data_type in table.columns.items():
                 values = [str(r[column]) for r in rows if r[column] is not None]
                 found = suggest(column, data_type, values)
@@ -89,25 +94,38 @@ def render(tables: list[Table], tenant_column: str, source: str) -> str:
     """The starter policy as YAML, with a comment for each decision left to a human."""
     scoped = [t for t in tables if tenant_column in t.columns]
     other = [t for t in tables if tenant_column not in t.columns]
-    out = [f"# Starter policy written by `pgwarden init` from {source}.",
-           "# Review every line: masks are guesses from column names and sampled values.",
-           "version: 1", "tenancy:", f"  column: {tenant_column}", "  sources:",
-           "    - setting: pgwarden.tenant      # the app runs SET pgwarden.tenant = '<tenant>'",
-           "      trusted_users: [app]", "roles:", "  app: {users: [app]}", "  analyst: {users: []}",
-           "  admin: {users: [postgres], bypass: true}", "default: deny",
-           "tables:" if scoped else "tables: {}"]
+    out = [
+        f"# Starter policy written by `pgwarden init` from {source}.",
+        "# Review every line: masks are guesses from column names and sampled values.",
+        "version: 1",
+        "tenancy:",
+        f"  column: {tenant_column}",
+        "  sources:",
+        "    - setting: pgwarden.tenant      # the app runs SET pgwarden.tenant = '<tenant>'",
+        "      trusted_users: [app]",
+        "roles:",
+        "  app: {users: [app]}",
+        "  analyst: {users: []}",
+        "  admin: {users: [postgres], bypass: true}",
+        "default: deny",
+        "tables:" if scoped else "tables: {}",
+    ]
     for table in scoped:
-        out += [f"  {table.schema}.{table.name}:",
-                "    grants: {app: [select, insert, update, delete], analyst: [select]}"]
+        out += [
+            f"  {table.schema}.{table.name}:",
+            "    grants: {app: [select, insert, update, delete], analyst: [select]}",
+        ]
         if table.masks:
             out.append("    masks:")
             out += [f"      {_ident(c)}: {mask}  # {why}" for c, mask, why in table.masks]
     if other:
-        out += ["", f"# Tables without a {tenant_column} column: shared or deny: decide.",
-                "# Uncomment to share a table with every role; leave it out to refuse it."]
+        out += [
+            "",
+            f"# Tables without a {tenant_column} column: shared or deny: decide.",
+            "# Uncomment to share a table with every role; leave it out to refuse it.",
+        ]
         for table in other:
-            out += [f"#  {table.schema}.{table.name}:", "#    tenant_column: null",
-                    '#    grants: {"*": [select]}']
+            out += [f"#  {table.schema}.{table.name}:", "#    tenant_column: null", '#    grants: {"*": [select]}']
             out += [f"#    # {c}: {mask}  # {why}" for c, mask, why in table.masks]
     return "\n".join(out) + "\n"
 
@@ -120,21 +138,29 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.policy:
         return _role(args)
     if not args.from_url:
-        print("pgwarden init: give --from DATABASE_URL (a starter policy) or --policy FILE "
-              "(the SQL of the role policed sessions log in as)", file=sys.stderr)
+        print(
+            "pgwarden init: give --from DATABASE_URL (a starter policy) or --policy FILE "
+            "(the SQL of the role policed sessions log in as)",
+            file=sys.stderr,
+        )
         return 2
     try:
         tables = asyncio.run(introspect(args.from_url))
     except (OSError, Exception) as exc:  # asyncpg raises its own errors for a refused login
-        print(f"pgwarden init: cannot read {_safe(args.from_url)}: {exc} (check the URL, user and "
-              f"password)", file=sys.stderr)
+        print(
+            f"pgwarden init: cannot read {_safe(args.from_url)}: {exc} (check the URL, user and password)",
+            file=sys.stderr,
+        )
         return 1
     text = render(tables, args.tenant_column, _safe(args.from_url))
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
-        print(f"wrote {args.out}: review it, then run pgwarden init --policy {args.out} for the "
-              "role policed sessions log in as, and pgwarden check", file=sys.stderr)
+        print(
+            f"wrote {args.out}: review it, then run pgwarden init --policy {args.out} for the "
+            "role policed sessions log in as, and pgwarden check",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(text)
     return 0
@@ -145,6 +171,7 @@ def _role(args: argparse.Namespace) -> int:
     from policies.load import load_policy
     from policies.source import SourceError
     from proxy.enforce.role_sql import role_sql
+
     try:
         policy = load_policy(args.policy)
     except SourceError as exc:
@@ -156,23 +183,32 @@ def _role(args: argparse.Namespace) -> int:
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
-        print(f"wrote {args.out}: review it, run it with psql as a superuser, and set "
-              f"backend_auth.policed.user: {args.role}", file=sys.stderr)
+        print(
+            f"wrote {args.out}: review it, run it with psql as a superuser, and set "
+            f"backend_auth.policed.user: {args.role}",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(text)
     return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from", dest="from_url", metavar="DATABASE_URL",
-                        help="write a starter policy from this database: "
-                             "postgresql://user:password@host:port/dbname")
+    parser.add_argument(
+        "--from",
+        dest="from_url",
+        metavar="DATABASE_URL",
+        help="write a starter policy from this database: postgresql://user:password@host:port/dbname",
+    )
     parser.add_argument("--tenant-column", default="tenant_id")
-    parser.add_argument("--policy", metavar="PATH", help="instead, write the SQL that creates the "
-                        "least-privilege role policed sessions log in as, granted what this policy "
-                        "(file or folder) grants its non-bypass roles")
-    parser.add_argument("--role", default="pgwarden_policed",
-                        help="with --policy: the role's name (pgwarden_policed)")
+    parser.add_argument(
+        "--policy",
+        metavar="PATH",
+        help="instead, write the SQL that creates the "
+        "least-privilege role policed sessions log in as, granted what this policy "
+        "(file or folder) grants its non-bypass roles",
+    )
+    parser.add_argument("--role", default="pgwarden_policed", help="with --policy: the role's name (pgwarden_policed)")
     parser.add_argument("--database", help="with --policy: the database to GRANT CONNECT on")
     parser.add_argument("--out", help="write the policy (or SQL) here instead of stdout")
 

@@ -8,21 +8,21 @@ import secrets
 import signal
 import time
 
-from proxy.wire import protocol
 from proxy.audit.process import AuditProcess
-from proxy.pooling.backend import Backend, Target
-from proxy.pooling.backend_role import HINT, read_facts, refusal, superuser_reason, unfit
 from proxy.config.model import Config, ConfigError, load_config
+from proxy.enforce.router import PolicyLoadError, Router, load_router
+from proxy.enforce.schema import load_schema
 from proxy.ops.http import HttpServer
 from proxy.ops.janitor import Janitor
 from proxy.ops.metrics import Metrics
-from proxy.pooling.pool import Pool
-from proxy.pooling.prepared import Registry
-from proxy.enforce.router import PolicyLoadError, Router, load_router
-from proxy.enforce.schema import load_schema
-from proxy.session.connection import CLOSED, READY, Session
 from proxy.ops.slowlog import SlowLog
 from proxy.ops.stats import QueryStats
+from proxy.pooling.backend import Backend, Target
+from proxy.pooling.backend_role import HINT, read_facts, refusal, superuser_reason, unfit
+from proxy.pooling.pool import Pool
+from proxy.pooling.prepared import Registry
+from proxy.session.connection import CLOSED, READY, Session
+from proxy.wire import protocol
 from proxy.wire.tls import backend_tls, listen_tls
 
 log = logging.getLogger("pgwarden.server")
@@ -40,7 +40,7 @@ class Server:
         self.started = time.time()
         self.tls_context = listen_tls(config.listen.tls)
         self._backend_tls = backend_tls(config.primary.tls)
-        self.router: Router | None = None     # set when a policy is loaded
+        self.router: Router | None = None  # set when a policy is loaded
         self._schema_loads: dict[str, asyncio.Task] = {}
         self._role_loads: dict[tuple[str, str], asyncio.Task] = {}
         self.role_checks: dict[tuple[str, str], str | None] = {}  # (database, role) -> why unfit
@@ -50,11 +50,14 @@ class Server:
         self.metrics = Metrics(self, config.metrics)
         self.paused = False  # PAUSE from the admin console, for pools created meanwhile too
         self.stats = QueryStats(self.metrics.statement_seconds.observe)
-        self.slowlog = SlowLog(config.slow_query, explain_dsn=self._control_dsn(),
-                               policed_dsn=self._control_dsn(policed=True)) \
-            if config.slow_query else None
-        self.audit: AuditProcess | None = AuditProcess(
-            config.audit, config.log.format, config.log.level) if config.audit else None
+        self.slowlog = (
+            SlowLog(config.slow_query, explain_dsn=self._control_dsn(), policed_dsn=self._control_dsn(policed=True))
+            if config.slow_query
+            else None
+        )
+        self.audit: AuditProcess | None = (
+            AuditProcess(config.audit, config.log.format, config.log.level) if config.audit else None
+        )
         self._http = HttpServer(self)
         self._janitor = Janitor(self)
         self._stop = asyncio.Event()
@@ -92,8 +95,7 @@ class Server:
         key = (database, f"{user} (policed)" if shared else user)
         pool = self.pools.get(key)
         if pool is None:
-            pool = Pool(f"{database}/{key[1]}", self._target(database, client_user, policed),
-                        self.config.pool, policed)
+            pool = Pool(f"{database}/{key[1]}", self._target(database, client_user, policed), self.config.pool, policed)
             pool.paused = self.paused
             self.pools[key] = pool
         return pool
@@ -109,8 +111,16 @@ class Server:
             if auth.user is None and password is None:
                 entry = config.auth.users.get(client_user)
                 password = entry.secret() if entry else None
-        return Target(config.primary.host, config.primary.port, database, user, password,
-                      config.primary.tls.mode, self._backend_tls, config.pool.connect_timeout)
+        return Target(
+            config.primary.host,
+            config.primary.port,
+            database,
+            user,
+            password,
+            config.primary.tls.mode,
+            self._backend_tls,
+            config.pool.connect_timeout,
+        )
 
     def cancel(self, pid: int, secret: int) -> asyncio.Task | None:
         """Forward a client's CancelRequest to the backend serving it now; ignore it otherwise.
@@ -119,8 +129,7 @@ class Server:
         cancel connection would (clients such as asyncpg wait for that).
         """
         session = self.sessions.get(pid)
-        if session is None or not secrets.compare_digest(
-                session.secret.to_bytes(4, "big"), secret.to_bytes(4, "big")):
+        if session is None or not secrets.compare_digest(session.secret.to_bytes(4, "big"), secret.to_bytes(4, "big")):
             log.info("cancel request for unknown key pid=%s ignored", pid)
             return None
         backend = session.backend
@@ -137,9 +146,13 @@ class Server:
         if config.policies is None:
             return None
         old = self.router
-        router = load_router(config.policies, old.schemas if old else {},
-                             old.search_paths if old else {}, old.routines if old else {},
-                             old.server_majors if old else {})
+        router = load_router(
+            config.policies,
+            old.schemas if old else {},
+            old.search_paths if old else {},
+            old.routines if old else {},
+            old.server_majors if old else {},
+        )
         router.observe = self.metrics.rewrite_seconds.observe
         return router
 
@@ -164,15 +177,22 @@ class Server:
             try:
                 await self._once(self._schema_loads, database, lambda: self._load_schema(database))
             except Exception as exc:
-                session.fatal("08006", f"pgwarden could not read the schema of database {database!r}: "
-                              f"{exc}", hint="check that the role policed sessions log in as "
-                              "(backend_auth.policed, else backend_auth) can connect")
+                session.fatal(
+                    "08006",
+                    f"pgwarden could not read the schema of database {database!r}: {exc}",
+                    hint="check that the role policed sessions log in as "
+                    "(backend_auth.policed, else backend_auth) can connect",
+                )
                 return False
         pool = session.pool
         assert pool is not None
         if not pool.policed:  # a reload made this user policed while it logged in as bypass
-            session.fatal("57P01", "the policy changed while this client logged in: it is now "
-                          "policed, and was given a bypass role's backend", hint="connect again")
+            session.fatal(
+                "57P01",
+                "the policy changed while this client logged in: it is now "
+                "policed, and was given a bypass role's backend",
+                hint="connect again",
+            )
             return False
         reason = superuser_reason(pool.target.user, pool.server_params or {})
         if reason is None:
@@ -180,8 +200,11 @@ class Server:
             try:
                 reason = await self._once(self._role_loads, key, lambda: self._check_role(pool.target))
             except Exception as exc:
-                session.fatal("08006", f"pgwarden could not check backend role {pool.target.user!r} "
-                              f"in database {database!r}: {exc}", hint=HINT)
+                session.fatal(
+                    "08006",
+                    f"pgwarden could not check backend role {pool.target.user!r} in database {database!r}: {exc}",
+                    hint=HINT,
+                )
                 return False
         if reason is not None:
             log.error("refusing a policed session of %s: %s", session.user, reason)
@@ -203,15 +226,21 @@ class Server:
         key = (target.database, target.user)
         if key in self.role_checks:
             return self.role_checks[key]
-        facts = await read_facts(target.host, target.port, target.user, target.password,
-                                 target.database, target.tls_context, target.connect_timeout)
+        facts = await read_facts(
+            target.host,
+            target.port,
+            target.user,
+            target.password,
+            target.database,
+            target.tls_context,
+            target.connect_timeout,
+        )
         reason = self.role_checks[key] = unfit(facts, target.database)
         return reason
 
     async def _load_schema(self, database: str) -> None:
         target = self._target(database, self.config.backend_auth.user or "postgres", policed=True)
-        live = await load_schema(target.host, target.port, target.user, target.password, database,
-                                 target.tls_context)
+        live = await load_schema(target.host, target.port, target.user, target.password, database, target.tls_context)
         router = self.router
         if router is not None:
             router.add_schema(database, live.schema, live.search_path, live.routines, live.server_major)
@@ -237,8 +266,13 @@ class Server:
     def _control_dsn(self, policed: bool = False) -> dict:
         """asyncpg connection arguments for control-plane work (EXPLAIN of slow statements)."""
         target = self._target("postgres", self.config.backend_auth.user or "postgres", policed)
-        return {"host": target.host, "port": target.port, "user": target.user,
-                "password": target.password, "ssl": target.tls_context or False}
+        return {
+            "host": target.host,
+            "port": target.port,
+            "user": target.user,
+            "password": target.password,
+            "ssl": target.tls_context or False,
+        }
 
     def refresh_schemas(self, database: str | None = None) -> None:
         """Read the known databases' schemas again (all after a reload; one after DDL a bypass
@@ -261,8 +295,9 @@ class Server:
             try:
                 await self._load_schema(database)
             except Exception as exc:  # the schema read before stays in force
-                log.error("reading the schema of %s again failed (%s); the one read before stays "
-                          "in force", database, exc)
+                log.error(
+                    "reading the schema of %s again failed (%s); the one read before stays in force", database, exc
+                )
             again = database in self._schema_again
         self._schema_loads.pop(database, None)
 
@@ -278,14 +313,24 @@ class Server:
             await self.slowlog.start()
         listen = self.config.listen
         self._listener = await loop.create_server(
-            lambda: Session(self), listen.host, listen.port, reuse_address=True, backlog=1024)
+            lambda: Session(self), listen.host, listen.port, reuse_address=True, backlog=1024
+        )
         await self._http.start()
         self._janitor.start()
-        for sig, handler in ((signal.SIGHUP, self.reload), (signal.SIGTERM, self._stop.set),
-                             (signal.SIGINT, self._stop.set)):
+        for sig, handler in (
+            (signal.SIGHUP, self.reload),
+            (signal.SIGTERM, self._stop.set),
+            (signal.SIGINT, self._stop.set),
+        ):
             loop.add_signal_handler(sig, handler)
-        log.info("pgwarden listening on %s:%s (%s pooling, backend %s:%s)", listen.host, listen.port,
-                 self.config.pool.mode, self.config.primary.host, self.config.primary.port)
+        log.info(
+            "pgwarden listening on %s:%s (%s pooling, backend %s:%s)",
+            listen.host,
+            listen.port,
+            self.config.pool.mode,
+            self.config.primary.host,
+            self.config.primary.port,
+        )
 
     async def run(self) -> None:
         await self.start()
@@ -318,8 +363,10 @@ class Server:
                 pool.target = self._target(database, user, pool.policed)
         log.info("reloaded %s", source)
         if self.audit is not None:
-            self.audit.offer({"event": "reload", "config": str(source),
-                              "policy_version": router.policy.version if router else None}, force=True)
+            self.audit.offer(
+                {"event": "reload", "config": str(source), "policy_version": router.policy.version if router else None},
+                force=True,
+            )
         return True
 
     async def shutdown(self) -> None:
@@ -327,8 +374,11 @@ class Server:
         self.draining = True
         if self._listener is not None:
             self._listener.close()
-        log.info("shutting down: %d clients, waiting up to %gs for their transactions",
-                 len(self.sessions), self.config.shutdown_timeout)
+        log.info(
+            "shutting down: %d clients, waiting up to %gs for their transactions",
+            len(self.sessions),
+            self.config.shutdown_timeout,
+        )
         deadline = time.monotonic() + self.config.shutdown_timeout
         while self.sessions and time.monotonic() < deadline:
             for session in list(self.sessions.values()):
@@ -365,12 +415,13 @@ async def _send_cancel(pool: Pool, backend: Backend) -> None:
     target = pool.target
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(target.host, target.port), target.connect_timeout)
+            asyncio.open_connection(target.host, target.port), target.connect_timeout
+        )
         writer.write(protocol.cancel_request(backend.pid, backend.secret))
         await writer.drain()
         await asyncio.wait_for(reader.read(), target.connect_timeout)
         writer.close()
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         log.warning("could not forward a cancel request to %s:%s: %s", target.host, target.port, exc)
     finally:
         backend.cancels -= 1

@@ -29,9 +29,9 @@ import orjson
 from proxy.audit.trail import Audit, AuditConfig, AuditError
 
 log = logging.getLogger("pgwarden.audit")
-BATCH = 2000         # records per line on the pipe
-LINGER = 0.01        # seconds the sender lets a batch gather
-STATUS_EVERY = 0.1   # seconds between the child's status lines
+BATCH = 2000  # records per line on the pipe
+LINGER = 0.01  # seconds the sender lets a batch gather
+STATUS_EVERY = 0.1  # seconds between the child's status lines
 RESTART_AFTER = 1.0  # seconds before a child that died is started again
 _STATS = ("queued", "written", "dropped", "failures", "failures_total", "last_error")
 
@@ -60,16 +60,15 @@ class AuditProcess:
         self.queue: deque[dict] = deque()
         self.dropped = 0
         self.sent = 0
-        self._child: dict = {"received": 0, **{k: 0 for k in _STATS}, "last_error": "", "writable": False}
+        self._child: dict = {"received": 0, **dict.fromkeys(_STATS, 0), "last_error": "", "writable": False}
         self._before = {"written": 0, "dropped": 0, "failures_total": 0}  # counts of children gone
-        self._argv = [sys.executable, "-m", "proxy.audit.process", config.model_dump_json(),
-                      log_format, log_level]
+        self._argv = [sys.executable, "-m", "proxy.audit.process", config.model_dump_json(), log_format, log_level]
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
         self._sender: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._stopping = False
-        self._dead = ""            # why the child is not running ("" while it is)
+        self._dead = ""  # why the child is not running ("" while it is)
         self._dropped_logged = 0.0
 
     # --- the hot path ---------------------------------------------------------------------------
@@ -86,8 +85,11 @@ class AuditProcess:
             return True
         if len(self.queue) >= 2 * self.config.queue_size:  # a long outage: never unbounded
             self.dropped += 1
-            log.error("audit record not written (the trail holds %d records): %s",
-                      len(self.queue), encode_batch([record]).decode().strip())
+            log.error(
+                "audit record not written (the trail holds %d records): %s",
+                len(self.queue),
+                encode_batch([record]).decode().strip(),
+            )
             return True
         if "time" not in record:
             record["time"] = time.time()
@@ -118,25 +120,34 @@ class AuditProcess:
         now = time.monotonic()
         if now - self._dropped_logged >= 10:
             self._dropped_logged = now
-            log.error("audit: dropping records (on_failure: drop); %d dropped so far; %s",
-                      self.dropped, self._dead or self._child["last_error"] or "the queue is full")
+            log.error(
+                "audit: dropping records (on_failure: drop); %d dropped so far; %s",
+                self.dropped,
+                self._dead or self._child["last_error"] or "the queue is full",
+            )
 
     @property
     def stats(self) -> dict:
         child = self._child
         in_pipe = max(0, self.sent - child["received"])
         before = self._before
-        return {"queued": len(self.queue) + in_pipe + child["queued"],
-                "written": before["written"] + child["written"],
-                "dropped": self.dropped + before["dropped"] + child["dropped"],
-                "failures": child["failures"] + (1 if self._dead else 0),
-                "failures_total": before["failures_total"] + child["failures_total"],
-                "last_error": self._dead or child["last_error"]}
+        return {
+            "queued": len(self.queue) + in_pipe + child["queued"],
+            "written": before["written"] + child["written"],
+            "dropped": self.dropped + before["dropped"] + child["dropped"],
+            "failures": child["failures"] + (1 if self._dead else 0),
+            "failures_total": before["failures_total"] + child["failures_total"],
+            "last_error": self._dead or child["last_error"],
+        }
 
     def writable(self) -> bool:
         """For /readyz: the child runs, its sinks are healthy, there is room."""
-        return (self._proc is not None and not self._failing() and bool(self._child["writable"])
-                and self.stats["queued"] < self.config.queue_size)
+        return (
+            self._proc is not None
+            and not self._failing()
+            and bool(self._child["writable"])
+            and self.stats["queued"] < self.config.queue_size
+        )
 
     # --- start and stop -------------------------------------------------------------------------
 
@@ -147,8 +158,12 @@ class AuditProcess:
 
     async def _spawn(self, strict: bool) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            *self._argv, "strict" if strict else "lenient", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, start_new_session=True)
+            *self._argv,
+            "strict" if strict else "lenient",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
         assert self._proc.stdout is not None
         first = await self._proc.stdout.readline()
         hello = json.loads(first) if first.strip() else {"error": "the audit writer process exited at start"}
@@ -167,13 +182,15 @@ class AuditProcess:
         if self._sender is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._sender), self.config.block_timeout + 10)
-            except (asyncio.TimeoutError, Exception):  # a writer that no longer reads: give up on it
+            except (TimeoutError, Exception):  # a writer that no longer reads: give up on it
                 self._sender.cancel()
             self._sender = None
         if self.queue:
-            log.error("audit: %d records could not be handed to the writer at shutdown (%s); "
-                      "they follow, one per line", len(self.queue),
-                      self._dead or "it stopped reading")
+            log.error(
+                "audit: %d records could not be handed to the writer at shutdown (%s); they follow, one per line",
+                len(self.queue),
+                self._dead or "it stopped reading",
+            )
             for record in self.queue:
                 log.error("audit record not written: %s", encode_batch([record]).decode().strip())
             self.queue.clear()
@@ -184,7 +201,7 @@ class AuditProcess:
         proc.stdin.close()
         try:
             await asyncio.wait_for(proc.wait(), self.config.block_timeout + 30)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.error("audit: the writer process did not finish in time; killed")
             proc.kill()
             await proc.wait()
@@ -238,17 +255,19 @@ class AuditProcess:
             return
         lost = max(0, self.sent - self._child["written"] - self._child["dropped"])
         self._dead = f"the audit writer process exited with code {code}"
-        log.error("audit: %s; up to %d records handed to it may be missing from the trail; "
-                  "restarting it", self._dead, lost)
+        log.error(
+            "audit: %s; up to %d records handed to it may be missing from the trail; restarting it", self._dead, lost
+        )
         self._before["written"] += self._child["written"]
         self._before["dropped"] += self._child["dropped"] + lost
         self._before["failures_total"] += self._child["failures_total"] + 1
-        self._child.update({k: 0 for k in _STATS}, received=0, last_error="", writable=False)
+        self._child.update(dict.fromkeys(_STATS, 0), received=0, last_error="", writable=False)
         self._proc = None
         self._wake.set()
 
 
 # --- the child ----------------------------------------------------------------------------------
+
 
 async def _child(config: AuditConfig, strict: bool) -> int:
     audit = Audit(config)
@@ -263,8 +282,12 @@ async def _child(config: AuditConfig, strict: bool) -> int:
 
     def status() -> None:
         try:
-            out.write(json.dumps({**audit.stats, "received": received, "writable": audit.writable()},
-                                 separators=(",", ":")).encode() + b"\n")
+            out.write(
+                json.dumps(
+                    {**audit.stats, "received": received, "writable": audit.writable()}, separators=(",", ":")
+                ).encode()
+                + b"\n"
+            )
             out.flush()
         except OSError:  # the proxy is gone: keep writing the trail, stop reporting
             pass
@@ -278,15 +301,19 @@ async def _child(config: AuditConfig, strict: bool) -> int:
     try:
         while line := await stdin.readline():
             if not line.endswith(b"\n"):  # the proxy died in the middle of a write
-                log.error("audit: the proxy's last batch was cut short (%d bytes); the records in it "
-                          "are missing from the trail", len(line))
+                log.error(
+                    "audit: the proxy's last batch was cut short (%d bytes); the records in it "
+                    "are missing from the trail",
+                    len(line),
+                )
                 break
             for record in decode_batch(line):
                 received += 1
                 if audit.stats["queued"] >= 2 * config.queue_size:  # sinks down for long: spill
                     audit.dropped += 1
-                    log.error("audit record not written (the writer holds too many): %s",
-                              json.dumps(record, default=str))
+                    log.error(
+                        "audit record not written (the writer holds too many): %s", json.dumps(record, default=str)
+                    )
                 elif config.on_failure == "drop":
                     audit.offer(record)
                 else:
@@ -312,10 +339,12 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the proxy decides when the trail stops: by closing stdin
     from proxy.config.logs import setup_logging
+
     setup_logging(log_level, log_format)
     config = AuditConfig.model_validate_json(config_json)
     try:
         import uvloop
+
         return uvloop.run(_child(config, mode == "strict"))
     except ImportError:  # pragma: no cover - uvloop is a dependency
         return asyncio.run(_child(config, mode == "strict"))

@@ -10,16 +10,18 @@ from typing import Any
 
 from rewriter import pgparser
 
-
 _VALUES = frozenset({"SCONST", "ICONST", "FCONST", "BCONST", "XCONST", "USCONST"})
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
-_CONSERVATIVE = re.compile(r"""
+_CONSERVATIVE = re.compile(
+    r"""
       (?P<param>\$\d+)                                                # $1: kept
     | \$([A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$.*?(?:\$\2\$|\Z)      # dollar-quoted, even unterminated
     | '(?:[^']|'')*(?:'|\Z)                                           # quoted, even unterminated
     | (?P<comment>/\*.*?(?:\*/|\Z)|--[^\n]*)
     | (?<!\w)(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?                      # numbers (not in t1)
-    """, re.S | re.X)
+    """,
+    re.S | re.X,
+)
 
 
 def _conservative(match: re.Match) -> str:
@@ -29,13 +31,16 @@ def _conservative(match: re.Match) -> str:
 # Plain text (no backslashes, block comments, dollar quotes, U&, E'' B'' X'' N'' prefixes or
 # numbers run into letters) lexes the same under one regular expression as under PostgreSQL's
 # scanner, at a third of the cost; anything else takes the scanner. A test holds the two equal.
-_PLAIN = re.compile(r"""
+_PLAIN = re.compile(
+    r"""
       (?P<keep>"[^"]*"|\$\d+)                                   # identifiers, parameters: kept
     | (?P<str>'(?:[^']|'')*(?:'|\Z))(?P<cont>(?=\s*(?:--[^\n]*\n\s*)*'))?  # strings (and 'a'\n'b')
     | (?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(?P<glued>[A-Za-z_]?)
     | (?P<comment>--[^\n]*)
     | (?P<odd>\$)                                               # not plain: the scanner decides
-    """, re.X)
+    """,
+    re.X,
+)
 
 
 class _NotPlain(Exception):
@@ -93,10 +98,10 @@ def scanned(sql: str) -> str:
     for tok in tokens:
         if tok.name not in _VALUES and tok.name not in _COMMENTS:
             continue
-        out.append(sql[last:tok.start])
+        out.append(sql[last : tok.start])
         if tok.name in _VALUES:
             out.append("?")
-        elif _glued("".join(out[-2:])[-1:], sql[tok.end + 1:tok.end + 2]):
+        elif _glued("".join(out[-2:])[-1:], sql[tok.end + 1 : tok.end + 2]):
             out.append(" ")  # a comment removed between two tokens: keep them apart
         last = tok.end + 1
     out.append(sql[last:])

@@ -144,8 +144,9 @@ class RedisSink:
         assert self.client is not None
         pipe = self.client.pipeline(transaction=False)
         for seq, line in records:
-            pipe.xadd(self.stream, {"seq": seq, "record": line}, maxlen=self.maxlen,
-                      approximate=self.maxlen is not None)
+            pipe.xadd(
+                self.stream, {"seq": seq, "record": line}, maxlen=self.maxlen, approximate=self.maxlen is not None
+            )
         await pipe.execute()
         self.last_seq = records[-1][0]
 

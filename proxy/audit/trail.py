@@ -18,13 +18,13 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from proxy.audit.sinks import FileSink, RedisSink, SinkError
 from proxy.audit.redact import redact, redact_params, statement_kind
+from proxy.audit.sinks import FileSink, RedisSink, SinkError
 
 log = logging.getLogger("pgwarden.audit")
 GENESIS = "0" * 64
-BATCH = 2000    # records formed and written at a time
-LINGER = 0.01   # seconds the writer waits for a batch to gather before forming it
+BATCH = 2000  # records formed and written at a time
+LINGER = 0.01  # seconds the writer waits for a batch to gather before forming it
 
 
 class AuditConfig(BaseModel):
@@ -34,24 +34,37 @@ class AuditConfig(BaseModel):
 
     path: Path = Field(Path("audit.jsonl"), description="JSON Lines file (relative to the config file).")
     rotate_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Rotate the file past this size.")
-    rotate_seconds: float | None = Field(None, gt=0, description=(
-        "Also rotate the file once its first record is this many seconds old."))
-    redis_stream: str | None = Field(None, description=(
-        "Also append every record to this Redis Stream (XADD; fields `seq` and `record`)."))
+    rotate_seconds: float | None = Field(
+        None, gt=0, description=("Also rotate the file once its first record is this many seconds old.")
+    )
+    redis_stream: str | None = Field(
+        None, description=("Also append every record to this Redis Stream (XADD; fields `seq` and `record`).")
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="The Redis for `redis_stream`.")
-    redis_maxlen: int | None = Field(None, ge=1000, description=(
-        "Trim the stream to about this many entries (XADD MAXLEN ~); omitted: never trimmed."))
-    hmac_key_env: str | None = Field(None, description=(
-        "Environment variable with the HMAC-SHA256 chain key; without it the chain is plain "
-        "SHA-256 (detects edits, not forgeries by someone who can rewrite the whole file)."))
+    redis_maxlen: int | None = Field(
+        None,
+        ge=1000,
+        description=("Trim the stream to about this many entries (XADD MAXLEN ~); omitted: never trimmed."),
+    )
+    hmac_key_env: str | None = Field(
+        None,
+        description=(
+            "Environment variable with the HMAC-SHA256 chain key; without it the chain is plain "
+            "SHA-256 (detects edits, not forgeries by someone who can rewrite the whole file)."
+        ),
+    )
     log_parameters: bool = Field(False, description="Keep literals and parameter values in the text.")
-    on_failure: Literal["block", "drop"] = Field("block", description=(
-        "`block`: refuse statements while records cannot be queued; `drop`: run them, count the loss."))
+    on_failure: Literal["block", "drop"] = Field(
+        "block",
+        description=("`block`: refuse statements while records cannot be queued; `drop`: run them, count the loss."),
+    )
     queue_size: int = Field(10_000, ge=10, description="Records held in memory before on_failure applies.")
-    block_timeout: float = Field(5.0, ge=0, description=(
-        "How long `block` lets a statement wait for room before refusing it."))
-    fsync: bool = Field(False, description=(
-        "fsync after every batch (else on rotation and stop; a batch is always flushed to the OS)."))
+    block_timeout: float = Field(
+        5.0, ge=0, description=("How long `block` lets a statement wait for room before refusing it.")
+    )
+    fsync: bool = Field(
+        False, description=("fsync after every batch (else on rotation and stop; a batch is always flushed to the OS).")
+    )
 
 
 class AuditError(Exception):
@@ -95,6 +108,7 @@ def _finish_fields(record: dict, log_parameters: bool) -> dict:
 
 # --- the chain ----------------------------------------------------------------------------------
 
+
 def canonical(record: dict) -> str:
     """The one JSON text of a record that the chain covers (sorted keys, no spaces, UTF-8).
 
@@ -130,6 +144,7 @@ def _iso(stamp: float) -> str:
 
 # --- the trail ----------------------------------------------------------------------------------
 
+
 class Audit:
     """A bounded queue of records and the task that redacts, chains and writes them to the sinks.
 
@@ -147,9 +162,10 @@ class Audit:
         self.last_error = ""
         self.key: bytes | None = None
         self._file = FileSink(self.path, config.rotate_bytes, config.rotate_seconds, config.fsync)
-        self._redis = RedisSink(config.redis_url, config.redis_stream, config.redis_maxlen) \
-            if config.redis_stream else None
-        self._formed: list[tuple[int, str]] = []   # chained lines not yet in every sink
+        self._redis = (
+            RedisSink(config.redis_url, config.redis_stream, config.redis_maxlen) if config.redis_stream else None
+        )
+        self._formed: list[tuple[int, str]] = []  # chained lines not yet in every sink
         self._seq, self._prev, self._resumed = 0, GENESIS, False
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -188,11 +204,12 @@ class Audit:
             if remaining <= 0:
                 raise AuditUnavailable(
                     f"the audit trail could not take the record within {self.config.block_timeout:g}s: "
-                    + (self.last_error or f"its queue is full ({self.config.queue_size} records)"))
+                    + (self.last_error or f"its queue is full ({self.config.queue_size} records)")
+                )
             self._room.clear()
             try:
                 await asyncio.wait_for(self._room.wait(), min(remaining, 0.5))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _drop(self) -> None:
@@ -200,8 +217,11 @@ class Audit:
         now = time.monotonic()
         if now - self._dropped_logged >= 10:
             self._dropped_logged = now
-            log.error("audit: dropping records (on_failure: drop); %d dropped so far; %s",
-                      self.dropped, self.last_error or "the queue is full")
+            log.error(
+                "audit: dropping records (on_failure: drop); %d dropped so far; %s",
+                self.dropped,
+                self.last_error or "the queue is full",
+            )
 
     def writable(self) -> bool:
         """For /readyz: started, sinks healthy, room in the queue."""
@@ -210,9 +230,14 @@ class Audit:
 
     @property
     def stats(self) -> dict:
-        return {"queued": len(self.queue) + len(self._formed), "written": self.written,
-                "dropped": self.dropped, "failures": self.failures,
-                "failures_total": self.failures_total, "last_error": self.last_error}
+        return {
+            "queued": len(self.queue) + len(self._formed),
+            "written": self.written,
+            "dropped": self.dropped,
+            "failures": self.failures,
+            "failures_total": self.failures_total,
+            "last_error": self.last_error,
+        }
 
     # --- start and stop -------------------------------------------------------------------------
 
@@ -240,8 +265,10 @@ class Audit:
             return None
         value = os.environ.get(name, "")
         if not value:
-            raise AuditError(f"audit.hmac_key_env names {name}, but that environment variable is not "
-                             f"set (or empty): set it to the chain key, or remove audit.hmac_key_env")
+            raise AuditError(
+                f"audit.hmac_key_env names {name}, but that environment variable is not "
+                f"set (or empty): set it to the chain key, or remove audit.hmac_key_env"
+            )
         return value.encode()
 
     async def stop(self) -> None:
@@ -298,7 +325,7 @@ class Audit:
         timeout = 1.0 if self.config.rotate_seconds else None
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if self._file.due():
             try:
@@ -379,14 +406,18 @@ class Audit:
     async def _spill(self) -> None:
         """At stop with a dead sink: every record not written goes to the process log."""
         rest = self._formed + self._form([self.queue.popleft() for _ in range(len(self.queue))])
-        log.error("audit: %d records could not be written to the sinks at shutdown (%s); "
-                  "they follow, one per line", len(rest), self.last_error)
+        log.error(
+            "audit: %d records could not be written to the sinks at shutdown (%s); they follow, one per line",
+            len(rest),
+            self.last_error,
+        )
         for _, line in rest:
             log.error("audit record not written: %s", line)
         self._formed = []
 
 
 # --- verification -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class VerifyResult:
@@ -426,18 +457,27 @@ def verify_files(paths: list[Path], key: bytes | None) -> VerifyResult:
                     record = json.loads(line)
                     seq, chain = int(record.pop("seq")), record.pop("chain")
                 except (ValueError, KeyError, TypeError, AttributeError):
-                    return VerifyResult(False, count, f"{where}: not an audit record (truncated or edited)",
-                                        first)
+                    return VerifyResult(False, count, f"{where}: not an audit record (truncated or edited)", first)
                 if expected is not None and seq != expected:
-                    what = (f"record {seq} is out of order or repeated" if seq < expected
-                            else f"record {expected} is missing or moved" if seq == expected + 1
-                            else f"records {expected} to {seq - 1} are missing")
-                    return VerifyResult(False, count, f"{where}: record {seq} where {expected} was expected "
-                                                      f"({what})", first)
-                if prev is not None or seq == 1:
-                    if chain_value(prev or GENESIS, {"seq": seq, **record}, key) != chain:
-                        return VerifyResult(False, count, f"{where}: record {seq} does not match the chain "
-                                                          "(edited, or written with another key)", first)
+                    what = (
+                        f"record {seq} is out of order or repeated"
+                        if seq < expected
+                        else f"record {expected} is missing or moved"
+                        if seq == expected + 1
+                        else f"records {expected} to {seq - 1} are missing"
+                    )
+                    return VerifyResult(
+                        False, count, f"{where}: record {seq} where {expected} was expected ({what})", first
+                    )
+                if (prev is not None or seq == 1) and chain_value(
+                    prev or GENESIS, {"seq": seq, **record}, key
+                ) != chain:
+                    return VerifyResult(
+                        False,
+                        count,
+                        f"{where}: record {seq} does not match the chain (edited, or written with another key)",
+                        first,
+                    )
                 first = seq if first is None else first
                 prev, expected, count = chain, seq + 1, count + 1
     return VerifyResult(True, count, None, first)

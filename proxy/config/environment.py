@@ -40,7 +40,7 @@ def overrides(environ: Mapping[str, str]) -> list[Override]:
     found = []
     for name in sorted(environ):
         if name.upper().startswith(PREFIX):
-            path = tuple(part.lower() for part in name[len(PREFIX):].split("__"))
+            path = tuple(part.lower() for part in name[len(PREFIX) :].split("__"))
             found.append(Override(name, path, value(environ[name])))
     return found
 
@@ -62,8 +62,10 @@ def apply(doc: Document, environ: Mapping[str, str]) -> tuple[EnvDocument, list[
     errors = []
     for override in overrides(environ):
         if not all(override.path):
-            errors.append(f"environment variable {override.variable}: an empty key between `__`; "
-                          "write PGWARDEN__SECTION__KEY, e.g. PGWARDEN__PRIMARY__HOST")
+            errors.append(
+                f"environment variable {override.variable}: an empty key between `__`; "
+                "write PGWARDEN__SECTION__KEY, e.g. PGWARDEN__PRIMARY__HOST"
+            )
             continue
         problem = _set(data, override.path, override.value)
         if problem:
@@ -86,9 +88,11 @@ def _set(data: dict, path: tuple[str, ...], new: Any) -> str | None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            dotted = ".".join(path[:i + 1])
-            return (f"`{dotted}` is a value, not a section, so `{'.'.join(path)}` cannot be set; "
-                    f"set PGWARDEN__{'__'.join(path[:i + 1]).upper()} instead")
+            dotted = ".".join(path[: i + 1])
+            return (
+                f"`{dotted}` is a value, not a section, so `{'.'.join(path)}` cannot be set; "
+                f"set PGWARDEN__{'__'.join(path[: i + 1]).upper()} instead"
+            )
         node = child
     node[path[-1]] = new
     return None

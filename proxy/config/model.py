@@ -30,15 +30,17 @@ class _Strict(BaseModel):
 class ListenTLS(_Strict):
     """TLS offered to clients: disable (answer SSLRequest 'N'), allow, or require."""
 
-    mode: Literal["disable", "allow", "require"] = Field("disable",
-        description="`disable`: answer SSLRequest with 'N'; `allow`: TLS for clients that ask; `require`: refuse clients that do not use TLS.")
-    cert: Path | None = Field(None,
-        description="PEM certificate chain presented to clients (path relative to the config file).")
-    key: Path | None = Field(None,
-        description="PEM private key of `cert`.")
+    mode: Literal["disable", "allow", "require"] = Field(
+        "disable",
+        description="`disable`: answer SSLRequest with 'N'; `allow`: TLS for clients that ask; `require`: refuse clients that do not use TLS.",
+    )
+    cert: Path | None = Field(
+        None, description="PEM certificate chain presented to clients (path relative to the config file)."
+    )
+    key: Path | None = Field(None, description="PEM private key of `cert`.")
 
     @model_validator(mode="after")
-    def _files(self) -> "ListenTLS":
+    def _files(self) -> ListenTLS:
         if self.mode != "disable" and (self.cert is None or self.key is None):
             raise ValueError(f"tls mode {self.mode!r} needs both `cert` and `key` files")
         return self
@@ -47,37 +49,35 @@ class ListenTLS(_Strict):
 class Listen(_Strict):
     """pgwarden's own listener for clients."""
 
-    host: str = Field("127.0.0.1",
-        description="Address to listen on for clients.")
-    port: int = Field(6432, ge=1, le=65535,
-        description="TCP port for clients.")
-    tls: ListenTLS = Field(ListenTLS(),
-        description="TLS towards clients (see listen.tls.*).")
-    max_message_size: int = Field(64 * 1024 * 1024, ge=1024,
-        description="Largest protocol message a client may send, in bytes; a larger one closes that client with SQLSTATE 54000.")
-    startup_timeout: float = Field(10.0, gt=0,
-        description="Seconds a client has to finish startup and authentication.")
+    host: str = Field("127.0.0.1", description="Address to listen on for clients.")
+    port: int = Field(6432, ge=1, le=65535, description="TCP port for clients.")
+    tls: ListenTLS = Field(ListenTLS(), description="TLS towards clients (see listen.tls.*).")
+    max_message_size: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest protocol message a client may send, in bytes; a larger one closes that client with SQLSTATE 54000.",
+    )
+    startup_timeout: float = Field(10.0, gt=0, description="Seconds a client has to finish startup and authentication.")
 
 
 class Http(_Strict):
     """The HTTP listener for /healthz (and, later, /metrics and /readyz)."""
 
-    host: str = Field("127.0.0.1",
-        description="Address of the HTTP listener (/healthz).")
-    port: int = Field(9187, ge=0, le=65535,
-        description="Port of the HTTP listener; 0 disables it.")
+    host: str = Field("127.0.0.1", description="Address of the HTTP listener (/healthz).")
+    port: int = Field(9187, ge=0, le=65535, description="Port of the HTTP listener; 0 disables it.")
 
 
 class BackendTLS(_Strict):
     """TLS to the backend, with libpq's sslmode meanings."""
 
-    mode: Literal["disable", "prefer", "require", "verify-full"] = Field("disable",
-        description="libpq sslmode meanings: `disable`, `prefer` (TLS when offered), `require` (TLS, certificate not checked), `verify-full` (TLS, chain and host name checked against `ca`).")
-    ca: Path | None = Field(None,
-        description="PEM CA bundle for `verify-full`.")
+    mode: Literal["disable", "prefer", "require", "verify-full"] = Field(
+        "disable",
+        description="libpq sslmode meanings: `disable`, `prefer` (TLS when offered), `require` (TLS, certificate not checked), `verify-full` (TLS, chain and host name checked against `ca`).",
+    )
+    ca: Path | None = Field(None, description="PEM CA bundle for `verify-full`.")
 
     @model_validator(mode="after")
-    def _ca(self) -> "BackendTLS":
+    def _ca(self) -> BackendTLS:
         if self.mode == "verify-full" and self.ca is None:
             raise ValueError("tls mode 'verify-full' needs a `ca` file")
         return self
@@ -86,36 +86,39 @@ class BackendTLS(_Strict):
 class Primary(_Strict):
     """The primary PostgreSQL server."""
 
-    host: str = Field(...,
-        description="Host of the primary PostgreSQL (required: in the file or as PGWARDEN__PRIMARY__HOST).")
-    port: int = Field(5432, ge=1, le=65535,
-        description="Port of the primary PostgreSQL.")
-    tls: BackendTLS = Field(BackendTLS(),
-        description="TLS towards the backend (see primary.tls.*).")
+    host: str = Field(
+        ..., description="Host of the primary PostgreSQL (required: in the file or as PGWARDEN__PRIMARY__HOST)."
+    )
+    port: int = Field(5432, ge=1, le=65535, description="Port of the primary PostgreSQL.")
+    tls: BackendTLS = Field(BackendTLS(), description="TLS towards the backend (see primary.tls.*).")
 
 
 class UserEntry(_Strict):
     """A client login: exactly one of password, password_env, scram_verifier."""
 
-    password: str | None = Field(None,
-        description="The user's password, in the config file.")
-    password_env: str | None = Field(None,
-        description="Name of an environment variable holding the password (read at start and on reload).")
-    scram_verifier: str | None = Field(None,
-        description="A stored SCRAM-SHA-256 verifier (`pgwarden passwd` prints one); works with `scram-sha-256` only.")
+    password: str | None = Field(None, description="The user's password, in the config file.")
+    password_env: str | None = Field(
+        None, description="Name of an environment variable holding the password (read at start and on reload)."
+    )
+    scram_verifier: str | None = Field(
+        None,
+        description="A stored SCRAM-SHA-256 verifier (`pgwarden passwd` prints one); works with `scram-sha-256` only.",
+    )
 
     @model_validator(mode="after")
-    def _one(self) -> "UserEntry":
+    def _one(self) -> UserEntry:
         given = [k for k in ("password", "password_env", "scram_verifier") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("give exactly one of `password`, `password_env`, `scram_verifier`")
         if self.scram_verifier:
             from proxy.wire.auth import parse_scram_verifier
+
             try:
                 parse_scram_verifier(self.scram_verifier)
             except ValueError as exc:
-                raise ValueError(f"`scram_verifier` is not a SCRAM-SHA-256 verifier ({exc}); "
-                                 "`pgwarden passwd` prints one") from None
+                raise ValueError(
+                    f"`scram_verifier` is not a SCRAM-SHA-256 verifier ({exc}); `pgwarden passwd` prints one"
+                ) from None
         return self
 
     def secret(self) -> str | None:
@@ -128,23 +131,26 @@ class UserEntry(_Strict):
 class Auth(_Strict):
     """How clients authenticate to pgwarden."""
 
-    method: Literal["trust", "md5", "scram-sha-256"] = Field("scram-sha-256",
-        description="How clients prove who they are: `trust`, `md5` or `scram-sha-256`.")
-    users: dict[str, UserEntry] = Field({},
-        description="Logins pgwarden accepts, by user name. With `trust` and no users, every user name is accepted.")
+    method: Literal["trust", "md5", "scram-sha-256"] = Field(
+        "scram-sha-256", description="How clients prove who they are: `trust`, `md5` or `scram-sha-256`."
+    )
+    users: dict[str, UserEntry] = Field(
+        {}, description="Logins pgwarden accepts, by user name. With `trust` and no users, every user name is accepted."
+    )
 
 
 class PolicedAuth(_Strict):
     """The least-privilege role policed (non-bypass) sessions log into backends as."""
 
-    user: str = Field(description=(
-        "Role policed sessions log into PostgreSQL as: not a superuser, no BYPASSRLS, owning no "
-        "table and no CREATE on any schema, with only the grants the policy needs (`pgwarden init --policy` writes its SQL). "
-        "pgwarden refuses policed sessions when it is not."))
-    password: str | None = Field(None,
-        description="Password of that role (for md5 or SCRAM backends).")
-    password_env: str | None = Field(None,
-        description="Environment variable holding that password.")
+    user: str = Field(
+        description=(
+            "Role policed sessions log into PostgreSQL as: not a superuser, no BYPASSRLS, owning no "
+            "table and no CREATE on any schema, with only the grants the policy needs (`pgwarden init --policy` writes its SQL). "
+            "pgwarden refuses policed sessions when it is not."
+        )
+    )
+    password: str | None = Field(None, description="Password of that role (for md5 or SCRAM backends).")
+    password_env: str | None = Field(None, description="Environment variable holding that password.")
 
     def secret(self) -> str | None:
         if self.password_env:
@@ -155,17 +161,20 @@ class PolicedAuth(_Strict):
 class BackendAuth(_Strict):
     """The role pgwarden logs into backends as (omit `user` to use the client's)."""
 
-    user: str | None = Field(None,
-        description="Role pgwarden logs into PostgreSQL as; omit it to log in as the client's user.")
-    password: str | None = Field(None,
-        description="Password of that role (for md5 or SCRAM backends).")
-    password_env: str | None = Field(None,
-        description="Environment variable holding that password.")
-    policed: PolicedAuth | None = Field(None, description=(
-        "The role policed (non-bypass) sessions log in as, in pools of their own; `user` and "
-        "`password` above then serve bypass roles only. Omitted: policed sessions log in as "
-        "`user` (or the client's user) too, and are refused when that role is a superuser, has "
-        "BYPASSRLS, owns a table or may create one."))
+    user: str | None = Field(
+        None, description="Role pgwarden logs into PostgreSQL as; omit it to log in as the client's user."
+    )
+    password: str | None = Field(None, description="Password of that role (for md5 or SCRAM backends).")
+    password_env: str | None = Field(None, description="Environment variable holding that password.")
+    policed: PolicedAuth | None = Field(
+        None,
+        description=(
+            "The role policed (non-bypass) sessions log in as, in pools of their own; `user` and "
+            "`password` above then serve bypass roles only. Omitted: policed sessions log in as "
+            "`user` (or the client's user) too, and are refused when that role is a superuser, has "
+            "BYPASSRLS, owns a table or may create one."
+        ),
+    )
 
     def secret(self) -> str | None:
         if self.password_env:
@@ -176,27 +185,31 @@ class BackendAuth(_Strict):
 class Pool(_Strict):
     """Backend pools, one per (database, backend user). Times are in seconds."""
 
-    mode: Literal["session", "transaction"] = Field("transaction",
-        description="`transaction`: a backend is lent for one transaction (released when ReadyForQuery says idle); `session`: for the client's whole connection.")
-    size: int = Field(20, ge=1, le=10_000,
-        description="Most backends per (database, backend user).")
-    min_idle: int = Field(0, ge=0,
-        description="Idle backends kept open per pool once it exists.")
-    max_client_connections: int = Field(1000, ge=1,
-        description="Most client connections pgwarden accepts; more get SQLSTATE 53300.")
-    connect_timeout: float = Field(5.0, gt=0,
-        description="Seconds to connect and log in to a backend.")
-    idle_timeout: float = Field(600.0, gt=0,
-        description="Seconds an idle backend is kept (beyond min_idle) before it is closed.")
-    max_lifetime: float = Field(3600.0, gt=0,
-        description="Seconds after which a backend is closed once it is idle.")
-    query_wait_timeout: float = Field(30.0, gt=0,
-        description="Seconds a client waits for a backend before it gets SQLSTATE 53300.")
-    prepared_statements_per_backend: int = Field(1000, ge=1,
-        description="Prepared statements kept per backend in transaction mode (least recently used are closed).")
+    mode: Literal["session", "transaction"] = Field(
+        "transaction",
+        description="`transaction`: a backend is lent for one transaction (released when ReadyForQuery says idle); `session`: for the client's whole connection.",
+    )
+    size: int = Field(20, ge=1, le=10_000, description="Most backends per (database, backend user).")
+    min_idle: int = Field(0, ge=0, description="Idle backends kept open per pool once it exists.")
+    max_client_connections: int = Field(
+        1000, ge=1, description="Most client connections pgwarden accepts; more get SQLSTATE 53300."
+    )
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect and log in to a backend.")
+    idle_timeout: float = Field(
+        600.0, gt=0, description="Seconds an idle backend is kept (beyond min_idle) before it is closed."
+    )
+    max_lifetime: float = Field(3600.0, gt=0, description="Seconds after which a backend is closed once it is idle.")
+    query_wait_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client waits for a backend before it gets SQLSTATE 53300."
+    )
+    prepared_statements_per_backend: int = Field(
+        1000,
+        ge=1,
+        description="Prepared statements kept per backend in transaction mode (least recently used are closed).",
+    )
 
     @model_validator(mode="after")
-    def _min_idle(self) -> "Pool":
+    def _min_idle(self) -> Pool:
         if self.min_idle > self.size:
             raise ValueError(f"min_idle ({self.min_idle}) cannot exceed size ({self.size})")
         return self
@@ -205,10 +218,10 @@ class Pool(_Strict):
 class Log(_Strict):
     """Logging: level and format (text for people, json for log pipelines)."""
 
-    level: Literal["debug", "info", "warning", "error"] = Field("info",
-        description="`debug`, `info`, `warning` or `error`.")
-    format: Literal["text", "json"] = Field("text",
-        description="`text` for people, `json` for log pipelines.")
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="`debug`, `info`, `warning` or `error`."
+    )
+    format: Literal["text", "json"] = Field("text", description="`text` for people, `json` for log pipelines.")
 
 
 # Keys of the config contract (docs/architecture.md, "Decisions") whose features this version does not have yet:
@@ -230,25 +243,37 @@ class Config(_Strict):
     listen: Listen = Field(Listen(), description="Where clients connect.")
     http: Http = Field(Http(), description="The operators' HTTP endpoint.")
     primary: Primary = Field(..., description="The primary PostgreSQL server.")
-    replicas: list[dict[str, Any]] = Field([], description=(
-        "Read replicas `[{host:, port:}]`. Not available yet: a non-empty list is rejected."))
+    replicas: list[dict[str, Any]] = Field(
+        [], description=("Read replicas `[{host:, port:}]`. Not available yet: a non-empty list is rejected.")
+    )
     auth: Auth = Field(Auth(), description="How clients authenticate to pgwarden.")
     backend_auth: BackendAuth = Field(BackendAuth(), description="How pgwarden logs in to PostgreSQL.")
     pool: Pool = Field(Pool(), description="Connection pooling.")
     log: Log = Field(Log(), description="Logging to standard error.")
     admin: Admin = Field(Admin(), description="The admin console.")
-    metrics: MetricsConfig = Field(MetricsConfig(), description=(
-        "Prometheus metrics: per-tenant statement counts and their cap."))
-    shutdown_timeout: float = Field(30.0, ge=0, description=(
-        "Seconds SIGTERM waits for open transactions before closing every client."))
-    policies: Path | None = Field(None, description=(
-        "Policy file, or folder of `*.yaml` policy files (docs/policies.md). Without it, "
-        "pgwarden pools and relays but enforces no policy."))
-    audit: AuditConfig | None = Field(None, description=(
-        "The audit trail (docs/operations.md): one HMAC-chained record per statement, login, "
-        "logout, refusal and reload. Omit it for no audit trail."))
-    slow_query: SlowQueryConfig | None = Field(None, description=(
-        "Log statements slower than a threshold (with fingerprint, redacted text, duration)."))
+    metrics: MetricsConfig = Field(
+        MetricsConfig(), description=("Prometheus metrics: per-tenant statement counts and their cap.")
+    )
+    shutdown_timeout: float = Field(
+        30.0, ge=0, description=("Seconds SIGTERM waits for open transactions before closing every client.")
+    )
+    policies: Path | None = Field(
+        None,
+        description=(
+            "Policy file, or folder of `*.yaml` policy files (docs/policies.md). Without it, "
+            "pgwarden pools and relays but enforces no policy."
+        ),
+    )
+    audit: AuditConfig | None = Field(
+        None,
+        description=(
+            "The audit trail (docs/operations.md): one HMAC-chained record per statement, login, "
+            "logout, refusal and reload. Omit it for no audit trail."
+        ),
+    )
+    slow_query: SlowQueryConfig | None = Field(
+        None, description=("Log statements slower than a threshold (with fingerprint, redacted text, duration).")
+    )
     cache: Any = Field(None, description="Result cache. Not available yet: rejected.")
     source: Path | None = Field(None, exclude=True)
 
@@ -258,11 +283,15 @@ def _not_yet(data: dict, doc: Document) -> list[str]:
     errors = []
     for key, feature in NOT_YET.items():
         if data.get(key) is not None:
-            errors.append(f"{doc.where((key,))}: {key}: {feature} is not available in this version "
-                          f"of pgwarden; remove the `{key}` key (it is never silently ignored)")
+            errors.append(
+                f"{doc.where((key,))}: {key}: {feature} is not available in this version "
+                f"of pgwarden; remove the `{key}` key (it is never silently ignored)"
+            )
     if data.get("replicas"):
-        errors.append(f"{doc.where(('replicas',))}: replicas: read routing to replicas is not "
-                      "available in this version of pgwarden; remove the entries")
+        errors.append(
+            f"{doc.where(('replicas',))}: replicas: read routing to replicas is not "
+            "available in this version of pgwarden; remove the entries"
+        )
     return errors
 
 
@@ -275,9 +304,13 @@ def _no_primary(data: dict, doc: Document) -> list[str]:
         return []
     loc = ("primary", "host")  # an empty PGWARDEN__PRIMARY__HOST is named; another variable is not to blame
     where = doc.where(loc) if loc in getattr(doc, "variables", {}) else f"{doc.path}:{doc.line(loc)}"
-    return [(f"{where}: primary.host: no primary PostgreSQL is given; set "
-             f"`primary: {{host: ..., port: ...}}` in {doc.path} (in a container, mount your config "
-             "there) or set the environment variables PGWARDEN__PRIMARY__HOST and PGWARDEN__PRIMARY__PORT")]
+    return [
+        (
+            f"{where}: primary.host: no primary PostgreSQL is given; set "
+            f"`primary: {{host: ..., port: ...}}` in {doc.path} (in a container, mount your config "
+            "there) or set the environment variables PGWARDEN__PRIMARY__HOST and PGWARDEN__PRIMARY__PORT"
+        )
+    ]
 
 
 def load_config(path: str | Path) -> Config:
@@ -323,6 +356,7 @@ def _paths(value: Any, loc: tuple = ()) -> dict[tuple, int]:
 
 def _resolve_paths(config: Config, base: Path) -> Config:
     """Every path-valued key made absolute against the config file's folder."""
+
     def absolute(model, key: str):
         value = getattr(model, key)
         if value is None or value.is_absolute():

@@ -117,17 +117,21 @@ def catalog_facts(types, routines, casts, columns, signatures, builtin_types) ->
             own.setdefault(typ, []).append(Routine(oid, nsp, name, role))
         else:  # a built-in type's default operator class with a user function
             builtin_opclasses.append((f"{type_name} {role.split()[1]}", Routine(oid, nsp, name)))
-    facts_types = {oid: TypeFacts(oid, f"{nsp}.{name}", elem, tuple(parts or ()), tuple(own.get(oid, ())), rel)
-                   for oid, nsp, name, elem, rel, parts in types}
+    facts_types = {
+        oid: TypeFacts(oid, f"{nsp}.{name}", elem, tuple(parts or ()), tuple(own.get(oid, ())), rel)
+        for oid, nsp, name, elem, rel, parts in types
+    }
     cols: dict[str, list[tuple[str, int]]] = {}
     for rel, col, typ in columns:
         cols.setdefault(rel, []).append((col, typ))
     sigs: dict[str, set[int]] = {}
     for fn, typs in signatures:
         sigs.setdefault(fn, set()).update(t for t in typs or () if t >= FIRST_USER_OID)
-    return CatalogFacts(facts_types, tuple(CastFacts(s, t, sn, tn, ctx, Routine(o, n, p))
-                                           for s, t, sn, tn, ctx, o, n, p in casts),
-                        tuple(builtin_opclasses), {r: tuple(c) for r, c in cols.items()},
-                        {fn: frozenset(t) for fn, t in sigs.items() if t},
-                        frozenset(f"pg_catalog.{n}" for n in builtin_types))
-
+    return CatalogFacts(
+        facts_types,
+        tuple(CastFacts(s, t, sn, tn, ctx, Routine(o, n, p)) for s, t, sn, tn, ctx, o, n, p in casts),
+        tuple(builtin_opclasses),
+        {r: tuple(c) for r, c in cols.items()},
+        {fn: frozenset(t) for fn, t in sigs.items() if t},
+        frozenset(f"pg_catalog.{n}" for n in builtin_types),
+    )

@@ -12,8 +12,8 @@ class Identity:
     user: str
     roles: frozenset[str]
     bypass: bool
-    tenant: str | None          # from the `users` tenant source, if any
-    may_set_tenant: bool        # listed in the `setting` source's trusted_users
+    tenant: str | None  # from the `users` tenant source, if any
+    may_set_tenant: bool  # listed in the `setting` source's trusted_users
 
 
 # --- decisions (the session carries them out; the router does no I/O) -------------------------
@@ -69,9 +69,13 @@ def tenant_parameter_types(param_types: bytes, checks: tuple[tuple[int, str], ..
     for number, _ in checks:
         if number > count:
             continue
-        oid = int.from_bytes(param_types[2 + 4 * (number - 1):6 + 4 * (number - 1)], "big")
+        oid = int.from_bytes(param_types[2 + 4 * (number - 1) : 6 + 4 * (number - 1)], "big")
         if oid not in TENANT_PARAMETER_TYPES:
-            return Refuse("42501", f"Parse refused: parameter ${number} sets the tenant column but is declared "
-                          f"of type oid {oid}, whose input could change the value written",
-                          "declare the tenant parameter as text (or leave its type unspecified)", "tenancy.column")
+            return Refuse(
+                "42501",
+                f"Parse refused: parameter ${number} sets the tenant column but is declared "
+                f"of type oid {oid}, whose input could change the value written",
+                "declare the tenant parameter as text (or leave its type unspecified)",
+                "tenancy.column",
+            )
     return None

@@ -56,15 +56,18 @@ def table_privileges(policy: Policy) -> dict[str, tuple[str, ...]]:
 def role_sql(policy: Policy, role: str, database: str | None = None) -> RoleSql:
     """CREATE ROLE and the GRANTs of exactly what the policy lets policed sessions do, nothing else."""
     who = quote_ident(role)
-    create = (f"-- the role pgwarden's policed sessions log in as (backend_auth.policed.user)\n"
-              f"CREATE ROLE {who} {ATTRIBUTES};\n"
-              f"-- give it a password for md5 or SCRAM backends: \\password {who}\n")
+    create = (
+        f"-- the role pgwarden's policed sessions log in as (backend_auth.policed.user)\n"
+        f"CREATE ROLE {who} {ATTRIBUTES};\n"
+        f"-- give it a password for md5 or SCRAM backends: \\password {who}\n"
+    )
     privileges = table_privileges(policy)
     lines = [f"-- in database {quote_ident(database) if database else '<each database the policy serves>'}"]
     if database:
         lines.append(f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {who};")
-    schemas = sorted({t.split(".", 1)[0] for t in privileges} |
-                     {f.split(".", 1)[0] for f in policy.functions if "." in f})
+    schemas = sorted(
+        {t.split(".", 1)[0] for t in privileges} | {f.split(".", 1)[0] for f in policy.functions if "." in f}
+    )
     lines += [f"GRANT USAGE ON SCHEMA {quote_ident(s)} TO {who};" for s in schemas]
     for table, privs in privileges.items():
         lines.append(f"GRANT {', '.join(privs)} ON TABLE {_qualified(table)} TO {who};")
@@ -79,12 +82,14 @@ def role_sql(policy: Policy, role: str, database: str | None = None) -> RoleSql:
 def _sequences(tables: list[str], role: str) -> str:
     """USAGE on the sequences behind serial and identity columns of tables policed sessions insert into."""
     names = ", ".join(_literal(_qualified(t)) for t in tables)
-    return ("DO $$ DECLARE s text; BEGIN\n"
-            "  FOR s IN SELECT d.objid::regclass::text FROM pg_depend d JOIN pg_class c ON c.oid = d.objid\n"
-            f"    WHERE c.relkind = 'S' AND d.deptype IN ('a', 'i') AND d.refobjid IN "
-            f"(SELECT unnest(ARRAY[{names}])::regclass)\n"
-            f"  LOOP EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', s, {_literal(role)}); "
-            "END LOOP;\nEND $$;")
+    return (
+        "DO $$ DECLARE s text; BEGIN\n"
+        "  FOR s IN SELECT d.objid::regclass::text FROM pg_depend d JOIN pg_class c ON c.oid = d.objid\n"
+        f"    WHERE c.relkind = 'S' AND d.deptype IN ('a', 'i') AND d.refobjid IN "
+        f"(SELECT unnest(ARRAY[{names}])::regclass)\n"
+        f"  LOOP EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', s, {_literal(role)}); "
+        "END LOOP;\nEND $$;"
+    )
 
 
 def _literal(text: str) -> str:
@@ -92,9 +97,11 @@ def _literal(text: str) -> str:
 
 
 # PUBLIC's EXECUTE on user functions is left alone (the reasons: docs/security.md)
-REVOKE_NOTE = ("-- PostgreSQL 14 and older let PUBLIC create objects in schema public, and pgwarden\n"
-               "-- refuses a role that can: REVOKE CREATE ON SCHEMA public FROM PUBLIC;\n"
-               "-- PostgreSQL lets PUBLIC (so this role too) execute every function; pgwarden refuses\n"
-               "-- user functions not in functions.allow. Revoking PUBLIC's EXECUTE would also take it\n"
-               "-- from every other role and break column defaults and checks that call them, so it is\n"
-               "-- left to you: REVOKE EXECUTE ON FUNCTION <schema.function> FROM PUBLIC;")
+REVOKE_NOTE = (
+    "-- PostgreSQL 14 and older let PUBLIC create objects in schema public, and pgwarden\n"
+    "-- refuses a role that can: REVOKE CREATE ON SCHEMA public FROM PUBLIC;\n"
+    "-- PostgreSQL lets PUBLIC (so this role too) execute every function; pgwarden refuses\n"
+    "-- user functions not in functions.allow. Revoking PUBLIC's EXECUTE would also take it\n"
+    "-- from every other role and break column defaults and checks that call them, so it is\n"
+    "-- left to you: REVOKE EXECUTE ON FUNCTION <schema.function> FROM PUBLIC;"
+)

@@ -43,26 +43,43 @@ class PolicyLoadError(Exception):
         self.errors = errors
 
 
-def load_router(path: Path, schemas: dict | None = None, search_paths: dict | None = None,
-                routines: dict | None = None, server_majors: dict | None = None) -> "Router":
+def load_router(
+    path: Path,
+    schemas: dict | None = None,
+    search_paths: dict | None = None,
+    routines: dict | None = None,
+    server_majors: dict | None = None,
+) -> Router:
     """Load the policy at `path` (a file or a folder) into a new Router; PolicyLoadError if it is bad."""
     from policies.load import load_policy
     from policies.source import SourceError
+
     try:
         policy = load_policy(path)
     except SourceError as exc:
         raise PolicyLoadError(list(exc.errors)) from exc
-    return Router(policy, Path(path), dict(schemas or {}), dict(search_paths or {}), dict(routines or {}),
-                  dict(server_majors or {}))
+    return Router(
+        policy,
+        Path(path),
+        dict(schemas or {}),
+        dict(search_paths or {}),
+        dict(routines or {}),
+        dict(server_majors or {}),
+    )
 
 
 class Router:
     """An immutable pairing of one policy version with the live schemas; reload builds a new one."""
 
-    def __init__(self, policy, source: Path, schemas: dict[str, dict[str, tuple[Column, ...]]],
-                 search_paths: dict[str, tuple[str, ...]] | None = None,
-                 routines: dict[str, UserRoutines] | None = None,
-                 server_majors: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        policy,
+        source: Path,
+        schemas: dict[str, dict[str, tuple[Column, ...]]],
+        search_paths: dict[str, tuple[str, ...]] | None = None,
+        routines: dict[str, UserRoutines] | None = None,
+        server_majors: dict[str, int] | None = None,
+    ) -> None:
         self.policy = policy
         self.source = source
         self.schemas = schemas
@@ -80,9 +97,14 @@ class Router:
         self.hits = self.misses = 0
         self.observe = None  # called with the seconds each uncached decision took
 
-    def add_schema(self, database: str, schema: dict[str, tuple[Column, ...]],
-                   search_path: tuple[str, ...], routines: UserRoutines | None = None,
-                   server_major: int | None = None) -> None:
+    def add_schema(
+        self,
+        database: str,
+        schema: dict[str, tuple[Column, ...]],
+        search_path: tuple[str, ...],
+        routines: UserRoutines | None = None,
+        server_major: int | None = None,
+    ) -> None:
         """A database's live schema, read (again) by the control plane, with its own functions and operators
         and its backend's PostgreSQL major (None: offline, judged with the parser's own grammar)."""
         self.schemas[database] = schema
@@ -90,9 +112,14 @@ class Router:
         self.routines[database] = routines or UserRoutines()
         self.server_majors[database] = server_major or PARSER_MAJOR
         if not self.server_supported(database):
-            log.error("database %r runs PostgreSQL %s: pgwarden supports %s to %s; every statement of a "
-                      "policed session there is refused", database, server_major,
-                      min(SUPPORTED_SERVERS), max(SUPPORTED_SERVERS))
+            log.error(
+                "database %r runs PostgreSQL %s: pgwarden supports %s to %s; every statement of a "
+                "policed session there is refused",
+                database,
+                server_major,
+                min(SUPPORTED_SERVERS),
+                max(SUPPORTED_SERVERS),
+            )
         self.generation += 1
         self._cache.clear()
         self._shapes.clear()
@@ -116,10 +143,12 @@ class Router:
             return deny.message, deny.hint
         digits = re.match(r"\d+", reported or "")
         if digits is not None and int(digits.group()) != major:
-            return (f"the backend reports PostgreSQL {reported}, but pgwarden read PostgreSQL {major} "
-                    f"for database {database!r}: it cannot tell which grammar runs the statements",
-                    "Point the control plane and the backends of this database at the same PostgreSQL, "
-                    "or reload pgwarden after an upgrade.")
+            return (
+                f"the backend reports PostgreSQL {reported}, but pgwarden read PostgreSQL {major} "
+                f"for database {database!r}: it cannot tell which grammar runs the statements",
+                "Point the control plane and the backends of this database at the same PostgreSQL, "
+                "or reload pgwarden after an upgrade.",
+            )
         return None
 
     def problems(self, database: str) -> list[str]:
@@ -128,30 +157,42 @@ class Router:
         out = []
         for table, columns in evaluate.masked_columns(self.policy).items():
             if table not in schema:
-                out.append(f"{self.source}: tables.{table}: no such table or view in database "
-                           f"{database!r}; fix the name or create it")
+                out.append(
+                    f"{self.source}: tables.{table}: no such table or view in database "
+                    f"{database!r}; fix the name or create it"
+                )
                 continue
             present = {c.name for c in schema[table]}
-            out += [f"{self.source}: tables.{table}.masks.{col}: no such column in {table}"
-                    for col in columns if col not in present]
+            out += [
+                f"{self.source}: tables.{table}.masks.{col}: no such column in {table}"
+                for col in columns
+                if col not in present
+            ]
         for table in evaluate.tables(self.policy):
             if table not in schema and table not in evaluate.masked_columns(self.policy):
-                out.append(f"{self.source}: tables.{table}: no such table or view in database "
-                           f"{database!r}; fix the name or create it")
+                out.append(
+                    f"{self.source}: tables.{table}: no such table or view in database "
+                    f"{database!r}; fix the name or create it"
+                )
         return out
 
     # --- identity ---------------------------------------------------------------------------
 
     def identity(self, user: str) -> Identity:
         policy = self.policy
-        return Identity(user, frozenset(evaluate.roles_of(policy, user)),
-                        evaluate.is_bypass(policy, user), evaluate.tenant_from_users(policy, user),
-                        user in _trusted_users(policy))
+        return Identity(
+            user,
+            frozenset(evaluate.roles_of(policy, user)),
+            evaluate.is_bypass(policy, user),
+            evaluate.tenant_from_users(policy, user),
+            user in _trusted_users(policy),
+        )
 
     # --- statements -------------------------------------------------------------------------
 
-    def decide(self, ident: Identity, tenant: str | None, database: str, sql: str,
-               search_path: tuple[str, ...] | None = None) -> Decision:
+    def decide(
+        self, ident: Identity, tenant: str | None, database: str, sql: str, search_path: tuple[str, ...] | None = None
+    ) -> Decision:
         """What to do with one statement text (a Query, or a Parse's text)."""
         if ident.bypass:
             return ORIGINAL
@@ -161,16 +202,18 @@ class Router:
             self.hits += 1
         else:
             self.misses += 1
-            decision = self._by_shape(ident, tenant, database, sql, search_path) or \
-                self._decide(ident, tenant, database, sql, search_path)
+            decision = self._by_shape(ident, tenant, database, sql, search_path) or self._decide(
+                ident, tenant, database, sql, search_path
+            )
             if not isinstance(decision, SetTenant):
                 if len(self._cache) >= CACHE_SIZE:
                     self._cache.clear()
                 self._cache[key] = decision
         return decision
 
-    def _by_shape(self, ident: Identity, tenant: str | None, database: str, sql: str,
-                  search_path: tuple[str, ...] | None) -> Decision | None:
+    def _by_shape(
+        self, ident: Identity, tenant: str | None, database: str, sql: str, search_path: tuple[str, ...] | None
+    ) -> Decision | None:
         """The decision for `sql` from the one made for its shape (literals as parameters).
 
         Simple-protocol clients (psycopg2, pgbench -M simple) send each value inside the
@@ -205,8 +248,9 @@ class Router:
             return None
         return Forward(restored, tuple(checks), decision.tables, decision.masked)
 
-    def _decide(self, ident: Identity, tenant: str | None, database: str, sql: str,
-                search_path: tuple[str, ...] | None) -> Decision:
+    def _decide(
+        self, ident: Identity, tenant: str | None, database: str, sql: str, search_path: tuple[str, ...] | None
+    ) -> Decision:
         tenant_stmt = self._tenant_statement(ident, sql, tenant)
         if tenant_stmt is not None:
             return tenant_stmt
@@ -218,8 +262,9 @@ class Router:
             self.observe(elapsed)
         decision = self._from_result(result)
         if self.monitor and not (isinstance(decision, Forward) and decision.sql is None):
-            log.warning("monitor mode: would %s for user=%s tenant=%s: %s",
-                        _describe(decision), ident.user, tenant, sql[:500])
+            log.warning(
+                "monitor mode: would %s for user=%s tenant=%s: %s", _describe(decision), ident.user, tenant, sql[:500]
+            )
             return ORIGINAL
         if elapsed > 0.05:
             log.info("rewrite took %.1f ms: %s", elapsed * 1000, sql[:200])
@@ -234,18 +279,24 @@ class Router:
         hint = f"{result.hint} (policy file {self.policy.file_of(result.rule)}, rule `{result.rule}`)"
         return Refuse(result.sqlstate, result.message, hint, result.rule)
 
-    def _context(self, ident: Identity, tenant: str | None, database: str,
-                 search_path: tuple[str, ...] | None) -> Context:
+    def _context(
+        self, ident: Identity, tenant: str | None, database: str, search_path: tuple[str, ...] | None
+    ) -> Context:
         key = (ident.user, tenant, database, search_path)
         ctx = self._contexts.get(key)
         if ctx is None:
             path = search_path or self.search_paths.get(database) or ("public",)
-            ctx = Context(_table_rules(self.policy, ident.user), self.schemas.get(database, {}),
-                          tenant, frozenset(evaluate.allowed_functions(self.policy)),
-                          tuple(s.replace("$user", ident.user) for s in path if s),
-                          evaluate.SENSITIVE_CATALOG_RELATIONS, self.routines.get(database, UserRoutines()),
-                          self.implicit(database),
-                          self.server_majors.get(database, PARSER_MAJOR))
+            ctx = Context(
+                _table_rules(self.policy, ident.user),
+                self.schemas.get(database, {}),
+                tenant,
+                frozenset(evaluate.allowed_functions(self.policy)),
+                tuple(s.replace("$user", ident.user) for s in path if s),
+                evaluate.SENSITIVE_CATALOG_RELATIONS,
+                self.routines.get(database, UserRoutines()),
+                self.implicit(database),
+                self.server_majors.get(database, PARSER_MAJOR),
+            )
             self._contexts[key] = ctx
         return ctx
 
@@ -264,15 +315,19 @@ class Router:
             return None
         risks = self.implicit(database)
         count = int.from_bytes(param_types[:2], "big")
-        oids = [int.from_bytes(param_types[2 + 4 * i:6 + 4 * i], "big") for i in range(count)]
+        oids = [int.from_bytes(param_types[2 + 4 * i : 6 + 4 * i], "big") for i in range(count)]
         name = next((risks.type_oids[oid] for oid in oids if oid in risks.type_oids), None)
         if name is None:
             return None
         risk = risks.types[name]
-        return Refuse("42501", f"Parse refused: a parameter is declared of type {name}: {risk.why}",
-                      f"Review {', '.join(risk.functions)} and add them to functions.allow (policy file "
-                      f"{self.policy.file_of('functions.allow')}, rule `functions.allow`), or declare the "
-                      "parameter without that type.", "functions.allow")
+        return Refuse(
+            "42501",
+            f"Parse refused: a parameter is declared of type {name}: {risk.why}",
+            f"Review {', '.join(risk.functions)} and add them to functions.allow (policy file "
+            f"{self.policy.file_of('functions.allow')}, rule `functions.allow`), or declare the "
+            "parameter without that type.",
+            "functions.allow",
+        )
 
     # --- SET / RESET of the tenant settings -------------------------------------------------
 
@@ -289,22 +344,28 @@ class Router:
             return None
         name, value, local, reset = stmt
         if ident.tenant is not None and name in (self.tenant_setting, self._signed):
-            return Refuse("42501", f'user "{ident.user}" has a fixed tenant ({ident.tenant}) from '
-                          f"tenancy.sources.users; {name} cannot change it",
-                          "the first tenant source that matches wins: connect as a user without a "
-                          f"fixed tenant to switch tenants (policy file {self.policy.file_of('tenancy')})",
-                          "tenancy.sources")
+            return Refuse(
+                "42501",
+                f'user "{ident.user}" has a fixed tenant ({ident.tenant}) from '
+                f"tenancy.sources.users; {name} cannot change it",
+                "the first tenant source that matches wins: connect as a user without a "
+                f"fixed tenant to switch tenants (policy file {self.policy.file_of('tenancy')})",
+                "tenancy.sources",
+            )
         if name == self.tenant_setting:
             if not ident.may_set_tenant:
-                return Refuse("42501", f'user "{ident.user}" may not set {name}',
-                              "only the setting source's trusted_users may (policy file "
-                              f"{self.policy.file_of('tenancy')}, rule `tenancy.sources`); use a "
-                              "signed token instead", "tenancy.sources")
+                return Refuse(
+                    "42501",
+                    f'user "{ident.user}" may not set {name}',
+                    "only the setting source's trusted_users may (policy file "
+                    f"{self.policy.file_of('tenancy')}, rule `tenancy.sources`); use a "
+                    "signed token instead",
+                    "tenancy.sources",
+                )
             if reset:
                 return SetTenant(None, local, sql)
             if value is None:
-                return Refuse("22023", f"{name} must be set to a string", "SET it to the tenant id",
-                              "tenancy.sources")
+                return Refuse("22023", f"{name} must be set to a string", "SET it to the tenant id", "tenancy.sources")
             return SetTenant(value, local, sql)
         if name == self._signed:
             if reset:
@@ -315,13 +376,21 @@ class Router:
     def _token(self, token: str, local: bool) -> Decision:
         key = os.environ.get(self._key or "", "").encode()
         if not key:
-            return Refuse("42501", "signed tenant tokens are not accepted: the key is not set",
-                          f"set the environment variable {self._key} for pgwarden", "tenancy.sources")
+            return Refuse(
+                "42501",
+                "signed tenant tokens are not accepted: the key is not set",
+                f"set the environment variable {self._key} for pgwarden",
+                "tenancy.sources",
+            )
         try:
             tenant = evaluate.verify_tenant_token(token, key, time.time())
         except evaluate.TokenError as exc:
-            return Refuse("42501", f"tenant token refused: {exc}; the tenant is unchanged",
-                          "get a fresh token signed with the current key", "tenancy.sources")
+            return Refuse(
+                "42501",
+                f"tenant token refused: {exc}; the tenant is unchanged",
+                "get a fresh token signed with the current key",
+                "tenancy.sources",
+            )
         name = self.tenant_setting or "pgwarden.tenant"
         quoted = tenant.replace("'", "''")
         return SetTenant(tenant, local, f"SET {'LOCAL ' if local else ''}{name} TO '{quoted}'")
@@ -342,13 +411,13 @@ def _shape(sql: str) -> tuple[str, int, list[str]] | None:
         tokens = pgparser.scan(sql)
     except Exception:
         return None
-    params = [int(sql[t.start + 1:t.end + 1]) for t in tokens if t.name == "PARAM"]
+    params = [int(sql[t.start + 1 : t.end + 1]) for t in tokens if t.name == "PARAM"]
     base = max(params + [1000]) + 1
     out, literals, last = [], [], 0
     for t in tokens:
         if t.name in _LITERALS and (t.name != "SCONST" or sql[t.start] == "'"):
-            out += (sql[last:t.start], f"${base + len(literals)}")
-            literals.append(sql[t.start:t.end + 1])
+            out += (sql[last : t.start], f"${base + len(literals)}")
+            literals.append(sql[t.start : t.end + 1])
             last = t.end + 1
     if not literals:
         return None
@@ -364,10 +433,10 @@ def _restore(text: str, base: int, literals: list[str]) -> str | None:
         return None
     out, last = [], 0
     for t in tokens:
-        if t.name == "PARAM" and (n := int(text[t.start + 1:t.end + 1])) >= base:
+        if t.name == "PARAM" and (n := int(text[t.start + 1 : t.end + 1])) >= base:
             if n - base >= len(literals):
                 return None
-            out += (text[last:t.start], literals[n - base])
+            out += (text[last : t.start], literals[n - base])
             last = t.end + 1
     out.append(text[last:])
     return "".join(out)
@@ -437,10 +506,11 @@ def _trusted_users(policy) -> frozenset[str]:
 def _table_rules(policy, user: str) -> dict[str, TableRule]:
     rules = {}
     for name, tenant_column in evaluate.tables(policy).items():
-        masks = {col: MaskSpec(spec.kind, tuple(sorted(_mask_options(spec).items())))
-                 for col, spec in evaluate.masks_for(policy, user, name).items()}
-        rules[name] = TableRule(name, tenant_column, frozenset(
-            evaluate.allowed_actions(policy, user, name)), masks)
+        masks = {
+            col: MaskSpec(spec.kind, tuple(sorted(_mask_options(spec).items())))
+            for col, spec in evaluate.masks_for(policy, user, name).items()
+        }
+        rules[name] = TableRule(name, tenant_column, frozenset(evaluate.allowed_actions(policy, user, name)), masks)
     return rules
 
 

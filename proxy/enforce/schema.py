@@ -59,14 +59,28 @@ class LiveSchema(NamedTuple):
     server_major: int  # the backend's PostgreSQL major (server_version_num // 10000)
 
 
-async def load_schema(host: str, port: int, user: str, password: str | None, database: str,
-                      tls: ssl.SSLContext | None = None, timeout: float = 10.0) -> LiveSchema:
+async def load_schema(
+    host: str,
+    port: int,
+    user: str,
+    password: str | None,
+    database: str,
+    tls: ssl.SSLContext | None = None,
+    timeout: float = 10.0,
+) -> LiveSchema:
     """Every user table, view and partition ({"schema.relation": columns in table order}),
     the search_path a backend of this role starts with, the user-defined functions and operators,
     and the backend's PostgreSQL major."""
-    conn = await asyncpg.connect(host=host, port=port, user=user, password=password,
-                                 database=database, ssl=tls or False, timeout=timeout,
-                                 statement_cache_size=0)
+    conn = await asyncpg.connect(
+        host=host,
+        port=port,
+        user=user,
+        password=password,
+        database=database,
+        ssl=tls or False,
+        timeout=timeout,
+        statement_cache_size=0,
+    )
     try:
         rows = await conn.fetch(_COLUMNS, timeout=timeout)
         path = await conn.fetchval("select current_setting('search_path')", timeout=timeout)
@@ -81,8 +95,12 @@ async def load_schema(host: str, port: int, user: str, password: str | None, dat
         schema.setdefault(f"{nsp}.{rel}", []).append(Column(col, typ))
     search_path = tuple(p.strip().strip('"') for p in path.split(",") if p.strip())
     found = routines(functions, operators)
-    return LiveSchema({name: tuple(cols) for name, cols in schema.items()}, search_path,
-                      UserRoutines(found.functions, found.operators, catalog), version_num // 10000)
+    return LiveSchema(
+        {name: tuple(cols) for name, cols in schema.items()},
+        search_path,
+        UserRoutines(found.functions, found.operators, catalog),
+        version_num // 10000,
+    )
 
 
 def routines(functions: list, operators: list) -> UserRoutines:
@@ -95,5 +113,6 @@ def routines(functions: list, operators: list) -> UserRoutines:
     ops: dict[str, set[str]] = {}
     for nsp, symbol, fnsp, fname in operators:
         ops.setdefault(f"{nsp}.{symbol}", set()).add(f"{fnsp}.{fname}" if fname else "")
-    return UserRoutines(frozenset(f"{nsp}.{name}" for nsp, name in functions),
-                        {key: frozenset(funcs) for key, funcs in ops.items()})
+    return UserRoutines(
+        frozenset(f"{nsp}.{name}" for nsp, name in functions), {key: frozenset(funcs) for key, funcs in ops.items()}
+    )

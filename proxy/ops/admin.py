@@ -5,33 +5,42 @@ from __future__ import annotations
 import re
 import struct
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from proxy.wire import protocol
 from proxy.ops.stats import COLUMNS
+from proxy.wire import protocol
 
 if TYPE_CHECKING:
     from proxy.app.server import Server
 
 DATABASE = "pgwarden"
 # What psql and drivers need to hear at login from a server that is not PostgreSQL.
-PARAMETERS = {"server_version": "15.0 (pgwarden admin console)", "server_encoding": "UTF8",
-              "client_encoding": "UTF8", "DateStyle": "ISO, MDY", "integer_datetimes": "on",
-              "standard_conforming_strings": "on", "TimeZone": "UTC"}
+PARAMETERS = {
+    "server_version": "15.0 (pgwarden admin console)",
+    "server_encoding": "UTF8",
+    "client_encoding": "UTF8",
+    "DateStyle": "ISO, MDY",
+    "integer_datetimes": "on",
+    "standard_conforming_strings": "on",
+    "TimeZone": "UTC",
+}
 _TEXT_OID = 25
-HINT = ("commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW QUERIES, SHOW CONFIG, "
-        "SHOW POLICY, SHOW HELP, RELOAD, PAUSE, RESUME, KILL db, SHUTDOWN")
+HINT = (
+    "commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW QUERIES, SHOW CONFIG, "
+    "SHOW POLICY, SHOW HELP, RELOAD, PAUSE, RESUME, KILL db, SHUTDOWN"
+)
 _COMMAND = re.compile(r"\s*(show\s+\w+|reload|pause|resume|kill\s+\S+|shutdown)\s*;?\s*$", re.I)
 
 
 def _table(columns: list[str], rows: list[list[object]], tag: str) -> bytes:
     """RowDescription, DataRows (text) and CommandComplete for one result."""
-    fields = b"".join(protocol.cstr(c) + struct.pack("!IhIhih", 0, 0, _TEXT_OID, -1, -1, 0)
-                      for c in columns)
+    fields = b"".join(protocol.cstr(c) + struct.pack("!IhIhih", 0, 0, _TEXT_OID, -1, -1, 0) for c in columns)
     out = [protocol.message(b"T", struct.pack("!h", len(columns)) + fields)]
     for row in rows:
-        cells = b"".join(struct.pack("!i", -1) if v is None else
-                         struct.pack("!i", len(b := str(v).encode())) + b for v in row)
+        cells = b"".join(
+            struct.pack("!i", -1) if v is None else struct.pack("!i", len(b := str(v).encode())) + b for v in row
+        )
         out.append(protocol.message(b"D", struct.pack("!h", len(row)) + cells))
     out.append(protocol.command_complete(tag))
     return b"".join(out)
@@ -40,14 +49,23 @@ def _table(columns: list[str], rows: list[list[object]], tag: str) -> bytes:
 class AdminConsole:
     """Answers one admin session's simple queries from the server's state; does no backend I/O."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.commands: dict[str, Callable[[str], bytes]] = {
-            "show pools": self.pools, "show clients": self.clients, "show servers": self.servers,
-            "show backends": self.servers, "show stats": self.stats, "show config": self.config,
-            "show policy": self.policy, "show help": self.help, "reload": self.reload,
+            "show pools": self.pools,
+            "show clients": self.clients,
+            "show servers": self.servers,
+            "show backends": self.servers,
+            "show stats": self.stats,
+            "show config": self.config,
+            "show policy": self.policy,
+            "show help": self.help,
+            "reload": self.reload,
             "show queries": self.queries,
-            "pause": self.pause, "resume": self.resume, "kill": self.kill, "shutdown": self.shutdown,
+            "pause": self.pause,
+            "resume": self.resume,
+            "kill": self.kill,
+            "shutdown": self.shutdown,
         }
 
     def handle(self, sql: str) -> bytes:
@@ -57,55 +75,108 @@ class AdminConsole:
         name = " ".join(words[:2]) if words and words[0] == "show" else (words[0] if words else "")
         command = self.commands.get(name)
         if command is None:
-            body = protocol.error_response("42601", f"unknown admin command: {sql.strip()[:80]!r}",
-                                           hint=HINT)
+            body = protocol.error_response("42601", f"unknown admin command: {sql.strip()[:80]!r}", hint=HINT)
         else:
             argument = match.group(1).split(None, 1)[1] if name == "kill" else ""
             body = command(argument)
         return body + protocol.ready_for_query(b"I")
 
     def help(self, _: str) -> bytes:
-        rows = [["SHOW POOLS", "backends and waiting clients per pool"],
-                ["SHOW CLIENTS", "client connections"], ["SHOW SERVERS", "backend connections"],
-                ["SHOW STATS", "counters since start"], ["SHOW CONFIG", "the running config"],
-                ["SHOW QUERIES", "statements by fingerprint: calls, time (total, mean, p95, max), rows, "
-                 "refusals, cache hits"],
-                ["SHOW POLICY", "the running policy"], ["RELOAD", "re-read config and policies"],
-                ["PAUSE", "stop lending backends (transactions in flight finish)"],
-                ["RESUME", "lend backends again"], ["KILL db", "close a database's clients and backends"],
-                ["SHUTDOWN", "stop pgwarden (as SIGTERM)"]]
+        rows = [
+            ["SHOW POOLS", "backends and waiting clients per pool"],
+            ["SHOW CLIENTS", "client connections"],
+            ["SHOW SERVERS", "backend connections"],
+            ["SHOW STATS", "counters since start"],
+            ["SHOW CONFIG", "the running config"],
+            [
+                "SHOW QUERIES",
+                "statements by fingerprint: calls, time (total, mean, p95, max), rows, refusals, cache hits",
+            ],
+            ["SHOW POLICY", "the running policy"],
+            ["RELOAD", "re-read config and policies"],
+            ["PAUSE", "stop lending backends (transactions in flight finish)"],
+            ["RESUME", "lend backends again"],
+            ["KILL db", "close a database's clients and backends"],
+            ["SHUTDOWN", "stop pgwarden (as SIGTERM)"],
+        ]
         return _table(["command", "does"], rows, "SHOW")
 
     def pools(self, _: str) -> bytes:
         rows = []
         for (database, user), pool in sorted(self.server.pools.items()):
             clients = [s for s in self.server.sessions.values() if s.pool is pool]
-            rows.append([database, user, sum(s.backend is not None for s in clients),
-                         len(pool.waiters), len(pool.active), len(pool.idle), pool.connecting,
-                         pool.settings.size, pool.settings.mode, pool.wait_count,
-                         round(pool.wait_time, 3), "yes" if pool.paused else "no"])
-        return _table(["database", "user", "cl_active", "cl_waiting", "be_active", "be_idle",
-                       "be_connecting", "size", "pool_mode", "waits", "wait_s", "paused"], rows, "SHOW")
+            rows.append(
+                [
+                    database,
+                    user,
+                    sum(s.backend is not None for s in clients),
+                    len(pool.waiters),
+                    len(pool.active),
+                    len(pool.idle),
+                    pool.connecting,
+                    pool.settings.size,
+                    pool.settings.mode,
+                    pool.wait_count,
+                    round(pool.wait_time, 3),
+                    "yes" if pool.paused else "no",
+                ]
+            )
+        return _table(
+            [
+                "database",
+                "user",
+                "cl_active",
+                "cl_waiting",
+                "be_active",
+                "be_idle",
+                "be_connecting",
+                "size",
+                "pool_mode",
+                "waits",
+                "wait_s",
+                "paused",
+            ],
+            rows,
+            "SHOW",
+        )
 
     def clients(self, _: str) -> bytes:
         now = time.monotonic()
-        rows = [[s.pid, s.user, s.database, s.peer, s.state, "yes" if s.tls else "no",
-                 s.backend.pid if s.backend else None,
-                 s.tenant() if s.ident is not None else None,
-                 round(now - s.since, 1)] for s in list(self.server.sessions.values())]
-        return _table(["id", "user", "database", "addr", "state", "tls", "backend_pid", "tenant",
-                       "connected_s"], rows, "SHOW")
+        rows = [
+            [
+                s.pid,
+                s.user,
+                s.database,
+                s.peer,
+                s.state,
+                "yes" if s.tls else "no",
+                s.backend.pid if s.backend else None,
+                s.tenant() if s.ident is not None else None,
+                round(now - s.since, 1),
+            ]
+            for s in list(self.server.sessions.values())
+        ]
+        return _table(
+            ["id", "user", "database", "addr", "state", "tls", "backend_pid", "tenant", "connected_s"], rows, "SHOW"
+        )
 
     def servers(self, _: str) -> bytes:
         now, rows = time.monotonic(), []
         for pool in list(self.server.pools.values()):
             for state, backends in (("active", pool.active), ("idle", pool.idle)):
                 for b in list(backends):
-                    rows.append([b.pid, pool.name, state, b.client.pid if b.client else None,
-                                 round(now - b.created, 1), len(b.statements._names),
-                                 "yes" if b.dirty else "no"])
-        return _table(["backend_pid", "pool", "state", "client_id", "age_s", "prepared", "dirty"],
-                      rows, "SHOW")
+                    rows.append(
+                        [
+                            b.pid,
+                            pool.name,
+                            state,
+                            b.client.pid if b.client else None,
+                            round(now - b.created, 1),
+                            len(b.statements._names),
+                            "yes" if b.dirty else "no",
+                        ]
+                    )
+        return _table(["backend_pid", "pool", "state", "client_id", "age_s", "prepared", "dirty"], rows, "SHOW")
 
     def queries(self, _: str) -> bytes:
         self.server.stats.flush()
@@ -113,11 +184,13 @@ class AdminConsole:
 
     def stats(self, _: str) -> bytes:
         server, router = self.server, self.server.router
-        rows = [["uptime_s", round(time.time() - server.started, 1)],
-                ["clients", len(server.sessions)],
-                ["pools", len(server.pools)],
-                ["rewrite_cache_hits", router.hits if router else 0],
-                ["rewrite_cache_misses", router.misses if router else 0]]
+        rows = [
+            ["uptime_s", round(time.time() - server.started, 1)],
+            ["clients", len(server.sessions)],
+            ["pools", len(server.pools)],
+            ["rewrite_cache_hits", router.hits if router else 0],
+            ["rewrite_cache_misses", router.misses if router else 0],
+        ]
         if server.audit is not None:
             rows += [[f"audit_{k}", v] for k, v in server.audit.stats.items()]
         return _table(["stat", "value"], rows, "SHOW")
@@ -131,16 +204,20 @@ class AdminConsole:
         if router is None:
             return _table(["policy"], [["no policy loaded"]], "SHOW")
         policy = router.policy
-        rows = [["version", policy.version], ["mode", policy.mode],
-                ["files", ", ".join(str(f) for f in policy.files)],
-                ["tables", ", ".join(sorted(policy.tables))],
-                ["roles", ", ".join(sorted(policy.roles))]]
+        rows = [
+            ["version", policy.version],
+            ["mode", policy.mode],
+            ["files", ", ".join(str(f) for f in policy.files)],
+            ["tables", ", ".join(sorted(policy.tables))],
+            ["roles", ", ".join(sorted(policy.roles))],
+        ]
         return _table(["key", "value"], rows, "SHOW")
 
     def reload(self, _: str) -> bytes:
         if not self.server.reload():
-            return protocol.error_response("F0000", "reload failed: the running config is kept",
-                                           hint="the pgwarden log lists the errors")
+            return protocol.error_response(
+                "F0000", "reload failed: the running config is kept", hint="the pgwarden log lists the errors"
+            )
         return protocol.command_complete("RELOAD")
 
     def pause(self, _: str) -> bytes:
@@ -160,8 +237,9 @@ class AdminConsole:
         killed = 0
         for session in list(self.server.sessions.values()):
             if session.database == database and session.pool is not None:
-                session.fatal("57P01", f"terminating connection: database {database!r} was killed "
-                              "from the admin console")
+                session.fatal(
+                    "57P01", f"terminating connection: database {database!r} was killed from the admin console"
+                )
                 killed += 1
         for (db, _), pool in self.server.pools.items():
             if db == database:

@@ -8,8 +8,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from proxy.wire import protocol
 from proxy.ops.metrics import CONTENT_TYPE
+from proxy.wire import protocol
 
 if TYPE_CHECKING:
     from proxy.app.server import Server
@@ -21,7 +21,7 @@ JSON = "application/json"
 class HttpServer:
     """A minimal HTTP/1.1 server: GET only, one response per connection."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self._listener: asyncio.AbstractServer | None = None
         self._primary_checked = 0.0
@@ -41,11 +41,13 @@ class HttpServer:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             method, path = request.split(b" ", 2)[:2]
             status, ctype, body = await self.route(method.decode(), path.decode().split("?")[0])
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
             await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
-                ValueError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError):
             pass
         finally:
             writer.close()
@@ -55,25 +57,39 @@ class HttpServer:
             return "405 Method Not Allowed", JSON, _json({"error": "only GET is served"})
         server = self.server
         if path == "/healthz":
-            return "200 OK", JSON, _json({"status": "ok", "uptime_s": round(time.time() - server.started, 1),
-                                          "clients": server.client_count(), "draining": server.draining})
+            return (
+                "200 OK",
+                JSON,
+                _json(
+                    {
+                        "status": "ok",
+                        "uptime_s": round(time.time() - server.started, 1),
+                        "clients": server.client_count(),
+                        "draining": server.draining,
+                    }
+                ),
+            )
         if path == "/readyz":
             checks = await self.readiness()
             ready = all(checks.values())
-            return ("200 OK" if ready else "503 Service Unavailable"), JSON, _json(
-                {"ready": ready, "checks": checks})
+            return ("200 OK" if ready else "503 Service Unavailable"), JSON, _json({"ready": ready, "checks": checks})
         if path == "/metrics":
             server.metrics.primary_up.set(1 if await self._primary_reachable() else 0)
             return "200 OK", CONTENT_TYPE, server.metrics.exposition()
-        return "404 Not Found", JSON, _json({"error": f"no such endpoint {path}",
-                                             "endpoints": ["/healthz", "/readyz", "/metrics"]})
+        return (
+            "404 Not Found",
+            JSON,
+            _json({"error": f"no such endpoint {path}", "endpoints": ["/healthz", "/readyz", "/metrics"]}),
+        )
 
     async def readiness(self) -> dict[str, bool]:
         """Policies loaded (when configured), primary reachable, not draining, audit writable."""
         server = self.server
-        checks = {"accepting": not server.draining,
-                  "policies_loaded": server.config.policies is None or server.router is not None,
-                  "primary_reachable": await self._primary_reachable()}
+        checks = {
+            "accepting": not server.draining,
+            "policies_loaded": server.config.policies is None or server.router is not None,
+            "primary_reachable": await self._primary_reachable(),
+        }
         audit = getattr(server, "audit", None)
         if audit is not None:
             checks["audit_writable"] = audit.writable()
@@ -88,7 +104,7 @@ class HttpServer:
         user = self.server.config.backend_auth.user or "pgwarden"
         try:
             self._primary_ok = await asyncio.wait_for(postgres_answers(primary.host, primary.port, user), 1)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
             self._primary_ok = False
         self._primary_checked = now
         return self._primary_ok

@@ -18,7 +18,7 @@ class Janitor:
 
     interval = 1.0
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self._task: asyncio.Task | None = None
         self._spawned: set[asyncio.Task] = set()

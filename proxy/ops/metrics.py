@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
-                               generate_latest)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,22 +20,21 @@ class MetricsConfig(BaseModel):
     """`metrics:` in the config: per-tenant series are off unless asked for, and capped."""
 
     model_config = ConfigDict(extra="forbid")
-    per_tenant: bool = Field(False, description=(
-        "Also count statements by tenant (pgwarden_tenant_statements_total)."))
-    max_tenants: int = Field(100, ge=1, description=(
-        "Tenants with their own label; later ones share the label `other`."))
+    per_tenant: bool = Field(False, description=("Also count statements by tenant (pgwarden_tenant_statements_total)."))
+    max_tenants: int = Field(
+        100, ge=1, description=("Tenants with their own label; later ones share the label `other`.")
+    )
 
 
 class _StateCollector:
     """Connections and pools, read from the server when Prometheus scrapes (no per-event cost)."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
 
     def collect(self):
         server = self.server
-        clients = GaugeMetricFamily("pgwarden_client_connections", "Client connections by state",
-                                    labels=["state"])
+        clients = GaugeMetricFamily("pgwarden_client_connections", "Client connections by state", labels=["state"])
         counts: dict[str, int] = {}
         for session in list(server.sessions.values()):
             state = session.state if session.backend is None else "active"
@@ -44,17 +42,14 @@ class _StateCollector:
         for state, n in sorted(counts.items()):
             clients.add_metric([state], n)
         yield clients
-        backends = GaugeMetricFamily("pgwarden_backend_connections",
-                                     "Backend connections by pool and state", labels=["pool", "state"])
-        waiting = GaugeMetricFamily("pgwarden_pool_waiting_clients", "Clients waiting for a backend",
-                                    labels=["pool"])
-        waits = GaugeMetricFamily("pgwarden_pool_waits", "Clients that had to wait, since start",
-                                  labels=["pool"])
-        wait_s = GaugeMetricFamily("pgwarden_pool_wait_seconds", "Total seconds clients waited",
-                                   labels=["pool"])
+        backends = GaugeMetricFamily(
+            "pgwarden_backend_connections", "Backend connections by pool and state", labels=["pool", "state"]
+        )
+        waiting = GaugeMetricFamily("pgwarden_pool_waiting_clients", "Clients waiting for a backend", labels=["pool"])
+        waits = GaugeMetricFamily("pgwarden_pool_waits", "Clients that had to wait, since start", labels=["pool"])
+        wait_s = GaugeMetricFamily("pgwarden_pool_wait_seconds", "Total seconds clients waited", labels=["pool"])
         for pool in list(server.pools.values()):
-            for state, n in (("idle", len(pool.idle)), ("active", len(pool.active)),
-                             ("connecting", pool.connecting)):
+            for state, n in (("idle", len(pool.idle)), ("active", len(pool.active)), ("connecting", pool.connecting)):
                 backends.add_metric([pool.name, state], n)
             waiting.add_metric([pool.name], len(pool.waiters))
             waits.add_metric([pool.name], pool.wait_count)
@@ -66,8 +61,9 @@ class _StateCollector:
         policy = GaugeMetricFamily("pgwarden_policy_loaded", "1 when a policy is enforced")
         policy.add_metric([], 1 if server.router is not None else 0)
         yield policy
-        cache = GaugeMetricFamily("pgwarden_rewrite_cache_lookups",
-                                  "Rewrite cache lookups of the running policy", labels=["result"])
+        cache = GaugeMetricFamily(
+            "pgwarden_rewrite_cache_lookups", "Rewrite cache lookups of the running policy", labels=["result"]
+        )
         router = server.router
         cache.add_metric(["hit"], router.hits if router else 0)
         cache.add_metric(["miss"], router.misses if router else 0)
@@ -75,9 +71,11 @@ class _StateCollector:
         audit = server.audit
         if audit is not None:
             stats = audit.stats
-            for name, help_text in (("queued", "Audit records waiting to be written"),
-                                    ("written", "Audit records written since start"),
-                                    ("dropped", "Audit records dropped (on_failure: drop)")):
+            for name, help_text in (
+                ("queued", "Audit records waiting to be written"),
+                ("written", "Audit records written since start"),
+                ("dropped", "Audit records dropped (on_failure: drop)"),
+            ):
                 family = GaugeMetricFamily(f"pgwarden_audit_{name}", help_text)
                 family.add_metric([], stats[name])
                 yield family
@@ -89,38 +87,54 @@ class _StateCollector:
 class Metrics:
     """Every metric pgwarden exports, on a private registry. Labels never carry SQL text."""
 
-    def __init__(self, server: "Server", config: MetricsConfig | None = None) -> None:
+    def __init__(self, server: Server, config: MetricsConfig | None = None) -> None:
         self.config = config or MetricsConfig()
         self.registry = CollectorRegistry()
         reg = self.registry
-        self.statements = Counter("pgwarden_statements", "Statements by protocol and decision",
-                                  ["protocol", "decision"], registry=reg)
-        self.refusals = Counter("pgwarden_refusals", "Refused statements by policy rule",
-                                ["rule"], registry=reg)
-        self.backend_errors = Counter("pgwarden_backend_errors",
-                                      "ErrorResponses from backends by SQLSTATE class", ["class"],
-                                      registry=reg)
-        self.rewrite_seconds = Histogram("pgwarden_rewrite_seconds",
-                                         "Time to decide a statement not in the rewrite cache",
-                                         buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.05),
-                                         registry=reg)
+        self.statements = Counter(
+            "pgwarden_statements", "Statements by protocol and decision", ["protocol", "decision"], registry=reg
+        )
+        self.refusals = Counter("pgwarden_refusals", "Refused statements by policy rule", ["rule"], registry=reg)
+        self.backend_errors = Counter(
+            "pgwarden_backend_errors", "ErrorResponses from backends by SQLSTATE class", ["class"], registry=reg
+        )
+        self.rewrite_seconds = Histogram(
+            "pgwarden_rewrite_seconds",
+            "Time to decide a statement not in the rewrite cache",
+            buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.05),
+            registry=reg,
+        )
         self.statement_seconds = Histogram(
-            "pgwarden_statement_seconds", "Statement latency: forwarded to ReadyForQuery",
+            "pgwarden_statement_seconds",
+            "Statement latency: forwarded to ReadyForQuery",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
-            registry=reg)
+            registry=reg,
+        )
         self.logins = Counter("pgwarden_logins", "Client logins by outcome", ["outcome"], registry=reg)
-        self.tls_handshakes = Counter("pgwarden_tls_handshakes", "TLS handshakes with clients",
-                                      ["outcome"], registry=reg)
-        self.disconnects = Counter("pgwarden_disconnects", "Client disconnects by reason class",
-                                   ["reason"], registry=reg)
-        self.primary_up = Gauge("pgwarden_primary_up", "1 when a TCP connect to the primary succeeds "
-                                "(checked at scrape, at most every 2 s)", registry=reg)
+        self.tls_handshakes = Counter(
+            "pgwarden_tls_handshakes", "TLS handshakes with clients", ["outcome"], registry=reg
+        )
+        self.disconnects = Counter(
+            "pgwarden_disconnects", "Client disconnects by reason class", ["reason"], registry=reg
+        )
+        self.primary_up = Gauge(
+            "pgwarden_primary_up",
+            "1 when a TCP connect to the primary succeeds (checked at scrape, at most every 2 s)",
+            registry=reg,
+        )
         reg.register(_StateCollector(server))
         self.simple = {d: self.statements.labels("simple", d) for d in ("allowed", "rewritten", "refused")}
         self.extended = {d: self.statements.labels("extended", d) for d in ("allowed", "rewritten", "refused")}
-        self.tenant_statements = Counter(
-            "pgwarden_tenant_statements", "Statements by tenant and decision (metrics.per_tenant)",
-            ["tenant", "decision"], registry=reg) if self.config.per_tenant else None
+        self.tenant_statements = (
+            Counter(
+                "pgwarden_tenant_statements",
+                "Statements by tenant and decision (metrics.per_tenant)",
+                ["tenant", "decision"],
+                registry=reg,
+            )
+            if self.config.per_tenant
+            else None
+        )
         self._tenants: set[str] = set()
 
     def statement(self, protocol: str, decision: str, tenant: str | None = None) -> None:

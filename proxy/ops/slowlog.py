@@ -28,8 +28,10 @@ class SlowQueryConfig(BaseModel):
 
     threshold_ms: float = Field(200.0, gt=0, description="Statements slower than this are logged.")
     path: Path | None = Field(None, description="JSON Lines file for slow statements; omitted: the log.")
-    explain: bool = Field(False, description=(
-        "Log the plan of slow SELECTs: EXPLAIN (FORMAT JSON) on a separate control-plane connection."))
+    explain: bool = Field(
+        False,
+        description=("Log the plan of slow SELECTs: EXPLAIN (FORMAT JSON) on a separate control-plane connection."),
+    )
     explain_timeout_ms: float = Field(2000.0, gt=0, description="statement_timeout for that EXPLAIN.")
     explain_every_s: float = Field(60.0, ge=0, description="Explain one statement shape at most this often.")
 
@@ -50,20 +52,29 @@ def explainable(sql: str) -> bool:
         return False
     if len(statements) != 1 or not isinstance(statements[0].stmt, ast.SelectStmt):
         return False
-    return not any(isinstance(cte.ctequery, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt))
-                   for cte in (statements[0].stmt.withClause.ctes if statements[0].stmt.withClause else ()))
+    return not any(
+        isinstance(cte.ctequery, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt))
+        for cte in (statements[0].stmt.withClause.ctes if statements[0].stmt.withClause else ())
+    )
 
 
 class SlowLog:
     """`observe` (hot path) keeps statements over the threshold; a task fingerprints, redacts,
     explains and writes them, so the hot path pays one comparison for a fast statement."""
 
-    def __init__(self, cfg: SlowQueryConfig, base_dir: Path | None = None,
-                 explain_dsn: dict[str, Any] | None = None,
-                 policed_dsn: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: SlowQueryConfig,
+        base_dir: Path | None = None,
+        explain_dsn: dict[str, Any] | None = None,
+        policed_dsn: dict[str, Any] | None = None,
+    ) -> None:
         self.cfg = cfg
-        self.path = None if cfg.path is None else (
-            cfg.path if base_dir is None or cfg.path.is_absolute() else base_dir / cfg.path)
+        self.path = (
+            None
+            if cfg.path is None
+            else (cfg.path if base_dir is None or cfg.path.is_absolute() else base_dir / cfg.path)
+        )
         self.threshold_s = cfg.threshold_ms / 1000
         self.explain_dsn = explain_dsn
         self.policed_dsn = policed_dsn  # policed sessions' statements are explained as their role
@@ -75,8 +86,9 @@ class SlowLog:
         self._task: asyncio.Task | None = None
         self._stopping = False
 
-    def observe(self, sql: str, duration_s: float, route: str, rows: int | None, database: str,
-                policed: bool = False) -> None:
+    def observe(
+        self, sql: str, duration_s: float, route: str, rows: int | None, database: str, policed: bool = False
+    ) -> None:
         """Note a finished statement; cheap when under the threshold."""
         if duration_s < self.threshold_s:
             return
@@ -106,13 +118,26 @@ class SlowLog:
             self._wake.clear()
             await self._wake.wait()
 
-    async def _log(self, when: float, sql: str, duration_s: float, route: str, rows: int | None,
-                   database: str, policed: bool = False) -> None:
+    async def _log(
+        self,
+        when: float,
+        sql: str,
+        duration_s: float,
+        route: str,
+        rows: int | None,
+        database: str,
+        policed: bool = False,
+    ) -> None:
         fp = fingerprint(sql)
         record: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z",
-            "fingerprint": fp, "duration_ms": round(duration_s * 1000, 3), "route": route, "rows": rows,
-            "database": database, "query": redact(sql)}
+            "fingerprint": fp,
+            "duration_ms": round(duration_s * 1000, 3),
+            "route": route,
+            "rows": rows,
+            "database": database,
+            "query": redact(sql),
+        }
         if self.cfg.explain and self.explain_dsn is not None and self._due(fp) and explainable(sql):
             record["plan"] = await self._explain(sql, database, policed)
         line = json.dumps(record, default=str)
@@ -143,13 +168,17 @@ class SlowLog:
             conn = self._conns.get((database, policed))
             if conn is None or conn.is_closed():
                 conn = self._conns[(database, policed)] = await asyncpg.connect(
-                    **{**(dsn or {}), "database": database}, timeout=5,
-                    server_settings={"statement_timeout": str(int(self.cfg.explain_timeout_ms)),
-                                     "application_name": "pgwarden-explain"})
+                    **{**(dsn or {}), "database": database},
+                    timeout=5,
+                    server_settings={
+                        "statement_timeout": str(int(self.cfg.explain_timeout_ms)),
+                        "application_name": "pgwarden-explain",
+                    },
+                )
             plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql)
             self.explained += 1
             return redact_plan(json.loads(plan) if isinstance(plan, str) else plan)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             return {"error": f"{type(exc).__name__}: {exc}"}
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections import deque
 
-from proxy.wire import protocol
 from proxy.audit.redact import redact
+from proxy.wire import protocol
 from rewriter import pgparser
 
 MAX_FINGERPRINTS = 5000
 MAX_PENDING = 50_000
-COLUMNS = ["fingerprint", "calls", "total_ms", "mean_ms", "p95_ms", "max_ms", "rows", "refusals",
-           "cache_hits", "query"]
+COLUMNS = ["fingerprint", "calls", "total_ms", "mean_ms", "p95_ms", "max_ms", "rows", "refusals", "cache_hits", "query"]
 
 
 def statement_text(msg: bytes) -> str:
@@ -63,9 +62,16 @@ class QueryStats:
         if entry is None:
             if len(self.by_fingerprint) >= MAX_FINGERPRINTS:
                 self._evict()
-            entry = self.by_fingerprint[fp] = {"calls": 0, "total_s": 0.0, "max_s": 0.0, "rows": 0,
-                                               "refusals": 0, "cache_hits": 0,
-                                               "recent": deque(maxlen=200), "query": redact(sql)}
+            entry = self.by_fingerprint[fp] = {
+                "calls": 0,
+                "total_s": 0.0,
+                "max_s": 0.0,
+                "rows": 0,
+                "refusals": 0,
+                "cache_hits": 0,
+                "recent": deque(maxlen=200),
+                "query": redact(sql),
+            }
         return entry
 
     def _fingerprint(self, sql: str) -> str:
@@ -93,7 +99,18 @@ class QueryStats:
             recent = sorted(e["recent"])
             p95 = recent[min(len(recent) - 1, int(len(recent) * 0.95))] if recent else 0.0
             mean = e["total_s"] / e["calls"] if e["calls"] else 0.0
-            out.append([fp, e["calls"], round(e["total_s"] * 1000, 3), round(mean * 1000, 3),
-                        round(p95 * 1000, 3), round(e["max_s"] * 1000, 3), e["rows"],
-                        e["refusals"], e["cache_hits"], e["query"][:300]])
+            out.append(
+                [
+                    fp,
+                    e["calls"],
+                    round(e["total_s"] * 1000, 3),
+                    round(mean * 1000, 3),
+                    round(p95 * 1000, 3),
+                    round(e["max_s"] * 1000, 3),
+                    e["rows"],
+                    e["refusals"],
+                    e["cache_hits"],
+                    e["query"][:300],
+                ]
+            )
         return out

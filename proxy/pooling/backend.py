@@ -10,10 +10,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from proxy.pooling.prepared import BackendStatements
 from proxy.wire import protocol
 from proxy.wire.auth import AuthFailed, BackendAuth
 from proxy.wire.tracker import SWALLOW, Tracker
-from proxy.pooling.prepared import BackendStatements
 
 if TYPE_CHECKING:
     import ssl
@@ -30,8 +30,12 @@ class BackendError(Exception):
         self.fields = fields
         self.sqlstate = fields.get("sqlstate", "08006")
         self.raw = raw or protocol.error_response(
-            self.sqlstate, fields.get("message", "backend error"), severity="FATAL",
-            detail=fields.get("detail"), hint=fields.get("hint"))
+            self.sqlstate,
+            fields.get("message", "backend error"),
+            severity="FATAL",
+            detail=fields.get("detail"),
+            hint=fields.get("hint"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +48,15 @@ class Target:
     user: str
     password: str | None
     tls_mode: str = "disable"
-    tls_context: "ssl.SSLContext | None" = None
+    tls_context: ssl.SSLContext | None = None
     connect_timeout: float = 5.0
 
 
 class Linked(Protocol):
     """What a backend needs of the client session it serves."""
 
-    def backend_data(self, backend: "Backend", data: bytes) -> None: ...
-    def backend_lost(self, backend: "Backend") -> None: ...
+    def backend_data(self, backend: Backend, data: bytes) -> None: ...
+    def backend_lost(self, backend: Backend) -> None: ...
     def backend_pause(self, paused: bool) -> None: ...
 
 
@@ -69,9 +73,9 @@ class Backend(asyncio.Protocol):
         self.pid = self.secret = 0
         self.created = self.last_used = time.monotonic()
         self.closed = False
-        self.dirty = False              # holds state beyond a transaction (temp table, lock, ...)
-        self.cancels = 0                # cancel requests for this backend still on their way
-        self.held_for_cancel = False    # released by a client while a cancel was on its way
+        self.dirty = False  # holds state beyond a transaction (temp table, lock, ...)
+        self.cancels = 0  # cancel requests for this backend still on their way
+        self.held_for_cancel = False  # released by a client while a cancel was on its way
         self.on_idle_lost = None  # set by the pool: called when an idle backend dies
         self._framer: protocol.Framer | None = protocol.Framer()
         self._messages: deque[tuple[int, bytes]] = deque()
@@ -214,12 +218,15 @@ class Backend(asyncio.Protocol):
         answer = await self._read_byte()
         if answer == b"S":
             loop = asyncio.get_running_loop()
-            self.transport = await loop.start_tls(
-                self.transport, self, target.tls_context, server_hostname=target.host)
+            self.transport = await loop.start_tls(self.transport, self, target.tls_context, server_hostname=target.host)
         elif target.tls_mode in ("require", "verify-full"):
-            raise BackendError({"sqlstate": "08001", "message":
-                                f"backend {target.host}:{target.port} does not support TLS, "
-                                f"but primary.tls.mode is {target.tls_mode}"})
+            raise BackendError(
+                {
+                    "sqlstate": "08001",
+                    "message": f"backend {target.host}:{target.port} does not support TLS, "
+                    f"but primary.tls.mode is {target.tls_mode}",
+                }
+            )
 
 
 async def connect(target: Target, statements_cap: int) -> Backend:
@@ -227,8 +234,7 @@ async def connect(target: Target, statements_cap: int) -> Backend:
     loop = asyncio.get_running_loop()
 
     async def run() -> Backend:
-        _, backend = await loop.create_connection(
-            lambda: Backend(statements_cap), target.host, target.port)
+        _, backend = await loop.create_connection(lambda: Backend(statements_cap), target.host, target.port)
         try:
             await backend.startup(target)
         except BaseException:
@@ -239,14 +245,27 @@ async def connect(target: Target, statements_cap: int) -> Backend:
     try:
         return await asyncio.wait_for(run(), target.connect_timeout)
     except AuthFailed as exc:
-        raise BackendError({"sqlstate": exc.sqlstate, "message": f"pgwarden could not log in "
-                            f"to the backend as {target.user!r}: {exc}",
-                            "hint": getattr(exc, "hint", None) or "check backend_auth in the config"})
-    except asyncio.TimeoutError:
-        raise BackendError({"sqlstate": "08006", "message": f"connecting to backend "
-                            f"{target.host}:{target.port} timed out after {target.connect_timeout}s",
-                            "hint": "check that PostgreSQL is running, or raise pool.connect_timeout"})
+        raise BackendError(
+            {
+                "sqlstate": exc.sqlstate,
+                "message": f"pgwarden could not log in to the backend as {target.user!r}: {exc}",
+                "hint": getattr(exc, "hint", None) or "check backend_auth in the config",
+            }
+        ) from exc
+    except TimeoutError:
+        raise BackendError(
+            {
+                "sqlstate": "08006",
+                "message": f"connecting to backend "
+                f"{target.host}:{target.port} timed out after {target.connect_timeout}s",
+                "hint": "check that PostgreSQL is running, or raise pool.connect_timeout",
+            }
+        ) from None
     except OSError as exc:
-        raise BackendError({"sqlstate": "08006", "message": f"cannot connect to backend "
-                            f"{target.host}:{target.port}: {exc.strerror or exc}",
-                            "hint": "check that PostgreSQL is running and `primary` in the config"})
+        raise BackendError(
+            {
+                "sqlstate": "08006",
+                "message": f"cannot connect to backend {target.host}:{target.port}: {exc.strerror or exc}",
+                "hint": "check that PostgreSQL is running and `primary` in the config",
+            }
+        ) from exc

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
-HINT = ("set backend_auth.policed.user to a role that is not a superuser, has no BYPASSRLS, owns "
-        "no table and cannot create any, with only the grants the policy needs: `pgwarden init --policy FILE --role NAME` "
-        "writes the SQL that creates it; reload pgwarden (SIGHUP) once the role is fixed")
+HINT = (
+    "set backend_auth.policed.user to a role that is not a superuser, has no BYPASSRLS, owns "
+    "no table and cannot create any, with only the grants the policy needs: `pgwarden init --policy FILE --role NAME` "
+    "writes the SQL that creates it; reload pgwarden (SIGHUP) once the role is fixed"
+)
 
 # Run as the role itself (current_user): its attributes, the superuser or BYPASSRLS roles it can
 # become with SET ROLE, the relations outside the system schemas owned by it or a role it is a
@@ -42,8 +44,8 @@ class RoleFacts:
     superuser: bool
     bypassrls: bool
     powerful_roles: tuple[str, ...] = ()  # superuser or BYPASSRLS roles it is a member of
-    owned: tuple[str, ...] = ()           # relations owned by it or a role it is a member of
-    creates_in: tuple[str, ...] = ()      # schemas it has CREATE on
+    owned: tuple[str, ...] = ()  # relations owned by it or a role it is a member of
+    creates_in: tuple[str, ...] = ()  # schemas it has CREATE on
 
 
 def unfit(facts: RoleFacts, database: str) -> str | None:
@@ -56,8 +58,7 @@ def unfit(facts: RoleFacts, database: str) -> str | None:
     >>> unfit(RoleFacts("app", False, False, (), ("public.orders",)), "shop")
     'backend role "app" owns public.orders (or is a member of the role owning it) in database "shop"'
     """
-    reasons = (["is a superuser"] if facts.superuser else []) + (
-        ["has BYPASSRLS"] if facts.bypassrls else [])
+    reasons = (["is a superuser"] if facts.superuser else []) + (["has BYPASSRLS"] if facts.bypassrls else [])
     if not facts.superuser:  # a superuser is a member and owner of everything: nothing to add
         reasons += _powers(facts)
     if not reasons:
@@ -73,18 +74,22 @@ def _powers(facts: RoleFacts) -> list[str]:
         out.append("is a member of superuser or BYPASSRLS role(s) " + ", ".join(facts.powerful_roles))
     if facts.owned:
         more = len(facts.owned) - 5
-        out.append(f"owns {', '.join(facts.owned[:5])}{f' and {more} more' if more > 0 else ''} "
-                   "(or is a member of the role owning it)")
+        out.append(
+            f"owns {', '.join(facts.owned[:5])}{f' and {more} more' if more > 0 else ''} "
+            "(or is a member of the role owning it)"
+        )
     if facts.creates_in:
-        out.append("may create objects in schema(s) " + ", ".join(facts.creates_in)
-                   + " (REVOKE CREATE ON SCHEMA ... FROM PUBLIC and from the role)")
+        out.append(
+            "may create objects in schema(s) "
+            + ", ".join(facts.creates_in)
+            + " (REVOKE CREATE ON SCHEMA ... FROM PUBLIC and from the role)"
+        )
     return out
 
 
 def refusal(reason: str) -> str:
     """The message a policed client gets when its backend role is unfit."""
-    return (f"policed sessions are refused: {reason}; pgwarden never runs a policed session's "
-            "statements as such a role")
+    return f"policed sessions are refused: {reason}; pgwarden never runs a policed session's statements as such a role"
 
 
 def superuser_reason(role: str, params: dict[str, str]) -> str | None:
@@ -94,15 +99,35 @@ def superuser_reason(role: str, params: dict[str, str]) -> str | None:
     return None
 
 
-async def read_facts(host: str, port: int, user: str, password: str | None, database: str,
-                     tls: ssl.SSLContext | None = None, timeout: float = 10.0) -> RoleFacts:
+async def read_facts(
+    host: str,
+    port: int,
+    user: str,
+    password: str | None,
+    database: str,
+    tls: ssl.SSLContext | None = None,
+    timeout: float = 10.0,
+) -> RoleFacts:
     """Log in as the role and ask PostgreSQL what it is and what it owns."""
-    conn = await asyncpg.connect(host=host, port=port, user=user, password=password,
-                                 database=database, ssl=tls or False, timeout=timeout,
-                                 statement_cache_size=0)
+    conn = await asyncpg.connect(
+        host=host,
+        port=port,
+        user=user,
+        password=password,
+        database=database,
+        ssl=tls or False,
+        timeout=timeout,
+        statement_cache_size=0,
+    )
     try:
         row = await conn.fetchrow(FACTS, timeout=timeout)
     finally:
         await conn.close()
-    return RoleFacts(row["rolname"], row["rolsuper"], row["rolbypassrls"],
-                     tuple(row["powerful"]), tuple(row["owned"]), tuple(row["creates"]))
+    return RoleFacts(
+        row["rolname"],
+        row["rolsuper"],
+        row["rolbypassrls"],
+        tuple(row["powerful"]),
+        tuple(row["owned"]),
+        tuple(row["creates"]),
+    )

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from proxy.config import model as cfg
 from proxy.pooling.backend import Backend, BackendError, Target, connect
@@ -43,7 +43,7 @@ class Pool:
         self.wait_count = 0
         self.wait_time = 0.0
         self.now = time.monotonic()  # a coarse clock, advanced by maintain() every second
-        self.paused = False          # PAUSE from the admin console: no backend is lent
+        self.paused = False  # PAUSE from the admin console: no backend is lent
         self._resumed = asyncio.Event()
 
     @property
@@ -82,13 +82,14 @@ class Pool:
         self.wait_count += 1
         try:
             return await asyncio.wait_for(asyncio.shield(fut), self.settings.query_wait_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.release(fut.result())  # handed over just as we gave up
             fut.cancel()
             raise PoolTimeout(
                 f"pool {self.name!r} is exhausted: waited {self.settings.query_wait_timeout:g}s "
-                f"for one of its {self.settings.size} backends") from None
+                f"for one of its {self.settings.size} backends"
+            ) from None
         finally:
             self.wait_time += time.monotonic() - started
             if fut in self.waiters:
@@ -183,15 +184,13 @@ class Pool:
         keep: deque[Backend] = deque()
         for backend in self.idle:
             too_old = now - backend.created > self.settings.max_lifetime
-            too_idle = (now - backend.last_used > self.settings.idle_timeout
-                        and len(keep) >= self.settings.min_idle)
+            too_idle = now - backend.last_used > self.settings.idle_timeout and len(keep) >= self.settings.min_idle
             if backend.closed or too_old or too_idle:
                 backend.close()
             else:
                 keep.append(backend)
         self.idle = keep
-        missing = min(self.settings.min_idle - len(self.idle) - self.connecting,
-                      self.settings.size - self.total)
+        missing = min(self.settings.min_idle - len(self.idle) - self.connecting, self.settings.size - self.total)
         for _ in range(max(0, missing)):
             spawn(self._open_idle())
 

@@ -87,7 +87,7 @@ class BackendStatements:
     (False, True, False)
     """
 
-    __slots__ = ("_names", "_cap", "_doubts")
+    __slots__ = ("_cap", "_doubts", "_names")
 
     def __init__(self, cap: int) -> None:
         self._names: OrderedDict[str, None] = OrderedDict()

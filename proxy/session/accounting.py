@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from proxy.wire import protocol
 from proxy.ops.stats import statement_text
+from proxy.wire import protocol
 
 _P = ord("P")
 
@@ -36,7 +36,7 @@ class Accounted:
                     self._named_parses.clear()
                 self._named_parses[msg[5:end]] = msg
             return
-        name = msg[end + 1:msg.index(b"\0", end + 1)]
+        name = msg[end + 1 : msg.index(b"\0", end + 1)]
         if name:
             self._last_parse = self._named_parses.get(name, b"")
 
@@ -44,15 +44,16 @@ class Accounted:
         """Round trips answered (rows, first error): their durations and rows go to the query
         statistics, the slow log and the audit records of the statements they ran."""
         now, server, timings = time.perf_counter(), self.server, self._timings
-        for rows, error in results[:len(timings)]:
+        for rows, error in results[: len(timings)]:
             started, msg, records = timings.popleft()
             seconds = now - started
             if msg:  # the raw message: its text is decoded off the hot path, when aggregated
                 server.stats.observe(msg, seconds, rows)
                 slowlog = server.slowlog
                 if slowlog is not None and seconds >= slowlog.threshold_s:
-                    slowlog.observe(statement_text(msg), seconds, "primary", rows, self.database,
-                                    self.ident is not None)
+                    slowlog.observe(
+                        statement_text(msg), seconds, "primary", rows, self.database, self.ident is not None
+                    )
             if records:
                 self.audit_done(records, seconds, rows, error)
 
@@ -67,8 +68,13 @@ class Accounted:
     def audit_done(self, records: list[dict], seconds: float, rows: int, error: bytes | None) -> None:
         """A round trip ended: its statements' records get its duration, rows and SQLSTATE (of
         its first error; 42501 when a refusal aborted it) and go to the trail."""
-        sqlstate = "00000" if error is None else "42501" if not error else \
-            protocol.decode_fields(error).get("sqlstate", "XX000")
+        sqlstate = (
+            "00000"
+            if error is None
+            else "42501"
+            if not error
+            else protocol.decode_fields(error).get("sqlstate", "XX000")
+        )
         audit = self.server.audit
         for record in records:
             record.update(duration_ms=round(seconds * 1000, 3), rows=rows, sqlstate=sqlstate)

@@ -10,18 +10,19 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from proxy.session import params
-
-from proxy.wire import protocol
-from proxy.session.accounting import Accounted
-from proxy.ops.admin import DATABASE as ADMIN_DATABASE, PARAMETERS as ADMIN_PARAMETERS, AdminConsole
-from proxy.wire.auth import AuthFailed, ClientAuth, Credential
+from proxy.ops.admin import DATABASE as ADMIN_DATABASE
+from proxy.ops.admin import PARAMETERS as ADMIN_PARAMETERS
+from proxy.ops.admin import AdminConsole
 from proxy.pooling.backend import Backend, BackendError
-from proxy.session.guard import HIDDEN_DETAIL, Guarded
-from proxy.wire.tracker import ABORT, SWALLOW
 from proxy.pooling.pool import Pool, PoolTimeout
-from proxy.session.pooled import Pooled, names_statement
 from proxy.pooling.prepared import Statement
+from proxy.session import params
+from proxy.session.accounting import Accounted
+from proxy.session.guard import HIDDEN_DETAIL, Guarded
+from proxy.session.pooled import Pooled, names_statement
+from proxy.wire import protocol
+from proxy.wire.auth import AuthFailed, ClientAuth, Credential
+from proxy.wire.tracker import ABORT, SWALLOW
 
 if TYPE_CHECKING:
     from proxy.app.server import Server
@@ -32,12 +33,31 @@ STARTUP, TLS, AUTH, LOGIN, READY, CLOSED = "startup", "tls", "auth", "login", "r
 _Q, _P, _B, _D, _E, _C, _S, _F, _H, _X = (ord(c) for c in "QPBDECSFHX")
 _I = ord("I")
 _ABORT_SQL = "pgwarden refused the statement before this one"  # fails to parse, on purpose
-_REQUESTS = frozenset(b"PBDECSF")       # answered by the backend, tracked in order
-_PASSED = frozenset(b"dcfH")            # COPY data/done/fail and Flush: no answer of their own
-_NAMED = frozenset(b"PBDC")             # may name a prepared statement
-_STATEFUL_HEADS = frozenset({b"set", b"res", b"dis", b"lis", b"pre", b"dea", b"rol", b"abo",
-                             b"cre", b"dec", b"sav", b"rel", b"beg", b"sta", b"com", b"end",
-                             b"exe", b"exp"})
+_REQUESTS = frozenset(b"PBDECSF")  # answered by the backend, tracked in order
+_PASSED = frozenset(b"dcfH")  # COPY data/done/fail and Flush: no answer of their own
+_NAMED = frozenset(b"PBDC")  # may name a prepared statement
+_STATEFUL_HEADS = frozenset(
+    {
+        b"set",
+        b"res",
+        b"dis",
+        b"lis",
+        b"pre",
+        b"dea",
+        b"rol",
+        b"abo",
+        b"cre",
+        b"dec",
+        b"sav",
+        b"rel",
+        b"beg",
+        b"sta",
+        b"com",
+        b"end",
+        b"exe",
+        b"exp",
+    }
+)
 _DDL = re.compile(rb"(?i)\b(?:create|alter|drop|comment)\b")  # may change what the policy checks
 
 
@@ -59,8 +79,11 @@ def _stateful_text(msg: bytes, start: int, stop: int) -> bool:
         i += 1
     if i >= stop:
         return False
-    if msg[i:i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-(" \
-            or params.MAY_LEAVE_STATE_BYTES.search(msg, start, stop) is not None:
+    if (
+        msg[i : i + 3].lower() in _STATEFUL_HEADS
+        or msg[i] in b"/-("
+        or params.MAY_LEAVE_STATE_BYTES.search(msg, start, stop) is not None
+    ):
         return True
     j = stop - 1
     while j > i and msg[j] in b" \t\r\n;":
@@ -82,7 +105,7 @@ def _reason_class(reason: str) -> str:
 class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
     """A client of pgwarden. Its `state` says where it is; `backend` is set while one serves it."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.config = server.config
         self.transport: asyncio.Transport | None = None
@@ -99,11 +122,11 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         self.statements: dict[str, Statement] = {}
         self.unchecked: set[Statement] = set()
         self.settings: dict[str, str] = {}
-        self.dirty = False          # session mode: ran anything, so DISCARD ALL on release
-        self.pinned = False         # transaction mode: keeps its backend (it holds session state)
-        self.skipping = False       # after an error the proxy raised mid-pipeline: skip to Sync
-        self._snapshot = None       # state before this transaction's first SET or SAVEPOINT
-        self._frames = ()           # savepoints of the open transaction, with the state each restores
+        self.dirty = False  # session mode: ran anything, so DISCARD ALL on release
+        self.pinned = False  # transaction mode: keeps its backend (it holds session state)
+        self.skipping = False  # after an error the proxy raised mid-pipeline: skip to Sync
+        self._snapshot = None  # state before this transaction's first SET or SAVEPOINT
+        self._frames = ()  # savepoints of the open transaction, with the state each restores
         self.reason = ""
         self._startup = protocol.StartupFramer()
         self._framer = protocol.Framer(self.config.listen.max_message_size)
@@ -113,7 +136,7 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         self._last_parse = b""
         self._named_parses: dict[bytes, bytes] = {}  # statement name -> its Parse, for timing
         self._unnamed: bytes | None = None  # the client's last unnamed Parse (transaction mode)
-        self._unnamed_here = False          # ... and whether the linked backend has it
+        self._unnamed_here = False  # ... and whether the linked backend has it
         self._acquiring = False
         self._held: list[tuple[int, bytes]] | None = None  # messages waiting for the audit trail
         self._ddl_sent = False  # a bypass role sent DDL: read the schema again when it is over
@@ -128,9 +151,12 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if self.server.client_count() > self.config.pool.max_client_connections:
-            self.fatal("53300", "sorry, too many clients already: pgwarden accepts at most "
-                       f"{self.config.pool.max_client_connections} client connections",
-                       hint="raise pool.max_client_connections or use fewer connections")
+            self.fatal(
+                "53300",
+                "sorry, too many clients already: pgwarden accepts at most "
+                f"{self.config.pool.max_client_connections} client connections",
+                hint="raise pool.max_client_connections or use fewer connections",
+            )
             return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.config.listen.startup_timeout, self._startup_expired)
@@ -141,8 +167,9 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         self.state = CLOSED
         if self._timer is not None:
             self._timer.cancel()
-        log.info("client %s user=%s db=%s disconnected: %s", self.peer, self.user or "-",
-                 self.database or "-", self.reason)
+        log.info(
+            "client %s user=%s db=%s disconnected: %s", self.peer, self.user or "-", self.database or "-", self.reason
+        )
         self.server.forget(self)
         self.server.metrics.disconnects.labels(_reason_class(self.reason)).inc()
         if self.pool is not None:
@@ -169,8 +196,11 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
 
     def _startup_expired(self) -> None:
         if self.state != READY:
-            self.fatal("08P01", f"client did not complete startup within "
-                       f"listen.startup_timeout ({self.config.listen.startup_timeout:g}s)")
+            self.fatal(
+                "08P01",
+                f"client did not complete startup within "
+                f"listen.startup_timeout ({self.config.listen.startup_timeout:g}s)",
+            )
 
     def pause_writing(self) -> None:
         if self.backend is not None and self.backend.transport is not None:
@@ -242,8 +272,12 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         loop = asyncio.get_running_loop()
         try:
             self.transport = await loop.start_tls(
-                self.transport, self, self.server.tls_context, server_side=True,
-                ssl_handshake_timeout=self.config.listen.startup_timeout)
+                self.transport,
+                self,
+                self.server.tls_context,
+                server_side=True,
+                ssl_handshake_timeout=self.config.listen.startup_timeout,
+            )
         except Exception as exc:  # a failed handshake closes only this client
             self.server.metrics.tls_handshakes.labels("failed").inc()
             self.close(f"TLS handshake failed: {exc}")
@@ -255,8 +289,11 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
     def _begin_auth(self, packet: protocol.StartupMessage) -> None:
         config = self.config
         if config.listen.tls.mode == "require" and not self.tls:
-            self.fatal("28000", "pgwarden requires TLS for every client (listen.tls.mode = require)",
-                       hint="connect with sslmode=require")
+            self.fatal(
+                "28000",
+                "pgwarden requires TLS for every client (listen.tls.mode = require)",
+                hint="connect with sslmode=require",
+            )
             return
         unsupported = [k for k in packet.params if k.startswith("_pq_.")]
         if packet.version & 0xFFFF or unsupported:
@@ -269,8 +306,11 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         self._client_params = {k: v for k, v in packet.params.items() if not k.startswith("_pq_.")}
         entry = config.auth.users.get(user)
         if config.auth.method == "trust" and config.auth.users and entry is None:
-            self.fatal("28000", f'role "{user}" is not known to pgwarden',
-                       hint="add the user under auth.users in the pgwarden config")
+            self.fatal(
+                "28000",
+                f'role "{user}" is not known to pgwarden',
+                hint="add the user under auth.users in the pgwarden config",
+            )
             return
         credential = Credential(entry.secret(), entry.scram_verifier) if entry else None
         self._auth = ClientAuth(config.auth.method, user, credential)
@@ -316,8 +356,11 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         self.pool = pool
         self.tx_mode = self.config.pool.mode == "transaction"
         self.settings = params.startup_settings(self._client_params)
-        if not self.guard_login() or not await self.server.ensure_schema(self, self.database) \
-                or not self.guard_version(server_params):
+        if (
+            not self.guard_login()
+            or not await self.server.ensure_schema(self, self.database)
+            or not self.guard_version(server_params)
+        ):
             return
         shown = {**server_params, **{k: v for k, v in self._client_params.items() if k in server_params}}
         out = [protocol.parameter_status(k, v) for k, v in shown.items()]
@@ -328,22 +371,32 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self.server.metrics.logins.labels("ok").inc()
-        self.audit_event("login", roles=sorted(self.ident.roles) if self.ident else [],
-                         tenant=self.tenant(), tls=self.tls)
-        log.info("client %s logged in as user=%s db=%s (%s pooling)", self.peer, self.user,
-                 self.database, self.config.pool.mode)
+        self.audit_event(
+            "login", roles=sorted(self.ident.roles) if self.ident else [], tenant=self.tenant(), tls=self.tls
+        )
+        log.info(
+            "client %s logged in as user=%s db=%s (%s pooling)",
+            self.peer,
+            self.user,
+            self.database,
+            self.config.pool.mode,
+        )
         if self._framer.pending():
             self._relay(b"")
 
     def _admin_login(self) -> None:
         if self.user not in self.config.admin.users:
-            self.fatal("42501", f'user "{self.user}" may not use the admin console',
-                       hint="list the user under admin.users in the pgwarden config")
+            self.fatal(
+                "42501",
+                f'user "{self.user}" may not use the admin console',
+                hint="list the user under admin.users in the pgwarden config",
+            )
             return
         self.console = AdminConsole(self.server)
         out = [protocol.parameter_status(k, v) for k, v in ADMIN_PARAMETERS.items()]
-        self.transport.write(b"".join(out) + protocol.backend_key_data(self.pid, self.secret)
-                             + protocol.ready_for_query(b"I"))
+        self.transport.write(
+            b"".join(out) + protocol.backend_key_data(self.pid, self.secret) + protocol.ready_for_query(b"I")
+        )
         self.state = READY
         if self._timer is not None:
             self._timer.cancel()
@@ -374,8 +427,9 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
             self._admin(msgs)
             return
         audit = self.server.audit
-        if self._held is not None or (audit is not None and not audit.accepting()
-                                      and audit.config.on_failure == "block"):
+        if self._held is not None or (
+            audit is not None and not audit.accepting() and audit.config.on_failure == "block"
+        ):
             self._hold(msgs)
             return
         self._dispatch(msgs)
@@ -428,8 +482,7 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
             backend = await self.pool.acquire()  # type: ignore[union-attr]
         except (PoolTimeout, BackendError) as exc:
             self._acquiring = False
-            self._refuse_pending(getattr(exc, "sqlstate", "53300"), str(exc),
-                                 getattr(exc, "fields", {}).get("hint"))
+            self._refuse_pending(getattr(exc, "sqlstate", "53300"), str(exc), getattr(exc, "fields", {}).get("hint"))
             return
         self._acquiring = False
         if self.state == CLOSED:
@@ -448,8 +501,13 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
         if not syncs:
             self.fatal(sqlstate, message, hint)
             return
-        out = [protocol.error_response(sqlstate, message, hint=hint or "raise pool.size or "
-                                       "pool.query_wait_timeout, or hold transactions shorter")]
+        out = [
+            protocol.error_response(
+                sqlstate,
+                message,
+                hint=hint or "raise pool.size or pool.query_wait_timeout, or hold transactions shorter",
+            )
+        ]
         out += [protocol.ready_for_query(b"I")] * syncs
         self.transport.write(b"".join(out))
         self.transport.resume_reading()
@@ -486,11 +544,15 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
             elif kind in _REQUESTS:
                 if kind == _F and self.ident is not None:
                     self._timings.append([time.perf_counter(), b"", None])  # its ReadyForQuery
-                    self.refuse("42501", "FunctionCall messages are refused: they call functions "
-                                "by OID, outside any statement the policy can check",
-                                "call the function in a SELECT", simple=True)
+                    self.refuse(
+                        "42501",
+                        "FunctionCall messages are refused: they call functions "
+                        "by OID, outside any statement the policy can check",
+                        "call the function in a SELECT",
+                        simple=True,
+                    )
                     continue
-                if kind == _P or kind == _B:
+                if kind in (_P, _B):
                     self._note_statement(kind, msg)
                 if self.ident is not None and kind in _NAMED:
                     msg = self._guard_extended(kind, msg, out)  # type: ignore[assignment]
@@ -507,23 +569,27 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
                 if tx_mode and kind in _NAMED and names_statement(kind, msg):
                     self._extended_tx(kind, msg, out)
                     continue
-                if tx_mode and (kind == _B or (kind == _D and msg[5] == 83)) and \
-                        not self._unnamed_here:  # the unnamed statement, not a portal
+                if (
+                    tx_mode and (kind == _B or (kind == _D and msg[5] == 83)) and not self._unnamed_here
+                ):  # the unnamed statement, not a portal
                     if self._unnamed is None:  # the backend's unnamed statement is not this client's
-                        self.refuse("26000", "unnamed prepared statement does not exist",
-                                    "send a Parse before the Bind on this connection", simple=False)
+                        self.refuse(
+                            "26000",
+                            "unnamed prepared statement does not exist",
+                            "send a Parse before the Bind on this connection",
+                            simple=False,
+                        )
                         continue
                     self._restore_unnamed(out)
                 if kind == _P:
                     self.dirty = True
-                    if (tx_mode or self.ident is not None) and \
-                            _stateful_text(msg, 6, msg.find(b"\x00", 6)):
+                    if (tx_mode or self.ident is not None) and _stateful_text(msg, 6, msg.find(b"\x00", 6)):
                         msg = self._stateful_parse(msg, out)  # type: ignore[assignment]
                         if msg is None:
                             continue
                     if tx_mode:
                         self._unnamed, self._unnamed_here = msg, True
-                if kind == _S or kind == _F:
+                if kind in (_S, _F):
                     self._timings.append([time.perf_counter(), self._last_parse, self._take_cycle()])
                 tracker.request(kind, tag=self._watch() if kind == _S else None)
                 out.append(msg)
@@ -596,8 +662,11 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
             if self.server.audit is not None and not self.audited(protocol.decode_query(msg), True):
                 return
         self.dirty = True
-        if (self.tx_mode or self.ident is not None) and _stateful_text(msg, 5, len(msg) - 1) \
-                and not self._session_statement(protocol.decode_query(msg), True):
+        if (
+            (self.tx_mode or self.ident is not None)
+            and _stateful_text(msg, 5, len(msg) - 1)
+            and not self._session_statement(protocol.decode_query(msg), True)
+        ):
             return
         self.backend.tracker.request(_Q, tag=self._watch())  # type: ignore[union-attr]
         out.append(msg)
@@ -655,8 +724,11 @@ class Session(Guarded, Pooled, Accounted, asyncio.Protocol):
     def backend_lost(self, backend: Backend) -> None:
         self.backend = None
         self.pool.release(backend, reusable=False)  # type: ignore[union-attr]
-        self.fatal("08006", "the backend connection was lost (PostgreSQL closed it)",
-                   hint="check the PostgreSQL log; reconnect to get a new backend")
+        self.fatal(
+            "08006",
+            "the backend connection was lost (PostgreSQL closed it)",
+            hint="check the PostgreSQL log; reconnect to get a new backend",
+        )
 
     def _give_back(self, backend: Backend) -> None:
         """The client left: return its backend clean, or close it when it cannot be made clean."""

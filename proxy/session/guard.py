@@ -8,11 +8,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from proxy.wire import protocol
-from proxy.session.held import Versions
-from proxy.wire.tracker import SWALLOW
 from proxy.enforce.router import Forward, Identity, Refuse, Router, SetTenant, tenant_parameter_types
+from proxy.session.held import Versions
 from proxy.session.sql_names import SqlNames
+from proxy.wire import protocol
+from proxy.wire.tracker import SWALLOW
 from rewriter import pgparser
 
 log = logging.getLogger("pgwarden.guard")
@@ -74,11 +74,17 @@ def unknown_tenant(decision: Refuse, setting: str | None) -> Refuse:
     """A refusal for want of a tenant, told as what it is: the tenant was lost, not never set."""
     if not decision.message.endswith("this session has no tenant"):
         return decision
-    return Refuse(decision.sqlstate, decision.message.replace(
-        "this session has no tenant", "this session's tenant is unknown: a statement that "
-        "changed it, or a SAVEPOINT, RELEASE or ROLLBACK TO, failed or ran in a batch that "
-        "failed, so pgwarden cannot tell what PostgreSQL kept"),
-        f"SET {setting or 'pgwarden.tenant'} again (outside a failed transaction)", decision.rule)
+    return Refuse(
+        decision.sqlstate,
+        decision.message.replace(
+            "this session has no tenant",
+            "this session's tenant is unknown: a statement that "
+            "changed it, or a SAVEPOINT, RELEASE or ROLLBACK TO, failed or ran in a batch that "
+            "failed, so pgwarden cannot tell what PostgreSQL kept",
+        ),
+        f"SET {setting or 'pgwarden.tenant'} again (outside a failed transaction)",
+        decision.rule,
+    )
 
 
 class Guarded:
@@ -94,7 +100,7 @@ class Guarded:
     versions: Versions[Prepared]  # what each client statement name ("" = unnamed) may hold
     _audit_statements: dict[bytes, tuple]  # statement name -> (text, decision), for Bind records
     _audit_cycle: list[dict]  # records of Binds whose Sync has not been sent yet
-    _parses: dict[bytes, tuple]    # a client's Parse -> the policed Parse built for it
+    _parses: dict[bytes, tuple]  # a client's Parse -> the policed Parse built for it
     sql_names: SqlNames  # names PREPAREd in SQL (session pooling), and whom they were rewritten for
 
     def guard_login(self) -> bool:
@@ -108,8 +114,9 @@ class Guarded:
         if router is None:
             return True
         if any(k.startswith("pgwarden.") for k in self._client_params):
-            self.fatal("42501", "pgwarden settings cannot be given as startup parameters",
-                       hint="SET them after connecting")
+            self.fatal(
+                "42501", "pgwarden settings cannot be given as startup parameters", hint="SET them after connecting"
+            )
             return False
         ident = router.identity(self.user)
         self.ident = None if ident.bypass else ident
@@ -117,8 +124,7 @@ class Guarded:
             for text in self.settings.values():  # startup parameters are SETs under the policy too
                 decision = router.decide(ident, ident.tenant, self.database, text)
                 if isinstance(decision, Refuse):
-                    self.fatal("42501", f"startup parameter refused: {decision.message}",
-                               hint=decision.hint)
+                    self.fatal("42501", f"startup parameter refused: {decision.message}", hint=decision.hint)
                     return False
         return True
 
@@ -152,8 +158,13 @@ class Guarded:
         if ident is None:
             return ""
         router = self.server.router
-        return "\x00".join((repr(self.tenant()), ",".join(sorted(ident.roles)),
-                            f"{router.policy.version}.{router.serial}.{router.generation}"))  # type: ignore[union-attr]
+        return "\x00".join(
+            (
+                repr(self.tenant()),
+                ",".join(sorted(ident.roles)),
+                f"{router.policy.version}.{router.serial}.{router.generation}",
+            )
+        )  # type: ignore[union-attr]
 
     def search_path(self) -> tuple[str, ...] | None:
         text = self.settings.get("search_path")
@@ -165,8 +176,7 @@ class Guarded:
         decision = router.decide(self.ident, self.tenant(), self.database, sql, self.search_path())
         metrics, protocol_name = self.server.metrics, "simple" if simple else "extended"
         if isinstance(decision, Forward):
-            metrics.statement(protocol_name, "allowed" if decision.sql is None else "rewritten",
-                              tenant=self.tenant())
+            metrics.statement(protocol_name, "allowed" if decision.sql is None else "rewritten", tenant=self.tenant())
             if not self.audited(sql, simple, decision, name):
                 return None
             return (sql if decision.sql is None else decision.sql), decision
@@ -177,25 +187,33 @@ class Guarded:
         if isinstance(decision, Refuse):
             self.server.metrics.refusals.labels(decision.rule).inc()
             self.audited(sql, simple, decision)
-            log.info("refused for user=%s tenant=%s (%s): %s", self.user, self.tenant(),
-                     decision.rule, decision.message)
+            log.info(
+                "refused for user=%s tenant=%s (%s): %s", self.user, self.tenant(), decision.rule, decision.message
+            )
             self.refuse(decision.sqlstate, decision.message, decision.hint, simple)
             return None
         assert isinstance(decision, SetTenant)
         if name:  # a named statement: PostgreSQL would run it again at each Bind, without pgwarden seeing a SET
             self.server.metrics.refusals.labels("tenancy.sources").inc()
-            self.refuse("0A000", "a tenant change cannot be prepared as a named statement: pgwarden applies "
-                        "it when it reads the SET, and a later Bind of the statement would not change "
-                        "the tenant", "send SET pgwarden.tenant as a simple query or an unnamed statement "
-                        "(psycopg: execute(..., prepare=False); asyncpg: execute())", simple)
+            self.refuse(
+                "0A000",
+                "a tenant change cannot be prepared as a named statement: pgwarden applies "
+                "it when it reads the SET, and a later Bind of the statement would not change "
+                "the tenant",
+                "send SET pgwarden.tenant as a simple query or an unnamed statement "
+                "(psycopg: execute(..., prepare=False); asyncpg: execute())",
+                simple,
+            )
             return None
         if decision.local:
-            self.local_tenant = decision.tenant if decision.tenant is not None else (
-                self.ident.tenant if self.ident else None)
+            self.local_tenant = (
+                decision.tenant if decision.tenant is not None else (self.ident.tenant if self.ident else None)
+            )
         return decision.sql, Forward(decision.sql)
 
-    def audited(self, sql: str, simple: bool, decision: Forward | Refuse | None = None,
-                name: str | None = None) -> bool:
+    def audited(
+        self, sql: str, simple: bool, decision: Forward | Refuse | None = None, name: str | None = None
+    ) -> bool:
         """Record a statement in the audit trail; False (and the statement refused) when the
         trail cannot take it and `audit.on_failure` is block.
 
@@ -212,23 +230,35 @@ class Guarded:
             if audit.config.on_failure == "drop":
                 audit.drop()
                 return True
-            self.refuse("58030", "the statement was not run: the audit trail cannot record it "
-                        "(its sink is failing or its queue is full)",
-                        "check the audit file's disk and permissions (audit.path), or set "
-                        "audit.on_failure: drop", simple)
+            self.refuse(
+                "58030",
+                "the statement was not run: the audit trail cannot record it "
+                "(its sink is failing or its queue is full)",
+                "check the audit file's disk and permissions (audit.path), or set audit.on_failure: drop",
+                simple,
+            )
             return False
         ident = self.ident
-        record = {"event": "statement", "time": time.time(), "session": self.pid, "client": self.peer,
-                  "user": self.user,
-                  "database": self.database, "protocol": "simple" if simple else "extended",
-                  "roles": sorted(ident.roles) if ident else [], "bypass": ident is None,
-                  "tenant": self.tenant() if ident else None, "sql": sql, "route": "primary"}
+        record = {
+            "event": "statement",
+            "time": time.time(),
+            "session": self.pid,
+            "client": self.peer,
+            "user": self.user,
+            "database": self.database,
+            "protocol": "simple" if simple else "extended",
+            "roles": sorted(ident.roles) if ident else [],
+            "bypass": ident is None,
+            "tenant": self.tenant() if ident else None,
+            "sql": sql,
+            "route": "primary",
+        }
         if isinstance(decision, Refuse):
-            record.update(decision="refused", rule=decision.rule, sqlstate=decision.sqlstate,
-                          reason=decision.message)
+            record.update(decision="refused", rule=decision.rule, sqlstate=decision.sqlstate, reason=decision.message)
         elif isinstance(decision, Forward) and decision.sql is not None:
-            record.update(decision="rewritten", tables=list(decision.tables),
-                          masked=list(decision.masked), rewritten=decision.sql)
+            record.update(
+                decision="rewritten", tables=list(decision.tables), masked=list(decision.masked), rewritten=decision.sql
+            )
         else:
             record["decision"] = "allowed"
         if isinstance(decision, Refuse):
@@ -243,18 +273,25 @@ class Guarded:
     def audit_bind(self, msg: bytes) -> bool:
         """A Bind is an execution: recorded with what its statement was prepared from."""
         end = msg.index(b"\0", 5)  # after the portal name: the statement name, as raw bytes
-        name = msg[end + 1:msg.index(b"\0", end + 1)]
+        name = msg[end + 1 : msg.index(b"\0", end + 1)]
         hit = self._audit_statements.get(name)
-        sql, decision = hit if hit is not None else (f"(prepared statement {name.decode(errors='replace')!r})",
-                                                     None)
+        sql, decision = hit if hit is not None else (f"(prepared statement {name.decode(errors='replace')!r})", None)
         return self.audited(sql, False, decision)
 
     def audit_event(self, event: str, **fields) -> None:
         """A login or logout record (never refused: the session is starting or over)."""
         if self.server.audit is not None:
-            self.server.audit.offer({"event": event, "session": self.pid, "client": self.peer,
-                                     "user": self.user, "database": self.database, **fields},
-                                    force=True)  # it happened: kept even while the trail is failing
+            self.server.audit.offer(
+                {
+                    "event": event,
+                    "session": self.pid,
+                    "client": self.peer,
+                    "user": self.user,
+                    "database": self.database,
+                    **fields,
+                },
+                force=True,
+            )  # it happened: kept even while the trail is failing
 
     def guard_parse(self, msg: bytes) -> bytes | None:
         """A Parse with the policy applied (rewritten text), or None when refused.
@@ -264,20 +301,24 @@ class Guarded:
         """
         router, tenant, path = self.server.router, self.tenant(), self.search_path()
         hit = self._parses.get(msg)
-        if hit is not None and hit[0] is router and hit[1] == tenant and hit[2] == path \
-                and hit[5] == router.generation and self.server.audit is None:  # type: ignore[union-attr]
+        if (
+            hit is not None
+            and hit[0] is router
+            and hit[1] == tenant
+            and hit[2] == path
+            and hit[5] == router.generation
+            and self.server.audit is None
+        ):  # type: ignore[union-attr]
             prepared, out = hit[3], hit[4]
             self.statement_sent(protocol.decode_parse(msg).name if msg[5] else "", prepared)
-            self.server.metrics.statement("extended", "rewritten" if out is not msg else "allowed",
-                                          tenant=tenant)
+            self.server.metrics.statement("extended", "rewritten" if out is not msg else "allowed", tenant=tenant)
             return out
         out = self._guard_parse(msg)
         if out is not None:
             if len(self._parses) > 256:
                 self._parses.clear()
             name = protocol.decode_parse(msg).name if msg[5] else ""
-            self._parses[msg] = (router, tenant, path, self.versions.latest(name), out,
-                                 router.generation)  # type: ignore[union-attr]
+            self._parses[msg] = (router, tenant, path, self.versions.latest(name), out, router.generation)  # type: ignore[union-attr]
         return out
 
     def _guard_parse(self, msg: bytes) -> bytes | None:
@@ -297,8 +338,10 @@ class Guarded:
             self.server.metrics.refusals.labels(refused.rule).inc()
             self.refuse(refused.sqlstate, refused.message, refused.hint, False)
             return None
-        self.statement_sent(parsed.name, Prepared(parsed.query, parsed.param_types, decision.param_checks,
-                                                  router, self.tenant(), router.generation))  # type: ignore[union-attr]
+        self.statement_sent(
+            parsed.name,
+            Prepared(parsed.query, parsed.param_types, decision.param_checks, router, self.tenant(), router.generation),
+        )  # type: ignore[union-attr]
         if text == parsed.query:
             return msg
         return protocol.parse(parsed.name, text, parsed.param_types)
@@ -313,8 +356,9 @@ class Guarded:
 
     def _current(self, prepared: Prepared) -> bool:
         router = self.server.router
-        return prepared.router is router and prepared.tenant == self.tenant() \
-            and prepared.generation == router.generation  # type: ignore[union-attr]
+        return (
+            prepared.router is router and prepared.tenant == self.tenant() and prepared.generation == router.generation
+        )  # type: ignore[union-attr]
 
     def _bound(self, name: str) -> list[Prepared]:
         """What a Bind of `name` sent now may run: the last Parse of it when that was sent in this
@@ -344,9 +388,12 @@ class Guarded:
         version: (SQLSTATE, message, hint); None when it is current or not one of them."""
         if all(self._current(p) for p in self.versions.candidates(name)):
             return None
-        return ("42501", f'EXECUTE {name} is refused: the statement was prepared (rewritten) under '
-                "another tenant or policy version than this session has now",
-                "run it with Bind (pgwarden prepares it again for the current tenant), or prepare it again")
+        return (
+            "42501",
+            f"EXECUTE {name} is refused: the statement was prepared (rewritten) under "
+            "another tenant or policy version than this session has now",
+            "run it with Bind (pgwarden prepares it again for the current tenant), or prepare it again",
+        )
 
     def execute_refusal(self, name: str, args: tuple) -> tuple[str, str, str] | None:
         """SQL EXECUTE of a protocol-level statement whose tenant value is a parameter: each such
@@ -356,13 +403,23 @@ class Guarded:
                 arg = args[number - 1] if number <= len(args) else None
                 if arg is not None and arg.literal and arg.value == expected:
                     continue
-                shown = "missing" if arg is None else (
-                    repr(arg.value) if arg.literal and arg.value is not None else
-                    "NULL" if arg.literal else "not a plain literal")
-                return ("42501", f"EXECUTE {name} is refused: argument ${number} sets the tenant "
-                        f"column and is {shown}, but this session's tenant is {expected!r}",
-                        "pass the session's own tenant as a plain string literal, or run the "
-                        "statement with Bind")
+                shown = (
+                    "missing"
+                    if arg is None
+                    else (
+                        repr(arg.value)
+                        if arg.literal and arg.value is not None
+                        else "NULL"
+                        if arg.literal
+                        else "not a plain literal"
+                    )
+                )
+                return (
+                    "42501",
+                    f"EXECUTE {name} is refused: argument ${number} sets the tenant "
+                    f"column and is {shown}, but this session's tenant is {expected!r}",
+                    "pass the session's own tenant as a plain string literal, or run the statement with Bind",
+                )
         return None
 
     def guard_bind(self, msg: bytes) -> bool:
@@ -375,10 +432,13 @@ class Guarded:
             value = values[number - 1] if number <= len(values) else None
             if value != expected.encode():
                 shown = "NULL" if value is None else repr(value.decode("utf-8", "replace"))
-                self.refuse("42501", f"INSERT refused: parameter ${number} sets the tenant column "
-                            f"to {shown}, but this session's tenant is {expected!r}",
-                            "omit the tenant column (pgwarden fills it in) or pass the session's "
-                            "own tenant", simple=False)
+                self.refuse(
+                    "42501",
+                    f"INSERT refused: parameter ${number} sets the tenant column "
+                    f"to {shown}, but this session's tenant is {expected!r}",
+                    "omit the tenant column (pgwarden fills it in) or pass the session's own tenant",
+                    simple=False,
+                )
                 return False
         return True
 
@@ -404,8 +464,7 @@ class Guarded:
             return None
         if fresh and self.tx_mode and name:
             parsed = protocol.decode_parse(fresh)
-            self.statements[name] = self.server.statements.get(parsed.query, parsed.param_types,
-                                                                self.statement_scope())
+            self.statements[name] = self.server.statements.get(parsed.query, parsed.param_types, self.statement_scope())
         elif fresh:
             tracker = self.backend.tracker  # type: ignore[union-attr]
             out += (protocol.target(b"C", "S", name), fresh)

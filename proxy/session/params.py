@@ -11,9 +11,27 @@ from typing import NamedTuple
 from rewriter import pgparser
 
 # First words of statements that may change session state; anything else is not parsed here.
-_WATCHED = frozenset({"set", "reset", "discard", "listen", "prepare", "savepoint", "release",
-                      "rollback", "abort", "begin", "start", "commit", "end",
-                      "execute", "explain", "create", "deallocate"})
+_WATCHED = frozenset(
+    {
+        "set",
+        "reset",
+        "discard",
+        "listen",
+        "prepare",
+        "savepoint",
+        "release",
+        "rollback",
+        "abort",
+        "begin",
+        "start",
+        "commit",
+        "end",
+        "execute",
+        "explain",
+        "create",
+        "deallocate",
+    }
+)
 _LEADING = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]*)", re.S)
 _NOT_FORWARDED = frozenset({"user", "database", "replication", "options"})
 
@@ -45,8 +63,28 @@ class Effect:
     args: tuple[Arg, ...] = field(default=(), repr=False)
 
 
-_HEADS = frozenset({"set", "res", "dis", "lis", "pre", "dea", "rol", "abo", "cre", "dec", "sav", "rel",
-                    "beg", "sta", "com", "end", "exe", "exp"})
+_HEADS = frozenset(
+    {
+        "set",
+        "res",
+        "dis",
+        "lis",
+        "pre",
+        "dea",
+        "rol",
+        "abo",
+        "cre",
+        "dec",
+        "sav",
+        "rel",
+        "beg",
+        "sta",
+        "com",
+        "end",
+        "exe",
+        "exp",
+    }
+)
 # Words without which a statement cannot leave state behind (temporary objects, WITH HOLD
 # cursors, session advisory locks, set_config()): a cheap scan before any parse. U& is an
 # identifier spelled with escapes (U&"set\005fconfig"), which only the parse can read.
@@ -70,16 +108,30 @@ def maybe_stateful(sql: str) -> bool:
     (False, True, True)
     """
     head = sql.lstrip()[:3].lower()
-    return (head in _HEADS or head[:1] in ("/", "-", "(") or ";" in sql.rstrip().rstrip(";")
-            or MAY_LEAVE_STATE.search(sql) is not None)
+    return (
+        head in _HEADS
+        or head[:1] in ("/", "-", "(")
+        or ";" in sql.rstrip().rstrip(";")
+        or MAY_LEAVE_STATE.search(sql) is not None
+    )
 
 
-_ADVISORY = frozenset({"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock",
-                       "pg_try_advisory_lock_shared"})
+_ADVISORY = frozenset(
+    {"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"}
+)
 _CURSOR_OPT_HOLD = 0x0020
 # Settings PostgreSQL reports with ParameterStatus whenever they change: tracked that way.
-REPORTED = frozenset({"application_name", "client_encoding", "datestyle", "intervalstyle",
-                      "timezone", "standard_conforming_strings", "default_transaction_read_only"})
+REPORTED = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "datestyle",
+        "intervalstyle",
+        "timezone",
+        "standard_conforming_strings",
+        "default_transaction_read_only",
+    }
+)
 
 
 def leaves_state(sql: str) -> bool:
@@ -132,8 +184,7 @@ def _holds(node: object) -> bool:
     if isinstance(call, dict) and _call_holds(call):
         return True
     dropped = node.get("oncommit", node.get("onCommit")) == "ONCOMMIT_DROP"  # gone at COMMIT
-    return any(_holds(value) for key, value in node.items()
-               if not (dropped and key in ("relation", "rel")))
+    return any(_holds(value) for key, value in node.items() if not (dropped and key in ("relation", "rel")))
 
 
 def _call_holds(call: dict) -> bool:
@@ -181,17 +232,19 @@ def effects(sql: str) -> list[Effect]:
     out = []
     for raw in stmts:
         start = raw.get("stmt_location", 0)
-        text = sql[start:start + raw["stmt_len"]] if raw.get("stmt_len") else sql[start:]
+        text = sql[start : start + raw["stmt_len"]] if raw.get("stmt_len") else sql[start:]
         out += _effects(raw["stmt"], text.strip().rstrip(";").strip())
     return out
 
 
 def _effects(stmt: dict, text: str) -> list[Effect]:
     """A statement's effects; SET SESSION CHARACTERISTICS is the three defaults it sets."""
-    (kind, node), = stmt.items()
+    ((kind, node),) = stmt.items()
     if kind == "VariableSetStmt" and node.get("name", "").lower() == "session characteristics":
-        return [Effect("set", f"default_{d['DefElem']['defname']}", _characteristic(d["DefElem"]))
-                for d in node.get("args") or []]
+        return [
+            Effect("set", f"default_{d['DefElem']['defname']}", _characteristic(d["DefElem"]))
+            for d in node.get("args") or []
+        ]
     effect = _effect(kind, node, text)
     return [effect] if effect is not None else []
 
@@ -203,16 +256,25 @@ def _characteristic(elem: dict) -> str:
     return f"SET default_{elem['defname']} TO {_literal(value)}"
 
 
-_TRANSACTION = {"TRANS_STMT_SAVEPOINT": "savepoint", "TRANS_STMT_RELEASE": "release",
-                "TRANS_STMT_ROLLBACK_TO": "rollback_to", "TRANS_STMT_ROLLBACK": "rollback",
-                "TRANS_STMT_BEGIN": "begin", "TRANS_STMT_START": "begin", "TRANS_STMT_COMMIT": "commit",
-                "TRANS_STMT_PREPARE": "commit"}  # PREPARE TRANSACTION keeps the SETs, as COMMIT does
-_PLAIN = {text: Effect(kind) for kind, words in [("begin", ["begin", "begin transaction", "begin work",
-                                                            "start transaction"]),
-                                                 ("commit", ["commit", "end", "commit transaction", "commit work"]),
-                                                 ("rollback", ["rollback", "abort", "rollback transaction",
-                                                               "rollback work"])]
-          for text in words}
+_TRANSACTION = {
+    "TRANS_STMT_SAVEPOINT": "savepoint",
+    "TRANS_STMT_RELEASE": "release",
+    "TRANS_STMT_ROLLBACK_TO": "rollback_to",
+    "TRANS_STMT_ROLLBACK": "rollback",
+    "TRANS_STMT_BEGIN": "begin",
+    "TRANS_STMT_START": "begin",
+    "TRANS_STMT_COMMIT": "commit",
+    "TRANS_STMT_PREPARE": "commit",
+}  # PREPARE TRANSACTION keeps the SETs, as COMMIT does
+_PLAIN = {
+    text: Effect(kind)
+    for kind, words in [
+        ("begin", ["begin", "begin transaction", "begin work", "start transaction"]),
+        ("commit", ["commit", "end", "commit transaction", "commit work"]),
+        ("rollback", ["rollback", "abort", "rollback transaction", "rollback work"]),
+    ]
+    for text in words
+}
 
 
 def _effect(kind: str, node: dict, text: str) -> Effect | None:
@@ -318,8 +380,16 @@ def _literal(value: str) -> str:
 
 
 # Reported by PostgreSQL but not settable by a client (or not to be replayed).
-_READ_ONLY_REPORTED = frozenset({"server_version", "server_encoding", "integer_datetimes",
-                                 "is_superuser", "session_authorization", "in_hot_standby"})
+_READ_ONLY_REPORTED = frozenset(
+    {
+        "server_version",
+        "server_encoding",
+        "integer_datetimes",
+        "is_superuser",
+        "session_authorization",
+        "in_hot_standby",
+    }
+)
 
 
 def reported_setting(name: str, value: str) -> str | None:

@@ -5,42 +5,47 @@ from __future__ import annotations
 import logging
 import re
 
-from proxy.session import params
-
-from proxy.wire import protocol
 from proxy.pooling.backend import Backend
-from proxy.wire.tracker import SWALLOW
 from proxy.pooling.prepared import Statement
+from proxy.session import params
 from proxy.session.txstate import CONTROL, TxState
+from proxy.wire import protocol
+from proxy.wire.tracker import SWALLOW
 
 log = logging.getLogger("pgwarden.session")
 
 _P, _B, _D, _C, _S, _H, _Q = (ord(c) for c in "PBDCSHQ")
 _I, _E = ord("I"), ord("E")
 
-_DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(all|\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$",
-                         re.I | re.S)
+_DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(all|\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$", re.I | re.S)
 
 
 _SESSION_MODE = "use pool.mode: session for this application"
 _PREPARE_FIRST = "prepare it on this connection first (a Parse message); names are per connection"
 _TX_REFUSED = {  # statements whose effect transaction pooling cannot keep: (what, hint)
     "listen": ("LISTEN", f"{_SESSION_MODE}: notifications need a backend of their own"),
-    "prepare": ("SQL PREPARE", "use protocol-level prepared statements (every driver's "
-                f"default; pgwarden keeps them under transaction pooling), or {_SESSION_MODE}"),
+    "prepare": (
+        "SQL PREPARE",
+        "use protocol-level prepared statements (every driver's "
+        f"default; pgwarden keeps them under transaction pooling), or {_SESSION_MODE}",
+    ),
     "identity": ("SET {name}", f"{_SESSION_MODE}, or connect as the role you need"),
 }
-_SHARED_NAMES = ("the backend is shared, and the prepared statements on it are other clients' "
-                 "(under names they never chose)")
+_SHARED_NAMES = (
+    "the backend is shared, and the prepared statements on it are other clients' (under names they never chose)"
+)
 _TX_NAMED = {  # statements that name a prepared statement pgwarden cannot map: (message, hint)
-    "execute": (f"SQL EXECUTE is not supported in transaction pooling mode: {_SHARED_NAMES}",
-                "use protocol-level prepared statements (Parse/Bind: every driver's default; "
-                f"pgwarden keeps them per client), or {_SESSION_MODE}"),
-    "deallocate": ("DEALLOCATE in a multi-statement query or after a comment is not supported "
-                   f"in transaction pooling mode: {_SHARED_NAMES}",
-                   "send DEALLOCATE name (or DEALLOCATE ALL) as a query of its own"),
+    "execute": (
+        f"SQL EXECUTE is not supported in transaction pooling mode: {_SHARED_NAMES}",
+        "use protocol-level prepared statements (Parse/Bind: every driver's default; "
+        f"pgwarden keeps them per client), or {_SESSION_MODE}",
+    ),
+    "deallocate": (
+        "DEALLOCATE in a multi-statement query or after a comment is not supported "
+        f"in transaction pooling mode: {_SHARED_NAMES}",
+        "send DEALLOCATE name (or DEALLOCATE ALL) as a query of its own",
+    ),
 }
-
 
 
 def names_statement(kind: int, msg: bytes) -> bool:
@@ -49,9 +54,7 @@ def names_statement(kind: int, msg: bytes) -> bool:
         return msg[5] != 0
     if kind == _B:
         return msg[5] != 0 or msg[6] != 0  # a named portal: decode to find the statement
-    return msg[5] == 83 and msg[6] != 0    # Describe/Close 'S' with a name
-
-
+    return msg[5] == 83 and msg[6] != 0  # Describe/Close 'S' with a name
 
 
 class Pooled(TxState):
@@ -77,9 +80,12 @@ class Pooled(TxState):
             if kind == _P and msg[5] != 0:
                 parsed = protocol.decode_parse(msg)
                 stmt = self.server.statements.peek(parsed.query, parsed.param_types)
-                if stmt is None or not stmt.verified or stmt.stale or (
-                        params.maybe_stateful(parsed.query)
-                        and not params.plain_transaction_control(parsed.query)):
+                if (
+                    stmt is None
+                    or not stmt.verified
+                    or stmt.stale
+                    or (params.maybe_stateful(parsed.query) and not params.plain_transaction_control(parsed.query))
+                ):
                     return False  # (preparing BEGIN or COMMIT changes nothing: answered here)
                 statements.append((parsed.name, stmt))
             elif not (kind in (_S, _H) or (kind == _C and msg[5] == 83 and msg[6] != 0)):
@@ -114,10 +120,13 @@ class Pooled(TxState):
             self._sql_names(effects, simple)
         if self.tx_mode and params.leaves_state(sql) and not self.pinned:
             backend.dirty = self.pinned = True  # type: ignore[union-attr]
-            log.info("client %s pinned to backend pid=%s for the rest of its session: it created "
-                     "a temporary table, took a session advisory lock, a WITH HOLD cursor or "
-                     "called set_config() on a setting that cannot be tracked",
-                     self.peer, backend.pid)  # type: ignore[union-attr]
+            log.info(
+                "client %s pinned to backend pid=%s for the rest of its session: it created "
+                "a temporary table, took a session advisory lock, a WITH HOLD cursor or "
+                "called set_config() on a setting that cannot be tracked",
+                self.peer,
+                backend.pid,
+            )  # type: ignore[union-attr]
         for effect in effects:
             if effect.kind in ("execute", "deallocate"):
                 continue  # no session setting changes
@@ -130,8 +139,9 @@ class Pooled(TxState):
             if effect.kind == "discard_all":
                 self.statements.clear()
                 backend.statements.clear()  # type: ignore[union-attr]
-            if self.ident is not None and (effect.kind in ("reset_all", "discard_all") or
-                                           effect.name == self.server.router.tenant_setting):
+            if self.ident is not None and (
+                effect.kind in ("reset_all", "discard_all") or effect.name == self.server.router.tenant_setting
+            ):
                 self._watch_tenant()  # a tenant change: known now, unless it fails
                 if effect.kind != "local":
                     self.tenant_unknown = False
@@ -140,8 +150,7 @@ class Pooled(TxState):
     def _sql_names(self, effects: list[params.Effect], simple: bool) -> None:
         """A policed session's SQL PREPARE / DEALLOCATE: which scopes each name may hold."""
         backend = self.backend
-        sure = simple and len(effects) == 1 and backend.tracker.idle \
-            and backend.tracker.status != _E  # type: ignore[union-attr]  # (not in a failed transaction)
+        sure = simple and len(effects) == 1 and backend.tracker.idle and backend.tracker.status != _E  # type: ignore[union-attr]  # (not in a failed transaction)
         for effect in effects:
             if effect.kind == "prepare":
                 self.sql_names.prepare(effect.name, self.statement_scope())
@@ -180,26 +189,38 @@ class Pooled(TxState):
         """(SQLSTATE, message, hint) for a statement whose effect cannot be kept, else None."""
         for effect in effects:
             if self.ident is not None and effect.kind == "local" and effect.name == "search_path":
-                return ("42501", "SET LOCAL search_path is refused: pgwarden resolves table names "
-                        "with the session's search_path", "use SET search_path (pgwarden tracks "
-                        "it), or schema-qualified names")
+                return (
+                    "42501",
+                    "SET LOCAL search_path is refused: pgwarden resolves table names with the session's search_path",
+                    "use SET search_path (pgwarden tracks it), or schema-qualified names",
+                )
             if self.ident is not None and effect.kind == "listen":
-                return ("42501", "LISTEN is refused under a policy: notification channels are not "
-                        "tenant-scoped, so one tenant could receive another's payloads",
-                        "use a bypass role for LISTEN, or deliver events through a tenant-scoped table")
+                return (
+                    "42501",
+                    "LISTEN is refused under a policy: notification channels are not "
+                    "tenant-scoped, so one tenant could receive another's payloads",
+                    "use a bypass role for LISTEN, or deliver events through a tenant-scoped table",
+                )
             if self.tx_mode and effect.kind in _TX_NAMED:
                 return ("0A000", *_TX_NAMED[effect.kind])
             if effect.kind == "execute" and self.ident is not None:
-                refusal = self.sql_names.refusal(effect.name, self.statement_scope()) \
-                    or self.stale_refusal(effect.name) or self.execute_refusal(effect.name, effect.args)
+                refusal = (
+                    self.sql_names.refusal(effect.name, self.statement_scope())
+                    or self.stale_refusal(effect.name)
+                    or self.execute_refusal(effect.name, effect.args)
+                )
                 if refusal is not None:
                     return refusal
             if self.tx_mode and effect.kind in _TX_REFUSED:
                 what, hint = _TX_REFUSED[effect.kind]
                 what = what.format(name=effect.name.upper())
-                return ("0A000", f"{what} is not supported in transaction pooling mode: its "
-                        "effect would outlive this transaction on a backend that other clients "
-                        "share", hint)
+                return (
+                    "0A000",
+                    f"{what} is not supported in transaction pooling mode: its "
+                    "effect would outlive this transaction on a backend that other clients "
+                    "share",
+                    hint,
+                )
         return None
 
     def _deallocate(self, name: str) -> None:
@@ -267,8 +288,7 @@ class Pooled(TxState):
     def _no_such_statement(self, name: str) -> None:
         """A statement name this client never prepared: PostgreSQL's own error, and the name
         never reaches the backend (where it could be another client's statement)."""
-        self.refuse("26000", f'prepared statement "{name}" does not exist', _PREPARE_FIRST,
-                    simple=False)
+        self.refuse("26000", f'prepared statement "{name}" does not exist', _PREPARE_FIRST, simple=False)
 
     def _restore_unnamed(self, out: list[bytes]) -> None:
         """Prepare the client's unnamed statement again on a backend that never saw it.
@@ -287,8 +307,11 @@ class Pooled(TxState):
         if stmt.stale and not backend.statements.touch(stmt.name):  # type: ignore[union-attr]
             # Prepared again it would answer in a shape this client was not told about:
             # PostgreSQL's own error, so the client prepares it again (as drivers do).
-            self.reply(protocol.error_response("0A000", "cached plan must not change result type",
-                                               routine="RevalidateCachedQuery"))
+            self.reply(
+                protocol.error_response(
+                    "0A000", "cached plan must not change result type", routine="RevalidateCachedQuery"
+                )
+            )
             self.skipping = True
             return False
         if stmt in self.unchecked:  # answered without a backend: prepare it for real now
@@ -328,7 +351,7 @@ class Pooled(TxState):
         counter = self.server.metrics.backend_errors
         for msg in errors:
             at = msg.find(b"\x00C", 4)
-            counter.labels(msg[at + 2:at + 4].decode("ascii", "replace") if at >= 0 else "??").inc()
+            counter.labels(msg[at + 2 : at + 4].decode("ascii", "replace") if at >= 0 else "??").inc()
             if self.tx_mode and b"C0A000\x00" in msg and b"cached plan must not change" in msg:
                 backend.dirty = True  # DISCARD ALL before the next client; prepared again then
                 if self.last_bound is not None:

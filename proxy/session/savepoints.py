@@ -15,7 +15,7 @@ class State:
     local_tenant: str | None = None
     unknown: bool = False
 
-    def poisoned(self) -> "State":
+    def poisoned(self) -> State:
         """The same state with its tenant unknown (and no SET LOCAL tenant)."""
         return replace(self, local_tenant=None, unknown=True)
 
@@ -58,7 +58,7 @@ def rollback_to(frames: Frames, name: str) -> tuple[Frames, State | None]:
     at = _latest(frames, name)
     if at is None:
         return frames, None
-    return frames[:at + 1], frames[at][1]
+    return frames[: at + 1], frames[at][1]
 
 
 def release(frames: Frames, name: str) -> Frames | None:
@@ -149,6 +149,10 @@ def settle(cycle: Cycle, failed: bool, aborted: bool, changes: int, losses: int)
         return _restored(cycle.commit, losses), False
     implicit = cycle.implicit
     state = _restored(implicit, losses) if implicit is not None and implicit.changes == changes else None
-    lost = (cycle.watched or cycle.commit is not None or (implicit is not None and state is None)
-            or (cycle.begin is not None and cycle.begin != changes))
+    lost = (
+        cycle.watched
+        or cycle.commit is not None
+        or (implicit is not None and state is None)
+        or (cycle.begin is not None and cycle.begin != changes)
+    )
     return state, lost

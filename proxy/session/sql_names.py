@@ -47,7 +47,10 @@ class SqlNames:
         scopes = self.held.get(name)
         if scopes is None or scopes == {scope}:
             return None
-        return ("42501", f'prepared statement "{name}" is refused: it was prepared (rewritten) '
-                "under another tenant or policy version than this session has now, or pgwarden "
-                "cannot be sure it was not", f'DEALLOCATE {name} in a query of its own, then PREPARE '
-                "it again; or PREPARE it under a new name")
+        return (
+            "42501",
+            f'prepared statement "{name}" is refused: it was prepared (rewritten) '
+            "under another tenant or policy version than this session has now, or pgwarden "
+            "cannot be sure it was not",
+            f"DEALLOCATE {name} in a query of its own, then PREPARE it again; or PREPARE it under a new name",
+        )

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from proxy.session import params
-
-from proxy.session import savepoints
+from proxy.session import params, savepoints
 
 log = logging.getLogger("pgwarden.session")
 
@@ -25,17 +23,21 @@ class TxState:
 
     _frames: savepoints.Frames = ()  # the open transaction's savepoints
     _snapshot: savepoints.State | None = None  # before the current transaction's first change
-    _block = False      # a transaction block is open, as far as what was sent goes
+    _block = False  # a transaction block is open, as far as what was sent goes
     _cycle: savepoints.Cycle | None = None  # what the next Query or Sync's answer must settle
-    _changes = 0        # changes of state sent so far (SET, RESET, savepoints, rollbacks)
-    _drained = 0        # ... as of the last time every request had been answered
-    _losses = 0         # times the tenant was lost
-    _status = _I        # transaction status of the last ReadyForQuery
+    _changes = 0  # changes of state sent so far (SET, RESET, savepoints, rollbacks)
+    _drained = 0  # ... as of the last time every request had been answered
+    _losses = 0  # times the tenant was lost
+    _status = _I  # transaction status of the last ReadyForQuery
 
     def _state(self) -> savepoints.State:
         """What a rollback would restore, as of now."""
-        return savepoints.State(dict(self.settings), dict(self.backend.settings),  # type: ignore[attr-defined]
-                                self.local_tenant, self.tenant_unknown)  # type: ignore[attr-defined]
+        return savepoints.State(
+            dict(self.settings),
+            dict(self.backend.settings),  # type: ignore[attr-defined]
+            self.local_tenant,
+            self.tenant_unknown,
+        )  # type: ignore[attr-defined]
 
     def _restore(self, state: savepoints.State) -> None:
         self.settings, self.backend.settings = dict(state.settings), dict(state.backend)  # type: ignore[attr-defined]
@@ -113,9 +115,11 @@ class TxState:
         if self.ident is None:  # type: ignore[attr-defined]
             return
         if not self.tenant_unknown:  # type: ignore[attr-defined]
-            log.warning("client %s: tenant unknown after a failed tenant change or savepoint "
-                        "command; tenant-scoped statements are refused until it is SET again",
-                        self.peer)  # type: ignore[attr-defined]
+            log.warning(
+                "client %s: tenant unknown after a failed tenant change or savepoint "
+                "command; tenant-scoped statements are refused until it is SET again",
+                self.peer,
+            )  # type: ignore[attr-defined]
         self.local_tenant, self.tenant_unknown = None, True  # type: ignore[attr-defined]
         self._losses += 1
         self._frames = savepoints.poison(self._frames)

@@ -16,8 +16,7 @@ from scramp import ScramClient, ScramException, ScramMechanism
 from scramp.core import ScramServer
 from scramp.utils import ServerError
 
-from proxy.wire.protocol import (AUTH_OK, ProtocolError, auth_request, auth_sasl, cstr, password_message,
-                            read_cstr)
+from proxy.wire.protocol import AUTH_OK, ProtocolError, auth_request, auth_sasl, cstr, password_message, read_cstr
 
 SCRAM = "SCRAM-SHA-256"
 METHODS = ("trust", "md5", "scram-sha-256")
@@ -44,7 +43,7 @@ class AuthFailed(Exception):
 class Credential:
     """What pgwarden knows of a client login: a plain password, or a stored SCRAM verifier."""
 
-    password: str | None = None        # from config `password`, or `password_env` resolved
+    password: str | None = None  # from config `password`, or `password_env` resolved
     scram_verifier: str | None = None  # "SCRAM-SHA-256$<iter>:<b64 salt>$<b64 StoredKey>:<b64 ServerKey>"
 
 
@@ -54,7 +53,8 @@ class Credential:
 def scram_verifier(password: str, iterations: int = 4096) -> str:
     """A stored SCRAM-SHA-256 verifier in PostgreSQL's format (what `pg_authid.rolpassword` holds)."""
     salt, stored_key, server_key, i = ScramMechanism(SCRAM).make_auth_info(
-        password, iteration_count=iterations, salt=secrets.token_bytes(16))
+        password, iteration_count=iterations, salt=secrets.token_bytes(16)
+    )
     b64 = base64.b64encode
     return f"{SCRAM}${i}:{b64(salt).decode()}${b64(stored_key).decode()}:{b64(server_key).decode()}"
 
@@ -63,19 +63,21 @@ def parse_scram_verifier(text: str) -> ScramSecret:
     """Salt, StoredKey, ServerKey and iteration count of a stored verifier; ValueError says what is wrong."""
     match = _VERIFIER.fullmatch(text.strip())
     if match is None:
-        raise ValueError("a SCRAM verifier looks like "
-                         "'SCRAM-SHA-256$<iterations>:<base64 salt>$<base64 StoredKey>:<base64 ServerKey>'")
+        raise ValueError(
+            "a SCRAM verifier looks like "
+            "'SCRAM-SHA-256$<iterations>:<base64 salt>$<base64 StoredKey>:<base64 ServerKey>'"
+        )
     try:
         salt, stored_key, server_key = (base64.b64decode(g, validate=True) for g in match.groups()[1:])
     except binascii.Error as exc:
         raise ValueError(f"the SCRAM verifier holds invalid base64: {exc}") from None
     iterations = int(match[1])
     if not MIN_ITERATIONS <= iterations <= MAX_ITERATIONS:
-        raise ValueError(f"the SCRAM verifier's iteration count {iterations} is outside "
-                         f"{MIN_ITERATIONS}..{MAX_ITERATIONS}")
+        raise ValueError(
+            f"the SCRAM verifier's iteration count {iterations} is outside {MIN_ITERATIONS}..{MAX_ITERATIONS}"
+        )
     if len(salt) < 12 or len(stored_key) != 32 or len(server_key) != 32:
-        raise ValueError("the SCRAM verifier's salt (at least 12 bytes) or keys (32 bytes each) "
-                         "have the wrong length")
+        raise ValueError("the SCRAM verifier's salt (at least 12 bytes) or keys (32 bytes each) have the wrong length")
     return salt, stored_key, server_key, iterations
 
 
@@ -118,9 +120,9 @@ class ClientAuth:
         self.user = user
         self.credential = credential
         self.done = False
-        self._salt = b""                          # md5
-        self._secret: ScramSecret | None = None   # SCRAM: what the client must prove it knows
-        self._scram: ScramServer | None = None    # SCRAM: the exchange, once the client has begun
+        self._salt = b""  # md5
+        self._secret: ScramSecret | None = None  # SCRAM: what the client must prove it knows
+        self._scram: ScramServer | None = None  # SCRAM: the exchange, once the client has begun
 
     def start(self) -> bytes:
         """The first bytes to send the client (AuthenticationOk for trust, then `.done` is True)."""
@@ -128,8 +130,11 @@ class ClientAuth:
             self.done = True
             return AUTH_OK
         if self.credential is None:
-            raise AuthFailed("28000", f'role "{self.user}" is not known to pgwarden',
-                             hint="add it under `auth.users` in the pgwarden config")
+            raise AuthFailed(
+                "28000",
+                f'role "{self.user}" is not known to pgwarden',
+                hint="add it under `auth.users` in the pgwarden config",
+            )
         if self.method == "md5":
             if self.credential.password is None:
                 raise self._no_plain_password()
@@ -172,12 +177,14 @@ class ClientAuth:
         try:
             mechanism, pos = read_cstr(body, 0)
             (size,) = _I32.unpack_from(body, pos)
-            first = body[pos + 4:].decode("utf-8")
+            first = body[pos + 4 :].decode("utf-8")
         except (ProtocolError, struct.error, UnicodeDecodeError):
             raise _malformed("SASLInitialResponse") from None
         if mechanism != SCRAM:
-            raise AuthFailed("08P01", f"client selected an invalid SASL authentication mechanism "
-                                      f"{mechanism!r}; pgwarden offers {SCRAM}")
+            raise AuthFailed(
+                "08P01",
+                f"client selected an invalid SASL authentication mechanism {mechanism!r}; pgwarden offers {SCRAM}",
+            )
         if size != len(body) - pos - 4:
             raise _malformed("SASLInitialResponse")
         secret = self._secret
@@ -187,7 +194,7 @@ class ClientAuth:
         # give scramp a placeholder name, then put back the client's own message, since both
         # sides sign the exact text the client sent.
         gs2, bare = _split_client_first(first)
-        placeholder = "n=*" + bare[bare.index(","):] if bare.startswith("n=") and "," in bare else bare
+        placeholder = "n=*" + bare[bare.index(",") :] if bare.startswith("n=") and "," in bare else bare
         try:
             server.set_client_first(gs2 + placeholder)
             server.client_first_bare = bare
@@ -217,26 +224,31 @@ class ClientAuth:
             try:
                 return parse_scram_verifier(credential.scram_verifier)
             except ValueError as exc:
-                raise AuthFailed("28000", f'the stored SCRAM verifier of user "{self.user}" '
-                                          f"is not usable: {exc}",
-                                 hint="make a new one with `pgwarden passwd`") from None
+                raise AuthFailed(
+                    "28000",
+                    f'the stored SCRAM verifier of user "{self.user}" is not usable: {exc}',
+                    hint="make a new one with `pgwarden passwd`",
+                ) from None
         if credential.password is None:
             raise self._no_plain_password()
         try:
             return _secret_from_password(self.user, credential.password)
         except ScramException as exc:  # a password SASLprep refuses
-            raise AuthFailed("28000", f'the password of user "{self.user}" cannot be used '
-                                      f"with SCRAM: {exc}") from None
+            raise AuthFailed("28000", f'the password of user "{self.user}" cannot be used with SCRAM: {exc}') from None
 
     def _no_plain_password(self) -> AuthFailed:
         if self.credential is not None and self.credential.scram_verifier is not None:
-            return AuthFailed("28000", f'user "{self.user}" has only a SCRAM verifier, '
-                                       "which md5 authentication cannot use",
-                              hint="set `auth.method: scram-sha-256`, or give this user a plain "
-                                   "`password` or `password_env` in the pgwarden config")
-        return AuthFailed("28000", f'no password is set for user "{self.user}" in pgwarden',
-                          hint="if the config gives `password_env`, set that environment "
-                               "variable for the pgwarden process")
+            return AuthFailed(
+                "28000",
+                f'user "{self.user}" has only a SCRAM verifier, which md5 authentication cannot use',
+                hint="set `auth.method: scram-sha-256`, or give this user a plain "
+                "`password` or `password_env` in the pgwarden config",
+            )
+        return AuthFailed(
+            "28000",
+            f'no password is set for user "{self.user}" in pgwarden',
+            hint="if the config gives `password_env`, set that environment variable for the pgwarden process",
+        )
 
     def _wrong_password(self) -> AuthFailed:
         return AuthFailed("28P01", f'password authentication failed for user "{self.user}"')
@@ -247,7 +259,7 @@ def _split_client_first(first: str) -> tuple[str, str]:
     second = first.find(",", first.find(",") + 1)
     if first.find(",") < 0 or second < 0:
         raise _malformed("SCRAM client-first-message")
-    return first[:second + 1], first[second + 1:]
+    return first[: second + 1], first[second + 1 :]
 
 
 # --- pgwarden as a client: authenticating to a backend --------------------------------------------
@@ -283,17 +295,19 @@ class BackendAuth:
         if code in (11, 12):
             return self._sasl_step(code, data)
         method = _UNSUPPORTED.get(code, f"request code {code}")
-        raise AuthFailed("28000", f"the backend asks pgwarden to authenticate with {method}, "
-                                  "which pgwarden does not support",
-                         hint="let the backend's pg_hba.conf use scram-sha-256, md5, password or "
-                              "trust for pgwarden's connections")
+        raise AuthFailed(
+            "28000",
+            f"the backend asks pgwarden to authenticate with {method}, which pgwarden does not support",
+            hint="let the backend's pg_hba.conf use scram-sha-256, md5, password or trust for pgwarden's connections",
+        )
 
     def _need_password(self, method: str) -> str:
         if self.password is None:
-            raise AuthFailed("28P01", f'the backend asks for a password ({method}) for user '
-                                      f'"{self.user}" and pgwarden has none',
-                             hint="set backend_auth.password_env (or backend_auth.password) "
-                                  "in the pgwarden config")
+            raise AuthFailed(
+                "28P01",
+                f'the backend asks for a password ({method}) for user "{self.user}" and pgwarden has none',
+                hint="set backend_auth.password_env (or backend_auth.password) in the pgwarden config",
+            )
         return self.password
 
     def _sasl_start(self, data: bytes) -> bytes:
@@ -301,8 +315,7 @@ class BackendAuth:
         mechanisms = data.split(b"\x00")
         if SCRAM.encode() not in mechanisms:
             offered = ", ".join(m.decode(errors="replace") for m in mechanisms if m)
-            raise AuthFailed("28000", f"the backend offers only SASL mechanisms pgwarden does "
-                                      f"not support ({offered})")
+            raise AuthFailed("28000", f"the backend offers only SASL mechanisms pgwarden does not support ({offered})")
         password = self._need_password(SCRAM)
         try:
             # The user name here is ignored by PostgreSQL (the startup packet's counts).
@@ -327,8 +340,10 @@ class BackendAuth:
             raise _malformed("SCRAM message from the backend") from None
         except ScramException as exc:
             if code == 12:
-                raise AuthFailed("28P01", "the backend's SCRAM signature does not verify: it does "
-                                          f"not know the password either ({exc})") from None
+                raise AuthFailed(
+                    "28P01",
+                    f"the backend's SCRAM signature does not verify: it does not know the password either ({exc})",
+                ) from None
             raise AuthFailed("28000", f"the backend's SCRAM message is not acceptable: {exc}") from None
         self._scram = None
         return b""

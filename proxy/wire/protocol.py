@@ -108,8 +108,8 @@ def parse_startup_packet(packet: bytes) -> StartupPacket:
         return CancelRequest(pid, secret)
     if code >> 16 != 3:
         raise ProtocolError(
-            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
-            "server supports 3.0", sqlstate="0A000")
+            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports 3.0", sqlstate="0A000"
+        )
     return StartupMessage(code, _parse_params(packet[8:]))
 
 
@@ -179,8 +179,8 @@ class Framer:
                 raise ProtocolError(f"invalid message length {length}")
             if length > self.max_size:
                 raise ProtocolError(
-                    f"message of {length} bytes exceeds max_message_size ({self.max_size})",
-                    sqlstate="54000")
+                    f"message of {length} bytes exceeds max_message_size ({self.max_size})", sqlstate="54000"
+                )
             end = pos + 1 + length
             if end > n:
                 break
@@ -272,7 +272,7 @@ def bind_params(msg: bytes) -> list[bytes | None]:
                 continue
             if pos + size > len(msg):
                 raise ProtocolError("Bind parameter value runs past the end of the message")
-            values.append(msg[pos:pos + size])
+            values.append(msg[pos : pos + size])
             pos += size
     except struct.error as exc:
         raise ProtocolError("Bind message is truncated") from exc
@@ -353,27 +353,57 @@ def command_complete(tag: str) -> bytes:
 
 def negotiate_protocol_version(newest: int, unsupported: list[str]) -> bytes:
     """The newest protocol version we speak (as PostgreSQL sends it: 3.0 is 196608)."""
-    return message(b"v", _I32.pack(newest) + _I32.pack(len(unsupported))
-                   + b"".join(cstr(o) for o in unsupported))
+    return message(b"v", _I32.pack(newest) + _I32.pack(len(unsupported)) + b"".join(cstr(o) for o in unsupported))
 
 
-_FIELD_CODES = {"severity": b"S", "severity_nl": b"V", "sqlstate": b"C", "message": b"M",
-                "detail": b"D", "hint": b"H", "position": b"P", "where": b"W", "routine": b"R"}
+_FIELD_CODES = {
+    "severity": b"S",
+    "severity_nl": b"V",
+    "sqlstate": b"C",
+    "message": b"M",
+    "detail": b"D",
+    "hint": b"H",
+    "position": b"P",
+    "where": b"W",
+    "routine": b"R",
+}
 _CODE_FIELDS = {v[0]: k for k, v in _FIELD_CODES.items()} | {
-    ord("s"): "schema", ord("t"): "table", ord("c"): "column", ord("d"): "datatype",
-    ord("n"): "constraint", ord("F"): "file", ord("L"): "line", ord("R"): "routine",
-    ord("q"): "internal_query", ord("p"): "internal_position"}
+    ord("s"): "schema",
+    ord("t"): "table",
+    ord("c"): "column",
+    ord("d"): "datatype",
+    ord("n"): "constraint",
+    ord("F"): "file",
+    ord("L"): "line",
+    ord("R"): "routine",
+    ord("q"): "internal_query",
+    ord("p"): "internal_position",
+}
 
 
-def error_response(sqlstate: str, text: str, *, severity: str = "ERROR",
-                   detail: str | None = None, hint: str | None = None, kind: bytes = b"E",
-                   routine: str | None = None) -> bytes:
+def error_response(
+    sqlstate: str,
+    text: str,
+    *,
+    severity: str = "ERROR",
+    detail: str | None = None,
+    hint: str | None = None,
+    kind: bytes = b"E",
+    routine: str | None = None,
+) -> bytes:
     """An ErrorResponse (or, with kind=b'N', a NoticeResponse) the proxy originates.
 
     `routine` names the PostgreSQL function that would have raised it, for clients that
     key their recovery on it (asyncpg re-prepares on RevalidateCachedQuery)."""
-    fields = {"severity": severity, "severity_nl": severity, "sqlstate": sqlstate,
-              "message": text, "detail": detail, "hint": hint, "routine": routine}
+    fields = {
+        "severity": severity,
+        "severity_nl": severity,
+        "sqlstate": sqlstate,
+        "message": text,
+        "detail": detail,
+        "hint": hint,
+        "routine": routine,
+    }
     body = b"".join(_FIELD_CODES[k] + cstr(v) for k, v in fields.items() if v is not None)
     return message(kind, body + b"\x00")
 
@@ -398,7 +428,7 @@ def replace_detail(msg: bytes, detail: str | None) -> bytes:
         if nul < 0:
             raise ProtocolError("ErrorResponse field is not NUL-terminated")
         if msg[pos] != ord("D"):
-            parts.append(msg[pos:nul + 1])
+            parts.append(msg[pos : nul + 1])
         pos = nul + 1
     if detail is not None:
         parts.append(b"D" + cstr(detail))

@@ -11,9 +11,14 @@ FORWARD, SWALLOW, SYNTH, ABORT = 0, 1, 2, 3  # ABORT: hide its answers but Ready
 _Z, _E, _S, _C = ord("Z"), ord("E"), ord("S"), ord("C")
 _SYNC_LIKE = frozenset(b"SQF")  # requests answered by ReadyForQuery
 _DONE = {  # which backend message completes a request, by the request's type byte
-    ord("P"): frozenset(b"1"), ord("B"): frozenset(b"2"), ord("D"): frozenset(b"Tn"),
-    ord("E"): frozenset(b"CIs"), ord("C"): frozenset(b"3"),
-    ord("S"): frozenset(b"Z"), ord("Q"): frozenset(b"Z"), ord("F"): frozenset(b"Z"),
+    ord("P"): frozenset(b"1"),
+    ord("B"): frozenset(b"2"),
+    ord("D"): frozenset(b"Tn"),
+    ord("E"): frozenset(b"CIs"),
+    ord("C"): frozenset(b"3"),
+    ord("S"): frozenset(b"Z"),
+    ord("Q"): frozenset(b"Z"),
+    ord("F"): frozenset(b"Z"),
 }
 _unpack = struct.Struct("!I").unpack_from
 
@@ -25,7 +30,7 @@ def _tag_rows(data: bytes, start: int, end: int) -> int:
     12
     """
     space = data.rfind(b" ", start, end)
-    digits = data[space + 1:end]
+    digits = data[space + 1 : end]
     return int(digits) if space >= 0 and digits.isdigit() else 0
 
 
@@ -46,28 +51,44 @@ class Tracker:
     (True, 'I')
     """
 
-    __slots__ = ("queue", "fixups", "status", "synced", "rows", "failed", "done", "reported",
-                 "errors", "scrub", "ends", "_skip", "_head", "_dropping", "_rows", "_error")
+    __slots__ = (
+        "_dropping",
+        "_error",
+        "_head",
+        "_rows",
+        "_skip",
+        "done",
+        "ends",
+        "errors",
+        "failed",
+        "fixups",
+        "queue",
+        "reported",
+        "rows",
+        "scrub",
+        "status",
+        "synced",
+    )
 
     def __init__(self) -> None:
         self.queue: deque[tuple[int, int, object]] = deque()
-        self.fixups = 0          # entries in the queue that need per-message attention
-        self.status = ord("I")   # transaction status of the last ReadyForQuery
-        self.synced = True       # no extended-protocol message sent since the last ReadyForQuery
+        self.fixups = 0  # entries in the queue that need per-message attention
+        self.status = ord("I")  # transaction status of the last ReadyForQuery
+        self.synced = True  # no extended-protocol message sent since the last ReadyForQuery
         self.rows: list[tuple[int, bytes | None]] = []  # each client Query/Sync/FunctionCall
         #   answered: the rows returned or changed (CommandComplete), its first ErrorResponse (b"": hidden)
-        self._rows = 0           # rows counted since the last ReadyForQuery
+        self._rows = 0  # rows counted since the last ReadyForQuery
         self._error: bytes | None = None  # the first ErrorResponse since then
         self.failed: list[object] = []  # tags of watched requests that ended in an error
-        self.done: list[object] = []    # tags of watched requests that succeeded
-        self.reported: list[bytes] = [] # ParameterStatus messages seen (a setting changed)
-        self.errors: list[bytes] = []   # ErrorResponse messages seen
-        self.scrub: str | None = None   # when set, every ErrorResponse DETAIL is replaced by it
+        self.done: list[object] = []  # tags of watched requests that succeeded
+        self.reported: list[bytes] = []  # ParameterStatus messages seen (a setting changed)
+        self.errors: list[bytes] = []  # ErrorResponse messages seen
+        self.scrub: str | None = None  # when set, every ErrorResponse DETAIL is replaced by it
         self.ends: list[tuple[object, bool, int]] = []  # each ReadyForQuery: (tag of its Query
         #   or Sync, whether an error came since the one before, transaction status)
-        self._skip = 0           # bytes of the current message still to come
-        self._head = b""         # an incomplete header kept for the next chunk
-        self._dropping = False   # whether the current (split) message is being hidden
+        self._skip = 0  # bytes of the current message still to come
+        self._head = b""  # an incomplete header kept for the next chunk
+        self._dropping = False  # whether the current (split) message is being hidden
 
     @property
     def idle(self) -> bool:
@@ -215,7 +236,7 @@ class Tracker:
         """An extended-protocol error: the backend skips every request up to the next Sync."""
         queue = self.queue
         while queue and queue[0][0] not in _SYNC_LIKE:
-            code, action, tag = queue.popleft()
+            _code, action, tag = queue.popleft()
             if action != FORWARD or tag is not None:
                 self.fixups -= 1
             if tag is not None and action != SYNTH:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.audit.trail import Audit, AuditConfig, AuditError, statement_record, verify_files
 from proxy.audit.sinks import rotated_files
+from proxy.audit.trail import Audit, AuditConfig, AuditError, statement_record, verify_files
 from tests.audit.trail import KEY_ENV, numbered, write_trail
 from tests.harness import ROOT
 
@@ -117,12 +117,22 @@ def test_a_configured_but_unset_key_refuses_to_start(tmp_path, monkeypatch):
 
 def test_the_cli_verifies_and_names_the_break(trail):
     env = {**os.environ, "PGWARDEN_AUDIT_KEY": KEY.decode()}
-    ok = subprocess.run([sys.executable, "-m", "proxy", "audit", "verify", *map(str, trail)],
-                        cwd=ROOT, env=env, capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "proxy", "audit", "verify", *map(str, trail)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0 and "60 records" in ok.stdout, ok.stderr
     path, line = damage(trail, "edited")
-    bad = subprocess.run([sys.executable, "-m", "proxy", "audit", "verify", *map(str, trail)],
-                         cwd=ROOT, env=env, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "proxy", "audit", "verify", *map(str, trail)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and f"{path}:{line}" in bad.stderr
 
 
@@ -139,6 +149,7 @@ def test_rotation_by_age_happens_while_idle_and_keeps_the_chain(tmp_path):
         for r in numbered(2, 3):
             audit.offer(r)
         await audit.stop()
+
     asyncio.run(body())
     files = [*rotated_files(path), path]
     assert [len(p.read_text().splitlines()) for p in files] == [3, 2]
@@ -149,7 +160,6 @@ def test_text_with_undecodable_bytes_is_written_and_verifies(tmp_path):
     """A LATIN1 client's byte that is not UTF-8 arrives as a lone surrogate: the record is kept
     (ASCII-escaped) and the chain still verifies."""
     path = tmp_path / "audit.jsonl"
-    write_trail(path, [statement_record(sql="select 1 -- caf\udce9", user="u", log_parameters=True),
-                       *numbered(2)])
+    write_trail(path, [statement_record(sql="select 1 -- caf\udce9", user="u", log_parameters=True), *numbered(2)])
     assert len(path.read_text().splitlines()) == 3 and "\\udce9" in path.read_text()
     assert verify_files([path], None).ok

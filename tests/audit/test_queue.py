@@ -32,6 +32,7 @@ def test_block_with_an_unwritable_path_refuses_then_put_times_out():
         assert 0.3 <= time.monotonic() - started < 1.5
         assert audit.stats["queued"] == 0 and audit.stats["dropped"] == 0
         await audit.stop()
+
     run(body())
 
 
@@ -39,6 +40,7 @@ def test_strict_start_raises_a_clear_error():
     async def body() -> None:
         with pytest.raises(AuditError, match="audit sink unavailable: /proc/pgwarden-no/audit.jsonl"):
             await Audit(AuditConfig(path=UNWRITABLE)).start(strict=True)
+
     run(body())
 
 
@@ -49,6 +51,7 @@ def test_drop_counts_what_it_loses():
         assert all(audit.offer(r) for r in numbered(25))
         await audit.stop()
         return audit
+
     stats = run(body()).stats
     assert stats["dropped"] == 25 and stats["written"] == 0 and stats["queued"] == 0
 
@@ -83,6 +86,7 @@ def test_a_failing_sink_holds_records_until_it_recovers(tmp_path):
         await late  # put waited for the recovery instead of failing
         await audit.stop()
         return [json.loads(line)["seq"] for line in path.read_text().splitlines()]
+
     assert run(body()) == list(range(1, 22))
     assert verify_files([path], None).ok
 
@@ -97,10 +101,14 @@ def test_stop_with_a_dead_sink_spills_every_accepted_record_to_the_log(tmp_path,
         for r in numbered(7):
             assert audit.offer(r)
         await audit.stop()
+
     with caplog.at_level(logging.ERROR, logger="pgwarden.audit"):
         run(body())
-    spilled = [m.split("audit record not written: ", 1)[1] for m in caplog.messages
-               if m.startswith("audit record not written: ")]
+    spilled = [
+        m.split("audit record not written: ", 1)[1]
+        for m in caplog.messages
+        if m.startswith("audit record not written: ")
+    ]
     assert [json.loads(line)["seq"] for line in spilled] == list(range(1, 8))
     assert all("secret-" not in line for line in spilled)  # redacted there too
 
@@ -121,6 +129,7 @@ def test_the_writer_keeps_up_and_loses_nothing(tmp_path):
                 await asyncio.sleep(0)  # the session code yields between statements
         await audit.stop()
         return len(records) / (time.perf_counter() - started)
+
     rate = run(body())
     print(f"audit writer: {rate:,.0f} records/s")
     assert verify_files([path], None).records == 20_000

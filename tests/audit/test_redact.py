@@ -10,25 +10,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.audit.trail import statement_record
 from proxy.audit.redact import fingerprint, redact, scanned
+from proxy.audit.trail import statement_record
 from rewriter import pgparser
 
 VALUE_TOKENS = {"SCONST", "ICONST", "FCONST", "BCONST", "XCONST", "USCONST"}
 
 
-@pytest.mark.parametrize("sql, expected", [
-    ("select * from t where email = 'bob@x.io' and id > 42", "select * from t where email = ? and id > ?"),
-    ("select $tag$it's $$ secret$tag$, $$x$$", "select ?, ?"),
-    ("select E'a\\'b', x'ff', b'01', 1.5e3, -7, U&'d\\0061t'", "select ?, ?, ?, ?, -?, ?"),
-    ("insert into t (a, b) values ($1, $2)", "insert into t (a, b) values ($1, $2)"),
-    ('select "col1", t2.x from "it\'s" t2 where interval \'1 day\' > now() - t2.at',
-     'select "col1", t2.x from "it\'s" t2 where interval ? > now() - t2.at'),
-    ("select 1 /* user 'ann' */ -- pin 1234\nfrom t", "select ?  \nfrom t"),
-    ("select 'unterminated secret", "select ?"),
-    ("select $$unterminated secret", "select ?"),
-    ('select "unterminated ident, \'s3cret\' and 42', 'select "unterminated ident, ? and ?'),
-])
+@pytest.mark.parametrize(
+    "sql, expected",
+    [
+        ("select * from t where email = 'bob@x.io' and id > 42", "select * from t where email = ? and id > ?"),
+        ("select $tag$it's $$ secret$tag$, $$x$$", "select ?, ?"),
+        ("select E'a\\'b', x'ff', b'01', 1.5e3, -7, U&'d\\0061t'", "select ?, ?, ?, ?, -?, ?"),
+        ("insert into t (a, b) values ($1, $2)", "insert into t (a, b) values ($1, $2)"),
+        (
+            'select "col1", t2.x from "it\'s" t2 where interval \'1 day\' > now() - t2.at',
+            'select "col1", t2.x from "it\'s" t2 where interval ? > now() - t2.at',
+        ),
+        ("select 1 /* user 'ann' */ -- pin 1234\nfrom t", "select ?  \nfrom t"),
+        ("select 'unterminated secret", "select ?"),
+        ("select $$unterminated secret", "select ?"),
+        ("select \"unterminated ident, 's3cret' and 42", 'select "unterminated ident, ? and ?'),
+    ],
+)
 def test_redact(sql, expected):
     assert redact(sql) == expected
 
@@ -42,8 +47,9 @@ def test_fingerprint_ignores_values_and_layout_but_not_shape():
 
 
 def test_statement_record_hides_parameters_unless_asked():
-    hidden = statement_record(sql="update t set a = 'x' where id = $1", params=["s3cret", None],
-                              rewritten="update ... ")
+    hidden = statement_record(
+        sql="update t set a = 'x' where id = $1", params=["s3cret", None], rewritten="update ... "
+    )
     assert hidden["sql"] == "update t set a = ? where id = $1" and hidden["params"] == ["?", None]
     assert hidden["kind"] == "update" and len(hidden["rewritten_sha256"]) == 64 and "rewritten" not in hidden
     kept = statement_record(sql="select 'x'", params=["s3cret"], log_parameters=True)
@@ -52,15 +58,20 @@ def test_statement_record_hides_parameters_unless_asked():
 
 SECRET = "Zq9"
 literal = st.one_of(
-    st.builds(lambda s: f"'{SECRET}{s}'", st.text(alphabet="ab c'\\$\n", max_size=8).map(
-        lambda s: s.replace("'", "''"))),
-    st.builds(lambda s: f"$q${SECRET}{s}$q$", st.text(alphabet="ab'$ \n", max_size=8).filter(
-        lambda s: "$q" not in s)),
+    st.builds(
+        lambda s: f"'{SECRET}{s}'", st.text(alphabet="ab c'\\$\n", max_size=8).map(lambda s: s.replace("'", "''"))
+    ),
+    st.builds(lambda s: f"$q${SECRET}{s}$q$", st.text(alphabet="ab'$ \n", max_size=8).filter(lambda s: "$q" not in s)),
     st.builds(lambda s: f"E'{SECRET}{s}'", st.sampled_from(["", "\\'", "\\n", "''"])),
-    st.just("90210"), st.just("3.14159e2"),
+    st.just("90210"),
+    st.just("3.14159e2"),
 )
-piece = st.one_of(literal, st.sampled_from(
-    ["select", "from t", "where a =", "and", ",", "(", ")", "$1", '"q\'d"', "/* c */", "--c\n", "::text", " "]))
+piece = st.one_of(
+    literal,
+    st.sampled_from(
+        ["select", "from t", "where a =", "and", ",", "(", ")", "$1", '"q\'d"', "/* c */", "--c\n", "::text", " "]
+    ),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -91,9 +102,15 @@ def test_the_fast_path_agrees_with_the_scanner_on_every_orm_statement():
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.lists(piece | st.sampled_from(["t1", "x2y", "1e5", "e'a'", "a$b", "0x1F", "t.5", "--'x'\n",
-                                          '"a--b"', "'a' 'b'", "1.", ".5", "N'x'", "\n"]),
-                max_size=12).map(" ".join))
+@given(
+    st.lists(
+        piece
+        | st.sampled_from(
+            ["t1", "x2y", "1e5", "e'a'", "a$b", "0x1F", "t.5", "--'x'\n", '"a--b"', "'a' 'b'", "1.", ".5", "N'x'", "\n"]
+        ),
+        max_size=12,
+    ).map(" ".join)
+)
 def test_the_fast_path_agrees_with_the_scanner(sql):
     assert redact.__wrapped__(sql) == scanned(sql)
 
@@ -102,5 +119,6 @@ def test_docstring_examples_of_the_redaction_module():
     import doctest
 
     import proxy.audit.redact
+
     result = doctest.testmod(proxy.audit.redact)
     assert result.attempted > 0 and result.failed == 0

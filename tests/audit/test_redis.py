@@ -39,12 +39,19 @@ def test_records_go_to_the_file_and_the_stream_alike(tmp_path, stream):
 
 def test_an_unreachable_redis_blocks_statements_and_the_file_waits_for_it(tmp_path):
     async def body() -> None:
-        audit = Audit(AuditConfig(path=tmp_path / "audit.jsonl", redis_stream="never",
-                                  redis_url="redis://127.0.0.1:1/0", block_timeout=0.2))
+        audit = Audit(
+            AuditConfig(
+                path=tmp_path / "audit.jsonl",
+                redis_stream="never",
+                redis_url="redis://127.0.0.1:1/0",
+                block_timeout=0.2,
+            )
+        )
         await audit.start()
         assert "127.0.0.1:1" in audit.stats["last_error"] and not audit.writable()
         assert audit.offer(numbered(1)[0]) is False
         await audit.stop()
+
     asyncio.run(body())
     assert (tmp_path / "audit.jsonl").read_text() == ""
 

@@ -7,7 +7,7 @@ import csv
 import io
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -26,8 +26,16 @@ def trail(tmp_path_factory):
 
 def test_html_has_every_section_two_svg_charts_and_no_network(trail):
     page = render_report(trail, None, None, "html")
-    for section in ("Access by role and tenant", "Writes", "Refusals", "Bypass-role activity",
-                    "Top statements", "Logins and logouts", "Statements per minute", "Refusals by rule"):
+    for section in (
+        "Access by role and tenant",
+        "Writes",
+        "Refusals",
+        "Bypass-role activity",
+        "Top statements",
+        "Logins and logouts",
+        "Statements per minute",
+        "Refusals by rule",
+    ):
         assert f">{section}<" in page or f'aria-label="{section}"' in page, section
     assert page.count("<svg") == 2 and "<script" not in page
     assert not re.search(r"(?:src|href)=|url\(|https?://(?!www\.w3\.org/2000/svg)", page)
@@ -42,14 +50,12 @@ def test_markdown_lists_access_masks_writes_refusals_and_bypass(trail):
     md = render_report(trail, None, None, "md")
     access = md.split("## Access by role and tenant")[1].split("##")[0]
     assert "| app | acme | acme_app | 20 | public.customers | public.customers.ssn |" in access
-    assert "| analyst | - | analyst | 2 | public.orders, public.payroll | public.customers.email |" \
-        in access
+    assert "| analyst | - | analyst | 2 | public.orders, public.payroll | public.customers.email |" in access
     writes = md.split("## Writes")[1].split("##")[0]
     assert "| globex_app | globex | insert into orders (id, customer_id, total) values (?, ?, ?) | 20 |" in writes
     assert "| postgres | - | update customers set email = ? where id = ? | 1 |" in writes
     refusals = md.split("## Refusals")[1].split("##")[0]
-    secrets = ("| acme_app | acme | refused | tables.public.secrets "
-               "| table public.secrets is not granted to role app |")
+    secrets = "| acme_app | acme | refused | tables.public.secrets | table public.secrets is not granted to role app |"
     assert f"{secrets} 7 |" in refusals
     assert "| analyst | - | monitor-would-refuse | tables.public.payroll |" in refusals
     bypass = md.split("## Bypass-role activity")[1].split("##")[0]
@@ -57,7 +63,7 @@ def test_markdown_lists_access_masks_writes_refusals_and_bypass(trail):
 
 
 def test_csv_and_the_period_filter(trail):
-    start = datetime(2026, 11, 2, 9, 30, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
     rows = list(csv.reader(io.StringIO(render_report(trail, start, "2026-11-02T09:40", "csv"))))
     access = [r for r in rows if r[0] == "Access by role and tenant"]
     # 09:30 to 09:40: minutes 30, 33, 36, 39 for acme; the analyst at 09:30, postgres at 09:33:20

@@ -9,8 +9,8 @@ import time
 
 import asyncpg
 
-from tests.harness import PG_PORT
 from proxy.ops.slowlog import SlowLog, SlowQueryConfig
+from tests.harness import PG_PORT
 
 DSN = {"host": "127.0.0.1", "port": PG_PORT, "user": "postgres"}
 
@@ -29,9 +29,11 @@ def test_slow_selects_are_logged_with_their_plan_and_fast_ones_not(tmp_path):
         await slow.start()
         conn = await asyncpg.connect(**DSN, database="postgres")
         try:
-            for sql in ("select pg_sleep(0.2), relname from pg_class where relname in ('pg_class', 'secret-a')",
-                        "select 1, 'secret-fast'",
-                        "select pg_sleep(0.25), relname from pg_class where relname in ('pg_class', 'secret-b')"):
+            for sql in (
+                "select pg_sleep(0.2), relname from pg_class where relname in ('pg_class', 'secret-a')",
+                "select 1, 'secret-fast'",
+                "select pg_sleep(0.25), relname from pg_class where relname in ('pg_class', 'secret-b')",
+            ):
                 duration, rows = await timed(conn, sql)
                 slow.observe(sql, duration, "primary", rows, "postgres")
             duration, rows = await timed(conn, "select pg_sleep($1::float8)", 0.2)
@@ -40,6 +42,7 @@ def test_slow_selects_are_logged_with_their_plan_and_fast_ones_not(tmp_path):
             await conn.close()
         await slow.stop()
         assert slow.explained == 1  # the second pg_sleep has the first one's shape: explained once a minute
+
     asyncio.run(body())
     records = [json.loads(line) for line in path.read_text().splitlines()]
     shape = "select pg_sleep(?), relname from pg_class where relname in (?, ?)"
@@ -69,6 +72,7 @@ def test_without_a_path_slow_statements_go_to_the_process_log(caplog):
         slow.observe("update t set a = 42", 0.06, "primary", 3, "shop")
         slow.observe("update t set a = 42", 0.01, "primary", 3, "shop")
         await slow.stop()
+
     with caplog.at_level(logging.WARNING, logger="pgwarden.slow"):
         asyncio.run(body())
     logged = [m for m in caplog.messages if m.startswith("slow statement: ")]
@@ -81,11 +85,15 @@ def test_an_unreachable_control_plane_is_noted_in_the_record(tmp_path):
     path = tmp_path / "slow.jsonl"
 
     async def body() -> None:
-        slow = SlowLog(SlowQueryConfig(threshold_ms=1, path=path, explain=True), None,
-                       {"host": "127.0.0.1", "port": 1, "user": "postgres"})
+        slow = SlowLog(
+            SlowQueryConfig(threshold_ms=1, path=path, explain=True),
+            None,
+            {"host": "127.0.0.1", "port": 1, "user": "postgres"},
+        )
         await slow.start()
         slow.observe("select 1", 0.01, "primary", 1, "postgres")
         await slow.stop()
+
     asyncio.run(body())
     record = json.loads(path.read_text())
     assert "error" in record["plan"] and record["query"] == "select ?"

@@ -24,8 +24,10 @@ def pg() -> Iterator[psycopg.Connection]:
 def items() -> Iterator[str]:
     """A scratch table for the psycopg suites, created and dropped directly on PostgreSQL."""
     direct_execute(f"DROP TABLE IF EXISTS {ITEMS}")
-    direct_execute(f"CREATE TABLE {ITEMS} (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2),"
-                   " tags text[], data bytea, at timestamptz)")
+    direct_execute(
+        f"CREATE TABLE {ITEMS} (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2),"
+        " tags text[], data bytea, at timestamptz)"
+    )
     yield ITEMS
     direct_execute(f"DROP TABLE IF EXISTS {ITEMS}")
 

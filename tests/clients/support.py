@@ -66,5 +66,6 @@ class DirectPostgres(ProxyProcess):
     """Stands in for a proxy fixture but points at PostgreSQL itself (PGWARDEN_CLIENTS_DIRECT=1); never started."""
 
     def __init__(self, mode: str) -> None:
-        super().__init__({"listen": {"host": PG_HOST, "port": PG_PORT}, "pool": {"mode": mode, "size": 10}},
-                         Path(os.devnull))
+        super().__init__(
+            {"listen": {"host": PG_HOST, "port": PG_PORT}, "pool": {"mode": mode, "size": 10}}, Path(os.devnull)
+        )

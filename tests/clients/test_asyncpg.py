@@ -20,8 +20,10 @@ TABLE = unique("pgw_asyncpg_orders")
 @pytest.fixture
 def orders():
     direct_execute(f"DROP TABLE IF EXISTS {TABLE}")
-    direct_execute(f"CREATE TABLE {TABLE} (id int PRIMARY KEY, customer text NOT NULL, total numeric(12,2),"
-                   " placed timestamptz, items int[], meta jsonb)")
+    direct_execute(
+        f"CREATE TABLE {TABLE} (id int PRIMARY KEY, customer text NOT NULL, total numeric(12,2),"
+        " placed timestamptz, items int[], meta jsonb)"
+    )
     yield TABLE
     direct_execute(f"DROP TABLE IF EXISTS {TABLE}")
 
@@ -65,15 +67,24 @@ def test_defaults_prepared_statements_and_cache(proxy, orders):
         conn = await connect(proxy)
         try:
             assert await conn.fetchval("SELECT 1 + $1::int", 41) == 42
-            row = await conn.fetchrow("SELECT $1::text AS t, $2::numeric AS n, $3::int[] AS a, $4::timestamptz AS ts",
-                                      "é✓", Decimal("1.50"), [1, None, 3],
-                                      dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc))
-            assert dict(row) == {"t": "é✓", "n": Decimal("1.50"), "a": [1, None, 3],
-                                 "ts": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)}
+            row = await conn.fetchrow(
+                "SELECT $1::text AS t, $2::numeric AS n, $3::int[] AS a, $4::timestamptz AS ts",
+                "é✓",
+                Decimal("1.50"),
+                [1, None, 3],
+                dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+            )
+            assert dict(row) == {
+                "t": "é✓",
+                "n": Decimal("1.50"),
+                "a": [1, None, 3],
+                "ts": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+            }
             # The statement cache reuses `__asyncpg_stmt_N__` names; each must keep meaning its own text.
             for i in range(30):
-                await conn.execute(f"INSERT INTO {orders} (id, customer, total) VALUES ($1, $2, $3)",
-                                   i, f"c{i % 3}", Decimal(i))
+                await conn.execute(
+                    f"INSERT INTO {orders} (id, customer, total) VALUES ($1, $2, $3)", i, f"c{i % 3}", Decimal(i)
+                )
                 assert await conn.fetchval(f"SELECT count(*) FROM {orders}") == i + 1
                 assert await conn.fetchval(f"SELECT customer FROM {orders} WHERE id = $1", i) == f"c{i % 3}"
             rows = await conn.fetch(f"SELECT customer, sum(total) FROM {orders} GROUP BY 1 ORDER BY 1")
@@ -108,16 +119,20 @@ def test_executemany_and_copy(proxy, orders):
     async def main():
         conn = await connect(proxy)
         try:
-            await conn.executemany(f"INSERT INTO {orders} (id, customer, total, items) VALUES ($1, $2, $3, $4)",
-                                   [(i, f"m{i}", Decimal(i) / 10, [i, i + 1]) for i in range(500)])
+            await conn.executemany(
+                f"INSERT INTO {orders} (id, customer, total, items) VALUES ($1, $2, $3, $4)",
+                [(i, f"m{i}", Decimal(i) / 10, [i, i + 1]) for i in range(500)],
+            )
             assert await conn.fetchval(f"SELECT sum(total) FROM {orders}") == Decimal("12475.0")
-            placed = dt.datetime(2025, 6, 1, tzinfo=dt.timezone.utc)
+            placed = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
             records = [(1000 + i, f"copy {i}\ttab", Decimal(i), placed, [i]) for i in range(3000)]
             status = await conn.copy_records_to_table(
-                orders, records=records, columns=["id", "customer", "total", "placed", "items"])
+                orders, records=records, columns=["id", "customer", "total", "placed", "items"]
+            )
             assert status == "COPY 3000"
             got = await conn.fetch(
-                f"SELECT id, customer, total, placed, items FROM {orders} WHERE id >= 1000 ORDER BY id")
+                f"SELECT id, customer, total, placed, items FROM {orders} WHERE id >= 1000 ORDER BY id"
+            )
             assert [tuple(r) for r in got] == records
             # COPY out, to a file-like sink.
             chunks: list[bytes] = []
@@ -125,14 +140,16 @@ def test_executemany_and_copy(proxy, orders):
             async def sink(data: bytes) -> None:
                 chunks.append(data)
 
-            status = await conn.copy_from_query(f"SELECT id, customer FROM {orders} WHERE id < 3 ORDER BY id",
-                                                output=sink, format="csv")
+            status = await conn.copy_from_query(
+                f"SELECT id, customer FROM {orders} WHERE id < 3 ORDER BY id", output=sink, format="csv"
+            )
             assert status == "COPY 3"
             assert b"".join(chunks) == b"0,m0\n1,m1\n2,m2\n"
             # executemany is atomic: a failing row rolls back the whole batch.
             with pytest.raises(asyncpg.UniqueViolationError):
-                await conn.executemany(f"INSERT INTO {orders} (id, customer) VALUES ($1, $2)",
-                                       [(5000, "new"), (0, "duplicate")])
+                await conn.executemany(
+                    f"INSERT INTO {orders} (id, customer) VALUES ($1, $2)", [(5000, "new"), (0, "duplicate")]
+                )
             assert await conn.fetchval(f"SELECT count(*) FROM {orders} WHERE id = 5000") == 0
         finally:
             await conn.close()
@@ -237,7 +254,7 @@ async def _worker(proxy, n: int) -> list[str]:
     problems = []
     conn = await connect(proxy)
     try:
-        order = QUERIES[n % 4:] + QUERIES[:n % 4]
+        order = QUERIES[n % 4 :] + QUERIES[: n % 4]
         for round_ in range(10):
             for sql, expected in order:
                 value = n * 1000 + round_
@@ -265,12 +282,13 @@ def test_fifty_concurrent_connections_transaction_mode(tx_proxy):
 def test_create_pool(tx_proxy, orders):
     async def main():
         async with asyncpg.create_pool(tx_proxy.url(), min_size=5, max_size=20, timeout=10) as pool:
+
             async def one(i: int) -> int:
-                async with pool.acquire() as conn:
-                    async with conn.transaction():
-                        await conn.execute(f"INSERT INTO {orders} (id, customer, total) VALUES ($1, $2, $3)",
-                                           i, "pool", Decimal(i))
-                        return await conn.fetchval(f"SELECT total FROM {orders} WHERE id = $1", i)
+                async with pool.acquire() as conn, conn.transaction():
+                    await conn.execute(
+                        f"INSERT INTO {orders} (id, customer, total) VALUES ($1, $2, $3)", i, "pool", Decimal(i)
+                    )
+                    return await conn.fetchval(f"SELECT total FROM {orders} WHERE id = $1", i)
 
             totals = await asyncio.gather(*(one(i) for i in range(200)))
             assert totals == [Decimal(i) for i in range(200)]

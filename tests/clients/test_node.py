@@ -17,8 +17,10 @@ TABLE = unique("pgw_node_items")
 pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed"),
-    pytest.mark.skipif(not (NODE_DIR / "node_modules" / "pg").is_dir(),
-                       reason="node-postgres is not installed: run `npm install` in tests/node (make test does)"),
+    pytest.mark.skipif(
+        not (NODE_DIR / "node_modules" / "pg").is_dir(),
+        reason="node-postgres is not installed: run `npm install` in tests/node (make test does)",
+    ),
 ]
 
 
@@ -31,8 +33,9 @@ def items():
 
 
 def test_node_postgres(proxy, items):
-    result = subprocess.run(["node", "smoke.js", proxy.url(), items], cwd=NODE_DIR,
-                            capture_output=True, text=True, timeout=50)
+    result = subprocess.run(
+        ["node", "smoke.js", proxy.url(), items], cwd=NODE_DIR, capture_output=True, text=True, timeout=50
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["plain"] == {"two": 2, "greeting": "héllo", "nothing": None}

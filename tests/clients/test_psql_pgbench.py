@@ -17,8 +17,9 @@ from tests.clients.support import direct_dsn, direct_execute, pool_mode, scratch
 
 pytestmark = [
     pytest.mark.timeout(90),
-    pytest.mark.skipif(shutil.which("psql") is None or shutil.which("pgbench") is None,
-                       reason="psql and pgbench are not installed"),
+    pytest.mark.skipif(
+        shutil.which("psql") is None or shutil.which("pgbench") is None, reason="psql and pgbench are not installed"
+    ),
 ]
 
 TABLE = unique("pgw_psql_copy")
@@ -27,8 +28,23 @@ ENV = {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGSSLMODE": "disable", "PGOPTIO
 
 def psql(proxy, *args: str, dbname: str = "postgres", check: bool = True) -> subprocess.CompletedProcess:
     """Run psql through the proxy without a psqlrc, unaligned and tuples-only."""
-    cmd = ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", proxy.host, "-p", str(proxy.port),
-           "-U", "postgres", "-d", dbname, *args]
+    cmd = [
+        "psql",
+        "-X",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        proxy.host,
+        "-p",
+        str(proxy.port),
+        "-U",
+        "postgres",
+        "-d",
+        dbname,
+        *args,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=60)
     if check:
         assert result.returncode == 0, result.stderr
@@ -44,8 +60,13 @@ def copy_table():
 
 
 def test_psql_c_returns_results(proxy):
-    out = psql(proxy, "-c", "SELECT 1 + 1, 'héllo', NULL::int IS NULL",
-               "-c", "SELECT string_agg(g::text, ',') FROM generate_series(1, 5) g").stdout
+    out = psql(
+        proxy,
+        "-c",
+        "SELECT 1 + 1, 'héllo', NULL::int IS NULL",
+        "-c",
+        "SELECT string_agg(g::text, ',') FROM generate_series(1, 5) g",
+    ).stdout
     assert out.splitlines() == ["2|héllo|t", "1,2,3,4,5"]
     # A multi-statement string: psql 15 prints every result.
     out = psql(proxy, "-c", "SELECT 'a'; SELECT current_database(); SELECT 40 + 2").stdout
@@ -99,15 +120,33 @@ COMMIT;
 
 def _rows(n: int) -> list[list[str | None]]:
     """Rows with the awkward CSV cases: commas, quotes, newlines, unicode, empty strings, NULLs."""
-    notes = ['plain', 'comma, inside', 'quote " inside', 'line\nbreak', 'ünïcødé ✓', '', None]
+    notes = ["plain", "comma, inside", 'quote " inside', "line\nbreak", "ünïcødé ✓", "", None]
     return [[str(i), f"name-{i}", notes[i % len(notes)], f"{i}.{i % 100:02d}"] for i in range(1, n + 1)]
 
 
 def test_clients_killed_mid_query_leave_nothing_behind(proxy):
     """psql processes killed while their queries run: the next clients get their own answers only."""
-    killed = [subprocess.Popen(["psql", "-X", "-At", "-h", proxy.host, "-p", str(proxy.port), "-U", "postgres",
-                                "-c", f"SELECT pg_sleep(1), 'from killed {i}' FROM generate_series(1, 3)"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV) for i in range(10)]
+    killed = [
+        subprocess.Popen(
+            [
+                "psql",
+                "-X",
+                "-At",
+                "-h",
+                proxy.host,
+                "-p",
+                str(proxy.port),
+                "-U",
+                "postgres",
+                "-c",
+                f"SELECT pg_sleep(1), 'from killed {i}' FROM generate_series(1, 3)",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=ENV,
+        )
+        for i in range(10)
+    ]
     time.sleep(0.7)
     for process in killed:
         process.kill()
@@ -132,8 +171,7 @@ def test_psql_copy_in_and_out_round_trip(proxy, copy_table, tmp_path):
     rows = _rows(20_000)
     src = tmp_path / "in.csv"
     # NULL is spelled \N so that empty strings stay empty strings.
-    src.write_text("".join(
-        ",".join("\\N" if v is None else _csv_field(v) for v in r) + "\n" for r in rows))
+    src.write_text("".join(",".join("\\N" if v is None else _csv_field(v) for v in r) + "\n" for r in rows))
     out = psql(proxy, "-c", f"\\copy {copy_table} FROM '{src}' WITH (FORMAT csv, NULL '\\N')").stdout
     assert out.strip() == "COPY 20000"
 
@@ -142,8 +180,9 @@ def test_psql_copy_in_and_out_round_trip(proxy, copy_table, tmp_path):
     assert [[str(i), n, note, a] for i, n, note, a in stored] == rows
 
     dst = tmp_path / "out.csv"
-    out = psql(proxy, "-c", f"\\copy (SELECT * FROM {copy_table} ORDER BY id) TO '{dst}' "
-                            "WITH (FORMAT csv, NULL '\\N')").stdout
+    out = psql(
+        proxy, "-c", f"\\copy (SELECT * FROM {copy_table} ORDER BY id) TO '{dst}' WITH (FORMAT csv, NULL '\\N')"
+    ).stdout
     assert out.strip() == "COPY 20000"
     assert dst.read_text() == src.read_text()
 
@@ -167,8 +206,13 @@ def bench_db(proxy):
     """A scratch database initialised by `pgbench -i` through the proxy."""
     name = unique(f"pgw_pgbench_{pool_mode(proxy)}")
     with scratch_database(name):
-        result = subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-h", proxy.host, "-p", str(proxy.port),
-                                 "-U", "postgres", name], capture_output=True, text=True, env=ENV, timeout=60)
+        result = subprocess.run(
+            ["pgbench", "-i", "-q", "-s", "1", "-h", proxy.host, "-p", str(proxy.port), "-U", "postgres", name],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         with psycopg.connect(direct_dsn(name)) as conn:
             assert conn.execute("SELECT count(*) FROM pgbench_accounts").fetchone() == (100_000,)
@@ -183,9 +227,30 @@ def test_pgbench(proxy, bench_db, protocol):
     clients = 20 if pool_mode(proxy) == "transaction" else proxy.config["pool"]["size"]
     before = _balances(bench_db)
     # Generous against -T 3; a stalled run is killed rather than left to the pool's 30 s wait.
-    result = subprocess.run(["pgbench", "-M", protocol, "-c", str(clients), "-j", "2", "-T", "3",
-                             "-h", proxy.host, "-p", str(proxy.port), "-U", "postgres", bench_db],
-                            capture_output=True, text=True, env=ENV, timeout=12)
+    result = subprocess.run(
+        [
+            "pgbench",
+            "-M",
+            protocol,
+            "-c",
+            str(clients),
+            "-j",
+            "2",
+            "-T",
+            "3",
+            "-h",
+            proxy.host,
+            "-p",
+            str(proxy.port),
+            "-U",
+            "postgres",
+            bench_db,
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=12,
+    )
     out = result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"query mode: {protocol}" in out
@@ -222,9 +287,33 @@ def test_pgbench_pipeline_script(proxy, bench_db, protocol, tmp_path):
     direct_execute("CREATE TABLE pgw_pgbench_pipeline (client int, a int)", bench_db)
     script = tmp_path / "pipeline.sql"
     script.write_text(PIPELINE_SCRIPT)
-    result = subprocess.run(["pgbench", "-n", "-M", protocol, "-f", str(script), "-c", "10", "-j", "2", "-t", "100",
-                             "-h", proxy.host, "-p", str(proxy.port), "-U", "postgres", bench_db],
-                            capture_output=True, text=True, env=ENV, timeout=30)
+    result = subprocess.run(
+        [
+            "pgbench",
+            "-n",
+            "-M",
+            protocol,
+            "-f",
+            str(script),
+            "-c",
+            "10",
+            "-j",
+            "2",
+            "-t",
+            "100",
+            "-h",
+            proxy.host,
+            "-p",
+            str(proxy.port),
+            "-U",
+            "postgres",
+            bench_db,
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "number of transactions actually processed: 1000/1000" in result.stdout
     assert "number of failed transactions: 0" in result.stdout
@@ -235,9 +324,31 @@ def test_pgbench_pipeline_script(proxy, bench_db, protocol, tmp_path):
 
 def test_pgbench_connection_per_transaction(proxy, bench_db):
     """pgbench -C: 500 logins and logouts, each client reconnecting for every select-only transaction."""
-    result = subprocess.run(["pgbench", "-n", "-C", "-S", "-c", "10", "-j", "2", "-t", "50",
-                             "-h", proxy.host, "-p", str(proxy.port), "-U", "postgres", bench_db],
-                            capture_output=True, text=True, env=ENV, timeout=60)
+    result = subprocess.run(
+        [
+            "pgbench",
+            "-n",
+            "-C",
+            "-S",
+            "-c",
+            "10",
+            "-j",
+            "2",
+            "-t",
+            "50",
+            "-h",
+            proxy.host,
+            "-p",
+            str(proxy.port),
+            "-U",
+            "postgres",
+            bench_db,
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "number of transactions actually processed: 500/500" in result.stdout
     assert "number of failed transactions: 0" in result.stdout
@@ -247,9 +358,31 @@ def test_pgbench_through_reloads(proxy, make_proxy, bench_db):
     """SIGHUP twice while 10 pgbench clients run TPC-B: no connection dropped, no transaction failed."""
     skip_if_direct(proxy)
     own = make_proxy(pool={"mode": pool_mode(proxy), "size": 10})
-    bench = subprocess.Popen(["pgbench", "-n", "-M", "extended", "-c", "10", "-j", "2", "-T", "3",
-                              "-h", own.host, "-p", str(own.port), "-U", "postgres", bench_db],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    bench = subprocess.Popen(
+        [
+            "pgbench",
+            "-n",
+            "-M",
+            "extended",
+            "-c",
+            "10",
+            "-j",
+            "2",
+            "-T",
+            "3",
+            "-h",
+            own.host,
+            "-p",
+            str(own.port),
+            "-U",
+            "postgres",
+            bench_db,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     for _ in range(2):
         time.sleep(1)
         own.reload()
@@ -265,4 +398,5 @@ def _balances(dbname: str) -> tuple[int, int, int]:
     with psycopg.connect(direct_dsn(dbname)) as conn:
         return conn.execute(
             "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(bbalance) FROM pgbench_branches),"
-            " (SELECT sum(tbalance) FROM pgbench_tellers)").fetchone()
+            " (SELECT sum(tbalance) FROM pgbench_tellers)"
+        ).fetchone()

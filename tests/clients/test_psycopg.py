@@ -63,8 +63,11 @@ def test_notices_and_error_fields(proxy, items):
         assert exc.value.diag.statement_position == "15"
         with pytest.raises(errors.RaiseException) as exc:
             conn.execute("DO $$ BEGIN RAISE EXCEPTION 'custom' USING DETAIL = 'why', HINT = 'fix it'; END $$")
-        assert (exc.value.diag.message_primary, exc.value.diag.message_detail,
-                exc.value.diag.message_hint) == ("custom", "why", "fix it")
+        assert (exc.value.diag.message_primary, exc.value.diag.message_detail, exc.value.diag.message_hint) == (
+            "custom",
+            "why",
+            "fix it",
+        )
 
 
 def test_transactions_commit_and_rollback(proxy, items):
@@ -104,7 +107,8 @@ def test_implicit_transactions_are_atomic(proxy, items):
         with pytest.raises(errors.UniqueViolation):
             psycopg.ClientCursor(conn).execute(
                 f"INSERT INTO {items} (id, name) VALUES (10, 'a'); INSERT INTO {items} (id, name) VALUES (10, 'b');"
-                f" INSERT INTO {items} (id, name) VALUES (11, 'c')")
+                f" INSERT INTO {items} (id, name) VALUES (11, 'c')"
+            )
         assert conn.execute(f"SELECT count(*) FROM {items}").fetchone() == (0,)
         # A BEGIN inside a multi-statement string leaves the transaction open: the backend stays with us.
         psycopg.ClientCursor(conn).execute(f"BEGIN; INSERT INTO {items} (id, name) VALUES (20, 'open')")
@@ -117,10 +121,13 @@ def test_implicit_transactions_are_atomic(proxy, items):
 def test_server_side_prepared_explicit(proxy, items):
     with connect(proxy, autocommit=True) as conn:
         for i in range(20):
-            conn.execute(f"INSERT INTO {items} (id, name, price) VALUES (%s, %s, %s)",
-                         (i, f"n{i}", Decimal(i) / 4), prepare=True)
-        rows = [conn.execute(f"SELECT name, price FROM {items} WHERE id = %s", (i,), prepare=True).fetchone()
-                for i in range(20)]
+            conn.execute(
+                f"INSERT INTO {items} (id, name, price) VALUES (%s, %s, %s)", (i, f"n{i}", Decimal(i) / 4), prepare=True
+            )
+        rows = [
+            conn.execute(f"SELECT name, price FROM {items} WHERE id = %s", (i,), prepare=True).fetchone()
+            for i in range(20)
+        ]
         assert rows == [(f"n{i}", Decimal(i) / 4) for i in range(20)]
 
 
@@ -134,7 +141,7 @@ QUERIES = [
 def _prepared_worker(proxy, worker: int) -> list[str]:
     """Each connection runs the queries in its own order, so `_pg3_0` means different text on each."""
     problems = []
-    order = QUERIES[worker % 3:] + QUERIES[:worker % 3]
+    order = QUERIES[worker % 3 :] + QUERIES[: worker % 3]
     with connect(proxy, autocommit=worker % 2 == 0) as conn:
         for round_ in range(8):  # > prepare_threshold (5): psycopg switches to named statements
             for sql, expected in order:
@@ -176,10 +183,12 @@ def test_prepared_statement_cache_eviction(proxy):
 
 
 def test_binary_results(proxy, items):
-    at = dt.datetime(2024, 2, 29, 12, 30, 15, 123456, tzinfo=dt.timezone.utc)
+    at = dt.datetime(2024, 2, 29, 12, 30, 15, 123456, tzinfo=dt.UTC)
     with connect(proxy, autocommit=True) as conn:
-        conn.execute(f"INSERT INTO {items} VALUES (%b, %b, %b, %b, %b, %b)",
-                     (7, "binary ✓", Decimal("12.34"), ["a", "b,c", None], b"\x00\xff\x10", at))
+        conn.execute(
+            f"INSERT INTO {items} VALUES (%b, %b, %b, %b, %b, %b)",
+            (7, "binary ✓", Decimal("12.34"), ["a", "b,c", None], b"\x00\xff\x10", at),
+        )
         with conn.cursor(binary=True) as cur:
             cur.execute(f"SELECT id, name, price, tags, data, at FROM {items} WHERE id = %s", (7,))
             assert cur.pgresult.fformat(0) == 1  # the backend really answered in binary
@@ -242,8 +251,7 @@ def test_autocommit_pipelines_and_executemany_many_clients(proxy):
 
 
 def test_copy_in_and_out(proxy, items):
-    rows = [(i, f"row {i}\twith tab", Decimal(i) / 100, [f"t{i}", "x"], bytes([i % 256, 0]), None)
-            for i in range(5000)]
+    rows = [(i, f"row {i}\twith tab", Decimal(i) / 100, [f"t{i}", "x"], bytes([i % 256, 0]), None) for i in range(5000)]
     with connect(proxy) as conn:
         with conn.cursor() as cur:
             with cur.copy(f"COPY {items} (id, name, price, tags, data, at) FROM STDIN") as copy:
@@ -329,13 +337,17 @@ def _set_worker(proxy, worker: int) -> tuple[list[str], set[int]]:
         if not conn.autocommit:
             conn.commit()
         for _ in range(15):
-            row = conn.execute("SELECT current_setting('application_name'), current_setting('TimeZone'),"
-                               " pg_backend_pid(), pg_sleep(0.005)").fetchone()
+            row = conn.execute(
+                "SELECT current_setting('application_name'), current_setting('TimeZone'),"
+                " pg_backend_pid(), pg_sleep(0.005)"
+            ).fetchone()
             if row[:2] != (name, zone):
                 problems.append(f"worker {worker} expected {(name, zone)}, saw {row[:2]}")
             if conn.info.parameter_status("application_name") != name:
-                problems.append(f"worker {worker}: ParameterStatus application_name is "
-                                f"{conn.info.parameter_status('application_name')!r}")
+                problems.append(
+                    f"worker {worker}: ParameterStatus application_name is "
+                    f"{conn.info.parameter_status('application_name')!r}"
+                )
             pids.add(row[2])
             if not conn.autocommit:
                 conn.commit()
@@ -392,7 +404,9 @@ def test_large_values_and_results(proxy):
     big = "x" * 5_000_000 + "✓"
     with connect(proxy, autocommit=True) as conn:
         assert conn.execute("SELECT length(%s::text), md5(%s::text)", (big, big)).fetchone() == (
-            len(big), hashlib.md5(big.encode()).hexdigest())
+            len(big),
+            hashlib.md5(big.encode()).hexdigest(),
+        )
         assert conn.execute("SELECT %s::text", (big,)).fetchone()[0] == big
         rows = conn.execute("SELECT g, repeat('y', 100) FROM generate_series(1, 200000) g").fetchall()
         assert len(rows) == 200_000 and rows[-1] == (200_000, "y" * 100)

@@ -11,8 +11,15 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from tests.clients.support import (DirectPostgres, connect, direct_execute, pool_mode, scratch_database,
-                                   skip_if_direct, unique)
+from tests.clients.support import (
+    DirectPostgres,
+    connect,
+    direct_execute,
+    pool_mode,
+    scratch_database,
+    skip_if_direct,
+    unique,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,11 +109,13 @@ def _encoding_worker(proxy, n: int) -> list:
     """A client with its own client_encoding; unprepared statements (the named ones are tested below)."""
     encoding = ["LATIN1", "UTF8", "WIN1252"][n % 3]
     wrong = []
-    with psycopg.connect(proxy.dsn(connect_timeout=10, client_encoding=encoding), autocommit=True,
-                         prepare_threshold=None) as conn:
+    with psycopg.connect(
+        proxy.dsn(connect_timeout=10, client_encoding=encoding), autocommit=True, prepare_threshold=None
+    ) as conn:
         for _ in range(10):
-            row = conn.execute("SELECT 'café', %s::text, current_setting('client_encoding'), pg_sleep(0.01)::text",
-                               ("naïve",)).fetchone()[:3]
+            row = conn.execute(
+                "SELECT 'café', %s::text, current_setting('client_encoding'), pg_sleep(0.01)::text", ("naïve",)
+            ).fetchone()[:3]
             if row != ("café", "naïve", encoding):
                 wrong.append((n, row))
     return wrong
@@ -187,9 +196,10 @@ def _set_config_unreported_worker(proxy, setting: str, value: str, worker: int) 
     return wrong
 
 
-@pytest.mark.parametrize(("setting", "value"), [("search_path", "pgw_elsewhere, public"),
-                                                ("statement_timeout", "1234ms"), ("work_mem", "7MB"),
-                                                ("role", ROLE)])
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("search_path", "pgw_elsewhere, public"), ("statement_timeout", "1234ms"), ("work_mem", "7MB"), ("role", ROLE)],
+)
 def test_set_config_of_unreported_settings(fresh_proxy, probe_role, setting, value):
     """Settings PostgreSQL does not report in ParameterStatus, changed with set_config(): kept or refused."""
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -214,8 +224,10 @@ def _characteristics_worker(proxy, n: int) -> list:
             conn.execute(statement)
         for _ in range(8):
             with conn.transaction():
-                seen = conn.execute("SELECT current_setting('transaction_isolation'),"
-                                    " current_setting('transaction_read_only'), pg_sleep(0.01)::text").fetchone()[:2]
+                seen = conn.execute(
+                    "SELECT current_setting('transaction_isolation'),"
+                    " current_setting('transaction_read_only'), pg_sleep(0.01)::text"
+                ).fetchone()[:2]
             if seen != expected:
                 wrong.append((statement, expected, seen))
     return wrong
@@ -270,6 +282,7 @@ def _refused_or_done(conn: psycopg.Connection, sql: str, params: tuple = ()) -> 
 
 def _probe_new_clients(proxy, sql: str) -> set[tuple]:
     """What more new clients than the pool has backends, all at once, see for `sql`."""
+
     def probe(_: int) -> tuple:
         with connect(proxy, autocommit=True) as conn:
             return conn.execute(f"SELECT {sql}, pg_sleep(0.05)::text").fetchone()[:-1]
@@ -309,13 +322,21 @@ def test_advisory_lock_is_released_when_the_client_leaves(fresh_proxy, pg):
 
 def test_startup_parameters_apply_on_every_backend(tx_proxy):
     """application_name and `options` given at connect time hold in every transaction, on any backend."""
+
     def worker(n: int) -> list[tuple]:
-        dsn = tx_proxy.dsn(connect_timeout=10, application_name=f"pgw-start-{n}",
-                           options=f"'-c statement_timeout={1000 + n} -c search_path=pgw_s{n}'")
+        dsn = tx_proxy.dsn(
+            connect_timeout=10,
+            application_name=f"pgw-start-{n}",
+            options=f"'-c statement_timeout={1000 + n} -c search_path=pgw_s{n}'",
+        )
         with psycopg.connect(dsn, autocommit=True) as conn:
-            return [conn.execute("SELECT current_setting('application_name'), setting, current_setting('search_path'),"
-                                 " pg_sleep(0.005)::text FROM pg_settings WHERE name = 'statement_timeout'"
-                                 ).fetchone()[:3] for _ in range(10)]
+            return [
+                conn.execute(
+                    "SELECT current_setting('application_name'), setting, current_setting('search_path'),"
+                    " pg_sleep(0.005)::text FROM pg_settings WHERE name = 'statement_timeout'"
+                ).fetchone()[:3]
+                for _ in range(10)
+            ]
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         results = list(pool.map(worker, range(20)))
@@ -332,8 +353,9 @@ def test_abandoned_transaction_is_rolled_back(proxy, items, pg):
 
     def probe(_: int) -> tuple:
         with connect(proxy, autocommit=True) as c:
-            return c.execute(f"SELECT count(*), txid_current_if_assigned() IS NULL, pg_sleep(0.05)::text"
-                             f" FROM {items}").fetchone()[:2]
+            return c.execute(
+                f"SELECT count(*), txid_current_if_assigned() IS NULL, pg_sleep(0.05)::text FROM {items}"
+            ).fetchone()[:2]
 
     # On whichever backend they land, new clients are outside any transaction and see no row.
     with ThreadPoolExecutor(max_workers=12) as pool:
@@ -363,6 +385,7 @@ def test_cancel_reaches_only_its_own_query(tx_proxy):
 
 def test_backends_terminated_while_idle_are_replaced(proxy, pg):
     """An operator kills pgwarden's idle backends: the next clients never notice."""
+
     def work(i: int) -> list[int]:
         with psycopg.connect(proxy.dsn(dbname=dbname, connect_timeout=10), autocommit=True) as conn:
             return [conn.execute("SELECT %s::int, pg_sleep(0.02)::text", (i,)).fetchone()[0] for _ in range(3)]
@@ -370,8 +393,9 @@ def test_backends_terminated_while_idle_are_replaced(proxy, pg):
     with scratch_database(unique(f"pgw_terminate_{pool_mode(proxy)}")) as dbname:
         with ThreadPoolExecutor(max_workers=10) as pool:
             assert list(pool.map(work, range(10))) == [[i] * 3 for i in range(10)]
-        killed = pg.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
-                            (dbname,)).fetchone()[0]
+        killed = pg.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", (dbname,)
+        ).fetchone()[0]
         assert killed > 0 or isinstance(proxy, DirectPostgres)
         time.sleep(0.3)
         with ThreadPoolExecutor(max_workers=10) as pool:
@@ -380,6 +404,7 @@ def test_backends_terminated_while_idle_are_replaced(proxy, pg):
 
 def test_databases_never_share_backends(proxy):
     """Clients of two databases at once: each statement runs in the client's own database."""
+
     def work(dbname: str, n: int) -> list:
         wrong = []
         with psycopg.connect(proxy.dsn(dbname=dbname, connect_timeout=10), autocommit=n % 2 == 0) as conn:

@@ -27,8 +27,9 @@ class Author(Base):
     __tablename__ = AUTHOR
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    books: Mapped[list[Book]] = relationship(back_populates="author", cascade="all, delete-orphan",
-                                             order_by="Book.title")
+    books: Mapped[list[Book]] = relationship(
+        back_populates="author", cascade="all, delete-orphan", order_by="Book.title"
+    )
 
 
 class Book(Base):
@@ -40,14 +41,17 @@ class Book(Base):
     author: Mapped[Author] = relationship(back_populates="books")
 
 
-LIBRARY = {"Le Guin": [("A Wizard of Earthsea", "9.99"), ("The Dispossessed", "12.50")],
-           "Lem": [("Solaris", "8.00")],
-           "Borges": [("Ficciones", "11.00"), ("El Aleph", "10.00"), ("Labyrinths", "14.25")]}
+LIBRARY = {
+    "Le Guin": [("A Wizard of Earthsea", "9.99"), ("The Dispossessed", "12.50")],
+    "Lem": [("Solaris", "8.00")],
+    "Borges": [("Ficciones", "11.00"), ("El Aleph", "10.00"), ("Labyrinths", "14.25")],
+}
 
 
 def _library() -> list[Author]:
-    return [Author(name=name, books=[Book(title=t, price=Decimal(p)) for t, p in books])
-            for name, books in LIBRARY.items()]
+    return [
+        Author(name=name, books=[Book(title=t, price=Decimal(p)) for t, p in books]) for name, books in LIBRARY.items()
+    ]
 
 
 @pytest.fixture
@@ -71,14 +75,19 @@ def test_sync_psycopg_orm(proxy, no_tables):
             assert [(a.name, [b.title for b in a.books]) for a in authors] == [
                 ("Borges", ["El Aleph", "Ficciones", "Labyrinths"]),
                 ("Le Guin", ["A Wizard of Earthsea", "The Dispossessed"]),
-                ("Lem", ["Solaris"])]
-            books = session.scalars(select(Book).options(joinedload(Book.author)).where(Book.price > 10)
-                                    .order_by(Book.price)).all()
+                ("Lem", ["Solaris"]),
+            ]
+            books = session.scalars(
+                select(Book).options(joinedload(Book.author)).where(Book.price > 10).order_by(Book.price)
+            ).all()
             assert [(b.title, b.author.name, b.price) for b in books] == [
-                ("Ficciones", "Borges", Decimal("11.00")), ("The Dispossessed", "Le Guin", Decimal("12.50")),
-                ("Labyrinths", "Borges", Decimal("14.25"))]
-            total = session.execute(select(Author.name, func.sum(Book.price)).join(Author.books)
-                                    .group_by(Author.name).order_by(Author.name)).all()
+                ("Ficciones", "Borges", Decimal("11.00")),
+                ("The Dispossessed", "Le Guin", Decimal("12.50")),
+                ("Labyrinths", "Borges", Decimal("14.25")),
+            ]
+            total = session.execute(
+                select(Author.name, func.sum(Book.price)).join(Author.books).group_by(Author.name).order_by(Author.name)
+            ).all()
             assert total == [("Borges", Decimal("35.25")), ("Le Guin", Decimal("22.49")), ("Lem", Decimal("8.00"))]
 
         # Update and delete, then a rolled-back transaction.
@@ -131,11 +140,13 @@ def test_async_asyncpg_orm(proxy, no_tables):
                 session.add_all(_library())
 
             async with AsyncSession(engine, expire_on_commit=False) as session:
-                authors = (await session.scalars(
-                    select(Author).options(selectinload(Author.books)).order_by(Author.name))).all()
+                authors = (
+                    await session.scalars(select(Author).options(selectinload(Author.books)).order_by(Author.name))
+                ).all()
                 assert [(a.name, len(a.books)) for a in authors] == [("Borges", 3), ("Le Guin", 2), ("Lem", 1)]
-                books = (await session.scalars(
-                    select(Book).options(joinedload(Book.author)).order_by(Book.title))).all()
+                books = (
+                    await session.scalars(select(Book).options(joinedload(Book.author)).order_by(Book.title))
+                ).all()
                 assert [b.author.name for b in books] == ["Le Guin", "Borges", "Borges", "Borges", "Lem", "Le Guin"]
 
             async with AsyncSession(engine) as session:
@@ -156,8 +167,9 @@ def test_async_asyncpg_orm(proxy, no_tables):
             # Concurrent sessions over the engine's pool.
             async def count_books(name: str) -> int:
                 async with AsyncSession(engine) as session:
-                    return await session.scalar(select(func.count(Book.id)).join(Book.author)
-                                                .where(Author.name == name))
+                    return await session.scalar(
+                        select(func.count(Book.id)).join(Book.author).where(Author.name == name)
+                    )
 
             counts = await asyncio.gather(*(count_books(n) for n in ["Borges", "Lem", "Le Guin"] * 10))
             assert counts == [3, 1, 2] * 10

@@ -18,8 +18,13 @@ from tests.harness import PG_HOST, PG_PORT, ROOT, free_port
 
 def _psql(line: str, sql: str) -> str:
     conninfo = re.search(r'psql "([^"]+)"', line).group(1)
-    result = subprocess.run(["psql", conninfo, "-X", "-A", "-t", "-c", sql], capture_output=True,
-                            text=True, timeout=20, env={"PGSSLMODE": "disable", "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        ["psql", conninfo, "-X", "-A", "-t", "-c", sql],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={"PGSSLMODE": "disable", "PATH": "/usr/bin:/bin"},
+    )
     return result.stdout + result.stderr
 
 
@@ -38,9 +43,13 @@ def _demo_processes() -> list[str]:
 
 def _start(*flags: str) -> tuple[subprocess.Popen, list[str]]:
     port, http_port = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.app.demo", "--port", str(port), "--http-port",
-                             str(http_port), *flags], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.app.demo", "--port", str(port), "--http-port", str(http_port), *flags],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     while not any(line.startswith("(ready in") for line in lines):
         line = proc.stdout.readline()
@@ -52,8 +61,10 @@ def _start(*flags: str) -> tuple[subprocess.Popen, list[str]]:
 
 
 def _lines(lines: list[str]) -> dict[str, str]:
-    return {key: next(l for l in lines if l.strip().startswith(key)) for key in
-            ("tenant acme", "tenant globex", "analyst", "admin (bypass)")}
+    return {
+        key: next(l for l in lines if l.strip().startswith(key))
+        for key in ("tenant acme", "tenant globex", "analyst", "admin (bypass)")
+    }
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
@@ -96,10 +107,25 @@ def test_demo_on_a_given_database_url_drops_its_database():
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
-    left = subprocess.run(["psql", "-X", "-A", "-t", "-h", PG_HOST, "-p", str(PG_PORT), "-U", "postgres",
-                           "-c", "select (select count(*) from pg_database where datname = 'pgwarden_demo')"
-                           " + (select count(*) from pg_roles where rolname = 'pgwarden_demo_policed')"],
-                          capture_output=True, text=True)
+    left = subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            PG_HOST,
+            "-p",
+            str(PG_PORT),
+            "-U",
+            "postgres",
+            "-c",
+            "select (select count(*) from pg_database where datname = 'pgwarden_demo')"
+            " + (select count(*) from pg_roles where rolname = 'pgwarden_demo_policed')",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert left.stdout.strip() == "0"
 
 
@@ -108,18 +134,37 @@ def test_a_port_in_use_is_one_clear_line():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "proxy.app.demo", "--port", str(port)],
-                                cwd=ROOT, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy.app.demo", "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert result.returncode == 1
-    assert result.stderr.strip() == (f"pgwarden demo: port {port} is in use "
-                                     "(another pgwarden or PgBouncer?): use --port")
+    assert result.stderr.strip() == (
+        f"pgwarden demo: port {port} is in use (another pgwarden or PgBouncer?): use --port"
+    )
 
 
 def test_a_bad_database_url_is_one_clear_line():
-    result = subprocess.run([sys.executable, "-m", "proxy.app.demo", "--port", str(free_port()),
-                             "--http-port", str(free_port()), "--database-url",
-                             "postgresql://nobody@127.0.0.1:1/x"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxy.app.demo",
+            "--port",
+            str(free_port()),
+            "--http-port",
+            str(free_port()),
+            "--database-url",
+            "postgresql://nobody@127.0.0.1:1/x",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "check the server, user and password" in result.stderr

@@ -23,8 +23,27 @@ create table countries (code text, name text);
 
 
 def _psql(sql: str, db: str = "postgres") -> None:
-    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", PG_HOST, "-p", str(PG_PORT),
-                    "-U", "postgres", "-d", db, "-c", sql], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            PG_HOST,
+            "-p",
+            str(PG_PORT),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +57,9 @@ def scratch_db():
 
 
 def _init(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.app.init_policy", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "proxy.app.init_policy", *args], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
 
 
 def test_init_writes_a_policy_that_loads_and_checks(scratch_db, tmp_path):
@@ -54,10 +74,25 @@ def test_init_writes_a_policy_that_loads_and_checks(scratch_db, tmp_path):
     (tmp_path / "pgwarden.yaml").write_text(
         f"listen: {{host: 127.0.0.1, port: 6432}}\nprimary: {{host: {PG_HOST}, port: {PG_PORT}}}\n"
         "auth: {method: trust}\nbackend_auth: {user: postgres, policed: {user: pgw_init_check}}\n"
-        "policies: policy.yaml\n")
-    check = subprocess.run([sys.executable, "-m", "proxy", "check", "--config",
-                            str(tmp_path / "pgwarden.yaml"), "--live", "--database", DB],
-                           cwd=ROOT, capture_output=True, text=True, timeout=30)
+        "policies: policy.yaml\n"
+    )
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "check",
+            "--config",
+            str(tmp_path / "pgwarden.yaml"),
+            "--live",
+            "--database",
+            DB,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert check.returncode == 0, check.stderr
 
 
@@ -104,6 +139,7 @@ NOTES_POLICY = """  public.notes:
 def role_db(tmp_path_factory):
     """The demo's shop and policy (plus a serial-keyed table), and init's SQL for them applied."""
     from proxy.app.demo import POLICY, shop_sql
+
     _psql(f"drop database if exists {ROLE_DB} with (force)")
     _psql(f"drop role if exists {ROLE}")
     _psql(f"create database {ROLE_DB}")
@@ -111,12 +147,31 @@ def role_db(tmp_path_factory):
     folder = tmp_path_factory.mktemp("init-role")
     (folder / "policies").mkdir()
     (folder / "policies" / "shop.yaml").write_text(POLICY % {"admin": "postgres"} + NOTES_POLICY)
-    result = _init("--policy", str(folder / "policies"), "--role", ROLE, "--database", ROLE_DB,
-                   "--out", str(folder / "role.sql"))
+    result = _init(
+        "--policy", str(folder / "policies"), "--role", ROLE, "--database", ROLE_DB, "--out", str(folder / "role.sql")
+    )
     assert result.returncode == 0, result.stderr
-    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", PG_HOST, "-p", str(PG_PORT),
-                    "-U", "postgres", "-d", ROLE_DB, "-f", str(folder / "role.sql")], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            PG_HOST,
+            "-p",
+            str(PG_PORT),
+            "-U",
+            "postgres",
+            "-d",
+            ROLE_DB,
+            "-f",
+            str(folder / "role.sql"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     yield folder
     _psql(f"drop database if exists {ROLE_DB} with (force)")
     _psql(f"drop role if exists {ROLE}")
@@ -139,35 +194,80 @@ def test_init_role_sql_grants_exactly_the_policy(role_db):
 
 
 def _as_role(sql: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["psql", "-X", "-A", "-t", "-v", "VERBOSITY=verbose", "-h", PG_HOST, "-p", str(PG_PORT), "-U", ROLE,
-                           "-d", ROLE_DB, "-c", sql], capture_output=True, text=True)
+    return subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "VERBOSITY=verbose",
+            "-h",
+            PG_HOST,
+            "-p",
+            str(PG_PORT),
+            "-U",
+            ROLE,
+            "-d",
+            ROLE_DB,
+            "-c",
+            sql,
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_init_role_cannot_read_what_the_policy_refuses_even_directly(role_db):
-    for sql in ("select * from secrets", "select * from public.secrets", "delete from products",
-                "create table mine (x int)", "set role postgres", "truncate customers",
-                "alter table customers owner to pgw_init_policed", "select pg_read_file('PG_VERSION')",
-                "copy customers to program 'true'"):
+    for sql in (
+        "select * from secrets",
+        "select * from public.secrets",
+        "delete from products",
+        "create table mine (x int)",
+        "set role postgres",
+        "truncate customers",
+        "alter table customers owner to pgw_init_policed",
+        "select pg_read_file('PG_VERSION')",
+        "copy customers to program 'true'",
+    ):
         result = _as_role(sql)
         assert result.returncode == 1 and "ERROR:  42501:" in result.stderr, (sql, result.stderr)
-    who = _as_role("select current_user, current_setting('is_superuser'), "
-                   "(select rolbypassrls from pg_roles where rolname = current_user)")
+    who = _as_role(
+        "select current_user, current_setting('is_superuser'), "
+        "(select rolbypassrls from pg_roles where rolname = current_user)"
+    )
     assert who.stdout.strip() == f"{ROLE}|off|f"
 
 
 def test_init_role_runs_the_demos_policed_statements_through_pgwarden(role_db):
     from tests.harness import ProxyProcess, base_config
-    config = base_config(policies=str(role_db / "policies"),
-                         backend_auth={"user": "postgres", "policed": {"user": ROLE}})
+
+    config = base_config(
+        policies=str(role_db / "policies"), backend_auth={"user": "postgres", "policed": {"user": ROLE}}
+    )
     with ProxyProcess(config, role_db / "proxy") as proxy:
-        check = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(proxy.config_path),
-                                "--live", "--database", ROLE_DB], cwd=ROOT, capture_output=True,
-                               text=True, timeout=30)
+        check = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "check",
+                "--config",
+                str(proxy.config_path),
+                "--live",
+                "--database",
+                ROLE_DB,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert check.returncode == 0, check.stderr
         import psycopg
+
         with psycopg.connect(proxy.dsn(user="acme_app", dbname=ROLE_DB), autocommit=True) as acme:
-            assert acme.execute("select current_user, current_setting('is_superuser')").fetchone() == \
-                (ROLE, "off")
+            assert acme.execute("select current_user, current_setting('is_superuser')").fetchone() == (ROLE, "off")
             rows = acme.execute("select id, name, ssn from customers order by id").fetchall()
             assert len(rows) == 10 and {r[2] for r in rows} == {"****"}
             assert acme.execute("select count(*) from products").fetchone() == (5,)
@@ -176,8 +276,7 @@ def test_init_role_runs_the_demos_policed_statements_through_pgwarden(role_db):
             acme.execute("insert into orders (id, customer_id, total) values (999, 99, 1)")
             acme.execute("delete from orders where id = 999")
             acme.execute("delete from customers where id = 99")
-            assert acme.execute("insert into notes (body) values ('hi') returning tenant_id").fetchone() == \
-                ("acme",)
+            assert acme.execute("insert into notes (body) values ('hi') returning tenant_id").fetchone() == ("acme",)
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="refused"):
                 acme.execute("select * from secrets")
         with psycopg.connect(proxy.dsn(user="alice", dbname=ROLE_DB), autocommit=True) as alice:

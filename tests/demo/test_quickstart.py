@@ -52,9 +52,13 @@ def _normal(text: str, port: int) -> str:
 @pytest.fixture(scope="module")
 def demo():
     port, http_port = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.app.demo", "--port", str(port), "--http-port",
-                             str(http_port)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.app.demo", "--port", str(port), "--http-port", str(http_port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen = []
     while not (seen and seen[-1].startswith("(ready in")):
         line = proc.stdout.readline()
@@ -81,10 +85,15 @@ def test_the_page_has_runnable_commands():
 @pytest.mark.parametrize("command,expected", [_case(c, o) for c, o in _commands()])
 def test_quickstart_command(command, expected, demo):
     demo_port = demo[0]
-    argv = shlex.split(command.replace("port=6432", f"port={demo_port}")
-                       .replace(":6432/", f":{demo_port}/"))
+    argv = shlex.split(command.replace("port=6432", f"port={demo_port}").replace(":6432/", f":{demo_port}/"))
     if argv[0] == "pgwarden":
         argv = [sys.executable, "-m", MODULES[argv[1]], *argv[2:]]
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30,
-                            env={"PGSSLMODE": "disable", "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        argv,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PGSSLMODE": "disable", "PATH": "/usr/bin:/bin"},
+    )
     assert _normal(result.stdout + result.stderr, demo_port) == _normal(expected, demo_port)

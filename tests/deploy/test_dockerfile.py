@@ -46,8 +46,12 @@ def test_the_health_check_asks_readyz_not_healthz():
 def _copies(stage: int) -> list[str]:
     """The sources of the COPY lines (without --from) of build stage `stage` (0 = first)."""
     stages = re.split(r"^FROM ", DOCKERFILE, flags=re.MULTILINE)[1:]
-    return [src for line in stages[stage].splitlines() if line.startswith("COPY ") and "--from" not in line
-            for src in line.split()[1:-1]]
+    return [
+        src
+        for line in stages[stage].splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+        for src in line.split()[1:-1]
+    ]
 
 
 def test_the_build_stage_copies_every_file_pyproject_names():
@@ -60,15 +64,33 @@ def test_the_build_stage_copies_every_file_pyproject_names():
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path, p.removeprefix("**/"))
-               or path.startswith(p.rstrip("/") + "/") for p in patterns)
+    return any(
+        fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path, p.removeprefix("**/")) or path.startswith(p.rstrip("/") + "/")
+        for p in patterns
+    )
 
 
 def test_dockerignore_keeps_what_the_image_copies_and_drops_the_rest():
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for source in _copies(0) + _copies(1):
         assert not _ignored(source, patterns), f"{source} is COPYed but .dockerignore drops it"
-    for junk in (".git", ".venv", "tests", "bench", "docs", "site", "node_modules", "tests/node/node_modules",
-                 "pgwarden.egg-info", "proxy/__pycache__", ".pytest_cache", ".ruff_cache", "deploy/helm"):
+    for junk in (
+        ".git",
+        ".venv",
+        "tests",
+        "bench",
+        "docs",
+        "site",
+        "node_modules",
+        "tests/node/node_modules",
+        "pgwarden.egg-info",
+        "proxy/__pycache__",
+        ".pytest_cache",
+        ".ruff_cache",
+        "deploy/helm",
+    ):
         assert _ignored(junk, patterns), f".dockerignore does not drop {junk}"

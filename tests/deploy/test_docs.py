@@ -13,9 +13,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_mkdocs_builds_strictly(tmp_path):
     pytest.importorskip("mkdocs", reason="mkdocs is a dev dependency: pip install -e '.[dev]'")
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q",
-                             "-f", str(ROOT / "mkdocs.yml"), "-d", str(tmp_path / "site")],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-q",
+            "-f",
+            str(ROOT / "mkdocs.yml"),
+            "-d",
+            str(tmp_path / "site"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "policies" / "index.html").exists()
 
@@ -23,6 +37,7 @@ def test_mkdocs_builds_strictly(tmp_path):
 def test_grafana_dashboard_queries_metrics_pgwarden_exports():
     import json
     import re
+
     dashboard = json.loads((ROOT / "docs/grafana/pgwarden.json").read_text())
     exported = set(re.findall(r"`(pgwarden_\w+)`", (ROOT / "docs/operations.md").read_text()))
     for panel in dashboard["panels"]:

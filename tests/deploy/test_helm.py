@@ -50,7 +50,7 @@ def render_minimal(text: str, values: dict, release: str = "demo") -> str:
     """Renders the subset of Go templates the chart uses: values, if/range/end, toYaml and nindent."""
     tokens, pos = [], 0
     for m in TAG.finditer(text):
-        literal = text[pos:m.start()]
+        literal = text[pos : m.start()]
         if m.group(1):
             literal = literal.rstrip(" \t\n")
         if tokens and tokens[-1][0] == "trim":
@@ -137,8 +137,9 @@ def render(values: dict) -> list[dict]:
     if helm:
         values_file = Path("/tmp") / f"pgwarden-test-values-{os.getpid()}.yaml"
         values_file.write_text(yaml.safe_dump(values))
-        result = subprocess.run([helm, "template", "demo", str(CHART), "-f", str(values_file)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [helm, "template", "demo", str(CHART), "-f", str(values_file)], capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise RenderError(result.stderr)
         return [d for d in yaml.safe_load_all(result.stdout) if d]
@@ -164,8 +165,14 @@ def by_kind(docs: list[dict]) -> dict[str, list[dict]]:
 
 def test_default_values_render_the_expected_kinds():
     kinds = by_kind(render(VALUES))
-    assert sorted(kinds) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler",
-                             "PodDisruptionBudget", "Secret", "Service"]
+    assert sorted(kinds) == [
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+    ]
     assert len(kinds["ConfigMap"]) == 2
 
 
@@ -206,6 +213,7 @@ def test_service_exposes_both_ports_and_selects_the_pods():
 
 def test_configmap_holds_a_config_pgwarden_accepts_and_the_policy_files(tmp_path):
     from proxy.config.model import parse_config
+
     policy = "# a policy\nversion: 1\n"
     values = {**VALUES, "policies": {"shop.yaml": policy}}
     maps = {m["metadata"]["name"]: m for m in by_kind(render(values))["ConfigMap"]}
@@ -240,8 +248,10 @@ def test_the_primary_is_required_and_reaches_the_config():
 
 
 def test_extra_environment_variables_reach_the_container():
-    env = [{"name": "PGWARDEN__POOL__SIZE", "value": "40"},
-           {"name": "PGWARDEN_BACKEND_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}}]
+    env = [
+        {"name": "PGWARDEN__POOL__SIZE", "value": "40"},
+        {"name": "PGWARDEN_BACKEND_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}},
+    ]
     (deployment,) = by_kind(render({**VALUES, "env": env}))["Deployment"]
     assert deployment["spec"]["template"]["spec"]["containers"][0]["env"] == env
     (default,) = by_kind(render(VALUES))["Deployment"]
@@ -268,8 +278,15 @@ def test_helm_install_dry_run_succeeds_offline():
     finally:
         config.close()
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(release["manifest"]) if d)
-    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler",
-                     "PodDisruptionBudget", "Secret", "Service"]
+    assert kinds == [
+        "ConfigMap",
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+    ]
 
 
 def test_helm_lint_finds_no_error_or_warning():

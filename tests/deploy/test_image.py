@@ -51,8 +51,15 @@ def test_the_image_config_listens_everywhere_and_names_no_primary(monkeypatch):
 
 
 def test_run_without_a_primary_exits_1_with_one_line_saying_how_to_give_it():
-    result = subprocess.run([sys.executable, "-m", "proxy", "run", "--config", str(IMAGE_CONFIG)],
-                            cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--config", str(IMAGE_CONFIG)],
+        cwd=ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -62,24 +69,43 @@ def test_run_without_a_primary_exits_1_with_one_line_saying_how_to_give_it():
 
 
 def test_a_bad_variable_stops_run_with_one_line_naming_it():
-    result = subprocess.run([sys.executable, "-m", "proxy", "run", "--config", str(IMAGE_CONFIG)],
-                            cwd=ROOT, env=_clean_env(PGWARDEN__PRIMARY__HOST="db", PGWARDEN__PRIMARY__PROT="1"),
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--config", str(IMAGE_CONFIG)],
+        cwd=ROOT,
+        env=_clean_env(PGWARDEN__PRIMARY__HOST="db", PGWARDEN__PRIMARY__PROT="1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        ("pgwarden: environment variable PGWARDEN__PRIMARY__PROT: primary.prot: unknown key `prot` "
-         "(did you mean `port`?)")]
+        (
+            "pgwarden: environment variable PGWARDEN__PRIMARY__PROT: primary.prot: unknown key `prot` "
+            "(did you mean `port`?)"
+        )
+    ]
 
 
 def test_run_from_the_image_config_and_variables_alone_serves_on_every_interface(tmp_path):
     port, http_port = free_port(), free_port()
-    env = _clean_env(PGWARDEN__PRIMARY__HOST=PG_HOST, PGWARDEN__PRIMARY__PORT=str(PG_PORT),
-                     PGWARDEN__LISTEN__PORT=str(port), PGWARDEN__HTTP__PORT=str(http_port),
-                     PGWARDEN__AUTH__USERS__APP__PASSWORD_ENV="APP_PASSWORD", APP_PASSWORD="s3cret-app",
-                     PGWARDEN__BACKEND_AUTH__USER="postgres")
+    env = _clean_env(
+        PGWARDEN__PRIMARY__HOST=PG_HOST,
+        PGWARDEN__PRIMARY__PORT=str(PG_PORT),
+        PGWARDEN__LISTEN__PORT=str(port),
+        PGWARDEN__HTTP__PORT=str(http_port),
+        PGWARDEN__AUTH__USERS__APP__PASSWORD_ENV="APP_PASSWORD",
+        APP_PASSWORD="s3cret-app",
+        PGWARDEN__BACKEND_AUTH__USER="postgres",
+    )
     with open(tmp_path / "pgwarden.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "proxy", "run", "--config", str(IMAGE_CONFIG)],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "run", "--config", str(IMAGE_CONFIG)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             _serves(port, http_port, proc)
         finally:
@@ -105,6 +131,7 @@ def _serves(port: int, http_port: int, proc: subprocess.Popen) -> None:
 def test_variables_still_win_after_a_reload_rereads_the_file(tmp_path):
     """SIGHUP re-reads the file and sets the same PGWARDEN__* variables over it again."""
     from tests.harness import ProxyProcess, base_config
+
     dead = free_port()  # nothing listens there
     config = base_config(primary={"host": PG_HOST, "port": dead}, pool={"mode": "transaction", "size": 4})
     env = {"PGWARDEN__PRIMARY__PORT": str(PG_PORT)}

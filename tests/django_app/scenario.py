@@ -44,21 +44,24 @@ def run() -> dict:
 
     # select_related: one query with a join.
     with CaptureQueriesContext(connection) as q:
-        seen["select_related"] = [(b.title, b.author.name) for b in
-                                  Book.objects.select_related("author").order_by("title")]
+        seen["select_related"] = [
+            (b.title, b.author.name) for b in Book.objects.select_related("author").order_by("title")
+        ]
     seen["select_related_queries"] = len(q)
 
     # prefetch_related: one query per relation.
     with CaptureQueriesContext(connection) as q:
-        seen["prefetch_related"] = [(a.name, sorted(t.label for b in a.books.all() for t in b.tags.all()))
-                                    for a in Author.objects.prefetch_related("books__tags").order_by("name")]
+        seen["prefetch_related"] = [
+            (a.name, sorted(t.label for b in a.books.all() for t in b.tags.all()))
+            for a in Author.objects.prefetch_related("books__tags").order_by("name")
+        ]
     seen["prefetch_related_queries"] = len(q)
 
     # bulk_create, with its M2M rows.
-    bulk = Book.objects.bulk_create(
-        [Book(title=f"Bulk {i:03d}", price=Decimal(i) / 4, author=lem) for i in range(300)])
+    bulk = Book.objects.bulk_create([Book(title=f"Bulk {i:03d}", price=Decimal(i) / 4, author=lem) for i in range(300)])
     Book.tags.through.objects.bulk_create(
-        [Book.tags.through(book_id=b.id, tag_id=short.id) for b in bulk if b.id % 2 == 0])
+        [Book.tags.through(book_id=b.id, tag_id=short.id) for b in bulk if b.id % 2 == 0]
+    )
     seen["bulk_ids_returned"] = all(b.id is not None for b in bulk)
     seen["bulk_count"] = Book.objects.filter(title__startswith="Bulk").count()
     seen["short_count"] = Tag.objects.get(label="short").books.count()
@@ -94,8 +97,13 @@ def run() -> dict:
         book.price += 1
         book.save()
     from django.db.models import Count, Sum
-    seen["per_author"] = list(Author.objects.annotate(n=Count("books"), total=Sum("books__price"))
-                              .filter(n__gt=0).order_by("name").values_list("name", "n", "total"))
+
+    seen["per_author"] = list(
+        Author.objects.annotate(n=Count("books"), total=Sum("books__price"))
+        .filter(n__gt=0)
+        .order_by("name")
+        .values_list("name", "n", "total")
+    )
     return seen
 
 
@@ -130,8 +138,10 @@ def run_local_time() -> dict:
         round_trips = all(pool.map(worker, range(12)))
     with connection.cursor() as cur:
         # An unambiguous instant: 12:xx in Tokyo is 03:xx UTC.
-        cur.execute("SELECT count(*) FROM pgw_dj_book WHERE published >= '2024-01-01 03:00:00+00'"
-                    " AND published < '2024-01-01 04:00:00+00'")
+        cur.execute(
+            "SELECT count(*) FROM pgw_dj_book WHERE published >= '2024-01-01 03:00:00+00'"
+            " AND published < '2024-01-01 04:00:00+00'"
+        )
         in_utc = cur.fetchone()[0]
     return {"round_trips": round_trips, "books": Book.objects.count(), "stored_as_tokyo_time": in_utc}
 
@@ -141,8 +151,13 @@ def main(argv: list[str]) -> None:
 
     host, port, dbname = argv[:3]
     local_time = "--local-time" in argv
-    configure(host, int(port), dbname, server_side_binding="--server-side-binding" in argv,
-              local_time_zone=LOCAL_TIME_ZONE if local_time else None)
+    configure(
+        host,
+        int(port),
+        dbname,
+        server_side_binding="--server-side-binding" in argv,
+        local_time_zone=LOCAL_TIME_ZONE if local_time else None,
+    )
     print(json.dumps(run_local_time() if local_time else run(), default=str))
 
 

@@ -6,8 +6,9 @@ import django
 from django.conf import settings
 
 
-def configure(host: str, port: int, dbname: str, server_side_binding: bool = False,
-              local_time_zone: str | None = None) -> None:
+def configure(
+    host: str, port: int, dbname: str, server_side_binding: bool = False, local_time_zone: str | None = None
+) -> None:
     """`local_time_zone`: USE_TZ off and that TIME_ZONE, which Django applies with set_config() per connection."""
     settings.configure(
         DEBUG=False,
@@ -16,11 +17,15 @@ def configure(host: str, port: int, dbname: str, server_side_binding: bool = Fal
         SECRET_KEY="pgwarden-tests",
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "tests.django_app"],
-        DATABASES={"default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "HOST": host, "PORT": port, "NAME": dbname, "USER": "postgres",
-            "OPTIONS": {"sslmode": "disable", "server_side_binding": server_side_binding,
-                        "connect_timeout": 10},
-        }},
+        DATABASES={
+            "default": {
+                "ENGINE": "django.db.backends.postgresql",
+                "HOST": host,
+                "PORT": port,
+                "NAME": dbname,
+                "USER": "postgres",
+                "OPTIONS": {"sslmode": "disable", "server_side_binding": server_side_binding, "connect_timeout": 10},
+            }
+        },
     )
     django.setup()

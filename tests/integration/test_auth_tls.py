@@ -20,9 +20,11 @@ from tests.harness import ROOT, ProxyProcess, base_config, free_port
 from tests.pgcluster import PgCluster, login
 
 PASSWORDS = {"alice": "alice-pw", "envy": "envy-pw", "verified": "verified-pw"}
-USERS = {"alice": {"password": "alice-pw"},
-         "envy": {"password_env": "PGWARDEN_TEST_ENVY_PW"},
-         "verified": {"scram_verifier": scram_verifier("verified-pw")}}
+USERS = {
+    "alice": {"password": "alice-pw"},
+    "envy": {"password_env": "PGWARDEN_TEST_ENVY_PW"},
+    "verified": {"scram_verifier": scram_verifier("verified-pw")},
+}
 ENV = {"PGWARDEN_TEST_ENVY_PW": "envy-pw"}
 CLUSTER_ROLES = {"md5_user": ("md5-pw", "md5"), "scram_user": ("scram-pw", "scram-sha-256")}
 
@@ -47,8 +49,7 @@ def other_certs() -> Iterator[Certs]:
 
 def _password_proxy(tmp_path_factory, method: str):
     """A pgwarden asking clients for passwords with `method`, in front of the local PostgreSQL."""
-    proxy = proxy_process(tmp_path_factory.mktemp(method), ENV,
-                          auth={"method": method, "users": USERS}).start()
+    proxy = proxy_process(tmp_path_factory.mktemp(method), ENV, auth={"method": method, "users": USERS}).start()
     yield proxy
     proxy.stop()
 
@@ -69,21 +70,31 @@ def password_proxy(request) -> ProxyProcess:
     return request.getfixturevalue(f"{request.param}_proxy")
 
 
-def psql(proxy: ProxyProcess, user: str, password: str = "", sql: str = "SELECT current_user",
-         **dsn) -> subprocess.CompletedProcess:
+def psql(
+    proxy: ProxyProcess, user: str, password: str = "", sql: str = "SELECT current_user", **dsn
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"}
     env.pop("PGSSLMODE", None)
-    return subprocess.run(["psql", "-X", "-A", "-t", "-c", sql, proxy.dsn(user=user, **dsn)],
-                          capture_output=True, text=True, env=env, timeout=30)
+    return subprocess.run(
+        ["psql", "-X", "-A", "-t", "-c", sql, proxy.dsn(user=user, **dsn)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
 
 
 # --- client authentication ---------------------------------------------------------------------
 
 
 SCRAM_REQUESTS, MD5_REQUESTS = [10, 11, 12, 0], [5, 0]  # AuthenticationSASL..Ok, MD5Password, Ok
-LOGINS = [("scram", "alice", SCRAM_REQUESTS), ("scram", "envy", SCRAM_REQUESTS),
-          ("scram", "verified", SCRAM_REQUESTS), ("md5", "alice", MD5_REQUESTS),
-          ("md5", "envy", MD5_REQUESTS)]
+LOGINS = [
+    ("scram", "alice", SCRAM_REQUESTS),
+    ("scram", "envy", SCRAM_REQUESTS),
+    ("scram", "verified", SCRAM_REQUESTS),
+    ("md5", "alice", MD5_REQUESTS),
+    ("md5", "envy", MD5_REQUESTS),
+]
 
 
 @pytest.mark.parametrize("which, user, requests", LOGINS, ids=[f"{w}-{u}" for w, u, _ in LOGINS])
@@ -99,8 +110,9 @@ def test_configured_users_log_in_with_psql_and_psycopg(request, which, user, req
 
 
 async def asyncpg_login(proxy: ProxyProcess, user: str, password: str) -> str:
-    conn = await asyncpg.connect(host=proxy.host, port=proxy.port, user=user, password=password,
-                                 database="postgres", ssl=False, timeout=10)
+    conn = await asyncpg.connect(
+        host=proxy.host, port=proxy.port, user=user, password=password, database="postgres", ssl=False, timeout=10
+    )
     try:
         return await conn.fetchval("SELECT current_user")
     finally:
@@ -129,15 +141,18 @@ c.connect().then(() => c.query('SELECT current_user AS u'))
 """
 
 
-@pytest.mark.skipif(not (NODE_DIR / "node_modules" / "pg").exists() or not shutil.which("node"),
-                    reason="node-postgres is not installed (make node-deps)")
+@pytest.mark.skipif(
+    not (NODE_DIR / "node_modules" / "pg").exists() or not shutil.which("node"),
+    reason="node-postgres is not installed (make node-deps)",
+)
 def test_node_postgres_logs_in(password_proxy):
     """node-postgres sends the SCRAM user name '*' where libpq sends none."""
+
     def node(user: str, password: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "H": password_proxy.host, "P": str(password_proxy.port), "U": user,
-               "W": password}
-        return subprocess.run(["node", "-e", NODE_LOGIN], cwd=NODE_DIR, env=env,
-                              capture_output=True, text=True, timeout=30)
+        env = {**os.environ, "H": password_proxy.host, "P": str(password_proxy.port), "U": user, "W": password}
+        return subprocess.run(
+            ["node", "-e", NODE_LOGIN], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=30
+        )
 
     ok = node("alice", "alice-pw")
     assert ok.returncode == 0 and ok.stdout.strip() == "postgres", ok.stdout + ok.stderr
@@ -148,7 +163,10 @@ def test_node_postgres_logs_in(password_proxy):
 def test_wrong_password_is_fatal_28P01(password_proxy):
     seen = login(password_proxy.host, password_proxy.port, "alice", "not-it")
     assert (seen.error["severity"], seen.error["sqlstate"], seen.error["message"]) == (
-        "FATAL", "28P01", 'password authentication failed for user "alice"')
+        "FATAL",
+        "28P01",
+        'password authentication failed for user "alice"',
+    )
     result = psql(password_proxy, "alice", "not-it")
     assert result.returncode != 0
     assert 'FATAL:  password authentication failed for user "alice"' in result.stderr
@@ -194,8 +212,7 @@ def test_trust_lets_any_user_in_without_a_password(tmp_path):
         assert seen.ok and seen.auth_requests == [0]
         result = psql(proxy, "whoever")
         assert result.returncode == 0 and result.stdout.strip() == "postgres", result.stderr
-        assert login(proxy.host, proxy.port, "whoever", None, dbname="no_such_db").error[
-            "sqlstate"] == "3D000"
+        assert login(proxy.host, proxy.port, "whoever", None, dbname="no_such_db").error["sqlstate"] == "3D000"
 
 
 # --- TLS between clients and pgwarden -----------------------------------------------------------
@@ -208,8 +225,7 @@ def tls_listen(certs: Certs, mode: str) -> dict:
 def test_listen_tls_allow_serves_tls_and_plain_clients(tmp_path, certs, other_certs):
     with proxy_process(tmp_path, listen=tls_listen(certs, "allow")) as proxy:
         for host in ("127.0.0.1", "localhost"):
-            with psycopg.connect(proxy.dsn(host=host, sslmode="verify-full",
-                                           sslrootcert=str(certs.ca_cert))) as conn:
+            with psycopg.connect(proxy.dsn(host=host, sslmode="verify-full", sslrootcert=str(certs.ca_cert))) as conn:
                 assert conn.pgconn.ssl_in_use
                 assert conn.execute("SELECT 1").fetchone() == (1,)
         with psycopg.connect(proxy.dsn(sslmode="disable")) as conn:
@@ -221,8 +237,9 @@ def test_listen_tls_allow_serves_tls_and_plain_clients(tmp_path, certs, other_ce
 
 
 def test_listen_tls_require_refuses_plain_clients_clearly(tmp_path, certs):
-    with proxy_process(tmp_path, ENV, listen=tls_listen(certs, "require"),
-                       auth={"method": "scram-sha-256", "users": USERS}) as proxy:
+    with proxy_process(
+        tmp_path, ENV, listen=tls_listen(certs, "require"), auth={"method": "scram-sha-256", "users": USERS}
+    ) as proxy:
         seen = login(proxy.host, proxy.port, "alice", "alice-pw")
         assert (seen.error["severity"], seen.error["sqlstate"]) == ("FATAL", "28000")
         assert "requires TLS" in seen.error["message"] and "sslmode=require" in seen.error["hint"]
@@ -253,10 +270,12 @@ def ssl_cluster(certs):
         cluster.stop()
 
 
-def backend_proxy(tmp_path: Path, cluster: PgCluster, tls: dict, backend_auth: dict,
-                  env: dict | None = None) -> ProxyProcess:
-    return proxy_process(tmp_path, env, primary={"host": cluster.host, "port": cluster.port, "tls": tls},
-                         backend_auth=backend_auth)
+def backend_proxy(
+    tmp_path: Path, cluster: PgCluster, tls: dict, backend_auth: dict, env: dict | None = None
+) -> ProxyProcess:
+    return proxy_process(
+        tmp_path, env, primary={"host": cluster.host, "port": cluster.port, "tls": tls}, backend_auth=backend_auth
+    )
 
 
 SSL_QUERY = "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"

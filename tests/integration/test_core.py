@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ import psycopg
 import pytest
 
 from proxy.wire import protocol
-from tests.harness import PG_PORT, ROOT, base_config
+from tests.harness import PG_PORT, ROOT
 
 
 def _raw(proxy, payload: bytes = b"", timeout: float = 5.0) -> bytes:
@@ -28,7 +27,7 @@ def _raw(proxy, payload: bytes = b"", timeout: float = 5.0) -> bytes:
         while True:
             try:
                 data = sock.recv(65536)
-            except (ConnectionResetError, socket.timeout):
+            except (TimeoutError, ConnectionResetError):
                 break
             if not data:
                 break
@@ -80,8 +79,7 @@ def test_healthz(make_proxy):
 
 
 def test_sighup_reloads_and_a_bad_file_keeps_the_running_config(make_proxy):
-    proxy = make_proxy(auth={"method": "md5", "users": {"app": {"password": "one"}}},
-                       backend_auth={"user": "postgres"})
+    proxy = make_proxy(auth={"method": "md5", "users": {"app": {"password": "one"}}}, backend_auth={"user": "postgres"})
     with psycopg.connect(proxy.dsn(user="app", password="one")) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
     config = proxy.config
@@ -231,8 +229,9 @@ def test_unknown_database_is_3d000(make_proxy):
 def test_check_lists_every_config_error_with_line_and_suggestion(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("listen:\n  prot: 6432\npool:\n  mode: sometimes\ncache: {ttl_s: 3}\n")
-    result = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(path)],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(path)], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 1
     err = result.stderr
     assert f"{path}:2: listen.prot: unknown key `prot` (did you mean `port`?)" in err

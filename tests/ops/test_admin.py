@@ -13,9 +13,13 @@ ENV = {"PGSSLMODE": "disable", "PATH": "/usr/bin:/bin"}
 
 
 def admin(proxy, command: str, user: str = "ops") -> subprocess.CompletedProcess:
-    return subprocess.run(["psql", "-h", proxy.host, "-p", str(proxy.port), "-U", user, "-X", "-A",
-                           "-F", "|", "pgwarden", "-c", command],
-                          capture_output=True, text=True, env=ENV, timeout=20)
+    return subprocess.run(
+        ["psql", "-h", proxy.host, "-p", str(proxy.port), "-U", user, "-X", "-A", "-F", "|", "pgwarden", "-c", command],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=20,
+    )
 
 
 @pytest.fixture
@@ -51,7 +55,7 @@ def test_unknown_command_and_non_admin_are_refused(console):
     bad = admin(console, "SHOW EVERYTHING")
     assert "unknown admin command" in bad.stderr and "KILL db, SHUTDOWN" in bad.stderr
     refused = admin(console, "SHOW POOLS", user="mallory")
-    assert refused.returncode != 0 and 'may not use the admin console' in refused.stderr
+    assert refused.returncode != 0 and "may not use the admin console" in refused.stderr
 
 
 def test_pause_holds_new_transactions_until_resume(console):

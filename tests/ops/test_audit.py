@@ -20,14 +20,20 @@ def records(path) -> list[dict]:
 
 
 def verify(*paths) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy", "audit", "verify", *map(str, paths)],
-                          cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, **KEY_ENV})
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "audit", "verify", *map(str, paths)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **KEY_ENV},
+    )
 
 
 @pytest.fixture
 def audited(shop_db, tmp_path):
-    proxy = policy_proxy(tmp_path / "a", "transaction", env=KEY_ENV,
-                         audit={"path": "audit.jsonl", "hmac_key_env": "PGWARDEN_AUDIT_KEY"})
+    proxy = policy_proxy(
+        tmp_path / "a", "transaction", env=KEY_ENV, audit={"path": "audit.jsonl", "hmac_key_env": "PGWARDEN_AUDIT_KEY"}
+    )
     yield proxy, tmp_path / "a" / "audit.jsonl"
     proxy.stop()
 
@@ -77,8 +83,9 @@ def test_verify_names_an_edited_a_deleted_and_a_reordered_record(audited, tmp_pa
         damaged.write_text("\n".join(broken) + "\n")
         result = verify(damaged)
         assert result.returncode == 1, name
-        assert f"{damaged}:4" in result.stderr or (name == "truncated" and f"{damaged}:{len(lines)}" in result.stderr), \
-            (name, result.stderr)
+        assert f"{damaged}:4" in result.stderr or (
+            name == "truncated" and f"{damaged}:{len(lines)}" in result.stderr
+        ), (name, result.stderr)
 
 
 def test_an_unwritable_sink_refuses_statements_in_block_mode(shop_db, tmp_path):
@@ -94,14 +101,16 @@ def test_an_unwritable_sink_refuses_statements_in_block_mode(shop_db, tmp_path):
 
 
 def test_drop_mode_runs_statements_and_counts_the_loss(shop_db, tmp_path):
-    proxy = policy_proxy(tmp_path / "d", "transaction",
-                         audit={"path": "/proc/pgwarden-no/audit.jsonl", "on_failure": "drop"})
+    proxy = policy_proxy(
+        tmp_path / "d", "transaction", audit={"path": "/proc/pgwarden-no/audit.jsonl", "on_failure": "drop"}
+    )
     try:
         with connect(proxy, "acme_app") as conn:
             started = __import__("time").monotonic()
             assert conn.execute("select count(*) from customers").fetchone() == (2,)
             assert __import__("time").monotonic() - started < 2  # drop mode never holds statements
         import urllib.request
+
         text = urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=5).read().decode()
         dropped = [line for line in text.splitlines() if line.startswith("pgwarden_audit_dropped ")]
         assert dropped and float(dropped[0].split()[1]) >= 1
@@ -121,31 +130,65 @@ def test_report_renders_every_section_from_real_records(audited, tmp_path):
         conn.execute("select count(*) from secrets")
     proxy.stop()
     out = tmp_path / "report.html"
-    result = subprocess.run([sys.executable, "-m", "proxy", "audit", "report", str(path), "--format", "html",
-                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "audit", "report", str(path), "--format", "html", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     page = out.read_text()
-    for section in ("Access by role and tenant", "Writes", "Refusals", "Bypass-role activity",
-                    "Top statements", "<svg", "Refusals by rule", "public.customers.ssn",
-                    "tables.public.secrets"):
+    for section in (
+        "Access by role and tenant",
+        "Writes",
+        "Refusals",
+        "Bypass-role activity",
+        "Top statements",
+        "<svg",
+        "Refusals by rule",
+        "public.customers.ssn",
+        "tables.public.secrets",
+    ):
         assert section in page, section
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    md = subprocess.run([sys.executable, "-m", "proxy", "audit", "report", str(path), "--format", "md"],
-                        cwd=ROOT, capture_output=True, text=True).stdout
+    md = subprocess.run(
+        [sys.executable, "-m", "proxy", "audit", "report", str(path), "--format", "md"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "## Writes" in md and "delete from orders where id = ?" in md
-    csv_text = subprocess.run([sys.executable, "-m", "proxy", "audit", "report", str(path), "--format", "csv",
-                               "--from", "2000-01-01", "--to", "2000-01-02"], cwd=ROOT, capture_output=True,
-                              text=True).stdout
+    csv_text = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "audit",
+            "report",
+            str(path),
+            "--format",
+            "csv",
+            "--from",
+            "2000-01-01",
+            "--to",
+            "2000-01-02",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert csv_text == ""  # nothing in that period
 
 
 def test_records_also_go_to_a_redis_stream(shop_db, tmp_path):
     import redis
+
     stream = f"pgwarden-test-{tmp_path.name}"
     client = redis.Redis.from_url(REDIS_URL)
     client.delete(stream)
-    proxy = policy_proxy(tmp_path / "r", "transaction",
-                         audit={"path": "audit.jsonl", "redis_stream": stream, "redis_url": REDIS_URL})
+    proxy = policy_proxy(
+        tmp_path / "r", "transaction", audit={"path": "audit.jsonl", "redis_stream": stream, "redis_url": REDIS_URL}
+    )
     try:
         with connect(proxy, "acme_app") as conn:
             conn.execute("select count(*) from customers")
@@ -161,6 +204,7 @@ def test_each_execution_of_a_prepared_statement_is_a_record(audited):
     import asyncio
 
     import asyncpg
+
     proxy, path = audited
 
     async def run() -> None:
@@ -171,10 +215,12 @@ def test_each_execution_of_a_prepared_statement_is_a_record(audited):
                 await stmt.fetchval(i)
         finally:
             await conn.close()
+
     asyncio.run(run())
     proxy.stop()
-    executions = [r for r in records(path) if r.get("event") == "statement"
-                  and "customers where id > $1" in r.get("sql", "")]
+    executions = [
+        r for r in records(path) if r.get("event") == "statement" and "customers where id > $1" in r.get("sql", "")
+    ]
     assert len(executions) == 3 and all(r["decision"] == "rewritten" for r in executions)
 
 
@@ -190,14 +236,15 @@ def test_statement_records_carry_duration_rows_and_sqlstate(audited):
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("select 1 / %s", (0,))
     proxy.stop()
-    got = [(r["protocol"], r["sql"], r["rows"], r["sqlstate"]) for r in records(path)
-           if r["event"] == "statement"]
-    assert got == [("simple", "select generate_series(?, ?)", 4, "00000"),
-                   ("simple", "select pg_sleep(?)", 1, "00000"),
-                   ("simple", "select ? / ?", 0, "22012"),
-                   ("extended", "select generate_series(?, $1)", 6, "00000"),
-                   ("extended", "select generate_series(?, $1)", 2, "00000"),
-                   ("extended", "select ? / $1", 0, "22012")]
+    got = [(r["protocol"], r["sql"], r["rows"], r["sqlstate"]) for r in records(path) if r["event"] == "statement"]
+    assert got == [
+        ("simple", "select generate_series(?, ?)", 4, "00000"),
+        ("simple", "select pg_sleep(?)", 1, "00000"),
+        ("simple", "select ? / ?", 0, "22012"),
+        ("extended", "select generate_series(?, $1)", 6, "00000"),
+        ("extended", "select generate_series(?, $1)", 2, "00000"),
+        ("extended", "select ? / $1", 0, "22012"),
+    ]
     slept = next(r for r in records(path) if r.get("sql") == "select pg_sleep(?)")
     assert 50 <= slept["duration_ms"] < 5000
     assert verify(path).returncode == 0
@@ -218,10 +265,25 @@ def test_a_refused_statement_is_recorded_once_with_its_rule(audited):
 def test_a_statement_cut_short_by_a_disconnect_is_recorded_as_unfinished(audited):
     import signal
     import time
+
     proxy, path = audited
-    psql = subprocess.Popen(["psql", "-h", proxy.host, "-p", str(proxy.port), "-U", "postgres", "-X", "-q",
-                             "-c", "select pg_sleep(3)", "postgres"],
-                            env={"PGSSLMODE": "disable", "PATH": "/usr/bin:/bin"})
+    psql = subprocess.Popen(
+        [
+            "psql",
+            "-h",
+            proxy.host,
+            "-p",
+            str(proxy.port),
+            "-U",
+            "postgres",
+            "-X",
+            "-q",
+            "-c",
+            "select pg_sleep(3)",
+            "postgres",
+        ],
+        env={"PGSSLMODE": "disable", "PATH": "/usr/bin:/bin"},
+    )
     time.sleep(1.0)
     psql.send_signal(signal.SIGKILL)
     psql.wait()

@@ -100,12 +100,14 @@ def test_a_killed_proxy_leaves_no_writer_behind_and_its_records_written(audited)
 @pytest.mark.parametrize("text", ["select 'caf\xe9'", "select 1 -- \udcff undecodable byte"])
 def test_text_the_fast_encoder_refuses_still_reaches_the_trail(text):
     from proxy.audit.process import decode_batch, encode_batch
-    assert decode_batch(encode_batch([{"sql": text, "n": 2 ** 70}])) == [{"sql": text, "n": 2 ** 70}]
+
+    assert decode_batch(encode_batch([{"sql": text, "n": 2**70}])) == [{"sql": text, "n": 2**70}]
 
 
 def test_statements_wait_for_a_failing_trail_then_are_refused(shop_db, tmp_path):
-    proxy = policy_proxy(tmp_path / "w", "transaction",
-                         audit={"path": "/proc/pgwarden-no/audit.jsonl", "block_timeout": 1.0})
+    proxy = policy_proxy(
+        tmp_path / "w", "transaction", audit={"path": "/proc/pgwarden-no/audit.jsonl", "block_timeout": 1.0}
+    )
     try:
         with connect(proxy, "postgres") as conn:
             started = time.monotonic()
@@ -122,12 +124,12 @@ def test_statements_wait_for_a_failing_trail_then_are_refused(shop_db, tmp_path)
 def test_a_failing_sink_never_hangs_the_stop_nor_leaves_the_writer_behind(tmp_path):
     """Records the trail cannot write are spilled to the log at stop; stop ends; the child exits."""
     import asyncio
-    from proxy.audit.trail import AuditConfig
+
     from proxy.audit.process import AuditProcess
+    from proxy.audit.trail import AuditConfig
 
     async def run() -> tuple[float, int | None]:
-        trail = AuditProcess(AuditConfig(path="/proc/pgwarden-no/audit.jsonl", queue_size=10,
-                                         block_timeout=0.3))
+        trail = AuditProcess(AuditConfig(path="/proc/pgwarden-no/audit.jsonl", queue_size=10, block_timeout=0.3))
         await trail.start()
         child = trail._proc.pid
         for i in range(3000):  # refusals, logins, finished statements: kept whatever the state
@@ -145,13 +147,20 @@ def test_a_batch_cut_short_loses_only_itself(tmp_path):
     """The proxy died in the middle of a write: the writer keeps every whole batch before it."""
     import subprocess
     import sys
-    from proxy.audit.trail import AuditConfig
+
     from proxy.audit.process import encode_batch
+    from proxy.audit.trail import AuditConfig
     from tests.harness import ROOT
+
     path = tmp_path / "audit.jsonl"
     config = AuditConfig(path=path).model_dump_json()
     whole = encode_batch([{"event": "statement", "sql": f"select {i}"} for i in range(500)])
-    writer = subprocess.run([sys.executable, "-m", "proxy.audit.process", config, "text", "info", "lenient"],
-                            input=whole + whole[:10], capture_output=True, cwd=ROOT, timeout=30)
+    writer = subprocess.run(
+        [sys.executable, "-m", "proxy.audit.process", config, "text", "info", "lenient"],
+        input=whole + whole[:10],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=30,
+    )
     assert writer.returncode == 0, writer.stderr
     assert len(path.read_text().splitlines()) == 500 and b"cut short" in writer.stderr

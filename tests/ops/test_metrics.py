@@ -13,9 +13,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.app.server import Server
 from proxy.config.model import Config
 from proxy.ops.metrics import Metrics, MetricsConfig
-from proxy.app.server import Server
 from tests.harness import REDIS_URL, free_port
 from tests.policy.conftest import DB, POLICED_ROLE, connect, policy_proxy, shop_db  # noqa: F401 (fixture)
 
@@ -23,8 +23,11 @@ from tests.policy.conftest import DB, POLICED_ROLE, connect, policy_proxy, shop_
 def scrape(proxy) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples, name: str, **labels) -> float:
@@ -43,10 +46,17 @@ def test_metrics_follow_traffic_refusals_and_pools(shop_db, tmp_path):
                 conn.execute("select nope from countries")
             during = scrape(proxy)
         after = scrape(proxy)
-        assert sum(value(after, "pgwarden_statements_total", protocol=p, decision="rewritten")
-                   for p in ("simple", "extended")) >= 1
-        assert value(after, "pgwarden_refusals_total", rule="tables.public.secrets") == \
-            value(before, "pgwarden_refusals_total", rule="tables.public.secrets") + 1
+        assert (
+            sum(
+                value(after, "pgwarden_statements_total", protocol=p, decision="rewritten")
+                for p in ("simple", "extended")
+            )
+            >= 1
+        )
+        assert (
+            value(after, "pgwarden_refusals_total", rule="tables.public.secrets")
+            == value(before, "pgwarden_refusals_total", rule="tables.public.secrets") + 1
+        )
         assert value(after, "pgwarden_backend_errors_total", **{"class": "42"}) >= 1
         assert value(after, "pgwarden_logins_total", outcome="ok") >= 1
         assert value(during, "pgwarden_client_connections", state="ready") >= 1
@@ -98,9 +108,11 @@ def test_per_tenant_series_are_capped_and_off_by_default():
     capped = Metrics(server, MetricsConfig(per_tenant=True, max_tenants=2))
     for tenant in ("acme", "globex", "initech", "umbrella", "acme"):
         capped.statement("extended", "rewritten", tenant=tenant)
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(capped.exposition().decode())
-               for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(capped.exposition().decode())
+        for s in family.samples
+    }
     assert value(samples, "pgwarden_tenant_statements_total", tenant="acme", decision="rewritten") == 2
     assert value(samples, "pgwarden_tenant_statements_total", tenant="other", decision="rewritten") == 2
     assert value(samples, "pgwarden_statements_total", protocol="extended", decision="rewritten") == 5

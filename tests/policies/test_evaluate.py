@@ -5,7 +5,8 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from policies import evaluate
 from policies.load import load_policy
@@ -82,9 +83,17 @@ def test_the_policy_cannot_be_changed_after_loading(policy):
 
 def test_sensitive_catalogs_are_qualified_and_agree_with_the_rewriter():
     from rewriter.resolve import SENSITIVE_CATALOGS
-    assert {"pg_catalog.pg_stat_activity", "pg_catalog.pg_authid", "pg_catalog.pg_stats",
-            "information_schema.user_mappings"} <= evaluate.SENSITIVE_CATALOG_RELATIONS
-    assert {"pg_catalog.pg_prepared_statements", "pg_catalog.pg_cursors"} <= evaluate.SENSITIVE_CATALOG_RELATIONS  # per-backend state of other clients
+
+    assert {
+        "pg_catalog.pg_stat_activity",
+        "pg_catalog.pg_authid",
+        "pg_catalog.pg_stats",
+        "information_schema.user_mappings",
+    } <= evaluate.SENSITIVE_CATALOG_RELATIONS
+    assert {
+        "pg_catalog.pg_prepared_statements",
+        "pg_catalog.pg_cursors",
+    } <= evaluate.SENSITIVE_CATALOG_RELATIONS  # per-backend state of other clients
     assert SENSITIVE_CATALOGS <= evaluate.SENSITIVE_CATALOG_RELATIONS
 
 
@@ -102,8 +111,16 @@ def test_tokens_good_tampered_expired_malformed():
     longer = token.replace(".2000.", ".9999.")
     with pytest.raises(evaluate.TokenError, match="bad signature"):
         evaluate.verify_tenant_token(longer, KEY, 0)
-    for bad in ("", "acme", "acme.2000", ".2000.sig", "acme.+2000.sig", "acme.2_000.sig",
-                "acme.2000.", "acme.٢٠٠٠.sig"):
+    for bad in (
+        "",
+        "acme",
+        "acme.2000",
+        ".2000.sig",
+        "acme.+2000.sig",
+        "acme.2_000.sig",
+        "acme.2000.",
+        "acme.٢٠٠٠.sig",
+    ):
         with pytest.raises(evaluate.TokenError, match="malformed"):
             evaluate.verify_tenant_token(bad, KEY, 0)
     with pytest.raises(evaluate.TokenError):
@@ -112,14 +129,17 @@ def test_tokens_good_tampered_expired_malformed():
         evaluate.verify_tenant_token(evaluate.make_tenant_token("acme", 2000, b""), b"", 0)
 
 
-@given(tenant=st.text(min_size=1, max_size=12).filter(lambda t: t.isprintable()),
-       expiry=st.integers(0, 2**40), now=st.integers(0, 2**40),
-       edit=st.tuples(st.integers(0, 200), st.text(max_size=3)))
+@given(
+    tenant=st.text(min_size=1, max_size=12).filter(lambda t: t.isprintable()),
+    expiry=st.integers(0, 2**40),
+    now=st.integers(0, 2**40),
+    edit=st.tuples(st.integers(0, 200), st.text(max_size=3)),
+)
 def test_a_token_verifies_iff_untampered_and_unexpired(tenant, expiry, now, edit):
     token = evaluate.make_tenant_token(tenant, expiry, KEY)
     at, text = edit
     at %= len(token) + 1
-    changed = token[:at] + text + token[at + len(text):]
+    changed = token[:at] + text + token[at + len(text) :]
     try:
         got = evaluate.verify_tenant_token(changed, KEY, now)
     except evaluate.TokenError:

@@ -6,7 +6,8 @@ import textwrap
 import time
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from policies import evaluate
 from policies.load import load_policy
@@ -59,8 +60,7 @@ def test_a_good_policy_evaluates_per_identity(tmp_path):
     assert evaluate.allowed_actions(policy, "nobody", "public.countries") == {"select"}
     assert evaluate.allowed_actions(policy, "nobody", "public.customers") == frozenset()
     assert set(evaluate.masks_for(policy, "alice", "public.customers")) == {"ssn", "phone"}
-    assert evaluate.masks_for(policy, "alice", "public.customers")["phone"].options == {
-        "keep_first": 0, "keep_last": 4}
+    assert evaluate.masks_for(policy, "alice", "public.customers")["phone"].options == {"keep_first": 0, "keep_last": 4}
     assert set(evaluate.masks_for(policy, "acme_app", "public.customers")) == {"ssn"}
     assert evaluate.masks_for(policy, "postgres", "public.customers") == {}
     assert evaluate.tables(policy) == {"public.customers": "tenant_id", "public.countries": None}
@@ -68,23 +68,43 @@ def test_a_good_policy_evaluates_per_identity(tmp_path):
     assert evaluate.allowed_functions(policy) == {"public.order_total"}
 
 
-@pytest.mark.parametrize("bad, line, fragment", [
-    ("version: 2\n", 1, "version: `2` is not allowed here; write 1"),
-    ("version: 1\nroles:\n  app: {users: [a], bypas: true}\n", 3, "unknown key `bypas` (did you mean `bypass`?)"),
-    ("version: 1\ntables:\n  public.t:\n    grants: {ghost: [select]}\n", 4, "role `ghost` is not defined"),
-    ("version: 1\nroles: {app: {}}\ntables:\n  public.t:\n    grants: {app: [selct]}\n", 5, "tables.public.t.grants.app.0"),
-    ("version: 1\nroles: {app: {}}\ntables:\n  public.t:\n    masks:\n      c: {mask: blur, roles: [app]}\n",
-     6, "unknown mask kind"),
-    ("version: 1\nroles: {app: {}}\ntables:\n  public.t:\n    masks:\n      c: {mask: email, keep_last: 2, roles: [app]}\n",
-     6, "unknown key `keep_last` (allowed: mask, roles)"),
-    ("version: 1\nroles: {app: {}}\ntables:\n  public.t:\n    masks:\n      c: {mask: partial, keep_lst: 2, roles: [app]}\n",
-     6, "did you mean `keep_last`"),
-    ("version: 1\nroles: {app: {}}\ntables:\n  t:\n    grants: {app: [select]}\n", 4, "must be schema-qualified, like public.t"),
-    ("version: 1\ndefault: allow\n", 2, "default: `allow` is not allowed here; write 'deny'"),
-    ("version: 1\nroles:\n  app: {}\n  app: {}\n", 4, "defined twice (first at line 3)"),
-    ("version: 1\nroles:\n  app: {users: [a}\n", 3, "not valid YAML"),
-    ("version: 1\ntenancy:\n  sources:\n    - {setting: x, trusted: [a]}\n", 4, "did you mean `trusted_users`"),
-])
+@pytest.mark.parametrize(
+    "bad, line, fragment",
+    [
+        ("version: 2\n", 1, "version: `2` is not allowed here; write 1"),
+        ("version: 1\nroles:\n  app: {users: [a], bypas: true}\n", 3, "unknown key `bypas` (did you mean `bypass`?)"),
+        ("version: 1\ntables:\n  public.t:\n    grants: {ghost: [select]}\n", 4, "role `ghost` is not defined"),
+        (
+            "version: 1\nroles: {app: {}}\ntables:\n  public.t:\n    grants: {app: [selct]}\n",
+            5,
+            "tables.public.t.grants.app.0",
+        ),
+        (
+            "version: 1\nroles: {app: {}}\ntables:\n  public.t:\n    masks:\n      c: {mask: blur, roles: [app]}\n",
+            6,
+            "unknown mask kind",
+        ),
+        (
+            "version: 1\nroles: {app: {}}\ntables:\n  public.t:\n    masks:\n      c: {mask: email, keep_last: 2, roles: [app]}\n",
+            6,
+            "unknown key `keep_last` (allowed: mask, roles)",
+        ),
+        (
+            "version: 1\nroles: {app: {}}\ntables:\n  public.t:\n    masks:\n      c: {mask: partial, keep_lst: 2, roles: [app]}\n",
+            6,
+            "did you mean `keep_last`",
+        ),
+        (
+            "version: 1\nroles: {app: {}}\ntables:\n  t:\n    grants: {app: [select]}\n",
+            4,
+            "must be schema-qualified, like public.t",
+        ),
+        ("version: 1\ndefault: allow\n", 2, "default: `allow` is not allowed here; write 'deny'"),
+        ("version: 1\nroles:\n  app: {}\n  app: {}\n", 4, "defined twice (first at line 3)"),
+        ("version: 1\nroles:\n  app: {users: [a}\n", 3, "not valid YAML"),
+        ("version: 1\ntenancy:\n  sources:\n    - {setting: x, trusted: [a]}\n", 4, "did you mean `trusted_users`"),
+    ],
+)
 def test_each_error_names_file_line_and_what_to_change(tmp_path, bad, line, fragment):
     path = write(tmp_path, "bad.yaml", bad)
     errors = errors_of(path)
@@ -121,8 +141,11 @@ def test_json_schema_describes_the_format():
 KEY = b"k" * 32
 
 
-@given(st.text(alphabet=st.characters(blacklist_characters=".", blacklist_categories=("Cs",)), min_size=1, max_size=20),
-       st.integers(min_value=0, max_value=2**40), st.integers(min_value=0, max_value=60))
+@given(
+    st.text(alphabet=st.characters(blacklist_characters=".", blacklist_categories=("Cs",)), min_size=1, max_size=20),
+    st.integers(min_value=0, max_value=2**40),
+    st.integers(min_value=0, max_value=60),
+)
 def test_token_verifies_iff_untampered_and_unexpired(tenant, expiry, flip):
     token = evaluate.make_tenant_token(tenant, expiry, KEY)
     if expiry > 1000:
@@ -131,7 +154,7 @@ def test_token_verifies_iff_untampered_and_unexpired(tenant, expiry, flip):
         with pytest.raises(evaluate.TokenError, match="expired"):
             evaluate.verify_tenant_token(token, KEY, 1000)
     i = flip % len(token)
-    tampered = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1:]
+    tampered = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1 :]
     with pytest.raises(evaluate.TokenError):
         evaluate.verify_tenant_token(tampered, KEY, 0 if expiry > 0 else -1)
 

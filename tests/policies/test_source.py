@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError
@@ -34,8 +34,10 @@ class Unix(_Strict):
     directory: str = "/tmp"
 
 
-Target = Annotated[Union[Annotated[Tcp, Tag("tcp")], Annotated[Unix, Tag("unix")]],
-                   Discriminator(lambda v: v.get("kind") if isinstance(v, dict) else v.kind)]
+Target = Annotated[
+    Annotated[Tcp, Tag("tcp")] | Annotated[Unix, Tag("unix")],
+    Discriminator(lambda v: v.get("kind") if isinstance(v, dict) else v.kind),
+]
 
 
 class Config(_Strict):

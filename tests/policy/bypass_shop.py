@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
-from tests.policy.conftest import POLICY, SCHEMA
 from tests.harness import PG_PORT
+from tests.policy.conftest import POLICY, SCHEMA
 
 DB = "pgw_bypass"
 DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname={{}}"
@@ -63,10 +63,11 @@ functions:
 
 # the shop policy's tables come last before `default:`, so the extra tables and `functions:` follow them
 # acme_analyst: tenant acme with the analyst's masks (email, phone and ssn) where acme_app sees email and phone
-BYPASS_POLICY = (POLICY.replace("\ndefault: deny", POLICY_EXTRA.rstrip() + "\ndefault: deny")
-                 .replace("{acme_app: acme, globex_app: globex}",
-                          "{acme_app: acme, globex_app: globex, acme_analyst: acme}")
-                 .replace("analyst: {users: [alice]}", "analyst: {users: [alice, acme_analyst]}"))
+BYPASS_POLICY = (
+    POLICY.replace("\ndefault: deny", POLICY_EXTRA.rstrip() + "\ndefault: deny")
+    .replace("{acme_app: acme, globex_app: globex}", "{acme_app: acme, globex_app: globex, acme_analyst: acme}")
+    .replace("analyst: {users: [alice]}", "analyst: {users: [alice, acme_analyst]}")
+)
 assert "acme_analyst: acme" in BYPASS_POLICY and "[alice, acme_analyst]" in BYPASS_POLICY
 
 

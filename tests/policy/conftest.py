@@ -85,8 +85,7 @@ def shop_db():
         conn.execute(f"drop database if exists {DB} with (force)")
 
 
-def policy_proxy(workdir: Path, mode: str, policy: str = POLICY, env: dict | None = None,
-                 **overrides) -> ProxyProcess:
+def policy_proxy(workdir: Path, mode: str, policy: str = POLICY, env: dict | None = None, **overrides) -> ProxyProcess:
     """pgwarden with `policy`; its policed sessions log in as the least-privilege test role,
     granted (in every test database) what `pgwarden init --policy` grants for this policy."""
     workdir.mkdir(parents=True, exist_ok=True)

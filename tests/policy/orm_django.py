@@ -10,10 +10,20 @@ from django.conf import settings
 
 port, dbname = int(sys.argv[1]), sys.argv[2]
 settings.configure(
-    INSTALLED_APPS=["tests.policy.orm_app"], USE_TZ=True, TIME_ZONE="UTC",
-    DATABASES={"default": {"ENGINE": "django.db.backends.postgresql", "NAME": dbname,
-                           "USER": "acme_app", "HOST": "127.0.0.1", "PORT": port,
-                           "OPTIONS": {"sslmode": "disable"}}})
+    INSTALLED_APPS=["tests.policy.orm_app"],
+    USE_TZ=True,
+    TIME_ZONE="UTC",
+    DATABASES={
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": dbname,
+            "USER": "acme_app",
+            "HOST": "127.0.0.1",
+            "PORT": port,
+            "OPTIONS": {"sslmode": "disable"},
+        }
+    },
+)
 django.setup()
 
 from django.db import transaction  # noqa: E402
@@ -23,16 +33,24 @@ from tests.policy.orm_app.models import Customer, Order  # noqa: E402
 
 seen = {"customers": [[c.id, c.name, c.ssn] for c in Customer.objects.order_by("id")]}
 seen["filtered"] = list(Customer.objects.filter(name__startswith="B").values_list("name", flat=True))
-seen["ssn_filters"] = [Customer.objects.filter(ssn="****").count(),
-                       Customer.objects.filter(ssn__startswith="1").count(),
-                       Customer.objects.filter(ssn="111-11-1111").exists()]
-seen["select_related"] = [[o.id, o.customer.name, o.customer.ssn]
-                          for o in Order.objects.select_related("customer").order_by("id")]
-seen["prefetch"] = [[c.name, [str(o.total) for o in c.orders.all()]]
-                    for c in Customer.objects.prefetch_related("orders").order_by("id")]
+seen["ssn_filters"] = [
+    Customer.objects.filter(ssn="****").count(),
+    Customer.objects.filter(ssn__startswith="1").count(),
+    Customer.objects.filter(ssn="111-11-1111").exists(),
+]
+seen["select_related"] = [
+    [o.id, o.customer.name, o.customer.ssn] for o in Order.objects.select_related("customer").order_by("id")
+]
+seen["prefetch"] = [
+    [c.name, [str(o.total) for o in c.orders.all()]] for c in Customer.objects.prefetch_related("orders").order_by("id")
+]
 seen["aggregate"] = str(Order.objects.aggregate(s=Sum("total"))["s"])
-seen["annotate"] = list(Order.objects.values("customer__name").annotate(n=Count("id")).order_by("customer__name")
-                        .values_list("customer__name", "n"))
+seen["annotate"] = list(
+    Order.objects.values("customer__name")
+    .annotate(n=Count("id"))
+    .order_by("customer__name")
+    .values_list("customer__name", "n")
+)
 # a server-side cursor (WITH HOLD outside a transaction), in both pooling modes
 seen["iterator"] = [c.name for c in Customer.objects.order_by("id").iterator(chunk_size=1)]
 seen["in_bulk"] = sorted(Customer.objects.in_bulk([1, 2, 3]))

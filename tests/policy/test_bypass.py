@@ -17,13 +17,23 @@ import asyncpg
 import psycopg
 import pytest
 
+from tests.harness import PG_PORT
 from tests.policy import bypass_shop
 from tests.policy.conftest import DB, TOKEN_KEY, connect, policy_proxy, reset_data
-from tests.harness import PG_PORT
 
 DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname={DB}"
-LEAKS = ("Gus", "gus@globex.io", "333-33-3333", "555-0103", "999.99", "globex",
-         "111-11-1111", "222-22-2222", "s3cr3t", "globex-event")
+LEAKS = (
+    "Gus",
+    "gus@globex.io",
+    "333-33-3333",
+    "555-0103",
+    "999.99",
+    "globex",
+    "111-11-1111",
+    "222-22-2222",
+    "s3cr3t",
+    "globex-event",
+)
 
 READ_ATTACKS = {
     "or-true": "select * from customers where true or tenant_id = 'globex'",
@@ -34,13 +44,13 @@ READ_ATTACKS = {
     "any-array": "select * from customers c where c.id = any(array(select id from public.customers))",
     "exists": "select 1 from countries where exists (select 1 from customers where tenant_id = 'globex')",
     "correlated-exists": "select * from customers where exists "
-                         "(select 1 from orders where orders.tenant_id <> customers.tenant_id)",
+    "(select 1 from orders where orders.tenant_id <> customers.tenant_id)",
     "cte-shadowing": "with customers as (select * from public.customers) select * from customers",
     "cte-named-like-table": "with orders as (select 1 as x) select * from public.orders, orders",
     "recursive-cte": "with recursive r(n) as (select 1 union all select n + 1 from r where n < 3) "
-                     "select c.* from customers c, r",
+    "select c.* from customers c, r",
     "recursive-cte-walk": "with recursive r as (select * from customers where id = 3 union all "
-                          "select c.* from customers c join r on c.id = r.id + 1) select * from r",
+    "select c.* from customers c join r on c.id = r.id + 1) select * from r",
     "union": "select name, ssn from customers union all select name, ssn from public.customers",
     "union-tenant": "select tenant_id from customers union select tenant_id from orders",
     "lateral": "select * from customers c, lateral (select * from orders o where o.customer_id = c.id) x",
@@ -62,7 +72,7 @@ READ_ATTACKS = {
     "whole-row-agg": "select json_agg(c), array_agg(c) from customers c",
     "whole-row-star": "select (c).* from customers c",
     "populate-record": "select * from json_populate_record(null::customers, "
-                       "(select row_to_json(c) from public.customers c where id = 3))",
+    "(select row_to_json(c) from public.customers c where id = 3))",
     "values-subquery": "values ((select name from customers where id = 3))",
     "qualified": 'select * from "public"."customers"',
     "upper-case": "select * from PUBLIC.CUSTOMERS",
@@ -75,7 +85,7 @@ READ_ATTACKS = {
     "comments": "select * from /* hi */ customers -- where false\n where true",
     "line-comment-hides-union": "select * from countries where code = 'us' -- ' union select name, ssn from customers",
     "escape-string-hides-union": "select * from countries where code = E'us\\' "
-                                 "union select name, ssn from customers --'",
+    "union select name, ssn from customers --'",
     "nested-comment": "select * from countries /* /* */, customers /* */ */",
     "no-spaces": "select*from customers/**/where/**/true",
     "mask-where": "select id from customers where ssn like '1%' or ssn like '3%'",
@@ -93,7 +103,7 @@ READ_ATTACKS = {
     "text-search": "select * from customers where to_tsvector(name) @@ 'gus'",
     "regex": "select * from customers where name ~ '^G'",
     "error-oracle-division": "select 1 / (case when (select count(*) from customers "
-                             "where tenant_id = 'globex') > 0 then 0 else 1 end)",
+    "where tenant_id = 'globex') > 0 then 0 else 1 end)",
     "error-oracle-division-row": "select * from customers where 1 / (case when name = 'Gus' then 0 else 1 end) = 1",
     "error-oracle-cast": "select ssn::int from customers",
     "explain-analyze-select": "explain analyze select * from customers where name = 'Gus'",
@@ -107,14 +117,14 @@ READ_ATTACKS = {
     "mask-xml": "select xmlelement(name x, c.ssn) from customers c",
     "mask-grouping-sets": "select ssn from customers group by grouping sets ((ssn), ())",
     "cte-in-a-later-subquery": "select * from customers c, (with customers as (select 1 as id) "
-                               "select * from customers) a",
+    "select * from customers) a",
     "cte-in-exists": "select * from customers where exists (with customers as (select 1) select 1 from customers)",
     "cte-quoted-other-case": 'with "Customers" as (select 1 as id) select * from customers',
     "materialized-cte": "with c as materialized (select * from customers) select * from c",
     "cursor-text-function": "select * from customers where name in (select name from customers)",
     "pg-settings-tenant": "select name, setting from pg_settings where name like 'pgwarden%'",
     "current-setting-tenant": "select current_setting('pgwarden.tenant', true), "
-                              "current_setting('pgwarden.tenant_token', true)",
+    "current_setting('pgwarden.tenant_token', true)",
     "current-setting-upper": "select current_setting('PGWARDEN.TENANT_TOKEN', true)",
 }
 
@@ -130,7 +140,7 @@ REFUSED = {
     "ts-stat": "select * from ts_stat('select to_tsvector(name) from public.customers')",
     "read-file": "select pg_read_file('/etc/passwd')",
     "read-file-qualified": "select pg_catalog.pg_read_file('/etc/passwd')",
-    "read-file-quoted": 'select "pg_read_file"(\'/etc/passwd\')',
+    "read-file-quoted": "select \"pg_read_file\"('/etc/passwd')",
     "read-binary-file": "select pg_read_binary_file('/etc/passwd')",
     "ls-dir": "select pg_ls_dir('.')",
     "lo-import": "select lo_import('/etc/passwd')",
@@ -142,7 +152,7 @@ REFUSED = {
     "set-config-tenant": "select set_config('pgwarden.tenant', 'globex', false)",
     "set-config-search-path": "select set_config('search_path', 'pgw_evil', false)",
     "set-tenant": "set pgwarden.tenant = 'globex'",
-    "set-tenant-quoted": "set \"pgwarden\".\"tenant\" = 'globex'",
+    "set-tenant-quoted": 'set "pgwarden"."tenant" = \'globex\'',
     "set-tenant-upper": "SET PGWARDEN.TENANT = 'globex'",
     "reset-tenant": "reset pgwarden.tenant",
     "forged-token": "set pgwarden.tenant_token = 'globex.9999999999.AAAA'",
@@ -176,7 +186,7 @@ REFUSED = {
     "tablesample": "select * from customers tablesample bernoulli (100)",
     "merge": "merge into orders o using (select 12 as id) s on o.id = s.id when matched then delete",
     "merge-insert": "merge into orders o using (select 66 as id) s on o.id = s.id "
-                    "when not matched then insert values (66, 'globex', 1, 1)",
+    "when not matched then insert values (66, 'globex', 1, 1)",
     "multi-statement": "select 1; select * from secrets",
     "security-definer": "select * from pgw_all_customers()",
     "view": "select * from pgw_v_customers",
@@ -185,7 +195,7 @@ REFUSED = {
     "three-part-name": f"select * from {DB}.public.customers",
     "whole-row-returning": "update customers set name = name where id = 1 returning customers",
     "masked-subquery-in-set": "update customers set name = (select ssn from public.customers where id = 1) "
-                              "where id = 2",
+    "where id = 2",
 }
 
 
@@ -255,15 +265,17 @@ def test_masked_values_cannot_be_inferred(guarded):
         assert one("select count(*) from customers where ssn like '1%'") == [(0,)]
         assert one("select count(*) from customers where ssn = '111-11-1111'") == [(0,)]
         assert one("select count(*) from customers where ssn = '****'") == [(2,)]
-        assert one("select distinct length(ssn), md5(ssn), ssn::bytea from customers") == \
-            [(4, hashlib.md5(b"****").hexdigest(), b"****")]
+        assert one("select distinct length(ssn), md5(ssn), ssn::bytea from customers") == [
+            (4, hashlib.md5(b"****").hexdigest(), b"****")
+        ]
         assert one("select count(*) from customers a join customers b on a.ssn = b.ssn") == [(4,)]
         assert one("select id from customers where substr(ssn, 1, 1) = '1'") == []
         # writes filtered on ssn must not reveal it by the rows they touch
         assert conn.execute("update customers set name = name where ssn like '1%'").rowcount == 0
         assert conn.execute("delete from customers where ssn = '111-11-1111' and id = 99").rowcount == 0
-        assert one("update customers set name = name where id = 1 returning ssn, ssn::bytea, length(ssn)") == \
-            [("****", b"****", 4)]
+        assert one("update customers set name = name where id = 1 returning ssn, ssn::bytea, length(ssn)") == [
+            ("****", b"****", 4)
+        ]
 
 
 EXFILTRATION = {
@@ -271,9 +283,9 @@ EXFILTRATION = {
     "set-from-masked-alias": "update customers c set name = c.ssn || '' where id = 1",
     "insert-select-masked": "insert into customers (id, name, ssn) select 90, ssn, ssn from customers where id = 1",
     "upsert-existing-masked": "insert into customers (id, name) values (1, 'x') "
-                              "on conflict (id) do update set name = customers.ssn",
+    "on conflict (id) do update set name = customers.ssn",
     "upsert-where-masked": "insert into customers (id, name) values (1, 'x') on conflict (id) "
-                           "do update set name = 'hit' where customers.ssn like '1%'",
+    "do update set name = 'hit' where customers.ssn like '1%'",
     "update-phone-from-masked": "update customers set phone = ssn where id = 1",
 }
 
@@ -294,14 +306,18 @@ def test_masked_values_cannot_be_copied_into_readable_columns(guarded, name):
 
 def _table_state():
     with psycopg.connect(DIRECT) as conn:
-        return (conn.execute("select * from customers order by id").fetchall(),
-                conn.execute("select * from orders order by id").fetchall())
+        return (
+            conn.execute("select * from customers order by id").fetchall(),
+            conn.execute("select * from orders order by id").fetchall(),
+        )
 
 
 def _globex_state():
     with psycopg.connect(DIRECT) as conn:
-        return (conn.execute("select * from customers where tenant_id <> 'acme' order by id").fetchall(),
-                conn.execute("select * from orders where tenant_id <> 'acme' order by id").fetchall())
+        return (
+            conn.execute("select * from customers where tenant_id <> 'acme' order by id").fetchall(),
+            conn.execute("select * from orders where tenant_id <> 'acme' order by id").fetchall(),
+        )
 
 
 WRITE_ATTACKS = {
@@ -311,11 +327,11 @@ WRITE_ATTACKS = {
     "delete-using": "delete from orders o using customers c where c.id = o.customer_id and o.id = 12",
     "delete-all": "delete from orders",
     "upsert-other-tenants-key": "insert into customers (id, name) values (3, 'pwned') "
-                                "on conflict (id) do update set name = 'pwned'",
+    "on conflict (id) do update set name = 'pwned'",
     "upsert-other-tenants-order": "insert into orders (id, customer_id, total) values (12, 3, 1) "
-                                  "on conflict (id) do update set total = 0 returning *",
+    "on conflict (id) do update set total = 0 returning *",
     "upsert-sets-tenant": "insert into orders (id, customer_id, total) values (10, 1, 1) "
-                          "on conflict (id) do update set tenant_id = 'globex'",
+    "on conflict (id) do update set tenant_id = 'globex'",
     "data-modifying-cte": "with d as (delete from orders where id = 12 returning *) select * from d",
     "data-modifying-cte-update": "with u as (update orders set total = 0 returning *) select * from u",
     "explain-analyze-delete": "explain analyze delete from orders where tenant_id = 'globex'",
@@ -324,21 +340,21 @@ WRITE_ATTACKS = {
     "update-returning-mask": "update customers set name = name returning ssn",
     "update-returning-globex": "update orders set total = 1 where id = 12 returning *",
     "upsert-other-tenants-email": "insert into customers (id, name, email) values (77, 'pwned', 'gus@globex.io') "
-                                  "on conflict (email) do update set name = 'pwned'",
+    "on conflict (email) do update set name = 'pwned'",
     "upsert-on-constraint": "insert into customers (id, name) values (3, 'pwned') "
-                            "on conflict on constraint customers_pkey do update set name = 'pwned'",
+    "on conflict on constraint customers_pkey do update set name = 'pwned'",
     "delete-inheritance-star": "delete from orders * where id = 12",
     "update-inheritance-star": "update orders * set total = 0 where id = 12",
     "update-from-cte": "with c as (select * from public.customers) update orders set total = 0 "
-                       "from c where c.id = orders.customer_id and c.id = 3",
+    "from c where c.id = orders.customer_id and c.id = 3",
     "cte-shadows-delete-target": "with orders as (select 1) delete from orders",
     "cte-shadows-update-target": "with orders as (select 1) update orders set total = 0",
     "cte-shadows-upsert-target": "with orders as (select 1) insert into orders (id, customer_id, total) "
-                                 "values (12, 3, 1) on conflict (id) do update set total = 0",
+    "values (12, 3, 1) on conflict (id) do update set total = 0",
     "cte-later-in-subquery": "update orders set total = 0 where exists "
-                             "(with orders as (select 12 as id) select 1 from orders)",
+    "(with orders as (select 12 as id) select 1 from orders)",
     "insert-reads-globex": "insert into orders (id, customer_id, total) "
-                           "values (78, 3, (select total from orders where id = 12)) returning total",
+    "values (78, 3, (select total from orders where id = 12)) returning total",
 }
 
 
@@ -364,7 +380,7 @@ TENANT_WRITES = {
     "insert-no-columns": "insert into orders values (51, 'globex', 1, 1)",
     "insert-reordered": "insert into orders (tenant_id, id) values ('globex', 52)",
     "insert-second-row": "insert into orders (id, tenant_id, customer_id, total) "
-                         "values (53, 'acme', 1, 1), (54, 'globex', 1, 1)",
+    "values (53, 'acme', 1, 1), (54, 'globex', 1, 1)",
     "insert-select": "insert into orders select 55, 'globex', 1, 1",
     "insert-unicode": "insert into orders (id, tenant_id, customer_id, total) values (56, U&'\\0067lobex', 1, 1)",
     "insert-dollar": "insert into orders (id, tenant_id, customer_id, total) values (57, $$globex$$, 1, 1)",
@@ -375,9 +391,9 @@ TENANT_WRITES = {
     "insert-cast": "insert into orders (id, tenant_id, customer_id, total) values (62, 'globex'::text, 1, 1)",
     "insert-function": "insert into orders (id, tenant_id, customer_id, total) values (63, lower('GLOBEX'), 1, 1)",
     "insert-cte": "with x as (insert into orders (id, tenant_id, customer_id, total) "
-                  "values (64, 'globex', 1, 1) returning *) select * from x",
+    "values (64, 'globex', 1, 1) returning *) select * from x",
     "explain-analyze-insert": "explain analyze insert into orders (id, tenant_id, customer_id, total) "
-                              "values (65, 'globex', 1, 1)",
+    "values (65, 'globex', 1, 1)",
     "update-literal": "update orders set tenant_id = 'globex' where id = 10",
     "update-quoted-column": "update orders set \"tenant_id\" = 'globex' where id = 10",
     "update-upper-column": "update orders set TENANT_ID = 'globex' where id = 10",
@@ -386,9 +402,9 @@ TENANT_WRITES = {
     "update-multi-column": "update orders set (tenant_id, total) = ('globex', 1) where id = 10",
     "update-multi-subquery": "update orders set (tenant_id, total) = (select 'globex', 1) where id = 10",
     "cte-shadows-insert-target": "with orders as (select 1 as x) insert into orders "
-                                 "(id, tenant_id, customer_id, total) values (66, 'globex', 3, 1)",
+    "(id, tenant_id, customer_id, total) values (66, 'globex', 3, 1)",
     "insert-select-with-cte": "insert into orders (id, tenant_id, customer_id, total) "
-                              "with orders as (select 1) select 67, 'globex', 3, 1",
+    "with orders as (select 1) select 67, 'globex', 3, 1",
     "update-cte": "with x as (update orders set tenant_id = 'globex' where id = 11 returning *) select * from x",
     "multi-statement-write-then-refused": "delete from orders where id = 10; select pg_read_file('x')",
     "multi-statement-write-then-secrets": "select 1; delete from orders where true; select * from secrets",
@@ -431,10 +447,14 @@ PARAM_WRITES = {
     "cast": ("insert into orders (id, tenant_id, customer_id, total) values (%s, %s::text, 1, 1)", (81, "globex")),
     "lower": ("insert into orders (id, tenant_id, customer_id, total) values (%s, lower(%s), 1, 1)", (82, "GLOBEX")),
     "concat": ("insert into orders (id, tenant_id, customer_id, total) values (%s, %s || '', 1, 1)", (83, "globex")),
-    "coalesce": ("insert into orders (id, tenant_id, customer_id, total) "
-                 "values (%s, coalesce(%s, 'acme'), 1, 1)", (84, "globex")),
-    "case": ("insert into orders (id, tenant_id, customer_id, total) "
-             "values (%s, case when true then %s end, 1, 1)", (85, "globex")),
+    "coalesce": (
+        "insert into orders (id, tenant_id, customer_id, total) values (%s, coalesce(%s, 'acme'), 1, 1)",
+        (84, "globex"),
+    ),
+    "case": (
+        "insert into orders (id, tenant_id, customer_id, total) values (%s, case when true then %s end, 1, 1)",
+        (85, "globex"),
+    ),
     "insert-select": ("insert into orders (id, tenant_id, customer_id, total) select %s, %s, 1, 1", (86, "globex")),
     "update": ("update orders set tenant_id = %s where id = 10", ("globex",)),
     "update-upper": ("update orders set tenant_id = upper(%s) where id = 10", ("globex",)),
@@ -480,8 +500,9 @@ def test_asyncpg_prepared_statements_rebound_to_another_tenant(guarded):
 
     asyncio.run(attack())
     with psycopg.connect(DIRECT) as direct:
-        assert direct.execute("select id, tenant_id from orders where id >= 90 order by id").fetchall() == \
-            [(90, "acme")]
+        assert direct.execute("select id, tenant_id from orders where id >= 90 order by id").fetchall() == [
+            (90, "acme")
+        ]
     reset_data()
 
 
@@ -492,8 +513,10 @@ def test_asyncpg_executemany_with_a_refused_row_runs_nothing(guarded):
         conn = await asyncpg.connect(host=guarded.host, port=guarded.port, user="acme_app", database=DB, ssl=False)
         try:
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.executemany("insert into orders (id, tenant_id, customer_id, total) "
-                                       "values ($1, $2, 1, 1)", [(92, "acme"), (93, "globex")])
+                await conn.executemany(
+                    "insert into orders (id, tenant_id, customer_id, total) values ($1, $2, 1, 1)",
+                    [(92, "acme"), (93, "globex")],
+                )
         finally:
             await conn.close()
 
@@ -506,8 +529,10 @@ def test_asyncpg_executemany_with_a_refused_row_runs_nothing(guarded):
 
 def test_unique_violation_detail_does_not_show_the_other_tenants_row(guarded):
     with connect(guarded, "acme_app") as conn:
-        for sql in ["insert into customers (id, name, email) values (70, 'x', 'gus@globex.io')",
-                    "insert into customers (id, name) values (3, 'x')"]:
+        for sql in [
+            "insert into customers (id, name, email) values (70, 'x', 'gus@globex.io')",
+            "insert into customers (id, name) values (3, 'x')",
+        ]:
             with pytest.raises(psycopg.errors.UniqueViolation) as info:
                 conn.execute(sql)
             _assert_clean(str(info.value) + str(info.value.diag.message_detail), sql)
@@ -530,20 +555,27 @@ def test_cursors_and_copy_show_only_the_tenant_masked(guarded):
         _assert_clean(data.decode())
         with conn.cursor().copy("copy customers (ssn, id) to stdout") as copy:
             assert b"".join(bytes(chunk) for chunk in copy) == b"****\t1\n****\t2\n"
-        with conn.cursor().copy("copy (select name, ssn from customers where true or tenant_id = 'globex') "
-                                "to stdout (format csv)") as copy:
+        with conn.cursor().copy(
+            "copy (select name, ssn from customers where true or tenant_id = 'globex') to stdout (format csv)"
+        ) as copy:
             assert b"".join(bytes(chunk) for chunk in copy) == b"Ann,****\nBob,****\n"
 
 
-@pytest.mark.parametrize("sql", ["copy customers from stdin", "copy orders (id, tenant_id) from stdin",
-                                 "copy customers to '/tmp/pgw_leak.csv'", "copy (select 1) to program 'id'"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "copy customers from stdin",
+        "copy orders (id, tenant_id) from stdin",
+        "copy customers to '/tmp/pgw_leak.csv'",
+        "copy (select 1) to program 'id'",
+    ],
+)
 def test_copy_from_and_server_side_copy_are_refused(guarded, sql):
     reset_data()
     with connect(guarded, "acme_app") as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            with conn.cursor().copy(sql) as copy:
-                if "from" in sql:
-                    copy.write("99\tglobex\n")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.cursor().copy(sql) as copy:
+            if "from" in sql:
+                copy.write("99\tglobex\n")
         assert conn.execute("select 1").fetchone() == (1,)
     with psycopg.connect(DIRECT) as direct:
         assert direct.execute("select count(*) from orders").fetchone() == (3,)
@@ -566,8 +598,10 @@ def test_sql_prepare_is_rewritten_or_refused(guarded):
         except (psycopg.errors.InsufficientPrivilege, psycopg.errors.FeatureNotSupported):
             rows = []
         _assert_clean(rows)
-        for sql in ["prepare p2 as insert into orders (id, tenant_id, customer_id, total) values ($1, $2, 1, 1)",
-                    "prepare p3 as update orders set tenant_id = $1 where id = 10"]:
+        for sql in [
+            "prepare p2 as insert into orders (id, tenant_id, customer_id, total) values ($1, $2, 1, 1)",
+            "prepare p3 as update orders set tenant_id = $1 where id = 10",
+        ]:
             try:
                 conn.execute(sql)
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -578,12 +612,18 @@ def test_sql_prepare_is_rewritten_or_refused(guarded):
         assert direct.execute("select count(*) from orders where tenant_id = 'globex'").fetchone() == (1,)
 
 
-@pytest.mark.parametrize("user, options", [
-    ("acme_app", "-c pgwarden.tenant=globex"), ("acme_app", "--pgwarden.tenant=globex"),
-    ("acme_app", "-cpgwarden.tenant=globex"), ("alice", "-c pgwarden.tenant=globex"),
-    ("acme_app", "-c role=postgres"), ("acme_app", "-c session_authorization=postgres"),
-    ("acme_app", "-c search_path=pgw_evil"),
-])
+@pytest.mark.parametrize(
+    "user, options",
+    [
+        ("acme_app", "-c pgwarden.tenant=globex"),
+        ("acme_app", "--pgwarden.tenant=globex"),
+        ("acme_app", "-cpgwarden.tenant=globex"),
+        ("alice", "-c pgwarden.tenant=globex"),
+        ("acme_app", "-c role=postgres"),
+        ("acme_app", "-c session_authorization=postgres"),
+        ("acme_app", "-c search_path=pgw_evil"),
+    ],
+)
 def test_startup_options_cannot_change_identity(guarded, user, options):
     """A startup parameter is judged like a SET: refused at login, or without effect on the tenant."""
     try:
@@ -606,8 +646,14 @@ def _token(tenant: str, expiry: int | None = None, key: str = TOKEN_KEY) -> str:
 def test_tampered_tenant_tokens_leave_the_tenant_unchanged(guarded):
     with connect(guarded, "token_user") as conn:
         conn.execute(f"set pgwarden.tenant_token = '{_token('acme')}'")
-        bad = [_token("globex", key="not-the-key"), _token("globex", expiry=int(time.time()) - 5),
-               _token("globex")[:-2], _token("acme").replace("acme", "globex", 1), "globex", ""]
+        bad = [
+            _token("globex", key="not-the-key"),
+            _token("globex", expiry=int(time.time()) - 5),
+            _token("globex")[:-2],
+            _token("acme").replace("acme", "globex", 1),
+            "globex",
+            "",
+        ]
         for token in bad:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"set pgwarden.tenant_token = '{token}'")
@@ -632,8 +678,12 @@ def test_trusted_user_identity_statements(guarded):
     """saas_backend: RESET ALL and set_config cannot move it to another tenant; DISCARD ALL drops its tenant."""
     with connect(guarded, "saas_backend") as conn:
         conn.execute("set pgwarden.tenant = 'acme'")
-        for sql in ["reset all", "select set_config('pgwarden.tenant', 'globex', false)",
-                    "set role postgres", "set session authorization postgres"]:
+        for sql in [
+            "reset all",
+            "select set_config('pgwarden.tenant', 'globex', false)",
+            "set role postgres",
+            "set session authorization postgres",
+        ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(sql)
             assert conn.execute("select name from customers order by id").fetchall() == [("Ann",), ("Bob",)]
@@ -667,11 +717,13 @@ def test_unicode_identifier_with_uescape_is_filtered_not_refused(guarded):
 
 # --- a second database: globex's rows stored first; a listed view, partitions, functions ------------------
 
+
 @pytest.fixture(scope="module", params=["transaction", "session"])
 def extended(request, tmp_path_factory):
     bypass_shop.create()
-    proxy = policy_proxy(tmp_path_factory.mktemp(f"bypass-{request.param}"), request.param,
-                         policy=bypass_shop.BYPASS_POLICY)
+    proxy = policy_proxy(
+        tmp_path_factory.mktemp(f"bypass-{request.param}"), request.param, policy=bypass_shop.BYPASS_POLICY
+    )
     yield proxy
     proxy.stop()
     bypass_shop.drop()
@@ -684,11 +736,14 @@ def _connect_extended(proxy, user="acme_app"):
 def test_errors_in_predicates_never_meet_another_tenants_row(extended):
     """Globex's rows come first on disk: a predicate run before the tenant filter would fail on Gus."""
     with _connect_extended(extended) as conn:
-        for sql in ["select * from customers where name::int > 0", "select * from customers where name::bool",
-                    "select * from customers where email::int > 0",
-                    "select * from customers c join orders o on o.customer_id = c.id where c.name::int > 0",
-                    "select * from customers where 1 / (case when name = 'Gus' then 0 else 1 end) = 1",
-                    "select * from orders where total::int / (total::int - 999) = 0"]:
+        for sql in [
+            "select * from customers where name::int > 0",
+            "select * from customers where name::bool",
+            "select * from customers where email::int > 0",
+            "select * from customers c join orders o on o.customer_id = c.id where c.name::int > 0",
+            "select * from customers where 1 / (case when name = 'Gus' then 0 else 1 end) = 1",
+            "select * from orders where total::int / (total::int - 999) = 0",
+        ]:
             _run_clean(conn, sql)
         with pytest.raises(psycopg.errors.InvalidTextRepresentation) as info:
             conn.execute("select * from customers where name::int > 0")
@@ -704,8 +759,9 @@ def test_check_violation_detail_does_not_show_the_masked_row(extended):
 
 def test_a_listed_view_is_filtered_and_masked_and_an_unlisted_one_refused(extended):
     with _connect_extended(extended) as conn:
-        rows = conn.execute("select id, name, ssn from v_customers where true or tenant_id = 'globex' "
-                            "order by id").fetchall()
+        rows = conn.execute(
+            "select id, name, ssn from v_customers where true or tenant_id = 'globex' order by id"
+        ).fetchall()
         assert rows == [(1, "Ann", "****"), (2, "Bob", "****")]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select * from v_unlisted")
@@ -725,14 +781,17 @@ def test_partitions_of_a_listed_table_cannot_be_read_directly(extended):
 
 def test_security_definer_functions_are_refused_unless_allowed(extended):
     with _connect_extended(extended) as conn:
-        for sql in ["select * from all_customers()", "select all_customers()",
-                    "select (all_customers()).ssn", "select * from public.all_customers()"]:
+        for sql in [
+            "select * from all_customers()",
+            "select all_customers()",
+            "select (all_customers()).ssn",
+            "select * from public.all_customers()",
+        ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
                 conn.execute(sql)
             assert "functions.allow" in info.value.diag.message_hint or "allow" in str(info.value)
         # a listed function that only computes is not over-refused
-        assert conn.execute("select order_total(total) from orders order by id").fetchall() == \
-            [(200,), (101,)]
+        assert conn.execute("select order_total(total) from orders order by id").fetchall() == [(200,), (101,)]
 
 
 def _refused(conn, sql: str, *words: str) -> None:
@@ -745,8 +804,12 @@ def _refused(conn, sql: str, *words: str) -> None:
 
 def test_a_user_function_named_like_a_built_in_is_refused(extended):
     with _connect_extended(extended) as conn:
-        for sql in ["select upper('x'::varchar)", "select upper(name::varchar) from customers",
-                    "select upper(cast('x' as character varying))", "select upper('x')"]:
+        for sql in [
+            "select upper('x'::varchar)",
+            "select upper(name::varchar) from customers",
+            "select upper(cast('x' as character varying))",
+            "select upper('x')",
+        ]:
             _run_clean(conn, sql)
             _refused(conn, sql, "public.upper")
         # the built-in gives 11 for each acme email; public.length(varchar) counts every tenant's rows (3)
@@ -756,10 +819,14 @@ def test_a_user_function_named_like_a_built_in_is_refused(extended):
         _refused(conn, "select (name::varchar).upper from customers", "upper")
         _refused(conn, "select ('PG_VERSION'::text).pg_read_file", "pg_read_file")
         # the built-in, named in pg_catalog, and a listed function stay usable
-        assert conn.execute("select pg_catalog.upper(name::varchar) from customers order by id").fetchall() == \
-            [("ANN",), ("BOB",)]
-        assert conn.execute("select lower('X'), c.name from customers c order by c.id").fetchall() == \
-            [("x", "Ann"), ("x", "Bob")]
+        assert conn.execute("select pg_catalog.upper(name::varchar) from customers order by id").fetchall() == [
+            ("ANN",),
+            ("BOB",),
+        ]
+        assert conn.execute("select lower('X'), c.name from customers c order by c.id").fetchall() == [
+            ("x", "Ann"),
+            ("x", "Bob"),
+        ]
         assert conn.execute("select order_total(total) from orders order by id").fetchall() == [(200,), (101,)]
 
 
@@ -770,8 +837,10 @@ def test_a_function_a_bypass_role_creates_through_pgwarden_is_known_at_once(exte
         prepared = "select lower(name::varchar) from customers where id = %s"
         for _ in range(2):  # prepared, and its Parse cached in this session
             assert conn.execute(prepared, (1,), prepare=True).fetchone() == ("ann",)
-        admin.execute("create function public.lower(varchar) returns text language sql security definer "
-                      "as $$ select string_agg(name || ':' || ssn, ',') from customers $$")
+        admin.execute(
+            "create function public.lower(varchar) returns text language sql security definer "
+            "as $$ select string_agg(name || ':' || ssn, ',') from customers $$"
+        )
         try:
             deadline = time.monotonic() + 5
             while True:
@@ -801,27 +870,38 @@ def test_a_user_defined_operator_is_refused(extended):
         _refused(conn, "select 1 === 2", "public.===", "public.leak_op")
         _refused(conn, "select id from customers where (id === 1) is not null", "===")
         # built-in operators, spelled plainly or in pg_catalog, are untouched
-        assert conn.execute("select id from customers where id = 1 and name operator(pg_catalog.=) 'Ann' "
-                            "and id between 0 and 5").fetchall() == [(1,)]
+        assert conn.execute(
+            "select id from customers where id = 1 and name operator(pg_catalog.=) 'Ann' and id between 0 and 5"
+        ).fetchall() == [(1,)]
 
 
 def test_secret_server_settings_are_refused(extended):
     with _connect_extended(extended) as conn:
-        for sql in ["show primary_conninfo", "select current_setting('primary_conninfo')",
-                    "select setting from pg_settings where name = 'primary_conninfo'",
-                    "select setting from pg_show_all_settings() where name = 'ssl_passphrase_command'", "show all",
-                    "SHOW Archive_Command", "select current_setting(name) from customers",
-                    "select setting from pg_settings", "select setting from pg_settings where name = 'TimeZone' "
-                    "or name = 'primary_conninfo'", "select * from pg_file_settings",
-                    "select ('primary_conninfo'::text).current_setting"]:
+        for sql in [
+            "show primary_conninfo",
+            "select current_setting('primary_conninfo')",
+            "select setting from pg_settings where name = 'primary_conninfo'",
+            "select setting from pg_show_all_settings() where name = 'ssl_passphrase_command'",
+            "show all",
+            "SHOW Archive_Command",
+            "select current_setting(name) from customers",
+            "select setting from pg_settings",
+            "select setting from pg_settings where name = 'TimeZone' or name = 'primary_conninfo'",
+            "select * from pg_file_settings",
+            "select ('primary_conninfo'::text).current_setting",
+        ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
                 conn.execute(sql)
             assert info.value.diag.message_hint, sql
         # what ORMs and drivers ask for stays answered
         assert conn.execute("show transaction_isolation").fetchone() == ("read committed",)
         assert conn.execute("select current_setting('server_version_num')").fetchone()[0].isdigit()
-        assert conn.execute("select cast(setting as integer) from pg_settings "
-                            "where name = 'max_prepared_transactions'").fetchone()[0] >= 0
+        assert (
+            conn.execute(
+                "select cast(setting as integer) from pg_settings where name = 'max_prepared_transactions'"
+            ).fetchone()[0]
+            >= 0
+        )
 
 
 def test_catalogs_with_other_sessions_data_or_secrets_are_refused(extended):
@@ -829,13 +909,20 @@ def test_catalogs_with_other_sessions_data_or_secrets_are_refused(extended):
         direct.execute("create statistics if not exists cust_mcv (mcv) on tenant_id, name from customers")
         direct.execute("analyze customers")
     with _connect_extended(extended) as conn:
-        for sql in ["select stxdmcv::text from pg_statistic_ext_data",
-                    "select m.* from pg_statistic_ext_data d, pg_mcv_list_items(d.stxdmcv) m",
-                    "select * from pg_stats_ext_exprs", "select umoptions from pg_user_mapping",
-                    "select subconninfo from pg_subscription", "select srvoptions from pg_foreign_server",
-                    "select setconfig from pg_db_role_setting", "select * from pg_stat_ssl",
-                    "select * from pg_policies", "select * from pg_hba_file_rules()",
-                    "select * from pg_show_all_file_settings()", "select pg_stat_file('postgresql.conf')"]:
+        for sql in [
+            "select stxdmcv::text from pg_statistic_ext_data",
+            "select m.* from pg_statistic_ext_data d, pg_mcv_list_items(d.stxdmcv) m",
+            "select * from pg_stats_ext_exprs",
+            "select umoptions from pg_user_mapping",
+            "select subconninfo from pg_subscription",
+            "select srvoptions from pg_foreign_server",
+            "select setconfig from pg_db_role_setting",
+            "select * from pg_stat_ssl",
+            "select * from pg_policies",
+            "select * from pg_hba_file_rules()",
+            "select * from pg_show_all_file_settings()",
+            "select pg_stat_file('postgresql.conf')",
+        ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
                 conn.execute(sql)
             assert info.value.diag.message_hint
@@ -863,8 +950,11 @@ def test_listen_never_delivers_another_tenants_rows(extended):
 
 def test_two_roles_of_one_tenant_never_share_a_rewrite(extended):
     """acme_app and acme_analyst send the same texts, alternately, on shared backends: the analyst's masks hold."""
-    sqls = ["select id, email, phone from customers order by id", "select email from customers where id = 1",
-            "select id, email, phone from customers where id = %s"]
+    sqls = [
+        "select id, email, phone from customers order by id",
+        "select email from customers where id = 1",
+        "select id, email, phone from customers where id = %s",
+    ]
     with _connect_extended(extended) as app, _connect_extended(extended, "acme_analyst") as analyst:
         for _ in range(3):
             for sql in sqls:
@@ -894,16 +984,20 @@ def test_a_same_named_table_on_the_search_path_is_never_read(extended):
         _run_clean(conn, "select * from customers")
         conn.execute("reset search_path")
         assert conn.execute("select count(*) from customers").fetchone() == (2,)
-    with psycopg.connect(extended.dsn(user="acme_app", dbname=bypass_shop.DB), options="-c search_path=evil,public",
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        extended.dsn(user="acme_app", dbname=bypass_shop.DB), options="-c search_path=evil,public", autocommit=True
+    ) as conn:
         _run_clean(conn, "select * from customers")
 
 
 def test_planner_statistics_are_refused(extended):
     """The shop was ANALYZEd: pg_stats would show globex's values as most-common values."""
     with _connect_extended(extended) as conn:
-        for sql in ["select most_common_vals::text from pg_stats where tablename = 'customers'",
-                    "select stavalues1::text from pg_statistic", "select * from pg_catalog.pg_stats"]:
+        for sql in [
+            "select most_common_vals::text from pg_stats where tablename = 'customers'",
+            "select stavalues1::text from pg_statistic",
+            "select * from pg_catalog.pg_stats",
+        ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(sql)
 
@@ -914,8 +1008,7 @@ def test_a_prepared_statement_follows_the_tenant_switch(guarded):
         conn.execute("set pgwarden.tenant = 'globex'")
         assert conn.execute("select name from customers", prepare=True).fetchall() == [("Gus",)]
         conn.execute("set pgwarden.tenant = 'acme'")
-        assert conn.execute("select name from customers order by id", prepare=True).fetchall() == \
-            [("Ann",), ("Bob",)]
+        assert conn.execute("select name from customers order by id", prepare=True).fetchall() == [("Ann",), ("Bob",)]
         assert conn.execute("select name from customers", prepare=True).fetchall() != [("Gus",)]
 
 
@@ -988,8 +1081,10 @@ def test_a_tenant_switch_rolled_back_in_one_pipeline_is_undone(guarded):
 
 
 def _tenant_and_rows(conn: psycopg.Connection) -> tuple:
-    return (conn.execute("show pgwarden.tenant").fetchone()[0],
-            conn.execute("select name from customers order by id").fetchall())
+    return (
+        conn.execute("show pgwarden.tenant").fetchone()[0],
+        conn.execute("select name from customers order by id").fetchall(),
+    )
 
 
 ACME_ROWS, GLOBEX_ROWS = [("Ann",), ("Bob",)], [("Gus",)]
@@ -1099,8 +1194,11 @@ def test_tenant_settings_over_the_extended_protocol_are_judged_too(guarded, user
     """The same SETs as a Parse/Bind/Execute (psycopg prepare=True) are refused and change nothing."""
     with connect(guarded, user) as conn:
         before = conn.execute("show pgwarden.tenant").fetchone()
-        for sql in ["set pgwarden.tenant = 'globex'", "set pgwarden.tenant_token = 'globex.9999999999.AAAA'",
-                    "select set_config('pgwarden.tenant', 'globex', false)"]:
+        for sql in [
+            "set pgwarden.tenant = 'globex'",
+            "set pgwarden.tenant_token = 'globex.9999999999.AAAA'",
+            "select set_config('pgwarden.tenant', 'globex', false)",
+        ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(sql, prepare=True)
         assert conn.execute("show pgwarden.tenant", prepare=True).fetchone() == before
@@ -1128,8 +1226,9 @@ def test_a_refusal_inside_a_transaction_aborts_it_like_an_error(guarded):
 def test_a_prepared_tenant_switch_never_leaves_the_old_tenant_in_place(guarded, threshold):
     """psycopg prepares a statement it ran `threshold` times; a Bind of a prepared SET would not
     change the tenant. Each SET either takes effect or is refused: never the old tenant's rows."""
-    with psycopg.connect(guarded.dsn(user="saas_backend", dbname=DB), autocommit=True,
-                         prepare_threshold=threshold) as conn:
+    with psycopg.connect(
+        guarded.dsn(user="saas_backend", dbname=DB), autocommit=True, prepare_threshold=threshold
+    ) as conn:
         for _ in range(8):
             for tenant in ("acme", "globex"):
                 try:

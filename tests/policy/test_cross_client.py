@@ -37,8 +37,9 @@ create or replace function public.pgw_probe_backend()
             + (select count(*) from pg_catalog.pg_type where typnamespace = pg_my_temp_schema()),
             current_setting('statement_timeout') $$;
 """
-POLICY = SHOP_POLICY.replace("default: deny", "functions:\n  allow: [public.pgw_probe_statements, "
-                             "public.pgw_probe_backend]\ndefault: deny")
+POLICY = SHOP_POLICY.replace(
+    "default: deny", "functions:\n  allow: [public.pgw_probe_statements, public.pgw_probe_backend]\ndefault: deny"
+)
 assert POLICY != SHOP_POLICY
 SHOP = DIRECT.replace("dbname=postgres", f"dbname={DB}")
 
@@ -56,9 +57,11 @@ def probes(shop_db):
 def start_proxy(workdir, mode: str) -> ProxyProcess:
     (workdir / "policies").mkdir(parents=True, exist_ok=True)
     (workdir / "policies" / "shop.yaml").write_text(POLICY)
-    config = base_config(pool={"mode": mode, "size": 1, "query_wait_timeout": 1.0},
-                         policies="policies",
-                         backend_auth=policed_role.backend_auth(policed_role.grant(POLICY)))
+    config = base_config(
+        pool={"mode": mode, "size": 1, "query_wait_timeout": 1.0},
+        policies="policies",
+        backend_auth=policed_role.backend_auth(policed_role.grant(POLICY)),
+    )
     return ProxyProcess(config, workdir, env={"PGWARDEN_TEST_TENANT_KEY": TOKEN_KEY}).start()
 
 
@@ -93,8 +96,9 @@ def refused(conn: psycopg.Connection, sql: str, params=None, **kw) -> str:
 
 def proxy_statements(conn: psycopg.Connection) -> list[tuple[str, str]]:
     """pgwarden's statements on the backend serving `conn` (policed or bypass), read by the probe."""
-    return conn.execute("select name, statement from pgw_probe_statements() "
-                        "where name like 'pgw_%' order by statement").fetchall()
+    return conn.execute(
+        "select name, statement from pgw_probe_statements() where name like 'pgw_%' order by statement"
+    ).fetchall()
 
 
 def probe(conn: psycopg.Connection) -> tuple:
@@ -109,23 +113,27 @@ def backend_of(conn: psycopg.Connection) -> tuple[int, str]:
 
 # --- per-backend views and functions, refused to every policed client --------------------------
 
-@pytest.mark.parametrize("sql", [
-    "select name, statement from pg_prepared_statements",
-    "select * from pg_catalog.pg_prepared_statements",
-    "select * from pg_catalog.pg_prepared_statement()",
-    "select name, statement from pg_cursors",
-    "select * from pg_cursor()",
-    "select gid, owner from pg_prepared_xacts",
-    "select * from pg_locks",
-    "with p as (select * from pg_prepared_statements) select count(*) from p",
-    "select (select count(*) from \"pg_prepared_statements\")",
-    "select lastval()",
-    "select currval('customers_seq')",
-    "select pg_catalog.currval('x'::regclass)",
-    "prepare transaction 'acme-1'",
-    "commit prepared 'globex-1'",
-    "rollback prepared 'globex-1'",
-])
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select name, statement from pg_prepared_statements",
+        "select * from pg_catalog.pg_prepared_statements",
+        "select * from pg_catalog.pg_prepared_statement()",
+        "select name, statement from pg_cursors",
+        "select * from pg_cursor()",
+        "select gid, owner from pg_prepared_xacts",
+        "select * from pg_locks",
+        "with p as (select * from pg_prepared_statements) select count(*) from p",
+        'select (select count(*) from "pg_prepared_statements")',
+        "select lastval()",
+        "select currval('customers_seq')",
+        "select pg_catalog.currval('x'::regclass)",
+        "prepare transaction 'acme-1'",
+        "commit prepared 'globex-1'",
+        "rollback prepared 'globex-1'",
+    ],
+)
 def test_per_backend_state_is_refused_to_policed_clients(one_backend, sql) -> None:
     for user in ("globex_app", "alice"):
         with connect(one_backend, user) as b:
@@ -138,10 +146,16 @@ def test_per_backend_state_is_refused_to_policed_clients(one_backend, sql) -> No
 # sessions share the least-privilege role's backend; bypass sessions share the other one.
 POLICED_CASE = ("acme_app", "globex_app", ("globex_app", "alice"))
 BYPASS_CASE = ("postgres", "postgres", ("postgres",))
-STEALS = ["EXECUTE {}(1)", 'execute "{}" (1)', "/* hi */ EXECUTE {}(1)", "select 1; execute {}(1)",
-          "EXPLAIN EXECUTE {}(1)", "explain (analyze, costs off) execute {}(1)",
-          "create temp table stolen as execute {}(1)",
-          "explain analyze create table stolen as execute {}(1)"]
+STEALS = [
+    "EXECUTE {}(1)",
+    'execute "{}" (1)',
+    "/* hi */ EXECUTE {}(1)",
+    "select 1; execute {}(1)",
+    "EXPLAIN EXECUTE {}(1)",
+    "explain (analyze, costs off) execute {}(1)",
+    "create temp table stolen as execute {}(1)",
+    "explain analyze create table stolen as execute {}(1)",
+]
 
 
 @pytest.mark.parametrize("owner, observer, thieves", [POLICED_CASE, BYPASS_CASE])
@@ -153,8 +167,11 @@ def test_other_clients_statements_cannot_be_executed(shared, owner, observer, th
     with connect(shared, owner) as a, connect(shared, observer) as seer:
         assert a.execute(CUSTOMER, (1,), prepare=True).fetchall() == mine
         a.execute("update customers set phone = phone where id = %s", (1,), prepare=True)
-        names = [name for name, text in proxy_statements(seer)
-                 if "customers" in text and ("acme" in text) == (owner == "acme_app")]
+        names = [
+            name
+            for name, text in proxy_statements(seer)
+            if "customers" in text and ("acme" in text) == (owner == "acme_app")
+        ]
         assert len(names) >= 2, proxy_statements(seer)
         for user in thieves:
             with connect(shared, user) as b:
@@ -174,15 +191,20 @@ def test_other_clients_statements_cannot_be_deallocated(shared, owner, observer,
     with connect(shared, owner) as a, connect(shared, observer) as seer:
         assert a.execute(sql, (2,), prepare=True).fetchall() == mine
         # (one name per schema generation: a schema read again meanwhile prepares it anew)
-        names = [n for n, text in proxy_statements(seer) if "2 = 2" in text
-                 and ("acme" in text) == (owner == "acme_app")]
+        names = [
+            n for n, text in proxy_statements(seer) if "2 = 2" in text and ("acme" in text) == (owner == "acme_app")
+        ]
         assert names
         for user in thieves:
             with connect(shared, user) as b:
                 for name in names:
-                    for stmt in (f"DEALLOCATE {name}", f'deallocate prepare "{name}"',
-                                 f"/* x */ deallocate {name}", f"select 1; deallocate {name}",
-                                 "select 1; deallocate all"):
+                    for stmt in (
+                        f"DEALLOCATE {name}",
+                        f'deallocate prepare "{name}"',
+                        f"/* x */ deallocate {name}",
+                        f"select 1; deallocate {name}",
+                        "select 1; deallocate all",
+                    ):
                         refused(b, stmt)
                         refused(b, stmt, prepare=True)
                     b.pgconn.exec_(f"DEALLOCATE {name}".encode())  # simple protocol: answered by pgwarden
@@ -194,6 +216,7 @@ def test_names_are_keyed_and_bound_to_the_identity(shared) -> None:
     """Names are not a digest anyone can compute, and the same text prepared by two tenants
     (countries has no tenant column: nothing in the text differs) gets two statements."""
     import hashlib
+
     sql = "select name from countries where code = %s"
     with connect(shared, "acme_app") as a, connect(shared, "globex_app") as g:
         assert a.execute(sql, ("us",), prepare=True).fetchall() == [("United States",)]
@@ -206,18 +229,21 @@ def test_names_are_keyed_and_bound_to_the_identity(shared) -> None:
                 assert name != f"pgw_{unkeyed}"
 
 
-@pytest.mark.parametrize("user, statements", [
-    ("acme_app", ["begin", "declare c cursor with/**/hold for select name from customers", "commit"]),
-    ("acme_app", ["begin", "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT 1", "commit"]),
-    ("postgres", ["create /* x */ temporary table t (x int)"]),
-    ("postgres", ["create table pg_temp.t (x int)"]),
-    ("postgres", ["select 1 as x into temp t"]),
-    ("postgres", ["create type pg_temp.int4 as (a int)"]),
-    ("postgres", ["create temp sequence s"]),
-    ("postgres", ["select \"set_config\"('statement_timeout', '4321', false)"]),
-    ("postgres", ["SELECT SET_CONFIG('statement_timeout', '4321', false)"]),
-    ("acme_app", ["select U&\"set\\005fconfig\"('statement_timeout', '4321', false)"]),
-])
+@pytest.mark.parametrize(
+    "user, statements",
+    [
+        ("acme_app", ["begin", "declare c cursor with/**/hold for select name from customers", "commit"]),
+        ("acme_app", ["begin", "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT 1", "commit"]),
+        ("postgres", ["create /* x */ temporary table t (x int)"]),
+        ("postgres", ["create table pg_temp.t (x int)"]),
+        ("postgres", ["select 1 as x into temp t"]),
+        ("postgres", ["create type pg_temp.int4 as (a int)"]),
+        ("postgres", ["create temp sequence s"]),
+        ("postgres", ["select \"set_config\"('statement_timeout', '4321', false)"]),
+        ("postgres", ["SELECT SET_CONFIG('statement_timeout', '4321', false)"]),
+        ("acme_app", ["select U&\"set\\005fconfig\"('statement_timeout', '4321', false)"]),
+    ],
+)
 def test_another_clients_hold_cursor_or_temp_objects_never_reach_b(shared, user, statements) -> None:
     """State that outlives a transaction keeps A on its backend until A leaves, however it is
     spelled; then the backend is reset. B, a client of the same pool (globex_app for a policed
@@ -256,6 +282,7 @@ def test_policed_and_bypass_clients_never_share_a_backend(one_backend, policed) 
 
 # --- transaction pooling: what a policed client itself may not do ------------------------------
 
+
 @pytest.mark.parametrize("sql", ["prepare q as select 1", "execute q", "explain execute q"])
 def test_sql_prepared_statements_are_refused_under_transaction_pooling(shared, sql) -> None:
     with connect(shared, "saas_backend") as c:
@@ -265,6 +292,7 @@ def test_sql_prepared_statements_are_refused_under_transaction_pooling(shared, s
 
 
 # --- a client's own statements under a new tenant or policy ------------------------------------
+
 
 def test_sql_prepare_then_tenant_change_refuses_execute(one_backend) -> None:
     if one_backend.config["pool"]["mode"] == "transaction":
@@ -295,13 +323,13 @@ def test_sql_deallocate_that_failed_is_not_trusted(one_backend) -> None:
     with connect(one_backend, "saas_backend") as c:
         run = c.pgconn.exec_
         c.execute("set pgwarden.tenant = 'acme'")
-        assert run(b"prepare q2 as select name from customers order by id").status == \
-            psycopg.pq.ExecStatus.COMMAND_OK
+        assert run(b"prepare q2 as select name from customers order by id").status == psycopg.pq.ExecStatus.COMMAND_OK
         for sql in (b"begin", b"select 1/0", b"deallocate q2", b"rollback"):
             run(sql)
         c.execute("set pgwarden.tenant = 'globex'")
-        assert run(b"prepare q2 as select name from customers order by id").status == \
-            psycopg.pq.ExecStatus.FATAL_ERROR  # q2 exists: acme's
+        assert (
+            run(b"prepare q2 as select name from customers order by id").status == psycopg.pq.ExecStatus.FATAL_ERROR
+        )  # q2 exists: acme's
         assert refused(c, "execute q2") == "42501"
         for sql in (b"begin", b"deallocate q2", b"commit"):  # in a healthy transaction: done
             assert run(sql).status == psycopg.pq.ExecStatus.COMMAND_OK, sql
@@ -349,7 +377,7 @@ def test_after_a_client_leaves_the_next_sees_nothing_of_it(one_backend) -> None:
     with connect(one_backend, "acme_app") as a:
         assert a.execute(CUSTOMER, (1,), prepare=True).fetchall() == [(1, "Ann", "****")]
         held = a.execute("select statement from pgw_probe_statements()").fetchall()
-        assert any("customers" in t for t, in held), held
+        assert any("customers" in t for (t,) in held), held
     with connect(one_backend, "globex_app") as b:
         seen = b.execute("select name, statement from pgw_probe_statements()").fetchall()
         if one_backend.config["pool"]["mode"] == "session":

@@ -9,8 +9,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.policy.conftest import DB, TOKEN_KEY, connect, reset_data
 from tests.harness import PG_PORT
+from tests.policy.conftest import DB, TOKEN_KEY, connect, reset_data
 
 
 def rows(conn, sql, params=None):
@@ -22,8 +22,10 @@ def test_a_tenant_sees_only_its_rows_whatever_the_predicate(guarded):
         assert rows(conn, "select id from customers order by id") == [(1,), (2,)]
         assert rows(conn, "select id from customers where id = 3 or true order by id") == [(1,), (2,)]
         assert rows(conn, "select count(*) from orders o join customers c on c.id = o.customer_id") == [(2,)]
-        assert rows(conn, "select sum(total) from orders") == [(150.50,)] or \
-            str(rows(conn, "select sum(total) from orders")[0][0]) == "150.50"
+        assert (
+            rows(conn, "select sum(total) from orders") == [(150.50,)]
+            or str(rows(conn, "select sum(total) from orders")[0][0]) == "150.50"
+        )
     with connect(guarded, "globex_app") as conn:
         assert rows(conn, "select name from customers") == [("Gus",)]
 
@@ -46,9 +48,14 @@ def test_a_session_without_tenant_cannot_touch_tenant_tables(guarded):
 
 def test_unlisted_tables_ddl_and_dangerous_functions_are_refused_with_hint(guarded):
     with connect(guarded, "acme_app") as conn:
-        for sql in ["select * from secrets", "truncate orders", "drop table orders",
-                    "select pg_read_file('/etc/passwd')", "select * from pg_stat_activity",
-                    "select query_to_xml('select * from secrets', true, true, '')"]:
+        for sql in [
+            "select * from secrets",
+            "truncate orders",
+            "drop table orders",
+            "select pg_read_file('/etc/passwd')",
+            "select * from pg_stat_activity",
+            "select query_to_xml('select * from secrets', true, true, '')",
+        ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
                 conn.execute(sql)
             assert info.value.diag.message_hint and "policy" in info.value.diag.message_hint
@@ -69,10 +76,10 @@ def test_writes_are_confined_to_the_tenant(guarded):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("update orders set tenant_id = 'globex' where id = 10")
     with psycopg.connect(f"host=127.0.0.1 port={PG_PORT} user=postgres dbname={DB}") as direct:
-        assert rows(direct, "select id, tenant_id, total from orders where tenant_id = 'globex'") == \
-            [(12, "globex", 999.99)] or rows(direct, "select id from orders where tenant_id = 'globex'") == [(12,)]
-        assert rows(direct, "select tenant_id from orders where id in (20, 23) order by id") == \
-            [("acme",), ("acme",)]
+        assert rows(direct, "select id, tenant_id, total from orders where tenant_id = 'globex'") == [
+            (12, "globex", 999.99)
+        ] or rows(direct, "select id from orders where tenant_id = 'globex'") == [(12,)]
+        assert rows(direct, "select tenant_id from orders where id in (20, 23) order by id") == [("acme",), ("acme",)]
         assert rows(direct, "select count(*) from orders where id in (21, 22)") == [(0,)]
     reset_data()
 
@@ -115,6 +122,7 @@ def _token(tenant: str, expiry: int) -> str:
     import base64
     import hashlib
     import hmac
+
     body = f"{tenant}.{expiry}".encode()
     sig = hmac.new(TOKEN_KEY.encode(), body, hashlib.sha256).digest()
     return f"{tenant}.{expiry}." + base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
@@ -143,6 +151,7 @@ def test_prepared_statements_follow_the_tenant_switch(guarded):
             assert await conn.fetchval(q, 0) == 1  # the cached statement is rewritten again
         finally:
             await conn.close()
+
     asyncio.run(run())
 
 
@@ -155,8 +164,10 @@ def test_asyncpg_as_a_tenant_with_default_statement_cache(guarded):
                 assert [tuple(r) for r in got] == [(1, "****"), (2, "****")]
         finally:
             await conn.close()
+
     async def main() -> None:
         await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(8))), 60)
+
     asyncio.run(main())
 
 
@@ -186,12 +197,12 @@ def test_a_statement_prepared_by_a_bypass_role_is_not_reused_unrewritten(guarded
         finally:
             await admin.close()
             await tenant.close()
+
     asyncio.run(run())
 
 
 def test_startup_parameters_cannot_change_identity_or_parsing(guarded):
-    for options in ("-c role=postgres", "-c session_authorization=postgres",
-                    "-c standard_conforming_strings=off"):
+    for options in ("-c role=postgres", "-c session_authorization=postgres", "-c standard_conforming_strings=off"):
         with pytest.raises(psycopg.OperationalError) as info:
             psycopg.connect(guarded.dsn(user="acme_app", dbname=DB, options=f"'{options}'"))
         assert "startup parameter refused" in str(info.value), options

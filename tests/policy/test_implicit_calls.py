@@ -106,8 +106,8 @@ REFUSED = {
     "quoted-upper": ("select 'x'::text::\"tref\", 'x'::text::TREF", "tref"),
     "array": ("select '{x}'::text[]::tref[]", "tref"),
     "array-underscore": ("select array['x'::text]::_tref", "tref"),
-    "populate": ("select * from json_populate_record(null::tref, '{\"v\": \"x\"}')", "tref"),
-    "coldeflist": ("select * from json_to_record('{\"a\": \"x\"}') as r(a dchk)", "dchk"),
+    "populate": ('select * from json_populate_record(null::tref, \'{"v": "x"}\')', "tref"),
+    "coldeflist": ('select * from json_to_record(\'{"a": "x"}\') as r(a dchk)', "dchk"),
     "nested-subquery": ("select * from customers where name = (select ('x'::text)::tref)::text", "tref"),
     "assignment-insert": ("insert into holder (id, a) values (5, 'x'::text)", '"a"'),
     "assignment-update": ("update holder set a = 'x'::text where id = 1", '"a"'),
@@ -148,8 +148,10 @@ REFUSED = {
     "three-part": (f"select 'x'::text::{DB}.public.tref", "tref"),
     # a column alias list renames the unsafe column: its new name must not hide it
     "alias-list": ("select z from holder as h(a1, a2, a3, z) order by z", "column alias list"),
-    "alias-list-lateral": ("select length(x::text) from lateral (select 1) q, holder h(p, q2, r, x)",
-                           "column alias list"),
+    "alias-list-lateral": (
+        "select length(x::text) from lateral (select 1) q, holder h(p, q2, r, x)",
+        "column alias list",
+    ),
 }
 
 
@@ -169,8 +171,7 @@ def implicit_db():
 
 @pytest.fixture(scope="module", params=["transaction", "session"])
 def proxy(request, implicit_db, tmp_path_factory):
-    proc = policy_proxy(tmp_path_factory.mktemp(f"implicit-{request.param}"), request.param,
-                        policy=IMPLICIT_POLICY)
+    proc = policy_proxy(tmp_path_factory.mktemp(f"implicit-{request.param}"), request.param, policy=IMPLICIT_POLICY)
     yield proc
     proc.stop()
 
@@ -224,20 +225,24 @@ def test_a_parse_declaring_a_parameter_of_an_unsafe_type_is_refused(proxy):
 
 def test_built_in_casts_enums_and_safe_domains_still_work(proxy):
     with _connect(proxy) as conn:
-        assert conn.execute("select '1'::int, now()::date is not null, 'x'::text, cast(2 as bigint), "
-                            "int4('3'), '{1,2}'::int[]").fetchone()[0] == 1
+        assert (
+            conn.execute(
+                "select '1'::int, now()::date is not null, 'x'::text, cast(2 as bigint), int4('3'), '{1,2}'::int[]"
+            ).fetchone()[0]
+            == 1
+        )
         assert conn.execute("select name::text from customers order by id").fetchall() == [("Ann",), ("Bob",)]
-        assert conn.execute("select id, m, ds, da from holder order by m, ds").fetchall() == \
-            [(1, "happy", "ok", "ok")]
+        assert conn.execute("select id, m, ds, da from holder order by m, ds").fetchall() == [(1, "happy", "ok", "ok")]
         assert conn.execute("select id, v from rowcast").fetchall() == [(1, "a")]
-        assert conn.execute("select 'sad'::mood, 'fine'::dsafe, 'yes'::dallowed").fetchone() == \
-            ("sad", "fine", "yes")
+        assert conn.execute("select 'sad'::mood, 'fine'::dsafe, 'yes'::dallowed").fetchone() == ("sad", "fine", "yes")
         conn.execute("update holder set ds = 'ok', da = 'ok' where id = 1 and m = 'happy'")
         conn.execute("delete from holder where id = 9")
         conn.execute("insert into plain values (9, 'acme', 'sad', 'x', 'y')")
         conn.execute("insert into plain (id, m) values (10, 'happy')")
-        assert conn.execute("select * from plain order by m").fetchall() == \
-            [(10, "acme", "happy", None, None), (9, "acme", "sad", "x", "y")]
+        assert conn.execute("select * from plain order by m").fetchall() == [
+            (10, "acme", "happy", None, None),
+            (9, "acme", "sad", "x", "y"),
+        ]
         conn.execute("update plain set ds = 'z' where id = 9")
         conn.execute("delete from plain")
     assert _marks() == []
@@ -247,14 +252,19 @@ def test_extended_protocol_parameters_of_unsafe_types_are_refused(proxy):
     async def attempt() -> None:
         conn = await asyncpg.connect(host=proxy.host, port=proxy.port, user="acme_app", database=DB, ssl=False)
         try:
-            for sql, args in [("select $1::text::tref", ("x",)), ("insert into holder (id, d) values ($1, $2)", (5, "x")),
-                              ("select id from holder where d = $1", ("x",)), ("select $1::dchk", ("x",)),
-                              ("select id from holder order by s limit $1", (1,))]:
+            for sql, args in [
+                ("select $1::text::tref", ("x",)),
+                ("insert into holder (id, d) values ($1, $2)", (5, "x")),
+                ("select id from holder where d = $1", ("x",)),
+                ("select $1::dchk", ("x",)),
+                ("select id from holder order by s limit $1", (1,)),
+            ]:
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):
                     await conn.fetch(sql, *args)
             assert await conn.fetchval("select $1::dsafe", "fine") == "fine"
         finally:
             await conn.close()
+
     asyncio.run(attempt())
     assert _marks() == []
 
@@ -262,8 +272,10 @@ def test_extended_protocol_parameters_of_unsafe_types_are_refused(proxy):
 def test_a_cast_a_bypass_role_creates_through_pgwarden_is_known_at_once(proxy):
     with _connect(proxy, user="postgres") as admin, _connect(proxy) as conn:
         admin.execute("create type tlate as (v text)")
-        admin.execute("create function tlate_leak(text) returns tlate language sql security definer as $$ "
-                      "insert into marks values ('tlate'); select row('x')::tlate $$")
+        admin.execute(
+            "create function tlate_leak(text) returns tlate language sql security definer as $$ "
+            "insert into marks values ('tlate'); select row('x')::tlate $$"
+        )
         admin.execute("create cast (text as tlate) with function tlate_leak(text)")
         try:
             deadline = time.monotonic() + 5

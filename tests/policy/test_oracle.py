@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from tests.harness import PG_PORT
 from tests.policy.conftest import SCHEMA, policy_proxy
 from tests.policy.oracle_queries import queries
-from tests.harness import PG_PORT
 
 FULL_DB, COPY_DB = "pgw_policy_oracle", "pgw_policy_acme"
 DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname={{}}"
@@ -72,14 +72,16 @@ def oracle_dbs():
 def _normal(rows) -> list:
     def value(v):
         return str(v.normalize()) if isinstance(v, Decimal) else repr(v)
+
     return sorted((tuple(value(v) for v in row) for row in rows), key=repr)
 
 
 def test_the_acme_copy_holds_what_acme_may_see(oracle_dbs):
     """The oracle's reference is right: only acme's rows, every ssn masked, and it is not empty."""
     with psycopg.connect(DIRECT.format(COPY_DB)) as copy:
-        assert copy.execute("select distinct tenant_id from customers union select tenant_id from orders"
-                            ).fetchall() == [("acme",)]
+        assert copy.execute(
+            "select distinct tenant_id from customers union select tenant_id from orders"
+        ).fetchall() == [("acme",)]
         assert copy.execute("select distinct ssn from customers").fetchall() == [("****",)]
         assert copy.execute("select count(*) from customers").fetchone()[0] >= 5
 
@@ -90,11 +92,17 @@ def test_isolation_oracle(oracle_dbs, tmp_path_factory, mode):
     refused: list[str] = []
     seen: list[str] = []
     try:
-        with psycopg.connect(proxy.dsn(user="acme_app", dbname=FULL_DB), autocommit=True) as through, \
-                psycopg.connect(DIRECT.format(COPY_DB), autocommit=True) as copy:
+        with (
+            psycopg.connect(proxy.dsn(user="acme_app", dbname=FULL_DB), autocommit=True) as through,
+            psycopg.connect(DIRECT.format(COPY_DB), autocommit=True) as copy,
+        ):
 
-            @settings(max_examples=EXAMPLES // 2 if mode == "session" else EXAMPLES, deadline=None,
-                      derandomize=True, suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=EXAMPLES // 2 if mode == "session" else EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(queries())
             def check(sql: str) -> None:
                 seen.append(sql)
@@ -109,8 +117,11 @@ def test_isolation_oracle(oracle_dbs, tmp_path_factory, mode):
             check()
             # the oracle can tell a wrong answer: globex's view of the same queries differs from acme's copy
             with psycopg.connect(proxy.dsn(user="globex_app", dbname=FULL_DB), autocommit=True) as other:
-                differ = [sql for sql in seen[:50]
-                          if _normal(other.execute(sql).fetchall()) != _normal(copy.execute(sql).fetchall())]
+                differ = [
+                    sql
+                    for sql in seen[:50]
+                    if _normal(other.execute(sql).fetchall()) != _normal(copy.execute(sql).fetchall())
+                ]
     finally:
         proxy.stop()
     assert not refused
@@ -120,7 +131,7 @@ def test_isolation_oracle(oracle_dbs, tmp_path_factory, mode):
 
 WRONG_RESULTS = {
     "cte-in-a-parenthesized-union-branch": "(with customers as (select 1 as id) select id from customers) "
-                                           "union all (select id from customers)",
+    "union all (select id from customers)",
 }
 
 
@@ -128,8 +139,10 @@ WRONG_RESULTS = {
 def test_fixed_examples_agree_with_the_copy(oracle_dbs, tmp_path_factory, name):
     proxy = policy_proxy(tmp_path_factory.mktemp("oracle-fixed"), "transaction")
     try:
-        with psycopg.connect(proxy.dsn(user="acme_app", dbname=FULL_DB), autocommit=True) as through, \
-                psycopg.connect(DIRECT.format(COPY_DB), autocommit=True) as copy:
+        with (
+            psycopg.connect(proxy.dsn(user="acme_app", dbname=FULL_DB), autocommit=True) as through,
+            psycopg.connect(DIRECT.format(COPY_DB), autocommit=True) as copy,
+        ):
             sql = WRONG_RESULTS[name]
             assert _normal(through.execute(sql).fetchall()) == _normal(copy.execute(sql).fetchall())
     finally:

@@ -10,8 +10,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 from sqlalchemy import ForeignKey, Numeric, String, create_engine, delete, func, select, update
-from sqlalchemy.orm import (DeclarativeBase, Mapped, Session, joinedload, mapped_column, relationship,
-                            selectinload)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, joinedload, mapped_column, relationship, selectinload
 
 from tests.harness import PG_PORT, ROOT
 from tests.policy.conftest import DB, reset_data
@@ -25,12 +24,13 @@ class Base(DeclarativeBase):
 
 class Customer(Base):
     """The tenant column is deliberately not mapped: pgwarden fills it in."""
+
     __tablename__ = "customers"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String)
     email: Mapped[str | None]
     ssn: Mapped[str | None]
-    orders: Mapped[list["Order"]] = relationship(back_populates="customer")
+    orders: Mapped[list[Order]] = relationship(back_populates="customer")
 
 
 class Order(Base):
@@ -56,16 +56,22 @@ def test_sqlalchemy_as_a_tenant(guarded):
     engine = create_engine(f"postgresql+psycopg://acme_app@127.0.0.1:{guarded.port}/{DB}?sslmode=disable")
     try:
         with Session(engine) as session:
-            customers = session.scalars(select(Customer).options(selectinload(Customer.orders))
-                                        .order_by(Customer.id)).all()
+            customers = session.scalars(
+                select(Customer).options(selectinload(Customer.orders)).order_by(Customer.id)
+            ).all()
             assert [(c.id, c.name, c.ssn) for c in customers] == [(1, "Ann", "****"), (2, "Bob", "****")]
             assert [[o.total for o in c.orders] for c in customers] == [[Decimal("100.00")], [Decimal("50.50")]]
             joined = session.scalars(select(Order).options(joinedload(Order.customer)).order_by(Order.id)).all()
-            assert [(o.id, o.customer.name, o.customer.ssn) for o in joined] == \
-                [(10, "Ann", "****"), (11, "Bob", "****")]
-            rows = session.execute(select(Customer.name, func.count(Order.id), func.sum(Order.total))
-                                   .join(Order, Order.customer_id == Customer.id, isouter=True)
-                                   .group_by(Customer.name).order_by(Customer.name)).all()
+            assert [(o.id, o.customer.name, o.customer.ssn) for o in joined] == [
+                (10, "Ann", "****"),
+                (11, "Bob", "****"),
+            ]
+            rows = session.execute(
+                select(Customer.name, func.count(Order.id), func.sum(Order.total))
+                .join(Order, Order.customer_id == Customer.id, isouter=True)
+                .group_by(Customer.name)
+                .order_by(Customer.name)
+            ).all()
             assert [tuple(r) for r in rows] == [("Ann", 1, Decimal("100.00")), ("Bob", 1, Decimal("50.50"))]
             assert session.scalar(select(func.count()).select_from(Customer).where(Customer.ssn.like("1%"))) == 0
             assert session.get(Customer, 3) is None  # globex's row does not exist for acme
@@ -90,8 +96,11 @@ def test_sqlalchemy_as_a_tenant(guarded):
     assert _refusals(guarded, offset) == []
     # what PostgreSQL held after each write: the tenant filled in, nothing of globex touched
     assert _direct("select count(*) from orders where id in (40, 42)") == [(0,)]
-    assert _direct("select id, tenant_id, total from orders order by id") == \
-        [(10, "acme", Decimal("100.00")), (11, "acme", Decimal("50.50")), (12, "globex", Decimal("999.99"))]
+    assert _direct("select id, tenant_id, total from orders order by id") == [
+        (10, "acme", Decimal("100.00")),
+        (11, "acme", Decimal("50.50")),
+        (12, "globex", Decimal("999.99")),
+    ]
 
 
 def test_sqlalchemy_inserts_get_the_tenant_and_keep_the_real_value(guarded):
@@ -110,11 +119,18 @@ def test_sqlalchemy_inserts_get_the_tenant_and_keep_the_real_value(guarded):
 def django_run(guarded):
     reset_data()
     offset = len(guarded.logs())
-    out = subprocess.run([sys.executable, "-m", "tests.policy.orm_django", str(guarded.port), DB],
-                         cwd=ROOT, capture_output=True, text=True, timeout=90)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.policy.orm_django", str(guarded.port), DB],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    state = (_direct("select id, tenant_id, name from customers order by id"),
-             _direct("select id, tenant_id, total from orders order by id"))
+    state = (
+        _direct("select id, tenant_id, name from customers order by id"),
+        _direct("select id, tenant_id, total from orders order by id"),
+    )
     yield json.loads(out.stdout.strip().splitlines()[-1]), _refusals(guarded, offset), state
     reset_data()
 
@@ -142,5 +158,8 @@ def test_django_writes_as_a_tenant(django_run):
     assert seen["after_writes"] == [[10, "100.00"], [11, "50.50"], [30, "8.00"], [32, "1.00"], [33, "2.00"]]
     assert seen["update_or_create"] == ["Cyril", False, "****"]
     assert customers == [(1, "acme", "Ann"), (2, "acme", "Bob"), (3, "globex", "Gus")]
-    assert orders == [(10, "acme", Decimal("100.00")), (11, "acme", Decimal("50.50")),
-                      (12, "globex", Decimal("999.99"))]
+    assert orders == [
+        (10, "acme", Decimal("100.00")),
+        (11, "acme", Decimal("50.50")),
+        (12, "globex", Decimal("999.99")),
+    ]

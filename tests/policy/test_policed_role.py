@@ -54,6 +54,7 @@ def _refused(proxy, user: str = "acme_app") -> Refusal:
             await conn.fetch("select name from customers")
         finally:
             await conn.close()
+
     with pytest.raises(asyncpg.PostgresError) as info:
         asyncio.run(run())
     err = info.value
@@ -68,6 +69,7 @@ def _assert_bypass_works(proxy) -> None:
 
 # --- the configured role serves policed sessions --------------------------------------------------
 
+
 def test_policed_sessions_run_as_the_policed_role(guarded):
     for user in ("acme_app", "alice", "saas_backend"):
         with connect(guarded, user) as conn:
@@ -80,23 +82,31 @@ def test_policed_sessions_run_as_the_policed_role(guarded):
 
 def test_policed_sessions_run_as_the_policed_role_with_asyncpg(guarded):
     async def run() -> tuple:
-        conn = await asyncpg.connect(host=guarded.host, port=guarded.port, user="acme_app",
-                                     database=DB, ssl=False)
+        conn = await asyncpg.connect(host=guarded.host, port=guarded.port, user="acme_app", database=DB, ssl=False)
         try:
             row = await conn.fetchrow(WHO)
             names = [r["name"] for r in await conn.fetch("select name from customers order by id")]
             return tuple(row), names
         finally:
             await conn.close()
+
     assert asyncio.run(run()) == ((POLICED_ROLE, "off"), ["Ann", "Bob"])
 
 
-ESCALATIONS = ["set role postgres", "SET ROLE \"postgres\"", "set local role postgres",
-               "set session authorization postgres", "set session authorization default",
-               "reset role", "reset session authorization", "reset all",
-               "select set_config('role', 'postgres', false)",
-               "select pg_catalog.set_config('session_authorization', 'postgres', false)",
-               "set role pg_read_all_data", "set role pg_execute_server_program"]
+ESCALATIONS = [
+    "set role postgres",
+    'SET ROLE "postgres"',
+    "set local role postgres",
+    "set session authorization postgres",
+    "set session authorization default",
+    "reset role",
+    "reset session authorization",
+    "reset all",
+    "select set_config('role', 'postgres', false)",
+    "select pg_catalog.set_config('session_authorization', 'postgres', false)",
+    "set role pg_read_all_data",
+    "set role pg_execute_server_program",
+]
 
 
 @pytest.mark.parametrize("prepare", [False, True])
@@ -120,30 +130,40 @@ def test_no_statement_turns_a_policed_session_into_another_role(guarded, prepare
 
 def test_policed_and_bypass_sessions_never_share_a_backend(guarded):
     """Interleaved on the same proxy, each statement runs as its own session's role."""
-    with connect(guarded, "acme_app") as acme, connect(guarded, "postgres") as admin, \
-            connect(guarded, "nobody_in_the_policy") as nobody:
+    with (
+        connect(guarded, "acme_app") as acme,
+        connect(guarded, "postgres") as admin,
+        connect(guarded, "nobody_in_the_policy") as nobody,
+    ):
         for _ in range(10):
             assert acme.execute(WHO).fetchone() == (POLICED_ROLE, "off")
             assert admin.execute(WHO).fetchone() == ("postgres", "on")
             assert nobody.execute(WHO).fetchone() == (POLICED_ROLE, "off")
         pids = {c.execute("select pg_backend_pid()").fetchone()[0] for c in (acme, nobody)}
         assert admin.execute("select pg_backend_pid()").fetchone()[0] not in pids
-        assert admin.execute("select count(*) from pg_stat_activity where usename = %s and pid = any(%s)",
-                             (POLICED_ROLE, list(pids))).fetchone() == (len(pids),)
+        assert admin.execute(
+            "select count(*) from pg_stat_activity where usename = %s and pid = any(%s)", (POLICED_ROLE, list(pids))
+        ).fetchone() == (len(pids),)
 
 
 def test_postgresql_itself_refuses_what_the_policy_does_not_grant(guarded):
     """Defence in depth: directly, the policed role cannot read what the policy refuses."""
-    with psycopg.connect(DIRECT.format(DB).replace("user=postgres", f"user={POLICED_ROLE}"),
-                         autocommit=True) as conn:
-        for sql in ("select * from secrets", "select * from public.secrets", "truncate customers",
-                    "create table public.mine (x int)", "set role postgres",
-                    "alter table customers add column x int", "select pg_read_file('PG_VERSION')"):
+    with psycopg.connect(DIRECT.format(DB).replace("user=postgres", f"user={POLICED_ROLE}"), autocommit=True) as conn:
+        for sql in (
+            "select * from secrets",
+            "select * from public.secrets",
+            "truncate customers",
+            "create table public.mine (x int)",
+            "set role postgres",
+            "alter table customers add column x int",
+            "select pg_read_file('PG_VERSION')",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(sql)
 
 
 # --- an unfit role: policed sessions refused, bypass sessions unaffected ------------------------
+
 
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_a_superuser_policed_role_is_refused(shop_db, tmp_path, mode):
@@ -170,14 +190,18 @@ def test_without_a_policed_role_a_superuser_backend_user_is_refused(shop_db, tmp
         proxy.stop()
 
 
-@pytest.mark.parametrize("case", ["bypassrls", "owner", "owner-through-membership",
-                                  "member-of-superuser", "create-on-public"])
+@pytest.mark.parametrize(
+    "case", ["bypassrls", "owner", "owner-through-membership", "member-of-superuser", "create-on-public"]
+)
 def test_an_unfit_policed_role_is_refused(shop_db, tmp_path, case):
     role = _role("pgw_unfit", "bypassrls" if case == "bypassrls" else "")
-    expected = {"bypassrls": "has BYPASSRLS", "owner": "owns public.secrets",
-                "owner-through-membership": "owns public.secrets",
-                "member-of-superuser": "is a member of superuser or BYPASSRLS role(s) pgw_super",
-                "create-on-public": "may create objects in schema(s) public"}[case]
+    expected = {
+        "bypassrls": "has BYPASSRLS",
+        "owner": "owns public.secrets",
+        "owner-through-membership": "owns public.secrets",
+        "member-of-superuser": "is a member of superuser or BYPASSRLS role(s) pgw_super",
+        "create-on-public": "may create objects in schema(s) public",
+    }[case]
     if case == "owner":
         _direct(f"alter table secrets owner to {role}")
     elif case == "owner-through-membership":
@@ -189,8 +213,7 @@ def test_an_unfit_policed_role_is_refused(shop_db, tmp_path, case):
     elif case == "member-of-superuser":
         _role("pgw_super", "superuser")
         _direct(f"grant pgw_super to {role}")
-    proxy = policy_proxy(tmp_path, "transaction",
-                         backend_auth={"user": "postgres", "policed": {"user": role}})
+    proxy = policy_proxy(tmp_path, "transaction", backend_auth={"user": "postgres", "policed": {"user": role}})
     try:
         err = _refused(proxy)
         assert err.sqlstate == "42501" and expected in err.message, err
@@ -231,17 +254,25 @@ def test_a_role_made_owner_at_run_time_is_cut_off(shop_db, tmp_path):
 
 # --- pgwarden check --live ------------------------------------------------------------------------
 
+
 def _check(proxy) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(proxy.config_path),
-                           "--live", "--database", DB], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(proxy.config_path), "--live", "--database", DB],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("backend_auth, reason", [
-    ({"user": "postgres", "policed": {"user": "postgres"}}, 'backend role "postgres" is a superuser'),
-    ({"user": "postgres"}, 'backend role "postgres" is a superuser'),
-    ({"user": "postgres", "policed": {"user": "pgw_checked"}}, "owns public.orders"),
-])
+@pytest.mark.parametrize(
+    "backend_auth, reason",
+    [
+        ({"user": "postgres", "policed": {"user": "postgres"}}, 'backend role "postgres" is a superuser'),
+        ({"user": "postgres"}, 'backend role "postgres" is a superuser'),
+        ({"user": "postgres", "policed": {"user": "pgw_checked"}}, "owns public.orders"),
+    ],
+)
 def test_check_live_refuses_an_unfit_policed_role(shop_db, tmp_path, backend_auth, reason):
     _role("pgw_checked")
     _direct("alter table orders owner to pgw_checked")
@@ -272,8 +303,9 @@ def test_slow_policed_statements_are_explained_as_the_policed_role(shop_db, tmp_
         deadline, users = time.monotonic() + 10, []
         with psycopg.connect(DIRECT.format("postgres"), autocommit=True) as direct:
             while time.monotonic() < deadline and not users:
-                users = direct.execute("select usename from pg_stat_activity "
-                                       "where application_name = 'pgwarden-explain'").fetchall()
+                users = direct.execute(
+                    "select usename from pg_stat_activity where application_name = 'pgwarden-explain'"
+                ).fetchall()
                 time.sleep(0.1)
         assert users == [(POLICED_ROLE,)]
         assert '"plan"' in proxy.logs() or "Plan" in proxy.logs()
@@ -305,12 +337,10 @@ def test_a_fixed_role_serves_again_after_a_reload(shop_db, tmp_path):
         proxy.stop()
 
 
-@pytest.mark.parametrize("option", ["-c role=postgres", "-c session_authorization=postgres",
-                                    "-crole=pg_read_all_data"])
+@pytest.mark.parametrize("option", ["-c role=postgres", "-c session_authorization=postgres", "-crole=pg_read_all_data"])
 def test_startup_options_cannot_change_the_policed_role(guarded, option):
     try:
-        conn = psycopg.connect(guarded.dsn(user="acme_app", dbname=DB, options=f"'{option}'"),
-                               autocommit=True)
+        conn = psycopg.connect(guarded.dsn(user="acme_app", dbname=DB, options=f"'{option}'"), autocommit=True)
     except psycopg.OperationalError as exc:
         assert "refused" in str(exc) or "permission denied" in str(exc), exc
         return

@@ -24,8 +24,9 @@ DIRECT = bypass_shop.DIRECT.format(bypass_shop.DB)
 @pytest.fixture(scope="module", params=["transaction", "session"])
 def shop(request, tmp_path_factory):
     bypass_shop.create()
-    proxy = policy_proxy(tmp_path_factory.mktemp(f"qual-order-{request.param}"), request.param,
-                         policy=bypass_shop.BYPASS_POLICY)
+    proxy = policy_proxy(
+        tmp_path_factory.mktemp(f"qual-order-{request.param}"), request.param, policy=bypass_shop.BYPASS_POLICY
+    )
     yield proxy
     proxy.stop()
     bypass_shop.drop()
@@ -58,30 +59,37 @@ def run_clean(conn, sql: str, params=None) -> list:
 
 def globex_rows() -> list:
     with psycopg.connect(DIRECT) as direct:
-        return direct.execute("select c.*, o.* from customers c full join orders o on o.customer_id = c.id "
-                              "where c.tenant_id <> 'acme' or o.tenant_id <> 'acme' order by c.id, o.id").fetchall()
+        return direct.execute(
+            "select c.*, o.* from customers c full join orders o on o.customer_id = c.id "
+            "where c.tenant_id <> 'acme' or o.tenant_id <> 'acme' order by c.id, o.id"
+        ).fetchall()
 
 
 READS = {
     "where": "select id from customers where id = 3 and {}".format(LEAK.format("name")),
     "where-range": "select id from customers where id > 0 and {}".format(LEAK.format("email")),
     "or": "select id from customers where id = 3 and ({} or id = 0)".format(LEAK.format("ssn")),
-    "join-on": "select c.id from customers c join orders o on o.customer_id = c.id and {} where o.id = 12"
-               .format(LEAK.format("o.tenant_id")),
+    "join-on": "select c.id from customers c join orders o on o.customer_id = c.id and {} where o.id = 12".format(
+        LEAK.format("o.tenant_id")
+    ),
     "join-using": "select 1 from customers c join orders o using (id) where {}".format(LEAK.format("c.name")),
-    "exists": "select 1 from countries x where exists (select 1 from orders o where o.id = 12 and {})"
-              .format(LEAK.format("o.tenant_id")),
-    "in-subquery": "select 1 from countries x where 3 in (select id from customers where {})"
-                   .format(LEAK.format("name")),
-    "lateral": "select 1 from countries x, lateral (select 1 from customers c where c.id = 3 and {}) l"
-               .format(LEAK.format("c.phone")),
+    "exists": "select 1 from countries x where exists (select 1 from orders o where o.id = 12 and {})".format(
+        LEAK.format("o.tenant_id")
+    ),
+    "in-subquery": "select 1 from countries x where 3 in (select id from customers where {})".format(
+        LEAK.format("name")
+    ),
+    "lateral": "select 1 from countries x, lateral (select 1 from customers c where c.id = 3 and {}) l".format(
+        LEAK.format("c.phone")
+    ),
     "cte": "with x as (select * from customers) select 1 from x where id = 3 and {}".format(LEAK.format("name")),
     "having": "select name from customers where id = 3 group by name having {}".format(LEAK.format("name")),
     "from-subquery": "select 1 from (select * from customers where id > 0) s where {}".format(LEAK.format("s.name")),
-    "select-list-pulled-up": "select * from (select id, {} as x from customers) s where s.x"
-                             .format(LEAK.format("name")),
+    "select-list-pulled-up": "select * from (select id, {} as x from customers) s where s.x".format(
+        LEAK.format("name")
+    ),
     "union-all": "select * from (select id, name from customers union all select id, tenant_id from orders) s "
-                 "where s.id = 3 and {}".format(LEAK.format("s.name")),
+    "where s.id = 3 and {}".format(LEAK.format("s.name")),
     "oracle-low": "select 1 from orders where id = 12 and total > 999.98 and {}".format(LEAK.format("tenant_id")),
     "oracle-high": "select 1 from orders where id = 12 and total > 999.99 and {}".format(LEAK.format("tenant_id")),
     "table-privilege": "select 1 from orders where id = 12 and has_table_privilege(tenant_id, 'select')",
@@ -92,8 +100,9 @@ READS = {
     "like-pattern": "select 1 from customers where id = 3 and 'x' like name || '('",
     "copy": "copy (select id from customers where id = 3 and {}) to stdout".format(LEAK.format("name")),
     "explain-analyze": "explain analyze select id from customers where id = 3 and {}".format(LEAK.format("name")),
-    "quoted-qualified": 'select 1 from "public"."customers" "C" where "C"."id" = 3 and {}'
-                        .format(LEAK.format('"C"."name"')),
+    "quoted-qualified": 'select 1 from "public"."customers" "C" where "C"."id" = 3 and {}'.format(
+        LEAK.format('"C"."name"')
+    ),
 }
 
 
@@ -132,22 +141,25 @@ WRITES = {
     "update-range": "update orders set total = total where id > 0 and has_table_privilege(tenant_id, 'select')",
     "update-cost-zero": "update customers set name = name where xmlparse(document email) is not null",
     "delete": "delete from customers where id = 3 and {}".format(LEAK.format("email")),
-    "update-from": "update orders o set total = o.total from customers c where c.id = o.customer_id and {}"
-                   .format(LEAK.format("c.name")),
-    "delete-using": "delete from orders o using customers c where c.id = o.customer_id and {}"
-                    .format(LEAK.format("o.tenant_id")),
+    "update-from": "update orders o set total = o.total from customers c where c.id = o.customer_id and {}".format(
+        LEAK.format("c.name")
+    ),
+    "delete-using": "delete from orders o using customers c where c.id = o.customer_id and {}".format(
+        LEAK.format("o.tenant_id")
+    ),
     "conflict-cast": "insert into customers (id, name) values (3, 'x') on conflict (id) do update "
-                     "set name = excluded.name where customers.email::int > 0",
+    "set name = excluded.name where customers.email::int > 0",
     "conflict-function": "insert into orders (id, customer_id) values (12, 1) on conflict (id) do update "
-                         "set total = 1 where {}".format(LEAK.format("orders.tenant_id")),
+    "set total = 1 where {}".format(LEAK.format("orders.tenant_id")),
     "conflict-alias": "insert into customers as c (id, name) values (3, 'x') on conflict (id) do update "
-                      "set name = excluded.name where c.phone::int > 0",
+    "set name = excluded.name where c.phone::int > 0",
     "conflict-leak-free": "insert into customers (id, name) values (3, 'x') on conflict (id) do update "
-                          "set name = excluded.name where customers.name = 'Gus'",
+    "set name = excluded.name where customers.name = 'Gus'",
     "conflict-no-where": "insert into customers (id, name) values (3, 'x') on conflict (id) do update "
-                         "set name = customers.email::int::text",
-    "cte-update": "with u as (update orders set total = total where id = 12 and {} returning id) select * from u"
-                  .format(LEAK.format("tenant_id")),
+    "set name = customers.email::int::text",
+    "cte-update": "with u as (update orders set total = total where id = 12 and {} returning id) select * from u".format(
+        LEAK.format("tenant_id")
+    ),
 }
 
 
@@ -166,9 +178,25 @@ def _explain(proxy, sql: str, params) -> str:
     numbered = sql
     for n in range(1, len(params) + 1):
         numbered = numbered.replace("%s", f"${n}", 1)
-    out = subprocess.run([sys.executable, "-m", "proxy", "explain", "--config", str(proxy.config_path),
-                          "--database", bypass_shop.DB, "--user", "acme_app", numbered],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "explain",
+            "--config",
+            str(proxy.config_path),
+            "--database",
+            bypass_shop.DB,
+            "--user",
+            "acme_app",
+            numbered,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     rewritten = "\n".join(line for line in out[1:] if not line.startswith(("rewrite:", "check at Bind")))
     for n, value in reversed(list(enumerate(params, 1))):
         rewritten = rewritten.replace(f"${n}", str(int(value)))
@@ -177,11 +205,13 @@ def _explain(proxy, sql: str, params) -> str:
         return "\n".join(r[0] for r in direct.execute("explain (costs off) " + rewritten).fetchall())
 
 
-FAST = [("select * from customers where id = %s", (1,)),
-        ('select "customers"."id", "customers"."name" from "customers" where "customers"."id" = %s limit 21', (1,)),
-        ("select c.name, o.total from customers c join orders o on o.customer_id = c.id where c.id = %s", (1,)),
-        ("select * from customers where id = %s and name <> 'x' and born is not null", (1,)),
-        ("select * from customers where id in (%s, %s) or id between 5 and %s", (1, 2, 7))]
+FAST = [
+    ("select * from customers where id = %s", (1,)),
+    ('select "customers"."id", "customers"."name" from "customers" where "customers"."id" = %s limit 21', (1,)),
+    ("select c.name, o.total from customers c join orders o on o.customer_id = c.id where c.id = %s", (1,)),
+    ("select * from customers where id = %s and name <> 'x' and born is not null", (1,)),
+    ("select * from customers where id in (%s, %s) or id between 5 and %s", (1, 2, 7)),
+]
 
 
 @pytest.mark.parametrize(("sql", "params"), FAST, ids=[s for s, _ in FAST])
@@ -206,7 +236,7 @@ TENANT_CASTS = {
     "update": "update orders set tenant_id = 'acme'::char(3) where id = 10",
     "update-upper": "UPDATE orders SET TENANT_ID = 'acme'::\"varchar\"(2) WHERE id = 10",
     "conflict-set": "insert into orders (id, customer_id) values (10, 1) on conflict (id) do update "
-                    "set tenant_id = 'acme'::varchar(1)",
+    "set tenant_id = 'acme'::varchar(1)",
 }
 
 
@@ -225,9 +255,14 @@ def test_a_cast_around_the_tenant_value_is_refused(shop, name):
     assert _odd_tenants() == []
 
 
-@pytest.mark.parametrize("sql", ["insert into orders (id, tenant_id, customer_id, total) values (%s, %s::varchar(1), 1, 1)",
-                                 "insert into orders (id, tenant_id, customer_id, total) values (%s, cast(%s as char(2)), 1, 1)",
-                                 "update orders set tenant_id = %s::char(3) where id = %s"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "insert into orders (id, tenant_id, customer_id, total) values (%s, %s::varchar(1), 1, 1)",
+        "insert into orders (id, tenant_id, customer_id, total) values (%s, cast(%s as char(2)), 1, 1)",
+        "update orders set tenant_id = %s::char(3) where id = %s",
+    ],
+)
 @pytest.mark.parametrize("prepare", [False, True])
 def test_a_cast_around_a_tenant_parameter_is_refused(shop, sql, prepare):
     params = ("acme", 10) if sql.startswith("update") else (956, "acme")
@@ -240,13 +275,15 @@ def test_a_cast_around_a_tenant_parameter_is_refused(shop, sql, prepare):
 def test_a_tenant_parameter_declared_of_a_narrowing_type_is_refused(shop, oid):
     with connect(shop) as conn:
         pg = conn.pgconn
-        res = pg.prepare(b"narrow", b"insert into orders (id, tenant_id, customer_id, total) values (957, $1, 1, 1)",
-                         [oid])
+        res = pg.prepare(
+            b"narrow", b"insert into orders (id, tenant_id, customer_id, total) values (957, $1, 1, 1)", [oid]
+        )
         assert res.status == psycopg.pq.ExecStatus.FATAL_ERROR and b"Parse refused" in res.error_message
         res = pg.exec_prepared(b"narrow", [b"acme"])
         assert res.status == psycopg.pq.ExecStatus.FATAL_ERROR
-        res = pg.prepare(b"plain", b"insert into orders (id, tenant_id, customer_id, total) values (957, $1, 1, 1)",
-                         [25])
+        res = pg.prepare(
+            b"plain", b"insert into orders (id, tenant_id, customer_id, total) values (957, $1, 1, 1)", [25]
+        )
         assert res.status == psycopg.pq.ExecStatus.COMMAND_OK
         assert pg.exec_prepared(b"plain", [b"acme"]).status == psycopg.pq.ExecStatus.COMMAND_OK
         conn.execute("delete from orders where id = 957")
@@ -256,16 +293,16 @@ def test_a_tenant_parameter_declared_of_a_narrowing_type_is_refused(shop, oid):
 ZERO_COSTS = ("cpu_operator_cost", "cpu_tuple_cost", "seq_page_cost", "random_page_cost")
 SUBQUERY_DUMPS = {
     "in-order-by": "select count(*) from customers where id in (select id from orders order by "
-                   "set_config('my.leak', current_setting('my.leak') || customers.name || ';', true) limit 5)",
+    "set_config('my.leak', current_setting('my.leak') || customers.name || ';', true) limit 5)",
     "exists-order-by": "select count(*) from customers c where exists (select 1 from countries order by "
-                       "set_config('my.leak', current_setting('my.leak') || c.email || ';', true))",
+    "set_config('my.leak', current_setting('my.leak') || c.email || ';', true))",
     "union-branch": "select count(*) from customers where id in (select id from orders union "
-                    "(select id from orders order by set_config('my.leak', current_setting('my.leak') "
-                    "|| customers.ssn || ';', true) limit 1))",
+    "(select id from orders order by set_config('my.leak', current_setting('my.leak') "
+    "|| customers.ssn || ';', true) limit 1))",
     "join-on": "select count(*) from customers c join orders o on o.id in (select id from orders order by "
-               "set_config('my.leak', current_setting('my.leak') || c.name || ';', true) limit 1)",
+    "set_config('my.leak', current_setting('my.leak') || c.name || ';', true) limit 1)",
     "update-where": "update orders set total = total where id in (select id from countries order by "
-                    "set_config('my.leak', current_setting('my.leak') || orders.tenant_id || ';', true) limit 1)",
+    "set_config('my.leak', current_setting('my.leak') || orders.tenant_id || ';', true) limit 1)",
 }
 
 
@@ -294,21 +331,21 @@ def test_a_subquerys_order_by_never_meets_another_tenants_row(shop, name):
 GUS = "customers.id = 3 and customers.name >= 'G'"  # globex's row: true only for it
 SUBQUERY_ORACLES = {
     "limit": f"select id from customers where exists (select 1 from countries limit case when {GUS} "
-             "then -1 else 1 end)",
+    "then -1 else 1 end)",
     "offset": f"select id from customers where exists (select 1 from countries offset case when {GUS} "
-              "then -1 else 0 end)",
+    "then -1 else 0 end)",
     "fetch-first": f"select id from customers where exists (select 1 from countries fetch first "
-                   f"(case when {GUS} then -1 else 1 end) rows only)",
+    f"(case when {GUS} then -1 else 1 end) rows only)",
     "order-by-division": f"select id from customers where exists (select 1 from countries order by "
-                         f"1 / case when {GUS} then 0 else 1 end)",
+    f"1 / case when {GUS} then 0 else 1 end)",
     "group-by-division": f"select id from customers where exists (select 1 from countries group by "
-                         f"1 / case when {GUS} then 0 else 1 end)",
+    f"1 / case when {GUS} then 0 else 1 end)",
     "in-limit": f"select id from customers where id in (select id from orders limit case when {GUS} "
-                "then -1 else 5 end)",
+    "then -1 else 5 end)",
     "update-limit": "update customers set name = name where id in (select id from orders limit case when "
-                    f"{GUS} then -1 else 5 end)",
+    f"{GUS} then -1 else 5 end)",
     "update-offset": "update customers set name = name where exists (select 1 from countries offset case when "
-                     f"{GUS} then -1 else 0 end)",
+    f"{GUS} then -1 else 0 end)",
 }
 
 

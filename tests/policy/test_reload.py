@@ -39,7 +39,7 @@ def test_a_policy_file_change_applies_without_restart_and_a_bad_one_is_kept_out(
     try:
         assert _can_read_countries(proxy)
         policy_file = tmp_path / "p" / "policies" / "shop.yaml"
-        without = POLICY.replace('    grants: {"*": [select]}\n', '    grants: {admin: [select]}\n')
+        without = POLICY.replace('    grants: {"*": [select]}\n', "    grants: {admin: [select]}\n")
         assert without != POLICY
         policy_file.write_text(without)
         assert _wait_for(lambda: not _can_read_countries(proxy)), "the revoked grant took effect"

@@ -86,12 +86,18 @@ def _clean(conn, sql, prepare=False):
     assert not [leak for leak in LEAKS if leak in text], (sql, text)
 
 
-RELATIONS = ["select * from system_user", "SELECT * FROM SYSTEM_USER", "select * from System_User s",
-             "select s.secret from countries, system_user s", "table system_user",
-             "with x as (select * from system_user) select * from x",
-             "select c.name, s.* from customers c join system_user s on true",
-             "select (select secret from system_user limit 1)", "select * from public.system_user",
-             'select * from "system_user"']
+RELATIONS = [
+    "select * from system_user",
+    "SELECT * FROM SYSTEM_USER",
+    "select * from System_User s",
+    "select s.secret from countries, system_user s",
+    "table system_user",
+    "with x as (select * from system_user) select * from x",
+    "select c.name, s.* from customers c join system_user s on true",
+    "select (select secret from system_user limit 1)",
+    "select * from public.system_user",
+    'select * from "system_user"',
+]
 
 
 @pytest.mark.parametrize("prepare", [False, True], ids=["simple", "extended"])
@@ -101,15 +107,26 @@ def test_an_unlisted_table_named_system_user_is_refused(proxy, sql, prepare):
         _refused(conn, sql, prepare, "system_user")
 
 
-CALLS = ["select json_object()", "SELECT JSON_OBJECT()", "select Json_Object() as x",
-         "select json_arrayagg(name) from customers", "select JSON_ARRAYAGG(name) from countries",
-         "select merge_action()", "select * from json_table('x')", "select (json_object())",
-         "select c.name from customers c where c.name <> json_object()", "select public.json_object()",
-         "explain analyze select json_object()", "copy (select json_object()) to stdout",
-         "prepare leak as select merge_action()", "update orders set total = 1 where json_object() is not null",
-         "insert into orders (id, tenant_id, customer_id, total) select 99, 'acme', 1, length(json_object())",
-         "select * from countries where exists (select 1 from json_table('x'))",
-         "select json_arrayagg(code) over () from countries", "select x from (values (json_object())) v(x)"]
+CALLS = [
+    "select json_object()",
+    "SELECT JSON_OBJECT()",
+    "select Json_Object() as x",
+    "select json_arrayagg(name) from customers",
+    "select JSON_ARRAYAGG(name) from countries",
+    "select merge_action()",
+    "select * from json_table('x')",
+    "select (json_object())",
+    "select c.name from customers c where c.name <> json_object()",
+    "select public.json_object()",
+    "explain analyze select json_object()",
+    "copy (select json_object()) to stdout",
+    "prepare leak as select merge_action()",
+    "update orders set total = 1 where json_object() is not null",
+    "insert into orders (id, tenant_id, customer_id, total) select 99, 'acme', 1, length(json_object())",
+    "select * from countries where exists (select 1 from json_table('x'))",
+    "select json_arrayagg(code) over () from countries",
+    "select x from (values (json_object())) v(x)",
+]
 
 
 @pytest.mark.parametrize("prepare", [False, True], ids=["simple", "extended"])
@@ -120,8 +137,14 @@ def test_the_databases_own_sql_json_and_merge_names_are_refused(proxy, sql, prep
         _clean(conn, sql, prepare)
 
 
-@pytest.mark.parametrize("sql", ["select 1; select json_object()", "select * from countries; table system_user",
-                                 "begin; select merge_action(); commit"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select 1; select json_object()",
+        "select * from countries; table system_user",
+        "begin; select merge_action(); commit",
+    ],
+)
 def test_a_message_of_several_statements_is_judged_whole(proxy, sql):
     with _tenant(proxy) as conn:
         _refused(conn, sql, False)
@@ -143,17 +166,28 @@ def test_update_with_a_target_alias_named_system_user_does_not_copy_the_unmasked
             conn.execute("update customers set name = 'Ann' where id = 1")
 
 
-@pytest.mark.parametrize("sql", ["select system_user from customers system_user",
-                                 "select system_user::text from customers as system_user",
-                                 "select to_json(system_user) from customers system_user"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select system_user from customers system_user",
+        "select system_user::text from customers as system_user",
+        "select to_json(system_user) from customers system_user",
+    ],
+)
 def test_a_whole_row_named_system_user_is_masked_or_refused(proxy, sql):
     with _tenant(proxy) as conn:
         _clean(conn, sql)
         _clean(conn, sql, prepare=True)
 
 
-@pytest.mark.parametrize("setting", ["set search_path to system_user, public", "SET search_path = SYSTEM_USER",
-                                     "set search_path to public, system_user"])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "set search_path to system_user, public",
+        "SET search_path = SYSTEM_USER",
+        "set search_path to public, system_user",
+    ],
+)
 def test_a_search_path_naming_a_schema_system_user_is_followed(proxy, setting):
     """15 reads the word as the schema system_user; pgwarden must resolve later names through it."""
     with _tenant(proxy) as conn:
@@ -170,8 +204,10 @@ def test_a_search_path_naming_a_schema_system_user_is_followed(proxy, setting):
 def test_json_and_format_stay_usable_as_the_server_reads_them(proxy):
     with _tenant(proxy) as conn:
         assert conn.execute("""select '{"a": 1}'::JSON ->> 'a'""").fetchone() == ("1",)
-        assert conn.execute("select format('%s-%s', name, id) from customers order by id").fetchall() == \
-            [("Ann-1",), ("Bob-2",)]
+        assert conn.execute("select format('%s-%s', name, id) from customers order by id").fetchall() == [
+            ("Ann-1",),
+            ("Bob-2",),
+        ]
         assert conn.execute("select pg_catalog.json_object('{a,1}'::text[])::text").fetchone() == ('{"a" : "1"}',)
 
 
@@ -188,13 +224,16 @@ REJECTED = [f for f in DIFFERENCES["forms"] if f["older"].get("15") == "rejected
 
 @pytest.mark.parametrize("form", REJECTED, ids=[f["id"] for f in REJECTED])
 def test_postgresql_15_rejects_each_form_the_data_calls_rejected(grammar_db, form):
-    with _direct() as conn:
-        with pytest.raises(psycopg.errors.SyntaxError):
-            conn.execute(form["example"])
+    with _direct() as conn, pytest.raises(psycopg.errors.SyntaxError):
+        conn.execute(form["example"])
 
 
 def test_check_live_reports_the_server_version(proxy):
-    out = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(proxy.config_path), "--live",
-                          "--database", DB], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(proxy.config_path), "--live", "--database", DB],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert f"database '{DB}': PostgreSQL 15, supported" in out.stdout

@@ -24,11 +24,15 @@ EXPLAINS = [  # {t}: a table the user may read (customers for acme_app, the shar
     "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT * FROM {t}",
     "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT * FROM {t} WHERE name = 'Gus'",
     "EXPLAIN ANALYZE SELECT name FROM {t} WHERE name BETWEEN 'A' AND 'Z'",
-    "explain analyse select * from {t}", "EXPLAIN (ANALYZE true) SELECT * FROM {t}",
-    "EXPLAIN (ANALYZE on) SELECT * FROM {t}", "EXPLAIN (analyse 1) SELECT * FROM {t}",
+    "explain analyse select * from {t}",
+    "EXPLAIN (ANALYZE true) SELECT * FROM {t}",
+    "EXPLAIN (ANALYZE on) SELECT * FROM {t}",
+    "EXPLAIN (analyse 1) SELECT * FROM {t}",
     "EXPLAIN (ANALYZE) INSERT INTO {t} (name) VALUES ('x') ON CONFLICT DO NOTHING",
-    "EXPLAIN SELECT * FROM {t} WHERE name = 'Gus'", "EXPLAIN (COSTS OFF) SELECT * FROM {t}",
-    "EXPLAIN (ANALYZE off) SELECT * FROM {t}", "select 1; explain analyze select * from {t}",
+    "EXPLAIN SELECT * FROM {t} WHERE name = 'Gus'",
+    "EXPLAIN (COSTS OFF) SELECT * FROM {t}",
+    "EXPLAIN (ANALYZE off) SELECT * FROM {t}",
+    "select 1; explain analyze select * from {t}",
 ]
 
 
@@ -62,10 +66,15 @@ def test_notify_reaches_no_listener(guarded):
     try:
         listener.execute("LISTEN globex_jobs")
         with connect(guarded, "acme_app") as conn:
-            for sql in ["NOTIFY globex_jobs, '{\"tenant\": \"globex\", \"action\": \"refund\"}'",
-                        "notify globex_jobs", 'NOTIFY "globex_jobs"', "NoTiFy/**/globex_jobs",
-                        "select 1; notify globex_jobs", "select pg_notify('globex_jobs', 'x')",
-                        "PREPARE n AS NOTIFY globex_jobs"]:
+            for sql in [
+                'NOTIFY globex_jobs, \'{"tenant": "globex", "action": "refund"}\'',
+                "notify globex_jobs",
+                'NOTIFY "globex_jobs"',
+                "NoTiFy/**/globex_jobs",
+                "select 1; notify globex_jobs",
+                "select pg_notify('globex_jobs', 'x')",
+                "PREPARE n AS NOTIFY globex_jobs",
+            ]:
                 _refused(conn, sql)
             _refused(conn, "NOTIFY globex_jobs", prepare=True)
             with conn.transaction():
@@ -87,7 +96,8 @@ LOCKS = [
     "SELECT 1 WHERE EXISTS (SELECT 1 FROM countries WHERE code = 'us' FOR UPDATE)",
     "WITH x AS (SELECT * FROM countries WHERE code = 'us' FOR UPDATE) SELECT * FROM x",
     "DECLARE c CURSOR FOR SELECT * FROM countries WHERE code = 'us' FOR UPDATE",
-    "LOCK TABLE countries", "LOCK countries IN ROW SHARE MODE",
+    "LOCK TABLE countries",
+    "LOCK countries IN ROW SHARE MODE",
     "SELECT * FROM pg_catalog.pg_class WHERE relname = 'countries' FOR UPDATE",
 ]
 
@@ -123,8 +133,14 @@ def test_row_locks_on_a_table_without_the_update_grant_are_refused(guarded, user
 def test_row_locks_stay_allowed_with_the_update_grant(guarded):
     with connect(guarded, "acme_app") as conn, conn.transaction():
         assert len(conn.execute("SELECT id FROM customers FOR UPDATE").fetchall()) == 2
-        assert len(conn.execute("SELECT o.id FROM orders o JOIN countries c ON true "
-                                "FOR UPDATE OF o", prepare=True).fetchall()) == 4
+        assert (
+            len(
+                conn.execute(
+                    "SELECT o.id FROM orders o JOIN countries c ON true FOR UPDATE OF o", prepare=True
+                ).fetchall()
+            )
+            == 4
+        )
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +149,21 @@ def catalog_statistics(shop_db):
     with psycopg.connect(DIRECT, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA IF NOT EXISTS pgw_ext")
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements SCHEMA pgw_ext")
-        relations = [r for r, in conn.execute(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND c.relname LIKE '%stat%' "
-            "AND n.nspname IN ('pg_catalog', 'information_schema', 'pgw_ext') ORDER BY 1")]
-        functions = [f for f, in conn.execute(
-            "SELECT DISTINCT proname FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace "
-            "AND (proname LIKE '%stat%' OR proname LIKE '%size%') ORDER BY 1")]
+        relations = [
+            r
+            for (r,) in conn.execute(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND c.relname LIKE '%stat%' "
+                "AND n.nspname IN ('pg_catalog', 'information_schema', 'pgw_ext') ORDER BY 1"
+            )
+        ]
+        functions = [
+            f
+            for (f,) in conn.execute(
+                "SELECT DISTINCT proname FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace "
+                "AND (proname LIKE '%stat%' OR proname LIKE '%size%') ORDER BY 1"
+            )
+        ]
     yield relations, functions
     with psycopg.connect(DIRECT, autocommit=True) as conn:
         conn.execute("DROP SCHEMA pgw_ext CASCADE")
@@ -149,11 +173,26 @@ def catalog_statistics(shop_db):
 READABLE_RELATIONS = {"pg_catalog.pg_statistic_ext"}
 # refused as other sessions' state on a shared backend, or as PostgreSQL itself hides them
 OTHER_REFUSALS = {"pg_catalog.pg_replication_origin_status", "pg_catalog.pg_prepared_statements"}
-READABLE_FUNCTIONS = {"booland_statefunc", "boolor_statefunc", "pg_column_size", "pg_size_bytes", "pg_size_pretty",
-                      "pg_get_statisticsobjdef", "pg_get_statisticsobjdef_columns",
-                      "pg_get_statisticsobjdef_expressions", "pg_statistics_obj_is_visible", "statement_timestamp",
-                      "pg_prepared_statement", "pg_xact_status", "txid_status", "pg_get_wal_replay_pause_state",
-                      "pg_lock_status", "pg_ls_archive_statusdir", "pg_show_replication_origin_status", "ts_stat"}
+READABLE_FUNCTIONS = {
+    "booland_statefunc",
+    "boolor_statefunc",
+    "pg_column_size",
+    "pg_size_bytes",
+    "pg_size_pretty",
+    "pg_get_statisticsobjdef",
+    "pg_get_statisticsobjdef_columns",
+    "pg_get_statisticsobjdef_expressions",
+    "pg_statistics_obj_is_visible",
+    "statement_timestamp",
+    "pg_prepared_statement",
+    "pg_xact_status",
+    "txid_status",
+    "pg_get_wal_replay_pause_state",
+    "pg_lock_status",
+    "pg_ls_archive_statusdir",
+    "pg_show_replication_origin_status",
+    "ts_stat",
+}
 
 
 def test_every_statistics_relation_and_function_of_the_live_catalog_is_refused(guarded, catalog_statistics):
@@ -174,7 +213,7 @@ def test_every_statistics_relation_and_function_of_the_live_catalog_is_refused(g
         for name in functions:
             if name in READABLE_FUNCTIONS:
                 continue  # computes on its arguments, or refused as dangerous by other tests
-            for call in (f"SELECT {name}()", f"SELECT pg_catalog.{name}(1)", f'SELECT "{name}"(\'customers\')'):
+            for call in (f"SELECT {name}()", f"SELECT pg_catalog.{name}(1)", f"SELECT \"{name}\"('customers')"):
                 err = _refused(conn, call)
                 assert "statistics or sizes" in err.diag.message_primary, call
         conn.execute("SELECT relname, reltuples FROM pg_class WHERE relname = 'customers'")  # metadata stays
@@ -187,8 +226,10 @@ def test_the_previous_clients_pending_counts_are_not_readable(guarded, user):
     with connect(guarded, "globex_app") as g:
         g.execute("UPDATE orders SET total = total WHERE id = 12")
     with connect(guarded, user) as conn:
-        for sql in ("SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'orders'",
-                    "SELECT pg_stat_get_xact_tuples_updated('orders'::regclass)"):
+        for sql in (
+            "SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'orders'",
+            "SELECT pg_stat_get_xact_tuples_updated('orders'::regclass)",
+        ):
             _refused(conn, sql)
             _refused(conn, sql, prepare=True)
         assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -227,7 +268,9 @@ def test_deep_statements_through_asyncpg(guarded):
             assert await conn.fetchval("select count(*) from customers") == 2
         finally:
             await conn.close()
+
     import asyncio
+
     asyncio.run(run())
 
 
@@ -259,13 +302,20 @@ def test_a_huge_statement_is_refused_without_stalling_other_clients(guarded):
 
 
 CROSS_TENANT_CALLS = [
-    "SELECT pg_advisory_lock(777)", "SELECT pg_try_advisory_xact_lock(777)", "select pg_try_advisory_lock(1, 2)",
-    "SELECT pg_catalog.pg_advisory_xact_lock_shared(777)", 'SELECT "pg_try_advisory_lock_shared"(777)',
-    "SELECT pg_advisory_unlock(777)", "SELECT pg_advisory_unlock_all()",
+    "SELECT pg_advisory_lock(777)",
+    "SELECT pg_try_advisory_xact_lock(777)",
+    "select pg_try_advisory_lock(1, 2)",
+    "SELECT pg_catalog.pg_advisory_xact_lock_shared(777)",
+    'SELECT "pg_try_advisory_lock_shared"(777)',
+    "SELECT pg_advisory_unlock(777)",
+    "SELECT pg_advisory_unlock_all()",
     "SELECT id FROM customers WHERE pg_try_advisory_xact_lock(id)",
     "SELECT (777::bigint).pg_try_advisory_lock",
-    "SELECT currtid2('customers', '(0,1)')", "SELECT pg_catalog.currtid2('orders'::text, '(0,3)'::tid)",
-    "SELECT setseed(0.5)", "SELECT pg_catalog.setseed(0.5), random()", "SELECT 1 FROM countries WHERE setseed(0) IS NULL",
+    "SELECT currtid2('customers', '(0,1)')",
+    "SELECT pg_catalog.currtid2('orders'::text, '(0,3)'::tid)",
+    "SELECT setseed(0.5)",
+    "SELECT pg_catalog.setseed(0.5), random()",
+    "SELECT 1 FROM countries WHERE setseed(0) IS NULL",
     "SELECT (0.5).setseed",
 ]
 

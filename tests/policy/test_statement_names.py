@@ -15,8 +15,7 @@ import pytest
 from tests.policy.conftest import DB, DIRECT, connect, reset_data
 from tests.rawwire import SYNC, Wire, bind, close_statement, execute, parse, query
 
-INSERT = ("INSERT INTO orders (id, tenant_id, customer_id, total) VALUES ($1, $2, 11, 1.00) "
-          "RETURNING id, tenant_id")
+INSERT = "INSERT INTO orders (id, tenant_id, customer_id, total) VALUES ($1, $2, 11, 1.00) RETURNING id, tenant_id"
 HARMLESS = "SELECT $1::text, $2::text"
 FAILS = "SELECT 'not a number'::int"  # PostgreSQL refuses this Parse; pgwarden lets it through
 
@@ -86,18 +85,35 @@ def test_close_then_parse_in_one_cycle_is_the_new_statement(wire) -> None:
     assert wire.send(parse("s4", INSERT), SYNC).errors == []
     assert wire.send(close_statement("s4"), parse("s4", HARMLESS), SYNC).errors == []
     assert wire.send(bind("s4", [b"x", b"globex"]), execute(), SYNC).rows == [["x", "globex"]]
-    assert wire.send(parse("", INSERT), bind("", [b"908", b"acme"]), execute(), SYNC,
-                     parse("", HARMLESS), bind("", [b"y", b"globex"]), execute(), SYNC).rows == \
-        [["908", "acme"], ["y", "globex"]]
+    assert wire.send(
+        parse("", INSERT),
+        bind("", [b"908", b"acme"]),
+        execute(),
+        SYNC,
+        parse("", HARMLESS),
+        bind("", [b"y", b"globex"]),
+        execute(),
+        SYNC,
+    ).rows == [["908", "acme"], ["y", "globex"]]
 
 
-STEALS = ["EXECUTE s5(910, 'globex')", "execute S5 (910, 'globex')", "/* c */ EXECUTE s5(910, 'globex')",
-          "select 1; execute s5(910, 'globex')", "EXPLAIN ANALYZE EXECUTE s5(910, 'globex')",
-          "explain (analyze, costs off) execute s5(910, 'globex')",
-          "CREATE TABLE stolen AS EXECUTE s5(910, 'globex')",
-          "EXECUTE s5(910, $$globex$$)", "EXECUTE s5(910, E'glo\\x62ex')", "EXECUTE s5(910, 'glo' || 'bex')",
-          "EXECUTE s5(910, (select 'globex'))", "EXECUTE s5(910, 'acme'::text)", "EXECUTE s5(910, NULL)",
-          "EXECUTE s5(910)", "EXECUTE s5(910, current_user)"]
+STEALS = [
+    "EXECUTE s5(910, 'globex')",
+    "execute S5 (910, 'globex')",
+    "/* c */ EXECUTE s5(910, 'globex')",
+    "select 1; execute s5(910, 'globex')",
+    "EXPLAIN ANALYZE EXECUTE s5(910, 'globex')",
+    "explain (analyze, costs off) execute s5(910, 'globex')",
+    "CREATE TABLE stolen AS EXECUTE s5(910, 'globex')",
+    "EXECUTE s5(910, $$globex$$)",
+    "EXECUTE s5(910, E'glo\\x62ex')",
+    "EXECUTE s5(910, 'glo' || 'bex')",
+    "EXECUTE s5(910, (select 'globex'))",
+    "EXECUTE s5(910, 'acme'::text)",
+    "EXECUTE s5(910, NULL)",
+    "EXECUTE s5(910)",
+    "EXECUTE s5(910, current_user)",
+]
 
 
 @pytest.mark.parametrize("sql", STEALS)
@@ -121,12 +137,15 @@ def test_sql_execute_after_a_refused_reparse_is_checked(guarded, wire) -> None:
         assert wire.send(query("EXECUTE s6(913, 'acme')")).rows == [["913", "acme"]]
 
 
-@pytest.mark.parametrize("prepare", [
-    "PREPARE p AS INSERT INTO orders (id, tenant_id, customer_id, total) VALUES ($1, $2, 11, 1.00)",
-    "prepare p (int, text) as insert into orders (id, tenant_id, customer_id, total) select $1, $2, 11, 1",
-    "PREPARE p AS INSERT INTO orders VALUES ($1, $2, 11, 1.00)",
-    "PREPARE p AS INSERT INTO public.orders (tenant_id, id) VALUES ($2, $1) ON CONFLICT DO NOTHING",
-])
+@pytest.mark.parametrize(
+    "prepare",
+    [
+        "PREPARE p AS INSERT INTO orders (id, tenant_id, customer_id, total) VALUES ($1, $2, 11, 1.00)",
+        "prepare p (int, text) as insert into orders (id, tenant_id, customer_id, total) select $1, $2, 11, 1",
+        "PREPARE p AS INSERT INTO orders VALUES ($1, $2, 11, 1.00)",
+        "PREPARE p AS INSERT INTO public.orders (tenant_id, id) VALUES ($2, $1) ON CONFLICT DO NOTHING",
+    ],
+)
 def test_sql_prepare_with_a_tenant_parameter_is_refused(guarded, prepare) -> None:
     """A statement PREPAREd in SQL has no Bind to check: one whose tenant value is a parameter is
     refused, so EXECUTE p(..., 'globex') finds nothing to run."""

@@ -38,9 +38,9 @@ ATTACKS = {
     "nested-row-constructor": "update customers c set name = (select row(c.*)::text) where id = 1",
     "nested-unnest": "update customers c set name = (select x from unnest(array[c]) x)::text where id = 1",
     "nested-json-each": "update customers c set name = (select v from jsonb_each_text(to_jsonb(c)) "
-                        "as j(k, v) where k = 'ssn') where id = 1",
+    "as j(k, v) where k = 'ssn') where id = 1",
     "nested-lateral": "update customers c set name = (select s from (select 1) x, "
-                      "lateral (select c.ssn as s) y) where id = 1",
+    "lateral (select c.ssn as s) y) where id = 1",
     "nested-column": "update customers c set name = (select c.ssn) where id = 1",
     "multi-assign-subquery": "update customers c set (name, phone) = (select c.ssn, c.ssn) where id = 1",
     "multi-assign-row": "update customers c set (name, phone) = row(c.ssn, c.ssn) where id = 1",
@@ -62,14 +62,14 @@ ATTACKS = {
     "upsert-nested-field": ON_CONFLICT + "name = (select (customers).ssn) returning name",
     "upsert-returning-nested": ON_CONFLICT + "name = 'n' returning (select customers.ssn)",
     "upsert-alias-nested": "insert into customers as c (id, name) values (1, 'x') on conflict (id) "
-                           "do update set name = (select (c).ssn) returning name",
+    "do update set name = (select (c).ssn) returning name",
     # another tenant's row through the write
     "other-tenant-upsert": "insert into customers (id, name) values (3, 'x') on conflict (id) "
-                           "do update set name = customers::text returning name",
+    "do update set name = customers::text returning name",
     "other-tenant-upsert-column": "insert into customers (id, name) values (3, 'x') on conflict (id) "
-                                  "do update set name = customers.name || customers.ssn returning name, ssn",
+    "do update set name = customers.name || customers.ssn returning name, ssn",
     "other-tenant-from": "update customers c set name = d.ssn from customers d where d.id = 3 and c.id = 1 "
-                         "returning c.name",
+    "returning c.name",
 }
 
 # A count of affected rows that depends on a masked value lets one infer it: none may.
@@ -84,7 +84,7 @@ INFERENCE = {
     "upsert-where-column": ON_CONFLICT + "name = 'n' where customers.ssn like '1%' returning id",
     "upsert-where-nested": ON_CONFLICT + "name = 'n' where (select customers::text) like '%111%' returning id",
     "from-join-on": "update customers c set name = name from (select 1) y join (select 2) z "
-                    "on c.ssn like '1%' where c.id = 1",
+    "on c.ssn like '1%' where c.id = 1",
 }
 
 
@@ -97,13 +97,16 @@ def fresh():
 
 def stored() -> list[tuple]:
     with psycopg.connect(DIRECT) as direct:
-        return direct.execute("select id, tenant_id, name, email, ssn, phone, born::text "
-                              "from customers order by id").fetchall()
+        return direct.execute(
+            "select id, tenant_id, name, email, ssn, phone, born::text from customers order by id"
+        ).fetchall()
 
 
-ORIGINAL = [(1, "acme", "Ann", "ann@acme.io", "111-11-1111", "555-0101", "1980-05-17"),
-            (2, "acme", "Bob", "bob@acme.io", "222-22-2222", "555-0102", "1990-01-02"),
-            (3, "globex", "Gus", "gus@globex.io", "333-33-3333", "555-0103", "1975-12-31")]
+ORIGINAL = [
+    (1, "acme", "Ann", "ann@acme.io", "111-11-1111", "555-0101", "1980-05-17"),
+    (2, "acme", "Bob", "bob@acme.io", "222-22-2222", "555-0102", "1990-01-02"),
+    (3, "globex", "Gus", "gus@globex.io", "333-33-3333", "555-0103", "1975-12-31"),
+]
 
 
 def assert_nothing_stored() -> None:
@@ -123,7 +126,8 @@ def run(conn: psycopg.Connection, sql: str, simple: bool) -> tuple[list, int] | 
             res = conn.pgconn.exec_(sql.encode())
             if res.status == psycopg.pq.ExecStatus.FATAL_ERROR:
                 raise psycopg.errors.lookup(res.error_field(psycopg.pq.DiagnosticField.SQLSTATE).decode())(
-                    res.error_message.decode())
+                    res.error_message.decode()
+                )
             got = [tuple(res.get_value(r, c) for c in range(res.nfields)) for r in range(res.ntuples)]
             status = res.command_status.decode().split()
             return [tuple(v.decode() if v is not None else None for v in r) for r in got], int(status[-1])
@@ -180,13 +184,18 @@ def test_ordinary_writes_still_work_and_masked_copies_are_masked(guarded):
     with connect(guarded, "acme_app") as conn:
         assert conn.execute("update customers set name = %s where id = %s", ("Anna", 1)).rowcount == 1
         assert conn.execute("update customers set name = ssn where id = 2 returning name").fetchall() == [("****",)]
-        assert conn.execute("update customers c set (name, phone) = row(c.name || '!', c.ssn) where id = 1 "
-                            "returning name, phone").fetchall() == [("Anna!", "****")]
-        assert conn.execute("insert into customers (id, name) values (1, 'Ann') on conflict (id) "
-                            "do update set name = excluded.name returning id, name").fetchall() == [(1, "Ann")]
+        assert conn.execute(
+            "update customers c set (name, phone) = row(c.name || '!', c.ssn) where id = 1 returning name, phone"
+        ).fetchall() == [("Anna!", "****")]
+        assert conn.execute(
+            "insert into customers (id, name) values (1, 'Ann') on conflict (id) "
+            "do update set name = excluded.name returning id, name"
+        ).fetchall() == [(1, "Ann")]
         assert conn.execute("insert into customers (id, name) values (7, 'Cy') returning id").fetchall() == [(7,)]
-        assert conn.execute("update customers c set name = (select o.total::text from orders o "
-                            "where o.customer_id = c.id) where id = 1 returning name").fetchall() == [("100.00",)]
+        assert conn.execute(
+            "update customers c set name = (select o.total::text from orders o "
+            "where o.customer_id = c.id) where id = 1 returning name"
+        ).fetchall() == [("100.00",)]
         assert conn.execute("delete from customers where id = %s returning id", (7,)).fetchall() == [(7,)]
     now = stored()
     assert now[0][2] == "100.00" and now[1][2] == "****" and now[0][5] == "****"
@@ -196,16 +205,24 @@ def test_ordinary_writes_still_work_and_masked_copies_are_masked(guarded):
 def test_a_from_subquery_reading_the_table_is_a_masked_read(guarded):
     """UPDATE ... FROM items are reads (the protected projection), not the target: allowed, masked."""
     with connect(guarded, "acme_app") as conn:
-        got = conn.execute("update customers c set name = x.ssn from (select id, ssn from customers) x "
-                           "where x.id = c.id and c.id = 1 returning c.name").fetchall()
+        got = conn.execute(
+            "update customers c set name = x.ssn from (select id, ssn from customers) x "
+            "where x.id = c.id and c.id = 1 returning c.name"
+        ).fetchall()
         assert got == [("****",)]
-        assert conn.execute("update customers c set name = x.ssn from (select id, ssn from customers) x "
-                            "where x.id = 3 and c.id = 1 returning c.name").fetchall() == []
+        assert (
+            conn.execute(
+                "update customers c set name = x.ssn from (select id, ssn from customers) x "
+                "where x.id = 3 and c.id = 1 returning c.name"
+            ).fetchall()
+            == []
+        )
     assert [r[2] for r in stored()] == ["****", "Bob", "Gus"]
 
 
-@pytest.mark.parametrize("sql", [ATTACKS["select-whole-row-text"], INFERENCE["where-column"],
-                                 "update customers set name = ssn where id = 1"])
+@pytest.mark.parametrize(
+    "sql", [ATTACKS["select-whole-row-text"], INFERENCE["where-column"], "update customers set name = ssn where id = 1"]
+)
 def test_the_read_only_analyst_cannot_write_at_all(guarded, sql):
     with connect(guarded, "alice") as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):

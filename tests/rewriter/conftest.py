@@ -5,9 +5,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from .schema import DDL, ROWS
 from tests import policed_role
 from tests.harness import PG_PORT
+
+from .schema import DDL, ROWS
 
 DSN = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname={{}}"
 ROLE = "pgw_policed_rw"  # its own: the policy tests take back what the shared test role was granted
@@ -35,8 +36,7 @@ def databases():
     with psycopg.connect(DSN.format("pgwarden_rw_all"), autocommit=True) as conn:
         conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {ROLE}")
         conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {ROLE}")
-    conns["pgwarden_rw_all"] = psycopg.connect(DSN.format("pgwarden_rw_all").replace(
-        "user=postgres", f"user={ROLE}"))
+    conns["pgwarden_rw_all"] = psycopg.connect(DSN.format("pgwarden_rw_all").replace("user=postgres", f"user={ROLE}"))
     conns["pgwarden_rw_acme"] = psycopg.connect(DSN.format("pgwarden_rw_acme"))
     yield conns["pgwarden_rw_all"], conns["pgwarden_rw_acme"]
     for conn in conns.values():

@@ -7,11 +7,23 @@ from rewriter import Column, Context, MaskSpec, TableRule
 ALL = frozenset({"select", "insert", "update", "delete"})
 
 TABLES: dict[str, tuple[tuple[str, str], ...]] = {
-    "public.customers": (("id", "integer"), ("tenant_id", "text"), ("name", "text"), ("ssn", "text"),
-                         ("email", "character varying(100)"), ("phone", "text"), ("born", "date"),
-                         ("score", "numeric")),
-    "public.orders": (("id", "integer"), ("tenant_id", "text"), ("customer_id", "integer"),
-                      ("total", "numeric"), ("note", "text")),
+    "public.customers": (
+        ("id", "integer"),
+        ("tenant_id", "text"),
+        ("name", "text"),
+        ("ssn", "text"),
+        ("email", "character varying(100)"),
+        ("phone", "text"),
+        ("born", "date"),
+        ("score", "numeric"),
+    ),
+    "public.orders": (
+        ("id", "integer"),
+        ("tenant_id", "text"),
+        ("customer_id", "integer"),
+        ("total", "numeric"),
+        ("note", "text"),
+    ),
     "public.items": (("id", "integer"), ("tenant_id", "text"), ("label", "text")),
     "public.countries": (("code", "text"), ("name", "text")),
     "public.notes": (("id", "integer"), ("body", "text"), ("token", "text")),
@@ -69,8 +81,12 @@ def rules(masks: str = "app") -> dict[str, TableRule]:
         "public.orders": TableRule("public.orders", "tenant_id", ALL),
         "public.items": TableRule("public.items", "tenant_id", ALL),
         "public.countries": TableRule("public.countries", None, frozenset({"select"})),
-        "public.notes": TableRule("public.notes", None, frozenset({"select", "update"}),
-                                  {"token": MaskSpec("hash", (("salt", "pepper"),))} if masks != "none" else {}),
+        "public.notes": TableRule(
+            "public.notes",
+            None,
+            frozenset({"select", "update"}),
+            {"token": MaskSpec("hash", (("salt", "pepper"),))} if masks != "none" else {},
+        ),
     }
 
 
@@ -85,5 +101,9 @@ def session(name: str) -> Context:
         ctx = context()
         tables = {**ctx.tables, "public.countries": TableRule("public.countries", None, ALL)}
         return Context(tables, ctx.schema, ctx.tenant, ctx.allowed_functions)
-    return {"": context(), "notenant": context(None), "nomasks": context(masks="none"),
-            "allmasks": context(masks="all")}[name]
+    return {
+        "": context(),
+        "notenant": context(None),
+        "nomasks": context(masks="none"),
+        "allmasks": context(masks="all"),
+    }[name]

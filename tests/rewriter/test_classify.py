@@ -43,8 +43,10 @@ def test_kind(sql: str, kind: str) -> None:
 
 
 def test_reads_writes_resolve_names_and_skip_ctes() -> None:
-    kind = classify("WITH orders AS (SELECT * FROM orders) UPDATE app.t SET a = 1 FROM orders, pg_class",
-                    search_path=("app", "public"))
+    kind = classify(
+        "WITH orders AS (SELECT * FROM orders) UPDATE app.t SET a = 1 FROM orders, pg_class",
+        search_path=("app", "public"),
+    )
     assert kind.writes == ("app.t",)
     assert kind.reads == ("app.orders", "pg_catalog.pg_class")
 
@@ -60,6 +62,6 @@ def test_multi_statement_parts_and_read_only() -> None:
 
 def test_setting_names_and_values() -> None:
     assert classify("SET LOCAL statement_timeout = 5").setting == "statement_timeout"
-    kind = classify('SET search_path TO app, "Public", \'x y\'')
+    kind = classify("SET search_path TO app, \"Public\", 'x y'")
     assert (kind.setting, kind.values) == ("search_path", ("app", "Public", "x y"))
     assert classify("SHOW pgwarden.tenant").setting == "pgwarden.tenant"

@@ -30,7 +30,9 @@ SHAPES = {
     "union-chain": lambda n: " UNION ".join(["SELECT id FROM customers"] * n),
     "exists": lambda n: "SELECT 1 WHERE " + "EXISTS (SELECT 1 FROM customers WHERE " * n + "true" + ")" * n,
     "nested-ctes": lambda n: "WITH c AS (" * n + "SELECT * FROM customers" + ") SELECT * FROM c" * n,
-    "insert-values-expression": lambda n: "INSERT INTO orders (id, total) VALUES (1, " + "(" * n + "1" + " + 1)" * n + ")",
+    "insert-values-expression": lambda n: (
+        "INSERT INTO orders (id, total) VALUES (1, " + "(" * n + "1" + " + 1)" * n + ")"
+    ),
     "update-where": lambda n: "UPDATE orders SET total = 1 WHERE " + "NOT " * n + "true",
 }
 

@@ -35,8 +35,18 @@ COLUMNS = (Column("id", "integer"), Column("tenant_id", "text"), Column("secret"
 POLICY_RULES = {"statements", "functions.allow", "catalogs", "tenancy.column"}
 # NOTIFY is not among them: its channels are not tenant-scoped, so it is refused under a policy
 # (psycopg2's own test suite sends the corpus's NOTIFYs; no ORM generates one).
-PASS_KINDS = {"transaction", "savepoint", "fetch", "close", "listen", "unlisten",
-              "discard", "deallocate", "set_constraints", "show"}
+PASS_KINDS = {
+    "transaction",
+    "savepoint",
+    "fetch",
+    "close",
+    "listen",
+    "unlisten",
+    "discard",
+    "deallocate",
+    "set_constraints",
+    "show",
+}
 
 
 def load() -> list[str]:
@@ -52,22 +62,29 @@ def names_and_functions(sqls: list[str]) -> tuple[set[str], set[str]]:
     for sql in sqls:
         try:
             parsed = statements(sql)
-        except Exception:  # noqa: BLE001 - unparseable statements are rewrite()'s to refuse
+        except Exception:
             continue
         for kind, fields in parsed:
             found = walk_statement(kind, fields)
             rels.update(f"{r.rv.get('schemaname') or 'public'}.{r.rv['relname']}" for r in found.refs)
-            funcs.update(".".join(f) if len(f) == 2 else f"public.{f[0]}" for f in found.functions
-                         if len(f) == 2 or f[0] not in BUILTIN_FUNCTIONS)
+            funcs.update(
+                ".".join(f) if len(f) == 2 else f"public.{f[0]}"
+                for f in found.functions
+                if len(f) == 2 or f[0] not in BUILTIN_FUNCTIONS
+            )
     return rels, funcs
 
 
 def corpus_context(rels: set[str], funcs: set[str]) -> Context:
     user = {n for n in rels if not n.startswith(("pg_catalog.", "information_schema."))}
     tenant = {n for n in user if zlib.crc32(n.encode()) % 2 == 0}
-    rules = {n: TableRule(n, "tenant_id" if n in tenant else None, ALL,
-                          {"secret": MaskSpec("redact")} if n in tenant else {}) for n in user}
-    return Context(rules, {n: COLUMNS for n in tenant}, "acme", frozenset(funcs))
+    rules = {
+        n: TableRule(
+            n, "tenant_id" if n in tenant else None, ALL, {"secret": MaskSpec("redact")} if n in tenant else {}
+        )
+        for n in user
+    }
+    return Context(rules, dict.fromkeys(tenant, COLUMNS), "acme", frozenset(funcs))
 
 
 def _plain(node: object) -> object:
@@ -111,8 +128,13 @@ def test_every_statement_is_allowed_rewritten_or_refused_by_policy(corpus) -> No
     sqls, _, results, _ = corpus
     kinds = Counter(type(r).__name__ for r in results)
     assert set(kinds) <= {"Allow", "Rewrite", "Deny"}
-    bad = [(s, r) for s, r in zip(sqls, results) if isinstance(r, Deny) and r.rule not in POLICY_RULES
-           and not r.message.startswith(("COPY FROM into tenant-scoped", "the column reference"))]
+    bad = [
+        (s, r)
+        for s, r in zip(sqls, results)
+        if isinstance(r, Deny)
+        and r.rule not in POLICY_RULES
+        and not r.message.startswith(("COPY FROM into tenant-scoped", "the column reference"))
+    ]
     assert bad == [], bad[:5]
     assert kinds["Rewrite"] > len(sqls) // 10 and kinds["Allow"] > len(sqls) // 3
 

@@ -42,8 +42,9 @@ def _run(conn: psycopg.Connection, sql: str, bind: tuple[str, ...]) -> None:
                     pass
             return
         res = pg.exec_params(sql.encode(), [b.encode() for b in bind]) if bind else pg.exec_(sql.encode())
-        assert res.status not in (psycopg.pq.ExecStatus.FATAL_ERROR, psycopg.pq.ExecStatus.BAD_RESPONSE), \
+        assert res.status not in (psycopg.pq.ExecStatus.FATAL_ERROR, psycopg.pq.ExecStatus.BAD_RESPONSE), (
             res.error_message.decode()
+        )
     finally:
         pg.exec_(b"ROLLBACK")
 

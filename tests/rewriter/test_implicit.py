@@ -29,9 +29,10 @@ FACTS = CatalogFacts(
     signatures={"public.order_total": frozenset({TREF}), "public.uses_dchk": frozenset({DCHK})},
     builtin_types=frozenset({"pg_catalog.text", "pg_catalog.int4", "pg_catalog.date"}),
 )
-SCHEMA = {"public.holder": (Column("id", "integer"), Column("d", "douter"), Column("s", "tsort"),
-                            Column("m", "mood")),
-          "public.t": (Column("id", "integer"), Column("name", "text"))}
+SCHEMA = {
+    "public.holder": (Column("id", "integer"), Column("d", "douter"), Column("s", "tsort"), Column("m", "mood")),
+    "public.t": (Column("id", "integer"), Column("name", "text")),
+}
 TABLES = {name: TableRule(name, None, frozenset({"select", "insert", "update", "delete"})) for name in SCHEMA}
 
 
@@ -39,25 +40,28 @@ def ctx(allowed: frozenset[str] = frozenset(), facts: CatalogFacts = FACTS) -> C
     return Context(TABLES, SCHEMA, None, allowed, implicit=implicit_risks(facts, allowed))
 
 
-@pytest.mark.parametrize("sql, word", [
-    ("select ('x'::text)::tref", "public.tref"),
-    ("select cast(name as public.tref) from t", "public.tref"),
-    ("select tref 'x'", "public.tref"),
-    ("select tref('x'::text)", "a cast to public.tref"),
-    ("select ('x'::text).tref", "public.tref"),
-    ("select 'x'::text::tref[]", "public.tref"),
-    ("select '{x}'::text[]::_tref", "public._tref"),
-    ("select 'x'::dchk", "public.chk"),
-    ("select 'x'::douter", "public.douter"),
-    ("select id from holder order by s", '"s"'),
-    ("select distinct d from holder", '"d"'),
-    ("select * from holder", "holder"),
-    ("select h from holder h", "whole row"),
-    ("insert into holder (id) values (1)", "new row"),
-    ("copy holder to stdout", "every column"),
-    ("update holder set d = 'x'", '"d"'),
-    ("select * from json_to_record('{}') as r(a dchk)", "dchk"),
-])
+@pytest.mark.parametrize(
+    "sql, word",
+    [
+        ("select ('x'::text)::tref", "public.tref"),
+        ("select cast(name as public.tref) from t", "public.tref"),
+        ("select tref 'x'", "public.tref"),
+        ("select tref('x'::text)", "a cast to public.tref"),
+        ("select ('x'::text).tref", "public.tref"),
+        ("select 'x'::text::tref[]", "public.tref"),
+        ("select '{x}'::text[]::_tref", "public._tref"),
+        ("select 'x'::dchk", "public.chk"),
+        ("select 'x'::douter", "public.douter"),
+        ("select id from holder order by s", '"s"'),
+        ("select distinct d from holder", '"d"'),
+        ("select * from holder", "holder"),
+        ("select h from holder h", "whole row"),
+        ("insert into holder (id) values (1)", "new row"),
+        ("copy holder to stdout", "every column"),
+        ("update holder set d = 'x'", '"d"'),
+        ("select * from json_to_record('{}') as r(a dchk)", "dchk"),
+    ],
+)
 def test_unsafe_implicit_calls_are_refused(sql, word):
     result = rewrite(sql, ctx())
     assert isinstance(result, Deny), sql
@@ -70,19 +74,30 @@ def test_built_ins_that_run_any_types_input_function_are_refused(sql):
     assert isinstance(result, Deny) and "input or receive function" in result.message
 
 
-@pytest.mark.parametrize("sql", [
-    "select '1'::int, now()::date, name::text, cast(id as bigint) from t",
-    "select id, m from holder order by m", "select 'happy'::mood", "select * from t",
-    "select int4('1'), ('x'::text).length", "copy holder (id, m) to stdout", "select 1::pg_catalog.int4",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select '1'::int, now()::date, name::text, cast(id as bigint) from t",
+        "select id, m from holder order by m",
+        "select 'happy'::mood",
+        "select * from t",
+        "select int4('1'), ('x'::text).length",
+        "copy holder (id, m) to stdout",
+        "select 1::pg_catalog.int4",
+    ],
+)
 def test_built_ins_and_safe_user_types_are_allowed(sql):
     assert not isinstance(rewrite(sql, ctx()), Deny), sql
 
 
 def test_allowing_every_function_behind_a_type_makes_it_usable():
     allowed = ctx(frozenset({"public.leak", "public.chk", "ops.cmp"}))
-    for sql in ["select ('x'::text)::tref", "select 'x'::douter", "select * from holder order by s",
-                "insert into holder (id) values (1)"]:
+    for sql in [
+        "select ('x'::text)::tref",
+        "select 'x'::douter",
+        "select * from holder order by s",
+        "insert into holder (id) values (1)",
+    ]:
         assert not isinstance(rewrite(sql, allowed), Deny), sql
     assert isinstance(rewrite("select 'x'::dchk", ctx(frozenset({"public.leak"}))), Deny)
 
@@ -93,8 +108,9 @@ def test_an_allowed_function_taking_an_unsafe_type_is_refused():
 
 
 def test_a_type_named_like_a_built_in_resolves_by_search_path():
-    facts = CatalogFacts(types={TREF: TypeFacts(TREF, "public.text", 0, (), (LEAK,))},
-                         builtin_types=frozenset({"pg_catalog.text"}))
+    facts = CatalogFacts(
+        types={TREF: TypeFacts(TREF, "public.text", 0, (), (LEAK,))}, builtin_types=frozenset({"pg_catalog.text"})
+    )
     assert not isinstance(rewrite("select 'x'::text", ctx(facts=facts)), Deny)
     assert isinstance(rewrite("select 'x'::public.text", ctx(facts=facts)), Deny)
     later = Context({}, {}, None, search_path=("public", "pg_catalog"), implicit=implicit_risks(facts, frozenset()))
@@ -106,8 +122,10 @@ def test_an_unallowed_implicit_cast_between_built_ins_refuses_every_statement():
     result = rewrite("select 1", ctx(facts=facts))
     assert isinstance(result, Deny) and "public.leak" in result.message
     assert not isinstance(rewrite("select 1", ctx(frozenset({"public.leak"}), facts)), Deny)
-    explicit = CatalogFacts(casts=(CastFacts(INT4, TEXT, "pg_catalog.int4", "pg_catalog.text", "e", LEAK),),
-                            builtin_types=frozenset({"pg_catalog.text", "pg_catalog.int4"}))
+    explicit = CatalogFacts(
+        casts=(CastFacts(INT4, TEXT, "pg_catalog.int4", "pg_catalog.text", "e", LEAK),),
+        builtin_types=frozenset({"pg_catalog.text", "pg_catalog.int4"}),
+    )
     assert not isinstance(rewrite("select 1", ctx(facts=explicit)), Deny)
     assert isinstance(rewrite("select 1::text", ctx(facts=explicit)), Deny)
     assert isinstance(rewrite("select text(1)", ctx(facts=explicit)), Deny)
@@ -119,20 +137,28 @@ def test_a_built_in_types_default_operator_class_with_a_user_function_refuses_ev
 
 
 def test_a_masked_or_tenant_column_of_an_unsafe_type_refuses_the_relation():
-    masked = dict(TABLES, **{"public.holder": TableRule("public.holder", None, frozenset({"select"}),
-                                                        {"d": MaskSpec("redact")})})
+    masked = dict(
+        TABLES, **{"public.holder": TableRule("public.holder", None, frozenset({"select"}), {"d": MaskSpec("redact")})}
+    )
     context = Context(masked, SCHEMA, None, implicit=implicit_risks(FACTS, frozenset()))
     result = rewrite("select id from holder", context)
     assert isinstance(result, Deny) and "masked column" in result.message
     tenant = dict(TABLES, **{"public.holder": TableRule("public.holder", "s", frozenset({"select"}))})
-    result = rewrite("select id from holder", Context(tenant, SCHEMA, "acme", implicit=implicit_risks(FACTS, frozenset())))
+    result = rewrite(
+        "select id from holder", Context(tenant, SCHEMA, "acme", implicit=implicit_risks(FACTS, frozenset()))
+    )
     assert isinstance(result, Deny) and '"s"' in result.message
 
 
 def test_an_operator_whose_allowed_function_takes_an_unsafe_type_is_refused():
     allowed = frozenset({"public.uses_dchk"})
-    context = Context(TABLES, SCHEMA, None, allowed, routines=UserRoutines(
-        frozenset({"public.uses_dchk"}), {"public.===": frozenset({"public.uses_dchk"})}),
-        implicit=implicit_risks(FACTS, allowed))
+    context = Context(
+        TABLES,
+        SCHEMA,
+        None,
+        allowed,
+        routines=UserRoutines(frozenset({"public.uses_dchk"}), {"public.===": frozenset({"public.uses_dchk"})}),
+        implicit=implicit_risks(FACTS, allowed),
+    )
     result = rewrite("select 'x' === 'y'", context)
     assert isinstance(result, Deny) and "operator ===" in result.message and "public.dchk" in result.message

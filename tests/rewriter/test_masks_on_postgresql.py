@@ -34,8 +34,9 @@ def test_every_mask_kind(databases) -> None:
 
 
 def test_hash_mask_is_salted_sha256_and_joinable(databases) -> None:
-    result = rewrite("SELECT n.token FROM notes n JOIN notes m ON m.token = n.token ORDER BY n.id",
-                     context(masks="all"))
+    result = rewrite(
+        "SELECT n.token FROM notes n JOIN notes m ON m.token = n.token ORDER BY n.id", context(masks="all")
+    )
     rows, _ = _fetch(databases[0], result.sql)
     assert rows == [(hashlib.sha256(b"pepper" + t).hexdigest(),) for t in (b"tok-1", b"tok-2")]
 
@@ -47,9 +48,11 @@ def test_filter_on_masked_column_sees_only_the_masked_value(databases) -> None:
 
 def test_other_tenant_rows_are_invisible_and_untouchable(databases) -> None:
     conn = databases[0]
-    for sql in ("UPDATE orders SET total = 0 WHERE id = 20 RETURNING id",
-                "DELETE FROM orders WHERE tenant_id = 'globex' RETURNING id",
-                "SELECT id FROM orders WHERE id = 20"):
+    for sql in (
+        "UPDATE orders SET total = 0 WHERE id = 20 RETURNING id",
+        "DELETE FROM orders WHERE tenant_id = 'globex' RETURNING id",
+        "SELECT id FROM orders WHERE id = 20",
+    ):
         assert _fetch(conn, rewrite(sql, context()).sql)[0] == [], sql
     rows, _ = _fetch(conn, rewrite("INSERT INTO orders (id, total) VALUES (99, 1) RETURNING tenant_id", context()).sql)
     assert rows == [("acme",)]

@@ -35,8 +35,13 @@ def from_item(draw, i: int) -> tuple[str, str, tuple[str, ...]]:
     form = draw(st.sampled_from(["plain", "alias", "only", "subquery", "qualified"]))
     if form == "plain" and i == 0:
         return table, table, COLUMNS[table]
-    text = {"plain": f"{table} {alias}", "alias": f"{table} AS {alias}", "only": f"ONLY {table} {alias}",
-            "subquery": f"(SELECT * FROM {table}) {alias}", "qualified": f"public.{table} {alias}"}[form]
+    text = {
+        "plain": f"{table} {alias}",
+        "alias": f"{table} AS {alias}",
+        "only": f"ONLY {table} {alias}",
+        "subquery": f"(SELECT * FROM {table}) {alias}",
+        "qualified": f"public.{table} {alias}",
+    }[form]
     return text, alias, COLUMNS[table]
 
 
@@ -45,10 +50,12 @@ def condition(draw, ref: str, cols: tuple[str, ...]) -> str:
     col = draw(st.sampled_from(cols))
     options = [f"{ref}.{col} IS NOT NULL", f"{ref}.{col} IS NULL"]
     if "id" in cols:
-        options += [f"{ref}.id > {draw(st.integers(0, 12))}",
-                    f"EXISTS (SELECT 1 FROM orders o9 WHERE o9.customer_id = {ref}.id)",
-                    f"{ref}.id IN (SELECT customer_id FROM orders)",
-                    f"(SELECT count(*) FROM customers c9 WHERE c9.id = {ref}.id) > 0"]
+        options += [
+            f"{ref}.id > {draw(st.integers(0, 12))}",
+            f"EXISTS (SELECT 1 FROM orders o9 WHERE o9.customer_id = {ref}.id)",
+            f"{ref}.id IN (SELECT customer_id FROM orders)",
+            f"(SELECT count(*) FROM customers c9 WHERE c9.id = {ref}.id) > 0",
+        ]
     return draw(st.sampled_from(options))
 
 
@@ -69,8 +76,9 @@ def select(draw) -> str:
     elif shape == "table":
         sql = f"TABLE {draw(st.sampled_from(sorted(COLUMNS)))}"
     elif shape == "lateral":
-        sql = ("SELECT c.id, l.total FROM customers c, LATERAL (SELECT o.total FROM orders o "
-               "WHERE o.customer_id = c.id) l")
+        sql = (
+            "SELECT c.id, l.total FROM customers c, LATERAL (SELECT o.total FROM orders o WHERE o.customer_id = c.id) l"
+        )
     elif shape == "in_cte":
         sql = f"WITH q AS ({sql}) SELECT count(*) FROM q"
     if shape in ("plain", "union", "lateral") and draw(st.booleans()):
@@ -144,7 +152,7 @@ CORPUS_LIKE = [
 def test_mangled_statements_never_raise(sql: str, at: int, cut: int, insert: str) -> None:
     """Fail closed, never crash: any text gets Allow, Rewrite or Deny (and a Rewrite still verifies)."""
     at = min(at, len(sql))
-    mangled = sql[:at] + insert + sql[at + cut:]
+    mangled = sql[:at] + insert + sql[at + cut :]
     result = rewrite(mangled, context())
     assert isinstance(result, (Allow, Rewrite, Deny))
     if isinstance(result, Rewrite):
@@ -156,9 +164,18 @@ def write(draw) -> str:
     """An UPDATE, DELETE or upsert of a tenant table, aimed at every tenant's rows."""
     alias = draw(st.sampled_from(["", " o", " AS o"]))
     ref = "o" if alias else "orders"
-    cond = draw(st.sampled_from([
-        "", f" WHERE {ref}.id = 20", f" WHERE {ref}.id > 0 OR true", f" WHERE {ref}.tenant_id = 'globex'",
-        f" WHERE {ref}.customer_id IN (SELECT id FROM customers)", f" WHERE NOT ({ref}.id = 10)"]))
+    cond = draw(
+        st.sampled_from(
+            [
+                "",
+                f" WHERE {ref}.id = 20",
+                f" WHERE {ref}.id > 0 OR true",
+                f" WHERE {ref}.tenant_id = 'globex'",
+                f" WHERE {ref}.customer_id IN (SELECT id FROM customers)",
+                f" WHERE NOT ({ref}.id = 10)",
+            ]
+        )
+    )
     ret = draw(st.sampled_from(["", " RETURNING *", f" RETURNING {ref}.id"]))
     kind = draw(st.sampled_from(["update", "delete", "delete_using", "upsert"]))
     if kind == "update":
@@ -169,12 +186,16 @@ def write(draw) -> str:
         return f"DELETE FROM orders{alias} USING customers c WHERE c.id = {ref}.customer_id{ret}"
     row = draw(st.sampled_from([20, 21, 10, 500]))
     where = draw(st.sampled_from(["", f" WHERE {ref}.total >= 0 OR true"]))
-    return (f"INSERT INTO orders{' AS o' if alias else ''} (id, total) VALUES ({row}, 1) "
-            f"ON CONFLICT (id) DO UPDATE SET total = 0, note = 'hit'{where}{ret}")
+    return (
+        f"INSERT INTO orders{' AS o' if alias else ''} (id, total) VALUES ({row}, 1) "
+        f"ON CONFLICT (id) DO UPDATE SET total = 0, note = 'hit'{where}{ret}"
+    )
 
 
-OTHERS = ("SELECT * FROM orders WHERE tenant_id <> 'acme' "
-          "UNION ALL SELECT id, tenant_id, id, 0, name FROM customers WHERE tenant_id <> 'acme' ORDER BY 1")
+OTHERS = (
+    "SELECT * FROM orders WHERE tenant_id <> 'acme' "
+    "UNION ALL SELECT id, tenant_id, id, 0, name FROM customers WHERE tenant_id <> 'acme' ORDER BY 1"
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -194,10 +215,24 @@ def test_writes_never_touch_another_tenants_rows(databases, sql: str) -> None:
 @st.composite
 def target_read(draw, ref: str) -> str:
     """A text expression reading the write target's row `ref`: a masked column, the whole row, a field of it."""
-    expr = draw(st.sampled_from([
-        f"{ref}.ssn", "ssn", f"({ref}).ssn", f"({ref}.*).ssn", f"{ref}::text", f"row_to_json({ref})::text",
-        f"to_jsonb({ref}) ->> 'ssn'", f"ROW({ref}.*)::text", f"format('%s', {ref})", f"{ref}.name",
-        f"{ref}.ssn || ''", f"upper({ref}.ssn)"]))
+    expr = draw(
+        st.sampled_from(
+            [
+                f"{ref}.ssn",
+                "ssn",
+                f"({ref}).ssn",
+                f"({ref}.*).ssn",
+                f"{ref}::text",
+                f"row_to_json({ref})::text",
+                f"to_jsonb({ref}) ->> 'ssn'",
+                f"ROW({ref}.*)::text",
+                f"format('%s', {ref})",
+                f"{ref}.name",
+                f"{ref}.ssn || ''",
+                f"upper({ref}.ssn)",
+            ]
+        )
+    )
     for depth in range(draw(st.integers(0, 2))):
         expr = draw(st.sampled_from([f"(SELECT {expr})", f"(SELECT x FROM (SELECT {expr} AS x) s{depth})"]))
     return expr
@@ -209,8 +244,9 @@ def write_reading_target(draw) -> str:
     alias = draw(st.sampled_from(["", " c", " AS c"]))
     ref = "c" if alias else "customers"
     expr = draw(target_read(ref))
-    where = draw(st.sampled_from(["", f" WHERE {expr} LIKE '1%'", f" WHERE {expr} LIKE '%111%'",
-                                  f" WHERE {expr} IS NOT NULL"]))
+    where = draw(
+        st.sampled_from(["", f" WHERE {expr} LIKE '1%'", f" WHERE {expr} LIKE '%111%'", f" WHERE {expr} IS NOT NULL"])
+    )
     ret = draw(st.sampled_from(["", f" RETURNING {expr}", f" RETURNING {ref}.id"]))
     kind = draw(st.sampled_from(["update", "delete", "upsert"]))
     if kind == "update":
@@ -219,8 +255,10 @@ def write_reading_target(draw) -> str:
     if kind == "delete":
         return f"DELETE FROM customers{alias}{where}{ret}"
     value = draw(st.sampled_from([expr, "EXCLUDED.name"]))
-    return (f"INSERT INTO customers{' AS c' if alias else ''} (id, name) VALUES ({draw(st.sampled_from([1, 3]))}, 'n') "
-            f"ON CONFLICT (id) DO UPDATE SET name = {value}{where}{ret}")
+    return (
+        f"INSERT INTO customers{' AS c' if alias else ''} (id, name) VALUES ({draw(st.sampled_from([1, 3]))}, 'n') "
+        f"ON CONFLICT (id) DO UPDATE SET name = {value}{where}{ret}"
+    )
 
 
 def _outcome(conn, sql: str, masked_world: bool) -> tuple:

@@ -9,10 +9,13 @@ COLS = (Column("id", "integer"), Column("tenant_id", "text"))
 
 
 def _ctx(search_path=("app", "public"), **extra) -> Context:
-    tables = {"app.orders": TableRule("app.orders", "tenant_id", ALL),
-              "public.orders": TableRule("public.orders", None, ALL)}
-    return Context(tables, {"app.orders": COLS, "public.orders": COLS}, "acme", frozenset({"app.f"}),
-                   search_path, **extra)
+    tables = {
+        "app.orders": TableRule("app.orders", "tenant_id", ALL),
+        "public.orders": TableRule("public.orders", None, ALL),
+    }
+    return Context(
+        tables, {"app.orders": COLS, "public.orders": COLS}, "acme", frozenset({"app.f"}), search_path, **extra
+    )
 
 
 def test_unqualified_name_follows_search_path() -> None:
@@ -29,7 +32,9 @@ def test_catalog_names_resolve_to_pg_catalog_first() -> None:
 
 
 def test_router_can_deny_more_relations() -> None:
-    denied = rewrite("SELECT * FROM pg_catalog.pg_settings", _ctx(denied_relations=frozenset({"pg_catalog.pg_settings"})))
+    denied = rewrite(
+        "SELECT * FROM pg_catalog.pg_settings", _ctx(denied_relations=frozenset({"pg_catalog.pg_settings"}))
+    )
     assert isinstance(denied, Deny) and denied.rule == "catalogs"
 
 
@@ -51,7 +56,10 @@ def test_writes_that_read_rows_need_select_as_in_postgresql() -> None:
     ctx = Context(rules, {"app.orders": COLS}, "acme", search_path=("app",))
     assert isinstance(rewrite("UPDATE orders SET id = 1", ctx), Rewrite)
     assert isinstance(rewrite("INSERT INTO orders (id) VALUES (1) ON CONFLICT DO NOTHING", ctx), Rewrite)
-    for sql in ("UPDATE orders SET id = 1 WHERE id = 2", "UPDATE orders SET id = 1 RETURNING id",
-                "INSERT INTO orders (id) VALUES (1) RETURNING id"):
+    for sql in (
+        "UPDATE orders SET id = 1 WHERE id = 2",
+        "UPDATE orders SET id = 1 RETURNING id",
+        "INSERT INTO orders (id) VALUES (1) RETURNING id",
+    ):
         denied = rewrite(sql, ctx)
         assert isinstance(denied, Deny) and denied.rule == "tables.app.orders.grants", sql

@@ -27,13 +27,18 @@ def test_the_keyword_data_of_the_parsers_major_is_the_parsers_own():
 def test_keyword_data_covers_13_to_18_and_15_to_18_are_supported():
     assert sorted(KEYWORDS) == [13, 14, 15, 16, 17, 18]
     assert all(len(words) > 400 for words in KEYWORDS.values())
-    assert SUPPORTED_SERVERS == {15, 16, 17, 18}
+    assert {15, 16, 17, 18} == SUPPORTED_SERVERS
 
 
 def test_the_differences_are_the_ones_derived_from_kwlist():
     """A change of pglast or of keywords.json must show up here and in docs."""
     assert {w: r.action for w, r in word_rules(17).items()} == {
-        "enforced": "quote", "objects": "quote", "period": "quote", "virtual": "quote", "recheck": "keep"}
+        "enforced": "quote",
+        "objects": "quote",
+        "period": "quote",
+        "virtual": "quote",
+        "recheck": "keep",
+    }
     assert word_rules(16)["json"].action == "quote_unless_after:IS,NOT"
     assert len(word_rules(15)) == 36 and len(word_rules(16)) == 26
 
@@ -61,10 +66,14 @@ def test_words_inside_literals_comments_and_quoted_names_are_left_alone():
 
 def test_the_issues_examples_are_read_as_names_on_15():
     assert server_text("SELECT * FROM system_user", 15) == 'SELECT * FROM "system_user"'
-    assert server_text("SELECT json_object() , JSON_ARRAYAGG(x) FROM t", 15) == \
-        'SELECT "json_object"() , "json_arrayagg"(x) FROM t'
-    assert server_text('UPDATE customers AS "system_user" SET name = system_user::text', 15) == \
-        'UPDATE customers AS "system_user" SET name = "system_user"::text'
+    assert (
+        server_text("SELECT json_object() , JSON_ARRAYAGG(x) FROM t", 15)
+        == 'SELECT "json_object"() , "json_arrayagg"(x) FROM t'
+    )
+    assert (
+        server_text('UPDATE customers AS "system_user" SET name = system_user::text', 15)
+        == 'UPDATE customers AS "system_user" SET name = "system_user"::text'
+    )
     assert server_text("SELECT merge_action(), x::json FROM t", 16) == 'SELECT "merge_action"(), x::"json" FROM t'
     assert server_text("EXPLAIN (FORMAT JSON) SELECT 1", 16) == 'EXPLAIN (FORMAT "json") SELECT 1'
 
@@ -85,15 +94,26 @@ def test_backends_outside_the_supported_majors_are_refused(major):
         assert "newer" in result.message
 
 
-SHOP = Context({"public.customers": TableRule("public.customers", "tenant_id", frozenset({"select", "update"}))},
-               {"public.customers": (Column("id", "integer"), Column("tenant_id", "text"), Column("name", "text")),
-                "public.system_user": (Column("id", "integer"), Column("secret", "text"))},
-               "acme", server_major=15)
+SHOP = Context(
+    {"public.customers": TableRule("public.customers", "tenant_id", frozenset({"select", "update"}))},
+    {
+        "public.customers": (Column("id", "integer"), Column("tenant_id", "text"), Column("name", "text")),
+        "public.system_user": (Column("id", "integer"), Column("secret", "text")),
+    },
+    "acme",
+    server_major=15,
+)
 
 
-@pytest.mark.parametrize("sql", ["SELECT * FROM system_user", "select * from System_User s",
-                                 "with x as (select * from system_user) select * from x",
-                                 "select c.name from customers c join system_user s on s.id = c.id"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM system_user",
+        "select * from System_User s",
+        "with x as (select * from system_user) select * from x",
+        "select c.name from customers c join system_user s on s.id = c.id",
+    ],
+)
 def test_an_unlisted_relation_named_like_a_keyword_is_refused_on_15(sql):
     result = rewrite(sql, SHOP)
     assert isinstance(result, Deny) and "system_user" in result.message
@@ -134,22 +154,29 @@ def test_each_form_entry_is_consistent(form):
 def test_returning_old_is_masked_on_every_major(major):
     """18 reads old.col in RETURNING as the row before the update, 15 as a FROM item named old."""
     ctx = dataclasses.replace(EXAMPLE, server_major=major)
-    for sql in ["update customers set ssn = ssn where true returning old.ssn",
-                "update customers as old set ssn = ssn returning old.ssn"]:
+    for sql in [
+        "update customers set ssn = ssn where true returning old.ssn",
+        "update customers as old set ssn = ssn returning old.ssn",
+    ]:
         result = rewrite(sql, ctx)
         assert isinstance(result, Rewrite) and "old.ssn" not in result.sql.lower() and "'****'" in result.sql
     assert isinstance(rewrite("update customers as old set ssn = ssn returning old", ctx), Deny)
 
 
 def test_offsets_are_characters_so_non_ascii_text_before_a_word_is_kept():
-    assert server_text("SELECT 'éé€', system_user, \"naïve\" FROM json_table -- ü", 15) == \
-        "SELECT 'éé€', \"system_user\", \"naïve\" FROM \"json_table\" -- ü"
+    assert (
+        server_text("SELECT 'éé€', system_user, \"naïve\" FROM json_table -- ü", 15)
+        == 'SELECT \'éé€\', "system_user", "naïve" FROM "json_table" -- ü'
+    )
 
 
 def test_only_ascii_letters_fold_as_postgresql_folds_them():
     """The Kelvin sign lowercases to k in Python, not in PostgreSQL: \u212aeep is no keyword."""
     assert server_text("SELECT \u212aeep, keep FROM t", 15) == 'SELECT \u212aeep, "keep" FROM t'
-    assert server_text("SELECT $1, E'system_user', b'01', x'1f' FROM t", 15) == "SELECT $1, E'system_user', b'01', x'1f' FROM t"
+    assert (
+        server_text("SELECT $1, E'system_user', b'01', x'1f' FROM t", 15)
+        == "SELECT $1, E'system_user', b'01', x'1f' FROM t"
+    )
 
 
 UNSUPPORTED_ENTRIES = [(major, rule) for major in (13, 14) for rule in word_rules(major).values()]

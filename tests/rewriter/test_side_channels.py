@@ -13,18 +13,31 @@ from rewriter.statistics import statistics_function, statistics_relation
 from .schema import context
 
 EXPLAINS = [
-    "EXPLAIN ANALYZE SELECT * FROM customers", "explain analyse select * from customers",
-    "EXPLAIN (ANALYZE) SELECT * FROM customers WHERE id = 15", "EXPLAIN (ANALYZE true) SELECT 1",
-    "EXPLAIN (ANALYZE on) SELECT 1", "EXPLAIN (analyse 1) SELECT 1", "EXPLAIN (\"analyze\" 'yes') SELECT 1",
+    "EXPLAIN ANALYZE SELECT * FROM customers",
+    "explain analyse select * from customers",
+    "EXPLAIN (ANALYZE) SELECT * FROM customers WHERE id = 15",
+    "EXPLAIN (ANALYZE true) SELECT 1",
+    "EXPLAIN (ANALYZE on) SELECT 1",
+    "EXPLAIN (analyse 1) SELECT 1",
+    "EXPLAIN (\"analyze\" 'yes') SELECT 1",
     "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT id FROM orders WHERE id BETWEEN 111 AND 115",
     "EXPLAIN (ANALYZE) INSERT INTO customers (id, name) VALUES (15, 'x') ON CONFLICT DO NOTHING",
-    "EXPLAIN ANALYZE VERBOSE DELETE FROM orders", "/* c */ explain\n(\nANALYZE\n) select 1",
-    "EXPLAIN (ANALYZE false, ANALYZE true) SELECT 1", "EXPLAIN (ANALYZE 2) SELECT 1",
-    "EXPLAIN ANALYZE EXECUTE s(1)", "select 1; explain analyze select * from customers",
+    "EXPLAIN ANALYZE VERBOSE DELETE FROM orders",
+    "/* c */ explain\n(\nANALYZE\n) select 1",
+    "EXPLAIN (ANALYZE false, ANALYZE true) SELECT 1",
+    "EXPLAIN (ANALYZE 2) SELECT 1",
+    "EXPLAIN ANALYZE EXECUTE s(1)",
+    "select 1; explain analyze select * from customers",
 ]
-PLAIN_EXPLAINS = ["EXPLAIN SELECT * FROM customers", "EXPLAIN (COSTS OFF) SELECT * FROM customers WHERE id = 1",
-                  "EXPLAIN (ANALYZE off) SELECT 1", "EXPLAIN (ANALYZE 0) SELECT 1", "EXPLAIN (ANALYZE 'false') SELECT 1",
-                  "EXPLAIN VERBOSE SELECT 1", "EXPLAIN (FORMAT JSON) SELECT 1"]
+PLAIN_EXPLAINS = [
+    "EXPLAIN SELECT * FROM customers",
+    "EXPLAIN (COSTS OFF) SELECT * FROM customers WHERE id = 1",
+    "EXPLAIN (ANALYZE off) SELECT 1",
+    "EXPLAIN (ANALYZE 0) SELECT 1",
+    "EXPLAIN (ANALYZE 'false') SELECT 1",
+    "EXPLAIN VERBOSE SELECT 1",
+    "EXPLAIN (FORMAT JSON) SELECT 1",
+]
 
 
 @pytest.mark.parametrize("sql", EXPLAINS)
@@ -43,33 +56,50 @@ def test_plain_explain_is_refused_for_its_statistics(sql):
 def test_explain_analyzes_reads_options_as_postgresql_does():
     def opts(sql):
         return statements(sql)[0][1]
+
     assert explain_analyzes(opts("EXPLAIN ANALYSE SELECT 1"))
     assert explain_analyzes(opts("EXPLAIN (ANALYZE 'on') SELECT 1"))
     assert not explain_analyzes(opts("EXPLAIN (ANALYZE OFF) SELECT 1"))
     assert not explain_analyzes(opts("EXPLAIN (BUFFERS) SELECT 1"))
 
 
-@pytest.mark.parametrize("sql", [
-    "NOTIFY globex_jobs, '{\"tenant\": \"globex\"}'", "notify x", 'NOTIFY "Globex Jobs"', "NoTiFy/**/x",
-    "select 1; notify x", "notify x; select 1", "PREPARE p AS NOTIFY x", "select pg_notify('x', 'y')",
-    "select pg_catalog.pg_notify('x', 'y')", "begin; notify x; commit",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'NOTIFY globex_jobs, \'{"tenant": "globex"}\'',
+        "notify x",
+        'NOTIFY "Globex Jobs"',
+        "NoTiFy/**/x",
+        "select 1; notify x",
+        "notify x; select 1",
+        "PREPARE p AS NOTIFY x",
+        "select pg_notify('x', 'y')",
+        "select pg_catalog.pg_notify('x', 'y')",
+        "begin; notify x; commit",
+    ],
+)
 def test_notify_is_refused_in_every_spelling(sql):
     result = rewrite(sql, context())
     assert isinstance(result, Deny) and result.hint, result
 
 
 def test_auto_explain_settings_are_refused():
-    for sql in ("SET auto_explain.log_analyze = on", "set AUTO_EXPLAIN.log_level = notice",
-                "select set_config('auto_explain.log_min_duration', '0', false)"):
+    for sql in (
+        "SET auto_explain.log_analyze = on",
+        "set AUTO_EXPLAIN.log_level = notice",
+        "select set_config('auto_explain.log_min_duration', '0', false)",
+    ):
         assert isinstance(rewrite(sql, context()), Deny), sql
 
 
 # countries: shared, select only; notes: shared, select + update; orders/customers: every grant.
 LOCKS_REFUSED = [
-    "SELECT * FROM countries FOR UPDATE", "SELECT * FROM countries FOR NO KEY UPDATE",
-    "SELECT * FROM countries FOR SHARE", "SELECT * FROM countries FOR KEY SHARE",
-    "SELECT * FROM countries FOR UPDATE NOWAIT", "SELECT * FROM countries FOR SHARE SKIP LOCKED",
+    "SELECT * FROM countries FOR UPDATE",
+    "SELECT * FROM countries FOR NO KEY UPDATE",
+    "SELECT * FROM countries FOR SHARE",
+    "SELECT * FROM countries FOR KEY SHARE",
+    "SELECT * FROM countries FOR UPDATE NOWAIT",
+    "SELECT * FROM countries FOR SHARE SKIP LOCKED",
     "SELECT * FROM public.countries c WHERE code = 'fr' FOR UPDATE OF c",
     "SELECT * FROM orders o JOIN countries c ON true FOR UPDATE",
     "SELECT * FROM orders o JOIN countries c ON true FOR UPDATE OF o FOR SHARE OF c",
@@ -84,12 +114,15 @@ LOCKS_REFUSED = [
     "UPDATE orders SET total = 0 WHERE customer_id IN (SELECT 1 FROM countries FOR UPDATE)",
     "SELECT * FROM countries TABLESAMPLE SYSTEM (50) FOR UPDATE",
     "SELECT * FROM (countries JOIN orders ON true) j FOR UPDATE",
-    "SELECT * FROM pg_class FOR SHARE", "SELECT * FROM pg_catalog.pg_namespace n FOR KEY SHARE OF n",
+    "SELECT * FROM pg_class FOR SHARE",
+    "SELECT * FROM pg_catalog.pg_namespace n FOR KEY SHARE OF n",
     "PREPARE p AS SELECT * FROM countries FOR UPDATE",
 ]
 LOCKS_ALLOWED = [
-    "SELECT * FROM orders FOR UPDATE", "SELECT * FROM customers FOR SHARE",
-    "SELECT * FROM notes FOR UPDATE", "SELECT * FROM orders o JOIN countries c ON true FOR UPDATE OF o",
+    "SELECT * FROM orders FOR UPDATE",
+    "SELECT * FROM customers FOR SHARE",
+    "SELECT * FROM notes FOR UPDATE",
+    "SELECT * FROM orders o JOIN countries c ON true FOR UPDATE OF o",
     "SELECT * FROM orders WHERE customer_id IN (SELECT 1 FROM countries) FOR UPDATE",
     "WITH x AS (SELECT * FROM countries) SELECT * FROM x, orders FOR UPDATE",
     "SELECT * FROM orders, (SELECT * FROM countries) s FOR UPDATE OF orders",
@@ -112,6 +145,7 @@ def test_row_locks_on_tables_one_may_update_are_allowed(sql):
 def test_locks_names_the_tables_postgresql_locks():
     def locked(sql):
         return sorted(rv["relname"] for rv in locks(statements(sql)[0][1]))
+
     assert locked("select 1 from a, b for update") == ["a", "b"]
     assert locked("select 1 from a x join b y on true for update of y") == ["b"]
     assert locked("select 1 from a, (select * from b join c on true) s for share of s") == ["b", "c"]
@@ -121,26 +155,44 @@ def test_locks_names_the_tables_postgresql_locks():
     assert locked("(select 1 from a) union (select 1 from b) for update") == ["a", "b"]
 
 
-@pytest.mark.parametrize("sql", [
-    "SELECT * FROM pg_stat_user_tables", "SELECT * FROM pg_catalog.pg_stat_all_tables",
-    "SELECT n_tup_ins FROM pg_stat_xact_user_tables WHERE relname = 'orders'",
-    "SELECT * FROM pg_statio_user_tables", "SELECT * FROM PG_STAT_DATABASE", 'SELECT * FROM "pg_stat_progress_copy"',
-    "SELECT * FROM pg_stats", "SELECT * FROM pg_statistic", "SELECT * FROM pg_statistic_ext_data",
-    "SELECT pg_stat_get_live_tuples('customers'::regclass)", "SELECT pg_catalog.pg_stat_get_xact_tuples_inserted(1)",
-    "SELECT pg_relation_size('customers')", "SELECT pg_total_relation_size('orders')",
-    "SELECT pg_table_size('orders')", "SELECT pg_indexes_size('orders')", "SELECT pg_database_size(current_database())",
-    "SELECT pg_size_pretty(pg_table_size('orders'))", "SELECT pg_stat_clear_snapshot()",
-    "SELECT 1 WHERE EXISTS (SELECT 1 FROM pg_stat_user_tables)", "WITH s AS (SELECT * FROM pg_stat_user_indexes) SELECT 1",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM pg_stat_user_tables",
+        "SELECT * FROM pg_catalog.pg_stat_all_tables",
+        "SELECT n_tup_ins FROM pg_stat_xact_user_tables WHERE relname = 'orders'",
+        "SELECT * FROM pg_statio_user_tables",
+        "SELECT * FROM PG_STAT_DATABASE",
+        'SELECT * FROM "pg_stat_progress_copy"',
+        "SELECT * FROM pg_stats",
+        "SELECT * FROM pg_statistic",
+        "SELECT * FROM pg_statistic_ext_data",
+        "SELECT pg_stat_get_live_tuples('customers'::regclass)",
+        "SELECT pg_catalog.pg_stat_get_xact_tuples_inserted(1)",
+        "SELECT pg_relation_size('customers')",
+        "SELECT pg_total_relation_size('orders')",
+        "SELECT pg_table_size('orders')",
+        "SELECT pg_indexes_size('orders')",
+        "SELECT pg_database_size(current_database())",
+        "SELECT pg_size_pretty(pg_table_size('orders'))",
+        "SELECT pg_stat_clear_snapshot()",
+        "SELECT 1 WHERE EXISTS (SELECT 1 FROM pg_stat_user_tables)",
+        "WITH s AS (SELECT * FROM pg_stat_user_indexes) SELECT 1",
+    ],
+)
 def test_statistics_and_sizes_are_refused(sql):
     result = rewrite(sql, context())
     assert isinstance(result, Deny) and ("statistics" in result.message or "stats" in result.message), result
 
 
 def test_schema_metadata_stays_readable():
-    for sql in ("SELECT relname, reltuples FROM pg_class", "SELECT * FROM pg_attribute",
-                "SELECT * FROM pg_statistic_ext", "SELECT pg_column_size(name) FROM customers",
-                "SELECT pg_size_pretty(1024::bigint)"):
+    for sql in (
+        "SELECT relname, reltuples FROM pg_class",
+        "SELECT * FROM pg_attribute",
+        "SELECT * FROM pg_statistic_ext",
+        "SELECT pg_column_size(name) FROM customers",
+        "SELECT pg_size_pretty(1024::bigint)",
+    ):
         assert isinstance(rewrite(sql, context()), (Allow, Rewrite)), sql
 
 

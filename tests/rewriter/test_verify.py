@@ -33,26 +33,39 @@ def _check(sql: str, tamper) -> None:
 
 TAMPERINGS = [
     ("UPDATE orders SET total = 0 WHERE id = 10 OR true", lambda s: s.replace("(id = 10 OR true)", "id = 10 OR true")),
-    ("UPDATE orders SET total = 0 WHERE id = 10", lambda s: s.replace("\"orders\".\"tenant_id\" = 'acme' AND ", "")),
-    ("UPDATE orders SET total = 0 WHERE id = 10",
-     lambda s: s.replace("\"orders\".\"tenant_id\" = 'acme' AND (id = 10)", "(id = 10) AND \"orders\".\"tenant_id\" = 'acme'")),
-    ("UPDATE orders SET total = 0 WHERE total::int > 0",  # the CASE guard is dropped
-     lambda s: s.replace("CASE WHEN \"orders\".\"tenant_id\" = 'acme' THEN (total::int > 0) END", "(total::int > 0)")),
-    ("DELETE FROM orders WHERE length(tenant_id) > 0",  # the guard names another tenant
-     lambda s: s.replace("CASE WHEN \"orders\".\"tenant_id\" = 'acme'", "CASE WHEN \"orders\".\"tenant_id\" = 'x'")),
+    ("UPDATE orders SET total = 0 WHERE id = 10", lambda s: s.replace('"orders"."tenant_id" = \'acme\' AND ', "")),
+    (
+        "UPDATE orders SET total = 0 WHERE id = 10",
+        lambda s: s.replace(
+            '"orders"."tenant_id" = \'acme\' AND (id = 10)', '(id = 10) AND "orders"."tenant_id" = \'acme\''
+        ),
+    ),
+    (
+        "UPDATE orders SET total = 0 WHERE total::int > 0",  # the CASE guard is dropped
+        lambda s: s.replace('CASE WHEN "orders"."tenant_id" = \'acme\' THEN (total::int > 0) END', "(total::int > 0)"),
+    ),
+    (
+        "DELETE FROM orders WHERE length(tenant_id) > 0",  # the guard names another tenant
+        lambda s: s.replace('CASE WHEN "orders"."tenant_id" = \'acme\'', 'CASE WHEN "orders"."tenant_id" = \'x\''),
+    ),
     ("SELECT * FROM orders o WHERE o.total::int > 0", lambda s: s.replace(" OFFSET 0", "")),
     ("SELECT * FROM orders o WHERE o.id = 1", lambda s: s.replace("'acme')", "'acme' OFFSET 0)")),
     ("DELETE FROM orders WHERE id = 1", lambda s: s.replace("'acme'", "'globex'")),
     ("SELECT * FROM orders o", lambda s: s.replace("WHERE \"tenant_id\" = 'acme'", "")),
-    ("SELECT * FROM orders o", lambda s: s.replace(") o", ") o, \"public\".\"orders\" x")),
+    ("SELECT * FROM orders o", lambda s: s.replace(") o", ') o, "public"."orders" x')),
     ("SELECT * FROM orders o", lambda s: s + "; SELECT 1"),
     ("SELECT * FROM orders o WHERE o.id = 1", lambda s: s.replace("o.id = 1", "o.id = 2")),
-    ("SELECT * FROM orders o WHERE o.id = 1", lambda s: s.replace("o.id = 1", "o.id = 1 OR o.id IN (SELECT id FROM secrets)")),
-    ("SELECT ssn FROM customers", lambda s: s.replace("CAST('****' AS text) AS \"ssn\"", "\"ssn\"")),
+    (
+        "SELECT * FROM orders o WHERE o.id = 1",
+        lambda s: s.replace("o.id = 1", "o.id = 1 OR o.id IN (SELECT id FROM secrets)"),
+    ),
+    ("SELECT ssn FROM customers", lambda s: s.replace("CAST('****' AS text) AS \"ssn\"", '"ssn"')),
     ("INSERT INTO orders (id) VALUES (1)", lambda s: s.replace("'acme'", "'globex'")),
     ("INSERT INTO orders (id, tenant_id) VALUES ($1, $2)", lambda s: s.replace("$2", "$1")),
-    ("INSERT INTO customers (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET name = 'x'",
-     lambda s: s.replace(" WHERE \"customers\".\"tenant_id\" = 'acme'", "")),
+    (
+        "INSERT INTO customers (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET name = 'x'",
+        lambda s: s.replace(' WHERE "customers"."tenant_id" = \'acme\'', ""),
+    ),
     ("UPDATE customers SET name = 'x' RETURNING ssn", lambda s: s.replace("CAST('****' AS text) AS \"ssn\"", "ssn")),
     ("SELECT 'é', id FROM orders", lambda s: s.replace("'é', id", "'é', pg_read_file('x')")),
 ]

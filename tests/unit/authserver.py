@@ -13,8 +13,7 @@ from proxy.wire.auth import AuthFailed, ClientAuth, Credential
 class AuthServer:
     """A listener that authenticates clients with ClientAuth, then reports ReadyForQuery."""
 
-    def __init__(self, method: str, users: dict[str, Credential],
-                 tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, method: str, users: dict[str, Credential], tls: ssl.SSLContext | None = None) -> None:
         self.method, self.users, self.tls = method, users, tls
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -62,10 +61,13 @@ class AuthServer:
             conn.sendall(p.error_response(exc.sqlstate, exc.message, severity="FATAL", hint=exc.hint))
             return
         self.done.append(True)
-        conn.sendall(p.parameter_status("server_version", "15.0")
-                     + p.parameter_status("client_encoding", "UTF8")
-                     + p.parameter_status("standard_conforming_strings", "on")
-                     + p.backend_key_data(1, 2) + p.ready_for_query())
+        conn.sendall(
+            p.parameter_status("server_version", "15.0")
+            + p.parameter_status("client_encoding", "UTF8")
+            + p.parameter_status("standard_conforming_strings", "on")
+            + p.backend_key_data(1, 2)
+            + p.ready_for_query()
+        )
         conn.recv(4096)  # Terminate
 
     def close(self) -> None:

@@ -11,9 +11,12 @@ from tests.harness import free_port
 from tests.pgcluster import PgCluster
 
 # Roles of the cluster: name -> (password, how PostgreSQL stores it).
-ROLES = {"md5_user": ("md5-secret", "md5"), "scram_user": ("scram-secret", "scram-sha-256"),
-         "clear_user": ("clear-secret", "scram-sha-256"),
-         "unicode_user": ("pässwörd\u00a0ü", "scram-sha-256")}  # SASLprep maps U+00A0 to a space
+ROLES = {
+    "md5_user": ("md5-secret", "md5"),
+    "scram_user": ("scram-secret", "scram-sha-256"),
+    "clear_user": ("clear-secret", "scram-sha-256"),
+    "unicode_user": ("pässwörd\u00a0ü", "scram-sha-256"),
+}  # SASLprep maps U+00A0 to a space
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,12 @@ import hashlib
 
 import psycopg
 import pytest
-from scramp import ScramClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scramp import ScramClient
 
 from proxy.wire import protocol as p
-from proxy.wire.auth import (AuthFailed, BackendAuth, ClientAuth, Credential, parse_scram_verifier,
-                        scram_verifier)
+from proxy.wire.auth import AuthFailed, BackendAuth, ClientAuth, Credential, parse_scram_verifier, scram_verifier
 from tests.pgcluster import login
 from tests.unit.authserver import AuthServer
 from tests.unit.conftest import ROLES
@@ -64,8 +63,7 @@ def test_wrong_password_is_28P01(method, credential):
     server = ClientAuth(method, "alice", credential)
     with pytest.raises(AuthFailed) as err:
         exchange(server, BackendAuth("alice", PASSWORD + "x"))
-    assert (err.value.sqlstate, str(err.value)) == (
-        "28P01", 'password authentication failed for user "alice"')
+    assert (err.value.sqlstate, str(err.value)) == ("28P01", 'password authentication failed for user "alice"')
     assert not server.done
 
 
@@ -216,8 +214,7 @@ def test_a_replayed_client_final_does_not_authenticate_a_new_exchange():
 # --- BackendAuth on its own -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("request_msg", [p.auth_request(3), p.auth_request(5, b"salt"),
-                                         p.auth_sasl(["SCRAM-SHA-256"])])
+@pytest.mark.parametrize("request_msg", [p.auth_request(3), p.auth_request(5, b"salt"), p.auth_sasl(["SCRAM-SHA-256"])])
 def test_backend_asking_for_a_password_when_none_is_configured(request_msg):
     with pytest.raises(AuthFailed) as err:
         BackendAuth("app", None).receive(request_msg)
@@ -276,8 +273,16 @@ def test_scram_verifier_format():
 
 
 def psycopg_connect(port: int, user: str, password: str) -> None:
-    psycopg.connect(host="127.0.0.1", port=port, user=user, password=password, dbname="db",
-                    sslmode="disable", gssencmode="disable", connect_timeout=5).close()
+    psycopg.connect(
+        host="127.0.0.1",
+        port=port,
+        user=user,
+        password=password,
+        dbname="db",
+        sslmode="disable",
+        gssencmode="disable",
+        connect_timeout=5,
+    ).close()
 
 
 @pytest.mark.parametrize("method, credential", CREDENTIALS.values(), ids=CREDENTIALS.keys())
@@ -297,8 +302,7 @@ def test_libpq_authenticates_against_client_auth(method, credential):
 # --- BackendAuth against a real PostgreSQL ---------------------------------------------------
 
 
-@pytest.mark.parametrize("role, code", [("md5_user", 5), ("scram_user", 10), ("clear_user", 3),
-                                        ("unicode_user", 10)])
+@pytest.mark.parametrize("role, code", [("md5_user", 5), ("scram_user", 10), ("clear_user", 3), ("unicode_user", 10)])
 def test_backend_auth_logs_into_postgresql(pg_cluster, role, code):
     password = ROLES[role][0]
     result = login(pg_cluster.host, pg_cluster.port, role, password)
@@ -337,8 +341,10 @@ def test_client_auth_accepts_a_verifier_made_by_postgresql(pg_cluster):
     exchange(server, BackendAuth("scram_user", ROLES["scram_user"][0]))
     assert server.done
     with pytest.raises(AuthFailed):
-        exchange(ClientAuth("scram-sha-256", "scram_user", Credential(scram_verifier=stored)),
-                 BackendAuth("scram_user", "wrong"))
+        exchange(
+            ClientAuth("scram-sha-256", "scram_user", Credential(scram_verifier=stored)),
+            BackendAuth("scram_user", "wrong"),
+        )
 
 
 # --- fuzzing: whatever the peer sends, only AuthFailed comes out ---------------------------------
@@ -374,8 +380,7 @@ def test_client_auth_raises_only_auth_failed_on_arbitrary_scram_text(first, fina
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([0, 3, 5, 10, 11, 12, 7]), st.binary(max_size=60)),
-                max_size=4))
+@given(st.lists(st.tuples(st.sampled_from([0, 3, 5, 10, 11, 12, 7]), st.binary(max_size=60)), max_size=4))
 def test_backend_auth_raises_only_auth_failed_on_arbitrary_requests(requests):
     client = BackendAuth("app", "pw")
     try:

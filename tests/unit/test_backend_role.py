@@ -8,10 +8,10 @@ import textwrap
 import pytest
 
 from policies.load import load_policy
-from proxy.pooling import backend_role
 from proxy.enforce import role_sql
-from proxy.pooling.backend_role import RoleFacts, unfit
 from proxy.enforce.role_sql import table_privileges
+from proxy.pooling import backend_role
+from proxy.pooling.backend_role import RoleFacts, unfit
 
 POLICY = """
 version: 1
@@ -48,16 +48,18 @@ def test_docstring_examples(module):
 
 def test_privileges_are_the_union_over_policed_roles_only(policy):
     assert table_privileges(policy) == {
-        "public.customers": ("SELECT",),               # admin's writes are bypass: not granted
-        "public.audit_log": ("SELECT", "INSERT"),      # the tenant filter and RETURNING read it
-        "Weird Schema.Order Lines": ("SELECT",),       # "*" is every policed role
-    }                                                   # public.only_admin: bypass only, nothing
+        "public.customers": ("SELECT",),  # admin's writes are bypass: not granted
+        "public.audit_log": ("SELECT", "INSERT"),  # the tenant filter and RETURNING read it
+        "Weird Schema.Order Lines": ("SELECT",),  # "*" is every policed role
+    }  # public.only_admin: bypass only, nothing
 
 
 def test_role_sql_creates_a_powerless_role_and_quotes_names(policy):
     sql = role_sql.role_sql(policy, "App Policed", "my db")
-    assert 'CREATE ROLE "App Policed" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE ' \
-           "NOREPLICATION NOINHERIT;" in sql.create
+    assert (
+        'CREATE ROLE "App Policed" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE '
+        "NOREPLICATION NOINHERIT;" in sql.create
+    )
     grants = [line for line in sql.grants.splitlines() if line.startswith("GRANT")]
     assert grants == [
         'GRANT CONNECT ON DATABASE "my db" TO "App Policed";',
@@ -72,13 +74,16 @@ def test_role_sql_creates_a_powerless_role_and_quotes_names(policy):
     assert "'App Policed'" in sql.grants  # the sequence loop's %I gets the name as a literal
 
 
-@pytest.mark.parametrize("facts, fit", [
-    (RoleFacts("r", False, False), True),
-    (RoleFacts("r", True, False), False),
-    (RoleFacts("r", False, True), False),
-    (RoleFacts("r", False, False, ("pg_super",)), False),
-    (RoleFacts("r", False, False, (), ("public.t",)), False),
-])
+@pytest.mark.parametrize(
+    "facts, fit",
+    [
+        (RoleFacts("r", False, False), True),
+        (RoleFacts("r", True, False), False),
+        (RoleFacts("r", False, True), False),
+        (RoleFacts("r", False, False, ("pg_super",)), False),
+        (RoleFacts("r", False, False, (), ("public.t",)), False),
+    ],
+)
 def test_unfit(facts, fit):
     assert (unfit(facts, "db") is None) == fit
 

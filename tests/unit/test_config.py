@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config.model import ConfigError, load_config, parse_config
 from proxy.app.configdoc import reference
+from proxy.config.model import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,23 +21,27 @@ def test_example_config_is_valid():
 
 
 def test_paths_are_relative_to_the_config_file(tmp_path):
-    config = parse_config({"listen": {"tls": {"mode": "allow", "cert": "c.pem", "key": "k.pem"}},
-                           "primary": {"host": "db"}},
-                          tmp_path / "pgwarden.yaml")
+    config = parse_config(
+        {"listen": {"tls": {"mode": "allow", "cert": "c.pem", "key": "k.pem"}}, "primary": {"host": "db"}},
+        tmp_path / "pgwarden.yaml",
+    )
     assert config.listen.tls.cert == tmp_path.resolve() / "c.pem"
 
 
-@pytest.mark.parametrize("data, fragment", [
-    ({"pool": {"size": 0}}, "pool.size"),
-    ({"pool": {"min_idle": 5, "size": 2}}, "min_idle (5) cannot exceed size (2)"),
-    ({"auth": {"users": {"a": {}}}}, "exactly one of"),
-    ({"auth": {"users": {"a": {"password": "x", "password_env": "Y"}}}}, "exactly one of"),
-    ({"listen": {"tls": {"mode": "require"}}}, "needs both `cert` and `key`"),
-    ({"primary": {"tls": {"mode": "verify-full"}}}, "needs a `ca` file"),
-    ({"replicas": [{"host": "r1"}]}, "read routing to replicas is not available"),
-    ({"cache": {"redis": "redis://"}}, "result caching is not available"),
-    ({"poool": {}}, "did you mean `pool`"),
-])
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"pool": {"size": 0}}, "pool.size"),
+        ({"pool": {"min_idle": 5, "size": 2}}, "min_idle (5) cannot exceed size (2)"),
+        ({"auth": {"users": {"a": {}}}}, "exactly one of"),
+        ({"auth": {"users": {"a": {"password": "x", "password_env": "Y"}}}}, "exactly one of"),
+        ({"listen": {"tls": {"mode": "require"}}}, "needs both `cert` and `key`"),
+        ({"primary": {"tls": {"mode": "verify-full"}}}, "needs a `ca` file"),
+        ({"replicas": [{"host": "r1"}]}, "read routing to replicas is not available"),
+        ({"cache": {"redis": "redis://"}}, "result caching is not available"),
+        ({"poool": {}}, "did you mean `pool`"),
+    ],
+)
 def test_invalid_configs_are_refused_with_a_sentence(tmp_path, data, fragment):
     with pytest.raises(ConfigError) as info:
         parse_config(data, tmp_path / "c.yaml")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config.model import ConfigError, load_config
 from proxy.config.environment import overrides, value
+from proxy.config.model import ConfigError, load_config
 
 FILE = "listen: {host: 127.0.0.1, port: 6432}\nprimary: {host: filehost, port: 5432}\npool: {size: 5}\n"
 
@@ -19,12 +19,18 @@ def _load(tmp_path, monkeypatch, env: dict[str, str], text: str = FILE):
 
 
 def test_variables_set_nested_keys_over_the_file(tmp_path, monkeypatch):
-    config = _load(tmp_path, monkeypatch, {"PGWARDEN__PRIMARY__HOST": "db.internal",
-                                           "PGWARDEN__PRIMARY__PORT": "5433",
-                                           "PGWARDEN__POOL__MODE": "session",
-                                           "PGWARDEN__BACKEND_AUTH__PASSWORD_ENV": "PG_PASS",
-                                           "PGWARDEN__AUTH__USERS__APP__PASSWORD_ENV": "APP_PASSWORD",
-                                           "PGWARDEN__ADMIN__USERS": "[ops, dba]"})
+    config = _load(
+        tmp_path,
+        monkeypatch,
+        {
+            "PGWARDEN__PRIMARY__HOST": "db.internal",
+            "PGWARDEN__PRIMARY__PORT": "5433",
+            "PGWARDEN__POOL__MODE": "session",
+            "PGWARDEN__BACKEND_AUTH__PASSWORD_ENV": "PG_PASS",
+            "PGWARDEN__AUTH__USERS__APP__PASSWORD_ENV": "APP_PASSWORD",
+            "PGWARDEN__ADMIN__USERS": "[ops, dba]",
+        },
+    )
     assert (config.primary.host, config.primary.port) == ("db.internal", 5433)
     assert config.pool.mode == "session" and config.pool.size == 5  # the file's other keys stay
     assert config.backend_auth.password_env == "PG_PASS"
@@ -37,16 +43,37 @@ def test_the_primary_may_come_from_the_environment_alone(tmp_path, monkeypatch):
     assert (config.primary.host, config.primary.port) == ("db", 5432)
 
 
-@pytest.mark.parametrize("env, fragment", [
-    ({"PGWARDEN__PRIMARY__HOTS": "db"}, "environment variable PGWARDEN__PRIMARY__HOTS: primary.hots: unknown key `hots` (did you mean `host`?)"),
-    ({"PGWARDEN__POOOL__SIZE": "3"}, "environment variable PGWARDEN__POOOL__SIZE: poool: unknown key `poool` (did you mean `pool`?)"),
-    ({"PGWARDEN__POOL__SIZE": "many"}, "environment variable PGWARDEN__POOL__SIZE: pool.size: must be a whole number, not `many`"),
-    ({"PGWARDEN__POOL__MODE": "sometimes"}, "environment variable PGWARDEN__POOL__MODE: pool.mode: `sometimes` is not allowed"),
-    ({"PGWARDEN__PRIMARY__HOST__NAME": "db"}, "environment variable PGWARDEN__PRIMARY__HOST__NAME: `primary.host` is a value, not a section"),
-    ({"PGWARDEN__PRIMARY____HOST": "db"}, "environment variable PGWARDEN__PRIMARY____HOST: an empty key"),
-    ({"PGWARDEN__CACHE__TTL_S": "30"}, "environment variable PGWARDEN__CACHE__TTL_S: cache: result caching is not available"),
-    ({"pgwarden__primary__hots": "db"}, "environment variable pgwarden__primary__hots: primary.hots: unknown key"),
-])
+@pytest.mark.parametrize(
+    "env, fragment",
+    [
+        (
+            {"PGWARDEN__PRIMARY__HOTS": "db"},
+            "environment variable PGWARDEN__PRIMARY__HOTS: primary.hots: unknown key `hots` (did you mean `host`?)",
+        ),
+        (
+            {"PGWARDEN__POOOL__SIZE": "3"},
+            "environment variable PGWARDEN__POOOL__SIZE: poool: unknown key `poool` (did you mean `pool`?)",
+        ),
+        (
+            {"PGWARDEN__POOL__SIZE": "many"},
+            "environment variable PGWARDEN__POOL__SIZE: pool.size: must be a whole number, not `many`",
+        ),
+        (
+            {"PGWARDEN__POOL__MODE": "sometimes"},
+            "environment variable PGWARDEN__POOL__MODE: pool.mode: `sometimes` is not allowed",
+        ),
+        (
+            {"PGWARDEN__PRIMARY__HOST__NAME": "db"},
+            "environment variable PGWARDEN__PRIMARY__HOST__NAME: `primary.host` is a value, not a section",
+        ),
+        ({"PGWARDEN__PRIMARY____HOST": "db"}, "environment variable PGWARDEN__PRIMARY____HOST: an empty key"),
+        (
+            {"PGWARDEN__CACHE__TTL_S": "30"},
+            "environment variable PGWARDEN__CACHE__TTL_S: cache: result caching is not available",
+        ),
+        ({"pgwarden__primary__hots": "db"}, "environment variable pgwarden__primary__hots: primary.hots: unknown key"),
+    ],
+)
 def test_a_bad_variable_is_refused_naming_the_variable(tmp_path, monkeypatch, env, fragment):
     with pytest.raises(ConfigError) as info:
         _load(tmp_path, monkeypatch, env)
@@ -81,15 +108,29 @@ def test_file_errors_keep_their_line_when_variables_are_set(tmp_path, monkeypatc
 
 
 def test_only_the_double_underscore_prefix_is_read():
-    found = overrides({"PGWARDEN_BACKEND_PASSWORD": "x", "PGWARDEN_TEST_PG_PORT": "1",
-                       "PGWARDEN__PRIMARY__HOST": "db", "PATH": "/bin"})
+    found = overrides(
+        {
+            "PGWARDEN_BACKEND_PASSWORD": "x",
+            "PGWARDEN_TEST_PG_PORT": "1",
+            "PGWARDEN__PRIMARY__HOST": "db",
+            "PATH": "/bin",
+        }
+    )
     assert [(o.variable, o.path, o.value) for o in found] == [("PGWARDEN__PRIMARY__HOST", ("primary", "host"), "db")]
 
 
-@pytest.mark.parametrize("text, parsed", [
-    ("db", "db"), ("5433", "5433"), ("no", "no"), ("", ""), ("[a, b]", ["a", "b"]),
-    ("{host: db}", {"host": "db"}), ("[unclosed", "[unclosed"),
-])
+@pytest.mark.parametrize(
+    "text, parsed",
+    [
+        ("db", "db"),
+        ("5433", "5433"),
+        ("no", "no"),
+        ("", ""),
+        ("[a, b]", ["a", "b"]),
+        ("{host: db}", {"host": "db"}),
+        ("[unclosed", "[unclosed"),
+    ],
+)
 def test_values_are_text_unless_a_flow_list_or_mapping(text, parsed):
     assert value(text) == parsed
 

@@ -10,6 +10,10 @@ IMPORT = re.compile(r"^\s*(import pglast|from pglast\b)", re.M)
 
 
 def test_no_other_module_imports_pglast():
-    offenders = [str(p.relative_to(ROOT)) for folder in ("proxy", "rewriter", "policies", "tests", "bench", "scripts")
-                 for p in (ROOT / folder).rglob("*.py") if IMPORT.search(p.read_text(errors="replace"))]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for folder in ("proxy", "rewriter", "policies", "tests", "bench", "scripts")
+        for p in (ROOT / folder).rglob("*.py")
+        if IMPORT.search(p.read_text(errors="replace"))
+    ]
     assert offenders == ["rewriter/pgparser.py"]

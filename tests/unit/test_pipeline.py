@@ -17,7 +17,7 @@ ERROR = p.error_response("42601", "syntax error")
 
 def feed_all(tracker: Tracker, stream: bytes, cuts: list[int]) -> bytes:
     out, last = [], 0
-    for cut in sorted(set(c for c in cuts if 0 < c < len(stream))) + [len(stream)]:
+    for cut in sorted({c for c in cuts if 0 < c < len(stream)}) + [len(stream)]:
         out.append(tracker.feed(stream[last:cut]))
         last = cut
     return b"".join(out)
@@ -33,10 +33,10 @@ def test_plain_stream_is_forwarded_untouched_and_releases_on_idle():
 
 def test_injected_parse_is_hidden_and_synthetic_parse_complete_is_in_order():
     t = Tracker()
-    t.request(ord("P"), SWALLOW, tag="pgw_a")   # injected before the client's Bind
+    t.request(ord("P"), SWALLOW, tag="pgw_a")  # injected before the client's Bind
     t.request(ord("B"))
     t.request(ord("E"))
-    assert t.synthetic(PARSE_OK) == b""        # the client's Parse, answered by the proxy
+    assert t.synthetic(PARSE_OK) == b""  # the client's Parse, answered by the proxy
     t.request(ord("B"))
     t.request(ord("E"))
     t.request(ord("S"))
@@ -70,8 +70,7 @@ def test_swallowed_query_hides_everything_up_to_its_ready():
 
 def _scenario():
     """Requests with actions, and the backend stream answering them."""
-    kinds = st.lists(st.sampled_from(["parse", "parse_hidden", "bind", "close_synth", "exec"]),
-                     max_size=6)
+    kinds = st.lists(st.sampled_from(["parse", "parse_hidden", "bind", "close_synth", "exec"]), max_size=6)
     return st.tuples(kinds, st.booleans())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -11,15 +12,14 @@ from hypothesis import strategies as st
 from proxy.wire import protocol as p
 
 # Text the protocol can carry in a C string: no NUL, no lone surrogates (not UTF-8).
-ctext = st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
-                max_size=30)
+ctext = st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=30)
 params_dict = st.dictionaries(ctext, ctext, max_size=8)
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     """`data` split at the given positions (taken modulo its length, sorted)."""
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 cuts = st.lists(st.integers(min_value=0, max_value=10_000), max_size=20)
@@ -132,8 +132,11 @@ def test_framer_split_agrees_with_messages_on_arbitrary_bytes(data, cut_at):
         assert split_out == feed_out and by_split.pending() == by_feed.pending()
 
 
-@given(st.integers(min_value=1024, max_value=2**20), st.integers(min_value=1, max_value=2**20),
-       st.lists(messages, max_size=3))
+@given(
+    st.integers(min_value=1024, max_value=2**20),
+    st.integers(min_value=1, max_value=2**20),
+    st.lists(messages, max_size=3),
+)
 def test_framer_split_refuses_oversize_with_54000(max_size, excess, before):
     framer = p.Framer(max_size=max_size)
     with pytest.raises(p.ProtocolError) as err:
@@ -185,13 +188,13 @@ def test_framer_raises_only_protocol_errors_on_arbitrary_bytes(data, cut_at):
 
 ready = st.sampled_from(b"ITE").map(lambda s: p.ready_for_query(bytes([s])))
 error = st.builds(lambda t: p.error_response("42000", t), ctext)
-other = st.builds(lambda k, body: p.message(bytes([k]), body),
-                  st.sampled_from(b"TDCK12nIst"), st.binary(max_size=30))
+other = st.builds(lambda k, body: p.message(bytes([k]), body), st.sampled_from(b"TDCK12nIst"), st.binary(max_size=30))
 
 
 @given(st.lists(st.one_of(ready, error, other), max_size=25), cuts)
 def test_backend_stream_is_forwarded_whole_and_ready_status_tracked_over_any_chunking(msgs, cut_at):
     from proxy.wire.tracker import Tracker
+
     tracker = Tracker()
     stream = b"".join(msgs)
     out = b"".join(tracker.feed(chunk) for chunk in chunked(stream, cut_at))
@@ -204,6 +207,7 @@ def test_backend_stream_is_forwarded_whole_and_ready_status_tracked_over_any_chu
 @given(st.binary(max_size=300), cuts)
 def test_backend_stream_scanner_raises_only_protocol_error(data, cut_at):
     from proxy.wire.tracker import Tracker
+
     tracker = Tracker()
     try:
         for chunk in chunked(data, cut_at):
@@ -215,7 +219,8 @@ def test_backend_stream_scanner_raises_only_protocol_error(data, cut_at):
 # --- client message decoders -------------------------------------------------------------------
 
 param_types = st.lists(st.integers(min_value=0, max_value=2**32 - 1), max_size=6).map(
-    lambda oids: struct.pack(f"!H{len(oids)}I", len(oids), *oids))
+    lambda oids: struct.pack(f"!H{len(oids)}I", len(oids), *oids)
+)
 
 
 @given(ctext, ctext, param_types)
@@ -223,8 +228,7 @@ def test_decode_parse_inverts_parse(name, text, types):
     assert p.decode_parse(p.parse(name, text, types)) == p.Parse(name, text, types)
 
 
-def bind(portal: str, stmt: str, formats: list[int], values: list[bytes | None],
-         result_formats: list[int]) -> bytes:
+def bind(portal: str, stmt: str, formats: list[int], values: list[bytes | None], result_formats: list[int]) -> bytes:
     """A Bind message built field by field, as a client library would."""
     body = p.cstr(portal) + p.cstr(stmt) + struct.pack(f"!H{len(formats)}H", len(formats), *formats)
     body += struct.pack("!H", len(values))
@@ -257,8 +261,15 @@ def test_decode_query_inverts_query(text):
     assert p.decode_query(p.query(text)) == text
 
 
-DECODERS = [p.decode_query, p.decode_parse, p.decode_bind_names, p.decode_target, p.decode_fields,
-            p.bind_params, lambda msg: p.replace_detail(msg, "d")]
+DECODERS = [
+    p.decode_query,
+    p.decode_parse,
+    p.decode_bind_names,
+    p.decode_target,
+    p.decode_fields,
+    p.bind_params,
+    lambda msg: p.replace_detail(msg, "d"),
+]
 
 
 @pytest.mark.parametrize("decode", DECODERS, ids=lambda f: f.__name__.strip("<>"))
@@ -298,8 +309,9 @@ optional = st.one_of(st.none(), ctext)
 sqlstates = st.text(alphabet="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=5, max_size=5)
 
 
-@given(sqlstates, ctext, st.sampled_from(["ERROR", "FATAL", "NOTICE"]), optional, optional,
-       st.sampled_from([b"E", b"N"]))
+@given(
+    sqlstates, ctext, st.sampled_from(["ERROR", "FATAL", "NOTICE"]), optional, optional, st.sampled_from([b"E", b"N"])
+)
 def test_decode_fields_inverts_error_response(code, text, severity, detail, hint, kind):
     msg = p.error_response(code, text, severity=severity, detail=detail, hint=hint, kind=kind)
     expected = {"severity": severity, "severity_nl": severity, "sqlstate": code, "message": text}

@@ -8,11 +8,23 @@ from proxy.enforce.schema import routines
 from rewriter import Column
 from tests.policy.conftest import POLICY
 
-SCHEMA = {"public.customers": (Column("id", "integer"), Column("tenant_id", "text"), Column("name", "text"),
-                               Column("email", "text"), Column("ssn", "text"), Column("phone", "text"),
-                               Column("born", "date")),
-          "public.orders": (Column("id", "integer"), Column("tenant_id", "text"), Column("customer_id", "integer"),
-                            Column("total", "numeric"))}
+SCHEMA = {
+    "public.customers": (
+        Column("id", "integer"),
+        Column("tenant_id", "text"),
+        Column("name", "text"),
+        Column("email", "text"),
+        Column("ssn", "text"),
+        Column("phone", "text"),
+        Column("born", "date"),
+    ),
+    "public.orders": (
+        Column("id", "integer"),
+        Column("tenant_id", "text"),
+        Column("customer_id", "integer"),
+        Column("total", "numeric"),
+    ),
+}
 ROUTINES = routines([("public", "upper")], [("public", "===", "public", "leak_op")])
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.enforce.router import _restore, _shape
 
@@ -24,9 +25,16 @@ def test_restore_refuses_an_unknown_placeholder():
     assert _restore("select $1005", 1001, ["1"]) is None
 
 
-@given(st.lists(st.one_of(st.integers(0, 10**6).map(str),
-                          st.text(alphabet="abc' %_", max_size=8).map(lambda s: "'" + s.replace("'", "''") + "'")),
-                min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(0, 10**6).map(str),
+            st.text(alphabet="abc' %_", max_size=8).map(lambda s: "'" + s.replace("'", "''") + "'"),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_any_literals_come_back_exactly(values):
     sql = "select " + ", ".join(values) + " from t"
     text, base, literals = _shape(sql)

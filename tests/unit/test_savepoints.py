@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from proxy.session import params
-
-from proxy.wire import protocol as p
-
 from proxy.session import savepoints as sp
-from proxy.wire.tracker import Tracker
 from proxy.session.txstate import CONTROL, TxState
+from proxy.wire import protocol as p
+from proxy.wire.tracker import Tracker
 
 ACME, GLOBEX = sp.State({"t": "acme"}, {}), sp.State({"t": "globex"}, {})
 
@@ -41,8 +39,13 @@ def test_poisoned_frames_restore_an_unknown_tenant():
 
 def test_transaction_control_is_an_effect_in_statement_order():
     got = params.effects("SAVEPOINT a; SET x TO '1'; ROLLBACK TO SAVEPOINT a; RELEASE \"A\"; ABORT")
-    assert [(e.kind, e.name) for e in got] == [("savepoint", "a"), ("set", "x"), ("rollback_to", "a"),
-                                                ("release", "A"), ("rollback", "")]
+    assert [(e.kind, e.name) for e in got] == [
+        ("savepoint", "a"),
+        ("set", "x"),
+        ("rollback_to", "a"),
+        ("release", "A"),
+        ("rollback", ""),
+    ]
     assert params.effects("COMMIT") == [params.Effect("commit")] and params.maybe_stateful("savepoint a")
     assert params.maybe_stateful("release savepoint a")
 
@@ -53,15 +56,27 @@ def test_each_ready_for_query_is_recorded_with_its_tag_and_whether_it_failed():
     t.request(ord("Q"))
     t.request(ord("Q"), tag=True)
     error = p.error_response("3B001", "savepoint does not exist")
-    t.feed(p.command_complete("SAVEPOINT") + p.ready_for_query(b"T") + error + p.ready_for_query(b"E")
-           + error + p.ready_for_query(b"E"))
+    t.feed(
+        p.command_complete("SAVEPOINT")
+        + p.ready_for_query(b"T")
+        + error
+        + p.ready_for_query(b"E")
+        + error
+        + p.ready_for_query(b"E")
+    )
     assert t.ends == [(True, False, ord("T")), (None, True, ord("E")), (True, True, ord("E"))]
 
 
 def test_transaction_control_effects_with_and_chain():
     got = params.effects("BEGIN; SET x TO '1'; COMMIT AND CHAIN; ROLLBACK AND CHAIN; END; ABORT")
-    assert [(e.kind, e.name) for e in got] == [("begin", ""), ("set", "x"), ("commit", "chain"),
-                                                ("rollback", "chain"), ("commit", ""), ("rollback", "")]
+    assert [(e.kind, e.name) for e in got] == [
+        ("begin", ""),
+        ("set", "x"),
+        ("commit", "chain"),
+        ("rollback", "chain"),
+        ("commit", ""),
+        ("rollback", ""),
+    ]
     assert params.effects("start transaction read only") == [params.Effect("begin")]
     assert params.effects("prepare transaction 'g'") == [params.Effect("commit")]
     assert params.effects("commit prepared 'g'") == []  # outside any transaction: no session state
@@ -71,11 +86,11 @@ def test_transaction_control_effects_with_and_chain():
 
 def test_a_commit_answered_after_its_transaction_failed_restores_only_if_nothing_came_after():
     cycle = sp.Cycle(commit=sp.Ending(ACME, 3, 0))
-    assert sp.settle(cycle, False, True, 3, 0) == (ACME, False)     # it was a rollback
-    assert sp.settle(cycle, False, False, 3, 0) == (None, False)    # it committed
-    assert sp.settle(cycle, False, True, 4, 0) == (None, True)      # a SET was sent after it
-    assert sp.settle(cycle, True, False, 3, 0) == (None, True)      # failed: did it run?
-    assert sp.settle(cycle, False, True, 3, 1)[0].unknown           # lost since: stays unknown
+    assert sp.settle(cycle, False, True, 3, 0) == (ACME, False)  # it was a rollback
+    assert sp.settle(cycle, False, False, 3, 0) == (None, False)  # it committed
+    assert sp.settle(cycle, False, True, 4, 0) == (None, True)  # a SET was sent after it
+    assert sp.settle(cycle, True, False, 3, 0) == (None, True)  # failed: did it run?
+    assert sp.settle(cycle, False, True, 3, 1)[0].unknown  # lost since: stays unknown
 
 
 def test_a_failed_implicit_transaction_is_undone_and_a_failed_begin_placed():
@@ -149,7 +164,7 @@ def test_a_commit_of_a_failed_transaction_restores_its_start():
     s.send("begin; set t = globex")
     s.sync()
     s.answer(False, "T")
-    s.sync()            # select 1/0
+    s.sync()  # select 1/0
     s.answer(True, "E")
     s.send("commit")
     s.sync()

@@ -17,8 +17,7 @@ class Customer(models.Model):
 
 class Order(models.Model):
     id = models.IntegerField(primary_key=True)
-    customer = models.ForeignKey(Customer, on_delete=models.DO_NOTHING, db_column="customer_id",
-                                 related_name="orders")
+    customer = models.ForeignKey(Customer, on_delete=models.DO_NOTHING, db_column="customer_id", related_name="orders")
     total = models.DecimalField(max_digits=10, decimal_places=2)
 
     class Meta:
