@@ -37,7 +37,11 @@ node-deps:
 	  (cd tests/node && (test -d node_modules/pg || npm install --no-audit --no-fund --silent)) || \
 	  echo "node-postgres not installed: the node tests will be skipped"; fi
 
+LINTED := proxy policies rewriter tests bench
+
 lint: install-dev
+	$(VENV)/bin/ruff check -q $(LINTED)
+	$(VENV)/bin/ruff format --check -q $(LINTED)
 	$(VENV)/bin/lint-imports
 
 # The machine's PostgreSQL and Redis when they answer (trust auth for postgres), else throwaway ones.
