@@ -13,58 +13,18 @@ from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
 
 from proxy.audit.redact import redact, redact_params, statement_kind
 from proxy.audit.sinks import FileSink, RedisSink, SinkError
+from proxy.config.sections import AuditConfig
 
 log = logging.getLogger("pgwarden.audit")
 GENESIS = "0" * 64
 BATCH = 2000  # records formed and written at a time
 LINGER = 0.01  # seconds the writer waits for a batch to gather before forming it
-
-
-class AuditConfig(BaseModel):
-    """`audit:` in the proxy config."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: Path = Field(Path("audit.jsonl"), description="JSON Lines file (relative to the config file).")
-    rotate_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Rotate the file past this size.")
-    rotate_seconds: float | None = Field(
-        None, gt=0, description=("Also rotate the file once its first record is this many seconds old.")
-    )
-    redis_stream: str | None = Field(
-        None, description=("Also append every record to this Redis Stream (XADD; fields `seq` and `record`).")
-    )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="The Redis for `redis_stream`.")
-    redis_maxlen: int | None = Field(
-        None,
-        ge=1000,
-        description=("Trim the stream to about this many entries (XADD MAXLEN ~); omitted: never trimmed."),
-    )
-    hmac_key_env: str | None = Field(
-        None,
-        description=(
-            "Environment variable with the HMAC-SHA256 chain key; without it the chain is plain "
-            "SHA-256 (detects edits, not forgeries by someone who can rewrite the whole file)."
-        ),
-    )
-    log_parameters: bool = Field(False, description="Keep literals and parameter values in the text.")
-    on_failure: Literal["block", "drop"] = Field(
-        "block",
-        description=("`block`: refuse statements while records cannot be queued; `drop`: run them, count the loss."),
-    )
-    queue_size: int = Field(10_000, ge=10, description="Records held in memory before on_failure applies.")
-    block_timeout: float = Field(
-        5.0, ge=0, description=("How long `block` lets a statement wait for room before refusing it.")
-    )
-    fsync: bool = Field(
-        False, description=("fsync after every batch (else on rotation and stop; a batch is always flushed to the OS).")
-    )
 
 
 class AuditError(Exception):

@@ -9,10 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from policies.source import Document, SourceError, format_errors, load_yaml
-from proxy.audit.trail import AuditConfig
 from proxy.config.environment import apply as apply_environment
-from proxy.ops.metrics import MetricsConfig
-from proxy.ops.slowlog import SlowQueryConfig
+from proxy.config.sections import AuditConfig, MetricsConfig, SlowQueryConfig
 
 
 class ConfigError(Exception):

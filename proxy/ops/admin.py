@@ -5,14 +5,19 @@ from __future__ import annotations
 import re
 import struct
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, cast
 
 from proxy.ops.stats import COLUMNS
 from proxy.wire import protocol
 
 if TYPE_CHECKING:
-    from proxy.app.server import Server
+    from proxy.audit.process import AuditProcess
+    from proxy.config.model import Config
+    from proxy.enforce.router import Router
+    from proxy.ops.stats import QueryStats
+    from proxy.pooling.backend import Backend
+    from proxy.pooling.pool import Pool
 
 DATABASE = "pgwarden"
 # What psql and drivers need to hear at login from a server that is not PostgreSQL.
@@ -33,7 +38,7 @@ HINT = (
 _COMMAND = re.compile(r"\s*(show\s+\w+|reload|pause|resume|kill\s+\S+|shutdown)\s*;?\s*$", re.I)
 
 
-def _table(columns: list[str], rows: list[list[object]], tag: str) -> bytes:
+def _table(columns: Sequence[str], rows: Sequence[Sequence[object]], tag: str) -> bytes:
     """RowDescription, DataRows (text) and CommandComplete for one result."""
     fields = b"".join(protocol.cstr(c) + struct.pack("!IhIhih", 0, 0, _TEXT_OID, -1, -1, 0) for c in columns)
     out = [protocol.message(b"T", struct.pack("!h", len(columns)) + fields)]
@@ -46,10 +51,62 @@ def _table(columns: list[str], rows: list[list[object]], tag: str) -> bytes:
     return b"".join(out)
 
 
+class AdminClient(Protocol):
+    """What the console reads of one client session (SHOW CLIENTS, SHOW POOLS) and calls (KILL)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def database(self) -> str: ...
+    @property
+    def peer(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def since(self) -> float: ...
+    @property
+    def backend(self) -> Backend | None: ...
+    @property
+    def pool(self) -> Pool | None: ...
+    @property
+    def ident(self) -> object: ...  # None for a bypass role: no tenant to show
+
+    def tenant(self) -> str | None: ...
+    def fatal(self, sqlstate: str, message: str, hint: str | None = None) -> None: ...
+
+
+class AdminServer(Protocol):
+    """What the console reads of the server, and the three things it may do to it: pause, reload, stop."""
+
+    paused: bool  # PAUSE/RESUME: pools created meanwhile start paused too
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def pools(self) -> Mapping[tuple[str, str], Pool]: ...
+    @property
+    def sessions(self) -> Mapping[int, AdminClient]: ...
+    @property
+    def stats(self) -> QueryStats: ...
+    @property
+    def router(self) -> Router | None: ...
+    @property
+    def audit(self) -> AuditProcess | None: ...
+
+    def reload(self) -> bool: ...
+    def stop(self) -> None: ...
+
+
 class AdminConsole:
     """Answers one admin session's simple queries from the server's state; does no backend I/O."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: AdminServer) -> None:
         self.server = server
         self.commands: dict[str, Callable[[str], bytes]] = {
             "show pools": self.pools,
@@ -77,7 +134,7 @@ class AdminConsole:
         if command is None:
             body = protocol.error_response("42601", f"unknown admin command: {sql.strip()[:80]!r}", hint=HINT)
         else:
-            argument = match.group(1).split(None, 1)[1] if name == "kill" else ""
+            argument = match.group(1).split(None, 1)[1] if match and name == "kill" else ""
             body = command(argument)
         return body + protocol.ready_for_query(b"I")
 
@@ -170,7 +227,7 @@ class AdminConsole:
                             b.pid,
                             pool.name,
                             state,
-                            b.client.pid if b.client else None,
+                            cast(AdminClient, b.client).pid if b.client else None,  # a backend serves a session
                             round(now - b.created, 1),
                             len(b.statements._names),
                             "yes" if b.dirty else "no",

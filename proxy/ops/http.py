@@ -6,22 +6,44 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from proxy.ops.metrics import CONTENT_TYPE
 from proxy.wire import protocol
 
 if TYPE_CHECKING:
-    from proxy.app.server import Server
+    from proxy.audit.process import AuditProcess
+    from proxy.config.model import Config
+    from proxy.enforce.router import Router
+    from proxy.ops.metrics import Metrics
 
 log = logging.getLogger("pgwarden.http")
 JSON = "application/json"
 
 
+class HttpSource(Protocol):
+    """What the endpoints read of the server: its config, liveness, readiness and metrics."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def router(self) -> Router | None: ...
+    @property
+    def audit(self) -> AuditProcess | None: ...
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def client_count(self) -> int: ...
+
+
 class HttpServer:
     """A minimal HTTP/1.1 server: GET only, one response per connection."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: HttpSource) -> None:
         self.server = server
         self._listener: asyncio.AbstractServer | None = None
         self._primary_checked = 0.0

@@ -5,12 +5,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from proxy.app.server import Server
+    from proxy.ops.stats import QueryStats
+    from proxy.pooling.pool import Pool
 
 log = logging.getLogger("pgwarden.janitor")
+
+
+class Maintained(Protocol):
+    """What the janitor tends on the server: the pools, the statistics, the policy files."""
+
+    @property
+    def pools(self) -> Mapping[tuple[str, str], Pool]: ...
+    @property
+    def stats(self) -> QueryStats: ...
+
+    def policy_files_changed(self) -> bool: ...
+    def reload(self) -> bool: ...
 
 
 class Janitor:
@@ -18,7 +32,7 @@ class Janitor:
 
     interval = 1.0
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Maintained) -> None:
         self.server = server
         self._task: asyncio.Task | None = None
         self._spawned: set[asyncio.Task] = set()

@@ -2,34 +2,53 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field
+
+from proxy.config.sections import MetricsConfig
 
 if TYPE_CHECKING:
-    from proxy.app.server import Server
+    from proxy.audit.process import AuditProcess
+    from proxy.enforce.router import Router
+    from proxy.pooling.backend import Backend
+    from proxy.pooling.pool import Pool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER_TENANT = "other"
 disable_created_metrics()  # no *_created series: they double the output and say little
 
 
-class MetricsConfig(BaseModel):
-    """`metrics:` in the config: per-tenant series are off unless asked for, and capped."""
+class ClientState(Protocol):
+    """What the gauges read of one client session."""
 
-    model_config = ConfigDict(extra="forbid")
-    per_tenant: bool = Field(False, description=("Also count statements by tenant (pgwarden_tenant_statements_total)."))
-    max_tenants: int = Field(
-        100, ge=1, description=("Tenants with their own label; later ones share the label `other`.")
-    )
+    @property
+    def state(self) -> str: ...
+    @property
+    def backend(self) -> Backend | None: ...
+
+
+class MetricsSource(Protocol):
+    """What the gauges read of the server at scrape time: sessions, pools, and whether it serves."""
+
+    @property
+    def sessions(self) -> Mapping[int, ClientState]: ...
+    @property
+    def pools(self) -> Mapping[tuple[str, str], Pool]: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def router(self) -> Router | None: ...
+    @property
+    def audit(self) -> AuditProcess | None: ...
 
 
 class _StateCollector:
     """Connections and pools, read from the server when Prometheus scrapes (no per-event cost)."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: MetricsSource) -> None:
         self.server = server
 
     def collect(self):
@@ -87,7 +106,7 @@ class _StateCollector:
 class Metrics:
     """Every metric pgwarden exports, on a private registry. Labels never carry SQL text."""
 
-    def __init__(self, server: Server, config: MetricsConfig | None = None) -> None:
+    def __init__(self, server: MetricsSource, config: MetricsConfig | None = None) -> None:
         self.config = config or MetricsConfig()
         self.registry = CollectorRegistry()
         reg = self.registry

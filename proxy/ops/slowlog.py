@@ -11,29 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field
 
 from proxy.audit.redact import fingerprint, redact
+from proxy.config.sections import SlowQueryConfig
 from rewriter import pgparser
 from rewriter.pgparser import ast, parse_sql
 
 log = logging.getLogger("pgwarden.slow")
 PENDING = 1000
-
-
-class SlowQueryConfig(BaseModel):
-    """`slow_query:` in the proxy config."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    threshold_ms: float = Field(200.0, gt=0, description="Statements slower than this are logged.")
-    path: Path | None = Field(None, description="JSON Lines file for slow statements; omitted: the log.")
-    explain: bool = Field(
-        False,
-        description=("Log the plan of slow SELECTs: EXPLAIN (FORMAT JSON) on a separate control-plane connection."),
-    )
-    explain_timeout_ms: float = Field(2000.0, gt=0, description="statement_timeout for that EXPLAIN.")
-    explain_every_s: float = Field(60.0, ge=0, description="Explain one statement shape at most this often.")
 
 
 def explainable(sql: str) -> bool:
