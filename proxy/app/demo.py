@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 ACME = [
@@ -162,7 +163,7 @@ class Cluster:
     def start(self) -> None:
         if os.geteuid() == 0:
             shutil.chown(self.workdir, "postgres")
-        run = {"capture_output": True, "text": True, "cwd": self.workdir}
+        run: dict[str, Any] = {"capture_output": True, "text": True, "cwd": self.workdir}
         init = subprocess.run(
             _as_owner(
                 [

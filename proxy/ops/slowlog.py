@@ -39,7 +39,7 @@ def explainable(sql: str) -> bool:
         return False
     return not any(
         isinstance(cte.ctequery, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt))
-        for cte in (statements[0].stmt.withClause.ctes if statements[0].stmt.withClause else ())
+        for cte in ((statements[0].stmt.withClause.ctes or ()) if statements[0].stmt.withClause else ())
     )
 
 

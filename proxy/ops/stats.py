@@ -26,7 +26,7 @@ class QueryStats:
 
     def __init__(self, latency=None) -> None:
         self.latency = latency  # a histogram's observe, fed at flush time
-        self.pending: deque[tuple[str, float | None, int, bool]] = deque(maxlen=MAX_PENDING)
+        self.pending: deque[tuple[str | bytes, float | None, int, bool]] = deque(maxlen=MAX_PENDING)
         self.by_fingerprint: dict[str, dict] = {}
         self._fingerprints: dict[str, str] = {}
 
