@@ -26,7 +26,9 @@ from collections import deque
 
 import orjson
 
-from proxy.audit.trail import Audit, AuditConfig, AuditError
+from proxy.audit.trail import Audit, AuditError
+from proxy.config.logs import setup_logging
+from proxy.config.sections import AuditConfig
 
 log = logging.getLogger("pgwarden.audit")
 BATCH = 2000  # records per line on the pipe
@@ -338,8 +340,6 @@ def main(argv: list[str]) -> int:
     config_json, log_format, log_level, mode = argv
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the proxy decides when the trail stops: by closing stdin
-    from proxy.config.logs import setup_logging
-
     setup_logging(log_level, log_format)
     config = AuditConfig.model_validate_json(config_json)
     try:
