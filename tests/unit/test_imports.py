@@ -24,7 +24,6 @@ LEFT_TO_SESSION_WORK = frozenset({("proxy.session.connection", "proxy.app.server
 TOO_LONG_TODAY = {
     "proxy/session/connection.py": "split by the session core work",
     "proxy/enforce/router.py": "proxy/enforce is outside the layers branch: split it at merge",
-    "rewriter/pg_names.py": "generated name lists (data, not code): to move to rewriter/data/*.json",
 }
 
 
