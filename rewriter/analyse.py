@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .locking import locks
+from .pgparser import Node
 
 WRITE_ROLES = {"InsertStmt": "insert", "UpdateStmt": "update", "DeleteStmt": "delete", "MergeStmt": "merge"}
 
@@ -18,9 +20,9 @@ class RelRef:
     a FOR UPDATE/NO KEY UPDATE/SHARE/KEY SHARE clause locks its rows (see `locks`).
     """
 
-    rv: dict
+    rv: Node
     role: str
-    owner: dict | None = None
+    owner: Node | None = None
     sampled: bool = False
     locked: bool = False
 
@@ -28,7 +30,14 @@ class RelRef:
     def ref_name(self) -> str:
         """The name the statement uses for it: its alias, else the relation name."""
         alias = self.rv.get("alias")
-        return alias["aliasname"] if alias else self.rv["relname"]
+        name: str = alias["aliasname"] if alias else self.rv["relname"]
+        return name
+
+    @property
+    def statement(self) -> Node:
+        """`owner`, for a reference the caller knows is a write (or COPY) target."""
+        assert self.owner is not None, "not a write target"
+        return self.owner
 
 
 @dataclass
@@ -37,21 +46,25 @@ class Found:
 
     refs: list[RelRef] = field(default_factory=list)
     functions: list[tuple[str, ...]] = field(default_factory=list)
-    settings: list[list] = field(default_factory=list)  # arguments of set_config() calls
+    settings: list[list[Node]] = field(default_factory=list)  # arguments of set_config() calls
     operators: list[tuple[str, ...]] = field(default_factory=list)  # schema-qualified: OPERATOR(s.op)
     bare_operators: list[str] = field(default_factory=list)  # looked up by search_path, implicit ones too
-    setting_reads: list[list] = field(default_factory=list)  # arguments of current_setting() calls
+    setting_reads: list[list[Node]] = field(default_factory=list)  # arguments of current_setting() calls
     field_names: list[str] = field(default_factory=list)  # x.name and (expr).name: a column or a function
     problems: list[str] = field(default_factory=list)
     locking: bool = False
-    qualified_columns: list[dict] = field(default_factory=list)  # ColumnRefs of schema.table.column
+    qualified_columns: list[Node] = field(default_factory=list)  # ColumnRefs of schema.table.column
     aliases: list[str] = field(default_factory=list)  # names of CTEs, subqueries, functions, joins
     type_names: list[tuple[str, ...]] = field(default_factory=list)  # casts, typed literals, column definitions
     column_names: list[str] = field(default_factory=list)  # columns read or written by name (or whole rows)
     star: bool = False  # `*`, `t.*` or NATURAL JOIN: every column of a relation
 
 
-def node_type(node: object) -> tuple[str, dict] | None:
+Handler = Callable[[Node, frozenset[str], Found], None]
+"""What `collect` calls for one node type: its fields, the CTE names in scope, what was found so far."""
+
+
+def node_type(node: object) -> tuple[str, Node] | None:
     """("Type", fields) for a typed JSON node, None for lists, scalars and plain structs."""
     if isinstance(node, dict) and len(node) == 1:
         ((key, value),) = node.items()
@@ -60,12 +73,13 @@ def node_type(node: object) -> tuple[str, dict] | None:
     return None
 
 
-def returning(fields: dict) -> list:
+def returning(fields: Node) -> list[Node]:
     """The RETURNING items (ResTarget nodes) of a writing statement."""
-    return (fields.get("returningClause") or {}).get("exprs", [])
+    items: list[Node] = (fields.get("returningClause") or {}).get("exprs", [])
+    return items
 
 
-def names(nodes: list | None) -> tuple[str, ...]:
+def names(nodes: list[Node] | None) -> tuple[str, ...]:
     """The svals of a list of String nodes (function and operator names)."""
     return tuple(n["String"]["sval"] for n in nodes or () if "String" in n)
 
@@ -95,7 +109,7 @@ def collect(node: object, scope: frozenset[str], found: Found) -> None:
         collect(value, scope, found)
 
 
-def with_scope(fields: dict, scope: frozenset[str], found: Found) -> frozenset[str]:
+def with_scope(fields: Node, scope: frozenset[str], found: Found) -> frozenset[str]:
     """Walk a statement's WITH list; return the scope its body sees.
 
     A CTE body sees the CTEs before it (all of them, itself included, under RECURSIVE).
@@ -115,7 +129,7 @@ def with_scope(fields: dict, scope: frozenset[str], found: Found) -> frozenset[s
     return scope | all_names
 
 
-def _range_var(fields: dict, scope: frozenset[str], found: Found, sampled: bool = False) -> None:
+def _range_var(fields: Node, scope: frozenset[str], found: Found, sampled: bool = False) -> None:
     if "schemaname" not in fields and "catalogname" not in fields and fields["relname"] in scope:
         return
     if "catalogname" in fields:
@@ -123,7 +137,7 @@ def _range_var(fields: dict, scope: frozenset[str], found: Found, sampled: bool 
     found.refs.append(RelRef(fields, "select", sampled=sampled))
 
 
-def _select(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _select(fields: Node, scope: frozenset[str], found: Found) -> None:
     if fields.get("intoClause"):
         found.problems.append("SELECT INTO (it creates a table)")
     start = len(found.refs)
@@ -138,7 +152,7 @@ def _select(fields: dict, scope: frozenset[str], found: Found) -> None:
         mark_locked(found, start, locks(fields))
 
 
-def mark_locked(found: Found, start: int, targets: list[dict]) -> None:
+def mark_locked(found: Found, start: int, targets: list[Node]) -> None:
     """Flag the references found since `start` whose RangeVar is one of `targets` (by identity)."""
     ids = {id(rv) for rv in targets}
     for i in range(start, len(found.refs)):
@@ -146,8 +160,8 @@ def mark_locked(found: Found, start: int, targets: list[dict]) -> None:
             found.refs[i] = replace(found.refs[i], locked=True)
 
 
-def _write(kind: str):
-    def handle(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _write(kind: str) -> Handler:
+    def handle(fields: Node, scope: frozenset[str], found: Found) -> None:
         inner = with_scope(fields, scope, found)
         found.refs.append(RelRef(fields["relation"], WRITE_ROLES[kind], fields))
         for key, value in fields.items():  # every field but the target: nothing goes unwalked
@@ -157,7 +171,7 @@ def _write(kind: str):
     return handle
 
 
-def _sample(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _sample(fields: Node, scope: frozenset[str], found: Found) -> None:
     typed = node_type(fields["relation"])
     if typed and typed[0] == "RangeVar":
         _range_var(typed[1], scope, found, sampled=True)
@@ -166,7 +180,7 @@ def _sample(fields: dict, scope: frozenset[str], found: Found) -> None:
     collect([fields.get("method"), fields.get("args"), fields.get("repeatable")], scope, found)
 
 
-def _func(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _func(fields: Node, scope: frozenset[str], found: Found) -> None:
     name = names(fields["funcname"])
     found.functions.append(name)
     if name in (("set_config",), ("pg_catalog", "set_config")):
@@ -189,7 +203,7 @@ def _operator(op: tuple[str, ...], found: Found) -> None:
         found.bare_operators.append(op[0])
 
 
-def _a_expr(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _a_expr(fields: Node, scope: frozenset[str], found: Found) -> None:
     if fields.get("kind", "").startswith(("AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN")):
         found.bare_operators += BETWEEN_OPERATORS
     else:
@@ -197,19 +211,19 @@ def _a_expr(fields: dict, scope: frozenset[str], found: Found) -> None:
     collect([fields.get("lexpr"), fields.get("rexpr")], scope, found)
 
 
-def _sort_by(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _sort_by(fields: Node, scope: frozenset[str], found: Found) -> None:
     _operator(names(fields.get("useOp")), found)
     collect(fields.get("node"), scope, found)
 
 
-def _sub_link(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _sub_link(fields: Node, scope: frozenset[str], found: Found) -> None:
     """x IN (SELECT ...) compares with "=", looked up by name like any operator."""
     if fields.get("subLinkType") in ("ANY_SUBLINK", "ALL_SUBLINK", "ROWCOMPARE_SUBLINK"):
         _operator(names(fields.get("operName")) or ("=",), found)
     collect([fields.get("testexpr"), fields.get("subselect")], scope, found)
 
 
-def _case(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _case(fields: Node, scope: frozenset[str], found: Found) -> None:
     """CASE x WHEN y compares x = y."""
     if fields.get("arg"):
         found.bare_operators.append("=")
@@ -217,7 +231,7 @@ def _case(fields: dict, scope: frozenset[str], found: Found) -> None:
         collect(value, scope, found)
 
 
-def _join(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _join(fields: Node, scope: frozenset[str], found: Found) -> None:
     """JOIN ... USING and NATURAL JOIN compare the shared columns with "="."""
     if fields.get("usingClause") or fields.get("isNatural"):
         found.bare_operators.append("=")
@@ -226,19 +240,19 @@ def _join(fields: dict, scope: frozenset[str], found: Found) -> None:
     _aliased(fields, scope, found)
 
 
-def _indirection(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _indirection(fields: Node, scope: frozenset[str], found: Found) -> None:
     found.field_names += names(fields.get("indirection"))
     collect([fields.get("arg"), fields.get("indirection")], scope, found)
 
 
-def _unexpected(what: str):
-    def handle(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _unexpected(what: str) -> Handler:
+    def handle(fields: Node, scope: frozenset[str], found: Found) -> None:
         found.problems.append(what)
 
     return handle
 
 
-def _column_ref(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _column_ref(fields: Node, scope: frozenset[str], found: Found) -> None:
     last = fields["fields"][-1]
     if "A_Star" in last:
         found.star = True
@@ -249,16 +263,16 @@ def _column_ref(fields: dict, scope: frozenset[str], found: Found) -> None:
         found.field_names += names(fields["fields"][-1:])
 
 
-def _aliased(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _aliased(fields: Node, scope: frozenset[str], found: Found) -> None:
     found.aliases += [fields[k]["aliasname"] for k in ("alias", "join_using_alias") if fields.get(k)]
     for value in fields.values():
         collect(value, scope, found)
 
 
-def _named(key: str):
+def _named(key: str) -> Handler:
     """A node naming a column it writes or compares (ResTarget of INSERT/UPDATE, IndexElem), walked on."""
 
-    def handle(fields: dict, scope: frozenset[str], found: Found) -> None:
+    def handle(fields: Node, scope: frozenset[str], found: Found) -> None:
         if fields.get(key):
             found.column_names.append(fields[key])
         for value in fields.values():
@@ -267,16 +281,16 @@ def _named(key: str):
     return handle
 
 
-def _type_name(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _type_name(fields: Node, scope: frozenset[str], found: Found) -> None:
     found.type_names.append(names(fields.get("names")))
     collect(fields.get("typmods"), scope, found)
 
 
-def _leaf(fields: dict, scope: frozenset[str], found: Found) -> None:
+def _leaf(fields: Node, scope: frozenset[str], found: Found) -> None:
     """Constants and parameters hold no relation and no call: nothing to walk."""
 
 
-HANDLERS = {
+HANDLERS: dict[str, Handler] = {
     "ColumnRef": _column_ref,
     "RangeSubselect": _aliased,
     "RangeFunction": _aliased,

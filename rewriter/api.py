@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .checks import (
     PASS_THROUGH,
     QUERIES,
     WRAPPED,
     Checked,
+    Judged,
+    Rule,
     check_calls,
     check_copy_ends,
     check_copy_from,
@@ -21,7 +21,7 @@ from .context import Context
 from .copy import copy_to_query
 from .implicit import check_columns, check_implicit_names
 from .inserts import guard_inserts
-from .pgparser import parser
+from .pgparser import Node, parser
 from .reads import requalify_columns, substitute_reads
 from .refuse import Refused
 from .result import Allow, Deny, Result, Rewrite
@@ -35,7 +35,7 @@ from .write_masks import mask_write_columns
 from .writes import guard_conflicts, guard_updates, qualify_targets
 
 # The rewrites, in order; each maps a checked statement to text edits and parameter checks.
-RULES = (
+RULES: tuple[Rule, ...] = (
     substitute_reads,
     requalify_columns,
     qualify_targets,
@@ -47,16 +47,7 @@ RULES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Judged:
-    """One checked statement with the edits and parameter checks the rules made for it."""
-
-    checked: Checked
-    edits: tuple[Edit, ...] = ()
-    checks: tuple[ParamCheck, ...] = ()
-
-
-def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
+def check_statement(kind: str, fields: Node, ctx: Context) -> Checked:
     """Classify one statement and apply every policy check to it (Refused when any fails)."""
     if kind == "TransactionStmt" and statement_kind(kind, fields) == "two_phase":
         raise Refused(
@@ -107,7 +98,7 @@ def check_statement(kind: str, fields: dict, ctx: Context) -> Checked:
     return Checked(kind, fields, found, refs)
 
 
-def changes_name_resolution(kind: str, fields: dict) -> bool:
+def changes_name_resolution(kind: str, fields: Node) -> bool:
     """SET/RESET search_path or DISCARD ALL: later statements would resolve names differently."""
     if kind == "VariableSetStmt":
         return (fields.get("name") or "").lower() == "search_path"
@@ -154,7 +145,7 @@ def summary(judged: list[Judged]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The protected tables touched and the "schema.table.column" masks applied."""
     refs = [r for j in judged for r in j.checked.refs if r.protected]
     tables = tuple(dict.fromkeys(r.name for r in refs))
-    masked = tuple(dict.fromkeys(f"{r.name}.{col}" for r in refs for col in r.rule.masks))
+    masked = tuple(dict.fromkeys(f"{r.name}.{col}" for r in refs for col in r.governing.masks))
     return tables, masked
 
 

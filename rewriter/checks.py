@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .analyse import Found, RelRef
 from .context import Context, TableRule
+from .pgparser import Node
 from .refuse import Refused
 from .resolve import (
     CROSS_TENANT_FUNCTIONS,
@@ -14,6 +16,7 @@ from .resolve import (
     resolve_relation,
     table_rule,
 )
+from .splice import Edit, ParamCheck, Tokens
 from .statistics import statistics_function
 
 # Statements that touch no table data: forwarded as written once classified.
@@ -67,11 +70,11 @@ DENIED_SETTING_PREFIXES = ("log_", "debug_", "trace_", "track_", "wal_", "pgward
 # these would let PostgreSQL read a statement differently from pgwarden's parser.
 # (Client-only encodings such as SJIS or BIG5 can hide a quote or backslash in a
 # multibyte character; `standard_conforming_strings = off` makes `\'` escape a quote.)
-TEXT_SETTINGS = {
+TEXT_SETTINGS: dict[str, Callable[[str], bool]] = {
     "standard_conforming_strings": lambda v: v in ("on", "true", "yes", "1", "t"),
     "client_encoding": lambda v: v.replace("-", "").replace("_", "") not in CLIENT_ONLY_ENCODINGS,
 }
-CLIENT_ONLY_ENCODINGS = frozenset(
+CLIENT_ONLY_ENCODINGS: frozenset[str] = frozenset(
     {
         "sjis",
         "shiftjis",
@@ -121,18 +124,44 @@ class Resolved:
     def protected(self) -> bool:
         return self.rule is not None and self.rule.protected
 
+    @property
+    def governing(self) -> TableRule:
+        """`rule`, for a reference the caller knows is protected or tenant-scoped."""
+        assert self.rule is not None, self.name
+        return self.rule
+
+    @property
+    def tenant_column(self) -> str:
+        """The rule's tenant column, for a reference the caller knows is tenant-scoped."""
+        column = self.governing.tenant_column
+        assert column is not None, self.name
+        return column
+
 
 @dataclass
 class Checked:
     """A statement that passed every check: what edits are built from."""
 
     kind: str
-    fields: dict
+    fields: Node
     found: Found = field(default_factory=Found)
     refs: tuple[Resolved, ...] = ()
 
 
-def check_setting(kind: str, fields: dict) -> None:
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """One checked statement with the edits and parameter checks the rules made for it."""
+
+    checked: Checked
+    edits: tuple[Edit, ...] = ()
+    checks: tuple[ParamCheck, ...] = ()
+
+
+Rule = Callable[[Checked, Context, Tokens], list[Edit | ParamCheck]]
+"""A rewrite (api.RULES): a checked statement, the session, the client's tokens -> edits and parameter checks."""
+
+
+def check_setting(kind: str, fields: Node) -> None:
     """Refuse RESET ALL, SET ROLE / SESSION AUTHORIZATION and settings that administer the server.
 
     >>> check_setting("VariableSetStmt", {"kind": "VAR_SET_VALUE", "name": "TimeZone"})
@@ -299,7 +328,7 @@ def check_calls(found: Found, ctx: Context) -> None:
         )
 
 
-def check_copy_ends(fields: dict) -> None:
+def check_copy_ends(fields: Node) -> None:
     """COPY only to or from the client, never a server file or program."""
     if fields.get("filename") or fields.get("is_program"):
         raise Refused(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .analyse import Found, RelRef, collect, node_type
 from .complexity import parse_tree
-from .pgparser import parser
+from .pgparser import Node, parser
 from .refuse import Refused
 from .resolve import relation_name_only
 from .result import Kind
@@ -45,7 +45,7 @@ TWO_PHASE_KINDS = {"TRANS_STMT_PREPARE", "TRANS_STMT_COMMIT_PREPARED", "TRANS_ST
 INNER_QUERY = {"ExplainStmt": "query", "DeclareCursorStmt": "query", "PrepareStmt": "query", "CopyStmt": "query"}
 
 
-def statement_kind(kind: str, fields: dict) -> str:
+def statement_kind(kind: str, fields: Node) -> str:
     """The Kind.kind of one parsed statement.
 
     >>> statement_kind("TransactionStmt", {"kind": "TRANS_STMT_RELEASE"})
@@ -67,7 +67,7 @@ def statement_kind(kind: str, fields: dict) -> str:
     return "ddl"
 
 
-def statements(sql: str) -> list[tuple[str, dict]]:
+def statements(sql: str) -> list[tuple[str, Node]]:
     """Each statement of a message as ("Type", fields); raises pglast's ParseError, or Refused (54001)
     for a statement too complex to judge."""
     tree = parse_tree(sql)
@@ -80,7 +80,7 @@ def statements(sql: str) -> list[tuple[str, dict]]:
     return out
 
 
-def walk_statement(kind: str, fields: dict) -> Found:
+def walk_statement(kind: str, fields: Node) -> Found:
     """Relations, calls and writes of one statement: every field is walked (a COPY's table aside,
     which becomes a reference of its own; SET CONSTRAINTS names constraints, not relations)."""
     found = Found()
@@ -94,9 +94,12 @@ def walk_statement(kind: str, fields: dict) -> Found:
     return found
 
 
-def _kind_of(kind: str, fields: dict, search_path: tuple[str, ...]) -> Kind:
+def _kind_of(kind: str, fields: Node, search_path: tuple[str, ...]) -> Kind:
     found = walk_statement(kind, fields)
-    name = lambda r: relation_name_only(r.rv.get("schemaname"), r.rv["relname"], search_path)  # noqa: E731
+
+    def name(r: RelRef) -> str:
+        return relation_name_only(r.rv.get("schemaname"), r.rv["relname"], search_path)
+
     reads = tuple(dict.fromkeys(name(r) for r in found.refs if r.role in ("select", "copy_to")))
     writes = tuple(dict.fromkeys(name(r) for r in found.refs if r.role not in ("select", "copy_to")))
     setting = fields.get("name") if kind in ("VariableSetStmt", "VariableShowStmt") else None
@@ -105,7 +108,7 @@ def _kind_of(kind: str, fields: dict, search_path: tuple[str, ...]) -> Kind:
     return Kind(statement_kind(kind, fields), reads, writes, setting, (), functions, found.locking, values)
 
 
-def setting_values(args: list) -> list[str]:
+def setting_values(args: list[Node]) -> list[str]:
     """The literal values of a SET, as text (identifiers and strings alike, case kept)."""
     out = []
     for arg in args:

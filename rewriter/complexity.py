@@ -10,8 +10,9 @@ reaches depth 115 and 42,033 nodes; judging costs about 7 µs per node.
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from .pgparser import parser
+from .pgparser import Node, parser
 from .refuse import Refused
 
 MAX_NODES = 100_000
@@ -29,7 +30,7 @@ def too_complex(why: str) -> Refused:
     return Refused(f"statement refused: it is too complex for pgwarden to judge ({why})", HINT, "statements", "54001")
 
 
-def tree_depth(tree: object) -> int:
+def tree_depth(tree: Node | list[Any]) -> int:
     """The nesting depth of a JSON tree (dicts and lists), walked without recursion.
 
     >>> tree_depth({"a": [{"b": 1}]}), tree_depth([])
@@ -44,7 +45,7 @@ def tree_depth(tree: object) -> int:
     return best
 
 
-def parse_tree(sql: str) -> dict:
+def parse_tree(sql: str) -> Node:
     """pglast's JSON parse tree of `sql`; Refused (54001) beyond the bounds, ParseError if it does not parse."""
     try:
         text = parser.parse_sql_json(sql)
@@ -56,7 +57,7 @@ def parse_tree(sql: str) -> dict:
     if nodes > MAX_NODES:
         raise too_complex(f"its parse tree has about {nodes} nodes, more than {MAX_NODES}")
     try:
-        tree = json.loads(text)
+        tree: Node = json.loads(text)
     except RecursionError:
         raise too_complex(f"nested deeper than {MAX_DEPTH} levels") from None
     # pglast wraps nested lists in {"List": ...}: a tree is at most 2 * nodes + 1 deep.

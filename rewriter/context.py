@@ -97,3 +97,9 @@ class Context:
     routines: UserRoutines = UserRoutines()
     implicit: ImplicitRisks = ImplicitRisks()  # noqa: RUF009 (frozen: one shared empty value)
     server_major: int = PARSER_MAJOR
+
+    @property
+    def session_tenant(self) -> str:
+        """`tenant`, where a tenant-scoped table is used (resolve refuses those when the session has none)."""
+        assert self.tenant is not None, "a tenant-scoped table needs a tenant"
+        return self.tenant

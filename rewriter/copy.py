@@ -24,10 +24,10 @@ def copy_to_query(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCh
         i = toks.at(r.ref.rv["location"])
         j = name_end(toks, i)
         end = toks.ends[j - 1]
-        attlist = r.ref.owner.get("attlist") or []
+        attlist = r.ref.statement.get("attlist") or []
         if attlist and j < len(toks.names) and toks.names[j] == OPEN_PAREN:
             end = toks.ends[matching_close(toks, j)]
         cols = ", ".join(quote_ident(a["String"]["sval"]) for a in attlist) or "*"
-        source = projection(r.rule, ctx.schema[r.name], ctx.tenant)
+        source = projection(r.governing, ctx.schema[r.name], ctx.tenant)
         out.append(Edit(toks.starts[i], end, f"(SELECT {cols} FROM {source} AS {quote_ident(r.ref.rv['relname'])})"))
     return out

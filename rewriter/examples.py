@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .checks import Rule
 from .classify import statements
 from .context import Column, Context, MaskSpec, TableRule
 from .splice import Edit, ParamCheck, apply, scan
@@ -20,7 +21,7 @@ EXAMPLE = Context(
 )
 
 
-def run_rule(rule, sql: str, ctx: Context = EXAMPLE) -> str:
+def run_rule(rule: Rule, sql: str, ctx: Context = EXAMPLE) -> str:
     """`sql` with only `rule`'s edits applied, followed by its parameter checks if any."""
     from .api import check_statement
 

@@ -116,19 +116,23 @@ def check_columns(found: Found, refs: tuple[Resolved, ...], ctx: Context) -> Non
         owner = ref.ref.owner or {}
         named = set(found.column_names)
         rule = ref.rule
-        added = set(rule.masks) | {rule.tenant_column} if rule is not None else set()
+        added: set[str | None] = {*rule.masks, rule.tenant_column} if rule is not None else set()
         for col, risk in rel.columns.items():
             if col in named:
                 _refuse(f'column "{col}" of {ref.name}', risk)
             if col in added:  # pgwarden's own filter or mask would pass it through those functions
                 _refuse(f'{ref.name} (its tenant column or masked column "{col}")', risk)
-        col, risk = next(iter(rel.columns.items()), ("", rel.row))
-        if col and (ref.ref.rv.get("alias") or {}).get("colnames"):  # t AS a(x, y, z) renames its columns
-            _refuse(f'{ref.name} with a column alias list (it may rename its column "{col}")', risk)
-        if col and ref.ref.role in ("insert", "merge", "copy_from"):
-            _refuse(f'a new row of {ref.name} (its column "{col}" is filled, by default if need be)', risk)
-        if col and (found.star or (ref.ref.role == "copy_to" and not owner.get("attlist"))):
-            _refuse(f'every column of {ref.name} (with "*", NATURAL JOIN or no column list), including "{col}",', risk)
+        first = next(iter(rel.columns.items()), None)
+        if first is not None:
+            col, risk = first
+            if (ref.ref.rv.get("alias") or {}).get("colnames"):  # t AS a(x, y, z) renames its columns
+                _refuse(f'{ref.name} with a column alias list (it may rename its column "{col}")', risk)
+            if ref.ref.role in ("insert", "merge", "copy_from"):
+                _refuse(f'a new row of {ref.name} (its column "{col}" is filled, by default if need be)', risk)
+            if found.star or (ref.ref.role == "copy_to" and not owner.get("attlist")):
+                _refuse(
+                    f'every column of {ref.name} (with "*", NATURAL JOIN or no column list), including "{col}",', risk
+                )
         if rel.row is not None and named & {ref.ref.ref_name, ref.ref.rv["relname"]}:
             _refuse(f"a whole row of {ref.name}", rel.row)
 

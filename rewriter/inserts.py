@@ -5,6 +5,7 @@ from __future__ import annotations
 from .checks import Checked, Resolved
 from .context import Context
 from .masks import quote_ident, quote_literal
+from .pgparser import Node
 from .refuse import Refused
 from .splice import COMMA, Edit, ParamCheck, Tokens, clause_end, matching_close, name_end
 from .writes import tenant_targets, tenant_value
@@ -36,13 +37,13 @@ SOURCE_START = frozenset({"VALUES", "SELECT", "DEFAULT", "OVERRIDING", "WITH", O
 def _cannot(why: str, r: Resolved) -> Refused:
     return Refused(
         f'INSERT into tenant-scoped "{r.name}" is refused: {why}',
-        f"Name the columns and give {r.rule.tenant_column} as a literal or parameter, "
+        f"Name the columns and give {r.tenant_column} as a literal or parameter, "
         "or use INSERT ... VALUES / a simple INSERT ... SELECT.",
         f"tables.{r.name}",
     )
 
 
-def source_rows(owner: dict) -> tuple[str, list[list[dict]]]:
+def source_rows(owner: Node) -> tuple[str, list[list[Node]]]:
     """("default" | "values" | "select", rows of value expressions) of an INSERT's source."""
     source = owner.get("selectStmt")
     if source is None:
@@ -55,12 +56,12 @@ def source_rows(owner: dict) -> tuple[str, list[list[dict]]]:
     return "other", []
 
 
-def _is_star(expr: dict) -> bool:
+def _is_star(expr: Node) -> bool:
     fields = (expr.get("ColumnRef") or {}).get("fields", [])
     return bool(fields) and "A_Star" in fields[-1]
 
 
-def given_columns(owner: dict, rows: list[list[dict]], table: list[str]) -> list[str] | None:
+def given_columns(owner: Node, rows: list[list[Node]], table: list[str]) -> list[str] | None:
     """The columns the client supplies values for (its list, else the table's first N); None if uncountable."""
     if owner.get("cols"):
         return [t["ResTarget"]["name"] for t in owner["cols"]]
@@ -71,7 +72,7 @@ def given_columns(owner: dict, rows: list[list[dict]], table: list[str]) -> list
     return table[: len(rows[0])]
 
 
-def value_index(row: list[dict], k: int, ncols: int) -> int | None:
+def value_index(row: list[Node], k: int, ncols: int) -> int | None:
     """Where column `k`'s value is in a row that may hold `*`s (counted from the nearer end), else None.
 
     >>> star = {"ColumnRef": {"fields": [{"A_Star": {}}]}}
@@ -123,9 +124,11 @@ def _value_edits(toks: Tokens, v: int, rows: int, tenant: str, r: Resolved) -> l
     return edits
 
 
-def add_tenant(r: Resolved, ctx: Context, toks: Tokens, shape: str, rows: list, given: list[str]) -> list[Edit]:
+def add_tenant(
+    r: Resolved, ctx: Context, toks: Tokens, shape: str, rows: list[list[Node]], given: list[str]
+) -> list[Edit]:
     """Edits that add the tenant column and its value to an INSERT that leaves it out."""
-    column, tenant = r.rule.tenant_column, ctx.tenant
+    column, tenant = r.tenant_column, ctx.session_tenant
     after_name = name_end(toks, toks.at(r.ref.rv["location"]))
     if shape == "default":
         d = clause_end(toks, after_name, frozenset({"DEFAULT"}))
@@ -133,7 +136,7 @@ def add_tenant(r: Resolved, ctx: Context, toks: Tokens, shape: str, rows: list, 
     src = clause_end(toks, after_name, SOURCE_START)
     if src >= len(toks.names):
         raise _cannot("its source could not be located", r)
-    if r.ref.owner.get("cols"):
+    if r.ref.statement.get("cols"):
         if toks.names[src] != OPEN_PAREN:
             raise _cannot("its column list could not be located", r)
         close = matching_close(toks, src)
@@ -164,19 +167,19 @@ def guard_inserts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCh
     """
     out: list[Edit | ParamCheck] = []
     for r in tenant_targets(c, "insert"):
-        shape, rows = source_rows(r.ref.owner)
+        shape, rows = source_rows(r.ref.statement)
         if shape == "other":
             raise _cannot("its source is neither VALUES nor a simple SELECT", r)
         table = [col.name for col in ctx.schema[r.name]]
-        given = given_columns(r.ref.owner, rows, table)
+        given = given_columns(r.ref.statement, rows, table)
         if given is None:
             raise _cannot("its columns cannot be counted", r)
-        if r.rule.tenant_column in given:
+        if r.tenant_column in given:
             for row in rows:
-                i = value_index(row, given.index(r.rule.tenant_column), len(given))
+                i = value_index(row, given.index(r.tenant_column), len(given))
                 if i is None:
                     raise _cannot("the tenant column's value cannot be located", r)
-                out += tenant_value(row[i], r.rule.tenant_column, ctx.tenant)
+                out += tenant_value(row[i], r.tenant_column, ctx.session_tenant)
         else:
             out += add_tenant(r, ctx, toks, shape, rows, given)
     return out

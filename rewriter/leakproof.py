@@ -24,7 +24,10 @@ runs them once per outer row, before the outer tenant filter.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .analyse import node_type
+from .pgparser import Node
 
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 # Parts of the outermost query evaluated only on rows that passed every condition.
@@ -51,7 +54,7 @@ LEAVES = frozenset({"A_Const", "ParamRef", "SQLValueFunction"})
 RANGE_KEYS = ("relname", "aliasname", "ctename")
 
 
-def first_leak(kind: str, fields: dict) -> str | None:
+def first_leak(kind: str, fields: Node) -> str | None:
     """The first construct of a statement that is not provably leak-free, or None.
 
     >>> from .classify import statements
@@ -98,14 +101,14 @@ class Judge:
     def __init__(self, ranges: frozenset[str]) -> None:
         self.ranges = ranges
 
-    def top_select(self, fields: dict) -> str | None:
+    def top_select(self, fields: Node) -> str | None:
         if fields.get("op", "SETOP_NONE") != "SETOP_NONE":
             branches = [unwrapped(fields[k]) for k in ("larg", "rarg") if fields.get(k)]
             rest = {k: v for k, v in fields.items() if k not in ("larg", "rarg")}
             return next(filter(None, [self.top_select(b) for b in branches] + [self.split(rest)]), None)
         return self.split(fields)
 
-    def top_write(self, fields: dict) -> str | None:
+    def top_write(self, fields: Node) -> str | None:
         conflict = fields.get("onConflictClause") or {}
         rest = {k: v for k, v in fields.items() if k not in ("relation", "selectStmt", "onConflictClause")}
         found = [
@@ -118,7 +121,7 @@ class Judge:
             found.insert(0, self.top_select(unwrapped(fields["selectStmt"])))
         return next(filter(None, found), None)
 
-    def split(self, fields: dict) -> str | None:
+    def split(self, fields: Node) -> str | None:
         """The outermost query's fields: conditions judged, after-filter parts searched for subqueries."""
         for key, value in fields.items():
             leak = self.after(value) if key in AFTER_FILTER else self.expr(value)
@@ -147,7 +150,7 @@ class Judge:
         if typed is None:
             return next(filter(None, (self.expr(v) for v in node.values())), None)
         kind, fields = typed
-        handler = getattr(self, "n_" + kind, None)
+        handler: Callable[[Node], str | None] | None = getattr(self, "n_" + kind, None)
         if handler is None:
             return f"{kind} (not on the leak-free list)"
         return handler(fields)
@@ -167,22 +170,22 @@ class Judge:
 
     # --- the allowlist -----------------------------------------------------------------------
 
-    def n_SelectStmt(self, fields: dict) -> str | None:
+    def n_SelectStmt(self, fields: Node) -> str | None:
         return self.expr({k: v for k, v in fields.items() if k not in NEVER_CONDITIONS})
 
-    def n_SortBy(self, fields: dict) -> str | None:
+    def n_SortBy(self, fields: Node) -> str | None:
         """A nested query's sort key: leak-free as a column, constant or parameter, by the default order."""
         if fields.get("useOp"):
             return "ORDER BY ... USING"
         return self.expr(fields.get("node"))
 
-    def n_InsertStmt(self, fields: dict) -> str | None:
+    def n_InsertStmt(self, fields: Node) -> str | None:
         """A data-modifying CTE: judged like a statement of its own (PostgreSQL never inlines it)."""
         return self.top_write(fields)
 
     n_UpdateStmt = n_DeleteStmt = n_InsertStmt
 
-    def n_ColumnRef(self, fields: dict) -> str | None:
+    def n_ColumnRef(self, fields: Node) -> str | None:
         parts = fields["fields"]
         last = parts[-1]
         if "A_Star" in last:
@@ -191,7 +194,7 @@ class Judge:
             return "a reference that may be a whole row"
         return None
 
-    def n_TypeCast(self, fields: dict) -> str | None:
+    def n_TypeCast(self, fields: Node) -> str | None:
         typed = node_type(fields.get("arg"))
         if typed and (
             typed[0] in ("A_Const", "ParamRef") or (typed[0] == "TypeCast" and not self.n_TypeCast(typed[1]))
@@ -199,7 +202,7 @@ class Judge:
             return None
         return "a cast of a column or expression"
 
-    def n_A_Expr(self, fields: dict) -> str | None:
+    def n_A_Expr(self, fields: Node) -> str | None:
         kind = fields.get("kind", "")
         op = "".join(n["String"]["sval"] for n in fields.get("name") or () if "String" in n)
         if kind in ("AEXPR_OP", "AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT", "AEXPR_IN", "AEXPR_OP_ANY", "AEXPR_OP_ALL"):
@@ -214,69 +217,69 @@ class Judge:
             return self.operand(fields.get("lexpr")) or like_pattern(fields.get("rexpr"))
         return f"{kind.removeprefix('AEXPR_')} {op}".strip()
 
-    def n_BoolExpr(self, fields: dict) -> str | None:
+    def n_BoolExpr(self, fields: Node) -> str | None:
         return self.expr(fields.get("args"))
 
-    def n_NullTest(self, fields: dict) -> str | None:
+    def n_NullTest(self, fields: Node) -> str | None:
         return self.expr(fields.get("arg"))
 
-    def n_BooleanTest(self, fields: dict) -> str | None:
+    def n_BooleanTest(self, fields: Node) -> str | None:
         return self.expr(fields.get("arg"))
 
-    def n_SubLink(self, fields: dict) -> str | None:
+    def n_SubLink(self, fields: Node) -> str | None:
         if fields.get("operName") and "".join(names_of(fields["operName"])) not in COMPARISONS:
             return "a subquery compared by another operator"
         test = fields.get("testexpr")
         return (self.operands(test) if test is not None else None) or self.expr(fields.get("subselect"))
 
-    def n_FuncCall(self, fields: dict) -> str | None:
+    def n_FuncCall(self, fields: Node) -> str | None:
         return f"a call of {'.'.join(names_of(fields.get('funcname')))}()"
 
-    def n_List(self, fields: dict) -> str | None:
+    def n_List(self, fields: Node) -> str | None:
         """A row of VALUES (or an IN list): each item judged."""
         return self.expr(fields.get("items"))
 
-    def n_A_ArrayExpr(self, fields: dict) -> str | None:
+    def n_A_ArrayExpr(self, fields: Node) -> str | None:
         """ARRAY[...] of columns, constants and parameters (`id = ANY(ARRAY[$1, $2])`)."""
         return next(filter(None, (self.operand(e) for e in fields.get("elements") or ())), None)
 
-    def n_RangeFunction(self, fields: dict) -> str | None:
+    def n_RangeFunction(self, fields: Node) -> str | None:
         calls = [f for item in fields.get("functions") or () for f in (item.get("List") or {}).get("items", ())]
         return next(filter(None, (self.expr(c) for c in calls)), None) or "a function in FROM"
 
-    def n_JoinExpr(self, fields: dict) -> str | None:
+    def n_JoinExpr(self, fields: Node) -> str | None:
         return self.expr([fields.get("larg"), fields.get("rarg"), fields.get("quals")])
 
-    def n_RangeSubselect(self, fields: dict) -> str | None:
+    def n_RangeSubselect(self, fields: Node) -> str | None:
         return self.expr(fields.get("subquery"))
 
-    def n_WithClause(self, fields: dict) -> str | None:
+    def n_WithClause(self, fields: Node) -> str | None:
         return self.expr(fields.get("ctes"))
 
-    def n_CommonTableExpr(self, fields: dict) -> str | None:
+    def n_CommonTableExpr(self, fields: Node) -> str | None:
         if fields.get("search_clause") or fields.get("cycle_clause"):
             return "a CTE with SEARCH or CYCLE"
         return self.expr(fields.get("ctequery"))
 
-    def n_ResTarget(self, fields: dict) -> str | None:
+    def n_ResTarget(self, fields: Node) -> str | None:
         return "an assignment to a subscript or field" if fields.get("indirection") else self.expr(fields.get("val"))
 
-    def n_RangeVar(self, fields: dict) -> str | None:
+    def n_RangeVar(self, fields: Node) -> str | None:
         return None
 
-    def n_A_Const(self, fields: dict) -> str | None:
+    def n_A_Const(self, fields: Node) -> str | None:
         return None
 
     n_ParamRef = n_SQLValueFunction = n_String = n_A_Star = n_Alias = n_A_Const
 
 
-def unwrapped(node: dict) -> dict:
+def unwrapped(node: Node) -> Node:
     """A SelectStmt's fields, whether or not pglast wrapped them in their node type."""
     typed = node_type(node)
     return typed[1] if typed else node
 
 
-def names_of(nodes: list | None) -> list[str]:
+def names_of(nodes: list[Node] | None) -> list[str]:
     return [n["String"]["sval"] for n in nodes or () if "String" in n]
 
 

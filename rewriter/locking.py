@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from .pgparser import Node
 
-def _typed(node: object) -> tuple[str, dict]:
+
+def _typed(node: object) -> tuple[str, Node]:
     """("Type", fields) of a typed JSON node, ("", {}) for anything else."""
     if isinstance(node, dict) and len(node) == 1:
         ((key, value),) = node.items()
@@ -12,7 +14,7 @@ def _typed(node: object) -> tuple[str, dict]:
     return "", {}
 
 
-def locks(select: dict) -> list[dict]:
+def locks(select: Node) -> list[Node]:
     """The RangeVar fields whose rows the locking clauses of `select` lock.
 
     As PostgreSQL's transformLockingClause: without OF, every table in the FROM clause
@@ -26,7 +28,7 @@ def locks(select: dict) -> list[dict]:
     >>> [rv["relname"] for rv in locks(s["stmts"][0]["stmt"]["SelectStmt"])]
     ['b']
     """
-    out: list[dict] = []
+    out: list[Node] = []
     if select.get("lockingClause") and (select.get("larg") or select.get("rarg")):
         return _all_tables({"SelectStmt": select})  # PostgreSQL refuses it; lock all if it did not
     for clause in select.get("lockingClause") or ():
@@ -36,7 +38,7 @@ def locks(select: dict) -> list[dict]:
     return out
 
 
-def _from_item(node: object, names: frozenset[str] | None) -> list[dict]:
+def _from_item(node: object, names: frozenset[str] | None) -> list[Node]:
     """The RangeVars a FROM item contributes: all (`names` None) or those referenced by one of `names`."""
     kind, fields = _typed(node)
     alias = (fields.get("alias") or {}).get("aliasname")
@@ -53,7 +55,7 @@ def _from_item(node: object, names: frozenset[str] | None) -> list[dict]:
     return []
 
 
-def _all_tables(node: object) -> list[dict]:
+def _all_tables(node: object) -> list[Node]:
     """Every table in the FROM clauses of a query and of its FROM subqueries (set operations: both sides)."""
     kind, fields = _typed(node)
     if kind != "SelectStmt":

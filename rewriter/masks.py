@@ -70,6 +70,14 @@ def _partial(v: str, first: int, last: int) -> str:
     )
 
 
+def _number(spec: MaskSpec, name: str) -> int:
+    """An integer option of a mask (keep_first, keep_last, digits), 0 when absent."""
+    value = spec.option(name, 0)
+    if not isinstance(value, int | float | str):
+        raise TypeError(f"mask option {name} is not a number: {value!r}")
+    return int(value)
+
+
 def mask_value(spec: MaskSpec, v: str, column: Column) -> str:
     """The masked value of column reference `v`, before the cast back to the column's type.
 
@@ -84,14 +92,14 @@ def mask_value(spec: MaskSpec, v: str, column: Column) -> str:
     if kind == "email":
         return f"CASE WHEN {v} IS NULL THEN NULL ELSE '****@' || pg_catalog.split_part(CAST({v} AS text), '@', 2) END"
     if kind == "partial":
-        return _partial(v, int(spec.option("keep_first", 0)), int(spec.option("keep_last", 0)))
+        return _partial(v, _number(spec, "keep_first"), _number(spec, "keep_last"))
     if kind == "hash":
         salted = f"{quote_literal(str(spec.option('salt', '')))} || CAST({v} AS text)"
         return f"pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to({salted}, 'UTF8')), 'hex')"
     if kind == "year":
         return f"pg_catalog.date_trunc('year', {v})"
     if kind == "round":
-        return f"pg_catalog.round(CAST({v} AS numeric), {int(spec.option('digits', 0))})"
+        return f"pg_catalog.round(CAST({v} AS numeric), {_number(spec, 'digits')})"
     if kind == "constant":
         return quote_literal(spec.option("value"))
     raise ValueError(f"unknown mask kind {kind!r}")

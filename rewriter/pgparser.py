@@ -8,10 +8,19 @@ rewriter/server_grammar.py's business.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pglast
 from pglast import ast, parse_sql, parser
 from pglast import keywords as pglast_keywords
 from pglast.parser import ParseError, fingerprint, parse_sql_json, scan, split
+
+Node = dict[str, Any]
+"""One node's fields in pglast's JSON parse tree (`parse_sql_json`), e.g. a RangeVar's {"relname": ..., "inh": ...}.
+
+The tree is genuinely dynamic: its keys are PostgreSQL's node fields and its values nodes, lists of
+nodes or scalars, so the rewriter reads them as Any and narrows with isinstance where it matters.
+"""
 
 PARSER_MAJOR = 18
 """The PostgreSQL major whose grammar pglast (pinned >=8,<9 in pyproject.toml) parses with."""
@@ -37,6 +46,7 @@ def parser_keywords() -> dict[str, str]:
 
 __all__ = [
     "PARSER_MAJOR",
+    "Node",
     "ParseError",
     "ast",
     "fingerprint",

@@ -21,7 +21,7 @@ def substituted(r: Resolved, ctx: Context, fence: bool = False) -> str:
     >>> substituted(Resolved(RelRef({"relname": "t", "inh": True}, "select"), "public.t", rule), ctx)
     '(SELECT "tid" FROM "public"."t" WHERE "tid" = \\'a\\') AS "t"'
     """
-    text = projection(r.rule, ctx.schema[r.name], ctx.tenant, only=not r.ref.rv.get("inh"), fence=fence)
+    text = projection(r.governing, ctx.schema[r.name], ctx.tenant, only=not r.ref.rv.get("inh"), fence=fence)
     return text if r.ref.rv.get("alias") else f"{text} AS {quote_ident(r.ref.rv['relname'])}"
 
 

@@ -221,7 +221,10 @@ def resolve_relation(schema: str | None, relname: str, ctx: Context) -> str:
 
     Relations known are the live schema's, the policy's and pg_catalog's.
     """
-    known = lambda name: name in ctx.schema or name in ctx.tables  # noqa: E731
+
+    def known(name: str) -> bool:
+        return name in ctx.schema or name in ctx.tables
+
     if schema is not None:
         _refuse_schema(schema, relname)
         name = f"{schema}.{relname}"

@@ -3,6 +3,8 @@ functions.allow does not list, without the statement naming it (computed once pe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .catalog import (
     FIRST_USER_OID,
     CastFacts,
@@ -32,10 +34,13 @@ def routine_allowed(routine: Routine, allowed: frozenset[str]) -> bool:
     return routine.qualified in allowed
 
 
-def _unallowed(routines, allowed: frozenset[str]) -> Risk | None:
+def _unallowed(routines: Iterable[Routine], allowed: frozenset[str]) -> Risk | None:
     bad = [r for r in routines if not routine_allowed(r, allowed)]
-    if not bad:
-        return None
+    return _risk(bad) if bad else None
+
+
+def _risk(bad: list[Routine]) -> Risk:
+    """The Risk of routines PostgreSQL would call unnamed that are not allowed."""
     by_role: dict[str, list[str]] = {}
     for r in bad:
         by_role.setdefault(r.role, []).append(f"{r.qualified}()")
@@ -69,9 +74,9 @@ def cast_routines(
         if cast.target >= FIRST_USER_OID and cast.context != "e":
             direct.setdefault(cast.target, []).append(routine)
         if cast.source < FIRST_USER_OID and cast.context == "e":
-            targets[cast.target] = _unallowed([routine], allowed)
+            targets[cast.target] = _risk([routine])  # not allowed: skipped above otherwise
         elif cast.source < FIRST_USER_OID and cast.target < FIRST_USER_OID and everywhere is None:
-            everywhere = _unallowed([routine], allowed)
+            everywhere = _risk([routine])
     return direct, targets, everywhere
 
 
@@ -124,7 +129,7 @@ def implicit_risks(facts: CatalogFacts, allowed: frozenset[str]) -> ImplicitRisk
     names = {oid: name for c in facts.casts for oid, name in ((c.source, c.source_name), (c.target, c.target_name))}
     names |= {oid: t.name for oid, t in facts.types.items()}
 
-    def name_of(oid):
+    def name_of(oid: int) -> str:
         return names.get(oid, str(oid))
 
     rows = {facts.types[oid].name: r for oid, r in risky.items() if facts.types[oid].relation}
@@ -137,7 +142,7 @@ def implicit_risks(facts: CatalogFacts, allowed: frozenset[str]) -> ImplicitRisk
         }
         if bad:
             relations[rel] = RelationRisk(bad, rows.get(rel) or next(iter(bad.values())))
-    functions = {}
+    functions: dict[str, Risk] = {}
     for fn, types in facts.signatures.items():
         if fn in allowed and (hit := next((t for t in sorted(types) if t in risky), None)) is not None:
             functions[fn] = Risk(f"it takes or returns type {name_of(hit)}, and {risky[hit].why}", risky[hit].functions)

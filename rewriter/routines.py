@@ -68,8 +68,8 @@ def check_routines(found: Found, ctx: Context, rewritten: bool) -> None:
             )
     symbols = dict.fromkeys(found.bare_operators + list(REWRITER_OPERATORS if rewritten else ()))
     for symbol in symbols:
-        if shadows := shadowing_operators(symbol, ctx):
-            op, func = shadows[0]
+        if operators := shadowing_operators(symbol, ctx):
+            op, func = operators[0]
             via = f"function {func}" if func else "no function (a shell operator)"
             raise Refused(
                 f"operator {symbol} is refused: the database defines operator {op} (with {via}), "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .analyse import node_type
 from .checks import Resolved, constant_text
+from .pgparser import Node
 from .refuse import Refused
 
 # PostgreSQL 15 hides these from roles without pg_read_all_settings (GUC_SUPERUSER_ONLY);
@@ -61,7 +62,7 @@ def secret(name: str) -> bool:
     return name.lower() in SECRET_SETTINGS
 
 
-def check_show(kind: str, fields: dict) -> None:
+def check_show(kind: str, fields: Node) -> None:
     """Refuse SHOW ALL and SHOW of a secret setting.
 
     >>> check_show("VariableShowStmt", {"name": "transaction_isolation"})
@@ -79,7 +80,7 @@ def check_show(kind: str, fields: dict) -> None:
         )
 
 
-def check_setting_reads(setting_reads: list[list]) -> None:
+def check_setting_reads(setting_reads: list[list[Node]]) -> None:
     """current_setting() only of a setting named by a literal that carries no secret."""
     for args in setting_reads:
         name = constant_text(args[0]) if args else None
@@ -98,7 +99,7 @@ def check_setting_reads(setting_reads: list[list]) -> None:
             )
 
 
-def check_settings_view(kind: str, fields: dict, refs: tuple[Resolved, ...]) -> None:
+def check_settings_view(kind: str, fields: Node, refs: tuple[Resolved, ...]) -> None:
     """pg_settings only in a SELECT whose sole FROM item it is and whose WHERE keeps nothing
     but non-secret names given as literals (`name = '...'`, `name IN (...)`, ANDed)."""
     views = [r for r in refs if r.name == SETTINGS_VIEW]
@@ -134,7 +135,7 @@ def _filtered_views(node: object, out: set[int]) -> None:
         _filtered_views(value, out)
 
 
-def _sole_settings_item(from_clause: list) -> dict | None:
+def _sole_settings_item(from_clause: list[Node]) -> Node | None:
     if len(from_clause) != 1:
         return None
     typed = node_type(from_clause[0])
@@ -143,7 +144,7 @@ def _sole_settings_item(from_clause: list) -> dict | None:
     return typed[1] if typed[1].get("schemaname") in (None, "pg_catalog") else None
 
 
-def _qualifiers(rv: dict) -> set[tuple[str, ...]]:
+def _qualifiers(rv: Node) -> set[tuple[str, ...]]:
     """How a column of this FROM item may be written: name, ref.name (and schema.rel.name)."""
     alias = (rv.get("alias") or {}).get("aliasname")
     if alias:
@@ -189,4 +190,5 @@ def _string_literal(node: object) -> str | None:
     const = node_type(node)
     if const is None or const[0] != "A_Const" or "sval" not in const[1]:
         return None
-    return const[1]["sval"].get("sval", "")
+    text: str = const[1]["sval"].get("sval", "")
+    return text

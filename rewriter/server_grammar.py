@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from . import pgparser
 from .refuse import Refused
@@ -38,8 +39,10 @@ class WordRule:
     action: str
 
 
-def _load(name: str) -> dict:
-    return json.loads((DATA / name).read_text())
+def _load(name: str) -> dict[str, Any]:
+    """One of the JSON data files (rewriter/data/), as loaded."""
+    data: dict[str, Any] = json.loads((DATA / name).read_text())
+    return data
 
 
 KEYWORDS: dict[int, dict[str, str]] = {int(v): words for v, words in _load("keywords.json")["versions"].items()}
@@ -128,7 +131,8 @@ def server_text(sql: str, server_major: int) -> str:
     if server_major == pgparser.PARSER_MAJOR:
         return sql
     rules = word_rules(server_major)
-    out, last, previous = [], 0, ""
+    out: list[str] = []
+    last, previous = 0, ""
     for tok in pgparser.scan(sql):
         text = sql[tok.start : tok.end + 1]
         if tok.name in COMMENTS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .pgparser import Node
 from .refuse import Refused
 
 EXPLAIN_HINT = (
@@ -10,7 +11,7 @@ EXPLAIN_HINT = (
 )
 
 
-def explain_analyzes(fields: dict) -> bool:
+def explain_analyzes(fields: Node) -> bool:
     """True unless every ANALYZE option of an EXPLAIN is a literal false (PostgreSQL's defGetBoolean).
 
     `EXPLAIN ANALYZE`, `ANALYSE`, `(ANALYZE)`, `(ANALYZE true|on|1|'yes'...)` all count; an
@@ -31,10 +32,11 @@ def explain_analyzes(fields: dict) -> bool:
     return False
 
 
-def _false(arg: dict) -> bool:
+def _false(arg: Node) -> bool:
     """True for the literal values PostgreSQL reads as false in an EXPLAIN option."""
     if "Integer" in arg:
-        return (arg["Integer"] or {}).get("ival", 0) == 0
+        zero: bool = (arg["Integer"] or {}).get("ival", 0) == 0
+        return zero
     if "Boolean" in arg:
         return not (arg["Boolean"] or {}).get("boolval", False)
     if "String" in arg:
@@ -42,7 +44,7 @@ def _false(arg: dict) -> bool:
     return False
 
 
-def check_explain(kind: str, fields: dict) -> None:
+def check_explain(kind: str, fields: Node) -> None:
     """Refuse EXPLAIN in any form for a policed session (after its inner statement passed its own checks)."""
     if kind != "ExplainStmt":
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass
 
-from .pgparser import parser
+from .pgparser import Node, parser
 
 OPEN = frozenset({"ASCII_40", "ASCII_91"})  # ( [
 CLOSE = frozenset({"ASCII_41", "ASCII_93"})  # ) ]
@@ -148,7 +148,7 @@ class ParamCheck:
     value: str
 
 
-def relation_span(toks: Tokens, rv: dict) -> tuple[int, int]:
+def relation_span(toks: Tokens, rv: Node) -> tuple[int, int]:
     """Byte span of a RangeVar's name, including a leading ONLY (and `ONLY (name)`).
 
     >>> relation_span(scan("SELECT * FROM ONLY s.t x"), {"location": 19})

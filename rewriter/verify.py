@@ -12,17 +12,19 @@ references they replaced become the same markers on the client's side. Then
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import overload
 
 from .analyse import node_type, returning
-from .checks import check_calls, check_ref
+from .checks import Judged, check_calls, check_ref
 from .classify import statements, walk_statement
 from .context import Context
 from .inserts import given_columns, source_rows, value_index
 from .leakproof import first_leak
 from .masks import mask_expr, projection, quote_ident, tenant_predicate
-from .pgparser import ast
+from .pgparser import Node, ast
 from .refuse import Refused
 from .resolve import resolve_relation
 from .splice import Edit
@@ -53,6 +55,10 @@ def _fail(why: str) -> Refused:
     )
 
 
+@overload
+def strip(node: Node) -> Node: ...
+@overload
+def strip(node: object) -> object: ...
 def strip(node: object) -> object:
     """A copy of a parse tree without location fields.
 
@@ -97,6 +103,14 @@ class Side:
     fence: bool = False  # the statement is not leak-free: projections fenced, write conditions guarded
 
 
+Normaliser = Callable[[Node, "Side"], object]
+"""A node type's own normalisation in `norm` (NORMALISERS): its fields -> the normalised node, None for the default."""
+
+
+@overload
+def norm(node: Node, side: Side) -> Node: ...
+@overload
+def norm(node: object, side: Side) -> object: ...
 def norm(node: object, side: Side) -> object:
     """The normalised, location-free form of a parse tree (see the module docstring)."""
     if isinstance(node, list):
@@ -117,19 +131,19 @@ def norm(node: object, side: Side) -> object:
     return {kind: norm(fields, side)}
 
 
-def _marker(name: str, alias: dict | None, relname: str, inh: bool) -> dict:
+def _marker(name: str, alias: Node | None, relname: str, inh: bool) -> Node:
     alias = alias or {"aliasname": relname}
     return {"Substituted": {"name": name, "alias": strip(alias), "inh": inh}}
 
 
-def _range_var(rv: dict, side: Side) -> object:
+def _range_var(rv: Node, side: Side) -> object:
     if side.new or rv["location"] not in side.substituted:
         return None
     name = resolve_relation(rv.get("schemaname"), rv["relname"], side.ctx)
     return _marker(name, rv.get("alias"), rv["relname"], bool(rv.get("inh")))
 
 
-def _range_subselect(fields: dict, side: Side) -> object:
+def _range_subselect(fields: Node, side: Side) -> object:
     sub = node_type(fields.get("subquery"))
     from_ = sub[1].get("fromClause", []) if sub and sub[0] == "SelectStmt" else []
     inner = node_type(from_[0]) if len(from_) == 1 else None
@@ -146,7 +160,7 @@ def _range_subselect(fields: dict, side: Side) -> object:
     return _marker(name, fields["alias"], fields["alias"]["aliasname"], bool(rv.get("inh")))
 
 
-def _column_ref(fields: dict, side: Side) -> object:
+def _column_ref(fields: Node, side: Side) -> object:
     if not side.new and fields["location"] in side.masked_refs:
         return {"Masked": fields["fields"][-1]["String"]["sval"]}
     if not side.new and fields["location"] in side.requalified:
@@ -154,7 +168,7 @@ def _column_ref(fields: dict, side: Side) -> object:
     return None
 
 
-def _res_target(fields: dict, side: Side) -> object:
+def _res_target(fields: Node, side: Side) -> object:
     """A bare masked column in RETURNING gets its name spelled out (`AS "col"`), as the rule does."""
     ref = (fields.get("val") or {}).get("ColumnRef")
     if side.new or fields.get("name") or ref is None or ref["location"] not in side.masked_refs:
@@ -162,7 +176,7 @@ def _res_target(fields: dict, side: Side) -> object:
     return {"ResTarget": norm({**fields, "name": ref["fields"][-1]["String"]["sval"]}, side)}
 
 
-def _type_cast(fields: dict, side: Side) -> object:
+def _type_cast(fields: Node, side: Side) -> object:
     if side.new and side.masks:
         col = side.masks.get(canon({"TypeCast": fields}))
         if col is not None:
@@ -170,10 +184,10 @@ def _type_cast(fields: dict, side: Side) -> object:
     return None
 
 
-def _strip_predicate(where: dict | None, ref: str, column: str, side: Side) -> dict | None:
+def _strip_predicate(where: Node | None, ref: str, column: str, side: Side) -> Node | None:
     """The rewritten WHERE without our leading tenant conjunct (and its CASE guard when the
     statement is fenced); refused when either is missing."""
-    pred = fragment_tree(f"SELECT {tenant_predicate(ref, column, side.ctx.tenant)}")
+    pred = fragment_tree(f"SELECT {tenant_predicate(ref, column, side.ctx.session_tenant)}")
     if where is None:
         raise _fail("a tenant predicate is missing")
     if (where.get("A_Expr") or {}).get("kind") == "AEXPR_OP" and canon(where) == pred:
@@ -183,15 +197,17 @@ def _strip_predicate(where: dict | None, ref: str, column: str, side: Side) -> d
     if bool_expr.get("boolop") != "AND_EXPR" or len(args) != 2 or canon(args[0]) != pred:
         raise _fail("the tenant predicate is not the first top-level conjunct")
     if not side.fence:
-        return args[1]
+        condition: Node | None = args[1]
+        return condition
     case = (args[1] or {}).get("CaseExpr") or {}
     whens = [w.get("CaseWhen") or {} for w in case.get("args", [])]
     if case.get("arg") or case.get("defresult") or len(whens) != 1 or canon(whens[0].get("expr")) != pred:
         raise _fail("the client's condition is not guarded by the tenant predicate")
-    return whens[0]["result"]
+    guarded: Node | None = whens[0]["result"]
+    return guarded
 
 
-def _strip_tenant_column(out: dict, name: str, column: str, side: Side) -> dict:
+def _strip_tenant_column(out: Node, name: str, column: str, side: Side) -> Node:
     """An INSERT with explicit columns, without the tenant column and its values.
 
     On the rewritten side the tenant column must be there, each value the tenant or a checked parameter.
@@ -209,12 +225,13 @@ def _strip_tenant_column(out: dict, name: str, column: str, side: Side) -> dict:
             raise _fail("an INSERT without the tenant column")
         return {**out, "cols": cols}
     k = names.index(column)
-    places = [value_index(row, k, len(names)) for row in rows]
-    if None in places:
+    located = [value_index(row, k, len(names)) for row in rows]
+    places = [i for i in located if i is not None]
+    if len(places) != len(located):
         raise _fail("the tenant column's value cannot be located")
     if side.new:
         for row, i in zip(rows, places):
-            if any(c.number not in side.params for c in tenant_value(row[i], column, side.ctx.tenant)):
+            if any(c.number not in side.params for c in tenant_value(row[i], column, side.ctx.session_tenant)):
                 raise _fail("a tenant parameter without its check")
     result = {**out, "cols": cols[:k] + cols[k + 1 :]}
     sel = dict(out["selectStmt"]["SelectStmt"])
@@ -230,8 +247,8 @@ def _strip_tenant_column(out: dict, name: str, column: str, side: Side) -> dict:
     return result
 
 
-def _write(kind: str):
-    def handle(fields: dict, side: Side) -> object:
+def _write(kind: str) -> Normaliser:
+    def handle(fields: Node, side: Side) -> object:
         rv = fields["relation"]
         name = resolve_relation(rv.get("schemaname"), rv["relname"], side.ctx)
         rule = side.ctx.tables.get(name)
@@ -252,7 +269,7 @@ def _write(kind: str):
     return handle
 
 
-def _copy(fields: dict, side: Side) -> object:
+def _copy(fields: Node, side: Side) -> object:
     rv = fields.get("relation")
     if side.new or rv is None or rv["location"] not in side.substituted:
         return None
@@ -264,7 +281,7 @@ def _copy(fields: dict, side: Side) -> object:
     return {"CopyStmt": {**norm(rest, side), "query": {"SelectStmt": query}}}
 
 
-NORMALISERS = {
+NORMALISERS: dict[str, Normaliser] = {
     "RangeVar": _range_var,
     "RangeSubselect": _range_subselect,
     "ColumnRef": _column_ref,
@@ -277,7 +294,7 @@ NORMALISERS = {
 }
 
 
-def recheck(kind: str, fields: dict, ctx: Context) -> None:
+def recheck(kind: str, fields: Node, ctx: Context) -> None:
     """The normalised rewritten statement passes the policy and reads nothing protected directly."""
     found = walk_statement(kind, fields)
     check_calls(found, ctx)
@@ -286,8 +303,8 @@ def recheck(kind: str, fields: dict, ctx: Context) -> None:
         if r.protected and ref.role in ("select", "copy_to"):
             raise _fail(f'"{r.name}" is read outside its protected projection')
         if ref.role in ("insert", "update", "delete") and r.rule is not None and r.rule.masks:
-            nested: list[dict] = []
-            roots = [expression_roots(r), [i["ResTarget"].get("val") for i in returning(ref.owner)]]
+            nested: list[Node] = []
+            roots = [expression_roots(r), [i["ResTarget"].get("val") for i in returning(ref.statement)]]
             columns = {c.name: c for c in ctx.schema[r.name]}
             for col in column_refs(roots, nested):
                 if target_read(fields_of(col), r, columns) is not None:
@@ -295,7 +312,7 @@ def recheck(kind: str, fields: dict, ctx: Context) -> None:
             check_nested(r, nested, columns)
 
 
-def sides(original: bytes, ctx: Context, judged: list) -> tuple[Side, Side]:
+def sides(original: bytes, ctx: Context, judged: list[Judged]) -> tuple[Side, Side]:
     """The client-side and rewritten-side normalisation settings for one message."""
     edits: list[Edit] = [e for j in judged for e in j.edits]
     substituted = frozenset(
@@ -307,7 +324,7 @@ def sides(original: bytes, ctx: Context, judged: list) -> tuple[Side, Side]:
     masked_refs = frozenset(e.start for e in edits if e.kind == "mask")
     requalified = frozenset(e.start for e in edits if e.kind == "requalify")
     starred = any(e.end > e.start and original[e.start : e.end].endswith(b"*") for e in edits)
-    masks = {}
+    masks: dict[str, str] = {}
     for j in judged:
         for r in j.checked.refs:
             if r.ref.role in ("insert", "update", "delete") and r.rule is not None:
@@ -322,7 +339,7 @@ def sides(original: bytes, ctx: Context, judged: list) -> tuple[Side, Side]:
     )
 
 
-def verify(original: str, new: str, ctx: Context, judged: list) -> None:
+def verify(original: str, new: str, ctx: Context, judged: list[Judged]) -> None:
     """Refuse (raise Refused) unless `new` is `original` with exactly our edits, and safe."""
     try:
         before, after = statements(original), statements(new)

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 from .analyse import node_type, returning
 from .checks import Checked, Resolved
-from .context import Context
+from .context import Column, Context
 from .masks import mask_expr, quote_ident
+from .pgparser import Node
 from .refuse import Refused
 from .splice import Edit, ParamCheck, Tokens, name_end
 
 STAR = "ASCII_42"
 
 
-def fields_of(colref: dict) -> list[str]:
+def fields_of(colref: Node) -> list[str]:
     return [f["String"]["sval"] if "String" in f else "*" for f in colref["fields"]]
 
 
 def expression_roots(r: Resolved) -> list[object]:
     """The parts of a writing statement evaluated against the target's rows (RETURNING aside)."""
-    owner = r.ref.owner
+    owner = r.ref.statement
     if r.ref.role == "update":
         return [t["ResTarget"].get("val") for t in owner.get("targetList", [])] + [owner.get("whereClause")]
     if r.ref.role == "delete":
@@ -29,7 +30,7 @@ def expression_roots(r: Resolved) -> list[object]:
     return [t["ResTarget"].get("val") for t in clause.get("targetList", [])] + [clause.get("whereClause")]
 
 
-def column_refs(node: object, nested: list[dict]) -> Iterator[dict]:
+def column_refs(node: object, nested: list[Node]) -> Iterator[Node]:
     """ColumnRef fields under `node`, not descending into subqueries (collected into `nested`)."""
     if isinstance(node, list):
         for item in node:
@@ -66,7 +67,7 @@ def _star_text(r: Resolved, ctx: Context) -> str:
     items = []
     for col in ctx.schema[r.name]:
         q = f"{ref}.{quote_ident(col.name)}"
-        spec = r.rule.masks.get(col.name)
+        spec = r.governing.masks.get(col.name)
         items.append(q if spec is None else f"{mask_expr(spec, q, col)} AS {quote_ident(col.name)}")
     return ", ".join(items)
 
@@ -76,7 +77,7 @@ def target_names(r: Resolved) -> set[str]:
     return {r.ref.ref_name, "old", "new"} if r.ref.role == "update" else {r.ref.ref_name}
 
 
-def target_read(parts: list[str], r: Resolved, columns: dict) -> str | None:
+def target_read(parts: list[str], r: Resolved, columns: Mapping[str, Column]) -> str | None:
     """What a column reference (its name parts) reads of a masked write target.
 
     "column" (a masked column), "star" (`*`, `t.*`, `schema.t.*`), "row" (the whole row), or None.
@@ -87,12 +88,12 @@ def target_read(parts: list[str], r: Resolved, columns: dict) -> str | None:
         return "star" if len(parts) == 1 or parts[-2] in target else None
     if len(parts) == 1 and parts[0] in target and parts[0] not in columns:
         return "row"
-    if parts[-1] in r.rule.masks and (len(parts) != 2 or parts[0] in target):
+    if parts[-1] in r.governing.masks and (len(parts) != 2 or parts[0] in target):
         return "column"
     return None
 
 
-def nested_read(parts: list[str], r: Resolved, columns: dict, unqualified: bool = True) -> str | None:
+def nested_read(parts: list[str], r: Resolved, columns: Mapping[str, Column], unqualified: bool = True) -> str | None:
     """What a reference inside a subquery of a write may read of the masked target, or None.
 
     Fail closed: the subquery's own relations are not resolved, so a name that could be the
@@ -110,12 +111,12 @@ def nested_read(parts: list[str], r: Resolved, columns: dict, unqualified: bool 
         return "star" if len(parts) >= 2 and parts[-2] in names else None
     if len(parts) == 1 and parts[0] in names and parts[0] not in columns:
         return "row"
-    if parts[-1] in r.rule.masks and (parts[-2] in names if len(parts) > 1 else unqualified):
+    if parts[-1] in r.governing.masks and (parts[-2] in names if len(parts) > 1 else unqualified):
         return "column"
     return None
 
 
-def mask_ref(r: Resolved, ctx: Context, toks: Tokens, ref: dict, named: bool) -> Edit | None:
+def mask_ref(r: Resolved, ctx: Context, toks: Tokens, ref: Node, named: bool) -> Edit | None:
     """The edit masking one column reference of the target, or None when it reads no masked value."""
     parts, me, columns = fields_of(ref), r.ref.ref_name, {c.name: c for c in ctx.schema[r.name]}
     read = target_read(parts, r, columns)
@@ -129,7 +130,7 @@ def mask_ref(r: Resolved, ctx: Context, toks: Tokens, ref: dict, named: bool) ->
             raise _refused(r, "a schema-qualified `*`")
         if parts[0] != me and len(parts) == 2:
             raise _refused(r, "old.* / new.*")
-        if r.ref.owner.get("fromClause") or r.ref.owner.get("usingClause") or named:
+        if r.ref.statement.get("fromClause") or r.ref.statement.get("usingClause") or named:
             raise _refused(r, "`*` here")
         end = next(j for j in range(i, len(toks.names)) if toks.names[j] == STAR)
         return Edit(toks.starts[i], toks.ends[end], _star_text(r, ctx))
@@ -137,7 +138,7 @@ def mask_ref(r: Resolved, ctx: Context, toks: Tokens, ref: dict, named: bool) ->
         raise _refused(r, "a schema-qualified column reference")
     col = parts[-1]
     qualifier = quote_ident(parts[0] if len(parts) == 2 else me)
-    text = mask_expr(r.rule.masks[col], f"{qualifier}.{quote_ident(col)}", columns[col])
+    text = mask_expr(r.governing.masks[col], f"{qualifier}.{quote_ident(col)}", columns[col])
     return Edit(
         toks.starts[i], toks.ends[name_end(toks, i) - 1], text + ("" if named else f" AS {quote_ident(col)}"), "mask"
     )
@@ -150,10 +151,12 @@ NESTED_READS = {
 }
 
 
-def check_nested(r: Resolved, nested: list, columns: dict, unqualified: bool = True) -> None:
+def check_nested(
+    r: Resolved, nested: Sequence[object], columns: Mapping[str, Column], unqualified: bool = True
+) -> None:
     """Refuse a subquery of a write, at any depth, that could read the target's row or masked columns by correlation."""
     for sub in nested:
-        inner: list[dict] = []
+        inner: list[Node] = []
         for ref in column_refs(sub, inner):
             read = nested_read(fields_of(ref), r, columns, unqualified)
             if read is not None:
@@ -173,15 +176,15 @@ def mask_write_columns(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Pa
     for r in c.refs:
         if r.ref.role not in ("insert", "update", "delete") or r.rule is None or not r.rule.masks:
             continue
-        nested: list[dict] = []
+        nested: list[Node] = []
         seen: set[int] = set()  # SET (a, b) = ROW(...) repeats its source once per column
         for ref in column_refs(expression_roots(r), nested):
             edit = None if ref["location"] in seen else mask_ref(r, ctx, toks, ref, True)
             seen.add(ref["location"])
             out += [edit] if edit else []
-        if (r.ref.owner.get("returningClause") or {}).get("options"):
+        if (r.ref.statement.get("returningClause") or {}).get("options"):
             raise _refused(r, "RETURNING WITH (OLD/NEW AS ...)")
-        for item in returning(r.ref.owner):
+        for item in returning(r.ref.statement):
             res = item["ResTarget"]
             bare = "ColumnRef" in (res.get("val") or {}) and not res.get("name")
             for ref in column_refs(res.get("val"), nested):
@@ -190,5 +193,5 @@ def mask_write_columns(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Pa
         columns = {col.name: col for col in ctx.schema[r.name]}
         check_nested(r, nested, columns)
         # PostgreSQL hides the target from FROM/USING items (LATERAL, JOIN ... ON); refused here all the same
-        check_nested(r, [r.ref.owner.get("fromClause"), r.ref.owner.get("usingClause")], columns, False)
+        check_nested(r, [r.ref.statement.get("fromClause"), r.ref.statement.get("usingClause")], columns, False)
     return out

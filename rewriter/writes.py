@@ -7,6 +7,7 @@ from .checks import Checked, Resolved
 from .context import Context
 from .leakproof import first_leak
 from .masks import quote_qualified, tenant_predicate
+from .pgparser import Node
 from .refuse import Refused
 from .splice import Edit, ParamCheck, Tokens, clause_end, name_end
 
@@ -62,7 +63,7 @@ def where_edits(toks: Tokens, i: int, predicate: str, guard: bool = False) -> li
     return [Edit(toks.ends[w - 1], toks.ends[w - 1], f" WHERE {predicate}")]
 
 
-def tenant_value(expr: dict, column: str, tenant: str) -> list[ParamCheck]:
+def tenant_value(expr: Node, column: str, tenant: str) -> list[ParamCheck]:
     """Accept a value for the tenant column only if it is the session's tenant or a parameter.
 
     >>> tenant_value({"ParamRef": {"number": 2}}, "tid", "acme")
@@ -89,9 +90,9 @@ def tenant_value(expr: dict, column: str, tenant: str) -> list[ParamCheck]:
     )
 
 
-def assignment_checks(targets: list, r: Resolved, tenant: str, allow_excluded: bool) -> list[ParamCheck]:
+def assignment_checks(targets: list[Node], r: Resolved, tenant: str, allow_excluded: bool) -> list[ParamCheck]:
     """Checks for SET lists that assign the tenant column (UPDATE, ON CONFLICT DO UPDATE)."""
-    column, checks = r.rule.tenant_column, []
+    column, checks = r.tenant_column, []
     for t in targets:
         res = t["ResTarget"]
         if res.get("name") != column:
@@ -123,10 +124,10 @@ def guard_updates(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | ParamCh
     guard = first_leak(c.kind, c.fields) is not None
     for r in tenant_targets(c, "update") + tenant_targets(c, "delete"):
         if r.ref.role == "update":
-            out += assignment_checks(r.ref.owner.get("targetList", []), r, ctx.tenant, False)
+            out += assignment_checks(r.ref.statement.get("targetList", []), r, ctx.session_tenant, False)
         i = toks.at(r.ref.rv["location"])
         out += where_edits(
-            toks, name_end(toks, i), tenant_predicate(r.ref.ref_name, r.rule.tenant_column, ctx.tenant), guard
+            toks, name_end(toks, i), tenant_predicate(r.ref.ref_name, r.tenant_column, ctx.session_tenant), guard
         )
     return out
 
@@ -141,15 +142,15 @@ def guard_conflicts(c: Checked, ctx: Context, toks: Tokens) -> list[Edit | Param
     out: list[Edit | ParamCheck] = []
     guard = first_leak(c.kind, c.fields) is not None
     for r in tenant_targets(c, "insert"):
-        clause = r.ref.owner.get("onConflictClause") or {}
+        clause = r.ref.statement.get("onConflictClause") or {}
         if clause.get("action") != "ONCONFLICT_UPDATE":
             continue
-        out += assignment_checks(clause.get("targetList", []), r, ctx.tenant, True)
+        out += assignment_checks(clause.get("targetList", []), r, ctx.session_tenant, True)
         conflict = clause_end(toks, toks.at(r.ref.rv["location"]), frozenset({"CONFLICT"}))
         do = clause_end(toks, conflict + 1, frozenset({"DO"}))
         if do >= len(toks.names) or toks.names[do + 1] != "UPDATE":
             raise Refused(
                 "could not place the tenant predicate in ON CONFLICT DO UPDATE", "Simplify the statement.", "tables"
             )
-        out += where_edits(toks, do + 2, tenant_predicate(r.ref.ref_name, r.rule.tenant_column, ctx.tenant), guard)
+        out += where_edits(toks, do + 2, tenant_predicate(r.ref.ref_name, r.tenant_column, ctx.session_tenant), guard)
     return out
