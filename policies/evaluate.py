@@ -6,7 +6,9 @@ import base64
 import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
+from policies import model
 from policies.load import Policy
 from policies.model import ACTIONS, MASK_OPTIONS
 
@@ -89,7 +91,7 @@ class MaskRule:
     """A mask as the rewriter needs it: its kind and its options (only those the kind takes)."""
 
     kind: str
-    options: dict
+    options: dict[str, Any]
 
 
 def roles_of(policy: Policy, user: str) -> frozenset[str]:
@@ -139,7 +141,7 @@ def allowed_functions(policy: Policy) -> frozenset[str]:
     return policy.functions
 
 
-def tenant_sources(policy: Policy) -> list[dict]:
+def tenant_sources(policy: Policy) -> list[dict[str, Any]]:
     """The tenant sources in order, as plain mappings."""
     return [source.model_dump() for source in policy.tenancy.sources]
 
@@ -147,9 +149,8 @@ def tenant_sources(policy: Policy) -> list[dict]:
 def tenant_from_users(policy: Policy, user: str) -> str | None:
     """The tenant a `users` source maps this login user to (the first that does)."""
     for source in policy.tenancy.sources:
-        mapping = getattr(source, "users", None)
-        if mapping and user in mapping:
-            return mapping[user]
+        if isinstance(source, model.UsersSource) and user in source.users:
+            return source.users[user]
     return None
 
 
@@ -172,7 +173,7 @@ class SignedSettingSource:
 def setting_source(policy: Policy) -> SettingSource | None:
     """The policy's first `setting` tenant source, if it has one."""
     for source in policy.tenancy.sources:
-        if getattr(source, "setting", None):
+        if isinstance(source, model.SettingSource) and source.setting:
             return SettingSource(source.setting.lower(), frozenset(source.trusted_users))
     return None
 
@@ -180,7 +181,7 @@ def setting_source(policy: Policy) -> SettingSource | None:
 def signed_setting_source(policy: Policy) -> SignedSettingSource | None:
     """The policy's first `signed_setting` tenant source, if it has one."""
     for source in policy.tenancy.sources:
-        if getattr(source, "signed_setting", None):
+        if isinstance(source, model.SignedSource) and source.signed_setting:
             return SignedSettingSource(source.signed_setting.lower(), source.key_env)
     return None
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -113,18 +114,8 @@ def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Poli
     for doc, pf in parsed:
         body = doc.text.encode()
         digest.update(f"{doc.path.name}\0{len(body)}\0".encode() + body)
-        for kind, items, target in (("role", pf.roles, roles), ("table", pf.tables, tables)):
-            for name, spec in items.items():
-                key = normal_name(name) if kind == "table" else name
-                where = doc.where((kind + "s", name))
-                if (kind, key) in seen:
-                    errors.append(
-                        f"{where}: {kind}s.{name}: already defined at {seen[(kind, key)]}; define it in one file only"
-                    )
-                    continue
-                seen[(kind, key)] = where
-                origins[f"{kind}s.{key}"] = doc.path
-                target[key] = spec
+        _define("role", doc, pf.roles, roles, seen, origins, errors)
+        _define("table", doc, pf.tables, tables, seen, origins, errors)
         if pf.tenancy is not None:
             if tenancy is not None and tenancy != pf.tenancy:
                 errors.append(
@@ -151,6 +142,32 @@ def _merge(parsed: list[tuple[Document, PolicyFile]], errors: list[str]) -> Poli
         MappingProxyType({u: frozenset(r) for u, r in user_roles.items()}),
         MappingProxyType(origins),
     )
+
+
+_Spec = TypeVar("_Spec", Role, Table)
+
+
+def _define(
+    kind: str,
+    doc: Document,
+    items: Mapping[str, _Spec],
+    target: dict[str, _Spec],
+    seen: dict[tuple[str, str], str],
+    origins: dict[str, Path],
+    errors: list[str],
+) -> None:
+    """Add one file's roles or tables to `target`; a name another file defined is an error."""
+    for name, spec in items.items():
+        key = normal_name(name) if kind == "table" else name
+        where = doc.where((kind + "s", name))
+        if (kind, key) in seen:
+            errors.append(
+                f"{where}: {kind}s.{name}: already defined at {seen[(kind, key)]}; define it in one file only"
+            )
+            continue
+        seen[(kind, key)] = where
+        origins[f"{kind}s.{key}"] = doc.path
+        target[key] = spec
 
 
 def _cross_check(doc: Document, roles: set[str]) -> list[str]:

@@ -188,9 +188,12 @@ def _source_kind(value: object) -> str | None:
     if isinstance(value, dict):
         kind = next((k for k in ("users", "setting", "signed_setting") if k in value), None)
         return f"{kind} source" if kind else None
-    return {UsersSource: "users source", SettingSource: "setting source", SignedSource: "signed_setting source"}.get(
-        type(value)
-    )
+    kinds: dict[type, str] = {
+        UsersSource: "users source",
+        SettingSource: "setting source",
+        SignedSource: "signed_setting source",
+    }
+    return kinds.get(type(value))
 
 
 Source = Annotated[

@@ -11,6 +11,10 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+Loc = tuple[object, ...]
+"""A place in a YAML document: the mapping keys (YAML scalars) and list indexes leading to it."""
 
 
 class SourceError(Exception):
@@ -28,16 +32,16 @@ class Document:
     path: Path
     text: str
     data: Any = None
-    lines: dict[tuple, int] = field(default_factory=dict)
+    lines: dict[Loc, int] = field(default_factory=dict)
 
-    def line(self, loc: tuple) -> int:
+    def line(self, loc: Loc) -> int:
         """The line of the longest prefix of `loc` that is written in the file (1 if none)."""
         for end in range(len(loc), 0, -1):
             if tuple(loc[:end]) in self.lines:
                 return self.lines[tuple(loc[:end])]
         return 1
 
-    def where(self, loc: tuple) -> str:
+    def where(self, loc: Loc) -> str:
         """`file:line` of `loc`, for the start of an error line."""
         return f"{self.path}:{self.line(loc)}"
 
@@ -69,7 +73,7 @@ def parse_yaml(text: str, path: str | Path) -> Document:
     return doc
 
 
-def _plain(node: yaml.Node, loc: tuple, doc: Document, errors: list[str], above: frozenset) -> Any:
+def _plain(node: yaml.Node, loc: Loc, doc: Document, errors: list[str], above: frozenset[int]) -> Any:
     """The plain value of `node`, recording lines; `above` holds the nodes enclosing it."""
     if id(node) in above:
         errors.append(
@@ -89,8 +93,10 @@ def _plain(node: yaml.Node, loc: tuple, doc: Document, errors: list[str], above:
     return _scalar(node)
 
 
-def _mapping(node: yaml.MappingNode, loc: tuple, doc: Document, errors: list[str], above: frozenset) -> dict:
-    out: dict = {}
+def _mapping(
+    node: yaml.MappingNode, loc: Loc, doc: Document, errors: list[str], above: frozenset[int]
+) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         line = key_node.start_mark.line + 1
         if key_node.tag == "tag:yaml.org,2002:merge":
@@ -121,7 +127,7 @@ def _scalar(node: yaml.Node) -> Any:
     return yaml.safe_dump(_LOADER.construct_object(node, deep=True)).strip()
 
 
-def _dotted(loc: tuple) -> str:
+def _dotted(loc: Loc) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
@@ -145,7 +151,7 @@ def format_errors(
     return out
 
 
-def _fields_at(model: Any, loc: tuple) -> list[str]:
+def _fields_at(model: Any, loc: Loc) -> list[str]:
     """The keys allowed by the model that pydantic's `loc` leads to from `model` ([] if none)."""
     for part in loc:
         model = _follow(model, part)
@@ -182,14 +188,14 @@ def _unwrap(tp: Any) -> Any:
         return tp
 
 
-def _members(tp: Any) -> tuple:
+def _members(tp: Any) -> tuple[Any, ...]:
     """The members of a union type (also inside Annotated); () for other types."""
     if typing.get_origin(tp) is typing.Annotated:
         tp = typing.get_args(tp)[0]
     return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
 
 
-def _tags(member: Any) -> set:
+def _tags(member: Any) -> set[object]:
     """The names pydantic may put in a location for a union member (its Tag, its class name)."""
     tags = {getattr(m, "tag", None) for m in getattr(member, "__metadata__", ())}
     return tags | {getattr(_unwrap(member), "__name__", None)}
@@ -206,7 +212,7 @@ _KINDS = {
 }
 
 
-def sentence(err: dict) -> str:
+def sentence(err: ErrorDetails) -> str:
     """A pydantic error as a sentence that says what to write instead."""
     kind, ctx, given = err["type"], err.get("ctx", {}), err.get("input")
     base = kind.removesuffix("_type").removesuffix("_parsing")
@@ -223,10 +229,10 @@ def sentence(err: dict) -> str:
     return err["msg"].removeprefix("Value error, ")
 
 
-def _written(loc: tuple, doc: Document, keep_last: bool) -> tuple:
+def _written(loc: Loc, doc: Document, keep_last: bool) -> Loc:
     """`loc` without the parts pydantic adds (union tags): only what the file spells, plus
     the last part when it names a key that is missing or unknown."""
-    kept: tuple = ()
+    kept: Loc = ()
     for i, part in enumerate(loc):
         if kept + (part,) in doc.lines or (keep_last and i == len(loc) - 1):
             kept += (part,)
