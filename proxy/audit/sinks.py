@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from io import BufferedRandom
 from pathlib import Path
 
 import redis.asyncio
@@ -41,7 +42,7 @@ class FileSink:
     def __init__(self, path: Path, rotate_bytes: int, rotate_seconds: float | None, fsync: bool) -> None:
         self.path = path
         self.rotate_bytes, self.rotate_seconds, self.fsync = rotate_bytes, rotate_seconds, fsync
-        self._file = None
+        self._file: BufferedRandom | None = None
         self._opened = 0.0
         self.last_seq = 0
 
@@ -110,6 +111,7 @@ class FileSink:
 
     def _abandon(self) -> None:
         """Drop a handle that failed; the next write reopens (and ends any half-written line)."""
+        assert self._file is not None
         try:
             self._file.close()
         except OSError:
@@ -152,5 +154,5 @@ class RedisSink:
 
     async def close(self) -> None:
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.aclose()  # type: ignore[attr-defined, unused-ignore]  # stale types-redis 4.6 stubs, when installed, lack redis 5+'s aclose
             self.client = None

@@ -337,8 +337,8 @@ class Router:
             return None
         shown = _single_show(sql)
         if shown is not None and shown == self.tenant_setting:
-            value = "NULL" if tenant is None else "'" + tenant.replace("'", "''") + "'"
-            return Forward(f'SELECT CAST({value} AS text) AS "{shown}"')
+            literal = "NULL" if tenant is None else "'" + tenant.replace("'", "''") + "'"
+            return Forward(f'SELECT CAST({literal} AS text) AS "{shown}"')
         stmt = _single_variable_set(sql)
         if stmt is None:
             return None
@@ -413,7 +413,9 @@ def _shape(sql: str) -> tuple[str, int, list[str]] | None:
         return None
     params = [int(sql[t.start + 1 : t.end + 1]) for t in tokens if t.name == "PARAM"]
     base = max(params + [1000]) + 1
-    out, literals, last = [], [], 0
+    out: list[str] = []
+    literals: list[str] = []
+    last = 0
     for t in tokens:
         if t.name in _LITERALS and (t.name != "SCONST" or sql[t.start] == "'"):
             out += (sql[last : t.start], f"${base + len(literals)}")
@@ -431,7 +433,8 @@ def _restore(text: str, base: int, literals: list[str]) -> str | None:
         tokens = pgparser.scan(text)
     except Exception:
         return None
-    out, last = [], 0
+    out: list[str] = []
+    last = 0
     for t in tokens:
         if t.name == "PARAM" and (n := int(text[t.start + 1 : t.end + 1])) >= base:
             if n - base >= len(literals):

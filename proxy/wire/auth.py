@@ -152,7 +152,7 @@ class ClientAuth:
             return self._md5(body)
         if self._scram is None:
             return self._sasl_initial(body)
-        return self._sasl_response(body)
+        return self._sasl_response(self._scram, body)
 
     # md5
 
@@ -204,9 +204,8 @@ class ClientAuth:
         self._scram = server
         return auth_request(11, server_first.encode())
 
-    def _sasl_response(self, body: bytes) -> bytes:
+    def _sasl_response(self, server: ScramServer, body: bytes) -> bytes:
         """SASLResponse: client-final-message with the proof; answer SASLFinal and AuthenticationOk."""
-        server = self._scram
         try:
             server.set_client_final(body.decode("utf-8"))
             server_final = server.get_server_final()
