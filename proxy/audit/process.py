@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 
 import orjson
 
@@ -327,7 +328,7 @@ async def _child(config: AuditConfig, strict: bool) -> int:
     return 0
 
 
-async def _tick(status, stdin: asyncio.StreamReader, parent: int) -> None:
+async def _tick(status: Callable[[], None], stdin: asyncio.StreamReader, parent: int) -> None:
     while True:
         await asyncio.sleep(STATUS_EVERY)
         status()

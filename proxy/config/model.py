@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -352,10 +352,13 @@ def _paths(value: Any, loc: tuple = ()) -> dict[tuple, int]:
     return out
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
 def _resolve_paths(config: Config, base: Path) -> Config:
     """Every path-valued key made absolute against the config file's folder."""
 
-    def absolute(model, key: str):
+    def absolute(model: _Model, key: str) -> _Model:
         value = getattr(model, key)
         if value is None or value.is_absolute():
             return model

@@ -3,6 +3,9 @@ functions, casts with functions, default operator classes, user-typed columns an
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 from rewriter.catalog import FIRST_USER_OID, CastFacts, CatalogFacts, Routine, TypeFacts
 
 U = FIRST_USER_OID
@@ -89,7 +92,11 @@ where p.oid >= {U}
 _BUILTIN_TYPES = f"select typname from pg_type where typnamespace = 'pg_catalog'::regnamespace and oid < {U}"
 
 
-async def read_catalog(conn, timeout: float) -> CatalogFacts:
+Row = Sequence[Any]
+"""One row of the queries above: an asyncpg Record, or a plain tuple in tests."""
+
+
+async def read_catalog(conn: Any, timeout: float) -> CatalogFacts:
     """The facts of one database (an asyncpg connection to it)."""
     types = await conn.fetch(_TYPES, timeout=timeout)
     routines = await conn.fetch(_TYPE_ROUTINES, timeout=timeout)
@@ -100,7 +107,14 @@ async def read_catalog(conn, timeout: float) -> CatalogFacts:
     return catalog_facts(types, routines, casts, columns, signatures, [r[0] for r in builtin])
 
 
-def catalog_facts(types, routines, casts, columns, signatures, builtin_types) -> CatalogFacts:
+def catalog_facts(
+    types: Iterable[Row],
+    routines: Iterable[Row],
+    casts: Iterable[Row],
+    columns: Iterable[Row],
+    signatures: Iterable[Row],
+    builtin_types: Iterable[str],
+) -> CatalogFacts:
     """CatalogFacts from the rows of the queries above (plain tuples work too).
 
     >>> f = catalog_facts([(20000, "public", "tref", 0, False, [])], [(20000, "tref", "input function", 20001, "public",
@@ -111,7 +125,7 @@ def catalog_facts(types, routines, casts, columns, signatures, builtin_types) ->
     (['public.tin'], 'text btree', {'public.t': (('r', 20000),)})
     """
     own: dict[int, list[Routine]] = {}
-    builtin_opclasses = []
+    builtin_opclasses: list[tuple[str, Routine]] = []
     for typ, type_name, role, oid, nsp, name in routines:
         if typ >= FIRST_USER_OID:
             own.setdefault(typ, []).append(Routine(oid, nsp, name, role))

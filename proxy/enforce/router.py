@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from policies import evaluate
+from policies.load import Policy
 from proxy.enforce.decisions import (  # noqa: F401 (re-exported: the session and guard import them from here)
     ORIGINAL,
     Decision,
@@ -25,7 +26,7 @@ from rewriter import pgparser
 from rewriter.catalog import ImplicitRisks
 from rewriter.context import Column, Context, MaskSpec, TableRule, UserRoutines
 from rewriter.pgparser import PARSER_MAJOR
-from rewriter.result import Allow, Deny, Rewrite
+from rewriter.result import Allow, Deny, Result, Rewrite
 from rewriter.risks import implicit_risks
 from rewriter.server_grammar import SUPPORTED_SERVERS, unsupported
 
@@ -73,7 +74,7 @@ class Router:
 
     def __init__(
         self,
-        policy,
+        policy: Policy,
         source: Path,
         schemas: dict[str, dict[str, tuple[Column, ...]]],
         search_paths: dict[str, tuple[str, ...]] | None = None,
@@ -270,7 +271,7 @@ class Router:
             log.info("rewrite took %.1f ms: %s", elapsed * 1000, sql[:200])
         return decision
 
-    def _from_result(self, result) -> Decision:
+    def _from_result(self, result: Result) -> Decision:
         if isinstance(result, Allow):
             return ORIGINAL
         if isinstance(result, Rewrite):
@@ -486,7 +487,7 @@ def _single_variable_set(sql: str) -> tuple[str, str | None, bool, bool] | None:
     return node.get("name", "").lower(), value, bool(node.get("is_local")), reset
 
 
-def _tenant_settings(policy) -> tuple[str | None, str | None, str | None]:
+def _tenant_settings(policy: Policy) -> tuple[str | None, str | None, str | None]:
     setting = signed = key = None
     for source in evaluate.tenant_sources(policy):
         if source.get("setting"):
@@ -498,7 +499,7 @@ def _tenant_settings(policy) -> tuple[str | None, str | None, str | None]:
     return setting, signed, key
 
 
-def _trusted_users(policy) -> frozenset[str]:
+def _trusted_users(policy: Policy) -> frozenset[str]:
     users: set[str] = set()
     for source in evaluate.tenant_sources(policy):
         if source.get("setting"):
@@ -506,7 +507,7 @@ def _trusted_users(policy) -> frozenset[str]:
     return frozenset(users)
 
 
-def _table_rules(policy, user: str) -> dict[str, TableRule]:
+def _table_rules(policy: Policy, user: str) -> dict[str, TableRule]:
     rules = {}
     for name, tenant_column in evaluate.tables(policy).items():
         masks = {
@@ -517,7 +518,7 @@ def _table_rules(policy, user: str) -> dict[str, TableRule]:
     return rules
 
 
-def _mask_options(spec) -> dict[str, object]:
+def _mask_options(spec: evaluate.MaskRule) -> dict[str, object]:
     options = {k: v for k, v in spec.options.items() if v is not None}
     salt_env = options.pop("salt_env", None)
     if spec.kind == "hash":

@@ -3,9 +3,31 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
+from typing import Protocol
 
 BACKEND_MODES = ("disable", "prefer", "require", "verify-full")
 ALPN = ["postgresql"]  # the protocol name PostgreSQL 17 registered; older servers ignore it
+
+
+class ListenTLSSettings(Protocol):
+    """What `listen_tls` reads of the config's `listen.tls` (proxy.config.model.ListenTLS)."""
+
+    @property
+    def mode(self) -> str: ...
+    @property
+    def cert(self) -> Path | None: ...
+    @property
+    def key(self) -> Path | None: ...
+
+
+class BackendTLSSettings(Protocol):
+    """What `backend_tls` reads of the config's `primary.tls` (proxy.config.model.BackendTLS)."""
+
+    @property
+    def mode(self) -> str: ...
+    @property
+    def ca(self) -> Path | None: ...
 
 
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -45,11 +67,11 @@ def backend_context(mode: str, ca_file: str | None) -> ssl.SSLContext | None:
     return context
 
 
-def listen_tls(tls) -> ssl.SSLContext | None:
+def listen_tls(tls: ListenTLSSettings) -> ssl.SSLContext | None:
     """The listener's context for the config's `listen.tls` (None when TLS is off)."""
     return None if tls.mode == "disable" else server_context(str(tls.cert), str(tls.key))
 
 
-def backend_tls(tls) -> ssl.SSLContext | None:
+def backend_tls(tls: BackendTLSSettings) -> ssl.SSLContext | None:
     """The context for connections to backends, for the config's `primary.tls` (None when off)."""
     return None if tls.mode == "disable" else backend_context(tls.mode, str(tls.ca) if tls.ca else None)
