@@ -24,6 +24,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -39,7 +40,7 @@ RESTART_AFTER = 1.0  # seconds before a child that died is started again
 _STATS = ("queued", "written", "dropped", "failures", "failures_total", "last_error")
 
 
-def encode_batch(records: list[dict]) -> bytes:
+def encode_batch(records: list[dict[str, Any]]) -> bytes:
     """One line of JSON for the pipe; records orjson refuses (lone surrogates from a client's
     undecodable bytes, integers past 64 bits) go through the standard library, ASCII-escaped."""
     try:
@@ -48,9 +49,10 @@ def encode_batch(records: list[dict]) -> bytes:
         return json.dumps(records, default=str, separators=(",", ":")).encode() + b"\n"
 
 
-def decode_batch(line: bytes) -> list[dict]:
+def decode_batch(line: bytes) -> list[dict[str, Any]]:
     try:
-        return orjson.loads(line)
+        records: list[dict[str, Any]] = orjson.loads(line)
+        return records
     except orjson.JSONDecodeError:
         return json.loads(line)
 
@@ -60,15 +62,15 @@ class AuditProcess:
 
     def __init__(self, config: AuditConfig, log_format: str = "text", log_level: str = "info") -> None:
         self.config = config
-        self.queue: deque[dict] = deque()
+        self.queue: deque[dict[str, Any]] = deque()
         self.dropped = 0
         self.sent = 0
-        self._child: dict = {"received": 0, **dict.fromkeys(_STATS, 0), "last_error": "", "writable": False}
+        self._child: dict[str, Any] = {"received": 0, **dict.fromkeys(_STATS, 0), "last_error": "", "writable": False}
         self._before = {"written": 0, "dropped": 0, "failures_total": 0}  # counts of children gone
         self._argv = [sys.executable, "-m", "proxy.audit.process", config.model_dump_json(), log_format, log_level]
         self._proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task | None = None
-        self._sender: asyncio.Task | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._dead = ""  # why the child is not running ("" while it is)
@@ -76,7 +78,7 @@ class AuditProcess:
 
     # --- the hot path ---------------------------------------------------------------------------
 
-    def offer(self, record: dict, force: bool = False) -> bool:
+    def offer(self, record: dict[str, Any], force: bool = False) -> bool:
         """Queue a record without waiting; False (block) or dropped-and-counted (drop) when the
         trail is failing or holds queue_size records. `force`: the statement ran (or was
         refused) already, so its record is kept whatever the state; the queue may then hold
@@ -130,7 +132,7 @@ class AuditProcess:
             )
 
     @property
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         child = self._child
         in_pipe = max(0, self.sent - child["received"])
         before = self._before

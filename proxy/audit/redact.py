@@ -24,7 +24,7 @@ _CONSERVATIVE = re.compile(
 )
 
 
-def _conservative(match: re.Match) -> str:
+def _conservative(match: re.Match[str]) -> str:
     return match["param"] or (" " if match["comment"] else "?")
 
 
@@ -47,7 +47,7 @@ class _NotPlain(Exception):
     pass
 
 
-def _plain(match: re.Match) -> str:
+def _plain(match: re.Match[str]) -> str:
     if match["keep"]:
         return match["keep"]
     if match["odd"]:

@@ -20,7 +20,7 @@ REFUSALS = ("refused", "monitor-would-refuse")  # monitor mode: the statement ra
 WRITES = frozenset({"insert", "update", "delete", "merge", "copy", "truncate"})
 
 
-def load(paths: list[Path], start: datetime | None, end: datetime | None) -> list[dict]:
+def load(paths: list[Path], start: datetime | None, end: datetime | None) -> list[dict[str, Any]]:
     """Audit records from the files, within [start, end) when given."""
     out = []
     for path in paths:
@@ -37,7 +37,7 @@ def load(paths: list[Path], start: datetime | None, end: datetime | None) -> lis
     return out
 
 
-def _kind(record: dict) -> str:
+def _kind(record: dict[str, Any]) -> str:
     return record.get("kind") or statement_kind(record.get("sql") or "")
 
 
@@ -57,10 +57,12 @@ def _activity(times: list[datetime]) -> tuple[str, list[tuple[str, int]]]:
     ]
 
 
-def summarize(records: list[dict]) -> dict:
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Every section of the report, as plain data."""
     statements = [r for r in records if r.get("event") == "statement"]
-    access: dict[tuple, dict] = defaultdict(lambda: {"statements": 0, "tables": Counter(), "masked": Counter()})
+    access: dict[tuple[str, str, str | None], dict[str, Any]] = defaultdict(
+        lambda: {"statements": 0, "tables": Counter(), "masked": Counter()}
+    )
     for r in statements:
         if r.get("decision") == "refused":
             continue
@@ -117,7 +119,7 @@ def _bars(pairs: list[tuple[str, int]], title: str, width: int = 600) -> str:
     )
 
 
-def _rows(summary: dict) -> dict[str, tuple[list[str], list[list]]]:
+def _rows(summary: dict[str, Any]) -> dict[str, tuple[list[str], list[list[Any]]]]:
     return {
         "Access by role and tenant": (
             ["roles", "tenant", "user", "statements", "tables", "masked columns"],
@@ -163,7 +165,7 @@ def _columns(unit: str, points: list[tuple[str, int]], width: int = 640, height:
     )
 
 
-def render(summary: dict, fmt: str) -> str:
+def render(summary: dict[str, Any], fmt: str) -> str:
     """The report as html, md or csv."""
     sections = _rows(summary)
     start, end = summary["period"]
@@ -258,7 +260,7 @@ def cmd_audit_report(args: Any) -> int:
     return 0
 
 
-def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`pgwarden audit verify` and `pgwarden audit report`, for proxy/app/cli.py's main parser."""
     audit = subparsers.add_parser("audit", help="the audit trail").add_subparsers(dest="audit", required=True)
     verify = audit.add_parser("verify", help="check the audit files' hash chain (any order: sorted by seq)")

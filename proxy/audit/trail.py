@@ -35,7 +35,7 @@ class AuditUnavailable(Exception):
     """The trail cannot take a record and on_failure is block: the statement must not run."""
 
 
-def statement_record(*, log_parameters: bool = False, **fields: Any) -> dict:
+def statement_record(*, log_parameters: bool = False, **fields: Any) -> dict[str, Any]:
     """A statement record: `sql` redacted and `params` hidden unless log_parameters, `kind`
     filled from the text, `rewritten` replaced by its SHA-256.
 
@@ -50,7 +50,7 @@ def statement_record(*, log_parameters: bool = False, **fields: Any) -> dict:
     return _finish_fields(record, log_parameters)
 
 
-def _finish_fields(record: dict, log_parameters: bool) -> dict:
+def _finish_fields(record: dict[str, Any], log_parameters: bool) -> dict[str, Any]:
     """Apply redaction and hashing once (records built by `statement_record` are marked done)."""
     if record.pop("_finished", False):
         return record
@@ -69,7 +69,7 @@ def _finish_fields(record: dict, log_parameters: bool) -> dict:
 # --- the chain ----------------------------------------------------------------------------------
 
 
-def canonical(record: dict) -> str:
+def canonical(record: dict[str, Any]) -> str:
     """The one JSON text of a record that the chain covers (sorted keys, no spaces, UTF-8).
 
     orjson writes it; values orjson refuses (integers past 64 bits, lone surrogates) fall back to
@@ -81,7 +81,7 @@ def canonical(record: dict) -> str:
         return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def chain_value(prev: str, record: dict, key: bytes | None) -> str:
+def chain_value(prev: str, record: dict[str, Any], key: bytes | None) -> str:
     """HMAC-SHA256 (SHA-256 without key) of the previous chain value and the record without `chain`."""
     return _chain(prev, canonical(record), key)
 
@@ -117,7 +117,7 @@ class Audit:
     def __init__(self, config: AuditConfig, base_dir: Path | None = None) -> None:
         self.config = config
         self.path = config.path if base_dir is None or config.path.is_absolute() else base_dir / config.path
-        self.queue: deque[dict] = deque()
+        self.queue: deque[dict[str, Any]] = deque()
         self.written = self.dropped = self.failures = self.failures_total = 0
         self.last_error = ""
         self.key: bytes | None = None
@@ -129,13 +129,13 @@ class Audit:
         self._seq, self._prev, self._resumed = 0, GENESIS, False
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._dropped_logged = 0.0
 
     # --- the hot path ---------------------------------------------------------------------------
 
-    def offer(self, record: dict) -> bool:
+    def offer(self, record: dict[str, Any]) -> bool:
         """Queue a record without waiting. True: queued, or (on_failure drop) dropped and counted.
         False: no room, or a sink is failing; the caller must `await put` or refuse."""
         if self.failures or len(self.queue) + len(self._formed) >= self.config.queue_size:
@@ -146,7 +146,7 @@ class Audit:
         self.accept(record)
         return True
 
-    def accept(self, record: dict) -> None:
+    def accept(self, record: dict[str, Any]) -> None:
         """Queue a record that was already accepted (by the proxy, for the writer process): never
         refused; the caller bounds what it hands over."""
         if "time" not in record:
@@ -155,7 +155,7 @@ class Audit:
         if not self._wake.is_set():
             self._wake.set()
 
-    async def put(self, record: dict) -> None:
+    async def put(self, record: dict[str, Any]) -> None:
         """Queue a record, waiting up to block_timeout for room; AuditUnavailable when there is none."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.block_timeout
@@ -189,7 +189,7 @@ class Audit:
         return self._task is not None and not self.failures and held < self.config.queue_size
 
     @property
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         return {
             "queued": len(self.queue) + len(self._formed),
             "written": self.written,
@@ -310,7 +310,7 @@ class Audit:
         if self.failures and not self._formed and not self.queue:
             self._recovered()  # a probe while nothing waits: the sinks are back
 
-    def _form(self, batch: list[dict]) -> list[tuple[int, str]]:
+    def _form(self, batch: list[dict[str, Any]]) -> list[tuple[int, str]]:
         """Redact, number, time-stamp and chain a batch."""
         out = []
         seq, prev = self._seq, self._prev

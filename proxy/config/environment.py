@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from policies.source import Document
+from policies.source import Document, Loc
 
 PREFIX = "PGWARDEN__"
 
@@ -26,9 +26,9 @@ class Override(NamedTuple):
 class EnvDocument(Document):
     """A config file's Document with environment overrides applied; errors in them name the variable."""
 
-    variables: dict[tuple, str] = field(default_factory=dict)
+    variables: dict[Loc, str] = field(default_factory=dict)
 
-    def where(self, loc: tuple) -> str:
+    def where(self, loc: Loc) -> str:
         for end in range(len(loc), 0, -1):
             if tuple(loc[:end]) in self.variables:
                 return f"environment variable {self.variables[tuple(loc[:end])]}"
@@ -80,7 +80,7 @@ def apply(doc: Document, environ: Mapping[str, str]) -> tuple[EnvDocument, list[
     return out, errors
 
 
-def _set(data: dict, path: tuple[str, ...], new: Any) -> str | None:
+def _set(data: dict[str, Any], path: tuple[str, ...], new: Any) -> str | None:
     """Set `path` in `data` (creating sections); a sentence when a value stands where a section must."""
     node = data
     for i, part in enumerate(path[:-1]):

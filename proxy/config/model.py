@@ -8,7 +8,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from policies.source import Document, SourceError, format_errors, load_yaml
+from policies.source import Document, Loc, SourceError, format_errors, load_yaml
 from proxy.config.environment import apply as apply_environment
 from proxy.config.sections import AuditConfig, MetricsConfig, SlowQueryConfig
 
@@ -276,7 +276,7 @@ class Config(_Strict):
     source: Path | None = Field(None, exclude=True)
 
 
-def _not_yet(data: dict, doc: Document) -> list[str]:
+def _not_yet(data: dict[str, Any], doc: Document) -> list[str]:
     """Errors for contract keys whose features this version lacks (checked even when others fail)."""
     errors = []
     for key, feature in NOT_YET.items():
@@ -293,7 +293,7 @@ def _not_yet(data: dict, doc: Document) -> list[str]:
     return errors
 
 
-def _no_primary(data: dict, doc: Document) -> list[str]:
+def _no_primary(data: dict[str, Any], doc: Document) -> list[str]:
     """The one error of a config that does not say where PostgreSQL is (file nor environment)."""
     primary = data.get("primary")
     if primary is not None and not isinstance(primary, dict):
@@ -326,7 +326,7 @@ def load_config(path: str | Path) -> Config:
     return parse_config(doc.data, doc.path, doc)
 
 
-def parse_config(data: dict, path: Path, doc: Document | None = None) -> Config:
+def parse_config(data: dict[str, Any], path: Path, doc: Document | None = None) -> Config:
     """Validate already-parsed config data; relative paths are resolved against the file's folder."""
     doc = doc or Document(Path(path), "", data, _paths(data))
     missing = _no_primary(data, doc)
@@ -342,9 +342,9 @@ def parse_config(data: dict, path: Path, doc: Document | None = None) -> Config:
     return _resolve_paths(config, Path(path).parent.resolve()).model_copy(update={"source": Path(path)})
 
 
-def _paths(value: Any, loc: tuple = ()) -> dict[tuple, int]:
+def _paths(value: Any, loc: Loc = ()) -> dict[Loc, int]:
     """Every key path of in-memory config data (no file: line 1), so errors keep their path."""
-    out: dict[tuple, int] = {}
+    out: dict[Loc, int] = {}
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, sub in items:
         out[loc + (key,)] = 1

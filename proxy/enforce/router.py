@@ -44,12 +44,18 @@ class PolicyLoadError(Exception):
         self.errors = errors
 
 
+DecisionKey = tuple[str, str, str | None, str, tuple[str, ...] | None]
+"""What a cached decision depends on: statement text, user, tenant, database, search_path."""
+ContextKey = tuple[str, str | None, str, tuple[str, ...] | None]
+"""What a session's rewriter Context depends on: user, tenant, database, search_path."""
+
+
 def load_router(
     path: Path,
-    schemas: dict | None = None,
-    search_paths: dict | None = None,
-    routines: dict | None = None,
-    server_majors: dict | None = None,
+    schemas: dict[str, dict[str, tuple[Column, ...]]] | None = None,
+    search_paths: dict[str, tuple[str, ...]] | None = None,
+    routines: dict[str, UserRoutines] | None = None,
+    server_majors: dict[str, int] | None = None,
 ) -> Router:
     """Load the policy at `path` (a file or a folder) into a new Router; PolicyLoadError if it is bad."""
     from policies.load import load_policy
@@ -91,9 +97,9 @@ class Router:
         self.server_majors = server_majors or {}  # database -> its backend's PostgreSQL major
         self.monitor = policy.mode == "monitor"
         self.tenant_setting, self._signed, self._key = _tenant_settings(policy)
-        self._cache: dict[tuple, Decision] = {}
-        self._contexts: dict[tuple, Context] = {}
-        self._shapes: dict[tuple, Decision] = {}
+        self._cache: dict[DecisionKey, Decision] = {}
+        self._contexts: dict[ContextKey, Context] = {}
+        self._shapes: dict[DecisionKey, Decision] = {}
         self._risks: dict[str, ImplicitRisks] = {}
         self.hits = self.misses = 0
         self.observe = None  # called with the seconds each uncached decision took
@@ -467,7 +473,8 @@ def _single_show(sql: str) -> str | None:
         return None
     if len(stmts) != 1 or "VariableShowStmt" not in stmts[0]["stmt"]:
         return None
-    return stmts[0]["stmt"]["VariableShowStmt"]["name"].lower()
+    name: str = stmts[0]["stmt"]["VariableShowStmt"]["name"]
+    return name.lower()
 
 
 def _single_variable_set(sql: str) -> tuple[str, str | None, bool, bool] | None:

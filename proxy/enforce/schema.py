@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import asyncpg
 
-from proxy.enforce.catalog_read import read_catalog
+from proxy.enforce.catalog_read import Row, read_catalog
 from rewriter.context import Column, UserRoutines
 
 log = logging.getLogger("pgwarden.schema")
@@ -103,7 +103,7 @@ async def load_schema(
     )
 
 
-def routines(functions: list, operators: list) -> UserRoutines:
+def routines(functions: list[Row], operators: list[Row]) -> UserRoutines:
     """UserRoutines from rows (schema, name) and (schema, symbol, function schema, function name).
 
     >>> r = routines([("public", "upper")], [("public", "===", "public", "leak_op"), ("s", "@@", None, None)])

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from proxy.config import model as cfg
 from proxy.pooling.backend import Backend, BackendError, Target, connect
@@ -38,7 +39,7 @@ class Pool:
         self.idle: deque[Backend] = deque()
         self.active: set[Backend] = set()
         self.connecting = 0
-        self.waiters: deque[asyncio.Future] = deque()
+        self.waiters: deque[asyncio.Future[Backend]] = deque()
         self.server_params: dict[str, str] | None = None
         self.wait_count = 0
         self.wait_time = 0.0
@@ -178,7 +179,7 @@ class Pool:
         assert self.server_params is not None
         return self.server_params
 
-    def maintain(self, now: float, spawn: Callable) -> None:
+    def maintain(self, now: float, spawn: Callable[[Coroutine[Any, Any, None]], object]) -> None:
         """Close idle backends past idle_timeout or max_lifetime; open new ones up to min_idle."""
         self.now = now
         keep: deque[Backend] = deque()
