@@ -52,9 +52,9 @@ def encode_batch(records: list[dict[str, Any]]) -> bytes:
 def decode_batch(line: bytes) -> list[dict[str, Any]]:
     try:
         records: list[dict[str, Any]] = orjson.loads(line)
-        return records
     except orjson.JSONDecodeError:
-        return json.loads(line)
+        records = json.loads(line)
+    return records
 
 
 class AuditProcess:
