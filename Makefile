@@ -43,6 +43,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check -q $(LINTED)
 	$(VENV)/bin/ruff format --check -q $(LINTED)
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # The machine's PostgreSQL and Redis when they answer (trust auth for postgres), else throwaway ones.
 test: install-dev node-deps lint

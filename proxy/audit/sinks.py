@@ -154,5 +154,5 @@ class RedisSink:
 
     async def close(self) -> None:
         if self.client is not None:
-            await self.client.aclose()  # type: ignore[attr-defined, unused-ignore]  # stale types-redis 4.6 stubs, when installed, lack redis 5+'s aclose
+            await self.client.aclose()
             self.client = None

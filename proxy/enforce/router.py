@@ -12,6 +12,7 @@ from pathlib import Path
 
 from policies import evaluate
 from policies.load import Policy
+from proxy.enforce import shapes
 from proxy.enforce.decisions import (  # noqa: F401 (re-exported: the session and guard import them from here)
     ORIGINAL,
     Decision,
@@ -229,7 +230,7 @@ class Router:
         """
         if "pgwarden." in sql:
             return None
-        shape = _shape(sql)
+        shape = shapes.shape(sql)
         if shape is None:
             return None
         text, base, literals = shape
@@ -248,9 +249,9 @@ class Router:
         for number, expected in decision.param_checks:
             if number < base:
                 checks.append((number, expected))
-            elif _string_value(literals[number - base]) != expected:
+            elif shapes.string_value(literals[number - base]) != expected:
                 return None  # a literal names the tenant column: the text itself decides
-        restored = _restore(decision.sql, base, literals)
+        restored = shapes.restore(decision.sql, base, literals)
         if restored is None:
             return None
         return Forward(restored, tuple(checks), decision.tables, decision.masked)
@@ -401,60 +402,6 @@ class Router:
         name = self.tenant_setting or "pgwarden.tenant"
         quoted = tenant.replace("'", "''")
         return SetTenant(tenant, local, f"SET {'LOCAL ' if local else ''}{name} TO '{quoted}'")
-
-
-# Declared types whose input function reads the tenant value exactly as sent (unspecified,
-# text, varchar, the integers): "char" would keep its first byte, name its first 63.
-_LITERALS = frozenset({"SCONST", "ICONST", "FCONST"})
-
-
-def _shape(sql: str) -> tuple[str, int, list[str]] | None:
-    """`sql` with its plain literals replaced by parameters numbered from `base`, and the literals.
-
-    >>> _shape("select * from t where a = 'x' and b > 2")
-    ('select * from t where a = $1001 and b > $1002', 1001, ["'x'", '2'])
-    """
-    try:
-        tokens = pgparser.scan(sql)
-    except Exception:
-        return None
-    params = [int(sql[t.start + 1 : t.end + 1]) for t in tokens if t.name == "PARAM"]
-    base = max(params + [1000]) + 1
-    out: list[str] = []
-    literals: list[str] = []
-    last = 0
-    for t in tokens:
-        if t.name in _LITERALS and (t.name != "SCONST" or sql[t.start] == "'"):
-            out += (sql[last : t.start], f"${base + len(literals)}")
-            literals.append(sql[t.start : t.end + 1])
-            last = t.end + 1
-    if not literals:
-        return None
-    out.append(sql[last:])
-    return "".join(out), base, literals
-
-
-def _restore(text: str, base: int, literals: list[str]) -> str | None:
-    """Put the literals back where the parameters from `base` stand (None if one is unknown)."""
-    try:
-        tokens = pgparser.scan(text)
-    except Exception:
-        return None
-    out: list[str] = []
-    last = 0
-    for t in tokens:
-        if t.name == "PARAM" and (n := int(text[t.start + 1 : t.end + 1])) >= base:
-            if n - base >= len(literals):
-                return None
-            out += (text[last : t.start], literals[n - base])
-            last = t.end + 1
-    out.append(text[last:])
-    return "".join(out)
-
-
-def _string_value(literal: str) -> str | None:
-    """The value of a plain '...' literal (None for numbers)."""
-    return literal[1:-1].replace("''", "'") if literal.startswith("'") else None
 
 
 def _describe(decision: Decision) -> str:

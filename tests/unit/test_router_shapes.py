@@ -5,24 +5,24 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.enforce.router import _restore, _shape
+from proxy.enforce.shapes import restore, shape
 
 
 def test_shape_and_restore_round_trip():
     sql = "select * from t where a = 'it''s' and b > 2.5 and c = $1 limit 10"
-    text, base, literals = _shape(sql)
+    text, base, literals = shape(sql)
     assert base == 1001 and literals == ["'it''s'", "2.5", "10"]
     assert "'" not in text and "$1 " in text
-    assert _restore(text, base, literals) == sql
+    assert restore(text, base, literals) == sql
 
 
 def test_typed_and_escaped_literals_stay_in_the_text():
-    text, _, literals = _shape("select E'a\\nb', interval '1 day', 3")
+    text, _, literals = shape("select E'a\\nb', interval '1 day', 3")
     assert "E'a\\nb'" in text and literals == ["'1 day'", "3"]
 
 
 def test_restore_refuses_an_unknown_placeholder():
-    assert _restore("select $1005", 1001, ["1"]) is None
+    assert restore("select $1005", 1001, ["1"]) is None
 
 
 @given(
@@ -37,5 +37,5 @@ def test_restore_refuses_an_unknown_placeholder():
 )
 def test_any_literals_come_back_exactly(values):
     sql = "select " + ", ".join(values) + " from t"
-    text, base, literals = _shape(sql)
-    assert _restore(text, base, literals) == sql
+    text, base, literals = shape(sql)
+    assert restore(text, base, literals) == sql
