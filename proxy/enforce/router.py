@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from policies import evaluate
@@ -103,7 +104,7 @@ class Router:
         self._shapes: dict[DecisionKey, Decision] = {}
         self._risks: dict[str, ImplicitRisks] = {}
         self.hits = self.misses = 0
-        self.observe = None  # called with the seconds each uncached decision took
+        self.observe: Callable[[float], object] | None = None  # called with the seconds each uncached decision took
 
     def add_schema(
         self,
