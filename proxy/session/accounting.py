@@ -20,6 +20,7 @@ AUDIT_FULL = Refusal(
     "check the audit file's disk and permissions (audit.path), or set audit.on_failure: drop",
 )
 _NAMED_PARSES_CAP = 10_000
+_record = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (once per Query or Sync)
 
 
 class Timing(NamedTuple):
@@ -58,6 +59,11 @@ class Accounting:
         self.pending: list[dict] = []  # records of Binds whose Sync has not been sent yet
         self.statements: dict[bytes, AuditedStatement] = {}  # statement name -> what a Bind of it records
 
+    @property
+    def auditing(self) -> bool:
+        """Is there an audit trail to record statements in?"""
+        return self.audit is not None
+
     def note_statement(self, kind: int, msg: bytes) -> None:
         """Which Parse the next Sync is timed under: the last one, or the one of the statement
         a Bind names (a client's statement names are few; Close leaves a stale entry at most)."""
@@ -76,11 +82,11 @@ class Accounting:
     def started(self, msg: bytes, ends_executions: bool = True) -> None:
         """A Query or Sync (named by `msg`: its Query or Parse, b"" for none) was sent."""
         records = self._take_pending() if ends_executions else None
-        self.timings.append(Timing(time.perf_counter(), msg, records))
+        self.timings.append(_record(Timing, (time.perf_counter(), msg, records)))
 
     def started_sync(self) -> None:
         """A Sync or FunctionCall was sent: timed under the last Parse (or the one a Bind named)."""
-        self.started(self.last_parse)
+        self.timings.append(_record(Timing, (time.perf_counter(), self.last_parse, self._take_pending())))
 
     def _take_pending(self) -> list[dict] | None:
         """The records of the executions a Sync ends (None: none)."""

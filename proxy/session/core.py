@@ -56,11 +56,8 @@ class SessionCore:
         self.accounting = Accounting(state, ctx.stats, ctx.slowlog, ctx.audit)
         self.tx = Transaction(state)
         self.names = Statements(ctx.statements)
-        self.guard = (
-            Guard(state, ctx.router, ctx.metrics, ctx.stats, self.tx, self.accounting, ctx.audit is None)
-            if state.ident is not None
-            else None
-        )
+        policed = state.ident is not None
+        self.guard = Guard(state, ctx.router, ctx.metrics, ctx.stats, self.tx, self.accounting) if policed else None
         self._out: list[bytes] | None = None  # the batch `forward` is building for the backend
 
     def scope(self) -> str:
@@ -122,7 +119,7 @@ class SessionCore:
                     out.append(msg)
                 continue
             if kind == MSG_QUERY:
-                self._query(msg, out)
+                self._query(msg, backend, out)
             elif kind in _REQUESTS:
                 self._request(kind, msg, backend, out)
             elif kind in _PASSED:
@@ -152,7 +149,7 @@ class SessionCore:
         if kind in (MSG_PARSE, MSG_BIND):
             self.accounting.note_statement(kind, msg)
         if guard is not None and kind in _NAMED:
-            checked = self._guard_extended(guard, kind, msg, out)
+            checked = self._guard_extended(guard, kind, msg, backend, out)
             if checked is None:
                 return
             msg = checked
@@ -167,16 +164,14 @@ class SessionCore:
         if (
             tx_mode
             and (kind == MSG_BIND or (kind == MSG_DESCRIBE and msg[5] == TARGET_STATEMENT))
-            and not self.names.unnamed_here
-        ):  # the unnamed statement, not a portal
-            if self.names.unnamed is None:  # the backend's unnamed statement is not this client's
-                self.refuse(session_sql.UNNAMED_MISSING, simple=False)
-                return
-            self.names.restore_unnamed(backend, out)
+            and not self.names.ensure_unnamed(backend, out)
+        ):  # the unnamed statement, not a portal; the backend's unnamed statement is not this client's
+            self.refuse(session_sql.UNNAMED_MISSING, simple=False)
+            return
         if kind == MSG_PARSE:
             state.ran_statements = True
             if (tx_mode or guard is not None) and session_sql.stateful_text(msg, 6, msg.find(b"\x00", 6)):
-                stateful = self._stateful_parse(msg, out)
+                stateful = self._stateful_parse(msg, backend, out)
                 if stateful is None:
                     return
                 msg = stateful
@@ -202,7 +197,7 @@ class SessionCore:
         self.refuse(AUDIT_FULL, simple=False)
         return False
 
-    def _query(self, msg: bytes, out: list[bytes]) -> None:
+    def _query(self, msg: bytes, backend: Backend, out: list[bytes]) -> None:
         """A simple Query: policed, tracked, then sent."""
         self.accounting.started(msg)  # Binds before it too
         state, guard = self.state, self.guard
@@ -225,11 +220,9 @@ class SessionCore:
         if (
             (state.tx_mode or guard is not None)
             and session_sql.stateful_text(msg, 5, len(msg) - 1)
-            and not self.session_statement(protocol.decode_query(msg), True)
+            and not self.session_statement(protocol.decode_query(msg), True, backend)
         ):
             return
-        backend = self.backend
-        assert backend is not None
         backend.tracker.request(MSG_QUERY, tag=self.tx.watch())
         out.append(msg)
 
@@ -271,13 +264,6 @@ class SessionCore:
         else:
             backend.write(msg)
 
-    def _no_such_statement(self, name: str) -> None:
-        """A statement name this client never prepared: PostgreSQL's own error, and the name
-        never reaches the backend (where it could be another client's statement)."""
-        self.refuse(
-            Refusal("26000", f'prepared statement "{name}" does not exist', session_sql.PREPARE_FIRST), simple=False
-        )
-
     def _ensure_prepared(self, stmt: Statement, backend: Backend, out: list[bytes]) -> bool:
         """The statement made to exist on the backend; False (PostgreSQL's own error sent, so the
         client prepares it again, as drivers do) when it went stale."""
@@ -289,7 +275,7 @@ class SessionCore:
 
     # --- statement names and session state ------------------------------------------------------
 
-    def _guard_extended(self, guard: Guard, kind: int, msg: bytes, out: list[bytes]) -> bytes | None:
+    def _guard_extended(self, guard: Guard, kind: int, msg: bytes, backend: Backend, out: list[bytes]) -> bytes | None:
         """Parse rewritten under the policy; a stale named statement prepared again; Bind checked.
         None when refused (answered)."""
         if kind == MSG_PARSE:
@@ -313,10 +299,9 @@ class SessionCore:
             return None
         if fresh and self.state.tx_mode and name:
             parsed = protocol.decode_parse(fresh)
-            self.names.names[name] = self.names.get(parsed.query, parsed.param_types, guard.statement_scope())
+            self.names.remember(name, parsed.query, parsed.param_types, guard.statement_scope())
         elif fresh:
-            tracker = self.backend.tracker if self.backend is not None else None
-            assert tracker is not None
+            tracker = backend.tracker
             out += (protocol.target(b"C", "S", name), fresh)
             tracker.request(MSG_CLOSE, SWALLOW)
             tracker.request(MSG_PARSE, SWALLOW)
@@ -334,7 +319,7 @@ class SessionCore:
         names = self.names
         if kind == MSG_PARSE:
             if params.maybe_stateful(protocol.decode_parse(msg).query):
-                stateful = self._stateful_parse(msg, out)
+                stateful = self._stateful_parse(msg, backend, out)
                 if stateful is None:
                     return
                 msg = stateful
@@ -342,25 +327,25 @@ class SessionCore:
             return
         if kind == MSG_BIND:
             _, name, _ = protocol.decode_bind_names(msg)
-            stmt = names.names.get(name) if name else None
+            stmt = names.lookup(name) if name else None
             if name and stmt is None:
-                self._no_such_statement(name)
+                self.refuse(session_sql.no_such_statement(name), simple=False)
                 return
             if stmt is not None:
                 if not self._ensure_prepared(stmt, backend, out):
                     return
-                names.last_bound = stmt
+                names.bound(stmt)
                 msg = protocol.rename_bind(msg, stmt.name)
         else:
             which, name = protocol.decode_target(msg)
             if which == "S" and name:
                 if kind == MSG_CLOSE:
-                    names.names.pop(name, None)
+                    names.forget(name)
                     self.reply(protocol.CLOSE_COMPLETE)
                     return
-                stmt = names.names.get(name)
+                stmt = names.lookup(name)
                 if stmt is None:
-                    self._no_such_statement(name)
+                    self.refuse(session_sql.no_such_statement(name), simple=False)
                     return
                 if not self._ensure_prepared(stmt, backend, out):
                     return
@@ -368,7 +353,7 @@ class SessionCore:
         backend.tracker.request(kind)
         out.append(msg)
 
-    def session_statement(self, sql: str, simple: bool) -> bool:
+    def session_statement(self, sql: str, simple: bool, backend: Backend) -> bool:
         """Track or refuse what a statement does to session state; False if it was refused/answered."""
         state, guard = self.state, self.guard
         if state.tx_mode and simple and (match := session_sql.DEALLOCATE.match(sql)):
@@ -379,8 +364,6 @@ class SessionCore:
         if refused is not None:
             self.refuse(refused, simple=simple)
             return False
-        backend = self.backend
-        assert backend is not None
         if guard is not None and not state.tx_mode:
             sure = simple and len(effects) == 1 and backend.tracker.idle and backend.tracker.status != TX_FAILED
             guard.sql_names_changed(effects, sure)  # (not sure in a failed transaction)
@@ -408,7 +391,7 @@ class SessionCore:
         params.apply(state.settings, effect)
         params.apply(backend.settings, effect)
         if effect.kind == "discard_all":
-            self.names.names.clear()
+            self.names.forget_all()
             backend.statements.clear()
         router = self.ctx.router() if self.guard is not None else None
         if router is not None and (effect.kind in ("reset_all", "discard_all") or effect.name == router.tenant_setting):
@@ -416,7 +399,7 @@ class SessionCore:
             if effect.kind != "local":
                 state.tenant_unknown = False
 
-    def _stateful_parse(self, msg: bytes, out: list[bytes]) -> bytes | None:
+    def _stateful_parse(self, msg: bytes, backend: Backend, out: list[bytes]) -> bytes | None:
         """A Parse that may change session state: tracked, refused (None) or renamed.
 
         DEALLOCATE under transaction pooling names the proxy-wide statement (prepared
@@ -425,34 +408,31 @@ class SessionCore:
         """
         parsed = protocol.decode_parse(msg)
         if self.state.tx_mode and (match := session_sql.DEALLOCATE.match(parsed.query)):
-            backend = self.backend
-            assert backend is not None
             target = match.group(1)
             if target.lower() == "all":
-                self.names.names.clear()
+                self.names.forget_all()
                 backend.statements.clear()
                 return msg
             name = session_sql.unquoted(target)
-            stmt = self.names.names.pop(name, None)
+            stmt = self.names.forget(name)
             if stmt is None:  # never to the backend, where the name may be another client's
-                self._no_such_statement(name)
+                self.refuse(session_sql.no_such_statement(name), simple=False)
                 return None
             if not self._ensure_prepared(stmt, backend, out):
                 return None
             backend.statements.discard(stmt.name)
             return protocol.parse(parsed.name, f'DEALLOCATE "{stmt.name}"', parsed.param_types)
-        return msg if self.session_statement(parsed.query, False) else None
+        return msg if self.session_statement(parsed.query, False, backend) else None
 
     def _deallocate(self, name: str) -> None:
         """A simple-query DEALLOCATE under transaction pooling, answered here."""
         if name.lower() == "all":
-            self.names.names.clear()
+            self.names.forget_all()
             tag = "DEALLOCATE ALL"
         else:
             name = session_sql.unquoted(name)
-            if self.names.names.pop(name, None) is None:
-                refusal = Refusal("26000", f'prepared statement "{name}" does not exist', session_sql.PREPARE_FIRST)
-                self.refuse(refusal, True)
+            if self.names.forget(name) is None:
+                self.refuse(session_sql.no_such_statement(name), simple=True)
                 return
             tag = "DEALLOCATE"
         status = self.backend.tracker.status if self.backend is not None else TX_IDLE
@@ -492,7 +472,7 @@ class SessionCore:
         self.accounting.answered(ready)
         tag, failed = ready.tag, ready.error is not None
         if isinstance(tag, Cycle) and tag.statements and not failed and self.guard is not None:
-            self.guard.versions.accepted(tag.statements)
+            self.guard.cycle_accepted(tag.statements)
         self.tx.ended(tag, failed, ready.status, backend.settings, not backend.tracker.queue)
 
     def _reported(self, msg: bytes, backend: Backend) -> None:
@@ -501,7 +481,8 @@ class SessionCore:
             name, pos = protocol.read_cstr(msg, 5)
             text = params.reported_setting(name, protocol.read_cstr(msg, pos)[0])
             if text is not None:
-                self.state.settings[name.lower()] = backend.settings[name.lower()] = text
+                name = name.lower()
+                self.state.settings[name] = backend.settings[name] = text
 
     def _backend_error(self, msg: bytes, backend: Backend) -> None:
         """Counted; after a table changed shape, the statements on this backend are stale: reset it."""
@@ -510,5 +491,4 @@ class SessionCore:
         self.ctx.metrics.backend_errors.labels(sqlstate).inc()
         if self.state.tx_mode and b"C0A000\x00" in msg and b"cached plan must not change" in msg:
             backend.needs_discard = True  # DISCARD ALL before the next client; prepared again then
-            if self.names.last_bound is not None:
-                self.names.last_bound.stale = True  # the next Parse of its text gets a new name
+            self.names.plan_changed()

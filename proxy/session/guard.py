@@ -104,9 +104,8 @@ class Guard:
         stats: QueryStats,
         transaction: Transaction,
         accounting: Accounting,
-        caching: bool,
     ) -> None:
-        self._caching = caching  # reuse policed Parses (not with an audit trail: each is recorded)
+        self._caching = not accounting.auditing  # reuse policed Parses (not with an audit trail: each is recorded)
         self._state, self._router, self._metrics, self._stats = state, router, metrics, stats
         self._tx, self._accounting = transaction, accounting
         self.versions: Versions[Prepared] = Versions()  # what each client statement name ("" = unnamed) may hold
@@ -223,6 +222,10 @@ class Guard:
         serial = self.versions.sent(name, prepared, sure)
         if not sure:
             self._tx.next_cycle().statements[name] = serial
+
+    def cycle_accepted(self, statements: dict[str, int]) -> None:
+        """A cycle ended without an error: each name holds what its last Parse in it sent."""
+        self.versions.accepted(statements)
 
     def _current(self, prepared: Prepared) -> bool:
         router = self.router

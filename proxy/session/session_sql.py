@@ -34,7 +34,7 @@ _STATEFUL_HEADS = frozenset(
 _DDL = re.compile(rb"(?i)\b(?:create|alter|drop|comment)\b")  # may change what the policy checks
 
 _SESSION_MODE = "use pool.mode: session for this application"
-PREPARE_FIRST = "prepare it on this connection first (a Parse message); names are per connection"
+_PREPARE_FIRST = "prepare it on this connection first (a Parse message); names are per connection"
 _TX_REFUSED = {  # statements whose effect transaction pooling cannot keep: (what, hint)
     "listen": ("LISTEN", f"{_SESSION_MODE}: notifications need a backend of their own"),
     "prepare": (
@@ -110,6 +110,12 @@ def stateful_text(msg: bytes, start: int, stop: int) -> bool:
     while j > i and msg[j] in b" \t\r\n;":
         j -= 1
     return msg.find(b";", i, j) >= 0
+
+
+def no_such_statement(name: str) -> Refusal:
+    """A statement name this client never prepared: PostgreSQL's own error (the name never
+    reaches the backend, where it could be another client's statement)."""
+    return Refusal("26000", f'prepared statement "{name}" does not exist', _PREPARE_FIRST)
 
 
 def unquoted(name: str) -> str:

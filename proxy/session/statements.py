@@ -46,8 +46,29 @@ class Statements:
         """The client's unnamed statement is (re)defined by `msg`, on the linked backend."""
         self.unnamed, self.unnamed_here = msg, True
 
-    def get(self, query: str, param_types: bytes, scope: str) -> Statement:
-        return self._registry.get(query, param_types, scope)
+    def lookup(self, name: str) -> Statement | None:
+        return self.names.get(name)
+
+    def remember(self, name: str, query: str, param_types: bytes, scope: str) -> None:
+        """The client's `name` now stands for this text (prepared lazily where it is used)."""
+        self.names[name] = self._registry.get(query, param_types, scope)
+
+    def forget(self, name: str) -> Statement | None:
+        """The client closed or deallocated `name`: what it stood for (None: nothing)."""
+        return self.names.pop(name, None)
+
+    def forget_all(self) -> None:
+        self.names.clear()
+
+    def bound(self, stmt: Statement) -> None:
+        """A Bind of `stmt` was sent: the statement a "cached plan must not change" error names."""
+        self.last_bound = stmt
+
+    def plan_changed(self) -> None:
+        """The last statement bound no longer matches its table: the next Parse of its text gets
+        a new name."""
+        if self.last_bound is not None:
+            self.last_bound.stale = True
 
     def answer_without_backend(self, msgs: list[tuple[int, bytes]]) -> bytes | None:
         """Parse (of statements a backend has already accepted), Close and Sync answered here;
@@ -134,17 +155,22 @@ class Statements:
             else:
                 backend.statements.doubt(tag.name)
 
-    def restore_unnamed(self, backend: Backend, out: list[bytes]) -> None:
-        """Prepare the client's unnamed statement again on a backend that never saw it.
+    def ensure_unnamed(self, backend: Backend, out: list[bytes]) -> bool:
+        """Prepare the client's unnamed statement again on a backend that never saw it (False:
+        the client has none).
 
         A client may Parse the unnamed statement in one Sync cycle and Bind it in the
         next; under transaction pooling that next cycle can land on another backend,
         whose unnamed statement is someone else's.
         """
-        assert self.unnamed is not None
+        if self.unnamed_here:
+            return True
+        if self.unnamed is None:
+            return False
         out.append(self.unnamed)
         backend.tracker.request(MSG_PARSE, SWALLOW)
         self.unnamed_here = True
+        return True
 
 
 def _close(name: str, backend: Backend, out: list[bytes]) -> None:

@@ -58,6 +58,7 @@ class ErrorSeen(NamedTuple):
 
 
 Event = Ready | Settled | ParameterChanged | ErrorSeen
+_record = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (once per ReadyForQuery)
 _DONE = {  # which backend message completes a request, by the request's type byte
     MSG_PARSE: frozenset(b"1"),  # ParseComplete
     MSG_BIND: frozenset(b"2"),  # BindComplete
@@ -186,15 +187,7 @@ class Tracker:
         n, pos, mark = len(data), 0, 0
         out: list[bytes] | None = None
         if self._skip:
-            pos = min(self._skip, n)
-            self._skip -= pos
-            if self._dropping:
-                out, mark = [], pos
-            if not self._skip and self.fixups and self.queue and self.queue[0][0] == SYNTH:
-                out = out if out is not None else []
-                out.append(data[mark:pos])
-                mark = pos
-                self._emit(out)
+            pos, mark, out = self._rest_of_message(data)
         while pos < n:
             kind = data[pos]
             if n - pos < 5 or (kind == MSG_READY_FOR_QUERY and n - pos < 6):
@@ -240,6 +233,22 @@ class Tracker:
         out.append(data[mark:n])
         return b"".join(out)
 
+    def _rest_of_message(self, data: bytes) -> tuple[int, int, list[bytes] | None]:
+        """The chunk opens with the rest of a message split across chunks: where the next one
+        starts, where the client's share resumes, and the pieces kept so far (None: all of it)."""
+        pos = min(self._skip, len(data))
+        self._skip -= pos
+        mark = 0
+        out: list[bytes] | None = None
+        if self._dropping:
+            out, mark = [], pos
+        if not self._skip and self.fixups and self.queue and self.queue[0][0] == SYNTH:
+            out = out if out is not None else []
+            out.append(data[mark:pos])
+            mark = pos
+            self._emit(out)
+        return pos, mark, out
+
     def _ready(self, status: int) -> bool:
         """ReadyForQuery: answers the oldest sync-like request; True if that one is hidden."""
         self.status = status
@@ -252,7 +261,7 @@ class Tracker:
             if code in _SYNC_LIKE:
                 hidden = action == SWALLOW
                 if not hidden:
-                    self._event(Ready(tag, self._rows, self._error, status))
+                    self._event(_record(Ready, (tag, self._rows, self._error, status)))
                 break
         self._rows, self._error = 0, None
         if not any(code not in _SYNC_LIKE and code != SYNTH for code, _, _ in queue):
