@@ -20,6 +20,7 @@ from proxy.wire.protocol import (
     MSG_BIND,
     MSG_CLOSE,
     MSG_DESCRIBE,
+    MSG_EXECUTE,
     MSG_FUNCTION_CALL,
     MSG_PARSE,
     MSG_QUERY,
@@ -37,6 +38,8 @@ _ABORT_SQL = "pgwarden refused the statement before this one"  # fails to parse,
 _REQUESTS = frozenset(b"PBDECSF")  # answered by the backend, tracked in order
 _PASSED = frozenset(b"dcfH")  # COPY data/done/fail and Flush: no answer of their own
 _NAMED = frozenset(b"PBDC")  # may name a prepared statement
+_NOTED = frozenset((MSG_PARSE, MSG_BIND))  # which Parse a Sync is timed under
+_SYNC_LIKE = frozenset((MSG_SYNC, MSG_FUNCTION_CALL))  # end a round trip
 
 
 class SessionCore:
@@ -120,6 +123,13 @@ class SessionCore:
                 continue
             if kind == MSG_QUERY:
                 self._query(msg, backend, out)
+            elif kind == MSG_EXECUTE:  # (the commonest: nothing to decide)
+                backend.tracker.request(kind)
+                out.append(msg)
+            elif kind == MSG_SYNC:
+                self.accounting.started_sync()
+                backend.tracker.request(kind, tag=self.tx.watch())
+                out.append(msg)
             elif kind in _REQUESTS:
                 self._request(kind, msg, backend, out)
             elif kind in _PASSED:
@@ -146,7 +156,7 @@ class SessionCore:
             self.accounting.started(b"", ends_executions=False)  # its ReadyForQuery
             self.refuse(session_sql.FUNCTION_CALL, simple=True)
             return
-        if kind in (MSG_PARSE, MSG_BIND):
+        if kind in _NOTED:
             self.accounting.note_statement(kind, msg)
         if guard is not None and kind in _NAMED:
             checked = self._guard_extended(guard, kind, msg, backend, out)
@@ -177,7 +187,7 @@ class SessionCore:
                 msg = stateful
             if tx_mode:
                 self.names.parsed_unnamed(msg)
-        if kind in (MSG_SYNC, MSG_FUNCTION_CALL):
+        if kind in _SYNC_LIKE:
             self.accounting.started_sync()
         backend.tracker.request(kind, tag=self.tx.watch() if kind == MSG_SYNC else None)
         out.append(msg)

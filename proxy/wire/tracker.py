@@ -174,14 +174,6 @@ class Tracker:
     def feed(self, data: bytes) -> tuple[bytes, list[Event] | tuple[()]]:
         """Take a chunk from the backend: what the client must receive, in order, and the events
         it brought (an empty tuple when none)."""
-        out = self._scan(data)
-        events = self._events
-        if events is None:
-            return out, ()
-        self._events = None
-        return out, events
-
-    def _scan(self, data: bytes) -> bytes:
         if self._head:
             data, self._head = self._head + data, b""
         n, pos, mark = len(data), 0, 0
@@ -229,9 +221,15 @@ class Tracker:
                 mark = pos
                 self._emit(out)
         if out is None:
-            return data if n == len(data) else data[:n]
-        out.append(data[mark:n])
-        return b"".join(out)
+            result = data if n == len(data) else data[:n]
+        else:
+            out.append(data[mark:n])
+            result = b"".join(out)
+        events = self._events
+        if events is None:
+            return result, ()
+        self._events = None
+        return result, events
 
     def _rest_of_message(self, data: bytes) -> tuple[int, int, list[bytes] | None]:
         """The chunk opens with the rest of a message split across chunks: where the next one
