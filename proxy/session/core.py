@@ -63,10 +63,6 @@ class SessionCore:
         self.guard = Guard(state, ctx.router, ctx.metrics, ctx.stats, self.tx, self.accounting) if policed else None
         self._out: list[bytes] | None = None  # the batch `forward` is building for the backend
 
-    def scope(self) -> str:
-        """Who a proxy-wide statement is prepared for ("" for bypass sessions: their text is their own)."""
-        return self.guard.statement_scope() if self.guard is not None else ""
-
     # --- a backend comes and goes -----------------------------------------------------------
 
     def link(self, backend: Backend) -> None:
@@ -96,13 +92,10 @@ class SessionCore:
 
     def answer_without_backend(self, msgs: list[tuple[int, bytes]]) -> bool:
         """Answer a batch that needs no backend (only Parses of known statements, Close, Sync)."""
-        if not self.state.tx_mode or self.guard is not None:
-            return False
-        answer = self.names.answer_without_backend(msgs)
-        if answer is None:
-            return False
-        self.shell.write(answer)
-        return True
+        answer = None if not self.state.tx_mode or self.guard else self.names.answer_without_backend(msgs)
+        if answer is not None:
+            self.shell.write(answer)
+        return answer is not None
 
     # --- the client's messages (the hot path) -----------------------------------------------
 
@@ -333,7 +326,8 @@ class SessionCore:
                 if stateful is None:
                     return
                 msg = stateful
-            names.parse(msg, self.scope(), backend, out)
+            scope = self.guard.statement_scope() if self.guard is not None else ""  # bypass: its own text
+            names.parse(msg, scope, backend, out)
             return
         if kind == MSG_BIND:
             _, name, _ = protocol.decode_bind_names(msg)
