@@ -12,6 +12,7 @@ from proxy.audit.process import AuditProcess
 from proxy.config.model import Config, ConfigError, load_config
 from proxy.enforce.router import PolicyLoadError, Router, load_router
 from proxy.enforce.schema import load_schema
+from proxy.ops.admin import AdminConsole
 from proxy.ops.http import HttpServer
 from proxy.ops.janitor import Janitor
 from proxy.ops.metrics import Metrics
@@ -22,6 +23,7 @@ from proxy.pooling.backend_role import HINT, read_facts, refusal, superuser_reas
 from proxy.pooling.pool import Pool
 from proxy.pooling.prepared import Registry
 from proxy.session.connection import CLOSED, READY, Session
+from proxy.session.context import SessionContext
 from proxy.wire import protocol
 from proxy.wire.tls import backend_tls, listen_tls
 
@@ -63,6 +65,28 @@ class Server:
         self._stop = asyncio.Event()
 
     # --- what sessions ask of the server ----------------------------------------------------
+
+    def session_context(self) -> SessionContext:
+        """What a new client session is given of the server (the config snapshot in force now)."""
+        return SessionContext(
+            config=self.config,
+            statements=self.statements,
+            stats=self.stats,
+            slowlog=self.slowlog,
+            audit=self.audit,
+            metrics=self.metrics,
+            router=lambda: self.router,
+            tls_context=lambda: self.tls_context,
+            draining=lambda: self.draining,
+            issue_key=self.issue_key,
+            forget=self.forget,
+            client_count=self.client_count,
+            cancel=self.cancel,
+            pool_for=self.pool_for,
+            ensure_schema=self.ensure_schema,
+            refresh_schemas=self.refresh_schemas,
+            admin_console=lambda: AdminConsole(self),
+        )
 
     def issue_key(self, session: Session) -> tuple[int, int]:
         """A proxy-wide BackendKeyData for a new client (never a backend's own key)."""
@@ -313,7 +337,7 @@ class Server:
             await self.slowlog.start()
         listen = self.config.listen
         self._listener = await loop.create_server(
-            lambda: Session(self), listen.host, listen.port, reuse_address=True, backlog=1024
+            lambda: Session(self.session_context()), listen.host, listen.port, reuse_address=True, backlog=1024
         )
         await self._http.start()
         self._janitor.start()
@@ -403,7 +427,7 @@ def _between_transactions(session: Session) -> bool:
     if session.state != READY:
         return True
     backend = session.backend
-    return backend is None or (backend.tracker.idle and backend.tracker.status == ord("I"))
+    return backend is None or (backend.tracker.idle and backend.tracker.status == protocol.TX_IDLE)
 
 
 async def _send_cancel(pool: Pool, backend: Backend) -> None:

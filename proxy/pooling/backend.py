@@ -7,8 +7,9 @@ import logging
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from proxy.pooling.prepared import BackendStatements
 from proxy.wire import protocol
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     import ssl
 
 log = logging.getLogger("pgwarden.backend")
-_Q = ord("Q")
 
 
 class BackendError(Exception):
@@ -73,21 +73,26 @@ class Backend(asyncio.Protocol):
         self.pid = self.secret = 0
         self.created = self.last_used = time.monotonic()
         self.closed = False
-        self.dirty = False  # holds state beyond a transaction (temp table, lock, ...)
+        self.needs_discard = False  # holds state beyond a transaction (temp table, lock, ...): DISCARD ALL
         self.cancels = 0  # cancel requests for this backend still on their way
         self.held_for_cancel = False  # released by a client while a cancel was on its way
-        self.on_idle_lost = None  # set by the pool: called when an idle backend dies
+        self.on_idle_lost: Callable[[Backend], None] | None = None  # set by the pool: called when an idle backend dies
         self._framer: protocol.Framer | None = protocol.Framer()
         self._messages: deque[tuple[int, bytes]] = deque()
         self._raw = bytearray()
         self._want_raw = False
         self._waiter: asyncio.Future | None = None
-        self._cleaning = None  # callback(ok) once a reset sent by `clean` is answered
+        self._cleaning: Callable[[bool], None] | None = None  # callback(ok) once a reset sent by `clean` is answered
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
+    @property
+    def dirty(self) -> bool:
+        """`needs_discard`, under the name the admin console's SHOW SERVERS reads."""
+        return self.needs_discard
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's transports do not subclass it)
 
     def data_received(self, data: bytes) -> None:
         client = self.client
@@ -124,7 +129,9 @@ class Backend(asyncio.Protocol):
     # --- relaying ---------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+        transport = self.transport
+        assert transport is not None, "write before connection_made"
+        transport.write(data)
 
     def close(self) -> None:
         self.closed = True
@@ -134,12 +141,12 @@ class Backend(asyncio.Protocol):
             finally:
                 self.transport.close()
 
-    def clean(self, statements: list[str], done) -> None:
+    def clean(self, statements: list[str], done: Callable[[bool], None]) -> None:
         """Send reset statements whose answers nobody sees; call done(ok) when the backend is idle."""
         self.client = None
         self._cleaning = done
         for sql in statements:
-            self.tracker.request(_Q, SWALLOW)
+            self.tracker.request(protocol.MSG_QUERY, SWALLOW)
             self.write(protocol.query(sql))
 
     def _clean_data(self, data: bytes) -> None:
@@ -148,19 +155,20 @@ class Backend(asyncio.Protocol):
         except protocol.ProtocolError:
             self.close()
             return
-        if self.tracker.idle:
-            done, self._cleaning = self._cleaning, None
-            done(self.tracker.status == ord("I"))
+        done = self._cleaning
+        if self.tracker.idle and done is not None:
+            self._cleaning = None
+            done(self.tracker.status == protocol.TX_IDLE)
 
     # --- startup ----------------------------------------------------------------------------
 
     def _startup_data(self, data: bytes) -> None:
         if self._want_raw:  # the one-byte answer to SSLRequest
             self._raw += data
-        else:
-            self._framer.feed(data)  # type: ignore[union-attr]
+        elif self._framer is not None:
+            self._framer.feed(data)
             try:
-                self._messages.extend(self._framer.messages())  # type: ignore[union-attr]
+                self._messages.extend(self._framer.messages())
             except protocol.ProtocolError as exc:
                 if self._waiter is not None and not self._waiter.done():
                     self._waiter.set_exception(exc)
@@ -197,18 +205,18 @@ class Backend(asyncio.Protocol):
         auth = BackendAuth(target.user, target.password)
         while True:
             kind, msg = await self._next_message()
-            if kind == ord("R"):
+            if kind == protocol.MSG_AUTHENTICATION:
                 reply = auth.receive(msg)
                 if reply:
                     self.write(reply)
-            elif kind == ord("S"):
+            elif kind == protocol.MSG_PARAMETER_STATUS:
                 name, pos = protocol.read_cstr(msg, 5)
                 self.params[name] = protocol.read_cstr(msg, pos)[0]
-            elif kind == ord("K"):
+            elif kind == protocol.MSG_BACKEND_KEY_DATA:
                 self.pid, self.secret = struct.unpack_from("!II", msg, 5)
-            elif kind == ord("E"):
+            elif kind == protocol.MSG_ERROR_RESPONSE:
                 raise BackendError(protocol.decode_fields(msg), msg)
-            elif kind == ord("Z"):
+            elif kind == protocol.MSG_READY_FOR_QUERY:
                 break
         self._framer = None
         self._messages.clear()
@@ -218,7 +226,9 @@ class Backend(asyncio.Protocol):
         answer = await self._read_byte()
         if answer == b"S":
             loop = asyncio.get_running_loop()
-            self.transport = await loop.start_tls(self.transport, self, target.tls_context, server_hostname=target.host)
+            transport, context = self.transport, target.tls_context
+            assert transport is not None and context is not None  # a context exists unless tls.mode is disable
+            self.transport = await loop.start_tls(transport, self, context, server_hostname=target.host)
         elif target.tls_mode in ("require", "verify-full"):
             raise BackendError(
                 {

@@ -1,73 +1,122 @@
-"""Per-session accounting of statements: round-trip timings and rows for the statistics, the slow log and the audit records."""
+"""Per-session accounting of statements: round-trip timings and rows for the statistics, the slow log and the audit trail."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Any, NamedTuple
 
-from proxy.ops.stats import statement_text
+from proxy.audit.process import AuditProcess
+from proxy.enforce.router import Forward, Refuse
+from proxy.ops.slowlog import SlowLog
+from proxy.ops.stats import QueryStats, statement_text
+from proxy.session.state import Refusal, SessionState
 from proxy.wire import protocol
+from proxy.wire.tracker import Ready
 
-_P = ord("P")
+AUDIT_FULL = Refusal(
+    "58030",
+    "the statement was not run: the audit trail cannot record it (its sink is failing or its queue is full)",
+    "check the audit file's disk and permissions (audit.path), or set audit.on_failure: drop",
+)
+_NAMED_PARSES_CAP = 10_000
+_record = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (once per Query or Sync)
 
 
-class Accounted:
-    """Mixin for Session: which statement each round trip ran, and what became of it.
+class Timing(NamedTuple):
+    """One Query or Sync sent, until its ReadyForQuery."""
 
-    `_timings` holds one entry per Query or Sync sent: [sent at, the Query or Parse message
-    whose text names it, the audit records of the executions it ends]. When ReadyForQuery
-    answers it, its duration and rows go to the statistics and the slow log, and its
-    records get duration, rows and SQLSTATE and go to the audit trail.
+    started: float  # time.perf_counter() when it was sent
+    message: bytes  # the Query or Parse whose text names it (b"": none)
+    records: list[dict] | None  # the audit records of the executions it ends
+
+
+class AuditedStatement(NamedTuple):
+    """A Parse recorded at each Bind of its name: the client's text and the policy's decision."""
+
+    sql: str
+    decision: Forward | None
+
+
+class Accounting:
+    """Which statement each round trip ran, and what became of it.
+
+    `timings` holds one entry per Query or Sync sent. When ReadyForQuery answers it
+    (`answered`), its duration and rows go to the statistics and the slow log, and its
+    audit records get duration, rows and SQLSTATE and go to the audit trail.
     """
 
-    _timings: deque[list]
-    _last_parse: bytes
-    _named_parses: dict[bytes, bytes]
-    _audit_cycle: list[dict]
+    __slots__ = ("audit", "last_parse", "named_parses", "pending", "slowlog", "state", "statements", "stats", "timings")
 
-    def _note_statement(self, kind: int, msg: bytes) -> None:
+    def __init__(
+        self, state: SessionState, stats: QueryStats, slowlog: SlowLog | None, audit: AuditProcess | None
+    ) -> None:
+        self.state = state  # read for who the records name
+        self.stats, self.slowlog, self.audit = stats, slowlog, audit
+        self.timings: deque[Timing] = deque()
+        self.last_parse = b""  # the Parse the next Sync is timed under
+        self.named_parses: dict[bytes, bytes] = {}  # statement name -> its Parse, for timing
+        self.pending: list[dict] = []  # records of Binds whose Sync has not been sent yet
+        self.statements: dict[bytes, AuditedStatement] = {}  # statement name -> what a Bind of it records
+
+    @property
+    def auditing(self) -> bool:
+        """Is there an audit trail to record statements in?"""
+        return self.audit is not None
+
+    def note_statement(self, kind: int, msg: bytes) -> None:
         """Which Parse the next Sync is timed under: the last one, or the one of the statement
         a Bind names (a client's statement names are few; Close leaves a stale entry at most)."""
         end = msg.index(b"\0", 5)
-        if kind == _P:
-            self._last_parse = msg
+        if kind == protocol.MSG_PARSE:
+            self.last_parse = msg
             if end > 5:
-                if len(self._named_parses) >= 10_000:
-                    self._named_parses.clear()
-                self._named_parses[msg[5:end]] = msg
+                if len(self.named_parses) >= _NAMED_PARSES_CAP:
+                    self.named_parses.clear()
+                self.named_parses[msg[5:end]] = msg
             return
         name = msg[end + 1 : msg.index(b"\0", end + 1)]
         if name:
-            self._last_parse = self._named_parses.get(name, b"")
+            self.last_parse = self.named_parses.get(name, b"")
 
-    def _timed(self, results: list[tuple[int, bytes | None]]) -> None:
-        """Round trips answered (rows, first error): their durations and rows go to the query
-        statistics, the slow log and the audit records of the statements they ran."""
-        now, server, timings = time.perf_counter(), self.server, self._timings
-        for rows, error in results[: len(timings)]:
-            started, msg, records = timings.popleft()
-            seconds = now - started
-            if msg:  # the raw message: its text is decoded off the hot path, when aggregated
-                server.stats.observe(msg, seconds, rows)
-                slowlog = server.slowlog
-                if slowlog is not None and seconds >= slowlog.threshold_s:
-                    slowlog.observe(
-                        statement_text(msg), seconds, "primary", rows, self.database, self.ident is not None
-                    )
-            if records:
-                self.audit_done(records, seconds, rows, error)
+    def started(self, msg: bytes, ends_executions: bool = True) -> None:
+        """A Query or Sync (named by `msg`: its Query or Parse, b"" for none) was sent."""
+        records = self._take_pending() if ends_executions else None
+        self.timings.append(_record(Timing, (time.perf_counter(), msg, records)))
 
-    def _take_cycle(self) -> list[dict] | None:
+    def started_sync(self) -> None:
+        """A Sync or FunctionCall was sent: timed under the last Parse (or the one a Bind named)."""
+        self.timings.append(_record(Timing, (time.perf_counter(), self.last_parse, self._take_pending())))
+
+    def _take_pending(self) -> list[dict] | None:
         """The records of the executions a Sync ends (None: none)."""
-        cycle = self._audit_cycle
-        if not cycle:
+        pending = self.pending
+        if not pending:
             return None
-        self._audit_cycle = []
-        return cycle
+        self.pending = []
+        return pending
 
-    def audit_done(self, records: list[dict], seconds: float, rows: int, error: bytes | None) -> None:
-        """A round trip ended: its statements' records get its duration, rows and SQLSTATE (of
-        its first error; 42501 when a refusal aborted it) and go to the trail."""
+    def answered(self, ready: Ready) -> None:
+        """A round trip answered: its duration and rows go to the query statistics, the slow log
+        and the audit records of the statements it ran."""
+        if not self.timings:
+            return
+        started, msg, records = self.timings.popleft()
+        seconds = time.perf_counter() - started
+        if msg:  # the raw message: its text is decoded off the hot path, when aggregated
+            self.stats.observe(msg, seconds, ready.rows)
+            slowlog = self.slowlog
+            if slowlog is not None and seconds >= slowlog.threshold_s:
+                state = self.state
+                slowlog.observe(
+                    statement_text(msg), seconds, "primary", ready.rows, state.database, state.ident is not None
+                )
+        if records:
+            self._audit_done(records, seconds, ready.rows, ready.error)
+
+    def _audit_done(self, records: list[dict], seconds: float, rows: int, error: bytes | None) -> None:
+        """Its statements' records get the round trip's duration, rows and SQLSTATE (of its first
+        error; 42501 when a refusal aborted it) and go to the trail."""
         sqlstate = (
             "00000"
             if error is None
@@ -75,18 +124,112 @@ class Accounted:
             if not error
             else protocol.decode_fields(error).get("sqlstate", "XX000")
         )
-        audit = self.server.audit
+        audit = self.audit
+        assert audit is not None  # records are made only when there is a trail
         for record in records:
             record.update(duration_ms=round(seconds * 1000, 3), rows=rows, sqlstate=sqlstate)
-            audit.offer(record, force=True)  # type: ignore[union-attr]
+            audit.offer(record, force=True)
 
-    def audit_unfinished(self, timings) -> None:
-        """The session ended before these round trips did: their records go out as unfinished."""
-        audit = self.server.audit
+    def unfinished(self) -> None:
+        """The session ended before its round trips did: their records go out as unfinished."""
+        audit = self.audit
         if audit is None:
             return
-        pending = [r for entry in timings for r in entry[2] or ()] + self._audit_cycle
+        pending = [r for timing in self.timings for r in timing.records or ()] + self.pending
         for record in pending:
             record.update(completed=False, duration_ms=None, rows=None, sqlstate=None)
             audit.offer(record, force=True)
-        self._audit_cycle = []
+        self.pending = []
+
+    def admits(self) -> bool:
+        """Can the trail take a record now? (on_failure: drop counts a dropped one and says yes)."""
+        audit = self.audit
+        if audit is None or audit.accepting():
+            return True
+        if audit.config.on_failure == "drop":
+            audit.drop()
+            return True
+        return False
+
+    def statement(
+        self,
+        sql: str,
+        simple: bool,
+        decision: Forward | Refuse | None,
+        tenant: str | None,
+        name: str | None = None,
+    ) -> bool:
+        """Record a statement; False when the trail cannot take it and `audit.on_failure` is
+        block (the caller refuses it: `AUDIT_FULL`).
+
+        A Parse (`name` given) that is not refused is recorded at each Bind instead: one
+        record per execution, as for simple queries.
+        """
+        if self.audit is None:
+            return True
+        if name is not None and not isinstance(decision, Refuse):
+            self.statements[protocol.cstr(name)[:-1]] = AuditedStatement(sql, decision)  # keyed as a Bind names it
+            return True
+        if not isinstance(decision, Refuse) and not self.admits():
+            return False
+        record = self._record(sql, simple, decision, tenant)
+        if isinstance(decision, Refuse):
+            self.audit.offer(record, force=True)  # never ran: recorded now
+        elif simple:  # recorded when its round trip ends, with duration, rows and SQLSTATE
+            last = self.timings[-1]
+            self.timings[-1] = last._replace(records=(last.records or []) + [record])
+        else:
+            self.pending.append(record)
+        return True
+
+    def _record(self, sql: str, simple: bool, decision: Forward | Refuse | None, tenant: str | None) -> dict:
+        state = self.state
+        ident = state.ident
+        record: dict[str, Any] = {
+            "event": "statement",
+            "time": time.time(),
+            "session": state.pid,
+            "client": state.peer,
+            "user": state.user,
+            "database": state.database,
+            "protocol": "simple" if simple else "extended",
+            "roles": sorted(ident.roles) if ident else [],
+            "bypass": ident is None,
+            "tenant": tenant if ident else None,
+            "sql": sql,
+            "route": "primary",
+        }
+        if isinstance(decision, Refuse):
+            record.update(decision="refused", rule=decision.rule, sqlstate=decision.sqlstate, reason=decision.message)
+        elif isinstance(decision, Forward) and decision.sql is not None:
+            record.update(
+                decision="rewritten", tables=list(decision.tables), masked=list(decision.masked), rewritten=decision.sql
+            )
+        else:
+            record["decision"] = "allowed"
+        return record
+
+    def bind(self, msg: bytes, tenant: str | None) -> bool:
+        """A Bind is an execution: recorded with what its statement was prepared from."""
+        end = msg.index(b"\0", 5)  # after the portal name: the statement name, as raw bytes
+        name = msg[end + 1 : msg.index(b"\0", end + 1)]
+        hit = self.statements.get(name)
+        if hit is None:
+            return self.statement(f"(prepared statement {name.decode(errors='replace')!r})", False, None, tenant)
+        return self.statement(hit.sql, False, hit.decision, tenant)
+
+    def event(self, event: str, **fields: Any) -> None:
+        """A login or logout record (never refused: the session is starting or over)."""
+        if self.audit is not None:
+            state = self.state
+            self.audit.offer(
+                {
+                    "event": event,
+                    "session": state.pid,
+                    "client": state.peer,
+                    "user": state.user,
+                    "database": state.database,
+                    **fields,
+                },
+                force=True,
+            )  # it happened: kept even while the trail is failing

@@ -1,401 +1,276 @@
-"""A client session under policy: each statement decided by the router, its tenant and search path, Bind checks."""
+"""The policy guard of a session: each statement decided by the router under its tenant and search path, Bind checks."""
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import NamedTuple
 
 from proxy.enforce.router import Forward, Identity, Refuse, Router, SetTenant, tenant_parameter_types
+from proxy.ops.metrics import Metrics
+from proxy.ops.stats import QueryStats
+from proxy.session import params
+from proxy.session.accounting import AUDIT_FULL, Accounting
 from proxy.session.held import Versions
+from proxy.session.policed import Prepared, current_tenant, search_path_of, unknown_tenant
 from proxy.session.sql_names import SqlNames
+from proxy.session.state import Refusal, SessionState
+from proxy.session.txstate import Transaction
 from proxy.wire import protocol
-from proxy.wire.tracker import SWALLOW
-from rewriter import pgparser
 
 log = logging.getLogger("pgwarden.guard")
 
-_B, _C, _P = ord("B"), ord("C"), ord("P")
-HIDDEN_DETAIL = "detail hidden by pgwarden: it can show other tenants' data"
+_NAMED_TENANT_CHANGE = Refusal(
+    "0A000",
+    "a tenant change cannot be prepared as a named statement: pgwarden applies "
+    "it when it reads the SET, and a later Bind of the statement would not change "
+    "the tenant",
+    "send SET pgwarden.tenant as a simple query or an unnamed statement "
+    "(psycopg: execute(..., prepare=False); asyncpg: execute())",
+)
+_PARSES_CAP = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A client's statement as the client wrote it, and the policy and tenant it was rewritten under."""
+class Passed(NamedTuple):
+    """A statement the policy lets through: the text to send, and the decision."""
 
-    query: str
-    param_types: bytes
-    checks: tuple[tuple[int, str], ...]
+    text: str
+    decision: Forward
+
+
+class CachedParse(NamedTuple):
+    """A client's Parse as policed once, reused while policy, tenant and search path hold."""
+
     router: Router
     tenant: str | None
-    generation: int = 0  # the router's schema generation it was rewritten under
+    search_path: tuple[str, ...] | None
+    prepared: Prepared | None
+    parse: bytes  # the policed Parse sent for it
+    generation: int
 
 
-@functools.lru_cache(maxsize=1024)
-def set_value(text: str) -> str | None:
-    """The string value of a tracked `SET name TO 'value'` text (None if not a single string).
-
-    >>> set_value("SET pgwarden.tenant TO 'acme'")
-    'acme'
-    """
-    try:
-        (raw,) = json.loads(pgparser.parse_sql_json(text))["stmts"]
-        args = raw["stmt"]["VariableSetStmt"].get("args") or []
-        return args[0]["A_Const"]["sval"]["sval"] if len(args) == 1 else None
-    except Exception:
+def login_refusal(
+    router: Router, ident: Identity, database: str, client_params: dict[str, str], settings: dict[str, str]
+) -> Refusal | None:
+    """Why a policed client may not log in (a FATAL), or None."""
+    if any(k.startswith("pgwarden.") for k in client_params):
+        return Refusal("42501", "pgwarden settings cannot be given as startup parameters", "SET them after connecting")
+    if ident.bypass:
         return None
+    for text in settings.values():  # startup parameters are SETs under the policy too
+        decision = router.decide(ident, ident.tenant, database, text)
+        if isinstance(decision, Refuse):
+            return Refusal("42501", f"startup parameter refused: {decision.message}", decision.hint)
+    return None
 
 
-@functools.lru_cache(maxsize=256)
-def search_path_of(text: str) -> tuple[str, ...] | None:
-    """The schemas of a tracked `SET search_path ...` text.
-
-    >>> search_path_of("SET search_path TO app, public")
-    ('app', 'public')
-    """
-    try:
-        (raw,) = json.loads(pgparser.parse_sql_json(text))["stmts"]
-        args = raw["stmt"]["VariableSetStmt"].get("args") or []
-    except Exception:
+def version_refusal(
+    router: Router | None, ident: Identity | None, database: str, server_params: dict[str, str]
+) -> Refusal | None:
+    """Why pgwarden cannot judge a policed client's statements for this database's backend (a
+    FATAL 0A000): an unsupported PostgreSQL major, or one other than the control plane read."""
+    if router is None or ident is None:
         return None
-    out = []
-    for arg in args:
-        const = arg.get("A_Const", {})
-        if "sval" in const:
-            out += [s.strip() for s in const["sval"]["sval"].split(",") if s.strip()]
-        elif "String" in arg:
-            out.append(arg["String"]["sval"])
-    return tuple(out)
+    problem = router.version_problem(database, server_params.get("server_version", ""))
+    return None if problem is None else Refusal("0A000", *problem)
 
 
-def unknown_tenant(decision: Refuse, setting: str | None) -> Refuse:
-    """A refusal for want of a tenant, told as what it is: the tenant was lost, not never set."""
-    if not decision.message.endswith("this session has no tenant"):
-        return decision
-    return Refuse(
-        decision.sqlstate,
-        decision.message.replace(
-            "this session has no tenant",
-            "this session's tenant is unknown: a statement that "
-            "changed it, or a SAVEPOINT, RELEASE or ROLLBACK TO, failed or ran in a batch that "
-            "failed, so pgwarden cannot tell what PostgreSQL kept",
-        ),
-        f"SET {setting or 'pgwarden.tenant'} again (outside a failed transaction)",
-        decision.rule,
+class Guard:
+    """What policy enforcement adds to a client session (only for a policed identity).
+
+    Inputs: the session's state (identity, tracked settings and tenant), the router in force,
+    and the transaction part (which cycle a statement name was sent in). Outputs: the text
+    or Parse to send, or a `Refusal` the session answers with; metrics and the audit trail.
+    """
+
+    __slots__ = (
+        "_accounting",
+        "_caching",
+        "_metrics",
+        "_parses",
+        "_router",
+        "_state",
+        "_stats",
+        "_tx",
+        "sql_names",
+        "versions",
     )
 
+    def __init__(
+        self,
+        state: SessionState,
+        router: Callable[[], Router | None],
+        metrics: Metrics,
+        stats: QueryStats,
+        transaction: Transaction,
+        accounting: Accounting,
+    ) -> None:
+        self._caching = not accounting.auditing  # reuse policed Parses (not with an audit trail: each is recorded)
+        self._state, self._router, self._metrics, self._stats = state, router, metrics, stats
+        self._tx, self._accounting = transaction, accounting
+        self.versions: Versions[Prepared] = Versions()  # what each client statement name ("" = unnamed) may hold
+        self.sql_names = SqlNames()  # names PREPAREd in SQL, and whom they were rewritten for
+        self._parses: dict[bytes, CachedParse] = {}  # a client's Parse -> the policed Parse built for it
 
-class Guarded:
-    """Mixin for Session: what policy enforcement adds to a client connection.
-
-    `ident` is None when no policy is loaded or the user is a bypass role: then every
-    statement goes through untouched and none of this costs anything.
-    """
-
-    ident: Identity | None = None
-    local_tenant: str | None = None  # SET LOCAL: this transaction only
-    tenant_unknown = False  # a tenant change or savepoint failed: what PostgreSQL kept is unknown
-    versions: Versions[Prepared]  # what each client statement name ("" = unnamed) may hold
-    _audit_statements: dict[bytes, tuple]  # statement name -> (text, decision), for Bind records
-    _audit_cycle: list[dict]  # records of Binds whose Sync has not been sent yet
-    _parses: dict[bytes, tuple]  # a client's Parse -> the policed Parse built for it
-    sql_names: SqlNames  # names PREPAREd in SQL (session pooling), and whom they were rewritten for
-
-    def guard_login(self) -> bool:
-        """Bind the session to its identity; False (and the client closed) when it may not log in."""
-        router = self.server.router
-        self.versions = Versions()
-        self.sql_names = SqlNames()
-        self._parses = {}
-        self._audit_statements = {}
-        self._audit_cycle = []
-        if router is None:
-            return True
-        if any(k.startswith("pgwarden.") for k in self._client_params):
-            self.fatal(
-                "42501", "pgwarden settings cannot be given as startup parameters", hint="SET them after connecting"
-            )
-            return False
-        ident = router.identity(self.user)
-        self.ident = None if ident.bypass else ident
-        if self.ident is not None:
-            for text in self.settings.values():  # startup parameters are SETs under the policy too
-                decision = router.decide(ident, ident.tenant, self.database, text)
-                if isinstance(decision, Refuse):
-                    self.fatal("42501", f"startup parameter refused: {decision.message}", hint=decision.hint)
-                    return False
-        return True
-
-    def guard_version(self, server_params: dict[str, str]) -> bool:
-        """False (and the client closed, FATAL 0A000) when pgwarden cannot judge statements for this
-        database's backend: an unsupported PostgreSQL major, or one other than the control plane read."""
-        router = self.server.router
-        if router is None or self.ident is None:
-            return True
-        problem = router.version_problem(self.database, server_params.get("server_version", ""))
-        if problem is not None:
-            self.fatal("0A000", *problem)
-            return False
-        return True
+    @property
+    def router(self) -> Router:
+        router = self._router()
+        assert router is not None  # a guard exists only under a policy (a reload keeps one)
+        return router
 
     def tenant(self) -> str | None:
-        if self.local_tenant is not None:
-            return self.local_tenant
-        if self.tenant_unknown:
-            return None
-        router = self.server.router
-        text = self.settings.get(router.tenant_setting) if router and router.tenant_setting else None
-        if text is not None:
-            return set_value(text)
-        return self.ident.tenant if self.ident is not None else None
+        return current_tenant(self._state, self._router())
 
     def statement_scope(self) -> str:
-        """Who a proxy-wide statement is prepared for: "" for bypass sessions (their text is their
-        own); tenant, roles and policy version (load and schema generation) for policed ones."""
-        ident = self.ident
-        if ident is None:
-            return ""
-        router = self.server.router
-        return "\x00".join(
-            (
-                repr(self.tenant()),
-                ",".join(sorted(ident.roles)),
-                f"{router.policy.version}.{router.serial}.{router.generation}",
-            )
-        )  # type: ignore[union-attr]
+        """Who a proxy-wide statement is prepared for: tenant, roles and policy version (load
+        and schema generation)."""
+        ident, router = self._state.ident, self.router
+        assert ident is not None
+        version = f"{router.policy.version}.{router.serial}.{router.generation}"
+        return "\x00".join((repr(self.tenant()), ",".join(sorted(ident.roles)), version))
 
     def search_path(self) -> tuple[str, ...] | None:
-        text = self.settings.get("search_path")
+        text = self._state.settings.get("search_path")
         return search_path_of(text) if text else None
 
-    def guard_text(self, sql: str, simple: bool, name: str | None = None) -> tuple[str, Forward] | None:
-        """The text to send for a client's statement, or None when it was refused (already answered)."""
-        router = self.server.router
-        decision = router.decide(self.ident, self.tenant(), self.database, sql, self.search_path())
-        metrics, protocol_name = self.server.metrics, "simple" if simple else "extended"
+    def check_text(self, sql: str, simple: bool, name: str | None = None) -> Passed | Refusal:
+        """The text to send for a client's statement, or why it is refused."""
+        state, router = self._state, self.router
+        assert state.ident is not None
+        tenant = self.tenant()
+        decision = router.decide(state.ident, tenant, state.database, sql, self.search_path())
+        protocol_name = "simple" if simple else "extended"
         if isinstance(decision, Forward):
-            metrics.statement(protocol_name, "allowed" if decision.sql is None else "rewritten", tenant=self.tenant())
-            if not self.audited(sql, simple, decision, name):
-                return None
-            return (sql if decision.sql is None else decision.sql), decision
-        metrics.statement(protocol_name, "refused", tenant=self.tenant())
-        self.server.stats.refusal(sql)
-        if isinstance(decision, Refuse) and self.tenant_unknown and self.local_tenant is None:
-            decision = unknown_tenant(decision, router.tenant_setting)
+            self._metrics.statement(protocol_name, "allowed" if decision.sql is None else "rewritten", tenant=tenant)
+            if not self._accounting.statement(sql, simple, decision, tenant, name):
+                return AUDIT_FULL
+            return Passed(sql if decision.sql is None else decision.sql, decision)
+        self._metrics.statement(protocol_name, "refused", tenant=tenant)
+        self._stats.refusal(sql)
         if isinstance(decision, Refuse):
-            self.server.metrics.refusals.labels(decision.rule).inc()
-            self.audited(sql, simple, decision)
-            log.info(
-                "refused for user=%s tenant=%s (%s): %s", self.user, self.tenant(), decision.rule, decision.message
-            )
-            self.refuse(decision.sqlstate, decision.message, decision.hint, simple)
-            return None
-        assert isinstance(decision, SetTenant)
+            if state.tenant_unknown and state.local_tenant is None:
+                decision = unknown_tenant(decision, router.tenant_setting)
+            self._metrics.refusals.labels(decision.rule).inc()
+            self._accounting.statement(sql, simple, decision, tenant)
+            log.info("refused for user=%s tenant=%s (%s): %s", state.user, tenant, decision.rule, decision.message)
+            return Refusal(decision.sqlstate, decision.message, decision.hint)
+        return self._set_tenant(decision, name)
+
+    def _set_tenant(self, decision: SetTenant, name: str | None) -> Passed | Refusal:
         if name:  # a named statement: PostgreSQL would run it again at each Bind, without pgwarden seeing a SET
-            self.server.metrics.refusals.labels("tenancy.sources").inc()
-            self.refuse(
-                "0A000",
-                "a tenant change cannot be prepared as a named statement: pgwarden applies "
-                "it when it reads the SET, and a later Bind of the statement would not change "
-                "the tenant",
-                "send SET pgwarden.tenant as a simple query or an unnamed statement "
-                "(psycopg: execute(..., prepare=False); asyncpg: execute())",
-                simple,
-            )
-            return None
+            self._metrics.refusals.labels("tenancy.sources").inc()
+            return _NAMED_TENANT_CHANGE
         if decision.local:
-            self.local_tenant = (
-                decision.tenant if decision.tenant is not None else (self.ident.tenant if self.ident else None)
-            )
-        return decision.sql, Forward(decision.sql)
+            state = self._state
+            ident = state.ident
+            state.local_tenant = decision.tenant if decision.tenant is not None else (ident.tenant if ident else None)
+        return Passed(decision.sql, Forward(decision.sql))
 
-    def audited(
-        self, sql: str, simple: bool, decision: Forward | Refuse | None = None, name: str | None = None
-    ) -> bool:
-        """Record a statement in the audit trail; False (and the statement refused) when the
-        trail cannot take it and `audit.on_failure` is block.
-
-        A Parse (`name` given) that is not refused is recorded at each Bind instead: one
-        record per execution, as for simple queries.
-        """
-        audit = self.server.audit
-        if audit is None:
-            return True
-        if name is not None and not isinstance(decision, Refuse):
-            self._audit_statements[protocol.cstr(name)[:-1]] = (sql, decision)  # keyed as a Bind names it
-            return True
-        if not isinstance(decision, Refuse) and not audit.accepting():
-            if audit.config.on_failure == "drop":
-                audit.drop()
-                return True
-            self.refuse(
-                "58030",
-                "the statement was not run: the audit trail cannot record it "
-                "(its sink is failing or its queue is full)",
-                "check the audit file's disk and permissions (audit.path), or set audit.on_failure: drop",
-                simple,
-            )
-            return False
-        ident = self.ident
-        record = {
-            "event": "statement",
-            "time": time.time(),
-            "session": self.pid,
-            "client": self.peer,
-            "user": self.user,
-            "database": self.database,
-            "protocol": "simple" if simple else "extended",
-            "roles": sorted(ident.roles) if ident else [],
-            "bypass": ident is None,
-            "tenant": self.tenant() if ident else None,
-            "sql": sql,
-            "route": "primary",
-        }
-        if isinstance(decision, Refuse):
-            record.update(decision="refused", rule=decision.rule, sqlstate=decision.sqlstate, reason=decision.message)
-        elif isinstance(decision, Forward) and decision.sql is not None:
-            record.update(
-                decision="rewritten", tables=list(decision.tables), masked=list(decision.masked), rewritten=decision.sql
-            )
-        else:
-            record["decision"] = "allowed"
-        if isinstance(decision, Refuse):
-            audit.offer(record, force=True)  # never ran: recorded now
-        elif simple:  # recorded when its round trip ends, with duration, rows and SQLSTATE
-            entry = self._timings[-1]
-            entry[2] = (entry[2] or []) + [record]
-        else:
-            self._audit_cycle.append(record)
-        return True
-
-    def audit_bind(self, msg: bytes) -> bool:
-        """A Bind is an execution: recorded with what its statement was prepared from."""
-        end = msg.index(b"\0", 5)  # after the portal name: the statement name, as raw bytes
-        name = msg[end + 1 : msg.index(b"\0", end + 1)]
-        hit = self._audit_statements.get(name)
-        sql, decision = hit if hit is not None else (f"(prepared statement {name.decode(errors='replace')!r})", None)
-        return self.audited(sql, False, decision)
-
-    def audit_event(self, event: str, **fields) -> None:
-        """A login or logout record (never refused: the session is starting or over)."""
-        if self.server.audit is not None:
-            self.server.audit.offer(
-                {
-                    "event": event,
-                    "session": self.pid,
-                    "client": self.peer,
-                    "user": self.user,
-                    "database": self.database,
-                    **fields,
-                },
-                force=True,
-            )  # it happened: kept even while the trail is failing
-
-    def guard_parse(self, msg: bytes) -> bytes | None:
-        """A Parse with the policy applied (rewritten text), or None when refused.
+    def check_parse(self, msg: bytes) -> bytes | Refusal:
+        """A Parse with the policy applied (rewritten text), or why it is refused.
 
         A client that sends the same Parse again (unnamed statements, every time) under the
         same policy, tenant and search_path gets the Parse built the first time.
         """
-        router, tenant, path = self.server.router, self.tenant(), self.search_path()
+        router, tenant, path = self.router, self.tenant(), self.search_path()
         hit = self._parses.get(msg)
         if (
             hit is not None
-            and hit[0] is router
-            and hit[1] == tenant
-            and hit[2] == path
-            and hit[5] == router.generation
-            and self.server.audit is None
-        ):  # type: ignore[union-attr]
-            prepared, out = hit[3], hit[4]
-            self.statement_sent(protocol.decode_parse(msg).name if msg[5] else "", prepared)
-            self.server.metrics.statement("extended", "rewritten" if out is not msg else "allowed", tenant=tenant)
-            return out
-        out = self._guard_parse(msg)
-        if out is not None:
-            if len(self._parses) > 256:
+            and hit.router is router
+            and hit.tenant == tenant
+            and hit.search_path == path
+            and hit.generation == router.generation
+            and self._caching
+        ):
+            self.statement_sent(protocol.decode_parse(msg).name if msg[5] else "", hit.prepared)
+            self._metrics.statement("extended", "rewritten" if hit.parse is not msg else "allowed", tenant=tenant)
+            return hit.parse
+        out = self._check_parse(msg)
+        if not isinstance(out, Refusal):
+            if len(self._parses) > _PARSES_CAP:
                 self._parses.clear()
             name = protocol.decode_parse(msg).name if msg[5] else ""
-            self._parses[msg] = (router, tenant, path, self.versions.latest(name), out, router.generation)  # type: ignore[union-attr]
+            latest = self.versions.latest(name)
+            self._parses[msg] = CachedParse(router, tenant, path, latest, out, router.generation)
         return out
 
-    def _guard_parse(self, msg: bytes) -> bytes | None:
+    def _check_parse(self, msg: bytes) -> bytes | Refusal:
         parsed = protocol.decode_parse(msg)
-        guarded = self.guard_text(parsed.query, simple=False, name=parsed.name)
-        if guarded is None:
-            return None
-        refused = self.server.router.parameter_types(self.ident, self.database, parsed.param_types)
+        checked = self.check_text(parsed.query, simple=False, name=parsed.name)
+        if isinstance(checked, Refusal):
+            return checked
+        state, router = self._state, self.router
+        assert state.ident is not None
+        refused = router.parameter_types(state.ident, state.database, parsed.param_types)
+        if refused is None:
+            refused = tenant_parameter_types(parsed.param_types, checked.decision.param_checks)
         if refused is not None:
-            self.server.metrics.refusals.labels(refused.rule).inc()
-            self.refuse(refused.sqlstate, refused.message, refused.hint, False)
-            return None
-        text, decision = guarded
-        router = self.server.router
-        refused = tenant_parameter_types(parsed.param_types, decision.param_checks)
-        if refused is not None:
-            self.server.metrics.refusals.labels(refused.rule).inc()
-            self.refuse(refused.sqlstate, refused.message, refused.hint, False)
-            return None
-        self.statement_sent(
-            parsed.name,
-            Prepared(parsed.query, parsed.param_types, decision.param_checks, router, self.tenant(), router.generation),
-        )  # type: ignore[union-attr]
-        if text == parsed.query:
+            self._metrics.refusals.labels(refused.rule).inc()
+            return Refusal(refused.sqlstate, refused.message, refused.hint)
+        prepared = Prepared(
+            parsed.query, parsed.param_types, checked.decision.param_checks, router, self.tenant(), router.generation
+        )
+        self.statement_sent(parsed.name, prepared)
+        if checked.text == parsed.query:
             return msg
-        return protocol.parse(parsed.name, text, parsed.param_types)
+        return protocol.parse(parsed.name, checked.text, parsed.param_types)
 
     def statement_sent(self, name: str, prepared: Prepared | None) -> None:
         """A Parse (a Close: None) of a statement name goes to the backend: until its cycle ends
         without an error, the name may hold this or what it held before (`held.Versions`)."""
-        sure = self.tx_mode and name != ""  # type: ignore[attr-defined]  # pgwarden's own mapping
+        sure = self._state.tx_mode and name != ""  # pgwarden's own mapping
         serial = self.versions.sent(name, prepared, sure)
         if not sure:
-            self._next_cycle().statements[name] = serial  # type: ignore[attr-defined]
+            self._tx.next_cycle().statements[name] = serial
+
+    def cycle_accepted(self, statements: dict[str, int]) -> None:
+        """A cycle ended without an error: each name holds what its last Parse in it sent."""
+        self.versions.accepted(statements)
 
     def _current(self, prepared: Prepared) -> bool:
-        router = self.server.router
+        router = self.router
         return (
             prepared.router is router and prepared.tenant == self.tenant() and prepared.generation == router.generation
-        )  # type: ignore[union-attr]
+        )
 
     def _bound(self, name: str) -> list[Prepared]:
         """What a Bind of `name` sent now may run: the last Parse of it when that was sent in this
         cycle (the Bind runs only if it succeeded), else every statement the name may hold."""
-        cycle = self._cycle  # type: ignore[attr-defined]
-        if cycle is not None and name in cycle.statements:
+        if self._tx.sent_in_cycle(name):
             latest = self.versions.latest(name)
             return [latest] if latest is not None else []
         return self.versions.candidates(name)
 
-    def stale_statement(self, name: str) -> bytes | None:
+    def stale_statement(self, name: str) -> bytes | Refusal:
         """A named statement prepared under another policy version or tenant: its new Parse.
 
         Returns the Parse to send again (rewritten now), b"" when it is current or unknown,
-        None when the statement is now refused (the refusal is sent).
+        or why the statement is now refused.
         """
         if all(self._current(p) for p in self._bound(name)):
             return b""
         latest = self.versions.latest(name)
         if latest is None:  # closed, but the Close may have been skipped: not run under the old tenant
-            self.refuse(*self.stale_refusal(name), simple=False)  # type: ignore[misc]
-            return None
-        return self._guard_parse(protocol.parse(name, latest.query, latest.param_types))
+            return self._stale_refusal(name)
+        return self._check_parse(protocol.parse(name, latest.query, latest.param_types))
 
-    def stale_refusal(self, name: str) -> tuple[str, str, str] | None:
+    def stale_refusal(self, name: str) -> Refusal | None:
         """SQL EXECUTE of a protocol-level statement prepared under another tenant or policy
-        version: (SQLSTATE, message, hint); None when it is current or not one of them."""
+        version: why it is refused; None when it is current or not one of them."""
         if all(self._current(p) for p in self.versions.candidates(name)):
             return None
-        return (
+        return self._stale_refusal(name)
+
+    @staticmethod
+    def _stale_refusal(name: str) -> Refusal:
+        return Refusal(
             "42501",
             f"EXECUTE {name} is refused: the statement was prepared (rewritten) under "
             "another tenant or policy version than this session has now",
             "run it with Bind (pgwarden prepares it again for the current tenant), or prepare it again",
         )
 
-    def execute_refusal(self, name: str, args: tuple) -> tuple[str, str, str] | None:
+    def execute_refusal(self, name: str, args: tuple[params.Arg, ...]) -> Refusal | None:
         """SQL EXECUTE of a protocol-level statement whose tenant value is a parameter: each such
         argument must be a plain literal equal to the session's tenant, as a Bind's value must be."""
         for prepared in self.versions.candidates(name):
@@ -403,73 +278,60 @@ class Guarded:
                 arg = args[number - 1] if number <= len(args) else None
                 if arg is not None and arg.literal and arg.value == expected:
                     continue
-                shown = (
-                    "missing"
-                    if arg is None
-                    else (
-                        repr(arg.value)
-                        if arg.literal and arg.value is not None
-                        else "NULL"
-                        if arg.literal
-                        else "not a plain literal"
-                    )
-                )
-                return (
+                return Refusal(
                     "42501",
                     f"EXECUTE {name} is refused: argument ${number} sets the tenant "
-                    f"column and is {shown}, but this session's tenant is {expected!r}",
+                    f"column and is {_shown(arg)}, but this session's tenant is {expected!r}",
                     "pass the session's own tenant as a plain string literal, or run the statement with Bind",
                 )
         return None
 
-    def guard_bind(self, msg: bytes) -> bool:
-        """Check tenant-column parameters at Bind; False (refused) when one names another tenant."""
+    def sql_execute_refusal(self, name: str, args: tuple[params.Arg, ...]) -> Refusal | None:
+        """SQL EXECUTE name: refused when what the name holds may not run now."""
+        refusal = self.sql_names.refusal(name, self.statement_scope())
+        if refusal is not None:
+            return Refusal(*refusal)
+        return self.stale_refusal(name) or self.execute_refusal(name, args)
+
+    def sql_name_refusal(self, name: str) -> Refusal | None:
+        """A Bind or Describe of a name PREPAREd in SQL, for another tenant or policy version."""
+        refusal = self.sql_names.refusal(name, self.statement_scope()) if name else None
+        return None if refusal is None else Refusal(*refusal)
+
+    def sql_names_changed(self, effects: list[params.Effect], sure: bool) -> None:
+        """A policed session's SQL PREPARE / DEALLOCATE (session pooling): which scopes each
+        name may hold; `sure` when the outcome will be known for certain."""
+        for effect in effects:
+            if effect.kind == "prepare":
+                self.sql_names.prepare(effect.name, self.statement_scope())
+            elif effect.kind == "deallocate":
+                self.sql_names.deallocate(effect.name, sure)
+            elif effect.kind == "discard_all":
+                self.sql_names.deallocate("", sure)
+
+    def check_bind(self, msg: bytes) -> Refusal | None:
+        """Check tenant-column parameters at Bind: why it is refused when one names another tenant."""
         checks = dict.fromkeys(c for p in self._bound(protocol.decode_bind_names(msg)[1]) for c in p.checks)
         if not checks:
-            return True
+            return None
         values = protocol.bind_params(msg)
         for number, expected in checks:
             value = values[number - 1] if number <= len(values) else None
             if value != expected.encode():
                 shown = "NULL" if value is None else repr(value.decode("utf-8", "replace"))
-                self.refuse(
+                return Refusal(
                     "42501",
                     f"INSERT refused: parameter ${number} sets the tenant column "
                     f"to {shown}, but this session's tenant is {expected!r}",
                     "omit the tenant column (pgwarden fills it in) or pass the session's own tenant",
-                    simple=False,
                 )
-                return False
-        return True
+        return None
 
-    def _guard_extended(self, kind: int, msg: bytes, out: list[bytes]) -> bytes | None:
-        """Parse rewritten under the policy; a stale named statement prepared again; Bind checked."""
-        if kind == _P:
-            return self.guard_parse(msg)
-        if kind == _B:
-            name = protocol.decode_bind_names(msg)[1]
-        elif msg[5] == 83:  # Describe or Close of a statement
-            name = protocol.decode_target(msg)[1]
-        else:
-            return msg
-        if kind == _C:
-            self.statement_sent(name, None)
-            return msg
-        refusal = self.sql_names.refusal(name, self.statement_scope()) if name else None
-        if refusal is not None:  # a name PREPAREd in SQL, for another tenant or policy version
-            self.refuse(*refusal, simple=False)
-            return None
-        fresh = self.stale_statement(name)
-        if fresh is None:
-            return None
-        if fresh and self.tx_mode and name:
-            parsed = protocol.decode_parse(fresh)
-            self.statements[name] = self.server.statements.get(parsed.query, parsed.param_types, self.statement_scope())
-        elif fresh:
-            tracker = self.backend.tracker  # type: ignore[union-attr]
-            out += (protocol.target(b"C", "S", name), fresh)
-            tracker.request(_C, SWALLOW)
-            tracker.request(_P, SWALLOW)
-            if self.tx_mode:  # the unnamed statement: this backend has it now, rewritten afresh
-                self._unnamed, self._unnamed_here = fresh, True  # type: ignore[attr-defined]
-        return msg if kind != _B or self.guard_bind(msg) else None
+
+def _shown(arg: params.Arg | None) -> str:
+    """How an EXECUTE argument is told in a refusal."""
+    if arg is None:
+        return "missing"
+    if arg.literal and arg.value is not None:
+        return repr(arg.value)
+    return "NULL" if arg.literal else "not a plain literal"

@@ -12,6 +12,21 @@ CANCEL_REQUEST_CODE = 80877102
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 MAX_STARTUP_PACKET = 10_000  # PostgreSQL's own limit for startup packets
 
+# Message type bytes, named by sender: the same letter means different messages each way
+# (from a client E is Execute, S Sync and C Close; from a backend, ErrorResponse, ParameterStatus
+# and CommandComplete). Plain ints, to compare with `data[i]` on the hot path.
+# Sent by a client:
+MSG_QUERY, MSG_PARSE, MSG_BIND, MSG_DESCRIBE, MSG_EXECUTE = b"QPBDE"
+MSG_CLOSE, MSG_SYNC, MSG_FLUSH, MSG_FUNCTION_CALL, MSG_TERMINATE = b"CSHFX"
+MSG_PASSWORD, MSG_COPY_DATA, MSG_COPY_DONE, MSG_COPY_FAIL = b"pdcf"
+# Sent by a backend:
+MSG_AUTHENTICATION, MSG_BACKEND_KEY_DATA, MSG_READY_FOR_QUERY = b"RKZ"
+MSG_ERROR_RESPONSE, MSG_PARAMETER_STATUS, MSG_COMMAND_COMPLETE = b"ESC"
+# What a Describe or Close names (its first byte after the header):
+TARGET_STATEMENT, TARGET_PORTAL = b"SP"
+# Transaction status in ReadyForQuery:
+TX_IDLE, TX_BLOCK, TX_FAILED = b"ITE"
+
 _HDR = struct.Struct("!cI")
 _I32 = struct.Struct("!I")
 _I32_PAIR = struct.Struct("!II")

@@ -4,23 +4,73 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from typing import NamedTuple
 
-from proxy.wire.protocol import ProtocolError, decode_fields, replace_detail
+from proxy.wire.protocol import (
+    MSG_BIND,
+    MSG_CLOSE,
+    MSG_COMMAND_COMPLETE,
+    MSG_DESCRIBE,
+    MSG_ERROR_RESPONSE,
+    MSG_EXECUTE,
+    MSG_FUNCTION_CALL,
+    MSG_PARAMETER_STATUS,
+    MSG_PARSE,
+    MSG_QUERY,
+    MSG_READY_FOR_QUERY,
+    MSG_SYNC,
+    TX_IDLE,
+    ProtocolError,
+    decode_fields,
+    replace_detail,
+)
 
 FORWARD, SWALLOW, SYNTH, ABORT = 0, 1, 2, 3  # ABORT: hide its answers but ReadyForQuery
-_Z, _E, _S, _C = ord("Z"), ord("E"), ord("S"), ord("C")
-_SYNC_LIKE = frozenset(b"SQF")  # requests answered by ReadyForQuery
+_SYNC_LIKE = frozenset((MSG_SYNC, MSG_QUERY, MSG_FUNCTION_CALL))  # requests answered by ReadyForQuery
+
+
+class Ready(NamedTuple):
+    """A client's Query, Sync or FunctionCall was answered by ReadyForQuery."""
+
+    tag: object  # the tag it was sent with
+    rows: int  # rows returned or changed (CommandComplete) since the ReadyForQuery before
+    error: bytes | None  # its first ErrorResponse (b"": a hidden one, a pgwarden refusal's abort)
+    status: int  # the transaction status ReadyForQuery reports
+
+
+class Settled(NamedTuple):
+    """A request sent with a tag was answered: `ok` False when it was skipped after an error."""
+
+    tag: object
+    ok: bool
+
+
+class ParameterChanged(NamedTuple):
+    """A ParameterStatus message: a setting changed (SET, set_config(), ROLLBACK...)."""
+
+    message: bytes
+
+
+class ErrorSeen(NamedTuple):
+    """An ErrorResponse message from the backend (hidden or not)."""
+
+    message: bytes
+
+
+Event = Ready | Settled | ParameterChanged | ErrorSeen
+_record = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (once per ReadyForQuery)
 _DONE = {  # which backend message completes a request, by the request's type byte
-    ord("P"): frozenset(b"1"),
-    ord("B"): frozenset(b"2"),
-    ord("D"): frozenset(b"Tn"),
-    ord("E"): frozenset(b"CIs"),
-    ord("C"): frozenset(b"3"),
-    ord("S"): frozenset(b"Z"),
-    ord("Q"): frozenset(b"Z"),
-    ord("F"): frozenset(b"Z"),
+    MSG_PARSE: frozenset(b"1"),  # ParseComplete
+    MSG_BIND: frozenset(b"2"),  # BindComplete
+    MSG_DESCRIBE: frozenset(b"Tn"),  # RowDescription, NoData
+    MSG_EXECUTE: frozenset(b"CIs"),  # CommandComplete, EmptyQueryResponse, PortalSuspended
+    MSG_CLOSE: frozenset(b"3"),  # CloseComplete
+    MSG_SYNC: frozenset(b"Z"),
+    MSG_QUERY: frozenset(b"Z"),
+    MSG_FUNCTION_CALL: frozenset(b"Z"),
 }
 _unpack = struct.Struct("!I").unpack_from
+_WHOLE = frozenset((MSG_PARAMETER_STATUS, MSG_ERROR_RESPONSE, MSG_COMMAND_COMPLETE))  # read before passing on
 
 
 def _tag_rows(data: bytes, start: int, end: int) -> int:
@@ -38,15 +88,17 @@ class Tracker:
     """The ordered requests sent to one backend, and how each response must reach the client.
 
     Each backend message is matched against the oldest request in flight, so the
-    queue is exact even when a client sends Flush instead of Sync. The chunk is
-    returned untouched (no copy) unless a response must be hidden (the proxy
-    injected its request), inserted (the proxy answered a request itself) or
-    scrubbed.
+    queue is exact even when a client sends Flush instead of Sync. `feed` returns the
+    bytes for the client and the events the chunk brought (`Ready`, `Settled`,
+    `ParameterChanged`, `ErrorSeen`), in order. The chunk is returned untouched (no copy)
+    unless a response must be hidden (the proxy injected its request), inserted (the proxy
+    answered a request itself) or scrubbed.
 
     >>> t = Tracker()
     >>> t.request(ord("P"), SWALLOW); t.request(ord("B")); t.request(ord("S"))
-    >>> t.feed(b"1\\0\\0\\0\\x04" + b"2\\0\\0\\0\\x04" + b"Z\\0\\0\\0\\x05I")
-    b'2\\x00\\x00\\x00\\x04Z\\x00\\x00\\x00\\x05I'
+    >>> out, events = t.feed(b"1\\0\\0\\0\\x04" + b"2\\0\\0\\0\\x04" + b"Z\\0\\0\\0\\x05I")
+    >>> out, events
+    (b'2\\x00\\x00\\x00\\x04Z\\x00\\x00\\x00\\x05I', [Ready(tag=None, rows=0, error=None, status=73)])
     >>> t.idle, chr(t.status)
     (True, 'I')
     """
@@ -54,17 +106,12 @@ class Tracker:
     __slots__ = (
         "_dropping",
         "_error",
+        "_events",
         "_head",
         "_rows",
         "_skip",
-        "done",
-        "ends",
-        "errors",
-        "failed",
         "fixups",
         "queue",
-        "reported",
-        "rows",
         "scrub",
         "status",
         "synced",
@@ -73,19 +120,12 @@ class Tracker:
     def __init__(self) -> None:
         self.queue: deque[tuple[int, int, object]] = deque()
         self.fixups = 0  # entries in the queue that need per-message attention
-        self.status = ord("I")  # transaction status of the last ReadyForQuery
+        self.status = TX_IDLE  # transaction status of the last ReadyForQuery
         self.synced = True  # no extended-protocol message sent since the last ReadyForQuery
-        self.rows: list[tuple[int, bytes | None]] = []  # each client Query/Sync/FunctionCall
-        #   answered: the rows returned or changed (CommandComplete), its first ErrorResponse (b"": hidden)
         self._rows = 0  # rows counted since the last ReadyForQuery
         self._error: bytes | None = None  # the first ErrorResponse since then
-        self.failed: list[object] = []  # tags of watched requests that ended in an error
-        self.done: list[object] = []  # tags of watched requests that succeeded
-        self.reported: list[bytes] = []  # ParameterStatus messages seen (a setting changed)
-        self.errors: list[bytes] = []  # ErrorResponse messages seen
+        self._events: list[Event] | None = None  # what the chunk being fed brought so far
         self.scrub: str | None = None  # when set, every ErrorResponse DETAIL is replaced by it
-        self.ends: list[tuple[object, bool, int]] = []  # each ReadyForQuery: (tag of its Query
-        #   or Sync, whether an error came since the one before, transaction status)
         self._skip = 0  # bytes of the current message still to come
         self._head = b""  # an incomplete header kept for the next chunk
         self._dropping = False  # whether the current (split) message is being hidden
@@ -101,7 +141,8 @@ class Tracker:
         return not self.queue and self.synced
 
     def request(self, code: int, action: int = FORWARD, tag: object = None) -> None:
-        """A request was sent to the backend; `tag` asks to be told (in `failed`) if it fails."""
+        """A request was sent to the backend; with a `tag`, its answer brings a `Settled` event
+        (a Query or Sync: its `Ready` event carries the tag)."""
         self.queue.append((code, action, tag))
         if code not in _SYNC_LIKE:
             self.synced = False
@@ -119,35 +160,29 @@ class Tracker:
     def reset(self) -> None:
         self.queue.clear()
         self.fixups = 0
-        self.failed.clear()
-        self.done.clear()
-        self.reported.clear()
-        self.errors.clear()
-        self.ends.clear()
-        self.rows.clear()
+        self._events = None
         self._rows, self._error = 0, None
         self.synced = True
         self._skip, self._head, self._dropping = 0, b"", False
 
-    def feed(self, data: bytes) -> bytes:
-        """Take a chunk from the backend; return what the client must receive, in order."""
+    def _event(self, event: Event) -> None:
+        if self._events is None:
+            self._events = [event]
+        else:
+            self._events.append(event)
+
+    def feed(self, data: bytes) -> tuple[bytes, list[Event] | tuple[()]]:
+        """Take a chunk from the backend: what the client must receive, in order, and the events
+        it brought (an empty tuple when none)."""
         if self._head:
             data, self._head = self._head + data, b""
         n, pos, mark = len(data), 0, 0
         out: list[bytes] | None = None
         if self._skip:
-            pos = min(self._skip, n)
-            self._skip -= pos
-            if self._dropping:
-                out, mark = [], pos
-            if not self._skip and self.fixups and self.queue and self.queue[0][0] == SYNTH:
-                out = out if out is not None else []
-                out.append(data[mark:pos])
-                mark = pos
-                self._emit(out)
+            pos, mark, out = self._rest_of_message(data)
         while pos < n:
             kind = data[pos]
-            if n - pos < 5 or (kind == _Z and n - pos < 6):
+            if n - pos < 5 or (kind == MSG_READY_FOR_QUERY and n - pos < 6):
                 self._head = data[pos:]
                 n = pos
                 break
@@ -155,24 +190,24 @@ class Tracker:
             if length < 4:
                 raise ProtocolError(f"backend sent an invalid message length {length}")
             end = pos + 1 + length
-            if end > n and kind in (_S, _E, _C):
+            if end > n and kind in _WHOLE:
                 self._head = data[pos:]  # hold it until it is whole, to read or scrub it
                 n = pos
                 break
-            if kind == _C:
+            if kind == MSG_COMMAND_COMPLETE:
                 self._rows += _tag_rows(data, pos + 5, end - 1)
-            elif kind == _S:
-                self.reported.append(data[pos:end])
-            elif kind == _E:
-                self.errors.append(data[pos:end])
+            elif kind == MSG_PARAMETER_STATUS:
+                self._event(ParameterChanged(data[pos:end]))
+            elif kind == MSG_ERROR_RESPONSE:
+                self._event(ErrorSeen(data[pos:end]))
             drop = self._attend(kind, data, pos)
-            if kind == _E and self._error is None:
+            if kind == MSG_ERROR_RESPONSE and self._error is None:
                 self._error = b"" if drop else data[pos:end]  # hidden: a pgwarden refusal's abort
             if drop:
                 out = out if out is not None else []
                 out.append(data[mark:pos])
                 mark = min(end, n)
-            elif kind == _E and self.scrub is not None:
+            elif kind == MSG_ERROR_RESPONSE and self.scrub is not None:
                 out = out if out is not None else []
                 out += (data[mark:pos], scrub_detail(data[pos:end], self.scrub))
                 mark = end
@@ -186,9 +221,31 @@ class Tracker:
                 mark = pos
                 self._emit(out)
         if out is None:
-            return data if n == len(data) else data[:n]
-        out.append(data[mark:n])
-        return b"".join(out)
+            result = data if n == len(data) else data[:n]
+        else:
+            out.append(data[mark:n])
+            result = b"".join(out)
+        events = self._events
+        if events is None:
+            return result, ()
+        self._events = None
+        return result, events
+
+    def _rest_of_message(self, data: bytes) -> tuple[int, int, list[bytes] | None]:
+        """The chunk opens with the rest of a message split across chunks: where the next one
+        starts, where the client's share resumes, and the pieces kept so far (None: all of it)."""
+        pos = min(self._skip, len(data))
+        self._skip -= pos
+        mark = 0
+        out: list[bytes] | None = None
+        if self._dropping:
+            out, mark = [], pos
+        if not self._skip and self.fixups and self.queue and self.queue[0][0] == SYNTH:
+            out = out if out is not None else []
+            out.append(data[mark:pos])
+            mark = pos
+            self._emit(out)
+        return pos, mark, out
 
     def _ready(self, status: int) -> bool:
         """ReadyForQuery: answers the oldest sync-like request; True if that one is hidden."""
@@ -202,8 +259,7 @@ class Tracker:
             if code in _SYNC_LIKE:
                 hidden = action == SWALLOW
                 if not hidden:
-                    self.rows.append((self._rows, self._error))
-                    self.ends.append((tag, self._error is not None, status))
+                    self._event(_record(Ready, (tag, self._rows, self._error, status)))
                 break
         self._rows, self._error = 0, None
         if not any(code not in _SYNC_LIKE and code != SYNTH for code, _, _ in queue):
@@ -213,14 +269,14 @@ class Tracker:
     def _attend(self, kind: int, data: bytes, pos: int) -> bool:
         """Match one backend message against the queue; True if the client must not see it."""
         queue = self.queue
-        if kind == _Z:
+        if kind == MSG_READY_FOR_QUERY:
             return self._ready(data[pos + 5])
         if not queue:
             return False
         code, action, tag = queue[0]
         if code in _SYNC_LIKE:  # inside a simple query (or before a Sync): only Z ends it
             return action != FORWARD
-        if kind == _E:
+        if kind == MSG_ERROR_RESPONSE:
             self._fail_until_sync()
             return action == ABORT
         if kind in _DONE.get(code, ()):
@@ -228,7 +284,7 @@ class Tracker:
             if action != FORWARD or tag is not None:
                 self.fixups -= 1
             if tag is not None:
-                self.done.append(tag)
+                self._event(Settled(tag, True))
             return action == SWALLOW
         return False
 
@@ -240,13 +296,15 @@ class Tracker:
             if action != FORWARD or tag is not None:
                 self.fixups -= 1
             if tag is not None and action != SYNTH:
-                self.failed.append(tag)
+                self._event(Settled(tag, False))
 
     def _emit(self, out: list[bytes]) -> list[bytes]:
         """Append the proxy's own answers now at the head of the queue."""
         queue = self.queue
         while queue and queue[0][0] == SYNTH:
-            out.append(queue.popleft()[2])  # type: ignore[arg-type]
+            response = queue.popleft()[2]
+            assert isinstance(response, bytes)
+            out.append(response)
             self.fixups -= 1
         return out
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.session.connection import sends_ddl
+from proxy.session.session_sql import sends_ddl
 from proxy.wire import protocol
 
 

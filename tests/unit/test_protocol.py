@@ -193,15 +193,17 @@ other = st.builds(lambda k, body: p.message(bytes([k]), body), st.sampled_from(b
 
 @given(st.lists(st.one_of(ready, error, other), max_size=25), cuts)
 def test_backend_stream_is_forwarded_whole_and_ready_status_tracked_over_any_chunking(msgs, cut_at):
-    from proxy.wire.tracker import Tracker
+    from proxy.wire.tracker import ErrorSeen, Tracker
 
     tracker = Tracker()
     stream = b"".join(msgs)
-    out = b"".join(tracker.feed(chunk) for chunk in chunked(stream, cut_at))
+    fed = [tracker.feed(chunk) for chunk in chunked(stream, cut_at)]
+    out = b"".join(data for data, _ in fed)
     zs = [m for m in msgs if m[0] == ord("Z")]
     assert out == stream
     assert tracker.status == (zs[-1][5] if zs else ord("I"))
-    assert len(tracker.errors) == sum(1 for m in msgs if m[0] == ord("E"))
+    errors = [e for _, events in fed for e in events if isinstance(e, ErrorSeen)]
+    assert len(errors) == sum(1 for m in msgs if m[0] == ord("E"))
 
 
 @given(st.binary(max_size=300), cuts)

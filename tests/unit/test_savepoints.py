@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from proxy.session import params
 from proxy.session import savepoints as sp
-from proxy.session.txstate import CONTROL, TxState
+from proxy.session.state import SessionState
+from proxy.session.txstate import CONTROL, Transaction
 from proxy.wire import protocol as p
-from proxy.wire.tracker import Tracker
+from proxy.wire.tracker import Ready, Tracker
 
 ACME, GLOBEX = sp.State({"t": "acme"}, {}), sp.State({"t": "globex"}, {})
 
@@ -56,7 +57,7 @@ def test_each_ready_for_query_is_recorded_with_its_tag_and_whether_it_failed():
     t.request(ord("Q"))
     t.request(ord("Q"), tag=True)
     error = p.error_response("3B001", "savepoint does not exist")
-    t.feed(
+    _, events = t.feed(
         p.command_complete("SAVEPOINT")
         + p.ready_for_query(b"T")
         + error
@@ -64,7 +65,8 @@ def test_each_ready_for_query_is_recorded_with_its_tag_and_whether_it_failed():
         + error
         + p.ready_for_query(b"E")
     )
-    assert t.ends == [(True, False, ord("T")), (None, True, ord("E")), (True, True, ord("E"))]
+    ends = [(e.tag, e.error is not None, e.status) for e in events if isinstance(e, Ready)]
+    assert ends == [(True, False, ord("T")), (None, True, ord("E")), (True, True, ord("E"))]
 
 
 def test_transaction_control_effects_with_and_chain():
@@ -104,36 +106,37 @@ def test_a_failed_implicit_transaction_is_undone_and_a_failed_begin_placed():
     assert sp.settle(sp.Cycle(begin=1), True, False, 2, 0) == (None, True)
 
 
-class _Backend:
-    def __init__(self) -> None:
-        self.settings: dict = {}
-        self.tracker = Tracker()
-
-
-class _Session(TxState):
-    """TxState with what Pooled gives it: settings applied as `_session_statement` does."""
-
-    ident, peer, local_tenant, tenant_unknown = "token_user", "test", None, False
+class _Session:
+    """The Transaction part, with settings applied as the session core's `_apply` does."""
 
     def __init__(self, tenant: str) -> None:
-        self.backend = _Backend()
-        self.settings = {"t": tenant}
+        self.state = SessionState(0, 0, peer="test", ident="token_user", settings={"t": tenant})  # type: ignore[arg-type]
+        self.tx = Transaction(self.state)
+        self.backend: dict = {}
         self.tags: list = []
+
+    @property
+    def settings(self) -> dict:
+        return self.state.settings
+
+    @property
+    def tenant_unknown(self) -> bool:
+        return self.state.tenant_unknown
 
     def send(self, sql: str) -> None:
         for effect in params.effects(sql):
-            self._changing(effect)
+            self.tx.changing(effect, self.backend)
             if effect.kind in CONTROL:
-                self._control(effect)
+                self.tx.control(effect, self.backend)
             else:
-                params.apply(self.settings, effect)
-                self._watch_tenant()
+                params.apply(self.state.settings, effect)
+                self.tx.watch_tenant()
 
     def sync(self) -> None:
-        self.tags.append(self._watch())
+        self.tags.append(self.tx.watch())
 
     def answer(self, failed: bool, status: str) -> None:
-        self._cycle_ended(self.tags.pop(0), failed, ord(status))
+        self.tx.ended(self.tags.pop(0), failed, ord(status), self.backend, drained=True)
 
 
 def test_rollback_applies_when_sent_so_a_later_set_stays():
@@ -177,4 +180,4 @@ def test_a_block_pgwarden_did_not_see_begin_loses_the_tenant_after_a_change():
     s.send("set t = globex")  # in a transaction opened by a BEGIN pgwarden did not see
     s.sync()
     s.answer(False, "T")
-    assert s.tenant_unknown and s._block
+    assert s.tenant_unknown and s.tx.in_block

@@ -1,0 +1,149 @@
+"""Statements that touch session state, judged before they are sent: what transaction pooling or a policy refuses."""
+
+from __future__ import annotations
+
+import re
+
+from proxy.session import params
+from proxy.session.guard import Guard
+from proxy.session.state import Refusal
+
+DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(all|\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$", re.I | re.S)
+_STATEFUL_HEADS = frozenset(
+    {
+        b"set",
+        b"res",
+        b"dis",
+        b"lis",
+        b"pre",
+        b"dea",
+        b"rol",
+        b"abo",
+        b"cre",
+        b"dec",
+        b"sav",
+        b"rel",
+        b"beg",
+        b"sta",
+        b"com",
+        b"end",
+        b"exe",
+        b"exp",
+    }
+)
+_DDL = re.compile(rb"(?i)\b(?:create|alter|drop|comment)\b")  # may change what the policy checks
+
+_SESSION_MODE = "use pool.mode: session for this application"
+_PREPARE_FIRST = "prepare it on this connection first (a Parse message); names are per connection"
+_TX_REFUSED = {  # statements whose effect transaction pooling cannot keep: (what, hint)
+    "listen": ("LISTEN", f"{_SESSION_MODE}: notifications need a backend of their own"),
+    "prepare": (
+        "SQL PREPARE",
+        "use protocol-level prepared statements (every driver's "
+        f"default; pgwarden keeps them under transaction pooling), or {_SESSION_MODE}",
+    ),
+    "identity": ("SET {name}", f"{_SESSION_MODE}, or connect as the role you need"),
+}
+_SHARED_NAMES = (
+    "the backend is shared, and the prepared statements on it are other clients' (under names they never chose)"
+)
+_TX_NAMED = {  # statements that name a prepared statement pgwarden cannot map
+    "execute": Refusal(
+        "0A000",
+        f"SQL EXECUTE is not supported in transaction pooling mode: {_SHARED_NAMES}",
+        "use protocol-level prepared statements (Parse/Bind: every driver's default; "
+        f"pgwarden keeps them per client), or {_SESSION_MODE}",
+    ),
+    "deallocate": Refusal(
+        "0A000",
+        "DEALLOCATE in a multi-statement query or after a comment is not supported "
+        f"in transaction pooling mode: {_SHARED_NAMES}",
+        "send DEALLOCATE name (or DEALLOCATE ALL) as a query of its own",
+    ),
+}
+FUNCTION_CALL = Refusal(
+    "42501",
+    "FunctionCall messages are refused: they call functions by OID, outside any statement the policy can check",
+    "call the function in a SELECT",
+)
+UNNAMED_MISSING = Refusal(
+    "26000", "unnamed prepared statement does not exist", "send a Parse before the Bind on this connection"
+)
+_LOCAL_SEARCH_PATH = Refusal(
+    "42501",
+    "SET LOCAL search_path is refused: pgwarden resolves table names with the session's search_path",
+    "use SET search_path (pgwarden tracks it), or schema-qualified names",
+)
+_LISTEN = Refusal(
+    "42501",
+    "LISTEN is refused under a policy: notification channels are not "
+    "tenant-scoped, so one tenant could receive another's payloads",
+    "use a bypass role for LISTEN, or deliver events through a tenant-scoped table",
+)
+
+
+def sends_ddl(msg: bytes) -> bool:
+    """Could this Query or Parse change the schema (so the policy's view of it)? A cheap test
+    on the text after the message header (the length bytes can look like a letter)."""
+    return _DDL.search(msg[5:]) is not None
+
+
+def stateful_text(msg: bytes, start: int, stop: int) -> bool:
+    """Cheap byte test on msg[start:stop]: could this SQL change session state?
+
+    False for plain SELECT/DML, even with a trailing semicolon; True for SET, RESET,
+    DISCARD, LISTEN, PREPARE, EXECUTE, EXPLAIN, DEALLOCATE, BEGIN, COMMIT, ROLLBACK, leading comments,
+    multi-statement text, and text that may leave state behind (temp, hold, set_config, advisory locks).
+    """
+    i = start
+    while i < stop and msg[i] in b" \t\r\n":
+        i += 1
+    if i >= stop:
+        return False
+    if (
+        msg[i : i + 3].lower() in _STATEFUL_HEADS
+        or msg[i] in b"/-("
+        or params.MAY_LEAVE_STATE_BYTES.search(msg, start, stop) is not None
+    ):
+        return True
+    j = stop - 1
+    while j > i and msg[j] in b" \t\r\n;":
+        j -= 1
+    return msg.find(b";", i, j) >= 0
+
+
+def no_such_statement(name: str) -> Refusal:
+    """A statement name this client never prepared: PostgreSQL's own error (the name never
+    reaches the backend, where it could be another client's statement)."""
+    return Refusal("26000", f'prepared statement "{name}" does not exist', _PREPARE_FIRST)
+
+
+def unquoted(name: str) -> str:
+    """A statement name as PostgreSQL folds it: "Quoted" kept, otherwise lower case."""
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+
+
+def refusal(effects: list[params.Effect], tx_mode: bool, guard: Guard | None) -> Refusal | None:
+    """Why a statement whose effect cannot be kept is refused (`guard`: under a policy), else None."""
+    for effect in effects:
+        if guard is not None and effect.kind == "local" and effect.name == "search_path":
+            return _LOCAL_SEARCH_PATH
+        if guard is not None and effect.kind == "listen":
+            return _LISTEN
+        if tx_mode and effect.kind in _TX_NAMED:
+            return _TX_NAMED[effect.kind]
+        if effect.kind == "execute" and guard is not None:
+            refused = guard.sql_execute_refusal(effect.name, effect.args)
+            if refused is not None:
+                return refused
+        if tx_mode and effect.kind in _TX_REFUSED:
+            what, hint = _TX_REFUSED[effect.kind]
+            what = what.format(name=effect.name.upper())
+            return Refusal(
+                "0A000",
+                f"{what} is not supported in transaction pooling mode: its "
+                "effect would outlive this transaction on a backend that other clients "
+                "share",
+                hint,
+            )
+    return None
