@@ -117,7 +117,7 @@ class Pool:
         return backend
 
     def _adopt(self, backend: Backend) -> None:
-        backend.on_idle_lost = self._idle_lost  # type: ignore[assignment]  # Backend declares it as None: lead removes once backend.py is annotated
+        backend.on_idle_lost = self._idle_lost
         if self.server_params is None:
             self.server_params = dict(backend.params)
 
