@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402 (bench/ is not a package)
-from common import Load, Target  # noqa: E402
+import common
+from common import Load, Target
 
 GROUPS = {
     "read": ("read", "recvfrom", "recvmsg", "readv"),
