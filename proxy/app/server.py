@@ -367,8 +367,11 @@ class Server:
     def reload(self) -> bool:
         """SIGHUP: load the config file again; a bad file is reported and the running config kept."""
         source = self.config.source
+        if source is None:
+            log.error("reload: this config was not read from a file (the demo builds its own); nothing to reload")
+            return False
         try:
-            new = load_config(source)  # type: ignore[arg-type]
+            new = load_config(source)
             tls_context, backend_context = listen_tls(new.listen.tls), backend_tls(new.primary.tls)
             router = self.load_policies(new)
         except (ConfigError, PolicyLoadError, OSError, ValueError) as exc:
