@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 CONFIG ?= config/pgwarden.yaml
 
-.PHONY: run run-local test services install install-dev lint clean bench node-deps
+.PHONY: run run-local test unit services install install-dev lint clean bench node-deps
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -47,6 +47,11 @@ lint: install-dev
 # The machine's PostgreSQL and Redis when they answer (trust auth for postgres), else throwaway ones.
 test: install-dev node-deps lint
 	$(PY) -m tests.services run -- $(PY) -m pytest -q tests
+
+# The pure tests (marker `unit`, set by tests/conftest.py) and the docstring examples, in seconds:
+# no service is started, PostgreSQL and Redis point at a closed port, pgwarden processes are refused.
+unit: install-dev
+	PGWARDEN_TEST_SERVICES=none $(PY) -m pytest -q -m "unit and not slow" tests
 
 bench: install-dev services
 	$(PY) bench/pgbench.py
