@@ -14,8 +14,23 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_HOST, PG_PORT = "127.0.0.1", int(os.environ.get("PGWARDEN_TEST_PG_PORT", "5432"))
-REDIS_URL = os.environ.get("PGWARDEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# `make unit` sets PGWARDEN_TEST_SERVICES=none: PostgreSQL and Redis are then a closed port, and
+# starting a pgwarden process or a cluster raises, so a `unit` test that needs a service fails loudly.
+NO_SERVICES = os.environ.get("PGWARDEN_TEST_SERVICES") == "none"
+CLOSED_PORT = 1
+PG_HOST = "127.0.0.1"
+PG_PORT = CLOSED_PORT if NO_SERVICES else int(os.environ.get("PGWARDEN_TEST_PG_PORT", "5432"))
+REDIS_URL = (
+    f"redis://127.0.0.1:{CLOSED_PORT}/0"
+    if NO_SERVICES
+    else os.environ.get("PGWARDEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+)
+
+
+def refuse_without_services(what: str) -> None:
+    """Raise when the tests run without services (`make unit`) and `what` would need one."""
+    if NO_SERVICES:
+        raise RuntimeError(f"{what} needs services, which `make unit` does not start: this test is not a unit test")
 
 
 # Ports come from below the kernel's ephemeral range (32768-60999 here), so no
@@ -106,6 +121,7 @@ class ProxyProcess:
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def start(self, timeout: float = 20.0) -> ProxyProcess:
+        refuse_without_services("a pgwarden process")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.write_config()
         self._log = open(self.log_path, "ab")

@@ -15,6 +15,7 @@ from pathlib import Path
 from proxy.wire import protocol
 from proxy.wire.auth import BackendAuth
 from tests.certs import Certs
+from tests.harness import refuse_without_services
 
 BINDIR = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
 SUPERUSER, SUPERUSER_PASSWORD = "postgres", "cluster-superuser-pw"
@@ -57,6 +58,7 @@ class PgCluster:
         os.chmod(path, mode)
 
     def start(self) -> PgCluster:
+        refuse_without_services("a PostgreSQL cluster")
         try:
             self._init_and_start()
         except BaseException:

@@ -96,6 +96,7 @@ def test_redact_never_raises_and_leaves_no_quoted_literal(sql):
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "orm_statements.jsonl.gz"
 
 
+@pytest.mark.slow  # every statement of the ORM corpus
 def test_the_fast_path_agrees_with_the_scanner_on_every_orm_statement():
     sqls = [json.loads(line)["sql"] for line in gzip.open(CORPUS, "rt")]
     assert [s for s in sqls if redact.__wrapped__(s) != scanned(s)] == []

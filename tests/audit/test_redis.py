@@ -13,6 +13,8 @@ from proxy.audit.trail import Audit, AuditConfig, verify_files
 from tests.audit.trail import numbered, write_trail
 from tests.harness import REDIS_URL
 
+pytestmark = pytest.mark.integration  # a real Redis
+
 
 @pytest.fixture
 def stream():

@@ -8,6 +8,7 @@ import logging
 import time
 
 import asyncpg
+import pytest
 
 from proxy.ops.slowlog import SlowLog, SlowQueryConfig
 from tests.harness import PG_PORT
@@ -21,6 +22,7 @@ async def timed(conn: asyncpg.Connection, sql: str, *args) -> tuple[float, int]:
     return time.perf_counter() - started, len(rows)
 
 
+@pytest.mark.integration  # a real PostgreSQL
 def test_slow_selects_are_logged_with_their_plan_and_fast_ones_not(tmp_path):
     path = tmp_path / "slow.jsonl"
 

@@ -1,6 +1,13 @@
-"""Reader of the rewrite fixtures: `.sql` files of input / expected-output cases.
+"""Reader of the rewrite fixtures: `.sql` files of input / expected-output cases, one file per rule.
 
-A file holds cases; each case is
+The file says which rule its cases exercise (test_fixture_layout.py holds them to it):
+
+    rewrite/<rule>.sql    a rewrite rule of rewriter.api.RULES edits the statement (e.g. guard_inserts)
+    refuse/<reason>.sql   refused with Deny.rule <reason>, tables.<schema>.<table>[.what] counting
+                          as tables[.what] (e.g. refuse/tenancy.column.sql, refuse/tables.masks.sql)
+    allow.sql             no rule applies: forwarded unchanged
+
+Lines before a file's first case are comments about the file. A file holds cases; each case is
 
     -- name: what the case shows
     [-- session: notenant | nomasks]   (default: tenant acme, masks on)
@@ -17,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).parent / "fixtures"
+ALLOW = "allow"
 
 
 @dataclass
@@ -47,7 +55,7 @@ def parse(path: Path) -> list[Case]:
     cases: list[Case] = []
     for line in path.read_text().splitlines():
         if line.startswith("-- name:"):
-            cases.append(Case(f"{path.parent.name}/{path.name}", line[8:].strip()))
+            cases.append(Case(path.relative_to(ROOT).as_posix(), line[8:].strip()))
         elif line.startswith("-- session:"):
             cases[-1].session = line[11:].strip()
         elif line.startswith("-- bind:"):
@@ -66,4 +74,16 @@ def parse(path: Path) -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return [c for p in sorted(ROOT.glob("*/*.sql")) for c in parse(p)]
+    return [c for p in sorted(ROOT.rglob("*.sql")) for c in parse(p)]
+
+
+def reason(rule: str) -> str:
+    """The refusal reason a Deny.rule counts under: `tables.public.orders.masks` -> `tables.masks`."""
+    parts = rule.split(".")
+    return ".".join([parts[0], *parts[3:]]) if parts[0] == "tables" and len(parts) >= 3 else rule
+
+
+def file_rule(path: str) -> tuple[str, str]:
+    """(`rewrite` | `refuse` | `allow`, rule) that a fixture file's path (relative to ROOT) names."""
+    folder, _, name = path.rpartition("/")
+    return (folder or ALLOW, name.removesuffix(".sql"))

@@ -29,6 +29,8 @@ from rewriter.masks import projection, quote_qualified
 from rewriter.pg_names import BUILTIN_FUNCTIONS
 from rewriter.verify import strip
 
+pytestmark = pytest.mark.slow  # the whole ORM corpus through the rewriter
+
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "orm_statements.jsonl.gz"
 ALL = frozenset({"select", "insert", "update", "delete"})
 COLUMNS = (Column("id", "integer"), Column("tenant_id", "text"), Column("secret", "text"))
