@@ -406,11 +406,18 @@ _READ_ONLY_REPORTED = frozenset(
 def reported_setting(name: str, value: str) -> str | None:
     """The SET that reproduces a ParameterStatus the backend sent (None for read-only ones).
 
+    A list (search_path, reported since PostgreSQL 18) is set through set_config(), which
+    reads the text as a list: SET would take the quoted text as one name.
+
     >>> reported_setting("TimeZone", "Asia/Tokyo")
     "SET TimeZone TO 'Asia/Tokyo'"
+    >>> reported_setting("search_path", "s1, public")
+    "SELECT pg_catalog.set_config('search_path', 's1, public', false)"
     """
     if name.lower() in _READ_ONLY_REPORTED:
         return None
+    if name.lower() == "search_path":
+        return f"SELECT pg_catalog.set_config('search_path', {_literal(value)}, false)"
     return f"SET {_ident(name)} TO {_literal(value)}"
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +14,7 @@ import pytest
 from psycopg import errors
 
 from tests.clients.support import connect, direct_execute, unique
+from tests.harness import ROOT
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -193,3 +197,21 @@ def test_a_replay_tells_the_client_what_postgresql_would_report(pool3):
     with psycopg.connect(pool3.dsn(options="-c\\ TimeZone=utc"), autocommit=True) as conn:
         conn.execute("SELECT 1")
         assert conn.info.parameter_status("TimeZone") == "UTC"
+
+
+def test_django_assume_role_under_transaction_pooling(pool3, role):
+    """Django's OPTIONS["assume_role"] (SET ROLE after connecting) holds for every transaction, on every backend."""
+    stop = threading.Event()
+    churners = [threading.Thread(target=_churn, args=(pool3, stop)) for _ in range(3)]
+    for t in churners:
+        t.start()
+    try:
+        args = [sys.executable, "-m", "tests.django_app.assume_role", pool3.host, str(pool3.port), "postgres", role]
+        result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        stop.set()
+        for t in churners:
+            t.join()
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout)
+    assert seen["users"] == [role] and seen["backends"] > 1
