@@ -13,7 +13,7 @@ from proxy.ops.admin import PARAMETERS as ADMIN_PARAMETERS
 from proxy.ops.admin import AdminConsole
 from proxy.pooling.backend import Backend, BackendError
 from proxy.pooling.pool import Pool, PoolTimeout
-from proxy.session import lending, params
+from proxy.session import lending, params, reported
 from proxy.session.accounting import Accounting
 from proxy.session.context import SessionContext
 from proxy.session.core import SessionCore
@@ -336,8 +336,7 @@ class Session(asyncio.Protocol):
     def _ready(self, server_params: dict[str, str]) -> None:
         """Logged in: the parameters, the key and ReadyForQuery go to the client."""
         state = self.record
-        shown = {**server_params, **{k: v for k, v in state.client_params.items() if k in server_params}}
-        out = [protocol.parameter_status(k, v) for k, v in shown.items()]
+        out = [protocol.parameter_status(k, v) for k, v in reported.at_login(state, server_params).items()]
         out.append(protocol.backend_key_data(state.pid, state.secret))
         out.append(protocol.ready_for_query(b"I"))
         self.write(b"".join(out))

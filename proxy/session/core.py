@@ -6,13 +6,13 @@ import logging
 
 from proxy.pooling.backend import Backend
 from proxy.pooling.prepared import Statement
-from proxy.session import params, session_sql
+from proxy.session import params, reported, session_sql
 from proxy.session.accounting import AUDIT_FULL, Accounting
 from proxy.session.context import SessionContext, Shell
 from proxy.session.guard import Guard
 from proxy.session.policed import HIDDEN_DETAIL
 from proxy.session.savepoints import Cycle
-from proxy.session.state import Refusal, SessionState
+from proxy.session.state import CLOSED, Refusal, SessionState
 from proxy.session.statements import STALE_PLAN, Statements, names_statement
 from proxy.session.txstate import CONTROL, Transaction
 from proxy.wire import protocol
@@ -74,8 +74,8 @@ class SessionCore:
         if settings == backend.settings:
             return
         sql = params.replay(settings, backend.settings)
-        if sql:
-            backend.tracker.request(MSG_QUERY, SWALLOW)
+        if sql:  # (tagged when it changes the role: if that fails, the client is closed)
+            backend.tracker.request(MSG_QUERY, SWALLOW, tag=params.replay_tag(settings, backend.settings))
             backend.write(protocol.query(sql))
             backend.settings = dict(settings)
 
@@ -453,18 +453,18 @@ class SessionCore:
             log.warning("backend pid=%s sent invalid data: %s", backend.pid, exc)
             backend.close()
             return
-        if out:
-            self.shell.write(out)
-        for event in events:
+        for event in events:  # (before `out`: a hidden ParameterStatus may need telling first)
             if isinstance(event, Ready):
                 self._ready(event, backend)
             elif isinstance(event, Settled):
                 self.names.settled(event.tag, event.ok, backend)
             elif isinstance(event, ParameterChanged):
-                self._reported(event.message, backend)
+                self._reported(event, backend)
             elif isinstance(event, ErrorSeen):
                 self._backend_error(event.message, backend)
         state = self.state
+        if out and state.phase != CLOSED:
+            self.shell.write(out)
         if state.ddl_sent and tracker.status == TX_IDLE:  # a bypass role's DDL committed (or not)
             state.ddl_sent = False
             self.ctx.refresh_schemas(state.database)
@@ -473,20 +473,22 @@ class SessionCore:
 
     def _ready(self, ready: Ready, backend: Backend) -> None:
         """A Query or Sync answered: its round trip accounted, its cycle settled."""
-        self.accounting.answered(ready)
         tag, failed = ready.tag, ready.error is not None
+        if tag is params.ROLE_REPLAY:  # never run the client's statements as another role
+            if failed:
+                self.shell.fatal("08000", "pgwarden could not restore this session's role on a pooled backend")
+            return
+        self.accounting.answered(ready)
         if isinstance(tag, Cycle) and tag.statements and not failed and self.guard is not None:
             self.guard.cycle_accepted(tag.statements)
         self.tx.ended(tag, failed, ready.status, backend.settings, not backend.tracker.queue)
 
-    def _reported(self, msg: bytes, backend: Backend) -> None:
-        """The backend says a setting changed (however: SET, set_config(), ROLLBACK): track it."""
-        if self.state.tx_mode or self.guard is not None:
-            name, pos = protocol.read_cstr(msg, 5)
-            text = params.reported_setting(name, protocol.read_cstr(msg, pos)[0])
-            if text is not None:
-                name = name.lower()
-                self.state.settings[name] = backend.settings[name] = text
+    def _reported(self, changed: ParameterChanged, backend: Backend) -> None:
+        """The backend says a setting changed: tracked; told to the client if it did not get it (a
+        replay's) and it differs from what it was told (`reported.changed`)."""
+        track = self.state.tx_mode or self.guard is not None
+        if reported.changed(self.state, changed.message, backend.settings, track) and changed.hidden:
+            self.shell.write(changed.message)
 
     def _backend_error(self, msg: bytes, backend: Backend) -> None:
         """Counted; after a table changed shape, the statements on this backend are stale: reset it."""

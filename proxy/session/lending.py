@@ -34,7 +34,9 @@ def client_left(pool: Pool | None, backend: Backend, tx_mode: bool, ran_statemen
     if not first and not backend.needs_discard and (tx_mode or not ran_statements):
         pool.release(backend)
         return
-    reset(pool, backend, first, discard=backend.needs_discard or not tx_mode)
+    # After a ROLLBACK pgwarden no longer knows the backend's settings (the transaction's SET,
+    # RESET or SET ROLE are undone on the server, not in `Backend.settings`): DISCARD ALL too.
+    reset(pool, backend, first, discard=backend.needs_discard or not tx_mode or bool(first))
 
 
 def reset(pool: Pool, backend: Backend, first: list[str], discard: bool) -> None:

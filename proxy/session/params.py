@@ -299,9 +299,11 @@ def _effect(kind: str, node: dict, text: str) -> Effect | None:
     name = node.get("name", "").lower()
     if node.get("is_local"):
         return Effect("local", name)
-    if name in ("role", "session_authorization", "session authorization"):
+    if name in ("session_authorization", "session authorization"):
         return Effect("identity", name)
     set_kind = node["kind"]
+    if name == "role" and set_kind == "VAR_SET_VALUE" and _role_none(node):
+        return Effect("reset", name)  # SET ROLE NONE
     if set_kind == "VAR_RESET_ALL":
         return Effect("reset_all")
     if set_kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
@@ -309,6 +311,12 @@ def _effect(kind: str, node: dict, text: str) -> Effect | None:
     if name.startswith("transaction") and set_kind == "VAR_SET_MULTI":
         return Effect("local", name)  # SET TRANSACTION ...: this transaction only
     return Effect("set", name, text)
+
+
+def _role_none(node: dict) -> bool:
+    """SET ROLE NONE (PostgreSQL compares the folded text with 'none')."""
+    args = node.get("args") or [{}]
+    return args[0].get("A_Const", {}).get("sval", {}).get("sval") == "none"
 
 
 def _executed(kind: str, node: dict) -> tuple[str, tuple[Arg, ...]] | None:
@@ -353,9 +361,12 @@ def startup_settings(params: dict[str, str]) -> dict[str, str]:
     >>> startup_settings({"user": "u", "application_name": "it's", "options": "-c search_path=s1"})
     {'application_name': "SET application_name TO 'it''s'", 'search_path': "SET search_path TO 's1'"}
     """
-    pairs = [(k, v) for k, v in params.items() if k not in _NOT_FORWARDED]
-    pairs += _options(params.get("options", ""))
-    return {k.lower(): f"SET {_ident(k)} TO {_literal(v)}" for k, v in pairs}
+    return {k.lower(): f"SET {_ident(k)} TO {_literal(v)}" for k, v in startup_pairs(params)}
+
+
+def startup_pairs(params: dict[str, str]) -> list[tuple[str, str]]:
+    """The settings among a client's startup parameters, `options=-c name=value` included, in order."""
+    return [(k, v) for k, v in params.items() if k not in _NOT_FORWARDED] + _options(params.get("options", ""))
 
 
 def _options(options: str) -> list[tuple[str, str]]:
@@ -395,11 +406,18 @@ _READ_ONLY_REPORTED = frozenset(
 def reported_setting(name: str, value: str) -> str | None:
     """The SET that reproduces a ParameterStatus the backend sent (None for read-only ones).
 
+    A list (search_path, reported since PostgreSQL 18) is set through set_config(), which
+    reads the text as a list: SET would take the quoted text as one name.
+
     >>> reported_setting("TimeZone", "Asia/Tokyo")
     "SET TimeZone TO 'Asia/Tokyo'"
+    >>> reported_setting("search_path", "s1, public")
+    "SELECT pg_catalog.set_config('search_path', 's1, public', false)"
     """
     if name.lower() in _READ_ONLY_REPORTED:
         return None
+    if name.lower() == "search_path":
+        return f"SELECT pg_catalog.set_config('search_path', {_literal(value)}, false)"
     return f"SET {_ident(name)} TO {_literal(value)}"
 
 
@@ -409,19 +427,44 @@ def apply(settings: dict[str, str], effect: Effect) -> None:
         settings[effect.name] = effect.text
     elif effect.kind == "reset":
         settings.pop(effect.name, None)
-    elif effect.kind in ("reset_all", "discard_all"):
+    elif effect.kind == "discard_all":
         settings.clear()
+    elif effect.kind == "reset_all":  # RESET ALL keeps the role (PostgreSQL's GUC_NO_RESET_ALL)
+        role = settings.get(ROLE)
+        settings.clear()
+        if role is not None:
+            settings[ROLE] = role
+
+
+ROLE = "role"  # SET ROLE, tracked as a setting by this name
 
 
 def replay(client: dict[str, str], backend: dict[str, str]) -> str:
     """SQL that turns a backend's settings into the client's ('' when they already match).
 
+    A role is reset before anything else (the other settings were made under the role the
+    client had then), and a replay that changes the role runs in a transaction block: if it
+    fails, the client's next statement fails too instead of running as another role.
+
     >>> replay({"a": "SET a TO '1'"}, {"b": "SET b TO '2'"})
     "RESET b; SET a TO '1'"
+    >>> replay({"a": "SET a TO '1'", "role": "SET ROLE app"}, {"role": "SET ROLE other"})
+    "BEGIN; RESET role; SET a TO '1'; SET ROLE app; COMMIT"
     """
-    stmts = []
+    role_changes = client.get(ROLE) != backend.get(ROLE)
+    stmts = ["RESET role"] if role_changes and ROLE in backend else []
     for name in backend:
-        if name not in client:
+        if name not in client and name != ROLE:
             stmts.append(f"RESET {_ident(name)}")
     stmts += [text for name, text in client.items() if backend.get(name) != text]
+    if role_changes:
+        stmts = ["BEGIN", *stmts, "COMMIT"]
     return "; ".join(stmts)
+
+
+ROLE_REPLAY = "role replay"  # the tag of a replay that changes the role
+
+
+def replay_tag(client: dict[str, str], backend: dict[str, str]) -> str | None:
+    """The tag of the replay from `backend`'s settings to `client`'s: ROLE_REPLAY when it changes the role."""
+    return ROLE_REPLAY if client.get(ROLE) != backend.get(ROLE) else None

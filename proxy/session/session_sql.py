@@ -74,6 +74,12 @@ _LOCAL_SEARCH_PATH = Refusal(
     "SET LOCAL search_path is refused: pgwarden resolves table names with the session's search_path",
     "use SET search_path (pgwarden tracks it), or schema-qualified names",
 )
+_ROLE = Refusal(
+    "42501",
+    "SET ROLE and RESET ROLE are refused under a policy: the policy is enforced for the role "
+    "the session logged in as, and another role would not be bound by it",
+    "connect as the role you need",
+)
 _LISTEN = Refusal(
     "42501",
     "LISTEN is refused under a policy: notification channels are not "
@@ -130,6 +136,8 @@ def refusal(effects: list[params.Effect], tx_mode: bool, guard: Guard | None) ->
             return _LOCAL_SEARCH_PATH
         if guard is not None and effect.kind == "listen":
             return _LISTEN
+        if guard is not None and effect.name == params.ROLE and effect.kind in ("set", "reset"):
+            return _ROLE
         if tx_mode and effect.kind in _TX_NAMED:
             return _TX_NAMED[effect.kind]
         if effect.kind == "execute" and guard is not None:
@@ -138,7 +146,7 @@ def refusal(effects: list[params.Effect], tx_mode: bool, guard: Guard | None) ->
                 return refused
         if tx_mode and effect.kind in _TX_REFUSED:
             what, hint = _TX_REFUSED[effect.kind]
-            what = what.format(name=effect.name.upper())
+            what = what.format(name=effect.name.upper().replace("_", " "))
             return Refusal(
                 "0A000",
                 f"{what} is not supported in transaction pooling mode: its "

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import NamedTuple
 
 from proxy.enforce.router import Identity
+
+NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 
 # Where a session is (`SessionState.phase`).
 STARTUP, TLS, AUTH, LOGIN, READY, CLOSED = "startup", "tls", "auth", "login", "ready", "closed"
@@ -53,6 +57,10 @@ class SessionState:
     tx_mode: bool = True  # transaction pooling (else session pooling)
     ident: Identity | None = None  # under a policy; None: no policy loaded, or a bypass role
     settings: dict[str, str] = field(default_factory=dict)  # SET/RESET tracked: setting -> SQL replaying it
+    reported_base: Mapping[str, str] = field(
+        default_factory=lambda: NO_PARAMS
+    )  # ParameterStatus shown at login (the pool's, shared)
+    reported: dict[str, str] | None = None  # ... and those told since, where they differ (`reported.py`)
     local_tenant: str | None = None  # SET LOCAL of the tenant: this transaction only
     tenant_unknown: bool = False  # a tenant change or savepoint failed: what PostgreSQL kept is unknown
     skipping: bool = False  # after an error the proxy raised mid-pipeline: skip to Sync

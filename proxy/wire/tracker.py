@@ -46,9 +46,11 @@ class Settled(NamedTuple):
 
 
 class ParameterChanged(NamedTuple):
-    """A ParameterStatus message: a setting changed (SET, set_config(), ROLLBACK...)."""
+    """A ParameterStatus message: a setting changed (SET, set_config(), ROLLBACK...); `hidden`
+    when it answers a request the proxy made itself (the client did not get it)."""
 
     message: bytes
+    hidden: bool = False
 
 
 class ErrorSeen(NamedTuple):
@@ -197,7 +199,9 @@ class Tracker:
             if kind == MSG_COMMAND_COMPLETE:
                 self._rows += _tag_rows(data, pos + 5, end - 1)
             elif kind == MSG_PARAMETER_STATUS:
-                self._event(ParameterChanged(data[pos:end]))
+                head = self.queue[0] if self.queue else None
+                hidden = head is not None and head[0] in _SYNC_LIKE and head[1] != FORWARD
+                self._event(ParameterChanged(data[pos:end], hidden))
             elif kind == MSG_ERROR_RESPONSE:
                 self._event(ErrorSeen(data[pos:end]))
             drop = self._attend(kind, data, pos)
@@ -258,7 +262,7 @@ class Tracker:
                 self.fixups -= 1
             if code in _SYNC_LIKE:
                 hidden = action == SWALLOW
-                if not hidden:
+                if not hidden or tag is not None:  # a hidden request with a tag: its caller wants to know
                     self._event(_record(Ready, (tag, self._rows, self._error, status)))
                 break
         self._rows, self._error = 0, None

@@ -7,9 +7,18 @@ from django.conf import settings
 
 
 def configure(
-    host: str, port: int, dbname: str, server_side_binding: bool = False, local_time_zone: str | None = None
+    host: str,
+    port: int,
+    dbname: str,
+    server_side_binding: bool = False,
+    local_time_zone: str | None = None,
+    assume_role: str | None = None,
 ) -> None:
-    """`local_time_zone`: USE_TZ off and that TIME_ZONE, which Django applies with set_config() per connection."""
+    """`local_time_zone`: USE_TZ off and that TIME_ZONE, which Django applies with set_config() per connection;
+    `assume_role`: Django's OPTIONS["assume_role"], a SET ROLE after connecting."""
+    options = {"sslmode": "disable", "server_side_binding": server_side_binding, "connect_timeout": 10}
+    if assume_role:
+        options["assume_role"] = assume_role
     settings.configure(
         DEBUG=False,
         USE_TZ=local_time_zone is None,
@@ -24,7 +33,7 @@ def configure(
                 "PORT": port,
                 "NAME": dbname,
                 "USER": "postgres",
-                "OPTIONS": {"sslmode": "disable", "server_side_binding": server_side_binding, "connect_timeout": 10},
+                "OPTIONS": options,
             }
         },
     )

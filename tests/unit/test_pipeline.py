@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.wire import protocol as p
-from proxy.wire.tracker import FORWARD, SWALLOW, Settled, Tracker
+from proxy.wire.tracker import FORWARD, SWALLOW, ParameterChanged, Ready, Settled, Tracker
 
 PARSE_OK, BIND_OK, CLOSE_OK = p.PARSE_COMPLETE, p.BIND_COMPLETE, p.CLOSE_COMPLETE
 ROW = p.message(b"D", b"\x00\x01\x00\x00\x00\x01x")
@@ -77,6 +77,20 @@ def test_swallowed_query_hides_everything_up_to_its_ready():
     client = p.message(b"T", b"\x00\x00") + ROW + DONE + READY_T
     assert feed(t, replay + client) == client
     assert t.status == ord("T")
+
+
+def test_parameter_status_says_whether_the_client_got_it():
+    """A replay's ParameterStatus is hidden; the client's own is not; a tagged replay reports its end."""
+    t = Tracker()
+    t.request(ord("Q"), SWALLOW, tag="replay")
+    t.request(ord("Q"))
+    replay = p.command_complete("SET") + p.parameter_status("TimeZone", "UTC") + READY_I
+    client = p.command_complete("SET") + p.parameter_status("DateStyle", "ISO, MDY") + READY_I
+    out, events = t.feed(replay + client)
+    assert out == client
+    changed = [(e.message[5:].split(b"\0")[0], e.hidden) for e in events if isinstance(e, ParameterChanged)]
+    assert changed == [(b"TimeZone", True), (b"DateStyle", False)]
+    assert [e.tag for e in events if isinstance(e, Ready)] == ["replay", None]
 
 
 def _scenario():

@@ -7,7 +7,7 @@ from proxy.pooling.backend import Backend
 from proxy.pooling.prepared import Registry
 from proxy.session.context import SessionContext
 from proxy.session.core import SessionCore
-from proxy.session.state import SessionState
+from proxy.session.state import CLOSED, SessionState
 from proxy.wire import protocol as p
 
 ROW = p.message(b"D", b"\x00\x01\x00\x00\x00\x01x")
@@ -151,3 +151,49 @@ def test_terminate_closes_after_the_batch_before_it_is_sent():
     query = p.query("SELECT 1")
     core.forward([(p.MSG_QUERY, query), (p.MSG_TERMINATE, p.TERMINATE)])
     assert transport.sent == [query] and shell.closed == ["client sent Terminate"]
+
+
+def _relinked(
+    client: dict[str, str], backend_settings: dict[str, str]
+) -> tuple[SessionCore, _Shell, Backend, _Transport]:
+    """A core whose client has `client` settings, linked to a fresh backend that has `backend_settings`."""
+    core, shell, _, _ = _core()
+    core.backend = None
+    core.state.settings = dict(client)
+    core.state.reported_base = {"standard_conforming_strings": "off"}  # what the client was told
+    other, transport = Backend(100), _Transport()
+    other.transport = transport  # type: ignore[assignment]
+    other.settings = dict(backend_settings)
+    core.link(other)
+    return core, shell, other, transport
+
+
+def test_a_replayed_value_the_client_was_not_told_reaches_it_before_its_answer():
+    scs_off = {"standard_conforming_strings": "SET standard_conforming_strings TO 'off'"}
+    core, shell, backend, transport = _relinked(scs_off, {})
+    query = p.query("SELECT 1")
+    core.forward([(p.MSG_QUERY, query)])
+    assert transport.sent[0] == p.query("SET standard_conforming_strings TO 'off'")
+    told = p.parameter_status("standard_conforming_strings", "off")
+    answer = p.command_complete("SELECT 1") + READY_I
+    core.backend_data(backend, p.command_complete("SET") + told + READY_I + answer)
+    assert b"".join(shell.to_client) == answer  # the same value it was told: nothing more
+    core, shell, backend, _ = _relinked(scs_off, {})
+    core.forward([(p.MSG_QUERY, query)])
+    on = p.parameter_status("standard_conforming_strings", "on")  # (a backend that reports otherwise)
+    core.backend_data(backend, p.command_complete("SET") + on + READY_I + answer)
+    assert b"".join(shell.to_client) == on + answer
+
+
+def test_a_role_replay_runs_in_a_block_and_its_failure_closes_the_client():
+    role = {"role": "SET ROLE app"}
+    core, shell, backend, transport = _relinked(role, {"role": "SET ROLE other"})
+    assert transport.sent[0] == p.query("BEGIN; RESET role; SET ROLE app; COMMIT")
+    core.forward([(p.MSG_QUERY, p.query("SELECT 1"))])
+    closing = shell.fatal
+    shell.fatal = lambda *args: (closing(*args), setattr(core.state, "phase", CLOSED))  # type: ignore[method-assign]
+    failed = p.error_response("42704", 'role "app" does not exist') + p.ready_for_query(b"E")
+    client_error = p.error_response("25P02", "current transaction is aborted") + p.ready_for_query(b"E")
+    core.backend_data(backend, failed + client_error)
+    assert shell.closed and shell.closed[0].startswith("08000")
+    assert shell.to_client == []  # not even the aborted statement's answer
