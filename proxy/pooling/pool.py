@@ -219,5 +219,6 @@ class Pool:
         for backend in list(self.idle) + list(self.active):
             backend.close()
         self.idle.clear()
-        if self._listener is not None:
+        if self._listener is not None:  # (its clients go too; a later LISTEN gets a new one)
             self._listener.close()
+            self._listener = None

@@ -16,12 +16,25 @@ from proxy.session.accounting import Accounting
 from proxy.session.state import Refusal
 from proxy.session.txstate import Transaction
 from proxy.wire import protocol
-from proxy.wire.protocol import MSG_QUERY, TX_IDLE
+from proxy.wire.protocol import (
+    MSG_BIND,
+    MSG_CLOSE,
+    MSG_DESCRIBE,
+    MSG_EXECUTE,
+    MSG_FLUSH,
+    MSG_PARSE,
+    MSG_QUERY,
+    MSG_SYNC,
+    TX_IDLE,
+)
 from rewriter.channels import scoped_channel
 
 log = logging.getLogger("pgwarden.session")
 
 _COMMAND = re.compile(r'\s*(listen|unlisten)\s+(\*|"(?:[^"]|"")+"|[^\W\d][\w$]*)\s*;?\s*$', re.I | re.S)
+_EXTENDED = frozenset((MSG_PARSE, MSG_BIND, MSG_DESCRIBE, MSG_EXECUTE, MSG_CLOSE))
+_NO_PARAMETERS = protocol.message(b"t", b"\x00\x00")  # ParameterDescription: none
+_NO_DATA = protocol.message(b"n")
 _IN_BLOCK = Refusal(
     "0A000",
     "{what} inside a transaction block is not supported by pgwarden: PostgreSQL applies it at "
@@ -96,9 +109,12 @@ def command(msgs: list[tuple[int, bytes]]) -> Command | None:
     head = msg[5:40].lower()
     if b"discard" in head and _DISCARD_ALL.match(protocol.decode_query(msg)):
         return DISCARD_ALL
-    if b"isten" not in head:
-        return None
-    match = _COMMAND.match(protocol.decode_query(msg))
+    return command_text(protocol.decode_query(msg)) if b"isten" in head else None
+
+
+def command_text(sql: str) -> Command | None:
+    """The LISTEN or UNLISTEN `sql` is exactly, else None."""
+    match = _COMMAND.match(sql)
     if match is None:
         return None
     name = match.group(2)
@@ -138,6 +154,8 @@ class Notifications:
         self.listener, self.relay, self.client = listener, relay, client
         self.channels: dict[str, str] = {}
         self.held: list[bytes] = []
+        self.statements: dict[str, Command] = {}  # extended protocol: names of LISTEN statements
+        self.portals: dict[str, Command] = {}  # ... and of portals bound to them
         self._scope, self._resume = scope, resume
         self._waiting: list[tuple[int, bytes]] | None = None  # messages sent while a LISTEN waits
         self._closed = False
@@ -151,56 +169,142 @@ class Notifications:
     # --- the client's LISTEN and UNLISTEN -------------------------------------------------------
 
     def take(self, msgs: list[tuple[int, bytes]]) -> bool:
-        """Answer a LISTEN/UNLISTEN at the head of `msgs` (the rest relayed after it); False if none."""
+        """Answer a LISTEN/UNLISTEN (a Query at the head of `msgs`, the rest relayed after it, or an
+        extended-protocol batch about LISTEN statements only); False if `msgs` is not one."""
         if self._waiting is not None:
             self._waiting += msgs
             return True
+        relay = self.relay
         cmd = command(msgs)
-        if cmd is None:
-            return False
         if cmd is DISCARD_ALL:
-            if not in_block(self.relay):  # (PostgreSQL refuses it in a block)
+            if not in_block(relay):  # (PostgreSQL refuses it in a block)
                 self.unlisten("*")
             return False
-        msg, rest, relay = msgs[0][1], msgs[1:], self.relay
-        what = "LISTEN" if cmd.listen else "UNLISTEN"
-        tenant = self._scope() if self._scope is not None else None
-        if in_block(relay):
-            refuse_query(relay, msg, Refusal(_IN_BLOCK.sqlstate, _IN_BLOCK.message.format(what=what), _IN_BLOCK.hint))
-        elif cmd.listen and self._scope is not None and tenant is None:
-            refuse_query(relay, msg, _NO_TENANT)
-        elif not cmd.listen:
-            self.unlisten(cmd.channel)
-            relay.reply(protocol.command_complete("UNLISTEN") + protocol.ready_for_query(b"I"))
+        if cmd is not None:
+            batch, rest = msgs[:1], msgs[1:]
+            if in_block(relay):
+                what = "LISTEN" if cmd.listen else "UNLISTEN"
+                refusal = Refusal(_IN_BLOCK.sqlstate, _IN_BLOCK.message.format(what=what), _IN_BLOCK.hint)
+                refuse_query(relay, msgs[0][1], refusal)
+                if rest:
+                    self._resume(rest)
+                return True
+        elif msgs[0][0] in _EXTENDED and not in_block(relay) and self._extended(msgs):
+            batch, rest = msgs, []
         else:
-            channel = scoped_channel(tenant, cmd.channel) if tenant is not None else cmd.channel
-            self.channels[channel] = cmd.channel
-            self._waiting = rest
-            self._transport.pause_reading()
-            asyncio.get_running_loop().create_task(self._listen(channel, msg))
-            return True
-        if rest:
-            self._resume(rest)
+            if self.statements or self.portals:
+                self._forget(msgs)
+            return False
+        self._waiting = rest
+        self._transport.pause_reading()
+        asyncio.get_running_loop().create_task(self._answer(batch))
         return True
 
-    async def _listen(self, channel: str, msg: bytes) -> None:
-        ok = await self.listener.subscribe(channel, self)
+    def _extended(self, msgs: list[tuple[int, bytes]]) -> bool:
+        """Is this extended-protocol batch about LISTEN/UNLISTEN statements only?"""
+        names, portals, ours = set(self.statements), set(self.portals), False
+        for kind, msg in msgs:
+            if kind == MSG_PARSE:
+                parsed = protocol.decode_parse(msg)
+                if command_text(parsed.query) is None:
+                    return False
+                names.add(parsed.name)
+            elif kind == MSG_BIND:
+                portal, name, _ = protocol.decode_bind_names(msg)
+                if name not in names:
+                    return False
+                portals.add(portal)
+            elif kind in (MSG_DESCRIBE, MSG_CLOSE) or kind == MSG_EXECUTE:
+                which, name = (
+                    protocol.decode_target(msg) if kind != MSG_EXECUTE else ("P", protocol.read_cstr(msg, 5)[0])
+                )
+                if name not in (names if which == "S" else portals):
+                    return False
+            elif kind not in (MSG_SYNC, MSG_FLUSH):
+                return False
+            ours = ours or kind not in (MSG_SYNC, MSG_FLUSH)
+        return ours
+
+    def _forget(self, msgs: list[tuple[int, bytes]]) -> None:
+        """Statement and portal names the client now uses for other statements (sent to the backend)."""
+        for kind, msg in msgs:
+            if kind == MSG_PARSE:
+                self.statements.pop(protocol.decode_parse(msg).name, None)
+            elif kind == MSG_BIND:
+                self.portals.pop(protocol.decode_bind_names(msg)[0], None)
+
+    async def _answer(self, batch: list[tuple[int, bytes]]) -> None:
+        """Answer the batch in order (a LISTEN waits for the listening backend), then relay what came after."""
+        out: list[bytes] = []
+        failed = False
+        for kind, msg in batch:
+            if kind == MSG_SYNC:
+                failed = False
+                out.append(protocol.ready_for_query(b"I"))
+            elif not failed:
+                error = await self._message(kind, msg, out)
+                failed = error is not None
+                if error is not None:
+                    out.append(protocol.error_response(error.sqlstate, error.message, hint=error.hint))
+                    if kind == MSG_QUERY:
+                        out.append(protocol.ready_for_query(b"I"))
         if self._closed:
-            self.listener.unsubscribe(channel, self)
             return
-        relay = self.relay
-        if ok:
-            relay.reply(protocol.command_complete("LISTEN") + protocol.ready_for_query(b"I"))
-        else:
-            del self.channels[channel]
-            self.listener.unsubscribe(channel, self)
-            refuse_query(relay, msg, _LOST)
+        self.relay.reply(b"".join(out))
         msgs, self._waiting = self._waiting or [], None
         if not self._transport.is_closing():
             self._transport.resume_reading()
         self.deliver()
         if msgs:
             self._resume(msgs)
+
+    async def _message(self, kind: int, msg: bytes, out: list[bytes]) -> Refusal | None:
+        """One message of the batch answered into `out`; the Refusal when it fails."""
+        if kind == MSG_QUERY:
+            cmd = command_text(protocol.decode_query(msg))
+            assert cmd is not None
+            error = await self._run(cmd)
+            if error is None:
+                out.append(protocol.command_complete("LISTEN" if cmd.listen else "UNLISTEN"))
+                out.append(protocol.ready_for_query(b"I"))
+            return error
+        if kind == MSG_PARSE:
+            parsed = protocol.decode_parse(msg)
+            self.statements[parsed.name] = command_text(parsed.query) or DISCARD_ALL
+            out.append(protocol.PARSE_COMPLETE)
+        elif kind == MSG_BIND:
+            portal, name, _ = protocol.decode_bind_names(msg)
+            self.portals[portal] = self.statements[name]
+            out.append(protocol.BIND_COMPLETE)
+        elif kind == MSG_DESCRIBE:
+            out.append(_NO_PARAMETERS + _NO_DATA if protocol.decode_target(msg)[0] == "S" else _NO_DATA)
+        elif kind == MSG_CLOSE:
+            which, name = protocol.decode_target(msg)
+            (self.statements if which == "S" else self.portals).pop(name, None)
+            out.append(protocol.CLOSE_COMPLETE)
+        elif kind == MSG_EXECUTE:
+            cmd = self.portals[protocol.read_cstr(msg, 5)[0]]
+            error = await self._run(cmd)
+            if error is None:
+                out.append(protocol.command_complete("LISTEN" if cmd.listen else "UNLISTEN"))
+            return error
+        return None
+
+    async def _run(self, cmd: Command) -> Refusal | None:
+        """LISTEN (once the listening backend listens) or UNLISTEN; the Refusal if it cannot."""
+        if not cmd.listen:
+            self.unlisten(cmd.channel)
+            return None
+        tenant = self._scope() if self._scope is not None else None
+        if self._scope is not None and tenant is None:
+            return _NO_TENANT
+        channel = scoped_channel(tenant, cmd.channel) if tenant is not None else cmd.channel
+        self.channels[channel] = cmd.channel
+        if await self.listener.subscribe(channel, self) and not self._closed:
+            return None
+        if self.channels.pop(channel, None) is not None or self._closed:
+            self.listener.unsubscribe(channel, self)
+        return _LOST
 
     def unlisten(self, client_channel: str) -> None:
         """UNLISTEN a channel by the client's name ('*': every channel)."""

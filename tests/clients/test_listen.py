@@ -148,3 +148,35 @@ def test_asyncpg_add_listener(proxy):
         return got
 
     assert asyncio.run(scenario()) == ["from asyncpg", "with parameters"]
+
+
+def test_listen_through_the_extended_protocol(proxy):
+    channel = unique("pgw_extended")
+    with connect(proxy, autocommit=True) as conn:
+        conn.execute(f"LISTEN {channel}", prepare=True)
+        conn.execute(f"LISTEN {channel}", prepare=True)  # a named statement, bound again
+        _notify(channel, "prepared")
+        assert _heard(conn, 1) == [(channel, "prepared")]
+        conn.execute(f"UNLISTEN {channel}", prepare=True)
+        _notify(channel, "unheard")
+        assert _heard(conn, 1, timeout=0.5) == []
+        assert conn.execute("select %s::int", (8,), prepare=True).fetchone() == (8,)
+
+
+def test_the_listening_backend_is_replaced_when_lost(proxy, pg):
+    if pool_mode(proxy) != "transaction":
+        pytest.skip("session mode: the client's own backend listens")
+    channel = unique("pgw_lost")
+    with connect(proxy, autocommit=True) as conn:
+        conn.execute(f"LISTEN {channel}")
+        killed = pg.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity where query = %s", (f'LISTEN "{channel}"',)
+        ).fetchall()
+        assert killed == [(True,)]
+        heard: list[tuple[str, str]] = []
+        deadline = time.monotonic() + 10
+        while not heard and time.monotonic() < deadline:  # notifications sent while it was down are lost
+            _notify(channel, "again")
+            heard = _heard(conn, 1, timeout=0.3)
+        assert heard == [(channel, "again")]
+        assert conn.execute("select 'usable'").fetchone() == ("usable",)
