@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import struct
 from collections import deque
@@ -114,7 +115,7 @@ class Listener:
     async def _reconnect(self) -> None:
         """Open the backend and LISTEN on every channel; retried until it works or nobody listens."""
         try:
-            for attempt in range(1 << 30):
+            for attempt in itertools.count():
                 if self._closed or not self.subscribers:
                     return
                 try:

@@ -122,6 +122,11 @@ def command_text(sql: str) -> Command | None:
     return Command(match.group(1).lower() == "listen", _truncated(name))
 
 
+def _parses_listen(first: tuple[int, bytes]) -> bool:
+    """A cheap first test (the hot path): might this batch open with a Parse of LISTEN/UNLISTEN?"""
+    return first[0] == MSG_PARSE and b"isten" in first[1][5:160].lower()
+
+
 def _truncated(name: str) -> str:
     """As PostgreSQL truncates an identifier: to 63 bytes, whole characters."""
     raw = name.encode()
@@ -189,7 +194,7 @@ class Notifications:
                 if rest:
                     self._resume(rest)
                 return True
-        elif msgs[0][0] in _EXTENDED and not in_block(relay) and self._extended(msgs):
+        elif (self.statements or _parses_listen(msgs[0])) and not in_block(relay) and self._extended(msgs):
             batch, rest = msgs, []
         else:
             if self.statements or self.portals:
@@ -223,7 +228,7 @@ class Notifications:
             elif kind not in (MSG_SYNC, MSG_FLUSH):
                 return False
             ours = ours or kind not in (MSG_SYNC, MSG_FLUSH)
-        return ours
+        return ours and msgs[0][0] in _EXTENDED
 
     def _forget(self, msgs: list[tuple[int, bytes]]) -> None:
         """Statement and portal names the client now uses for other statements (sent to the backend)."""
