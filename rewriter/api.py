@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .channels import notify_rewrite, refuse_notify
 from .checks import (
     PASS_THROUGH,
     QUERIES,
@@ -28,7 +29,7 @@ from .result import Allow, Deny, Result, Rewrite
 from .routines import check_routines
 from .secret_settings import check_setting_reads, check_settings_view, check_show
 from .server_grammar import server_text
-from .side_channels import check_explain, check_notify
+from .side_channels import check_explain
 from .splice import Edit, ParamCheck, Tokens, apply, scan
 from .verify import verify
 from .write_masks import mask_write_columns
@@ -57,7 +58,7 @@ def check_statement(kind: str, fields: Node, ctx: Context) -> Checked:
             "Use plain COMMIT; leave two-phase commit to a bypass role (a transaction manager).",
             "statements",
         )
-    check_notify(kind)
+    refuse_notify(kind)
     if kind in PASS_THROUGH:
         check_setting(kind, fields)
         check_show(kind, fields)
@@ -171,6 +172,8 @@ def rewrite(sql: str, ctx: Context) -> Result:
             "Check the SQL syntax (PostgreSQL's own parser rejected it).",
             "parse",
         )
+    if len(parsed) == 1 and (scoped := notify_rewrite(*parsed[0], ctx.tenant)) is not None:
+        return scoped  # NOTIFY and pg_notify() go to the tenant's channel (rewriter/channels.py)
     try:
         checked = [check_statement(kind, fields, ctx) for kind, fields in parsed]
         check_message(checked)

@@ -1,4 +1,4 @@
-"""Statements whose answer itself tells about other tenants: EXPLAIN (plans and row counts) and NOTIFY."""
+"""Statements whose answer itself tells about other tenants: EXPLAIN (plans and row counts)."""
 
 from __future__ import annotations
 
@@ -61,14 +61,3 @@ def check_explain(kind: str, fields: Node) -> None:
         EXPLAIN_HINT,
         "statements",
     )
-
-
-def check_notify(kind: str) -> None:
-    """Refuse NOTIFY for a policed session (pg_notify() is refused as a dangerous function)."""
-    if kind == "NotifyStmt":
-        raise Refused(
-            "NOTIFY is refused under a policy: notification channels are not tenant-scoped, so a "
-            "payload could reach another tenant's listener",
-            "Deliver events through a tenant-scoped table, or send NOTIFY as a bypass role.",
-            "statements",
-        )

@@ -12,6 +12,7 @@ from typing import Any
 from proxy.config import model as cfg
 from proxy.pooling.backend import Backend, BackendError, Target, connect
 from proxy.pooling.backend_role import HINT, refusal, superuser_reason
+from proxy.pooling.listener import Listener
 
 log = logging.getLogger("pgwarden.pool")
 
@@ -46,6 +47,13 @@ class Pool:
         self.now = time.monotonic()  # a coarse clock, advanced by maintain() every second
         self.paused = False  # PAUSE from the admin console: no backend is lent
         self._resumed = asyncio.Event()
+        self._listener: Listener | None = None
+
+    def listener(self) -> Listener:
+        """The backend that LISTENs for this pool's clients (made on first use, connected on first LISTEN)."""
+        if self._listener is None:
+            self._listener = Listener(self.name, self._open)
+        return self._listener
 
     @property
     def total(self) -> int:
@@ -211,3 +219,6 @@ class Pool:
         for backend in list(self.idle) + list(self.active):
             backend.close()
         self.idle.clear()
+        if self._listener is not None:  # (its clients go too; a later LISTEN gets a new one)
+            self._listener.close()
+            self._listener = None

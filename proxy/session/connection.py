@@ -6,6 +6,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 from proxy.ops.admin import DATABASE as ADMIN_DATABASE
@@ -15,15 +16,17 @@ from proxy.pooling.backend import Backend, BackendError
 from proxy.pooling.pool import Pool, PoolTimeout
 from proxy.session import lending, params, reported
 from proxy.session.accounting import Accounting
+from proxy.session.console import console_messages
 from proxy.session.context import SessionContext
 from proxy.session.core import SessionCore
 from proxy.session.guard import login_refusal, version_refusal
+from proxy.session.notify import Notifications
 from proxy.session.policed import current_tenant
 from proxy.session.startup import REQUIRE_TLS, user_refusal
 from proxy.session.state import AUTH, CLOSED, LOGIN, READY, STARTUP, TLS, SessionState, reason_class
 from proxy.wire import protocol
 from proxy.wire.auth import AuthFailed, ClientAuth, Credential
-from proxy.wire.protocol import MSG_PASSWORD, MSG_QUERY, MSG_TERMINATE
+from proxy.wire.protocol import MSG_PASSWORD, MSG_TERMINATE
 
 log = logging.getLogger("pgwarden.session")
 
@@ -113,6 +116,8 @@ class Session(asyncio.Protocol):
             accounting.unfinished()
             accounting.event("logout", reason=state.reason)
         if core is not None:
+            if core.notes is not None:
+                core.notes.close()
             backend, core.backend = core.backend, None
             if backend is not None:
                 lending.client_left(self.pool, backend, state.tx_mode, state.ran_statements)
@@ -303,6 +308,9 @@ class Session(asyncio.Protocol):
             self.fatal(*problem)
             return
         self.core = core = SessionCore(state, ctx, self)
+        if state.tx_mode or state.ident is not None:  # LISTEN multiplexed on the pool's listener (notify.py)
+            scope = self.tenant if state.ident is not None else None
+            core.notes = Notifications(pool.listener(), core, self, scope, partial(self._safely, self._dispatch))
         self._ready(server_params)
         core.accounting.event(
             "login",
@@ -362,17 +370,6 @@ class Session(asyncio.Protocol):
             self._timer.cancel()
         log.info("client %s opened the admin console as %s", state.peer, state.user)
 
-    def _admin(self, console: AdminConsole, msgs: list[tuple[int, bytes]]) -> None:
-        for kind, msg in msgs:
-            if kind == MSG_QUERY:
-                self.write(console.handle(protocol.decode_query(msg)))
-            elif kind == MSG_TERMINATE:
-                self.close("client sent Terminate")
-                return
-            else:
-                self.fatal("0A000", "the admin console answers simple queries only")
-                return
-
     # --- relaying: a backend for the core -----------------------------------------------------
 
     def _relay(self, data: bytes) -> None:
@@ -380,7 +377,7 @@ class Session(asyncio.Protocol):
         if not msgs:
             return
         if self.console is not None:
-            self._admin(self.console, msgs)
+            console_messages(self.console, msgs, self)
             return
         audit = self.ctx.audit
         if self._held is not None or (
@@ -393,6 +390,8 @@ class Session(asyncio.Protocol):
     def _dispatch(self, msgs: list[tuple[int, bytes]]) -> None:
         core = self.core
         assert core is not None and self.pool is not None
+        if core.notes is not None and core.notes.take(msgs):  # LISTEN and UNLISTEN answered there
+            return
         if core.backend is None:
             if self._acquiring:
                 self._pending += msgs
@@ -479,6 +478,8 @@ class Session(asyncio.Protocol):
         core = self.core
         assert core is not None
         core.backend_data(backend, data)
+        if core.notes is not None and core.notes.held:  # notifications held while it was busy
+            core.notes.deliver()
 
     def backend_lost(self, backend: Backend) -> None:
         core, pool = self.core, self.pool

@@ -6,7 +6,7 @@ import logging
 
 from proxy.pooling.backend import Backend
 from proxy.pooling.prepared import Statement
-from proxy.session import params, reported, session_sql
+from proxy.session import notify, params, reported, session_sql
 from proxy.session.accounting import AUDIT_FULL, Accounting
 from proxy.session.context import SessionContext, Shell
 from proxy.session.guard import Guard
@@ -51,7 +51,7 @@ class SessionCore:
     backend; `backend_data` takes the backend's bytes and writes the client's share to the shell.
     """
 
-    __slots__ = ("_out", "accounting", "backend", "ctx", "guard", "names", "shell", "state", "tx")
+    __slots__ = ("_out", "accounting", "backend", "ctx", "guard", "names", "notes", "shell", "state", "tx")
 
     def __init__(self, state: SessionState, ctx: SessionContext, shell: Shell) -> None:
         self.state, self.ctx, self.shell = state, ctx, shell
@@ -62,6 +62,7 @@ class SessionCore:
         policed = state.ident is not None
         self.guard = Guard(state, ctx.router, ctx.metrics, ctx.stats, self.tx, self.accounting) if policed else None
         self._out: list[bytes] | None = None  # the batch `forward` is building for the backend
+        self.notes: notify.Notifications | None = None  # LISTEN multiplexed (set by the connection)
 
     # --- a backend comes and goes -----------------------------------------------------------
 

@@ -36,7 +36,10 @@ _DDL = re.compile(rb"(?i)\b(?:create|alter|drop|comment)\b")  # may change what 
 _SESSION_MODE = "use pool.mode: session for this application"
 _PREPARE_FIRST = "prepare it on this connection first (a Parse message); names are per connection"
 _TX_REFUSED = {  # statements whose effect transaction pooling cannot keep: (what, hint)
-    "listen": ("LISTEN", f"{_SESSION_MODE}: notifications need a backend of their own"),
+    "listen": (
+        "LISTEN in a larger query, after a comment or through the extended protocol",
+        "send LISTEN channel as a query of its own, outside a transaction block: pgwarden answers it",
+    ),
     "prepare": (
         "SQL PREPARE",
         "use protocol-level prepared statements (every driver's "
@@ -82,9 +85,9 @@ _ROLE = Refusal(
 )
 _LISTEN = Refusal(
     "42501",
-    "LISTEN is refused under a policy: notification channels are not "
-    "tenant-scoped, so one tenant could receive another's payloads",
-    "use a bypass role for LISTEN, or deliver events through a tenant-scoped table",
+    "LISTEN is refused under a policy unless pgwarden answers it: it scopes notification "
+    "channels per tenant, and only a LISTEN sent as a query of its own reaches it",
+    "send LISTEN channel as a simple query of its own, outside a transaction block",
 )
 
 

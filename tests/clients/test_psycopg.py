@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from tests.clients.support import connect, pool_mode, skip_if_direct, unique
+from tests.clients.support import connect, skip_if_direct, unique
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -292,8 +292,6 @@ def test_copy_in_and_out(proxy, items):
 
 
 def test_listen_notify(proxy):
-    if pool_mode(proxy) != "session":
-        pytest.skip("LISTEN needs a dedicated backend: session mode only (refusal tested below)")
     with connect(proxy, autocommit=True) as listener, connect(proxy, autocommit=True) as sender:
         listener.execute(f"LISTEN {CHANNEL}")
         sender.execute(f"NOTIFY {CHANNEL}, 'hello'")

@@ -134,21 +134,23 @@ def test_named_statement_in_latin1(proxy):
         assert conn.execute("SELECT 'crème'", prepare=True).fetchone() == ("crème",)
 
 
-def test_listen_is_refused_in_transaction_mode(tx_proxy):
+def test_listen_is_refused_inside_a_transaction_block(tx_proxy):
+    """PostgreSQL applies LISTEN at COMMIT; pgwarden listens on a backend of its own and refuses it in a block."""
     skip_if_direct(tx_proxy)
-    with connect(tx_proxy, autocommit=True) as conn:
+    with connect(tx_proxy) as conn:
         with pytest.raises(errors.FeatureNotSupported) as exc:
             conn.execute("LISTEN pgw_channel")
         assert "LISTEN" in exc.value.diag.message_primary
+        conn.rollback()
         assert conn.execute("SELECT 'usable'").fetchone() == ("usable",)
 
 
 def test_listen_refusal_hint_is_about_listen(tx_proxy):
     skip_if_direct(tx_proxy)
-    with connect(tx_proxy, autocommit=True) as conn:
+    with connect(tx_proxy) as conn:
         with pytest.raises(errors.FeatureNotSupported) as exc:
             conn.execute("LISTEN pgw_channel")
-        assert "session" in exc.value.diag.message_hint
+        assert "autocommit" in exc.value.diag.message_hint
         assert "PREPARE" not in exc.value.diag.message_hint
 
 

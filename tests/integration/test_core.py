@@ -210,13 +210,18 @@ def test_a_client_vanishing_mid_copy_leaves_nothing_behind(make_proxy, lock_tabl
     _still_serves(proxy)  # the pool's only backend was replaced, not handed over dirty
 
 
-def test_listen_is_refused_in_transaction_mode_and_the_connection_stays_usable(make_proxy):
+def test_listen_in_a_larger_query_is_refused_in_transaction_mode_and_the_connection_stays_usable(make_proxy):
+    """pgwarden answers a LISTEN sent as a query of its own (proxy/session/notify.py); one inside a
+    multi-statement query cannot be split from the rest, and is refused."""
     proxy = make_proxy()
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         with pytest.raises(psycopg.errors.FeatureNotSupported) as info:
-            conn.execute("LISTEN things")
+            conn.execute("select 1; LISTEN things")
         assert "transaction pooling" in str(info.value) and info.value.diag.message_hint
         assert conn.execute("select 5").fetchone() == (5,)
+        conn.execute("LISTEN things")
+        conn.execute("NOTIFY things, 'heard'")
+        assert [n.payload for n in conn.notifies(timeout=5, stop_after=1)] == ["heard"]
 
 
 def test_unknown_database_is_3d000(make_proxy):

@@ -14,7 +14,8 @@ from .fixtures import ALLOW, ROOT, Case, all_cases, file_rule, reason
 from .schema import session
 
 CASES = all_cases()
-REWRITE_RULES = {rule.__name__ for rule in api.RULES}
+# The rules of rewriter.api.RULES, and the channel rewrite of a lone NOTIFY or pg_notify() that runs before them.
+REWRITE_RULES = {rule.__name__ for rule in api.RULES} | {api.notify_rewrite.__name__}
 
 
 def _rule_argument(call: ast.Call) -> ast.expr | None:
@@ -56,7 +57,7 @@ def test_every_fixture_file_names_a_rule_of_the_rewriter(path: str) -> None:
 
 
 def _rules_fired(case: Case, monkeypatch: pytest.MonkeyPatch) -> set[str]:
-    """The rules of rewriter.api.RULES that made edits for the case's statement."""
+    """The rules (of rewriter.api.RULES, and the channel rewrite) that made edits for the case's statement."""
     fired: set[str] = set()
 
     def watched(rule):
@@ -68,7 +69,15 @@ def _rules_fired(case: Case, monkeypatch: pytest.MonkeyPatch) -> set[str]:
 
         return run
 
+    def notify_watched(*args):
+        result = notify_rewrite(*args)
+        if result is not None:
+            fired.add(notify_rewrite.__name__)
+        return result
+
+    notify_rewrite = api.notify_rewrite
     monkeypatch.setattr(api, "RULES", tuple(watched(rule) for rule in api.RULES))
+    monkeypatch.setattr(api, "notify_rewrite", notify_watched)
     rewrite(case.sql, session(case.session))
     return fired
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rewriter import Allow, Deny, Rewrite, rewrite
+from rewriter.channels import scoped_channel
 from rewriter.classify import statements
 from rewriter.locking import locks
 from rewriter.side_channels import explain_analyzes
@@ -66,21 +67,45 @@ def test_explain_analyzes_reads_options_as_postgresql_does():
 @pytest.mark.parametrize(
     "sql",
     [
-        'NOTIFY globex_jobs, \'{"tenant": "globex"}\'',
-        "notify x",
-        'NOTIFY "Globex Jobs"',
-        "NoTiFy/**/x",
         "select 1; notify x",
         "notify x; select 1",
         "PREPARE p AS NOTIFY x",
-        "select pg_notify('x', 'y')",
-        "select pg_catalog.pg_notify('x', 'y')",
+        "select pg_notify(current_user, 'y')",
+        "select pg_notify('x', 'y') from customers",
+        "select pg_notify('x', 'y'), 1",
+        "select pg_notify('x' || 'z', 'y')",
+        "select upper(pg_notify('x', 'y')::text)",
         "begin; notify x; commit",
     ],
 )
-def test_notify_is_refused_in_every_spelling(sql):
+def test_notify_that_cannot_be_scoped_is_refused(sql):
     result = rewrite(sql, context())
     assert isinstance(result, Deny) and result.hint, result
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ('NOTIFY globex_jobs, \'{"tenant": "globex"}\'', 'NOTIFY {c}, \'{{"tenant": "globex"}}\''),
+        ("notify x", "NOTIFY {c}"),
+        ("NoTiFy/**/x", "NOTIFY {c}"),
+        ("NOTIFY x, 'it''s'", "NOTIFY {c}, 'it''s'"),
+        ("select pg_notify('x', 'y')", "SELECT pg_catalog.pg_notify('{c}', 'y')"),
+        ("select pg_catalog.pg_notify('x', 'y') as sent", "SELECT pg_catalog.pg_notify('{c}', 'y') AS \"sent\""),
+    ],
+)
+def test_notify_goes_to_the_tenants_channel(sql, expected):
+    result = rewrite(sql, context())
+    assert isinstance(result, Rewrite) and result.sql == expected.format(
+        c=scoped_channel("acme", "x" if "globex" not in sql else "globex_jobs")
+    )
+
+
+def test_scoped_channels_differ_per_tenant_and_fit_an_identifier():
+    assert rewrite('NOTIFY "Globex Jobs"', context()).sql == f"NOTIFY {scoped_channel('acme', 'Globex Jobs')}"
+    assert scoped_channel("acme", "x") != scoped_channel("globex", "x") != scoped_channel("acme", "y")
+    assert len(scoped_channel("t" * 500, "c" * 63).encode()) <= 63
+    assert isinstance(rewrite("NOTIFY x", context(tenant=None)), Deny)
 
 
 def test_auto_explain_settings_are_refused():

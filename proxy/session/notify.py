@@ -1,0 +1,340 @@
+"""A client's LISTENs, multiplexed on its pool's listening backend: answered by pgwarden, notifications delivered between statements."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.pooling.backend import Backend
+from proxy.pooling.listener import Listener, Notification
+from proxy.session.accounting import Accounting
+from proxy.session.state import Refusal
+from proxy.session.txstate import Transaction
+from proxy.wire import protocol
+from proxy.wire.protocol import (
+    MSG_BIND,
+    MSG_CLOSE,
+    MSG_DESCRIBE,
+    MSG_EXECUTE,
+    MSG_FLUSH,
+    MSG_PARSE,
+    MSG_QUERY,
+    MSG_SYNC,
+    TX_IDLE,
+)
+from rewriter.channels import scoped_channel
+
+log = logging.getLogger("pgwarden.session")
+
+_COMMAND = re.compile(r'\s*(listen|unlisten)\s+(\*|"(?:[^"]|"")+"|[^\W\d][\w$]*)\s*;?\s*$', re.I | re.S)
+_EXTENDED = frozenset((MSG_PARSE, MSG_BIND, MSG_DESCRIBE, MSG_EXECUTE, MSG_CLOSE))
+_NO_PARAMETERS = protocol.message(b"t", b"\x00\x00")  # ParameterDescription: none
+_NO_DATA = protocol.message(b"n")
+_IN_BLOCK = Refusal(
+    "0A000",
+    "{what} inside a transaction block is not supported by pgwarden: PostgreSQL applies it at "
+    "COMMIT, and pgwarden listens for its clients on a backend of its own",
+    "send LISTEN and UNLISTEN outside BEGIN ... COMMIT (in autocommit mode)",
+)
+_NO_TENANT = Refusal(
+    "42501",
+    "LISTEN is refused without a tenant: notification channels are scoped per tenant",
+    "SET the tenant first (pgwarden scopes channels to it)",
+)
+_LOST = Refusal(
+    "08006", "pgwarden could not LISTEN on its listening backend", "check the PostgreSQL log, then LISTEN again"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A Query that is exactly one LISTEN or UNLISTEN: the channel as PostgreSQL names it ('*': all)."""
+
+    listen: bool
+    channel: str
+
+
+class Client(Protocol):
+    """The client's connection (`connection.Session`): bytes to it, and its transport (to pause reading)."""
+
+    transport: asyncio.Transport | None
+
+    def write(self, data: bytes) -> None: ...
+
+
+class Relay(Protocol):
+    """What is read of the client's relay (`core.SessionCore`): its backend, transaction and answers."""
+
+    backend: Backend | None
+    tx: Transaction
+    accounting: Accounting
+
+    def reply(self, data: bytes) -> None: ...
+    def refuse(self, refusal: Refusal, simple: bool) -> None: ...
+
+
+def in_block(relay: Relay) -> bool:
+    """A transaction block is open (as far as sent) or the backend serving the client is in one."""
+    backend = relay.backend
+    return relay.tx.in_block or (backend is not None and backend.tracker.status != TX_IDLE)
+
+
+def between_statements(relay: Relay) -> bool:
+    """No request of the client is unanswered and no transaction is open."""
+    backend = relay.backend
+    return backend is None or (backend.tracker.idle and backend.tracker.status == TX_IDLE and not relay.tx.in_block)
+
+
+def refuse_query(relay: Relay, msg: bytes, refusal: Refusal) -> None:
+    """A simple Query refused, answered in order (timed like any Query when a backend must fail it too)."""
+    if relay.backend is not None:
+        relay.accounting.started(msg)
+    relay.refuse(refusal, simple=True)
+
+
+DISCARD_ALL = Command(False, "*")  # (unlistens too, and goes to the backend)
+_DISCARD_ALL = re.compile(r"\s*discard\s+all\s*;?\s*$", re.I)
+
+
+def command(msgs: list[tuple[int, bytes]]) -> Command | None:
+    """The LISTEN, UNLISTEN or DISCARD ALL the first of `msgs` is, if it is a simple Query of exactly that."""
+    kind, msg = msgs[0]
+    if kind != MSG_QUERY:
+        return None
+    head = msg[5:40].lower()
+    if b"discard" in head and _DISCARD_ALL.match(protocol.decode_query(msg)):
+        return DISCARD_ALL
+    return command_text(protocol.decode_query(msg)) if b"isten" in head else None
+
+
+def command_text(sql: str) -> Command | None:
+    """The LISTEN or UNLISTEN `sql` is exactly, else None."""
+    match = _COMMAND.match(sql)
+    if match is None:
+        return None
+    name = match.group(2)
+    name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+    return Command(match.group(1).lower() == "listen", _truncated(name))
+
+
+def _parses_listen(first: tuple[int, bytes]) -> bool:
+    """A cheap first test (the hot path): might this batch open with a Parse of LISTEN/UNLISTEN?"""
+    return first[0] == MSG_PARSE and b"isten" in first[1][5:160].lower()
+
+
+def _truncated(name: str) -> str:
+    """As PostgreSQL truncates an identifier: to 63 bytes, whole characters."""
+    raw = name.encode()
+    return raw[:63].decode("utf-8", "ignore") if len(raw) > 63 else name
+
+
+def notification_response(pid: int, channel: str, payload: str) -> bytes:
+    """A NotificationResponse ('A') message."""
+    return protocol.message(b"A", struct.pack("!I", pid) + protocol.cstr(channel) + protocol.cstr(payload))
+
+
+class Notifications:
+    """One client's channels (backend channel -> the name the client used) and the notifications
+    held for it while it has a request in flight or a transaction open.
+
+    `scope` gives the tenant of a policed session (None: a bypass session, raw channel names).
+    The client is between statements when its relay has nothing unanswered and no transaction
+    open, and its reading is not paused (it waits for a backend, the audit trail, or its LISTEN
+    to be answered); `resume` relays what it sent after a LISTEN, once that is answered.
+    """
+
+    def __init__(
+        self,
+        listener: Listener,
+        relay: Relay,
+        client: Client,
+        scope: Callable[[], str | None] | None,
+        resume: Callable[[list[tuple[int, bytes]]], None],
+    ) -> None:
+        self.listener, self.relay, self.client = listener, relay, client
+        self.channels: dict[str, str] = {}
+        self.held: list[bytes] = []
+        self.statements: dict[str, Command] = {}  # extended protocol: names of LISTEN statements
+        self.portals: dict[str, Command] = {}  # ... and of portals bound to them
+        self._scope, self._resume = scope, resume
+        self._waiting: list[tuple[int, bytes]] | None = None  # messages sent while a LISTEN waits
+        self._closed = False
+
+    @property
+    def _transport(self) -> asyncio.Transport:
+        transport = self.client.transport
+        assert transport is not None, "a logged-in client has a transport"
+        return transport
+
+    # --- the client's LISTEN and UNLISTEN -------------------------------------------------------
+
+    def take(self, msgs: list[tuple[int, bytes]]) -> bool:
+        """Answer a LISTEN/UNLISTEN (a Query at the head of `msgs`, the rest relayed after it, or an
+        extended-protocol batch about LISTEN statements only); False if `msgs` is not one."""
+        if self._waiting is not None:
+            self._waiting += msgs
+            return True
+        relay = self.relay
+        cmd = command(msgs)
+        if cmd is DISCARD_ALL:
+            if not in_block(relay):  # (PostgreSQL refuses it in a block)
+                self.unlisten("*")
+            return False
+        if cmd is not None:
+            batch, rest = msgs[:1], msgs[1:]
+            if in_block(relay):
+                what = "LISTEN" if cmd.listen else "UNLISTEN"
+                refusal = Refusal(_IN_BLOCK.sqlstate, _IN_BLOCK.message.format(what=what), _IN_BLOCK.hint)
+                refuse_query(relay, msgs[0][1], refusal)
+                if rest:
+                    self._resume(rest)
+                return True
+        elif (self.statements or _parses_listen(msgs[0])) and not in_block(relay) and self._extended(msgs):
+            batch, rest = msgs, []
+        else:
+            if self.statements or self.portals:
+                self._forget(msgs)
+            return False
+        self._waiting = rest
+        self._transport.pause_reading()
+        asyncio.get_running_loop().create_task(self._answer(batch))
+        return True
+
+    def _extended(self, msgs: list[tuple[int, bytes]]) -> bool:
+        """Is this extended-protocol batch about LISTEN/UNLISTEN statements only?"""
+        names, portals, ours = set(self.statements), set(self.portals), False
+        for kind, msg in msgs:
+            if kind == MSG_PARSE:
+                parsed = protocol.decode_parse(msg)
+                if command_text(parsed.query) is None:
+                    return False
+                names.add(parsed.name)
+            elif kind == MSG_BIND:
+                portal, name, _ = protocol.decode_bind_names(msg)
+                if name not in names:
+                    return False
+                portals.add(portal)
+            elif kind in (MSG_DESCRIBE, MSG_CLOSE) or kind == MSG_EXECUTE:
+                which, name = (
+                    protocol.decode_target(msg) if kind != MSG_EXECUTE else ("P", protocol.read_cstr(msg, 5)[0])
+                )
+                if name not in (names if which == "S" else portals):
+                    return False
+            elif kind not in (MSG_SYNC, MSG_FLUSH):
+                return False
+            ours = ours or kind not in (MSG_SYNC, MSG_FLUSH)
+        return ours and msgs[0][0] in _EXTENDED
+
+    def _forget(self, msgs: list[tuple[int, bytes]]) -> None:
+        """Statement and portal names the client now uses for other statements (sent to the backend)."""
+        for kind, msg in msgs:
+            if kind == MSG_PARSE:
+                self.statements.pop(protocol.decode_parse(msg).name, None)
+            elif kind == MSG_BIND:
+                self.portals.pop(protocol.decode_bind_names(msg)[0], None)
+
+    async def _answer(self, batch: list[tuple[int, bytes]]) -> None:
+        """Answer the batch in order (a LISTEN waits for the listening backend), then relay what came after."""
+        out: list[bytes] = []
+        failed = False
+        for kind, msg in batch:
+            if kind == MSG_SYNC:
+                failed = False
+                out.append(protocol.ready_for_query(b"I"))
+            elif not failed:
+                error = await self._message(kind, msg, out)
+                failed = error is not None
+                if error is not None:
+                    out.append(protocol.error_response(error.sqlstate, error.message, hint=error.hint))
+                    if kind == MSG_QUERY:
+                        out.append(protocol.ready_for_query(b"I"))
+        if self._closed:
+            return
+        self.relay.reply(b"".join(out))
+        msgs, self._waiting = self._waiting or [], None
+        if not self._transport.is_closing():
+            self._transport.resume_reading()
+        self.deliver()
+        if msgs:
+            self._resume(msgs)
+
+    async def _message(self, kind: int, msg: bytes, out: list[bytes]) -> Refusal | None:
+        """One message of the batch answered into `out`; the Refusal when it fails."""
+        if kind == MSG_QUERY:
+            cmd = command_text(protocol.decode_query(msg))
+            assert cmd is not None
+            error = await self._run(cmd)
+            if error is None:
+                out.append(protocol.command_complete("LISTEN" if cmd.listen else "UNLISTEN"))
+                out.append(protocol.ready_for_query(b"I"))
+            return error
+        if kind == MSG_PARSE:
+            parsed = protocol.decode_parse(msg)
+            self.statements[parsed.name] = command_text(parsed.query) or DISCARD_ALL
+            out.append(protocol.PARSE_COMPLETE)
+        elif kind == MSG_BIND:
+            portal, name, _ = protocol.decode_bind_names(msg)
+            self.portals[portal] = self.statements[name]
+            out.append(protocol.BIND_COMPLETE)
+        elif kind == MSG_DESCRIBE:
+            out.append(_NO_PARAMETERS + _NO_DATA if protocol.decode_target(msg)[0] == "S" else _NO_DATA)
+        elif kind == MSG_CLOSE:
+            which, name = protocol.decode_target(msg)
+            (self.statements if which == "S" else self.portals).pop(name, None)
+            out.append(protocol.CLOSE_COMPLETE)
+        elif kind == MSG_EXECUTE:
+            cmd = self.portals[protocol.read_cstr(msg, 5)[0]]
+            error = await self._run(cmd)
+            if error is None:
+                out.append(protocol.command_complete("LISTEN" if cmd.listen else "UNLISTEN"))
+            return error
+        return None
+
+    async def _run(self, cmd: Command) -> Refusal | None:
+        """LISTEN (once the listening backend listens) or UNLISTEN; the Refusal if it cannot."""
+        if not cmd.listen:
+            self.unlisten(cmd.channel)
+            return None
+        tenant = self._scope() if self._scope is not None else None
+        if self._scope is not None and tenant is None:
+            return _NO_TENANT
+        channel = scoped_channel(tenant, cmd.channel) if tenant is not None else cmd.channel
+        self.channels[channel] = cmd.channel
+        if await self.listener.subscribe(channel, self) and not self._closed:
+            return None
+        if self.channels.pop(channel, None) is not None or self._closed:
+            self.listener.unsubscribe(channel, self)
+        return _LOST
+
+    def unlisten(self, client_channel: str) -> None:
+        """UNLISTEN a channel by the client's name ('*': every channel)."""
+        for channel, name in list(self.channels.items()):
+            if client_channel in ("*", name):
+                del self.channels[channel]
+                self.listener.unsubscribe(channel, self)
+
+    def close(self) -> None:
+        """The client left: every channel unlistened."""
+        self._closed = True
+        self.unlisten("*")
+        self.held.clear()
+
+    # --- notifications ----------------------------------------------------------------------
+
+    def notification(self, note: Notification) -> None:
+        name = self.channels.get(note.channel)
+        if name is None or self._closed:
+            return
+        self.held.append(notification_response(note.pid, name, note.payload))
+        self.deliver()
+
+    def deliver(self) -> None:
+        """Write the held notifications if the client is between statements."""
+        if self.held and not self._closed and self._transport.is_reading() and between_statements(self.relay):
+            held, self.held = self.held, []
+            self.client.write(b"".join(held))
