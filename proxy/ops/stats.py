@@ -14,8 +14,7 @@ MAX_PENDING = 50_000
 # Text whose integer literals are all A_Const (values the fingerprint ignores): plain SELECT/DML
 # without quoted identifiers, dollar quotes, escapes, comments, float(p) or current_time(p).
 _DML_HEADS = ("select", "insert", "update", "delete", "with", "values")
-_NOT_PLAIN = ('"', "$", "\\", "/*", "--", "float", "current_", "localtime")
-_INTEGER = re.compile(r"(?<![\w.])\d{1,9}(?![\w.])")  # (an Iconst: never out of range)
+_INTEGER = re.compile(r"[0-9]{1,9}\b")  # (up to 9 digits: an Iconst, never out of range)
 COLUMNS = ["fingerprint", "calls", "total_ms", "mean_ms", "p95_ms", "max_ms", "rows", "refusals", "cache_hits", "query"]
 
 
@@ -32,14 +31,30 @@ def literal_key(sql: str) -> str:
     >>> literal_key("SELECT abalance FROM pgbench_accounts WHERE aid = 4711;")
     'SELECT abalance FROM pgbench_accounts WHERE aid = 0;'
     >>> literal_key("select t2.a[1], 1.5 from t2 limit 10")
-    'select t2.a[0], 1.5 from t2 limit 0'
+    'select t2.a[0], 0.5 from t2 limit 0'
     >>> literal_key('select "c 1" from t where a = 1')
     'select "c 1" from t where a = 1'
     """
     low = sql.lower()
-    if not low.lstrip().startswith(_DML_HEADS) or any(word in low for word in _NOT_PLAIN):
+    if (
+        not low.lstrip().startswith(_DML_HEADS)
+        or '"' in low
+        or "$" in low
+        or "\\" in low
+        or "/*" in low
+        or "--" in low
+        or "float" in low
+        or "current_" in low
+        or "localtime" in low
+    ):
         return sql
-    return _INTEGER.sub("0", sql)
+
+    def zeroed(match: re.Match[str]) -> str:
+        at = match.start()
+        before = sql[at - 1] if at else " "  # a digit in a name (t1) or a fraction (1.5) stays
+        return match.group() if before.isalnum() or before in "_." else "0"
+
+    return _INTEGER.sub(zeroed, sql)
 
 
 class QueryStats:
