@@ -141,7 +141,8 @@ class SessionCore:
         self._out = None
         if out:
             backend.write(b"".join(out))
-        self.maybe_release()
+        if not backend.tracker.queue:  # (else not idle: nothing to release)
+            self.maybe_release()
 
     def _request(self, kind: int, msg: bytes, backend: Backend, out: list[bytes]) -> None:
         """One extended-protocol message (or FunctionCall) on its way to the backend."""
