@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 from proxy.audit.redact import redact
@@ -10,12 +11,50 @@ from rewriter import pgparser
 
 MAX_FINGERPRINTS = 5000
 MAX_PENDING = 50_000
+# Text whose integer literals are all A_Const (values the fingerprint ignores): plain SELECT/DML
+# without quoted identifiers, dollar quotes, escapes, comments, float(p) or current_time(p).
+_DML_HEADS = ("select", "insert", "update", "delete", "with", "values")
+_INTEGER = re.compile(r"[0-9]{1,9}\b")  # (up to 9 digits: an Iconst, never out of range)
 COLUMNS = ["fingerprint", "calls", "total_ms", "mean_ms", "p95_ms", "max_ms", "rows", "refusals", "cache_hits", "query"]
 
 
 def statement_text(msg: bytes) -> str:
     """The SQL of a Query or Parse message."""
     return protocol.decode_query(msg) if msg[0] == ord("Q") else protocol.decode_parse(msg).query
+
+
+def literal_key(sql: str) -> str:
+    """A key for the fingerprint cache: plain SELECT/DML with its integer literals (up to 9 digits) zeroed (they are
+    constants, which the fingerprint ignores), so `WHERE aid = 5` and `= 6` are parsed once.
+    Any other text is its own key.
+
+    >>> literal_key("SELECT abalance FROM pgbench_accounts WHERE aid = 4711;")
+    'SELECT abalance FROM pgbench_accounts WHERE aid = 0;'
+    >>> literal_key("select t2.a[1], 1.5 from t2 limit 10")
+    'select t2.a[0], 0.5 from t2 limit 0'
+    >>> literal_key('select "c 1" from t where a = 1')
+    'select "c 1" from t where a = 1'
+    """
+    low = sql.lower()
+    if (
+        not low.lstrip().startswith(_DML_HEADS)
+        or '"' in low
+        or "$" in low
+        or "\\" in low
+        or "/*" in low
+        or "--" in low
+        or "float" in low
+        or "current_" in low
+        or "localtime" in low
+    ):
+        return sql
+
+    def zeroed(match: re.Match[str]) -> str:
+        at = match.start()
+        before = sql[at - 1] if at else " "  # a digit in a name (t1) or a fraction (1.5) stays
+        return match.group() if before.isalnum() or before in "_." else "0"
+
+    return _INTEGER.sub(zeroed, sql)
 
 
 class QueryStats:
@@ -28,7 +67,7 @@ class QueryStats:
         self.latency = latency  # a histogram's observe, fed at flush time
         self.pending: deque[tuple[str | bytes, float | None, int, bool]] = deque(maxlen=MAX_PENDING)
         self.by_fingerprint: dict[str, dict] = {}
-        self._fingerprints: dict[str, str] = {}
+        self._fingerprints: dict[str, str] = {}  # text, or `literal_key` of it -> fingerprint
 
     def observe(self, sql: str | bytes, seconds: float, rows: int = 0, cached: bool = False) -> None:
         """A statement answered (its text, or the Query/Parse message carrying it): its duration,
@@ -41,14 +80,20 @@ class QueryStats:
 
     def flush(self) -> None:
         """Aggregate what was observed."""
-        while self.pending:
-            sql, seconds, rows, cached = self.pending.popleft()
-            entry = self._entry(sql if isinstance(sql, str) else statement_text(sql))
+        pending, latency = self.pending, self.latency
+        seen: dict[str | bytes, dict] = {}  # the same message (a driver's Parse) is looked up once
+        while pending:
+            sql, seconds, rows, cached = pending.popleft()
+            entry = seen.get(sql)
+            if entry is None:
+                if len(self.by_fingerprint) >= MAX_FINGERPRINTS:
+                    seen.clear()  # an entry may be evicted: none kept here may be stale
+                entry = seen[sql] = self._entry(sql if isinstance(sql, str) else statement_text(sql))
             if seconds is None:
                 entry["refusals"] += 1
                 continue
-            if self.latency is not None:
-                self.latency(seconds)
+            if latency is not None:
+                latency(seconds)
             entry["calls"] += 1
             entry["rows"] += rows
             entry["cache_hits"] += cached
@@ -75,7 +120,11 @@ class QueryStats:
         return entry
 
     def _fingerprint(self, sql: str) -> str:
-        fp = self._fingerprints.get(sql)
+        fp = self._fingerprints.get(sql)  # (a driver's text with $n parameters is its own key)
+        if fp is not None:
+            return fp
+        key = literal_key(sql)
+        fp = self._fingerprints.get(key)
         if fp is None:
             try:
                 fp = pgparser.fingerprint(sql)
@@ -83,7 +132,7 @@ class QueryStats:
                 fp = redact(sql)[:200]
             if len(self._fingerprints) > 20_000:
                 self._fingerprints.clear()
-            self._fingerprints[sql] = fp
+            self._fingerprints[key] = fp
         return fp
 
     def _evict(self) -> None:

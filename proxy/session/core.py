@@ -26,6 +26,7 @@ from proxy.wire.protocol import (
     MSG_QUERY,
     MSG_SYNC,
     MSG_TERMINATE,
+    TARGET_PORTAL,
     TARGET_STATEMENT,
     TX_FAILED,
     TX_IDLE,
@@ -117,7 +118,7 @@ class SessionCore:
                 continue
             if kind == MSG_QUERY:
                 self._query(msg, backend, out)
-            elif kind == MSG_EXECUTE:  # (the commonest: nothing to decide)
+            elif kind == MSG_EXECUTE or (kind == MSG_DESCRIBE and msg[5] == TARGET_PORTAL):  # nothing to decide
                 backend.tracker.request(kind)
                 out.append(msg)
             elif kind == MSG_SYNC:
@@ -141,7 +142,8 @@ class SessionCore:
         self._out = None
         if out:
             backend.write(b"".join(out))
-        self.maybe_release()
+        if not backend.tracker.queue:  # (else not idle: nothing to release)
+            self.maybe_release()
 
     def _request(self, kind: int, msg: bytes, backend: Backend, out: list[bytes]) -> None:
         """One extended-protocol message (or FunctionCall) on its way to the backend."""

@@ -10,6 +10,7 @@ from proxy.wire.protocol import (
     MSG_BIND,
     MSG_CLOSE,
     MSG_COMMAND_COMPLETE,
+    MSG_DATA_ROW,
     MSG_DESCRIBE,
     MSG_ERROR_RESPONSE,
     MSG_EXECUTE,
@@ -182,6 +183,9 @@ class Tracker:
         out: list[bytes] | None = None
         if self._skip:
             pos, mark, out = self._rest_of_message(data)
+        if out is None and not self.fixups and self.scrub is None:  # nothing to hide, insert or scrub
+            n = self._walk(data, pos, n)
+            pos = n
         while pos < n:
             kind = data[pos]
             if n - pos < 5 or (kind == MSG_READY_FOR_QUERY and n - pos < 6):
@@ -235,6 +239,46 @@ class Tracker:
         self._events = None
         return result, events
 
+    def _walk(self, data: bytes, pos: int, n: int) -> int:
+        """`feed`'s loop when every request in flight is forwarded untagged (no fixups) and nothing
+        is scrubbed: the chunk goes to the client as it is, so only headers are read. Returns
+        where the client's share ends (before an incomplete header or a split message to read)."""
+        queue = self.queue
+        while pos < n:
+            kind = data[pos]
+            if n - pos < 6 and (n - pos < 5 or kind == MSG_READY_FOR_QUERY):
+                self._head = data[pos:]
+                return pos
+            (length,) = _unpack(data, pos + 1)
+            if length < 4:
+                raise ProtocolError(f"backend sent an invalid message length {length}")
+            end = pos + 1 + length
+            if kind != MSG_DATA_ROW:  # (a row matches no request: nothing to do)
+                if end > n and kind in _WHOLE:
+                    self._head = data[pos:]  # hold it until it is whole, to read it
+                    return pos
+                if kind == MSG_READY_FOR_QUERY:
+                    self._ready(data[pos + 5])
+                elif kind == MSG_COMMAND_COMPLETE:
+                    self._rows += _tag_rows(data, pos + 5, end - 1)
+                    if queue and queue[0][0] == MSG_EXECUTE:
+                        queue.popleft()
+                elif kind == MSG_ERROR_RESPONSE:
+                    self._event(ErrorSeen(data[pos:end]))
+                    if self._error is None:
+                        self._error = data[pos:end]
+                    if queue and queue[0][0] not in _SYNC_LIKE:
+                        self._fail_until_sync()
+                elif kind == MSG_PARAMETER_STATUS:
+                    self._event(ParameterChanged(data[pos:end]))
+                elif queue and kind in _DONE.get(queue[0][0], ()):
+                    queue.popleft()
+            if end > n:
+                self._skip, self._dropping = end - n, False
+                return n
+            pos = end
+        return n
+
     def _rest_of_message(self, data: bytes) -> tuple[int, int, list[bytes] | None]:
         """The chunk opens with the rest of a message split across chunks: where the next one
         starts, where the client's share resumes, and the pieces kept so far (None: all of it)."""
@@ -266,7 +310,7 @@ class Tracker:
                     self._event(_record(Ready, (tag, self._rows, self._error, status)))
                 break
         self._rows, self._error = 0, None
-        if not any(code not in _SYNC_LIKE and code != SYNTH for code, _, _ in queue):
+        if not queue or not any(code not in _SYNC_LIKE and code != SYNTH for code, _, _ in queue):
             self.synced = True
         return hidden
 

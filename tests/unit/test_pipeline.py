@@ -170,3 +170,42 @@ def test_an_error_after_flush_keeps_the_backend_until_the_sync():
     t.request(ord("S"))
     t.feed(READY_I)
     assert t.idle
+
+
+_ANSWERS = {  # request type -> what the backend answers (errors without DETAIL: scrubbing changes nothing)
+    "P": PARSE_OK,
+    "B": BIND_OK,
+    "D": p.message(b"T", b"\x00\x00"),
+    "E": ROW + ROW + DONE,
+    "C": CLOSE_OK,
+    "H": b"",
+    "S": READY_I,
+    "Q": p.message(b"T", b"\x00\x00") + ROW + p.parameter_status("TimeZone", "UTC") + DONE + READY_T,
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from("PBDECHSQ"), min_size=1, max_size=10),
+    st.integers(min_value=-1, max_value=10),
+    st.lists(st.integers(min_value=1, max_value=300), max_size=12),
+)
+def test_the_header_walk_agrees_with_the_full_loop(requests, error_at, cuts):
+    """With nothing to hide or insert, `feed` only walks headers; a scrub that finds no DETAIL
+    takes the full loop: both give the same bytes, events and state, whatever the chunking."""
+
+    def run(scrub: str | None) -> tuple:
+        t = Tracker()
+        t.scrub = scrub
+        stream, events, out, last = b"", [], [], 0
+        for i, kind in enumerate(requests):
+            t.request(ord(kind))
+            stream += ERROR + READY_I if i == error_at and kind in "EQ" else _ANSWERS[kind]
+        for cut in sorted({c for c in cuts if 0 < c < len(stream)}) + [len(stream)]:
+            data, got = t.feed(stream[last:cut])
+            out.append(data)
+            events += got
+            last = cut
+        return b"".join(out), events, list(t.queue), t.idle, t.status, t.synced
+
+    assert run(None) == run("hidden")
