@@ -282,43 +282,12 @@ class SessionCore:
     # --- statement names and session state ------------------------------------------------------
 
     def _guard_extended(self, guard: Guard, kind: int, msg: bytes, backend: Backend, out: list[bytes]) -> bytes | None:
-        """Parse rewritten under the policy; a stale named statement prepared again; Bind checked.
-        None when refused (answered)."""
-        if kind == MSG_PARSE:
-            checked = guard.check_parse(msg)
-            if isinstance(checked, Refusal):
-                self.refuse(checked, simple=False)
-                return None
-            return checked
-        if kind == MSG_BIND:
-            name = protocol.decode_bind_names(msg)[1]
-        elif msg[5] == TARGET_STATEMENT:  # Describe or Close of a statement
-            name = protocol.decode_target(msg)[1]
-        else:
-            return msg
-        if kind == MSG_CLOSE:
-            guard.statement_sent(name, None)
-            return msg
-        fresh = guard.sql_name_refusal(name) or guard.stale_statement(name)
-        if isinstance(fresh, Refusal):  # e.g. a name PREPAREd in SQL for another tenant or policy version
-            self.refuse(fresh, simple=False)
+        """`Guard.extended` carried out: the message to send, or None when refused (answered)."""
+        checked = guard.extended(kind, msg, backend, out, self.names, self.state.tx_mode)
+        if isinstance(checked, Refusal):
+            self.refuse(checked, simple=False)
             return None
-        if fresh and self.state.tx_mode and name:
-            parsed = protocol.decode_parse(fresh)
-            self.names.remember(name, parsed.query, parsed.param_types, guard.statement_scope())
-        elif fresh:
-            tracker = backend.tracker
-            out += (protocol.target(b"C", "S", name), fresh)
-            tracker.request(MSG_CLOSE, SWALLOW)
-            tracker.request(MSG_PARSE, SWALLOW)
-            if self.state.tx_mode:  # the unnamed statement: this backend has it now, rewritten afresh
-                self.names.parsed_unnamed(fresh)
-        if kind == MSG_BIND:
-            refused = guard.check_bind(msg)
-            if refused is not None:
-                self.refuse(refused, simple=False)
-                return None
-        return msg
+        return checked
 
     def _extended_tx(self, kind: int, msg: bytes, backend: Backend, out: list[bytes]) -> None:
         """Parse/Bind/Describe/Close under transaction pooling: client names -> proxy-wide names."""

@@ -9,14 +9,18 @@ from typing import NamedTuple
 from proxy.enforce.router import Forward, Identity, Refuse, Router, SetTenant, tenant_parameter_types
 from proxy.ops.metrics import Metrics
 from proxy.ops.stats import QueryStats
+from proxy.pooling.backend import Backend
 from proxy.session import params
 from proxy.session.accounting import AUDIT_FULL, Accounting
 from proxy.session.held import Versions
 from proxy.session.policed import Prepared, current_tenant, search_path_of, unknown_tenant
 from proxy.session.sql_names import SqlNames
 from proxy.session.state import Refusal, SessionState
+from proxy.session.statements import Statements
 from proxy.session.txstate import Transaction
 from proxy.wire import protocol
+from proxy.wire.protocol import MSG_BIND, MSG_CLOSE, MSG_PARSE, TARGET_STATEMENT
+from proxy.wire.tracker import SWALLOW
 
 log = logging.getLogger("pgwarden.guard")
 
@@ -326,6 +330,41 @@ class Guard:
                     "omit the tenant column (pgwarden fills it in) or pass the session's own tenant",
                 )
         return None
+
+    def extended(
+        self, kind: int, msg: bytes, backend: Backend, out: list[bytes], names: Statements, tx_mode: bool
+    ) -> bytes | Refusal:
+        """A Parse rewritten under the policy; a stale named statement prepared again (into `out`);
+        a Bind checked. The message to send, or the refusal."""
+        if kind == MSG_PARSE:
+            return self.check_parse(msg)
+        if kind == MSG_BIND:
+            name = protocol.decode_bind_names(msg)[1]
+        elif msg[5] == TARGET_STATEMENT:  # Describe or Close of a statement
+            name = protocol.decode_target(msg)[1]
+        else:
+            return msg
+        if kind == MSG_CLOSE:
+            self.statement_sent(name, None)
+            return msg
+        fresh = self.sql_name_refusal(name) or self.stale_statement(name)
+        if isinstance(fresh, Refusal):  # e.g. a name PREPAREd in SQL for another tenant or policy version
+            return fresh
+        if fresh and tx_mode and name:
+            parsed = protocol.decode_parse(fresh)
+            names.remember(name, parsed.query, parsed.param_types, self.statement_scope())
+        elif fresh:
+            tracker = backend.tracker
+            out += (protocol.target(b"C", "S", name), fresh)
+            tracker.request(MSG_CLOSE, SWALLOW)
+            tracker.request(MSG_PARSE, SWALLOW)
+            if tx_mode:  # the unnamed statement: this backend has it now, rewritten afresh
+                names.parsed_unnamed(fresh)
+        if kind == MSG_BIND:
+            refused = self.check_bind(msg)
+            if refused is not None:
+                return refused
+        return msg
 
 
 def _shown(arg: params.Arg | None) -> str:
