@@ -252,6 +252,16 @@ class Config(_Strict):
     metrics: MetricsConfig = Field(
         MetricsConfig(), description=("Prometheus metrics: per-tenant statement counts and their cap.")
     )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description=(
+            "Worker processes serving the one listen port (SO_REUSEPORT: the kernel spreads clients). "
+            "Default: the machine's cores, at most pool.size; `1` runs one process. pool.size stays a "
+            "cap for all workers together (each gets an equal share), so workers cannot exceed pool.size."
+        ),
+    )
     shutdown_timeout: float = Field(
         30.0, ge=0, description=("Seconds SIGTERM waits for open transactions before closing every client.")
     )
@@ -274,6 +284,21 @@ class Config(_Strict):
     )
     cache: Any = Field(None, description="Result cache. Not available yet: rejected.")
     source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _workers(self) -> Config:
+        if self.workers is not None and self.workers > self.pool.size:
+            raise ValueError(
+                f"workers ({self.workers}) cannot exceed pool.size ({self.pool.size}): pool.size caps "
+                "the backends of all workers together and each worker needs at least one"
+            )
+        return self
+
+    def worker_count(self) -> int:
+        """The worker processes to run: `workers`, else the machine's cores (at most pool.size)."""
+        if self.workers is not None:
+            return self.workers
+        return max(1, min(os.cpu_count() or 1, self.pool.size))
 
 
 def _not_yet(data: dict[str, Any], doc: Document) -> list[str]:
