@@ -87,14 +87,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """One worker process under the supervisor (`pgwarden run` with workers > 1 starts these)."""
+    import logging
     from pathlib import Path
 
-    from proxy.app.workers import WorkerLink
+    from proxy.app.workers import WorkerLink, WorkerTag
 
     config = _load(args.config)
     if config is None or _router(config) is False:
         return 1
     setup_logging(config.log.level, config.log.format)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(WorkerTag(args.index))
     return _serve(config, WorkerLink(args.index, args.count, Path(args.rundir), args.supervisor))
 
 

@@ -28,6 +28,18 @@ SIGNALS = {"reload": signal.SIGHUP, "shutdown": signal.SIGTERM, "pause": signal.
 _MAX_PID = 2**31 - 1
 
 
+class WorkerTag(logging.Filter):
+    """Starts each log line of a worker with its index (the workers share one standard error)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = f"worker {self.index}: {record.msg}"
+        return True
+
+
 class Served(Protocol):
     """What the control socket asks of this worker's server."""
 

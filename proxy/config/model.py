@@ -258,8 +258,9 @@ class Config(_Strict):
         le=256,
         description=(
             "Worker processes serving the one listen port (SO_REUSEPORT: the kernel spreads clients). "
-            "Default: the machine's cores, at most pool.size; `1` runs one process. pool.size stays a "
-            "cap for all workers together (each gets an equal share), so workers cannot exceed pool.size."
+            "Default: the machine's cores, at most pool.size (one with `audit`, which needs one process "
+            "for now); `1` runs one process. pool.size stays a cap for all workers together (each gets an "
+            "equal share), so workers cannot exceed pool.size."
         ),
     )
     shutdown_timeout: float = Field(
@@ -292,12 +293,19 @@ class Config(_Strict):
                 f"workers ({self.workers}) cannot exceed pool.size ({self.pool.size}): pool.size caps "
                 "the backends of all workers together and each worker needs at least one"
             )
+        if (self.workers or 1) > 1 and self.audit is not None:
+            raise ValueError(
+                f"workers ({self.workers}) with `audit` is not available yet: the audit trail is one HMAC "
+                "chain written by one process; set workers: 1"
+            )
         return self
 
     def worker_count(self) -> int:
-        """The worker processes to run: `workers`, else the machine's cores (at most pool.size)."""
+        """The worker processes to run: `workers`, else the machine's cores (at most pool.size; one with `audit`)."""
         if self.workers is not None:
             return self.workers
+        if self.audit is not None:
+            return 1
         return max(1, min(os.cpu_count() or 1, self.pool.size))
 
 

@@ -48,3 +48,10 @@ def test_a_cancel_key_names_the_worker_that_issued_it(tmp_path):
             for _ in range(200):
                 pid = link.new_pid()
                 assert 1 <= pid < 2**31 - 1 and link.owner(pid) == index
+
+
+def test_the_audit_trail_keeps_one_process_for_now():
+    audited = {"audit": {"path": "audit.jsonl", "hmac_key_env": "K"}}
+    assert _config(**audited).worker_count() == 1
+    with pytest.raises(ConfigError, match="with `audit` is not available yet"):
+        _config(workers=2, **audited)
