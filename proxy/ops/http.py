@@ -119,8 +119,8 @@ class HttpServer:
             if self.peers is None:
                 return "200 OK", CONTENT_TYPE, server.metrics.exposition()
             parts = [(str(self.worker), server.metrics.exposition())]
-            parts += [(str(r.worker), r.exposition) for r in reports]
-            return "200 OK", CONTENT_TYPE, merge_expositions(sorted(parts))
+            parts += [(str(r.worker), r.exposition) for r in sorted(reports)]
+            return "200 OK", CONTENT_TYPE, merge_expositions(parts)  # this worker's primary_up, measured now
         return (
             "404 Not Found",
             JSON,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -187,11 +187,16 @@ class _Merged:
         yield from self.families
 
 
-def merge_expositions(parts: Sequence[tuple[str, bytes]]) -> bytes:
-    """One exposition from the workers' own: each sample labelled with its `worker` (sum() them in PromQL)."""
+def merge_expositions(parts: Sequence[tuple[str, bytes]], once: Collection[str] = ("pgwarden_primary_up",)) -> bytes:
+    """One exposition from the workers' own: each sample labelled with its `worker` (sum() them in PromQL);
+    the families in `once` (facts measured once for the proxy) come from the first part only, unlabelled."""
     families: dict[str, Metric] = {}
-    for worker, text in parts:
+    for number, (worker, text) in enumerate(parts):
         for family in text_string_to_metric_families(text.decode()):
+            if family.name in once:
+                if number == 0:
+                    families[family.name] = family
+                continue
             merged = families.get(family.name)
             if merged is None:
                 merged = families[family.name] = Metric(family.name, family.documentation, family.type)

@@ -145,6 +145,7 @@ def test_forty_clients_spread_over_both_workers_and_the_pool_cap_is_global(proxy
     assert _backends() <= SIZE
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=5).read().decode()
     assert 'worker="0"' in metrics and 'worker="1"' in metrics
+    assert "\npgwarden_primary_up 1.0" in metrics  # measured once, by the worker serving HTTP
     for conn in clients:
         conn.close()
 
