@@ -258,7 +258,7 @@ class Config(_Strict):
         le=256,
         description=(
             "Worker processes serving the one listen port (SO_REUSEPORT: the kernel spreads clients). "
-            "Default: the machine's cores, at most pool.size (one with `audit`, which needs one process "
+            "Default: the cores this process may use (CPU affinity, a container's CPU limit), at most pool.size (one with `audit`, which needs one process "
             "for now); `1` runs one process. pool.size stays a cap for all workers together (each gets an "
             "equal share), so workers cannot exceed pool.size."
         ),
@@ -306,7 +306,19 @@ class Config(_Strict):
             return self.workers
         if self.audit is not None:
             return 1
-        return max(1, min(os.cpu_count() or 1, self.pool.size))
+        return max(1, min(machine_cores(), self.pool.size))
+
+
+def machine_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a container's limit)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 def _not_yet(data: dict[str, Any], doc: Document) -> list[str]:
