@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,11 @@ class Supervisor:
         for sig in (*RELAYED, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda number, _frame: self.pending.append(number))
         try:
+            taken = port_taken(self.config.listen.host, self.config.listen.port)
+            if taken is not None:
+                listen = self.config.listen
+                print(f"pgwarden: cannot listen on {listen.host}:{listen.port}: {taken}", file=sys.stderr)
+                return 1
             for index in range(self.count):
                 self.spawn(index)
             if not self._started():
@@ -134,6 +140,25 @@ class Supervisor:
             log.error("worker %d exited with status %s; starting it again in %gs", worker.index, code, delay)
         if now >= worker.due:
             self.spawn(worker.index, worker.failures)
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why the listen port is taken (None if free). Workers bind it with SO_REUSEPORT, which would
+    let them join another pgwarden's listener there: a probe without it fails as one process would."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return None  # the workers say what is wrong with the address
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return f"{exc.strerror or exc} (is another pgwarden or PgBouncer running there? change listen.port)"
+    return None
 
 
 def supervise(config: Config) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -12,7 +13,7 @@ import urllib.request
 import psycopg
 import pytest
 
-from tests.harness import PG_HOST, PG_PORT, ProxyProcess, base_config
+from tests.harness import PG_HOST, PG_PORT, ROOT, ProxyProcess, base_config
 
 ROLE = "pgwarden_workers_backend"  # the backends' role: pg_stat_activity counts them by it
 SIZE = 6
@@ -260,3 +261,18 @@ def test_a_worker_that_dies_is_started_again(start_proxy):
     for _ in range(6):
         with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
             assert conn.execute("select 3").fetchone() == (3,)
+
+
+def test_a_second_pgwarden_on_the_same_port_is_refused_not_joined(proxy, tmp_path):
+    second = ProxyProcess({**proxy.config, "http": {"port": 0}}, tmp_path)
+    second.write_config()
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--config", str(second.config_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{proxy.port}" in result.stderr and "in use" in result.stderr
