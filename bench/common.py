@@ -304,10 +304,12 @@ def absolute_paths(config: dict, base: Path) -> dict:
     return config
 
 
-def pgwarden_config(backend: Target, pool_size: int, overlay_file: Path | None) -> dict:
+def pgwarden_config(backend: Target, pool_size: int, overlay_file: Path | None, workers: int = 1) -> dict:
     """The bench's pgwarden config; keys from `overlay_file` (e.g. auth users, policies) win,
-    except where pgwarden listens and which backend it uses, which the bench decides."""
+    except where pgwarden listens and which backend it uses, which the bench decides.
+    `workers` is always set (pgwarden's default is the machine's cores)."""
     config: dict = {
+        "workers": workers,
         "auth": {"method": "trust"},
         "backend_auth": {"user": "postgres"},
         "pool": {"mode": "transaction", "size": pool_size},
@@ -323,9 +325,9 @@ def pgwarden_config(backend: Target, pool_size: int, overlay_file: Path | None) 
     }
 
 
-def start_pgwarden(workdir: Path, config: dict) -> tuple[Target, subprocess.Popen]:
+def start_pgwarden(workdir: Path, config: dict, name: str = "pgwarden") -> tuple[Target, subprocess.Popen]:
     """`python -m proxy run --config FILE` from the repository; raises RuntimeError if it does not serve."""
-    path, log = workdir / "pgwarden.yaml", workdir / "pgwarden.log"
+    path, log = workdir / f"{name}.yaml", workdir / f"{name}.log"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     python = str(VENV_PYTHON if VENV_PYTHON.exists() else sys.executable)
     proc = spawn([python, "-m", "proxy", "run", "--config", str(path)], log, ROOT)
@@ -333,7 +335,7 @@ def start_pgwarden(workdir: Path, config: dict) -> tuple[Target, subprocess.Pope
         wait_for_port(config["listen"]["port"], 30, proc)
     except (RuntimeError, TimeoutError) as exc:
         raise RuntimeError(f"pgwarden did not start ({exc}):\n{tail(log)}")
-    return Target("pgwarden", config["listen"]["port"]), proc
+    return Target(name, config["listen"]["port"]), proc
 
 
 # --- pgbench -----------------------------------------------------------------------------------------

@@ -52,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=2, help="rounds; target order rotates each round (default 2)")
     p.add_argument("--pool-size", type=int, default=10, help="backend pool size of pgwarden and PgBouncer")
+    p.add_argument(
+        "--workers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1],
+        help="pgwarden `workers`, comma-separated: one pgwarden per value, e.g. 1,2 side by side (default 1)",
+    )
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s (default 10)")
     p.add_argument("--warmup", type=int, default=5, help="seconds of unrecorded direct load first (0: none)")
     p.add_argument("--script", type=Path, help="custom pgbench script (-f) instead of the built-in -S")
@@ -82,7 +88,7 @@ def start_targets(args: argparse.Namespace, workdir: Path) -> tuple[list[Target]
     if args.init_sql:
         common.psql(direct, "-f", str(args.init_sql.resolve()))
     proxies, skipped, procs = start_proxies(args, workdir, direct)
-    measured = [replace(t, user=args.user) for t in [direct, *proxies] if t.name in args.targets]
+    measured = [replace(t, user=args.user) for t in [direct, *proxies] if t.name.split("-")[0] in args.targets]
     return [t for t in measured if answers(t, skipped)], skipped, procs
 
 
@@ -90,13 +96,14 @@ def start_proxies(args: argparse.Namespace, workdir: Path, direct: Target):
     """PgBouncer and pgwarden if asked for; one that does not start is skipped with the reason."""
     starters = {
         "pgbouncer": lambda: common.start_pgbouncer(workdir, direct, args.pool_size, sorted({"postgres", args.user})),
-        "pgwarden": lambda: common.start_pgwarden(
-            workdir, common.pgwarden_config(direct, args.pool_size, args.target_config)
-        ),
     }
+    for workers in args.workers:  # "pgwarden" runs workers: 1, "pgwarden-w2" workers: 2, ...
+        name = "pgwarden" if workers == 1 else f"pgwarden-w{workers}"
+        config = common.pgwarden_config(direct, args.pool_size, args.target_config, workers)
+        starters[name] = lambda name=name, config=config: common.start_pgwarden(workdir, config, name)
     proxies, skipped, procs = [], {}, {}
     for name, start in starters.items():
-        if name not in args.targets:
+        if name.split("-")[0] not in args.targets:
             continue
         try:
             target, procs[name] = start()
@@ -253,6 +260,7 @@ def settings(args: argparse.Namespace) -> dict:
         "modes": args.modes,
         "rounds": args.rounds,
         "pool_size": args.pool_size,
+        "pgwarden_workers": args.workers,
         "scale": args.scale,
         "warmup_s": args.warmup,
         "user": args.user,

@@ -52,8 +52,10 @@ def free_port() -> int:
 
 
 def base_config(**overrides) -> dict:
-    """A config for the local PostgreSQL: trust auth, transaction pooling, free ports."""
+    """A config for the local PostgreSQL: trust auth, transaction pooling, free ports, one process
+    (`workers` defaults to the machine's cores; a test that wants several asks for them)."""
     config = {
+        "workers": 1,
         "listen": {"host": "127.0.0.1", "port": free_port()},
         "http": {"host": "127.0.0.1", "port": free_port()},
         "primary": {"host": PG_HOST, "port": PG_PORT},

@@ -78,11 +78,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None or _router(config) is False:
         return 1
     setup_logging(config.log.level, config.log.format)
+    if config.worker_count() > 1:
+        from proxy.app.supervisor import supervise
+
+        return supervise(config)
+    return _serve(config)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One worker process under the supervisor (`pgwarden run` with workers > 1 starts these)."""
+    import logging
+    from pathlib import Path
+
+    from proxy.app.workers import WorkerLink, WorkerTag
+
+    config = _load(args.config)
+    if config is None or _router(config) is False:
+        return 1
+    setup_logging(config.log.level, config.log.format)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(WorkerTag(args.index))
+    return _serve(config, WorkerLink(args.index, args.count, Path(args.rundir), args.supervisor))
+
+
+def _serve(config, link=None) -> int:
     from proxy.app.server import serve
     from proxy.audit.trail import AuditError
 
     try:
-        serve(config)
+        serve(config, link)
     except AuditError as exc:
         print(f"pgwarden: {exc}", file=sys.stderr)
         return 1
@@ -212,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the proxy in the foreground")
     run.add_argument("--config", required=True, help="the proxy config file (YAML)")
     run.set_defaults(func=cmd_run)
+    worker = sub.add_parser("worker")  # started by `run` when workers > 1; not for people
+    worker.add_argument("--config", required=True)
+    for name in ("--index", "--count", "--supervisor"):
+        worker.add_argument(name, type=int, required=True)
+    worker.add_argument("--rundir", required=True)
+    worker.set_defaults(func=cmd_worker)
     check = sub.add_parser("check", help="validate the config and policies; exit 1 listing every error")
     check.add_argument("--config", required=True)
     check.add_argument("--live", action="store_true", help="also check the policy against the database")

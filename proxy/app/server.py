@@ -8,6 +8,7 @@ import secrets
 import signal
 import time
 
+from proxy.app.workers import WorkerLink
 from proxy.audit.process import AuditProcess
 from proxy.config.model import Config, ConfigError, load_config
 from proxy.enforce.router import PolicyLoadError, Router, load_router
@@ -33,8 +34,10 @@ log = logging.getLogger("pgwarden.server")
 class Server:
     """Owns the config snapshot, the pools and the sessions; sessions ask it for pools and keys."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, link: WorkerLink | None = None) -> None:
         self.config = config
+        self.link = link  # with several workers: this one's index, cancel keys and siblings
+        self.pool_settings = link.shaped(config).pool if link else config.pool  # this worker's share
         self.pools: dict[tuple[str, str], Pool] = {}
         self.sessions: dict[int, Session] = {}
         self.statements = Registry()
@@ -60,7 +63,7 @@ class Server:
         self.audit: AuditProcess | None = (
             AuditProcess(config.audit, config.log.format, config.log.level) if config.audit else None
         )
-        self._http = HttpServer(self)
+        self._http = HttpServer(self, link.peers if link else None, link.index if link else 0)
         self._janitor = Janitor(self)
         self._stop = asyncio.Event()
 
@@ -85,13 +88,13 @@ class Server:
             pool_for=self.pool_for,
             ensure_schema=self.ensure_schema,
             refresh_schemas=self.refresh_schemas,
-            admin_console=lambda: AdminConsole(self),
+            admin_console=lambda: AdminConsole(self, self.link),
         )
 
     def issue_key(self, session: Session) -> tuple[int, int]:
         """A proxy-wide BackendKeyData for a new client (never a backend's own key)."""
         while True:
-            pid = secrets.randbelow(2**31 - 1) + 1
+            pid = self.link.new_pid() if self.link else secrets.randbelow(2**31 - 1) + 1
             if pid not in self.sessions:
                 self.sessions[pid] = session
                 return pid, secrets.randbits(32)
@@ -119,7 +122,9 @@ class Server:
         key = (database, f"{user} (policed)" if shared else user)
         pool = self.pools.get(key)
         if pool is None:
-            pool = Pool(f"{database}/{key[1]}", self._target(database, client_user, policed), self.config.pool, policed)
+            pool = Pool(
+                f"{database}/{key[1]}", self._target(database, client_user, policed), self.pool_settings, policed
+            )
             pool.paused = self.paused
             self.pools[key] = pool
         return pool
@@ -150,8 +155,11 @@ class Server:
         """Forward a client's CancelRequest to the backend serving it now; ignore it otherwise.
 
         The returned task ends once PostgreSQL has acted on the request, as a direct
-        cancel connection would (clients such as asyncpg wait for that).
+        cancel connection would (clients such as asyncpg wait for that). A key another
+        worker issued is handed to that worker.
         """
+        if self.link is not None and self.link.owner(pid) != self.link.index:
+            return self.link.forward_cancel(pid, secret)
         session = self.sessions.get(pid)
         if session is None or not secrets.compare_digest(session.secret.to_bytes(4, "big"), secret.to_bytes(4, "big")):
             log.info("cancel request for unknown key pid=%s ignored", pid)
@@ -337,9 +345,19 @@ class Server:
             await self.slowlog.start()
         listen = self.config.listen
         self._listener = await loop.create_server(
-            lambda: Session(self.session_context()), listen.host, listen.port, reuse_address=True, backlog=1024
+            lambda: Session(self.session_context()),
+            listen.host,
+            listen.port,
+            reuse_address=True,
+            reuse_port=self.link is not None,
+            backlog=1024,
         )
-        await self._http.start()
+        if self.link is None or self.link.index == 0:  # one HTTP listener, reporting for all workers
+            await self._http.start()
+        if self.link is not None:
+            await self.link.start(self, self.stop)
+            loop.add_signal_handler(signal.SIGUSR1, self.set_paused, True)
+            loop.add_signal_handler(signal.SIGUSR2, self.set_paused, False)
         self._janitor.start()
         for sig, handler in (
             (signal.SIGHUP, self.reload),
@@ -364,6 +382,15 @@ class Server:
     def stop(self) -> None:
         self._stop.set()
 
+    def set_paused(self, paused: bool) -> None:
+        """PAUSE (stop lending backends) or RESUME, as the supervisor relays them to every worker."""
+        self.paused = paused
+        for pool in self.pools.values():
+            if paused:
+                pool.paused = True
+            else:
+                pool.resume()
+
     def reload(self) -> bool:
         """SIGHUP: load the config file again; a bad file is reported and the running config kept."""
         source = self.config.source
@@ -373,6 +400,7 @@ class Server:
         try:
             new = load_config(source)
             tls_context, backend_context = listen_tls(new.listen.tls), backend_tls(new.primary.tls)
+            pool_settings = self.link.shaped(new).pool if self.link else new.pool
             router = self.load_policies(new)
         except (ConfigError, PolicyLoadError, OSError, ValueError) as exc:
             log.error("reload of %s failed; keeping the running config:\n%s", source, exc)
@@ -380,11 +408,12 @@ class Server:
         if (new.listen.host, new.listen.port) != (self.config.listen.host, self.config.listen.port):
             log.warning("reload: a new listen address takes effect only after a restart")
         self.config, self.tls_context, self._backend_tls = new, tls_context, backend_context
+        self.pool_settings = pool_settings
         self.router = router
         self.policy_files_changed()
         self.refresh_schemas()
         for (database, _), pool in self.pools.items():
-            pool.settings = new.pool
+            pool.settings = pool_settings
             user = pool.target.user
             if self.backend_user(user, pool.policed) == user:
                 pool.target = self._target(database, user, pool.policed)
@@ -416,6 +445,8 @@ class Server:
             session.fatal("57P01", "terminating connection: pgwarden shutdown timeout reached")
         self._janitor.stop()
         await self._http.stop()
+        if self.link is not None:
+            await self.link.stop()
         for pool in self.pools.values():
             pool.close_all()
         if self.audit is not None:
@@ -457,11 +488,11 @@ async def _send_cancel(pool: Pool, backend: Backend) -> None:
             pool.release(backend)
 
 
-def serve(config: Config) -> None:
-    """Run the proxy until SIGTERM/SIGINT, on uvloop."""
+def serve(config: Config, link: WorkerLink | None = None) -> None:
+    """Run the proxy (or, with `link`, one worker of it) until SIGTERM/SIGINT, on uvloop."""
     import uvloop
 
     async def main() -> None:
-        await Server(config).run()
+        await Server(config, link).run()
 
     uvloop.run(main())

@@ -252,6 +252,17 @@ class Config(_Strict):
     metrics: MetricsConfig = Field(
         MetricsConfig(), description=("Prometheus metrics: per-tenant statement counts and their cap.")
     )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description=(
+            "Worker processes serving the one listen port (SO_REUSEPORT: the kernel spreads clients). "
+            "Default: the cores this process may use (CPU affinity, a container's CPU limit), at most pool.size (one with `audit`, which needs one process "
+            "for now); `1` runs one process. pool.size stays a cap for all workers together (each gets an "
+            "equal share), so workers cannot exceed pool.size."
+        ),
+    )
     shutdown_timeout: float = Field(
         30.0, ge=0, description=("Seconds SIGTERM waits for open transactions before closing every client.")
     )
@@ -274,6 +285,40 @@ class Config(_Strict):
     )
     cache: Any = Field(None, description="Result cache. Not available yet: rejected.")
     source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _workers(self) -> Config:
+        if self.workers is not None and self.workers > self.pool.size:
+            raise ValueError(
+                f"workers ({self.workers}) cannot exceed pool.size ({self.pool.size}): pool.size caps "
+                "the backends of all workers together and each worker needs at least one"
+            )
+        if (self.workers or 1) > 1 and self.audit is not None:
+            raise ValueError(
+                f"workers ({self.workers}) with `audit` is not available yet: the audit trail is one HMAC "
+                "chain written by one process; set workers: 1"
+            )
+        return self
+
+    def worker_count(self) -> int:
+        """The worker processes to run: `workers`, else the machine's cores (at most pool.size; one with `audit`)."""
+        if self.workers is not None:
+            return self.workers
+        if self.audit is not None:
+            return 1
+        return max(1, min(machine_cores(), self.pool.size))
+
+
+def machine_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a container's limit)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 def _not_yet(data: dict[str, Any], doc: Document) -> list[str]:

@@ -103,11 +103,27 @@ class AdminServer(Protocol):
     def stop(self) -> None: ...
 
 
-class AdminConsole:
-    """Answers one admin session's simple queries from the server's state; does no backend I/O."""
+class Cluster(Protocol):
+    """The worker processes around this one, when there are several (`workers`)."""
 
-    def __init__(self, server: AdminServer) -> None:
+    @property
+    def index(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+
+    def broadcast(self, command: str) -> None: ...  # pause, resume, reload, shutdown: to every worker
+
+
+class AdminConsole:
+    """Answers one admin session's simple queries from the server's state; does no backend I/O.
+
+    With several workers, SHOW commands answer for the worker this session landed on (a
+    notice says which) and PAUSE, RESUME, RELOAD and SHUTDOWN act on every worker.
+    """
+
+    def __init__(self, server: AdminServer, cluster: Cluster | None = None) -> None:
         self.server = server
+        self.cluster = cluster
         self.commands: dict[str, Callable[[str], bytes]] = {
             "show pools": self.pools,
             "show clients": self.clients,
@@ -136,7 +152,22 @@ class AdminConsole:
         else:
             argument = match.group(1).split(None, 1)[1] if match and name == "kill" else ""
             body = command(argument)
+            if self.cluster is not None:
+                body = self._across_workers(name) + body
         return body + protocol.ready_for_query(b"I")
+
+    def _across_workers(self, name: str) -> bytes:
+        """With several workers: a notice naming the worker that answers, or sends the command to all."""
+        cluster = self.cluster
+        assert cluster is not None
+        if name in ("pause", "resume", "reload", "shutdown"):
+            cluster.broadcast(name)
+            text = f"{name.upper()} sent to all {cluster.count} workers"
+        elif name == "kill":
+            text = f"KILL acted on worker {cluster.index} of {cluster.count} only"
+        else:
+            text = f"answered by worker {cluster.index} of {cluster.count}: rows of this worker only"
+        return protocol.error_response("00000", text, severity="NOTICE", kind=b"N")
 
     def help(self, _: str) -> bytes:
         rows = [
@@ -248,6 +279,8 @@ class AdminConsole:
             ["rewrite_cache_hits", router.hits if router else 0],
             ["rewrite_cache_misses", router.misses if router else 0],
         ]
+        if self.cluster is not None:
+            rows.append(["worker", f"{self.cluster.index} of {self.cluster.count}"])
         if server.audit is not None:
             rows += [[f"audit_{k}", v] for k, v in server.audit.stats.items()]
         return _table(["stat", "value"], rows, "SHOW")

@@ -6,9 +6,10 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from proxy.ops.metrics import CONTENT_TYPE
+from proxy.ops.metrics import CONTENT_TYPE, merge_expositions
 from proxy.wire import protocol
 
 if TYPE_CHECKING:
@@ -40,11 +41,27 @@ class HttpSource(Protocol):
     def client_count(self) -> int: ...
 
 
-class HttpServer:
-    """A minimal HTTP/1.1 server: GET only, one response per connection."""
+class PeerReport(NamedTuple):
+    """What another worker process reports for the whole proxy's /healthz and /metrics."""
 
-    def __init__(self, server: HttpSource) -> None:
+    worker: int
+    clients: int
+    exposition: bytes
+
+
+class HttpServer:
+    """A minimal HTTP/1.1 server: GET only, one response per connection.
+
+    With several workers, one of them serves it and `peers` gathers the others' reports:
+    /healthz counts every worker's clients, /metrics labels each sample with its `worker`.
+    """
+
+    def __init__(
+        self, server: HttpSource, peers: Callable[[], Awaitable[list[PeerReport]]] | None = None, worker: int = 0
+    ) -> None:
         self.server = server
+        self.peers = peers
+        self.worker = worker  # this process's worker index, when there are peers
         self._listener: asyncio.AbstractServer | None = None
         self._primary_checked = 0.0
         self._primary_ok = False
@@ -78,6 +95,7 @@ class HttpServer:
         if method != "GET":
             return "405 Method Not Allowed", JSON, _json({"error": "only GET is served"})
         server = self.server
+        reports = await self.peers() if self.peers is not None and path in ("/healthz", "/metrics") else []
         if path == "/healthz":
             return (
                 "200 OK",
@@ -86,8 +104,9 @@ class HttpServer:
                     {
                         "status": "ok",
                         "uptime_s": round(time.time() - server.started, 1),
-                        "clients": server.client_count(),
+                        "clients": server.client_count() + sum(r.clients for r in reports),
                         "draining": server.draining,
+                        **({"workers": 1 + len(reports)} if self.peers is not None else {}),
                     }
                 ),
             )
@@ -97,7 +116,11 @@ class HttpServer:
             return ("200 OK" if ready else "503 Service Unavailable"), JSON, _json({"ready": ready, "checks": checks})
         if path == "/metrics":
             server.metrics.primary_up.set(1 if await self._primary_reachable() else 0)
-            return "200 OK", CONTENT_TYPE, server.metrics.exposition()
+            if self.peers is None:
+                return "200 OK", CONTENT_TYPE, server.metrics.exposition()
+            parts = [(str(self.worker), server.metrics.exposition())]
+            parts += [(str(r.worker), r.exposition) for r in sorted(reports)]
+            return "200 OK", CONTENT_TYPE, merge_expositions(parts)  # this worker's primary_up, measured now
         return (
             "404 Not Found",
             JSON,

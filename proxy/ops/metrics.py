@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config.sections import MetricsConfig
 
@@ -174,3 +175,32 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Merged:
+    """A collector that yields metric families already gathered (from every worker)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self):
+        yield from self.families
+
+
+def merge_expositions(parts: Sequence[tuple[str, bytes]], once: Collection[str] = ("pgwarden_primary_up",)) -> bytes:
+    """One exposition from the workers' own: each sample labelled with its `worker` (sum() them in PromQL);
+    the families in `once` (facts measured once for the proxy) come from the first part only, unlabelled."""
+    families: dict[str, Metric] = {}
+    for number, (worker, text) in enumerate(parts):
+        for family in text_string_to_metric_families(text.decode()):
+            if family.name in once:
+                if number == 0:
+                    families[family.name] = family
+                continue
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(family.name, family.documentation, family.type)
+            merged.samples += [s._replace(labels={**s.labels, "worker": worker}) for s in family.samples]
+    registry = CollectorRegistry()
+    registry.register(_Merged(list(families.values())))
+    return generate_latest(registry)
