@@ -136,6 +136,8 @@ class ProxyProcess:
         )
         try:
             wait_for_port(self.host, self.port, timeout, self.proc)
+            if (self.config.get("http") or {}).get("port"):  # opened just after the listener
+                wait_for_port(self.config["http"].get("host", self.host), self.http_port, timeout, self.proc)
         except Exception:
             self.stop()
             raise RuntimeError(f"pgwarden did not start:\n{self.logs()}")
