@@ -97,10 +97,11 @@ def sends_ddl(msg: bytes) -> bool:
     return _DDL.search(msg[5:]) is not None
 
 
-def _may_leave_state(text: bytes) -> bool:
-    """`params.MAY_LEAVE_STATE_BYTES` on lower-cased text, by plain searches (several times faster).
+def may_leave_state(text: bytes) -> bool:
+    """Does lower-cased `text` hold one of `params.MAY_LEAVE_STATE_WORDS`? By plain searches
+    (several times faster than a regular expression).
 
-    >>> _may_leave_state(b"select pg_advisory_lock(1)"), _may_leave_state(b"select 1")
+    >>> may_leave_state(b"select pg_advisory_lock(1)"), may_leave_state(b"select 1")
     (True, False)
     """
     return b"temp" in text or b"hold" in text or b"set_config" in text or b"advisory_lock" in text or b"u&" in text
@@ -118,7 +119,7 @@ def stateful_text(msg: bytes, start: int, stop: int) -> bool:
         i += 1
     if i >= stop:
         return False
-    if msg[i : i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-(" or _may_leave_state(msg[start:stop].lower()):
+    if msg[i : i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-(" or may_leave_state(msg[start:stop].lower()):
         return True
     j = stop - 1
     while j > i and msg[j] in b" \t\r\n;":
