@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from policies.source import Document, Loc, SourceError, format_errors, load_yaml
 from proxy.config.environment import apply as apply_environment
+from proxy.config.routing import Failover, HostPort, Replica, Routing
 from proxy.config.sections import AuditConfig, MetricsConfig, SlowQueryConfig
 
 
@@ -89,6 +90,13 @@ class Primary(_Strict):
     )
     port: int = Field(5432, ge=1, le=65535, description="Port of the primary PostgreSQL.")
     tls: BackendTLS = Field(BackendTLS(), description="TLS towards the backend (see primary.tls.*).")
+    hosts: list[HostPort] = Field(
+        [],
+        description=(
+            "More hosts that may hold the primary after a failover (`[{host:, port:}]`); with them, "
+            "health checks find the writable one (`pg_is_in_recovery()`), `host` first."
+        ),
+    )
 
 
 class UserEntry(_Strict):
@@ -241,9 +249,11 @@ class Config(_Strict):
     listen: Listen = Field(Listen(), description="Where clients connect.")
     http: Http = Field(Http(), description="The operators' HTTP endpoint.")
     primary: Primary = Field(..., description="The primary PostgreSQL server.")
-    replicas: list[dict[str, Any]] = Field(
-        [], description=("Read replicas `[{host:, port:}]`. Not available yet: a non-empty list is rejected.")
+    replicas: list[Replica] = Field(
+        [], description="Read replicas `[{host:, port:, weight:}]` that take provably read-only statements."
     )
+    routing: Routing = Field(Routing(), description="Read routing, the commit watermark and health checks.")
+    failover: Failover = Field(Failover(), description="Following the primary through a promotion.")
     auth: Auth = Field(Auth(), description="How clients authenticate to pgwarden.")
     backend_auth: BackendAuth = Field(BackendAuth(), description="How pgwarden logs in to PostgreSQL.")
     pool: Pool = Field(Pool(), description="Connection pooling.")
@@ -330,11 +340,6 @@ def _not_yet(data: dict[str, Any], doc: Document) -> list[str]:
                 f"{doc.where((key,))}: {key}: {feature} is not available in this version "
                 f"of pgwarden; remove the `{key}` key (it is never silently ignored)"
             )
-    if data.get("replicas"):
-        errors.append(
-            f"{doc.where(('replicas',))}: replicas: read routing to replicas is not "
-            "available in this version of pgwarden; remove the entries"
-        )
     return errors
 
 
