@@ -8,6 +8,8 @@ import secrets
 import signal
 import time
 
+from proxy.app.replication import Replication
+from proxy.app.replication import wanted as replication_wanted
 from proxy.app.workers import WorkerLink
 from proxy.audit.process import AuditProcess
 from proxy.config.model import Config, ConfigError, load_config
@@ -19,7 +21,7 @@ from proxy.ops.janitor import Janitor
 from proxy.ops.metrics import Metrics
 from proxy.ops.slowlog import SlowLog
 from proxy.ops.stats import QueryStats
-from proxy.pooling.backend import Backend, Target
+from proxy.pooling.backend import Target
 from proxy.pooling.backend_role import HINT, read_facts, refusal, superuser_reason, unfit
 from proxy.pooling.pool import Pool
 from proxy.pooling.prepared import Registry
@@ -66,6 +68,11 @@ class Server:
         self._http = HttpServer(self, link.peers if link else None, link.index if link else 0)
         self._janitor = Janitor(self)
         self._stop = asyncio.Event()
+        self.replication = (
+            Replication(config, self.pools, lambda: self.pool_settings, self._target, lambda: self.paused)
+            if replication_wanted(config)
+            else None
+        )
 
     # --- what sessions ask of the server ----------------------------------------------------
 
@@ -89,6 +96,7 @@ class Server:
             ensure_schema=self.ensure_schema,
             refresh_schemas=self.refresh_schemas,
             admin_console=lambda: AdminConsole(self, self.link),
+            read_routing=self.replication.routing if self.replication is not None else None,
         )
 
     def issue_key(self, session: Session) -> tuple[int, int]:
@@ -122,9 +130,9 @@ class Server:
         key = (database, f"{user} (policed)" if shared else user)
         pool = self.pools.get(key)
         if pool is None:
-            pool = Pool(
-                f"{database}/{key[1]}", self._target(database, client_user, policed), self.pool_settings, policed
-            )
+            target = self._target(database, client_user, policed)
+            options = self.replication.primary_pool_options() if self.replication else {}
+            pool = Pool(f"{database}/{key[1]}", target, self.pool_settings, policed, **options)
             pool.paused = self.paused
             self.pools[key] = pool
         return pool
@@ -164,12 +172,12 @@ class Server:
         if session is None or not secrets.compare_digest(session.secret.to_bytes(4, "big"), secret.to_bytes(4, "big")):
             log.info("cancel request for unknown key pid=%s ignored", pid)
             return None
-        backend = session.backend
-        if backend is None or session.pool is None:
+        backend, pool = session.backend, session.lent
+        if backend is None or pool is None:
             log.info("cancel request for client %s ignored: it has no query running", session.peer)
             return None
         backend.cancels += 1
-        return asyncio.get_running_loop().create_task(_send_cancel(session.pool, backend))
+        return asyncio.get_running_loop().create_task(pool.cancel(backend))
 
     # --- policies and the live schema -------------------------------------------------------
 
@@ -310,6 +318,8 @@ class Server:
         """Read the known databases' schemas again (all after a reload; one after DDL a bypass
         role ran through pgwarden). A read already under way is followed by another, so DDL
         that committed while it ran is not missed."""
+        if self.replication is not None and database is not None:
+            self.replication.routing.refresh(database)
         if self.router is None:
             return
         for name in [database] if database is not None else list(self.router.schemas):
@@ -359,6 +369,8 @@ class Server:
             loop.add_signal_handler(signal.SIGUSR1, self.set_paused, True)
             loop.add_signal_handler(signal.SIGUSR2, self.set_paused, False)
         self._janitor.start()
+        if self.replication is not None:
+            await self.replication.start()
         for sig, handler in (
             (signal.SIGHUP, self.reload),
             (signal.SIGTERM, self._stop.set),
@@ -417,6 +429,8 @@ class Server:
             user = pool.target.user
             if self.backend_user(user, pool.policed) == user:
                 pool.target = self._target(database, user, pool.policed)
+        if self.replication is not None:
+            self.replication.reloaded()
         log.info("reloaded %s", source)
         if self.audit is not None:
             self.audit.offer(
@@ -444,6 +458,8 @@ class Server:
         for session in list(self.sessions.values()):
             session.fatal("57P01", "terminating connection: pgwarden shutdown timeout reached")
         self._janitor.stop()
+        if self.replication is not None:
+            await self.replication.stop()
         await self._http.stop()
         if self.link is not None:
             await self.link.stop()
@@ -462,30 +478,6 @@ def _between_transactions(session: Session) -> bool:
         return True
     backend = session.backend
     return backend is None or (backend.tracker.idle and backend.tracker.status == protocol.TX_IDLE)
-
-
-async def _send_cancel(pool: Pool, backend: Backend) -> None:
-    """Send a CancelRequest and wait until PostgreSQL has acted on it (it then closes the socket).
-
-    Until then the backend is not lent to another client, so a late cancel can never
-    stop another client's query (PgBouncer leaves that race open).
-    """
-    target = pool.target
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(target.host, target.port), target.connect_timeout
-        )
-        writer.write(protocol.cancel_request(backend.pid, backend.secret))
-        await writer.drain()
-        await asyncio.wait_for(reader.read(), target.connect_timeout)
-        writer.close()
-    except (TimeoutError, OSError) as exc:
-        log.warning("could not forward a cancel request to %s:%s: %s", target.host, target.port, exc)
-    finally:
-        backend.cancels -= 1
-        if not backend.cancels and backend.held_for_cancel:
-            backend.held_for_cancel = False
-            pool.release(backend)
 
 
 def serve(config: Config, link: WorkerLink | None = None) -> None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, cast
 
+from proxy.ops.replicas_view import REPLICA_COLUMNS, ReplicationSource, replica_rows, server_columns
 from proxy.ops.stats import COLUMNS
 from proxy.wire import protocol
 
@@ -32,7 +33,7 @@ PARAMETERS = {
 }
 _TEXT_OID = 25
 HINT = (
-    "commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW QUERIES, SHOW CONFIG, "
+    "commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW REPLICAS, SHOW STATS, SHOW QUERIES, SHOW CONFIG, "
     "SHOW POLICY, SHOW HELP, RELOAD, PAUSE, RESUME, KILL db, SHUTDOWN"
 )
 _COMMAND = re.compile(r"\s*(show\s+\w+|reload|pause|resume|kill\s+\S+|shutdown)\s*;?\s*$", re.I)
@@ -98,6 +99,8 @@ class AdminServer(Protocol):
     def router(self) -> Router | None: ...
     @property
     def audit(self) -> AuditProcess | None: ...
+    @property
+    def replication(self) -> ReplicationSource | None: ...
 
     def reload(self) -> bool: ...
     def stop(self) -> None: ...
@@ -128,6 +131,7 @@ class AdminConsole:
             "show pools": self.pools,
             "show clients": self.clients,
             "show servers": self.servers,
+            "show replicas": self.replicas,
             "show backends": self.servers,
             "show stats": self.stats,
             "show config": self.config,
@@ -173,7 +177,8 @@ class AdminConsole:
         rows = [
             ["SHOW POOLS", "backends and waiting clients per pool"],
             ["SHOW CLIENTS", "client connections"],
-            ["SHOW SERVERS", "backend connections"],
+            ["SHOW SERVERS", "backend connections (with their server's role, lag and state)"],
+            ["SHOW REPLICAS", "the primary and replicas: role, health, breaker, replay position, lag, routed"],
             ["SHOW STATS", "counters since start"],
             ["SHOW CONFIG", "the running config"],
             [
@@ -250,6 +255,7 @@ class AdminConsole:
 
     def servers(self, _: str) -> bytes:
         now, rows = time.monotonic(), []
+        monitor = self.server.replication.monitor if self.server.replication is not None else None
         for pool in list(self.server.pools.values()):
             for state, backends in (("active", pool.active), ("idle", pool.idle)):
                 for b in list(backends):
@@ -262,9 +268,17 @@ class AdminConsole:
                             round(now - b.created, 1),
                             len(b.statements._names),
                             "yes" if b.dirty else "no",
+                            "{}:{}".format(*b.address),
+                            *server_columns(monitor, b.address),
                         ]
                     )
-        return _table(["backend_pid", "pool", "state", "client_id", "age_s", "prepared", "dirty"], rows, "SHOW")
+        columns = ["backend_pid", "pool", "state", "client_id", "age_s", "prepared", "dirty", "server"]
+        return _table([*columns, "role", "lag_bytes", "server_state"], rows, "SHOW")
+
+    def replicas(self, _: str) -> bytes:
+        replication = self.server.replication
+        rows = replica_rows(replication.monitor) if replication is not None else []
+        return _table(REPLICA_COLUMNS, rows, "SHOW")
 
     def queries(self, _: str) -> bytes:
         self.server.stats.flush()

@@ -10,6 +10,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config.sections import MetricsConfig
+from proxy.ops.replicas_view import ReplicationSource, families
 
 if TYPE_CHECKING:
     from proxy.audit.process import AuditProcess
@@ -44,6 +45,8 @@ class MetricsSource(Protocol):
     def router(self) -> Router | None: ...
     @property
     def audit(self) -> AuditProcess | None: ...
+    @property
+    def replication(self) -> ReplicationSource | None: ...
 
 
 class _StateCollector:
@@ -88,6 +91,9 @@ class _StateCollector:
         cache.add_metric(["hit"], router.hits if router else 0)
         cache.add_metric(["miss"], router.misses if router else 0)
         yield cache
+        replication = server.replication
+        if replication is not None:
+            yield from families(replication.monitor, replication.routing, replication.watermarks.failures)
         audit = server.audit
         if audit is not None:
             stats = audit.stats

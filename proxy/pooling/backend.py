@@ -52,6 +52,16 @@ class Target:
     connect_timeout: float = 5.0
 
 
+@dataclass(slots=True)
+class _Question:
+    """A query `Backend.ask` sent: its answer read here, not relayed."""
+
+    framer: protocol.Framer
+    done: Callable[[str | None], None]
+    value: str | None = None
+    failed: bool = False
+
+
 class Linked(Protocol):
     """What a backend needs of the client session it serves."""
 
@@ -71,6 +81,7 @@ class Backend(asyncio.Protocol):
         self.settings: dict[str, str] = {}
         self.params: dict[str, str] = {}
         self.pid = self.secret = 0
+        self.address: tuple[str, int] = ("", 0)  # the server it is connected to (cancels go there)
         self.created = self.last_used = time.monotonic()
         self.closed = False
         self.needs_discard = False  # holds state beyond a transaction (temp table, lock, ...): DISCARD ALL
@@ -83,6 +94,7 @@ class Backend(asyncio.Protocol):
         self._want_raw = False
         self._waiter: asyncio.Future | None = None
         self._cleaning: Callable[[bool], None] | None = None  # callback(ok) once a reset sent by `clean` is answered
+        self._asking: _Question | None = None  # a one-value query the proxy sent for itself (`ask`)
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -96,7 +108,9 @@ class Backend(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
-        if client is not None:
+        if self._asking is not None:
+            self._answer_data(data)
+        elif client is not None:
             client.backend_data(self, data)
         elif self._cleaning is not None:
             self._clean_data(data)
@@ -148,6 +162,31 @@ class Backend(asyncio.Protocol):
         for sql in statements:
             self.tracker.request(protocol.MSG_QUERY, SWALLOW)
             self.write(protocol.query(sql))
+
+    def ask(self, sql: str, done: Callable[[str | None], None]) -> None:
+        """Send a query for the proxy itself on an idle backend (its client, if any, sees nothing of
+        it); call done(first column of its first row) when it is answered (None: no row, an error)."""
+        self._asking = _Question(protocol.Framer(), done)
+        self.write(protocol.query(sql))
+
+    def _answer_data(self, data: bytes) -> None:
+        question = self._asking
+        assert question is not None
+        question.framer.feed(data)
+        try:
+            for kind, msg in question.framer.messages():
+                if kind == protocol.MSG_DATA_ROW and question.value is None and len(msg) >= 11:
+                    size = struct.unpack_from("!i", msg, 7)[0]
+                    question.value = msg[11 : 11 + size].decode() if size >= 0 else None
+                elif kind == protocol.MSG_ERROR_RESPONSE:
+                    question.failed = True
+                elif kind == protocol.MSG_READY_FOR_QUERY:
+                    self._asking = None
+                    question.done(None if question.failed else question.value)
+                    return
+        except protocol.ProtocolError:
+            self._asking = None
+            self.close()
 
     def _clean_data(self, data: bytes) -> None:
         try:
@@ -245,6 +284,7 @@ async def connect(target: Target, statements_cap: int) -> Backend:
 
     async def run() -> Backend:
         _, backend = await loop.create_connection(lambda: Backend(statements_cap), target.host, target.port)
+        backend.address = (target.host, target.port)
         try:
             await backend.startup(target)
         except BaseException:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -13,6 +15,7 @@ from proxy.config import model as cfg
 from proxy.pooling.backend import Backend, BackendError, Target, connect
 from proxy.pooling.backend_role import HINT, refusal, superuser_reason
 from proxy.pooling.listener import Listener
+from proxy.wire import protocol
 
 log = logging.getLogger("pgwarden.pool")
 
@@ -32,10 +35,21 @@ class Pool:
     first served, and are handed a backend directly on release.
     """
 
-    def __init__(self, name: str, target: Target, settings: cfg.Pool, policed: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        target: Target,
+        settings: cfg.Pool,
+        policed: bool = False,
+        retries: int = 0,
+        writable: bool = False,
+    ) -> None:
         self.name = name
         self.policed = policed  # serves policed sessions: a backend reporting superuser is refused
+        self.retries = retries  # connect attempts after a failed one (backoff with jitter)
+        self.writable = writable  # the primary's pool under read routing: a host in recovery is refused
         self.target = target
+        self.address = (target.host, target.port)
         self.settings = settings
         self.idle: deque[Backend] = deque()
         self.active: set[Backend] = set()
@@ -114,9 +128,34 @@ class Pool:
         self.active.add(backend)
         return backend
 
+    def retarget(self, host: str, port: int) -> None:
+        """The primary moved (a failover): new backends connect to `host`:`port`; idle ones to the
+        old host close now, lent ones when they are given back."""
+        self.target = dataclasses.replace(self.target, host=host, port=port)
+        self.address = (host, port)
+        for backend in self.idle:
+            backend.close()
+        self.idle.clear()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
     async def _open(self) -> Backend:
-        """A new backend; for a policed pool, never one whose role is a superuser."""
-        backend = await connect(self.target, self.settings.prepared_statements_per_backend)
+        """A new backend, retrying a failed connect `retries` times (exponential backoff from 50 ms,
+        with jitter); for a policed pool never one whose role is a superuser, for a writable pool
+        never a host in recovery."""
+        for attempt in range(self.retries + 1):
+            try:
+                backend = await connect(self.target, self.settings.prepared_statements_per_backend)
+                break
+            except BackendError as exc:
+                if attempt == self.retries or exc.sqlstate != "08006":
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
+        if self.writable and backend.params.get("in_hot_standby") == "on":
+            backend.close()
+            host, port = self.address
+            raise BackendError({"sqlstate": "08006", "message": f"{host}:{port} is in recovery, not the primary"})
         reason = superuser_reason(self.target.user, backend.params) if self.policed else None
         if reason is not None:
             backend.close()
@@ -142,7 +181,7 @@ class Pool:
             return
         self.active.discard(backend)
         backend.last_used = self.now
-        if not reusable or backend.closed or self._expired(backend):
+        if not reusable or backend.closed or self._expired(backend) or backend.address != self.address:
             backend.close()
             self._replace_for_waiter()
             return
@@ -153,6 +192,26 @@ class Pool:
                 fut.set_result(backend)
                 return
         self.idle.append(backend)
+
+    async def cancel(self, backend: Backend) -> None:
+        """Send a CancelRequest for `backend` and wait until PostgreSQL has acted on it (it then
+        closes the socket). Until then the backend is not lent to another client, so a late
+        cancel can never stop another client's query (PgBouncer leaves that race open)."""
+        host, port = backend.address
+        timeout = self.target.connect_timeout
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            writer.write(protocol.cancel_request(backend.pid, backend.secret))
+            await writer.drain()
+            await asyncio.wait_for(reader.read(), timeout)
+            writer.close()
+        except (TimeoutError, OSError) as exc:
+            log.warning("could not forward a cancel request to %s:%s: %s", host, port, exc)
+        finally:
+            backend.cancels -= 1
+            if not backend.cancels and backend.held_for_cancel:
+                backend.held_for_cancel = False
+                self.release(backend)
 
     def _replace_for_waiter(self) -> None:
         if self.waiters and self.total < self.settings.size:

@@ -14,7 +14,7 @@ from proxy.ops.admin import PARAMETERS as ADMIN_PARAMETERS
 from proxy.ops.admin import AdminConsole
 from proxy.pooling.backend import Backend, BackendError
 from proxy.pooling.pool import Pool, PoolTimeout
-from proxy.session import lending, params, reported
+from proxy.session import params, reported
 from proxy.session.accounting import Accounting
 from proxy.session.console import console_messages
 from proxy.session.context import SessionContext
@@ -22,11 +22,13 @@ from proxy.session.core import SessionCore
 from proxy.session.guard import login_refusal, version_refusal
 from proxy.session.notify import Notifications
 from proxy.session.policed import current_tenant
+from proxy.session.relay import Relay
+from proxy.session.replicas import SessionRoute
 from proxy.session.startup import REQUIRE_TLS, user_refusal
 from proxy.session.state import AUTH, CLOSED, LOGIN, READY, STARTUP, TLS, SessionState, reason_class
 from proxy.wire import protocol
 from proxy.wire.auth import AuthFailed, ClientAuth, Credential
-from proxy.wire.protocol import MSG_PASSWORD, MSG_TERMINATE
+from proxy.wire.protocol import MSG_PASSWORD
 
 log = logging.getLogger("pgwarden.session")
 
@@ -50,9 +52,7 @@ class Session(asyncio.Protocol):
         self.core: SessionCore | None = None
         self._startup = protocol.StartupFramer()
         self._framer = protocol.Framer(self.config.listen.max_message_size)
-        self._pending: list[tuple[int, bytes]] = []  # messages waiting for a backend
-        self._acquiring = False
-        self._held: list[tuple[int, bytes]] | None = None  # messages waiting for the audit trail
+        self.relay: Relay | None = None  # lends the core its backends once logged in
         self._auth: ClientAuth | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -71,6 +71,11 @@ class Session(asyncio.Protocol):
     def backend(self) -> Backend | None:
         """The backend serving this client now (None between transactions, or before login)."""
         return self.core.backend if self.core is not None else None
+
+    @property
+    def lent(self) -> Pool | None:
+        """The pool of the backend serving it now (a replica's under read routing), else its own."""
+        return self.relay.lent if self.relay is not None else self.pool
 
     @property
     def state(self) -> str:
@@ -115,12 +120,10 @@ class Session(asyncio.Protocol):
             accounting = core.accounting if core else Accounting(state, ctx.stats, ctx.slowlog, ctx.audit)
             accounting.unfinished()
             accounting.event("logout", reason=state.reason)
-        if core is not None:
-            if core.notes is not None:
-                core.notes.close()
-            backend, core.backend = core.backend, None
-            if backend is not None:
-                lending.client_left(self.pool, backend, state.tx_mode, state.ran_statements)
+        if core is not None and core.notes is not None:
+            core.notes.close()
+        if self.relay is not None:
+            self.relay.left()
 
     def close(self, reason: str) -> None:
         state = self.record
@@ -151,7 +154,7 @@ class Session(asyncio.Protocol):
                 f"listen.startup_timeout ({self.config.listen.startup_timeout:g}s)",
             )
 
-    def pause_writing(self) -> None:
+    def pause_writing(self) -> None:  # (the client reads slowly: so does its backend)
         backend = self.backend
         if backend is not None and backend.transport is not None:
             backend.transport.pause_reading()
@@ -161,16 +164,12 @@ class Session(asyncio.Protocol):
         if backend is not None and backend.transport is not None:
             backend.transport.resume_reading()
 
-    def backend_pause(self, paused: bool) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            (self.transport.pause_reading if paused else self.transport.resume_reading)()
-
     # --- bytes from the client --------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self._safely(self._relay if self.record.phase == READY else self._before_ready, data)
+        self.safely(self._relay if self.record.phase == READY else self._before_ready, data)
 
-    def _safely(self, handle: Callable[[Any], None], arg: Any) -> None:
+    def safely(self, handle: Callable[[Any], None], arg: Any) -> None:
         """Run a handler of client input; bad input or a bug costs this client, never the proxy."""
         try:
             handle(arg)
@@ -308,9 +307,13 @@ class Session(asyncio.Protocol):
             self.fatal(*problem)
             return
         self.core = core = SessionCore(state, ctx, self)
+        self.relay = relay = Relay(self, ctx, core, pool)
+        if state.tx_mode and ctx.read_routing is not None:  # reads to replicas (replicas.py)
+            relay.route = SessionRoute(ctx.read_routing, state, core.names, pool, self.tenant, policed)
+            core.hold = relay.hold
         if state.tx_mode or state.ident is not None:  # LISTEN multiplexed on the pool's listener (notify.py)
             scope = self.tenant if state.ident is not None else None
-            core.notes = Notifications(pool.listener(), core, self, scope, partial(self._safely, self._dispatch))
+            core.notes = Notifications(pool.listener(), core, self, scope, partial(self.safely, relay.dispatch))
         self._ready(server_params)
         core.accounting.event(
             "login",
@@ -370,7 +373,7 @@ class Session(asyncio.Protocol):
             self._timer.cancel()
         log.info("client %s opened the admin console as %s", state.peer, state.user)
 
-    # --- relaying: a backend for the core -----------------------------------------------------
+    # --- relaying: a backend for the core (relay.py) -----------------------------------------
 
     def _relay(self, data: bytes) -> None:
         msgs = self._framer.split(data)
@@ -378,121 +381,10 @@ class Session(asyncio.Protocol):
             return
         if self.console is not None:
             console_messages(self.console, msgs, self)
-            return
-        audit = self.ctx.audit
-        if self._held is not None or (
-            audit is not None and not audit.accepting() and audit.config.on_failure == "block"
-        ):
-            self._hold(msgs)
-            return
-        self._dispatch(msgs)
-
-    def _dispatch(self, msgs: list[tuple[int, bytes]]) -> None:
-        core = self.core
-        assert core is not None and self.pool is not None
-        if core.notes is not None and core.notes.take(msgs):  # LISTEN and UNLISTEN answered there
-            return
-        if core.backend is None:
-            if self._acquiring:
-                self._pending += msgs
-                return
-            if msgs[0][0] == MSG_TERMINATE:
-                self.close("client sent Terminate")
-                return
-            if core.answer_without_backend(msgs):
-                return
-            backend = self.pool.take_idle()
-            if backend is None:
-                self._pending = msgs
-                self._acquire()
-                return
-            self._link(core, backend)
-        core.forward(msgs)
-
-    def _hold(self, msgs: list[tuple[int, bytes]]) -> None:
-        """The audit trail cannot take records (on_failure: block): hold the client's messages,
-        reading paused, until it can or block_timeout passes; a statement it still cannot take
-        is then refused (58030)."""
-        if self._held is None:
-            self._held = []
-            assert self.transport is not None
-            self.transport.pause_reading()
-            asyncio.get_running_loop().create_task(self._release_held())
-        self._held += msgs
-
-    async def _release_held(self) -> None:
-        audit = self.ctx.audit
-        assert audit is not None and self.transport is not None
-        await audit.room(audit.config.block_timeout)
-        msgs, self._held = self._held or [], None
-        if self.record.phase == CLOSED:
-            return
-        self._safely(self._dispatch, msgs)
-        if self.record.phase != CLOSED and not self._acquiring:
-            self.transport.resume_reading()
-
-    def _acquire(self) -> None:
-        assert self.transport is not None
-        self._acquiring = True
-        self.transport.pause_reading()
-        asyncio.get_running_loop().create_task(self._acquire_async())
-
-    async def _acquire_async(self) -> None:
-        pool, core, transport = self.pool, self.core, self.transport
-        assert pool is not None and core is not None and transport is not None
-        try:
-            backend = await pool.acquire()
-        except (PoolTimeout, BackendError) as exc:
-            self._acquiring = False
-            hint = exc.fields.get("hint") if isinstance(exc, BackendError) else None
-            self._refuse_pending(getattr(exc, "sqlstate", "53300"), str(exc), hint)
-            return
-        self._acquiring = False
-        if self.record.phase == CLOSED:
-            pool.release(backend)
-            return
-        self._link(core, backend)
-        msgs, self._pending = self._pending, []
-        self._safely(core.forward, msgs)
-        if self.record.phase != CLOSED:
-            transport.resume_reading()
-
-    def _refuse_pending(self, sqlstate: str, message: str, hint: str | None = None) -> None:
-        """No backend came: answer the waiting requests with an error, or close if we cannot."""
-        msgs, self._pending = self._pending, []
-        answer = lending.refused_requests(msgs, sqlstate, message, hint)
-        if answer is None:
-            self.fatal(sqlstate, message, hint)
-            return
-        self.write(answer)
-        assert self.transport is not None
-        self.transport.resume_reading()
-
-    def _link(self, core: SessionCore, backend: Backend) -> None:
-        backend.client = self
-        core.link(backend)
-
-    # --- the backend's side -----------------------------------------------------------------
-
-    def backend_data(self, backend: Backend, data: bytes) -> None:
-        core = self.core
-        assert core is not None
-        core.backend_data(backend, data)
-        if core.notes is not None and core.notes.held:  # notifications held while it was busy
-            core.notes.deliver()
-
-    def backend_lost(self, backend: Backend) -> None:
-        core, pool = self.core, self.pool
-        assert core is not None and pool is not None
-        core.backend = None
-        pool.release(backend, reusable=False)
-        self.fatal(
-            "08006",
-            "the backend connection was lost (PostgreSQL closed it)",
-            hint="check the PostgreSQL log; reconnect to get a new backend",
-        )
+        elif self.relay is not None:
+            self.relay.received(msgs)
 
     def detach(self, backend: Backend) -> None:
         """Between transactions (transaction pooling): the backend goes back, reset if it must be."""
-        assert self.pool is not None
-        lending.between_transactions(self.pool, backend)
+        assert self.relay is not None
+        self.relay.detach(backend)

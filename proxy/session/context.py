@@ -18,6 +18,7 @@ from proxy.ops.stats import QueryStats
 from proxy.pooling.backend import Backend
 from proxy.pooling.pool import Pool
 from proxy.pooling.prepared import Registry
+from proxy.session.replicas import ReadRouting
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,9 @@ class SessionContext:
     ensure_schema: Callable[[Any, str], Awaitable[bool]]
     refresh_schemas: Callable[[str], None]
     admin_console: Callable[[], AdminConsole]
+    read_routing: ReadRouting | None = (
+        None  # with `replicas` (or several primary hosts): transaction pooling routes reads
+    )
 
 
 class Shell(Protocol):

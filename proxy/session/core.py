@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from proxy.pooling.backend import Backend
 from proxy.pooling.prepared import Statement
@@ -52,7 +53,7 @@ class SessionCore:
     backend; `backend_data` takes the backend's bytes and writes the client's share to the shell.
     """
 
-    __slots__ = ("_out", "accounting", "backend", "ctx", "guard", "names", "notes", "shell", "state", "tx")
+    __slots__ = ("_out", "accounting", "backend", "ctx", "guard", "hold", "names", "notes", "shell", "state", "tx")
 
     def __init__(self, state: SessionState, ctx: SessionContext, shell: Shell) -> None:
         self.state, self.ctx, self.shell = state, ctx, shell
@@ -64,6 +65,8 @@ class SessionCore:
         self.guard = Guard(state, ctx.router, ctx.metrics, ctx.stats, self.tx, self.accounting) if policed else None
         self._out: list[bytes] | None = None  # the batch `forward` is building for the backend
         self.notes: notify.Notifications | None = None  # LISTEN multiplexed (set by the connection)
+        # read routing (set by the connection): after a write, the answer waits for the commit watermark
+        self.hold: Callable[[Backend, bytes], None] | None = None
 
     # --- a backend comes and goes -----------------------------------------------------------
 
@@ -435,11 +438,15 @@ class SessionCore:
             elif isinstance(event, ErrorSeen):
                 self._backend_error(event.message, backend)
         state = self.state
-        if out and state.phase != CLOSED:
-            self.shell.write(out)
         if state.ddl_sent and tracker.status == TX_IDLE:  # a bypass role's DDL committed (or not)
             state.ddl_sent = False
             self.ctx.refresh_schemas(state.database)
+        if state.wrote and tracker.idle and tracker.status == TX_IDLE and self.hold is not None:
+            state.wrote = False
+            self.hold(backend, out)  # delivers `out`, then releases the backend
+            return
+        if out and state.phase != CLOSED:
+            self.shell.write(out)
         if tracker.idle:
             self.maybe_release()
 

@@ -66,4 +66,5 @@ class SessionState:
     skipping: bool = False  # after an error the proxy raised mid-pipeline: skip to Sync
     pinned: bool = False  # transaction mode: keeps its backend (it holds session state)
     ran_statements: bool = False  # session mode: ran anything, so DISCARD ALL on release
+    wrote: bool = False  # read routing: a transaction on the primary may write; its watermark is taken at its end
     ddl_sent: bool = False  # a bypass role sent DDL: read the schema again when it is over

@@ -48,7 +48,7 @@ def test_the_primary_may_come_from_the_environment_alone(tmp_path, monkeypatch):
     [
         (
             {"PGWARDEN__PRIMARY__HOTS": "db"},
-            "environment variable PGWARDEN__PRIMARY__HOTS: primary.hots: unknown key `hots` (did you mean `host`?)",
+            "environment variable PGWARDEN__PRIMARY__HOTS: primary.hots: unknown key `hots` (did you mean `hosts`?)",
         ),
         (
             {"PGWARDEN__POOOL__SIZE": "3"},

@@ -1,0 +1,278 @@
+"""A logged-in session's backends: which pool lends each transaction one, messages waiting meanwhile, and the backend's callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from proxy.pooling.backend import Backend, BackendError
+from proxy.pooling.pool import Pool, PoolTimeout
+from proxy.session import lending
+from proxy.session.context import SessionContext
+from proxy.session.core import SessionCore
+from proxy.session.replicas import Choice, SessionRoute
+from proxy.session.state import CLOSED, SessionState
+from proxy.wire.protocol import MSG_TERMINATE
+
+log = logging.getLogger("pgwarden.session")
+
+
+class Client(Protocol):
+    """What the relay asks of the client connection around it."""
+
+    record: SessionState
+    transport: asyncio.Transport | None
+
+    def write(self, data: bytes) -> None: ...
+    def fatal(self, sqlstate: str, message: str, hint: str | None = None) -> None: ...
+    def close(self, reason: str) -> None: ...
+    def safely(self, handle: Callable[[Any], None], arg: Any) -> None: ...
+
+
+class Relay:
+    """Lends `core` a backend for each transaction (or the whole session) and relays its bytes.
+
+    `pool` is the session's primary pool; `lent` the pool the linked backend came from (a
+    replica's under read routing, `route`). Messages that arrive while a backend is being
+    acquired, or while an answer waits for its commit watermark, queue in `pending` with the
+    client's reading paused. The backend's callbacks (`backend_data`, `backend_lost`,
+    `backend_pause`) come here: the relay is the backend's `client`.
+    """
+
+    def __init__(self, client: Client, ctx: SessionContext, core: SessionCore, pool: Pool) -> None:
+        self.client, self.ctx, self.core, self.pool = client, ctx, core, pool
+        self.lent = pool
+        self.route: SessionRoute | None = None
+        self.pending: list[tuple[int, bytes]] = []
+        self.waiting = False  # acquiring a backend, or an answer waits for its watermark
+        self.after_release = False  # `pending` waits for the replica backend to be released
+        self.retry: list[tuple[int, bytes]] | None = None  # a read sent to a replica, until its first answer byte
+        self.held: list[tuple[int, bytes]] | None = None  # messages waiting for the audit trail
+
+    # --- the client's batches -----------------------------------------------------------------
+
+    def received(self, msgs: list[tuple[int, bytes]]) -> None:
+        audit = self.ctx.audit
+        if self.held is not None or (
+            audit is not None and not audit.accepting() and audit.config.on_failure == "block"
+        ):
+            self._hold(msgs)
+            return
+        self.dispatch(msgs)
+
+    def dispatch(self, msgs: list[tuple[int, bytes]]) -> None:
+        core = self.core
+        if core.notes is not None and core.notes.take(msgs):  # LISTEN and UNLISTEN answered there
+            return
+        if self.waiting:
+            self.pending += msgs
+            return
+        if core.backend is None:
+            if msgs[0][0] == MSG_TERMINATE:
+                self.client.close("client sent Terminate")
+                return
+            if core.answer_without_backend(msgs):
+                return
+            choice = Choice(self.pool, None, "") if self.route is None else self.route.choose(msgs)
+            backend = None if choice is None else choice.pool.take_idle()
+            if backend is None:
+                self.pending = msgs
+                self._acquire(choice)
+                return
+            assert choice is not None
+            self._link(choice, backend)
+            if choice.server is not None:
+                self.retry = msgs
+        elif self.route is not None and not self.route.fits(msgs):  # a write behind a read on a replica
+            self.pending, self.after_release = msgs, True
+            self._pause()
+            return
+        core.forward(msgs)
+
+    def _pause(self) -> None:
+        self.waiting = True
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def _resume(self) -> None:
+        """Take the queued messages, then read from the client again."""
+        self.waiting = False
+        msgs, self.pending = self.pending, []
+        if msgs and self.client.record.phase != CLOSED:
+            self.client.safely(self.dispatch, msgs)
+        transport = self.client.transport
+        if not self.waiting and self.client.record.phase != CLOSED and transport is not None:
+            transport.resume_reading()
+
+    def _hold(self, msgs: list[tuple[int, bytes]]) -> None:
+        """The audit trail cannot take records (on_failure: block): hold the client's messages,
+        reading paused, until it can or block_timeout passes; a statement it still cannot take
+        is then refused (58030)."""
+        if self.held is None:
+            self.held = []
+            assert self.client.transport is not None
+            self.client.transport.pause_reading()
+            asyncio.get_running_loop().create_task(self._release_held())
+        self.held += msgs
+
+    async def _release_held(self) -> None:
+        audit = self.ctx.audit
+        assert audit is not None and self.client.transport is not None
+        await audit.room(audit.config.block_timeout)
+        msgs, self.held = self.held or [], None
+        if self.client.record.phase == CLOSED:
+            return
+        self.client.safely(self.dispatch, msgs)
+        if self.client.record.phase != CLOSED and not self.waiting:
+            self.client.transport.resume_reading()
+
+    # --- a backend for the batch ----------------------------------------------------------------
+
+    def _acquire(self, choice: Choice | None) -> None:
+        self._pause()
+        asyncio.get_running_loop().create_task(self._acquire_async(choice))
+
+    async def _acquire_async(self, choice: Choice | None) -> None:
+        try:
+            choice, backend = await self._lend(choice)
+        except (PoolTimeout, BackendError) as exc:
+            self.waiting = False
+            hint = exc.fields.get("hint") if isinstance(exc, BackendError) else None
+            self._refuse_pending(getattr(exc, "sqlstate", "53300"), str(exc), hint)
+            return
+        if self.client.record.phase == CLOSED:
+            choice.pool.release(backend)
+            return
+        self._link(choice, backend)
+        self.waiting = False
+        msgs, self.pending = self.pending, []
+        if choice.server is not None:
+            self.retry = msgs
+        self.client.safely(self.core.forward, msgs)
+        if not self.waiting and self.client.record.phase != CLOSED and self.client.transport is not None:
+            self.client.transport.resume_reading()
+
+    async def _lend(self, choice: Choice | None) -> tuple[Choice, Backend]:
+        """A backend from the chosen pool; a replica that cannot give one is taken out and the
+        batch is routed again (to another replica or the primary)."""
+        route = self.route
+        while True:
+            if choice is None:
+                assert route is not None
+                choice = await route.choose_async(self.pending)
+            if choice.server is None or route is None:
+                return choice, await self._primary(choice)
+            try:
+                return choice, await choice.pool.acquire()
+            except BackendError as exc:
+                route.routing.monitor.connect_failed(choice.server, str(exc))
+                choice = None
+
+    async def _primary(self, choice: Choice) -> Backend:
+        """A primary backend; with several primary hosts, a failed connect waits (up to
+        failover.wait_s) for the monitor to find the writable one (the pool follows it)."""
+        route, failover = self.route, self.ctx.config.failover
+        if route is None or not self.ctx.config.primary.hosts:
+            return await choice.pool.acquire()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + failover.wait_s
+        while True:
+            try:
+                return await choice.pool.acquire()
+            except BackendError as exc:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise BackendError(
+                        {
+                            "sqlstate": "08006",
+                            "message": f"no writable primary within failover.wait_s ({failover.wait_s:g}s): {exc}",
+                            "hint": "the statement was not run; retry it, or check the primary hosts",
+                        }
+                    ) from None
+                route.routing.monitor.poke()
+                await route.routing.monitor.wait_primary(min(left, 0.25))
+                await asyncio.sleep(min(left, 0.05))
+
+    def _refuse_pending(self, sqlstate: str, message: str, hint: str | None = None) -> None:
+        """No backend came: answer the waiting requests with an error, or close if we cannot."""
+        msgs, self.pending = self.pending, []
+        answer = lending.refused_requests(msgs, sqlstate, message, hint)
+        if answer is None:
+            self.client.fatal(sqlstate, message, hint)
+            return
+        self.client.write(answer)
+        if self.client.transport is not None:
+            self.client.transport.resume_reading()
+
+    def _link(self, choice: Choice, backend: Backend) -> None:
+        backend.client = self
+        self.lent = choice.pool
+        if self.route is not None:
+            self.route.linked(choice)
+        self.core.link(backend)
+
+    # --- the backend's side -----------------------------------------------------------------
+
+    def backend_data(self, backend: Backend, data: bytes) -> None:
+        core = self.core
+        if self.retry is not None:
+            self.retry = None
+        core.backend_data(backend, data)
+        if core.notes is not None and core.notes.held:  # notifications held while it was busy
+            core.notes.deliver()
+
+    def backend_lost(self, backend: Backend) -> None:
+        self.core.backend = None
+        route, retry, self.retry = self.route, self.retry, None
+        if route is not None:
+            server = route.server
+            route.released()
+            if retry is not None and server is not None:  # a replica died before answering: once elsewhere
+                route.routing.monitor.connect_failed(server, "backend connection lost")
+                self.lent.release(backend, reusable=False)
+                log.info("a replica (%s) closed a backend before it answered; the read runs elsewhere", server.name)
+                self.dispatch(retry)
+                return
+        self.lent.release(backend, reusable=False)
+        self.client.fatal(
+            "08006",
+            "the backend connection was lost (PostgreSQL closed it)",
+            hint="check the PostgreSQL log; reconnect to get a new backend",
+        )
+
+    def backend_pause(self, paused: bool) -> None:
+        transport = self.client.transport
+        if transport is not None and not transport.is_closing():
+            (transport.pause_reading if paused else transport.resume_reading)()
+
+    def detach(self, backend: Backend) -> None:
+        """Between transactions (transaction pooling): the backend goes back, reset if it must be."""
+        lending.between_transactions(self.lent, backend)
+        if self.route is not None:
+            self.route.released()
+            if self.after_release:  # a write waited for the replica to be done
+                self.after_release = False
+                asyncio.get_running_loop().call_soon(self._resume)
+
+    def deliver(self, answer: bytes) -> None:
+        """The answer held for the commit watermark goes to the client; the backend is released."""
+        if answer and self.client.record.phase != CLOSED:
+            self.client.write(answer)
+        self.core.maybe_release()
+        self._resume()
+
+    def hold(self, backend: Backend, answer: bytes) -> None:
+        assert self.route is not None
+        self._pause()
+        self.route.hold(backend, answer, self.deliver)
+
+    def left(self) -> None:
+        """The client is gone: its backend back clean (or closed)."""
+        core, state = self.core, self.client.record
+        backend, core.backend = core.backend, None
+        if backend is not None:
+            if self.route is not None:
+                self.route.released()
+            lending.client_left(self.lent, backend, state.tx_mode, state.ran_statements)

@@ -1,0 +1,203 @@
+"""Read routing for the process and for one session: which pool takes a transaction, and the commit watermark taken after a write."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from proxy.config.model import Config
+from proxy.pooling.backend import Backend
+from proxy.pooling.pool import Pool
+from proxy.routing import balance
+from proxy.routing.health import ServerState
+from proxy.routing.lsn import parse_lsn
+from proxy.routing.monitor import Monitor
+from proxy.routing.volatility import ReadClassifier, Volatility
+from proxy.routing.watermark import Key, Watermarks, WatermarkUnavailable
+from proxy.session import routes
+from proxy.session.state import SessionState
+from proxy.session.statements import Statements
+
+log = logging.getLogger("pgwarden.routing")
+
+_LSN_SQL = "select pg_current_wal_insert_lsn()::text"
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """Where a transaction runs: a pool, and the replica behind it (None: the primary)."""
+
+    pool: Pool
+    server: ServerState | None
+    reason: str
+
+
+class ReadRouting:
+    """The process's read routing: the monitor's view of the servers, the watermarks, a read
+    classifier per database (fed by its live catalog) and a pool per (replica, database, user)."""
+
+    def __init__(
+        self,
+        config: Config,
+        monitor: Monitor,
+        watermarks: Watermarks,
+        replica_pool: Callable[[ServerState, str, str, bool], Pool],
+        read_catalog: Callable[[str], Awaitable[Volatility]],
+    ) -> None:
+        self.config, self.settings = config, config.routing
+        self.monitor, self.watermarks = monitor, watermarks
+        self.replica_pool, self._read_catalog = replica_pool, read_catalog
+        self._classifiers: dict[str, ReadClassifier] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        self.routed = {"primary": 0, "replica": 0}
+        self.catalog_failures = 0
+
+    def classifier(self, database: str) -> ReadClassifier:
+        """The database's classifier (judging nothing read-only until its catalog is read)."""
+        classifier = self._classifiers.get(database)
+        if classifier is None:
+            classifier = self._classifiers[database] = ReadClassifier(None)
+            self.refresh(database)
+        return classifier
+
+    def refresh(self, database: str) -> None:
+        """Read the database's function volatility again (after DDL; at most one read at a time)."""
+        if database in self._loading:
+            return
+        self._loading[database] = asyncio.get_running_loop().create_task(self._load(database))
+
+    async def _load(self, database: str) -> None:
+        try:
+            volatility = await self._read_catalog(database)
+        except Exception as exc:  # (any failure: the classifier keeps what it had, reads stay on the primary)
+            self.catalog_failures += 1
+            log.warning("cannot read function volatility of database %r: %s", database, exc)
+        else:
+            self._classifiers[database] = ReadClassifier(volatility)
+        finally:
+            del self._loading[database]
+
+
+class SessionRoute:
+    """One transaction-pooled session's routing: `choose` a pool for a batch that needs a backend,
+    and after a write on the primary, `hold` the answer until its WAL position is the watermark."""
+
+    def __init__(
+        self,
+        routing: ReadRouting,
+        state: SessionState,
+        names: Statements,
+        primary: Pool,
+        tenant: Callable[[], str | None],
+        policed: bool,
+    ) -> None:
+        self.routing, self.state, self.names = routing, state, names
+        self.primary, self.tenant, self.policed = primary, tenant, policed
+        self.server: ServerState | None = None  # the replica serving the session now (None: the primary or none)
+        self.holding = False  # an answer waits for its watermark
+
+    def key(self) -> Key:
+        return (self.state.database, self.tenant() or self.state.user)
+
+    def judge(self, msgs: list[tuple[int, bytes]]) -> routes.BatchRoute:
+        """Whether this batch may run on a replica (also the session's `SET pgwarden.route`)."""
+        route = routes.session_route(self.state.settings, self.routing.settings.default)
+        if route == routes.PRIMARY:
+            return routes.BatchRoute(False, "SET pgwarden.route = primary")
+        judgement = routes.judge_batch(msgs, self.names, self.routing.classifier(self.state.database))
+        if route == routes.REPLICA and not judgement.read and judgement.reason.startswith("pgwarden:primary"):
+            return judgement
+        return routes.BatchRoute(True, "SET pgwarden.route = replica") if route == routes.REPLICA else judgement
+
+    def choose(self, msgs: list[tuple[int, bytes]], watermark: int | None = None) -> Choice | None:
+        """The pool for this batch; None when the shared watermark must be read first (`choose_async`)."""
+        judged = self.judge(msgs)
+        if not judged.read:
+            self.state.wrote = self.state.wrote or judged.writes
+            return Choice(self.primary, None, judged.reason)
+        routing = self.routing
+        if watermark is None:
+            if not routing.settings.read_your_writes:
+                watermark = 0
+            elif routing.watermarks.shared:
+                return None
+            else:
+                watermark = routing.watermarks.local(self.key())
+        return self._replica(watermark)
+
+    async def choose_async(self, msgs: list[tuple[int, bytes]]) -> Choice:
+        choice = self.choose(msgs)
+        if choice is not None:
+            return choice
+        try:
+            watermark = await self.routing.watermarks.get(self.key())
+        except WatermarkUnavailable as exc:
+            log.warning("shared watermarks unavailable (%s): the read goes to the primary", exc)
+            return Choice(self.primary, None, "watermark store unavailable")
+        choice = self.choose(msgs, watermark)
+        assert choice is not None
+        return choice
+
+    def _replica(self, watermark: int) -> Choice:
+        monitor = self.routing.monitor
+        server = balance.choose(monitor.replicas, watermark)
+        if server is None:
+            if watermark and balance.behind(monitor.replicas, watermark):
+                monitor.poke()  # a replica may have caught up since its last check
+            return Choice(self.primary, None, "no replica usable")
+        pool = self.routing.replica_pool(server, self.state.database, self.primary.target.user, self.policed)
+        return Choice(pool, server, "read")
+
+    # --- lease bookkeeping --------------------------------------------------------------------
+
+    def linked(self, choice: Choice) -> None:
+        self.server = choice.server
+        self.routing.routed["replica" if choice.server else "primary"] += 1
+        if choice.server is not None:
+            choice.server.outstanding += 1
+            choice.server.routed += 1
+
+    def released(self) -> None:
+        if self.server is not None:
+            self.server.outstanding -= 1
+            self.server = None
+
+    def fits(self, msgs: list[tuple[int, bytes]]) -> bool:
+        """May this batch join the linked backend? Always on the primary (then counted as a
+        possible write); on a replica only when it is read-only."""
+        if self.server is None:
+            self.state.wrote = True
+            return True
+        return self.judge(msgs).read
+
+    # --- the commit watermark -----------------------------------------------------------------
+
+    def hold(self, backend: Backend, answer: bytes, deliver: Callable[[bytes], None]) -> None:
+        """A write ended on the primary: ask its WAL position, store it as the watermark, then
+        `deliver` the client's answer (a later read by the same key waits for a replica that has it)."""
+        self.holding = True
+        backend.ask(_LSN_SQL, lambda value: self._taken(value, answer, deliver))
+
+    def _taken(self, value: str | None, answer: bytes, deliver: Callable[[bytes], None]) -> None:
+        if value is None:  # (an aborted transaction cannot read it; nothing it wrote committed)
+            self._delivered(answer, deliver)
+            return
+        lsn, watermarks = parse_lsn(value), self.routing.watermarks
+        if not watermarks.shared:
+            watermarks.advance_local(self.key(), lsn)
+            self._delivered(answer, deliver)
+            return
+        asyncio.get_running_loop().create_task(self._share(lsn, answer, deliver))
+
+    async def _share(self, lsn: int, answer: bytes, deliver: Callable[[bytes], None]) -> None:
+        try:
+            await self.routing.watermarks.advance(self.key(), lsn)
+        except WatermarkUnavailable as exc:
+            log.warning("cannot share the commit watermark (%s): other instances may read from replicas behind it", exc)
+        self._delivered(answer, deliver)
+
+    def _delivered(self, answer: bytes, deliver: Callable[[bytes], None]) -> None:
+        self.holding = False
+        deliver(answer)

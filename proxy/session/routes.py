@@ -1,0 +1,76 @@
+"""Where a session's next transaction runs: the judgement of a batch of client messages (read, or primary)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from proxy.routing.volatility import ReadClassifier
+from proxy.session.statements import Statements
+from proxy.wire import protocol
+from proxy.wire.protocol import MSG_BIND, MSG_PARSE, MSG_QUERY
+
+AUTO, PRIMARY, REPLICA = "auto", "primary", "replica"
+ROUTE_SETTING = "pgwarden.route"
+_VALUE = re.compile(r"(?is)^\s*set\s+(?:session\s+)?pgwarden\.route\s*(?:=|\bto\b)\s*'?\s*(\w+)")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRoute:
+    """A batch's judgement: `read` when every statement in it may run on a replica; `reason`
+    names the first one that may not (for SHOW SERVERS and the tests)."""
+
+    read: bool
+    reason: str
+    writes: bool = True  # (not read) may write: the watermark is taken when its transaction ends
+
+
+def session_route(settings: dict[str, str], default: str) -> str:
+    """The session's `SET pgwarden.route` (auto, primary or replica), else the config's default.
+
+    >>> session_route({"pgwarden.route": "SET pgwarden.route = 'primary'"}, "auto")
+    'primary'
+    >>> session_route({"pgwarden.route": "set pgwarden.route to replica"}, "auto"), session_route({}, "auto")
+    ('replica', 'auto')
+    """
+    text = settings.get(ROUTE_SETTING)
+    if text is None:
+        return default
+    found = _VALUE.match(text)
+    value = found.group(1).lower() if found else ""
+    return value if value in (AUTO, PRIMARY, REPLICA) else default
+
+
+def judge_batch(msgs: list[tuple[int, bytes]], names: Statements, classifier: ReadClassifier) -> BatchRoute:
+    """Read only when every Query, Parse and Bind in the batch runs a statement judged read-only
+    (or a transaction begun READ ONLY); anything unknown goes to the primary."""
+    seen = False  # a read, or a transaction begun READ ONLY
+    for kind, msg in msgs:
+        if kind == MSG_QUERY:
+            sql = protocol.read_cstr(msg, 5)[0]
+        elif kind == MSG_PARSE:
+            sql = protocol.decode_parse(msg).query
+        elif kind == MSG_BIND:
+            sql = _bound_text(msg, names)
+            if sql is None:
+                return BatchRoute(False, "binds a statement pgwarden does not know")
+        else:
+            continue
+        judgement = classifier.judge(sql)
+        if judgement.route == "read":
+            seen = True
+        elif judgement.route != "session" or judgement.begins == "read_write":
+            return BatchRoute(False, judgement.reason or judgement.route)
+        elif judgement.begins == "read_only":
+            seen = True
+    return BatchRoute(True, "") if seen else BatchRoute(False, "session statements only", writes=False)
+
+
+def _bound_text(msg: bytes, names: Statements) -> str | None:
+    _, name, _ = protocol.decode_bind_names(msg)
+    if name:
+        stmt = names.lookup(name)
+        return None if stmt is None else protocol.decode_parse(stmt.parse).query
+    if names.unnamed is None:
+        return None
+    return protocol.decode_parse(names.unnamed).query
