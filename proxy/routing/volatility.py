@@ -17,7 +17,9 @@ select p.oid::int, n.nspname, p.proname, greatest(p.provolatile::text, coalesce(
     select max(f.provolatile::text) from pg_aggregate a join pg_proc f on f.oid in (
         a.aggtransfn::oid, a.aggfinalfn::oid, a.aggcombinefn::oid, a.aggserialfn::oid,
         a.aggdeserialfn::oid, a.aggmtransfn::oid, a.aggminvtransfn::oid, a.aggmfinalfn::oid)
-    where a.aggfnoid = p.oid), 'i')) as volatility
+    where a.aggfnoid = p.oid), 'i')) as volatility,
+  (p.pronargs >= 1 and p.pronargs - p.pronargdefaults <= 1 and p.proargtypes[0] <> 'internal'::regtype)
+    or p.provariadic <> 0 as one_argument
 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
 """
 
@@ -82,12 +84,15 @@ class Volatility:
 
     functions and operators: the worst volatility ('i' < 's' < 'v') over overloads (and, for a bare
     name, over schemas); relations: a mark of MARKS for the relations a standby cannot serve or
-    whose reading calls a volatile function; absent means a plain relation.
+    whose reading calls a volatile function; absent means a plain relation. field_functions: like
+    functions, over the overloads callable with one argument, as `x.f` calls f(x) when x has no
+    column f (None: judge such names by `functions`).
     """
 
     functions: Mapping[str, str]
     operators: Mapping[str, str]
     relations: Mapping[str, str]
+    field_functions: Mapping[str, str] | None = None
 
     def refusal(self, shape: ReadShape) -> str | None:
         """None when a READ shape uses only known, non-volatile functions and operators and plain
@@ -100,8 +105,9 @@ class Volatility:
                 return f"unknown function {name}()"
             if volatility == "v":
                 return f"calls volatile function {name}()"
+        by_field = self.functions if self.field_functions is None else self.field_functions
         for name in sorted(shape.field_calls):  # t.f calls f(t) when t has no column f
-            if self.functions.get(name) == "v":
+            if by_field.get(name) == "v":
                 return f"may call volatile function {name}() by field notation"
         for op in sorted(shape.operators):
             volatility = self.operators.get(op)
@@ -221,7 +227,8 @@ async def read_volatility(conn: asyncpg.Connection) -> Volatility:
     )
     marks = relation_marks(relations, uses, volatile)
     pairs = [(name, m) for oid, m in marks.items() for name in relations[oid].names]
-    return Volatility(calls.functions, calls.operators, worst(pairs, "".join(reversed(MARKS))))
+    one_argument = worst(named((f for f in functions if f["one_argument"]), "volatility"))
+    return Volatility(calls.functions, calls.operators, worst(pairs, "".join(reversed(MARKS))), one_argument)
 
 
 # Longer texts are judged every time rather than kept (the cache holds at most cap * this many characters).

@@ -34,9 +34,11 @@ create function ro.iplus(int, int) returns int immutable language sql as 'select
 create operator ro.@+@ (leftarg = int, rightarg = int, function = ro.vplus);
 create operator ro.@-@ (leftarg = int, rightarg = int, function = ro.iplus);
 create aggregate ro.vsum(int) (sfunc = ro.vplus, stype = int, initcond = '0');
-create table ro.plain (a int);
-insert into ro.plain values (1), (2);
+create table ro.plain (a int, vol2 int);
+insert into ro.plain (a) values (1), (2);
 create function ro.vrow(ro.plain) returns int volatile language sql as 'select $1.a';
+create function ro.vol2(int, int) returns int volatile language sql as 'select $1';
+create function ro.vdef(ro.plain, b int = 0) returns int volatile language sql as 'select $2';
 create view ro.vnext as select nextval('ro.s') as n;
 create view ro.vover as select n from ro.vnext;
 create view ro.vlock as select a from ro.plain for update;
@@ -78,6 +80,8 @@ CASES = [
     ("select ro.vsum(a) from ro.plain", WRITE, "ro.vsum()"),
     ("select p.vrow from ro.plain p", WRITE, "field notation"),
     ("select p.a from ro.plain p", READ, "read"),
+    ("select p.vol2 from ro.plain p", READ, "read"),  # a column; ro.vol2() takes two arguments
+    ("select p.vdef from ro.plain p", WRITE, "field notation"),  # one argument and a default
     ("select * from tmp_t", WRITE, "temporary table tmp_t"),
     ("select count(*), max(a), now(), lower('X') from ro.plain where a between 1 and 2", READ, "read"),
 ]
