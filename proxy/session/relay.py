@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from proxy.pooling.backend import Backend, BackendError
 from proxy.pooling.pool import Pool, PoolTimeout
-from proxy.session import lending
+from proxy.session import lending, routes
 from proxy.session.context import SessionContext
 from proxy.session.core import SessionCore
 from proxy.session.replicas import Choice, SessionRoute
@@ -218,7 +218,11 @@ class Relay:
     def backend_data(self, backend: Backend, data: bytes) -> None:
         core = self.core
         if self.retry is not None:
-            self.retry = None
+            retry, self.retry = self.retry, None
+            refusal = routes.replica_refusal(data)
+            if refusal is not None and self.route is not None:
+                self._elsewhere(backend, retry, refusal)
+                return
         core.backend_data(backend, data)
         if core.notes is not None and core.notes.held:  # notifications held while it was busy
             core.notes.deliver()
@@ -241,6 +245,23 @@ class Relay:
             "the backend connection was lost (PostgreSQL closed it)",
             hint="check the PostgreSQL log; reconnect to get a new backend",
         )
+
+    def _elsewhere(self, backend: Backend, msgs: list[tuple[int, bytes]], refusal: str) -> None:
+        """A replica refused a read before anything reached the client: as a standby refuses a
+        write (its catalog changed since pgwarden read it, a serializable default), so it runs on
+        the primary; or because it is shutting down, so it is taken out and the read runs elsewhere."""
+        route = self.route
+        assert route is not None
+        server = route.server
+        log.info("replica %s refused a read (%s); it runs elsewhere", server.name if server else "?", refusal)
+        self.core.backend = None
+        route.released()
+        self.lent.release(backend, reusable=False)  # (mid-answer: closed, not reused)
+        if refusal == routes.STANDBY:
+            route.force_primary = True
+        elif server is not None:
+            route.routing.monitor.connect_failed(server, "shutting down")
+        self.dispatch(msgs)
 
     def backend_pause(self, paused: bool) -> None:
         transport = self.client.transport

@@ -97,6 +97,7 @@ class SessionRoute:
         self.primary, self.tenant, self.policed = primary, tenant, policed
         self.server: ServerState | None = None  # the replica serving the session now (None: the primary or none)
         self.holding = False  # an answer waits for its watermark
+        self.force_primary = False  # the next batch goes to the primary (a replica refused it)
 
     def key(self) -> Key:
         return (self.state.database, self.tenant() or self.state.user)
@@ -104,6 +105,9 @@ class SessionRoute:
     def judge(self, msgs: list[tuple[int, bytes]]) -> routes.BatchRoute:
         """Whether this batch may run on a replica (also the session's `SET pgwarden.route`)."""
         route = routes.session_route(self.state.settings, self.routing.settings.default)
+        if self.force_primary:
+            self.force_primary = False
+            return routes.BatchRoute(False, "a replica refused it")
         if route == routes.PRIMARY:
             return routes.BatchRoute(False, "SET pgwarden.route = primary")
         judgement = routes.judge_batch(msgs, self.names, self.routing.classifier(self.state.database))

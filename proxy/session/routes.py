@@ -74,3 +74,35 @@ def _bound_text(msg: bytes, names: Statements) -> str | None:
     if names.unnamed is None:
         return None
     return protocol.decode_parse(names.unnamed).query
+
+
+_STANDBY_REFUSALS = (b"C25006\x00", b"C0A000\x00")  # read-only transaction; serializable in a hot standby
+_GOING_AWAY = (b"C57P01\x00", b"C57P02\x00", b"C57P03\x00")  # shutdown, crash shutdown, cannot connect now
+_BEFORE_ROWS = frozenset(b"123tnTsN")  # Parse/Bind/CloseComplete, descriptions, notices: no row yet
+STANDBY, GOING_AWAY = "standby", "going away"
+
+
+def replica_refusal(data: bytes) -> str | None:
+    """Did this first chunk of a replica's answer refuse the batch before any row, command tag or
+    anything else the client must see? STANDBY: as a standby refuses a write (run it on the
+    primary); GOING_AWAY: the server is shutting down (run it elsewhere); None: no.
+
+    >>> def err(code): body = b"SERROR\\0C" + code + b"\\0\\0"; return b"E" + (len(body) + 4).to_bytes(4, "big") + body
+    >>> replica_refusal(b"T\\0\\0\\0\\x06\\0\\0" + err(b"25006")), replica_refusal(err(b"57P01"))
+    ('standby', 'going away')
+    >>> replica_refusal(b"D\\0\\0\\0\\x06\\0\\0" + err(b"25006")), replica_refusal(err(b"42P01"))
+    (None, None)
+    """
+    pos, end = 0, len(data)
+    while pos + 5 <= end:
+        kind = data[pos]
+        size = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        if kind == 69:  # E
+            body = data[pos + 5 : pos + 1 + size]
+            if any(code in body for code in _STANDBY_REFUSALS):
+                return STANDBY
+            return GOING_AWAY if any(code in body for code in _GOING_AWAY) else None
+        if kind not in _BEFORE_ROWS:
+            return None
+        pos += 1 + size
+    return None
