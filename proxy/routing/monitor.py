@@ -85,6 +85,7 @@ class Monitor:
 
     async def start(self) -> None:
         """Check every backend once (so the primary is known when one answers), then keep checking."""
+        self._stopping = False
         await asyncio.gather(*(self._check(name) for name in self._by_name))
         self._elected = True
         self._elect()
@@ -227,7 +228,10 @@ class Monitor:
                 self.failovers += 1
                 log.warning("primary is now %s (was %s), timeline %d", new.name, self._last_primary, new.timeline)
             self._last_primary = new.name
-            self._on_primary(new)
+            try:
+                self._on_primary(new)
+            except Exception:
+                log.exception("on_primary(%s) failed", new.name)  # the checks go on
 
     def _measure_lag(self) -> None:
         if self.primary is not None:

@@ -6,6 +6,8 @@ The tests share one cluster and run in this order: the failover test, last, leav
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -14,14 +16,16 @@ import pytest
 
 from proxy.config.model import Config
 from proxy.routing.health import DOWN, FENCED, OPEN, PRIMARY, PRIMARY_CANDIDATE, REPLICA, STANDBY, ServerState
-from proxy.routing.monitor import Monitor
+from proxy.routing.monitor import APPLICATION_NAME, Monitor
 
 if TYPE_CHECKING:
     from tests.replication.cluster import ReplicatedCluster
 
 pytestmark = pytest.mark.integration
 
-CHECK_INTERVAL, BREAKER_FAILURES, BREAKER_OPEN, DETECT_S = 0.2, 2, 1.0, 3.0
+CHECK_INTERVAL, CHECK_TIMEOUT, BREAKER_FAILURES, BREAKER_OPEN, DETECT_S = 0.2, 1.0, 2, 1.0, 3.0
+APP = APPLICATION_NAME
+MONITOR_SESSIONS = f"SELECT count(*), min(backend_start) FROM pg_stat_activity WHERE application_name = '{APP}'"
 R2_MAX_LAG_MS = 500
 
 
@@ -37,7 +41,7 @@ def config(cluster: ReplicatedCluster) -> Config:
             ],
             "routing": {
                 "check_interval": CHECK_INTERVAL,
-                "check_timeout": 1.0,
+                "check_timeout": CHECK_TIMEOUT,
                 "breaker_failures": BREAKER_FAILURES,
                 "breaker_open": BREAKER_OPEN,
             },
@@ -91,7 +95,7 @@ def test_replicas_report_standby_and_replay_advancing(replicated: ReplicatedClus
         )
         assert monitor.primary is p and p.role == PRIMARY and p.timeline == 1
         assert chosen == [p.name] and monitor.failovers == 0
-        assert monitor.replicas == [r1, r2]  # r1 is also a primary candidate, kept out of `replicas`
+        assert [id(s) for s in monitor.replicas] == [id(r1), id(r2)]  # r1 the candidate is not among them
         assert state(monitor, replicated, "r1", PRIMARY_CANDIDATE).role == STANDBY
         assert (r1.role, r1.in_recovery, r2.role, r2.in_recovery) == (STANDBY, True, STANDBY, True)
         before = r1.lsn
@@ -100,6 +104,11 @@ def test_replicas_report_standby_and_replay_advancing(replicated: ReplicatedClus
         monitor.poke()
         await until("r1 reports the write replayed, no lag", lambda: r1.lsn >= lsn and r1.lag_bytes == 0, 3)
         assert p.lsn >= lsn and not r1.lagging()
+        first = replicated.psql("primary", MONITOR_SESSIONS)
+        checked = p.checked_at
+        await until("two more checks of the primary", lambda: p.checked_at > checked + CHECK_INTERVAL, 2)
+        assert replicated.psql("primary", MONITOR_SESSIONS) == first  # the same one connection, kept between checks
+        assert first.startswith("1|")
 
     run(replicated, body)
 
@@ -121,11 +130,29 @@ def test_delayed_replica_lags_then_catches_up(replicated: ReplicatedCluster) -> 
     run(replicated, body)
 
 
+def test_hung_check_times_out_marks_down_and_reconnects(replicated: ReplicatedCluster) -> None:
+    async def body(monitor: Monitor, chosen: list[str]) -> None:
+        r2 = state(monitor, replicated, "r2")
+        pid = int(replicated.psql("r2", f"SELECT pid FROM pg_stat_activity WHERE application_name = '{APP}'"))
+        os.kill(pid, signal.SIGSTOP)  # the backend serving the monitor stops answering; the server still does
+        try:
+            await until("r2 down after a check timed out", lambda: not r2.up, CHECK_INTERVAL + CHECK_TIMEOUT + 1)
+            assert r2.last_error is not None and "timed out" in r2.last_error
+            assert r2.role == DOWN and r2.breaker.state == "closed"  # one failure: below BREAKER_FAILURES
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await until("r2 up again on a new connection", lambda: r2.up, CHECK_INTERVAL + CHECK_TIMEOUT + 1)
+        new_pid = replicated.psql("r2", f"SELECT pid FROM pg_stat_activity WHERE application_name = '{APP}'")
+        assert int(new_pid) != pid
+
+    run(replicated, body)
+
+
 def test_stopped_replica_goes_down_opens_its_breaker_and_comes_back(replicated: ReplicatedCluster) -> None:
     async def body(monitor: Monitor, chosen: list[str]) -> None:
         r1, r1_candidate = state(monitor, replicated, "r1"), state(monitor, replicated, "r1", PRIMARY_CANDIDATE)
         replicated.stop_server("r1")
-        await until("r1 down at the next check", lambda: not r1.up, CHECK_INTERVAL + 0.5)
+        await until("r1 down at the next check", lambda: not r1.up, CHECK_INTERVAL + 1)
         assert (r1.role, r1_candidate.role, r1.lag_bytes) == (DOWN, DOWN, None)
         assert r1.lagging() and r1.last_error
         await until("r1's breaker open", lambda: r1.breaker.state == OPEN, BREAKER_FAILURES * CHECK_INTERVAL + 1)
@@ -147,7 +174,7 @@ def test_failover_to_promoted_replica_fences_the_old_primary(replicated: Replica
         )
         assert monitor.primary is old
         replicated.stop_server("primary")
-        await until("no primary while it is down", lambda: monitor.primary is None, CHECK_INTERVAL + 0.5)
+        await until("no primary while it is down", lambda: monitor.primary is None, CHECK_INTERVAL + 1)
         assert await monitor.wait_primary(0.1) is None
         replicated.promote("r1")
         promoted = time.monotonic()
@@ -165,7 +192,7 @@ def test_failover_to_promoted_replica_fences_the_old_primary(replicated: Replica
         assert monitor.failovers == 1
 
         replicated.stop_server("r1")  # the promoted primary goes: the old one still never takes writes
-        await until("r1 down", lambda: not r1.up, CHECK_INTERVAL + 0.5)
+        await until("r1 down", lambda: not r1.up, CHECK_INTERVAL + 1)
         await asyncio.sleep(2 * CHECK_INTERVAL)
         assert monitor.primary is None and old.role == FENCED and chosen == [old.name, r1.name]
 
