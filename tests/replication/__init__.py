@@ -1,0 +1,1 @@
+"""Tests against a throwaway primary with streaming replicas (tests/replication/cluster.py)."""
