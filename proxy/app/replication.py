@@ -66,9 +66,9 @@ class Replication:
             self._pools[key] = pool
         return pool
 
-    def primary_pool_options(self) -> dict[str, object]:
-        """How the server makes its primary pools under read routing."""
-        return {"retries": self.config.routing.connect_retries, "writable": True}
+    def primary_pool(self, name: str, target: Target, settings: PoolSettings, policed: bool) -> Pool:
+        """A primary pool under read routing: connects retried, a host in recovery refused."""
+        return Pool(name, target, settings, policed, retries=self.config.routing.connect_retries, writable=True)
 
     def _primary_moved(self, server: ServerState) -> None:
         """The monitor found the primary on another host: every primary pool follows it."""

@@ -131,8 +131,8 @@ class Server:
         pool = self.pools.get(key)
         if pool is None:
             target = self._target(database, client_user, policed)
-            options = self.replication.primary_pool_options() if self.replication else {}
-            pool = Pool(f"{database}/{key[1]}", target, self.pool_settings, policed, **options)
+            make = self.replication.primary_pool if self.replication is not None else Pool
+            pool = make(f"{database}/{key[1]}", target, self.pool_settings, policed)
             pool.paused = self.paused
             self.pools[key] = pool
         return pool

@@ -15,13 +15,14 @@ def usable(server: ServerState) -> bool:
 
 def choose(replicas: Sequence[ServerState], watermark: int) -> ServerState | None:
     """The usable replica whose replay position has reached `watermark` with the fewest
-    outstanding statements per unit of weight (ties: the first listed), or None."""
+    outstanding transactions per unit of weight; ties go to the one that was routed the fewest
+    per unit of weight (so one client's sequential reads rotate by weight). None: no replica."""
     best: ServerState | None = None
-    best_load = 0.0
+    best_load = (0.0, 0.0)
     for server in replicas:
         if server.lsn < watermark or not usable(server):
             continue
-        load = (server.outstanding + 1) / server.weight
+        load = (server.outstanding / server.weight, server.routed / server.weight)
         if best is None or load < best_load:
             best, best_load = server, load
     return best

@@ -306,6 +306,10 @@ class Session(asyncio.Protocol):
         if problem is not None:
             self.fatal(*problem)
             return
+        if state.tx_mode and ctx.read_routing is not None:
+            await ctx.read_routing.ready(state.database)
+            if state.phase == CLOSED:
+                return
         self.core = core = SessionCore(state, ctx, self)
         self.relay = relay = Relay(self, ctx, core, pool)
         if state.tx_mode and ctx.read_routing is not None:  # reads to replicas (replicas.py)

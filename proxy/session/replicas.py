@@ -32,6 +32,7 @@ class Choice:
     pool: Pool
     server: ServerState | None
     reason: str
+    block: bool = False  # begins a READ ONLY transaction block
 
 
 class ReadRouting:
@@ -61,6 +62,14 @@ class ReadRouting:
             classifier = self._classifiers[database] = ReadClassifier(None)
             self.refresh(database)
         return classifier
+
+    async def ready(self, database: str) -> None:
+        """Wait for the database's first catalog read (a login waits, so its first reads can go to
+        replicas; if the read fails, reads stay on the primary until one succeeds)."""
+        self.classifier(database)
+        task = self._loading.get(database)
+        if task is not None:
+            await asyncio.shield(task)
 
     def refresh(self, database: str) -> None:
         """Read the database's function volatility again (after DDL; at most one read at a time)."""
@@ -98,22 +107,23 @@ class SessionRoute:
         self.server: ServerState | None = None  # the replica serving the session now (None: the primary or none)
         self.holding = False  # an answer waits for its watermark
         self.force_primary = False  # the next batch goes to the primary (a replica refused it)
+        self.block = False  # the replica's backend is in a READ ONLY transaction block: all batches join it
 
     def key(self) -> Key:
         return (self.state.database, self.tenant() or self.state.user)
 
     def judge(self, msgs: list[tuple[int, bytes]]) -> routes.BatchRoute:
         """Whether this batch may run on a replica (also the session's `SET pgwarden.route`)."""
-        route = routes.session_route(self.state.settings, self.routing.settings.default)
         if self.force_primary:
             self.force_primary = False
             return routes.BatchRoute(False, "a replica refused it")
-        if route == routes.PRIMARY:
-            return routes.BatchRoute(False, "SET pgwarden.route = primary")
-        judgement = routes.judge_batch(msgs, self.names, self.routing.classifier(self.state.database))
-        if route == routes.REPLICA and not judgement.read and judgement.reason.startswith("pgwarden:primary"):
-            return judgement
-        return routes.BatchRoute(True, "SET pgwarden.route = replica") if route == routes.REPLICA else judgement
+        judged = routes.judge_batch(msgs, self.names, self.routing.classifier(self.state.database))
+        route = routes.session_route(self.state.settings, self.routing.settings.default)
+        if route == routes.PRIMARY and judged.read:
+            return routes.BatchRoute(False, "SET pgwarden.route = 'primary'", writes=False)
+        if route == routes.REPLICA and not judged.reason.startswith("pgwarden:primary"):
+            return routes.BatchRoute(True, "SET pgwarden.route = 'replica'", block=judged.block)
+        return judged
 
     def choose(self, msgs: list[tuple[int, bytes]], watermark: int | None = None) -> Choice | None:
         """The pool for this batch; None when the shared watermark must be read first (`choose_async`)."""
@@ -129,7 +139,7 @@ class SessionRoute:
                 return None
             else:
                 watermark = routing.watermarks.local(self.key())
-        return self._replica(watermark)
+        return self._replica(watermark, judged.block)
 
     async def choose_async(self, msgs: list[tuple[int, bytes]]) -> Choice:
         choice = self.choose(msgs)
@@ -144,7 +154,7 @@ class SessionRoute:
         assert choice is not None
         return choice
 
-    def _replica(self, watermark: int) -> Choice:
+    def _replica(self, watermark: int, block: bool) -> Choice:
         monitor = self.routing.monitor
         server = balance.choose(monitor.replicas, watermark)
         if server is None:
@@ -152,29 +162,37 @@ class SessionRoute:
                 monitor.poke()  # a replica may have caught up since its last check
             return Choice(self.primary, None, "no replica usable")
         pool = self.routing.replica_pool(server, self.state.database, self.primary.target.user, self.policed)
-        return Choice(pool, server, "read")
+        return Choice(pool, server, "read", block)
 
     # --- lease bookkeeping --------------------------------------------------------------------
 
     def linked(self, choice: Choice) -> None:
-        self.server = choice.server
+        self.server, self.block = choice.server, choice.block
         self.routing.routed["replica" if choice.server else "primary"] += 1
         if choice.server is not None:
             choice.server.outstanding += 1
             choice.server.routed += 1
 
     def released(self) -> None:
+        self.block = False
         if self.server is not None:
             self.server.outstanding -= 1
             self.server = None
 
     def fits(self, msgs: list[tuple[int, bytes]]) -> bool:
         """May this batch join the linked backend? Always on the primary (then counted as a
-        possible write); on a replica only when it is read-only."""
+        possible write) and in a transaction block begun READ ONLY on a replica (a write fails
+        there as in any READ ONLY transaction); else on a replica only when it is read-only
+        (a pipelined write waits for the replica's backend to be released)."""
         if self.server is None:
             self.state.wrote = True
             return True
-        return self.judge(msgs).read
+        if self.block:
+            return True
+        judged = self.judge(msgs)
+        if judged.block:
+            self.block = True
+        return judged.read
 
     # --- the commit watermark -----------------------------------------------------------------
 

@@ -23,6 +23,7 @@ class BatchRoute:
     read: bool
     reason: str
     writes: bool = True  # (not read) may write: the watermark is taken when its transaction ends
+    block: bool = False  # (read) begins a READ ONLY transaction block: what follows stays on its backend
 
 
 def session_route(settings: dict[str, str], default: str) -> str:
@@ -44,16 +45,22 @@ def session_route(settings: dict[str, str], default: str) -> str:
 def judge_batch(msgs: list[tuple[int, bytes]], names: Statements, classifier: ReadClassifier) -> BatchRoute:
     """Read only when every Query, Parse and Bind in the batch runs a statement judged read-only
     (or a transaction begun READ ONLY); anything unknown goes to the primary."""
-    seen = False  # a read, or a transaction begun READ ONLY
+    seen = block = False  # a read, or a transaction begun READ ONLY
+    parsed: set[str] = set()  # statement names this batch defines (judged at their Parse)
     for kind, msg in msgs:
         if kind == MSG_QUERY:
             sql = protocol.read_cstr(msg, 5)[0]
         elif kind == MSG_PARSE:
-            sql = protocol.decode_parse(msg).query
+            parse = protocol.decode_parse(msg)
+            parsed.add(parse.name)
+            sql = parse.query
         elif kind == MSG_BIND:
-            sql = _bound_text(msg, names)
-            if sql is None:
+            if protocol.decode_bind_names(msg)[1] in parsed:
+                continue
+            bound = _bound_text(msg, names)
+            if bound is None:
                 return BatchRoute(False, "binds a statement pgwarden does not know")
+            sql = bound
         else:
             continue
         judgement = classifier.judge(sql)
@@ -62,8 +69,10 @@ def judge_batch(msgs: list[tuple[int, bytes]], names: Statements, classifier: Re
         elif judgement.route != "session" or judgement.begins == "read_write":
             return BatchRoute(False, judgement.reason or judgement.route)
         elif judgement.begins == "read_only":
-            seen = True
-    return BatchRoute(True, "") if seen else BatchRoute(False, "session statements only", writes=False)
+            seen = block = True
+        elif judgement.ends:
+            block = False
+    return BatchRoute(True, "", block=block) if seen else BatchRoute(False, "session statements only", writes=False)
 
 
 def _bound_text(msg: bytes, names: Statements) -> str | None:

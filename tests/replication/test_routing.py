@@ -69,6 +69,11 @@ def _ports(cluster: ReplicatedCluster, *names: str) -> set[int]:
 
 def test_reads_land_on_replicas_and_writes_on_the_primary(proxy, replicated):
     replicas, primary = _ports(replicated, "r1", "r2"), replicated.servers[PRIMARY].port
+    with psycopg.connect(proxy.dsn()) as conn:
+        conn.read_only = True  # BEGIN READ ONLY: the whole transaction on one replica
+        first = conn.execute(PORT_SQL).fetchone()[0]
+        assert first in replicas and conn.execute(PORT_SQL).fetchone()[0] == first
+        conn.commit()
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         landed = {conn.execute(PORT_SQL).fetchone()[0] for _ in range(20)}
         assert landed <= replicas and landed, landed
@@ -82,20 +87,15 @@ def test_reads_land_on_replicas_and_writes_on_the_primary(proxy, replicated):
     with psycopg.connect(proxy.dsn()) as conn:  # a read-write transaction: all of it on the primary
         assert conn.execute(PORT_SQL).fetchone()[0] == primary
         conn.commit()
-    with psycopg.connect(proxy.dsn()) as conn:
-        conn.read_only = True  # BEGIN READ ONLY: the whole transaction on one replica
-        first = conn.execute(PORT_SQL).fetchone()[0]
-        assert first in replicas and conn.execute(PORT_SQL).fetchone()[0] == first
-        conn.commit()
 
 
 def test_the_session_override_and_the_metrics(proxy, replicated):
     primary = replicated.servers[PRIMARY].port
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
-        conn.execute("set pgwarden.route = primary")
+        conn.execute("set pgwarden.route = 'primary'")
         assert {conn.execute(PORT_SQL).fetchone()[0] for _ in range(5)} == {primary}
         conn.execute("reset pgwarden.route")
-        assert conn.execute(PORT_SQL).fetchone()[0] != primary
+        _wait_for(lambda: conn.execute(PORT_SQL).fetchone()[0] != primary, 5, "reads on replicas again")
     body = urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=5).read().decode()
     assert 'pgwarden_routed_total{route="replica"}' in body and "pgwarden_replica_lag_bytes" in body
     servers = _console(proxy, "SHOW SERVERS")
@@ -104,7 +104,10 @@ def test_the_session_override_and_the_metrics(proxy, replicated):
 
 def test_read_your_writes_while_a_replica_is_seconds_behind(proxy, replicated):
     """r2 applies WAL 2 s late: without the watermark, about half of these reads would miss."""
-    with psycopg.connect(proxy.dsn(), autocommit=True) as writer, psycopg.connect(proxy.dsn(), autocommit=True) as other:
+    with (
+        psycopg.connect(proxy.dsn(), autocommit=True) as writer,
+        psycopg.connect(proxy.dsn(), autocommit=True) as other,
+    ):
         for i in range(12):
             writer.execute("insert into kv values ('ryw', %s) on conflict (k) do update set v = excluded.v", [i])
             assert writer.execute("select v from kv where k = 'ryw'").fetchone() == (i,)  # same session

@@ -125,7 +125,18 @@ def test_the_replica_with_the_fewest_outstanding_per_weight_that_has_the_waterma
     assert choose([a, b, c], watermark=100) is b
     assert choose([a, b, c], watermark=101) is None
     heavy = _server("h", 100, outstanding=3, weight=4.0)
-    assert choose([a, b, heavy], watermark=100) is heavy  # (3+1)/4 < (1+1)/1
+    assert choose([a, b, heavy], watermark=100) is heavy  # 3/4 < 1/1
+
+
+def test_sequential_reads_rotate_by_weight():
+    a, b = _server("a", 0), _server("b", 0, weight=2.0)
+    picks = []
+    for _ in range(30):
+        chosen = choose([a, b], 0)
+        assert chosen is not None
+        chosen.routed += 1
+        picks.append(chosen.name)
+    assert picks.count("b") == 20 and picks.count("a") == 10
 
 
 def test_a_replica_down_lagging_or_with_an_open_breaker_is_skipped():
@@ -146,8 +157,8 @@ def test_a_chosen_replica_has_always_replayed_the_watermark(servers, watermark):
         assert all(r.lsn < watermark for r in replicas)
     else:
         assert chosen.lsn >= watermark
-        load = (chosen.outstanding + 1) / chosen.weight
-        assert all(load <= (r.outstanding + 1) / r.weight for r in replicas if r.lsn >= watermark)
+        load = chosen.outstanding / chosen.weight
+        assert all(load <= r.outstanding / r.weight for r in replicas if r.lsn >= watermark)
 
 
 def test_watermarks_only_move_forward():
