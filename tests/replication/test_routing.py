@@ -179,3 +179,45 @@ def test_show_replicas_reports_every_server(proxy, replicated):
     primary = next(r for r in rows if r["kind"] == "primary")
     assert primary["role"] == "primary (chosen)" and primary["up"] == "yes"
     assert json.dumps(rows, default=str)  # every value printable
+
+
+POLICY = """
+version: 1
+tenancy:
+  column: tenant_id
+  sources:
+    - users: {acme_app: acme, globex_app: globex}
+roles:
+  app: {users: [acme_app, globex_app]}
+  admin: {users: [postgres], bypass: true}
+tables:
+  public.notes:
+    grants: {app: [select, insert]}
+default: deny
+"""
+
+
+def test_policies_apply_the_same_on_replicas(replicated, tmp_path):
+    with _direct(replicated, PRIMARY) as conn:
+        conn.execute("drop table if exists notes; create table notes (id serial, tenant_id text not null, body text)")
+        conn.execute("insert into notes (tenant_id, body) values ('acme', 'a1'), ('globex', 'g1'), ('acme', 'a2')")
+        conn.execute("drop role if exists pgw_notes_backend; create role pgw_notes_backend login")
+        conn.execute(
+            "grant select, insert on notes to pgw_notes_backend; grant usage on sequence notes_id_seq to pgw_notes_backend"
+        )
+    replicated.wait_replayed("r1", replicated.primary_lsn(), 15)
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "notes.yaml").write_text(POLICY)
+    config = routing_config(replicated, max_lag_ms=600_000)
+    config["policies"] = "policies"
+    config["backend_auth"] = {"user": "postgres", "policed": {"user": "pgw_notes_backend"}}
+    replicas = _ports(replicated, "r1", "r2")
+    with ProxyProcess(config, tmp_path) as proc, psycopg.connect(proc.dsn(user="acme_app"), autocommit=True) as acme:
+        rows = acme.execute("select tenant_id, body, current_setting('port')::int from notes order by id").fetchall()
+        assert [r[:2] for r in rows] == [("acme", "a1"), ("acme", "a2")]
+        assert {r[2] for r in rows} <= replicas  # read on a replica, filtered all the same
+        acme.execute("insert into notes (body) values ('a3')")  # the tenant's row, on the primary
+        bodies = [r[0] for r in acme.execute("select body from notes order by id").fetchall()]
+        assert bodies == ["a1", "a2", "a3"]  # read-your-writes for the tenant
+        with psycopg.connect(proc.dsn(user="globex_app"), autocommit=True) as globex:
+            assert globex.execute("select body from notes").fetchall() == [("g1",)]
