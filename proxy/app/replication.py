@@ -77,8 +77,11 @@ class Replication:
             if "@" not in user and pool.address != (server.host, server.port):
                 pool.retarget(server.host, server.port)
 
-    def reloaded(self) -> None:
-        """After a reload reset the pools' targets from the file: keep each on its server."""
+    def reloaded(self, config: Config) -> None:
+        """After a reload reset the pools' targets from the file: keep each on its server (a new
+        list of replicas or primary hosts takes effect at the next restart)."""
+        if (config.replicas, config.primary.hosts) != (self.config.replicas, self.config.primary.hosts):
+            log.warning("reload: a new `replicas` or `primary.hosts` list takes effect only after a restart")
         primary = self.monitor.primary
         for (_, user), pool in self._pools.items():
             if "@" in user:

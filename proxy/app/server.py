@@ -430,7 +430,7 @@ class Server:
             if self.backend_user(user, pool.policed) == user:
                 pool.target = self._target(database, user, pool.policed)
         if self.replication is not None:
-            self.replication.reloaded()
+            self.replication.reloaded(new)
         log.info("reloaded %s", source)
         if self.audit is not None:
             self.audit.offer(

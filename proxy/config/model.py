@@ -269,7 +269,7 @@ class Config(_Strict):
         description=(
             "Worker processes serving the one listen port (SO_REUSEPORT: the kernel spreads clients). "
             "Default: the cores this process may use (CPU affinity, a container's CPU limit), at most pool.size (one with `audit`, which needs one process "
-            "for now); `1` runs one process. pool.size stays a cap for all workers together (each gets an "
+            "for now, and one with `replicas` but no routing.redis, which shares the commit watermarks); `1` runs one process. pool.size stays a cap for all workers together (each gets an "
             "equal share), so workers cannot exceed pool.size."
         ),
     )
@@ -303,6 +303,11 @@ class Config(_Strict):
                 f"workers ({self.workers}) cannot exceed pool.size ({self.pool.size}): pool.size caps "
                 "the backends of all workers together and each worker needs at least one"
             )
+        if (self.workers or 1) > 1 and (self.replicas or self.primary.hosts) and self.routing.redis is None:
+            raise ValueError(
+                f"workers ({self.workers}) with `replicas` needs routing.redis: the commit watermarks that keep "
+                "reads from missing writes must be shared by every worker; set routing.redis, or workers: 1"
+            )
         if (self.workers or 1) > 1 and self.audit is not None:
             raise ValueError(
                 f"workers ({self.workers}) with `audit` is not available yet: the audit trail is one HMAC "
@@ -314,7 +319,7 @@ class Config(_Strict):
         """The worker processes to run: `workers`, else the machine's cores (at most pool.size; one with `audit`)."""
         if self.workers is not None:
             return self.workers
-        if self.audit is not None:
+        if self.audit is not None or ((self.replicas or self.primary.hosts) and self.routing.redis is None):
             return 1
         return max(1, min(machine_cores(), self.pool.size))
 

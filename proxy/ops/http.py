@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from proxy.config.model import Config
     from proxy.enforce.router import Router
     from proxy.ops.metrics import Metrics
+    from proxy.ops.replicas_view import ReplicationSource
 
 log = logging.getLogger("pgwarden.http")
 JSON = "application/json"
@@ -37,6 +38,8 @@ class HttpSource(Protocol):
     def audit(self) -> AuditProcess | None: ...
     @property
     def metrics(self) -> Metrics: ...
+    @property
+    def replication(self) -> ReplicationSource | None: ...
 
     def client_count(self) -> int: ...
 
@@ -144,6 +147,11 @@ class HttpServer:
         """The primary answers as PostgreSQL within 1 s (see `postgres_answers`), remembered for 2 s."""
         now = time.monotonic()
         if now - self._primary_checked < 2:
+            return self._primary_ok
+        replication = self.server.replication
+        if replication is not None:  # the monitor knows which host is the primary now (after a failover too)
+            chosen = replication.monitor.primary
+            self._primary_ok, self._primary_checked = chosen is not None and chosen.up, now
             return self._primary_ok
         primary = self.server.config.primary
         user = self.server.config.backend_auth.user or "pgwarden"

@@ -55,3 +55,13 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert f"{path}:3" in str(info.value) and "not valid YAML" in str(info.value)
+
+
+def test_replicas_run_one_worker_unless_watermarks_are_shared(tmp_path):
+    base = {"primary": {"host": "db"}, "replicas": [{"host": "r1"}]}
+    assert parse_config(base, tmp_path / "c.yaml").worker_count() == 1
+    with pytest.raises(ConfigError) as info:
+        parse_config({**base, "workers": 2}, tmp_path / "c.yaml")
+    assert "needs routing.redis" in str(info.value)
+    shared = parse_config({**base, "workers": 2, "routing": {"redis": "redis://r/0"}}, tmp_path / "c.yaml")
+    assert shared.worker_count() == 2
