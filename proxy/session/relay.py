@@ -17,6 +17,7 @@ from proxy.session.state import CLOSED, SessionState
 from proxy.wire.protocol import MSG_TERMINATE
 
 log = logging.getLogger("pgwarden.session")
+_NO_REPLICA = "retry later, or set routing.reads_on_primary: true to let the primary take reads"
 
 
 class Client(Protocol):
@@ -44,6 +45,7 @@ class Relay:
     def __init__(self, client: Client, ctx: SessionContext, core: SessionCore, pool: Pool) -> None:
         self.client, self.ctx, self.core, self.pool = client, ctx, core, pool
         self.lent = pool
+        self.unrouted = Choice(pool, None, "")  # (no read routing: every transaction's choice)
         self.route: SessionRoute | None = None
         self.pending: list[tuple[int, bytes]] = []
         self.waiting = False  # acquiring a backend, or an answer waits for its watermark
@@ -75,7 +77,11 @@ class Relay:
                 return
             if core.answer_without_backend(msgs):
                 return
-            choice = Choice(self.pool, None, "") if self.route is None else self.route.choose(msgs)
+            choice = self.unrouted if self.route is None else self.route.choose(msgs)
+            if choice is not None and choice.refused is not None:
+                self.pending = msgs
+                self._refuse_pending("08006", f"{choice.refused} and routing.reads_on_primary is false", _NO_REPLICA)
+                return
             backend = None if choice is None else choice.pool.take_idle()
             if backend is None:
                 self.pending = msgs
@@ -162,6 +168,14 @@ class Relay:
             if choice is None:
                 assert route is not None
                 choice = await route.choose_async(self.pending)
+            if choice.refused is not None:
+                raise BackendError(
+                    {
+                        "sqlstate": "08006",
+                        "message": f"{choice.refused} and routing.reads_on_primary is false",
+                        "hint": _NO_REPLICA,
+                    }
+                )
             if choice.server is None or route is None:
                 return choice, await self._primary(choice)
             try:

@@ -33,6 +33,7 @@ class Choice:
     server: ServerState | None
     reason: str
     block: bool = False  # begins a READ ONLY transaction block
+    refused: str | None = None  # no replica is usable and routing.reads_on_primary is false: why
 
 
 class ReadRouting:
@@ -158,8 +159,11 @@ class SessionRoute:
         monitor = self.routing.monitor
         server = balance.choose(monitor.replicas, watermark)
         if server is None:
-            if watermark and balance.behind(monitor.replicas, watermark):
+            behind = bool(watermark) and balance.behind(monitor.replicas, watermark)
+            if behind:
                 monitor.poke()  # a replica may have caught up since its last check
+            elif not self.routing.settings.reads_on_primary:
+                return Choice(self.primary, None, "no replica usable", refused="no replica is usable")
             return Choice(self.primary, None, "no replica usable")
         pool = self.routing.replica_pool(server, self.state.database, self.primary.target.user, self.policed)
         return Choice(pool, server, "read", block)

@@ -10,7 +10,7 @@ import urllib.request
 import psycopg
 import pytest
 
-from tests.harness import ProxyProcess, base_config
+from tests.harness import ProxyProcess, base_config, free_port
 from tests.replication.cluster import PRIMARY, ReplicatedCluster
 
 PORT_SQL = "select current_setting('port')::int"  # stable: a read a replica may serve
@@ -221,3 +221,15 @@ def test_policies_apply_the_same_on_replicas(replicated, tmp_path):
         assert bodies == ["a1", "a2", "a3"]  # read-your-writes for the tenant
         with psycopg.connect(proc.dsn(user="globex_app"), autocommit=True) as globex:
             assert globex.execute("select body from notes").fetchall() == [("g1",)]
+
+
+def test_without_a_usable_replica_reads_fail_when_the_primary_may_not_take_them(replicated, tmp_path):
+    config = routing_config(replicated, reads_on_primary=False)
+    config["replicas"] = [{"host": "127.0.0.1", "port": free_port()}]  # nothing listens there
+    with ProxyProcess(config, tmp_path) as proc, psycopg.connect(proc.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.OperationalError) as info:
+            conn.execute(PORT_SQL)
+        assert info.value.sqlstate == "08006" and "reads_on_primary" in str(info.value)
+        assert conn.execute("select txid_current() > 0").fetchone() == (True,)  # writes still run
+        rows = {r["server"]: r for r in _console(proc, "SHOW REPLICAS")}
+        assert [r["up"] for r in rows.values() if r["kind"] == "replica"] == ["no"]
