@@ -148,6 +148,10 @@ class Relay:
             hint = exc.fields.get("hint") if isinstance(exc, BackendError) else None
             self._refuse_pending(getattr(exc, "sqlstate", "53300"), str(exc), hint)
             return
+        except Exception:  # a bug costs this client, never a hang
+            log.exception("client %s: internal error while lending a backend", self.client.record.peer)
+            self.client.fatal("XX000", "internal error in pgwarden; the client connection was closed")
+            return
         if self.client.record.phase == CLOSED:
             choice.pool.release(backend)
             return
