@@ -72,7 +72,12 @@ class Replication:
 
     def _primary_moved(self, server: ServerState) -> None:
         """The monitor found the primary on another host: every primary pool follows it."""
-        log.warning("primary is now %s; new transactions go there", server.name)
+        first = all(
+            pool.address == (server.host, server.port) for (_, user), pool in self._pools.items() if "@" not in user
+        )
+        (log.info if first and not self.monitor.failovers else log.warning)(
+            "primary is now %s; new transactions go there", server.name
+        )
         for (_, user), pool in self._pools.items():
             if "@" not in user and pool.address != (server.host, server.port):
                 pool.retarget(server.host, server.port)

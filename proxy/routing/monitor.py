@@ -74,6 +74,8 @@ class Monitor:
             self._by_name.setdefault(s.name, []).append(s)
         self._conns: dict[str, asyncpg.Connection] = {}
         self._wake = {name: asyncio.Event() for name in self._by_name}
+        self._poked = 0.0  # when poke() last woke the checks
+        self._poke_gap = min(config.routing.check_interval / 4, 0.05)  # at most this often
         self._have_primary = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -101,7 +103,12 @@ class Monitor:
             self._drop(name)
 
     def poke(self) -> None:
-        """Check every backend now (a commit watermark is ahead of every replay known)."""
+        """Check every backend now (a commit watermark is ahead of every replay known); at most
+        once per a quarter of check_interval (50 ms at most), however many reads ask."""
+        now = time.monotonic()
+        if now - self._poked < self._poke_gap:
+            return
+        self._poked = now
         for event in self._wake.values():
             event.set()
 

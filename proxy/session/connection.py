@@ -314,7 +314,8 @@ class Session(asyncio.Protocol):
         self.relay = relay = Relay(self, ctx, core, pool)
         if state.tx_mode and ctx.read_routing is not None:  # reads to replicas (replicas.py)
             relay.route = SessionRoute(ctx.read_routing, state, core.names, pool, self.tenant, policed)
-            core.hold = relay.hold
+            if self.config.routing.read_your_writes:  # the commit watermark, taken after each write
+                core.hold = relay.hold
         if state.tx_mode or state.ident is not None:  # LISTEN multiplexed on the pool's listener (notify.py)
             scope = self.tenant if state.ident is not None else None
             core.notes = Notifications(pool.listener(), core, self, scope, partial(self.safely, relay.dispatch))

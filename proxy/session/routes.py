@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from proxy.ops.stats import literal_key
 from proxy.routing.volatility import ReadClassifier
 from proxy.session.statements import Statements
 from proxy.wire import protocol
@@ -63,7 +64,7 @@ def judge_batch(msgs: list[tuple[int, bytes]], names: Statements, classifier: Re
             sql = bound
         else:
             continue
-        judgement = classifier.judge(sql)
+        judgement = classifier.judge(literal_key(sql))  # (integer constants zeroed: one parse per shape)
         if judgement.route == "read":
             seen = True
         elif judgement.route != "session" or judgement.begins == "read_write":

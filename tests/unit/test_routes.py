@@ -167,3 +167,14 @@ def test_watermarks_only_move_forward():
     marks.advance_local(("db", "t"), 5)
     assert marks.local(("db", "t")) == 10
     assert asyncio.run(marks.get(("db", "t"))) == 10
+
+
+def test_zeroing_integer_constants_never_changes_a_judgement():
+    """judge_batch caches by literal_key (one parse per shape): the route must not depend on it."""
+    from proxy.ops.stats import literal_key
+    from rewriter.readonly import read_shape
+    from tests.unit.test_readonly import SHAPES
+
+    extra = ["select * from t where id = 5 for update", "select nextval('s1') limit 3", "insert into t2 values (1)"]
+    for sql in [row[0] for row in SHAPES] + extra:
+        assert read_shape(literal_key(sql)).route == read_shape(sql).route, sql
