@@ -62,6 +62,7 @@ def proxy(tmp_path_factory):
         limits={
             "users": {
                 "rate_user": {"statements_per_second": 2, "burst": 2},
+                "pipe_user": {"statements_per_second": 2, "burst": 3},
                 "conc_user": {"concurrent_statements": 1},
                 "cc_user": {"client_connections": 2},
                 "to_user": {"statement_timeout_ms": 300},
@@ -106,6 +107,29 @@ def test_rate_limit_refuses_with_53400_and_the_connection_stays_usable(proxy):
     assert row[:4] == ["user", "rate_user", "2.0", "2"]
     assert "statements_per_second=" in row[-1]
     print("\n".join("|".join(line) for line in show))
+
+
+def test_a_refusal_in_a_pipeline_aborts_it_as_an_error_would(proxy):
+    table = f"limits_pipe_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(proxy.dsn(), autocommit=True) as owner:
+        owner.execute(f"create table {table} (n int)")
+    try:
+        with psycopg.connect(proxy.dsn(user="pipe_user"), autocommit=True) as conn:
+            time.sleep(1.6)  # a full bucket: 3
+            with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+                with conn.pipeline():  # one Sync for all four: one implicit transaction
+                    for n in range(4):
+                        conn.execute(f"insert into {table} values (%s)", (n,))
+            time.sleep(0.6)
+            assert conn.execute(f"select count(*) from {table}").fetchone() == (0,)  # none committed
+            time.sleep(0.6)
+            with conn.pipeline():
+                conn.execute(f"insert into {table} values (%s)", (9,))
+            time.sleep(0.6)
+            assert conn.execute(f"select n from {table}").fetchall() == [(9,)]
+    finally:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as owner:
+            owner.execute(f"drop table {table}")
 
 
 def admin(proxy: ProxyProcess, command: str) -> list[list[str]]:
