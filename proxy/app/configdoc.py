@@ -36,9 +36,10 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         key = f"{prefix}{name}"
         annotation = field.annotation
         models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if models:  # an optional section: document its keys
-            rows.append(f"| `{key}` | section |  | {field.description or ''} |")
-            rows += _rows(models[0], key + ".")
+        if models:  # an optional section (or a map of them, by name): document its keys
+            named = typing.get_origin(annotation) is dict
+            rows.append(f"| `{key}` | {'map' if named else 'section'} |  | {field.description or ''} |")
+            rows += _rows(models[0], key + (".<name>." if named else "."))
             continue
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows += _rows(annotation, key + ".")

@@ -27,6 +27,7 @@ from proxy.pooling.pool import Pool
 from proxy.pooling.prepared import Registry
 from proxy.session.connection import CLOSED, READY, Session
 from proxy.session.context import SessionContext
+from proxy.session.limited import limiter_for
 from proxy.wire import protocol
 from proxy.wire.tls import backend_tls, listen_tls
 
@@ -57,6 +58,7 @@ class Server:
         self.metrics = Metrics(self, config.metrics)
         self.paused = False  # PAUSE from the admin console, for pools created meanwhile too
         self.stats = QueryStats(self.metrics.statement_seconds.observe)
+        self.limiter = limiter_for(config.limits, self.metrics)
         self.slowlog = (
             SlowLog(config.slow_query, explain_dsn=self._control_dsn(), policed_dsn=self._control_dsn(policed=True))
             if config.slow_query
@@ -97,6 +99,7 @@ class Server:
             refresh_schemas=self.refresh_schemas,
             admin_console=lambda: AdminConsole(self, self.link),
             read_routing=self.replication.routing if self.replication is not None else None,
+            limits=self.limiter,
         )
 
     def issue_key(self, session: Session) -> tuple[int, int]:
@@ -422,6 +425,7 @@ class Server:
         self.config, self.tls_context, self._backend_tls = new, tls_context, backend_context
         self.pool_settings = pool_settings
         self.router = router
+        self.limiter = limiter_for(new.limits, self.metrics, self.limiter)
         self.policy_files_changed()
         self.refresh_schemas()
         for (database, _), pool in self.pools.items():

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from policies.source import Document, Loc, SourceError, format_errors, load_yaml
 from proxy.config.environment import apply as apply_environment
+from proxy.config.limits import Limits
 from proxy.config.routing import Failover, HostPort, Replica, Routing
 from proxy.config.sections import AuditConfig, MetricsConfig, SlowQueryConfig
 
@@ -292,6 +293,13 @@ class Config(_Strict):
     )
     slow_query: SlowQueryConfig | None = Field(
         None, description=("Log statements slower than a threshold (with fingerprint, redacted text, duration).")
+    )
+    limits: Limits | None = Field(
+        None,
+        description=(
+            "Rate limits and quotas per tenant, role or user (docs/limits.md): statements per second, "
+            "concurrent statements, client connections, statement_timeout. Omit it for none."
+        ),
     )
     cache: Any = Field(None, description="Result cache. Not available yet: rejected.")
     source: Path | None = Field(None, exclude=True)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from proxy.audit.process import AuditProcess
     from proxy.config.model import Config
     from proxy.enforce.router import Router
+    from proxy.limits.limiter import Limiter
     from proxy.ops.stats import QueryStats
     from proxy.pooling.backend import Backend
     from proxy.pooling.pool import Pool
@@ -34,7 +35,7 @@ PARAMETERS = {
 _TEXT_OID = 25
 HINT = (
     "commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW REPLICAS, SHOW STATS, SHOW QUERIES, SHOW CONFIG, "
-    "SHOW POLICY, SHOW HELP, RELOAD, PAUSE, RESUME, KILL db, SHUTDOWN"
+    "SHOW POLICY, SHOW LIMITS, SHOW HELP, RELOAD, PAUSE, RESUME, KILL db, SHUTDOWN"
 )
 _COMMAND = re.compile(r"\s*(show\s+\w+|reload|pause|resume|kill\s+\S+|shutdown)\s*;?\s*$", re.I)
 
@@ -101,6 +102,8 @@ class AdminServer(Protocol):
     def audit(self) -> AuditProcess | None: ...
     @property
     def replication(self) -> ReplicationSource | None: ...
+    @property
+    def limiter(self) -> Limiter | None: ...
 
     def reload(self) -> bool: ...
     def stop(self) -> None: ...
@@ -136,6 +139,7 @@ class AdminConsole:
             "show stats": self.stats,
             "show config": self.config,
             "show policy": self.policy,
+            "show limits": self.limits,
             "show help": self.help,
             "reload": self.reload,
             "show queries": self.queries,
@@ -186,6 +190,7 @@ class AdminConsole:
                 "statements by fingerprint: calls, time (total, mean, p95, max), rows, refusals, cache hits",
             ],
             ["SHOW POLICY", "the running policy"],
+            ["SHOW LIMITS", "limits: configured, and per entity seen: in flight, connections, rejections"],
             ["RELOAD", "re-read config and policies"],
             ["PAUSE", "stop lending backends (transactions in flight finish)"],
             ["RESUME", "lend backends again"],
@@ -316,6 +321,13 @@ class AdminConsole:
             ["roles", ", ".join(sorted(policy.roles))],
         ]
         return _table(["key", "value"], rows, "SHOW")
+
+    def limits(self, _: str) -> bytes:
+        from proxy.limits.limiter import COLUMNS as LIMIT_COLUMNS
+
+        limiter = self.server.limiter
+        rows = limiter.rows() if limiter is not None else []
+        return _table(LIMIT_COLUMNS, rows, "SHOW")
 
     def reload(self, _: str) -> bytes:
         if not self.server.reload():

@@ -148,6 +148,15 @@ class Metrics:
             "1 when a TCP connect to the primary succeeds (checked at scrape, at most every 2 s)",
             registry=reg,
         )
+        self.limit_rejections = Counter(
+            "pgwarden_limit_rejections",
+            "Statements and logins refused by `limits:` (53400), by limit and kind (tenant, role, user)",
+            ["limit", "kind"],
+            registry=reg,
+        )
+        self.limit_fallbacks = Counter(
+            "pgwarden_limit_fallbacks", "Rate decisions made in this process because limits.redis failed", registry=reg
+        )
         reg.register(_StateCollector(server))
         self.simple = {d: self.statements.labels("simple", d) for d in ("allowed", "rewritten", "refused")}
         self.extended = {d: self.statements.labels("extended", d) for d in ("allowed", "rewritten", "refused")}
@@ -169,6 +178,10 @@ class Metrics:
         children[decision].inc()
         if self.tenant_statements is not None and tenant is not None:
             self.tenant_statements.labels(self.tenant_label(tenant), decision).inc()
+
+    def limit_rejected(self, limit: str, kind: str) -> None:
+        """One statement or login refused by `limits:` (no tenant, role or user names in labels)."""
+        self.limit_rejections.labels(limit, kind).inc()
 
     def tenant_label(self, tenant: str) -> str:
         """The tenant itself for the first `max_tenants` tenants seen, then "other"."""

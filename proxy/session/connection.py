@@ -20,6 +20,7 @@ from proxy.session.console import console_messages
 from proxy.session.context import SessionContext
 from proxy.session.core import SessionCore
 from proxy.session.guard import login_refusal, version_refusal
+from proxy.session.limited import SessionLimits
 from proxy.session.notify import Notifications
 from proxy.session.policed import current_tenant
 from proxy.session.relay import Relay
@@ -310,8 +311,14 @@ class Session(asyncio.Protocol):
             await ctx.read_routing.ready(state.database)
             if state.phase == CLOSED:
                 return
+        limits = SessionLimits(ctx.limits, state, self.tenant) if ctx.limits is not None else None
+        refused = limits.login(state) if limits is not None else None  # (the connection quota, statement_timeout)
+        if refused is not None:
+            self.fatal(*refused)
+            return
         self.core = core = SessionCore(state, ctx, self)
         self.relay = relay = Relay(self, ctx, core, pool)
+        relay.limits = limits
         if state.tx_mode and ctx.read_routing is not None:  # reads to replicas (replicas.py)
             relay.route = SessionRoute(ctx.read_routing, state, core.names, pool, self.tenant, policed)
             if self.config.routing.read_your_writes:  # the commit watermark, taken after each write

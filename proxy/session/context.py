@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from proxy.audit.process import AuditProcess
 from proxy.config.model import Config
 from proxy.enforce.router import Router
+from proxy.limits.limiter import Limiter
 from proxy.ops.admin import AdminConsole
 from proxy.ops.metrics import Metrics
 from proxy.ops.slowlog import SlowLog
@@ -47,6 +48,7 @@ class SessionContext:
     read_routing: ReadRouting | None = (
         None  # with `replicas` (or several primary hosts): transaction pooling routes reads
     )
+    limits: Limiter | None = None  # `limits:` (the process's limiter)
 
 
 class Shell(Protocol):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from proxy.pooling.backend import Backend
 from proxy.pooling.prepared import Statement
-from proxy.session import notify, params, reported, session_sql
+from proxy.session import limited, notify, params, reported, session_sql
 from proxy.session.accounting import AUDIT_FULL, Accounting
 from proxy.session.context import SessionContext, Shell
 from proxy.session.guard import Guard
@@ -138,6 +138,10 @@ class SessionCore:
                     backend.write(b"".join(out))
                 self.shell.close("client sent Terminate")
                 return
+            elif kind in limited.LIMITED:  # refused by a rate limit or quota (limited.py): 53400
+                if kind == limited.LIMITED_QUERY:
+                    self.accounting.started(b"", ends_executions=False)
+                self.refuse(limited.decode(msg), simple=kind == limited.LIMITED_QUERY)
             else:
                 self._out = None
                 self.shell.fatal("08P01", f"invalid frontend message type {chr(kind)!r}")
@@ -179,7 +183,8 @@ class SessionCore:
             return
         if kind == MSG_PARSE:
             state.ran_statements = True
-            if (tx_mode or guard is not None) and session_sql.stateful_text(msg, 6, msg.find(b"\x00", 6)):
+            tracked = tx_mode or guard is not None or state.timeout_cap is not None  # (limits: SET checked)
+            if tracked and session_sql.stateful_text(msg, 6, msg.find(b"\x00", 6)):
                 stateful = self._stateful_parse(msg, backend, out)
                 if stateful is None:
                     return
@@ -227,7 +232,7 @@ class SessionCore:
                 return
         state.ran_statements = True
         if (
-            (state.tx_mode or guard is not None)
+            (state.tx_mode or guard is not None or state.timeout_cap is not None)
             and session_sql.stateful_text(msg, 5, len(msg) - 1)
             and not self.session_statement(protocol.decode_query(msg), True, backend)
         ):
@@ -340,6 +345,8 @@ class SessionCore:
             return False
         effects = params.effects(sql)
         refused = session_sql.refusal(effects, state.tx_mode, guard)
+        if refused is None and state.timeout_cap is not None:
+            refused = limited.timeout_refusal(effects, sql, state.timeout_cap)
         if refused is not None:
             self.refuse(refused, simple=simple)
             return False
@@ -369,6 +376,8 @@ class SessionCore:
             return
         params.apply(state.settings, effect)
         params.apply(backend.settings, effect)
+        if state.timeout_cap is not None:  # RESET, RESET ALL, DISCARD ALL: the cap is the default again
+            limited.restore_timeout(state, effect, state.timeout_cap.ms)
         if effect.kind == "discard_all":
             self.names.forget_all()
             backend.statements.clear()

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from proxy.pooling.backend import Backend, BackendError
 from proxy.pooling.pool import Pool, PoolTimeout
-from proxy.session import lending, routes
+from proxy.session import lending, limited, routes
 from proxy.session.context import SessionContext
 from proxy.session.core import SessionCore
 from proxy.session.replicas import Choice, SessionRoute
@@ -52,6 +52,7 @@ class Relay:
         self.after_release = False  # `pending` waits for the replica backend to be released
         self.retry: list[tuple[int, bytes]] | None = None  # a read sent to a replica, until its first answer byte
         self.held: list[tuple[int, bytes]] | None = None  # messages waiting for the audit trail
+        self.limits: limited.SessionLimits | None = None  # `limits:` (set by the connection)
 
     # --- the client's batches -----------------------------------------------------------------
 
@@ -71,7 +72,25 @@ class Relay:
         if self.waiting:
             self.pending += msgs
             return
+        limits = self.limits
+        if limits is not None:  # statements over a limit marked, refused in order (limited.py)
+            checked = limits.admit(msgs)
+            if isinstance(checked, limited.Ask):  # Redis decides: the client waits meanwhile
+                self._pause()
+                asyncio.get_running_loop().create_task(self._decide(limits, checked))
+                return
+            self._route(checked)
+            if not self.waiting:
+                limited.after(limits, core.backend)
+            return
+        self._route(msgs)
+
+    def _route(self, msgs: list[tuple[int, bytes]]) -> None:
+        """A backend for the batch (lent, or waited for), then the batch to the core."""
+        core = self.core
         if core.backend is None:
+            if self.limits is not None and limited.answer_alone(msgs, self.client.write):
+                return
             if msgs[0][0] == MSG_TERMINATE:
                 self.client.close("client sent Terminate")
                 return
@@ -96,6 +115,26 @@ class Relay:
             self._pause()
             return
         core.forward(msgs)
+
+    async def _decide(self, limits: limited.SessionLimits, ask: limited.Ask) -> None:
+        """A batch's rate decided in Redis (`limits.redis`); then routed as `dispatch` does."""
+        try:
+            msgs = await limits.decide(ask)
+        except Exception:  # a bug costs this client, never a hang
+            log.exception("client %s: internal error while deciding a rate limit", self.client.record.peer)
+            self.client.fatal("XX000", "internal error in pgwarden; the client connection was closed")
+            return
+        if self.client.record.phase == CLOSED:
+            return
+        self.waiting = False
+        later, self.pending = self.pending, []
+        self.client.safely(self._route, msgs)
+        if not self.waiting:
+            limited.after(limits, self.core.backend)
+        if later:  # (arrived meanwhile: checked in turn)
+            self.client.safely(self.dispatch, later)
+        if not self.waiting and self.client.record.phase != CLOSED and self.client.transport is not None:
+            self.client.transport.resume_reading()
 
     def _pause(self) -> None:
         self.waiting = True
@@ -216,6 +255,8 @@ class Relay:
     def _refuse_pending(self, sqlstate: str, message: str, hint: str | None = None) -> None:
         """No backend came: answer the waiting requests with an error, or close if we cannot."""
         msgs, self.pending = self.pending, []
+        if self.limits is not None:  # nothing went to a backend: no statement in flight
+            limited.after(self.limits, self.core.backend)
         answer = lending.refused_requests(msgs, sqlstate, message, hint)
         if answer is None:
             self.client.fatal(sqlstate, message, hint)
@@ -242,6 +283,8 @@ class Relay:
                 self._elsewhere(backend, retry, refusal)
                 return
         core.backend_data(backend, data)
+        if self.limits is not None:
+            limited.after(self.limits, core.backend)
         if core.notes is not None and core.notes.held:  # notifications held while it was busy
             core.notes.deliver()
 
@@ -310,6 +353,8 @@ class Relay:
     def left(self) -> None:
         """The client is gone: its backend back clean (or closed)."""
         core, state = self.core, self.client.record
+        if self.limits is not None:
+            self.limits.close()
         backend, core.backend = core.backend, None
         if backend is not None:
             if self.route is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
@@ -33,6 +33,13 @@ class Refusal(NamedTuple):
     sqlstate: str
     message: str
     hint: str | None
+
+
+class TimeoutCap(NamedTuple):
+    """`limits:`: the most statement_timeout a session may set (ms), and how a refusal is counted."""
+
+    ms: int
+    rejected: Callable[[], None]
 
 
 @dataclass(slots=True, eq=False)
@@ -67,4 +74,5 @@ class SessionState:
     pinned: bool = False  # transaction mode: keeps its backend (it holds session state)
     ran_statements: bool = False  # session mode: ran anything, so DISCARD ALL on release
     wrote: bool = False  # read routing: a transaction on the primary may write; its watermark is taken at its end
+    timeout_cap: TimeoutCap | None = None  # limits: the most statement_timeout this session may set
     ddl_sent: bool = False  # a bypass role sent DDL: read the schema again when it is over
