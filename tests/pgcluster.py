@@ -28,18 +28,25 @@ class PgCluster:
 
     `tmpdir` is created (if missing) and, when we run as root, given to the postgres OS user; its
     parents must let that user through (pytest's tmp_path does not: use tempfile.mkdtemp(), or leave tmpdir None).
-    With `ssl_certs`, the server runs with ssl=on and those certificates. The role
+    With `ssl_certs`, the server runs with ssl=on and those certificates; `settings` are more
+    postgresql.conf lines (`wal_level = logical`, ...); replication connections log in like the others. The role
     "clear_user" (when created) logs in with cleartext password auth, every other role with `auth`.
     `stop()` removes `tmpdir` with everything in it.
     """
 
     def __init__(
-        self, tmpdir: Path | None, port: int, auth: str = "scram-sha-256", ssl_certs: Certs | None = None
+        self,
+        tmpdir: Path | None,
+        port: int,
+        auth: str = "scram-sha-256",
+        ssl_certs: Certs | None = None,
+        settings: tuple[str, ...] = (),
     ) -> None:
         self.dir = Path(tmpdir or tempfile.mkdtemp(prefix="pgwarden-pg-"))
         self.port = port
         self.auth = auth
         self.ssl_certs = ssl_certs
+        self.settings = settings
         self.data = self.dir / "data"
         self.host = "127.0.0.1"
         owner = pwd.getpwnam(OS_USER) if RUN_AS else pwd.getpwuid(os.geteuid())
@@ -110,6 +117,7 @@ class PgCluster:
             "full_page_writes = off",
             "max_connections = 30",
             "shared_buffers = 16MB",
+            *self.settings,
         ]
         if self.ssl_certs is not None:
             for name, src in (("server.crt", self.ssl_certs.server_cert), ("server.key", self.ssl_certs.server_key)):
@@ -122,6 +130,7 @@ class PgCluster:
             "local all all trust",
             "host all clear_user 127.0.0.1/32 password",
             f"host all all 127.0.0.1/32 {self.auth}",
+            f"host replication all 127.0.0.1/32 {self.auth}",
         ]
         (self.data / "pg_hba.conf").write_text("\n".join(hba) + "\n")
 

@@ -1,0 +1,1 @@
+"""Writes that bypass pgwarden, caught from PostgreSQL's WAL by a logical replication consumer."""
