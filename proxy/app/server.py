@@ -368,7 +368,7 @@ class Server:
         if self.link is None or self.link.index == 0:  # one HTTP listener, reporting for all workers
             await self._http.start()
         if self.link is not None:
-            await self.link.start(self, self.stop)
+            await self.link.start(self, self.stop, AdminConsole(self, None).local)
             loop.add_signal_handler(signal.SIGUSR1, self.set_paused, True)
             loop.add_signal_handler(signal.SIGUSR2, self.set_paused, False)
         self._janitor.start()

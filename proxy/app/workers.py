@@ -22,7 +22,7 @@ log = logging.getLogger("pgwarden.workers")
 
 # Control requests, one per connection on a worker's Unix socket: a cancel (then the
 # 8 bytes of the key), or its report (client count and metrics) for /healthz and /metrics.
-CANCEL, REPORT = b"C", b"R"
+CANCEL, REPORT, ADMIN = b"C", b"R", b"A"  # ADMIN: an admin console command (then its length and text)
 # What the supervisor relays to every worker (PgBouncer's signals for PAUSE and RESUME).
 SIGNALS = {"reload": signal.SIGHUP, "shutdown": signal.SIGTERM, "pause": signal.SIGUSR1, "resume": signal.SIGUSR2}
 _MAX_PID = 2**31 - 1
@@ -67,6 +67,7 @@ class WorkerLink:
         self.rundir = rundir
         self.supervisor = supervisor
         self._control: asyncio.AbstractServer | None = None
+        self._admin: Callable[[str], bytes] | None = None  # answers a console command here (`start`)
         self._watch: asyncio.Task | None = None
 
     # --- the config as this worker applies it ------------------------------------------------
@@ -109,8 +110,10 @@ class WorkerLink:
 
     # --- the control socket ----------------------------------------------------------------
 
-    async def start(self, server: Served, stop: Callable[[], None]) -> None:
-        """Answer siblings on this worker's socket; stop the server if the supervisor goes away."""
+    async def start(self, server: Served, stop: Callable[[], None], admin: Callable[[str], bytes]) -> None:
+        """Answer siblings on this worker's socket (`admin` answers a console command here); stop
+        the server if the supervisor goes away."""
+        self._admin = admin
         path = socket_path(self.rundir, self.index)
         path.unlink(missing_ok=True)
         self._control = await asyncio.start_unix_server(lambda r, w: self._answer(server, r, w), str(path))
@@ -140,6 +143,11 @@ class WorkerLink:
             elif kind == REPORT:
                 writer.write(struct.pack("!I", server.client_count()) + server.metrics.exposition())
                 await writer.drain()
+            elif kind == ADMIN and self._admin is not None:
+                size = struct.unpack("!I", await asyncio.wait_for(reader.readexactly(4), 5))[0]
+                sql = (await asyncio.wait_for(reader.readexactly(min(size, 4096)), 5)).decode()
+                writer.write(self._admin(sql))
+                await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
             log.debug("worker %d: control request failed: %s", self.index, exc)
         finally:
@@ -151,18 +159,31 @@ class WorkerLink:
         found = await asyncio.gather(*(self._report(i) for i in others))
         return [r for r in found if r is not None]
 
-    async def _report(self, index: int) -> PeerReport | None:
+    async def gather(self, sql: str) -> list[tuple[int, bytes]]:
+        """The other workers' own answers to an admin console command (one that does not answer
+        within 2 s is left out)."""
+        others = [i for i in range(self.count) if i != self.index]
+        request = ADMIN + struct.pack("!I", len(sql.encode())) + sql.encode()
+        found = await asyncio.gather(*(self._ask(i, request) for i in others))
+        return [(i, body) for i, body in zip(others, found) if body]
+
+    async def _ask(self, index: int, request: bytes) -> bytes:
+        """One control request to worker `index`, and all it answers (b"": it did not)."""
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(str(socket_path(self.rundir, index))), 2
             )
-            writer.write(REPORT)
+            writer.write(request)
             await writer.drain()
             data = await asyncio.wait_for(reader.read(), 2)
             writer.close()
         except (TimeoutError, OSError) as exc:
-            log.warning("worker %d did not report: %s", index, exc)
-            return None
+            log.warning("worker %d did not answer: %s", index, exc)
+            return b""
+        return data
+
+    async def _report(self, index: int) -> PeerReport | None:
+        data = await self._ask(index, REPORT)
         if len(data) < 4:
             return None
         return PeerReport(index, struct.unpack("!I", data[:4])[0], data[4:])

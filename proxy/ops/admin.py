@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, cast
 
+from proxy.ops import across
 from proxy.ops.replicas_view import REPLICA_COLUMNS, ReplicationSource, replica_rows, server_columns
 from proxy.ops.stats import COLUMNS
 from proxy.wire import protocol
@@ -40,17 +40,11 @@ HINT = (
 _COMMAND = re.compile(r"\s*(show\s+\w+|reload|pause|resume|kill\s+\S+|shutdown)\s*;?\s*$", re.I)
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[object]], tag: str) -> bytes:
-    """RowDescription, DataRows (text) and CommandComplete for one result."""
-    fields = b"".join(protocol.cstr(c) + struct.pack("!IhIhih", 0, 0, _TEXT_OID, -1, -1, 0) for c in columns)
-    out = [protocol.message(b"T", struct.pack("!h", len(columns)) + fields)]
-    for row in rows:
-        cells = b"".join(
-            struct.pack("!i", -1) if v is None else struct.pack("!i", len(b := str(v).encode())) + b for v in row
-        )
-        out.append(protocol.message(b"D", struct.pack("!h", len(row)) + cells))
-    out.append(protocol.command_complete(tag))
-    return b"".join(out)
+_table = across.table  # RowDescription, DataRows (text) and CommandComplete for one result
+# Commands whose rows are a worker's own: with several workers, every worker answers and the rows are merged.
+PER_WORKER = frozenset(
+    ("show pools", "show clients", "show servers", "show replicas", "show stats", "show queries", "show limits", "kill")
+)
 
 
 class AdminClient(Protocol):
@@ -118,6 +112,7 @@ class Cluster(Protocol):
     def count(self) -> int: ...
 
     def broadcast(self, command: str) -> None: ...  # pause, resume, reload, shutdown: to every worker
+    async def gather(self, sql: str) -> list[tuple[int, bytes]]: ...  # the other workers' answers to a command
 
 
 class AdminConsole:
@@ -149,20 +144,47 @@ class AdminConsole:
             "shutdown": self.shutdown,
         }
 
-    def handle(self, sql: str) -> bytes:
-        """Everything to send for one Query message, ending with ReadyForQuery."""
+    def _name(self, sql: str) -> tuple[str, str]:
+        """The command's name (`show pools`, `kill`, ...) and its argument."""
         match = _COMMAND.match(sql)
         words = match.group(1).lower().split() if match else []
         name = " ".join(words[:2]) if words and words[0] == "show" else (words[0] if words else "")
+        argument = match.group(1).split(None, 1)[1] if match and name == "kill" else ""
+        return name, argument
+
+    def local(self, sql: str) -> bytes:
+        """This worker's own answer to a command (no ReadyForQuery)."""
+        name, argument = self._name(sql)
         command = self.commands.get(name)
         if command is None:
-            body = protocol.error_response("42601", f"unknown admin command: {sql.strip()[:80]!r}", hint=HINT)
-        else:
-            argument = match.group(1).split(None, 1)[1] if match and name == "kill" else ""
-            body = command(argument)
-            if self.cluster is not None:
-                body = self._across_workers(name) + body
+            return protocol.error_response("42601", f"unknown admin command: {sql.strip()[:80]!r}", hint=HINT)
+        return command(argument)
+
+    def handle(self, sql: str) -> bytes:
+        """Everything to send for one Query message, ending with ReadyForQuery (this worker's rows
+        only: `handle_all` merges every worker's)."""
+        name, _ = self._name(sql)
+        body = self.local(sql)
+        if self.cluster is not None and name in self.commands:
+            body = self._across_workers(name) + body
         return body + protocol.ready_for_query(b"I")
+
+    def across(self, sql: str) -> bool:
+        """Does this command need every worker's answer?"""
+        return self.cluster is not None and self._name(sql)[0] in PER_WORKER
+
+    async def handle_all(self, sql: str) -> bytes:
+        """A per-worker command answered by every worker: rows with a worker column, KILL summed."""
+        assert self.cluster is not None
+        own = (self.cluster.index, self.local(sql))
+        others = await self.cluster.gather(sql)
+        text = (
+            f"answered by all {self.cluster.count} workers"
+            if len(others) + 1 == self.cluster.count
+            else (f"answered by {len(others) + 1} of {self.cluster.count} workers (the others did not answer)")
+        )
+        notice = protocol.error_response("00000", text, severity="NOTICE", kind=b"N")
+        return notice + across.merged([own, *others]) + protocol.ready_for_query(b"I")
 
     def _across_workers(self, name: str) -> bytes:
         """With several workers: a notice naming the worker that answers, or sends the command to all."""
@@ -171,8 +193,6 @@ class AdminConsole:
         if name in ("pause", "resume", "reload", "shutdown"):
             cluster.broadcast(name)
             text = f"{name.upper()} sent to all {cluster.count} workers"
-        elif name == "kill":
-            text = f"KILL acted on worker {cluster.index} of {cluster.count} only"
         else:
             text = f"answered by worker {cluster.index} of {cluster.count}: rows of this worker only"
         return protocol.error_response("00000", text, severity="NOTICE", kind=b"N")

@@ -16,7 +16,7 @@ from proxy.pooling.backend import Backend, BackendError
 from proxy.pooling.pool import Pool, PoolTimeout
 from proxy.session import params, reported
 from proxy.session.accounting import Accounting
-from proxy.session.console import console_messages
+from proxy.session.console import console_across, console_messages
 from proxy.session.context import SessionContext
 from proxy.session.core import SessionCore
 from proxy.session.guard import login_refusal, version_refusal
@@ -391,10 +391,20 @@ class Session(asyncio.Protocol):
         msgs = self._framer.split(data)
         if not msgs:
             return
-        if self.console is not None:
+        if self.console is not None and self.console.cluster is not None:  # several workers: they all answer
+            assert self.transport is not None
+            self.transport.pause_reading()
+            asyncio.get_running_loop().create_task(self._console_across(msgs))
+        elif self.console is not None:
             console_messages(self.console, msgs, self)
         elif self.relay is not None:
             self.relay.received(msgs)
+
+    async def _console_across(self, msgs: list[tuple[int, bytes]]) -> None:
+        assert self.console is not None and self.transport is not None
+        await console_across(self.console, msgs, self)
+        if self.record.phase != CLOSED:
+            self.transport.resume_reading()
 
     def detach(self, backend: Backend) -> None:
         """Between transactions (transaction pooling): the backend goes back, reset if it must be."""

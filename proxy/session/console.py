@@ -19,3 +19,20 @@ def console_messages(console: AdminConsole, msgs: list[tuple[int, bytes]], shell
         else:
             shell.fatal("0A000", "the admin console answers simple queries only")
             return
+
+
+async def console_across(console: AdminConsole, msgs: list[tuple[int, bytes]], shell: Shell) -> None:
+    """As `console_messages`, with several workers: a per-worker command (SHOW POOLS, KILL ...)
+    is answered by every worker, its rows merged (the caller pauses the client meanwhile)."""
+    for kind, msg in msgs:
+        if kind == MSG_QUERY and console.across(sql := protocol.decode_query(msg)):
+            try:
+                shell.write(await console.handle_all(sql))
+            except (TimeoutError, OSError) as exc:  # (a worker that does not answer is left out)
+                shell.write(
+                    protocol.error_response("58000", f"workers did not answer: {exc}") + protocol.ready_for_query(b"I")
+                )
+        else:
+            console_messages(console, [(kind, msg)], shell)
+            if kind != MSG_QUERY:
+                return

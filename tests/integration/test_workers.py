@@ -206,6 +206,27 @@ def test_admin_pause_and_resume_act_on_every_worker(proxy):
         conn.close()
 
 
+def test_admin_show_and_kill_cover_every_worker(proxy):
+    clients = _on_each_worker(proxy, autocommit=True)
+    with psycopg.connect(proxy.dsn(dbname="pgwarden"), autocommit=True) as admin:
+        notices: list[str] = []
+        admin.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        cur = admin.execute("SHOW CLIENTS")
+        columns = [c.name for c in cur.description]
+        rows = [dict(zip(columns, row)) for row in cur.fetchall()]
+        assert columns[0] == "worker" and notices[-1] == "answered by all 2 workers"
+        ours = {c.info.backend_pid for c in clients}
+        assert {int(r["worker"]) for r in rows if int(r["id"]) in ours} == {0, 1}  # each client, on its worker
+        pools = admin.execute("SHOW POOLS").fetchall()
+        assert {row[0] for row in pools} == {"0", "1"}
+        killed = admin.execute("KILL postgres")
+        assert killed.statusmessage == "KILL 2" or int(killed.statusmessage.split()[1]) >= 2
+    for conn in clients:
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")
+        conn.close()
+
+
 def test_sighup_reloads_every_worker(start_proxy):
     proxy = start_proxy(auth={"method": "md5", "users": {"app": {"password": "one"}}})
     config = proxy.config
