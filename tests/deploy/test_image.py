@@ -123,6 +123,7 @@ def _serves(port: int, http_port: int, proc: subprocess.Popen) -> None:
         assert conn.execute("select current_user, 41 + 1").fetchone() == ("postgres", 42)
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn.replace("s3cret-app", "wrong"), connect_timeout=10).close()
+    wait_for_port(OTHER_ADDRESS, http_port, 20, proc)  # (worker 0 serves HTTP; another may open the port first)
     with urllib.request.urlopen(f"http://{OTHER_ADDRESS}:{http_port}/readyz", timeout=5) as response:
         assert response.status == 200
         assert json.loads(response.read())["checks"]["primary_reachable"] is True
