@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,19 @@ from proxy.session.statements import Statements
 log = logging.getLogger("pgwarden.routing")
 
 _LSN_SQL = "select pg_current_wal_insert_lsn()::text"
+
+
+_WARN_EVERY_S = 10.0
+_warned = {"at": -_WARN_EVERY_S}
+
+
+def _warn_now_and_then(text: str, exc: Exception) -> None:
+    """A warning about the shared watermarks, at most every 10 s (a Redis outage is not a log flood;
+    pgwarden_watermark_store_failures_total counts every failure)."""
+    now = time.monotonic()
+    if now - _warned["at"] >= _WARN_EVERY_S:
+        _warned["at"] = now
+        log.warning(text, exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +163,7 @@ class SessionRoute:
         try:
             watermark = await self.routing.watermarks.get(self.key())
         except WatermarkUnavailable as exc:
-            log.warning("shared watermarks unavailable (%s): the read goes to the primary", exc)
+            _warn_now_and_then("shared watermarks unavailable (%s): reads go to the primary", exc)
             return Choice(self.primary, None, "watermark store unavailable")
         choice = self.choose(msgs, watermark)
         assert choice is not None
@@ -221,7 +235,9 @@ class SessionRoute:
         try:
             await self.routing.watermarks.advance(self.key(), lsn)
         except WatermarkUnavailable as exc:
-            log.warning("cannot share the commit watermark (%s): other instances may read from replicas behind it", exc)
+            _warn_now_and_then(
+                "cannot share commit watermarks (%s): other instances may read from replicas behind them", exc
+            )
         self._delivered(answer, deliver)
 
     def _delivered(self, answer: bytes, deliver: Callable[[bytes], None]) -> None:
