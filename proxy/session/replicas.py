@@ -26,17 +26,7 @@ log = logging.getLogger("pgwarden.routing")
 _LSN_SQL = "select pg_current_wal_insert_lsn()::text"
 
 
-_WARN_EVERY_S = 10.0
-_warned = {"at": -_WARN_EVERY_S}
-
-
-def _warn_now_and_then(text: str, exc: Exception) -> None:
-    """A warning about the shared watermarks, at most every 10 s (a Redis outage is not a log flood;
-    pgwarden_watermark_store_failures_total counts every failure)."""
-    now = time.monotonic()
-    if now - _warned["at"] >= _WARN_EVERY_S:
-        _warned["at"] = now
-        log.warning(text, exc)
+_WARN_EVERY_S = 10.0  # a Redis outage warns this often at most (pgwarden_watermark_store_failures_total counts all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +59,14 @@ class ReadRouting:
         self._loading: dict[str, asyncio.Task[None]] = {}
         self.routed = {"primary": 0, "replica": 0}
         self.catalog_failures = 0
+        self._warned_at = -_WARN_EVERY_S
+
+    def warn(self, text: str, exc: Exception) -> None:
+        """A warning about the shared watermarks, at most every _WARN_EVERY_S seconds."""
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY_S:
+            self._warned_at = now
+            log.warning(text, exc)
 
     def classifier(self, database: str) -> ReadClassifier:
         """The database's classifier (judging nothing read-only until its catalog is read)."""
@@ -163,7 +161,7 @@ class SessionRoute:
         try:
             watermark = await self.routing.watermarks.get(self.key())
         except WatermarkUnavailable as exc:
-            _warn_now_and_then("shared watermarks unavailable (%s): reads go to the primary", exc)
+            self.routing.warn("shared watermarks unavailable (%s): reads go to the primary", exc)
             return Choice(self.primary, None, "watermark store unavailable")
         choice = self.choose(msgs, watermark)
         assert choice is not None
