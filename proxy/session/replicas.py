@@ -233,7 +233,7 @@ class SessionRoute:
         try:
             await self.routing.watermarks.advance(self.key(), lsn)
         except WatermarkUnavailable as exc:
-            _warn_now_and_then(
+            self.routing.warn(
                 "cannot share commit watermarks (%s): other instances may read from replicas behind them", exc
             )
         self._delivered(answer, deliver)
