@@ -8,6 +8,10 @@ import pstats
 import time
 from typing import Any
 
+from proxy.audit import process as audit_process
+from proxy.audit.process import AuditProcess
+from proxy.audit.trail import Audit
+from proxy.config.sections import AuditConfig
 from proxy.ops.stats import QueryStats
 from proxy.pooling.backend import Backend
 from proxy.pooling.prepared import Registry
@@ -57,7 +61,7 @@ class _Metrics:
     backend_errors = refusals = _Counter()
 
 
-def _core(stats: QueryStats) -> tuple[SessionCore, _Sink, Backend]:
+def _core(stats: QueryStats, audit: AuditProcess | None = None) -> tuple[SessionCore, _Sink, Backend]:
     unused: Any = None
     metrics: Any = _Metrics()
     ctx = SessionContext(
@@ -65,7 +69,7 @@ def _core(stats: QueryStats) -> tuple[SessionCore, _Sink, Backend]:
         statements=Registry(),
         stats=stats,
         slowlog=None,
-        audit=None,
+        audit=audit,
         metrics=metrics,
         router=lambda: None,
         tls_context=lambda: None,
@@ -101,9 +105,27 @@ def _traffic(mode: str, i: int) -> tuple[bytes, bytes]:
     return p.parse("", SQL.format("$1"), b"\x00\x01\x00\x00\x00\x17") + tail, p.message(b"1") + answer
 
 
-def run(mode: str, n: int, flush_every: int) -> float:
+def _drain(audit: AuditProcess | None, lines: list[bytes]) -> None:
+    """What the sender task does with the queue: batches for the pipe (kept for the writer's half)."""
+    if audit is not None and audit.queue:
+        lines.append(audit_process.encode_batch(list(audit.queue)))
+        audit.queue.clear()
+
+
+def writer_cost(lines: list[bytes], n: int) -> float:
+    """µs of the writer process per transaction: decode the pipe's lines, redact, number and chain."""
+    trail = Audit(AuditConfig(queue_size=10**9))
+    start = time.process_time()
+    for line in lines:
+        trail.form(audit_process.decode_batch(line))
+    return 1e6 * (time.process_time() - start) / n
+
+
+def run(mode: str, n: int, flush_every: int, lines: list[bytes] | None = None) -> float:
+    """µs of Python per transaction; with `lines` an audit trail is on (its pipe's lines kept there)."""
     stats = QueryStats()
-    core, _sink, backend = _core(stats)
+    audit = AuditProcess(AuditConfig(queue_size=10**9)) if lines is not None else None
+    core, _sink, backend = _core(stats, audit)
     framer = p.Framer()
     if mode == "prepared":
         core.link(backend)
@@ -120,7 +142,11 @@ def run(mode: str, n: int, flush_every: int) -> float:
         core.backend_data(backend, answer)
         if i % flush_every == 0:
             stats.flush()
+        if lines is not None and i % 64 == 0:
+            _drain(audit, lines)
     stats.flush()
+    if lines is not None:
+        _drain(audit, lines)
     return 1e6 * (time.process_time() - start) / n
 
 
@@ -130,16 +156,26 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=100_000)
     ap.add_argument("--flush-every", type=int, default=1000, help="QueryStats.flush every N transactions")
     ap.add_argument("--profile", action="store_true", help="cProfile the run instead, top functions")
+    ap.add_argument("--audit", action="store_true", help="with an audit trail: the proxy's half, then the writer's")
     args = ap.parse_args()
     for mode in args.modes.split(","):
+        lines: list[bytes] | None = [] if args.audit else None
         if args.profile:
             prof = cProfile.Profile()
-            prof.runcall(run, mode, args.n, args.flush_every)
+            prof.runcall(run, mode, args.n, args.flush_every, lines)
+            if lines is not None:
+                prof.runcall(writer_cost, lines, args.n)
             print(f"== {mode}")
-            pstats.Stats(prof).sort_stats("tottime").print_stats(18)
-        else:
-            best = min(run(mode, args.n, args.flush_every) for _ in range(3))
-            print(f"{mode:<9} {best:6.2f} µs of Python per transaction (core + framer + stats flush)")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(24)
+            continue
+        best, writer = float("inf"), float("inf")
+        for _ in range(3):
+            lines = [] if args.audit else None
+            best = min(best, run(mode, args.n, args.flush_every, lines))
+            if lines is not None:
+                writer = min(writer, writer_cost(lines, args.n))
+        print(f"{mode:<9} {best:6.2f} µs of Python per transaction (core + framer + stats flush)", end="")
+        print(f"; audit writer {writer:6.2f} µs" if args.audit else "")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from proxy.audit.process import AuditProcess
+from proxy.audit.rows import Finished, Started
 from proxy.enforce.router import Forward, Refuse
 from proxy.ops.slowlog import SlowLog
 from proxy.ops.stats import QueryStats, statement_text
@@ -23,12 +24,24 @@ _NAMED_PARSES_CAP = 10_000
 _record = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (once per Query or Sync)
 
 
+def _decided(decision: Forward | None) -> dict[str, Any] | None:
+    """A record's decision fields beyond `allowed` (None: allowed)."""
+    if decision is None or decision.sql is None:
+        return None
+    return {
+        "decision": "rewritten",
+        "tables": list(decision.tables),
+        "masked": list(decision.masked),
+        "rewritten": decision.sql,
+    }
+
+
 class Timing(NamedTuple):
     """One Query or Sync sent, until its ReadyForQuery."""
 
     started: float  # time.perf_counter() when it was sent
     message: bytes  # the Query or Parse whose text names it (b"": none)
-    records: list[dict] | None  # the audit records of the executions it ends
+    records: list[Started] | None  # the audited executions it ends
 
 
 class AuditedStatement(NamedTuple):
@@ -46,7 +59,20 @@ class Accounting:
     audit records get duration, rows and SQLSTATE and go to the audit trail.
     """
 
-    __slots__ = ("audit", "last_parse", "named_parses", "pending", "slowlog", "state", "statements", "stats", "timings")
+    __slots__ = (
+        "_last_parse",
+        "_who",
+        "_who_ident",
+        "audit",
+        "last_parse",
+        "named_parses",
+        "pending",
+        "slowlog",
+        "state",
+        "statements",
+        "stats",
+        "timings",
+    )
 
     def __init__(
         self, state: SessionState, stats: QueryStats, slowlog: SlowLog | None, audit: AuditProcess | None
@@ -56,8 +82,11 @@ class Accounting:
         self.timings: deque[Timing] = deque()
         self.last_parse = b""  # the Parse the next Sync is timed under
         self.named_parses: dict[bytes, bytes] = {}  # statement name -> its Parse, for timing
-        self.pending: list[dict] = []  # records of Binds whose Sync has not been sent yet
+        self.pending: list[Started] = []  # Binds whose Sync has not been sent yet
         self.statements: dict[bytes, AuditedStatement] = {}  # statement name -> what a Bind of it records
+        self._who: dict[str, Any] | None = None  # the fields every statement record of the session shares
+        self._who_ident: object = None  # the identity `_who` was built for
+        self._last_parse: tuple[bytes, bytes, AuditedStatement] = (b"", b"", AuditedStatement("", None))
 
     @property
     def auditing(self) -> bool:
@@ -88,7 +117,7 @@ class Accounting:
         """A Sync or FunctionCall was sent: timed under the last Parse (or the one a Bind named)."""
         self.timings.append(_record(Timing, (time.perf_counter(), self.last_parse, self._take_pending())))
 
-    def _take_pending(self) -> list[dict] | None:
+    def _take_pending(self) -> list[Started] | None:
         """The records of the executions a Sync ends (None: none)."""
         pending = self.pending
         if not pending:
@@ -114,9 +143,10 @@ class Accounting:
         if records:
             self._audit_done(records, seconds, ready.rows, ready.error)
 
-    def _audit_done(self, records: list[dict], seconds: float, rows: int, error: bytes | None) -> None:
-        """Its statements' records get the round trip's duration, rows and SQLSTATE (of its first
-        error; 42501 when a refusal aborted it) and go to the trail."""
+    def _audit_done(self, records: list[Started], seconds: float, rows: int, error: bytes | None) -> None:
+        """Its statements get the round trip's duration, rows and SQLSTATE (of its first error;
+        42501 when a refusal aborted it) and go to the trail: one entry for them all, made into
+        records by the writer process (proxy/audit/rows.py)."""
         sqlstate = (
             "00000"
             if error is None
@@ -126,9 +156,7 @@ class Accounting:
         )
         audit = self.audit
         assert audit is not None  # records are made only when there is a trail
-        for record in records:
-            record.update(duration_ms=round(seconds * 1000, 3), rows=rows, sqlstate=sqlstate)
-            audit.offer(record, force=True)
+        audit.offer(_record(Finished, (records, round(seconds * 1000, 3), rows, sqlstate, True)), force=True)
 
     def unfinished(self) -> None:
         """The session ended before its round trips did: their records go out as unfinished."""
@@ -136,9 +164,8 @@ class Accounting:
         if audit is None:
             return
         pending = [r for timing in self.timings for r in timing.records or ()] + self.pending
-        for record in pending:
-            record.update(completed=False, duration_ms=None, rows=None, sqlstate=None)
-            audit.offer(record, force=True)
+        if pending:
+            audit.offer(Finished(pending, None, None, None, completed=False), force=True)
         self.pending = []
 
     def admits(self) -> bool:
@@ -165,27 +192,49 @@ class Accounting:
         A Parse (`name` given) that is not refused is recorded at each Bind instead: one
         record per execution, as for simple queries.
         """
-        if self.audit is None:
+        audit = self.audit
+        if audit is None:
             return True
-        if name is not None and not isinstance(decision, Refuse):
+        if isinstance(decision, Refuse):
+            audit.offer(self._refused(sql, simple, decision, tenant), force=True)  # never ran: recorded now
+            return True
+        if name is not None:
             self.statements[protocol.cstr(name)[:-1]] = AuditedStatement(sql, decision)  # keyed as a Bind names it
             return True
-        if not isinstance(decision, Refuse) and not self.admits():
+        if not audit.accepting() and not self.admits():
             return False
-        record = self._record(sql, simple, decision, tenant)
-        if isinstance(decision, Refuse):
-            self.audit.offer(record, force=True)  # never ran: recorded now
-        elif simple:  # recorded when its round trip ends, with duration, rows and SQLSTATE
+        started = _record(Started, (self._shared(), time.time(), sql, simple, _decided(decision), tenant))
+        if simple:  # recorded when its round trip ends, with duration, rows and SQLSTATE
             last = self.timings[-1]
-            self.timings[-1] = last._replace(records=(last.records or []) + [record])
+            if last.records is None:
+                self.timings[-1] = _record(Timing, (last.started, last.message, [started]))
+            else:
+                last.records.append(started)
         else:
-            self.pending.append(record)
+            self.pending.append(started)
         return True
 
-    def _record(self, sql: str, simple: bool, decision: Forward | Refuse | None, tenant: str | None) -> dict:
+    def _shared(self) -> dict[str, Any]:
+        """The fields every statement record of the session shares (built again if the identity changes)."""
         state = self.state
         ident = state.ident
-        record: dict[str, Any] = {
+        who = self._who
+        if who is None or self._who_ident is not ident:
+            who = self._who = {
+                "session": state.pid,
+                "client": state.peer,
+                "user": state.user,
+                "database": state.database,
+                "roles": sorted(ident.roles) if ident else [],
+                "bypass": ident is None,
+            }
+            self._who_ident = ident
+        return who
+
+    def _refused(self, sql: str, simple: bool, decision: Refuse, tenant: str | None) -> dict:
+        state = self.state
+        ident = state.ident
+        return {
             "event": "statement",
             "time": time.time(),
             "session": state.pid,
@@ -198,16 +247,21 @@ class Accounting:
             "tenant": tenant if ident else None,
             "sql": sql,
             "route": "primary",
+            "decision": "refused",
+            "rule": decision.rule,
+            "sqlstate": decision.sqlstate,
+            "reason": decision.message,
         }
-        if isinstance(decision, Refuse):
-            record.update(decision="refused", rule=decision.rule, sqlstate=decision.sqlstate, reason=decision.message)
-        elif isinstance(decision, Forward) and decision.sql is not None:
-            record.update(
-                decision="rewritten", tables=list(decision.tables), masked=list(decision.masked), rewritten=decision.sql
-            )
-        else:
-            record["decision"] = "allowed"
-        return record
+
+    def parsed(self, msg: bytes) -> None:
+        """A bypass role's Parse: its text is recorded at each Bind of its name (a Parse sent
+        again, as drivers send the unnamed one, is not decoded again)."""
+        last_msg, name, audited = self._last_parse
+        if msg != last_msg:
+            parse = protocol.decode_parse(msg)
+            name, audited = protocol.cstr(parse.name)[:-1], AuditedStatement(parse.query, None)
+            self._last_parse = (msg, name, audited)
+        self.statements[name] = audited
 
     def bind(self, msg: bytes, tenant: str | None) -> bool:
         """A Bind is an execution: recorded with what its statement was prepared from."""

@@ -201,8 +201,7 @@ class SessionCore:
         if self.ctx.router() is not None and session_sql.sends_ddl(msg):
             self.state.ddl_sent = True
         if self.ctx.audit is not None:
-            parsed = protocol.decode_parse(msg)
-            self.accounting.statement(parsed.query, False, None, None, parsed.name)
+            self.accounting.parsed(msg)
 
     def _audit_bind(self, msg: bytes) -> bool:
         tenant = self.guard.tenant() if self.guard is not None else None

@@ -292,3 +292,20 @@ def test_a_statement_cut_short_by_a_disconnect_is_recorded_as_unfinished(audited
     slept = [r for r in records(path) if r.get("sql") == "select pg_sleep(?)"]
     assert len(slept) == 1 and slept[0]["completed"] is False and slept[0]["sqlstate"] is None
     assert verify(path).returncode == 0
+
+
+def test_a_pipeline_in_one_write_keeps_its_records_in_order_and_chained(audited):
+    """Five Parse/Bind/Execute and one Sync in one write: one queued entry for the round trip, five records."""
+    proxy, path = audited
+    with connect(proxy, "postgres") as conn:
+        with conn.pipeline():
+            for i in range(5):
+                conn.execute(f"select %s::int as c{i}", (i,))
+        conn.execute("select 'after'")
+    proxy.stop()
+    got = [r for r in records(path) if r["event"] == "statement"]
+    assert [r["sql"] for r in got] == [f"select $1::int as c{i}" for i in range(5)] + ["select ?"]
+    shared = {(r["protocol"], r["sqlstate"], r["rows"], r["duration_ms"]) for r in got[:5]}
+    assert len(shared) == 1 and next(iter(shared))[:2] == ("extended", "00000")  # one round trip: the Sync's
+    assert [r["seq"] for r in records(path)] == list(range(1, len(records(path)) + 1))
+    assert verify(path).returncode == 0
