@@ -172,3 +172,18 @@ class ProxyProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def scrape(proxy: ProxyProcess) -> dict[tuple[str, tuple], float]:
+    """Every sample of a running pgwarden's /metrics, by (name, sorted labels)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -7,27 +7,15 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 
 import psycopg
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import REDIS_URL, ProxyProcess, base_config, free_port
+from tests.harness import REDIS_URL, ProxyProcess, base_config, free_port, scrape
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(proxy: ProxyProcess) -> dict[tuple[str, tuple], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def hammer(dsn: str, until: float, out: dict, errors: list) -> None:

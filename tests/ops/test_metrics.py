@@ -16,18 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app.server import Server
 from proxy.config.model import Config
 from proxy.ops.metrics import Metrics, MetricsConfig
-from tests.harness import REDIS_URL, free_port
+from tests.harness import REDIS_URL, free_port, scrape
 from tests.policy.conftest import DB, POLICED_ROLE, connect, policy_proxy, shop_db  # noqa: F401 (fixture)
-
-
-def scrape(proxy) -> dict[tuple[str, tuple], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def value(samples, name: str, **labels) -> float:
