@@ -7,7 +7,7 @@ from collections import deque
 
 from proxy.wire import protocol
 from proxy.wire.auth import BackendAuth
-from proxy.wire.protocol import Framer, ProtocolError
+from proxy.wire.protocol import Framer
 
 
 class QueryFailed(Exception):
@@ -94,7 +94,9 @@ class PgLink:
         while True:
             kind, msg = await self.read()
             if kind == protocol.MSG_DATA_ROW:
-                rows.append(_data_row(msg))
+                rows.append(
+                    tuple(None if v is None else v.decode("utf-8", "surrogateescape") for v in protocol.data_row(msg))
+                )
             elif kind == protocol.MSG_READY_FOR_QUERY:
                 if failed is not None:
                     raise failed
@@ -126,20 +128,3 @@ class PgLink:
             except (OSError, RuntimeError):
                 pass
             self._writer.close()
-
-
-def _data_row(msg: bytes) -> tuple[str | None, ...]:
-    count = int.from_bytes(msg[5:7], "big")
-    pos = 7
-    out: list[str | None] = []
-    for _ in range(count):
-        length = int.from_bytes(msg[pos : pos + 4], "big", signed=True)
-        pos += 4
-        if length < 0:
-            out.append(None)
-            continue
-        if pos + length > len(msg):
-            raise ProtocolError("DataRow is truncated")
-        out.append(msg[pos : pos + length].decode("utf-8", "surrogateescape"))
-        pos += length
-    return tuple(out)

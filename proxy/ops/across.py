@@ -10,7 +10,6 @@ from proxy.wire import protocol
 
 _TEXT_OID = 25
 _I16 = struct.Struct("!h")
-_I32 = struct.Struct("!i")
 
 
 class Table(NamedTuple):
@@ -30,27 +29,17 @@ def untable(body: bytes) -> Table:
     columns: list[str] = []
     rows: list[list[str | None]] = []
     tag = ""
-    pos = 0
-    while pos + 5 <= len(body):
-        kind, size = body[pos], struct.unpack_from("!I", body, pos + 1)[0]
-        msg = body[pos : pos + 1 + size]
+    for kind, msg in protocol.Framer().split(body):
         if kind == ord("T"):
             at = 7
             for _ in range(_I16.unpack_from(msg, 5)[0]):
                 name, at = protocol.read_cstr(msg, at)
                 columns.append(name)
-                at += 18
-        elif kind == ord("D"):
-            at, row = 7, []
-            for _ in range(_I16.unpack_from(msg, 5)[0]):
-                length = _I32.unpack_from(msg, at)[0]
-                at += 4
-                row.append(None if length < 0 else msg[at : at + length].decode())
-                at += max(length, 0)
-            rows.append(row)
-        elif kind == ord("C"):
+                at += 18  # table oid, column, type oid, size, modifier, format
+        elif kind == protocol.MSG_DATA_ROW:
+            rows.append([None if v is None else v.decode() for v in protocol.data_row(msg)])
+        elif kind == protocol.MSG_COMMAND_COMPLETE:
             tag = protocol.read_cstr(msg, 5)[0]
-        pos += 1 + size
     return Table(columns, rows, tag)
 
 

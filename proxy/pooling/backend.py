@@ -175,9 +175,9 @@ class Backend(asyncio.Protocol):
         question.framer.feed(data)
         try:
             for kind, msg in question.framer.messages():
-                if kind == protocol.MSG_DATA_ROW and question.value is None and len(msg) >= 11:
-                    size = struct.unpack_from("!i", msg, 7)[0]
-                    question.value = msg[11 : 11 + size].decode() if size >= 0 else None
+                if kind == protocol.MSG_DATA_ROW and question.value is None:
+                    first = protocol.data_row(msg)[:1]
+                    question.value = first[0].decode() if first and first[0] is not None else None
                 elif kind == protocol.MSG_ERROR_RESPONSE:
                     question.failed = True
                 elif kind == protocol.MSG_READY_FOR_QUERY:

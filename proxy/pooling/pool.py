@@ -155,7 +155,13 @@ class Pool:
         if self.writable and backend.params.get("in_hot_standby") == "on":
             backend.close()
             host, port = self.address
-            raise BackendError({"sqlstate": "08006", "message": f"{host}:{port} is in recovery, not the primary"})
+            raise BackendError(
+                {
+                    "sqlstate": "08006",
+                    "message": f"{host}:{port} is in recovery, not the primary",
+                    "hint": "list the hosts that may be promoted under primary.hosts, so pgwarden finds the writable one",
+                }
+            )
         reason = superuser_reason(self.target.user, backend.params) if self.policed else None
         if reason is not None:
             backend.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,11 +246,17 @@ class Judgement:
 
 
 class ReadClassifier:
-    """Judges statement texts against one Volatility snapshot, caching a bounded number of texts."""
+    """Judges statement texts against one Volatility snapshot, caching a bounded number of texts.
 
-    def __init__(self, volatility: Volatility | None, cap: int = 10_000) -> None:
+    `shape_key` maps a text to one that judges the same (the session layer gives `literal_key`,
+    integer constants zeroed): a text is looked up as sent first, and only on a miss normalized,
+    so a text sent again costs one dictionary lookup and each shape is parsed once.
+    """
+
+    def __init__(self, volatility: Volatility | None, cap: int = 10_000, shape_key: Callable[[str], str] = str) -> None:
         self.volatility = volatility
         self.cap = cap
+        self.shape_key = shape_key
         self.cache: dict[str, Judgement] = {}
 
     def judge(self, sql: str) -> Judgement:
@@ -258,10 +264,14 @@ class ReadClassifier:
         hit = self.cache.get(sql)
         if hit is not None:
             return hit
-        judgement = self.decide(read_shape(sql))
-        if len(sql) > MAX_CACHED_TEXT:
+        key = self.shape_key(sql)
+        hit = self.cache.get(key) if key is not sql else None
+        if hit is not None:
+            return hit
+        judgement = self.decide(read_shape(key))
+        if len(key) > MAX_CACHED_TEXT:
             return judgement
-        self.cache[sql] = judgement
+        self.cache[key] = judgement
         while len(self.cache) > self.cap:
             del self.cache[next(iter(self.cache))]
         return judgement

@@ -17,7 +17,15 @@ from proxy.session.state import CLOSED, SessionState
 from proxy.wire.protocol import MSG_TERMINATE
 
 log = logging.getLogger("pgwarden.session")
-_NO_REPLICA = "retry later, or set routing.reads_on_primary: true to let the primary take reads"
+
+
+def _no_replica(refused: str) -> dict[str, str]:
+    """The refusal of a read when no replica is usable and the primary may not take it."""
+    return {
+        "sqlstate": "08006",
+        "message": f"{refused} and routing.reads_on_primary is false",
+        "hint": "retry later, or set routing.reads_on_primary: true to let the primary take reads",
+    }
 
 
 class Client(Protocol):
@@ -45,7 +53,7 @@ class Relay:
     def __init__(self, client: Client, ctx: SessionContext, core: SessionCore, pool: Pool) -> None:
         self.client, self.ctx, self.core, self.pool = client, ctx, core, pool
         self.lent = pool
-        self.unrouted = Choice(pool, None, "")  # (no read routing: every transaction's choice)
+        self.unrouted = Choice(pool, None)  # (no read routing: every transaction's choice)
         self.route: SessionRoute | None = None
         self.pending: list[tuple[int, bytes]] = []
         self.waiting = False  # acquiring a backend, or an answer waits for its watermark
@@ -99,7 +107,7 @@ class Relay:
             choice = self.unrouted if self.route is None else self.route.choose(msgs)
             if choice is not None and choice.refused is not None:
                 self.pending = msgs
-                self._refuse_pending("08006", f"{choice.refused} and routing.reads_on_primary is false", _NO_REPLICA)
+                self._refuse_pending(**_no_replica(choice.refused))
                 return
             backend = None if choice is None else choice.pool.take_idle()
             if backend is None:
@@ -212,13 +220,7 @@ class Relay:
                 assert route is not None
                 choice = await route.choose_async(self.pending)
             if choice.refused is not None:
-                raise BackendError(
-                    {
-                        "sqlstate": "08006",
-                        "message": f"{choice.refused} and routing.reads_on_primary is false",
-                        "hint": _NO_REPLICA,
-                    }
-                )
+                raise BackendError(_no_replica(choice.refused))
             if choice.server is None or route is None:
                 return choice, await self._primary(choice)
             try:
@@ -289,17 +291,13 @@ class Relay:
             core.notes.deliver()
 
     def backend_lost(self, backend: Backend) -> None:
+        retry, self.retry = self.retry, None
+        if retry is not None and self.route is not None and self.route.server is not None:
+            self._elsewhere(backend, retry, routes.GOING_AWAY)  # a replica died before answering a read
+            return
         self.core.backend = None
-        route, retry, self.retry = self.route, self.retry, None
-        if route is not None:
-            server = route.server
-            route.released()
-            if retry is not None and server is not None:  # a replica died before answering: once elsewhere
-                route.routing.monitor.connect_failed(server, "backend connection lost")
-                self.lent.release(backend, reusable=False)
-                log.info("a replica (%s) closed a backend before it answered; the read runs elsewhere", server.name)
-                self.dispatch(retry)
-                return
+        if self.route is not None:
+            self.route.released()
         self.lent.release(backend, reusable=False)
         self.client.fatal(
             "08006",
@@ -308,20 +306,21 @@ class Relay:
         )
 
     def _elsewhere(self, backend: Backend, msgs: list[tuple[int, bytes]], refusal: str) -> None:
-        """A replica refused a read before anything reached the client: as a standby refuses a
-        write (its catalog changed since pgwarden read it, a serializable default), so it runs on
-        the primary; or because it is shutting down, so it is taken out and the read runs elsewhere."""
+        """A replica could not answer a read and nothing reached the client: it refused it as a
+        standby refuses a write (its catalog changed since pgwarden read it, a serializable
+        default), so it runs on the primary; or it is going away (shutting down, the connection
+        lost), so it is taken out and the read runs elsewhere. Once: the server is out after that."""
         route = self.route
         assert route is not None
         server = route.server
-        log.info("replica %s refused a read (%s); it runs elsewhere", server.name if server else "?", refusal)
+        log.info("replica %s could not answer a read (%s); it runs elsewhere", server.name if server else "?", refusal)
         self.core.backend = None
         route.released()
-        self.lent.release(backend, reusable=False)  # (mid-answer: closed, not reused)
+        self.lent.release(backend, reusable=False)  # (mid-answer or lost: closed, not reused)
         if refusal == routes.STANDBY:
             route.force_primary = True
         elif server is not None:
-            route.routing.monitor.connect_failed(server, "shutting down")
+            route.routing.monitor.connect_failed(server, refusal)
         self.dispatch(msgs)
 
     def backend_pause(self, paused: bool) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from proxy.config.model import Config
+from proxy.ops.stats import literal_key
 from proxy.pooling.backend import Backend
 from proxy.pooling.pool import Pool
 from proxy.routing import balance
@@ -35,7 +36,6 @@ class Choice:
 
     pool: Pool
     server: ServerState | None
-    reason: str
     block: bool = False  # begins a READ ONLY transaction block
     refused: str | None = None  # no replica is usable and routing.reads_on_primary is false: why
 
@@ -58,7 +58,6 @@ class ReadRouting:
         self._classifiers: dict[str, ReadClassifier] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
         self.routed = {"primary": 0, "replica": 0}
-        self.catalog_failures = 0
         self._warned_at = -_WARN_EVERY_S
 
     def warn(self, text: str, exc: Exception) -> None:
@@ -72,7 +71,7 @@ class ReadRouting:
         """The database's classifier (judging nothing read-only until its catalog is read)."""
         classifier = self._classifiers.get(database)
         if classifier is None:
-            classifier = self._classifiers[database] = ReadClassifier(None)
+            classifier = self._classifiers[database] = ReadClassifier(None, shape_key=literal_key)
             self.refresh(database)
         return classifier
 
@@ -94,10 +93,9 @@ class ReadRouting:
         try:
             volatility = await self._read_catalog(database)
         except Exception as exc:  # (any failure: the classifier keeps what it had, reads stay on the primary)
-            self.catalog_failures += 1
             log.warning("cannot read function volatility of database %r: %s", database, exc)
         else:
-            self._classifiers[database] = ReadClassifier(volatility)
+            self._classifiers[database] = ReadClassifier(volatility, shape_key=literal_key)
         finally:
             del self._loading[database]
 
@@ -117,6 +115,7 @@ class SessionRoute:
     ) -> None:
         self.routing, self.state, self.names = routing, state, names
         self.primary, self.tenant, self.policed = primary, tenant, policed
+        self.on_primary = Choice(primary, None)
         self.server: ServerState | None = None  # the replica serving the session now (None: the primary or none)
         self.holding = False  # an answer waits for its watermark
         self.force_primary = False  # the next batch goes to the primary (a replica refused it)
@@ -143,7 +142,7 @@ class SessionRoute:
         judged = self.judge(msgs)
         if not judged.read:
             self.state.wrote = self.state.wrote or judged.writes
-            return Choice(self.primary, None, judged.reason)
+            return self.on_primary
         routing = self.routing
         if watermark is None:
             if not routing.settings.read_your_writes:
@@ -162,7 +161,7 @@ class SessionRoute:
             watermark = await self.routing.watermarks.get(self.key())
         except WatermarkUnavailable as exc:
             self.routing.warn("shared watermarks unavailable (%s): reads go to the primary", exc)
-            return Choice(self.primary, None, "watermark store unavailable")
+            return self.on_primary
         choice = self.choose(msgs, watermark)
         assert choice is not None
         return choice
@@ -175,10 +174,10 @@ class SessionRoute:
             if behind:
                 monitor.poke()  # a replica may have caught up since its last check
             elif not self.routing.settings.reads_on_primary:
-                return Choice(self.primary, None, "no replica usable", refused="no replica is usable")
-            return Choice(self.primary, None, "no replica usable")
+                return Choice(self.primary, None, refused="no replica is usable")
+            return self.on_primary
         pool = self.routing.replica_pool(server, self.state.database, self.primary.target.user, self.policed)
-        return Choice(pool, server, "read", block)
+        return Choice(pool, server, block)
 
     # --- lease bookkeeping --------------------------------------------------------------------
 

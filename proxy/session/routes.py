@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from proxy.ops.stats import literal_key
 from proxy.routing.volatility import ReadClassifier
 from proxy.session.statements import Statements
 from proxy.wire import protocol
@@ -64,7 +63,7 @@ def judge_batch(msgs: list[tuple[int, bytes]], names: Statements, classifier: Re
             sql = bound
         else:
             continue
-        judgement = classifier.judge(literal_key(sql))  # (integer constants zeroed: one parse per shape)
+        judgement = classifier.judge(sql)
         if judgement.route == "read":
             seen = True
         elif judgement.route != "session" or judgement.begins == "read_write":

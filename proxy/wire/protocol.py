@@ -270,6 +270,22 @@ def decode_target(msg: bytes) -> tuple[str, str]:
     return kind, read_cstr(msg, 6)[0]
 
 
+def _values(msg: bytes, pos: int, count: int, what: str) -> list[bytes | None]:
+    """`count` length-prefixed values from `pos` (length -1: NULL), as a Bind or DataRow holds them."""
+    values: list[bytes | None] = []
+    for _ in range(count):
+        (size,) = struct.unpack_from("!i", msg, pos)
+        pos += 4
+        if size < 0:
+            values.append(None)
+            continue
+        if pos + size > len(msg):
+            raise ProtocolError(f"{what} value runs past the end of the message")
+        values.append(msg[pos : pos + size])
+        pos += size
+    return values
+
+
 def bind_params(msg: bytes) -> list[bytes | None]:
     """The parameter values of a Bind, as raw bytes (None for NULL)."""
     _, _, pos = decode_bind_names(msg)
@@ -277,21 +293,21 @@ def bind_params(msg: bytes) -> list[bytes | None]:
         (nfmt,) = _I16.unpack_from(msg, pos)
         pos += 2 + 2 * nfmt
         (nparams,) = _I16.unpack_from(msg, pos)
-        pos += 2
-        values: list[bytes | None] = []
-        for _ in range(nparams):
-            (size,) = struct.unpack_from("!i", msg, pos)
-            pos += 4
-            if size < 0:
-                values.append(None)
-                continue
-            if pos + size > len(msg):
-                raise ProtocolError("Bind parameter value runs past the end of the message")
-            values.append(msg[pos : pos + size])
-            pos += size
+        return _values(msg, pos + 2, nparams, "Bind parameter")
     except struct.error as exc:
         raise ProtocolError("Bind message is truncated") from exc
-    return values
+
+
+def data_row(msg: bytes) -> list[bytes | None]:
+    """The column values of a DataRow ('D'), as raw bytes (None for NULL).
+
+    >>> data_row(message(b"D", _I16.pack(2) + struct.pack("!i", 2) + b"42" + struct.pack("!i", -1)))
+    [b'42', None]
+    """
+    try:
+        return _values(msg, 7, _I16.unpack_from(msg, 5)[0], "DataRow")
+    except struct.error as exc:
+        raise ProtocolError("DataRow message is truncated") from exc
 
 
 # --- builders -------------------------------------------------------------------------------

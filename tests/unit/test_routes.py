@@ -178,3 +178,14 @@ def test_zeroing_integer_constants_never_changes_a_judgement():
     extra = ["select * from t where id = 5 for update", "select nextval('s1') limit 3", "insert into t2 values (1)"]
     for sql in [row[0] for row in SHAPES] + extra:
         assert read_shape(literal_key(sql)).route == read_shape(sql).route, sql
+
+
+def test_one_parse_per_statement_shape_and_one_lookup_per_text_sent_again():
+    from proxy.ops.stats import literal_key
+
+    classifier = ReadClassifier(VOLATILITY, shape_key=literal_key)
+    first = classifier.judge("select lower(name) from t where id = 5")
+    assert classifier.judge("select lower(name) from t where id = 6") is first
+    assert list(classifier.cache) == ["select lower(name) from t where id = 0"]
+    constant = classifier.judge("select lower(name) from t")
+    assert classifier.judge("select lower(name) from t") is constant and len(classifier.cache) == 2
