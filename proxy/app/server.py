@@ -8,6 +8,7 @@ import secrets
 import signal
 import time
 
+from proxy.app.caching import CacheService
 from proxy.app.replication import Replication
 from proxy.app.replication import wanted as replication_wanted
 from proxy.app.workers import WorkerLink
@@ -75,6 +76,8 @@ class Server:
             if replication_wanted(config)
             else None
         )
+        self.caching = CacheService(config, self._target) if config.cache is not None else None
+        self._planes = [plane for plane in (self.replication, self.caching) if plane is not None]
 
     # --- what sessions ask of the server ----------------------------------------------------
 
@@ -100,6 +103,7 @@ class Server:
             admin_console=lambda: AdminConsole(self, self.link),
             read_routing=self.replication.routing if self.replication is not None else None,
             limits=self.limiter,
+            caching=self.caching.caching if self.caching is not None else None,
         )
 
     def issue_key(self, session: Session) -> tuple[int, int]:
@@ -372,8 +376,8 @@ class Server:
             loop.add_signal_handler(signal.SIGUSR1, self.set_paused, True)
             loop.add_signal_handler(signal.SIGUSR2, self.set_paused, False)
         self._janitor.start()
-        if self.replication is not None:
-            await self.replication.start()
+        for plane in self._planes:  # read routing's monitor; the cache's catalog rereads
+            await plane.start()
         for sig, handler in (
             (signal.SIGHUP, self.reload),
             (signal.SIGTERM, self._stop.set),
@@ -462,8 +466,8 @@ class Server:
         for session in list(self.sessions.values()):
             session.fatal("57P01", "terminating connection: pgwarden shutdown timeout reached")
         self._janitor.stop()
-        if self.replication is not None:
-            await self.replication.stop()
+        for plane in self._planes:
+            await plane.stop()
         await self._http.stop()
         if self.link is not None:
             await self.link.stop()

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from proxy.changes import pgoutput
 from proxy.changes.link import PgLink, quote_ident, quote_literal
-from proxy.changes.publication import ensure_publication
+from proxy.changes.publication import ensure_ddl_trigger, ensure_publication
 from proxy.wire import protocol
 from proxy.wire.protocol import ProtocolError
 
@@ -20,6 +20,7 @@ log = logging.getLogger("pgwarden.changes")
 
 OnCommit = Callable[[frozenset[str], int, float], Awaitable[None]]
 OnResync = Callable[[], Awaitable[None]]
+DDL_PREFIX = "pgwarden.ddl"  # the message the event trigger of `ddl_trigger` writes for each DDL command
 
 
 def default_slot_name() -> str:
@@ -42,6 +43,7 @@ class ChangeSource:
     heartbeat_s: float = 0.25  # how often a heartbeat is written through the WAL; the lag's resolution
     connect_timeout_s: float = 5.0
     backoff_s: tuple[float, float] = (0.1, 5.0)  # first and longest wait between reconnects
+    ddl_trigger: bool = False  # create the event trigger reporting DDL (publication.ensure_ddl_trigger)
 
 
 class ConsumerStatus(NamedTuple):
@@ -70,10 +72,18 @@ class ChangeConsumer:
     (monotonic) time since the newest heartbeat that came back was sent: no server clock involved.
     """
 
-    def __init__(self, source: ChangeSource, on_commit: OnCommit, on_resync: OnResync | None = None) -> None:
+    def __init__(
+        self,
+        source: ChangeSource,
+        on_commit: OnCommit,
+        on_resync: OnResync | None = None,
+        on_ddl: OnResync | None = None,
+    ) -> None:
         self.source = source
         self._on_commit = on_commit
         self._on_resync = on_resync
+        self._on_ddl = on_ddl  # a DDL command committed (a message of the event trigger, publication.ddl_trigger)
+        self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self.connected = False
         self.last_seen: float | None = None  # time.monotonic() when the newest returned heartbeat was sent
         self.flushed_lsn = 0
@@ -84,6 +94,8 @@ class ChangeConsumer:
         self._prefix = f"pgwarden.heartbeat.{source.slot}"
         self._relations: dict[int, str] = {}
         self._stopping = False
+        self._ddl = False  # the open transaction ran DDL
+        self.sees_ddl = False  # the event trigger exists: DDL that bypasses pgwarden is reported
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -130,7 +142,34 @@ class ChangeConsumer:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    async def reached(self, lsn: int, timeout_s: float) -> bool:
+        """Wait until every commit before `lsn` has been reported (True), or `timeout_s` passed or the
+        session ended first (False)."""
+        if self.flushed_lsn >= lsn:
+            return True
+        if not self.connected:
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append((lsn, future))
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters = [w for w in self._waiters if w[1] is not future]
+
+    def _advance(self, lsn: int) -> None:
+        if lsn <= self.flushed_lsn:
+            return
+        self.flushed_lsn = lsn
+        for at, future in self._waiters:
+            if at <= lsn and not future.done():
+                future.set_result(True)
+
     def _disconnected(self) -> None:
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_result(False)
         self.connected = False
         self.last_seen = None
         self._sent.clear()
@@ -150,6 +189,8 @@ class ChangeConsumer:
             raise
         try:
             await ensure_publication(control, src.publication, src.tables)
+            if src.ddl_trigger:
+                self.sees_ddl = await ensure_ddl_trigger(control)
             await control.query("SET synchronous_commit = local")  # a heartbeat need not wait for a standby
             await stream.query(
                 f"CREATE_REPLICATION_SLOT {quote_ident(src.slot)} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT"
@@ -190,7 +231,7 @@ class ChangeConsumer:
             frame = pgoutput.decode_copy_data(msg[5:])
             if isinstance(frame, pgoutput.Keepalive):
                 if not in_tx:  # everything before end_lsn has been sent, and so reported
-                    self.flushed_lsn = max(self.flushed_lsn, frame.end_lsn)
+                    self._advance(frame.end_lsn)
                 if frame.reply_requested:
                     acked = -1
             else:
@@ -223,6 +264,8 @@ class ChangeConsumer:
             changed.update(message.relation_ids)
         elif isinstance(message, pgoutput.Message) and message.prefix == self._prefix:
             self._heartbeat_back(message.content)
+        elif isinstance(message, pgoutput.Message) and message.prefix == DDL_PREFIX:
+            self._ddl = True
 
     def _heartbeat_back(self, content: bytes) -> None:
         try:
@@ -243,7 +286,10 @@ class ChangeConsumer:
                 raise ProtocolError(f"changes to relations {sorted(missing)} came before their Relation message")
             tables = frozenset(self._relations[r] for r in changed)
             await self._on_commit(tables, commit.commit_lsn, commit.commit_time)
-        self.flushed_lsn = max(self.flushed_lsn, commit.end_lsn)
+        if self._ddl and self._on_ddl is not None:
+            await self._on_ddl()
+        self._ddl = False
+        self._advance(commit.end_lsn)
 
 
 async def _first_failure(*work: Awaitable[None]) -> None:

@@ -64,3 +64,27 @@ async def ensure_publication(link: PgLink, name: str, tables: tuple[str, ...]) -
     missing = [t for t in wanted if t not in have]
     if missing:
         await link.query(f"ALTER PUBLICATION {quote_ident(name)} ADD TABLE " + ", ".join(t.sql for t in missing))
+
+
+# Each DDL command (GRANT and REVOKE too) writes a transactional message the consumer reads (DDL_PREFIX):
+# schema and privilege changes that bypass pgwarden are in no table's rows.
+_DDL_FUNCTION = """
+CREATE OR REPLACE FUNCTION public.pgwarden_cache_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $fn$
+BEGIN PERFORM pg_catalog.pg_logical_emit_message(true, 'pgwarden.ddl', tg_tag); END $fn$
+"""
+
+
+async def ensure_ddl_trigger(link: PgLink) -> bool:
+    """Create the event trigger `pgwarden_cache_ddl` when missing; False when it is missing and this
+    role is no superuser (event triggers need one): DDL that bypasses pgwarden is then not seen."""
+    rows = await link.query("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgwarden_cache_ddl'")
+    if rows:
+        return True
+    rows = await link.query("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")
+    if not rows or rows[0][0] != "t":
+        return False
+    await link.query(_DDL_FUNCTION)
+    await link.query(
+        "CREATE EVENT TRIGGER pgwarden_cache_ddl ON ddl_command_end EXECUTE FUNCTION public.pgwarden_cache_ddl()"
+    )
+    return True

@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from policies.source import Document, Loc, SourceError, format_errors, load_yaml
+from proxy.config.cache import Cache
 from proxy.config.environment import apply as apply_environment
 from proxy.config.limits import Limits
 from proxy.config.routing import Failover, HostPort, Replica, Routing
@@ -233,9 +234,7 @@ class Log(_Strict):
 
 # Keys of the config contract (docs/architecture.md, "Decisions") whose features this version does not have yet:
 # they are rejected, never ignored (an ignored `policies` key would be a security hole).
-NOT_YET = {
-    "cache": "result caching",
-}
+NOT_YET: dict[str, str] = {}
 
 
 class Admin(_Strict):
@@ -301,7 +300,13 @@ class Config(_Strict):
             "concurrent statements, client connections, statement_timeout. Omit it for none."
         ),
     )
-    cache: Any = Field(None, description="Result cache. Not available yet: rejected.")
+    cache: Cache | None = Field(
+        None,
+        description=(
+            "The result cache (docs/caching.md): reads of `cache.tables` answered without a backend, never stale "
+            "for writes through pgwarden. Omit it for no cache."
+        ),
+    )
     source: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
@@ -316,6 +321,16 @@ class Config(_Strict):
                 f"workers ({self.workers}) with `replicas` needs routing.redis: the commit watermarks that keep "
                 "reads from missing writes must be shared by every worker; set routing.redis, or workers: 1"
             )
+        if self.cache is not None and self.audit is not None:
+            raise ValueError(
+                "`cache` with `audit` is not available yet: an answer from the cache would reach the client "
+                "without an audit record; remove one of them"
+            )
+        if (self.workers or 1) > 1 and self.cache is not None and self.cache.redis is None:
+            raise ValueError(
+                f"workers ({self.workers}) with `cache` needs cache.redis: the table versions that keep cached "
+                "answers from missing writes must be shared by every worker; set cache.redis, or workers: 1"
+            )
         if (self.workers or 1) > 1 and self.audit is not None:
             raise ValueError(
                 f"workers ({self.workers}) with `audit` is not available yet: the audit trail is one HMAC "
@@ -328,6 +343,8 @@ class Config(_Strict):
         if self.workers is not None:
             return self.workers
         if self.audit is not None or ((self.replicas or self.primary.hosts) and self.routing.redis is None):
+            return 1
+        if self.cache is not None and self.cache.redis is None:
             return 1
         return max(1, min(machine_cores(), self.pool.size))
 

@@ -16,6 +16,7 @@ from proxy.pooling.backend import Backend, BackendError
 from proxy.pooling.pool import Pool, PoolTimeout
 from proxy.session import params, reported
 from proxy.session.accounting import Accounting
+from proxy.session.caching import SessionCache
 from proxy.session.console import console_across, console_messages
 from proxy.session.context import SessionContext
 from proxy.session.core import SessionCore
@@ -309,8 +310,10 @@ class Session(asyncio.Protocol):
             return
         if state.tx_mode and ctx.read_routing is not None:
             await ctx.read_routing.ready(state.database)
-            if state.phase == CLOSED:
-                return
+        if ctx.caching is not None:
+            await ctx.caching.ready(state.database)
+        if state.phase == CLOSED:
+            return
         limits = SessionLimits(ctx.limits, state, self.tenant) if ctx.limits is not None else None
         refused = limits.login(state) if limits is not None else None  # (the connection quota, statement_timeout)
         if refused is not None:
@@ -323,6 +326,9 @@ class Session(asyncio.Protocol):
             relay.route = SessionRoute(ctx.read_routing, state, core.names, pool, self.tenant, policed)
             if self.config.routing.read_your_writes:  # the commit watermark, taken after each write
                 core.hold = relay.hold
+        if ctx.caching is not None:  # the result cache (caching.py): a write's answer waits for the WAL consumer
+            relay.cache = SessionCache(ctx.caching, state, core.names, core.guard)
+            core.hold = relay.hold
         if state.tx_mode or state.ident is not None:  # LISTEN multiplexed on the pool's listener (notify.py)
             scope = self.tenant if state.ident is not None else None
             core.notes = Notifications(pool.listener(), core, self, scope, partial(self.safely, relay.dispatch))

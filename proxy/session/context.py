@@ -19,6 +19,7 @@ from proxy.ops.stats import QueryStats
 from proxy.pooling.backend import Backend
 from proxy.pooling.pool import Pool
 from proxy.pooling.prepared import Registry
+from proxy.session.caching import Caching
 from proxy.session.replicas import ReadRouting
 
 
@@ -49,6 +50,7 @@ class SessionContext:
         None  # with `replicas` (or several primary hosts): transaction pooling routes reads
     )
     limits: Limiter | None = None  # `limits:` (the process's limiter)
+    caching: Caching | None = None  # `cache:` (the process's result cache)
 
 
 class Shell(Protocol):

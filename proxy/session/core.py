@@ -9,6 +9,7 @@ from proxy.pooling.backend import Backend
 from proxy.pooling.prepared import Statement
 from proxy.session import limited, notify, params, reported, session_sql
 from proxy.session.accounting import AUDIT_FULL, Accounting
+from proxy.session.caching import Capture
 from proxy.session.context import SessionContext, Shell
 from proxy.session.guard import Guard
 from proxy.session.policed import HIDDEN_DETAIL
@@ -53,7 +54,20 @@ class SessionCore:
     backend; `backend_data` takes the backend's bytes and writes the client's share to the shell.
     """
 
-    __slots__ = ("_out", "accounting", "backend", "ctx", "guard", "hold", "names", "notes", "shell", "state", "tx")
+    __slots__ = (
+        "_out",
+        "accounting",
+        "backend",
+        "ctx",
+        "guard",
+        "hold",
+        "names",
+        "notes",
+        "shell",
+        "state",
+        "tap",
+        "tx",
+    )
 
     def __init__(self, state: SessionState, ctx: SessionContext, shell: Shell) -> None:
         self.state, self.ctx, self.shell = state, ctx, shell
@@ -67,6 +81,7 @@ class SessionCore:
         self.notes: notify.Notifications | None = None  # LISTEN multiplexed (set by the connection)
         # read routing (set by the connection): after a write, the answer waits for the commit watermark
         self.hold: Callable[[Backend, bytes], None] | None = None
+        self.tap: Capture | None = None  # the cache takes the answer of the batch it looked up (set by the relay)
 
     # --- a backend comes and goes -----------------------------------------------------------
 
@@ -436,15 +451,22 @@ class SessionCore:
             log.warning("backend pid=%s sent invalid data: %s", backend.pid, exc)
             backend.close()
             return
+        ready = None
         for event in events:  # (before `out`: a hidden ParameterStatus may need telling first)
             if isinstance(event, Ready):
+                ready = ready or event
                 self._ready(event, backend)
             elif isinstance(event, Settled):
                 self.names.settled(event.tag, event.ok, backend)
             elif isinstance(event, ParameterChanged):
                 self._reported(event, backend)
             elif isinstance(event, ErrorSeen):
-                self._backend_error(event.message, backend)
+                self.ctx.metrics.backend_errors.labels(protocol.error_class(event.message)).inc()
+                if self.state.tx_mode and b"C0A000\x00" in event.message and b"cached plan must" in event.message:
+                    backend.needs_discard = True  # DISCARD ALL before the next client; prepared again then
+                    self.names.plan_changed()
+        if self.tap is not None and self.tap.take(out, ready, len(tracker.queue)):
+            self.tap = None
         state = self.state
         if state.ddl_sent and tracker.status == TX_IDLE:  # a bypass role's DDL committed (or not)
             state.ddl_sent = False
@@ -476,12 +498,3 @@ class SessionCore:
         track = self.state.tx_mode or self.guard is not None
         if reported.changed(self.state, changed.message, backend.settings, track) and changed.hidden:
             self.shell.write(changed.message)
-
-    def _backend_error(self, msg: bytes, backend: Backend) -> None:
-        """Counted; after a table changed shape, the statements on this backend are stale: reset it."""
-        at = msg.find(b"\x00C", 4)
-        sqlstate = msg[at + 2 : at + 4].decode("ascii", "replace") if at >= 0 else "??"
-        self.ctx.metrics.backend_errors.labels(sqlstate).inc()
-        if self.state.tx_mode and b"C0A000\x00" in msg and b"cached plan must not change" in msg:
-            backend.needs_discard = True  # DISCARD ALL before the next client; prepared again then
-            self.names.plan_changed()

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
+from proxy.cache.results import Miss
 from proxy.pooling.backend import Backend, BackendError
 from proxy.pooling.pool import Pool, PoolTimeout
+from proxy.routing.lsn import parse_lsn
 from proxy.session import lending, limited, routes
+from proxy.session.caching import READY_IDLE, SessionCache
 from proxy.session.context import SessionContext
 from proxy.session.core import SessionCore
 from proxy.session.replicas import Choice, SessionRoute
@@ -17,6 +21,13 @@ from proxy.session.state import CLOSED, SessionState
 from proxy.wire.protocol import MSG_TERMINATE
 
 log = logging.getLogger("pgwarden.session")
+
+# After a write: where the WAL ends (the replicas' watermark), and what the WAL consumer must have read: what
+# is flushed, which holds the commit (the walsender sends flushed WAL only), or the end with synchronous_commit off.
+_LSN_SQL = (
+    "select pg_current_wal_insert_lsn()::text || ' ' || case current_setting('synchronous_commit') "
+    "when 'off' then pg_current_wal_insert_lsn() else pg_current_wal_flush_lsn() end::text"
+)
 
 
 def _no_replica(refused: str) -> dict[str, str]:
@@ -61,6 +72,8 @@ class Relay:
         self.retry: list[tuple[int, bytes]] | None = None  # a read sent to a replica, until its first answer byte
         self.held: list[tuple[int, bytes]] | None = None  # messages waiting for the audit trail
         self.limits: limited.SessionLimits | None = None  # `limits:` (set by the connection)
+        self.cache: SessionCache | None = None  # `cache:` (set by the connection)
+        self.miss: Miss | None = None  # the batch being routed was looked up in the cache: its answer is stored
 
     # --- the client's batches -----------------------------------------------------------------
 
@@ -93,9 +106,11 @@ class Relay:
             return
         self._route(msgs)
 
-    def _route(self, msgs: list[tuple[int, bytes]]) -> None:
-        """A backend for the batch (lent, or waited for), then the batch to the core."""
-        core = self.core
+    def _route(self, msgs: list[tuple[int, bytes]], probed: bool = False) -> None:
+        """The cache's answer, or a backend for the batch (lent, or waited for), then the batch to the core."""
+        core, cache = self.core, self.cache
+        if cache is not None and not probed and self._cached(cache, msgs):
+            return
         if core.backend is None:
             if self.limits is not None and limited.answer_alone(msgs, self.client.write):
                 return
@@ -122,7 +137,62 @@ class Relay:
             self.pending, self.after_release = msgs, True
             self._pause()
             return
+        self._forward(msgs)
+
+    def _forward(self, msgs: list[tuple[int, bytes]]) -> None:
+        """The batch to the linked backend; a looked-up batch's answer captured for the cache."""
+        core, cache = self.core, self.cache
+        if cache is None:
+            core.forward(msgs)
+            return
+        miss, self.miss = self.miss, None
+        core.tap = None  # (a capture still running would take this batch's answer too: it ends unstored)
+        route = self.route
+        cache.note(msgs, None if route is None else self.core.state.wrote)
         core.forward(msgs)
+        if miss is not None and core.backend is not None:
+            core.tap = cache.capture(miss, route is not None and route.server is not None)
+
+    def _cached(self, cache: SessionCache, msgs: list[tuple[int, bytes]]) -> bool:
+        """Answer the batch from the cache if it can (True); else it goes on to a backend, its answer
+        to be stored (`miss`). With cache.redis the lookup is one round trip: the client waits."""
+        self.miss = None
+        probe = cache.probe(msgs, self.core.backend)
+        if probe is None:
+            return False
+        if cache.shared:
+            self._pause()
+            asyncio.get_running_loop().create_task(self._lookup(cache, probe, msgs))
+            return True
+        found = cache.lookup_local(probe)
+        if isinstance(found, bytes):
+            self.client.write(found + READY_IDLE)
+            return True
+        self.miss = found
+        return False
+
+    async def _lookup(self, cache: SessionCache, probe: Any, msgs: list[tuple[int, bytes]]) -> None:
+        try:
+            found = await cache.lookup(probe)
+        except Exception:  # a bug costs this client, never a hang
+            log.exception("client %s: internal error in a cache lookup", self.client.record.peer)
+            self.client.fatal("XX000", "internal error in pgwarden; the client connection was closed")
+            return
+        if self.client.record.phase == CLOSED:
+            return
+        self.waiting = False
+        later, self.pending = self.pending, []
+        if isinstance(found, bytes):
+            self.client.write(found + READY_IDLE)
+        else:
+            self.miss = found
+            self.client.safely(partial(self._route, probed=True), msgs)
+        if self.limits is not None and not self.waiting:
+            limited.after(self.limits, self.core.backend)
+        if later:
+            self.client.safely(self.dispatch, later)
+        if not self.waiting and self.client.record.phase != CLOSED and self.client.transport is not None:
+            self.client.transport.resume_reading()
 
     async def _decide(self, limits: limited.SessionLimits, ask: limited.Ask) -> None:
         """A batch's rate decided in Redis (`limits.redis`); then routed as `dispatch` does."""
@@ -207,7 +277,7 @@ class Relay:
         msgs, self.pending = self.pending, []
         if choice.server is not None:
             self.retry = msgs
-        self.client.safely(self.core.forward, msgs)
+        self.client.safely(self._forward, msgs)
         if not self.waiting and self.client.record.phase != CLOSED and self.client.transport is not None:
             self.client.transport.resume_reading()
 
@@ -257,6 +327,7 @@ class Relay:
     def _refuse_pending(self, sqlstate: str, message: str, hint: str | None = None) -> None:
         """No backend came: answer the waiting requests with an error, or close if we cannot."""
         msgs, self.pending = self.pending, []
+        self.miss = None
         if self.limits is not None:  # nothing went to a backend: no statement in flight
             limited.after(self.limits, self.core.backend)
         answer = lending.refused_requests(msgs, sqlstate, message, hint)
@@ -345,9 +416,33 @@ class Relay:
         self._resume()
 
     def hold(self, backend: Backend, answer: bytes) -> None:
-        assert self.route is not None
+        """A write's transaction ended: its answer waits until its WAL position is the watermark (read
+        routing) and the WAL consumer has bumped what it changed (the cache); then `deliver`."""
         self._pause()
-        self.route.hold(backend, answer, self.deliver)
+        backend.ask(_LSN_SQL, partial(self._committed, answer))
+
+    def _committed(self, answer: bytes, value: str | None) -> None:
+        if value is None:  # (an aborted transaction cannot read it; nothing it wrote committed)
+            self.deliver(answer)
+            return
+        insert, flush = (parse_lsn(v) for v in value.split())
+        shared = self.route.taken(insert) if self.route is not None else None
+        if shared is None and self.cache is None:
+            self.deliver(answer)
+            return
+        asyncio.get_running_loop().create_task(self._after_commit(answer, shared, flush))
+
+    async def _after_commit(self, answer: bytes, shared: Any, lsn: int) -> None:
+        try:
+            if shared is not None:
+                await shared
+            if self.cache is not None:
+                await self.cache.committed(lsn)
+        except Exception:  # (a bug: the answer still goes out; the cache of the database is dropped)
+            log.exception("client %s: internal error after a commit", self.client.record.peer)
+            if self.cache is not None:
+                await self.cache.caching.invalidate(self.client.record.database, "error")
+        self.deliver(answer)
 
     def left(self) -> None:
         """The client is gone: its backend back clean (or closed)."""

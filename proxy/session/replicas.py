@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 
 from proxy.config.model import Config
 from proxy.ops.stats import literal_key
-from proxy.pooling.backend import Backend
 from proxy.pooling.pool import Pool
 from proxy.routing import balance
 from proxy.routing.health import ServerState
-from proxy.routing.lsn import parse_lsn
 from proxy.routing.monitor import Monitor
 from proxy.routing.volatility import ReadClassifier, Volatility
 from proxy.routing.watermark import Key, Watermarks, WatermarkUnavailable
@@ -23,9 +21,6 @@ from proxy.session.state import SessionState
 from proxy.session.statements import Statements
 
 log = logging.getLogger("pgwarden.routing")
-
-_LSN_SQL = "select pg_current_wal_insert_lsn()::text"
-
 
 _WARN_EVERY_S = 10.0  # a Redis outage warns this often at most (pgwarden_watermark_store_failures_total counts all)
 
@@ -102,7 +97,7 @@ class ReadRouting:
 
 class SessionRoute:
     """One transaction-pooled session's routing: `choose` a pool for a batch that needs a backend,
-    and after a write on the primary, `hold` the answer until its WAL position is the watermark."""
+    and after a write on the primary, take its WAL position as the watermark (`taken`)."""
 
     def __init__(
         self,
@@ -117,7 +112,6 @@ class SessionRoute:
         self.primary, self.tenant, self.policed = primary, tenant, policed
         self.on_primary = Choice(primary, None)
         self.server: ServerState | None = None  # the replica serving the session now (None: the primary or none)
-        self.holding = False  # an answer waits for its watermark
         self.force_primary = False  # the next batch goes to the primary (a replica refused it)
         self.block = False  # the replica's backend is in a READ ONLY transaction block: all batches join it
 
@@ -211,32 +205,20 @@ class SessionRoute:
 
     # --- the commit watermark -----------------------------------------------------------------
 
-    def hold(self, backend: Backend, answer: bytes, deliver: Callable[[bytes], None]) -> None:
-        """A write ended on the primary: ask its WAL position, store it as the watermark, then
-        `deliver` the client's answer (a later read by the same key waits for a replica that has it)."""
-        self.holding = True
-        backend.ask(_LSN_SQL, lambda value: self._taken(value, answer, deliver))
-
-    def _taken(self, value: str | None, answer: bytes, deliver: Callable[[bytes], None]) -> None:
-        if value is None:  # (an aborted transaction cannot read it; nothing it wrote committed)
-            self._delivered(answer, deliver)
-            return
-        lsn, watermarks = parse_lsn(value), self.routing.watermarks
+    def taken(self, lsn: int) -> Coroutine[None, None, None] | None:
+        """A write ended on the primary at WAL position `lsn`: it is the key's watermark from now on (a
+        later read by the same key waits for a replica that has it). With shared watermarks, the
+        coroutine that stores it (the client's answer waits for it); else None (stored already)."""
+        watermarks = self.routing.watermarks
         if not watermarks.shared:
             watermarks.advance_local(self.key(), lsn)
-            self._delivered(answer, deliver)
-            return
-        asyncio.get_running_loop().create_task(self._share(lsn, answer, deliver))
+            return None
+        return self._share(lsn)
 
-    async def _share(self, lsn: int, answer: bytes, deliver: Callable[[bytes], None]) -> None:
+    async def _share(self, lsn: int) -> None:
         try:
             await self.routing.watermarks.advance(self.key(), lsn)
         except WatermarkUnavailable as exc:
             self.routing.warn(
                 "cannot share commit watermarks (%s): other instances may read from replicas behind them", exc
             )
-        self._delivered(answer, deliver)
-
-    def _delivered(self, answer: bytes, deliver: Callable[[bytes], None]) -> None:
-        self.holding = False
-        deliver(answer)

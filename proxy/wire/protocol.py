@@ -374,6 +374,16 @@ def backend_key_data(pid: int, secret: int) -> bytes:
     return message(b"K", _I32_PAIR.pack(pid, secret))
 
 
+def error_class(msg: bytes) -> str:
+    """The SQLSTATE class (two characters) of an ErrorResponse; "??" without a code.
+
+    >>> error_class(error_response("42P01", "no such table"))
+    '42'
+    """
+    at = msg.find(b"\x00C", 4)
+    return msg[at + 2 : at + 4].decode("ascii", "replace") if at >= 0 else "??"
+
+
 def ready_for_query(status: bytes = b"I") -> bytes:
     return message(b"Z", status)
 

@@ -39,7 +39,10 @@ def test_paths_are_relative_to_the_config_file(tmp_path):
         ({"primary": {"tls": {"mode": "verify-full"}}}, "needs a `ca` file"),
         ({"replicas": [{"host": "r1", "weight": 0}]}, "replicas.0.weight"),
         ({"replicas": [{"hst": "r1"}]}, "replicas.0"),
-        ({"cache": {"redis": "redis://"}}, "result caching is not available"),
+        ({"cache": {"tables": ["orders"]}}, "must be schema.table"),
+        ({"cache": {"tables": ["pg_catalog.pg_class"]}}, "catalogs are never cached"),
+        ({"cache": {}, "audit": {"path": "a.log"}}, "`cache` with `audit` is not available"),
+        ({"cache": {}, "workers": 2}, "needs cache.redis"),
         ({"poool": {}}, "did you mean `pool`"),
     ],
 )

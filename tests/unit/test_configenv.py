@@ -68,8 +68,8 @@ def test_the_primary_may_come_from_the_environment_alone(tmp_path, monkeypatch):
         ),
         ({"PGWARDEN__PRIMARY____HOST": "db"}, "environment variable PGWARDEN__PRIMARY____HOST: an empty key"),
         (
-            {"PGWARDEN__CACHE__TTL_S": "30"},
-            "environment variable PGWARDEN__CACHE__TTL_S: cache: result caching is not available",
+            {"PGWARDEN__CACHE__TTL_S": "-1"},
+            "environment variable PGWARDEN__CACHE__TTL_S: cache.ttl_s:",
         ),
         ({"pgwarden__primary__hots": "db"}, "environment variable pgwarden__primary__hots: primary.hots: unknown key"),
     ],

@@ -1,0 +1,117 @@
+"""The server's result cache: the answers, a WAL consumer per database bumping table versions, and the catalog reads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from proxy.cache.eligible import TABLES_SQL, Catalog, table_problem
+from proxy.cache.results import ResultCache
+from proxy.cache.versions import CacheUnavailable
+from proxy.changes.consumer import ChangeConsumer, ChangeSource
+from proxy.config.cache import Cache as CacheConfig
+from proxy.config.model import Config
+from proxy.pooling.backend import Target
+from proxy.routing.volatility import Volatility, read_volatility
+from proxy.session.caching import Caching
+
+log = logging.getLogger("pgwarden.cache")
+
+PUBLICATION = "pgwarden_cache"
+
+
+class CacheService:
+    """Owns the process's `Caching` (what sessions use) and the WAL consumers feeding it."""
+
+    def __init__(self, config: Config, target: Callable[[str, str, bool], Target]) -> None:
+        assert config.cache is not None
+        self.config, self.settings, self._target = config, config.cache, target
+        self.results = ResultCache(config.cache)
+        self.caching = Caching(config.cache, self.results, self.feed, self._read_catalog)
+        self.consumers: dict[str, ChangeConsumer] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _login(self, database: str) -> Target:
+        user = self.settings.replication_user or self.config.backend_auth.user or "postgres"
+        return self._target(database, user, False)
+
+    def feed(self, database: str) -> ChangeConsumer:
+        """The database's WAL consumer, started on first use."""
+        consumer = self.consumers.get(database)
+        if consumer is None:
+            target = self._login(database)
+            source = ChangeSource(
+                host=target.host,
+                port=target.port,
+                user=target.user,
+                database=database,
+                password=target.password,
+                tables=tuple(self.settings.tables),
+                publication=PUBLICATION,
+                ddl_trigger=True,
+            )
+            consumer = self.consumers[database] = ChangeConsumer(
+                source,
+                on_commit=lambda tables, lsn, _at: self._changed(database, tables, lsn),
+                on_resync=lambda: self.results.invalidate(database, "resync"),
+                on_ddl=lambda: self._ddl(database),
+            )
+            self._tasks.append(asyncio.get_running_loop().create_task(consumer.run()))
+        return consumer
+
+    async def _changed(self, database: str, tables: frozenset[str], lsn: int) -> None:
+        """A commit read from the WAL: the versions of its tables bumped (names without schema)."""
+        names = frozenset(t.partition(".")[2] for t in tables)
+        try:
+            await self.results.changed(database, names, lsn, "wal")
+        except CacheUnavailable as exc:  # (the consumer starts a new slot; its resync drops everything)
+            self.results.redis_failed(exc)
+            raise
+
+    async def _ddl(self, database: str) -> None:
+        await self.results.invalidate(database, "ddl")
+        self.caching.refresh(database)
+
+    async def _read_catalog(self, database: str) -> tuple[Volatility, Catalog]:
+        import asyncpg
+
+        target = self._target(database, self.config.backend_auth.user or "postgres", False)
+        conn = await asyncpg.connect(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            password=target.password,
+            database=database,
+            ssl=target.tls_context or False,
+            timeout=10,
+        )
+        try:
+            volatility = await read_volatility(conn)
+            rows = await conn.fetch(TABLES_SQL, list(self.settings.tables))
+        finally:
+            await conn.close()
+        return volatility, catalog_of(self.settings, rows, volatility)
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(self.caching.reread()))
+
+    async def stop(self) -> None:
+        for task in self._tasks[:1]:
+            task.cancel()
+        await asyncio.gather(*(c.stop() for c in self.consumers.values()), return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.results.close()
+
+
+def catalog_of(settings: CacheConfig, rows: list, volatility: Volatility) -> Catalog:
+    """The Catalog of one database from TABLES_SQL's rows: listed tables usable, or why not."""
+    found = {row["name"]: table_problem(row) for row in rows}
+    problems = {name: problem for name, problem in found.items() if problem is not None}
+    for name in settings.tables:
+        if name not in found:
+            problems[name] = f"{name} does not exist"
+    usable = frozenset(name for name, problem in found.items() if problem is None)
+    return Catalog(usable, problems, volatility)

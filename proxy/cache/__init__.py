@@ -1,0 +1,1 @@
+"""The result cache: which reads are eligible, answers kept by version in memory and Redis, invalidation."""

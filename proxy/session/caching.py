@@ -1,0 +1,238 @@
+"""The result cache for the process and in a session: batches looked up before a backend is lent, answers captured and stored, writes held until the WAL consumer has them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from proxy.cache.eligible import Catalog, Judge
+from proxy.cache.results import Miss, ResultCache
+from proxy.cache.versions import CacheUnavailable
+from proxy.config.cache import Cache as CacheConfig
+from proxy.ops.stats import literal_key
+from proxy.pooling.backend import Backend
+from proxy.routing.volatility import ReadClassifier, Volatility
+from proxy.session import session_sql
+from proxy.session.guard import Guard
+from proxy.session.probe import Probe, batch_key
+from proxy.session.state import SessionState
+from proxy.session.statements import Statements
+from proxy.wire import protocol
+from proxy.wire.protocol import TX_IDLE
+from proxy.wire.tracker import Ready
+
+log = logging.getLogger("pgwarden.cache")
+
+READY_IDLE = protocol.ready_for_query(b"I")
+_ANSWER_KINDS = frozenset(b"12TnDCs")  # what a cached answer may hold before its ReadyForQuery
+_REREAD_S = 30.0
+
+
+class Feed(Protocol):
+    """One database's WAL consumer, as the cache sees it (proxy.changes.consumer.ChangeConsumer)."""
+
+    connected: bool
+
+    def healthy(self, bound_s: float) -> bool: ...
+    async def reached(self, lsn: int, timeout_s: float) -> bool: ...
+
+
+class Caching:
+    """The process's result cache: the answers (`results`), and per database the eligibility judge,
+    the classifier that tells writes, and the WAL feed (started on first use)."""
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        results: ResultCache,
+        feed: Callable[[str], Feed],
+        read_catalog: Callable[[str], Awaitable[tuple[Volatility, Catalog]]],
+    ) -> None:
+        self.config, self.results = config, results
+        self.feed, self._read_catalog = feed, read_catalog
+        self.judges: dict[str, Judge] = {}
+        self._classifiers: dict[str, ReadClassifier] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        self.bound_s = config.max_lag_ms / 1000
+
+    def judge(self, database: str) -> Judge | None:
+        judge = self.judges.get(database)
+        if judge is None:
+            self.refresh(database)
+        return judge
+
+    def classifier(self, database: str) -> ReadClassifier:
+        """Tells reads from writes (everything is a write until the catalog is read)."""
+        classifier = self._classifiers.get(database)
+        if classifier is None:
+            classifier = self._classifiers[database] = ReadClassifier(None, shape_key=literal_key)
+            self.refresh(database)
+        return classifier
+
+    def serving(self, database: str) -> bool:
+        """Are answers served for `database`? Only while its WAL consumer is within the bound."""
+        return self.feed(database).healthy(self.bound_s)
+
+    async def ready(self, database: str) -> None:
+        """Start the database's feed and wait for its first catalog read (a login waits)."""
+        self.feed(database)
+        self.classifier(database)
+        task = self._loading.get(database)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def refresh(self, database: str) -> None:
+        if database not in self._loading:
+            self._loading[database] = asyncio.get_running_loop().create_task(self._load(database))
+
+    async def _load(self, database: str) -> None:
+        try:
+            volatility, catalog = await self._read_catalog(database)
+        except Exception as exc:  # the judge keeps what it had; nothing new becomes eligible
+            log.warning("cannot read the catalog of database %r for the cache: %s", database, exc)
+        else:
+            for name, problem in sorted(catalog.problems.items()):
+                log.warning("cache: %s is never cached: %s", name, problem)
+            self.judges[database] = Judge(catalog, self.config.stable_functions, shape_key=literal_key)
+            self._classifiers[database] = ReadClassifier(volatility, shape_key=literal_key)
+        finally:
+            del self._loading[database]
+
+    async def reread(self) -> None:
+        """Read each database's catalog again every _REREAD_S (DDL that bypassed pgwarden)."""
+        while True:
+            await asyncio.sleep(_REREAD_S)
+            for database in list(self.judges):
+                self.refresh(database)
+
+    async def committed(self, database: str, lsn: int) -> None:
+        """A write committed at `lsn`: return once the WAL consumer has bumped what it changed; when it
+        cannot within commit_wait_ms, every answer of the database is dropped instead."""
+        feed = self.feed(database)
+        if feed.connected and await feed.reached(lsn, self.config.commit_wait_ms / 1000):
+            return
+        await self.invalidate(database, "commit_wait")
+
+    async def invalidate(self, database: str, source: str) -> None:
+        try:
+            await self.results.invalidate(database, source)
+        except CacheUnavailable as exc:  # (lookups fail too while Redis does: nothing is served)
+            self.results.redis_failed(exc)
+
+
+class SessionCache:
+    """One session's use of the cache: `probe` a batch before it needs a backend, `note` what a
+    batch sent to a backend may write, `capture` the answer of a probed batch to store it."""
+
+    def __init__(self, caching: Caching, state: SessionState, names: Statements, guard: Guard | None) -> None:
+        self.caching, self.state, self.names, self.guard = caching, state, names, guard
+        self.off: str | None = None  # why this session no longer uses the cache
+        self.ddl = False  # the open transaction sent DDL (or GRANT/REVOKE): every answer goes at its commit
+
+    @property
+    def shared(self) -> bool:
+        return self.caching.results.shared is not None
+
+    def probe(self, msgs: list[tuple[int, bytes]], backend: Backend | None) -> Probe | None:
+        """The lookup for a batch whose answer may come from the cache, else None."""
+        state = self.state
+        if self.off is not None or state.pinned:
+            return None
+        if backend is not None and (not backend.tracker.idle or backend.tracker.status != TX_IDLE):
+            return None  # (in a transaction block, or answers still due)
+        judge = self.caching.judge(state.database)
+        if judge is None:
+            return None
+        probe = batch_key(msgs, state, self.names, self.guard, judge)
+        if probe is not None and not self.caching.serving(state.database):
+            self.caching.results.not_served("wal")
+            return None
+        return probe
+
+    def lookup_local(self, probe: Probe) -> bytes | Miss:
+        return self.caching.results.lookup_local(self.state.database, probe.tables, probe.key)
+
+    async def lookup(self, probe: Probe) -> bytes | Miss | None:
+        return await self.caching.results.lookup(self.state.database, probe.tables, probe.key)
+
+    def note(self, msgs: list[tuple[int, bytes]], judged_write: bool | None = None) -> None:
+        """A batch on its way to a backend: may it write (its transaction's answer then waits for the
+        WAL consumer), does it send DDL, does it change session state the key cannot see?"""
+        state = self.state
+        if judged_write is None:
+            from proxy.session.routes import judge_batch
+
+            judged = judge_batch(msgs, self.names, self.caching.classifier(state.database))
+            if judged.read or not judged.writes:
+                if not judged.read and not (state.tx_mode or self.guard is not None):
+                    self.off = "a session statement pgwarden does not track (session pooling)"
+                return
+        elif not judged_write:
+            return
+        state.wrote = True
+        for kind, msg in msgs:
+            if kind in (protocol.MSG_QUERY, protocol.MSG_PARSE):
+                if session_sql.sends_ddl(msg):
+                    self.ddl = True
+                if self.off is None and session_sql.may_leave_state(msg.lower()):
+                    self.off = "it may have created a temporary table or changed a setting by set_config()"
+
+    def capture(self, miss: Miss, on_replica: bool) -> Capture | None:
+        if on_replica:  # (a replica may be behind the versions the lookup read)
+            self.caching.results.skip("read on a replica")
+            return None
+        return Capture(self.caching.results, miss)
+
+    async def committed(self, lsn: int) -> None:
+        database = self.state.database
+        if self.ddl:
+            self.ddl = False
+            await self.caching.invalidate(database, "ddl")
+            self.caching.refresh(database)
+        await self.caching.committed(database, lsn)
+
+
+class Capture:
+    """The answer of one probed batch, taken as it goes to the client, stored when it ends well."""
+
+    __slots__ = ("miss", "parts", "results", "size")
+
+    def __init__(self, results: ResultCache, miss: Miss) -> None:
+        self.results, self.miss = results, miss
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def take(self, out: bytes, ready: Ready | None, queued: int) -> bool:
+        """Bytes for the client; True when the capture is over (its ReadyForQuery came)."""
+        self.parts.append(out)
+        self.size += len(out)
+        if ready is None:
+            if self.size > self.results.config.max_result_bytes:
+                self.results.skip("too large")
+                return True
+            return False
+        answer = b"".join(self.parts)
+        if ready.error is not None or ready.status != TX_IDLE or queued:
+            self.results.skip("error, transaction or pipeline")
+        elif not answer.endswith(READY_IDLE) or not plain_answer(answer, len(answer) - len(READY_IDLE)):
+            self.results.skip("notice or other message")
+        else:
+            asyncio.get_running_loop().create_task(self.results.store(self.miss, answer[: -len(READY_IDLE)]))
+        return True
+
+
+def plain_answer(data: bytes, end: int) -> bool:
+    """Does data[:end] hold only messages a cached answer may replay (no notice, no parameter status)?
+
+    >>> done = protocol.command_complete("SELECT 0")
+    >>> plain_answer(done, len(done)), plain_answer(protocol.message(b"N", b"x"), 6)
+    (True, False)
+    """
+    pos = 0
+    while pos < end:
+        if data[pos] not in _ANSWER_KINDS or pos + 5 > end:
+            return False
+        pos += 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
+    return pos == end
