@@ -30,6 +30,9 @@ class CacheService:
         self.results = ResultCache(config.cache)
         self.caching = Caching(config.cache, self.results, self.feed, self._read_catalog)
         self.consumers: dict[str, ChangeConsumer] = {}
+        self.results.feeds = lambda: {
+            db: (c.healthy(self.caching.bound_s), c.lag_s) for db, c in self.consumers.items()
+        }
         self._tasks: list[asyncio.Task[None]] = []
 
     def _login(self, database: str) -> Target:
@@ -115,3 +118,29 @@ def catalog_of(settings: CacheConfig, rows: list, volatility: Volatility) -> Cat
             problems[name] = f"{name} does not exist"
     usable = frozenset(name for name, problem in found.items() if problem is None)
     return Catalog(usable, problems, volatility)
+
+
+async def explain_cache(config: Config, database: str, sql: str) -> str:
+    """`pgwarden explain`'s cache line: whether `sql`'s answer may be cached, by the live catalog, and why."""
+    import asyncpg
+
+    from proxy.cache.eligible import judge
+
+    assert config.cache is not None
+    conn = await asyncpg.connect(
+        host=config.primary.host,
+        port=config.primary.port,
+        user=config.backend_auth.user or "postgres",
+        password=config.backend_auth.secret(),
+        database=database,
+        timeout=10,
+    )
+    try:
+        volatility = await read_volatility(conn)
+        rows = await conn.fetch(TABLES_SQL, list(config.cache.tables))
+    finally:
+        await conn.close()
+    verdict = judge(sql, catalog_of(config.cache, rows, volatility), config.cache.stable_functions)
+    if verdict.tables is None:
+        return f"not cached: {verdict.reason}"
+    return f"cached (keyed by the versions of {', '.join(verdict.tables)}); outside a transaction block"

@@ -8,7 +8,7 @@ import json
 import sys
 
 from proxy.config.logs import setup_logging
-from proxy.config.model import ConfigError, load_config
+from proxy.config.model import Config, ConfigError, load_config
 
 
 def _load(path: str):
@@ -183,9 +183,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     router = _router(config)
-    if not router:
-        print("pgwarden: explain needs a config with `policies`", file=sys.stderr)
+    if not router and config.cache is None:
+        print("pgwarden: explain needs a config with `policies` or `cache`", file=sys.stderr)
         return 1
+    if not router:
+        return _explain_cache(config, args.database, args.sql)
     asyncio.run(_with_live_schema(config, router, args.database))
     ident = router.identity(args.user)
     tenant = args.tenant if args.tenant is not None else ident.tenant
@@ -210,6 +212,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         print("allow: sent unchanged")
         print(args.sql)
+    return _explain_cache(config, args.database, decision.sql or args.sql) if config.cache is not None else 0
+
+
+def _explain_cache(config: Config, database: str, sql: str) -> int:
+    """Whether the result cache may keep the answer of `sql` (as sent to PostgreSQL), and why."""
+    import asyncio
+
+    from proxy.app.caching import explain_cache
+
+    print("cache: " + asyncio.run(explain_cache(config, database, sql)))
     return 0
 
 

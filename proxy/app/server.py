@@ -77,6 +77,7 @@ class Server:
             else None
         )
         self.caching = CacheService(config, self._target) if config.cache is not None else None
+        self.result_cache = self.caching.results if self.caching is not None else None
         self._planes = [plane for plane in (self.replication, self.caching) if plane is not None]
 
     # --- what sessions ask of the server ----------------------------------------------------

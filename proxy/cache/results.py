@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.cache.lru import Answers
@@ -49,6 +50,8 @@ class ResultCache:
         self.shared = RedisVersions(config.redis, config.key_prefix) if config.redis else None
         self.counters = Counters()
         self._warned = -_WARN_EVERY_S
+        # per database: (answers served, the WAL consumer's lag in seconds); set by the server
+        self.feeds: Callable[[], dict[str, tuple[bool, float]]] = dict
 
     # --- lookups ------------------------------------------------------------------------------
 

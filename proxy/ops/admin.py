@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, cast
 
+from proxy.cache.results import ResultCache
 from proxy.ops import across
+from proxy.ops.cache_view import CACHE_COLUMNS, cache_rows
 from proxy.ops.replicas_view import REPLICA_COLUMNS, ReplicationSource, replica_rows, server_columns
 from proxy.ops.stats import COLUMNS
 from proxy.wire import protocol
@@ -35,7 +37,7 @@ PARAMETERS = {
 _TEXT_OID = 25
 HINT = (
     "commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW REPLICAS, SHOW STATS, SHOW QUERIES, SHOW CONFIG, "
-    "SHOW POLICY, SHOW LIMITS, SHOW HELP, RELOAD, PAUSE, RESUME, KILL db, SHUTDOWN"
+    "SHOW POLICY, SHOW LIMITS, SHOW CACHE, SHOW HELP, RELOAD, PAUSE, RESUME, KILL db, SHUTDOWN"
 )
 _COMMAND = re.compile(r"\s*(show\s+\w+|reload|pause|resume|kill\s+\S+|shutdown)\s*;?\s*$", re.I)
 
@@ -43,7 +45,17 @@ _COMMAND = re.compile(r"\s*(show\s+\w+|reload|pause|resume|kill\s+\S+|shutdown)\
 _table = across.table  # RowDescription, DataRows (text) and CommandComplete for one result
 # Commands whose rows are a worker's own: with several workers, every worker answers and the rows are merged.
 PER_WORKER = frozenset(
-    ("show pools", "show clients", "show servers", "show replicas", "show stats", "show queries", "show limits", "kill")
+    (
+        "show pools",
+        "show clients",
+        "show servers",
+        "show replicas",
+        "show stats",
+        "show queries",
+        "show limits",
+        "show cache",
+        "kill",
+    )
 )
 
 
@@ -98,6 +110,8 @@ class AdminServer(Protocol):
     def replication(self) -> ReplicationSource | None: ...
     @property
     def limiter(self) -> Limiter | None: ...
+    @property
+    def result_cache(self) -> ResultCache | None: ...
 
     def reload(self) -> bool: ...
     def stop(self) -> None: ...
@@ -135,6 +149,7 @@ class AdminConsole:
             "show config": self.config,
             "show policy": self.policy,
             "show limits": self.limits,
+            "show cache": self.cache,
             "show help": self.help,
             "reload": self.reload,
             "show queries": self.queries,
@@ -211,6 +226,7 @@ class AdminConsole:
             ],
             ["SHOW POLICY", "the running policy"],
             ["SHOW LIMITS", "limits: configured, and per entity seen: in flight, connections, rejections"],
+            ["SHOW CACHE", "the result cache: hits, misses, invalidations, whether it serves, the WAL consumer's lag"],
             ["RELOAD", "re-read config and policies"],
             ["PAUSE", "stop lending backends (transactions in flight finish)"],
             ["RESUME", "lend backends again"],
@@ -348,6 +364,10 @@ class AdminConsole:
         limiter = self.server.limiter
         rows = limiter.rows() if limiter is not None else []
         return _table(LIMIT_COLUMNS, rows, "SHOW")
+
+    def cache(self, _: str) -> bytes:
+        cache = self.server.result_cache
+        return _table(CACHE_COLUMNS, cache_rows(cache) if cache is not None else [["cache", "not configured"]], "SHOW")
 
     def reload(self, _: str) -> bytes:
         if not self.server.reload():

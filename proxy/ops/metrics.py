@@ -9,7 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.cache.results import ResultCache
 from proxy.config.sections import MetricsConfig
+from proxy.ops.cache_view import cache_families
 from proxy.ops.replicas_view import ReplicationSource, families
 
 if TYPE_CHECKING:
@@ -47,6 +49,8 @@ class MetricsSource(Protocol):
     def audit(self) -> AuditProcess | None: ...
     @property
     def replication(self) -> ReplicationSource | None: ...
+    @property
+    def result_cache(self) -> ResultCache | None: ...
 
 
 class _StateCollector:
@@ -94,6 +98,8 @@ class _StateCollector:
         replication = server.replication
         if replication is not None:
             yield from families(replication.monitor, replication.routing, replication.watermarks.failures)
+        if server.result_cache is not None:
+            yield from cache_families(server.result_cache)
         audit = server.audit
         if audit is not None:
             stats = audit.stats

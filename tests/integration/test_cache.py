@@ -1,0 +1,350 @@
+"""The result cache through real pgwarden processes, a real PostgreSQL (wal_level=logical) and Redis: answers
+served again, never stale for writes through any pgwarden, within the bound for writes straight to PostgreSQL,
+never shared between tenants or roles, dropped after DDL and REVOKE, and no wrong answer while Redis dies."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
+
+from tests.harness import REDIS_URL, ProxyProcess, base_config, free_port, scrape
+from tests.pgcluster import PgCluster
+
+SCHEMA = """
+create table items (id int primary key, name text, qty int);
+create table notes (id int primary key, body text);
+create table ledger (id serial primary key, item int, delta int);
+create table customers (id int primary key, tenant_id text not null, name text, email text);
+insert into items select g, 'item' || g, g from generate_series(1, 50) g;
+insert into notes values (1, 'unlisted');
+insert into customers values (1, 'acme', 'Ann', 'ann@acme.io'), (2, 'globex', 'Gus', 'gus@globex.io');
+create function ledger_applies() returns trigger language plpgsql as $$
+begin update items set qty = qty + new.delta where id = new.item; return new; end $$;
+create trigger applies after insert on ledger for each row execute function ledger_applies();
+create role acme_app login; create role globex_app login; create role alice login;
+grant select on items, customers to acme_app, globex_app, alice;
+"""
+TABLES = ["public.items", "public.customers", "public.ledger"]
+POLICY = """
+version: 1
+tenancy:
+  column: tenant_id
+  sources:
+    - users: {acme_app: acme, globex_app: globex, alice: acme}
+roles:
+  app: {users: [acme_app, globex_app]}
+  analyst: {users: [alice]}
+  admin: {users: [postgres], bypass: true}
+tables:
+  public.customers:
+    grants: {app: [select], analyst: [select]}
+    masks:
+      email: {mask: email, roles: [analyst]}
+  public.items:
+    tenant_column: null
+    grants: {"*": [select]}
+default: deny
+"""
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgCluster]:
+    settings = ("wal_level = logical", "max_wal_senders = 20", "max_replication_slots = 20")
+    with PgCluster(None, free_port(), auth="trust", settings=settings) as cluster:
+        cluster.psql(SCHEMA)
+        yield cluster
+
+
+def direct(pg: PgCluster) -> str:
+    return f"host={pg.host} port={pg.port} user=postgres dbname=postgres"
+
+
+def cache_config(pg: PgCluster, **cache) -> dict:
+    return base_config(primary={"host": pg.host, "port": pg.port}, cache={"tables": TABLES, **cache})
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    prefix = f"pgwarden:test:{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+
+
+def serving(proxy: ProxyProcess, timeout: float = 10.0) -> None:
+    """Wait until the proxy's WAL consumer serves the database (it starts at the first login)."""
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("select 1")
+    deadline = time.monotonic() + timeout
+    while scrape(proxy).get(("pgwarden_cache_serving", (("database", "postgres"),))) != 1:
+        assert time.monotonic() < deadline, proxy.logs()
+        time.sleep(0.05)
+
+
+def hits(proxy: ProxyProcess) -> float:
+    return scrape(proxy).get(("pgwarden_cache_hits_total", ()), 0.0)
+
+
+def name_of(conn: psycopg.Connection, item: int = 5, **kw) -> str:
+    row = conn.execute("select name from items where id = %s", (item,), **kw).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_answers_come_again_and_a_write_through_pgwarden_is_seen_at_once(pg: PgCluster, tmp_path: Path) -> None:
+    with ProxyProcess(cache_config(pg), tmp_path) as proxy, psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        serving(proxy)
+        before = hits(proxy)
+        assert [name_of(conn) for _ in range(3)] == ["item5"] * 3
+        assert hits(proxy) - before == 2  # the first read filled it
+        for n in range(20):  # each write's answer waited for the WAL consumer: the next read is never old
+            conn.execute("update items set name = %s where id = 5", (f"w{n}",))
+            assert name_of(conn) == f"w{n}" and name_of(conn) == f"w{n}"
+        with conn.transaction():  # inside a transaction block: its own snapshot, never the cache
+            conn.execute("update items set name = 'rolled back' where id = 5")
+            assert name_of(conn) == "rolled back"
+            raise psycopg.Rollback()
+        assert name_of(conn) == "w19"
+        conn.execute("insert into ledger (item, delta) values (5, 100)")  # a trigger writes items
+        assert conn.execute("select qty from items where id = 5").fetchone() == (105,)
+        assert conn.execute("select qty from items where id = 5").fetchone() == (105,)
+
+
+def test_uncacheable_statements_are_never_served(pg: PgCluster, tmp_path: Path) -> None:
+    with ProxyProcess(cache_config(pg), tmp_path) as proxy, psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        serving(proxy)
+        before = hits(proxy)
+        for sql in (
+            "select body from notes",  # not listed
+            "select now(), name from items where id = 1",  # stable function
+            "select name from items where id = 1 for update",
+            "select name, random() from items where id = 1",
+            "select name from items where id = 1; select 1",
+        ):
+            for _ in range(2):
+                conn.execute(sql)
+        assert hits(proxy) == before
+        first = conn.execute("select clock_timestamp() > now() - interval '1 hour' from items where id = 1")
+        assert first.fetchone() == (True,)
+        conn.execute("begin read write")
+        assert name_of(conn, 1) == "item1" and name_of(conn, 1) == "item1"
+        conn.execute("commit")
+        assert hits(proxy) == before
+
+
+def test_a_write_straight_to_postgres_is_seen_within_the_bound(pg: PgCluster, tmp_path: Path) -> None:
+    with (
+        ProxyProcess(cache_config(pg), tmp_path) as proxy,
+        psycopg.connect(proxy.dsn(), autocommit=True) as conn,
+        psycopg.connect(direct(pg), autocommit=True) as straight,
+    ):
+        serving(proxy)
+        seen = []
+        for n in range(5):
+            assert name_of(conn, 7) == name_of(conn, 7)  # cached
+            straight.execute("update items set name = %s where id = 7", (f"direct{n}",))
+            sent = time.monotonic()
+            while name_of(conn, 7) != f"direct{n}":
+                assert time.monotonic() - sent < 1.0, "a write that bypassed pgwarden was not seen within 1 s"
+                time.sleep(0.005)
+            seen.append(time.monotonic() - sent)
+        print(f"bypassing writes seen after {max(seen) * 1000:.0f} ms at most")
+
+
+def test_ddl_and_revoke_drop_answers(pg: PgCluster, tmp_path: Path) -> None:
+    config = {**cache_config(pg), "backend_auth": {}}  # each client's statements run as its own role
+    with (
+        ProxyProcess(config, tmp_path) as proxy,
+        psycopg.connect(proxy.dsn(), autocommit=True) as admin,
+        psycopg.connect(proxy.dsn(user="alice"), autocommit=True) as alice,
+        psycopg.connect(direct(pg), autocommit=True) as straight,
+    ):
+        serving(proxy)
+        assert name_of(alice, 3) == name_of(alice, 3) == "item3"
+        admin.execute("revoke select on items from alice")  # through pgwarden
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            name_of(alice, 3)
+        straight.execute("grant select on items to alice")
+        deadline = time.monotonic() + 2
+        while True:
+            try:
+                name_of(alice, 3)
+                break
+            except psycopg.errors.InsufficientPrivilege:
+                assert time.monotonic() < deadline
+        shape = "select * from items where id = 3"
+        assert len(admin.execute(shape).fetchone() or ()) == 3
+        straight.execute("alter table items add column extra int default 9")  # DDL that bypasses pgwarden
+        try:
+            deadline = time.monotonic() + 1.0
+            while len(admin.execute(shape).fetchone() or ()) != 4:
+                assert time.monotonic() < deadline, "DDL that bypassed pgwarden was not seen within 1 s"
+        finally:
+            straight.execute("alter table items drop column extra")
+
+
+def test_prepared_statements_are_served_and_kept_current(pg: PgCluster, tmp_path: Path) -> None:
+    with ProxyProcess(cache_config(pg), tmp_path) as proxy, psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        serving(proxy)
+        before = hits(proxy)
+        assert {name_of(conn, 9, prepare=True) for _ in range(5)} == {"item9"}
+        assert {name_of(conn, 10, prepare=True) for _ in range(3)} == {"item10"}  # another value: another key
+        assert hits(proxy) - before == 6
+        conn.execute("update items set name = 'p9' where id = 9", prepare=True)
+        assert name_of(conn, 9, prepare=True) == "p9"
+        conn.execute("update items set name = 'item9' where id = 9")
+
+
+def test_tenants_and_masked_roles_never_share_answers(pg: PgCluster, tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
+    config = cache_config(pg)
+    config.update(policies=str(tmp_path / "policy.yaml"), backend_auth={})  # policed sessions log in as themselves
+    with ProxyProcess(config, tmp_path) as proxy:
+        serving(proxy)
+        sql = "select name, email from customers order by id"
+        seen = {}
+        for user in ("acme_app", "globex_app", "alice", "postgres", "acme_app", "globex_app", "alice", "postgres"):
+            with psycopg.connect(proxy.dsn(user=user), autocommit=True) as conn:
+                rows = conn.execute(sql).fetchall()
+                assert seen.setdefault(user, rows) == rows
+        assert seen["acme_app"] == [("Ann", "ann@acme.io")]
+        assert seen["globex_app"] == [("Gus", "gus@globex.io")]
+        assert seen["postgres"] == [("Ann", "ann@acme.io"), ("Gus", "gus@globex.io")]
+        assert [name for name, _ in seen["alice"]] == ["Ann"]  # acme's row, its email masked for the analyst
+        assert seen["alice"][0][1] != "ann@acme.io", seen["alice"]
+        assert hits(proxy) >= 3
+
+
+def test_two_instances_sharing_redis_never_serve_an_old_answer(pg: PgCluster, tmp_path: Path, prefix: str) -> None:
+    config = cache_config(pg, redis=REDIS_URL, key_prefix=prefix)
+    with (
+        ProxyProcess(config, tmp_path / "a") as one,
+        ProxyProcess(
+            {
+                **config,
+                "listen": {"host": "127.0.0.1", "port": free_port()},
+                "http": {"host": "127.0.0.1", "port": free_port()},
+            },
+            tmp_path / "b",
+        ) as two,
+        psycopg.connect(one.dsn(), autocommit=True) as a,
+        psycopg.connect(two.dsn(), autocommit=True) as b,
+    ):
+        serving(one)
+        serving(two)
+        for n in range(30):
+            assert name_of(b, 11) == name_of(b, 11)
+            a.execute("update items set name = %s where id = 11", (f"a{n}",))
+            assert name_of(b, 11) == f"a{n}", f"round {n}"
+        assert hits(two) >= 25
+        assert name_of(a, 12) == name_of(b, 12) == "item12"  # filled by one, served by the other
+        assert hits(two) >= 26
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_redis_killed_mid_run_costs_no_wrong_answer_and_no_error(pg: PgCluster, tmp_path: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+    )
+    try:
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        config = cache_config(pg, redis=f"redis://127.0.0.1:{port}/0")
+        with ProxyProcess(config, tmp_path) as proxy, psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            serving(proxy)
+            for n in range(60):
+                if n == 20:
+                    server.terminate()
+                    server.wait(5)
+                if n == 40:
+                    server = subprocess.Popen(
+                        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+                        stdout=subprocess.DEVNULL,
+                    )
+                    time.sleep(0.3)
+                conn.execute("update items set qty = %s where id = 13", (n,))
+                assert conn.execute("select qty from items where id = 13").fetchone() == (n,)
+                assert conn.execute("select qty from items where id = 13").fetchone() == (n,)
+            samples = scrape(proxy)
+            assert samples.get(("pgwarden_cache_not_served_total", (("reason", "redis"),)), 0) > 0
+    finally:
+        server.terminate()
+        server.wait(5)
+
+
+class Interleaved(RuleBasedStateMachine):
+    """Writes through either pgwarden or straight to PostgreSQL, reads through either pgwarden: every read
+    through pgwarden equals what PostgreSQL holds at that moment (a write straight to PostgreSQL is
+    waited for first, up to the bound)."""
+
+    def __init__(self, a: psycopg.Connection, b: psycopg.Connection, straight: psycopg.Connection) -> None:
+        super().__init__()
+        self.conns, self.straight = {"a": a, "b": b}, straight
+        self.value = 0
+
+    def truth(self, item: int) -> int:
+        row = self.straight.execute("select qty from items where id = %s", (item,)).fetchone()
+        assert row is not None
+        return row[0]
+
+    @rule(via=st.sampled_from("ab"), item=st.integers(20, 22))
+    def write_through_pgwarden(self, via: str, item: int) -> None:
+        self.value += 1
+        self.conns[via].execute("update items set qty = %s where id = %s", (self.value, item))
+
+    @rule(item=st.integers(20, 22))
+    def write_straight(self, item: int) -> None:
+        self.value += 1
+        self.straight.execute("update items set qty = %s where id = %s", (self.value, item))
+        deadline = time.monotonic() + 1.0
+        for conn in self.conns.values():
+            while conn.execute("select qty from items where id = %s", (item,)).fetchone() != (self.value,):
+                assert time.monotonic() < deadline, "a write straight to PostgreSQL was not seen within 1 s"
+                time.sleep(0.005)
+
+    @rule(via=st.sampled_from("ab"), item=st.integers(20, 22), prepared=st.booleans())
+    def read(self, via: str, item: int, prepared: bool) -> None:
+        got = self.conns[via].execute("select qty from items where id = %s", (item,), prepare=prepared).fetchone()
+        assert got == (self.truth(item),)
+
+
+def test_interleaved_reads_and_writes_through_two_instances(pg: PgCluster, tmp_path: Path, prefix: str) -> None:
+    config = cache_config(pg, redis=REDIS_URL, key_prefix=prefix)
+    other = {
+        **config,
+        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "http": {"host": "127.0.0.1", "port": free_port()},
+    }
+    with (
+        ProxyProcess(config, tmp_path / "a") as one,
+        ProxyProcess(other, tmp_path / "b") as two,
+        psycopg.connect(one.dsn(), autocommit=True) as a,
+        psycopg.connect(two.dsn(), autocommit=True) as b,
+        psycopg.connect(direct(pg), autocommit=True) as straight,
+    ):
+        serving(one)
+        serving(two)
+        run_state_machine_as_test(
+            lambda: Interleaved(a, b, straight),
+            settings=settings(max_examples=8, stateful_step_count=15, deadline=None, database=None),
+        )
+        assert hits(one) + hits(two) > 0
