@@ -22,6 +22,7 @@ class Probe:
 
     tables: tuple[str, ...]
     key: tuple[object, ...]
+    text: str  # the statement as sent to PostgreSQL
 
 
 def batch_key(
@@ -42,7 +43,7 @@ def batch_key(
         return None
     scope = guard.statement_scope() if guard is not None else ""
     settings = tuple(sorted(state.settings.items()))
-    return Probe(verdict.tables, (state.database, state.user, scope, settings, text, rest))
+    return Probe(verdict.tables, (state.database, state.user, scope, settings, text, rest), text)
 
 
 def _policed(msgs: list[tuple[int, bytes]], state: SessionState, guard: Guard) -> tuple[str | None, bytes]:
