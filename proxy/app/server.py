@@ -76,7 +76,7 @@ class Server:
             if replication_wanted(config)
             else None
         )
-        self.caching = CacheService(config, self._target) if config.cache is not None else None
+        self.caching = CacheService(config, self._target) if config.cache and config.cache.tables else None
         self.result_cache = self.caching.results if self.caching is not None else None
         self._planes = [plane for plane in (self.replication, self.caching) if plane is not None]
 

@@ -75,13 +75,21 @@ class Caching:
         """Are answers served for `database`? Only while its WAL consumer is within the bound."""
         return self.feed(database).healthy(self.bound_s)
 
-    async def ready(self, database: str) -> None:
-        """Start the database's feed and wait for its first catalog read (a login waits)."""
-        self.feed(database)
+    async def ready(self, database: str) -> bool:
+        """Wait for the database's first catalog read (a login waits); start its WAL feed when it has
+        tables to cache. False when it has none (its sessions then skip the cache altogether)."""
         self.classifier(database)
         task = self._loading.get(database)
         if task is not None:
             await asyncio.shield(task)
+        if not self.caches(database):
+            return False
+        self.feed(database)
+        return True
+
+    def caches(self, database: str) -> bool:
+        judge = self.judges.get(database)
+        return judge is not None and bool(judge.catalog.usable)
 
     def refresh(self, database: str) -> None:
         if database not in self._loading:
@@ -110,6 +118,8 @@ class Caching:
     async def committed(self, database: str, lsn: int) -> None:
         """A write committed at `lsn`: return once the WAL consumer has bumped what it changed; when it
         cannot within commit_wait_ms, every answer of the database is dropped instead."""
+        if not self.caches(database):
+            return
         feed = self.feed(database)
         if feed.connected and await feed.reached(lsn, self.config.commit_wait_ms / 1000):
             return

@@ -310,8 +310,7 @@ class Session(asyncio.Protocol):
             return
         if state.tx_mode and ctx.read_routing is not None:
             await ctx.read_routing.ready(state.database)
-        if ctx.caching is not None:
-            await ctx.caching.ready(state.database)
+        cached = ctx.caching is not None and await ctx.caching.ready(state.database)
         if state.phase == CLOSED:
             return
         limits = SessionLimits(ctx.limits, state, self.tenant) if ctx.limits is not None else None
@@ -326,7 +325,7 @@ class Session(asyncio.Protocol):
             relay.route = SessionRoute(ctx.read_routing, state, core.names, pool, self.tenant, policed)
             if self.config.routing.read_your_writes:  # the commit watermark, taken after each write
                 core.hold = relay.hold
-        if ctx.caching is not None:  # the result cache (caching.py): a write's answer waits for the WAL consumer
+        if cached and ctx.caching is not None:  # the result cache (caching.py): a write's answer waits for the WAL
             relay.cache = SessionCache(ctx.caching, state, core.names, core.guard)
             core.hold = relay.hold
         if state.tx_mode or state.ident is not None:  # LISTEN multiplexed on the pool's listener (notify.py)
