@@ -77,31 +77,14 @@ class CacheService:
         self.caching.refresh(database)
 
     async def _read_catalog(self, database: str) -> tuple[Volatility, Catalog]:
-        import asyncpg
-
         target = self._target(database, self.config.backend_auth.user or "postgres", False)
-        conn = await asyncpg.connect(
-            host=target.host,
-            port=target.port,
-            user=target.user,
-            password=target.password,
-            database=database,
-            ssl=target.tls_context or False,
-            timeout=10,
-        )
-        try:
-            volatility = await read_volatility(conn)
-            rows = await conn.fetch(TABLES_SQL, list(self.settings.tables))
-        finally:
-            await conn.close()
-        return volatility, catalog_of(self.settings, rows, volatility)
+        login = {"host": target.host, "port": target.port, "user": target.user, "password": target.password}
+        return await read_catalog(self.settings, {**login, "database": database, "ssl": target.tls_context or False})
 
     async def start(self) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self.caching.reread()))
 
     async def stop(self) -> None:
-        for task in self._tasks[:1]:
-            task.cancel()
         await asyncio.gather(*(c.stop() for c in self.consumers.values()), return_exceptions=True)
         for task in self._tasks:
             task.cancel()
@@ -120,27 +103,28 @@ def catalog_of(settings: CacheConfig, rows: list, volatility: Volatility) -> Cat
     return Catalog(usable, problems, volatility)
 
 
-async def explain_cache(config: Config, database: str, sql: str) -> str:
-    """`pgwarden explain`'s cache line: whether `sql`'s answer may be cached, by the live catalog, and why."""
+async def read_catalog(settings: CacheConfig, login: dict) -> tuple[Volatility, Catalog]:
+    """One database's function volatility and listed tables (asyncpg connect arguments `login`)."""
     import asyncpg
 
+    conn = await asyncpg.connect(**login, timeout=10)
+    try:
+        volatility = await read_volatility(conn)
+        rows = await conn.fetch(TABLES_SQL, list(settings.tables))
+    finally:
+        await conn.close()
+    return volatility, catalog_of(settings, rows, volatility)
+
+
+async def explain_cache(config: Config, database: str, sql: str) -> str:
+    """`pgwarden explain`'s cache line: whether `sql`'s answer may be cached, by the live catalog, and why."""
     from proxy.cache.eligible import judge
 
     assert config.cache is not None
-    conn = await asyncpg.connect(
-        host=config.primary.host,
-        port=config.primary.port,
-        user=config.backend_auth.user or "postgres",
-        password=config.backend_auth.secret(),
-        database=database,
-        timeout=10,
-    )
-    try:
-        volatility = await read_volatility(conn)
-        rows = await conn.fetch(TABLES_SQL, list(config.cache.tables))
-    finally:
-        await conn.close()
-    verdict = judge(sql, catalog_of(config.cache, rows, volatility), config.cache.stable_functions)
+    user = config.backend_auth.user or "postgres"
+    login = {"host": config.primary.host, "port": config.primary.port, "user": user, "database": database}
+    _, catalog = await read_catalog(config.cache, {**login, "password": config.backend_auth.secret()})
+    verdict = judge(sql, catalog, config.cache.stable_functions)
     if verdict.tables is None:
         return f"not cached: {verdict.reason}"
     return f"cached (keyed by the versions of {', '.join(verdict.tables)}); outside a transaction block"

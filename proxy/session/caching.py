@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -28,6 +29,8 @@ log = logging.getLogger("pgwarden.cache")
 READY_IDLE = protocol.ready_for_query(b"I")
 _ANSWER_KINDS = frozenset(b"12TnDCs")  # what a cached answer may hold before its ReadyForQuery
 _REREAD_S = 30.0
+# Statements that may change what a cached answer holds or who may read it, without a row in the WAL.
+_SCHEMA_OR_PRIVILEGES = re.compile(rb"(?i)\b(?:create|alter|drop|comment|grant|revoke|security|import|reassign)\b")
 
 
 class Feed(Protocol):
@@ -184,7 +187,7 @@ class SessionCache:
         state.wrote = True
         for kind, msg in msgs:
             if kind in (protocol.MSG_QUERY, protocol.MSG_PARSE):
-                if session_sql.sends_ddl(msg):
+                if _SCHEMA_OR_PRIVILEGES.search(msg, 5) is not None:
                     self.ddl = True
                 if self.off is None and session_sql.may_leave_state(msg.lower()):
                     self.off = "it may have created a temporary table or changed a setting by set_config()"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol
 
@@ -23,6 +23,8 @@ from proxy.session.state import CLOSED, SessionState
 from proxy.wire.protocol import MSG_TERMINATE
 
 log = logging.getLogger("pgwarden.session")
+
+_FAILED = object()  # an asynchronous decision that raised, or whose client left meanwhile
 
 # After a write: where the WAL ends (the replicas' watermark), and what the WAL consumer must have read: what
 # is flushed, which holds the commit (the walsender sends flushed WAL only), or the end with synchronous_commit off.
@@ -179,45 +181,43 @@ class Relay:
         self.ctx.stats.observe(probe.text, seconds, 0, True)
 
     async def _lookup(self, cache: SessionCache, probe: Probe, msgs: list[tuple[int, bytes]]) -> None:
+        """A batch looked up in Redis (`cache.redis`): answered, or routed with its Miss to store."""
         started = time.perf_counter()
-        try:
-            found = await cache.lookup(probe)
-        except Exception:  # a bug costs this client, never a hang
-            log.exception("client %s: internal error in a cache lookup", self.client.record.peer)
-            self.client.fatal("XX000", "internal error in pgwarden; the client connection was closed")
+        found = await self._asked(cache.lookup(probe), "in a cache lookup")
+        if found is _FAILED:
             return
-        if self.client.record.phase == CLOSED:
-            return
-        self.waiting = False
-        later, self.pending = self.pending, []
         if isinstance(found, bytes):
-            self._hit(found, probe, time.perf_counter() - started)
+            self._decided(partial(self._hit, found, probe, time.perf_counter() - started))
         else:
-            self.miss = found
-            self.client.safely(partial(self._route, probed=True), msgs)
-        if self.limits is not None and not self.waiting:
-            limited.after(self.limits, self.core.backend)
-        if later:
-            self.client.safely(self.dispatch, later)
-        if not self.waiting and self.client.record.phase != CLOSED and self.client.transport is not None:
-            self.client.transport.resume_reading()
+            self.miss = found if isinstance(found, Miss) else None
+            self._decided(partial(self._route, msgs, True))
 
     async def _decide(self, limits: limited.SessionLimits, ask: limited.Ask) -> None:
         """A batch's rate decided in Redis (`limits.redis`); then routed as `dispatch` does."""
+        msgs = await self._asked(limits.decide(ask), "while deciding a rate limit")
+        if msgs is not _FAILED:
+            self._decided(partial(self._route, msgs))
+
+    async def _asked(self, question: Awaitable[Any], what: str) -> Any:
+        """The answer of an asynchronous decision; _FAILED when it raised (the client is closed: a bug
+        costs this client, never a hang) or the client left meanwhile."""
         try:
-            msgs = await limits.decide(ask)
-        except Exception:  # a bug costs this client, never a hang
-            log.exception("client %s: internal error while deciding a rate limit", self.client.record.peer)
+            answer = await question
+        except Exception:
+            log.exception("client %s: internal error %s", self.client.record.peer, what)
             self.client.fatal("XX000", "internal error in pgwarden; the client connection was closed")
-            return
-        if self.client.record.phase == CLOSED:
-            return
+            return _FAILED
+        return _FAILED if self.client.record.phase == CLOSED else answer
+
+    def _decided(self, go: Callable[[], None]) -> None:
+        """After an asynchronous decision: `go`, then the messages that arrived meanwhile (checked in
+        turn), then the client is read again."""
         self.waiting = False
         later, self.pending = self.pending, []
-        self.client.safely(self._route, msgs)
-        if not self.waiting:
-            limited.after(limits, self.core.backend)
-        if later:  # (arrived meanwhile: checked in turn)
+        self.client.safely(lambda _: go(), None)
+        if self.limits is not None and not self.waiting:
+            limited.after(self.limits, self.core.backend)
+        if later:
             self.client.safely(self.dispatch, later)
         if not self.waiting and self.client.record.phase != CLOSED and self.client.transport is not None:
             self.client.transport.resume_reading()
