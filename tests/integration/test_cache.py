@@ -226,6 +226,15 @@ def test_tenants_and_masked_roles_never_share_answers(pg: PgCluster, tmp_path: P
         assert [name for name, _ in seen["alice"]] == ["Ann"]  # acme's row, its email masked for the analyst
         assert seen["alice"][0][1] != "ann@acme.io", seen["alice"]
         assert hits(proxy) >= 3
+        masked = POLICY.replace("roles: [analyst]}", "roles: [analyst, app]}")  # the app role masked too
+        (tmp_path / "policy.yaml").write_text(textwrap.dedent(masked))
+        proxy.reload()
+        deadline = time.monotonic() + 5
+        with psycopg.connect(proxy.dsn(user="acme_app"), autocommit=True) as conn:
+            while conn.execute(sql).fetchall() == seen["acme_app"]:  # an answer from before the reload: never again
+                assert time.monotonic() < deadline, "the reloaded policy's masks were not applied"
+                time.sleep(0.05)
+            assert conn.execute(sql).fetchall()[0][1] != "ann@acme.io"
 
 
 def test_two_instances_sharing_redis_never_serve_an_old_answer(pg: PgCluster, tmp_path: Path, prefix: str) -> None:
