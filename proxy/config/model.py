@@ -269,7 +269,7 @@ class Config(_Strict):
         description=(
             "Worker processes serving the one listen port (SO_REUSEPORT: the kernel spreads clients). "
             "Default: the cores this process may use (CPU affinity, a container's CPU limit), at most pool.size (one with `audit`, which needs one process "
-            "for now, and one with `replicas` but no routing.redis, which shares the commit watermarks); `1` runs one process. pool.size stays a cap for all workers together (each gets an "
+            "for now, one with `replicas` but no routing.redis, which shares the commit watermarks, and one with `cache` but no cache.redis, which shares the table versions); `1` runs one process. pool.size stays a cap for all workers together (each gets an "
             "equal share), so workers cannot exceed pool.size."
         ),
     )
