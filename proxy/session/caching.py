@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from proxy.cache.eligible import Catalog, Judge
 from proxy.cache.results import Miss, ResultCache
@@ -14,14 +14,16 @@ from proxy.cache.versions import CacheUnavailable
 from proxy.config.cache import Cache as CacheConfig
 from proxy.ops.stats import literal_key
 from proxy.pooling.backend import Backend
+from proxy.pooling.prepared import Registry
 from proxy.routing.volatility import ReadClassifier, Volatility
 from proxy.session import session_sql
 from proxy.session.guard import Guard
-from proxy.session.probe import Probe, batch_key
+from proxy.session.probe import Probe, batch_key, query_probe
+from proxy.session.routes import BatchRoute, judge_batch
 from proxy.session.state import SessionState
 from proxy.session.statements import Statements
 from proxy.wire import protocol
-from proxy.wire.protocol import TX_IDLE
+from proxy.wire.protocol import MSG_QUERY, TX_IDLE
 from proxy.wire.tracker import Ready
 
 log = logging.getLogger("pgwarden.cache")
@@ -29,6 +31,8 @@ log = logging.getLogger("pgwarden.cache")
 READY_IDLE = protocol.ready_for_query(b"I")
 _ANSWER_KINDS = frozenset(b"12TnDCs")  # what a cached answer may hold before its ReadyForQuery
 _REREAD_S = 30.0
+_FACTS_CAP = 20_000
+_NO_NAMES = Statements(Registry())  # (a lone Query names no prepared statement)
 # Statements that may change what a cached answer holds or who may read it, without a row in the WAL.
 _SCHEMA_OR_PRIVILEGES = re.compile(rb"(?i)\b(?:create|alter|drop|comment|grant|revoke|security|import|reassign)\b")
 
@@ -40,6 +44,14 @@ class Feed(Protocol):
 
     def healthy(self, bound_s: float) -> bool: ...
     async def reached(self, lsn: int, timeout_s: float) -> bool: ...
+
+
+class Facts(NamedTuple):
+    """One Query message: the tables keying its answer (None: not cached), its text, and its judgement."""
+
+    tables: tuple[str, ...] | None
+    text: str
+    route: BatchRoute
 
 
 class Caching:
@@ -56,6 +68,7 @@ class Caching:
         self.config, self.results = config, results
         self.feed, self._read_catalog = feed, read_catalog
         self.judges: dict[str, Judge] = {}
+        self._facts: dict[str, dict[bytes, Facts]] = {}  # per database: a Query message -> what it is
         self._classifiers: dict[str, ReadClassifier] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
         self.bound_s = config.max_lag_ms / 1000
@@ -65,6 +78,31 @@ class Caching:
         if judge is None:
             self.refresh(database)
         return judge
+
+    def facts(self, database: str, msg: bytes) -> Facts | None:
+        """What one Query message is, for the cache and for telling writes (None until the catalog is
+        read): one dictionary lookup for a message seen before; else its shape (integer constants
+        zeroed) is taken once and judged by both."""
+        memo = self._facts.get(database)
+        if memo is None:
+            return None
+        facts = memo.get(msg)
+        if facts is None:
+            sql = protocol.decode_query(msg)
+            shape = literal_key(sql)
+            facts = memo.get(shape.encode())  # (the same statement with other integers: judged already)
+            if facts is None:
+                verdict = self.judges[database](shape)
+                route = judge_batch([(MSG_QUERY, protocol.query(shape))], _NO_NAMES, self.classifier(database))
+                facts = Facts(verdict.tables, "", route)
+                memo[shape.encode()] = facts
+            if facts.tables is not None:
+                facts = facts._replace(text=sql)
+            if len(memo) >= _FACTS_CAP:
+                memo.clear()
+            if len(msg) <= 20_000:
+                memo[msg] = facts
+        return facts
 
     def classifier(self, database: str) -> ReadClassifier:
         """Tells reads from writes (everything is a write until the catalog is read)."""
@@ -108,6 +146,7 @@ class Caching:
                 log.warning("cache: %s is never cached: %s", name, problem)
             self.judges[database] = Judge(catalog, self.config.stable_functions, shape_key=literal_key)
             self._classifiers[database] = ReadClassifier(volatility, shape_key=literal_key)
+            self._facts[database] = {}
         finally:
             del self._loading[database]
 
@@ -155,10 +194,16 @@ class SessionCache:
             return None
         if backend is not None and (not backend.tracker.idle or backend.tracker.status != TX_IDLE):
             return None  # (in a transaction block, or answers still due)
-        judge = self.caching.judge(state.database)
-        if judge is None:
-            return None
-        probe = batch_key(msgs, state, self.names, self.guard, judge)
+        if self.guard is None and len(msgs) == 1 and msgs[0][0] == MSG_QUERY:  # the common case: one lookup
+            facts = self.caching.facts(state.database, msgs[0][1])
+            if facts is None or facts.tables is None:
+                return None
+            probe: Probe | None = query_probe(state, facts.tables, facts.text)
+        else:
+            judge = self.caching.judge(state.database)
+            if judge is None:
+                return None
+            probe = batch_key(msgs, state, self.names, self.guard, judge)
         if probe is not None and not self.caching.serving(state.database):
             self.caching.results.not_served("wal")
             return None
@@ -175,9 +220,13 @@ class SessionCache:
         WAL consumer), does it send DDL, does it change session state the key cannot see?"""
         state = self.state
         if judged_write is None:
-            from proxy.session.routes import judge_batch
-
-            judged = judge_batch(msgs, self.names, self.caching.classifier(state.database))
+            facts = (
+                self.caching.facts(state.database, msgs[0][1]) if len(msgs) == 1 and msgs[0][0] == MSG_QUERY else None
+            )
+            if facts is not None:
+                judged = facts.route
+            else:
+                judged = judge_batch(msgs, self.names, self.caching.classifier(state.database))
             if judged.read or not judged.writes:
                 if not judged.read and not (state.tx_mode or self.guard is not None):
                     self.off = "a session statement pgwarden does not track (session pooling)"

@@ -46,6 +46,12 @@ def batch_key(
     return Probe(verdict.tables, (state.database, state.user, scope, settings, text, rest), text)
 
 
+def query_probe(state: SessionState, tables: tuple[str, ...], text: str) -> Probe:
+    """The Probe of one simple Query without a policy (its text as sent)."""
+    settings = tuple(sorted(state.settings.items()))
+    return Probe(tables, (state.database, state.user, "", settings, text, b"Q"), text)
+
+
 def _policed(msgs: list[tuple[int, bytes]], state: SessionState, guard: Guard) -> tuple[str | None, bytes]:
     """Under a policy, one simple Query the router forwards: the text it sends (rewritten for the tenant)."""
     if len(msgs) != 1 or msgs[0][0] != MSG_QUERY or state.tenant_unknown or state.ident is None:
