@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import TYPE_CHECKING, NamedTuple, cast
 
@@ -100,8 +101,9 @@ class RedisVersions:
     def __init__(self, url: str, prefix: str) -> None:
         self.url, self.prefix = url, prefix
         self._client: redis.asyncio.Redis | None = None
-        self._lookup: AsyncScript | None = None
         self._bump: AsyncScript | None = None
+        self._lookup_sha: str | None = None
+        self._queue: list[tuple[list[str], list[str], asyncio.Future[list[bytes]]]] = []  # lookups of this turn
 
     def _redis(self) -> redis.asyncio.Redis:
         if self._client is None:
@@ -109,7 +111,7 @@ class RedisVersions:
 
             client = redis.asyncio.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5)
             self._client = client
-            self._lookup, self._bump = client.register_script(_LOOKUP), client.register_script(_BUMP)
+            self._bump = client.register_script(_BUMP)
         return self._client
 
     def _gen(self, database: str) -> str:
@@ -122,12 +124,45 @@ class RedisVersions:
         return f"{self.prefix}e:{digest}"
 
     async def lookup(self, database: str, tables: tuple[str, ...], digest: str, local: str) -> Lookup:
-        self._redis()
-        assert self._lookup is not None
+        """The current signature, and the answer when Redis has a current one (CacheUnavailable if it
+        cannot be asked). Lookups made in the same turn of the event loop go in one pipeline."""
         keys = [self._gen(database), self.entry_key(digest), *(self._table(database, t) for t in tables)]
-        reply = await self._call(self._lookup, keys, [new_generation(), local])
+        future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+        self._queue.append((keys, [new_generation(), local], future))
+        if len(self._queue) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        reply = await future
         sig = reply[0].decode()
         return Lookup(sig, int(reply[1]), reply[2] if len(reply) > 2 else None)
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        asyncio.get_running_loop().create_task(self._ask(batch))
+
+    async def _ask(self, batch: list[tuple[list[str], list[str], asyncio.Future[list[bytes]]]]) -> None:
+        from redis.exceptions import NoScriptError
+
+        client = self._redis()
+        try:
+            for _ in range(2):  # (a Redis restarted meanwhile forgot the script: loaded again, once)
+                if self._lookup_sha is None:
+                    self._lookup_sha = await client.script_load(_LOOKUP)
+                pipe = client.pipeline(transaction=False)
+                for keys, args, _ in batch:
+                    pipe.evalsha(self._lookup_sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+                if not any(isinstance(r, NoScriptError) for r in replies):
+                    break
+                self._lookup_sha = None
+        except Exception as exc:  # (Redis failing, or anything else: the lookups fail closed, never hang)
+            replies = [exc] * len(batch)
+        for (_, _, future), reply in zip(batch, replies):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(CacheUnavailable(str(reply)))
+            else:
+                future.set_result(reply)
 
     async def store(self, digest: str, signature: str, answer: bytes, ttl_s: float) -> None:
         from redis.exceptions import RedisError
