@@ -23,7 +23,7 @@ from proxy.session.routes import BatchRoute, judge_batch
 from proxy.session.state import SessionState
 from proxy.session.statements import Statements
 from proxy.wire import protocol
-from proxy.wire.protocol import MSG_QUERY, TX_IDLE
+from proxy.wire.protocol import MSG_BIND, MSG_PARSE, MSG_QUERY, TX_IDLE
 from proxy.wire.tracker import Ready
 
 log = logging.getLogger("pgwarden.cache")
@@ -32,6 +32,7 @@ READY_IDLE = protocol.ready_for_query(b"I")
 _ANSWER_KINDS = frozenset(b"12TnDCs")  # what a cached answer may hold before its ReadyForQuery
 _REREAD_S = 30.0
 _FACTS_CAP = 20_000
+_BOUND_KINDS = frozenset(b"DES")  # what may follow the Bind of a prepared statement in a batch _facts knows
 _NO_NAMES = Statements(Registry())  # (a lone Query names no prepared statement)
 # Statements that may change what a cached answer holds or who may read it, without a row in the WAL.
 _SCHEMA_OR_PRIVILEGES = re.compile(rb"(?i)\b(?:create|alter|drop|comment|grant|revoke|security|import|reassign)\b")
@@ -80,15 +81,15 @@ class Caching:
         return judge
 
     def facts(self, database: str, msg: bytes) -> Facts | None:
-        """What one Query message is, for the cache and for telling writes (None until the catalog is
-        read): one dictionary lookup for a message seen before; else its shape (integer constants
-        zeroed) is taken once and judged by both."""
+        """What one Query or Parse message runs, for the cache and for telling writes (None until the
+        catalog is read): one dictionary lookup for a message seen before; else its shape (integer
+        constants zeroed) is taken once and judged by both."""
         memo = self._facts.get(database)
         if memo is None:
             return None
         facts = memo.get(msg)
         if facts is None:
-            sql = protocol.decode_query(msg)
+            sql = protocol.decode_query(msg) if msg[0] == MSG_QUERY else protocol.decode_parse(msg).query
             shape = literal_key(sql)
             facts = memo.get(shape.encode())  # (the same statement with other integers: judged already)
             if facts is None:
@@ -194,10 +195,11 @@ class SessionCache:
             return None
         if backend is not None and (not backend.tracker.idle or backend.tracker.status != TX_IDLE):
             return None  # (in a transaction block, or answers still due)
-        if self.guard is None and len(msgs) == 1 and msgs[0][0] == MSG_QUERY:  # the common case: one lookup
-            facts = self.caching.facts(state.database, msgs[0][1])
-            if facts is None or facts.tables is None:
-                return None
+        facts = self._facts(msgs) if self.guard is None else None
+        if facts is not None and facts.tables is None:  # the common case, one dictionary lookup: not cached
+            return None
+        if facts is not None and msgs[0][0] == MSG_QUERY:
+            assert facts.tables is not None
             probe: Probe | None = query_probe(state, facts.tables, facts.text)
         else:
             judge = self.caching.judge(state.database)
@@ -208,6 +210,23 @@ class SessionCache:
             self.caching.results.not_served("wal")
             return None
         return probe
+
+    def _facts(self, msgs: list[tuple[int, bytes]]) -> Facts | None:
+        """What a batch of one Query, of Parse (unnamed)/Bind/[Describe]/Execute/Sync, or of
+        Bind/[Describe]/Execute/Sync of one prepared statement runs (None: another batch, or the
+        catalog not read yet)."""
+        kind, first = msgs[0]
+        database = self.state.database
+        if kind == MSG_QUERY:
+            return self.caching.facts(database, first) if len(msgs) == 1 else None
+        if kind == MSG_PARSE and first[5] == 0 and 2 <= len(msgs) <= 5 and msgs[1][0] == MSG_BIND:
+            return self.caching.facts(database, first) if all(k in _BOUND_KINDS for k, _ in msgs[2:]) else None
+        if kind != MSG_BIND or first[6] == 0 or len(msgs) > 4 or first[5] != 0:  # (a named statement, unnamed portal)
+            return None
+        if any(k not in _BOUND_KINDS for k, _ in msgs):
+            return None
+        stmt = self.names.lookup(protocol.decode_bind_names(first)[1])
+        return None if stmt is None else self.caching.facts(database, stmt.parse)
 
     def lookup_local(self, probe: Probe) -> bytes | Miss:
         return self.caching.results.lookup_local(self.state.database, probe.tables, probe.key)
@@ -220,9 +239,7 @@ class SessionCache:
         WAL consumer), does it send DDL, does it change session state the key cannot see?"""
         state = self.state
         if judged_write is None:
-            facts = (
-                self.caching.facts(state.database, msgs[0][1]) if len(msgs) == 1 and msgs[0][0] == MSG_QUERY else None
-            )
+            facts = self._facts(msgs)
             if facts is not None:
                 judged = facts.route
             else:
