@@ -223,7 +223,7 @@ class SessionCache:
             return self.caching.facts(database, first) if all(k in _BOUND_KINDS for k, _ in msgs[2:]) else None
         if kind != MSG_BIND or first[6] == 0 or len(msgs) > 4 or first[5] != 0:  # (a named statement, unnamed portal)
             return None
-        if any(k not in _BOUND_KINDS for k, _ in msgs):
+        if any(k not in _BOUND_KINDS for k, _ in msgs[1:]):
             return None
         stmt = self.names.lookup(protocol.decode_bind_names(first)[1])
         return None if stmt is None else self.caching.facts(database, stmt.parse)
