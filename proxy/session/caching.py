@@ -143,8 +143,10 @@ class Caching:
         except Exception as exc:  # the judge keeps what it had; nothing new becomes eligible
             log.warning("cannot read the catalog of database %r for the cache: %s", database, exc)
         else:
-            for name, problem in sorted(catalog.problems.items()):
-                log.warning("cache: %s is never cached: %s", name, problem)
+            before = self.judges.get(database)
+            for name, problem in sorted(catalog.problems.items()):  # (told again only when it changes)
+                if before is None or before.catalog.problems.get(name) != problem:
+                    log.warning("cache: %s is never cached: %s", name, problem)
             self.judges[database] = Judge(catalog, self.config.stable_functions, shape_key=literal_key)
             self._classifiers[database] = ReadClassifier(volatility, shape_key=literal_key)
             self._facts[database] = {}
