@@ -185,6 +185,7 @@ class SessionCache:
         self.caching, self.state, self.names, self.guard = caching, state, names, guard
         self.off: str | None = None  # why this session no longer uses the cache
         self.ddl = False  # the open transaction sent DDL (or GRANT/REVOKE): every answer goes at its commit
+        self._last: tuple[list[tuple[int, bytes]], int, Facts | None] | None = None  # the batch judged last
 
     @property
     def shared(self) -> bool:
@@ -216,7 +217,16 @@ class SessionCache:
     def _facts(self, msgs: list[tuple[int, bytes]]) -> Facts | None:
         """What a batch of one Query, of Parse (unnamed)/Bind/[Describe]/Execute/Sync, or of
         Bind/[Describe]/Execute/Sync of one prepared statement runs (None: another batch, or the
-        catalog not read yet)."""
+        catalog not read yet). The batch `probe` judged is not judged again by `note` (the same
+        list, still as long: a list of messages only grows)."""
+        last = self._last
+        if last is not None and last[0] is msgs and last[1] == len(msgs):
+            return last[2]
+        facts = self._batch_facts(msgs)
+        self._last = (msgs, len(msgs), facts) if facts is not None else None  # (small batches only)
+        return facts
+
+    def _batch_facts(self, msgs: list[tuple[int, bytes]]) -> Facts | None:
         kind, first = msgs[0]
         database = self.state.database
         if kind == MSG_QUERY:
