@@ -7,9 +7,8 @@ import re
 
 from .classify import walk_statement
 from .complexity import parse_tree
-from .pgparser import Node, parser
-from .readonly import PRIMARY_COMMENT, READ, ReadShape, select_shape, write
-from .refuse import Refused
+from .pgparser import Node
+from .readonly import READ, ReadShape, judged, select_shape, write
 
 
 def cache_shape(sql: str) -> ReadShape:
@@ -28,27 +27,19 @@ def cache_shape(sql: str) -> ReadShape:
     >>> sorted(cache_shape("SELECT * FROM t WHERE at > CURRENT_DATE").functions)
     ['now']
     """
-    if PRIMARY_COMMENT.match(sql):
-        return write("pgwarden:primary comment")
-    try:
-        tree = parse_tree(sql)
-        parts = tree.get("stmts", ())
-        if len(parts) != 1:
-            return write("several statements" if parts else "empty")
-        stmt = parts[0]["stmt"]
-        if "SelectStmt" not in stmt:
-            return write("not a SELECT")
-        fields = stmt["SelectStmt"]
-        shape = select_shape(fields, walk_statement("SelectStmt", fields))
-        if shape.route == READ:
-            shape = _time_and_chance(fields, shape, sql)
-    except (parser.ParseError, ValueError):
-        return write("does not parse")
-    except (Refused, RecursionError):
-        return write("too complex to judge")
-    except (KeyError, TypeError, AttributeError, IndexError):  # a tree the walk does not know: fail closed
-        return write("cannot judge")
-    return shape if shape.route == READ else write(shape.reason)
+    return judged(sql, _select_shape)
+
+
+def _select_shape(sql: str) -> ReadShape:
+    parts = parse_tree(sql).get("stmts", ())
+    if len(parts) != 1:
+        return write("several statements" if parts else "empty")
+    stmt = parts[0]["stmt"]
+    if "SelectStmt" not in stmt:
+        return write("not a SELECT")
+    fields = stmt["SelectStmt"]
+    shape = select_shape(fields, walk_statement("SelectStmt", fields))
+    return _time_and_chance(fields, shape, sql) if shape.route == READ else write(shape.reason)
 
 
 # SQLValueFunction operators whose value is the clock's (stable, as now() is).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .analyse import Found
@@ -89,21 +90,31 @@ def read_shape(sql: str) -> ReadShape:
     >>> read_shape("BEGIN READ ONLY").begins, read_shape("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY").begins
     ('read_only', 'read_write')
     """
+    return judged(sql, _message_shape)
+
+
+def _message_shape(sql: str) -> ReadShape:
+    parts = [statement_shape(kind, fields) for kind, fields in statements(sql)]
+    if not parts:
+        return ReadShape(SESSION, "empty")
+    if len(parts) == 1:
+        return parts[0]
+    return combined(parts)
+
+
+def judged(sql: str, shape_of: Callable[[str], ReadShape]) -> ReadShape:
+    """`shape_of(sql)`, failing closed: WRITE for a `/* pgwarden:primary */` comment, a text that does
+    not parse, one too complex to judge, or a tree the walk does not know."""
     if PRIMARY_COMMENT.match(sql):
         return write("pgwarden:primary comment")
     try:
-        parts = [statement_shape(kind, fields) for kind, fields in statements(sql)]
+        return shape_of(sql)
     except (parser.ParseError, ValueError):
         return write("does not parse")
     except (Refused, RecursionError):
         return write("too complex to judge")
     except (KeyError, TypeError, AttributeError, IndexError):  # a tree the walk does not know: fail closed
         return write("cannot judge")
-    if not parts:
-        return ReadShape(SESSION, "empty")
-    if len(parts) == 1:
-        return parts[0]
-    return combined(parts)
 
 
 def combined(parts: list[ReadShape]) -> ReadShape:

@@ -84,6 +84,15 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen |
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
+def redis_server(port: int) -> subprocess.Popen:
+    """A throwaway redis-server on `port` (nothing saved), answering when this returns."""
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+    )
+    wait_for_port("127.0.0.1", port, 5.0, proc)
+    return proc
+
+
 class ProxyProcess:
     """One `pgwarden run --config FILE` process; use as a context manager."""
 

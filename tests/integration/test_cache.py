@@ -5,7 +5,6 @@ never shared between tenants or roles, dropped after DDL and REVOKE, and no wron
 from __future__ import annotations
 
 import shutil
-import subprocess
 import textwrap
 import time
 import uuid
@@ -19,7 +18,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from tests.harness import REDIS_URL, ProxyProcess, base_config, free_port, scrape
+from tests.harness import REDIS_URL, ProxyProcess, base_config, free_port, redis_server, scrape
 from tests.pgcluster import PgCluster
 
 SCHEMA = """
@@ -266,17 +265,8 @@ def test_two_instances_sharing_redis_never_serve_an_old_answer(pg: PgCluster, tm
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_redis_killed_mid_run_costs_no_wrong_answer_and_no_error(pg: PgCluster, tmp_path: Path) -> None:
     port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
-    )
+    server = redis_server(port)
     try:
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
         config = cache_config(pg, redis=f"redis://127.0.0.1:{port}/0")
         with ProxyProcess(config, tmp_path) as proxy, psycopg.connect(proxy.dsn(), autocommit=True) as conn:
             serving(proxy)
@@ -285,11 +275,7 @@ def test_redis_killed_mid_run_costs_no_wrong_answer_and_no_error(pg: PgCluster, 
                     server.terminate()
                     server.wait(5)
                 if n == 40:
-                    server = subprocess.Popen(
-                        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-                        stdout=subprocess.DEVNULL,
-                    )
-                    time.sleep(0.3)
+                    server = redis_server(port)
                 conn.execute("update items set qty = %s where id = 13", (n,))
                 assert conn.execute("select qty from items where id = 13").fetchone() == (n,)
                 assert conn.execute("select qty from items where id = 13").fetchone() == (n,)

@@ -4,7 +4,6 @@ Redis lost mid-run, concurrency, connection quotas and statement_timeout."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -13,7 +12,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.harness import REDIS_URL, ProxyProcess, base_config, free_port, scrape
+from tests.harness import REDIS_URL, ProxyProcess, base_config, free_port, redis_server, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -203,17 +202,8 @@ def test_a_rate_shared_by_two_instances_holds_within_ten_percent(tmp_path):
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_redis_lost_mid_run_falls_back_to_each_process(tmp_path):
     port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
-    )
+    server = redis_server(port)
     try:
-        client = redis.Redis(port=port)
-        for _ in range(50):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
         limits = {"redis": f"redis://127.0.0.1:{port}/0", "users": {"*": {"statements_per_second": 50, "burst": 10}}}
         proxy = ProxyProcess(base_config(limits=limits), tmp_path / "p").start()
         try:
