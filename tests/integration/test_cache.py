@@ -4,6 +4,7 @@ never shared between tenants or roles, dropped after DDL and REVOKE, and no wron
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import textwrap
 import time
@@ -291,10 +292,12 @@ class Interleaved(RuleBasedStateMachine):
     through pgwarden equals what PostgreSQL holds at that moment (a write straight to PostgreSQL is
     waited for first, up to the bound)."""
 
-    def __init__(self, a: psycopg.Connection, b: psycopg.Connection, straight: psycopg.Connection) -> None:
+    def __init__(
+        self, a: psycopg.Connection, b: psycopg.Connection, straight: psycopg.Connection, values: Iterator[int]
+    ) -> None:
         super().__init__()
         self.conns, self.straight = {"a": a, "b": b}, straight
-        self.value = 0
+        self.values = values  # (shared by every example: a value written is never written again)
 
     def truth(self, item: int) -> int:
         row = self.straight.execute("select qty from items where id = %s", (item,)).fetchone()
@@ -303,23 +306,27 @@ class Interleaved(RuleBasedStateMachine):
 
     @rule(via=st.sampled_from("ab"), item=st.integers(20, 22))
     def write_through_pgwarden(self, via: str, item: int) -> None:
-        self.value += 1
-        self.conns[via].execute("update items set qty = %s where id = %s", (self.value, item))
+        self.conns[via].execute("update items set qty = %s where id = %s", (next(self.values), item))
 
     @rule(item=st.integers(20, 22))
     def write_straight(self, item: int) -> None:
-        self.value += 1
-        self.straight.execute("update items set qty = %s where id = %s", (self.value, item))
+        """Every way `read` asks (each instance; unnamed and prepared: two keys) sees it within the bound."""
+        value = next(self.values)
+        self.straight.execute("update items set qty = %s where id = %s", (value, item))
         deadline = time.monotonic() + 1.0
         for conn in self.conns.values():
-            while conn.execute("select qty from items where id = %s", (item,)).fetchone() != (self.value,):
-                assert time.monotonic() < deadline, "a write straight to PostgreSQL was not seen within 1 s"
-                time.sleep(0.005)
+            for prepared in (False, True):
+                while self._read(conn, item, prepared) != (value,):
+                    assert time.monotonic() < deadline, "a write straight to PostgreSQL was not seen within 1 s"
+                    time.sleep(0.005)
 
     @rule(via=st.sampled_from("ab"), item=st.integers(20, 22), prepared=st.booleans())
     def read(self, via: str, item: int, prepared: bool) -> None:
-        got = self.conns[via].execute("select qty from items where id = %s", (item,), prepare=prepared).fetchone()
-        assert got == (self.truth(item),)
+        assert self._read(self.conns[via], item, prepared) == (self.truth(item),)
+
+    @staticmethod
+    def _read(conn: psycopg.Connection, item: int, prepared: bool) -> tuple[int, ...] | None:
+        return conn.execute("select qty from items where id = %s", (item,), prepare=prepared).fetchone()
 
 
 def test_interleaved_reads_and_writes_through_two_instances(pg: PgCluster, tmp_path: Path, prefix: str) -> None:
@@ -338,8 +345,9 @@ def test_interleaved_reads_and_writes_through_two_instances(pg: PgCluster, tmp_p
     ):
         serving(one)
         serving(two)
+        values = itertools.count(1000)
         run_state_machine_as_test(
-            lambda: Interleaved(a, b, straight),
+            lambda: Interleaved(a, b, straight, values),
             settings=settings(max_examples=8, stateful_step_count=15, deadline=None, database=None),
         )
         assert hits(one) + hits(two) > 0
