@@ -13,6 +13,7 @@ from typing import NamedTuple
 from proxy.changes import pgoutput
 from proxy.changes.link import PgLink, quote_ident, quote_literal
 from proxy.changes.publication import ensure_ddl_trigger, ensure_publication
+from proxy.changes.visibility import SNAPSHOT_SQL, Snapshot
 from proxy.wire import protocol
 from proxy.wire.protocol import ProtocolError
 
@@ -21,6 +22,7 @@ log = logging.getLogger("pgwarden.changes")
 OnCommit = Callable[[frozenset[str], int, float], Awaitable[None]]
 OnResync = Callable[[], Awaitable[None]]
 DDL_PREFIX = "pgwarden.ddl"  # the message the event trigger of `ddl_trigger` writes for each DDL command
+_VISIBLE_WITHIN_S = 5.0  # a decoded commit not visible to new snapshots by then: the session starts again
 
 
 def default_slot_name() -> str:
@@ -61,8 +63,9 @@ class ChangeConsumer:
     """Reads committed changes from PostgreSQL's WAL; call `run()` in a task, `stop()` to end it.
 
     `on_commit(tables, commit_lsn, commit_time)` runs for every committed transaction that changed a
-    published table, in commit order, before its position is acknowledged; if it raises, the session is
-    dropped and started again. `on_resync()` runs each time a new slot is created, before any commit
+    published table, in commit order, once a new snapshot sees the commit (PostgreSQL logs a commit
+    before it takes the transaction out of the running set) and before its position is acknowledged;
+    if it raises, the session is dropped and started again. `on_resync()` runs each time a new slot is created, before any commit
     of that session is reported: writes made while no slot existed are lost to the stream, so the cache
     must treat every table as changed then.
 
@@ -95,6 +98,9 @@ class ChangeConsumer:
         self._relations: dict[int, str] = {}
         self._stopping = False
         self._ddl = False  # the open transaction ran DDL
+        self._xid = 0  # the open transaction's (from its Begin)
+        self._snapshots: PgLink | None = None  # a third connection: is a decoded commit visible yet?
+        self._snapshot: Snapshot | None = None  # the newest one read
         self.sees_ddl = False  # the event trigger exists: DDL that bypasses pgwarden is reported
         self._task: asyncio.Task[None] | None = None
 
@@ -188,6 +194,7 @@ class ChangeConsumer:
             control.close()
             raise
         try:
+            self._snapshots = await PgLink.open(src.host, src.port, params, src.password, src.connect_timeout_s)
             await ensure_publication(control, src.publication, src.tables)
             if src.ddl_trigger:
                 self.sees_ddl = await ensure_ddl_trigger(control)
@@ -208,6 +215,9 @@ class ChangeConsumer:
         finally:
             control.close()
             stream.close()
+            if self._snapshots is not None:
+                self._snapshots.close()
+                self._snapshots = None
 
     async def _heartbeat(self, control: PgLink) -> None:
         prefix = quote_literal(self._prefix)
@@ -249,6 +259,7 @@ class ChangeConsumer:
         message = pgoutput.decode_message(payload)
         if isinstance(message, pgoutput.Begin):
             changed.clear()
+            self._xid = message.xid
             return True
         if isinstance(message, pgoutput.Commit):
             await self._commit(changed, message)
@@ -285,11 +296,29 @@ class ChangeConsumer:
             if missing:
                 raise ProtocolError(f"changes to relations {sorted(missing)} came before their Relation message")
             tables = frozenset(self._relations[r] for r in changed)
+            await self._visible(self._xid)
             await self._on_commit(tables, commit.commit_lsn, commit.commit_time)
         if self._ddl and self._on_ddl is not None:
+            await self._visible(self._xid)
             await self._on_ddl()
         self._ddl = False
         self._advance(commit.end_lsn)
+
+    async def _visible(self, xid: int) -> None:
+        """Return once a new snapshot sees transaction `xid`: an answer read before then, and stored
+        under versions bumped for it, could hold what it overwrote. Usually one query, or none."""
+        if self._snapshot is not None and self._snapshot.sees(xid):
+            return
+        assert self._snapshots is not None
+        deadline = time.monotonic() + _VISIBLE_WITHIN_S
+        while True:
+            rows = await self._snapshots.query(SNAPSHOT_SQL)
+            self._snapshot = Snapshot.parse(str(rows[0][0]))
+            if self._snapshot.sees(xid):
+                return
+            if time.monotonic() > deadline:
+                raise ProtocolError(f"transaction {xid} was decoded as committed but is still running")
+            await asyncio.sleep(0.0002)
 
 
 async def _first_failure(*work: Awaitable[None]) -> None:

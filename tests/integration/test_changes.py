@@ -193,6 +193,28 @@ def test_latency_from_commit_to_callback(cluster: PgCluster) -> None:
     run(scenario())
 
 
+def test_a_commit_is_reported_only_once_new_snapshots_see_it(cluster: PgCluster) -> None:
+    """PostgreSQL logs a commit before it takes the transaction out of the running set: the WAL can
+    report a commit that a query started then would not see. The consumer waits until a new snapshot
+    sees the transaction (this one is kept running, its id as pgoutput's Begin gives it)."""
+
+    async def scenario() -> None:
+        async with consuming(cluster) as (consumer, _):
+            db = await psycopg.AsyncConnection.connect(dsn(cluster))
+            row = await (await db.execute("select pg_current_xact_id()::text")).fetchone()
+            assert row is not None
+            xid = int(row[0]) & 0xFFFF_FFFF
+            waiting = asyncio.create_task(consumer._visible(xid))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            await db.commit()
+            await asyncio.wait_for(waiting, 1.0)
+            await asyncio.wait_for(consumer._visible(xid), 0.01)  # (the snapshot read last answers now)
+            await db.close()
+
+    run(scenario())
+
+
 def test_the_consumer_is_unhealthy_while_idle_only_if_the_heartbeat_stops(cluster: PgCluster) -> None:
     async def scenario() -> None:
         async with consuming(cluster, heartbeat_s=0.1) as (consumer, _):
