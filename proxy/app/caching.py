@@ -12,6 +12,7 @@ from proxy.cache.versions import CacheUnavailable
 from proxy.changes.consumer import ChangeConsumer, ChangeSource
 from proxy.config.cache import Cache as CacheConfig
 from proxy.config.model import Config
+from proxy.ops.stats import Shapes
 from proxy.pooling.backend import Target
 from proxy.routing.volatility import Volatility, read_volatility
 from proxy.session.caching import Caching
@@ -24,11 +25,11 @@ PUBLICATION = "pgwarden_cache"
 class CacheService:
     """Owns the process's `Caching` (what sessions use) and the WAL consumers feeding it."""
 
-    def __init__(self, config: Config, target: Callable[[str, str, bool], Target]) -> None:
+    def __init__(self, config: Config, target: Callable[[str, str, bool], Target], shapes: Shapes) -> None:
         assert config.cache is not None
         self.config, self.settings, self._target = config, config.cache, target
         self.results = ResultCache(config.cache)
-        self.caching = Caching(config.cache, self.results, self.feed, self._read_catalog)
+        self.caching = Caching(config.cache, self.results, self.feed, self._read_catalog, shapes)
         self.consumers: dict[str, ChangeConsumer] = {}
         self.results.feeds = lambda: {
             db: (c.healthy(self.caching.bound_s), c.lag_s) for db, c in self.consumers.items()

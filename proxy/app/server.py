@@ -65,9 +65,7 @@ class Server:
             if config.slow_query
             else None
         )
-        self.audit: AuditProcess | None = (
-            AuditProcess(config.audit, config.log.format, config.log.level) if config.audit else None
-        )
+        self.audit = AuditProcess(config.audit, config.log.format, config.log.level) if config.audit else None
         self._http = HttpServer(self, link.peers if link else None, link.index if link else 0)
         self._janitor = Janitor(self)
         self._stop = asyncio.Event()
@@ -76,7 +74,9 @@ class Server:
             if replication_wanted(config)
             else None
         )
-        self.caching = CacheService(config, self._target) if config.cache and config.cache.tables else None
+        self.caching = (
+            CacheService(config, self._target, self.stats.shapes) if config.cache and config.cache.tables else None
+        )
         self.result_cache = self.caching.results if self.caching is not None else None
         self._planes = [plane for plane in (self.replication, self.caching) if plane is not None]
 

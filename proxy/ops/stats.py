@@ -11,6 +11,7 @@ from rewriter import pgparser
 
 MAX_FINGERPRINTS = 5000
 MAX_PENDING = 50_000
+SHAPES_CAP = 30_000  # messages remembered by Shapes (about 10 MB of short statements)
 # Text whose integer literals are all A_Const (values the fingerprint ignores): plain SELECT/DML
 # without quoted identifiers, dollar quotes, escapes, comments, float(p) or current_time(p).
 _DML_HEADS = ("select", "insert", "update", "delete", "with", "values")
@@ -57,14 +58,43 @@ def literal_key(sql: str) -> str:
     return _INTEGER.sub(zeroed, sql)
 
 
+class Shapes:
+    """Query and Parse messages seen lately -> (their text, its `literal_key`): a new text is decoded
+    and shaped once, whether the result cache judges it on the hot path or the statistics count it
+    at their next flush. Two generations of at most `cap` / 2 each: the newest are always kept."""
+
+    def __init__(self, cap: int = SHAPES_CAP) -> None:
+        self.cap = cap
+        self._new: dict[bytes, tuple[str, str]] = {}
+        self._old: dict[bytes, tuple[str, str]] = {}
+
+    def of(self, msg: bytes) -> tuple[str, str]:
+        """
+        >>> Shapes().of(protocol.query("select 1 from t where a = 7"))
+        ('select 1 from t where a = 7', 'select 0 from t where a = 0')
+        """
+        got = self._new.get(msg)
+        if got is None:
+            got = self._old.get(msg)
+            if got is None:
+                text = statement_text(msg)
+                got = (text, literal_key(text))
+            if len(self._new) >= self.cap // 2:
+                self._old, self._new = self._new, {}
+            if len(msg) <= 20_000:
+                self._new[msg] = got
+        return got
+
+
 class QueryStats:
     """The hot path appends (text, seconds, rows, cached); `flush` (once a second) fingerprints and counts.
 
     Memory is bounded: at most MAX_FINGERPRINTS entries (the least called is evicted for a new
     one), each keeping its last 200 durations for the p95."""
 
-    def __init__(self, latency=None) -> None:
+    def __init__(self, latency=None, shapes: Shapes | None = None) -> None:
         self.latency = latency  # a histogram's observe, fed at flush time
+        self.shapes = shapes if shapes is not None else Shapes()
         self.pending: deque[tuple[str | bytes, float | None, int, bool]] = deque(maxlen=MAX_PENDING)
         self.by_fingerprint: dict[str, dict] = {}
         self._fingerprints: dict[str, str] = {}  # text, or `literal_key` of it -> fingerprint
@@ -88,7 +118,7 @@ class QueryStats:
             if entry is None:
                 if len(self.by_fingerprint) >= MAX_FINGERPRINTS:
                     seen.clear()  # an entry may be evicted: none kept here may be stale
-                entry = seen[sql] = self._entry(sql if isinstance(sql, str) else statement_text(sql))
+                entry = seen[sql] = self._entry(*((sql, None) if isinstance(sql, str) else self.shapes.of(sql)))
             if seconds is None:
                 entry["refusals"] += 1
                 continue
@@ -101,8 +131,8 @@ class QueryStats:
             entry["max_s"] = max(entry["max_s"], seconds)
             entry["recent"].append(seconds)
 
-    def _entry(self, sql: str) -> dict:
-        fp = self._fingerprint(sql)
+    def _entry(self, sql: str, shape: str | None) -> dict:
+        fp = self._fingerprint(sql, shape)
         entry = self.by_fingerprint.get(fp)
         if entry is None:
             if len(self.by_fingerprint) >= MAX_FINGERPRINTS:
@@ -119,11 +149,11 @@ class QueryStats:
             }
         return entry
 
-    def _fingerprint(self, sql: str) -> str:
+    def _fingerprint(self, sql: str, shape: str | None) -> str:
         fp = self._fingerprints.get(sql)  # (a driver's text with $n parameters is its own key)
         if fp is not None:
             return fp
-        key = literal_key(sql)
+        key = literal_key(sql) if shape is None else shape
         fp = self._fingerprints.get(key)
         if fp is None:
             try:

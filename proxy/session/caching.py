@@ -12,7 +12,7 @@ from proxy.cache.eligible import Catalog, Judge
 from proxy.cache.results import Miss, ResultCache
 from proxy.cache.versions import CacheUnavailable
 from proxy.config.cache import Cache as CacheConfig
-from proxy.ops.stats import literal_key
+from proxy.ops.stats import Shapes, literal_key
 from proxy.pooling.backend import Backend
 from proxy.pooling.prepared import Registry
 from proxy.routing.volatility import ReadClassifier, Volatility
@@ -65,11 +65,13 @@ class Caching:
         results: ResultCache,
         feed: Callable[[str], Feed],
         read_catalog: Callable[[str], Awaitable[tuple[Volatility, Catalog]]],
+        shapes: Shapes | None = None,
     ) -> None:
         self.config, self.results = config, results
+        self.shapes = shapes if shapes is not None else Shapes()  # (the statistics' own: shaped once for both)
         self.feed, self._read_catalog = feed, read_catalog
         self.judges: dict[str, Judge] = {}
-        self._facts: dict[str, dict[bytes, Facts]] = {}  # per database: a Query message -> what it is
+        self._facts: dict[str, dict[bytes | str, Facts]] = {}  # per database: a shape, or a message -> what it runs
         self._classifiers: dict[str, ReadClassifier] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
         self.bound_s = config.max_lag_ms / 1000
@@ -82,27 +84,28 @@ class Caching:
 
     def facts(self, database: str, msg: bytes) -> Facts | None:
         """What one Query or Parse message runs, for the cache and for telling writes (None until the
-        catalog is read): one dictionary lookup for a message seen before; else its shape (integer
-        constants zeroed) is taken once and judged by both."""
+        catalog is read): its shape (integer constants zeroed; `Shapes`, shared with the statistics)
+        judged once by both; a cacheable message is also kept whole, with its text."""
         memo = self._facts.get(database)
         if memo is None:
             return None
-        facts = memo.get(msg)
+        facts = memo.get(msg)  # (a cacheable message seen before)
         if facts is None:
-            sql = protocol.decode_query(msg) if msg[0] == MSG_QUERY else protocol.decode_parse(msg).query
-            shape = literal_key(sql)
-            facts = memo.get(shape.encode())  # (the same statement with other integers: judged already)
+            sql, shape = self.shapes.of(msg)
+            facts = memo.get(shape)  # (the same statement with other integers: judged already)
             if facts is None:
                 verdict = self.judges[database](shape)
                 route = judge_batch([(MSG_QUERY, protocol.query(shape))], _NO_NAMES, self.classifier(database))
-                facts = Facts(verdict.tables, "", route)
-                memo[shape.encode()] = facts
-            if facts.tables is not None:
-                facts = facts._replace(text=sql)
-            if len(memo) >= _FACTS_CAP:
-                memo.clear()
-            if len(msg) <= 20_000:
-                memo[msg] = facts
+                facts = self._keep(memo, shape, Facts(verdict.tables, "", route))
+            if facts.tables is not None and len(msg) <= 20_000:
+                facts = self._keep(memo, msg, facts._replace(text=sql))
+        return facts
+
+    @staticmethod
+    def _keep(memo: dict[bytes | str, Facts], key: bytes | str, facts: Facts) -> Facts:
+        if len(memo) >= _FACTS_CAP:
+            memo.clear()
+        memo[key] = facts
         return facts
 
     def classifier(self, database: str) -> ReadClassifier:
@@ -193,14 +196,14 @@ class SessionCache:
 
     def probe(self, msgs: list[tuple[int, bytes]], backend: Backend | None) -> Probe | None:
         """The lookup for a batch whose answer may come from the cache, else None."""
+        facts = self._facts(msgs) if self.guard is None else None
+        if facts is not None and facts.tables is None:  # the common case, a few dictionary lookups: not cached
+            return None
         state = self.state
         if self.off is not None or state.pinned:
             return None
         if backend is not None and (not backend.tracker.idle or backend.tracker.status != TX_IDLE):
             return None  # (in a transaction block, or answers still due)
-        facts = self._facts(msgs) if self.guard is None else None
-        if facts is not None and facts.tables is None:  # the common case, one dictionary lookup: not cached
-            return None
         if facts is not None and msgs[0][0] == MSG_QUERY:
             assert facts.tables is not None
             probe: Probe | None = query_probe(state, facts.tables, facts.text)
@@ -233,11 +236,12 @@ class SessionCache:
             return self.caching.facts(database, first) if len(msgs) == 1 else None
         if kind == MSG_PARSE and first[5] == 0 and 2 <= len(msgs) <= 5 and msgs[1][0] == MSG_BIND:
             return self.caching.facts(database, first) if all(k in _BOUND_KINDS for k, _ in msgs[2:]) else None
-        if kind != MSG_BIND or first[6] == 0 or len(msgs) > 4 or first[5] != 0:  # (a named statement, unnamed portal)
+        if kind != MSG_BIND or first[5] != 0 or first[6] == 0 or len(msgs) > 4:  # (unnamed portal, named statement)
             return None
-        if any(k not in _BOUND_KINDS for k, _ in msgs[1:]):
-            return None
-        stmt = self.names.lookup(protocol.decode_bind_names(first)[1])
+        for i in range(1, len(msgs)):
+            if msgs[i][0] not in _BOUND_KINDS:
+                return None
+        stmt = self.names.lookup(protocol.read_cstr(first, 6)[0])
         return None if stmt is None else self.caching.facts(database, stmt.parse)
 
     def lookup_local(self, probe: Probe) -> bytes | Miss:

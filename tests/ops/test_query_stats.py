@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from proxy.ops import stats
 from proxy.ops.stats import COLUMNS, QueryStats
+from proxy.wire import protocol
 
 
 def by_query(qs: QueryStats) -> dict[str, dict[str, object]]:
@@ -40,3 +41,22 @@ def test_memory_is_capped_by_evicting_the_least_called(monkeypatch):
     kept = " ".join(by_query(qs))
     assert len(qs.by_fingerprint) == 3
     assert " a " in kept and " b " in kept and " d " in kept and " c " not in kept
+
+
+def test_a_message_shaped_on_the_hot_path_is_not_shaped_again_at_flush(monkeypatch):
+    shapes = stats.Shapes(cap=4)
+    qs = QueryStats(shapes=shapes)
+    msgs = [protocol.query(f"select * from t where id = {i}") for i in range(5)]
+    for msg in msgs:
+        assert shapes.of(msg) == (stats.statement_text(msg), "select * from t where id = 0")  # (as the cache does)
+    shaped: list[str] = []
+    real = stats.literal_key
+    monkeypatch.setattr(stats, "literal_key", lambda sql: shaped.append(sql) or real(sql))
+    for msg in msgs[2:]:  # the newest two generations of cap / 2 are kept
+        qs.observe(msg, 0.001)
+    qs.flush()
+    assert shaped == []
+    qs.observe(msgs[0], 0.001)  # (in a generation gone)
+    qs.flush()
+    assert shaped == ["select * from t where id = 0"]
+    assert by_query(qs)["select * from t where id = ?"]["calls"] == 4

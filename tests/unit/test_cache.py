@@ -3,6 +3,7 @@ and what a captured answer may hold."""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -11,8 +12,12 @@ from hypothesis import strategies as st
 
 from proxy.cache.eligible import Catalog, Judge, judge, table_problem
 from proxy.cache.lru import Answers
+from proxy.cache.results import ResultCache
 from proxy.cache.versions import LocalVersions, lsn_text
-from proxy.session.caching import plain_answer
+from proxy.config.cache import Cache
+from proxy.ops.stats import Shapes
+from proxy.routing.volatility import Volatility
+from proxy.session.caching import Caching, plain_answer
 from proxy.wire import protocol
 
 FUNCTIONS = {"lower": "i", "count": "i", "sum": "i", "now": "s", "random": "v", "my_reader": "s"}
@@ -157,3 +162,36 @@ def test_a_captured_answer_holds_only_rows_and_tags() -> None:
     status = protocol.message(b"S", b"TimeZone\x00UTC\x00") + rows
     assert not plain_answer(status, len(status))
     assert not plain_answer(rows[:-1], len(rows) - 1)  # cut short
+
+
+def test_facts_judge_a_shape_once_and_key_each_message_by_its_own_text() -> None:
+    """Texts differing only in integers share one judgement (and the statistics' shaping), never a
+    key: the answer of `id = 5` must not be looked up under `id = 6`'s text."""
+
+    volatility = Volatility(FUNCTIONS, OPERATORS, {})
+    catalog = Catalog(frozenset({"public.items"}), {}, volatility)
+    reads: list[str] = []
+
+    async def read_catalog(database: str) -> tuple[Volatility, Catalog]:
+        reads.append(database)
+        return volatility, catalog
+
+    async def scenario() -> None:
+        config = Cache(tables=["public.items"])
+        shapes = Shapes()
+        caching = Caching(config, ResultCache(config), lambda _db: SimpleNamespace(), read_catalog, shapes)
+        caching.classifier("db")
+        assert caching.facts("db", protocol.query("select 1")) is None  # (the catalog is not read yet)
+        await caching._loading["db"]
+        five, six = (protocol.query(f"select qty from items where id = {n}") for n in (5, 6))
+        a, b = caching.facts("db", five), caching.facts("db", six)
+        assert a is not None and b is not None
+        assert (a.tables, a.text, b.tables, b.text) == (("items",), shapes.of(five)[0], ("items",), shapes.of(six)[0])
+        assert a.route is b.route  # judged once
+        write = caching.facts("db", protocol.query("update items set qty = 1 where id = 5"))
+        assert write is not None and write.tables is None and write.route.writes and not write.route.read
+        parse = protocol.parse("", "select qty from notes where id = $1")
+        assert (f := caching.facts("db", parse)) is not None and f.tables is None and f.route.read
+        assert reads == ["db"]
+
+    asyncio.run(scenario())
