@@ -82,10 +82,11 @@ class Caching:
             self.refresh(database)
         return judge
 
-    def facts(self, database: str, msg: bytes) -> Facts | None:
+    def facts(self, database: str, msg: bytes, whole: bool = False) -> Facts | None:
         """What one Query or Parse message runs, for the cache and for telling writes (None until the
         catalog is read): its shape (integer constants zeroed; `Shapes`, shared with the statistics)
-        judged once by both; a cacheable message is also kept whole, with its text."""
+        judged once by both. A cacheable message is also kept whole, with its text, and so is any
+        when `whole` (a Parse: drivers send the same one again)."""
         memo = self._facts.get(database)
         if memo is None:
             return None
@@ -97,8 +98,10 @@ class Caching:
                 verdict = self.judges[database](shape)
                 route = judge_batch([(MSG_QUERY, protocol.query(shape))], _NO_NAMES, self.classifier(database))
                 facts = self._keep(memo, shape, Facts(verdict.tables, "", route))
-            if facts.tables is not None and len(msg) <= 20_000:
-                facts = self._keep(memo, msg, facts._replace(text=sql))
+            if facts.tables is not None:
+                facts = facts._replace(text=sql)
+            if (whole or facts.tables is not None) and len(msg) <= 20_000:
+                self._keep(memo, msg, facts)
         return facts
 
     @staticmethod
@@ -235,14 +238,14 @@ class SessionCache:
         if kind == MSG_QUERY:
             return self.caching.facts(database, first) if len(msgs) == 1 else None
         if kind == MSG_PARSE and first[5] == 0 and 2 <= len(msgs) <= 5 and msgs[1][0] == MSG_BIND:
-            return self.caching.facts(database, first) if all(k in _BOUND_KINDS for k, _ in msgs[2:]) else None
+            return self.caching.facts(database, first, True) if all(k in _BOUND_KINDS for k, _ in msgs[2:]) else None
         if kind != MSG_BIND or first[5] != 0 or first[6] == 0 or len(msgs) > 4:  # (unnamed portal, named statement)
             return None
         for i in range(1, len(msgs)):
             if msgs[i][0] not in _BOUND_KINDS:
                 return None
         stmt = self.names.lookup(protocol.read_cstr(first, 6)[0])
-        return None if stmt is None else self.caching.facts(database, stmt.parse)
+        return None if stmt is None else self.caching.facts(database, stmt.parse, True)
 
     def lookup_local(self, probe: Probe) -> bytes | Miss:
         return self.caching.results.lookup_local(self.state.database, probe.tables, probe.key)
