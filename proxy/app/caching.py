@@ -128,4 +128,5 @@ async def explain_cache(config: Config, database: str, sql: str) -> str:
     verdict = judge(sql, catalog, config.cache.stable_functions)
     if verdict.tables is None:
         return f"not cached: {verdict.reason}"
-    return f"cached (keyed by the versions of {', '.join(verdict.tables)}); outside a transaction block"
+    where = "outside a transaction block, or in one begun READ ONLY at READ COMMITTED"
+    return f"cached (keyed by the versions of {', '.join(verdict.tables)}); {where}"

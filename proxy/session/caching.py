@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -18,17 +19,16 @@ from proxy.pooling.prepared import Registry
 from proxy.routing.volatility import ReadClassifier, Volatility
 from proxy.session import session_sql
 from proxy.session.guard import Guard
-from proxy.session.probe import Probe, batch_key, query_probe
+from proxy.session.probe import READY_IDLE, READY_IN_BLOCK, Probe, batch_key, query_probe
 from proxy.session.routes import BatchRoute, judge_batch
 from proxy.session.state import SessionState
 from proxy.session.statements import Statements
 from proxy.wire import protocol
-from proxy.wire.protocol import MSG_BIND, MSG_PARSE, MSG_QUERY, TX_IDLE
+from proxy.wire.protocol import MSG_BIND, MSG_PARSE, MSG_QUERY, TX_BLOCK, TX_IDLE
 from proxy.wire.tracker import Ready
 
 log = logging.getLogger("pgwarden.cache")
 
-READY_IDLE = protocol.ready_for_query(b"I")
 _ANSWER_KINDS = frozenset(b"12TnDCs")  # what a cached answer may hold before its ReadyForQuery
 _REREAD_S = 30.0
 _FACTS_CAP = 20_000
@@ -36,6 +36,9 @@ _BOUND_KINDS = frozenset(b"DES")  # what may follow the Bind of a prepared state
 _NO_NAMES = Statements(Registry())  # (a lone Query names no prepared statement)
 # Statements that may change what a cached answer holds or who may read it, without a row in the WAL.
 _SCHEMA_OR_PRIVILEGES = re.compile(rb"(?i)\b(?:create|alter|drop|comment|grant|revoke|security|import|reassign)\b")
+# SessionCache.block: no READ ONLY block; one just begun (its isolation to be asked); one at READ COMMITTED
+# whose every statement so far was one read (the cache answers in it: each statement takes a new snapshot).
+NO_BLOCK, BLOCK_BEGUN, BLOCK_READS = range(3)
 
 
 class Feed(Protocol):
@@ -191,6 +194,7 @@ class SessionCache:
         self.caching, self.state, self.names, self.guard = caching, state, names, guard
         self.off: str | None = None  # why this session no longer uses the cache
         self.ddl = False  # the open transaction sent DDL (or GRANT/REVOKE): every answer goes at its commit
+        self.block = NO_BLOCK
         self._last: tuple[list[tuple[int, bytes]], int, Facts | None] | None = None  # the batch judged last
 
     @property
@@ -205,8 +209,11 @@ class SessionCache:
         state = self.state
         if self.off is not None or state.pinned:
             return None
+        ready = READY_IDLE
         if backend is not None and (not backend.tracker.idle or backend.tracker.status != TX_IDLE):
-            return None  # (in a transaction block, or answers still due)
+            if not backend.tracker.idle or backend.tracker.status != TX_BLOCK or self.block != BLOCK_READS:
+                return None  # (answers still due, or a transaction block the cache may not answer in)
+            ready = READY_IN_BLOCK
         if facts is not None and msgs[0][0] == MSG_QUERY:
             assert facts.tables is not None
             probe: Probe | None = query_probe(state, facts.tables, facts.text)
@@ -218,7 +225,7 @@ class SessionCache:
         if probe is not None and not self.caching.serving(state.database):
             self.caching.results.not_served("wal")
             return None
-        return probe
+        return probe if probe is None or ready is READY_IDLE else dataclasses.replace(probe, ready=ready)
 
     def _facts(self, msgs: list[tuple[int, bytes]]) -> Facts | None:
         """What a batch of one Query, of Parse (unnamed)/Bind/[Describe]/Execute/Sync, or of
@@ -263,12 +270,16 @@ class SessionCache:
                 judged = facts.route
             else:
                 judged = judge_batch(msgs, self.names, self.caching.classifier(state.database))
+            if judged.block or facts is None or not judged.read:  # (one read keeps a block as it was)
+                self.block = BLOCK_BEGUN if judged.block else NO_BLOCK
             if judged.read or not judged.writes:
                 if not judged.read and not (state.tx_mode or self.guard is not None):
                     self.off = "a session statement pgwarden does not track (session pooling)"
                 return
-        elif not judged_write:
-            return
+        else:
+            self.block = NO_BLOCK  # (read routing: a READ ONLY block goes to a replica)
+            if not judged_write:
+                return
         state.wrote = True
         for kind, msg in msgs:
             if kind in (protocol.MSG_QUERY, protocol.MSG_PARSE):
@@ -277,11 +288,23 @@ class SessionCache:
                 if self.off is None and session_sql.may_leave_state(msg.lower()):
                     self.off = "it may have created a temporary table or changed a setting by set_config()"
 
-    def capture(self, miss: Miss, on_replica: bool) -> Capture | None:
+    def capture(self, miss: Miss, on_replica: bool, status: int) -> Capture | None:
+        """What stores the answer of a probed batch sent with the backend in `status`."""
         if on_replica:  # (a replica may be behind the versions the lookup read)
             self.caching.results.skip("read on a replica")
             return None
-        return Capture(self.caching.results, miss)
+        return Capture(self.caching.results, miss, status)
+
+    def block_began(self, status: int) -> bool:
+        """The backend answered all it was sent, ending in `status`: must the isolation of a READ ONLY
+        block just begun be asked? (Outside a block, there is no block any more.)"""
+        if status != TX_BLOCK:
+            self.block = NO_BLOCK
+        return self.block == BLOCK_BEGUN
+
+    def isolation(self, level: str | None) -> None:
+        """The answer of `SHOW transaction_isolation` in a READ ONLY block just begun."""
+        self.block = BLOCK_READS if level == "read committed" else NO_BLOCK
 
     async def committed(self, lsn: int) -> None:
         database = self.state.database
@@ -295,10 +318,11 @@ class SessionCache:
 class Capture:
     """The answer of one probed batch, taken as it goes to the client, stored when it ends well."""
 
-    __slots__ = ("miss", "parts", "results", "size")
+    __slots__ = ("miss", "parts", "ready", "results", "size", "status")
 
-    def __init__(self, results: ResultCache, miss: Miss) -> None:
-        self.results, self.miss = results, miss
+    def __init__(self, results: ResultCache, miss: Miss, status: int = TX_IDLE) -> None:
+        self.results, self.miss, self.status = results, miss, status  # (TX_BLOCK: in a READ ONLY block)
+        self.ready = READY_IN_BLOCK if status == TX_BLOCK else READY_IDLE  # what the answer must end with
         self.parts: list[bytes] = []
         self.size = 0
 
@@ -312,12 +336,13 @@ class Capture:
                 return True
             return False
         answer = b"".join(self.parts)
-        if ready.error is not None or ready.status != TX_IDLE or queued:
+        end = len(answer) - len(self.ready)
+        if ready.error is not None or ready.status != self.status or queued:
             self.results.skip("error, transaction or pipeline")
-        elif not answer.endswith(READY_IDLE) or not plain_answer(answer, len(answer) - len(READY_IDLE)):
+        elif not answer.endswith(self.ready) or not plain_answer(answer, end):
             self.results.skip("notice or other message")
         else:
-            asyncio.get_running_loop().create_task(self.results.store(self.miss, answer[: -len(READY_IDLE)]))
+            asyncio.get_running_loop().create_task(self.results.store(self.miss, answer[:end]))
         return True
 
 

@@ -80,7 +80,7 @@ class SessionCore:
         self._out: list[bytes] | None = None  # the batch `forward` is building for the backend
         self.notes: notify.Notifications | None = None  # LISTEN multiplexed (set by the connection)
         # read routing (set by the connection): after a write, the answer waits for the commit watermark
-        self.hold: Callable[[Backend, bytes], None] | None = None
+        self.hold: Callable[[Backend, bytes], bool] | None = None
         self.tap: Capture | None = None  # the cache takes the answer of the batch it looked up (set by the relay)
 
     # --- a backend comes and goes -----------------------------------------------------------
@@ -471,10 +471,8 @@ class SessionCore:
         if state.ddl_sent and tracker.status == TX_IDLE:  # a bypass role's DDL committed (or not)
             state.ddl_sent = False
             self.ctx.refresh_schemas(state.database)
-        if state.wrote and tracker.idle and tracker.status == TX_IDLE and self.hold is not None:
-            state.wrote = False
-            self.hold(backend, out)  # delivers `out`, then releases the backend
-            return
+        if self.hold is not None and tracker.idle and self.hold(backend, out):
+            return  # (held: `out` is delivered, and the backend released, later)
         if out and state.phase != CLOSED:
             self.shell.write(out)
         if tracker.idle:

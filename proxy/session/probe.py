@@ -14,6 +14,8 @@ from proxy.wire.protocol import MSG_BIND, MSG_DESCRIBE, MSG_EXECUTE, MSG_PARSE, 
 
 # Words PostgreSQL's date/time input reads as the clock: a text-format parameter holding one is not cached.
 _CLOCK = (b"now", b"today", b"tomorrow", b"yesterday")
+READY_IDLE = protocol.ready_for_query(b"I")
+READY_IN_BLOCK = protocol.ready_for_query(b"T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,7 @@ class Probe:
     tables: tuple[str, ...]
     key: tuple[object, ...]
     text: str  # the statement as sent to PostgreSQL
+    ready: bytes = READY_IDLE  # what a cached answer ends with: READY_IN_BLOCK in a READ ONLY block
 
 
 def batch_key(

@@ -14,13 +14,13 @@ from proxy.pooling.backend import Backend, BackendError
 from proxy.pooling.pool import Pool, PoolTimeout
 from proxy.routing.lsn import parse_lsn
 from proxy.session import lending, limited, routes
-from proxy.session.caching import READY_IDLE, SessionCache
+from proxy.session.caching import SessionCache
 from proxy.session.context import SessionContext
 from proxy.session.core import SessionCore
 from proxy.session.probe import Probe
 from proxy.session.replicas import Choice, SessionRoute
 from proxy.session.state import CLOSED, SessionState
-from proxy.wire.protocol import MSG_TERMINATE
+from proxy.wire.protocol import MSG_TERMINATE, TX_IDLE
 
 log = logging.getLogger("pgwarden.session")
 
@@ -155,7 +155,7 @@ class Relay:
         cache.note(msgs, None if route is None else self.core.state.wrote)
         core.forward(msgs)
         if miss is not None and core.backend is not None:
-            core.tap = cache.capture(miss, route is not None and route.server is not None)
+            core.tap = cache.capture(miss, route is not None and route.server is not None, core.backend.tracker.status)
 
     def _cached(self, cache: SessionCache, msgs: list[tuple[int, bytes]]) -> bool:
         """Answer the batch from the cache if it can (True); else it goes on to a backend, its answer
@@ -177,7 +177,7 @@ class Relay:
 
     def _hit(self, answer: bytes, probe: Probe, seconds: float) -> None:
         """An answer from the cache (counted in SHOW QUERIES' cache_hits, rows not decoded)."""
-        self.client.write(answer + READY_IDLE)
+        self.client.write(answer + probe.ready)
         self.ctx.stats.observe(probe.text, seconds, 0, True)
 
     async def _lookup(self, cache: SessionCache, probe: Probe, msgs: list[tuple[int, bytes]]) -> None:
@@ -423,11 +423,27 @@ class Relay:
         self.core.maybe_release()
         self._resume()
 
-    def hold(self, backend: Backend, answer: bytes) -> None:
-        """A write's transaction ended: its answer waits until its WAL position is the watermark (read
-        routing) and the WAL consumer has bumped what it changed (the cache); then `deliver`."""
+    def hold(self, backend: Backend, answer: bytes) -> bool:
+        """The backend answered all it was sent. Held (True; then `deliver`): the end of a transaction
+        that may have written, until its WAL position is the watermark (read routing) and the WAL
+        consumer has bumped what it changed (the cache); the start of a READ ONLY block, until the
+        cache knows its isolation (`SHOW` takes no snapshot)."""
+        status, state = backend.tracker.status, self.core.state
+        if self.cache is not None and self.cache.block_began(status):
+            self._pause()
+            backend.ask("SHOW transaction_isolation", partial(self._isolation, answer))
+            return True
+        if not state.wrote or status != TX_IDLE:
+            return False
+        state.wrote = False
         self._pause()
         backend.ask(_LSN_SQL, partial(self._committed, answer))
+        return True
+
+    def _isolation(self, answer: bytes, value: str | None) -> None:
+        assert self.cache is not None
+        self.cache.isolation(value)
+        self.deliver(answer)
 
     def _committed(self, answer: bytes, value: str | None) -> None:
         if value is None:  # (an aborted transaction cannot read it; nothing it wrote committed)

@@ -123,6 +123,54 @@ def test_answers_come_again_and_a_write_through_pgwarden_is_seen_at_once(pg: PgC
         assert conn.execute("select qty from items where id = 5").fetchone() == (105,)
 
 
+RR = "set default_transaction_isolation = 'repeatable read'"
+
+
+@pytest.mark.parametrize(
+    ("setup", "begin", "answered_in_block", "sees_new"),
+    [
+        ([], ["begin read only"], True, True),
+        ([], ["start transaction isolation level read committed, read only"], True, True),
+        ([], ["begin isolation level repeatable read read only"], False, False),
+        ([], ["begin read only", "set transaction isolation level serializable"], False, False),
+        ([RR], ["begin read only"], False, False),  # the session's default
+        ([], ["begin"], False, True),  # (not READ ONLY)
+    ],
+)
+def test_a_read_only_block_is_answered_from_the_cache_only_at_read_committed(
+    pg: PgCluster, tmp_path: Path, setup: list[str], begin: list[str], answered_in_block: bool, sees_new: bool
+) -> None:
+    """At READ COMMITTED each statement of a READ ONLY block takes a new snapshot, as outside one:
+    the cache may answer. At REPEATABLE READ (asked for, set after BEGIN, or the session's default)
+    the block keeps its first snapshot: a newer answer from the cache would be wrong."""
+    item = 30
+    with (
+        ProxyProcess(cache_config(pg), tmp_path) as proxy,
+        psycopg.connect(proxy.dsn(), autocommit=True) as conn,
+        psycopg.connect(proxy.dsn(), autocommit=True) as other,  # (the same settings: the same keys)
+        psycopg.connect(direct(pg), autocommit=True) as straight,
+    ):
+        serving(proxy)
+        for sql in setup:
+            conn.execute(sql)
+            other.execute(sql)
+        old = name_of(other, item, prepare=False)
+        for sql in begin:
+            conn.execute(sql)
+        assert name_of(conn, item, prepare=False) == old
+        straight.execute("update items set name = name || '+' where id = %s", (item,))
+        deadline = time.monotonic() + 2
+        while name_of(other, item, prepare=False) == old:  # (the WAL consumer's bump; then read and stored)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert name_of(other, item, prepare=False) == old + "+"  # (a hit now)
+        before = hits(proxy)
+        got = name_of(conn, item, prepare=False)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        conn.execute("commit")
+        assert (hits(proxy) - before, got) == (int(answered_in_block), old + "+" if sees_new else old)
+
+
 def test_uncacheable_statements_are_never_served(pg: PgCluster, tmp_path: Path) -> None:
     with ProxyProcess(cache_config(pg), tmp_path) as proxy, psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         serving(proxy)
