@@ -314,7 +314,12 @@ def test_every_answer_from_the_cache_is_in_the_audit_trail(pg: PgCluster, tmp_pa
                 answers = [conn.execute(sql, (4,) if "%s" in sql else None).fetchall() for _ in range(2)]
                 assert answers[0] == answers[1] and len(answers[0]) == rows
                 assert hits(proxy) - before == 1, sql  # the second came from the cache
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:  # a prepared statement: Bind/Execute/Sync
+            sql = "select qty from items where id = %s"
+            assert {conn.execute(sql, (15,), prepare=True).fetchone() for _ in range(3)} == {(15,)}  # prepared; cached
     trail = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    prepared = [r for r in trail if r["event"] == "statement" and r["sql"] == "select qty from items where id = $1"]
+    assert [r["route"] for r in prepared] == ["primary", "cache", "cache"] and prepared[-1]["rows"] == 1
     for (user, sql), rows in asked.items():
         shape = sql.replace("%s", "$1").replace("7", "?")
         ran, cached = [r for r in trail if r["event"] == "statement" and r["user"] == user and r["sql"] == shape]
