@@ -20,7 +20,8 @@ class Started(NamedTuple):
     time: float  # time.time() when it was sent
     sql: str  # the client's text, redacted by the writer
     simple: bool  # simple or extended protocol
-    decision: dict[str, Any] | None  # None: allowed; else `decision` and its fields (rewritten: tables, masked, ...)
+    decision: dict[str, Any] | None  # None: allowed; else the fields that differ: `decision` and its fields
+    # (rewritten: tables, masked, ...), `route` (cache: answered from the result cache, nothing sent)
     tenant: str | None
 
 

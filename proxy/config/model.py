@@ -321,11 +321,6 @@ class Config(_Strict):
                 f"workers ({self.workers}) with `replicas` needs routing.redis: the commit watermarks that keep "
                 "reads from missing writes must be shared by every worker; set routing.redis, or workers: 1"
             )
-        if self.cache is not None and self.audit is not None:
-            raise ValueError(
-                "`cache` with `audit` is not available yet: an answer from the cache would reach the client "
-                "without an audit record; remove one of them"
-            )
         if (self.workers or 1) > 1 and self.cache is not None and self.cache.redis is None:
             raise ValueError(
                 f"workers ({self.workers}) with `cache` needs cache.redis: the table versions that keep cached "

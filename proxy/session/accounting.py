@@ -178,6 +178,21 @@ class Accounting:
             return True
         return False
 
+    def cached(
+        self, sql: str, simple: bool, decision: Forward | None, tenant: str | None, seconds: float, rows: int
+    ) -> bool:
+        """An answer from the result cache, recorded as its statement's round trip would be, with `route`
+        cache: its lookup's duration and time, the rows of the answer's CommandComplete. False when the
+        trail cannot take it and `audit.on_failure` is block (the caller does not answer it)."""
+        audit = self.audit
+        assert audit is not None  # records are made only when there is a trail
+        if not audit.accepting() and not self.admits():
+            return False
+        fields = {**(_decided(decision) or {}), "route": "cache"}
+        started = _record(Started, (self._shared(), time.time() - seconds, sql, simple, fields, tenant))
+        self._audit_done([started], seconds, rows, None)
+        return True
+
     def statement(
         self,
         sql: str,

@@ -18,6 +18,7 @@ from proxy.pooling.backend import Backend
 from proxy.pooling.prepared import Registry
 from proxy.routing.volatility import ReadClassifier, Volatility
 from proxy.session import session_sql
+from proxy.session.accounting import Accounting
 from proxy.session.guard import Guard
 from proxy.session.probe import READY_IDLE, READY_IN_BLOCK, Probe, batch_key, query_probe
 from proxy.session.routes import BatchRoute, judge_batch
@@ -25,7 +26,7 @@ from proxy.session.state import SessionState
 from proxy.session.statements import Statements
 from proxy.wire import protocol
 from proxy.wire.protocol import MSG_BIND, MSG_PARSE, MSG_QUERY, TX_BLOCK, TX_IDLE
-from proxy.wire.tracker import Ready
+from proxy.wire.tracker import Ready, answer_rows
 
 log = logging.getLogger("pgwarden.cache")
 
@@ -259,6 +260,16 @@ class SessionCache:
 
     async def lookup(self, probe: Probe) -> bytes | Miss | None:
         return await self.caching.results.lookup(self.state.database, probe.tables, probe.key)
+
+    def recorded(
+        self, accounting: Accounting, answer: bytes, probe: Probe, msgs: list[tuple[int, bytes]], seconds: float
+    ) -> bool:
+        """The audit record of a batch answered from the cache (`Accounting.cached`): the client's text,
+        the policy's decision and tenant, the answer's rows. False: the trail cannot take it (block)."""
+        simple = msgs[0][0] == MSG_QUERY
+        sql = protocol.decode_query(msgs[0][1]) if simple else probe.text  # (extended: never rewritten)
+        tenant = self.guard.tenant() if self.guard is not None else None
+        return accounting.cached(sql, simple, probe.decision, tenant, seconds, answer_rows(answer))
 
     def note(self, msgs: list[tuple[int, bytes]], judged_write: bool | None = None) -> None:
         """A batch on its way to a backend: may it write (its transaction's answer then waits for the

@@ -26,6 +26,7 @@ class Probe:
     key: tuple[object, ...]
     text: str  # the statement as sent to PostgreSQL
     ready: bytes = READY_IDLE  # what a cached answer ends with: READY_IN_BLOCK in a READ ONLY block
+    decision: Forward | None = None  # under a policy: the router's (an answer's audit record names it)
 
 
 def batch_key(
@@ -38,7 +39,7 @@ def batch_key(
     as sent to PostgreSQL, and the rest of the batch with the client's names taken out (parameter
     types and values, formats, Describe, Execute's row limit).
     """
-    text, rest = _statement(msgs, names) if guard is None else _policed(msgs, state, guard)
+    text, rest, decision = (*_statement(msgs, names), None) if guard is None else _policed(msgs, state, guard)
     if text is None:
         return None
     verdict = judge(text)
@@ -46,7 +47,7 @@ def batch_key(
         return None
     scope = guard.statement_scope() if guard is not None else ""
     settings = tuple(sorted(state.settings.items()))
-    return Probe(verdict.tables, (state.database, state.user, scope, settings, text, rest), text)
+    return Probe(verdict.tables, (state.database, state.user, scope, settings, text, rest), text, decision=decision)
 
 
 def query_probe(state: SessionState, tables: tuple[str, ...], text: str) -> Probe:
@@ -55,15 +56,17 @@ def query_probe(state: SessionState, tables: tuple[str, ...], text: str) -> Prob
     return Probe(tables, (state.database, state.user, "", settings, text, b"Q"), text)
 
 
-def _policed(msgs: list[tuple[int, bytes]], state: SessionState, guard: Guard) -> tuple[str | None, bytes]:
+def _policed(
+    msgs: list[tuple[int, bytes]], state: SessionState, guard: Guard
+) -> tuple[str | None, bytes, Forward | None]:
     """Under a policy, one simple Query the router forwards: the text it sends (rewritten for the tenant)."""
     if len(msgs) != 1 or msgs[0][0] != MSG_QUERY or state.tenant_unknown or state.ident is None:
-        return None, b""
+        return None, b"", None
     sql = protocol.decode_query(msgs[0][1])
     decision = guard.router.decide(state.ident, guard.tenant(), state.database, sql, guard.search_path())
     if not isinstance(decision, Forward):
-        return None, b""
-    return (sql if decision.sql is None else decision.sql), b"Q"
+        return None, b"", None
+    return (sql if decision.sql is None else decision.sql), b"Q", decision
 
 
 def _statement(msgs: list[tuple[int, bytes]], names: Statements) -> tuple[str | None, bytes]:

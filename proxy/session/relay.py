@@ -82,13 +82,15 @@ class Relay:
     # --- the client's batches -----------------------------------------------------------------
 
     def received(self, msgs: list[tuple[int, bytes]]) -> None:
-        audit = self.ctx.audit
-        if self.held is not None or (
-            audit is not None and not audit.accepting() and audit.config.on_failure == "block"
-        ):
+        if self.held is not None or self._blocked():
             self._hold(msgs)
             return
         self.dispatch(msgs)
+
+    def _blocked(self) -> bool:
+        """Does the audit trail take no record now, under `audit.on_failure: block`?"""
+        audit = self.ctx.audit
+        return audit is not None and not audit.accepting() and audit.config.on_failure == "block"
 
     def dispatch(self, msgs: list[tuple[int, bytes]]) -> None:
         core = self.core
@@ -159,10 +161,11 @@ class Relay:
 
     def _cached(self, cache: SessionCache, msgs: list[tuple[int, bytes]]) -> bool:
         """Answer the batch from the cache if it can (True); else it goes on to a backend, its answer
-        to be stored (`miss`). With cache.redis the lookup is one round trip: the client waits."""
+        to be stored (`miss`). With cache.redis the lookup is one round trip: the client waits. Not
+        looked up while the audit trail blocks (the backend's path refuses it: 58030)."""
         self.miss = None
         probe = cache.probe(msgs, self.core.backend)
-        if probe is None:
+        if probe is None or self._blocked():
             return False
         if cache.shared:
             self._pause()
@@ -170,15 +173,21 @@ class Relay:
             return True
         found = cache.lookup_local(probe)
         if isinstance(found, bytes):
-            self._hit(found, probe, 0.0)
-            return True
+            return self._hit(cache, found, probe, msgs, 0.0)
         self.miss = found
         return False
 
-    def _hit(self, answer: bytes, probe: Probe, seconds: float) -> None:
-        """An answer from the cache (counted in SHOW QUERIES' cache_hits, rows not decoded)."""
+    def _hit(
+        self, cache: SessionCache, answer: bytes, probe: Probe, msgs: list[tuple[int, bytes]], seconds: float
+    ) -> bool:
+        """An answer from the cache (counted in SHOW QUERIES' cache_hits, rows not decoded), recorded in
+        the audit trail; False, not answered (it goes on to a backend), when the trail cannot take it."""
+        accounting = self.core.accounting
+        if accounting.auditing and not cache.recorded(accounting, answer, probe, msgs, seconds):
+            return False
         self.client.write(answer + probe.ready)
         self.ctx.stats.observe(probe.text, seconds, 0, True)
+        return True
 
     async def _lookup(self, cache: SessionCache, probe: Probe, msgs: list[tuple[int, bytes]]) -> None:
         """A batch looked up in Redis (`cache.redis`): answered, or routed with its Miss to store."""
@@ -187,7 +196,8 @@ class Relay:
         if found is _FAILED:
             return
         if isinstance(found, bytes):
-            self._decided(partial(self._hit, found, probe, time.perf_counter() - started))
+            seconds = time.perf_counter() - started
+            self._decided(lambda: None if self._hit(cache, found, probe, msgs, seconds) else self._route(msgs, True))
         else:
             self.miss = found if isinstance(found, Miss) else None
             self._decided(partial(self._route, msgs, True))

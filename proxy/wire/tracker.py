@@ -73,6 +73,7 @@ _DONE = {  # which backend message completes a request, by the request's type by
     MSG_FUNCTION_CALL: frozenset(b"Z"),
 }
 _unpack = struct.Struct("!I").unpack_from
+_SUSPENDED = b"s\0\0\0\x04"  # PortalSuspended
 _WHOLE = frozenset((MSG_PARAMETER_STATUS, MSG_ERROR_RESPONSE, MSG_COMMAND_COMPLETE))  # read before passing on
 
 
@@ -85,6 +86,22 @@ def _tag_rows(data: bytes, start: int, end: int) -> int:
     space = data.rfind(b" ", start, end)
     digits = data[space + 1 : end]
     return int(digits) if space >= 0 and digits.isdigit() else 0
+
+
+def answer_rows(answer: bytes) -> int:
+    """The row count of an answer that ends with its CommandComplete (as a cached answer does; 0 for
+    one that ends with PortalSuspended), read from the end: the same cost however many rows it holds.
+
+    >>> answer_rows(b"D\\0\\0\\0\\x06\\0\\0" + b"C\\0\\0\\0\\x0dSELECT 1\\0"), answer_rows(_SUSPENDED)
+    (1, 0)
+    """
+    end = len(answer)
+    if answer.endswith(_SUSPENDED):  # (a row limit reached: no tag, as for a forwarded statement)
+        return 0
+    for start in range(end - 6, max(end - 70, -1), -1):  # (a tag is short; its own bytes never match)
+        if answer[start] == MSG_COMMAND_COMPLETE and _unpack(answer, start + 1)[0] == end - start - 1:
+            return _tag_rows(answer, start + 5, end - 1)
+    return 0
 
 
 class Tracker:

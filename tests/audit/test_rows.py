@@ -38,6 +38,16 @@ def test_a_round_trip_becomes_the_records_the_proxy_used_to_build():
     assert unfinished[0]["completed"] is False and unfinished[0]["duration_ms"] is None
 
 
+def test_an_answer_from_the_cache_is_the_same_record_with_route_cache():
+    rewritten = {"decision": "rewritten", "tables": ["public.t"], "masked": [], "rewritten": "select 1"}
+    line = encode_batch(
+        [Finished([started("select 2"), started("select 2", route="cache", **rewritten)], 0.0, 3, "00000")]
+    )
+    ran, cached = decode_batch(line)
+    assert (ran["route"], cached["route"]) == ("primary", "cache")
+    assert {**cached, "route": "primary"} == {**ran, **rewritten}
+
+
 def test_records_queued_in_the_same_tick_keep_their_order_and_chain(tmp_path: Path):
     entries: list = [{"event": "login", "session": 7, "time": 1764900000.0}]
     entries += [

@@ -1,11 +1,16 @@
 """The result cache through real pgwarden processes, a real PostgreSQL (wal_level=logical) and Redis: answers
 served again, never stale for writes through any pgwarden, within the bound for writes straight to PostgreSQL,
-never shared between tenants or roles, dropped after DDL and REVOKE, and no wrong answer while Redis dies."""
+never shared between tenants or roles, dropped after DDL and REVOKE, no wrong answer while Redis dies, and
+every answer in the audit trail."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import shutil
+import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -19,7 +24,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from tests.harness import REDIS_URL, ProxyProcess, base_config, free_port, redis_server, scrape
+from tests.harness import REDIS_URL, ROOT, ProxyProcess, base_config, free_port, redis_server, scrape
 from tests.pgcluster import PgCluster
 
 SCHEMA = """
@@ -333,6 +338,82 @@ def test_redis_killed_mid_run_costs_no_wrong_answer_and_no_error(pg: PgCluster, 
     finally:
         server.terminate()
         server.wait(5)
+
+
+AUDIT_KEY = {"PGWARDEN_AUDIT_KEY": "cache-audit-test-key"}
+SAME = ("session", "client", "user", "database", "roles", "bypass", "tenant", "protocol", "kind", "sql", "sqlstate")
+
+
+def test_every_answer_from_the_cache_is_in_the_audit_trail(pg: PgCluster, tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
+    config = cache_config(pg)
+    audit = {"path": "audit.jsonl", "hmac_key_env": "PGWARDEN_AUDIT_KEY"}
+    config.update(policies=str(tmp_path / "policy.yaml"), backend_auth={}, audit=audit)
+    asked = {
+        ("postgres", "select id from items where id <= 7 order by id"): 7,  # simple protocol, bypass role
+        ("postgres", "select name from items where id = %s"): 1,  # extended protocol
+        ("acme_app", "select name, email from customers order by id"): 1,  # policed: rewritten for its tenant
+    }
+    with ProxyProcess(config, tmp_path, env=AUDIT_KEY) as proxy:
+        serving(proxy)
+        for (user, sql), rows in asked.items():
+            with psycopg.connect(proxy.dsn(user=user), autocommit=True) as conn:
+                before = hits(proxy)
+                answers = [conn.execute(sql, (4,) if "%s" in sql else None).fetchall() for _ in range(2)]
+                assert answers[0] == answers[1] and len(answers[0]) == rows
+                assert hits(proxy) - before == 1, sql  # the second came from the cache
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:  # a prepared statement: Bind/Execute/Sync
+            sql = "select qty from items where id = %s"
+            assert {conn.execute(sql, (15,), prepare=True).fetchone() for _ in range(3)} == {(15,)}  # prepared; cached
+    trail = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    prepared = [r for r in trail if r["event"] == "statement" and r["sql"] == "select qty from items where id = $1"]
+    assert [r["route"] for r in prepared] == ["primary", "cache", "cache"] and prepared[-1]["rows"] == 1
+    for (user, sql), rows in asked.items():
+        shape = sql.replace("%s", "$1").replace("7", "?")
+        ran, cached = [r for r in trail if r["event"] == "statement" and r["user"] == user and r["sql"] == shape]
+        assert ran["route"] == "primary" and cached["route"] == "cache", (ran, cached)
+        assert cached["rows"] == ran["rows"] == rows and cached["sqlstate"] == "00000"
+        assert {k: cached.get(k) for k in SAME} == {k: ran.get(k) for k in SAME}
+        assert ran["time"] <= cached["time"] and cached["duration_ms"] >= 0
+        if user == "acme_app":  # the policy's decision, as for the statement that ran
+            assert cached["tenant"] == "acme" and cached["decision"] == "rewritten"
+            assert (cached["tables"], cached["rewritten_sha256"]) == (ran["tables"], ran["rewritten_sha256"])
+        else:
+            assert cached["bypass"] is True and cached["decision"] == "allowed"
+    verified = subprocess.run(
+        [sys.executable, "-m", "proxy", "audit", "verify", str(tmp_path / "audit.jsonl")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **AUDIT_KEY},
+    )
+    assert verified.returncode == 0 and f"ok: {len(trail)} records" in verified.stdout, verified
+
+
+def test_an_answer_the_audit_trail_cannot_record_is_refused(pg: PgCluster, tmp_path: Path, prefix: str) -> None:
+    """on_failure: block holds for the cache too: a cached answer the trail cannot take is not served (58030)."""
+    config = cache_config(pg, redis=REDIS_URL, key_prefix=prefix)
+    failing = {
+        **config,
+        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "http": {"host": "127.0.0.1", "port": free_port()},
+        "audit": {"path": "/proc/pgwarden-no/audit.jsonl", "block_timeout": 0.5},
+    }
+    sql = "select name from items where id = 14"
+    with ProxyProcess(config, tmp_path / "a") as filler, ProxyProcess(failing, tmp_path / "b") as audited:
+        serving(filler)
+        with psycopg.connect(audited.dsn(), autocommit=True) as conn:  # (a login starts its WAL consumer)
+            deadline = time.monotonic() + 10
+            while scrape(audited).get(("pgwarden_cache_serving", (("database", "postgres"),))) != 1:
+                assert time.monotonic() < deadline, audited.logs()
+                time.sleep(0.05)
+            with psycopg.connect(filler.dsn(), autocommit=True) as other:  # filled (in Redis) by the other
+                assert other.execute(sql).fetchall() == other.execute(sql).fetchall() == [("item14",)]
+            assert hits(filler) > 0
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute(sql)
+            assert refused.value.sqlstate == "58030", refused.value
+            assert hits(audited) == 0  # not even looked up
 
 
 class Interleaved(RuleBasedStateMachine):

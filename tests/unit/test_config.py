@@ -41,7 +41,6 @@ def test_paths_are_relative_to_the_config_file(tmp_path):
         ({"replicas": [{"hst": "r1"}]}, "replicas.0"),
         ({"cache": {"tables": ["orders"]}}, "must be schema.table"),
         ({"cache": {"tables": ["pg_catalog.pg_class"]}}, "catalogs are never cached"),
-        ({"cache": {}, "audit": {"path": "a.log"}}, "`cache` with `audit` is not available"),
         ({"cache": {}, "workers": 2}, "needs cache.redis"),
         ({"poool": {}}, "did you mean `pool`"),
     ],
@@ -58,6 +57,14 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert f"{path}:3" in str(info.value) and "not valid YAML" in str(info.value)
+
+
+def test_the_cache_and_the_audit_trail_go_together_in_one_worker(tmp_path):
+    both = {"primary": {"host": "db"}, "cache": {}, "audit": {"path": "a.log"}}
+    config = parse_config(both, tmp_path / "c.yaml")
+    assert config.cache is not None and config.audit is not None and config.worker_count() == 1
+    with pytest.raises(ConfigError, match="with `audit` is not available yet"):
+        parse_config({**both, "workers": 2, "cache": {"redis": "redis://r/0"}}, tmp_path / "c.yaml")
 
 
 def test_replicas_run_one_worker_unless_watermarks_are_shared(tmp_path):
