@@ -208,8 +208,8 @@ class SessionCache:
         if facts is not None and facts.tables is None:  # the common case, a few dictionary lookups: not cached
             return None
         state = self.state
-        if self.off is not None or state.pinned:
-            return None
+        if self.off is not None or state.pinned or (msgs[0][0] == MSG_PARSE and not state.tx_mode):
+            return None  # (session pooling: a hit would leave the backend's unnamed statement an older one)
         ready = READY_IDLE
         if backend is not None and (not backend.tracker.idle or backend.tracker.status != TX_IDLE):
             if not backend.tracker.idle or backend.tracker.status != TX_BLOCK or self.block != BLOCK_READS:
@@ -254,6 +254,12 @@ class SessionCache:
                 return None
         stmt = self.names.lookup(protocol.read_cstr(first, 6)[0])
         return None if stmt is None else self.caching.facts(database, stmt.parse, True)
+
+    def answered(self, msgs: list[tuple[int, bytes]]) -> None:
+        """A batch was answered from the cache: the unnamed statement its Parse defines is the client's
+        now (a later Bind of it alone prepares it on the backend first)."""
+        if msgs[0][0] == MSG_PARSE:
+            self.names.parsed_unnamed(msgs[0][1], here=False)
 
     def lookup_local(self, probe: Probe) -> bytes | Miss:
         return self.caching.results.lookup_local(self.state.database, probe.tables, probe.key)

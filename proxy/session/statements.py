@@ -42,9 +42,10 @@ class Statements:
         """A backend now serves the client: it has none of the client's unnamed statement."""
         self.unnamed_here = False
 
-    def parsed_unnamed(self, msg: bytes) -> None:
-        """The client's unnamed statement is (re)defined by `msg`, on the linked backend."""
-        self.unnamed, self.unnamed_here = msg, True
+    def parsed_unnamed(self, msg: bytes, here: bool = True) -> None:
+        """The client's unnamed statement is (re)defined by `msg`, on the linked backend (not `here`:
+        answered without it, by the result cache; prepared on a backend when next bound)."""
+        self.unnamed, self.unnamed_here = msg, here
 
     def lookup(self, name: str) -> Statement | None:
         return self.names.get(name)

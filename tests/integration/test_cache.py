@@ -176,6 +176,19 @@ def test_a_read_only_block_is_answered_from_the_cache_only_at_read_committed(
         assert (hits(proxy) - before, got) == (int(answered_in_block), old + "+" if sees_new else old)
 
 
+def test_a_later_bind_of_the_unnamed_statement_runs_the_one_the_cache_answered(pg: PgCluster, tmp_path: Path) -> None:
+    """A hit never sends its Parse to a backend; the client's unnamed statement is still that one."""
+    with ProxyProcess(cache_config(pg), tmp_path) as proxy, psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        serving(proxy)
+        assert name_of(conn, 7, prepare=False) == "item7"  # (stored)
+        assert conn.execute("select 'other ' || %s::text", ("x",), prepare=False).fetchone() == ("other x",)
+        before = hits(proxy)
+        assert name_of(conn, 7, prepare=False) == "item7"
+        assert hits(proxy) - before == 1
+        again = conn.pgconn.exec_prepared(b"", [b"8"])  # Bind/Describe/Execute/Sync of the unnamed statement
+        assert (again.status, again.get_value(0, 0)) == (psycopg.pq.ExecStatus.TUPLES_OK, b"item8")
+
+
 def test_uncacheable_statements_are_never_served(pg: PgCluster, tmp_path: Path) -> None:
     with ProxyProcess(cache_config(pg), tmp_path) as proxy, psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         serving(proxy)
