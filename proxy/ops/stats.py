@@ -11,7 +11,7 @@ from rewriter import pgparser
 
 MAX_FINGERPRINTS = 5000
 MAX_PENDING = 50_000
-SHAPES_CAP = 30_000  # messages remembered by Shapes (about 10 MB of short statements)
+SHAPES_CAP = 50_000  # messages a generation of Shapes holds at most (about 15 MB of short statements)
 # Text whose integer literals are all A_Const (values the fingerprint ignores): plain SELECT/DML
 # without quoted identifiers, dollar quotes, escapes, comments, float(p) or current_time(p).
 _DML_HEADS = ("select", "insert", "update", "delete", "with", "values")
@@ -61,7 +61,8 @@ def literal_key(sql: str) -> str:
 class Shapes:
     """Query and Parse messages seen lately -> (their text, its `literal_key`): a new text is decoded
     and shaped once, whether the result cache judges it on the hot path or the statistics count it
-    at their next flush. Two generations of at most `cap` / 2 each: the newest are always kept."""
+    at their next flush. Two generations: each flush starts a new one (a message used since the
+    last one is kept), and so does a generation of `cap` messages."""
 
     def __init__(self, cap: int = SHAPES_CAP) -> None:
         self.cap = cap
@@ -79,11 +80,15 @@ class Shapes:
             if got is None:
                 text = statement_text(msg)
                 got = (text, literal_key(text))
-            if len(self._new) >= self.cap // 2:
-                self._old, self._new = self._new, {}
+            if len(self._new) >= self.cap:
+                self.rotate()
             if len(msg) <= 20_000:
                 self._new[msg] = got
         return got
+
+    def rotate(self) -> None:
+        """A new generation: the messages not used since the last rotation are forgotten."""
+        self._old, self._new = self._new, {}
 
 
 class QueryStats:
@@ -130,6 +135,7 @@ class QueryStats:
             entry["total_s"] += seconds
             entry["max_s"] = max(entry["max_s"], seconds)
             entry["recent"].append(seconds)
+        self.shapes.rotate()  # (what was observed since the last flush has been taken)
 
     def _entry(self, sql: str, shape: str | None) -> dict:
         fp = self._fingerprint(sql, shape)

@@ -44,19 +44,22 @@ def test_memory_is_capped_by_evicting_the_least_called(monkeypatch):
 
 
 def test_a_message_shaped_on_the_hot_path_is_not_shaped_again_at_flush(monkeypatch):
-    shapes = stats.Shapes(cap=4)
+    shapes = stats.Shapes(cap=3)
     qs = QueryStats(shapes=shapes)
     msgs = [protocol.query(f"select * from t where id = {i}") for i in range(5)]
-    for msg in msgs:
+    for msg in msgs[:2]:
         assert shapes.of(msg) == (stats.statement_text(msg), "select * from t where id = 0")  # (as the cache does)
     shaped: list[str] = []
     real = stats.literal_key
     monkeypatch.setattr(stats, "literal_key", lambda sql: shaped.append(sql) or real(sql))
-    for msg in msgs[2:]:  # the newest two generations of cap / 2 are kept
+    for msg in msgs[:2]:
         qs.observe(msg, 0.001)
     qs.flush()
-    assert shaped == []
-    qs.observe(msgs[0], 0.001)  # (in a generation gone)
+    assert shaped == []  # (taken on the hot path; a flush starts a new generation)
+    shapes.of(msgs[1])  # (used again: kept)
+    qs.flush()  # (msgs[0] is forgotten now)
+    for msg in msgs:
+        qs.observe(msg, 0.001)
     qs.flush()
-    assert shaped == ["select * from t where id = 0"]
-    assert by_query(qs)["select * from t where id = ?"]["calls"] == 4
+    assert len(shaped) == 4 and stats.statement_text(msgs[1]) not in shaped
+    assert by_query(qs)["select * from t where id = ?"]["calls"] == 7
