@@ -93,8 +93,8 @@ def _statement(msgs: list[tuple[int, bytes]], names: Statements) -> tuple[str | 
     for kind, msg in msgs:
         if kind == MSG_BIND:
             portal, name, pos = protocol.decode_bind_names(msg)
-            if portal or any(word in msg[pos:].lower() for word in _CLOCK):
-                return None, b""
+            if portal or (name and kinds[0] == MSG_PARSE) or any(word in msg[pos:].lower() for word in _CLOCK):
+                return None, b""  # (after a Parse, the Bind must run the statement it parsed)
             parts.append(msg[pos:])
         elif kind == MSG_DESCRIBE and (msg[5] != TARGET_PORTAL or msg[6] != 0):
             return None, b""

@@ -189,6 +189,48 @@ def test_a_later_bind_of_the_unnamed_statement_runs_the_one_the_cache_answered(p
         assert (again.status, again.get_value(0, 0)) == (psycopg.pq.ExecStatus.TUPLES_OK, b"item8")
 
 
+def pipelined(pq: psycopg.pq.abc.PGconn, parse: bytes, bind: bytes, args: list[bytes]) -> bytes | None:
+    """Parse of the unnamed statement and a Bind of `bind` in one batch (libpq's pipeline mode); the
+    first column of the Bind's first row."""
+    pq.enter_pipeline_mode()
+    pq.send_prepare(b"", parse)
+    pq.send_query_prepared(bind, args)
+    pq.pipeline_sync()
+    results: list = []
+    while len(results) < 3:  # ParseComplete, the Bind's answer, the Sync's
+        res = pq.get_result()
+        if res is not None:
+            results.append(res)
+    while pq.get_result() is not None or pq.is_busy():
+        pass
+    pq.exit_pipeline_mode()
+    return results[1].get_value(0, 0) if results[1].ntuples else None
+
+
+def test_a_batch_whose_bind_names_another_statement_is_not_keyed_by_its_parse(pg: PgCluster, tmp_path: Path) -> None:
+    """Parse of the unnamed statement, then Bind of a named one, in one batch: what runs is the named
+    statement. Its answer is never stored under the Parse's text (other clients' reads), and it is
+    judged as a write when it is one."""
+    read = b"select qty from items where id = $1"
+    with (
+        ProxyProcess(cache_config(pg), tmp_path) as proxy,
+        psycopg.connect(proxy.dsn(), autocommit=True) as attacker,
+        psycopg.connect(proxy.dsn(), autocommit=True) as victim,
+    ):
+        serving(proxy)
+        pq = attacker.pgconn
+        for name, sql in (
+            (b"s1", b"select 999 where $1::int is not null"),
+            (b"s2", b"update items set qty = $1 where id = 9"),
+        ):
+            assert pq.prepare(name, sql).status == psycopg.pq.ExecStatus.COMMAND_OK
+        assert pipelined(pq, read, b"s1", [b"9"]) == b"999"
+        for _ in range(2):  # (the same Parse, Bind and formats as the attacker's)
+            assert victim.pgconn.exec_params(read, [b"9"]).get_value(0, 0) == b"9"
+        assert pipelined(pq, read, b"s2", [b"77"]) is None  # (its answer waits for the WAL consumer)
+        assert victim.pgconn.exec_params(read, [b"9"]).get_value(0, 0) == b"77"
+
+
 def test_uncacheable_statements_are_never_served(pg: PgCluster, tmp_path: Path) -> None:
     with ProxyProcess(cache_config(pg), tmp_path) as proxy, psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         serving(proxy)
