@@ -69,15 +69,23 @@ class LocalVersions:
     def __init__(self) -> None:
         self._generation: dict[str, str] = {}
         self._versions: dict[tuple[str, str], str] = {}
+        self._signatures: dict[tuple[str, tuple[str, ...]], str] = {}  # until the next bump or rotation
 
     def signature(self, database: str, tables: tuple[str, ...]) -> str:
-        gen = self._generation.get(database)
-        if gen is None:
-            gen = self._generation[database] = new_generation()
-        versions = self._versions
-        return ",".join([gen, *(versions.get((database, t), "0") for t in tables)])
+        signature = self._signatures.get((database, tables))
+        if signature is None:
+            gen = self._generation.get(database)
+            if gen is None:
+                gen = self._generation[database] = new_generation()
+            versions = self._versions
+            signature = ",".join([gen, *(versions.get((database, t), "0") for t in tables)])
+            if len(self._signatures) >= 10_000:
+                self._signatures.clear()
+            self._signatures[(database, tables)] = signature
+        return signature
 
     def bump(self, database: str, tables: frozenset[str], lsn: int) -> None:
+        self._signatures.clear()
         text = lsn_text(lsn)
         for table in tables:
             key = (database, table)
@@ -85,6 +93,7 @@ class LocalVersions:
                 self._versions[key] = text
 
     def rotate(self, database: str) -> None:
+        self._signatures.clear()
         self._generation[database] = new_generation()
 
 

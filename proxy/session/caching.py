@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,7 @@ from proxy.routing.volatility import ReadClassifier, Volatility
 from proxy.session import session_sql
 from proxy.session.accounting import Accounting
 from proxy.session.guard import Guard
-from proxy.session.probe import READY_IDLE, READY_IN_BLOCK, Probe, batch_key, query_probe
+from proxy.session.probe import READY_IDLE, READY_IN_BLOCK, Probe, batch_key, bound_probe, query_probe
 from proxy.session.routes import BatchRoute, judge_batch
 from proxy.session.state import SessionState
 from proxy.session.statements import Statements
@@ -57,6 +56,7 @@ class Facts(NamedTuple):
     tables: tuple[str, ...] | None
     text: str
     route: BatchRoute
+    types: bytes = b""  # a cacheable Parse's parameter types
 
 
 class Caching:
@@ -103,7 +103,8 @@ class Caching:
                 route = judge_batch([(MSG_QUERY, protocol.query(shape))], _NO_NAMES, self.classifier(database))
                 facts = self._keep(memo, shape, Facts(verdict.tables, "", route))
             if facts.tables is not None:
-                facts = facts._replace(text=sql)
+                types = protocol.decode_parse(msg).param_types if msg[0] == MSG_PARSE else b""
+                facts = facts._replace(text=sql, types=types)
             if (whole or facts.tables is not None) and len(msg) <= 20_000:
                 self._keep(memo, msg, facts)
         return facts
@@ -215,9 +216,12 @@ class SessionCache:
             if not backend.tracker.idle or backend.tracker.status != TX_BLOCK or self.block != BLOCK_READS:
                 return None  # (answers still due, or a transaction block the cache may not answer in)
             ready = READY_IN_BLOCK
-        if facts is not None and msgs[0][0] == MSG_QUERY:
+        if facts is not None:
             assert facts.tables is not None
-            probe: Probe | None = query_probe(state, facts.tables, facts.text)
+            if msgs[0][0] == MSG_QUERY:
+                probe: Probe | None = query_probe(state, facts.tables, facts.text)
+            else:
+                probe = bound_probe(msgs, state, facts.tables, facts.text, facts.types)
         else:
             judge = self.caching.judge(state.database)
             if judge is None:
@@ -226,7 +230,7 @@ class SessionCache:
         if probe is not None and not self.caching.serving(state.database):
             self.caching.results.not_served("wal")
             return None
-        return probe if probe is None or ready is READY_IDLE else dataclasses.replace(probe, ready=ready)
+        return probe if probe is None or ready is READY_IDLE else probe._replace(ready=ready)
 
     def _facts(self, msgs: list[tuple[int, bytes]]) -> Facts | None:
         """What a batch of one Query, of Parse (unnamed)/Bind/[Describe]/Execute/Sync, or of

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from typing import NamedTuple
 
 from proxy.cache.eligible import Judge
 from proxy.enforce.decisions import Forward
@@ -10,16 +11,16 @@ from proxy.session.guard import Guard
 from proxy.session.state import SessionState
 from proxy.session.statements import Statements
 from proxy.wire import protocol
-from proxy.wire.protocol import MSG_BIND, MSG_DESCRIBE, MSG_EXECUTE, MSG_PARSE, MSG_QUERY, MSG_SYNC, TARGET_PORTAL
+from proxy.wire.protocol import MSG_BIND, MSG_DESCRIBE, MSG_EXECUTE, MSG_PARSE, MSG_QUERY, TARGET_PORTAL
 
 # Words PostgreSQL's date/time input reads as the clock: a text-format parameter holding one is not cached.
-_CLOCK = (b"now", b"today", b"tomorrow", b"yesterday")
+_CLOCK = re.compile(rb"(?i)now|today|tomorrow|yesterday")
+_KINDS = (b"PBDES", b"PBES", b"BDES", b"BES")
 READY_IDLE = protocol.ready_for_query(b"I")
 READY_IN_BLOCK = protocol.ready_for_query(b"T")
 
 
-@dataclass(frozen=True, slots=True)
-class Probe:
+class Probe(NamedTuple):
     """A batch the cache may answer: the names of the tables its answer depends on, and its key."""
 
     tables: tuple[str, ...]
@@ -56,6 +57,18 @@ def query_probe(state: SessionState, tables: tuple[str, ...], text: str) -> Prob
     return Probe(tables, (state.database, state.user, "", settings, text, b"Q"), text)
 
 
+def bound_probe(
+    msgs: list[tuple[int, bytes]], state: SessionState, tables: tuple[str, ...], text: str, types: bytes
+) -> Probe | None:
+    """The Probe of [Parse] Bind [Describe] Execute Sync of one statement already judged, without a
+    policy (its text and parameter types known): the key `batch_key` would give."""
+    rest = bound_rest(msgs, types)
+    if rest is None:
+        return None
+    settings = tuple(sorted(state.settings.items()))
+    return Probe(tables, (state.database, state.user, "", settings, text, rest), text)
+
+
 def _policed(
     msgs: list[tuple[int, bytes]], state: SessionState, guard: Guard
 ) -> tuple[str | None, bytes, Forward | None]:
@@ -73,35 +86,42 @@ def _statement(msgs: list[tuple[int, bytes]], names: Statements) -> tuple[str | 
     """Without a policy: one Query, or [Parse (unnamed)] Bind [Describe portal] Execute Sync."""
     if len(msgs) == 1 and msgs[0][0] == MSG_QUERY:
         return protocol.decode_query(msgs[0][1]), b"Q"
-    kinds = bytes(kind for kind, _ in msgs)
-    if kinds not in (b"PBDES", b"PBES", b"BDES", b"BES"):
-        return None, b""
-    parts = [kinds]
-    if kinds[0] == MSG_PARSE:
+    if msgs[0][0] == MSG_PARSE:
         parse = protocol.decode_parse(msgs[0][1])
         if parse.name:
             return None, b""
         text, types = parse.query, parse.param_types
-    else:
+    elif msgs[0][0] == MSG_BIND:
         name = protocol.decode_bind_names(msgs[0][1])[1]
         stmt = names.lookup(name) if name else None
         if stmt is None:  # (the unnamed statement of an earlier batch, or a name pgwarden does not track)
             return None, b""
         known = protocol.decode_parse(stmt.parse)
         text, types = known.query, known.param_types
-    parts.append(types)
+    else:
+        return None, b""
+    rest = bound_rest(msgs, types)
+    return (None, b"") if rest is None else (text, rest)
+
+
+def bound_rest(msgs: list[tuple[int, bytes]], types: bytes) -> bytes | None:
+    """What keys the answer of [Parse] Bind [Describe portal] Execute Sync besides the statement's text:
+    the kinds, parameter types, the Bind without its names (values, formats) and Execute's row limit
+    (None: another batch, a portal, a clock word, or a Bind of another statement than the Parse's)."""
+    kinds = bytes(kind for kind, _ in msgs)
+    if kinds not in _KINDS:
+        return None
+    parts = [kinds, types]
     for kind, msg in msgs:
         if kind == MSG_BIND:
             portal, name, pos = protocol.decode_bind_names(msg)
-            if portal or (name and kinds[0] == MSG_PARSE) or any(word in msg[pos:].lower() for word in _CLOCK):
-                return None, b""  # (after a Parse, the Bind must run the statement it parsed)
+            if portal or (name and kinds[0] == MSG_PARSE) or _CLOCK.search(msg, pos) is not None:
+                return None  # (after a Parse, the Bind must run the statement it parsed)
             parts.append(msg[pos:])
         elif kind == MSG_DESCRIBE and (msg[5] != TARGET_PORTAL or msg[6] != 0):
-            return None, b""
+            return None
         elif kind == MSG_EXECUTE:
             if msg[5] != 0:  # a named portal
-                return None, b""
+                return None
             parts.append(msg[6:])  # the row limit
-        elif kind == MSG_SYNC:
-            break
-    return text, b"\x00".join(parts)
+    return b"\x00".join(parts)

@@ -16,9 +16,14 @@ from proxy.cache.results import ResultCache
 from proxy.cache.versions import LocalVersions, lsn_text
 from proxy.config.cache import Cache
 from proxy.ops.stats import Shapes
+from proxy.pooling.prepared import Registry
 from proxy.routing.volatility import Volatility
 from proxy.session.caching import Caching, plain_answer
+from proxy.session.probe import batch_key, bound_probe
+from proxy.session.state import SessionState
+from proxy.session.statements import Statements
 from proxy.wire import protocol
+from proxy.wire.protocol import MSG_BIND, MSG_DESCRIBE, MSG_EXECUTE, MSG_PARSE, MSG_SYNC
 
 FUNCTIONS = {"lower": "i", "count": "i", "sum": "i", "now": "s", "random": "v", "my_reader": "s"}
 OPERATORS = {"=": "i", ">": "s", "+": "i", "<": "i"}
@@ -195,3 +200,37 @@ def test_facts_judge_a_shape_once_and_key_each_message_by_its_own_text() -> None
         assert reads == ["db"]
 
     asyncio.run(scenario())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    args=st.lists(st.one_of(st.none(), st.binary(max_size=12)), max_size=3),
+    describe=st.booleans(),
+    limit=st.integers(0, 3),
+    named=st.booleans(),
+)
+def test_a_judged_batch_is_keyed_as_batch_key_keys_it(
+    args: list[bytes | None], describe: bool, limit: int, named: bool
+) -> None:
+    """The fast key of a statement judged before (bound_probe: text and types from its facts) is the
+    one the general path gives: a hit on either is the same answer."""
+    text = "select qty from items where id = $1"
+    names = Statements(Registry())
+    names.remember("s1", text, b"\x00\x01\x00\x00\x00\x17", "")
+    parse = protocol.parse("", text, b"\x00\x01\x00\x00\x00\x17")
+    values = b"".join(b"\xff\xff\xff\xff" if a is None else len(a).to_bytes(4, "big") + a for a in args)
+    name = b"s1" if named else b""
+    bind = protocol.message(
+        b"B", b"\x00" + name + b"\x00\x00\x00" + len(args).to_bytes(2, "big") + values + b"\x00\x00"
+    )
+    msgs = [] if named else [(MSG_PARSE, parse)]
+    msgs += [(MSG_BIND, bind)] + ([(MSG_DESCRIBE, protocol.message(b"D", b"P\x00"))] if describe else [])
+    msgs += [(MSG_EXECUTE, protocol.message(b"E", b"\x00" + limit.to_bytes(4, "big"))), (MSG_SYNC, protocol.SYNC)]
+    state = SessionState(1, 2, database="db", user="u", settings={"TimeZone": "UTC"})
+    judge = Judge(CATALOG, stable_ok=False)
+    slow = batch_key(msgs, state, names, None, judge)
+    fast = bound_probe(msgs, state, ("items",), text, b"\x00\x01\x00\x00\x00\x17")
+    clock = any(
+        a is not None and any(w in a.lower() for w in (b"now", b"today", b"tomorrow", b"yesterday")) for a in args
+    )
+    assert slow == fast and (slow is None) == clock
