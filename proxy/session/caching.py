@@ -319,10 +319,11 @@ class SessionCache:
             return None
         return Capture(self.caching.results, miss, status)
 
-    def block_began(self, status: int) -> bool:
+    def block_began(self, status: int, wrote: bool) -> bool:
         """The backend answered all it was sent, ending in `status`: must the isolation of a READ ONLY
-        block just begun be asked? (Outside a block, there is no block any more.)"""
-        if status != TX_BLOCK:
+        block just begun be asked? (Outside a block, there is no block any more; nor after a write
+        whose commit the WAL consumer has not been waited for: the cache stays out of that block.)"""
+        if status != TX_BLOCK or wrote:
             self.block = NO_BLOCK
         return self.block == BLOCK_BEGUN
 

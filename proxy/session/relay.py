@@ -440,7 +440,7 @@ class Relay:
         consumer has bumped what it changed (the cache); the start of a READ ONLY block, until the
         cache knows its isolation (`SHOW` takes no snapshot)."""
         status, state = backend.tracker.status, self.core.state
-        if self.cache is not None and self.cache.block_began(status):
+        if self.cache is not None and self.cache.block_began(status, state.wrote):
             self._pause()
             backend.ask("SHOW transaction_isolation", partial(self._isolation, answer))
             return True

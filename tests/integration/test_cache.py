@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,8 +25,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
+from tests import rawwire
 from tests.harness import REDIS_URL, ROOT, ProxyProcess, base_config, free_port, redis_server, scrape
 from tests.pgcluster import PgCluster
+from tests.rawwire import Wire
 
 SCHEMA = """
 create table items (id int primary key, name text, qty int);
@@ -174,6 +177,27 @@ def test_a_read_only_block_is_answered_from_the_cache_only_at_read_committed(
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         conn.execute("commit")
         assert (hits(proxy) - before, got) == (int(answered_in_block), old + "+" if sees_new else old)
+
+
+def test_a_read_only_block_begun_with_a_write_unwaited_for_stays_out_of_the_cache(
+    pg: PgCluster, tmp_path: Path
+) -> None:
+    """BEGIN READ ONLY sent while a write still runs (pipelined): the write's commit is waited for only
+    when the block ends, so until then an answer from the cache could be older than the write."""
+    read = "select name from items where id = 32"
+    with ProxyProcess(cache_config(pg), tmp_path) as proxy:
+        serving(proxy)
+        other, wire = (Wire(proxy.host, proxy.port, "postgres", "postgres") for _ in range(2))
+        assert other.send(rawwire.query(read)).rows == [["item32"]]  # (stored)
+        wire.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        wire.sock.sendall(rawwire.query("update items set name = 'fresh' where id = 32; select pg_sleep(0.3)"))
+        time.sleep(0.1)  # (a batch of its own, sent on while the write runs)
+        wire.sock.sendall(rawwire.query("begin read only"))
+        assert [kind for kind, _ in wire.replies(2).messages].count("E") == 0
+        assert wire.send(rawwire.query(read)).rows == [["fresh"]]
+        wire.send(rawwire.query("commit"))
+        other.close()
+        wire.close()
 
 
 def test_a_later_bind_of_the_unnamed_statement_runs_the_one_the_cache_answered(pg: PgCluster, tmp_path: Path) -> None:
