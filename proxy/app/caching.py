@@ -25,7 +25,7 @@ PUBLICATION = "pgwarden_cache"
 class CacheService:
     """Owns the process's `Caching` (what sessions use) and the WAL consumers feeding it."""
 
-    def __init__(self, config: Config, target: Callable[[str, str, bool], Target], shapes: Shapes) -> None:
+    def __init__(self, config: Config, target: Callable[[str, str, bool], Target], shapes: Shapes | None) -> None:
         assert config.cache is not None
         self.config, self.settings, self._target = config, config.cache, target
         self.results = ResultCache(config.cache)

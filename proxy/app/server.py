@@ -21,7 +21,7 @@ from proxy.ops.http import HttpServer
 from proxy.ops.janitor import Janitor
 from proxy.ops.metrics import Metrics
 from proxy.ops.slowlog import SlowLog
-from proxy.ops.stats import QueryStats
+from proxy.ops.stats import QueryStats, Shapes
 from proxy.pooling.backend import Target
 from proxy.pooling.backend_role import HINT, read_facts, refusal, superuser_reason, unfit
 from proxy.pooling.pool import Pool
@@ -58,7 +58,7 @@ class Server:
         self._listener: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self, config.metrics)
         self.paused = False  # PAUSE from the admin console, for pools created meanwhile too
-        self.stats = QueryStats(self.metrics.statement_seconds.observe)
+        self.stats = QueryStats(self.metrics.statement_seconds.observe, Shapes() if config.cache else None)
         self.limiter = limiter_for(config.limits, self.metrics)
         self.slowlog = (
             SlowLog(config.slow_query, explain_dsn=self._control_dsn(), policed_dsn=self._control_dsn(policed=True))

@@ -99,7 +99,7 @@ class QueryStats:
 
     def __init__(self, latency=None, shapes: Shapes | None = None) -> None:
         self.latency = latency  # a histogram's observe, fed at flush time
-        self.shapes = shapes if shapes is not None else Shapes()
+        self.shapes = shapes  # shared with the result cache (None without one: nothing to share)
         self.pending: deque[tuple[str | bytes, float | None, int, bool]] = deque(maxlen=MAX_PENDING)
         self.by_fingerprint: dict[str, dict] = {}
         self._fingerprints: dict[str, str] = {}  # text, or `literal_key` of it -> fingerprint
@@ -123,7 +123,7 @@ class QueryStats:
             if entry is None:
                 if len(self.by_fingerprint) >= MAX_FINGERPRINTS:
                     seen.clear()  # an entry may be evicted: none kept here may be stale
-                entry = seen[sql] = self._entry(*((sql, None) if isinstance(sql, str) else self.shapes.of(sql)))
+                entry = seen[sql] = self._entry(*self._text(sql))
             if seconds is None:
                 entry["refusals"] += 1
                 continue
@@ -135,7 +135,16 @@ class QueryStats:
             entry["total_s"] += seconds
             entry["max_s"] = max(entry["max_s"], seconds)
             entry["recent"].append(seconds)
-        self.shapes.rotate()  # (what was observed since the last flush has been taken)
+        if self.shapes is not None:
+            self.shapes.rotate()  # (what was observed since the last flush has been taken)
+
+    def _text(self, sql: str | bytes) -> tuple[str, str | None]:
+        """An observed statement's text, and its shape when the result cache took it already."""
+        if isinstance(sql, str):
+            return sql, None
+        if self.shapes is None:
+            return statement_text(sql), None
+        return self.shapes.of(sql)
 
     def _entry(self, sql: str, shape: str | None) -> dict:
         fp = self._fingerprint(sql, shape)
