@@ -134,6 +134,14 @@ def test_answers_come_again_and_a_write_through_pgwarden_is_seen_at_once(pg: PgC
 RR = "set default_transaction_isolation = 'repeatable read'"
 
 
+@pytest.fixture(scope="module")
+def shared_proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """One pgwarden with the cache for tests that need nothing else of their own."""
+    with ProxyProcess(cache_config(pg), tmp_path_factory.mktemp("shared")) as proxy:
+        serving(proxy)
+        yield proxy
+
+
 @pytest.mark.parametrize(
     ("setup", "begin", "answered_in_block", "sees_new"),
     [
@@ -146,14 +154,18 @@ RR = "set default_transaction_isolation = 'repeatable read'"
     ],
 )
 def test_a_read_only_block_is_answered_from_the_cache_only_at_read_committed(
-    pg: PgCluster, tmp_path: Path, setup: list[str], begin: list[str], answered_in_block: bool, sees_new: bool
+    shared_proxy: ProxyProcess,
+    pg: PgCluster,
+    setup: list[str],
+    begin: list[str],
+    answered_in_block: bool,
+    sees_new: bool,
 ) -> None:
     """At READ COMMITTED each statement of a READ ONLY block takes a new snapshot, as outside one:
     the cache may answer. At REPEATABLE READ (asked for, set after BEGIN, or the session's default)
     the block keeps its first snapshot: a newer answer from the cache would be wrong."""
-    item = 30
+    item, proxy = 30, shared_proxy
     with (
-        ProxyProcess(cache_config(pg), tmp_path) as proxy,
         psycopg.connect(proxy.dsn(), autocommit=True) as conn,
         psycopg.connect(proxy.dsn(), autocommit=True) as other,  # (the same settings: the same keys)
         psycopg.connect(direct(pg), autocommit=True) as straight,
