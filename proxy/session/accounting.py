@@ -67,6 +67,7 @@ class Accounting:
         "last_parse",
         "named_parses",
         "pending",
+        "route",
         "slowlog",
         "state",
         "statements",
@@ -87,6 +88,7 @@ class Accounting:
         self._who: dict[str, Any] | None = None  # the fields every statement record of the session shares
         self._who_ident: object = None  # the identity `_who` was built for
         self._last_parse: tuple[bytes, bytes, AuditedStatement] = (b"", b"", AuditedStatement("", None))
+        self.route = "primary"  # where the linked backend is: "primary" or "replica" (set at each link)
 
     @property
     def auditing(self) -> bool:
@@ -138,7 +140,7 @@ class Accounting:
             if slowlog is not None and seconds >= slowlog.threshold_s:
                 state = self.state
                 slowlog.observe(
-                    statement_text(msg), seconds, "primary", ready.rows, state.database, state.ident is not None
+                    statement_text(msg), seconds, self.route, ready.rows, state.database, state.ident is not None
                 )
         if records:
             self._audit_done(records, seconds, ready.rows, ready.error)
@@ -218,7 +220,10 @@ class Accounting:
             return True
         if not audit.accepting() and not self.admits():
             return False
-        started = _record(Started, (self._shared(), time.time(), sql, simple, _decided(decision), tenant))
+        fields = _decided(decision)
+        if self.route != "primary":
+            fields = {**(fields or {}), "route": self.route}
+        started = _record(Started, (self._shared(), time.time(), sql, simple, fields, tenant))
         if simple:  # recorded when its round trip ends, with duration, rows and SQLSTATE
             last = self.timings[-1]
             if last.records is None:

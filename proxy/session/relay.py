@@ -362,6 +362,7 @@ class Relay:
         self.lent = choice.pool
         if self.route is not None:
             self.route.linked(choice)
+        self.core.accounting.route = "primary" if choice.server is None else "replica"
         self.core.link(backend)
 
     # --- the backend's side -----------------------------------------------------------------

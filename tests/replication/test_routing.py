@@ -223,6 +223,23 @@ def test_policies_apply_the_same_on_replicas(replicated, tmp_path):
             assert globex.execute("select body from notes").fetchall() == [("g1",)]
 
 
+def test_the_audit_trail_names_the_server_each_statement_ran_on(replicated, tmp_path):
+    """docs/audit.md: `route` is primary or replica (or cache). Reads routed to a replica say so."""
+    config = routing_config(replicated, max_lag_ms=600_000)
+    config["audit"] = {"path": "audit.jsonl", "hmac_key_env": "PGWARDEN_AUDIT_KEY"}
+    replicas = _ports(replicated, "r1", "r2")
+    with (
+        ProxyProcess(config, tmp_path, env={"PGWARDEN_AUDIT_KEY": "routing-audit-key"}) as proc,
+        psycopg.connect(proc.dsn(), autocommit=True) as conn,
+    ):
+        _wait_for(lambda: _replicas_up(proc) == 2, 15, "both replicas in rotation")
+        assert conn.execute("select current_setting('port')::int as on_replica").fetchone()[0] in replicas
+        assert conn.execute("select txid_current() as on_primary").fetchone()[0] > 0
+    trail = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    routes = {r["sql"].split(" as ")[-1]: r["route"] for r in trail if r["event"] == "statement"}
+    assert routes == {"on_replica": "replica", "on_primary": "primary"}
+
+
 def test_without_a_usable_replica_reads_fail_when_the_primary_may_not_take_them(replicated, tmp_path):
     config = routing_config(replicated, reads_on_primary=False)
     config["replicas"] = [{"host": "127.0.0.1", "port": free_port()}]  # nothing listens there
