@@ -389,16 +389,7 @@ def notes(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.key_prefix = f"pgwarden:bench:{secrets.token_hex(4)}:"
-    common.install_signal_handlers()
-    try:
-        with common.CLEANUP:
-            runs, report = benchmark(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except (subprocess.CalledProcessError, RuntimeError) as exc:  # a failed setup step: say which and why
-        print(f"{exc}\n{getattr(exc, 'stderr', '') or ''}", file=sys.stderr)
-        return 1
+    runs, report = common.stopping_all(lambda: benchmark(args))
     report["overhead"] = overhead_rows(runs)
     machine = report["machine"]
     print(

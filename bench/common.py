@@ -14,10 +14,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -112,6 +116,21 @@ def install_signal_handlers() -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
     atexit.register(CLEANUP.close)
+
+
+def stopping_all(work: Callable[[], T]) -> T:
+    """Run a benchmark's `work` (setup and runs) with everything it starts stopped however it ends;
+    interrupted: exit 130; a failed setup step: exit 1, saying which and why."""
+    install_signal_handlers()
+    try:
+        with CLEANUP:
+            return work()
+    except KeyboardInterrupt:
+        print("\ninterrupted; everything started was stopped", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (subprocess.CalledProcessError, RuntimeError) as exc:
+        print(f"{exc}\n{getattr(exc, 'stderr', '') or ''}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def free_port() -> int:

@@ -303,16 +303,7 @@ def benchmark(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    common.install_signal_handlers()
-    try:
-        with common.CLEANUP:
-            report = benchmark(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except subprocess.CalledProcessError as exc:
-        print(f"{' '.join(map(str, exc.cmd))} failed:\n{exc.stderr}", file=sys.stderr)
-        return 1
+    report = common.stopping_all(lambda: benchmark(args))
     machine = report["machine"]
     print(
         f"\n{machine['nproc']} cores, {machine['cpu']}, {machine['memory_gib']} GiB; "

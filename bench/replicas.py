@@ -232,16 +232,7 @@ def markdown_table(runs: list[Run], cores: int, duration: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    common.install_signal_handlers()
-    try:
-        with common.CLEANUP:
-            runs, report = benchmark(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except (subprocess.CalledProcessError, RuntimeError) as exc:  # a failed setup step: say which and why
-        print(f"{exc}\n{getattr(exc, 'stderr', '') or ''}", file=sys.stderr)
-        return 1
+    runs, report = common.stopping_all(lambda: benchmark(args))
     print(f"\npgwarden {report['machine']['pgwarden_commit']}\n")
     print(markdown_table(runs, os.cpu_count() or 1, args.duration))
     for name, lines in report["log_problems"].items():

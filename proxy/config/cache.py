@@ -83,7 +83,3 @@ class Cache(_Strict):
                 raise ValueError(f"cache.tables: {name!r} is a system catalog; catalogs are never cached")
             out.append(name)
         return out
-
-    def relnames(self) -> frozenset[str]:
-        """The listed tables' names without schema (table versions are kept per name)."""
-        return frozenset(name.partition(".")[2] for name in self.tables)
