@@ -16,6 +16,9 @@ SHAPES_CAP = 50_000  # messages a generation of Shapes holds at most (about 15 M
 # without quoted identifiers, dollar quotes, escapes, comments, float(p) or current_time(p).
 _DML_HEADS = ("select", "insert", "update", "delete", "with", "values")
 _INTEGER = re.compile(r"[0-9]{1,9}\b")  # (up to 9 digits: an Iconst, never out of range)
+_DIGIT_RUN = re.compile(r"[0-9]+")
+_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_QUERY = ord("Q")
 COLUMNS = ["fingerprint", "calls", "total_ms", "mean_ms", "p95_ms", "max_ms", "rows", "refusals", "cache_hits", "query"]
 
 
@@ -36,6 +39,16 @@ def literal_key(sql: str) -> str:
     >>> literal_key('select "c 1" from t where a = 1')
     'select "c 1" from t where a = 1'
     """
+    return shaped(sql)[0]
+
+
+def shaped(sql: str) -> tuple[str, bool]:
+    """`literal_key(sql)`, and whether it zeroed every run of digits in `sql` (`exact`): then any text
+    that differs from `sql` only in its digits has the same key (`Shapes.known`).
+
+    >>> shaped("select a from t where b = 12"), shaped("select a from t1 where b = 12")
+    (('select a from t where b = 0', True), ('select a from t1 where b = 0', False))
+    """
     low = sql.lower()
     if (
         not low.lstrip().startswith(_DML_HEADS)
@@ -48,26 +61,60 @@ def literal_key(sql: str) -> str:
         or "current_" in low
         or "localtime" in low
     ):
-        return sql
+        return sql, _DIGIT_RUN.search(sql) is None
+    zeroed = 0
 
-    def zeroed(match: re.Match[str]) -> str:
+    def zero(match: re.Match[str]) -> str:
+        nonlocal zeroed
         at = match.start()
         before = sql[at - 1] if at else " "  # a digit in a name (t1) or a fraction (1.5) stays
-        return match.group() if before.isalnum() or before in "_." else "0"
+        if before.isalnum() or before in "_.":
+            return match.group()
+        zeroed += 1  # (a whole run: nothing that is a digit before it, a word boundary after it)
+        return "0"
 
-    return _INTEGER.sub(zeroed, sql)
+    shape = _INTEGER.sub(zero, sql)
+    return shape, zeroed == len(_DIGIT_RUN.findall(sql))
+
+
+def digit_key(msg: bytes) -> bytes:
+    """A Query message with each digit made 0. Two texts with one key differ only in their digits: if
+    `shaped` zeroed every run of one, it does so for the other, to the same shape (the choice to zero
+    a run depends on the characters around it alone, which the two share; a digit byte is never part
+    of another UTF-8 character).
+
+    >>> digit_key(protocol.query("select 1 from t9"))[5:]
+    b'select 0 from t0\\x00'
+    """
+    return msg.translate(_ZEROS)
 
 
 class Shapes:
     """Query and Parse messages seen lately -> (their text, its `literal_key`): a new text is decoded
     and shaped once, whether the result cache judges it on the hot path or the statistics count it
     at their next flush. Two generations: each flush starts a new one (a message used since the
-    last one is kept), and so does a generation of `cap` messages."""
+    last one is kept), and so does a generation of `cap` messages. With `whole` False (no cache: only
+    the statistics shape, once per message anyway) no message is kept.
 
-    def __init__(self, cap: int = SHAPES_CAP) -> None:
-        self.cap = cap
+    A Query whose text `shaped` zeroed every digit of also keys its shape by `digit_key`: another text
+    that differs from it only in its digits (pgbench's `aid = 4711`, an ORM's `LIMIT 21`) gets its shape
+    from `known` without being decoded or shaped at all."""
+
+    def __init__(self, cap: int = SHAPES_CAP, whole: bool = True) -> None:
+        self.cap, self.whole = cap, whole
         self._new: dict[bytes, tuple[str, str]] = {}
         self._old: dict[bytes, tuple[str, str]] = {}
+        self._digits: dict[bytes, str] = {}  # digit_key of an exact Query -> its shape
+
+    def known(self, msg: bytes) -> str | None:
+        """The shape of a Query message another one with the same `digit_key` had, else None.
+
+        >>> shapes = Shapes()
+        >>> _ = shapes.of(protocol.query("select 1 from t where a = 7"))
+        >>> shapes.known(protocol.query("select 5 from t where a = 9")), shapes.known(protocol.query("select 1"))
+        ('select 0 from t where a = 0', None)
+        """
+        return self._digits.get(msg.translate(_ZEROS)) if msg[0] == _QUERY else None
 
     def of(self, msg: bytes) -> tuple[str, str]:
         """
@@ -79,7 +126,14 @@ class Shapes:
             got = self._old.get(msg)
             if got is None:
                 text = statement_text(msg)
-                got = (text, literal_key(text))
+                shape, exact = shaped(text)
+                got = (text, shape)
+                if exact and msg[0] == _QUERY and len(msg) <= 20_000:
+                    if len(self._digits) >= self.cap:
+                        self._digits.clear()
+                    self._digits[msg.translate(_ZEROS)] = shape
+            if not self.whole:
+                return got
             if len(self._new) >= self.cap:
                 self.rotate()
             if len(msg) <= 20_000:
@@ -100,6 +154,7 @@ class QueryStats:
     def __init__(self, latency=None, shapes: Shapes | None = None) -> None:
         self.latency = latency  # a histogram's observe, fed at flush time
         self.shapes = shapes  # shared with the result cache (None without one: nothing to share)
+        self._shapes = shapes if shapes is not None else Shapes(whole=False)
         self.pending: deque[tuple[str | bytes, float | None, int, bool]] = deque(maxlen=MAX_PENDING)
         self.by_fingerprint: dict[str, dict] = {}
         self._fingerprints: dict[str, str] = {}  # text, or `literal_key` of it -> fingerprint
@@ -123,7 +178,7 @@ class QueryStats:
             if entry is None:
                 if len(self.by_fingerprint) >= MAX_FINGERPRINTS:
                     seen.clear()  # an entry may be evicted: none kept here may be stale
-                entry = seen[sql] = self._entry(*self._text(sql))
+                entry = seen[sql] = self._known(sql) or self._entry(*self._text(sql))
             if seconds is None:
                 entry["refusals"] += 1
                 continue
@@ -138,13 +193,19 @@ class QueryStats:
         if self.shapes is not None:
             self.shapes.rotate()  # (what was observed since the last flush has been taken)
 
+    def _known(self, sql: str | bytes) -> dict | None:
+        """The entry of a Query whose shape is `Shapes.known` (no decoding, no shaping), if it has one."""
+        if isinstance(sql, str):
+            return None
+        shape = self._shapes.known(sql)
+        fp = None if shape is None else self._fingerprints.get(shape)
+        return None if fp is None else self.by_fingerprint.get(fp)
+
     def _text(self, sql: str | bytes) -> tuple[str, str | None]:
-        """An observed statement's text, and its shape when the result cache took it already."""
+        """An observed statement's text, and its shape."""
         if isinstance(sql, str):
             return sql, None
-        if self.shapes is None:
-            return statement_text(sql), None
-        return self.shapes.of(sql)
+        return self._shapes.of(sql)
 
     def _entry(self, sql: str, shape: str | None) -> dict:
         fp = self._fingerprint(sql, shape)

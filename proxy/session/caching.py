@@ -12,7 +12,7 @@ from proxy.cache.eligible import Catalog, Judge
 from proxy.cache.results import Miss, ResultCache
 from proxy.cache.versions import CacheUnavailable
 from proxy.config.cache import Cache as CacheConfig
-from proxy.ops.stats import Shapes, literal_key
+from proxy.ops.stats import Shapes, literal_key, statement_text
 from proxy.pooling.backend import Backend
 from proxy.pooling.prepared import Registry
 from proxy.routing.volatility import ReadClassifier, Volatility
@@ -96,7 +96,9 @@ class Caching:
             return None
         facts = memo.get(msg)  # (a cacheable message seen before)
         if facts is None:
-            sql, shape = self.shapes.of(msg)
+            sql, shape = None, self.shapes.known(msg)  # (a text like one seen, but for its digits: not decoded)
+            if shape is None:
+                sql, shape = self.shapes.of(msg)
             facts = memo.get(shape)  # (the same statement with other integers: judged already)
             if facts is None:
                 verdict = self.judges[database](shape)
@@ -104,7 +106,7 @@ class Caching:
                 facts = self._keep(memo, shape, Facts(verdict.tables, "", route))
             if facts.tables is not None:
                 types = protocol.decode_parse(msg).param_types if msg[0] == MSG_PARSE else b""
-                facts = facts._replace(text=sql, types=types)
+                facts = facts._replace(text=statement_text(msg) if sql is None else sql, types=types)
             if (whole or facts.tables is not None) and len(msg) <= 20_000:
                 self._keep(memo, msg, facts)
         return facts

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from proxy.ops import stats
 from proxy.ops.stats import COLUMNS, QueryStats
 from proxy.wire import protocol
@@ -46,12 +49,12 @@ def test_memory_is_capped_by_evicting_the_least_called(monkeypatch):
 def test_a_message_shaped_on_the_hot_path_is_not_shaped_again_at_flush(monkeypatch):
     shapes = stats.Shapes(cap=3)
     qs = QueryStats(shapes=shapes)
-    msgs = [protocol.query(f"select * from t where id = {i}") for i in range(5)]
+    msgs = [protocol.query(f"select * from t1 where id = {i}") for i in range(5)]  # (t1: never `known`)
     for msg in msgs[:2]:
-        assert shapes.of(msg) == (stats.statement_text(msg), "select * from t where id = 0")  # (as the cache does)
+        assert shapes.of(msg) == (stats.statement_text(msg), "select * from t1 where id = 0")  # (as the cache does)
     shaped: list[str] = []
-    real = stats.literal_key
-    monkeypatch.setattr(stats, "literal_key", lambda sql: shaped.append(sql) or real(sql))
+    real = stats.shaped
+    monkeypatch.setattr(stats, "shaped", lambda sql: shaped.append(sql) or real(sql))
     for msg in msgs[:2]:
         qs.observe(msg, 0.001)
     qs.flush()
@@ -62,4 +65,37 @@ def test_a_message_shaped_on_the_hot_path_is_not_shaped_again_at_flush(monkeypat
         qs.observe(msg, 0.001)
     qs.flush()
     assert len(shaped) == 4 and stats.statement_text(msgs[1]) not in shaped
-    assert by_query(qs)["select * from t where id = ?"]["calls"] == 7
+    assert by_query(qs)["select * from t1 where id = ?"]["calls"] == 7
+
+
+def test_a_text_that_differs_only_in_its_digits_is_neither_decoded_nor_shaped(monkeypatch):
+    qs = QueryStats()
+    qs.observe(protocol.query("select * from t where id = 4711 limit 21"), 0.001)
+    qs.flush()
+    shaped: list[str] = []
+    real = stats.shaped
+    monkeypatch.setattr(stats, "shaped", lambda sql: shaped.append(sql) or real(sql))
+    monkeypatch.setattr(stats, "statement_text", lambda msg: shaped.append(msg) or protocol.decode_query(msg))
+    for i in range(1000, 1100):
+        qs.observe(protocol.query(f"select * from t where id = {i} limit 30"), 0.001)
+    qs.observe(protocol.query("select * from t where id = 47 limit 21"), 0.001)  # (other run lengths: shaped)
+    qs.flush()
+    assert len(shaped) == 2  # decoded and shaped once
+    assert by_query(qs)["select * from t where id = ? limit ?"]["calls"] == 102
+
+
+_PIECES = ["select ", "insert ", "x", "t", "_", ".", " ", "=", "1", "23", "4567890123", "'", '"', "é", "Ⅸ", "$", "from"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=14), st.randoms(use_true_random=False))
+def test_known_shapes_are_the_literal_key_of_every_text_with_the_same_digit_key(pieces, rnd):
+    """`Shapes.known` is exact: a text that differs from a shaped one only in its digits gets its own
+    `literal_key`, or None (shaped then), never another's shape."""
+    text = "".join(pieces)
+    other = "".join(rnd.choice("0123456789") if c.isdigit() and c.isascii() else c for c in text)
+    shapes = stats.Shapes()
+    shapes.of(protocol.query(text))
+    known = shapes.known(protocol.query(other))
+    assert known is None or known == stats.literal_key(other)
+    assert (known is None) == (not stats.shaped(text)[1])
