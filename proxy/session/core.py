@@ -247,7 +247,7 @@ class SessionCore:
         state.ran_statements = True
         if (
             (state.tx_mode or guard is not None or state.timeout_cap is not None)
-            and session_sql.stateful_text(msg, 5, len(msg) - 1)
+            and session_sql.stateful_query(msg)
             and not self.session_statement(protocol.decode_query(msg), True, backend)
         ):
             return

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from proxy.pooling.backend import Backend
 from proxy.pooling.listener import Listener, Notification
+from proxy.session import session_sql
 from proxy.session.accounting import Accounting
 from proxy.session.state import Refusal
 from proxy.session.txstate import Transaction
@@ -104,12 +105,11 @@ _DISCARD_ALL = re.compile(r"\s*discard\s+all\s*;?\s*$", re.I)
 def command(msgs: list[tuple[int, bytes]]) -> Command | None:
     """The LISTEN, UNLISTEN or DISCARD ALL the first of `msgs` is, if it is a simple Query of exactly that."""
     kind, msg = msgs[0]
-    if kind != MSG_QUERY:
+    if kind != MSG_QUERY or not session_sql.may_listen(msg):  # (the hot path: a memo lookup)
         return None
-    head = msg[5:40].lower()
-    if b"discard" in head and _DISCARD_ALL.match(protocol.decode_query(msg)):
+    if b"discard" in msg[5:40].lower() and _DISCARD_ALL.match(protocol.decode_query(msg)):
         return DISCARD_ALL
-    return command_text(protocol.decode_query(msg)) if b"isten" in head else None
+    return command_text(protocol.decode_query(msg))
 
 
 def command_text(sql: str) -> Command | None:

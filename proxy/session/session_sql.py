@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
+from proxy.ops.stats import digit_key
 from proxy.session import params
 from proxy.session.guard import Guard
 from proxy.session.state import Refusal
@@ -125,6 +127,44 @@ def stateful_text(msg: bytes, start: int, stop: int) -> bool:
     while j > i and msg[j] in b" \t\r\n;":
         j -= 1
     return msg.find(b";", i, j) >= 0
+
+
+def stateful_query(msg: bytes) -> bool:
+    """`stateful_text` of a whole Query message, judged once for all texts that differ only in their
+    digits (none of its tests looks at a digit: `digit_key`).
+
+    >>> stateful_query(b"Q\\x00\\x00\\x00\\x0eset a = 1\\x00"), stateful_query(b"Q\\x00\\x00\\x00\\x0eselect 42\\x00")
+    (True, False)
+    """
+    if len(msg) > _TRAITS_MAX:
+        return stateful_text(msg, 5, len(msg) - 1)
+    return _stateful_key(digit_key(msg))
+
+
+def may_listen(msg: bytes) -> bool:
+    """Might a Query message be a LISTEN, UNLISTEN or DISCARD ALL (`notify.command` tells)? Judged
+    once for all texts that differ only in their digits."""
+    if len(msg) > _TRAITS_MAX:
+        return _listen_head(msg)
+    return _listen_key(digit_key(msg))
+
+
+_TRAITS_MAX = 2048  # (longer texts are judged each time: they are rare, and would fill the memos)
+
+
+@lru_cache(maxsize=8192)
+def _stateful_key(key: bytes) -> bool:
+    return stateful_text(key, 5, len(key) - 1)
+
+
+@lru_cache(maxsize=8192)
+def _listen_key(key: bytes) -> bool:
+    return _listen_head(key)
+
+
+def _listen_head(msg: bytes) -> bool:
+    head = msg[5:40].lower()
+    return b"isten" in head or b"discard" in head
 
 
 def no_such_statement(name: str) -> Refusal:
