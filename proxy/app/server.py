@@ -58,7 +58,7 @@ class Server:
         self._listener: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self, config.metrics)
         self.paused = False  # PAUSE from the admin console, for pools created meanwhile too
-        self.stats = QueryStats(self.metrics.statement_seconds.observe, Shapes() if config.cache else None)
+        self.stats = QueryStats(self.metrics.statement_seconds.observe_many, Shapes() if config.cache else None)
         self.limiter = limiter_for(config.limits, self.metrics)
         self.slowlog = (
             SlowLog(config.slow_query, explain_dsn=self._control_dsn(), policed_dsn=self._control_dsn(policed=True))

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.cache.results import ResultCache
 from proxy.config.sections import MetricsConfig
 from proxy.ops.cache_view import cache_families
+from proxy.ops.histogram import BatchHistogram
 from proxy.ops.replicas_view import ReplicationSource, families
 
 if TYPE_CHECKING:
@@ -136,11 +137,11 @@ class Metrics:
             buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.05),
             registry=reg,
         )
-        self.statement_seconds = Histogram(
+        self.statement_seconds = BatchHistogram(  # (fed by the query statistics' flush)
             "pgwarden_statement_seconds",
             "Statement latency: forwarded to ReadyForQuery",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
-            registry=reg,
+            (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            reg,
         )
         self.logins = Counter("pgwarden_logins", "Client logins by outcome", ["outcome"], registry=reg)
         self.tls_handshakes = Counter(

@@ -152,7 +152,7 @@ class QueryStats:
     one), each keeping its last 200 durations for the p95."""
 
     def __init__(self, latency=None, shapes: Shapes | None = None) -> None:
-        self.latency = latency  # a histogram's observe, fed at flush time
+        self.latency = latency  # a histogram's observe_many, fed each flush's durations
         self.shapes = shapes  # shared with the result cache (None without one: nothing to share)
         self._shapes = shapes if shapes is not None else Shapes(whole=False)
         self.pending: deque[tuple[str | bytes, float | None, int, bool]] = deque(maxlen=MAX_PENDING)
@@ -170,7 +170,7 @@ class QueryStats:
 
     def flush(self) -> None:
         """Aggregate what was observed."""
-        pending, latency = self.pending, self.latency
+        pending, durations = self.pending, []
         seen: dict[str | bytes, dict] = {}  # the same message (a driver's Parse) is looked up once
         while pending:
             sql, seconds, rows, cached = pending.popleft()
@@ -182,14 +182,15 @@ class QueryStats:
             if seconds is None:
                 entry["refusals"] += 1
                 continue
-            if latency is not None:
-                latency(seconds)
+            durations.append(seconds)
             entry["calls"] += 1
             entry["rows"] += rows
             entry["cache_hits"] += cached
             entry["total_s"] += seconds
             entry["max_s"] = max(entry["max_s"], seconds)
             entry["recent"].append(seconds)
+        if self.latency is not None and durations:
+            self.latency(durations)
         if self.shapes is not None:
             self.shapes.rotate()  # (what was observed since the last flush has been taken)
 

@@ -16,7 +16,7 @@ def by_query(qs: QueryStats) -> dict[str, dict[str, object]]:
 
 def test_literals_share_a_fingerprint_with_rows_refusals_and_cache_hits():
     observed: list[float] = []
-    qs = QueryStats(observed.append)
+    qs = QueryStats(observed.extend)
     for i in range(1, 101):
         qs.observe(f"select * from t where id = {i}", i / 10_000, rows=2, cached=i > 1)
     qs.refusal("select * from t where id = 7")
