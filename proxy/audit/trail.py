@@ -54,6 +54,8 @@ def _finish_fields(record: dict[str, Any], log_parameters: bool) -> dict[str, An
     """Apply redaction and hashing once (records built by `statement_record` are marked done)."""
     if record.pop("_finished", False):
         return record
+    if record.get("event") == "statement" and record.get("sql") is not None and "kind" not in record:
+        record["kind"] = statement_kind(record["sql"])  # (records the writer builds from compact rows)
     if not log_parameters:
         if record.get("sql") is not None:
             record["sql"] = redact(record["sql"])

@@ -264,11 +264,14 @@ class SessionCache:
         stmt = self.names.lookup(protocol.read_cstr(first, 6)[0])
         return None if stmt is None else self.caching.facts(database, stmt.parse, True)
 
-    def answered(self, msgs: list[tuple[int, bytes]]) -> None:
+    def answered(self, msgs: list[tuple[int, bytes]], probe: Probe) -> None:
         """A batch was answered from the cache: the unnamed statement its Parse defines is the client's
-        now (a later Bind of it alone prepares it on the backend first)."""
+        now (a later Bind of it alone prepares it on the backend first); a policed statement is counted
+        in pgwarden_statements_total as the router decided it."""
         if msgs[0][0] == MSG_PARSE:
             self.names.parsed_unnamed(msgs[0][1], here=False)
+        if self.guard is not None and probe.decision is not None:
+            self.guard.counted(probe.decision, simple=msgs[0][0] == MSG_QUERY)
 
     def lookup_local(self, probe: Probe) -> bytes | Miss:
         return self.caching.results.lookup_local(self.state.database, probe.tables, probe.key)

@@ -145,7 +145,7 @@ class Guard:
         decision = router.decide(state.ident, tenant, state.database, sql, self.search_path())
         protocol_name = "simple" if simple else "extended"
         if isinstance(decision, Forward):
-            self._metrics.statement(protocol_name, "allowed" if decision.sql is None else "rewritten", tenant=tenant)
+            self.counted(decision, simple)
             if not self._accounting.statement(sql, simple, decision, tenant, name):
                 return AUDIT_FULL
             return Passed(sql if decision.sql is None else decision.sql, decision)
@@ -159,6 +159,11 @@ class Guard:
             log.info("refused for user=%s tenant=%s (%s): %s", state.user, tenant, decision.rule, decision.message)
             return Refusal(decision.sqlstate, decision.message, decision.hint)
         return self._set_tenant(decision, name)
+
+    def counted(self, decision: Forward, simple: bool) -> None:
+        """A statement the router forwards (or whose answer the result cache gives), in the metrics."""
+        kind = "allowed" if decision.sql is None else "rewritten"
+        self._metrics.statement("simple" if simple else "extended", kind, tenant=self.tenant())
 
     def _set_tenant(self, decision: SetTenant, name: str | None) -> Passed | Refusal:
         if name:  # a named statement: PostgreSQL would run it again at each Bind, without pgwarden seeing a SET

@@ -186,7 +186,7 @@ class Relay:
         if accounting.auditing and not cache.recorded(accounting, answer, probe, msgs, seconds):
             return False
         self.client.write(answer + probe.ready)
-        cache.answered(msgs)
+        cache.answered(msgs, probe)
         self.ctx.stats.observe(probe.text, seconds, 0, True)
         return True
 

@@ -63,6 +63,8 @@ def test_records_queued_in_the_same_tick_keep_their_order_and_chain(tmp_path: Pa
     sql = [line.split('"sql":"')[1].split('"')[0] for _, line in lines[1:-1]]
     assert sql == [f"select ? as c{i}" for i in range(6)]  # in the order sent, across the two round trips
     assert '"event":"login"' in lines[0][1] and '"event":"logout"' in lines[-1][1]
+    assert all('"kind":"select"' in line for _, line in lines[1:-1])  # (docs/audit.md's field, from the text)
+    assert '"kind"' not in lines[0][1]
     result = verify_files([path], None)
     assert result.ok and result.records == 8
 

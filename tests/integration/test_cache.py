@@ -381,6 +381,23 @@ def test_tenants_and_masked_roles_never_share_answers(pg: PgCluster, tmp_path: P
             assert conn.execute(sql).fetchall()[0][1] != "ann@acme.io"
 
 
+def test_answers_given_under_a_policy_are_counted_as_its_statements(pg: PgCluster, tmp_path: Path) -> None:
+    """pgwarden_statements_total counts a policed statement the cache answers as the one PostgreSQL answers."""
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
+    config = cache_config(pg)
+    config.update(policies=str(tmp_path / "policy.yaml"), backend_auth={})
+    with ProxyProcess(config, tmp_path) as proxy:
+        serving(proxy)
+        rewritten = ("pgwarden_statements_total", (("decision", "rewritten"), ("protocol", "simple")))
+        before, hits_before = scrape(proxy).get(rewritten, 0.0), hits(proxy)
+        with psycopg.connect(proxy.dsn(user="acme_app"), autocommit=True) as conn:
+            for _ in range(3):  # (PQexec: the simple protocol)
+                result = conn.pgconn.exec_(b"select name from customers order by id")
+                assert result.ntuples == 1 and result.get_value(0, 0) == b"Ann"
+        assert hits(proxy) - hits_before == 2
+        assert scrape(proxy)[rewritten] - before == 3
+
+
 def test_two_instances_sharing_redis_never_serve_an_old_answer(pg: PgCluster, tmp_path: Path, prefix: str) -> None:
     config = cache_config(pg, redis=REDIS_URL, key_prefix=prefix)
     with (
