@@ -131,13 +131,16 @@ def fingerprint(sql: str) -> str:
         return hashlib.sha256(shape.encode()).hexdigest()[:16]
 
 
+_FIRST_WORD = re.compile(r"(?:\s|/\*.*?\*/|--[^\n]*\n)*([A-Za-z]+)", re.S)
+
+
 def statement_kind(sql: str) -> str:
     """The statement's first keyword, lower case (`select`, `with`, `insert`, ...), or `""`.
 
     >>> statement_kind("/* app */ INSERT INTO t VALUES (1)")
     'insert'
     """
-    match = re.match(r"(?:\s|/\*.*?\*/|--[^\n]*\n)*([A-Za-z]+)", sql, re.S)
+    match = _FIRST_WORD.match(sql)
     return match.group(1).lower() if match else ""
 
 
