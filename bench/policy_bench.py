@@ -124,7 +124,8 @@ def pgbench_comparison(workdir: Path, args: argparse.Namespace) -> list[dict]:
     (workdir / "policies").mkdir()
     (workdir / "policies" / "bench.yaml").write_text(POLICY)
     overlay = workdir / "overlay.yaml"
-    overlay.write_text("policies: policies\n")
+    # policed sessions log in to PostgreSQL as themselves: pgwarden refuses to run them as a superuser
+    overlay.write_text("policies: policies\nbackend_auth: {}\n")
     bouncer, _ = common.start_pgbouncer(workdir, direct, args.pool_size, ["app_t0", "postgres"])
     warden, _ = common.start_pgwarden(workdir, common.pgwarden_config(direct, args.pool_size, overlay))
     script = workdir / "tenant.sql"

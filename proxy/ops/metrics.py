@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.cache.results import ResultCache
 from proxy.config.sections import MetricsConfig
 from proxy.ops.cache_view import cache_families
-from proxy.ops.histogram import BatchHistogram
+from proxy.ops.counts import BatchHistogram, PlainCounter
 from proxy.ops.replicas_view import ReplicationSource, families
 
 if TYPE_CHECKING:
@@ -124,8 +124,12 @@ class Metrics:
         self.config = config or MetricsConfig()
         self.registry = CollectorRegistry()
         reg = self.registry
-        self.statements = Counter(
-            "pgwarden_statements", "Statements by protocol and decision", ["protocol", "decision"], registry=reg
+        self.statements = PlainCounter(  # (once per policed statement: no lock)
+            "pgwarden_statements",
+            "Statements by protocol and decision",
+            ("protocol", "decision"),
+            reg,
+            [(p, d) for p in ("simple", "extended") for d in ("allowed", "rewritten", "refused")],
         )
         self.refusals = Counter("pgwarden_refusals", "Refused statements by policy rule", ["rule"], registry=reg)
         self.backend_errors = Counter(
@@ -165,14 +169,12 @@ class Metrics:
             "pgwarden_limit_fallbacks", "Rate decisions made in this process because limits.redis failed", registry=reg
         )
         reg.register(_StateCollector(server))
-        self.simple = {d: self.statements.labels("simple", d) for d in ("allowed", "rewritten", "refused")}
-        self.extended = {d: self.statements.labels("extended", d) for d in ("allowed", "rewritten", "refused")}
         self.tenant_statements = (
-            Counter(
+            PlainCounter(
                 "pgwarden_tenant_statements",
                 "Statements by tenant and decision (metrics.per_tenant)",
-                ["tenant", "decision"],
-                registry=reg,
+                ("tenant", "decision"),
+                reg,
             )
             if self.config.per_tenant
             else None
@@ -181,10 +183,9 @@ class Metrics:
 
     def statement(self, protocol: str, decision: str, tenant: str | None = None) -> None:
         """Count one statement; by tenant too when metrics.per_tenant is on."""
-        children = self.simple if protocol == "simple" else self.extended
-        children[decision].inc()
+        self.statements.inc((protocol, decision))
         if self.tenant_statements is not None and tenant is not None:
-            self.tenant_statements.labels(self.tenant_label(tenant), decision).inc()
+            self.tenant_statements.inc((self.tenant_label(tenant), decision))
 
     def limit_rejected(self, limit: str, kind: str) -> None:
         """One statement or login refused by `limits:` (no tenant, role or user names in labels)."""

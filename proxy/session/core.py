@@ -199,7 +199,7 @@ class SessionCore:
         if kind == MSG_PARSE:
             state.ran_statements = True
             tracked = tx_mode or guard is not None or state.timeout_cap is not None  # (limits: SET checked)
-            if tracked and session_sql.stateful_text(msg, 6, msg.find(b"\x00", 6)):
+            if tracked and session_sql.stateful_parse(msg):
                 stateful = self._stateful_parse(msg, backend, out)
                 if stateful is None:
                     return

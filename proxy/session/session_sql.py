@@ -141,6 +141,23 @@ def stateful_query(msg: bytes) -> bool:
     return _stateful_key(digit_key(msg))
 
 
+def stateful_parse(msg: bytes) -> bool:
+    """`stateful_text` of the query of a Parse (after its statement's name), judged as `stateful_query`
+    judges a Query (a driver sends the same Parse again and again).
+
+    >>> stateful_parse(b"P\\x00\\x00\\x00\\x13s1\\x00set a = 1\\x00\\x00\\x00"), stateful_parse(b"P\\x00\\x00\\x00\\x0f\\x00select 1\\x00\\x00\\x00")
+    (True, False)
+    """
+    if len(msg) > _TRAITS_MAX:
+        return _parse_text_stateful(msg)
+    return _stateful_parse_key(digit_key(msg))
+
+
+def _parse_text_stateful(msg: bytes) -> bool:
+    start = msg.find(b"\x00", 5) + 1
+    return stateful_text(msg, start, msg.find(b"\x00", start))
+
+
 def may_listen(msg: bytes) -> bool:
     """Might a Query message be a LISTEN, UNLISTEN or DISCARD ALL (`notify.command` tells)? Judged
     once for all texts that differ only in their digits."""
@@ -155,6 +172,11 @@ _TRAITS_MAX = 2048  # (longer texts are judged each time: they are rare, and wou
 @lru_cache(maxsize=8192)
 def _stateful_key(key: bytes) -> bool:
     return stateful_text(key, 5, len(key) - 1)
+
+
+@lru_cache(maxsize=8192)
+def _stateful_parse_key(key: bytes) -> bool:
+    return _parse_text_stateful(key)
 
 
 @lru_cache(maxsize=8192)

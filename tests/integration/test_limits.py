@@ -174,6 +174,17 @@ def test_statement_timeout_is_the_default_and_the_ceiling(proxy):
         assert conn.execute("show statement_timeout").fetchone() == ("300ms",)  # the cap again, not 0
 
 
+def test_the_timeout_ceiling_holds_for_a_named_prepared_set_under_session_pooling(tmp_path):
+    """A SET sent as a named Parse is judged by its query, not by its statement's name."""
+    limits = {"users": {"to_user": {"statement_timeout_ms": 300}}}
+    with ProxyProcess(base_config(pool={"mode": "session"}, limits=limits), tmp_path) as proxy:
+        with psycopg.connect(proxy.dsn(user="to_user"), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+                conn.execute("set statement_timeout = 0", prepare=True)
+            conn.execute("set statement_timeout = '100ms'", prepare=True)
+            assert conn.execute("show statement_timeout").fetchone() == ("100ms",)
+
+
 def test_a_rate_shared_by_two_instances_holds_within_ten_percent(tmp_path):
     prefix = f"pgwarden-test:{uuid.uuid4().hex}:"
     limits = {"redis": REDIS_URL, "key_prefix": prefix, "users": {"*": {"statements_per_second": 50, "burst": 10}}}

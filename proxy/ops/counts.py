@@ -1,4 +1,4 @@
-"""A Prometheus histogram fed a batch of observations at a time: counted in plain lists, exported at scrape."""
+"""Metrics counted in plain Python on the hot path and exported at scrape: a labelled counter, a histogram fed in batches."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 
@@ -43,3 +43,38 @@ class BatchHistogram:
             cumulative += count
             buckets.append((floatToGoString(bound), cumulative))
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)
+
+
+class PlainCounter:
+    """A labelled counter bumped once per statement: a plain dict of ints (prometheus_client's Counter
+    takes a lock per increment). Registered as a collector; the exposition is a Counter's
+    (`<name>_total` per label set, the label sets given at start shown at 0).
+
+    >>> registry = CollectorRegistry()
+    >>> c = PlainCounter("t_statements", "Test", ("protocol", "decision"), registry, [("simple", "allowed")])
+    >>> c.inc(("extended", "refused")); c.inc(("extended", "refused"))
+    >>> registry.get_sample_value("t_statements_total", {"protocol": "extended", "decision": "refused"})
+    2
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+        initial: Iterable[tuple[str, ...]] = (),
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.counts: dict[tuple[str, ...], int] = dict.fromkeys(initial, 0)
+        registry.register(self)
+
+    def inc(self, labels: tuple[str, ...]) -> None:
+        counts = self.counts
+        counts[labels] = counts.get(labels, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, count in self.counts.items():
+            family.add_metric(labels, count)
+        yield family
