@@ -25,6 +25,18 @@ def test_restore_refuses_an_unknown_placeholder():
     assert restore("select $1005", 1001, ["1"]) is None
 
 
+def test_a_rewritten_shape_restores_each_text_of_it_in_any_order_of_its_parameters():
+    """The rewrite may repeat or reorder the parameters; the text is scanned once (a template)."""
+    text = "select $1002, $1001 from t where tenant_id = 'acme' and x = $1002 and y = $1"
+    for literals in (["'a'", "7"], ["'b''c'", "81"]):
+        restored = restore(text, 1001, literals)
+        assert (
+            restored
+            == f"select {literals[1]}, {literals[0]} from t where tenant_id = 'acme' and x = {literals[1]} and y = $1"
+        )
+    assert restore(text, 1001, ["'a'"]) is None
+
+
 @given(
     st.lists(
         st.one_of(
