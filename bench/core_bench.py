@@ -1,20 +1,28 @@
-"""In-process microbench of one pgbench -S transaction through Framer and SessionCore (no sockets): µs per round trip."""
+"""In-process microbench of one pgbench -S transaction through Framer and SessionCore (no sockets): µs per round trip;
+with --cache, plus what the relay asks of the result cache for traffic it does not take (its bookkeeping)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import pstats
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from proxy.audit import process as audit_process
 from proxy.audit.process import AuditProcess
 from proxy.audit.trail import Audit
+from proxy.cache.eligible import Catalog
+from proxy.cache.results import ResultCache
+from proxy.config.cache import Cache
 from proxy.config.sections import AuditConfig
-from proxy.ops.stats import QueryStats
+from proxy.ops.stats import QueryStats, Shapes
 from proxy.pooling.backend import Backend
 from proxy.pooling.prepared import Registry
+from proxy.routing.volatility import Volatility
+from proxy.session.caching import Caching, SessionCache
 from proxy.session.context import SessionContext
 from proxy.session.core import SessionCore
 from proxy.session.state import SessionState
@@ -121,11 +129,33 @@ def writer_cost(lines: list[bytes], n: int) -> float:
     return 1e6 * (time.process_time() - start) / n
 
 
-def run(mode: str, n: int, flush_every: int, lines: list[bytes] | None = None) -> float:
-    """µs of Python per transaction; with `lines` an audit trail is on (its pipe's lines kept there)."""
-    stats = QueryStats()
+def _session_cache(core: SessionCore, shapes: Shapes) -> SessionCache:
+    """A result cache of another table (`cache.tables: [public.other]`), its catalog read, for `core`'s session."""
+    volatility = Volatility({}, {"=": "i"}, {})
+    catalog = Catalog(frozenset({"public.other"}), {}, volatility)
+
+    async def read_catalog(_database: str) -> tuple[Volatility, Catalog]:
+        return volatility, catalog
+
+    async def loaded() -> Caching:
+        config = Cache(tables=["public.other"])
+        feed = SimpleNamespace(healthy=lambda _bound: True)
+        caching = Caching(config, ResultCache(config), lambda _db: feed, read_catalog, shapes)
+        caching.classifier(core.state.database)
+        await caching._loading[core.state.database]
+        return caching
+
+    return SessionCache(asyncio.run(loaded()), core.state, core.names, None)
+
+
+def run(mode: str, n: int, flush_every: int, lines: list[bytes] | None = None, cached: bool = False) -> float:
+    """µs of Python per transaction; with `lines` an audit trail is on (its pipe's lines kept there); with
+    `cached`, a result cache of another table is probed and told each batch, as the relay does."""
+    shapes = Shapes() if cached else None
+    stats = QueryStats(shapes=shapes)
     audit = AuditProcess(AuditConfig(queue_size=10**9)) if lines is not None else None
     core, _sink, backend = _core(stats, audit)
+    cache = _session_cache(core, shapes) if shapes is not None else None
     framer = p.Framer()
     if mode == "prepared":
         core.link(backend)
@@ -136,10 +166,16 @@ def run(mode: str, n: int, flush_every: int, lines: list[bytes] | None = None) -
     for i in range(n):
         request, answer = traffic[i]
         msgs = framer.split(request)
+        if cache is not None and cache.probe(msgs, core.backend) is not None:
+            raise AssertionError("the benchmark's traffic is not the cache's")
         if core.backend is None:
             core.link(backend)
+        if cache is not None:
+            cache.note(msgs)
         core.forward(msgs)
         core.backend_data(backend, answer)
+        if cache is not None:
+            cache.block_began(backend.tracker.status, core.state.wrote)  # (the relay's hold, at each ReadyForQuery)
         if i % flush_every == 0:
             stats.flush()
         if lines is not None and i % 64 == 0:
@@ -157,6 +193,7 @@ def main() -> None:
     ap.add_argument("--flush-every", type=int, default=1000, help="QueryStats.flush every N transactions")
     ap.add_argument("--profile", action="store_true", help="cProfile the run instead, top functions")
     ap.add_argument("--audit", action="store_true", help="with an audit trail: the proxy's half, then the writer's")
+    ap.add_argument("--cache", action="store_true", help="also with a result cache of another table (its bookkeeping)")
     args = ap.parse_args()
     for mode in args.modes.split(","):
         lines: list[bytes] | None = [] if args.audit else None
@@ -175,7 +212,11 @@ def main() -> None:
             if lines is not None:
                 writer = min(writer, writer_cost(lines, args.n))
         print(f"{mode:<9} {best:6.2f} µs of Python per transaction (core + framer + stats flush)", end="")
-        print(f"; audit writer {writer:6.2f} µs" if args.audit else "")
+        print(f"; audit writer {writer:6.2f} µs" if args.audit else "", end="")
+        if args.cache:
+            with_cache = min(run(mode, args.n, args.flush_every, cached=True) for _ in range(3))
+            print(f"; with a cache of another table {with_cache:6.2f} µs (+{with_cache - best:.2f})", end="")
+        print()
 
 
 if __name__ == "__main__":

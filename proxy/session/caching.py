@@ -253,8 +253,11 @@ class SessionCache:
             return self.caching.facts(database, first) if len(msgs) == 1 else None
         if kind == MSG_PARSE and first[5] == 0 and 2 <= len(msgs) <= 5 and msgs[1][0] == MSG_BIND:
             bind = msgs[1][1]  # (unnamed portal and statement: it runs what the Parse parsed)
-            if bind[5] != 0 or bind[6] != 0 or any(k not in _BOUND_KINDS for k, _ in msgs[2:]):
+            if bind[5] != 0 or bind[6] != 0:
                 return None
+            for i in range(2, len(msgs)):
+                if msgs[i][0] not in _BOUND_KINDS:
+                    return None
             return self.caching.facts(database, first, True)
         if kind != MSG_BIND or first[5] != 0 or first[6] == 0 or len(msgs) > 4:  # (unnamed portal, named statement)
             return None
