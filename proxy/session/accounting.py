@@ -190,10 +190,25 @@ class Accounting:
         assert audit is not None  # records are made only when there is a trail
         if not audit.accepting() and not self.admits():
             return False
-        fields = {**(_decided(decision) or {}), "route": "cache"}
-        started = _record(Started, (self._shared(), time.time() - seconds, sql, simple, fields, tenant))
-        self._audit_done([started], seconds, rows, None)
+        self.answered_here(sql, simple, decision, tenant, seconds, rows, None, "cache")
         return True
+
+    def answered_here(
+        self,
+        sql: str,
+        simple: bool,
+        decision: Forward | None,
+        tenant: str | None,
+        seconds: float,
+        rows: int,
+        error: bytes | None,
+        route: str,
+    ) -> None:
+        """The record of a statement answered without the client's backend (the result cache's answer, a
+        LISTEN run on the pool's listening backend), sent `seconds` ago; `error` its ErrorResponse."""
+        fields = {**(_decided(decision) or {}), "route": route}
+        started = _record(Started, (self._shared(), time.time() - seconds, sql, simple, fields, tenant))
+        self._audit_done([started], seconds, rows, error)
 
     def statement(
         self,

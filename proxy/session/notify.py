@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -13,7 +14,7 @@ from typing import Protocol
 from proxy.pooling.backend import Backend
 from proxy.pooling.listener import Listener, Notification
 from proxy.session import session_sql
-from proxy.session.accounting import Accounting
+from proxy.session.accounting import AUDIT_FULL, Accounting
 from proxy.session.state import Refusal
 from proxy.session.txstate import Transaction
 from proxy.wire import protocol
@@ -120,6 +121,18 @@ def command_text(sql: str) -> Command | None:
     name = match.group(2)
     name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
     return Command(match.group(1).lower() == "listen", _truncated(name))
+
+
+def command_sql(cmd: Command) -> str:
+    """The statement a command prepared through the extended protocol runs, for its audit record.
+
+    >>> command_sql(Command(True, "jobs")), command_sql(DISCARD_ALL)
+    ('LISTEN "jobs"', 'UNLISTEN *')
+    """
+    if cmd.channel == "*":
+        return "UNLISTEN *"
+    quoted = cmd.channel.replace('"', '""')
+    return f'{"LISTEN" if cmd.listen else "UNLISTEN"} "{quoted}"'
 
 
 def _parses_listen(first: tuple[int, bytes]) -> bool:
@@ -266,9 +279,10 @@ class Notifications:
     async def _message(self, kind: int, msg: bytes, out: list[bytes]) -> Refusal | None:
         """One message of the batch answered into `out`; the Refusal when it fails."""
         if kind == MSG_QUERY:
-            cmd = command_text(protocol.decode_query(msg))
+            sql = protocol.decode_query(msg)
+            cmd = command_text(sql)
             assert cmd is not None
-            error = await self._run(cmd)
+            error = await self._audited(cmd, sql, simple=True)
             if error is None:
                 out.append(protocol.command_complete("LISTEN" if cmd.listen else "UNLISTEN"))
                 out.append(protocol.ready_for_query(b"I"))
@@ -289,11 +303,26 @@ class Notifications:
             out.append(protocol.CLOSE_COMPLETE)
         elif kind == MSG_EXECUTE:
             cmd = self.portals[protocol.read_cstr(msg, 5)[0]]
-            error = await self._run(cmd)
+            error = await self._audited(cmd, command_sql(cmd), simple=False)
             if error is None:
                 out.append(protocol.command_complete("LISTEN" if cmd.listen else "UNLISTEN"))
             return error
         return None
+
+    async def _audited(self, cmd: Command, sql: str, simple: bool) -> Refusal | None:
+        """`_run`, recorded in the audit trail when there is one (route primary: the listening backend
+        is the primary's); refused (58030) when the trail cannot take the record (on_failure: block)."""
+        accounting = self.relay.accounting
+        if not accounting.auditing:
+            return await self._run(cmd)
+        if not accounting.admits():
+            return AUDIT_FULL
+        started = time.perf_counter()
+        error = await self._run(cmd)
+        tenant = self._scope() if self._scope is not None else None
+        failed = None if error is None else protocol.error_response(error.sqlstate, error.message)
+        accounting.answered_here(sql, simple, None, tenant, time.perf_counter() - started, 0, failed, "primary")
+        return error
 
     async def _run(self, cmd: Command) -> Refusal | None:
         """LISTEN (once the listening backend listens) or UNLISTEN; the Refusal if it cannot."""

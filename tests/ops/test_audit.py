@@ -64,6 +64,23 @@ def test_every_kind_of_event_is_recorded_redacted_and_chained(audited):
     assert result.returncode == 0 and f"{len(got)} records" in result.stdout
 
 
+def test_a_listen_pgwarden_answers_is_recorded_and_every_statement_has_its_kind(audited):
+    """LISTEN runs on the pool's listening backend, not the client's: it is in the trail all the same."""
+    proxy, path = audited
+    with connect(proxy, "acme_app") as conn:
+        conn.execute("listen jobs")
+        conn.execute("unlisten jobs", prepare=True)  # (the extended protocol)
+        conn.execute("select name from customers")
+    proxy.stop()
+    statements = [r for r in records(path) if r["event"] == "statement"]
+    assert [(r["sql"], r["kind"], r["route"], r["tenant"], r["sqlstate"]) for r in statements[:2]] == [
+        ("listen jobs", "listen", "primary", "acme", "00000"),
+        ('UNLISTEN "jobs"', "unlisten", "primary", "acme", "00000"),
+    ]
+    assert statements[2]["kind"] == "select" and statements[2]["decision"] == "rewritten"
+    assert verify(path).returncode == 0
+
+
 def test_verify_names_an_edited_a_deleted_and_a_reordered_record(audited, tmp_path):
     proxy, path = audited
     with connect(proxy, "acme_app") as conn:
