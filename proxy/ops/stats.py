@@ -12,6 +12,7 @@ from rewriter import pgparser
 MAX_FINGERPRINTS = 5000
 MAX_PENDING = 50_000
 SHAPES_CAP = 50_000  # messages a generation of Shapes holds at most (about 15 MB of short statements)
+DIGITS_CAP, DIGITS_MAX_BYTES = 10_000, 2048  # digit keys Shapes keeps (under 25 MB at the very most)
 # Text whose integer literals are all A_Const (values the fingerprint ignores): plain SELECT/DML
 # without quoted identifiers, dollar quotes, escapes, comments, float(p) or current_time(p).
 _DML_HEADS = ("select", "insert", "update", "delete", "with", "values")
@@ -128,8 +129,8 @@ class Shapes:
                 text = statement_text(msg)
                 shape, exact = shaped(text)
                 got = (text, shape)
-                if exact and msg[0] == _QUERY and len(msg) <= 20_000:
-                    if len(self._digits) >= self.cap:
+                if exact and msg[0] == _QUERY and len(msg) <= DIGITS_MAX_BYTES:
+                    if len(self._digits) >= DIGITS_CAP:
                         self._digits.clear()
                     self._digits[msg.translate(_ZEROS)] = shape
             if not self.whole:

@@ -166,20 +166,20 @@ def may_listen(msg: bytes) -> bool:
     return _listen_key(digit_key(msg))
 
 
-_TRAITS_MAX = 2048  # (longer texts are judged each time: they are rare, and would fill the memos)
+_TRAITS_MAX = 1024  # (longer texts are judged each time: they are rarer, and would fill the memos: 4 MB each at most)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=4096)
 def _stateful_key(key: bytes) -> bool:
     return stateful_text(key, 5, len(key) - 1)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=4096)
 def _stateful_parse_key(key: bytes) -> bool:
     return _parse_text_stateful(key)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=4096)
 def _listen_key(key: bytes) -> bool:
     return _listen_head(key)
 
