@@ -31,7 +31,7 @@ log = logging.getLogger("pgwarden.cache")
 
 _ANSWER_KINDS = frozenset(b"12TnDCs")  # what a cached answer may hold before its ReadyForQuery
 _REREAD_S = 30.0
-_FACTS_CAP = 20_000
+_FACTS_CAP, _FACTS_MAX_BYTES = 10_000, 4096  # messages kept whole per database: under 45 MB at the very most
 _BOUND_KINDS = frozenset(b"DES")  # what may follow the Bind of a prepared statement in a batch _facts knows
 _NO_NAMES = Statements(Registry())  # (a lone Query names no prepared statement)
 # Statements that may change what a cached answer holds or who may read it, without a row in the WAL.
@@ -107,7 +107,7 @@ class Caching:
             if facts.tables is not None:
                 types = protocol.decode_parse(msg).param_types if msg[0] == MSG_PARSE else b""
                 facts = facts._replace(text=statement_text(msg) if sql is None else sql, types=types)
-            if (whole or facts.tables is not None) and len(msg) <= 20_000:
+            if (whole or facts.tables is not None) and len(msg) <= _FACTS_MAX_BYTES:
                 self._keep(memo, msg, facts)
         return facts
 
