@@ -35,6 +35,7 @@ from rewriter.server_grammar import SUPPORTED_SERVERS, unsupported
 log = logging.getLogger("pgwarden.router")
 
 CACHE_SIZE = 20_000
+SHAPED_MAX_CHARS = 262_144  # longer texts are decided as they are, never by shape
 _SERIALS = itertools.count(1)  # each Router (policy load or reload) gets its own
 
 
@@ -227,9 +228,11 @@ class Router:
 
         Simple-protocol clients (psycopg2, pgbench -M simple) send each value inside the
         text; deciding the shape once and putting the literals back keeps them off the
-        cold path. None when the shape does not settle it (then the text is decided itself).
+        cold path. None when the shape does not settle it (then the text is decided itself), and
+        for a text over SHAPED_MAX_CHARS: scanning it costs more than deciding it (a huge statement
+        is refused by its parse alone, rewriter.complexity), and its shape is unlikely to come again.
         """
-        if "pgwarden." in sql:
+        if "pgwarden." in sql or len(sql) > SHAPED_MAX_CHARS:
             return None
         shape = shapes.shape(sql)
         if shape is None:

@@ -60,3 +60,23 @@ def test_secret_settings_are_refused_though_their_shape_is_not(tmp_path):
     assert isinstance(_decide(router, "select current_setting('primary_conninfo')"), Refuse)
     assert _decide(router, "select setting from pg_settings where name = 'work_mem'") == ORIGINAL
     assert isinstance(_decide(router, "select setting from pg_settings where name = 'archive_command'"), Refuse)
+
+
+def test_a_text_too_long_to_shape_is_decided_as_it_is(tmp_path, monkeypatch):
+    """A huge statement is never scanned for its shape (it is refused by its parse: 54001); a long one
+    that is not too complex gets the decision its text gets."""
+    from proxy.enforce import router as router_module
+
+    router, _ = _router(tmp_path)
+    monkeypatch.setattr(router_module, "SHAPED_MAX_CHARS", 1000)
+    scanned: list[str] = []
+    real = router_module.shapes.shape
+    monkeypatch.setattr(router_module.shapes, "shape", lambda sql: scanned.append(sql) or real(sql))
+    long = "select name from customers where " + " or ".join(f"id = {i}" for i in range(200))
+    decision = _decide(router, long)
+    assert scanned == [] and "acme" in decision.sql and "id = 199" in decision.sql
+    short = "select name from customers where id = 7"
+    assert "acme" in _decide(router, short).sql and scanned == [short]
+    huge = "select 1 from customers where " + " or ".join(f"name = 'y{i}'" for i in range(20000))
+    refused = _decide(router, huge)
+    assert isinstance(refused, Refuse) and refused.sqlstate == "54001" and scanned == [short]
