@@ -115,7 +115,7 @@ class Shapes:
         >>> shapes.known(protocol.query("select 5 from t where a = 9")), shapes.known(protocol.query("select 1"))
         ('select 0 from t where a = 0', None)
         """
-        return self._digits.get(msg.translate(_ZEROS)) if msg[0] == _QUERY else None
+        return self._digits.get(digit_key(msg)) if msg[0] == _QUERY else None
 
     def of(self, msg: bytes) -> tuple[str, str]:
         """
@@ -132,7 +132,7 @@ class Shapes:
                 if exact and msg[0] == _QUERY and len(msg) <= DIGITS_MAX_BYTES:
                     if len(self._digits) >= DIGITS_CAP:
                         self._digits.clear()
-                    self._digits[msg.translate(_ZEROS)] = shape
+                    self._digits[digit_key(msg)] = shape
             if not self.whole:
                 return got
             if len(self._new) >= self.cap:
@@ -154,8 +154,7 @@ class QueryStats:
 
     def __init__(self, latency=None, shapes: Shapes | None = None) -> None:
         self.latency = latency  # a histogram's observe_many, fed each flush's durations
-        self.shapes = shapes  # shared with the result cache (None without one: nothing to share)
-        self._shapes = shapes if shapes is not None else Shapes(whole=False)
+        self.shapes = shapes if shapes is not None else Shapes(whole=False)  # (given: shared with the result cache)
         self.pending: deque[tuple[str | bytes, float | None, int, bool]] = deque(maxlen=MAX_PENDING)
         self.by_fingerprint: dict[str, dict] = {}
         self._fingerprints: dict[str, str] = {}  # text, or `literal_key` of it -> fingerprint
@@ -192,14 +191,13 @@ class QueryStats:
             entry["recent"].append(seconds)
         if self.latency is not None and durations:
             self.latency(durations)
-        if self.shapes is not None:
-            self.shapes.rotate()  # (what was observed since the last flush has been taken)
+        self.shapes.rotate()  # (what was observed since the last flush has been taken)
 
     def _known(self, sql: str | bytes) -> dict | None:
         """The entry of a Query whose shape is `Shapes.known` (no decoding, no shaping), if it has one."""
         if isinstance(sql, str):
             return None
-        shape = self._shapes.known(sql)
+        shape = self.shapes.known(sql)
         fp = None if shape is None else self._fingerprints.get(shape)
         return None if fp is None else self.by_fingerprint.get(fp)
 
@@ -207,7 +205,7 @@ class QueryStats:
         """An observed statement's text, and its shape."""
         if isinstance(sql, str):
             return sql, None
-        return self._shapes.of(sql)
+        return self.shapes.of(sql)
 
     def _entry(self, sql: str, shape: str | None) -> dict:
         fp = self._fingerprint(sql, shape)

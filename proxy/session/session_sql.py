@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import NamedTuple
 
 from proxy.ops.stats import digit_key
 from proxy.session import params
@@ -136,9 +137,13 @@ def stateful_query(msg: bytes) -> bool:
     >>> stateful_query(b"Q\\x00\\x00\\x00\\x0eset a = 1\\x00"), stateful_query(b"Q\\x00\\x00\\x00\\x0eselect 42\\x00")
     (True, False)
     """
-    if len(msg) > _TRAITS_MAX:
-        return stateful_text(msg, 5, len(msg) - 1)
-    return _stateful_key(digit_key(msg))
+    return _query_traits(msg).stateful
+
+
+def may_listen(msg: bytes) -> bool:
+    """Might a Query message be a LISTEN, UNLISTEN or DISCARD ALL (`notify.command` tells)? Judged
+    as `stateful_query` is."""
+    return _query_traits(msg).listen
 
 
 def stateful_parse(msg: bytes) -> bool:
@@ -153,25 +158,28 @@ def stateful_parse(msg: bytes) -> bool:
     return _stateful_parse_key(digit_key(msg))
 
 
-def _parse_text_stateful(msg: bytes) -> bool:
-    start = msg.find(b"\x00", 5) + 1
-    return stateful_text(msg, start, msg.find(b"\x00", start))
+class _Traits(NamedTuple):
+    """What the hot path asks of a Query's bytes."""
 
-
-def may_listen(msg: bytes) -> bool:
-    """Might a Query message be a LISTEN, UNLISTEN or DISCARD ALL (`notify.command` tells)? Judged
-    once for all texts that differ only in their digits."""
-    if len(msg) > _TRAITS_MAX:
-        return _listen_head(msg)
-    return _listen_key(digit_key(msg))
+    stateful: bool  # `stateful_text`
+    listen: bool  # might be a LISTEN, UNLISTEN or DISCARD ALL
 
 
 _TRAITS_MAX = 1024  # (longer texts are judged each time: they are rarer, and would fill the memos: 4 MB each at most)
 
 
+def _query_traits(msg: bytes) -> _Traits:
+    return _traits(msg) if len(msg) > _TRAITS_MAX else _traits_by_key(digit_key(msg))
+
+
 @lru_cache(maxsize=4096)
-def _stateful_key(key: bytes) -> bool:
-    return stateful_text(key, 5, len(key) - 1)
+def _traits_by_key(key: bytes) -> _Traits:
+    return _traits(key)
+
+
+def _traits(msg: bytes) -> _Traits:
+    head = msg[5:40].lower()
+    return _Traits(stateful_text(msg, 5, len(msg) - 1), b"isten" in head or b"discard" in head)
 
 
 @lru_cache(maxsize=4096)
@@ -179,14 +187,9 @@ def _stateful_parse_key(key: bytes) -> bool:
     return _parse_text_stateful(key)
 
 
-@lru_cache(maxsize=4096)
-def _listen_key(key: bytes) -> bool:
-    return _listen_head(key)
-
-
-def _listen_head(msg: bytes) -> bool:
-    head = msg[5:40].lower()
-    return b"isten" in head or b"discard" in head
+def _parse_text_stateful(msg: bytes) -> bool:
+    start = msg.find(b"\x00", 5) + 1
+    return stateful_text(msg, start, msg.find(b"\x00", start))
 
 
 def no_such_statement(name: str) -> Refusal:
