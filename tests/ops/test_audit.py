@@ -106,7 +106,9 @@ def test_verify_names_an_edited_a_deleted_and_a_reordered_record(audited, tmp_pa
 
 
 def test_an_unwritable_sink_refuses_statements_in_block_mode(shop_db, tmp_path):
-    proxy = policy_proxy(tmp_path / "b", "transaction", audit={"path": "/proc/pgwarden-no/audit.jsonl"})
+    proxy = policy_proxy(
+        tmp_path / "b", "transaction", audit={"path": "/proc/pgwarden-no/audit.jsonl", "block_timeout": 1}
+    )
     try:
         with connect(proxy, "acme_app") as conn:
             with pytest.raises(psycopg.errors.IoError) as info:

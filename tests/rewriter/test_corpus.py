@@ -19,6 +19,7 @@ import os
 import random
 import zlib
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from rewriter.classify import statements, walk_statement
 from rewriter.masks import projection, quote_qualified
 from rewriter.pg_names import BUILTIN_FUNCTIONS
 from rewriter.verify import strip
+from tests.fanout import fan_out
 
 pytestmark = pytest.mark.slow  # the whole ORM corpus through the rewriter
 
@@ -58,23 +60,37 @@ def load() -> list[str]:
     return random.Random(7).sample(sqls, min(int(sample), len(sqls))) if sample else sqls
 
 
-def names_and_functions(sqls: list[str]) -> tuple[set[str], set[str]]:
-    """Every relation and user-defined function the corpus names (as the policy would list them)."""
-    rels, funcs = set(), set()
-    for sql in sqls:
-        try:
-            parsed = statements(sql)
-        except Exception:
-            continue
-        for kind, fields in parsed:
-            found = walk_statement(kind, fields)
-            rels.update(f"{r.rv.get('schemaname') or 'public'}.{r.rv['relname']}" for r in found.refs)
-            funcs.update(
-                ".".join(f) if len(f) == 2 else f"public.{f[0]}"
-                for f in found.functions
-                if len(f) == 2 or f[0] not in BUILTIN_FUNCTIONS
-            )
+def named(sql: str) -> tuple[set[str], set[str]]:
+    """The relations and user-defined functions one statement names (as the policy would list them)."""
+    rels: set[str] = set()
+    funcs: set[str] = set()
+    try:
+        parsed = statements(sql)
+    except Exception:
+        return rels, funcs
+    for kind, fields in parsed:
+        found = walk_statement(kind, fields)
+        rels.update(f"{r.rv.get('schemaname') or 'public'}.{r.rv['relname']}" for r in found.refs)
+        funcs.update(
+            ".".join(f) if len(f) == 2 else f"public.{f[0]}"
+            for f in found.functions
+            if len(f) == 2 or f[0] not in BUILTIN_FUNCTIONS
+        )
     return rels, funcs
+
+
+def names_and_functions(sqls: list[str]) -> tuple[set[str], set[str]]:
+    """Every relation and user-defined function the corpus names."""
+    rels, funcs = set(), set()
+    for found_rels, found_funcs in fan_out(named, sqls):
+        rels |= found_rels
+        funcs |= found_funcs
+    return rels, funcs
+
+
+def judged(sql: str, ctx: Context) -> tuple[Allow | Rewrite | Deny, object]:
+    """One statement's rewrite under the corpus policy, and its classification."""
+    return rewrite(sql, ctx), classify(sql)
 
 
 def corpus_context(rels: set[str], funcs: set[str]) -> Context:
@@ -123,7 +139,8 @@ def undo_projections(result: Rewrite, ctx: Context) -> str:
 def corpus():
     sqls = load()
     ctx = corpus_context(*names_and_functions(sqls))
-    return sqls, ctx, [rewrite(sql, ctx) for sql in sqls], [classify(sql) for sql in sqls]
+    results, kinds = zip(*fan_out(partial(judged, ctx=ctx), sqls))  # (two cores: tests/fanout.py)
+    return sqls, ctx, list(results), list(kinds)
 
 
 def test_every_statement_is_allowed_rewritten_or_refused_by_policy(corpus) -> None:
