@@ -488,7 +488,9 @@ class SessionCore:
         self.accounting.answered(ready)
         if isinstance(tag, Cycle) and tag.statements and not failed and self.guard is not None:
             self.guard.cycle_accepted(tag.statements)
-        self.tx.ended(tag, failed, ready.status, backend.settings, not backend.tracker.queue)
+        committed = self.tx.ended(tag, failed, ready.status, backend.settings, not backend.tracker.queue)
+        if self.notes is not None and self.notes.block:  # LISTEN/UNLISTEN in the block, applied at its COMMIT
+            self.notes.settled(committed, ready.status)
 
     def _reported(self, changed: ParameterChanged, backend: Backend) -> None:
         """The backend says a setting changed: tracked; told to the client if it did not get it (a

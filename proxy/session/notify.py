@@ -27,6 +27,7 @@ from proxy.wire.protocol import (
     MSG_PARSE,
     MSG_QUERY,
     MSG_SYNC,
+    TX_FAILED,
     TX_IDLE,
 )
 from rewriter.channels import scoped_channel
@@ -37,12 +38,21 @@ _COMMAND = re.compile(r'\s*(listen|unlisten)\s+(\*|"(?:[^"]|"")+"|[^\W\d][\w$]*)
 _EXTENDED = frozenset((MSG_PARSE, MSG_BIND, MSG_DESCRIBE, MSG_EXECUTE, MSG_CLOSE))
 _NO_PARAMETERS = protocol.message(b"t", b"\x00\x00")  # ParameterDescription: none
 _NO_DATA = protocol.message(b"n")
-_IN_BLOCK = Refusal(
+_PIPELINED = Refusal(
     "0A000",
-    "{what} inside a transaction block is not supported by pgwarden: PostgreSQL applies it at "
-    "COMMIT, and pgwarden listens for its clients on a backend of its own",
-    "send LISTEN and UNLISTEN outside BEGIN ... COMMIT (in autocommit mode)",
+    "{what} pipelined behind unanswered statements in a transaction block is not supported by "
+    "pgwarden: it answers {what} itself, and must know first whether the block has failed",
+    "wait for the answers before sending {what} in a transaction block",
 )
+_IN_SAVEPOINT = Refusal(
+    "0A000",
+    "{what} inside a savepoint is not supported by pgwarden: it applies the LISTENs and UNLISTENs "
+    "of a transaction block at its COMMIT, but cannot undo them at ROLLBACK TO",
+    "send {what} before the first SAVEPOINT of the block, or outside the block",
+)
+_ABORTED = protocol.error_response(
+    "25P02", "current transaction is aborted, commands ignored until end of transaction block"
+) + protocol.ready_for_query(b"E")
 _NO_TENANT = Refusal(
     "42501",
     "LISTEN is refused without a tenant: notification channels are scoped per tenant",
@@ -84,6 +94,20 @@ def in_block(relay: Relay) -> bool:
     """A transaction block is open (as far as sent) or the backend serving the client is in one."""
     backend = relay.backend
     return relay.tx.in_block or (backend is not None and backend.tracker.status != TX_IDLE)
+
+
+def block_refusal(relay: Relay, cmd: Command) -> Refusal | None:
+    """Why a LISTEN or UNLISTEN in a transaction block is refused; None: pgwarden answers it (with
+    the block's status) and applies it if the block commits."""
+    backend = relay.backend
+    if backend is None or not backend.tracker.idle:
+        refusal = _PIPELINED
+    elif relay.tx.in_savepoint:
+        refusal = _IN_SAVEPOINT
+    else:
+        return None
+    what = "LISTEN" if cmd.listen else "UNLISTEN"
+    return Refusal(refusal.sqlstate, refusal.message.format(what=what), (refusal.hint or "").format(what=what))
 
 
 def between_statements(relay: Relay) -> bool:
@@ -146,6 +170,11 @@ def _truncated(name: str) -> str:
     return raw[:63].decode("utf-8", "ignore") if len(raw) > 63 else name
 
 
+def _channel_of(note: bytes) -> str:
+    """The channel a NotificationResponse names (after its length and the notifier's pid)."""
+    return protocol.read_cstr(note, 9)[0]
+
+
 def notification_response(pid: int, channel: str, payload: str) -> bytes:
     """A NotificationResponse ('A') message."""
     return protocol.message(b"A", struct.pack("!I", pid) + protocol.cstr(channel) + protocol.cstr(payload))
@@ -176,6 +205,8 @@ class Notifications:
         self.portals: dict[str, Command] = {}  # ... and of portals bound to them
         self._scope, self._resume = scope, resume
         self._waiting: list[tuple[int, bytes]] | None = None  # messages sent while a LISTEN waits
+        # LISTENs (with their backend channel) and UNLISTENs (None) of the open transaction block, in order
+        self.block: list[tuple[Command, str | None]] = []
         self._closed = False
 
     @property
@@ -198,15 +229,18 @@ class Notifications:
             if not in_block(relay):  # (PostgreSQL refuses it in a block)
                 self.unlisten("*")
             return False
+        status = TX_IDLE
         if cmd is not None:
             batch, rest = msgs[:1], msgs[1:]
             if in_block(relay):
-                what = "LISTEN" if cmd.listen else "UNLISTEN"
-                refusal = Refusal(_IN_BLOCK.sqlstate, _IN_BLOCK.message.format(what=what), _IN_BLOCK.hint)
-                refuse_query(relay, msgs[0][1], refusal)
-                if rest:
-                    self._resume(rest)
-                return True
+                refusal = block_refusal(relay, cmd)
+                if refusal is not None:
+                    refuse_query(relay, msgs[0][1], refusal)
+                    if rest:
+                        self._resume(rest)
+                    return True
+                assert relay.backend is not None
+                status = relay.backend.tracker.status
         elif (self.statements or _parses_listen(msgs[0])) and not in_block(relay) and self._extended(msgs):
             batch, rest = msgs, []
         else:
@@ -215,7 +249,7 @@ class Notifications:
             return False
         self._waiting = rest
         self._transport.pause_reading()
-        asyncio.get_running_loop().create_task(self._answer(batch))
+        asyncio.get_running_loop().create_task(self._answer(batch, status))
         return True
 
     def _extended(self, msgs: list[tuple[int, bytes]]) -> bool:
@@ -251,24 +285,30 @@ class Notifications:
             elif kind == MSG_BIND:
                 self.portals.pop(protocol.decode_bind_names(msg)[0], None)
 
-    async def _answer(self, batch: list[tuple[int, bytes]]) -> None:
-        """Answer the batch in order (a LISTEN waits for the listening backend), then relay what came after."""
+    async def _answer(self, batch: list[tuple[int, bytes]], status: int) -> None:
+        """Answer the batch in order (a LISTEN waits for the listening backend), then relay what came
+        after. `status`: the transaction block's, for a Query sent in one (else idle)."""
         out: list[bytes] = []
         failed = False
+        refused: tuple[bytes, Refusal] | None = None  # a Query in a block that fails: the block fails too
         for kind, msg in batch:
             if kind == MSG_SYNC:
                 failed = False
                 out.append(protocol.ready_for_query(b"I"))
             elif not failed:
-                error = await self._message(kind, msg, out)
+                error = await self._message(kind, msg, out, status)
                 failed = error is not None
-                if error is not None:
+                if error is not None and kind == MSG_QUERY and status != TX_IDLE:
+                    refused = (msg, error)
+                elif error is not None:
                     out.append(protocol.error_response(error.sqlstate, error.message, hint=error.hint))
                     if kind == MSG_QUERY:
                         out.append(protocol.ready_for_query(b"I"))
         if self._closed:
             return
         self.relay.reply(b"".join(out))
+        if refused is not None:
+            refuse_query(self.relay, *refused)
         msgs, self._waiting = self._waiting or [], None
         if not self._transport.is_closing():
             self._transport.resume_reading()
@@ -276,16 +316,19 @@ class Notifications:
         if msgs:
             self._resume(msgs)
 
-    async def _message(self, kind: int, msg: bytes, out: list[bytes]) -> Refusal | None:
+    async def _message(self, kind: int, msg: bytes, out: list[bytes], status: int) -> Refusal | None:
         """One message of the batch answered into `out`; the Refusal when it fails."""
         if kind == MSG_QUERY:
+            if status == TX_FAILED:  # (as PostgreSQL answers any statement but the block's end)
+                out.append(_ABORTED)
+                return None
             sql = protocol.decode_query(msg)
             cmd = command_text(sql)
             assert cmd is not None
-            error = await self._audited(cmd, sql, simple=True)
+            error = await self._audited(cmd, sql, simple=True, in_block=status != TX_IDLE)
             if error is None:
                 out.append(protocol.command_complete("LISTEN" if cmd.listen else "UNLISTEN"))
-                out.append(protocol.ready_for_query(b"I"))
+                out.append(protocol.ready_for_query(bytes([status])))
             return error
         if kind == MSG_PARSE:
             parsed = protocol.decode_parse(msg)
@@ -309,36 +352,77 @@ class Notifications:
             return error
         return None
 
-    async def _audited(self, cmd: Command, sql: str, simple: bool) -> Refusal | None:
+    async def _audited(self, cmd: Command, sql: str, simple: bool, in_block: bool = False) -> Refusal | None:
         """`_run`, recorded in the audit trail when there is one (route primary: the listening backend
         is the primary's); refused (58030) when the trail cannot take the record (on_failure: block)."""
         accounting = self.relay.accounting
         if not accounting.auditing:
-            return await self._run(cmd)
+            return await self._run(cmd, in_block)
         if not accounting.admits():
             return AUDIT_FULL
         started = time.perf_counter()
-        error = await self._run(cmd)
+        error = await self._run(cmd, in_block)
         tenant = self._scope() if self._scope is not None else None
         failed = None if error is None else protocol.error_response(error.sqlstate, error.message)
         accounting.answered_here(sql, simple, None, tenant, time.perf_counter() - started, 0, failed, "primary")
         return error
 
-    async def _run(self, cmd: Command) -> Refusal | None:
-        """LISTEN (once the listening backend listens) or UNLISTEN; the Refusal if it cannot."""
+    async def _run(self, cmd: Command, in_block: bool = False) -> Refusal | None:
+        """LISTEN (once the listening backend listens) or UNLISTEN; the Refusal if it cannot. In a
+        transaction block it is kept for the block's end (`settled`): a channel LISTENed there is
+        subscribed now, but its notifications are dropped until the block commits."""
         if not cmd.listen:
-            self.unlisten(cmd.channel)
+            if in_block:
+                self.block.append((cmd, None))
+            else:
+                self.unlisten(cmd.channel)
             return None
         tenant = self._scope() if self._scope is not None else None
         if self._scope is not None and tenant is None:
             return _NO_TENANT
         channel = scoped_channel(tenant, cmd.channel) if tenant is not None else cmd.channel
+        if in_block:
+            if channel in self.channels or (await self.listener.subscribe(channel, self) and not self._closed):
+                self.block.append((cmd, channel))
+                return None
+            if channel not in self.channels:
+                self.listener.unsubscribe(channel, self)
+            return _LOST
         self.channels[channel] = cmd.channel
         if await self.listener.subscribe(channel, self) and not self._closed:
             return None
         if self.channels.pop(channel, None) is not None or self._closed:
             self.listener.unsubscribe(channel, self)
         return _LOST
+
+    def settled(self, committed: bool | None, status: int) -> None:
+        """The end of the transaction block the client LISTENed or UNLISTENed in (`committed`, from
+        `Transaction.ended`): what it sent there applied in order if it committed, else undone."""
+        if committed:
+            block, self.block = self.block, []
+            final = dict(self.channels)
+            for cmd, channel in block:
+                if channel is not None:
+                    final[channel] = cmd.channel
+                else:  # (UNLISTEN by the client's name, as `unlisten`)
+                    final = {c: name for c, name in final.items() if cmd.channel not in ("*", name)}
+            given_up = {c for c in self.channels if c not in final}
+            given_up.update(c for _, c in block if c is not None and c not in final)
+            for channel in given_up:
+                self.listener.unsubscribe(channel, self)
+            self.channels = final
+            if given_up and self.held:  # (held notifications of channels UNLISTENed in the block)
+                names = set(final.values())
+                self.held = [note for note in self.held if _channel_of(note) in names]
+        elif committed is False or status == TX_IDLE:
+            self._undo_block()
+
+    def _undo_block(self) -> None:
+        """The block's LISTENs never happened: channels subscribed for it alone are given up."""
+        block, self.block = self.block, []
+        for _, channel in block:
+            if channel is not None and channel not in self.channels:
+                self.listener.unsubscribe(channel, self)
 
     def unlisten(self, client_channel: str) -> None:
         """UNLISTEN a channel by the client's name ('*': every channel)."""
@@ -350,6 +434,7 @@ class Notifications:
     def close(self) -> None:
         """The client left: every channel unlistened."""
         self._closed = True
+        self._undo_block()
         self.unlisten("*")
         self.held.clear()
 

@@ -99,9 +99,9 @@ class Cycle:
     """What the answer to one Query or Sync must settle (its tag in the Tracker).
 
     watched: it carries a tenant change, or a rollback that undid one: if it fails, what
-    PostgreSQL kept is unknown. ended: a COMMIT or ROLLBACK was sent in it; commit: the first
-    of them was a COMMIT of a transaction that changed state (a rollback if that transaction had
-    already failed). implicit: it ends an implicit transaction that changed state (rolled back
+    PostgreSQL kept is unknown. ended: a COMMIT or ROLLBACK was sent in it; committing: the first
+    of them was a COMMIT; commit: ... of a transaction that changed state (a rollback if that
+    transaction had already failed). implicit: it ends an implicit transaction that changed state (rolled back
     if the cycle fails). begin: the count of changes when a BEGIN was sent in it (an error
     before the BEGIN skips it: the changes sent after ran outside any transaction block).
     statements: for each statement name a policed client's Parse or Close named in it, the
@@ -110,6 +110,7 @@ class Cycle:
 
     watched: bool = False
     ended: bool = False
+    committing: bool = False
     commit: Ending | None = None
     implicit: Ending | None = None
     begin: int | None = None

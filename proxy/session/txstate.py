@@ -44,6 +44,11 @@ class Transaction:
         """A transaction block is open, as far as what was sent goes."""
         return self._block
 
+    @property
+    def in_savepoint(self) -> bool:
+        """A savepoint of the open transaction block is open, as far as what was sent goes."""
+        return bool(self._frames)
+
     def _snapshot_of(self, backend: dict[str, str]) -> savepoints.State:
         """What a rollback would restore, as of now."""
         state = self._state
@@ -104,6 +109,8 @@ class Transaction:
         """
         cycle = self.next_cycle()
         snapshot, first = self._snapshot, not cycle.ended
+        if first:
+            cycle.committing = effect.kind == "commit"
         cycle.ended = True
         if snapshot is not None:
             if effect.kind == "rollback":
@@ -157,10 +164,15 @@ class Transaction:
             self._snapshot, self._frames, self._state.local_tenant = None, (), None
         return cycle
 
-    def ended(self, tag: object, failed: bool, status: int, backend: dict[str, str], drained: bool) -> None:
+    def ended(self, tag: object, failed: bool, status: int, backend: dict[str, str], drained: bool) -> bool | None:
         """A ReadyForQuery: settle its Query or Sync; when nothing else is in flight (`drained`),
-        check the transaction block pgwarden assumed against PostgreSQL's status."""
+        check the transaction block pgwarden assumed against PostgreSQL's status. Returns whether
+        the transaction block it ended committed (None: it ended none): its first COMMIT or
+        ROLLBACK was a COMMIT, nothing in it failed, and the block had not failed before it."""
+        committed = None
         if isinstance(tag, savepoints.Cycle):
+            if tag.ended:
+                committed = tag.committing and not failed and self._status != TX_FAILED
             saved, lost = savepoints.settle(tag, failed, self._status == TX_FAILED, self._changes, self._losses)
             if saved is not None:
                 self._restore(saved, backend)
@@ -169,6 +181,7 @@ class Transaction:
         if drained:
             self._reconcile(status != TX_IDLE)
         self._status = status
+        return committed
 
     def _reconcile(self, block: bool) -> None:
         """Every request is answered: PostgreSQL is in a transaction block or not. A mismatch

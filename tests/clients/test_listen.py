@@ -108,18 +108,66 @@ def _notify(channel: str, payload: str) -> None:
         pg.execute("select pg_notify(%s, %s)", (channel, payload))
 
 
-def test_listen_inside_a_transaction_block(proxy):
-    """Transaction pooling refuses LISTEN inside a transaction block (PostgreSQL would apply it at COMMIT)."""
-    channel = unique("pgw_block")
+def _silent(conn: psycopg.Connection, channel: str, marker: str) -> list[tuple[str, str]]:
+    """What `conn` hears of a notification on `channel` and then one on `marker` (heard if it listens)."""
+    _notify(channel, "x")
+    _notify(marker, "y")
+    return _heard(conn, 2, timeout=1.0)
+
+
+def test_listen_and_unlisten_in_a_transaction_block_apply_at_commit(proxy):
+    """As PostgreSQL: a LISTEN or UNLISTEN sent in a transaction block (psycopg's default, not in
+    autocommit) takes effect when the block commits, and never if it rolls back or had failed."""
+    channel, marker = unique("pgw_block"), unique("pgw_mark")
     with connect(proxy) as conn:
+        conn.execute(f"LISTEN {marker}")
+        conn.commit()
+        conn.execute(f"LISTEN {channel}")
+        conn.rollback()
+        assert _silent(conn, channel, marker) == [(marker, "y")]  # rolled back: never listened
+
+        conn.execute(f"LISTEN {channel}")
+        conn.commit()
+        _notify(channel, "after")
+        assert _heard(conn, 1) == [(channel, "after")]
+
+        conn.execute(f"UNLISTEN {channel}")
+        conn.rollback()
+        _notify(channel, "still")
+        assert _heard(conn, 1) == [(channel, "still")]  # the UNLISTEN was rolled back
+
+        conn.execute("select 1")
+        conn.execute(f"UNLISTEN {channel}")
+        conn.execute(f"LISTEN {channel}")
+        conn.execute(f"UNLISTEN {channel}")
+        conn.commit()
+        assert _silent(conn, channel, marker) == [(marker, "y")]  # the last of them counts
+
+        with pytest.raises(errors.DivisionByZero):
+            conn.execute("select 1/0")
+        with pytest.raises(errors.InFailedSqlTransaction):
+            conn.execute(f"LISTEN {channel}")
+        conn.rollback()
+        assert _silent(conn, channel, marker) == [(marker, "y")]
+        assert conn.execute("select 'usable'").fetchone() == ("usable",)
+
+
+def test_listen_in_a_savepoint(proxy):
+    """Transaction pooling refuses LISTEN inside a savepoint (it cannot undo it at ROLLBACK TO); the
+    transaction fails as on an error. In session pooling the client's own backend listens."""
+    channel = unique("pgw_save")
+    with connect(proxy) as conn:
+        conn.execute("savepoint s")
         if pool_mode(proxy) == "transaction":
             with pytest.raises(errors.FeatureNotSupported) as info:
                 conn.execute(f"LISTEN {channel}")
-            assert "transaction block" in info.value.diag.message_primary and info.value.diag.message_hint
-            conn.rollback()
+            assert "savepoint" in info.value.diag.message_primary and info.value.diag.message_hint
+            with pytest.raises(errors.InFailedSqlTransaction):
+                conn.execute("select 1")
         else:
             conn.execute(f"LISTEN {channel}")
-            conn.commit()
+            conn.execute("rollback to savepoint s")
+        conn.rollback()
         conn.autocommit = True
         conn.execute(f"LISTEN {channel}")
         _notify(channel, "after")

@@ -43,13 +43,26 @@ def test_a_raw_notify_never_reaches_a_policed_listener(guarded):
         acme.execute("UNLISTEN *")
 
 
-@pytest.mark.parametrize("sql", ["LISTEN jobs", "UNLISTEN jobs"])
-def test_listen_in_a_transaction_block_is_refused(guarded, sql):
-    with psycopg.connect(guarded.dsn(user="acme_app", dbname=DB)) as conn:
-        with pytest.raises(psycopg.errors.FeatureNotSupported) as info:
-            conn.execute(sql)
-        assert "transaction block" in info.value.diag.message_primary and info.value.diag.message_hint
+def test_listen_in_a_transaction_block_applies_at_commit_within_the_tenant(guarded):
+    with (
+        psycopg.connect(guarded.dsn(user="acme_app", dbname=DB)) as conn,  # (not autocommit: blocks)
+        connect(guarded, "acme_app") as acme,
+        connect(guarded, "globex_app") as globex,
+    ):
+        conn.execute("LISTEN jobs")
+        acme.execute("NOTIFY jobs, 'before the commit'")  # (PostgreSQL delivers it to no one)
         conn.rollback()
+        acme.execute("NOTIFY jobs, 'after the rollback'")
+        assert _heard(conn) == []
+        conn.execute("LISTEN jobs")
+        conn.commit()
+        globex.execute("NOTIFY jobs, 'for globex'")
+        acme.execute("NOTIFY jobs, 'for acme'")
+        assert _heard(conn) == [("jobs", "for acme")]
+        conn.execute("UNLISTEN jobs")
+        conn.commit()
+        acme.execute("NOTIFY jobs, 'unheard'")
+        assert _heard(conn) == []
         assert conn.execute("select count(*) from customers").fetchone() == (2,)
 
 
