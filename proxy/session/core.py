@@ -471,6 +471,8 @@ class SessionCore:
         if state.ddl_sent and tracker.status == TX_IDLE:  # a bypass role's DDL committed (or not)
             state.ddl_sent = False
             self.ctx.refresh_schemas(state.database)
+        if self.notes is not None and self.notes.held and tracker.idle:
+            out = self.notes.ahead_of(out)
         if self.hold is not None and tracker.idle and self.hold(backend, out):
             return  # (held: `out` is delivered, and the backend released, later)
         if out and state.phase != CLOSED:

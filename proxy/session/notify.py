@@ -38,6 +38,7 @@ _COMMAND = re.compile(r'\s*(listen|unlisten)\s+(\*|"(?:[^"]|"")+"|[^\W\d][\w$]*)
 _EXTENDED = frozenset((MSG_PARSE, MSG_BIND, MSG_DESCRIBE, MSG_EXECUTE, MSG_CLOSE))
 _NO_PARAMETERS = protocol.message(b"t", b"\x00\x00")  # ParameterDescription: none
 _NO_DATA = protocol.message(b"n")
+_READY_IDLE = protocol.ready_for_query(b"I")
 _PIPELINED = Refusal(
     "0A000",
     "{what} pipelined behind unanswered statements in a transaction block is not supported by "
@@ -446,6 +447,16 @@ class Notifications:
             return
         self.held.append(notification_response(note.pid, name, note.payload))
         self.deliver()
+
+    def ahead_of(self, answer: bytes) -> bytes:
+        """An answer that leaves the client between transactions (it ends with ReadyForQuery 'I' and
+        nothing else is in flight), with the held notifications before that ReadyForQuery, where
+        PostgreSQL sends them: libpq reads them with the answer (psycopg2's `notifies` right after
+        `commit()`), not at the client's next read."""
+        if not self.held or self._closed or not answer.endswith(_READY_IDLE):
+            return answer
+        held, self.held = self.held, []
+        return answer[: -len(_READY_IDLE)] + b"".join(held) + _READY_IDLE
 
     def deliver(self) -> None:
         """Write the held notifications if the client is between statements."""
