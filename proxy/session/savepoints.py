@@ -100,9 +100,9 @@ class Cycle:
 
     watched: it carries a tenant change, or a rollback that undid one: if it fails, what
     PostgreSQL kept is unknown. ended: a COMMIT or ROLLBACK was sent in it; committing: the first
-    of them was a COMMIT; commit: ... of a transaction that changed state (a rollback if that
-    transaction had already failed). implicit: it ends an implicit transaction that changed state (rolled back
-    if the cycle fails). begin: the count of changes when a BEGIN was sent in it (an error
+    of them was a COMMIT; commit: that COMMIT ends a transaction that changed state (a rollback
+    if that transaction had already failed). implicit: it ends an implicit transaction that
+    changed state (rolled back if the cycle fails). begin: the count of changes when a BEGIN was sent in it (an error
     before the BEGIN skips it: the changes sent after ran outside any transaction block).
     statements: for each statement name a policed client's Parse or Close named in it, the
     serial of the last (`held.Versions`): if the cycle succeeds, that is what the name holds.
