@@ -402,12 +402,9 @@ class SessionCore:
                 state.tenant_unknown = False
 
     def _stateful_parse(self, msg: bytes, backend: Backend, out: list[bytes]) -> bytes | None:
-        """A Parse that may change session state: tracked, refused (None) or renamed.
-
-        DEALLOCATE under transaction pooling names the proxy-wide statement (prepared
-        here first if needed); DEALLOCATE ALL runs as written and this backend's
-        statements are forgotten, so they are prepared again when next used.
-        """
+        """A Parse that may change session state: tracked, refused (None) or renamed. DEALLOCATE under
+        transaction pooling names the proxy-wide statement (prepared here first if needed); DEALLOCATE
+        ALL runs as written, and this backend's statements are forgotten (prepared again when next used)."""
         parsed = protocol.decode_parse(msg)
         if self.state.tx_mode and (match := session_sql.DEALLOCATE.match(parsed.query)):
             target = match.group(1)
