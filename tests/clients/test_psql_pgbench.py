@@ -226,7 +226,7 @@ def test_pgbench(proxy, bench_db, protocol):
     # would wait by design, so session mode runs as many clients as the pool has backends.
     clients = 20 if pool_mode(proxy) == "transaction" else proxy.config["pool"]["size"]
     before = _balances(bench_db)
-    # Generous against -T 3; a stalled run is killed rather than left to the pool's 30 s wait.
+    # Generous against -T 2; a stalled run is killed rather than left to the pool's 30 s wait.
     result = subprocess.run(
         [
             "pgbench",
@@ -237,7 +237,7 @@ def test_pgbench(proxy, bench_db, protocol):
             "-j",
             "2",
             "-T",
-            "3",
+            "2",
             "-h",
             proxy.host,
             "-p",
