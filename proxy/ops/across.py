@@ -1,4 +1,4 @@
-"""The admin console across workers: every worker's SHOW table as rows with a worker column, KILL counts summed."""
+"""The admin console across workers: every worker's SHOW table as rows with a worker column, KILL and RECONNECT counts summed."""
 
 from __future__ import annotations
 
@@ -58,21 +58,24 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[object]], tag: str) ->
 
 def merged(answers: Sequence[tuple[int, bytes]]) -> bytes:
     """One answer from each worker's (worker index, answer): a SHOW's rows with a leading
-    `worker` column, in worker order; a KILL's counts summed; an error passed on as it is.
+    `worker` column, in worker order; a KILL's or RECONNECT's counts summed; an error passed on as it is.
 
     >>> one, two = table(["db"], [["a"]], "SHOW"), table(["db"], [["b"], ["c"]], "SHOW")
     >>> untable(merged([(1, two), (0, one)])).rows
     [['0', 'a'], ['1', 'b'], ['1', 'c']]
     >>> merged([(0, protocol.command_complete("KILL 2")), (1, protocol.command_complete("KILL 1"))])
     b'C\\x00\\x00\\x00\\x0bKILL 3\\x00'
+    >>> merged([(0, protocol.command_complete("RECONNECT 2")), (1, protocol.command_complete("RECONNECT 0"))])
+    b'C\\x00\\x00\\x00\\x10RECONNECT 2\\x00'
     """
     ordered = sorted(answers)
     for _, body in ordered:
         if body[:1] == b"E":
             return body
     tables = [(index, untable(body)) for index, body in ordered]
-    if tables and tables[0][1].tag.startswith("KILL"):
-        return protocol.command_complete(f"KILL {sum(int(t.tag.split()[1]) for _, t in tables)}")
+    if tables and tables[0][1].tag.startswith(("KILL", "RECONNECT")):
+        verb = tables[0][1].tag.split()[0]
+        return protocol.command_complete(f"{verb} {sum(int(t.tag.split()[1]) for _, t in tables)}")
     columns = ["worker", *(tables[0][1].columns if tables else [])]
     rows = [[str(index), *row] for index, t in tables for row in t.rows]
     return table(columns, rows, "SHOW")

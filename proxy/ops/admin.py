@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -37,9 +38,9 @@ PARAMETERS = {
 _TEXT_OID = 25
 HINT = (
     "commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW REPLICAS, SHOW STATS, SHOW QUERIES, SHOW CONFIG, "
-    "SHOW POLICY, SHOW LIMITS, SHOW CACHE, SHOW HELP, RELOAD, PAUSE, RESUME, KILL db, SHUTDOWN"
+    "SHOW POLICY, SHOW LIMITS, SHOW CACHE, SHOW HELP, RELOAD, PAUSE, RESUME, KILL db, RECONNECT db, SHUTDOWN"
 )
-_COMMAND = re.compile(r"\s*(show\s+\w+|reload|pause|resume|kill\s+\S+|shutdown)\s*;?\s*$", re.I)
+_COMMAND = re.compile(r"\s*(show\s+\w+|reload|pause|resume|(?:kill|reconnect)\s+\S+|shutdown)\s*;?\s*$", re.I)
 
 
 _table = across.table  # RowDescription, DataRows (text) and CommandComplete for one result
@@ -55,6 +56,7 @@ PER_WORKER = frozenset(
         "show limits",
         "show cache",
         "kill",
+        "reconnect",
     )
 )
 
@@ -156,6 +158,7 @@ class AdminConsole:
             "pause": self.pause,
             "resume": self.resume,
             "kill": self.kill,
+            "reconnect": self.reconnect,
             "shutdown": self.shutdown,
         }
 
@@ -164,7 +167,7 @@ class AdminConsole:
         match = _COMMAND.match(sql)
         words = match.group(1).lower().split() if match else []
         name = " ".join(words[:2]) if words and words[0] == "show" else (words[0] if words else "")
-        argument = match.group(1).split(None, 1)[1] if match and name == "kill" else ""
+        argument = match.group(1).split(None, 1)[1] if match and name in ("kill", "reconnect") else ""
         return name, argument
 
     def local(self, sql: str) -> bytes:
@@ -231,6 +234,7 @@ class AdminConsole:
             ["PAUSE", "stop lending backends (transactions in flight finish)"],
             ["RESUME", "lend backends again"],
             ["KILL db", "close a database's clients and backends"],
+            ["RECONNECT db", "replace a database's backends: the idle ones closed now, the lent ones when released"],
             ["SHUTDOWN", "stop pgwarden (as SIGTERM)"],
         ]
         return _table(["command", "does"], rows, "SHOW")
@@ -401,6 +405,19 @@ class AdminConsole:
             if db == database:
                 pool.close_all()
         return protocol.command_complete(f"KILL {killed}")
+
+    def reconnect(self, database: str) -> bytes:
+        """RECONNECT db: its backends replaced (idle ones closed now: the tag counts them), as before
+        a DROP DATABASE or CREATE DATABASE ... TEMPLATE of it, which want no other session on it."""
+        database = database.strip().strip(";").strip('"')
+        closed = sum(pool.reconnect() for (db, _), pool in self.server.pools.items() if db == database)
+        return protocol.command_complete(f"RECONNECT {closed}")
+
+    def everywhere(self, sql: str) -> None:
+        """A command run by this worker now and sent to every other one (not waited for)."""
+        self.local(sql)
+        if self.cluster is not None:
+            asyncio.get_running_loop().create_task(self.cluster.gather(sql))
 
     def shutdown(self, _: str) -> bytes:
         self.server.stop()

@@ -60,6 +60,7 @@ class Pool:
         self.wait_time = 0.0
         self.now = time.monotonic()  # a coarse clock, advanced by maintain() every second
         self.paused = False  # PAUSE from the admin console: no backend is lent
+        self.renewed = 0.0  # RECONNECT: backends connected before then are closed when they come back
         self._resumed = asyncio.Event()
         self._listener: Listener | None = None
 
@@ -240,7 +241,17 @@ class Pool:
             self.idle.remove(backend)
 
     def _expired(self, backend: Backend) -> bool:
-        return self.now - backend.created > self.settings.max_lifetime
+        return self.now - backend.created > self.settings.max_lifetime or backend.created <= self.renewed
+
+    def reconnect(self) -> int:
+        """RECONNECT: every backend connected until now is replaced, the idle ones closed now (how
+        many is returned), the lent ones when they come back."""
+        self.renewed = time.monotonic()
+        closed = len(self.idle)
+        for backend in self.idle:
+            backend.close()
+        self.idle.clear()
+        return closed
 
     # --- login and maintenance --------------------------------------------------------------
 

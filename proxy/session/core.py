@@ -263,12 +263,10 @@ class SessionCore:
             self.shell.write(now)
 
     def refuse(self, refusal: Refusal, simple: bool) -> None:
-        """An ErrorResponse for one statement; the connection stays usable.
-
-        The backend is made to fail too (a statement that cannot parse, its error hidden), so
-        an open transaction or extended-protocol pipeline is aborted exactly as PostgreSQL
-        aborts it on an error: nothing sent before the refusal commits behind the client's back.
-        """
+        """An ErrorResponse for one statement; the connection stays usable. The backend is made to fail
+        too (a statement that cannot parse, its error hidden), so an open transaction or extended-protocol
+        pipeline is aborted exactly as PostgreSQL aborts it on an error: nothing sent before the refusal
+        commits behind the client's back."""
         self.reply(protocol.error_response(refusal.sqlstate, refusal.message, hint=refusal.hint))
         backend = self.backend
         if backend is None:
@@ -377,7 +375,9 @@ class SessionCore:
                 backend.pid,
             )
         for effect in effects:
-            if effect.kind not in ("execute", "deallocate"):  # those change no session setting
+            if effect.kind == "database":  # (wanted without other sessions: the pools' backends on it go first)
+                self.ctx.admin_console().everywhere(f'RECONNECT "{effect.name}"')
+            elif effect.kind not in ("execute", "deallocate"):  # those change no session setting
                 self._apply(effect, backend)
         return True
 

@@ -30,6 +30,8 @@ _WATCHED = frozenset(
         "explain",
         "create",
         "deallocate",
+        "drop",
+        "alter",
     }
 )
 _LEADING = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]*)", re.S)
@@ -51,7 +53,8 @@ class Effect:
     'listen', 'prepare', 'identity' (SET ROLE / SESSION AUTHORIZATION), 'local' (no lasting effect),
     'execute' (SQL EXECUTE, also inside EXPLAIN or CREATE TABLE AS: name, the statement's;
     args, its arguments) and
-    'deallocate' (name; '' for ALL);
+    'deallocate' (name; '' for ALL), 'database' (name: a database PostgreSQL wants no other session
+    on: DROP DATABASE, ALTER DATABASE ... RENAME, CREATE DATABASE's template);
     and what transaction control does to them: 'savepoint', 'release', 'rollback_to' (name: the
     savepoint's), 'begin' (BEGIN, START TRANSACTION), 'commit' (COMMIT, END, PREPARE TRANSACTION)
     and 'rollback' (ROLLBACK, ABORT) of the whole transaction, name 'chain' for AND CHAIN.
@@ -83,6 +86,8 @@ _HEADS = frozenset(
         "end",
         "exe",
         "exp",
+        "dro",
+        "alt",
     }
 )
 # Words without which a statement cannot leave state behind (temporary objects, WITH HOLD
@@ -291,6 +296,8 @@ def _effect(kind: str, node: dict, text: str) -> Effect | None:
     executed = _executed(kind, node)
     if executed is not None:
         return Effect("execute", executed[0], args=executed[1])
+    if kind in ("DropdbStmt", "CreatedbStmt") or (kind == "RenameStmt" and node.get("renameType") == "OBJECT_DATABASE"):
+        return Effect("database", _database(kind, node))
     if kind == "DeallocateStmt":
         return Effect("deallocate", "" if node.get("isall") else node.get("name", ""))
     if kind == "DiscardStmt":
@@ -312,6 +319,24 @@ def _effect(kind: str, node: dict, text: str) -> Effect | None:
     if name.startswith("transaction") and set_kind == "VAR_SET_MULTI":
         return Effect("local", name)  # SET TRANSACTION ...: this transaction only
     return Effect("set", name, text)
+
+
+def _database(kind: str, node: dict) -> str:
+    """The database a DROP DATABASE drops, an ALTER DATABASE renames or a CREATE DATABASE copies
+    (template1 unless it names a TEMPLATE).
+
+    >>> [effects(s)[0].name for s in ("drop database if exists x", 'create database y template "X"', "create database z")]
+    ['x', 'X', 'template1']
+    """
+    if kind == "DropdbStmt":
+        return node.get("dbname", "")
+    if kind == "RenameStmt":
+        return node.get("subname", "")
+    for option in node.get("options") or []:
+        elem = option.get("DefElem", {})
+        if elem.get("defname") == "template":
+            return elem.get("arg", {}).get("String", {}).get("sval", "")
+    return "template1"
 
 
 def _role_none(node: dict) -> bool:

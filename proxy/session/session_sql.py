@@ -32,6 +32,8 @@ _STATEFUL_HEADS = frozenset(
         b"end",
         b"exe",
         b"exp",
+        b"dro",
+        b"alt",
     }
 )
 _DDL = re.compile(rb"(?i)\b(?:create|alter|drop|comment)\b")  # may change what the policy checks

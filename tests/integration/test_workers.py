@@ -297,3 +297,32 @@ def test_a_second_pgwarden_on_the_same_port_is_refused_not_joined(proxy, tmp_pat
     )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{proxy.port}" in result.stderr and "in use" in result.stderr
+
+
+def test_a_database_the_workers_pooled_can_be_copied_and_dropped(proxy):
+    """CREATE DATABASE ... TEMPLATE and DROP DATABASE want no other session on the database: through
+    pgwarden the pools' idle backends on it, in both workers, are replaced first (RECONNECT)."""
+    source, copy = f"pgw_src_{time.time_ns()}", f"pgw_copy_{time.time_ns()}"
+    with _direct() as pg:
+        pg.execute(f"alter role {ROLE} createdb")
+        pg.execute(f'create database "{source}" owner {ROLE}')
+    try:
+        seen: set[int] = set()
+        for _ in range(60):  # (until both workers have served it: each keeps an idle backend on it)
+            with psycopg.connect(proxy.dsn(dbname=source), autocommit=True) as conn:
+                conn.execute("select 1")
+                seen.add(_worker(conn))
+            if len(seen) == 2:
+                break
+        assert seen == {0, 1}
+        with _direct() as pg:
+            idle = pg.execute("select count(*) from pg_stat_activity where datname = %s", (source,)).fetchone()
+        assert idle is not None and idle[0] >= 2
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            conn.execute(f'create database "{copy}" template "{source}"')
+            conn.execute(f'drop database "{source}"')
+            conn.execute(f'drop database "{copy}"')
+    finally:
+        with _direct() as pg:
+            for name in (source, copy):
+                pg.execute(f'drop database if exists "{name}" with (force)')

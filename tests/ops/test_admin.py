@@ -53,7 +53,7 @@ def test_show_commands_report_the_running_state(console):
 
 def test_unknown_command_and_non_admin_are_refused(console):
     bad = admin(console, "SHOW EVERYTHING")
-    assert "unknown admin command" in bad.stderr and "KILL db, SHUTDOWN" in bad.stderr
+    assert "unknown admin command" in bad.stderr and "KILL db, RECONNECT db, SHUTDOWN" in bad.stderr
     refused = admin(console, "SHOW POOLS", user="mallory")
     assert refused.returncode != 0 and "may not use the admin console" in refused.stderr
 
@@ -81,6 +81,9 @@ def test_reload_kill_and_shutdown(console):
     assert admin(console, "RELOAD").stdout.strip() == "RELOAD"
     conn = psycopg.connect(console.dsn(), autocommit=True)
     conn.execute("select 1")
+    reconnected = admin(console, "RECONNECT postgres").stdout.strip()
+    assert reconnected.startswith("RECONNECT ") and int(reconnected.split()[1]) >= 1  # (the idle ones, now)
+    conn.execute("select 1")  # (RECONNECT replaces backends; their clients stay)
     assert admin(console, "KILL postgres").stdout.strip() == "KILL 1"
     with pytest.raises(psycopg.OperationalError):
         conn.execute("select 1")
