@@ -40,7 +40,9 @@ HINT = (
     "commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW REPLICAS, SHOW STATS, SHOW QUERIES, SHOW CONFIG, "
     "SHOW POLICY, SHOW LIMITS, SHOW CACHE, SHOW HELP, RELOAD, PAUSE, RESUME, KILL db, RECONNECT db, SHUTDOWN"
 )
-_COMMAND = re.compile(r"\s*(show\s+\w+|reload|pause|resume|(?:kill|reconnect)\s+\S+|shutdown)\s*;?\s*$", re.I)
+_COMMAND = re.compile(
+    r'\s*(show\s+\w+|reload|pause|resume|(?:kill|reconnect)\s+(?:"(?:[^"]|"")+"|\S+)|shutdown)\s*;?\s*$', re.I
+)
 
 
 _table = across.table  # RowDescription, DataRows (text) and CommandComplete for one result
@@ -393,7 +395,7 @@ class AdminConsole:
         return protocol.command_complete("RESUME")
 
     def kill(self, database: str) -> bytes:
-        database = database.strip().strip(";").strip('"')
+        database = _database_name(database)
         killed = 0
         for session in list(self.server.sessions.values()):
             if session.database == database and session.pool is not None:
@@ -409,19 +411,33 @@ class AdminConsole:
     def reconnect(self, database: str) -> bytes:
         """RECONNECT db: its backends replaced (idle ones closed now: the tag counts them), as before
         a DROP DATABASE or CREATE DATABASE ... TEMPLATE of it, which want no other session on it."""
-        database = database.strip().strip(";").strip('"')
+        database = _database_name(database)
         closed = sum(pool.reconnect() for (db, _), pool in self.server.pools.items() if db == database)
         return protocol.command_complete(f"RECONNECT {closed}")
 
-    def everywhere(self, sql: str) -> None:
-        """A command run by this worker now and sent to every other one (not waited for)."""
-        self.local(sql)
+    def reconnect_everywhere(self, database: str) -> None:
+        """RECONNECT of `database` (as PostgreSQL names it) by this worker now, and sent to every other
+        one (not waited for: PostgreSQL waits up to 5 s for the sessions closing meanwhile)."""
+        self.reconnect(database)
         if self.cluster is not None:
-            asyncio.get_running_loop().create_task(self.cluster.gather(sql))
+            quoted = database.replace('"', '""')
+            asyncio.get_running_loop().create_task(self.cluster.gather(f'RECONNECT "{quoted}"'))
 
     def shutdown(self, _: str) -> bytes:
         self.server.stop()
         return protocol.command_complete("SHUTDOWN")
+
+
+def _database_name(argument: str) -> str:
+    """The database a KILL or RECONNECT names: a quoted identifier unquoted, else as typed.
+
+    >>> _database_name('"my ""db"";" '), _database_name("shop;"), _database_name('"shop"')
+    ('my "db";', 'shop', 'shop')
+    """
+    name = argument.strip().removesuffix(";").strip()
+    if len(name) > 1 and name.startswith('"') and name.endswith('"'):
+        return name[1:-1].replace('""', '"')
+    return name.strip('"')
 
 
 def _flatten(value: object, prefix: str = "") -> list[tuple[str, object]]:

@@ -376,7 +376,7 @@ class SessionCore:
             )
         for effect in effects:
             if effect.kind == "database":  # (wanted without other sessions: the pools' backends on it go first)
-                self.ctx.admin_console().everywhere(f'RECONNECT "{effect.name}"')
+                self.ctx.admin_console().reconnect_everywhere(effect.name)
             elif effect.kind not in ("execute", "deallocate"):  # those change no session setting
                 self._apply(effect, backend)
         return True

@@ -386,8 +386,7 @@ class Notifications:
             if channel in self.channels or (await self.listener.subscribe(channel, self) and not self._closed):
                 self.block.append((cmd, channel))
                 return None
-            if channel not in self.channels:
-                self.listener.unsubscribe(channel, self)
+            self.listener.unsubscribe(channel, self)  # (not the client's outside the block: it was not in channels)
             return _LOST
         self.channels[channel] = cmd.channel
         if await self.listener.subscribe(channel, self) and not self._closed:
