@@ -43,6 +43,8 @@ _PASSED = frozenset(b"dcfH")  # COPY data/done/fail and Flush: no answer of thei
 _NAMED = frozenset(b"PBDC")  # may name a prepared statement
 _NOTED = frozenset((MSG_PARSE, MSG_BIND))  # which Parse a Sync is timed under
 _SYNC_LIKE = frozenset((MSG_SYNC, MSG_FUNCTION_CALL))  # end a round trip
+_PINNED = "client %s pinned to backend pid=%s for the rest of its session: it created a temporary table, took \
+a session advisory lock, a WITH HOLD cursor or called set_config() on a setting that cannot be tracked"
 
 
 class SessionCore:
@@ -263,10 +265,9 @@ class SessionCore:
             self.shell.write(now)
 
     def refuse(self, refusal: Refusal, simple: bool) -> None:
-        """An ErrorResponse for one statement; the connection stays usable. The backend is made to fail
-        too (a statement that cannot parse, its error hidden), so an open transaction or extended-protocol
-        pipeline is aborted exactly as PostgreSQL aborts it on an error: nothing sent before the refusal
-        commits behind the client's back."""
+        """An ErrorResponse for one statement; the connection stays usable. The backend is made to fail too (a
+        statement that cannot parse, its error hidden), so an open transaction or extended-protocol pipeline is
+        aborted exactly as PostgreSQL aborts it on an error: nothing sent before the refusal commits unseen."""
         self.reply(protocol.error_response(refusal.sqlstate, refusal.message, hint=refusal.hint))
         backend = self.backend
         if backend is None:
@@ -315,7 +316,11 @@ class SessionCore:
         if kind == MSG_PARSE:
             if params.maybe_stateful(protocol.decode_parse(msg).query):
                 stateful = self._stateful_parse(msg, backend, out)
-                if stateful is None:
+                if stateful is None:  # refused after the guard passed it: the name holds nothing now, for both
+                    name = protocol.decode_parse(msg).name
+                    names.forget(name)
+                    if self.guard is not None:
+                        self.guard.statement_sent(name, None)
                     return
                 msg = stateful
             scope = self.guard.statement_scope() if self.guard is not None else ""  # bypass: its own text
@@ -367,13 +372,7 @@ class SessionCore:
             guard.sql_names_changed(effects, sure)  # (not sure in a failed transaction)
         if state.tx_mode and params.leaves_state(sql) and not state.pinned:
             backend.needs_discard = state.pinned = True
-            log.info(
-                "client %s pinned to backend pid=%s for the rest of its session: it created "
-                "a temporary table, took a session advisory lock, a WITH HOLD cursor or "
-                "called set_config() on a setting that cannot be tracked",
-                state.peer,
-                backend.pid,
-            )
+            log.info(_PINNED, state.peer, backend.pid)
         for effect in effects:
             if effect.kind == "database":  # (wanted without other sessions: the pools' backends on it go first)
                 self.ctx.admin_console().reconnect_everywhere(effect.name)
@@ -402,9 +401,9 @@ class SessionCore:
                 state.tenant_unknown = False
 
     def _stateful_parse(self, msg: bytes, backend: Backend, out: list[bytes]) -> bytes | None:
-        """A Parse that may change session state: tracked, refused (None) or renamed. DEALLOCATE under
-        transaction pooling names the proxy-wide statement (prepared here first if needed); DEALLOCATE
-        ALL runs as written, and this backend's statements are forgotten (prepared again when next used)."""
+        """A Parse that may change session state: tracked, refused (None) or renamed. DEALLOCATE under transaction
+        pooling names the proxy-wide statement (prepared here first if needed); DEALLOCATE ALL runs as written,
+        and this backend's statements are forgotten (prepared again when next used)."""
         parsed = protocol.decode_parse(msg)
         if self.state.tx_mode and (match := session_sql.DEALLOCATE.match(parsed.query)):
             target = match.group(1)

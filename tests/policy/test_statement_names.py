@@ -175,3 +175,22 @@ def test_statement_prepared_before_a_tenant_change_runs_for_the_new_tenant(guard
         assert w.send(bind(name, []), execute(), SYNC).rows == [["Ann"], ["Bob"]]
     finally:
         w.close()
+
+
+# Statements the policy passes but the session layer refuses as a Parse (under transaction pooling, some
+# in both modes): the Parse is refused after the guard saw it.
+REFUSED_LATER = ["SET LOCAL search_path = public", "PREPARE q AS SELECT 1", "execute s7(922, 'globex')"]
+
+
+@pytest.mark.parametrize("later", REFUSED_LATER)
+@pytest.mark.parametrize("name", ["s7", ""])
+def test_a_parse_refused_after_the_guard_passed_it_keeps_no_old_statement_unchecked(guarded, wire, later, name):
+    """A second Parse of the name, refused after the policy passed it, must not leave the INSERT runnable
+    without its Bind check: before the fix, under transaction pooling, the guard held the refused
+    statement (no checks) while the name still ran the INSERT, so a Bind wrote a globex row."""
+    assert wire.send(parse(name, INSERT), SYNC).errors == []
+    refused = wire.send(parse(name, later), SYNC).errors
+    assert refused or session_mode(guarded), later  # (in session mode PostgreSQL may run some: 42P05 or fine)
+    assert wire.send(bind(name, [b"922", b"globex"]), execute(), SYNC).errors
+    assert globex_orders() == []
+    assert wire.send(parse("", INSERT), bind("", [b"923", b"acme"]), execute(), SYNC).rows == [["923", "acme"]]
