@@ -300,12 +300,15 @@ class Accounting:
 
     def bind(self, msg: bytes, tenant: str | None) -> bool:
         """A Bind is an execution: recorded with what its statement was prepared from."""
+        sql, decision = self.bound(msg)
+        return self.statement(sql, False, decision, tenant)
+
+    def bound(self, msg: bytes) -> AuditedStatement:
+        """What a Bind's statement was prepared from, as its record names it."""
         end = msg.index(b"\0", 5)  # after the portal name: the statement name, as raw bytes
         name = msg[end + 1 : msg.index(b"\0", end + 1)]
         hit = self.statements.get(name)
-        if hit is None:
-            return self.statement(f"(prepared statement {name.decode(errors='replace')!r})", False, None, tenant)
-        return self.statement(hit.sql, False, hit.decision, tenant)
+        return AuditedStatement(f"(prepared statement {name.decode(errors='replace')!r})", None) if hit is None else hit
 
     def event(self, event: str, **fields: Any) -> None:
         """A login or logout record (never refused: the session is starting or over)."""

@@ -269,12 +269,19 @@ class SessionCache:
 
     def answered(self, msgs: list[tuple[int, bytes]], probe: Probe) -> None:
         """A batch was answered from the cache: the unnamed statement its Parse defines is the client's
-        now (a later Bind of it alone prepares it on the backend first); a policed statement is counted
-        in pgwarden_statements_total as the router decided it."""
-        if msgs[0][0] == MSG_PARSE:
-            self.names.parsed_unnamed(msgs[0][1], here=False)
-        if self.guard is not None and probe.decision is not None:
-            self.guard.counted(probe.decision, simple=msgs[0][0] == MSG_QUERY)
+        now (a later Bind of it alone prepares it on the backend first), as the guard passed it under a
+        policy; a policed statement is counted in pgwarden_statements_total as the router decided it."""
+        kind, first = msgs[0]
+        guard = self.guard
+        if kind == MSG_PARSE:
+            if guard is not None:
+                assert probe.prepared is not None and probe.decision is not None
+                guard.answered_parse(probe.prepared)
+                if probe.decision.sql is not None:  # (the rewritten Parse, as `Guard.check_parse` makes it)
+                    first = protocol.parse("", probe.decision.sql, probe.prepared.param_types)
+            self.names.parsed_unnamed(first, here=False)
+        if guard is not None and probe.decision is not None:
+            guard.counted(probe.decision, simple=kind == MSG_QUERY)
 
     def lookup_local(self, probe: Probe) -> bytes | Miss:
         return self.caching.results.lookup_local(self.state.database, probe.tables, probe.key)
@@ -286,11 +293,22 @@ class SessionCache:
         self, accounting: Accounting, answer: bytes, probe: Probe, msgs: list[tuple[int, bytes]], seconds: float
     ) -> bool:
         """The audit record of a batch answered from the cache (`Accounting.cached`): the client's text,
-        the policy's decision and tenant, the answer's rows. False: the trail cannot take it (block)."""
-        simple = msgs[0][0] == MSG_QUERY
-        sql = protocol.decode_query(msgs[0][1]) if simple else probe.text  # (extended: never rewritten)
+        the policy's decision and tenant, the answer's rows; a Bind of a named statement as `Accounting.bind`
+        records it. False: the trail cannot take it (block)."""
+        kind, first = msgs[0]
+        decision = probe.decision
+        if kind == MSG_QUERY:
+            sql = protocol.decode_query(first)
+        elif kind == MSG_PARSE:
+            sql = probe.text if probe.prepared is None else probe.prepared.query  # (the client's)
+        else:
+            sql, decision = accounting.bound(first)
         tenant = self.guard.tenant() if self.guard is not None else None
-        return accounting.cached(sql, simple, probe.decision, tenant, seconds, answer_rows(answer))
+        if not accounting.cached(sql, kind == MSG_QUERY, decision, tenant, seconds, answer_rows(answer)):
+            return False
+        if kind == MSG_PARSE:  # (a later Bind of the unnamed statement is recorded with its text)
+            accounting.statement(sql, False, decision, tenant, "")
+        return True
 
     def note(self, msgs: list[tuple[int, bytes]], judged_write: bool | None = None) -> None:
         """A batch on its way to a backend: may it write (its transaction's answer then waits for the

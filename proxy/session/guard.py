@@ -224,6 +224,34 @@ class Guard:
             return msg
         return protocol.parse(parsed.name, checked.text, parsed.param_types)
 
+    def forwarded_parse(self, parsed: protocol.Parse) -> tuple[Forward, Prepared] | None:
+        """An unnamed Parse as `check_parse` would pass it, without its side effects: when the policy
+        forwards it with nothing to check at Bind, the decision and what the name would hold (the result
+        cache may answer its batch: `answered_parse`); else None."""
+        state, router = self._state, self.router
+        if state.ident is None or state.tenant_unknown or parsed.name:
+            return None
+        tenant = self.tenant()
+        decision = router.decide(state.ident, tenant, state.database, parsed.query, self.search_path())
+        if not isinstance(decision, Forward) or decision.param_checks:
+            return None
+        if router.parameter_types(state.ident, state.database, parsed.param_types) is not None:
+            return None
+        return decision, Prepared(parsed.query, parsed.param_types, (), router, tenant, router.generation)
+
+    def answered_parse(self, prepared: Prepared) -> None:
+        """The result cache answered a batch with an unnamed Parse (`forwarded_parse`): the unnamed
+        statement holds it now, for sure (no backend saw it; the next Bind prepares it on one first)."""
+        self.versions.sent("", prepared, True)
+
+    def runs_as_is(self, name: str) -> bool:
+        """Would a Bind of the named statement be sent as it is, with nothing to check or prepare again
+        (all it may hold current, no tenant parameter, not a name PREPAREd in SQL)?"""
+        held = self.versions.candidates(name)
+        return (
+            bool(held) and all(not p.checks and self._current(p) for p in held) and self.sql_name_refusal(name) is None
+        )
+
     def statement_sent(self, name: str, prepared: Prepared | None) -> None:
         """A Parse (a Close: None) of a statement name goes to the backend: until its cycle ends
         without an error, the name may hold this or what it held before (`held.Versions`)."""

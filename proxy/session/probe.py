@@ -8,6 +8,7 @@ from typing import NamedTuple
 from proxy.cache.eligible import Judge
 from proxy.enforce.decisions import Forward
 from proxy.session.guard import Guard
+from proxy.session.policed import Prepared
 from proxy.session.state import SessionState
 from proxy.session.statements import Statements
 from proxy.wire import protocol
@@ -28,6 +29,7 @@ class Probe(NamedTuple):
     text: str  # the statement as sent to PostgreSQL
     ready: bytes = READY_IDLE  # what a cached answer ends with: READY_IN_BLOCK in a READ ONLY block
     decision: Forward | None = None  # under a policy: the router's (an answer's audit record names it)
+    prepared: Prepared | None = None  # under a policy, a batch's unnamed Parse: what the name holds after it
 
 
 def batch_key(
@@ -40,7 +42,11 @@ def batch_key(
     as sent to PostgreSQL, and the rest of the batch with the client's names taken out (parameter
     types and values, formats, Describe, Execute's row limit).
     """
-    text, rest, decision = (*_statement(msgs, names), None) if guard is None else _policed(msgs, state, guard)
+    if guard is None:
+        text, rest = _statement(msgs, names)
+        decision = prepared = None
+    else:
+        text, rest, decision, prepared = _policed(msgs, state, guard, names)
     if text is None:
         return None
     verdict = judge(text)
@@ -48,7 +54,8 @@ def batch_key(
         return None
     scope = guard.statement_scope() if guard is not None else ""
     settings = tuple(sorted(state.settings.items()))
-    return Probe(verdict.tables, (state.database, state.user, scope, settings, text, rest), text, decision=decision)
+    key = (state.database, state.user, scope, settings, text, rest)
+    return Probe(verdict.tables, key, text, decision=decision, prepared=prepared)
 
 
 def query_probe(state: SessionState, tables: tuple[str, ...], text: str) -> Probe:
@@ -69,17 +76,48 @@ def bound_probe(
     return Probe(tables, (state.database, state.user, "", settings, text, rest), text)
 
 
+_NOT_POLICED: tuple[None, bytes, None, None] = (None, b"", None, None)
+
+
 def _policed(
-    msgs: list[tuple[int, bytes]], state: SessionState, guard: Guard
-) -> tuple[str | None, bytes, Forward | None]:
-    """Under a policy, one simple Query the router forwards: the text it sends (rewritten for the tenant)."""
-    if len(msgs) != 1 or msgs[0][0] != MSG_QUERY or state.tenant_unknown or state.ident is None:
-        return None, b"", None
-    sql = protocol.decode_query(msgs[0][1])
-    decision = guard.router.decide(state.ident, guard.tenant(), state.database, sql, guard.search_path())
-    if not isinstance(decision, Forward):
-        return None, b"", None
-    return (sql if decision.sql is None else decision.sql), b"Q", decision
+    msgs: list[tuple[int, bytes]], state: SessionState, guard: Guard, names: Statements
+) -> tuple[str | None, bytes, Forward | None, Prepared | None]:
+    """Under a policy, what `_statement` gives, and the router's decision and the Prepared of an unnamed
+    Parse: one simple Query the router forwards (the text it sends, rewritten for the tenant); [Parse
+    (unnamed)] Bind [Describe portal] Execute Sync of a statement the guard would send with nothing to
+    check at Bind, the Parse rewritten for the tenant (a Bind of a named one: its text as pgwarden
+    prepares it under transaction pooling)."""
+    if state.tenant_unknown or state.ident is None:
+        return _NOT_POLICED
+    kind, first = msgs[0]
+    if kind == MSG_QUERY:
+        if len(msgs) != 1:
+            return _NOT_POLICED
+        sql = protocol.decode_query(first)
+        decision = guard.router.decide(state.ident, guard.tenant(), state.database, sql, guard.search_path())
+        if not isinstance(decision, Forward):
+            return _NOT_POLICED
+        return (sql if decision.sql is None else decision.sql), b"Q", decision, None
+    forwarded: Forward | None = None
+    prepared = None
+    if kind == MSG_PARSE:
+        passed = guard.forwarded_parse(protocol.decode_parse(first))
+        if passed is None:
+            return _NOT_POLICED
+        forwarded, prepared = passed
+        text = prepared.query if forwarded.sql is None else forwarded.sql
+        types = prepared.param_types
+    elif kind == MSG_BIND and state.tx_mode:
+        name = protocol.decode_bind_names(first)[1]
+        stmt = names.lookup(name) if name else None
+        if stmt is None or not guard.runs_as_is(name):
+            return _NOT_POLICED
+        known = protocol.decode_parse(stmt.parse)
+        text, types = known.query, known.param_types
+    else:
+        return _NOT_POLICED
+    rest = bound_rest(msgs, types)
+    return _NOT_POLICED if rest is None else (text, rest, forwarded, prepared)
 
 
 def _statement(msgs: list[tuple[int, bytes]], names: Statements) -> tuple[str | None, bytes]:

@@ -20,7 +20,7 @@ from proxy.session.core import SessionCore
 from proxy.session.probe import Probe
 from proxy.session.replicas import Choice, SessionRoute
 from proxy.session.state import CLOSED, SessionState
-from proxy.wire.protocol import MSG_TERMINATE, TX_IDLE
+from proxy.wire.protocol import MSG_BIND, MSG_TERMINATE, TX_IDLE
 
 log = logging.getLogger("pgwarden.session")
 
@@ -187,7 +187,8 @@ class Relay:
             return False
         self.client.write(answer + probe.ready)
         cache.answered(msgs, probe)
-        self.ctx.stats.observe(probe.text, seconds, 0, True)
+        kind, first = msgs[0]  # (counted under the client's Query or Parse, as its round trip would be)
+        self.ctx.stats.observe(probe.text if kind == MSG_BIND else first, seconds, 0, True)
         return True
 
     async def _lookup(self, cache: SessionCache, probe: Probe, msgs: list[tuple[int, bytes]]) -> None:
