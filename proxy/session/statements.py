@@ -14,8 +14,8 @@ def names_statement(kind: int, msg: bytes) -> bool:
     """Does this Parse/Bind/Describe/Close involve a named prepared statement?"""
     if kind == MSG_PARSE:
         return msg[5] != 0
-    if kind == protocol.MSG_BIND:
-        return msg[5] != 0 or msg[6] != 0  # a named portal: decode to find the statement
+    if kind == protocol.MSG_BIND:  # (a named portal: decode to find the statement; of the unnamed one, it is not)
+        return msg[6] != 0 if msg[5] == 0 else protocol.decode_bind_names(msg)[1] != ""
     return msg[5] == TARGET_STATEMENT and msg[6] != 0  # Describe/Close of a named statement
 
 

@@ -20,8 +20,9 @@ import pytest
 
 from tests import policed_role
 from tests.harness import ProxyProcess, base_config
-from tests.policy.conftest import DB, DIRECT, TOKEN_KEY
+from tests.policy.conftest import DB, DIRECT, TOKEN_KEY, reset_data
 from tests.policy.conftest import POLICY as SHOP_POLICY
+from tests.rawwire import SYNC, Wire, bind, execute, parse
 
 REFUSED = ("0A000", "42501", "26000")
 CUSTOMER = "select id, name, ssn from customers where id = %s"
@@ -401,3 +402,30 @@ def test_another_clients_portals_are_gone_when_its_transaction_ends(shared) -> N
             assert info.value.sqlstate == "34000", (sql, info.value)
         described = b.pgconn.describe_portal(b"c")
         assert described.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"34000"
+
+
+@pytest.mark.parametrize(
+    "owner, sql, values, thief",
+    [
+        ("globex_app", "SELECT id, name, email FROM customers ORDER BY id", [], "acme_app"),  # another tenant's rows
+        ("acme_app", "SELECT id, email FROM customers ORDER BY id", [], "alice"),  # the analyst's masks
+        ("globex_app", "UPDATE orders SET total = $1 WHERE id = $2", [b"0.01", b"12"], "acme_app"),  # a write
+    ],
+)
+def test_a_named_portal_of_the_unnamed_statement_is_the_clients_own(shared, owner, sql, values, thief) -> None:
+    """Bind to a named portal from the unnamed statement, with no Parse: under transaction pooling it
+    went to the backend as sent, so it ran the unnamed statement the backend's last client left there
+    (rewritten for that client). It must run the thief's own unnamed statement, or be refused."""
+    a, b = Wire(shared.host, shared.port, owner, DB), Wire(shared.host, shared.port, thief, DB)
+    try:
+        assert a.send(parse("", sql), bind("", [b"999.99", b"12"] if values else []), execute(), SYNC).errors == []
+        stolen = b.send(bind("", values, portal="p"), execute("p"), SYNC)
+        assert stolen.errors == ["26000"] and stolen.rows == [], stolen
+        assert b.send(parse("", "SELECT 7"), bind("", [], portal="p"), execute("p"), SYNC).rows == [["7"]]
+    finally:
+        a.close()
+        b.close()
+    with psycopg.connect(SHOP) as direct:
+        total = str(direct.execute("select total from orders where id = 12").fetchone()[0])
+    reset_data()
+    assert total != "0.01", "acme_app changed globex's order 12"
