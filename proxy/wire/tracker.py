@@ -133,6 +133,7 @@ class Tracker:
         "fixups",
         "queue",
         "scrub",
+        "skipping",
         "status",
         "synced",
     )
@@ -149,6 +150,9 @@ class Tracker:
         self._skip = 0  # bytes of the current message still to come
         self._head = b""  # an incomplete header kept for the next chunk
         self._dropping = False  # whether the current (split) message is being hidden
+        # After an extended-protocol error with no Sync in flight: the error. The backend skips every
+        # request up to the next Sync (a Query and a FunctionCall too); `request` settles them as skipped.
+        self.skipping: bytes | None = None
 
     @property
     def idle(self) -> bool:
@@ -163,6 +167,11 @@ class Tracker:
     def request(self, code: int, action: int = FORWARD, tag: object = None) -> None:
         """A request was sent to the backend; with a `tag`, its answer brings a `Settled` event
         (a Query or Sync: its `Ready` event carries the tag)."""
+        if self.skipping is not None:
+            if code != MSG_SYNC:
+                self._skipped(code, action, tag, self.skipping)  # (told at the next `feed`)
+                return
+            self.skipping = None
         self.queue.append((code, action, tag))
         if code not in _SYNC_LIKE:
             self.synced = False
@@ -182,7 +191,7 @@ class Tracker:
         self.fixups = 0
         self._events = None
         self._rows, self._error = 0, None
-        self.synced = True
+        self.synced, self.skipping = True, None
         self._skip, self._head, self._dropping = 0, b"", False
 
     def _event(self, event: Event) -> None:
@@ -285,7 +294,7 @@ class Tracker:
                     if self._error is None:
                         self._error = data[pos:end]
                     if queue and queue[0][0] not in _SYNC_LIKE:
-                        self._fail_until_sync()
+                        self._fail_until_sync(data[pos:end])
                 elif kind == MSG_PARAMETER_STATUS:
                     self._event(ParameterChanged(data[pos:end]))
                 elif queue and kind in _DONE.get(queue[0][0], ()):
@@ -342,7 +351,7 @@ class Tracker:
         if code in _SYNC_LIKE:  # inside a simple query (or before a Sync): only Z ends it
             return action != FORWARD
         if kind == MSG_ERROR_RESPONSE:
-            self._fail_until_sync()
+            self._fail_until_sync(data[pos : pos + 1 + _unpack(data, pos + 1)[0]])
             return action == ABORT
         if kind in _DONE.get(code, ()):
             queue.popleft()
@@ -353,15 +362,29 @@ class Tracker:
             return action == SWALLOW
         return False
 
-    def _fail_until_sync(self) -> None:
-        """An extended-protocol error: the backend skips every request up to the next Sync."""
+    def _fail_until_sync(self, error: bytes) -> None:
+        """An extended-protocol error: the backend skips every request up to the next Sync, a Query or
+        FunctionCall too (they get no ReadyForQuery: pairing the Sync's with one would settle every later
+        request one behind, and a failed cycle's skipped Parse or Close as done). With no Sync in flight,
+        the requests sent until one are skipped as they come (`skipping`)."""
         queue = self.queue
-        while queue and queue[0][0] not in _SYNC_LIKE:
-            _code, action, tag = queue.popleft()
+        while queue and queue[0][0] != MSG_SYNC:
+            code, action, tag = queue.popleft()
             if action != FORWARD or tag is not None:
                 self.fixups -= 1
-            if tag is not None and action != SYNTH:
-                self._event(Settled(tag, False))
+            if action != SYNTH:
+                self._skipped(code, action, tag, error)
+        if not queue:
+            self.skipping = error
+
+    def _skipped(self, code: int, action: int, tag: object, error: bytes) -> None:
+        """A request the backend skipped after `error`: a tagged one settled as failed; a Query or
+        FunctionCall answered as failed, with no rows, as its ReadyForQuery would have been."""
+        if code in _SYNC_LIKE:
+            if action != SWALLOW or tag is not None:
+                self._event(_record(Ready, (tag, 0, error, self.status)))
+        elif tag is not None:
+            self._event(Settled(tag, False))
 
     def _emit(self, out: list[bytes]) -> list[bytes]:
         """Append the proxy's own answers now at the head of the queue."""

@@ -209,3 +209,63 @@ def test_the_header_walk_agrees_with_the_full_loop(requests, error_at, cuts):
         return b"".join(out), events, list(t.queue), t.idle, t.status, t.synced
 
     assert run(None) == run("hidden")
+
+
+def _postgres(requests: str, error_at: set[int]) -> list[bytes]:
+    """What PostgreSQL answers to each request, in order: after an error in an extended-protocol
+    message it skips every request up to the next Sync (a Query and a FunctionCall too)."""
+    answers, skipping = [], False
+    for i, kind in enumerate(requests):
+        if skipping:
+            skipping = kind != "S"
+            answers.append(READY_I if kind == "S" else b"")
+        elif i in error_at and kind in "PBDEC":
+            answers.append(ERROR)
+            skipping = True
+        else:
+            answers.append(_ANSWERS[kind])
+    return answers
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from("PBDECSQQ"), min_size=1, max_size=14),
+    st.sets(st.integers(min_value=0, max_value=13), max_size=3),
+    st.integers(min_value=0, max_value=14),
+)
+def test_every_query_and_sync_is_answered_once_in_order_however_an_error_skips(requests, error_at, fed_after):
+    """Requests sent, the backend's answers fed after the first `fed_after` of them (so some are sent
+    while the backend already skips): each Query and Sync gets exactly one Ready, in the order sent;
+    one the backend skipped is failed with the error, and so is the Sync that ends the skipping."""
+    t = Tracker()
+    answers = _postgres(requests + ["S"], error_at)
+    events: list = []
+    fed = 0
+    for i, kind in enumerate(requests + ["S"]):
+        if i == fed_after:
+            events += t.feed(b"".join(answers[:i]))[1]
+            fed = i
+        t.request(ord(kind), tag=i if kind in "QS" else None)
+    events += t.feed(b"".join(answers[fed:]))[1]
+    readies = [e for e in events if isinstance(e, Ready)]
+    sent = [i for i, kind in enumerate(requests + ["S"]) if kind in "QS"]
+    assert [r.tag for r in readies] == sent
+    for ready in readies:
+        skipped = answers[ready.tag] == b""
+        assert not skipped or ready.error == ERROR, (ready, answers)
+    assert t.idle and not t.queue and t.skipping is None and t.fixups == 0
+
+
+def test_a_query_the_backend_skips_after_an_error_does_not_take_the_syncs_ready():
+    """Parse (fails), Query, Close, Parse, Sync: PostgreSQL answers the error and one ReadyForQuery.
+    The Query is failed unanswered, and the Sync's Ready carries the error (its cycle never accepted)."""
+    t = Tracker()
+    t.request(ord("P"))
+    t.request(ord("Q"), tag="query")
+    t.request(ord("C"), tag="close")
+    t.request(ord("P"), tag="parse")
+    t.request(ord("S"), tag="sync")
+    out, events = t.feed(ERROR + READY_I)
+    assert out == ERROR + READY_I and t.idle
+    assert [(e.tag, e.error) for e in events if isinstance(e, Ready)] == [("query", ERROR), ("sync", ERROR)]
+    assert failed(events) == ["close", "parse"]
