@@ -35,8 +35,10 @@ def parse(name: str, query: str, types: tuple[int, ...] = ()) -> bytes:
     )
 
 
-def bind(statement: str, values: list[bytes | None], portal: str = "") -> bytes:
-    body = _cstr(portal) + _cstr(statement) + struct.pack("!hh", 0, len(values))
+def bind(statement: str, values: list[bytes | None], portal: str = "", formats: tuple[int, ...] = ()) -> bytes:
+    """A Bind; `formats`: its parameter format codes (none: all text)."""
+    body = _cstr(portal) + _cstr(statement) + struct.pack(f"!h{len(formats)}h", len(formats), *formats)
+    body += struct.pack("!h", len(values))
     for value in values:
         body += struct.pack("!i", -1) if value is None else struct.pack("!i", len(value)) + value
     return _msg(b"B", body + struct.pack("!h", 0))
@@ -44,6 +46,9 @@ def bind(statement: str, values: list[bytes | None], portal: str = "") -> bytes:
 
 def execute(portal: str = "") -> bytes:
     return _msg(b"E", _cstr(portal) + struct.pack("!i", 0))
+
+
+FLUSH = _msg(b"H", b"")
 
 
 def close_statement(name: str) -> bytes:

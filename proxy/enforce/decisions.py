@@ -65,11 +65,8 @@ def tenant_parameter_types(param_types: bytes, checks: tuple[tuple[int, str], ..
     >>> tenant_parameter_types(bytes([0, 1, 0, 0, 0, 18]), ((2, "acme"),)) is None
     True
     """
-    count = int.from_bytes(param_types[:2], "big") if len(param_types) >= 2 else 0
     for number, _ in checks:
-        if number > count:
-            continue
-        oid = int.from_bytes(param_types[2 + 4 * (number - 1) : 6 + 4 * (number - 1)], "big")
+        oid = declared_type(param_types, number)
         if oid not in TENANT_PARAMETER_TYPES:
             return Refuse(
                 "42501",
@@ -79,3 +76,46 @@ def tenant_parameter_types(param_types: bytes, checks: tuple[tuple[int, str], ..
                 "tenancy.column",
             )
     return None
+
+
+_TEXT_TYPES = frozenset({25, 1043})  # text, varchar: their binary form is the text's bytes
+_INTEGER_WIDTHS = {21: 2, 23: 4, 20: 8}  # int2, int4, int8: a big-endian integer of this many bytes
+
+
+def declared_type(param_types: bytes, number: int) -> int:
+    """The type OID a Parse declares for parameter `number` (1-based; 0: unspecified)."""
+    count = int.from_bytes(param_types[:2], "big") if len(param_types) >= 2 else 0
+    return int.from_bytes(param_types[4 * number - 2 : 4 * number + 2], "big") if 0 < number <= count else 0
+
+
+def tenant_bound(value: bytes | None, tenant: str, binary: bool, oid: int) -> bool:
+    """Does a Bind's value for a tenant-column parameter write exactly `tenant`?
+
+    In text format its bytes must be the tenant's. In binary format PostgreSQL reads them with the
+    type's receive function: text and varchar take the bytes as they are; int2, int4 and int8 read a
+    big-endian integer. An unspecified type is the column's, which the check does not know: its binary
+    value is taken only for a tenant that no fixed-width type could read as another value (not a
+    number: b"42" read as an int2 is 13362).
+
+    >>> tenant_bound(b"acme", "acme", False, 23), tenant_bound(b"acme", "acme", True, 23)
+    (True, False)
+    >>> tenant_bound(b"\\x00\\x2a", "42", True, 21), tenant_bound(b"42", "42", True, 0), tenant_bound(b"acme", "acme", True, 0)
+    (True, False, True)
+    """
+    if value is None:
+        return False
+    if not binary or oid in _TEXT_TYPES:
+        return value == tenant.encode()
+    width = _INTEGER_WIDTHS.get(oid)
+    if width is not None:
+        number = int(tenant) if tenant.lstrip("-").isdigit() and tenant.isascii() else None
+        return number is not None and str(number) == tenant and value == number.to_bytes(width, "big", signed=True)
+    return oid == 0 and value == tenant.encode() and not _numeric(tenant)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

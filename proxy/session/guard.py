@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
+from proxy.enforce.decisions import declared_type, tenant_bound
 from proxy.enforce.router import Forward, Identity, Refuse, Router, SetTenant, tenant_parameter_types
 from proxy.ops.metrics import Metrics
 from proxy.ops.stats import QueryStats
@@ -33,6 +34,7 @@ _NAMED_TENANT_CHANGE = Refusal(
     "(psycopg: execute(..., prepare=False); asyncpg: execute())",
 )
 _PARSES_CAP = 256
+_NAME_MAX = 63  # bytes of a name PostgreSQL keeps (NAMEDATALEN - 1)
 
 
 class Passed(NamedTuple):
@@ -347,20 +349,28 @@ class Guard:
                 self.sql_names.deallocate("", sure)
 
     def check_bind(self, msg: bytes) -> Refusal | None:
-        """Check tenant-column parameters at Bind: why it is refused when one names another tenant."""
-        checks = dict.fromkeys(c for p in self._bound(protocol.decode_bind_names(msg)[1]) for c in p.checks)
-        if not checks:
+        """Check tenant-column parameters at Bind: why it is refused when one may write another tenant
+        (its value, as PostgreSQL reads it in its format and the type each statement it may run declares)."""
+        bound = [p for p in self._bound(protocol.decode_bind_names(msg)[1]) if p.checks]
+        if not bound:
             return None
         values = protocol.bind_params(msg)
-        for number, expected in checks:
-            value = values[number - 1] if number <= len(values) else None
-            if value != expected.encode():
+        binary = protocol.bind_binary(msg, len(values))
+        for prepared in bound:
+            for number, expected in prepared.checks:
+                value = values[number - 1] if number <= len(values) else None
+                is_binary = binary[number - 1] if number <= len(binary) else False
+                if tenant_bound(value, expected, is_binary, declared_type(prepared.param_types, number)):
+                    continue
                 shown = "NULL" if value is None else repr(value.decode("utf-8", "replace"))
+                if is_binary and value is not None:
+                    shown = f"a {len(value)}-byte binary value"
                 return Refusal(
                     "42501",
-                    f"INSERT refused: parameter ${number} sets the tenant column "
-                    f"to {shown}, but this session's tenant is {expected!r}",
-                    "omit the tenant column (pgwarden fills it in) or pass the session's own tenant",
+                    f"INSERT refused: parameter ${number} sets the tenant column to {shown}, "
+                    f"but this session's tenant is {expected!r}",
+                    "omit the tenant column (pgwarden fills it in) or pass the session's own tenant "
+                    "(in binary format only as text or varchar, or an integer type for a numeric tenant)",
                 )
         return None
 
@@ -370,6 +380,8 @@ class Guard:
         """A Parse rewritten under the policy; a stale named statement prepared again (into `out`);
         a Bind checked. The message to send, or the refusal."""
         if kind == MSG_PARSE:
+            if msg.index(b"\0", 5) > 5 + _NAME_MAX:
+                return _long_name(protocol.decode_parse(msg).name)
             return self.check_parse(msg)
         if kind == MSG_BIND:
             name = protocol.decode_bind_names(msg)[1]
@@ -377,6 +389,8 @@ class Guard:
             name = protocol.decode_target(msg)[1]
         else:
             return msg
+        if len(name) > _NAME_MAX // 4 and len(name.encode()) > _NAME_MAX:
+            return _long_name(name)
         if kind == MSG_CLOSE:
             self.statement_sent(name, None)
             return msg
@@ -398,6 +412,16 @@ class Guard:
             if refused is not None:
                 return refused
         return msg
+
+
+def _long_name(name: str) -> Refusal:
+    """A statement name PostgreSQL would cut to its first 63 bytes, as it keys it, unlike the guard."""
+    return Refusal(
+        "42622",
+        f"the statement name {name[:24]!r}... is {len(name.encode())} bytes long: PostgreSQL keeps only "
+        f"its first {_NAME_MAX} bytes, so pgwarden could not tell which statement a Bind of it runs",
+        f"use statement names of at most {_NAME_MAX} bytes",
+    )
 
 
 def _shown(arg: params.Arg | None) -> str:

@@ -298,6 +298,24 @@ def bind_params(msg: bytes) -> list[bytes | None]:
         raise ProtocolError("Bind message is truncated") from exc
 
 
+def bind_binary(msg: bytes, count: int) -> list[bool]:
+    """Whether each of a Bind's first `count` parameters is sent in binary format (its format codes:
+    none, all text; one, for all; else one each, and one missing is taken as binary).
+
+    >>> bind_binary(b"B\\0\\0\\0\\x0c\\0\\0\\0\\x01\\0\\x01\\0\\0", 2)
+    [True, True]
+    """
+    _, _, pos = decode_bind_names(msg)
+    try:
+        (nfmt,) = _I16.unpack_from(msg, pos)
+        codes = struct.unpack_from(f"!{nfmt}h", msg, pos + 2)
+    except struct.error as exc:
+        raise ProtocolError("Bind message is truncated") from exc
+    if len(codes) <= 1:
+        return [bool(codes and codes[0])] * count
+    return [codes[i] != 0 if i < len(codes) else True for i in range(count)]
+
+
 def data_row(msg: bytes) -> list[bytes | None]:
     """The column values of a DataRow ('D'), as raw bytes (None for NULL).
 

@@ -44,9 +44,7 @@ def unnamed_bind(conn: psycopg.Connection, value: bytes) -> list[tuple[bytes | N
     return [tuple(result.get_value(r, c) for c in range(result.nfields)) for r in range(result.ntuples)]
 
 
-def test_tenants_and_masked_roles_get_their_own_answers_on_the_extended_protocol(
-    pg: PgCluster, tmp_path: Path
-) -> None:
+def test_tenants_and_masked_roles_get_their_own_answers_on_the_extended_protocol(pg: PgCluster, tmp_path: Path) -> None:
     """Each policed user asks the same text, unnamed and prepared, twice over: every answer is its own
     tenant's (the analyst's masked), and every repeat is a hit."""
     with policed(pg, tmp_path) as proxy:
@@ -122,7 +120,9 @@ def test_policed_extended_answers_are_counted_and_audited_as_the_statement_that_
     trail = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     ran = [r for r in trail if r["event"] == "statement" and r["sql"] == WIRE_SQL]
     assert [r["route"] for r in ran] == ["primary", "cache", "cache", "primary", "cache", "cache", "primary"], ran
-    assert {(r["tenant"], r["decision"], r["rows"], r["protocol"]) for r in ran} == {("acme", "rewritten", 1, "extended")}
+    assert {(r["tenant"], r["decision"], r["rows"], r["protocol"]) for r in ran} == {
+        ("acme", "rewritten", 1, "extended")
+    }
     assert len({json.dumps(r["tables"]) + r["rewritten_sha256"] for r in ran}) == 1
 
 

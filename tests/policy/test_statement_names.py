@@ -12,8 +12,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.policy.conftest import DB, DIRECT, connect, reset_data
-from tests.rawwire import SYNC, Wire, bind, close_statement, execute, parse, query
+from tests.policy.conftest import DB, DIRECT, POLICY, connect, policy_proxy, reset_data
+from tests.rawwire import FLUSH, SYNC, Wire, bind, close_statement, execute, parse, query
 
 INSERT = "INSERT INTO orders (id, tenant_id, customer_id, total) VALUES ($1, $2, 11, 1.00) RETURNING id, tenant_id"
 HARMLESS = "SELECT $1::text, $2::text"
@@ -194,3 +194,112 @@ def test_a_parse_refused_after_the_guard_passed_it_keeps_no_old_statement_unchec
     assert wire.send(bind(name, [b"922", b"globex"]), execute(), SYNC).errors
     assert globex_orders() == []
     assert wire.send(parse("", INSERT), bind("", [b"923", b"acme"]), execute(), SYNC).rows == [["923", "acme"]]
+
+
+@pytest.mark.parametrize("name", ["s8", ""])
+@pytest.mark.parametrize("flushed", [False, True])
+def test_a_query_the_backend_skips_after_an_error_settles_nothing(guarded, wire, name, flushed) -> None:
+    """After an error in an extended-protocol cycle PostgreSQL skips everything up to the Sync, a Query
+    too, which then gets no ReadyForQuery. pgwarden paired the Sync's with the Query, so a later Sync
+    settled the failed cycle as done: its skipped Close and Parse replaced the INSERT's Bind check.
+    (`flushed`: the error arrives before the rest is sent.)"""
+    assert wire.send(parse(name, INSERT), SYNC).errors == []
+    wire.sock.sendall(parse("e4", FAILS) + (FLUSH if flushed else b""))
+    if flushed:
+        assert wire.replies(0).messages == [] and _error_arrives(wire)
+    closing = close_statement(name) if name else b""
+    wire.sock.sendall(query("SELECT 1") + closing + parse(name, HARMLESS) + SYNC)
+    answered = wire.replies(1).messages
+    assert [kind for kind, _ in answered][-1:] == ["Z"] and ("C", b"SELECT 1\0") not in answered
+    assert wire.send(SYNC).messages == [("Z", b"I")]
+    after = wire.send(bind(name, [b"951", b"globex"]), execute(), SYNC)
+    if name and not session_mode(guarded):  # (transaction pooling: names are pgwarden's, Close and Parse its own)
+        assert after.rows == [["951", "globex"]]  # (the harmless statement, echoing its parameters)
+    else:
+        assert after.errors == ["42501"]
+    assert globex_orders() == []
+    assert wire.send(query("SELECT 2")).rows == [["2"]]  # (in step: each answer is its own)
+
+
+def _error_arrives(wire: Wire) -> bool:
+    """Read the ErrorResponse a Flush brings (no ReadyForQuery follows it)."""
+    wire.sock.settimeout(5)
+    while b"E" not in wire.buf[:1]:
+        wire.buf += wire.sock.recv(65536)
+    return True
+
+
+LONG = "s" * 63
+
+
+def test_a_statement_name_postgres_would_cut_is_refused(guarded, wire) -> None:
+    """PostgreSQL keys a statement by the first 63 bytes of its name, the guard by all of it: a Bind of
+    another long name with the same first 63 bytes (or SQL EXECUTE of them) ran the INSERT unchecked."""
+    refused = wire.send(parse(LONG + "_a", INSERT), SYNC)
+    assert refused.errors == ["42622"] and "63 bytes" in str(refused.messages)
+    for sql in (bind(LONG + "_b", [b"970", b"globex"]), bind("é" * 32, [b"970", b"globex"])):
+        assert wire.send(sql, execute(), SYNC).errors == ["42622"]
+    wire.send(query(f"EXECUTE {LONG}(971, 'globex')"))
+    assert globex_orders() == []
+    assert wire.send(parse(LONG, INSERT), bind(LONG, [b"972", b"acme"]), execute(), SYNC).rows == [["972", "acme"]]
+
+
+INT2, INT4, TEXT = 21, 23, 25
+
+
+@pytest.mark.parametrize(
+    "types, value, formats, writes",
+    [
+        ((0, INT4), b"acme", (0, 1), None),  # PostgreSQL reads b"acme" as the integer 1633906021
+        ((0, INT2), b"ac", (1,), None),  # (one format code for all: the id in binary too)
+        ((0, TEXT), b"acme", (0, 1), "acme"),  # text in binary is its bytes: the same tenant
+        ((0, 0), b"acme", (0, 1), "acme"),  # the column's type (text here): taken for a tenant not a number
+    ],
+)
+def test_a_tenant_parameter_in_binary_is_read_as_postgres_reads_it(wire, types, value, formats, writes) -> None:
+    """The Bind check compared the bytes sent with the tenant's text; in binary format PostgreSQL reads
+    them with the declared type's receive function."""
+    row = b"\x00\x00\x03\xc2" if formats == (1,) else b"962"  # (id 962)
+    answer = wire.send(parse("", INSERT, types), bind("", [row, value], formats=formats), execute(), SYNC)
+    assert answer.errors == ([] if writes else ["42501"]), answer
+    with psycopg.connect(SHOP) as direct:
+        stored = direct.execute("select tenant_id from orders where id = 962").fetchall()
+        direct.execute("delete from orders where id = 962")
+    assert stored == ([(writes,)] if writes else [])
+
+
+SHOP = DIRECT.replace("dbname=postgres", f"dbname={DB}")
+NUMERIC = POLICY.replace("{acme_app: acme, globex_app: globex}", "{acme_app: acme, globex_app: globex, t42_app: '42'}")
+NUMERIC = NUMERIC.replace("app: {users: [acme_app,", "app: {users: [t42_app, acme_app,")
+
+
+@pytest.fixture(scope="module")
+def numeric(shop_db, tmp_path_factory):
+    assert "t42_app: '42'" in NUMERIC and "[t42_app, acme_app," in NUMERIC
+    proxy = policy_proxy(tmp_path_factory.mktemp("numeric-tenant"), "transaction", NUMERIC)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.mark.parametrize(
+    "types, value, writes",
+    [
+        ((0, INT2), b"42", None),  # read as the int2 13362: another tenant's id
+        ((0, 0), b"42", None),  # the column's type unknown, the tenant a number: never taken in binary
+        ((0, INT2), (42).to_bytes(2, "big"), "42"),
+        ((0, INT4), (42).to_bytes(4, "big"), "42"),
+        ((0, INT4), (13362).to_bytes(4, "big"), None),
+    ],
+)
+def test_a_numeric_tenant_in_binary_must_be_the_tenants_number(numeric, types, value, writes) -> None:
+    reset_data()
+    w = Wire(numeric.host, numeric.port, "t42_app", DB)
+    try:
+        answer = w.send(parse("", INSERT, types), bind("", [b"963", value], formats=(0, 1)), execute(), SYNC)
+        assert answer.errors == ([] if writes else ["42501"]), answer
+    finally:
+        w.close()
+    with psycopg.connect(SHOP) as direct:
+        stored = direct.execute("select tenant_id from orders where id = 963").fetchall()
+    reset_data()
+    assert stored == ([(writes,)] if writes else [])
