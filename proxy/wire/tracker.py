@@ -179,7 +179,10 @@ class Tracker:
             self.fixups += 1
 
     def synthetic(self, response: bytes) -> bytes:
-        """The proxy answers a request itself: bytes to send the client now, or b'' if queued."""
+        """The proxy answers a request itself: bytes to send the client now, or b'' if queued (or
+        dropped: the backend skips every request up to the next Sync, and so does the proxy's answer)."""
+        if self.skipping is not None:
+            return b""
         if not self.queue:
             return response
         self.queue.append((SYNTH, SYNTH, response))

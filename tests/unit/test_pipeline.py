@@ -269,3 +269,14 @@ def test_a_query_the_backend_skips_after_an_error_does_not_take_the_syncs_ready(
     assert out == ERROR + READY_I and t.idle
     assert [(e.tag, e.error) for e in events if isinstance(e, Ready)] == [("query", ERROR), ("sync", ERROR)]
     assert failed(events) == ["close", "parse"]
+
+
+def test_after_an_error_with_no_sync_in_flight_the_proxys_own_answers_are_skipped_too():
+    """Parse (fails), Flush: until the client's Sync the backend answers nothing, and neither does
+    the proxy (a CloseComplete it would give itself)."""
+    t = Tracker()
+    t.request(ord("P"))
+    t.feed(ERROR)
+    assert t.skipping == ERROR and t.synthetic(CLOSE_OK) == b""
+    t.request(ord("S"))
+    assert t.skipping is None and t.feed(READY_I)[0] == READY_I and t.idle
