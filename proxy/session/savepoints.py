@@ -106,9 +106,12 @@ class Cycle:
     before the BEGIN skips it: the changes sent after ran outside any transaction block).
     statements: for each statement name a policed client's Parse or Close named in it, the
     serial of the last (`held.Versions`): if the cycle succeeds, that is what the name holds.
+    recovered: a ROLLBACK TO was sent in it: if the cycle succeeds, a transaction that had failed
+    before it is no longer failed, and its COMMIT commits.
     """
 
     watched: bool = False
+    recovered: bool = False
     ended: bool = False
     committing: bool = False
     commit: Ending | None = None
@@ -137,13 +140,15 @@ def settle(cycle: Cycle, failed: bool, aborted: bool, changes: int, losses: int)
     (None, True)
     >>> settle(Cycle(commit=Ending(acme, 3, 0)), False, False, 4, 0)  # it committed
     (None, False)
+    >>> settle(Cycle(commit=Ending(acme, 3, 0), recovered=True), False, True, 3, 0)  # ROLLBACK TO, then COMMIT
+    (None, False)
     >>> settle(Cycle(implicit=Ending(acme, 2, 0)), True, False, 2, 1)[0].unknown
     True
     >>> settle(Cycle(begin=5), True, False, 5, 0), settle(Cycle(begin=5), True, False, 6, 0)
     ((None, False), (None, True))
     """
     if not failed:
-        if cycle.commit is None or not aborted:
+        if cycle.commit is None or not aborted or cycle.recovered:
             return None, False
         if cycle.commit.changes != changes:
             return None, True

@@ -129,6 +129,7 @@ class Transaction:
         elif effect.kind == "release":
             self._frames = savepoints.release(self._frames, effect.name) or self._frames
         else:
+            self.next_cycle().recovered = True  # (a failed transaction is no longer, if it succeeds)
             self._frames, saved = savepoints.rollback_to(self._frames, effect.name)
             if saved is None:  # PostgreSQL will refuse it, or knows a savepoint pgwarden lost
                 self._lose_tenant()

@@ -1,0 +1,107 @@
+"""What pgwarden believes the session's search_path is must never be the default while PostgreSQL's is
+another: its checks of functions and operators resolve names on the path it believes. Each sequence of
+transaction control, savepoints, failures and SETs is run; then PostgreSQL's own SHOW is the oracle.
+
+The schema `shadow` (usable by PUBLIC, made by the database owner as an extension would be) holds an
+operator `=` that is always true and a SECURITY DEFINER `lower(text)` that returns globex's customers.
+On a path that puts it first, pgwarden must refuse both (it does when it knows the path). A COMMIT of a
+failed block recovered by ROLLBACK TO in the same Query or Sync made pgwarden restore the old path while
+PostgreSQL committed the new one (found 2026-12-06): acme_app then read and updated globex's rows."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.policy.conftest import DB, DIRECT, reset_data
+from tests.rawwire import FLUSH, SYNC, Wire, bind, execute, parse, query
+
+OWNER = DIRECT.replace("dbname=postgres", f"dbname={DB}")
+SHADOW = """
+drop schema if exists shadow cascade;
+create schema shadow;
+grant usage on schema shadow to public;
+create function shadow.lower(text) returns text language sql security definer as $$
+  select string_agg(name || ' ' || email || ' ' || ssn, '; ') from public.customers
+  where tenant_id operator(pg_catalog.=) 'globex' $$;
+create function shadow.anyeq(text, text) returns boolean language sql immutable as $$ select true $$;
+create operator shadow.= (leftarg = text, rightarg = text, function = shadow.anyeq);
+"""
+PATH = "SET search_path = shadow, pg_catalog, public"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shadow(shop_db):
+    with psycopg.connect(OWNER, autocommit=True) as c:
+        c.execute(SHADOW)
+    yield
+    with psycopg.connect(OWNER, autocommit=True) as c:
+        c.execute("drop schema if exists shadow cascade")
+
+
+def extended(*sqls: str) -> list[bytes]:
+    return [m for sql in sqls for m in (parse("", sql), bind("", []), execute())]
+
+
+BEGIN, SAVEPOINT, FAIL = query("BEGIN"), query("SAVEPOINT a"), query("SELECT 1/0")
+SEQUENCES = {  # batches, each sent and answered before the next
+    "implicit, failed": [[query(f"{PATH}; SELECT 1/0")]],
+    "implicit, failed, extended": [[*extended(PATH, "SELECT 1/0"), SYNC]],
+    "extended, Flush, a failed Query": [[*extended(PATH), FLUSH, FAIL, SYNC]],
+    "extended, two Syncs": [[*extended(PATH), SYNC, *extended("SELECT 1/0"), SYNC]],
+    "COMMIT of a failed block": [[BEGIN], [query(PATH)], [FAIL], [query("COMMIT")]],
+    "COMMIT of a failed block, one Query": [[query(f"BEGIN; {PATH}; SELECT 1/0; COMMIT")], [query("ROLLBACK")]],
+    "RELEASE, then ROLLBACK TO": [[BEGIN], [SAVEPOINT], [query(PATH)], [query("RELEASE a")], [query("ROLLBACK TO a")]],
+    "ROLLBACK TO, COMMIT": [[BEGIN], [SAVEPOINT], [query(PATH)], [query("ROLLBACK TO a")], [query("COMMIT")]],
+    "recovered, COMMIT": [[BEGIN], [SAVEPOINT], [FAIL], [query(f"ROLLBACK TO a; {PATH}; COMMIT")]],
+    "recovered, RELEASE, COMMIT": [[BEGIN], [SAVEPOINT], [FAIL], [query(f"ROLLBACK TO a; {PATH}; RELEASE a; COMMIT")]],
+    "recovered, COMMIT AND CHAIN": [[BEGIN], [SAVEPOINT], [FAIL], [query(f"ROLLBACK TO a; {PATH}; COMMIT AND CHAIN")]],
+    "recovered, COMMIT, extended": [[BEGIN], [SAVEPOINT], [FAIL], [*extended("ROLLBACK TO a", PATH, "COMMIT"), SYNC]],
+    "recovered, COMMIT, pipelined": [[BEGIN, SAVEPOINT, FAIL, query(f"ROLLBACK TO a; {PATH}; COMMIT")]],
+    "pipelined, each its own Query": [[BEGIN, SAVEPOINT, FAIL, query("ROLLBACK TO a"), query(PATH), query("COMMIT")]],
+    "extended block, Syncs": [
+        [*extended("BEGIN", "SAVEPOINT a"), SYNC],
+        [*extended("SELECT 1/0"), SYNC],
+        [*extended("ROLLBACK TO a", PATH), SYNC],
+        [*extended("COMMIT"), SYNC],
+    ],
+    "SET, Flush, a failure, COMMIT": [
+        [*extended("BEGIN", PATH), FLUSH, *extended("SELECT 1/0"), SYNC],
+        [query("COMMIT")],
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCES))
+def test_pgwarden_knows_the_path_postgres_has(guarded, name: str) -> None:
+    reset_data()
+    w = Wire(guarded.host, guarded.port, "acme_app", DB)
+    try:
+        for batch in SEQUENCES[name]:
+            w.send(*batch)
+        w.send(query("ROLLBACK"))  # (a block left open ends: the path is what was committed)
+        shown = w.send(query("SHOW search_path")).rows
+        orders = w.send(query("SELECT id, tenant_id FROM orders ORDER BY id"))
+        leaked = w.send(query("SELECT lower('X')"))
+    finally:
+        w.close()
+    if "shadow" in str(shown):  # PostgreSQL has the path: pgwarden must judge under it
+        assert orders.errors == ["42501"] and leaked.errors == ["42501"], (name, orders, leaked)
+    else:
+        assert ["12", "globex"] not in orders.rows, (name, orders)
+    reset_data()
+
+
+def test_the_backend_reaches_the_next_client_with_the_path_pgwarden_knows(guarded) -> None:
+    """Under transaction pooling the backend goes back to the pool: the next clients get their own path."""
+    w = Wire(guarded.host, guarded.port, "acme_app", DB)
+    for batch in SEQUENCES["recovered, COMMIT"]:
+        w.send(*batch)
+    w.close()
+    for user in ("globex_app", "alice"):
+        v = Wire(guarded.host, guarded.port, user, DB)
+        try:
+            assert v.send(query("SHOW search_path")).rows == [['"$user", public']], user
+            assert ["10", "acme"] not in v.send(query("SELECT id, tenant_id FROM orders ORDER BY id")).rows
+        finally:
+            v.close()
