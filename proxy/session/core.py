@@ -11,11 +11,12 @@ from proxy.session import limited, notify, params, reported, session_sql
 from proxy.session.accounting import AUDIT_FULL, Accounting
 from proxy.session.caching import Capture
 from proxy.session.context import SessionContext, Shell
+from proxy.session.deferred import Deferred
 from proxy.session.guard import Guard
 from proxy.session.policed import HIDDEN_DETAIL
 from proxy.session.savepoints import Cycle
 from proxy.session.state import CLOSED, Refusal, SessionState
-from proxy.session.statements import STALE_PLAN, Statements, names_statement
+from proxy.session.statements import STALE_PLAN, Statements, names_statement, unquoted
 from proxy.session.txstate import CONTROL, Transaction
 from proxy.wire import protocol
 from proxy.wire.protocol import (
@@ -38,6 +39,7 @@ from proxy.wire.tracker import ABORT, SWALLOW, ErrorSeen, ParameterChanged, Read
 log = logging.getLogger("pgwarden.session")
 
 _ABORT_SQL = "pgwarden refused the statement before this one"  # fails to parse, on purpose
+_ABORT_QUERY, _ABORT_PARSE = protocol.query(_ABORT_SQL), protocol.parse("", _ABORT_SQL)
 _REQUESTS = frozenset(b"PBDECSF")  # answered by the backend, tracked in order
 _PASSED = frozenset(b"dcfH")  # COPY data/done/fail and Flush: no answer of their own
 _NAMED = frozenset(b"PBDC")  # may name a prepared statement
@@ -63,6 +65,7 @@ class SessionCore:
         "ctx",
         "guard",
         "hold",
+        "later",
         "names",
         "notes",
         "shell",
@@ -77,6 +80,7 @@ class SessionCore:
         self.accounting = Accounting(state, ctx.stats, ctx.slowlog, ctx.audit)
         self.tx = Transaction(state)
         self.names = Statements(ctx.statements)
+        self.later = Deferred()  # what SET, BEGIN... sent as a Parse do when a portal of theirs runs
         policed = state.ident is not None
         self.guard = Guard(state, ctx.router, ctx.metrics, ctx.stats, self.tx, self.accounting) if policed else None
         self._out: list[bytes] | None = None  # the batch `forward` is building for the backend
@@ -139,6 +143,8 @@ class SessionCore:
             if kind == MSG_QUERY:
                 self._query(msg, backend, out)
             elif kind == MSG_EXECUTE or (kind == MSG_DESCRIBE and msg[5] == TARGET_PORTAL):  # nothing to decide
+                for effect in self.later.executed(msg) if kind == MSG_EXECUTE else ():  # (a SET's Parse runs now)
+                    self._apply(effect, backend)
                 backend.tracker.request(kind)
                 out.append(msg)
             elif kind == MSG_SYNC:
@@ -178,6 +184,8 @@ class SessionCore:
             return
         if kind in _NOTED:
             self.accounting.note_statement(kind, msg)
+        if self.later:  # (what the names and portals hold now)
+            self.later.noted(kind, msg)
         if guard is not None and kind in _NAMED:
             checked = self._guard_extended(guard, kind, msg, backend, out)
             if checked is None:
@@ -270,19 +278,13 @@ class SessionCore:
         aborted exactly as PostgreSQL aborts it on an error: nothing sent before the refusal commits unseen."""
         self.reply(protocol.error_response(refusal.sqlstate, refusal.message, hint=refusal.hint))
         backend = self.backend
+        self.state.skipping = self.state.skipping or not simple  # (extended: up to the Sync)
         if backend is None:
             if simple:
                 self.reply(protocol.ready_for_query(b"I"))
-            else:
-                self.state.skipping = True
             return
-        if simple:
-            backend.tracker.request(MSG_QUERY, ABORT)
-            self._send(protocol.query(_ABORT_SQL), backend)
-        else:
-            backend.tracker.request(MSG_PARSE, ABORT)
-            self._send(protocol.parse("", _ABORT_SQL), backend)
-            self.state.skipping = True
+        backend.tracker.request(MSG_QUERY if simple else MSG_PARSE, ABORT)
+        self._send(_ABORT_QUERY if simple else _ABORT_PARSE, backend)
 
     def _send(self, msg: bytes, backend: Backend) -> None:
         """To the backend, in order with the batch `forward` is building."""
@@ -292,8 +294,7 @@ class SessionCore:
             backend.write(msg)
 
     def _ensure_prepared(self, stmt: Statement, backend: Backend, out: list[bytes]) -> bool:
-        """The statement made to exist on the backend; False (PostgreSQL's own error sent, so the
-        client prepares it again, as drivers do) when it went stale."""
+        """The statement made to exist on the backend; False (PostgreSQL's error sent: drivers prepare again) if stale."""
         if self.names.ensure_prepared(stmt, backend, out):
             return True
         self.reply(STALE_PLAN)
@@ -354,8 +355,9 @@ class SessionCore:
         backend.tracker.request(kind)
         out.append(msg)
 
-    def session_statement(self, sql: str, simple: bool, backend: Backend) -> bool:
-        """Track or refuse what a statement does to session state; False if it was refused/answered."""
+    def session_statement(self, sql: str, simple: bool, backend: Backend, name: str | None = None) -> bool:
+        """Track or refuse what a statement does to session state; False if it was refused/answered. A
+        Parse's (of statement `name`) is checked now and applied when a portal of it is executed."""
         state, guard = self.state, self.guard
         if state.tx_mode and simple and (match := session_sql.DEALLOCATE.match(sql)):
             self._deallocate(match.group(1))
@@ -373,11 +375,16 @@ class SessionCore:
         if state.tx_mode and params.leaves_state(sql) and not state.pinned:
             backend.needs_discard = state.pinned = True
             log.info(_PINNED, state.peer, backend.pid)
+        kept = []
         for effect in effects:
             if effect.kind == "database":  # (wanted without other sessions: the pools' backends on it go first)
                 self.ctx.admin_console().reconnect_everywhere(effect.name)
             elif effect.kind not in ("execute", "deallocate"):  # those change no session setting
-                self._apply(effect, backend)
+                kept.append(effect)
+        if name is not None:  # a Parse: applied when a portal of it is executed (`Deferred`)
+            self.later.parsed(name, tuple(kept))
+        for effect in kept if name is None else ():
+            self._apply(effect, backend)
         return True
 
     def _apply(self, effect: params.Effect, backend: Backend) -> None:
@@ -411,7 +418,7 @@ class SessionCore:
                 self.names.forget_all()
                 backend.statements.clear()
                 return msg
-            name = session_sql.unquoted(target)
+            name = unquoted(target)
             stmt = self.names.forget(name)
             if stmt is None:  # never to the backend, where the name may be another client's
                 self.refuse(session_sql.no_such_statement(name), simple=False)
@@ -420,19 +427,14 @@ class SessionCore:
                 return None
             backend.statements.discard(stmt.name)
             return protocol.parse(parsed.name, f'DEALLOCATE "{stmt.name}"', parsed.param_types)
-        return msg if self.session_statement(parsed.query, False, backend) else None
+        return msg if self.session_statement(parsed.query, False, backend, parsed.name) else None
 
     def _deallocate(self, name: str) -> None:
         """A simple-query DEALLOCATE under transaction pooling, answered here."""
-        if name.lower() == "all":
-            self.names.forget_all()
-            tag = "DEALLOCATE ALL"
-        else:
-            name = session_sql.unquoted(name)
-            if self.names.forget(name) is None:
-                self.refuse(session_sql.no_such_statement(name), simple=True)
-                return
-            tag = "DEALLOCATE"
+        tag = self.names.deallocate(name)
+        if tag is None:
+            self.refuse(session_sql.no_such_statement(unquoted(name)), simple=True)
+            return
         status = self.backend.tracker.status if self.backend is not None else TX_IDLE
         self.reply(protocol.command_complete(tag) + protocol.ready_for_query(bytes([status])))
 

@@ -200,11 +200,6 @@ def no_such_statement(name: str) -> Refusal:
     return Refusal("26000", f'prepared statement "{name}" does not exist', _PREPARE_FIRST)
 
 
-def unquoted(name: str) -> str:
-    """A statement name as PostgreSQL folds it: "Quoted" kept, otherwise lower case."""
-    return name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
-
-
 def refusal(effects: list[params.Effect], tx_mode: bool, guard: Guard | None) -> Refusal | None:
     """Why a statement whose effect cannot be kept is refused (`guard`: under a policy), else None."""
     for effect in effects:

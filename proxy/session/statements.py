@@ -10,6 +10,11 @@ from proxy.wire.protocol import MSG_CLOSE, MSG_FLUSH, MSG_PARSE, MSG_SYNC, TARGE
 from proxy.wire.tracker import SWALLOW
 
 
+def unquoted(name: str) -> str:
+    """A statement name as PostgreSQL folds it: "Quoted" kept, otherwise lower case."""
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+
+
 def names_statement(kind: int, msg: bytes) -> bool:
     """Does this Parse/Bind/Describe/Close involve a named prepared statement?"""
     if kind == MSG_PARSE:
@@ -60,6 +65,13 @@ class Statements:
 
     def forget_all(self) -> None:
         self.names.clear()
+
+    def deallocate(self, name: str) -> str | None:
+        """SQL DEALLOCATE name (or ALL), answered without a backend: its command tag (None: no such name)."""
+        if name.lower() == "all":
+            self.forget_all()
+            return "DEALLOCATE ALL"
+        return None if self.forget(unquoted(name)) is None else "DEALLOCATE"
 
     def bound(self, stmt: Statement) -> None:
         """A Bind of `stmt` was sent: the statement a "cached plan must not change" error names."""

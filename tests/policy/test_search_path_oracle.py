@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from tests.policy.conftest import DB, DIRECT, reset_data
-from tests.rawwire import FLUSH, SYNC, Wire, bind, execute, parse, query
+from tests.rawwire import FLUSH, SYNC, Wire, bind, close_statement, execute, parse, query
 
 OWNER = DIRECT.replace("dbname=postgres", f"dbname={DB}")
 SHADOW = """
@@ -43,7 +43,7 @@ def extended(*sqls: str) -> list[bytes]:
     return [m for sql in sqls for m in (parse("", sql), bind("", []), execute())]
 
 
-BEGIN, SAVEPOINT, FAIL = query("BEGIN"), query("SAVEPOINT a"), query("SELECT 1/0")
+BEGIN, SAVEPOINT, FAIL, SET = query("BEGIN"), query("SAVEPOINT a"), query("SELECT 1/0"), query(PATH)
 SEQUENCES = {  # batches, each sent and answered before the next
     "implicit, failed": [[query(f"{PATH}; SELECT 1/0")]],
     "implicit, failed, extended": [[*extended(PATH, "SELECT 1/0"), SYNC]],
@@ -69,6 +69,29 @@ SEQUENCES = {  # batches, each sent and answered before the next
         [*extended("BEGIN", PATH), FLUSH, *extended("SELECT 1/0"), SYNC],
         [query("COMMIT")],
     ],
+    # A SET, RESET or DISCARD sent as a Parse runs only when a portal of it is executed (found 2026-12-06:
+    # pgwarden applied it at the Parse, so a RESET never executed made it judge under the default path).
+    "a RESET only parsed": [[SET], [parse("", "RESET search_path"), SYNC]],
+    "a SET only parsed": [[SET], [parse("", "SET search_path = public"), SYNC]],
+    "SET TO DEFAULT only parsed": [[SET], [parse("", "SET search_path TO DEFAULT"), SYNC]],
+    "DISCARD ALL only parsed": [[SET], [parse("", "DISCARD ALL"), SYNC]],
+    "a named RESET only parsed": [[SET], [parse("r1", "RESET search_path"), SYNC]],
+    "a RESET parsed and bound": [[SET], [parse("", "RESET search_path"), bind("", []), SYNC]],
+    "a RESET bound to a portal": [[SET], [parse("", "RESET search_path"), bind("", [], portal="p"), SYNC]],
+    "a RESET replaced before it ran": [[SET], [parse("", "RESET search_path"), *extended("SELECT 1"), SYNC]],
+    "a RESET parsed, Flush, Close": [[SET], [parse("", "RESET search_path"), FLUSH], [close_statement(""), SYNC]],
+    "the shadow path only parsed": [[parse("", PATH), SYNC]],
+    "a named SET run after a RESET": [
+        [parse("s1", PATH), SYNC],
+        [query("RESET search_path")],
+        [bind("s1", []), execute(), SYNC],
+    ],
+    "a named RESET run twice around a SET": [
+        [parse("r2", "RESET search_path"), bind("r2", []), execute(), SYNC],
+        [SET],
+        [bind("r2", []), execute(), SYNC],
+        [SET],
+    ],
 }
 
 
@@ -92,10 +115,11 @@ def test_pgwarden_knows_the_path_postgres_has(guarded, name: str) -> None:
     reset_data()
 
 
-def test_the_backend_reaches_the_next_client_with_the_path_pgwarden_knows(guarded) -> None:
+@pytest.mark.parametrize("name", ["recovered, COMMIT", "a RESET only parsed"])
+def test_the_backend_reaches_the_next_client_with_the_path_pgwarden_knows(guarded, name: str) -> None:
     """Under transaction pooling the backend goes back to the pool: the next clients get their own path."""
     w = Wire(guarded.host, guarded.port, "acme_app", DB)
-    for batch in SEQUENCES["recovered, COMMIT"]:
+    for batch in SEQUENCES[name]:
         w.send(*batch)
     w.close()
     for user in ("globex_app", "alice"):
