@@ -393,6 +393,8 @@ class Guard:
             return _long_name(name)
         if kind == MSG_CLOSE:
             self.statement_sent(name, None)
+            if tx_mode and not name:  # (gone for good: a Bind of it alone finds none, 26000, never the old rewrite)
+                names.closed_unnamed()
             return msg
         fresh = self.sql_name_refusal(name) or self.stale_statement(name)
         if isinstance(fresh, Refusal):  # e.g. a name PREPAREd in SQL for another tenant or policy version

@@ -52,6 +52,10 @@ class Statements:
         answered without it, by the result cache; prepared on a backend when next bound)."""
         self.unnamed, self.unnamed_here = msg, here
 
+    def closed_unnamed(self) -> None:
+        """The client closed its unnamed statement: it has none now (nor does the linked backend)."""
+        self.unnamed, self.unnamed_here = None, False
+
     def lookup(self, name: str) -> Statement | None:
         return self.names.get(name)
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests import rawwire
 from tests.harness import ProxyProcess, scrape
 from tests.integration.test_cache import AUDIT_KEY, POLICY, cache_config, hits, pg, serving  # noqa: F401 (fixture)
 from tests.pgcluster import PgCluster
+from tests.rawwire import Wire
 
 SQL = "select name, email from customers where id > %s order by id"
 WIRE_SQL = SQL.replace("%s", "$1")
@@ -148,3 +150,39 @@ def test_a_tenant_change_after_a_hit_binds_the_unnamed_statement_for_the_new_ten
         assert {tuple(conn.execute(SQL, (0,), prepare=True).fetchall()) for _ in range(3)} == {tuple(ACME)}
         conn.execute("set pgwarden.tenant = 'globex'")
         assert conn.execute(SQL, (0,), prepare=True).fetchall() == GLOBEX
+
+
+@pytest.mark.parametrize("hit", [False, True])
+@pytest.mark.parametrize("change", ["reload", "tenant"])
+def test_after_a_close_of_the_unnamed_statement_a_bind_of_it_finds_none(
+    pg: PgCluster, tmp_path: Path, hit: bool, change: str
+) -> None:
+    """Close of the unnamed statement, a reload that masks the app role (or a trusted user's tenant
+    change), then a Bind of it alone: under transaction pooling pgwarden prepared its remembered Parse
+    again, the rewrite for the old policy or tenant, while the guard had nothing left to check (found
+    2026-12-06, with or without a hit). It finds no statement now, as PostgreSQL would say."""
+    user, policy = ("saas", TRUSTED) if change == "tenant" else ("acme_app", POLICY)
+    with policed(pg, tmp_path, policy) as proxy:
+        serving(proxy)
+        w = Wire(proxy.host, proxy.port, user, "postgres")
+        try:
+            if change == "tenant":
+                assert w.send(rawwire.query("set pgwarden.tenant = 'acme'")).errors == []
+            for _ in range(2 if hit else 1):
+                ran = w.send(rawwire.parse("", WIRE_SQL), rawwire.bind("", [b"0"]), rawwire.execute(), rawwire.SYNC)
+                assert ran.rows == [["Ann", "ann@acme.io"]]
+            assert w.send(rawwire.close_statement(""), rawwire.SYNC).errors == []
+            if change == "tenant":
+                assert w.send(rawwire.query("set pgwarden.tenant = 'globex'")).errors == []
+            else:
+                (tmp_path / "policy.yaml").write_text(textwrap.dedent(MASKED))
+                proxy.reload()
+                with psycopg.connect(proxy.dsn(user="globex_app"), autocommit=True) as other:
+                    deadline = time.monotonic() + 5
+                    while other.execute(SQL, (0,), prepare=False).fetchall() == GLOBEX:
+                        assert time.monotonic() < deadline, "the reloaded policy's masks were not applied"
+                        time.sleep(0.05)
+            after = w.send(rawwire.bind("", [b"0"]), rawwire.execute(), rawwire.SYNC)
+            assert after.errors == ["26000"] and after.rows == [], after
+        finally:
+            w.close()
