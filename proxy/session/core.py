@@ -143,7 +143,7 @@ class SessionCore:
             if kind == MSG_QUERY:
                 self._query(msg, backend, out)
             elif kind == MSG_EXECUTE or (kind == MSG_DESCRIBE and msg[5] == TARGET_PORTAL):  # nothing to decide
-                for effect in self.later.executed(msg) if kind == MSG_EXECUTE else ():  # (a SET's Parse runs now)
+                for effect in self.later.executed(msg) if self.later.portals and kind == MSG_EXECUTE else ():
                     self._apply(effect, backend)
                 backend.tracker.request(kind)
                 out.append(msg)
@@ -184,7 +184,7 @@ class SessionCore:
             return
         if kind in _NOTED:
             self.accounting.note_statement(kind, msg)
-        if self.later:  # (what the names and portals hold now)
+        if self.later.statements or self.later.portals:  # (what the names and portals hold now)
             self.later.noted(kind, msg)
         if guard is not None and kind in _NAMED:
             checked = self._guard_extended(guard, kind, msg, backend, out)

@@ -32,9 +32,6 @@ class Deferred:
         self.statements: dict[str, Effects] = {}  # a statement name ("": unnamed) -> its text's effects
         self.portals: dict[str, Effects] = {}  # a portal ("": unnamed) -> those of the statement bound
 
-    def __bool__(self) -> bool:
-        return bool(self.statements or self.portals)
-
     def parsed(self, name: str, effects: Effects) -> None:
         """A Parse of a statement that changes session state, on its way: run when executed."""
         if effects:
