@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -13,6 +15,19 @@ from tests.harness import PG_PORT, ProxyProcess, base_config
 
 DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname=postgres"
 DB = "pgw_policy"
+
+
+@contextmanager
+def made_by_owner(create: str, drop: str) -> Iterator[None]:
+    """Objects the database owner makes straight in PostgreSQL (never through pgwarden), then drops."""
+    shop = DIRECT.replace("dbname=postgres", f"dbname={DB}")
+    with psycopg.connect(shop, autocommit=True) as c:
+        c.execute(create)
+    yield
+    with psycopg.connect(shop, autocommit=True) as c:
+        c.execute(drop)
+
+
 TOKEN_KEY = "test-tenant-key-0123456789"
 
 SCHEMA = """

@@ -20,7 +20,7 @@ import pytest
 
 from tests import policed_role
 from tests.harness import ProxyProcess, base_config
-from tests.policy.conftest import DB, DIRECT, TOKEN_KEY, reset_data
+from tests.policy.conftest import DB, DIRECT, TOKEN_KEY, made_by_owner, reset_data
 from tests.policy.conftest import POLICY as SHOP_POLICY
 from tests.rawwire import SYNC, Wire, bind, execute, parse
 
@@ -48,11 +48,8 @@ SHOP = DIRECT.replace("dbname=postgres", f"dbname={DB}")
 @pytest.fixture(scope="module")
 def probes(shop_db):
     """The probe functions, created directly as superuser (never through pgwarden)."""
-    with psycopg.connect(SHOP, autocommit=True) as c:
-        c.execute(PROBES)
-    yield
-    with psycopg.connect(SHOP, autocommit=True) as c:
-        c.execute("drop function if exists pgw_probe_statements(), pgw_probe_backend()")
+    with made_by_owner(PROBES, "drop function if exists pgw_probe_statements(), pgw_probe_backend()"):
+        yield
 
 
 def start_proxy(workdir, mode: str) -> ProxyProcess:

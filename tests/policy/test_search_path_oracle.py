@@ -10,13 +10,11 @@ PostgreSQL committed the new one (found 2026-12-06): acme_app then read and upda
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 
-from tests.policy.conftest import DB, DIRECT, reset_data
+from tests.policy.conftest import DB, made_by_owner, reset_data
 from tests.rawwire import FLUSH, SYNC, Wire, bind, close_statement, execute, parse, query
 
-OWNER = DIRECT.replace("dbname=postgres", f"dbname={DB}")
 SHADOW = """
 drop schema if exists shadow cascade;
 create schema shadow;
@@ -32,11 +30,8 @@ PATH = "SET search_path = shadow, pg_catalog, public"
 
 @pytest.fixture(scope="module", autouse=True)
 def shadow(shop_db):
-    with psycopg.connect(OWNER, autocommit=True) as c:
-        c.execute(SHADOW)
-    yield
-    with psycopg.connect(OWNER, autocommit=True) as c:
-        c.execute("drop schema if exists shadow cascade")
+    with made_by_owner(SHADOW, "drop schema if exists shadow cascade"):
+        yield
 
 
 def extended(*sqls: str) -> list[bytes]:
