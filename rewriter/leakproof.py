@@ -51,6 +51,8 @@ AFTER_FILTER = frozenset(
 NEVER_CONDITIONS = frozenset({"lockingClause", "limitOption", "op"})
 INNER_QUERY = {"ExplainStmt": "query", "DeclareCursorStmt": "query", "PrepareStmt": "query", "CopyStmt": "query"}
 LEAVES = frozenset({"A_Const", "ParamRef", "SQLValueFunction"})
+# Subqueries that must return at most one row: an error from one is an oracle on the row it is evaluated for.
+_ONE_ROW = frozenset({"EXPR_SUBLINK", "ROWCOMPARE_SUBLINK", "MULTIEXPR_SUBLINK"})
 RANGE_KEYS = ("relname", "aliasname", "ctename")
 
 
@@ -227,6 +229,8 @@ class Judge:
         return self.expr(fields.get("arg"))
 
     def n_SubLink(self, fields: Node) -> str | None:
+        if fields.get("subLinkType") in _ONE_ROW:  # (which rows make it fail depends on the outer row's values)
+            return "a scalar subquery (it fails when it returns more than one row)"
         if fields.get("operName") and "".join(names_of(fields["operName"])) not in COMPARISONS:
             return "a subquery compared by another operator"
         test = fields.get("testexpr")

@@ -346,6 +346,15 @@ SUBQUERY_ORACLES = {
     f"{GUS} then -1 else 5 end)",
     "update-offset": "update customers set name = name where exists (select 1 from countries offset case when "
     f"{GUS} then -1 else 0 end)",
+    # A scalar subquery fails when it returns more than one row (found 2026-12-06: judged leak-free, it ran
+    # before the tenant filter, and its 21000 read globex's values character by character).
+    "scalar": f"select id from customers where (select true from (values (1), (2)) v(x) where {GUS})",
+    "scalar-not": f"select id from customers where not (select false from (values (1), (2)) v(x) where {GUS})",
+    "scalar-join-on": f"select 1 from countries k join customers on (select true from (values (1), (2)) v(x) where {GUS})",
+    "scalar-row": f"select id from customers where (1, 1) = (select 1, 1 from (values (1), (2)) v(x) where {GUS})",
+    "scalar-update": "update orders set total = total where (select true from (values (1), (2)) v(x) "
+    "where orders.total > 999.98)",
+    "scalar-delete": "delete from orders where (select true from (values (1), (2)) v(x) where orders.total > 999.98)",
 }
 
 
