@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 from rewriter import pgparser
+from rewriter.leading import first_word
 
 _VALUES = frozenset({"SCONST", "ICONST", "FCONST", "BCONST", "XCONST", "USCONST"})
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
@@ -131,17 +132,13 @@ def fingerprint(sql: str) -> str:
         return hashlib.sha256(shape.encode()).hexdigest()[:16]
 
 
-_FIRST_WORD = re.compile(r"(?:\s|/\*.*?\*/|--[^\n]*\n)*([A-Za-z]+)", re.S)
-
-
 def statement_kind(sql: str) -> str:
     """The statement's first keyword, lower case (`select`, `with`, `insert`, ...), or `""`.
 
-    >>> statement_kind("/* app */ INSERT INTO t VALUES (1)")
-    'insert'
+    >>> statement_kind("/* app */ INSERT INTO t VALUES (1)"), statement_kind("/* /* */ */ DELETE FROM t")
+    ('insert', 'delete')
     """
-    match = _FIRST_WORD.match(sql)
-    return match.group(1).lower() if match else ""
+    return first_word(sql)
 
 
 def redact_params(params: list[Any] | tuple[Any, ...] | None) -> list[str | None] | None:

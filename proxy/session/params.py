@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from rewriter import pgparser
+from rewriter.leading import first_word
 
 # First words of statements that may change session state; anything else is not parsed here.
 _WATCHED = frozenset(
@@ -34,7 +35,6 @@ _WATCHED = frozenset(
         "alter",
     }
 )
-_LEADING = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]*)", re.S)
 _NOT_FORWARDED = frozenset({"user", "database", "replication", "options"})
 
 
@@ -116,7 +116,7 @@ def maybe_stateful(sql: str) -> bool:
     head = sql.lstrip()[:3].lower()
     return (
         head in _HEADS
-        or head[:1] in ("/", "-", "(")
+        or not (head[:1].isascii() and head[:1].isalpha())  # (a comment, a parenthesis...: judged in full)
         or ";" in sql.rstrip().rstrip(";")
         or MAY_LEAVE_STATE.search(sql) is not None
     )
@@ -204,16 +204,6 @@ def _call_holds(call: dict) -> bool:
     args = call.get("args") or [{}]
     setting = args[0].get("A_Const", {}).get("sval", {}).get("sval")
     return setting is None or setting.lower() not in REPORTED
-
-
-def first_word(sql: str) -> str:
-    """The first keyword, lower-cased, after whitespace and comments.
-
-    >>> first_word("  /* hi */ SET x = 1")
-    'set'
-    """
-    match = _LEADING.match(sql)
-    return match.group(1).lower() if match else ""
 
 
 def effects(sql: str) -> list[Effect]:

@@ -112,6 +112,10 @@ def may_leave_state(text: bytes) -> bool:
     return b"temp" in text or b"hold" in text or b"set_config" in text or b"advisory_lock" in text or b"u&" in text
 
 
+_SPACE = b" \t\r\n\f\v"  # PostgreSQL's whitespace
+_LETTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
 def stateful_text(msg: bytes, start: int, stop: int) -> bool:
     """Cheap byte test on msg[start:stop]: could this SQL change session state?
 
@@ -120,14 +124,14 @@ def stateful_text(msg: bytes, start: int, stop: int) -> bool:
     multi-statement text, and text that may leave state behind (temp, hold, set_config, advisory locks).
     """
     i = start
-    while i < stop and msg[i] in b" \t\r\n":
+    while i < stop and msg[i] in _SPACE:
         i += 1
     if i >= stop:
         return False
-    if msg[i : i + 3].lower() in _STATEFUL_HEADS or msg[i] in b"/-(" or may_leave_state(msg[start:stop].lower()):
-        return True
+    if msg[i : i + 3].lower() in _STATEFUL_HEADS or msg[i] not in _LETTERS or may_leave_state(msg[start:stop].lower()):
+        return True  # (a comment, a parenthesis, anything but a keyword first: judged in full)
     j = stop - 1
-    while j > i and msg[j] in b" \t\r\n;":
+    while j > i and msg[j] in b" \t\r\n\f\v;":
         j -= 1
     return msg.find(b";", i, j) >= 0
 

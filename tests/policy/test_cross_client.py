@@ -18,6 +18,7 @@ import time
 import psycopg
 import pytest
 
+from rewriter.channels import scoped_channel
 from tests import policed_role
 from tests.harness import ProxyProcess, base_config
 from tests.policy.conftest import DB, DIRECT, TOKEN_KEY, made_by_owner, reset_data
@@ -426,3 +427,25 @@ def test_a_named_portal_of_the_unnamed_statement_is_the_clients_own(shared, owne
         total = str(direct.execute("select total from orders where id = 12").fetchone()[0])
     reset_data()
     assert total != "0.01", "acme_app changed globex's order 12"
+
+
+HIDING = ["/* /* */ */ ", "-- x\r"]  # PostgreSQL's lexer: block comments nest, and `--` ends at a carriage return
+
+
+@pytest.mark.parametrize("prefix", HIDING, ids=["nested-comment", "dash-comment-cr"])
+def test_a_statement_behind_a_comment_is_judged_as_what_it_is(one_backend, prefix) -> None:
+    """A comment read otherwise than PostgreSQL reads it hid the statement's first word (found
+    2026-12-06): acme_app's LISTEN on globex's scoped channel heard globex's payloads, a PREPARE
+    under transaction pooling ran for other tenants, and SETs reached the next client."""
+    with connect(one_backend, "acme_app") as a:
+        with pytest.raises(psycopg.Error) as info:
+            a.execute(f'{prefix}LISTEN "{scoped_channel("globex", "jobs")}"')
+        assert info.value.sqlstate == "42501", info.value
+        if one_backend.config["pool"]["mode"] == "transaction":
+            with pytest.raises(psycopg.Error) as info:
+                a.execute(f"{prefix}PREPARE hidden AS SELECT id FROM customers")
+            assert info.value.sqlstate == "0A000", info.value
+        a.execute(f"{prefix}SET statement_timeout = 4321")
+        assert a.execute("show statement_timeout").fetchone() == ("4321ms",)
+    with connect(one_backend, "globex_app") as b:
+        assert b.execute("show statement_timeout").fetchone() != ("4321ms",)
