@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
+
 from .channels import notify_rewrite, refuse_notify
 from .checks import (
     PASS_THROUGH,
@@ -134,7 +137,35 @@ def judge(checked: Checked, ctx: Context, toks: Tokens) -> Judged:
             "Use the extended protocol (Parse/Bind), or give the tenant as a literal.",
             "tenancy.column",
         )
+    if checks:
+        uses = Counter(param_numbers(checked.fields))
+        reused = next((c.number for c in checks if uses[c.number] > 1), None)
+        if reused is not None:  # (`$1::"char"` elsewhere made PostgreSQL read 'acme' as 'a': found 2026-12-06)
+            raise Refused(
+                f"parameter ${reused} sets the tenant column and is used elsewhere in the statement: "
+                "PostgreSQL may take its type from that other use and read the value otherwise than "
+                "pgwarden checks it",
+                "Pass the tenant value as a parameter of its own, used once (or leave the tenant column out).",
+                "tenancy.column",
+            )
     return Judged(checked, tuple(i for i in out if isinstance(i, Edit)), checks)
+
+
+def param_numbers(node: object) -> Iterator[int]:
+    """The number of every parameter reference ($n) in a parse tree, once per use.
+
+    >>> sorted(param_numbers({"a": [{"ParamRef": {"number": 1}}, {"b": {"ParamRef": {"number": 1}}}]}))
+    [1, 1]
+    """
+    if isinstance(node, dict):
+        ref = node.get("ParamRef")
+        if isinstance(ref, dict):
+            yield ref.get("number", 0)
+        for value in node.values():
+            yield from param_numbers(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from param_numbers(item)
 
 
 def needs_rules(checked: Checked) -> bool:

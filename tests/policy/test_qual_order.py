@@ -290,6 +290,25 @@ def test_a_tenant_parameter_declared_of_a_narrowing_type_is_refused(shop, oid):
     assert _odd_tenants() == []
 
 
+INFERRED = [  # $1's type taken from a cast elsewhere: PostgreSQL read the checked bytes 'acme' as "char" 'a'
+    'with x as (select $1::"char" as c) insert into orders (id, tenant_id, customer_id, total) values (958, $1, 1, 1)',
+    'update orders set tenant_id = $1 where id = 10 returning $1::"char"',
+    "update orders set tenant_id = $1 where id = 10 and $1::\"char\" = 'a'",
+    'insert into orders (id, tenant_id, customer_id, total) values (958, $1, 1, 1) returning $1::"char"',
+]
+
+
+@pytest.mark.parametrize("sql", INFERRED)
+def test_a_tenant_parameter_used_elsewhere_in_the_statement_is_refused(shop, sql):
+    """The Bind check compares the bytes; the type PostgreSQL reads them as may come from another use of
+    the same parameter (found 2026-12-06: `acme` written as 'a', or '12' as another tenant's '1')."""
+    with connect(shop) as conn:
+        res = conn.pgconn.prepare(b"", sql.encode(), [0])
+        assert res.status == psycopg.pq.ExecStatus.FATAL_ERROR, sql
+        assert b"used elsewhere in the statement" in res.error_message, res.error_message
+    assert _odd_tenants() == []
+
+
 ZERO_COSTS = ("cpu_operator_cost", "cpu_tuple_cost", "seq_page_cost", "random_page_cost")
 SUBQUERY_DUMPS = {
     "in-order-by": "select count(*) from customers where id in (select id from orders order by "
