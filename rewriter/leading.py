@@ -29,7 +29,8 @@ def first_word(sql: str) -> str:
             i = _comment_end(sql, i)
         else:
             break
-    return _WORD.match(sql, i).group(0).lower() if i < n else ""  # type: ignore[union-attr]
+    word = _WORD.match(sql, i) if i < n else None
+    return word.group(0).lower() if word else ""
 
 
 def _comment_end(sql: str, i: int) -> int:
