@@ -17,7 +17,7 @@ _CONSERVATIVE = re.compile(
     r"""
       (?P<param>\$\d+)                                                # $1: kept
     | \$([A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$.*?(?:\$\2\$|\Z)      # dollar-quoted, even unterminated
-    | '(?:[^']|'')*(?:'|\Z)                                           # quoted, even unterminated
+    | '(?:[^'\\]|''|\\.)*(?:'|\Z)                                   # quoted (\' taken as in E''), even unterminated
     | (?P<comment>/\*.*?(?:\*/|\Z)|--[^\n]*)
     | (?<!\w)(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?                      # numbers (not in t1)
     """,
