@@ -58,6 +58,7 @@ class Found:
     type_names: list[tuple[str, ...]] = field(default_factory=list)  # casts, typed literals, column definitions
     column_names: list[str] = field(default_factory=list)  # columns read or written by name (or whole rows)
     star: bool = False  # `*`, `t.*` or NATURAL JOIN: every column of a relation
+    params: list[int] = field(default_factory=list)  # the number of each parameter reference ($n), once per use
 
 
 Handler = Callable[[Node, frozenset[str], Found], None]
@@ -302,7 +303,7 @@ HANDLERS: dict[str, Handler] = {
     "CaseExpr": _case,
     "A_Indirection": _indirection,
     "A_Const": _leaf,
-    "ParamRef": _leaf,
+    "ParamRef": lambda f, s, found: found.params.append(f.get("number", 0)),
     "String": _leaf,
     "Integer": _leaf,
     "Float": _leaf,

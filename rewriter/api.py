@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 from .channels import notify_rewrite, refuse_notify
 from .checks import (
@@ -138,7 +137,7 @@ def judge(checked: Checked, ctx: Context, toks: Tokens) -> Judged:
             "tenancy.column",
         )
     if checks:
-        uses = Counter(param_numbers(checked.fields))
+        uses = Counter(checked.found.params)
         reused = next((c.number for c in checks if uses[c.number] > 1), None)
         if reused is not None:  # (`$1::"char"` elsewhere made PostgreSQL read 'acme' as 'a': found 2026-12-06)
             raise Refused(
@@ -149,23 +148,6 @@ def judge(checked: Checked, ctx: Context, toks: Tokens) -> Judged:
                 "tenancy.column",
             )
     return Judged(checked, tuple(i for i in out if isinstance(i, Edit)), checks)
-
-
-def param_numbers(node: object) -> Iterator[int]:
-    """The number of every parameter reference ($n) in a parse tree, once per use.
-
-    >>> sorted(param_numbers({"a": [{"ParamRef": {"number": 1}}, {"b": {"ParamRef": {"number": 1}}}]}))
-    [1, 1]
-    """
-    if isinstance(node, dict):
-        ref = node.get("ParamRef")
-        if isinstance(ref, dict):
-            yield ref.get("number", 0)
-        for value in node.values():
-            yield from param_numbers(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from param_numbers(item)
 
 
 def needs_rules(checked: Checked) -> bool:

@@ -264,7 +264,7 @@ class SessionCache:
         for i in range(1, len(msgs)):
             if msgs[i][0] not in _BOUND_KINDS:
                 return None
-        stmt = self.names.lookup(first[6 : first.index(0, 6)].decode())
+        stmt = self.names.lookup(protocol.read_cstr(first, 6)[0])
         return None if stmt is None else self.caching.facts(database, stmt.parse, True)
 
     def answered(self, msgs: list[tuple[int, bytes]], probe: Probe) -> None:
@@ -315,8 +315,7 @@ class SessionCache:
         WAL consumer), does it send DDL, does it change session state the key cannot see?"""
         state = self.state
         if judged_write is None:
-            last = self._last  # (the batch `probe` judged, mostly: not judged again)
-            facts = last[2] if last is not None and last[0] is msgs and last[1] == len(msgs) else self._facts(msgs)
+            facts = self._facts(msgs)
             if facts is not None:
                 judged = facts.route
             else:

@@ -45,6 +45,7 @@ _PASSED = frozenset(b"dcfH")  # COPY data/done/fail and Flush: no answer of thei
 _NAMED = frozenset(b"PBDC")  # may name a prepared statement
 _NOTED = frozenset((MSG_PARSE, MSG_BIND))  # which Parse a Sync is timed under
 _SYNC_LIKE = frozenset((MSG_SYNC, MSG_FUNCTION_CALL))  # end a round trip
+_NO_SETTING = frozenset(("execute", "deallocate", "database"))  # effects that change no session setting
 _PINNED = "client %s pinned to backend pid=%s for the rest of its session: it created a temporary table, took \
 a session advisory lock, a WITH HOLD cursor or called set_config() on a setting that cannot be tracked"
 
@@ -315,13 +316,13 @@ class SessionCore:
         """Parse/Bind/Describe/Close under transaction pooling: client names -> proxy-wide names."""
         names = self.names
         if kind == MSG_PARSE:
-            if params.maybe_stateful(protocol.decode_parse(msg).query):
+            parsed = protocol.decode_parse(msg)
+            if params.maybe_stateful(parsed.query):
                 stateful = self._stateful_parse(msg, backend, out)
                 if stateful is None:  # refused after the guard passed it: the name holds nothing now, for both
-                    name = protocol.decode_parse(msg).name
-                    names.forget(name)
+                    names.forget(parsed.name)
                     if self.guard is not None:
-                        self.guard.statement_sent(name, None)
+                        self.guard.statement_sent(parsed.name, None)
                     return
                 msg = stateful
             scope = self.guard.statement_scope() if self.guard is not None else ""  # bypass: its own text
@@ -375,16 +376,15 @@ class SessionCore:
         if state.tx_mode and params.leaves_state(sql) and not state.pinned:
             backend.needs_discard = state.pinned = True
             log.info(_PINNED, state.peer, backend.pid)
-        kept = []
         for effect in effects:
             if effect.kind == "database":  # (wanted without other sessions: the pools' backends on it go first)
                 self.ctx.admin_console().reconnect_everywhere(effect.name)
-            elif effect.kind not in ("execute", "deallocate"):  # those change no session setting
-                kept.append(effect)
+        kept = tuple(e for e in effects if e.kind not in _NO_SETTING)
         if name is not None:  # a Parse: applied when a portal of it is executed (`Deferred`)
-            self.later.parsed(name, tuple(kept))
-        for effect in kept if name is None else ():
-            self._apply(effect, backend)
+            self.later.parsed(name, kept)
+        else:
+            for effect in kept:
+                self._apply(effect, backend)
         return True
 
     def _apply(self, effect: params.Effect, backend: Backend) -> None:
